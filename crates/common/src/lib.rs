@@ -1,0 +1,9 @@
+//! Plumbing shared by every ferrolm stage. Kept tiny and dependency-light so that
+//! the corpus, tokenizer and n-gram crates can use it without pulling in candle.
+
+pub mod atomic;
+pub mod config;
+pub mod progress;
+
+pub use atomic::{write_atomic, AtomicFile};
+pub use config::{apply_overrides, load_config, ConfigError};

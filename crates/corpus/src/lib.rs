@@ -1,0 +1,1 @@
+//! ferrolm-corpus: see ARCHITECTURE.md.

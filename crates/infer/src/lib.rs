@@ -1,0 +1,1 @@
+//! ferrolm-infer: see ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! ferrolm-model: see ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! ferrolm-ngram: see ARCHITECTURE.md.

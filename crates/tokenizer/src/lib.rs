@@ -1,0 +1,1 @@
+//! ferrolm-tokenizer: see ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! ferrolm-train: see ARCHITECTURE.md.

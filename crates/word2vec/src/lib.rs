@@ -1,0 +1,1 @@
+//! ferrolm-word2vec: see ARCHITECTURE.md.
