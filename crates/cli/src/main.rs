@@ -1,3 +1,62 @@
+//! The `ferrolm` command. Thin by design: each subcommand parses its arguments,
+//! loads a config, and calls one stage crate. Orchestration that spans stages
+//! (quickstart, experiments) lives in `cmd/` files, kept short.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(name = "ferrolm", version, about = "Build a language model end to end: corpus, tokenizer, model, training, inference.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Collect the embedded corpus, train a tokenizer and a small GPT, and write a report.
+    Quickstart(cmd::quickstart::Args),
+    /// Pretrain a model from a TOML config (with --set overrides); --resume continues a run.
+    Train(cmd::train::Args),
+    /// Generate text from a trained run, streaming tokens as they come.
+    Generate(cmd::generate::Args),
+    /// Held-out loss and bits per byte of a trained run on a text file or folder.
+    Eval(cmd::eval::Args),
+    /// Measure training speed on fixed presets (for side-by-side benchmarks).
+    Bench(cmd::bench::Args),
+    /// Corpus pipeline: build a clean, de-duplicated, private-data-free corpus.
+    Data(cmd::data::Args),
+    /// Train, inspect or apply a tokenizer.
+    Tokenizer(cmd::tokenizer::Args),
+    /// Count-based n-gram language models (Kneser-Ney), ARPA files.
+    Ngram(cmd::ngram::Args),
+    /// word2vec embeddings: train, nearest neighbours, analogies.
+    Word2vec(cmd::word2vec::Args),
+}
+
 fn main() {
-    println!("ferrolm");
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Quickstart(a) => cmd::quickstart::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Data(a) => cmd::data::run(a),
+        Command::Tokenizer(a) => cmd::tokenizer::run(a),
+        Command::Ngram(a) => cmd::ngram::run(a),
+        Command::Word2vec(a) => cmd::word2vec::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,10 @@
+//! One file per subcommand.
+pub mod bench;
+pub mod data;
+pub mod eval;
+pub mod generate;
+pub mod ngram;
+pub mod quickstart;
+pub mod tokenizer;
+pub mod train;
+pub mod word2vec;
