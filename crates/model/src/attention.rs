@@ -1,0 +1,308 @@
+//! Multi-head attention with one mask vocabulary for every Transformer shape:
+//! causal (GPT), prefix (bidirectional over a prefix, causal after), bidirectional
+//! (encoders), optional segment ids (packed examples never see each other; padding is
+//! never attended), grouped-query heads, RoPE, a KV cache, and cross-attention to an
+//! encoder's output for encoder-decoders.
+
+use candle_core::{Device, Module, Result, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::config::{BlockStyle, TransformerConfig};
+use crate::mlp::linear;
+
+/// Which keys a query may see, by absolute position.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttnMask {
+    /// Query at position i sees keys at positions j ≤ i.
+    Causal,
+    /// Per batch row b, positions < prefix_len[b] see each other in both directions; later
+    /// positions see every earlier position (and themselves), as in a prefix LM.
+    Prefix(Vec<usize>),
+    /// Every query sees every key (encoders, cross-attention).
+    Bidirectional,
+}
+
+/// Segment id that is never attended to: use it for padding positions.
+pub const PAD_SEGMENT: u32 = u32::MAX;
+
+/// A mask kind plus optional segment ids (row-major, batch × positions). With segments a
+/// query attends only to keys of the same segment, which is how packed examples are kept
+/// apart; keys whose segment is [`PAD_SEGMENT`] are never attended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskSpec {
+    pub kind: AttnMask,
+    pub q_segments: Option<Vec<u32>>,
+    pub k_segments: Option<Vec<u32>>,
+}
+
+impl MaskSpec {
+    pub fn causal() -> Self {
+        Self { kind: AttnMask::Causal, q_segments: None, k_segments: None }
+    }
+    pub fn bidirectional() -> Self {
+        Self { kind: AttnMask::Bidirectional, q_segments: None, k_segments: None }
+    }
+    pub fn with_segments(mut self, segments: Vec<u32>) -> Self {
+        self.q_segments = Some(segments.clone());
+        self.k_segments = Some(segments);
+        self
+    }
+
+    fn visible(&self, b: usize, i: usize, j: usize) -> bool {
+        match &self.kind {
+            AttnMask::Causal => j <= i,
+            AttnMask::Prefix(p) => j <= i || (i < p[b] && j < p[b]),
+            AttnMask::Bidirectional => true,
+        }
+    }
+
+    /// Additive bias of shape (batch, 1, tq, tk): 0 where visible, a large negative number
+    /// where not (not −∞, so a fully masked padding row stays finite instead of NaN).
+    /// `q_offset` is the absolute position of the first query (non-zero with a KV cache);
+    /// keys start at position 0. Returns None when nothing is masked.
+    pub fn bias(&self, batch: usize, tq: usize, tk: usize, q_offset: usize, device: &Device) -> Result<Option<Tensor>> {
+        let segmented = self.q_segments.is_some() || self.k_segments.is_some();
+        let trivially_open = match &self.kind {
+            AttnMask::Bidirectional => true,
+            AttnMask::Causal | AttnMask::Prefix(_) => tq == 1 && q_offset + 1 == tk,
+        };
+        if trivially_open && !segmented {
+            return Ok(None);
+        }
+        if let AttnMask::Prefix(p) = &self.kind {
+            if p.len() != batch {
+                candle_core::bail!("prefix mask has {} lengths for a batch of {batch}", p.len());
+            }
+        }
+        let mut bias = vec![0f32; batch * tq * tk];
+        for b in 0..batch {
+            for qi in 0..tq {
+                let i = q_offset + qi;
+                let row = &mut bias[(b * tq + qi) * tk..(b * tq + qi + 1) * tk];
+                for (j, v) in row.iter_mut().enumerate() {
+                    let mut ok = self.visible(b, i, j);
+                    if let Some(ks) = &self.k_segments {
+                        let kseg = ks[b * tk + j];
+                        ok &= kseg != PAD_SEGMENT;
+                        if let Some(qs) = &self.q_segments {
+                            ok &= qs[b * tq + qi] == kseg;
+                        }
+                    }
+                    if !ok {
+                        *v = -1e30;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(bias, (batch, 1, tq, tk), device).map(Some)
+    }
+}
+
+/// Rotary position embedding (Su et al. 2021), "rotate half" layout as in Llama.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, max_len: usize, theta: f64, device: &Device) -> Result<Self> {
+        let half = head_dim / 2;
+        let inv: Vec<f32> = (0..half).map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32).collect();
+        let mut ang = vec![0f32; max_len * half];
+        for p in 0..max_len {
+            for i in 0..half {
+                ang[p * half + i] = p as f32 * inv[i];
+            }
+        }
+        let ang = Tensor::from_vec(ang, (max_len, half), device)?;
+        Ok(Self { cos: ang.cos()?, sin: ang.sin()? })
+    }
+
+    /// x: (batch, heads, T, head_dim), positions offset..offset+T.
+    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let t = x.dim(2)?;
+        let max = self.cos.dim(0)?;
+        if offset + t > max {
+            candle_core::bail!("position {} is beyond the model's max_seq_len {max}", offset + t - 1);
+        }
+        let half = x.dim(D::Minus1)? / 2;
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+        let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+        Tensor::cat(&[r1, r2], D::Minus1)
+    }
+}
+
+/// Cached keys and values of one attention layer.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+}
+
+/// Per-layer caches for incremental decoding; `self_attn[i]` for block i's
+/// self-attention, `cross_attn[i]` for its cross-attention (encoder keys, computed once).
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub self_attn: Vec<LayerCache>,
+    pub cross_attn: Vec<LayerCache>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        Self { self_attn: vec![LayerCache::default(); n_layers], cross_attn: vec![LayerCache::default(); n_layers] }
+    }
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.self_attn.first().and_then(|c| c.k.as_ref()).map(|k| k.dim(2).unwrap_or(0)).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    /// Self-attention: one fused projection to q, k, v. Cross-attention: q from the
+    /// decoder, k and v from the encoder output.
+    q: Option<Linear>,
+    kv: Option<Linear>,
+    qkv: Option<Linear>,
+    proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    dropout: f32,
+}
+
+/// Everything one attention call needs besides its input.
+pub struct AttnInput<'a> {
+    pub bias: Option<&'a Tensor>,
+    pub offset: usize,
+    pub rope: Option<&'a Rope>,
+    pub cache: Option<&'a mut LayerCache>,
+    /// Encoder output for cross-attention.
+    pub memory: Option<&'a Tensor>,
+    /// Seed for the dropout stream of this call when training with dropout.
+    pub dropout_seed: Option<u64>,
+}
+
+impl Attention {
+    pub fn new_self(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, hd) = (cfg.d_model, cfg.head_dim());
+        let bias = cfg.block == BlockStyle::Gpt2;
+        let qkv = linear(d, d + 2 * cfg.n_kv_heads * hd, bias, vb.pp("qkv"))?;
+        Ok(Self {
+            q: None,
+            kv: None,
+            qkv: Some(qkv),
+            proj: linear(d, d, bias, vb.pp("proj"))?,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: hd,
+            dropout: cfg.dropout,
+        })
+    }
+
+    pub fn new_cross(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, hd) = (cfg.d_model, cfg.head_dim());
+        let bias = cfg.block == BlockStyle::Gpt2;
+        Ok(Self {
+            q: Some(linear(d, d, bias, vb.pp("q"))?),
+            kv: Some(linear(d, 2 * cfg.n_kv_heads * hd, bias, vb.pp("kv"))?),
+            qkv: None,
+            proj: linear(d, d, bias, vb.pp("proj"))?,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: hd,
+            dropout: cfg.dropout,
+        })
+    }
+
+    pub fn dropout_p(&self) -> f32 {
+        self.dropout
+    }
+
+    fn heads(&self, x: &Tensor, n: usize) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        x.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()
+    }
+
+    fn repeat_kv(&self, x: Tensor) -> Result<Tensor> {
+        let rep = self.n_heads / self.n_kv_heads;
+        if rep == 1 {
+            return Ok(x);
+        }
+        let (b, h, t, d) = x.dims4()?;
+        x.unsqueeze(2)?.expand((b, h, rep, t, d))?.reshape((b, h * rep, t, d))
+    }
+
+    pub fn forward(&self, x: &Tensor, inp: AttnInput) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let kv_width = self.n_kv_heads * self.head_dim;
+        let (q, k, v) = match (&self.qkv, inp.memory) {
+            (Some(qkv), None) => {
+                let all = qkv.forward(x)?;
+                let q = self.heads(&all.narrow(D::Minus1, 0, c)?, self.n_heads)?;
+                let k = self.heads(&all.narrow(D::Minus1, c, kv_width)?, self.n_kv_heads)?;
+                let v = self.heads(&all.narrow(D::Minus1, c + kv_width, kv_width)?, self.n_kv_heads)?;
+                let (q, k) = match inp.rope {
+                    Some(r) => (r.apply(&q, inp.offset)?, r.apply(&k, inp.offset)?),
+                    None => (q, k),
+                };
+                // Append to the cache: keys for earlier positions are reused, not recomputed.
+                let (k, v) = match inp.cache {
+                    Some(cache) => {
+                        let k = match &cache.k { Some(pk) => Tensor::cat(&[pk, &k], 2)?, None => k };
+                        let v = match &cache.v { Some(pv) => Tensor::cat(&[pv, &v], 2)?, None => v };
+                        cache.k = Some(k.clone());
+                        cache.v = Some(v.clone());
+                        (k, v)
+                    }
+                    None => (k, v),
+                };
+                (q, k, v)
+            }
+            (None, Some(memory)) => {
+                let q = self.heads(&self.q.as_ref().expect("cross attention has q").forward(x)?, self.n_heads)?;
+                // The encoder output is fixed during decoding: project it once and cache.
+                let cached = inp.cache.as_ref().and_then(|c| c.k.clone().zip(c.v.clone()));
+                let (k, v) = match cached {
+                    Some(kv) => kv,
+                    None => {
+                        let kv = self.kv.as_ref().expect("cross attention has kv").forward(memory)?;
+                        let k = self.heads(&kv.narrow(D::Minus1, 0, kv_width)?, self.n_kv_heads)?;
+                        let v = self.heads(&kv.narrow(D::Minus1, kv_width, kv_width)?, self.n_kv_heads)?;
+                        if let Some(cache) = inp.cache {
+                            cache.k = Some(k.clone());
+                            cache.v = Some(v.clone());
+                        }
+                        (k, v)
+                    }
+                };
+                (q, k, v)
+            }
+            _ => candle_core::bail!("attention layer called with the wrong inputs (self vs cross)"),
+        };
+        let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(bias) = inp.bias {
+            att = att.broadcast_add(bias)?;
+        }
+        let mut att = crate::ops::softmax_last_dim(&att)?;
+        if let Some(seed) = inp.dropout_seed {
+            att = crate::ops::dropout(&att, self.dropout, seed)?;
+        }
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
+        let y = self.proj.forward(&y)?;
+        match inp.dropout_seed {
+            Some(seed) => crate::ops::dropout(&y, self.dropout, seed ^ 0x9e37_79b9_7f4a_7c15),
+            None => Ok(y),
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Fused CPU kernels with their backward passes.
+//!
+//! candle-nn's fused softmax / norm kernels are inference-only (`apply_op*_no_bwd`), and
+//! the composed versions allocate a fresh tensor for every elementwise step. These ops
+//! do one pass over each row forward and one backward, and register their gradient with
+//! candle's autograd through the `bwd` hooks, so training uses them transparently.
+//! Every op is checked against its composed reference and finite differences in tests.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows above this many elements in total are split across threads.
+const PAR_THRESHOLD: usize = 1 << 14;
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("{op}: only f32 is implemented on CPU, got {:?}", s.dtype()),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+fn for_rows(out: &mut [f32], dim: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if out.len() >= PAR_THRESHOLD {
+        out.par_chunks_mut(dim).enumerate().for_each(|(i, r)| f(i, r));
+    } else {
+        out.chunks_mut(dim).enumerate().for_each(|(i, r)| f(i, r));
+    }
+}
+
+// ---------------------------------------------------------------- softmax
+
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "ferrolm-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let dim = l.dims()[l.dims().len() - 1];
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, dim, |i, row| {
+            let src = &x[i * dim..(i + 1) * dim];
+            let max = src.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, &v) in row.iter_mut().zip(src) {
+                *o = (v - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|o| *o *= inv);
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // dx = y ⊙ (g − Σ g⊙y)
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?))
+    }
+}
+
+struct SoftmaxBackward;
+
+impl candle_core::CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "ferrolm-softmax-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        let dim = l1.dims()[l1.dims().len() - 1];
+        let mut out = vec![0f32; y.len()];
+        for_rows(&mut out, dim, |i, row| {
+            let (yr, gr) = (&y[i * dim..(i + 1) * dim], &g[i * dim..(i + 1) * dim]);
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for ((o, &yv), &gv) in row.iter_mut().zip(yr).zip(gr) {
+                *o = yv * (gv - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension, differentiable.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return candle_nn::ops::softmax_last_dim(x);
+    }
+    x.contiguous()?.apply_op1(SoftmaxLastDim)
+}
+
+// ---------------------------------------------------------------- layer norm / rms norm
+
+/// LayerNorm (`remove_mean = true`, with bias) or RMSNorm (`remove_mean = false`, bias
+/// ignored) over the last dimension. One fused op for both keeps the backward in one place.
+struct Norm {
+    eps: f32,
+    remove_mean: bool,
+}
+
+impl Norm {
+    /// Per row: mean and reciprocal std, recomputed in backward rather than stored,
+    /// because storing them would need a second output that candle ops cannot return.
+    fn stats(&self, row: &[f32]) -> (f32, f32) {
+        let n = row.len() as f32;
+        let mean = if self.remove_mean { row.iter().sum::<f32>() / n } else { 0.0 };
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        (mean, 1.0 / (var + self.eps).sqrt())
+    }
+}
+
+impl CustomOp3 for Norm {
+    fn name(&self) -> &'static str {
+        "ferrolm-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let b = contiguous_f32(s3, l3, self.name())?;
+        let dim = w.len();
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, dim, |i, row| {
+            let src = &x[i * dim..(i + 1) * dim];
+            let (mean, rstd) = self.stats(src);
+            for j in 0..dim {
+                row[j] = (src[j] - mean) * rstd * w[j] + if self.remove_mean { b[j] } else { 0.0 };
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dim = w.dim(0)?;
+        let x2 = x.contiguous()?.reshape(((), dim))?;
+        let g2 = grad.contiguous()?.reshape(((), dim))?;
+        let packed = x2.apply_op3_no_bwd(&w.contiguous()?, &g2, &NormBackward { fwd: Norm { eps: self.eps, remove_mean: self.remove_mean } })?;
+        // packed rows: [dx (rows) ; dw (1 row) ; db (1 row)]
+        let rows = x2.dim(0)?;
+        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, rows, 1)?.squeeze(0)?;
+        let db = if self.remove_mean { Some(packed.narrow(0, rows + 1, 1)?.squeeze(0)?) } else { None };
+        Ok((Some(dx), Some(dw), db))
+    }
+}
+
+struct NormBackward {
+    fwd: Norm,
+}
+
+impl CustomOp3 for NormBackward {
+    fn name(&self) -> &'static str {
+        "ferrolm-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let g = contiguous_f32(s3, l3, self.name())?;
+        let dim = w.len();
+        let rows = x.len() / dim;
+        let mut out = vec![0f32; (rows + 2) * dim];
+        let (dx, rest) = out.split_at_mut(rows * dim);
+        // dx per row: rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂)); for RMSNorm the first mean is absent.
+        for_rows(dx, dim, |i, row| {
+            let xr = &x[i * dim..(i + 1) * dim];
+            let gr = &g[i * dim..(i + 1) * dim];
+            let (mean, rstd) = self.fwd.stats(xr);
+            let n = dim as f32;
+            let (mut s_gw, mut s_gwx) = (0f32, 0f32);
+            for j in 0..dim {
+                let gw = gr[j] * w[j];
+                s_gw += gw;
+                s_gwx += gw * (xr[j] - mean) * rstd;
+            }
+            let m_gw = if self.fwd.remove_mean { s_gw / n } else { 0.0 };
+            let m_gwx = s_gwx / n;
+            for j in 0..dim {
+                let xhat = (xr[j] - mean) * rstd;
+                row[j] = rstd * (gr[j] * w[j] - m_gw - xhat * m_gwx);
+            }
+        });
+        // dw = Σ_rows g·x̂, db = Σ_rows g: reduced per thread chunk then summed.
+        let chunk = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        let partial: Vec<Vec<f32>> = (0..rows)
+            .collect::<Vec<_>>()
+            .par_chunks(chunk)
+            .map(|idx| {
+                let mut acc = vec![0f32; 2 * dim];
+                for &i in idx {
+                    let xr = &x[i * dim..(i + 1) * dim];
+                    let gr = &g[i * dim..(i + 1) * dim];
+                    let (mean, rstd) = self.fwd.stats(xr);
+                    for j in 0..dim {
+                        acc[j] += gr[j] * (xr[j] - mean) * rstd;
+                        acc[dim + j] += gr[j];
+                    }
+                }
+                acc
+            })
+            .collect();
+        for p in partial {
+            for (r, v) in rest.iter_mut().zip(p) {
+                *r += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, dim))))
+    }
+}
+
+/// LayerNorm over the last dimension, differentiable in x, weight and bias.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return candle_nn::ops::layer_norm_slow(x, w, b, eps as f32);
+    }
+    x.contiguous()?.apply_op3(w, b, Norm { eps: eps as f32, remove_mean: true })
+}
+
+/// RMSNorm over the last dimension, differentiable in x and weight.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return candle_nn::ops::rms_norm_slow(x, w, eps as f32);
+    }
+    // The bias slot is unused for RMSNorm; pass the weight so shapes line up.
+    x.contiguous()?.apply_op3(w, w, Norm { eps: eps as f32, remove_mean: false })
+}
+
+// ---------------------------------------------------------------- dropout
+
+/// Inverted dropout with a mask drawn from a seeded stream, so a training step is a pure
+/// function of (weights, batch, step seed): resuming from a checkpoint replays it exactly.
+pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let scale = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f32>() < p { 0.0 } else { scale }).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+    x * mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn softmax_matches_composed_forward_and_backward() {
+        let x = Var::from_tensor(&rand(&[3, 5, 7], 1)).unwrap();
+        let g = rand(&[3, 5, 7], 2);
+        let ours = softmax_last_dim(x.as_tensor()).unwrap();
+        let reference = candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap();
+        assert!(max_diff(&ours, &reference) < 1e-6);
+        let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (reference * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_diff(ga.get(&x).unwrap(), gb.get(&x).unwrap()) < 1e-5);
+    }
+
+    fn composed_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f64) -> Tensor {
+        match b {
+            Some(b) => candle_nn::ops::layer_norm_slow(x, w, b, eps as f32).unwrap(),
+            None => candle_nn::ops::rms_norm_slow(x, w, eps as f32).unwrap(),
+        }
+    }
+
+    #[test]
+    fn norms_match_composed_forward_and_backward() {
+        for with_bias in [true, false] {
+            let x = Var::from_tensor(&rand(&[2, 6, 16], 3)).unwrap();
+            let w = Var::from_tensor(&rand(&[16], 4)).unwrap();
+            let b = Var::from_tensor(&rand(&[16], 5)).unwrap();
+            let g = rand(&[2, 6, 16], 6);
+            let ours = if with_bias {
+                layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap()
+            } else {
+                rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).unwrap()
+            };
+            let reference = composed_norm(x.as_tensor(), w.as_tensor(), with_bias.then_some(b.as_tensor()), 1e-5);
+            assert!(max_diff(&ours, &reference) < 1e-5, "forward, bias={with_bias}");
+            let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (reference * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(max_diff(ga.get(&x).unwrap(), gb.get(&x).unwrap()) < 1e-4, "dx, bias={with_bias}");
+            assert!(max_diff(ga.get(&w).unwrap(), gb.get(&w).unwrap()) < 1e-4, "dw, bias={with_bias}");
+            if with_bias {
+                assert!(max_diff(ga.get(&b).unwrap(), gb.get(&b).unwrap()) < 1e-4, "db");
+            }
+        }
+    }
+}

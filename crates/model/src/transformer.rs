@@ -1,0 +1,140 @@
+//! The Transformer language model: token (and, for GPT-2 blocks, learned position)
+//! embeddings, a stack of blocks, a final norm and an LM head (optionally tied to the
+//! token embedding). The mask passed in decides the shape: causal decoder (GPT) or
+//! prefix decoder; the encoder-decoder composes two stacks with cross-attention.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+
+use crate::attention::{KvCache, MaskSpec, Rope};
+use crate::block::{norm, Block, BlockInput};
+use crate::config::{BlockStyle, TransformerConfig};
+use crate::norm::Norm;
+
+/// A stack of blocks with its final norm.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    blocks: Vec<Block>,
+    ln_f: Norm,
+}
+
+impl Stack {
+    pub fn new(cfg: &TransformerConfig, with_cross: bool, vb: VarBuilder) -> Result<Self> {
+        let blocks = (0..cfg.n_layers)
+            .map(|i| Block::new(cfg, with_cross, vb.pp(format!("blocks.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { blocks, ln_f: norm(cfg, vb.pp("ln_f"))? })
+    }
+
+    pub fn forward(&self, mut x: Tensor, inp: &BlockInput, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_inp = BlockInput {
+                dropout_seed: inp.dropout_seed.map(|s| s ^ ((i as u64 + 1) << 40)),
+                ..*inp
+            };
+            let layer_cache = cache.as_deref_mut().map(|c| {
+                let (a, b) = (&mut c.self_attn[i], &mut c.cross_attn[i]);
+                (a, b)
+            });
+            x = block.forward(&x, &layer_inp, layer_cache)?;
+        }
+        self.ln_f.forward(&x)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    cfg: TransformerConfig,
+    wte: Embedding,
+    wpe: Option<Embedding>,
+    rope: Option<Rope>,
+    decoder: Stack,
+    lm_head: Linear,
+}
+
+impl Transformer {
+    pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::Msg)?;
+        let wte = candle_nn::embedding(cfg.vocab_size, cfg.d_model, vb.pp("wte"))?;
+        let (wpe, rope) = match cfg.block {
+            BlockStyle::Gpt2 => (Some(candle_nn::embedding(cfg.max_seq_len, cfg.d_model, vb.pp("wpe"))?), None),
+            BlockStyle::Modern => (None, Some(Rope::new(cfg.head_dim(), cfg.max_seq_len, cfg.rope_theta, vb.device())?)),
+        };
+        let decoder = Stack::new(cfg, false, vb.pp("decoder"))?;
+        let lm_head = if cfg.tie_embeddings {
+            Linear::new(wte.embeddings().clone(), None)
+        } else {
+            candle_nn::linear_no_bias(cfg.d_model, cfg.vocab_size, vb.pp("lm_head"))?
+        };
+        Ok(Self { cfg: cfg.clone(), wte, wpe, rope, decoder, lm_head })
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.cfg
+    }
+
+    /// Embed token ids (batch, T) whose first position is `offset`.
+    fn embed(&self, ids: &Tensor, offset: usize) -> Result<Tensor> {
+        let x = self.wte.forward(ids)?;
+        match &self.wpe {
+            Some(wpe) => {
+                let t = ids.dim(1)?;
+                if offset + t > self.cfg.max_seq_len {
+                    candle_core::bail!(
+                        "sequence of {} positions exceeds the model's max_seq_len {}",
+                        offset + t,
+                        self.cfg.max_seq_len
+                    );
+                }
+                let pos = Tensor::arange(offset as u32, (offset + t) as u32, ids.device())?;
+                x.broadcast_add(&wpe.forward(&pos)?)
+            }
+            None => Ok(x),
+        }
+    }
+
+    /// Final hidden states (batch, T, d_model) after the last norm.
+    /// `cache`: when given, positions start at `cache.len()` and keys/values are appended.
+    /// `dropout_seed`: Some(seed) in training when dropout is configured.
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        mask: &MaskSpec,
+        cache: Option<&mut KvCache>,
+        dropout_seed: Option<u64>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let x = self.embed(ids, offset)?;
+        let bias = mask.bias(b, t, offset + t, offset, ids.device())?;
+        let dropout_seed = dropout_seed.filter(|_| self.cfg.dropout > 0.0);
+        let x = match dropout_seed {
+            Some(s) => crate::ops::dropout(&x, self.cfg.dropout, s)?,
+            None => x,
+        };
+        let inp = BlockInput { bias: bias.as_ref(), cross_bias: None, offset, rope: self.rope.as_ref(), memory: None, dropout_seed };
+        self.decoder.forward(x, &inp, cache)
+    }
+
+    /// Project hidden states to vocabulary logits.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+
+    /// Logits (batch, T, vocab) for token ids (batch, T).
+    pub fn forward(&self, ids: &Tensor, mask: &MaskSpec, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.logits(&self.hidden(ids, mask, cache, None)?)
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.n_layers)
+    }
+
+    pub fn device(&self) -> &Device {
+        self.wte.embeddings().device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.wte.embeddings().dtype()
+    }
+}
