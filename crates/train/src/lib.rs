@@ -1,1 +1,20 @@
-//! ferrolm-train: see ARCHITECTURE.md.
+//! Training: the optimizer and its schedule, batches drawn from token streams, the
+//! loop with periodic evaluation, checkpoints with exact resume, metrics and plots.
+//!
+//! Exact resume rests on one rule: everything random in step `s` (which windows form
+//! the batch, dropout masks) is drawn from a stream seeded by `(seed, s)`, never from a
+//! generator that carries state across steps. A checkpoint therefore only needs the
+//! weights, the optimizer moments and the step number.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod metrics;
+pub mod optim;
+pub mod plot;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{RunConfig, TrainConfig};
+pub use data::TokenSource;
+pub use trainer::{evaluate, EvalResult, Trainer, TrainOutcome};
