@@ -222,7 +222,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// One optimizer step: `grad_accum` micro-batches, clip, AdamW. Returns (loss, grad norm).
-    fn train_step(&mut self) -> Result<(f64, f64)> {
+    pub fn train_step(&mut self) -> Result<(f64, f64)> {
         let tc = &self.cfg.train;
         let seq = self.cfg.seq_len();
         let step = self.state.step;

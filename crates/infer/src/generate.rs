@@ -1,0 +1,74 @@
+//! Autoregressive generation with a KV cache: the prompt is encoded in one forward pass,
+//! then each new token costs one single-position pass over cached keys and values.
+
+use anyhow::Result;
+use candle_core::{Tensor, D};
+use ferrolm_model::attention::MaskSpec;
+use ferrolm_model::Transformer;
+
+use crate::sampling::{Sampler, SamplingConfig};
+
+#[derive(Debug, Clone)]
+pub struct GenerateConfig {
+    pub max_tokens: usize,
+    /// Generation stops after producing any of these (it is included in the output).
+    pub stop_tokens: Vec<u32>,
+    pub sampling: SamplingConfig,
+}
+
+/// Last-position logits as a Vec.
+fn last_logits(logits: &Tensor) -> Result<Vec<f32>> {
+    let t = logits.dim(1)?;
+    Ok(logits.narrow(1, t - 1, 1)?.squeeze(1)?.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
+}
+
+/// Generate up to `max_tokens` after `prompt`, calling `on_token` with each new token as
+/// soon as it is sampled (return false from it to stop early). Returns the new tokens.
+///
+/// When the context fills up, the cache is rebuilt from the most recent half of the
+/// window, so long generations keep going at a bounded cost.
+pub fn generate(
+    model: &Transformer,
+    prompt: &[u32],
+    cfg: &GenerateConfig,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
+    anyhow::ensure!(!prompt.is_empty(), "generation needs a non-empty prompt (at least one token)");
+    let ctx = model.config().max_seq_len;
+    let mut sampler = Sampler::new(cfg.sampling.clone());
+    let mut history: Vec<u32> = prompt.to_vec();
+    let keep = |h: &[u32]| h[h.len().saturating_sub(ctx / 2).max(h.len().saturating_sub(ctx))..].to_vec();
+    let start = if history.len() > ctx { keep(&history) } else { history.clone() };
+    let mut cache = model.new_cache();
+    let dev = model.device().clone();
+    let logits = model.forward(&Tensor::new(start.as_slice(), &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?;
+    let mut next = last_logits(&logits)?;
+    let mut out = Vec::new();
+    for _ in 0..cfg.max_tokens {
+        let tok = sampler.sample(&next);
+        out.push(tok);
+        history.push(tok);
+        if !on_token(tok) || cfg.stop_tokens.contains(&tok) {
+            break;
+        }
+        let logits = if cache.len() + 1 > ctx {
+            cache = model.new_cache();
+            let window = keep(&history);
+            model.forward(&Tensor::new(window.as_slice(), &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?
+        } else {
+            model.forward(&Tensor::new(&[tok], &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?
+        };
+        next = last_logits(&logits)?;
+    }
+    Ok(out)
+}
+
+/// Log-probability of each continuation token given the text before it (no cache; for
+/// scoring and tests).
+pub fn score(model: &Transformer, ids: &[u32]) -> Result<Vec<f32>> {
+    let dev = model.device();
+    let x = Tensor::new(&ids[..ids.len() - 1], dev)?.unsqueeze(0)?;
+    let y = Tensor::new(&ids[1..], dev)?.unsqueeze(0)?;
+    let logp = candle_nn::ops::log_softmax(&model.forward(&x, &MaskSpec::causal(), None)?, D::Minus1)?;
+    Ok(logp.gather(&y.unsqueeze(D::Minus1)?, D::Minus1)?.flatten_all()?.to_vec1()?)
+}
