@@ -1,11 +1,138 @@
-//! `ferrolm bench` (not yet implemented).
+//! `ferrolm bench train`: tokens/s of full training steps (forward, backward, AdamW) and
+//! peak memory on fixed presets, for side-by-side comparison with bench/train_torch.py.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::Device;
+use clap::{Subcommand, ValueEnum};
+use ferrolm_model::{BlockStyle, TransformerConfig};
+use ferrolm_train::config::{RunConfig, Schedule, TrainConfig};
+use ferrolm_train::Trainer;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
+    #[command(subcommand)]
+    what: What,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`ferrolm bench` is not implemented yet")
+#[derive(Subcommand)]
+enum What {
+    /// Training throughput on a preset model with random tokens.
+    Train {
+        #[arg(long, value_enum, default_value = "c1")]
+        preset: Preset,
+        /// Timed optimizer steps (after 3 warm-up steps).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Modern block instead of GPT-2 style (not comparable with the PyTorch peer).
+        #[arg(long)]
+        modern: bool,
+        /// Print one JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum Preset {
+    /// 4 layers, 4 heads, width 128, context 64, batch 12, vocab 65
+    C1,
+    /// 6 layers, 6 heads, width 384, context 256, batch 8, vocab 65
+    C2,
+}
+
+fn preset(p: Preset, modern: bool) -> RunConfig {
+    let (layers, heads, width, ctx, batch) = match p {
+        Preset::C1 => (4, 4, 128, 64, 12),
+        Preset::C2 => (6, 6, 384, 256, 8),
+    };
+    RunConfig {
+        model: TransformerConfig {
+            vocab_size: 65,
+            d_model: width,
+            n_layers: layers,
+            n_heads: heads,
+            n_kv_heads: heads,
+            max_seq_len: ctx,
+            block: if modern { BlockStyle::Modern } else { BlockStyle::Gpt2 },
+            tie_embeddings: true,
+            dropout: 0.0,
+            ..Default::default()
+        },
+        // The same optimisation as the PyTorch reference: AdamW(0.9, 0.99), wd 0.1 on
+        // every matrix including embeddings, clip 1.0.
+        train: TrainConfig {
+            batch_size: batch,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_steps: 0,
+            schedule: Schedule::Constant,
+            beta1: 0.9,
+            beta2: 0.99,
+            weight_decay: 0.1,
+            decay_embeddings: true,
+            grad_clip: 1.0,
+            max_steps: usize::MAX / 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let What::Train { preset: p, steps, modern, json } = args.what;
+    let cfg = preset(p, modern);
+    let seq = cfg.model.max_seq_len;
+    // Random tokens: speed does not depend on content.
+    let data: Vec<u32> = (0..200_000u64).map(|i| (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) % 65) as u32).collect();
+    let dir = tempfile::tempdir()?;
+    let mut t = Trainer::new(cfg.clone(), dir.path(), &data, &data, vec![1; 65], &Device::Cpu)?;
+    for _ in 0..3 {
+        t.train_step()?;
+    }
+    let mut ms = Vec::with_capacity(steps);
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        let s = Instant::now();
+        t.train_step()?;
+        ms.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    let total = t0.elapsed().as_secs_f64();
+    ms.sort_by(f64::total_cmp);
+    let median = ms[ms.len() / 2];
+    let tokens_per_step = (cfg.train.batch_size * seq) as f64;
+    let out = serde_json::json!({
+        "preset": format!("{p:?}").to_lowercase(),
+        "block": if modern { "modern" } else { "gpt2" },
+        "steps": steps,
+        "threads": candle_core::utils::get_num_threads(),
+        "params": cfg.model.num_params(),
+        "tokens_per_sec": tokens_per_step * steps as f64 / total,
+        "tokens_per_sec_median_step": tokens_per_step / (median / 1e3),
+        "step_ms_median": median,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    if json {
+        println!("{out}");
+    } else {
+        println!(
+            "{:?}: {} params, {:.0} tokens/s, median step {:.1} ms, peak RSS {:.1} MiB ({} threads)",
+            p,
+            out["params"],
+            out["tokens_per_sec"].as_f64().unwrap_or(0.0),
+            median,
+            peak_rss_bytes() as f64 / (1 << 20) as f64,
+            out["threads"]
+        );
+    }
+    Ok(())
 }
