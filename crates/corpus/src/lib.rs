@@ -1,14 +1,23 @@
 //! ferrolm-corpus: turns raw mixed sources into a clean, de-duplicated, private-data-free corpus.
 //! See README.md in this crate for the architecture (modules, data flow, invariants).
 
+pub mod config;
 pub mod document;
+pub mod pipeline;
 pub mod read;
+pub mod report;
+pub mod step;
+pub mod steps;
+pub mod text;
 
+pub use config::{PipelineConfig, SourceConfig, StepConfig, StepEntry};
 pub use document::{Document, Rejection};
+pub use pipeline::{merge_report, parse_shard, run_configured, run_pipeline, PipelineStats, RunOptions, StepStats};
 pub use read::cargo::{cargo_registry_documents, cargo_registry_stream, default_cargo_home};
 pub use read::{read_paths, DocumentStream, ReadItem, ReadOptions, ReadStats};
+pub use step::{Step, Verdict};
 
-/// Fatal errors: the run cannot continue (a missing input, an unreadable Cargo.lock).
+/// Fatal errors: the run cannot continue (a missing input, an unreadable Cargo.lock, a bad config).
 /// Malformed *records* are not errors; they are counted as [`Rejection`]s.
 #[derive(Debug, thiserror::Error)]
 pub enum CorpusError {
