@@ -1,0 +1,250 @@
+//! The pipeline as data: sources, ordered steps, mixing. Parsed from TOML (`[[source]]`,
+//! `[[step]]` tables with a `kind`) through `ferrolm_common::config`, so `--set` works.
+
+use crate::step::{Scoped, Step};
+use crate::steps::*;
+use crate::{CorpusError, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    /// Files or folders (recursive).
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    /// Read the Cargo registry sources of the crates in this Cargo.lock instead (code + prose;
+    /// the documents' sources are then "code" and "prose", whatever `name` says).
+    #[serde(default)]
+    pub cargo_lock: Option<PathBuf>,
+    /// `$CARGO_HOME` for `cargo_lock` (default: the environment's).
+    #[serde(default)]
+    pub cargo_home: Option<PathBuf>,
+    #[serde(default = "one")]
+    pub weight: f64,
+    #[serde(default = "text_field")]
+    pub text_field: String,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn text_field() -> String {
+    "text".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepConfig {
+    Normalize(NormalizeConfig),
+    Language(LanguageConfig),
+    GopherRepetition(GopherRepetitionConfig),
+    GopherQuality(GopherQualityConfig),
+    C4(C4Config),
+    Fineweb(FineWebConfig),
+    Code(CodeConfig),
+    QualityClassifier(ClassifierStepConfig),
+    ExactDedup(Empty),
+    LineDedup(LineDedupConfig),
+    MinhashDedup(MinHashConfig),
+    Decontaminate(DecontamConfig),
+    Privacy(PrivacyConfig),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// One `[[step]]`: its kind and settings, and optionally the sources it applies to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepEntry {
+    #[serde(flatten)]
+    pub step: StepConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<String>>,
+}
+
+impl StepEntry {
+    pub fn all(step: StepConfig) -> Self {
+        Self { step, sources: None }
+    }
+    pub fn only(step: StepConfig, sources: &[&str]) -> Self {
+        Self { step, sources: Some(sources.iter().map(|s| s.to_string()).collect()) }
+    }
+
+    pub fn build(&self) -> Result<Scoped> {
+        let step: Box<dyn Step> = match &self.step {
+            StepConfig::Normalize(c) => Box::new(Normalizer::new(c.clone())),
+            StepConfig::Language(c) => Box::new(LanguageFilter::new(c.clone())),
+            StepConfig::GopherRepetition(c) => Box::new(GopherRepetition::new(c.clone())),
+            StepConfig::GopherQuality(c) => Box::new(GopherQuality::new(c.clone())),
+            StepConfig::C4(c) => Box::new(C4Filter::new(c.clone())),
+            StepConfig::Fineweb(c) => Box::new(FineWebFilter::new(c.clone())),
+            StepConfig::Code(c) => Box::new(CodeFilter::new(c.clone())),
+            StepConfig::QualityClassifier(c) => Box::new(QualityClassifierFilter::new(c)?),
+            StepConfig::ExactDedup(_) => Box::new(ExactDedup::new()),
+            StepConfig::LineDedup(c) => Box::new(LineDedup::new(c.clone())),
+            StepConfig::MinhashDedup(c) => {
+                if c.bands == 0 || c.rows == 0 || c.ngram == 0 {
+                    return Err(CorpusError::Config("minhash_dedup: bands, rows and ngram must be positive".into()));
+                }
+                Box::new(MinHashDedup::new(c.clone()))
+            }
+            StepConfig::Decontaminate(c) => Box::new(Decontaminator::new(c.clone())?),
+            StepConfig::Privacy(c) => Box::new(PrivacyScrubber::new(c.clone())),
+        };
+        Ok(Scoped { step, sources: self.sources.clone() })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PipelineConfig {
+    #[serde(rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    #[serde(rename = "step")]
+    pub steps: Vec<StepEntry>,
+    /// Mix sources by their `weight` (to `mix_target_bytes`, default: the kept total).
+    pub mix: bool,
+    pub mix_target_bytes: Option<u64>,
+    /// Documents per parallel batch (memory is bounded by a few batches).
+    pub batch_docs: usize,
+    pub batch_bytes: usize,
+    /// Examples kept per removal reason in the report.
+    pub examples_per_reason: usize,
+    /// Write `excluded/` (every removed document with step and reason).
+    pub write_excluded: bool,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            sources: Vec::new(),
+            steps: Vec::new(),
+            mix: false,
+            mix_target_bytes: None,
+            batch_docs: 4096,
+            batch_bytes: 64 << 20,
+            examples_per_reason: 3,
+            write_excluded: true,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// `ferrolm data build --input ...`: normalise, language, quality (Gopher + FineWeb on prose,
+    /// code rules on code), exact and near-duplicate removal, privacy.
+    pub fn default_pipeline() -> Self {
+        use StepConfig as S;
+        Self {
+            steps: vec![
+                StepEntry::all(S::Normalize(Default::default())),
+                StepEntry::only(S::Code(Default::default()), &["code"]),
+                StepEntry::only(S::Language(Default::default()), &["prose"]),
+                StepEntry::only(S::GopherRepetition(Default::default()), &["prose"]),
+                StepEntry::only(S::GopherQuality(Default::default()), &["prose"]),
+                StepEntry::only(S::Fineweb(Default::default()), &["prose"]),
+                StepEntry::all(S::ExactDedup(Empty {})),
+                StepEntry::all(S::MinhashDedup(Default::default())),
+                StepEntry::all(S::Privacy(Default::default())),
+            ],
+            ..Default::default()
+        }
+    }
+
+    /// For the quickstart's Cargo-registry corpus (sources "code" and "prose"). Licence files and
+    /// vendored copies are the exact and near duplicates; authors' e-mails the private data.
+    /// Web-prose rules (stop words, terminal punctuation) would remove most Rust documentation,
+    /// so prose gets language identification, repetition rules and a lenient length floor only.
+    pub fn quickstart_default() -> Self {
+        use StepConfig as S;
+        let prose_quality = GopherQualityConfig {
+            min_doc_words: Some(5),
+            min_stop_words: None,
+            max_symbol_word_ratio: Some(0.5),
+            max_non_alpha_words_ratio: Some(0.5),
+            max_bullet_lines_ratio: None,
+            ..Default::default()
+        };
+        Self {
+            steps: vec![
+                StepEntry::all(S::Normalize(Default::default())),
+                StepEntry::only(S::Code(Default::default()), &["code"]),
+                StepEntry::only(S::Language(LanguageConfig { min_confidence: 0.0, ..Default::default() }), &["prose"]),
+                StepEntry::only(S::GopherRepetition(Default::default()), &["prose"]),
+                StepEntry::only(S::GopherQuality(prose_quality), &["prose"]),
+                StepEntry::all(S::ExactDedup(Empty {})),
+                StepEntry::all(S::MinhashDedup(Default::default())),
+                StepEntry::only(S::LineDedup(LineDedupConfig { min_chars: 40, ..Default::default() }), &["prose"]),
+                StepEntry::all(S::Privacy(PrivacyConfig { kinds: PiiKind::ALL.to_vec(), ..Default::default() })),
+            ],
+            ..Default::default()
+        }
+    }
+
+    /// Parse a merged TOML value (from `ferrolm_common::config::load_config`).
+    pub fn from_toml(value: &toml::Value) -> Result<Self> {
+        let cfg: Self = ferrolm_common::config::typed(value).map_err(|e| CorpusError::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_docs == 0 {
+            return Err(CorpusError::Config("batch_docs must be positive".into()));
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            if s.paths.is_empty() && s.cargo_lock.is_none() {
+                return Err(CorpusError::Config(format!("source {} ({:?}) has neither `paths` nor `cargo_lock`", i + 1, s.name)));
+            }
+            if s.weight < 0.0 {
+                return Err(CorpusError::Config(format!("source {:?}: weight must not be negative", s.name)));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# could not render config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip_with_scoped_steps() {
+        let text = r#"
+mix = true
+[[source]]
+name = "web"
+paths = ["data/web"]
+weight = 2.0
+[[step]]
+kind = "normalize"
+[[step]]
+kind = "gopher_quality"
+min_doc_words = 20
+sources = ["web"]
+[[step]]
+kind = "minhash_dedup"
+bands = 16
+[[step]]
+kind = "exact_dedup"
+"#;
+        let v: toml::Value = toml::Value::Table(text.parse().unwrap());
+        let c = PipelineConfig::from_toml(&v).unwrap();
+        assert_eq!(c.sources[0].weight, 2.0);
+        assert_eq!(c.steps.len(), 4);
+        match &c.steps[1].step {
+            StepConfig::GopherQuality(g) => assert_eq!(g.min_doc_words, Some(20)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.steps[1].sources.as_deref(), Some(&["web".to_string()][..]));
+        let again = PipelineConfig::from_toml(&toml::Value::Table(c.to_toml().parse().unwrap())).unwrap();
+        assert_eq!(again.steps.len(), 4);
+        let bad: toml::Value = toml::Value::Table("[[step]]\nkind = \"nope\"\n".parse().unwrap());
+        assert!(PipelineConfig::from_toml(&bad).unwrap_err().to_string().contains("nope"));
+    }
+}
