@@ -35,6 +35,15 @@ impl TokenSource for [u32] {
     }
 }
 
+impl TokenSource for ferrolm_tokenizer::shards::TokenShards {
+    fn len(&self) -> usize {
+        ferrolm_tokenizer::shards::TokenShards::len(self)
+    }
+    fn read(&self, start: usize, out: &mut [u32]) {
+        self.read_into(start, out)
+    }
+}
+
 /// Inputs (batch, T) and next-token targets (batch, T).
 pub struct Batch {
     pub inputs: Tensor,
