@@ -4,16 +4,43 @@
 
 use std::process::Command;
 
+/// Generated English-like prose and Rust code: varied enough to pass the corpus
+/// pipeline's language and repetition filters, regular enough to learn in seconds.
 fn fixture(dir: &std::path::Path) {
     std::fs::create_dir_all(dir).unwrap();
-    let words = ["alpha", "beta", "gamma", "delta", "the", "crate", "returns", "value", "fn", "struct"];
-    for d in 0..60 {
+    let adj = ["small", "quick", "quiet", "heavy", "bright", "old", "new", "strange", "simple", "careful", "green", "broken"];
+    let noun = ["parser", "river", "teacher", "window", "garden", "function", "engine", "letter", "mountain", "city", "value", "table"];
+    let verb = ["reads", "moves", "finds", "builds", "opens", "returns", "follows", "changes", "keeps", "writes"];
+    let prep = ["near", "under", "with", "before", "after", "inside", "behind", "across"];
+    let mut state = 12345u64;
+    let mut pick = |n: usize| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as usize % n
+    };
+    for d in 0..40 {
         let mut text = String::new();
-        for i in 0..200 {
-            text.push_str(words[(i * 7 + d * 3 + i / 5) % words.len()]);
-            text.push(if i % 11 == 10 { '\n' } else { ' ' });
+        for p in 0..4 {
+            for _ in 0..6 {
+                text.push_str(&format!(
+                    "The {} {} {} the {} {} {} the {}. ",
+                    adj[pick(adj.len())], noun[pick(noun.len())], verb[pick(verb.len())],
+                    adj[pick(adj.len())], noun[pick(noun.len())], prep[pick(prep.len())], noun[pick(noun.len())]
+                ));
+            }
+            text.push_str(if p < 3 { "\n\n" } else { "\n" });
         }
         std::fs::write(dir.join(format!("doc{d}.txt")), text).unwrap();
+    }
+    for d in 0..10 {
+        let mut code = String::new();
+        for f in 0..8 {
+            let (a, b) = (noun[pick(noun.len())], noun[pick(noun.len())]);
+            code.push_str(&format!(
+                "/// Returns the {} {} for the given {}.\npub fn {a}_{f}_{d}(x: u32) -> u32 {{\n    let {b} = x + {};\n    {b} * {}\n}}\n\n",
+                adj[pick(adj.len())], a, b, pick(100), pick(9) + 1
+            ));
+        }
+        std::fs::write(dir.join(format!("lib{d}.rs")), code).unwrap();
     }
 }
 

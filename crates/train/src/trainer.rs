@@ -325,7 +325,9 @@ impl<'a> Trainer<'a> {
                     elapsed_secs: self.state.elapsed_secs,
                 })?;
                 bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
-                if !ferrolm_common::progress::is_terminal() || self.quiet {
+                // Without a terminal (logs, CI) print about fifty plain lines per run.
+                let print_every = tc.log_interval.max(1) * (tc.max_steps / tc.log_interval.max(1) / 50).max(1);
+                if (!ferrolm_common::progress::is_terminal() || self.quiet) && (step % print_every == 0 || step == tc.max_steps) {
                     let eta = (tc.max_steps - step) as f64 * t0.elapsed().as_secs_f64() / (step - start_step) as f64;
                     eprintln!("step {step:>6}/{} loss {loss:.4} lr {lr:.2e} |g| {norm:.3} {tps:>7.0} tok/s ETA {eta:.0}s", tc.max_steps);
                 }
