@@ -6,6 +6,9 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "ferrolm", version, about = "Build a language model end to end: corpus, tokenizer, model, training, inference.")]
 struct Cli {
