@@ -85,6 +85,18 @@ fn quickstart_runs_end_to_end_on_a_tiny_budget() {
         .unwrap();
     assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
     assert!(String::from_utf8_lossy(&gen.stdout).starts_with("the crate"));
+    // ... and to evaluate on other text.
+    let ev = Command::new(env!("CARGO_BIN_EXE_ferrolm"))
+        .args(["eval", "--json", "--model"])
+        .arg(&out)
+        .arg("--data")
+        .arg(data.join("doc3.txt"))
+        .output()
+        .unwrap();
+    assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    let eval_bpb = r["bits_per_byte"].as_f64().unwrap();
+    assert!(eval_bpb > 0.0 && eval_bpb < uni, "eval bpb {eval_bpb}");
 }
 
 #[test]
