@@ -1,1 +1,14 @@
-//! ferrolm-tokenizer: see ARCHITECTURE.md.
+//! ferrolm-tokenizer: byte-level BPE and character tokenizers stored as Hugging Face
+//! `tokenizer.json`, a fast encoder that reproduces the `tokenizers` crate id for id, a chat
+//! template, and memory-mapped token shards. See README.md in this crate.
+
+mod bpe;
+pub mod bytelevel;
+mod encoder;
+mod pretok;
+pub mod shards;
+pub mod special;
+mod tokenizer;
+
+pub use shards::{ShardIndex, ShardWriter, TokenShards};
+pub use tokenizer::{BpeTrainConfig, DecodeStream, Tokenizer, TokenizerKind};

@@ -1,0 +1,440 @@
+//! [`Tokenizer`]: byte-level BPE or character-level, always persisted as a standard Hugging Face
+//! `tokenizer.json` that the Python/Rust `tokenizers` libraries load unchanged.
+//!
+//! Training and (de)serialisation go through the `tokenizers` crate; encoding runs on ferrolm's
+//! own encoder ([`crate::encoder`]) when the file has a shape it reproduces exactly, otherwise on
+//! the `tokenizers` crate. Decoding is a table lookup of each id's raw bytes.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokenizers as hf;
+
+use crate::bytelevel;
+use crate::encoder::FastEncoder;
+use crate::special;
+
+/// The pre-tokenizer regex of a character-level tokenizer: every character is its own piece.
+/// `[\s\S]` rather than `.` because `.` does not match newlines in Oniguruma.
+pub(crate) const CHAR_SPLIT_REGEX: &str = r"[\s\S]";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// Byte-level BPE (GPT-2 style): lossless on any UTF-8, no unknown tokens.
+    Bpe,
+    /// One token per character seen in training (nanoGPT's Shakespeare setup); unseen
+    /// characters encode to `<|unk|>`.
+    Char,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BpeTrainConfig {
+    /// Total vocabulary size including the 256 byte tokens and the special tokens. Training may
+    /// end below it when no pair reaches `min_frequency` any more.
+    pub vocab_size: usize,
+    /// A pair must occur at least this often to be merged.
+    pub min_frequency: u64,
+    /// Registered as special tokens with the lowest ids, in this order.
+    pub special_tokens: Vec<String>,
+}
+
+impl Default for BpeTrainConfig {
+    fn default() -> Self {
+        Self { vocab_size: 8192, min_frequency: 2, special_tokens: special::defaults() }
+    }
+}
+
+/// A trained tokenizer. Cheap to share across threads (`&Tokenizer` is `Sync`).
+#[derive(Clone)]
+pub struct Tokenizer {
+    hf: hf::Tokenizer,
+    kind: TokenizerKind,
+    /// Raw bytes each id decodes to (special tokens: their literal text). Empty for ids that
+    /// exist in no vocabulary (holes).
+    id_bytes: Vec<Box<[u8]>>,
+    /// Bytes of input text each id stands for: `id_bytes[id].len()`, but 0 for special tokens.
+    token_bytes: Vec<u32>,
+    special_ids: Vec<u32>,
+    eot: Option<u32>,
+    /// ferrolm's own encoder when it reproduces this tokenizer.json exactly (see `encoder`).
+    fast: Option<FastEncoder>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind)
+            .field("vocab_size", &self.vocab_size())
+            .field("special_tokens", &self.special_ids.len())
+            .field("fast_encoder", &self.fast.is_some())
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Train a byte-level BPE tokenizer (Hugging Face's BPE trainer, GPT-2 pre-tokenizer regex,
+    /// all 256 bytes in the initial alphabet, special tokens first).
+    pub fn train_bpe<I, S>(texts: I, cfg: &BpeTrainConfig) -> Result<Self>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
+        let specials = dedup(&cfg.special_tokens);
+        if cfg.vocab_size < 256 + specials.len() {
+            bail!(
+                "tokenizer.vocab_size = {} is too small: byte-level BPE needs 256 byte tokens plus {} special tokens",
+                cfg.vocab_size,
+                specials.len()
+            );
+        }
+        let mut tok = hf::Tokenizer::new(hf::models::bpe::BPE::default());
+        let byte_level = hf::pre_tokenizers::byte_level::ByteLevel::new(false, false, true);
+        tok.with_pre_tokenizer(Some(byte_level));
+        tok.with_decoder(Some(byte_level));
+        let alphabet: HashSet<char> = bytelevel::BYTE_TO_CHAR.iter().copied().collect();
+        let mut trainer: hf::models::TrainerWrapper = hf::models::bpe::BpeTrainer::builder()
+            .vocab_size(cfg.vocab_size)
+            .min_frequency(cfg.min_frequency)
+            .special_tokens(specials.iter().map(|s| hf::AddedToken::from(s.clone(), true)).collect())
+            .initial_alphabet(alphabet)
+            .show_progress(false)
+            .build()
+            .into();
+        tok.train(&mut trainer, texts).map_err(|e| anyhow!("BPE training failed: {e}"))?;
+        Self::from_hf(tok).context("building the trained BPE tokenizer")
+    }
+
+    /// Build a character-level tokenizer: ids 0..n are the distinct characters of `texts` in
+    /// code-point order (exactly nanoGPT's `sorted(set(text))`), then `<|unk|>`, then
+    /// `special_tokens`. Persisted as a Hugging Face WordLevel tokenizer.json.
+    pub fn train_char<I, S>(texts: I, special_tokens: &[String]) -> Result<Self>
+    where
+        I: Iterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut chars = BTreeSet::new();
+        for t in texts {
+            chars.extend(t.as_ref().chars());
+        }
+        if chars.is_empty() {
+            bail!("cannot build a character tokenizer from empty text");
+        }
+        let mut vocab = serde_json::Map::new();
+        for (i, c) in chars.iter().enumerate() {
+            vocab.insert(c.to_string(), json!(i));
+        }
+        let mut specials = vec![special::UNK.to_string()];
+        specials.extend(dedup(special_tokens).into_iter().filter(|s| s != special::UNK));
+        let mut added = Vec::new();
+        for s in &specials {
+            let id = vocab.len();
+            vocab.insert(s.clone(), json!(id));
+            added.push(json!({
+                "id": id, "content": s, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true
+            }));
+        }
+        let doc = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {
+                "type": "Split", "pattern": { "Regex": CHAR_SPLIT_REGEX },
+                "behavior": "Isolated", "invert": false
+            },
+            "post_processor": null,
+            "decoder": { "type": "Fuse" },
+            "model": { "type": "WordLevel", "vocab": vocab, "unk_token": special::UNK }
+        });
+        let tok: hf::Tokenizer = doc
+            .to_string()
+            .parse()
+            .map_err(|e| anyhow!("building the character tokenizer: {e}"))?;
+        Self::from_hf(tok).context("building the character tokenizer")
+    }
+
+    /// Load a tokenizer.json (as written by [`Tokenizer::save`] or any byte-level BPE /
+    /// character tokenizer.json of the same shape, e.g. GPT-2's). The kind is detected from the
+    /// file's model and pre-tokenizer.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read tokenizer file {}", path.display()))?;
+        Self::from_json_str(&text).with_context(|| format!("invalid tokenizer file {}", path.display()))
+    }
+
+    /// Parse tokenizer.json text.
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        // Parse as plain JSON first so a truncated/corrupt file gets serde's line/column message.
+        let _: Value = serde_json::from_str(text).context("not valid JSON")?;
+        let tok: hf::Tokenizer =
+            text.parse().map_err(|e| anyhow!("not a Hugging Face tokenizer.json: {e}"))?;
+        Self::from_hf(tok)
+    }
+
+    /// Wrap a Hugging Face tokenizer of a supported shape.
+    pub fn from_hf(hf: hf::Tokenizer) -> Result<Self> {
+        let json: Value = serde_json::from_str(
+            &hf.to_string(false).map_err(|e| anyhow!("cannot serialise tokenizer: {e}"))?,
+        )?;
+        let kind = detect_kind(&json)?;
+
+        let added = hf.get_added_tokens_decoder();
+        let model_vocab = hf.get_vocab(false);
+        let max_id = model_vocab.values().chain(added.keys()).copied().max();
+        let vocab_size = max_id.map_or(0, |m| m as usize + 1);
+        let mut id_bytes: Vec<Box<[u8]>> = vec![Box::default(); vocab_size];
+        let mut token_bytes = vec![0u32; vocab_size];
+        for (token, &id) in &model_vocab {
+            if added.contains_key(&id) {
+                // Special tokens also sit in the model vocabulary (the trainer puts them there);
+                // they are not byte-level strings, handled below.
+                continue;
+            }
+            let bytes = match kind {
+                TokenizerKind::Bpe => bytelevel::token_to_bytes(token).ok_or_else(|| {
+                    anyhow!("BPE token {token:?} (id {id}) is not in the byte-level alphabet")
+                })?,
+                TokenizerKind::Char => token.as_bytes().to_vec(),
+            };
+            token_bytes[id as usize] = bytes.len() as u32;
+            id_bytes[id as usize] = bytes.into_boxed_slice();
+        }
+        let mut special_ids = Vec::new();
+        for (&id, tok) in &added {
+            // Added tokens are matched in the raw text, so they decode to their literal content.
+            id_bytes[id as usize] = tok.content.as_bytes().into();
+            token_bytes[id as usize] = if tok.special { 0 } else { tok.content.len() as u32 };
+            if tok.special {
+                special_ids.push(id);
+            }
+        }
+        special_ids.sort_unstable();
+        let eot = hf.token_to_id(special::EOT);
+        let fast = FastEncoder::from_tokenizer_json(&json, kind)?;
+        Ok(Self { hf, kind, id_bytes, token_bytes, special_ids, eot, fast })
+    }
+
+    /// Write tokenizer.json atomically (a reader never sees a half-written file).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = self.to_json_string()?;
+        ferrolm_common::write_atomic(path, text)
+            .with_context(|| format!("cannot write tokenizer file {}", path.display()))
+    }
+
+    /// The tokenizer.json text.
+    pub fn to_json_string(&self) -> Result<String> {
+        self.hf.to_string(true).map_err(|e| anyhow!("cannot serialise tokenizer: {e}"))
+    }
+
+    /// Token ids of `text`. No special tokens are added, but special-token strings that occur
+    /// in the text (e.g. `<|endoftext|>`) are encoded as those special tokens.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        match &self.fast {
+            Some(fast) => fast.encode(text),
+            None => self.encode_reference(text),
+        }
+    }
+
+    /// Encoding by the Hugging Face `tokenizers` crate itself, the reference that ferrolm's
+    /// encoder must match id for id (used by tests and the benchmark).
+    pub fn encode_reference(&self, text: &str) -> Vec<u32> {
+        match self.hf.encode_fast(text, false) {
+            Ok(enc) => enc.get_ids().to_vec(),
+            // Byte-level BPE covers every byte and the char tokenizer has <|unk|>, so a failure
+            // here means a corrupted vocabulary, which from_hf rejects.
+            Err(e) => panic!("tokenizer failed to encode text: {e}"),
+        }
+    }
+
+    /// [`Tokenizer::encode`] on many texts in parallel (rayon's global pool).
+    pub fn encode_batch(&self, texts: &[&str]) -> Vec<Vec<u32>> {
+        texts.par_iter().map(|t| self.encode(t)).collect()
+    }
+
+    /// Text of `ids`, nothing skipped: special tokens appear as their literal text. Byte-level
+    /// BPE is lossless: bytes are concatenated, and only byte sequences that are not valid
+    /// UTF-8 (a cut multi-byte character) become U+FFFD. Ids outside the vocabulary (a model
+    /// whose embedding is padded beyond the tokenizer) also become U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let mut bytes = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            self.push_id_bytes(id, &mut bytes);
+        }
+        match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }
+    }
+
+    pub(crate) fn push_id_bytes(&self, id: u32, out: &mut Vec<u8>) {
+        match self.id_bytes.get(id as usize) {
+            Some(b) if !b.is_empty() => out.extend_from_slice(b),
+            _ => out.extend_from_slice("\u{FFFD}".as_bytes()),
+        }
+    }
+
+    /// Raw bytes id `id` decodes to (special tokens: their literal text).
+    pub fn id_to_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.id_bytes.get(id as usize).map(|b| &b[..])
+    }
+
+    /// A streaming decoder for generation.
+    pub fn decode_stream(&self) -> DecodeStream<'_> {
+        DecodeStream::new(self)
+    }
+
+    /// Number of ids (largest id + 1), including special tokens: the embedding size a model needs.
+    pub fn vocab_size(&self) -> usize {
+        self.id_bytes.len()
+    }
+
+    /// Id of a token string (a vocabulary entry or a special token).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.hf.token_to_id(token)
+    }
+
+    /// The vocabulary string of an id (byte-level tokens in GPT-2's `Ġ`-style notation).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.hf.id_to_token(id)
+    }
+
+    /// Id of `<|endoftext|>`. Panics with a clear message if the tokenizer has none
+    /// (use [`Tokenizer::try_eot_id`] to handle that case).
+    pub fn eot_id(&self) -> u32 {
+        self.eot.unwrap_or_else(|| {
+            panic!("this tokenizer has no {} special token; train it with special tokens", special::EOT)
+        })
+    }
+
+    pub fn try_eot_id(&self) -> Option<u32> {
+        self.eot
+    }
+
+    /// Ids of all special tokens, ascending.
+    pub fn special_ids(&self) -> &[u32] {
+        &self.special_ids
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special_ids.binary_search(&id).is_ok()
+    }
+
+    /// Per id, the number of raw text bytes the token stands for (0 for special tokens), so
+    /// bits per byte = sum(loss in nats) / ln 2 / sum(token_bytes[target]).
+    pub fn token_bytes(&self) -> Vec<u32> {
+        self.token_bytes.clone()
+    }
+
+    pub fn kind(&self) -> TokenizerKind {
+        self.kind
+    }
+
+    /// Whether encoding runs on ferrolm's own encoder (true for every tokenizer this crate
+    /// trains, and for GPT-2-shaped files) rather than the `tokenizers` crate.
+    pub fn has_fast_encoder(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// The wrapped Hugging Face tokenizer.
+    pub fn hf(&self) -> &hf::Tokenizer {
+        &self.hf
+    }
+}
+
+fn dedup(tokens: &[String]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    tokens.iter().filter(|t| seen.insert(t.as_str())).cloned().collect()
+}
+
+fn detect_kind(json: &Value) -> Result<TokenizerKind> {
+    let model = json["model"]["type"].as_str().unwrap_or("<none>");
+    let pre = &json["pre_tokenizer"];
+    let pre_type = pre["type"].as_str().unwrap_or("<none>");
+    match (model, pre_type) {
+        ("BPE", "ByteLevel") => {
+            let dec = json["decoder"]["type"].as_str().unwrap_or("<none>");
+            if dec != "ByteLevel" {
+                bail!("byte-level BPE tokenizer.json must use the ByteLevel decoder, found {dec}");
+            }
+            Ok(TokenizerKind::Bpe)
+        }
+        ("WordLevel", "Split") if pre["pattern"]["Regex"].as_str() == Some(CHAR_SPLIT_REGEX) => {
+            Ok(TokenizerKind::Char)
+        }
+        _ => bail!(
+            "unsupported tokenizer.json: model {model} with pre-tokenizer {pre_type}; ferrolm \
+             reads byte-level BPE (model BPE + ByteLevel pre-tokenizer) and its own character \
+             tokenizers (WordLevel + Split on {CHAR_SPLIT_REGEX:?})"
+        ),
+    }
+}
+
+/// Incremental decoding for generation: push ids one at a time and get back the text that
+/// became complete. Bytes of a multi-byte character split across tokens are held until the
+/// character is complete; concatenating every `push` result and [`DecodeStream::finish`]
+/// equals [`Tokenizer::decode`] of all ids.
+pub struct DecodeStream<'a> {
+    tok: &'a Tokenizer,
+    pending: Vec<u8>,
+}
+
+impl<'a> DecodeStream<'a> {
+    pub fn new(tok: &'a Tokenizer) -> Self {
+        Self { tok, pending: Vec::new() }
+    }
+
+    /// Add one id; returns the newly completed text (possibly empty).
+    pub fn push(&mut self, id: u32) -> String {
+        self.tok.push_id_bytes(id, &mut self.pending);
+        let mut out = String::new();
+        let mut rest: &[u8] = &self.pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    out.push_str(s);
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    // SAFETY-free: from_utf8 just validated this prefix.
+                    out.push_str(std::str::from_utf8(&rest[..valid]).expect("validated prefix"));
+                    match e.error_len() {
+                        // An invalid sequence can never be completed: U+FFFD, as decode does.
+                        Some(n) => {
+                            out.push('\u{FFFD}');
+                            rest = &rest[valid + n..];
+                        }
+                        // An incomplete character at the end: wait for more bytes.
+                        None => {
+                            rest = &rest[valid..];
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let keep = rest.len();
+        let drop = self.pending.len() - keep;
+        self.pending.drain(..drop);
+        out
+    }
+
+    /// Bytes still waiting for the rest of a character.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Flush: an incomplete trailing character becomes U+FFFD.
+    pub fn finish(self) -> String {
+        String::from_utf8_lossy(&self.pending).into_owned()
+    }
+}
