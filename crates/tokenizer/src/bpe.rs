@@ -272,3 +272,58 @@ impl BpeEncoder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BpeTrainConfig, Tokenizer};
+
+    fn encoder() -> (Tokenizer, BpeEncoder) {
+        let text = "aaaa bbbb aaab abab the then there 0000 1111 ====  \n\n   ".repeat(40);
+        let tok = Tokenizer::train_bpe(
+            std::iter::once(text),
+            &BpeTrainConfig { vocab_size: 320, min_frequency: 2, special_tokens: vec![] },
+        )
+        .unwrap();
+        let json: Value = serde_json::from_str(&tok.to_json_string().unwrap()).unwrap();
+        let enc = BpeEncoder::from_json(&json).unwrap().expect("supported shape");
+        (tok, enc)
+    }
+
+    #[test]
+    fn scan_and_heap_merge_loops_agree() {
+        let (_, enc) = encoder();
+        let alphabet = b"ab01= \nthe";
+        let mut x: u64 = 7;
+        for len in (2..300).step_by(3) {
+            for _ in 0..5 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        alphabet[(x % alphabet.len() as u64) as usize]
+                    })
+                    .collect();
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                enc.merge_scan(&bytes, &mut a);
+                enc.merge_heap(&bytes, &mut b);
+                assert_eq!(a, b, "{:?}", String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+
+    #[test]
+    fn long_pretokens_match_hf() {
+        let (tok, _) = encoder();
+        for text in [
+            " ".repeat(1000) + "x",
+            "a".repeat(777),
+            "0123456789".repeat(50),
+            "=".repeat(300),
+            format!("{}\n{}", "ab".repeat(200), "\n".repeat(150)),
+        ] {
+            assert_eq!(tok.encode(&text), tok.encode_reference(&text));
+        }
+    }
+}

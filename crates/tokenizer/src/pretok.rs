@@ -196,3 +196,55 @@ mod tests {
         assert_eq!(split(""), Vec::<&str>::new());
     }
 }
+
+#[cfg(test)]
+mod hf_agreement {
+    use super::*;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    /// The class table agrees with Oniguruma (the engine of Hugging Face's GPT-2 regex) on
+    /// every Unicode scalar value.
+    #[test]
+    fn classes_match_oniguruma_on_every_code_point() {
+        let all: String = (0..MAX_CHAR as u32).filter_map(char::from_u32).collect();
+        let mut onig_class = vec![Class::Other; MAX_CHAR];
+        for (pattern, class) in [(r"\p{L}+", Class::Letter), (r"\p{N}+", Class::Number), (r"\s+", Class::Space)] {
+            let re = onig::Regex::new(pattern).unwrap();
+            for (start, end) in re.find_iter(&all) {
+                for c in all[start..end].chars() {
+                    onig_class[c as usize] = class;
+                }
+            }
+        }
+        for c in all.chars() {
+            assert_eq!(class_of(c as u32), onig_class[c as usize], "class of U+{:04X}", c as u32);
+        }
+    }
+
+    /// Code points in contexts where their class decides the split give the same pieces as
+    /// Hugging Face's ByteLevel pre-tokenizer (a sample: all of Latin-1, then every 61st).
+    #[test]
+    fn sampled_code_points_split_like_hf() {
+        let hf = tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, false, true);
+        let sample: Vec<char> =
+            (0..MAX_CHAR as u32).filter(|&c| c < 0x100 || c % 61 == 0).filter_map(char::from_u32).collect();
+        let mut text = String::new();
+        for &c in &sample {
+            text.extend([c, 'a', c, '1', c, ' ', c, '!', c, '\n', ' ', c, ' ', '\'', c, 's', c]);
+        }
+        let mut ours = Vec::new();
+        let base = text.as_ptr() as usize;
+        split_gpt2(&text, |p| ours.push((p.as_ptr() as usize - base, p.as_ptr() as usize - base + p.len())));
+        let mut pre = PreTokenizedString::from(text.as_str());
+        hf.pre_tokenize(&mut pre).unwrap();
+        let theirs: Vec<(usize, usize)> = pre
+            .get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(_, offsets, _)| offsets)
+            .collect();
+        if ours != theirs {
+            let i = ours.iter().zip(&theirs).position(|(a, b)| a != b).unwrap_or(0);
+            panic!("split differs near {:?}: ours {:?}, HF {:?}", &text[ours[i].0..ours[i].1], ours[i], theirs[i]);
+        }
+    }
+}
