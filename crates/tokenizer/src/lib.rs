@@ -3,6 +3,7 @@
 //! template, and memory-mapped token shards. See README.md in this crate.
 
 mod bpe;
+pub mod chat;
 pub mod bytelevel;
 mod encoder;
 mod pretok;
@@ -10,5 +11,6 @@ pub mod shards;
 pub mod special;
 mod tokenizer;
 
+pub use chat::{ChatTemplate, Message, Role};
 pub use shards::{ShardIndex, ShardWriter, TokenShards};
 pub use tokenizer::{BpeTrainConfig, DecodeStream, Tokenizer, TokenizerKind};
