@@ -161,6 +161,55 @@ impl Tokenizer {
         Self::from_hf(tok).context("building the character tokenizer")
     }
 
+    /// Build a byte-level BPE tokenizer from OpenAI's GPT-2 files: `encoder.json` (token ->
+    /// id) and `vocab.bpe` (merges in rank order after a `#version` line). `<|endoftext|>` is
+    /// registered as a special token. The result is an ordinary tokenizer.json tokenizer that
+    /// encodes exactly as GPT-2 (and tiktoken's `gpt2`) does.
+    pub fn from_gpt2_files(encoder_json: &Path, vocab_bpe: &Path) -> Result<Self> {
+        let enc_text = std::fs::read_to_string(encoder_json)
+            .with_context(|| format!("cannot read {}", encoder_json.display()))?;
+        let vocab: serde_json::Map<String, Value> = serde_json::from_str(&enc_text)
+            .with_context(|| format!("{} is not a JSON object of token -> id", encoder_json.display()))?;
+        let merges_text = std::fs::read_to_string(vocab_bpe)
+            .with_context(|| format!("cannot read {}", vocab_bpe.display()))?;
+        let mut merges = Vec::new();
+        for (n, line) in merges_text.lines().enumerate() {
+            if line.starts_with("#version") || line.is_empty() {
+                continue;
+            }
+            if line.split(' ').count() != 2 {
+                bail!("{}:{}: expected two tokens separated by one space, found {line:?}", vocab_bpe.display(), n + 1);
+            }
+            merges.push(Value::String(line.to_string()));
+        }
+        let eot = vocab
+            .get(special::EOT)
+            .and_then(Value::as_u64)
+            .with_context(|| format!("{} has no {} entry", encoder_json.display(), special::EOT))?;
+        let byte_level = json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true });
+        let doc = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [{
+                "id": eot, "content": special::EOT, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true
+            }],
+            "normalizer": null,
+            "pre_tokenizer": byte_level,
+            "post_processor": byte_level,
+            "decoder": byte_level,
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges
+            }
+        });
+        Self::from_json_str(&doc.to_string())
+            .with_context(|| format!("building a tokenizer from {} and {}", encoder_json.display(), vocab_bpe.display()))
+    }
+
     /// Load a tokenizer.json (as written by [`Tokenizer::save`] or any byte-level BPE /
     /// character tokenizer.json of the same shape, e.g. GPT-2's). The kind is detected from the
     /// file's model and pre-tokenizer.
@@ -335,6 +384,13 @@ impl Tokenizer {
 
     pub fn kind(&self) -> TokenizerKind {
         self.kind
+    }
+
+    /// Empty the per-thread pre-token caches of the encoder on every rayon worker and the
+    /// calling thread (for benchmarks that must start cold; encoding never needs it).
+    pub fn clear_caches(&self) {
+        rayon::broadcast(|_| crate::bpe::clear_thread_cache());
+        crate::bpe::clear_thread_cache();
     }
 
     /// Whether encoding runs on ferrolm's own encoder (true for every tokenizer this crate
