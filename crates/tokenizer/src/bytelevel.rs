@@ -1,33 +1,53 @@
-//! GPT-2's byte ↔ printable-character map, which byte-level BPE vocabularies are written
-//! in: every byte becomes one visible Unicode character, so a token's string in
-//! `tokenizer.json` has exactly one character per byte it stands for.
+//! The GPT-2 byte-to-character map used by byte-level BPE.
+//!
+//! Byte-level BPE works on bytes, but tokenizer.json stores tokens as strings, so each byte is
+//! represented by one printable character: bytes that are printable Latin-1 (`!`..`~`,
+//! `¡`..`¬`, `®`..`ÿ`) map to themselves, the other 68 bytes map to U+0100.. in byte order.
+//! This is the table GPT-2, tiktoken and Hugging Face all use, so vocabularies are portable.
 
-use std::sync::OnceLock;
+use std::sync::LazyLock;
 
-/// byte → char, the GPT-2 table: printable Latin-1 bytes map to themselves, the others
-/// to code points from 256 upward in byte order.
-pub fn byte_to_char() -> &'static [char; 256] {
-    static T: OnceLock<[char; 256]> = OnceLock::new();
-    T.get_or_init(|| {
-        let mut t = ['\0'; 256];
-        let mut n = 0u32;
-        for b in 0..=255u32 {
-            let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-            t[b as usize] = if printable {
-                char::from_u32(b).unwrap()
-            } else {
-                n += 1;
-                char::from_u32(255 + n).unwrap()
-            };
-        }
-        t
-    })
+/// `BYTE_TO_CHAR[b]` is the character that stands for byte `b` in vocabulary strings.
+pub static BYTE_TO_CHAR: LazyLock<[char; 256]> = LazyLock::new(|| {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut table = ['\0'; 256];
+    let mut next_free = 256u32;
+    for b in 0..=255u8 {
+        table[b as usize] = if printable(b) {
+            char::from(b)
+        } else {
+            let c = char::from_u32(next_free).expect("U+0100..U+0143 are valid chars");
+            next_free += 1;
+            c
+        };
+    }
+    table
+});
+
+/// Inverse of [`BYTE_TO_CHAR`]: the byte a vocabulary character stands for, if any.
+pub fn char_to_byte(c: char) -> Option<u8> {
+    let cp = c as u32;
+    if cp < 256 {
+        let b = cp as u8;
+        // Printable bytes stand for themselves; the others are remapped, so their own code
+        // point is not in the alphabet.
+        (BYTE_TO_CHAR[b as usize] == c).then_some(b)
+    } else if cp < 256 + 68 {
+        BYTE_TO_CHAR.iter().position(|&x| x == c).map(|b| b as u8)
+    } else {
+        None
+    }
 }
 
-/// char → byte, the inverse table.
-pub fn char_to_byte(c: char) -> Option<u8> {
-    static T: OnceLock<std::collections::HashMap<char, u8>> = OnceLock::new();
-    T.get_or_init(|| byte_to_char().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()).get(&c).copied()
+/// Raw bytes of a byte-level vocabulary string, or None if it contains a character outside the
+/// 256-character alphabet (then it is not a byte-level token).
+pub fn token_to_bytes(token: &str) -> Option<Vec<u8>> {
+    token.chars().map(char_to_byte).collect()
+}
+
+/// The vocabulary string for raw bytes.
+pub fn bytes_to_token(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| BYTE_TO_CHAR[b as usize]).collect()
 }
 
 #[cfg(test)]
@@ -35,15 +55,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table_is_a_bijection() {
-        let t = byte_to_char();
-        let set: std::collections::HashSet<char> = t.iter().copied().collect();
-        assert_eq!(set.len(), 256);
+    fn table_is_a_bijection_onto_256_chars() {
+        let mut seen = std::collections::HashSet::new();
         for b in 0..=255u8 {
-            assert_eq!(char_to_byte(t[b as usize]), Some(b));
+            let c = BYTE_TO_CHAR[b as usize];
+            assert!(seen.insert(c));
+            assert_eq!(char_to_byte(c), Some(b));
         }
-        assert_eq!(t[b' ' as usize], 'Ġ');
-        assert_eq!(t[b'\n' as usize], 'Ċ');
-        assert_eq!(t[b'a' as usize], 'a');
+        assert_eq!(BYTE_TO_CHAR[b' ' as usize], 'Ġ');
+        assert_eq!(BYTE_TO_CHAR[b'\n' as usize], 'Ċ');
+        assert_eq!(BYTE_TO_CHAR[b'a' as usize], 'a');
+        assert_eq!(char_to_byte('\u{7f}'), None);
+        assert_eq!(token_to_bytes("Ġthe"), Some(b" the".to_vec()));
     }
 }

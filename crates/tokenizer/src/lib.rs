@@ -1,27 +1,16 @@
-//! Tokenizers and token shards.
-//!
-//! - [`Tokenizer`]: byte-level BPE trained and stored with Hugging Face `tokenizers`
-//!   (a standard `tokenizer.json`), or a character vocabulary (nanoGPT's Shakespeare
-//!   setup). Both expose the same encode/decode and the bytes each token stands for,
-//!   which bits-per-byte needs.
-//! - [`shards`]: token ids written as raw little-endian u16/u32 files with an
-//!   `index.json` written last, read back through memory maps.
+//! ferrolm-tokenizer: byte-level BPE and character tokenizers stored as Hugging Face
+//! `tokenizer.json`, a fast encoder that reproduces the `tokenizers` crate id for id, a chat
+//! template, and memory-mapped token shards. See README.md in this crate.
 
+mod bpe;
+pub mod chat;
 pub mod bytelevel;
+mod encoder;
+mod pretok;
 pub mod shards;
 pub mod special;
 mod tokenizer;
 
+pub use chat::{ChatTemplate, Message, Role};
+pub use shards::{ShardIndex, ShardWriter, TokenShards};
 pub use tokenizer::{BpeTrainConfig, DecodeStream, Tokenizer, TokenizerKind};
-
-#[derive(Debug, thiserror::Error)]
-pub enum TokenizerError {
-    #[error("{path}: {message}")]
-    File { path: std::path::PathBuf, message: String },
-    #[error("tokenizer: {0}")]
-    Hf(String),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;

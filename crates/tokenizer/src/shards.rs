@@ -1,24 +1,35 @@
 //! Token shards: the training data format.
 //!
-//! A shard folder holds `shard-NNNNN.bin` files of raw little-endian token ids (u16 when
-//! the vocabulary fits, else u32) and an `index.json` describing them. Documents are
-//! separated by the end-of-text token, which the writer appends after each document.
-//! Every shard is written atomically and `index.json` is written last, so a folder with
-//! an index is complete; a killed writer leaves no index (and a rewrite removes the old
-//! index first). Readers memory-map the shards and check them against the index.
+//! A shard directory holds `shard_00000.bin`, `shard_00001.bin`, … (raw little-endian token
+//! ids, `u16` when the vocabulary has at most 65536 ids, else `u32`; at most
+//! [`DEFAULT_MAX_SHARD_TOKENS`] tokens each) and `index.json` ([`ShardIndex`]).
+//!
+//! Documents: [`ShardWriter::write_document`] appends the end-of-text id given at creation
+//! after every document, so the stream is `doc0 EOT doc1 EOT …`. Documents are not aligned to
+//! shards: the stream is cut into shards at exact token counts and [`TokenShards`] reads it as
+//! one sequence. A document is counted (documents, text bytes) in the shard holding its last
+//! token.
+//!
+//! Crash safety: every shard is written to a temporary file and renamed into place when
+//! complete, and `index.json` is written the same way, last. `create` deletes an existing
+//! index first, so a killed run leaves either no index (and `open` says so) or a complete one.
 
-use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use anyhow::{bail, ensure, Context, Result};
+use ferrolm_common::AtomicFile;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
 
-use crate::{Result, TokenizerError};
+use crate::tokenizer::Tokenizer;
 
-/// Tokens per shard file at most.
-pub const SHARD_TOKENS: usize = 64 << 20;
-pub const INDEX: &str = "index.json";
+pub const INDEX_FILE: &str = "index.json";
+pub const FORMAT: &str = "ferrolm-token-shards";
+pub const VERSION: u32 = 1;
+/// 64 Mi tokens: 128 MiB per shard with u16 ids.
+pub const DEFAULT_MAX_SHARD_TOKENS: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -28,6 +39,7 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// u16 when every id fits (vocab_size <= 65536), else u32.
     pub fn for_vocab(vocab_size: usize) -> Self {
         if vocab_size <= 1 << 16 {
             Dtype::U16
@@ -35,7 +47,8 @@ impl Dtype {
             Dtype::U32
         }
     }
-    pub fn size(self) -> usize {
+
+    pub fn bytes(self) -> usize {
         match self {
             Dtype::U16 => 2,
             Dtype::U32 => 4,
@@ -43,222 +56,409 @@ impl Dtype {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardInfo {
+    /// File name inside the shard directory.
     pub file: String,
     pub tokens: u64,
+    /// Documents whose last token (their EOT) is in this shard.
     pub documents: u64,
-    /// UTF-8 bytes of the text the shard's documents came from.
+    /// UTF-8 bytes of text of those documents.
     pub text_bytes: u64,
-    /// xxh3-64 of the file's bytes, hex.
+    /// XXH3-64 of the file's bytes, 16 lowercase hex digits.
     pub xxh3: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardIndex {
-    pub format: u32,
+    pub format: String,
+    pub version: u32,
     pub dtype: Dtype,
     pub vocab_size: usize,
-    pub eot: u32,
+    /// The id appended after every document, if any.
+    pub eot: Option<u32>,
     pub tokens: u64,
     pub documents: u64,
     pub text_bytes: u64,
     pub shards: Vec<ShardInfo>,
 }
 
-fn file_err(path: &Path, m: impl std::fmt::Display) -> TokenizerError {
-    TokenizerError::File { path: path.to_path_buf(), message: m.to_string() }
+struct OpenShard {
+    file: AtomicFile,
+    name: String,
+    tokens: u64,
+    documents: u64,
+    text_bytes: u64,
+    hasher: Xxh3,
 }
 
+/// Streams documents into shards. Dropping it without [`ShardWriter::finish`] leaves no index.
 pub struct ShardWriter {
     dir: PathBuf,
-    dtype: Dtype,
     vocab_size: usize,
-    eot: u32,
-    buf: Vec<u8>,
-    cur_tokens: u64,
-    cur_docs: u64,
-    cur_bytes: u64,
+    dtype: Dtype,
+    eot: Option<u32>,
+    max_shard_tokens: u64,
+    current: Option<OpenShard>,
     shards: Vec<ShardInfo>,
+    documents: u64,
+    buf: Vec<u8>,
 }
 
 impl ShardWriter {
-    /// Start writing into `dir` (created if needed; an existing index is removed first).
-    pub fn create(dir: &Path, vocab_size: usize, eot: u32) -> Result<Self> {
-        fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-        let index = dir.join(INDEX);
+    /// Start writing shards into `dir` (created if needed). `eot`, when given, is appended after
+    /// every document. An existing `index.json` and `shard_*.bin` files in `dir` are removed
+    /// first, so a stale index never describes new shards.
+    pub fn create(dir: &Path, vocab_size: usize, eot: Option<u32>) -> Result<Self> {
+        ensure!(vocab_size > 0, "vocab_size must be positive");
+        if let Some(e) = eot {
+            ensure!((e as usize) < vocab_size, "eot id {e} is outside the vocabulary of {vocab_size}");
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create shard directory {}", dir.display()))?;
+        let index = dir.join(INDEX_FILE);
         if index.exists() {
-            fs::remove_file(&index).map_err(|e| file_err(&index, e))?;
+            std::fs::remove_file(&index)
+                .with_context(|| format!("cannot remove the old {}", index.display()))?;
+        }
+        for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("shard_") && name.ends_with(".bin") {
+                std::fs::remove_file(entry.path())
+                    .with_context(|| format!("cannot remove old shard {}", entry.path().display()))?;
+            }
         }
         Ok(Self {
             dir: dir.to_path_buf(),
-            dtype: Dtype::for_vocab(vocab_size),
             vocab_size,
+            dtype: Dtype::for_vocab(vocab_size),
             eot,
-            buf: Vec::new(),
-            cur_tokens: 0,
-            cur_docs: 0,
-            cur_bytes: 0,
+            max_shard_tokens: DEFAULT_MAX_SHARD_TOKENS,
+            current: None,
             shards: Vec::new(),
+            documents: 0,
+            buf: Vec::new(),
         })
     }
 
-    /// Append one document's ids followed by the end-of-text token.
+    /// [`ShardWriter::create`] with the tokenizer's vocabulary size and `<|endoftext|>` (if any).
+    pub fn for_tokenizer(dir: &Path, tok: &Tokenizer) -> Result<Self> {
+        Self::create(dir, tok.vocab_size(), tok.try_eot_id())
+    }
+
+    /// Change the shard size (tests use tiny shards).
+    pub fn with_max_shard_tokens(mut self, n: u64) -> Self {
+        assert!(n > 0, "max shard tokens must be positive");
+        self.max_shard_tokens = n;
+        self
+    }
+
+    /// Append one document's ids (then EOT if configured); `text_bytes` is the UTF-8 length of
+    /// the text they encode, summed into the index for bits-per-byte.
     pub fn write_document(&mut self, ids: &[u32], text_bytes: u64) -> Result<()> {
-        for &id in ids.iter().chain(std::iter::once(&self.eot)) {
-            if id as usize >= self.vocab_size {
-                return Err(TokenizerError::Invalid(format!("token id {id} is outside the vocabulary of {}", self.vocab_size)));
-            }
-            match self.dtype {
-                Dtype::U16 => self.buf.extend_from_slice(&(id as u16).to_le_bytes()),
-                Dtype::U32 => self.buf.extend_from_slice(&id.to_le_bytes()),
-            }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            bail!(
+                "document #{} has token id {bad}, outside the vocabulary of {}",
+                self.documents,
+                self.vocab_size
+            );
         }
-        self.cur_tokens += ids.len() as u64 + 1;
-        self.cur_docs += 1;
-        self.cur_bytes += text_bytes;
-        if self.cur_tokens as usize >= SHARD_TOKENS {
-            self.flush_shard()?;
+        self.write_tokens(ids)?;
+        if let Some(eot) = self.eot {
+            self.write_tokens(&[eot])?;
         }
+        let shard = self.current.as_mut().map(|s| (&mut s.documents, &mut s.text_bytes));
+        match shard {
+            Some((docs, bytes)) => {
+                *docs += 1;
+                *bytes += text_bytes;
+            }
+            // The document ended exactly at a shard boundary (or was empty with no EOT): count
+            // it in the last completed shard.
+            None => match self.shards.last_mut() {
+                Some(last) => {
+                    last.documents += 1;
+                    last.text_bytes += text_bytes;
+                }
+                None => {
+                    // An empty first document without EOT: open a shard to hold its count.
+                    self.open_shard()?;
+                    let s = self.current.as_mut().expect("just opened");
+                    s.documents += 1;
+                    s.text_bytes += text_bytes;
+                }
+            },
+        }
+        self.documents += 1;
         Ok(())
     }
 
-    fn flush_shard(&mut self) -> Result<()> {
-        if self.cur_tokens == 0 {
-            return Ok(());
-        }
-        let name = format!("shard-{:05}.bin", self.shards.len());
+    fn open_shard(&mut self) -> Result<()> {
+        let name = format!("shard_{:05}.bin", self.shards.len());
         let path = self.dir.join(&name);
-        let mut f = ferrolm_common::AtomicFile::create(&path).map_err(|e| file_err(&path, e))?;
-        f.write_all(&self.buf).map_err(|e| file_err(&path, e))?;
-        f.commit().map_err(|e| file_err(&path, e))?;
-        self.shards.push(ShardInfo {
-            file: name,
-            tokens: self.cur_tokens,
-            documents: self.cur_docs,
-            text_bytes: self.cur_bytes,
-            xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&self.buf)),
-        });
-        self.buf.clear();
-        (self.cur_tokens, self.cur_docs, self.cur_bytes) = (0, 0, 0);
+        let file = AtomicFile::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        self.current =
+            Some(OpenShard { file, name, tokens: 0, documents: 0, text_bytes: 0, hasher: Xxh3::new() });
         Ok(())
     }
 
-    /// Write the last shard and then the index.
+    fn write_tokens(&mut self, mut ids: &[u32]) -> Result<()> {
+        while !ids.is_empty() {
+            if self.current.is_none() {
+                self.open_shard()?;
+            }
+            let shard = self.current.as_mut().expect("shard open");
+            let room = (self.max_shard_tokens - shard.tokens) as usize;
+            let (now, later) = ids.split_at(room.min(ids.len()));
+            self.buf.clear();
+            match self.dtype {
+                Dtype::U16 => now.iter().for_each(|&id| self.buf.extend_from_slice(&(id as u16).to_le_bytes())),
+                Dtype::U32 => now.iter().for_each(|&id| self.buf.extend_from_slice(&id.to_le_bytes())),
+            }
+            shard.hasher.update(&self.buf);
+            shard
+                .file
+                .write_all(&self.buf)
+                .with_context(|| format!("cannot write {}", shard.file.path().display()))?;
+            shard.tokens += now.len() as u64;
+            ids = later;
+            if shard.tokens == self.max_shard_tokens {
+                self.close_shard()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close_shard(&mut self) -> Result<()> {
+        if let Some(s) = self.current.take() {
+            let path = s.file.path().to_path_buf();
+            s.file.commit().with_context(|| format!("cannot finish shard {}", path.display()))?;
+            self.shards.push(ShardInfo {
+                file: s.name,
+                tokens: s.tokens,
+                documents: s.documents,
+                text_bytes: s.text_bytes,
+                xxh3: format!("{:016x}", s.hasher.digest()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Tokens written so far.
+    pub fn tokens(&self) -> u64 {
+        self.shards.iter().map(|s| s.tokens).sum::<u64>() + self.current.as_ref().map_or(0, |s| s.tokens)
+    }
+
+    /// Close the last shard and write `index.json` (atomically, last).
     pub fn finish(mut self) -> Result<ShardIndex> {
-        self.flush_shard()?;
+        self.close_shard()?;
         let index = ShardIndex {
-            format: 1,
+            format: FORMAT.into(),
+            version: VERSION,
             dtype: self.dtype,
             vocab_size: self.vocab_size,
             eot: self.eot,
             tokens: self.shards.iter().map(|s| s.tokens).sum(),
             documents: self.shards.iter().map(|s| s.documents).sum(),
             text_bytes: self.shards.iter().map(|s| s.text_bytes).sum(),
-            shards: self.shards,
+            shards: std::mem::take(&mut self.shards),
         };
-        let path = self.dir.join(INDEX);
-        ferrolm_common::write_atomic(&path, serde_json::to_vec_pretty(&index).expect("serialisable")).map_err(|e| file_err(&path, e))?;
+        let path = self.dir.join(INDEX_FILE);
+        ferrolm_common::write_atomic(&path, serde_json::to_string_pretty(&index)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(index)
     }
 }
 
-/// Memory-mapped shards, addressed as one sequence of tokens.
+/// Encode documents in parallel batches and write them in order. `docs` yields texts;
+/// returns the index. Used by `ferrolm tokenizer shards` and the data pipeline.
+pub fn write_texts<I, S>(tok: &Tokenizer, docs: I, writer: &mut ShardWriter, batch_bytes: usize) -> Result<()>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str> + Sync,
+{
+    let mut batch: Vec<S> = Vec::new();
+    let mut bytes = 0usize;
+    let flush = |batch: &mut Vec<S>, writer: &mut ShardWriter| -> Result<()> {
+        let texts: Vec<&str> = batch.iter().map(|s| s.as_ref()).collect();
+        let encoded = tok.encode_batch(&texts);
+        for (ids, text) in encoded.iter().zip(&texts) {
+            writer.write_document(ids, text.len() as u64)?;
+        }
+        batch.clear();
+        Ok(())
+    };
+    for d in docs {
+        bytes += d.as_ref().len();
+        batch.push(d);
+        if bytes >= batch_bytes {
+            flush(&mut batch, writer)?;
+            bytes = 0;
+        }
+    }
+    flush(&mut batch, writer)
+}
+
+/// Read-only view of a shard directory as one token sequence.
 pub struct TokenShards {
+    dir: PathBuf,
     index: ShardIndex,
-    maps: Vec<Mmap>,
-    /// Token offset where each shard starts.
-    starts: Vec<usize>,
+    maps: Vec<Option<Mmap>>,
+    /// starts[i] = global position of shard i's first token; starts[n] = total.
+    starts: Vec<u64>,
 }
 
 impl TokenShards {
+    /// Open and check `dir`: the index must be complete and every shard file must exist with
+    /// exactly the size the index gives (a cheap check; [`TokenShards::verify`] hashes).
     pub fn open(dir: &Path) -> Result<Self> {
-        let ipath = dir.join(INDEX);
-        let text = fs::read(&ipath).map_err(|e| {
-            file_err(&ipath, format!("cannot read the shard index ({e}): not a token-shard folder, or its writing did not finish"))
-        })?;
-        let index: ShardIndex = serde_json::from_slice(&text).map_err(|e| file_err(&ipath, format!("corrupt shard index: {e}")))?;
-        let mut maps = Vec::new();
-        let mut starts = Vec::new();
-        let mut at = 0usize;
-        for s in &index.shards {
-            let p = dir.join(&s.file);
-            let f = fs::File::open(&p).map_err(|e| file_err(&p, format!("shard listed in the index cannot be opened: {e}")))?;
-            let len = f.metadata().map_err(|e| file_err(&p, e))?.len();
-            let want = s.tokens * index.dtype.size() as u64;
-            if len != want {
-                return Err(file_err(&p, format!("shard is {len} bytes, the index says {want}: truncated or overwritten")));
-            }
-            // SAFETY: shards are immutable once written (atomic rename); we only read.
-            let map = unsafe { Mmap::map(&f) }.map_err(|e| file_err(&p, e))?;
-            maps.push(map);
-            starts.push(at);
-            at += s.tokens as usize;
+        let index_path = dir.join(INDEX_FILE);
+        if !index_path.exists() {
+            bail!(
+                "{} not found: {} is not a finished token-shard directory (missing, or the \
+                 writer was interrupted before it finished)",
+                index_path.display(),
+                dir.display()
+            );
         }
-        Ok(Self { index, maps, starts })
+        let text = std::fs::read_to_string(&index_path)
+            .with_context(|| format!("cannot read {}", index_path.display()))?;
+        let index: ShardIndex = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid shard index", index_path.display()))?;
+        ensure!(
+            index.format == FORMAT && index.version == VERSION,
+            "{}: format {:?} version {}, expected {FORMAT:?} version {VERSION}",
+            index_path.display(),
+            index.format,
+            index.version
+        );
+        ensure!(
+            index.dtype == Dtype::for_vocab(index.vocab_size),
+            "{}: dtype {:?} does not match vocab_size {}",
+            index_path.display(),
+            index.dtype,
+            index.vocab_size
+        );
+        let mut maps = Vec::with_capacity(index.shards.len());
+        let mut starts = vec![0u64];
+        for s in &index.shards {
+            let path = dir.join(&s.file);
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("shard {} listed in {} cannot be opened", path.display(), index_path.display()))?;
+            let len = file.metadata()?.len();
+            let expected = s.tokens * index.dtype.bytes() as u64;
+            ensure!(
+                len == expected,
+                "shard {} is {len} bytes but the index says {} tokens ({expected} bytes): the file \
+                 is truncated or was overwritten",
+                path.display(),
+                s.tokens
+            );
+            // SAFETY: shards are immutable once renamed into place; we only read them.
+            let map = if len == 0 {
+                None
+            } else {
+                Some(unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?)
+            };
+            maps.push(map);
+            starts.push(starts.last().unwrap() + s.tokens);
+        }
+        ensure!(
+            *starts.last().unwrap() == index.tokens,
+            "{}: shards hold {} tokens but the total says {}",
+            index_path.display(),
+            starts.last().unwrap(),
+            index.tokens
+        );
+        Ok(Self { dir: dir.to_path_buf(), index, maps, starts })
     }
 
-    /// Recompute every shard's hash and compare with the index (reads everything).
+    /// Hash every shard and compare with the index (reads all data).
     pub fn verify(&self) -> Result<()> {
-        for (s, m) in self.index.shards.iter().zip(&self.maps) {
-            let h = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(m));
-            if h != s.xxh3 {
-                return Err(TokenizerError::Invalid(format!("shard {} is corrupt: hash {h}, index says {}", s.file, s.xxh3)));
-            }
+        for (s, map) in self.index.shards.iter().zip(&self.maps) {
+            let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+            let got = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes));
+            ensure!(
+                got == s.xxh3,
+                "shard {} has hash {got} but the index says {}: the file is corrupt",
+                self.dir.join(&s.file).display(),
+                s.xxh3
+            );
         }
         Ok(())
+    }
+
+    /// Total tokens.
+    pub fn len(&self) -> usize {
+        self.index.tokens as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.tokens == 0
+    }
+
+    pub fn num_docs(&self) -> u64 {
+        self.index.documents
+    }
+
+    pub fn text_bytes(&self) -> u64 {
+        self.index.text_bytes
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.index.vocab_size
+    }
+
+    pub fn eot(&self) -> Option<u32> {
+        self.index.eot
     }
 
     pub fn index(&self) -> &ShardIndex {
         &self.index
     }
-    pub fn len(&self) -> usize {
-        self.index.tokens as usize
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    pub fn num_docs(&self) -> u64 {
-        self.index.documents
-    }
-    pub fn text_bytes(&self) -> u64 {
-        self.index.text_bytes
-    }
 
-    /// Copy tokens [start, start+out.len()) into `out`, across shard boundaries.
-    pub fn read_into(&self, start: usize, out: &mut [u32]) {
-        assert!(start + out.len() <= self.len(), "read past the end of the shards");
-        let mut shard = self.starts.partition_point(|&s| s <= start) - 1;
-        let mut pos = start - self.starts[shard];
-        let mut filled = 0;
-        while filled < out.len() {
-            let map = &self.maps[shard];
-            let n_in = self.index.shards[shard].tokens as usize - pos;
-            let n = n_in.min(out.len() - filled);
-            let dst = &mut out[filled..filled + n];
-            match self.index.dtype {
-                Dtype::U16 => {
-                    for (i, d) in dst.iter_mut().enumerate() {
-                        let o = (pos + i) * 2;
-                        *d = u16::from_le_bytes([map[o], map[o + 1]]) as u32;
-                    }
-                }
-                Dtype::U32 => {
-                    for (i, d) in dst.iter_mut().enumerate() {
-                        let o = (pos + i) * 4;
-                        *d = u32::from_le_bytes([map[o], map[o + 1], map[o + 2], map[o + 3]]);
-                    }
-                }
-            }
-            filled += n;
-            shard += 1;
-            pos = 0;
-        }
-    }
-
+    /// Tokens `start..start+len` (may cross shard boundaries). Panics if out of range.
     pub fn get(&self, start: usize, len: usize) -> Vec<u32> {
-        let mut v = vec![0; len];
-        self.read_into(start, &mut v);
-        v
+        let mut out = vec![0u32; len];
+        self.get_into(start, &mut out);
+        out
+    }
+
+    /// Fill `out` with tokens `start..start+out.len()`. Panics if out of range.
+    pub fn get_into(&self, start: usize, out: &mut [u32]) {
+        let end = start + out.len();
+        assert!(end <= self.len(), "token range {start}..{end} is outside the {} tokens of the shards", self.len());
+        let mut pos = start as u64;
+        let mut filled = 0;
+        // The shard containing `pos`: the last start <= pos.
+        let mut shard = self.starts.partition_point(|&s| s <= pos) - 1;
+        while filled < out.len() {
+            let local = (pos - self.starts[shard]) as usize;
+            let avail = (self.starts[shard + 1] - pos) as usize;
+            let take = avail.min(out.len() - filled);
+            if take > 0 {
+                let bytes: &[u8] = self.maps[shard].as_deref().expect("non-empty shard is mapped");
+                let dst = &mut out[filled..filled + take];
+                match self.index.dtype {
+                    Dtype::U16 => {
+                        let src = &bytes[local * 2..(local + take) * 2];
+                        for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                            *d = u16::from_le_bytes([c[0], c[1]]) as u32;
+                        }
+                    }
+                    Dtype::U32 => {
+                        let src = &bytes[local * 4..(local + take) * 4];
+                        for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                            *d = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                        }
+                    }
+                }
+                filled += take;
+                pos += take as u64;
+            }
+            shard += 1;
+        }
     }
 }

@@ -1,24 +1,35 @@
-//! Special tokens shared by every stage: document boundaries, padding, chat roles,
-//! the masked-LM mask and T5-style sentinels.
+//! Names of the special tokens every ferrolm tokenizer registers.
+//!
+//! They are registered as Hugging Face "added special tokens": the encoder matches them
+//! inside text before pre-tokenization (so `"<|endoftext|>"` in a string becomes one id),
+//! and they stand for zero bytes of text when computing bits per byte.
 
+/// Document boundary: the shard writer appends it after every document.
 pub const EOT: &str = "<|endoftext|>";
+/// Padding for batched inference/fine-tuning; never carries loss.
 pub const PAD: &str = "<|pad|>";
+/// Chat roles (see [`crate::chat`]).
 pub const SYSTEM: &str = "<|system|>";
 pub const USER: &str = "<|user|>";
 pub const ASSISTANT: &str = "<|assistant|>";
+/// Ends one chat turn.
 pub const END: &str = "<|end|>";
+/// Masked-LM corruption token.
 pub const MASK: &str = "<|mask|>";
+/// Unknown character, used only by character-level tokenizers (byte-level BPE never needs it).
 pub const UNK: &str = "<|unk|>";
-pub const N_SENTINELS: usize = 16;
+/// Number of T5-style span-corruption sentinels in [`defaults`].
+pub const NUM_SENTINELS: usize = 16;
 
-/// `<|extra_i|>`: span-corruption sentinels.
+/// The i-th T5-style span-corruption sentinel, `<|extra_{i}|>`.
 pub fn sentinel(i: usize) -> String {
     format!("<|extra_{i}|>")
 }
 
-/// The default special tokens, in id order (EOT is always id 0).
+/// EOT, PAD, the chat roles, END, MASK and 16 sentinels, in this order (EOT gets the lowest id).
 pub fn defaults() -> Vec<String> {
-    let mut v: Vec<String> = [EOT, PAD, SYSTEM, USER, ASSISTANT, END, MASK].iter().map(|s| s.to_string()).collect();
-    v.extend((0..N_SENTINELS).map(sentinel));
+    let mut v: Vec<String> =
+        [EOT, PAD, SYSTEM, USER, ASSISTANT, END, MASK].iter().map(|s| s.to_string()).collect();
+    v.extend((0..NUM_SENTINELS).map(sentinel));
     v
 }

@@ -1,31 +1,46 @@
-//! The [`Tokenizer`]: byte-level BPE (Hugging Face `tokenizers`) or characters.
+//! [`Tokenizer`]: byte-level BPE or character-level, always persisted as a standard Hugging Face
+//! `tokenizer.json` that the Python/Rust `tokenizers` libraries load unchanged.
+//!
+//! Training and (de)serialisation go through the `tokenizers` crate; encoding runs on ferrolm's
+//! own encoder ([`crate::encoder`]) when the file has a shape it reproduces exactly, otherwise on
+//! the `tokenizers` crate. Decoding is a table lookup of each id's raw bytes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
-use std::str::FromStr;
 
+use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
-use tokenizers::models::TrainerWrapper;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::AddedToken;
+use serde_json::{json, Value};
+use tokenizers as hf;
 
-use crate::bytelevel::{byte_to_char, char_to_byte};
+use crate::bytelevel;
+use crate::encoder::FastEncoder;
 use crate::special;
-use crate::{Result, TokenizerError};
+
+/// The pre-tokenizer regex of a character-level tokenizer: every character is its own piece.
+/// `[\s\S]` rather than `.` because `.` does not match newlines in Oniguruma.
+pub(crate) const CHAR_SPLIT_REGEX: &str = r"[\s\S]";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "lowercase")]
 pub enum TokenizerKind {
+    /// Byte-level BPE (GPT-2 style): lossless on any UTF-8, no unknown tokens.
     Bpe,
+    /// One token per character seen in training (nanoGPT's Shakespeare setup); unseen
+    /// characters encode to `<|unk|>`.
     Char,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BpeTrainConfig {
+    /// Total vocabulary size including the 256 byte tokens and the special tokens. Training may
+    /// end below it when no pair reaches `min_frequency` any more.
     pub vocab_size: usize,
+    /// A pair must occur at least this often to be merged.
     pub min_frequency: u64,
+    /// Registered as special tokens with the lowest ids, in this order.
     pub special_tokens: Vec<String>,
 }
 
@@ -35,246 +50,393 @@ impl Default for BpeTrainConfig {
     }
 }
 
-/// A character vocabulary, stored as `{"type": "ferrolm-char", ...}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CharVocab {
-    #[serde(rename = "type")]
-    kind: String,
-    special_tokens: Vec<String>,
-    chars: Vec<char>,
-}
-
-const CHAR_TYPE: &str = "ferrolm-char";
-
-#[derive(Clone)]
-enum Inner {
-    Bpe(Box<tokenizers::Tokenizer>),
-    Char { vocab: CharVocab, index: HashMap<char, u32>, unk: u32 },
-}
-
+/// A trained tokenizer. Cheap to share across threads (`&Tokenizer` is `Sync`).
 #[derive(Clone)]
 pub struct Tokenizer {
-    inner: Inner,
-    /// Raw bytes of every token (special tokens: their literal text), for decoding.
-    id_bytes: Vec<Vec<u8>>,
-    /// Whether each id is a special token.
-    is_special: Vec<bool>,
-    specials: HashMap<String, u32>,
+    hf: hf::Tokenizer,
+    kind: TokenizerKind,
+    /// Raw bytes each id decodes to (special tokens: their literal text). Empty for ids that
+    /// exist in no vocabulary (holes).
+    id_bytes: Vec<Box<[u8]>>,
+    /// Bytes of input text each id stands for: `id_bytes[id].len()`, but 0 for special tokens.
+    token_bytes: Vec<u32>,
+    special_ids: Vec<u32>,
+    eot: Option<u32>,
+    /// ferrolm's own encoder when it reproduces this tokenizer.json exactly (see `encoder`).
+    fast: Option<FastEncoder>,
 }
 
-fn hf_err(e: impl std::fmt::Display) -> TokenizerError {
-    TokenizerError::Hf(e.to_string())
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind)
+            .field("vocab_size", &self.vocab_size())
+            .field("special_tokens", &self.special_ids.len())
+            .field("fast_encoder", &self.fast.is_some())
+            .finish()
+    }
 }
 
 impl Tokenizer {
-    /// Train byte-level BPE: GPT-2's pre-tokenizer regex, every byte in the initial
-    /// alphabet (so any UTF-8 text round-trips), special tokens first in id order.
+    /// Train a byte-level BPE tokenizer (Hugging Face's BPE trainer, GPT-2 pre-tokenizer regex,
+    /// all 256 bytes in the initial alphabet, special tokens first).
     pub fn train_bpe<I, S>(texts: I, cfg: &BpeTrainConfig) -> Result<Self>
     where
         I: Iterator<Item = S> + Send,
         S: AsRef<str> + Send,
     {
-        let specials: Vec<AddedToken> = cfg.special_tokens.iter().map(|s| AddedToken::from(s.clone(), true)).collect();
-        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
-            .show_progress(false)
+        let specials = dedup(&cfg.special_tokens);
+        if cfg.vocab_size < 256 + specials.len() {
+            bail!(
+                "tokenizer.vocab_size = {} is too small: byte-level BPE needs 256 byte tokens plus {} special tokens",
+                cfg.vocab_size,
+                specials.len()
+            );
+        }
+        let mut tok = hf::Tokenizer::new(hf::models::bpe::BPE::default());
+        let byte_level = hf::pre_tokenizers::byte_level::ByteLevel::new(false, false, true);
+        tok.with_pre_tokenizer(Some(byte_level));
+        tok.with_decoder(Some(byte_level));
+        let alphabet: HashSet<char> = bytelevel::BYTE_TO_CHAR.iter().copied().collect();
+        let mut trainer: hf::models::TrainerWrapper = hf::models::bpe::BpeTrainer::builder()
             .vocab_size(cfg.vocab_size)
             .min_frequency(cfg.min_frequency)
-            .special_tokens(specials.clone())
-            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .special_tokens(specials.iter().map(|s| hf::AddedToken::from(s.clone(), true)).collect())
+            .initial_alphabet(alphabet)
+            .show_progress(false)
             .build()
             .into();
-        let mut tk = tokenizers::Tokenizer::new(BPE::default());
-        tk.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-        tk.with_decoder(Some(ByteLevel::default()));
-        tk.train(&mut trainer, texts).map_err(hf_err)?;
-        tk.add_special_tokens(&specials);
-        Ok(Self::from_hf(tk))
+        tok.train(&mut trainer, texts).map_err(|e| anyhow!("BPE training failed: {e}"))?;
+        Self::from_hf(tok).context("building the trained BPE tokenizer")
     }
 
-    /// A character vocabulary: the special tokens, `<|unk|>`, then every character seen, sorted.
+    /// Build a character-level tokenizer: ids 0..n are the distinct characters of `texts` in
+    /// code-point order (exactly nanoGPT's `sorted(set(text))`), then `<|unk|>`, then
+    /// `special_tokens`. Persisted as a Hugging Face WordLevel tokenizer.json.
     pub fn train_char<I, S>(texts: I, special_tokens: &[String]) -> Result<Self>
     where
         I: Iterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut set = std::collections::BTreeSet::new();
+        let mut chars = BTreeSet::new();
         for t in texts {
-            set.extend(t.as_ref().chars());
+            chars.extend(t.as_ref().chars());
         }
-        let mut specials = special_tokens.to_vec();
-        if !specials.iter().any(|s| s == special::UNK) {
-            specials.push(special::UNK.to_string());
+        if chars.is_empty() {
+            bail!("cannot build a character tokenizer from empty text");
         }
-        Ok(Self::from_char(CharVocab { kind: CHAR_TYPE.into(), special_tokens: specials, chars: set.into_iter().collect() }))
+        let mut vocab = serde_json::Map::new();
+        for (i, c) in chars.iter().enumerate() {
+            vocab.insert(c.to_string(), json!(i));
+        }
+        let mut specials = vec![special::UNK.to_string()];
+        specials.extend(dedup(special_tokens).into_iter().filter(|s| s != special::UNK));
+        let mut added = Vec::new();
+        for s in &specials {
+            let id = vocab.len();
+            vocab.insert(s.clone(), json!(id));
+            added.push(json!({
+                "id": id, "content": s, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true
+            }));
+        }
+        let doc = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {
+                "type": "Split", "pattern": { "Regex": CHAR_SPLIT_REGEX },
+                "behavior": "Isolated", "invert": false
+            },
+            "post_processor": null,
+            "decoder": { "type": "Fuse" },
+            "model": { "type": "WordLevel", "vocab": vocab, "unk_token": special::UNK }
+        });
+        let tok: hf::Tokenizer = doc
+            .to_string()
+            .parse()
+            .map_err(|e| anyhow!("building the character tokenizer: {e}"))?;
+        Self::from_hf(tok).context("building the character tokenizer")
     }
 
-    fn from_hf(tk: tokenizers::Tokenizer) -> Self {
-        let n = tk.get_vocab_size(true);
-        let mut id_bytes = vec![Vec::new(); n];
-        let mut is_special = vec![false; n];
-        let mut specials = HashMap::new();
-        let added: HashMap<u32, bool> = tk.get_added_tokens_decoder().iter().map(|(id, t)| (*id, t.special)).collect();
-        for (tok, id) in tk.get_vocab(true) {
-            let id = id as usize;
-            if id >= n {
+    /// Build a byte-level BPE tokenizer from OpenAI's GPT-2 files: `encoder.json` (token ->
+    /// id) and `vocab.bpe` (merges in rank order after a `#version` line). `<|endoftext|>` is
+    /// registered as a special token. The result is an ordinary tokenizer.json tokenizer that
+    /// encodes exactly as GPT-2 (and tiktoken's `gpt2`) does.
+    pub fn from_gpt2_files(encoder_json: &Path, vocab_bpe: &Path) -> Result<Self> {
+        let enc_text = std::fs::read_to_string(encoder_json)
+            .with_context(|| format!("cannot read {}", encoder_json.display()))?;
+        let vocab: serde_json::Map<String, Value> = serde_json::from_str(&enc_text)
+            .with_context(|| format!("{} is not a JSON object of token -> id", encoder_json.display()))?;
+        let merges_text = std::fs::read_to_string(vocab_bpe)
+            .with_context(|| format!("cannot read {}", vocab_bpe.display()))?;
+        let mut merges = Vec::new();
+        for (n, line) in merges_text.lines().enumerate() {
+            if line.starts_with("#version") || line.is_empty() {
                 continue;
             }
-            if added.get(&(id as u32)).copied().unwrap_or(false) {
-                is_special[id] = true;
-                id_bytes[id] = tok.as_bytes().to_vec();
-                specials.insert(tok, id as u32);
-            } else {
-                // Byte-level vocabulary: one character per byte.
-                id_bytes[id] = tok.chars().map(|c| char_to_byte(c).unwrap_or(b'?')).collect();
+            if line.split(' ').count() != 2 {
+                bail!("{}:{}: expected two tokens separated by one space, found {line:?}", vocab_bpe.display(), n + 1);
             }
+            merges.push(Value::String(line.to_string()));
         }
-        Self { inner: Inner::Bpe(Box::new(tk)), id_bytes, is_special, specials }
+        let eot = vocab
+            .get(special::EOT)
+            .and_then(Value::as_u64)
+            .with_context(|| format!("{} has no {} entry", encoder_json.display(), special::EOT))?;
+        let byte_level = json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true });
+        let doc = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [{
+                "id": eot, "content": special::EOT, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true
+            }],
+            "normalizer": null,
+            "pre_tokenizer": byte_level,
+            "post_processor": byte_level,
+            "decoder": byte_level,
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges
+            }
+        });
+        Self::from_json_str(&doc.to_string())
+            .with_context(|| format!("building a tokenizer from {} and {}", encoder_json.display(), vocab_bpe.display()))
     }
 
-    fn from_char(vocab: CharVocab) -> Self {
-        let mut id_bytes = Vec::new();
-        let mut is_special = Vec::new();
-        let mut specials = HashMap::new();
-        for s in &vocab.special_tokens {
-            specials.insert(s.clone(), id_bytes.len() as u32);
-            id_bytes.push(s.as_bytes().to_vec());
-            is_special.push(true);
-        }
-        let mut index = HashMap::new();
-        for &c in &vocab.chars {
-            index.insert(c, id_bytes.len() as u32);
-            let mut b = [0u8; 4];
-            id_bytes.push(c.encode_utf8(&mut b).as_bytes().to_vec());
-            is_special.push(false);
-        }
-        let unk = specials[special::UNK];
-        Self { inner: Inner::Char { vocab, index, unk }, id_bytes, is_special, specials }
-    }
-
-    /// Load `tokenizer.json` (Hugging Face format) or a ferrolm character vocabulary.
+    /// Load a tokenizer.json (as written by [`Tokenizer::save`] or any byte-level BPE /
+    /// character tokenizer.json of the same shape, e.g. GPT-2's). The kind is detected from the
+    /// file's model and pre-tokenizer.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let file_err = |m: String| TokenizerError::File { path: path.to_path_buf(), message: m };
-        let text = std::fs::read_to_string(path).map_err(|e| file_err(format!("cannot read tokenizer: {e}")))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_err(format!("not valid JSON: {e}")))?;
-        if value.get("type").and_then(|t| t.as_str()) == Some(CHAR_TYPE) {
-            let vocab: CharVocab = serde_json::from_value(value).map_err(|e| file_err(format!("bad character vocabulary: {e}")))?;
-            return Ok(Self::from_char(vocab));
-        }
-        let tk = tokenizers::Tokenizer::from_str(&text).map_err(|e| file_err(format!("not a tokenizer.json: {e}")))?;
-        Ok(Self::from_hf(tk))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read tokenizer file {}", path.display()))?;
+        Self::from_json_str(&text).with_context(|| format!("invalid tokenizer file {}", path.display()))
     }
 
-    /// Write atomically.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let text = match &self.inner {
-            Inner::Bpe(tk) => tk.to_string(true).map_err(hf_err)?,
-            Inner::Char { vocab, .. } => serde_json::to_string_pretty(vocab).expect("serialisable"),
-        };
-        ferrolm_common::write_atomic(path, text)
-            .map_err(|e| TokenizerError::File { path: path.to_path_buf(), message: format!("cannot write: {e}") })
+    /// Parse tokenizer.json text.
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        // Parse as plain JSON first so a truncated/corrupt file gets serde's line/column message.
+        let _: Value = serde_json::from_str(text).context("not valid JSON")?;
+        let tok: hf::Tokenizer =
+            text.parse().map_err(|e| anyhow!("not a Hugging Face tokenizer.json: {e}"))?;
+        Self::from_hf(tok)
     }
 
-    pub fn kind(&self) -> TokenizerKind {
-        match self.inner {
-            Inner::Bpe(_) => TokenizerKind::Bpe,
-            Inner::Char { .. } => TokenizerKind::Char,
-        }
-    }
+    /// Wrap a Hugging Face tokenizer of a supported shape.
+    pub fn from_hf(hf: hf::Tokenizer) -> Result<Self> {
+        let json: Value = serde_json::from_str(
+            &hf.to_string(false).map_err(|e| anyhow!("cannot serialise tokenizer: {e}"))?,
+        )?;
+        let kind = detect_kind(&json)?;
 
-    /// Token ids of `text`. No special tokens are added, but special-token strings that
-    /// occur in the text are encoded as those tokens.
-    pub fn encode(&self, text: &str) -> Vec<u32> {
-        match &self.inner {
-            Inner::Bpe(tk) => tk.encode_fast(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default(),
-            Inner::Char { index, unk, .. } => self.encode_chars(text, index, *unk),
-        }
-    }
-
-    fn encode_chars(&self, text: &str, index: &HashMap<char, u32>, unk: u32) -> Vec<u32> {
-        let mut out = Vec::with_capacity(text.len());
-        let mut rest = text;
-        'outer: while let Some(c) = rest.chars().next() {
-            if c == '<' {
-                for (s, &id) in &self.specials {
-                    if rest.starts_with(s.as_str()) {
-                        out.push(id);
-                        rest = &rest[s.len()..];
-                        continue 'outer;
-                    }
-                }
+        let added = hf.get_added_tokens_decoder();
+        let model_vocab = hf.get_vocab(false);
+        let max_id = model_vocab.values().chain(added.keys()).copied().max();
+        let vocab_size = max_id.map_or(0, |m| m as usize + 1);
+        let mut id_bytes: Vec<Box<[u8]>> = vec![Box::default(); vocab_size];
+        let mut token_bytes = vec![0u32; vocab_size];
+        for (token, &id) in &model_vocab {
+            if added.contains_key(&id) {
+                // Special tokens also sit in the model vocabulary (the trainer puts them there);
+                // they are not byte-level strings, handled below.
+                continue;
             }
-            out.push(index.get(&c).copied().unwrap_or(unk));
-            rest = &rest[c.len_utf8()..];
+            let bytes = match kind {
+                TokenizerKind::Bpe => bytelevel::token_to_bytes(token).ok_or_else(|| {
+                    anyhow!("BPE token {token:?} (id {id}) is not in the byte-level alphabet")
+                })?,
+                TokenizerKind::Char => token.as_bytes().to_vec(),
+            };
+            token_bytes[id as usize] = bytes.len() as u32;
+            id_bytes[id as usize] = bytes.into_boxed_slice();
         }
-        out
+        let mut special_ids = Vec::new();
+        for (&id, tok) in &added {
+            // Added tokens are matched in the raw text, so they decode to their literal content.
+            id_bytes[id as usize] = tok.content.as_bytes().into();
+            token_bytes[id as usize] = if tok.special { 0 } else { tok.content.len() as u32 };
+            if tok.special {
+                special_ids.push(id);
+            }
+        }
+        special_ids.sort_unstable();
+        let eot = hf.token_to_id(special::EOT);
+        let fast = FastEncoder::from_tokenizer_json(&json, kind)?;
+        Ok(Self { hf, kind, id_bytes, token_bytes, special_ids, eot, fast })
     }
 
-    /// Encode many texts in parallel.
+    /// Write tokenizer.json atomically (a reader never sees a half-written file).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = self.to_json_string()?;
+        ferrolm_common::write_atomic(path, text)
+            .with_context(|| format!("cannot write tokenizer file {}", path.display()))
+    }
+
+    /// The tokenizer.json text.
+    pub fn to_json_string(&self) -> Result<String> {
+        self.hf.to_string(true).map_err(|e| anyhow!("cannot serialise tokenizer: {e}"))
+    }
+
+    /// Token ids of `text`. No special tokens are added, but special-token strings that occur
+    /// in the text (e.g. `<|endoftext|>`) are encoded as those special tokens.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        match &self.fast {
+            Some(fast) => fast.encode(text),
+            None => self.encode_reference(text),
+        }
+    }
+
+    /// Encoding by the Hugging Face `tokenizers` crate itself, the reference that ferrolm's
+    /// encoder must match id for id (used by tests and the benchmark).
+    pub fn encode_reference(&self, text: &str) -> Vec<u32> {
+        match self.hf.encode_fast(text, false) {
+            Ok(enc) => enc.get_ids().to_vec(),
+            // Byte-level BPE covers every byte and the char tokenizer has <|unk|>, so a failure
+            // here means a corrupted vocabulary, which from_hf rejects.
+            Err(e) => panic!("tokenizer failed to encode text: {e}"),
+        }
+    }
+
+    /// [`Tokenizer::encode`] on many texts in parallel (rayon's global pool).
     pub fn encode_batch(&self, texts: &[&str]) -> Vec<Vec<u32>> {
         texts.par_iter().map(|t| self.encode(t)).collect()
     }
 
-    /// Text of `ids`; byte sequences that are not valid UTF-8 become U+FFFD.
+    /// Text of `ids`, nothing skipped: special tokens appear as their literal text. Byte-level
+    /// BPE is lossless: bytes are concatenated, and only byte sequences that are not valid
+    /// UTF-8 (a cut multi-byte character) become U+FFFD. Ids outside the vocabulary (a model
+    /// whose embedding is padded beyond the tokenizer) also become U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> String {
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(ids.len() * 4);
         for &id in ids {
-            if let Some(b) = self.id_bytes.get(id as usize) {
-                bytes.extend_from_slice(b);
-            }
+            self.push_id_bytes(id, &mut bytes);
         }
-        String::from_utf8_lossy(&bytes).into_owned()
+        match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }
     }
 
+    pub(crate) fn push_id_bytes(&self, id: u32, out: &mut Vec<u8>) {
+        match self.id_bytes.get(id as usize) {
+            Some(b) if !b.is_empty() => out.extend_from_slice(b),
+            _ => out.extend_from_slice("\u{FFFD}".as_bytes()),
+        }
+    }
+
+    /// Raw bytes id `id` decodes to (special tokens: their literal text).
+    pub fn id_to_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.id_bytes.get(id as usize).map(|b| &b[..])
+    }
+
+    /// A streaming decoder for generation.
+    pub fn decode_stream(&self) -> DecodeStream<'_> {
+        DecodeStream::new(self)
+    }
+
+    /// Number of ids (largest id + 1), including special tokens: the embedding size a model needs.
     pub fn vocab_size(&self) -> usize {
         self.id_bytes.len()
     }
 
+    /// Id of a token string (a vocabulary entry or a special token).
     pub fn token_id(&self, token: &str) -> Option<u32> {
-        if let Some(&id) = self.specials.get(token) {
-            return Some(id);
-        }
-        match &self.inner {
-            Inner::Bpe(tk) => tk.token_to_id(&token.bytes().map(|b| byte_to_char()[b as usize]).collect::<String>()),
-            Inner::Char { index, .. } => {
-                let mut it = token.chars();
-                match (it.next(), it.next()) {
-                    (Some(c), None) => index.get(&c).copied(),
-                    _ => None,
-                }
-            }
-        }
+        self.hf.token_to_id(token)
     }
 
-    /// The end-of-text id (document separator).
+    /// The vocabulary string of an id (byte-level tokens in GPT-2's `Ġ`-style notation).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.hf.id_to_token(id)
+    }
+
+    /// Id of `<|endoftext|>`. Panics with a clear message if the tokenizer has none
+    /// (use [`Tokenizer::try_eot_id`] to handle that case).
     pub fn eot_id(&self) -> u32 {
-        *self.specials.get(special::EOT).expect("every ferrolm tokenizer has <|endoftext|>; this tokenizer.json lacks it")
+        self.eot.unwrap_or_else(|| {
+            panic!("this tokenizer has no {} special token; train it with special tokens", special::EOT)
+        })
+    }
+
+    pub fn try_eot_id(&self) -> Option<u32> {
+        self.eot
+    }
+
+    /// Ids of all special tokens, ascending.
+    pub fn special_ids(&self) -> &[u32] {
+        &self.special_ids
     }
 
     pub fn is_special(&self, id: u32) -> bool {
-        self.is_special.get(id as usize).copied().unwrap_or(false)
+        self.special_ids.binary_search(&id).is_ok()
     }
 
-    /// Bytes of text each token stands for (0 for special tokens).
+    /// Per id, the number of raw text bytes the token stands for (0 for special tokens), so
+    /// bits per byte = sum(loss in nats) / ln 2 / sum(token_bytes[target]).
     pub fn token_bytes(&self) -> Vec<u32> {
-        self.id_bytes.iter().zip(&self.is_special).map(|(b, &s)| if s { 0 } else { b.len() as u32 }).collect()
+        self.token_bytes.clone()
     }
 
-    /// The raw bytes of one token.
-    pub fn id_to_bytes(&self, id: u32) -> &[u8] {
-        self.id_bytes.get(id as usize).map(|v| v.as_slice()).unwrap_or(&[])
+    pub fn kind(&self) -> TokenizerKind {
+        self.kind
     }
 
-    /// The underlying Hugging Face tokenizer, for BPE.
-    pub fn hf(&self) -> Option<&tokenizers::Tokenizer> {
-        match &self.inner {
-            Inner::Bpe(tk) => Some(tk),
-            Inner::Char { .. } => None,
-        }
+    /// Empty the per-thread pre-token caches of the encoder on every rayon worker and the
+    /// calling thread (for benchmarks that must start cold; encoding never needs it).
+    pub fn clear_caches(&self) {
+        rayon::broadcast(|_| crate::bpe::clear_thread_cache());
+        crate::bpe::clear_thread_cache();
+    }
+
+    /// Whether encoding runs on ferrolm's own encoder (true for every tokenizer this crate
+    /// trains, and for GPT-2-shaped files) rather than the `tokenizers` crate.
+    pub fn has_fast_encoder(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// The wrapped Hugging Face tokenizer.
+    pub fn hf(&self) -> &hf::Tokenizer {
+        &self.hf
     }
 }
 
-/// Incremental decoding for streaming generation: tokens may end in the middle of a
-/// multi-byte character, so bytes are held back until they form complete UTF-8.
+fn dedup(tokens: &[String]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    tokens.iter().filter(|t| seen.insert(t.as_str())).cloned().collect()
+}
+
+fn detect_kind(json: &Value) -> Result<TokenizerKind> {
+    let model = json["model"]["type"].as_str().unwrap_or("<none>");
+    let pre = &json["pre_tokenizer"];
+    let pre_type = pre["type"].as_str().unwrap_or("<none>");
+    match (model, pre_type) {
+        ("BPE", "ByteLevel") => {
+            let dec = json["decoder"]["type"].as_str().unwrap_or("<none>");
+            if dec != "ByteLevel" {
+                bail!("byte-level BPE tokenizer.json must use the ByteLevel decoder, found {dec}");
+            }
+            Ok(TokenizerKind::Bpe)
+        }
+        ("WordLevel", "Split") if pre["pattern"]["Regex"].as_str() == Some(CHAR_SPLIT_REGEX) => {
+            Ok(TokenizerKind::Char)
+        }
+        _ => bail!(
+            "unsupported tokenizer.json: model {model} with pre-tokenizer {pre_type}; ferrolm \
+             reads byte-level BPE (model BPE + ByteLevel pre-tokenizer) and its own character \
+             tokenizers (WordLevel + Split on {CHAR_SPLIT_REGEX:?})"
+        ),
+    }
+}
+
+/// Incremental decoding for generation: push ids one at a time and get back the text that
+/// became complete. Bytes of a multi-byte character split across tokens are held until the
+/// character is complete; concatenating every `push` result and [`DecodeStream::finish`]
+/// equals [`Tokenizer::decode`] of all ids.
 pub struct DecodeStream<'a> {
     tok: &'a Tokenizer,
     pending: Vec<u8>,
@@ -285,26 +447,50 @@ impl<'a> DecodeStream<'a> {
         Self { tok, pending: Vec::new() }
     }
 
-    /// Add a token; returns the text that is now complete (possibly empty).
+    /// Add one id; returns the newly completed text (possibly empty).
     pub fn push(&mut self, id: u32) -> String {
-        self.pending.extend_from_slice(self.tok.id_to_bytes(id));
-        let valid = match std::str::from_utf8(&self.pending) {
-            Ok(_) => self.pending.len(),
-            Err(e) => match e.error_len() {
-                // An invalid sequence that no later byte can complete: emit it (as U+FFFD).
-                Some(_) => self.pending.len(),
-                None => e.valid_up_to(),
-            },
-        };
-        let out = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
-        self.pending.drain(..valid);
+        self.tok.push_id_bytes(id, &mut self.pending);
+        let mut out = String::new();
+        let mut rest: &[u8] = &self.pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    out.push_str(s);
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    // SAFETY-free: from_utf8 just validated this prefix.
+                    out.push_str(std::str::from_utf8(&rest[..valid]).expect("validated prefix"));
+                    match e.error_len() {
+                        // An invalid sequence can never be completed: U+FFFD, as decode does.
+                        Some(n) => {
+                            out.push('\u{FFFD}');
+                            rest = &rest[valid + n..];
+                        }
+                        // An incomplete character at the end: wait for more bytes.
+                        None => {
+                            rest = &rest[valid..];
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let keep = rest.len();
+        let drop = self.pending.len() - keep;
+        self.pending.drain(..drop);
         out
     }
 
-    /// Whatever is left (an incomplete character becomes U+FFFD).
-    pub fn finish(&mut self) -> String {
-        let out = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        out
+    /// Bytes still waiting for the rest of a character.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Flush: an incomplete trailing character becomes U+FFFD.
+    pub fn finish(self) -> String {
+        String::from_utf8_lossy(&self.pending).into_owned()
     }
 }

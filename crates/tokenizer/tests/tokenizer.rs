@@ -1,141 +1,258 @@
-use ferrolm_tokenizer::shards::{ShardWriter, TokenShards};
-use ferrolm_tokenizer::{special, BpeTrainConfig, DecodeStream, Tokenizer, TokenizerKind};
-use proptest::prelude::*;
+//! Tokenizer behaviour on small generated corpora: round trips, special tokens, persistence,
+//! the character tokenizer, token byte counts, streaming decode, and identity of ferrolm's
+//! encoder with the Hugging Face `tokenizers` crate.
+
 use std::sync::OnceLock;
 
+use ferrolm_tokenizer::{special, BpeTrainConfig, Tokenizer, TokenizerKind};
+use proptest::prelude::*;
+
+/// A deterministic mixed corpus: English-like prose, Rust-like code, numbers, other scripts,
+/// odd whitespace. Small enough to train in well under a second.
 fn corpus() -> Vec<String> {
-    let mut v = Vec::new();
-    for i in 0..200 {
-        v.push(format!(
-            "fn parse_{i}(input: &str) -> Result<Value, Error> {{\n    // Parse the value number {i}.\n    let x = input.trim();\n}}\n\
-             Die Größe ist {i} Meter — naïve café 日本語テキスト {i}. 🚀\n"
-        ));
-    }
-    v
+    let words = [
+        "the", "of", "and", "to", "in", "is", "that", "it", "was", "for", "tokenizer", "model",
+        "training", "loss", "fn", "let", "mut", "impl", "struct", "self", "Vec<u32>", "String",
+        "héllo", "wörld", "日本語", "テキスト", "данные", "مرحبا", "42", "3.14", "1_000", "don't",
+        "we'll", "they're", "I'm", "😀", "e\u{301}", "    ", "\t", "\n", "\n\n", "==", "->", "::",
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..400)
+        .map(|_| {
+            let n = 5 + (next() % 60) as usize;
+            let mut doc = String::new();
+            for _ in 0..n {
+                doc.push_str(words[(next() % words.len() as u64) as usize]);
+                doc.push(if next() % 5 == 0 { '\n' } else { ' ' });
+            }
+            doc
+        })
+        .collect()
 }
 
 fn bpe() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
     T.get_or_init(|| {
-        Tokenizer::train_bpe(corpus().iter(), &BpeTrainConfig { vocab_size: 500, min_frequency: 2, special_tokens: special::defaults() })
-            .unwrap()
+        let cfg = BpeTrainConfig { vocab_size: 600, ..Default::default() };
+        Tokenizer::train_bpe(corpus().into_iter(), &cfg).unwrap()
     })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
-    #[test]
-    fn byte_level_bpe_round_trips_arbitrary_utf8(s in "\\PC*") {
-        let t = bpe();
-        prop_assert_eq!(t.decode(&t.encode(&s)), s.clone());
-        // token_bytes accounts for every byte of the text
-        let bytes = t.token_bytes();
-        let n: u64 = t.encode(&s).iter().map(|&i| bytes[i as usize] as u64).sum();
-        prop_assert_eq!(n, s.len() as u64);
-    }
-
-    #[test]
-    fn streaming_decode_equals_batch_decode(s in "\\PC{0,60}") {
-        let t = bpe();
-        let ids = t.encode(&s);
-        let mut d = DecodeStream::new(t);
-        let mut out = String::new();
-        for &i in &ids { out.push_str(&d.push(i)); }
-        out.push_str(&d.finish());
-        prop_assert_eq!(out, s);
-    }
+fn chars() -> &'static Tokenizer {
+    static T: OnceLock<Tokenizer> = OnceLock::new();
+    T.get_or_init(|| Tokenizer::train_char(corpus().iter(), &special::defaults()).unwrap())
 }
 
 #[test]
-fn bpe_learns_merges_and_keeps_special_tokens() {
+fn bpe_trains_with_specials_first_and_fast_encoder() {
     let t = bpe();
     assert_eq!(t.kind(), TokenizerKind::Bpe);
-    assert_eq!(t.vocab_size(), 500);
-    assert_eq!(t.eot_id(), 0, "EOT is the first special token");
-    let text = "fn parse_7(input: &str)";
-    assert!(t.encode(text).len() < text.len() / 2, "merges compress repeated code");
-    let ids = t.encode("a<|endoftext|>b<|user|>");
-    assert!(ids.contains(&t.eot_id()));
-    assert!(ids.contains(&t.token_id(special::USER).unwrap()));
-    assert_eq!(t.token_bytes()[t.eot_id() as usize], 0);
+    assert!(t.has_fast_encoder(), "trained tokenizers must use ferrolm's encoder");
+    assert!(t.vocab_size() > 256 + special::defaults().len(), "merges were learned");
+    assert!(t.vocab_size() <= 600);
+    for (i, s) in special::defaults().iter().enumerate() {
+        assert_eq!(t.token_id(s), Some(i as u32), "{s} has the i-th id");
+        assert!(t.is_special(i as u32));
+    }
+    assert_eq!(t.eot_id(), 0);
+    // Frequent words became single tokens.
+    assert_eq!(t.encode(" the").len(), 1);
 }
 
 #[test]
-fn save_and_load_give_the_same_tokenizer_and_hf_reads_it() {
+fn special_tokens_in_text_are_matched() {
+    let t = bpe();
+    let eot = t.eot_id();
+    let user = t.token_id(special::USER).unwrap();
+    let ids = t.encode("hello<|endoftext|><|user|> the");
+    assert!(ids.contains(&eot) && ids.contains(&user), "{ids:?}");
+    assert_eq!(t.decode(&ids), "hello<|endoftext|><|user|> the");
+    // A near miss is plain text.
+    let ids = t.encode("<|endoftext|");
+    assert!(!ids.contains(&eot));
+    assert_eq!(t.decode(&ids), "<|endoftext|");
+    // Sentinels are single tokens too.
+    assert_eq!(t.encode(&special::sentinel(12)), vec![t.token_id(&special::sentinel(12)).unwrap()]);
+}
+
+#[test]
+fn token_bytes_sum_to_text_length_and_specials_count_zero() {
+    let t = bpe();
+    let tb = t.token_bytes();
+    assert_eq!(tb.len(), t.vocab_size());
+    for text in corpus().iter().take(50) {
+        let ids = t.encode(text);
+        let sum: u64 = ids.iter().map(|&i| tb[i as usize] as u64).sum();
+        assert_eq!(sum, text.len() as u64);
+    }
+    assert_eq!(tb[t.eot_id() as usize], 0);
+    let c = chars();
+    let ctb = c.token_bytes();
+    let text = &corpus()[3];
+    let sum: u64 = c.encode(text).iter().map(|&i| ctb[i as usize] as u64).sum();
+    assert_eq!(sum, text.len() as u64);
+}
+
+#[test]
+fn save_and_load_give_the_same_tokenizer() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("tokenizer.json");
-    bpe().save(&p).unwrap();
-    let back = Tokenizer::from_file(&p).unwrap();
-    let s = "let größe = 42; // 日本 🚀 <|endoftext|>";
-    assert_eq!(back.encode(s), bpe().encode(s));
-    // The file is a standard tokenizer.json: the Hugging Face library loads it directly.
-    let hf = tokenizers::Tokenizer::from_file(&p).unwrap();
-    assert_eq!(hf.encode(s, false).unwrap().get_ids(), bpe().encode(s).as_slice());
-    assert_eq!(hf.decode(&bpe().encode(s), false).unwrap(), s);
-}
-
-#[test]
-fn char_tokenizer_round_trips_and_marks_unknown_chars() {
-    let t = Tokenizer::train_char(["hello world", "ÿ日"].iter(), &special::defaults()).unwrap();
-    assert_eq!(t.kind(), TokenizerKind::Char);
-    let s = "hello<|endoftext|>日 world";
-    assert_eq!(t.decode(&t.encode(s)), s);
-    assert_eq!(t.encode(s).len(), s.chars().count() - "<|endoftext|>".len() + 1);
-    let unk = t.token_id(special::UNK).unwrap();
-    assert_eq!(t.encode("hz"), vec![t.token_id("h").unwrap(), unk]);
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("tokenizer.json");
-    t.save(&p).unwrap();
-    let back = Tokenizer::from_file(&p).unwrap();
-    assert_eq!(back.encode(s), t.encode(s));
-    assert_eq!(back.vocab_size(), t.vocab_size());
-}
-
-#[test]
-fn missing_or_corrupt_tokenizer_file_is_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let err = Tokenizer::from_file(&dir.path().join("nope.json")).err().unwrap().to_string();
-    assert!(err.contains("nope.json") && err.contains("cannot read"), "{err}");
-    let p = dir.path().join("bad.json");
-    std::fs::write(&p, "{\"model\": 3}").unwrap();
-    let err = Tokenizer::from_file(&p).err().unwrap().to_string();
-    assert!(err.contains("bad.json"), "{err}");
-}
-
-#[test]
-fn shards_round_trip_in_u16_and_u32() {
-    for vocab in [1000usize, 100_000] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = ShardWriter::create(dir.path(), vocab, 0).unwrap();
-        let docs: Vec<Vec<u32>> = (0..50).map(|d| (0..(d * 3 + 1)).map(|i| ((i * 7919 + d) % (vocab - 1) + 1) as u32).collect()).collect();
-        for d in &docs {
-            w.write_document(d, d.len() as u64 * 2).unwrap();
+    for t in [bpe(), chars()] {
+        let p = dir.path().join("tokenizer.json");
+        t.save(&p).unwrap();
+        let u = Tokenizer::from_file(&p).unwrap();
+        assert_eq!(u.kind(), t.kind());
+        assert_eq!(u.vocab_size(), t.vocab_size());
+        assert_eq!(u.token_bytes(), t.token_bytes());
+        assert_eq!(u.to_json_string().unwrap(), t.to_json_string().unwrap());
+        for text in corpus().iter().take(30) {
+            assert_eq!(u.encode(text), t.encode(text));
         }
-        let idx = w.finish().unwrap();
-        let r = TokenShards::open(dir.path()).unwrap();
-        r.verify().unwrap();
-        let expect: Vec<u32> = docs.iter().flat_map(|d| d.iter().copied().chain([0])).collect();
-        assert_eq!(r.len(), expect.len());
-        assert_eq!(r.get(0, r.len()), expect);
-        assert_eq!(r.get(5, 17), expect[5..22].to_vec());
-        assert_eq!(idx.documents, 50);
-        assert_eq!(r.text_bytes(), docs.iter().map(|d| d.len() as u64 * 2).sum::<u64>());
-        let out_of_vocab = ShardWriter::create(&dir.path().join("x"), vocab, 0).unwrap().write_document(&[vocab as u32], 1);
-        assert!(out_of_vocab.is_err());
     }
 }
 
 #[test]
-fn truncated_shard_or_missing_index_is_a_clear_error() {
+fn missing_or_corrupt_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let err = TokenShards::open(dir.path()).err().unwrap().to_string();
-    assert!(err.contains("index.json") && err.contains("did not finish"), "{err}");
-    let mut w = ShardWriter::create(dir.path(), 1000, 0).unwrap();
-    w.write_document(&[1, 2, 3, 4, 5], 5).unwrap();
-    w.finish().unwrap();
-    let shard = dir.path().join("shard-00000.bin");
-    let b = std::fs::read(&shard).unwrap();
-    std::fs::write(&shard, &b[..b.len() - 2]).unwrap();
-    let err = TokenShards::open(dir.path()).err().unwrap().to_string();
-    assert!(err.contains("truncated"), "{err}");
+    let p = dir.path().join("nope.json");
+    let e = format!("{:#}", Tokenizer::from_file(&p).unwrap_err());
+    assert!(e.contains("nope.json"), "{e}");
+    let full = bpe().to_json_string().unwrap();
+    let cut = (full.len() / 2..).find(|&i| full.is_char_boundary(i)).unwrap();
+    std::fs::write(&p, &full[..cut]).unwrap();
+    let e = format!("{:#}", Tokenizer::from_file(&p).unwrap_err());
+    assert!(e.contains("nope.json") && e.contains("JSON"), "{e}");
+    std::fs::write(&p, r#"{"model": {"type": "Unigram"}}"#).unwrap();
+    let e = format!("{:#}", Tokenizer::from_file(&p).unwrap_err());
+    assert!(e.contains("nope.json"), "{e}");
+}
+
+#[test]
+fn char_tokenizer_is_nanogpt_style() {
+    let t = Tokenizer::train_char(["hello world\n"].iter(), &[]).unwrap();
+    assert_eq!(t.kind(), TokenizerKind::Char);
+    assert!(t.has_fast_encoder());
+    // sorted(set(text)): '\n', ' ', 'd', 'e', 'h', 'l', 'o', 'r', 'w', then <|unk|>
+    assert_eq!(t.vocab_size(), 10);
+    assert_eq!(t.encode("hello"), vec![4, 3, 5, 5, 6]);
+    assert_eq!(t.encode("\n "), vec![0, 1]);
+    assert_eq!(t.decode(&[4, 3, 5, 5, 6]), "hello");
+    // Unseen characters become <|unk|> (nothing is dropped).
+    let unk = t.token_id(special::UNK).unwrap();
+    assert_eq!(unk, 9);
+    assert_eq!(t.encode("hax"), vec![4, unk, unk]);
+    assert!(t.try_eot_id().is_none());
+}
+
+#[test]
+fn char_tokenizer_round_trips_and_matches_hf() {
+    let t = chars();
+    for text in corpus().iter().take(100) {
+        let ids = t.encode(text);
+        assert_eq!(ids.len(), text.chars().count());
+        assert_eq!(t.decode(&ids), *text);
+        assert_eq!(ids, t.encode_reference(text));
+    }
+    let with_special = "the<|endoftext|>model<|unk|>z";
+    assert_eq!(t.encode(with_special), t.encode_reference(with_special));
+    assert_eq!(t.decode(&t.encode("the<|end|>")), "the<|end|>");
+}
+
+#[test]
+fn decode_stream_matches_decode_even_inside_characters() {
+    let t = bpe();
+    // Rare multi-byte characters are split into byte tokens, so streaming must hold them back.
+    let text = "a 😀 б 日本 \u{10FFFF} e\u{301} <|endoftext|> done";
+    let ids = t.encode(text);
+    let mut stream = t.decode_stream();
+    let mut got = String::new();
+    let mut held_back = false;
+    for &id in &ids {
+        let piece = stream.push(id);
+        held_back |= stream.pending_bytes() > 0;
+        got.push_str(&piece);
+    }
+    got.push_str(&stream.finish());
+    assert_eq!(got, text);
+    assert!(held_back, "some character spanned several tokens");
+    // Invalid sequences give U+FFFD exactly as decode does.
+    let byte = |b: u8| t.token_id(&ferrolm_tokenizer::bytelevel::bytes_to_token(&[b])).unwrap();
+    let ids = [byte(0xF0), byte(0x9F), byte(b'a'), byte(0xE6), byte(0x97)];
+    let mut stream = t.decode_stream();
+    let mut got: String = ids.iter().map(|&i| stream.push(i)).collect();
+    got.push_str(&stream.finish());
+    assert_eq!(got, t.decode(&ids));
+    assert_eq!(got, "\u{FFFD}a\u{FFFD}");
+}
+
+#[test]
+fn encode_batch_equals_encode() {
+    let t = bpe();
+    let docs = corpus();
+    let refs: Vec<&str> = docs.iter().map(|s| s.as_str()).collect();
+    let batch = t.encode_batch(&refs);
+    for (d, ids) in refs.iter().zip(&batch) {
+        assert_eq!(&t.encode(d), ids);
+    }
+}
+
+#[test]
+fn fast_encoder_matches_hf_on_the_corpus() {
+    let t = bpe();
+    for text in corpus() {
+        assert_eq!(t.encode(&text), t.encode_reference(&text), "{text:?}");
+    }
+}
+
+/// Text from pieces that exercise every pre-tokenizer rule and the special tokens.
+fn tricky_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("'s".to_string()), Just("'re".to_string()), Just("'ll".to_string()), Just("'".to_string()),
+        Just(" ".to_string()), Just("  ".to_string()), Just("\n".to_string()), Just("\t ".to_string()),
+        Just("\u{a0}".to_string()), Just("\u{3000}".to_string()), Just("<|endoftext|>".to_string()),
+        Just("<|user|>".to_string()), Just("the".to_string()), Just(" model".to_string()),
+        Just("123".to_string()), Just("٣".to_string()), Just("Ⅻ".to_string()), Just("日本".to_string()),
+        Just("😀".to_string()), Just("e\u{301}".to_string()), Just("==".to_string()), Just("{}".to_string()),
+        "[a-z]{1,6}", "\\PC{1,4}", any::<char>().prop_map(|c| c.to_string()),
+    ];
+    prop::collection::vec(piece, 0..24).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn byte_level_round_trip_on_arbitrary_utf8(s in any::<String>()) {
+        let t = bpe();
+        prop_assert_eq!(t.decode(&t.encode(&s)), s);
+    }
+
+    #[test]
+    fn fast_encoder_matches_hf_on_arbitrary_text(s in any::<String>()) {
+        let t = bpe();
+        prop_assert_eq!(t.encode(&s), t.encode_reference(&s));
+    }
+
+    #[test]
+    fn fast_encoder_matches_hf_on_tricky_text(s in tricky_text()) {
+        let t = bpe();
+        prop_assert_eq!(t.encode(&s), t.encode_reference(&s));
+        prop_assert_eq!(t.decode(&t.encode(&s)), s.clone());
+        let c = chars();
+        prop_assert_eq!(c.encode(&s), c.encode_reference(&s));
+    }
+
+    #[test]
+    fn decode_stream_concatenation_equals_decode(ids in prop::collection::vec(0u32..700, 0..40)) {
+        let t = bpe();
+        let mut stream = t.decode_stream();
+        let mut got: String = ids.iter().map(|&i| stream.push(i)).collect();
+        got.push_str(&stream.finish());
+        prop_assert_eq!(got, t.decode(&ids));
+    }
 }

@@ -40,7 +40,7 @@ impl TokenSource for ferrolm_tokenizer::shards::TokenShards {
         ferrolm_tokenizer::shards::TokenShards::len(self)
     }
     fn read(&self, start: usize, out: &mut [u32]) {
-        self.read_into(start, out)
+        self.get_into(start, out)
     }
 }
 

@@ -152,13 +152,8 @@ pub fn run(args: Args) -> Result<()> {
     let data_dir = out.join("data");
     let write = |docs: &[Document], name: &str| -> Result<TokenShards> {
         let dir = data_dir.join(name);
-        let mut w = ShardWriter::create(&dir, tok.vocab_size(), tok.eot_id())?;
-        for chunk in docs.chunks(256) {
-            let texts: Vec<&str> = chunk.iter().map(|d| d.text.as_str()).collect();
-            for (ids, t) in tok.encode_batch(&texts).iter().zip(&texts) {
-                w.write_document(ids, t.len() as u64)?;
-            }
-        }
+        let mut w = ShardWriter::for_tokenizer(&dir, &tok)?;
+        ferrolm_tokenizer::shards::write_texts(&tok, docs.iter().map(|d| d.text.as_str()), &mut w, 8 << 20)?;
         w.finish()?;
         Ok(TokenShards::open(&dir)?)
     };
