@@ -30,6 +30,7 @@ pub struct Example {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct StepStats {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,6 +58,7 @@ pub struct SourceStats {
 /// Totals: `input == kept + removed` over documents, and `rejected` counts malformed records
 /// that never became documents. `written` includes mixing's up-sampled repeats.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct PipelineStats {
     pub input: u64,
     pub kept: u64,

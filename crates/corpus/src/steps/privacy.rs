@@ -93,7 +93,7 @@ const NOT_SURNAMES: &[&str] = &[
     "The", "And", "Or", "Of", "In", "On", "At", "To", "For", "With", "Is", "Was", "Street", "Avenue", "Road",
     "Lane", "Drive", "Project", "Foundation", "University", "College", "License", "Licence", "Software", "Inc",
     "Ltd", "Corporation", "Company", "Group", "Team", "Contributors", "Developers", "Authors", "Church", "Hospital",
-    "School", "Island", "River", "Bay", "Park", "Bridge", "Castle", "Hall", "Center", "Centre", "Library",
+    "School", "Island", "River", "Bay", "Bridge", "Castle", "Center", "Centre", "Library",
 ];
 
 struct Detector {
@@ -229,7 +229,7 @@ impl PrivacyScrubber {
                     has_digit,
                 ),
                 PiiKind::Name => (
-                    format!(r"\b(?:{})(?: [A-Z]\.)? [A-Z][a-z]+(?:[A-Z][a-z]+)?(?:-[A-Z][a-z]+)?\b", names.join("|")),
+                    format!(r"\b(?:{})(?: \p{{Lu}}\.)? (?:Mc|Mac|O')?\p{{Lu}}\p{{Ll}}+(?:-\p{{Lu}}\p{{Ll}}+)?\b", names.join("|")),
                     |_| true,
                 ),
             };
