@@ -159,3 +159,35 @@ fn privacy_recall_per_kind_and_clean_control() {
     }
     assert_eq!(r.control_replacements, 0, "{:#?}", r.control_examples);
 }
+
+#[test]
+fn quickstart_preset_on_a_fake_registry_removes_licence_copies_and_emails() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = dir.path().join("registry/src/index.crates.io-0000000000000000");
+    let mit = "MIT License\n\nPermission is hereby granted, free of charge, to any person obtaining a copy of this software and associated documentation files (the \"Software\"), to deal in the Software without restriction, including without limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies of the Software.\n\nTHE SOFTWARE IS PROVIDED \"AS IS\", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY.\n";
+    let mut lock = String::from("version = 4\n");
+    for (i, name) in ["alpha", "beta", "gamma"].iter().enumerate() {
+        let root = idx.join(format!("{name}-1.0.{i}"));
+        fs::create_dir_all(root.join("src")).unwrap();
+        fs::write(root.join("LICENSE-MIT"), format!("Copyright (c) 20{i}0 The {name} authors\n\n{mit}")).unwrap();
+        fs::write(
+            root.join("README.md"),
+            format!("# {name}\n\nThe {name} crate parses configuration files quickly and reports errors with their line numbers. Written by Jane Roe <jane.roe{i}@example.com>; see the documentation for the full list of supported formats and options.\n"),
+        )
+        .unwrap();
+        fs::write(root.join("src/lib.rs"), format!("//! The {name} crate.\n\n/// Parses one entry of {name} format, returning the key and the value it holds.\npub fn parse_{name}(s: &str) -> Option<(&str, &str)> {{\n    s.split_once('=')\n}}\n")).unwrap();
+        lock.push_str(&format!("\n[[package]]\nname = \"{name}\"\nversion = \"1.0.{i}\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n"));
+    }
+    fs::write(dir.path().join("Cargo.lock"), lock).unwrap();
+    let (docs, _) = ferrolm_corpus::cargo_registry_documents(&dir.path().join("Cargo.lock"), dir.path()).unwrap();
+    let (kept, stats) = run_pipeline(docs, &PipelineConfig::quickstart_default(), None).unwrap();
+    assert!(stats.balanced());
+    let licences = kept.iter().filter(|d| d.id.ends_with("LICENSE-MIT")).count();
+    assert_eq!(licences, 1, "near-duplicate licences collapse to one: {:#?}", stats.removed_by_step);
+    assert_eq!(kept.iter().filter(|d| d.id.ends_with("src/lib.rs")).count(), 3, "code is kept");
+    let readmes: Vec<_> = kept.iter().filter(|d| d.id.ends_with("README.md")).collect();
+    assert_eq!(readmes.len(), 3);
+    for r in readmes {
+        assert!(r.text.contains("<EMAIL>") && !r.text.contains("@example.com"), "{}", r.text);
+    }
+}
