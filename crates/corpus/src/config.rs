@@ -10,6 +10,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
+    /// The documents' source name (what `[[step]] sources = [...]` and mixing weights refer to).
+    /// "auto" keeps each file's own: "code" for code files, "prose" for text, JSONL's `source` field.
     pub name: String,
     /// Files or folders (recursive).
     #[serde(default)]
@@ -50,6 +52,9 @@ pub enum StepConfig {
     MinhashDedup(MinHashConfig),
     Decontaminate(DecontamConfig),
     Privacy(PrivacyConfig),
+    /// Remove the documents whose ids are listed (one per line) in `list`: the filter stage of
+    /// distributed near-duplicate removal (`ferrolm data minhash clusters` writes the list).
+    RemoveIds { list: PathBuf },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -92,6 +97,7 @@ impl StepEntry {
             }
             StepConfig::Decontaminate(c) => Box::new(Decontaminator::new(c.clone())?),
             StepConfig::Privacy(c) => Box::new(PrivacyScrubber::new(c.clone())),
+            StepConfig::RemoveIds { list } => Box::new(RemoveIds { ids: crate::steps::minhash::read_remove_list(list)? }),
         };
         Ok(Scoped { step, sources: self.sources.clone() })
     }
@@ -154,24 +160,24 @@ impl PipelineConfig {
 
     /// For the quickstart's Cargo-registry corpus (sources "code" and "prose"). Licence files and
     /// vendored copies are the exact and near duplicates; authors' e-mails the private data.
-    /// Web-prose rules (stop words, terminal punctuation) would remove most Rust documentation,
-    /// so prose gets language identification, repetition rules and a lenient length floor only.
+    /// Web-prose rules (stop words, terminal punctuation, Gopher repetition) would remove most Rust
+    /// documentation (doc comments repeat `# Examples` and code lines by design), so prose gets
+    /// language identification (long documents only) and a lenient Gopher length/symbol floor.
     pub fn quickstart_default() -> Self {
         use StepConfig as S;
         let prose_quality = GopherQualityConfig {
-            min_doc_words: Some(5),
-            min_stop_words: None,
-            max_symbol_word_ratio: Some(0.5),
-            max_non_alpha_words_ratio: Some(0.5),
-            max_bullet_lines_ratio: None,
+            min_doc_words: 5,
+            min_stop_words: 0,
+            max_symbol_word_ratio: 0.5,
+            max_non_alpha_words_ratio: 0.5,
+            max_bullet_lines_ratio: 0.0,
             ..Default::default()
         };
         Self {
             steps: vec![
                 StepEntry::all(S::Normalize(Default::default())),
                 StepEntry::only(S::Code(Default::default()), &["code"]),
-                StepEntry::only(S::Language(LanguageConfig { min_confidence: 0.0, ..Default::default() }), &["prose"]),
-                StepEntry::only(S::GopherRepetition(Default::default()), &["prose"]),
+                StepEntry::only(S::Language(LanguageConfig { min_confidence: 0.0, skip_shorter_than: 200, ..Default::default() }), &["prose"]),
                 StepEntry::only(S::GopherQuality(prose_quality), &["prose"]),
                 StepEntry::all(S::ExactDedup(Empty {})),
                 StepEntry::all(S::MinhashDedup(Default::default())),
@@ -238,12 +244,16 @@ kind = "exact_dedup"
         assert_eq!(c.sources[0].weight, 2.0);
         assert_eq!(c.steps.len(), 4);
         match &c.steps[1].step {
-            StepConfig::GopherQuality(g) => assert_eq!(g.min_doc_words, Some(20)),
+            StepConfig::GopherQuality(g) => assert_eq!(g.min_doc_words, 20),
             other => panic!("{other:?}"),
         }
         assert_eq!(c.steps[1].sources.as_deref(), Some(&["web".to_string()][..]));
         let again = PipelineConfig::from_toml(&toml::Value::Table(c.to_toml().parse().unwrap())).unwrap();
         assert_eq!(again.steps.len(), 4);
+        // Presets survive the TOML round trip the CLI does to apply --set overrides.
+        let q = PipelineConfig::quickstart_default();
+        let q2 = PipelineConfig::from_toml(&toml::Value::Table(q.to_toml().parse().unwrap())).unwrap();
+        assert_eq!(format!("{:?}", q.steps), format!("{:?}", q2.steps));
         let bad: toml::Value = toml::Value::Table("[[step]]\nkind = \"nope\"\n".parse().unwrap());
         assert!(PipelineConfig::from_toml(&bad).unwrap_err().to_string().contains("nope"));
     }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod document;
+pub mod eval;
 pub mod pipeline;
 pub mod read;
 pub mod report;

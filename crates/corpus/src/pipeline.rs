@@ -210,7 +210,7 @@ pub fn source_specs(cfg: &PipelineConfig) -> Result<(Vec<(FileSpec, ReadOptions)
             out.extend(specs.into_iter().map(|sp| (sp, opts.clone())));
         }
         if !s.paths.is_empty() {
-            opts.source = Some(s.name.clone());
+            opts.source = (s.name != "auto").then(|| s.name.clone());
             let (specs, skipped) = expand_paths(&s.paths)?;
             stats.skipped_files += skipped;
             out.extend(specs.into_iter().map(|sp| (sp, opts.clone())));
@@ -560,11 +560,18 @@ fn run_items(
                     s.bytes_in += r.bytes_in;
                     pb.inc(1);
                 }
+                let removed_at = match &r.outcome {
+                    Outcome::Removed { step, .. } => Some(*step),
+                    Outcome::Kept { .. } => None,
+                };
                 for &(k, bi, bo) in &r.trace {
                     let st = &mut stats.steps[k as usize];
                     st.docs_in += 1;
                     st.bytes_in += bi as u64;
                     st.bytes_out += bo as u64;
+                    if removed_at != Some(k as usize) {
+                        st.docs_out += 1;
+                    }
                 }
                 match r.outcome {
                     Outcome::Removed { doc, step, reason } => {
@@ -583,9 +590,6 @@ fn run_items(
                         }
                     }
                     Outcome::Kept { seq, doc, repeat } => {
-                        for &(k, _, _) in &r.trace {
-                            stats.steps[k as usize].docs_out += 1;
-                        }
                         if spill.is_some() {
                             observed.push((seq, doc));
                             continue;

@@ -6,13 +6,21 @@ use crate::text::{char_len, find_duplicates, hash, is_symbol, words, HashMap64, 
 use crate::Document;
 use serde::{Deserialize, Serialize};
 
+/// A threshold of 0 disables its rule (datatrove's convention), so every setting is expressible in TOML.
+fn on(x: f64) -> Option<f64> {
+    (x > 0.0).then_some(x)
+}
+fn on_n(x: usize) -> Option<usize> {
+    (x > 0).then_some(x)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GopherRepetitionConfig {
-    pub dup_line_frac: Option<f64>,
-    pub dup_para_frac: Option<f64>,
-    pub dup_line_char_frac: Option<f64>,
-    pub dup_para_char_frac: Option<f64>,
+    pub dup_line_frac: f64,
+    pub dup_para_frac: f64,
+    pub dup_line_char_frac: f64,
+    pub dup_para_char_frac: f64,
     /// (n, max fraction of characters in the most frequent word n-gram).
     pub top_n_grams: Vec<(usize, f64)>,
     /// (n, max fraction of characters in duplicated word n-grams).
@@ -22,10 +30,10 @@ pub struct GopherRepetitionConfig {
 impl Default for GopherRepetitionConfig {
     fn default() -> Self {
         Self {
-            dup_line_frac: Some(0.3),
-            dup_para_frac: Some(0.3),
-            dup_line_char_frac: Some(0.2),
-            dup_para_char_frac: Some(0.2),
+            dup_line_frac: 0.3,
+            dup_para_frac: 0.3,
+            dup_line_char_frac: 0.2,
+            dup_para_char_frac: 0.2,
             top_n_grams: vec![(2, 0.2), (3, 0.18), (4, 0.16)],
             dup_n_grams: vec![(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)],
         }
@@ -85,18 +93,18 @@ impl Step for GopherRepetition {
 
         let paras = split_newline_runs(text.trim(), 2);
         let (n_dup, chars_dup) = find_duplicates(paras.iter().copied());
-        if c.dup_para_frac.is_some_and(|t| n_dup as f64 / paras.len() as f64 > t) {
+        if on(c.dup_para_frac).is_some_and(|t| n_dup as f64 / paras.len() as f64 > t) {
             return Verdict::remove("dup_para_frac");
         }
-        if c.dup_para_char_frac.is_some_and(|t| chars_dup as f64 / total > t) {
+        if on(c.dup_para_char_frac).is_some_and(|t| chars_dup as f64 / total > t) {
             return Verdict::remove("dup_para_char_frac");
         }
         let lines = split_newline_runs(text, 1);
         let (n_dup, chars_dup) = find_duplicates(lines.iter().copied());
-        if c.dup_line_frac.is_some_and(|t| n_dup as f64 / lines.len() as f64 > t) {
+        if on(c.dup_line_frac).is_some_and(|t| n_dup as f64 / lines.len() as f64 > t) {
             return Verdict::remove("dup_line_frac");
         }
-        if c.dup_line_char_frac.is_some_and(|t| chars_dup as f64 / total > t) {
+        if on(c.dup_line_char_frac).is_some_and(|t| chars_dup as f64 / total > t) {
             return Verdict::remove("dup_line_char_frac");
         }
         if self.max_n == 0 {
@@ -162,31 +170,31 @@ impl Step for GopherRepetition {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GopherQualityConfig {
-    pub min_doc_words: Option<usize>,
-    pub max_doc_words: Option<usize>,
-    pub min_avg_word_length: Option<f64>,
-    pub max_avg_word_length: Option<f64>,
-    pub max_symbol_word_ratio: Option<f64>,
-    pub max_bullet_lines_ratio: Option<f64>,
-    pub max_ellipsis_lines_ratio: Option<f64>,
+    pub min_doc_words: usize,
+    pub max_doc_words: usize,
+    pub min_avg_word_length: f64,
+    pub max_avg_word_length: f64,
+    pub max_symbol_word_ratio: f64,
+    pub max_bullet_lines_ratio: f64,
+    pub max_ellipsis_lines_ratio: f64,
     /// Minimum fraction of words containing an alphabetic character (the paper's 80%).
-    pub max_non_alpha_words_ratio: Option<f64>,
-    pub min_stop_words: Option<usize>,
+    pub max_non_alpha_words_ratio: f64,
+    pub min_stop_words: usize,
     pub stop_words: Vec<String>,
 }
 
 impl Default for GopherQualityConfig {
     fn default() -> Self {
         Self {
-            min_doc_words: Some(50),
-            max_doc_words: Some(100_000),
-            min_avg_word_length: Some(3.0),
-            max_avg_word_length: Some(10.0),
-            max_symbol_word_ratio: Some(0.1),
-            max_bullet_lines_ratio: Some(0.9),
-            max_ellipsis_lines_ratio: Some(0.3),
-            max_non_alpha_words_ratio: Some(0.8),
-            min_stop_words: Some(2),
+            min_doc_words: 50,
+            max_doc_words: 100_000,
+            min_avg_word_length: 3.0,
+            max_avg_word_length: 10.0,
+            max_symbol_word_ratio: 0.1,
+            max_bullet_lines_ratio: 0.9,
+            max_ellipsis_lines_ratio: 0.3,
+            max_non_alpha_words_ratio: 0.8,
+            min_stop_words: 2,
             stop_words: ["the", "be", "to", "of", "and", "that", "have", "with"].map(String::from).to_vec(),
         }
     }
@@ -216,24 +224,24 @@ impl Step for GopherQuality {
         let n_words = ws.len().max(1) as f64;
         let non_symbol: Vec<&str> = ws.iter().copied().filter(|w| w.chars().any(|ch| !is_symbol(ch))).collect();
         let n = non_symbol.len();
-        if c.min_doc_words.is_some_and(|m| n < m) {
+        if on_n(c.min_doc_words).is_some_and(|m| n < m) {
             return Verdict::remove("gopher_short_doc");
         }
-        if c.max_doc_words.is_some_and(|m| n > m) {
+        if on_n(c.max_doc_words).is_some_and(|m| n > m) {
             return Verdict::remove("gopher_long_doc");
         }
         let avg = non_symbol.iter().map(|w| char_len(w)).sum::<usize>() as f64 / n.max(1) as f64;
-        if c.min_avg_word_length.is_some_and(|m| avg < m) {
+        if on(c.min_avg_word_length).is_some_and(|m| avg < m) {
             return Verdict::remove("gopher_below_avg_threshold");
         }
-        if c.max_avg_word_length.is_some_and(|m| avg > m) {
+        if on(c.max_avg_word_length).is_some_and(|m| avg > m) {
             return Verdict::remove("gopher_above_avg_threshold");
         }
-        if c.max_symbol_word_ratio.is_some_and(|m| text.matches('#').count() as f64 / n_words > m) {
+        if on(c.max_symbol_word_ratio).is_some_and(|m| text.matches('#').count() as f64 / n_words > m) {
             return Verdict::remove("gopher_too_many_hashes");
         }
         let ellipses = text.matches("...").count() + text.matches('\u{2026}').count();
-        if c.max_symbol_word_ratio.is_some_and(|m| ellipses as f64 / n_words > m) {
+        if on(c.max_symbol_word_ratio).is_some_and(|m| ellipses as f64 / n_words > m) {
             return Verdict::remove("gopher_too_many_ellipsis");
         }
         let lines: Vec<&str> = text.lines().collect();
@@ -242,21 +250,21 @@ impl Step for GopherQuality {
             let l = l.trim_start();
             l.starts_with('\u{2022}') || l.starts_with('-')
         });
-        if c.max_bullet_lines_ratio.is_some_and(|m| bullets.count() as f64 / n_lines > m) {
+        if on(c.max_bullet_lines_ratio).is_some_and(|m| bullets.count() as f64 / n_lines > m) {
             return Verdict::remove("gopher_too_many_bullets");
         }
         let end_ellipsis = lines.iter().filter(|l| {
             let l = l.trim_end();
             l.ends_with("...") || l.ends_with('\u{2026}')
         });
-        if c.max_ellipsis_lines_ratio.is_some_and(|m| end_ellipsis.count() as f64 / n_lines > m) {
+        if on(c.max_ellipsis_lines_ratio).is_some_and(|m| end_ellipsis.count() as f64 / n_lines > m) {
             return Verdict::remove("gopher_too_many_end_ellipsis");
         }
         let alpha = ws.iter().filter(|w| w.chars().any(char::is_alphabetic)).count();
-        if c.max_non_alpha_words_ratio.is_some_and(|m| (alpha as f64 / n_words) < m) {
+        if on(c.max_non_alpha_words_ratio).is_some_and(|m| (alpha as f64 / n_words) < m) {
             return Verdict::remove("gopher_below_alpha_threshold");
         }
-        if c.min_stop_words.is_some_and(|m| ws.iter().filter(|w| self.stop.contains(**w)).count() < m) {
+        if on_n(c.min_stop_words).is_some_and(|m| ws.iter().filter(|w| self.stop.contains(**w)).count() < m) {
             return Verdict::remove("gopher_enough_stop_words");
         }
         Verdict::Keep

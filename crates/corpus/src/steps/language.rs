@@ -17,11 +17,14 @@ pub struct LanguageConfig {
     /// Identify on this many leading bytes (rounded to a char boundary): long documents gain
     /// nothing from more text and identification time stays bounded.
     pub sample_bytes: usize,
+    /// Documents shorter than this many bytes pass unjudged (`meta.language = "und"`): trigram
+    /// statistics of a one-line doc comment say little. 0 judges everything.
+    pub skip_shorter_than: usize,
 }
 
 impl Default for LanguageConfig {
     fn default() -> Self {
-        Self { languages: vec!["eng".into()], min_confidence: 0.5, sample_bytes: 4096 }
+        Self { languages: vec!["eng".into()], min_confidence: 0.5, sample_bytes: 4096, skip_shorter_than: 0 }
     }
 }
 
@@ -52,6 +55,10 @@ impl Step for LanguageFilter {
     }
 
     fn apply(&self, _seq: u64, doc: &mut Document) -> Verdict {
+        if doc.text.len() < self.cfg.skip_shorter_than {
+            doc.meta.insert("language".into(), "und".into());
+            return Verdict::Keep;
+        }
         let sample = prefix_at_boundary(&doc.text, self.cfg.sample_bytes);
         let Some(info) = whatlang::detect(sample) else {
             return Verdict::remove("undetected");

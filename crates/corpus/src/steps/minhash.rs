@@ -3,6 +3,11 @@
 //! band become candidates, candidates whose estimated Jaccard similarity reaches the threshold are
 //! joined (union-find), and each cluster keeps its first document.
 //!
+//! The similarity check uses a bottom-k sketch (the k smallest shingle hashes; Broder 1997,
+//! Cohen & Kaplan 2007) rather than the LSH min-hashes: its estimate is exact when the two
+//! documents have at most k distinct shingles together and has lower variance otherwise, which
+//! is what lets precision and recall both pass 0.95 at the 0.8 boundary.
+//!
 //! In-process, [`MinHashDedup`] is one global step. For runs spread over machines the same work
 //! is split into stages ([`write_signatures`], [`cluster_signature_files`], then filtering by the
 //! resulting id list), as datatrove does.
@@ -25,6 +30,8 @@ pub struct MinHashConfig {
     /// Candidates are joined only if their estimated Jaccard similarity is at least this
     /// (0 joins every LSH candidate, as datatrove does).
     pub threshold: f64,
+    /// Bottom-k sketch size for the similarity check.
+    pub sketch_size: usize,
     pub seed: u64,
 }
 
@@ -32,7 +39,7 @@ impl Default for MinHashConfig {
     /// 32 bands of 8 rows: a pair at Jaccard 0.8 becomes a candidate with probability
     /// 1 - (1 - 0.8^8)^32 = 0.997, and the signature check at 0.8 removes chance candidates.
     fn default() -> Self {
-        Self { ngram: 5, bands: 32, rows: 8, threshold: 0.8, seed: 1 }
+        Self { ngram: 5, bands: 32, rows: 8, threshold: 0.8, sketch_size: 512, seed: 1 }
     }
 }
 
@@ -93,7 +100,16 @@ impl MinHasher {
 
     /// The signature: per permutation, the minimum hash over the shingles (u32::MAX when empty).
     pub fn signature(&self, text: &str) -> Vec<u32> {
+        self.signature_and_sketch(text).0
+    }
+
+    /// The signature and the bottom-k sketch (sorted smallest distinct 32-bit shingle hashes).
+    pub fn signature_and_sketch(&self, text: &str) -> (Vec<u32>, Vec<u32>) {
         let sh = shingles(text, self.cfg.ngram);
+        let mut sketch: Vec<u32> = sh.iter().map(|&x| (x >> 32) as u32).collect();
+        sketch.sort_unstable();
+        sketch.dedup();
+        sketch.truncate(self.cfg.sketch_size);
         let mut sig = vec![u32::MAX; self.a.len()];
         for &x in &sh {
             for ((s, &a), &b) in sig.iter_mut().zip(&self.a).zip(&self.b) {
@@ -103,7 +119,7 @@ impl MinHasher {
                 }
             }
         }
-        sig
+        (sig, sketch)
     }
 
     /// One hash per band of `rows` consecutive min-hashes.
@@ -122,26 +138,28 @@ impl MinHasher {
 }
 
 /// Signatures kept for clustering: an ordering key per document (its position; lower keys are
-/// kept), 16-bit min-hashes for the similarity check (b-bit MinHash, Li & König 2010), and band hashes.
+/// kept), the band hashes, and the bottom-k sketch for the similarity check.
 #[derive(Default)]
 pub struct SignatureSet {
     pub keys: Vec<u64>,
     pub ids: Vec<String>,
-    sigs: Vec<u16>,
+    sketches: Vec<u32>,
+    offsets: Vec<usize>,
     bands: Vec<u64>,
-    perms: usize,
+    k: usize,
     nbands: usize,
 }
 
 impl SignatureSet {
     pub fn new(cfg: &MinHashConfig) -> Self {
-        Self { perms: cfg.permutations(), nbands: cfg.bands, ..Default::default() }
+        Self { k: cfg.sketch_size, nbands: cfg.bands, offsets: vec![0], ..Default::default() }
     }
 
-    pub fn push(&mut self, key: u64, id: String, sig: &[u32], bands: &[u64]) {
+    pub fn push(&mut self, key: u64, id: String, sketch: &[u32], bands: &[u64]) {
         self.keys.push(key);
         self.ids.push(id);
-        self.sigs.extend(sig.iter().map(|&v| v as u16));
+        self.sketches.extend_from_slice(sketch);
+        self.offsets.push(self.sketches.len());
         self.bands.extend_from_slice(bands);
     }
 
@@ -153,12 +171,53 @@ impl SignatureSet {
         self.keys.is_empty()
     }
 
-    /// Estimated Jaccard similarity of documents i and j, corrected for 16-bit collisions.
+    /// Estimated Jaccard similarity of documents i and j from their bottom-k sketches: of the k
+    /// smallest hashes of the union, the fraction present in both.
     pub fn similarity(&self, i: usize, j: usize) -> f64 {
-        let (a, b) = (&self.sigs[i * self.perms..(i + 1) * self.perms], &self.sigs[j * self.perms..(j + 1) * self.perms]);
-        let m = a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / self.perms as f64;
-        let c = 1.0 / 65536.0;
-        ((m - c) / (1.0 - c)).max(0.0)
+        let a = &self.sketches[self.offsets[i]..self.offsets[i + 1]];
+        let b = &self.sketches[self.offsets[j]..self.offsets[j + 1]];
+        let (mut x, mut y, mut taken, mut both) = (0, 0, 0, 0);
+        while taken < self.k && (x < a.len() || y < b.len()) {
+            match (a.get(x), b.get(y)) {
+                (Some(p), Some(q)) if p == q => {
+                    both += 1;
+                    x += 1;
+                    y += 1;
+                }
+                (Some(p), Some(q)) if p < q => x += 1,
+                (Some(_), None) => x += 1,
+                _ => y += 1,
+            }
+            taken += 1;
+        }
+        if taken == 0 {
+            return 1.0; // two empty documents
+        }
+        both as f64 / taken as f64
+    }
+
+    /// Candidate pairs (sharing a band) whose estimated similarity reaches `threshold`, as
+    /// (i, j) with i < j, sorted. Used by evaluation; clustering uses [`SignatureSet::clusters`].
+    pub fn similar_pairs(&self, threshold: f64) -> Vec<(u32, u32)> {
+        let n = self.len();
+        let mut pairs = std::collections::BTreeSet::new();
+        let mut entries: Vec<(u64, u32)> = Vec::with_capacity(n);
+        for band in 0..self.nbands {
+            entries.clear();
+            entries.extend((0..n).map(|i| (self.bands[i * self.nbands + band], i as u32)));
+            entries.sort_unstable();
+            for group in entries.chunk_by(|a, b| a.0 == b.0) {
+                for (gi, &(_, i)) in group.iter().enumerate() {
+                    for &(_, j) in &group[..gi] {
+                        let p = (i.min(j), i.max(j));
+                        if !pairs.contains(&p) && self.similarity(i as usize, j as usize) >= threshold {
+                            pairs.insert(p);
+                        }
+                    }
+                }
+            }
+        }
+        pairs.into_iter().collect()
     }
 
     /// Cluster representative of every document: the member with the lowest key.
@@ -257,13 +316,12 @@ impl Step for MinHashDedup {
         let sigs: Vec<(Vec<u32>, Vec<u64>)> = batch
             .par_iter()
             .map(|(_, d)| {
-                let s = self.hasher.signature(&d.text);
-                let b = self.hasher.band_hashes(&s);
-                (s, b)
+                let (s, k) = self.hasher.signature_and_sketch(&d.text);
+                (k, self.hasher.band_hashes(&s))
             })
             .collect();
-        for ((seq, _), (s, b)) in batch.iter().zip(sigs) {
-            self.set.push(*seq, String::new(), &s, &b);
+        for ((seq, _), (k, b)) in batch.iter().zip(sigs) {
+            self.set.push(*seq, String::new(), &k, &b);
         }
     }
     fn finish_observe(&mut self) {
@@ -320,13 +378,14 @@ pub fn write_signatures<'a>(docs: impl Iterator<Item = &'a Document>, cfg: &MinH
         let recs: Vec<Vec<u8>> = chunk
             .par_iter()
             .map(|d| {
-                let s = hasher.signature(&d.text);
+                let (s, k) = hasher.signature_and_sketch(&d.text);
                 let b = hasher.band_hashes(&s);
-                let mut r = Vec::with_capacity(8 + d.id.len() + s.len() * 2 + b.len() * 8);
+                let mut r = Vec::with_capacity(8 + d.id.len() + k.len() * 4 + b.len() * 8);
                 r.extend_from_slice(&(d.id.len() as u32).to_le_bytes());
                 r.extend_from_slice(d.id.as_bytes());
-                for v in &s {
-                    r.extend_from_slice(&(*v as u16).to_le_bytes());
+                r.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                for v in &k {
+                    r.extend_from_slice(&v.to_le_bytes());
                 }
                 for v in &b {
                     r.extend_from_slice(&v.to_le_bytes());
@@ -361,7 +420,7 @@ fn read_signatures(path: &Path, cfg: &MinHashConfig, set: &mut SignatureSet) -> 
     if file_cfg != *cfg {
         return Err(bad(format!("signatures were made with {file_cfg:?}, not {cfg:?}")));
     }
-    let (perms, bands) = (cfg.permutations(), cfg.bands);
+    let bands = cfg.bands;
     let mut key = [0u8; 8];
     loop {
         match r.read_exact(&mut key) {
@@ -372,12 +431,17 @@ fn read_signatures(path: &Path, cfg: &MinHashConfig, set: &mut SignatureSet) -> 
         r.read_exact(&mut len).map_err(io_err(path))?;
         let mut id = vec![0u8; u32::from_le_bytes(len) as usize];
         r.read_exact(&mut id).map_err(|_| bad("truncated record".into()))?;
-        let mut body = vec![0u8; perms * 2 + bands * 8];
+        r.read_exact(&mut len).map_err(|_| bad("truncated record".into()))?;
+        let k = u32::from_le_bytes(len) as usize;
+        if k > cfg.sketch_size {
+            return Err(bad(format!("sketch of {k} hashes, config says at most {}", cfg.sketch_size)));
+        }
+        let mut body = vec![0u8; k * 4 + bands * 8];
         r.read_exact(&mut body).map_err(|_| bad("truncated record".into()))?;
-        set.keys.push(u64::from_le_bytes(key));
-        set.ids.push(String::from_utf8(id).map_err(|_| bad("id is not UTF-8".into()))?);
-        set.sigs.extend(body[..perms * 2].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])));
-        set.bands.extend(body[perms * 2..].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())));
+        let id = String::from_utf8(id).map_err(|_| bad("id is not UTF-8".into()))?;
+        let sketch: Vec<u32> = body[..k * 4].chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+        let band_hashes: Vec<u64> = body[k * 4..].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        set.push(u64::from_le_bytes(key), id, &sketch, &band_hashes);
     }
     Ok(())
 }
@@ -447,13 +511,24 @@ mod tests {
         let b = edited.join(" ");
         let mut set = SignatureSet::new(&MinHashConfig::default());
         for (k, t) in [&a, &a, &b].iter().enumerate() {
-            let s = h.signature(t);
-            set.push(k as u64, k.to_string(), &s, &h.band_hashes(&s));
+            let (s, sk) = h.signature_and_sketch(t);
+            set.push(k as u64, k.to_string(), &sk, &h.band_hashes(&s));
         }
         assert_eq!(set.similarity(0, 1), 1.0);
         let (sa, sb): (HashSet64, HashSet64) = (shingles(&a, 5).into_iter().collect(), shingles(&b, 5).into_iter().collect());
         let j = sa.intersection(&sb).count() as f64 / sa.union(&sb).count() as f64;
-        assert!((set.similarity(0, 2) - j).abs() < 0.1, "estimate {} vs true {j}", set.similarity(0, 2));
+        assert!((set.similarity(0, 2) - j).abs() < 0.05, "estimate {} vs true {j}", set.similarity(0, 2));
+        // Fewer than k shingles in the union: the bottom-k estimate is exact.
+        let short_a = base[..100].join(" ");
+        let short_b = edited[..100].join(" ");
+        let mut small = SignatureSet::new(&MinHashConfig::default());
+        for t in [&short_a, &short_b] {
+            let (s, sk) = h.signature_and_sketch(t);
+            small.push(0, String::new(), &sk, &h.band_hashes(&s));
+        }
+        let (x, y): (HashSet64, HashSet64) = (shingles(&short_a, 5).into_iter().collect(), shingles(&short_b, 5).into_iter().collect());
+        let jj = x.intersection(&y).count() as f64 / x.union(&y).count() as f64;
+        assert!((small.similarity(0, 1) - jj).abs() < 1e-9);
         assert!(j > 0.85, "{j}");
         assert_eq!(set.clusters(0.8), vec![0, 0, 0]);
         assert_eq!(set.clusters(0.99), vec![0, 0, 2]);

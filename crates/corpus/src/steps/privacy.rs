@@ -93,7 +93,7 @@ const NOT_SURNAMES: &[&str] = &[
     "The", "And", "Or", "Of", "In", "On", "At", "To", "For", "With", "Is", "Was", "Street", "Avenue", "Road",
     "Lane", "Drive", "Project", "Foundation", "University", "College", "License", "Licence", "Software", "Inc",
     "Ltd", "Corporation", "Company", "Group", "Team", "Contributors", "Developers", "Authors", "Church", "Hospital",
-    "School", "Island", "River", "Bay", "Park", "Bridge", "Castle", "Hall", "Center", "Centre", "Library",
+    "School", "Island", "River", "Bay", "Bridge", "Castle", "Center", "Centre", "Library",
 ];
 
 struct Detector {
@@ -192,44 +192,44 @@ impl PrivacyScrubber {
                 PiiKind::Secret => (
                     [
                         r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY-----",
-                        r"\bAKIA[0-9A-Z]{16}\b",
-                        r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",
-                        r"\bgithub_pat_[A-Za-z0-9_]{22,}\b",
-                        r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
-                        r"\bAIza[0-9A-Za-z_\-]{35}",
-                        r"\b[sr]k_(?:live|test)_[0-9A-Za-z]{16,}\b",
-                        r"\bsk-(?:proj-)?[A-Za-z0-9_\-]{32,}",
-                        r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
+                        r"(?-u:\b)AKIA[0-9A-Z]{16}(?-u:\b)",
+                        r"(?-u:\b)gh[pousr]_[A-Za-z0-9]{36,}(?-u:\b)",
+                        r"(?-u:\b)github_pat_[A-Za-z0-9_]{22,}(?-u:\b)",
+                        r"(?-u:\b)xox[abposr]-[A-Za-z0-9-]{10,}",
+                        r"(?-u:\b)AIza[0-9A-Za-z_\-]{35}",
+                        r"(?-u:\b)[sr]k_(?:live|test)_[0-9A-Za-z]{16,}(?-u:\b)",
+                        r"(?-u:\b)sk-(?:proj-)?[A-Za-z0-9_\-]{32,}",
+                        r"(?-u:\b)eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
                         // key = "value" assignments: only the value (group `v`) is replaced.
-                        r#"(?i)\b(?:api[_-]?key|secret[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|password|passwd)\b["']?\s*[:=]\s*["'](?P<v>[^"'\s]{12,})["']"#,
+                        r#"(?i)(?-u:\b)(?:api[_-]?key|secret[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|password|passwd)(?-u:\b)["']?\s*[:=]\s*["'](?P<v>[^"'\s]{12,})["']"#,
                     ]
                     .join("|"),
                     |_| true,
                 ),
-                PiiKind::Email => (r"(?i)\b[a-z0-9][a-z0-9._%+\-]*@(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,}\b".into(), |s| s.contains('@')),
-                PiiKind::Iban => (r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b".into(), has_digit),
-                PiiKind::CreditCard => (r"\b\d(?:[ \-]?\d){12,18}\b".into(), has_digit),
+                PiiKind::Email => (r"(?i)(?-u:\b)[a-z0-9][a-z0-9._%+\-]*@(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,}(?-u:\b)".into(), |s| s.contains('@')),
+                PiiKind::Iban => (r"(?-u:\b)[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?-u:\b)".into(), has_digit),
+                PiiKind::CreditCard => (r"(?-u:\b)\d(?:[ \-]?\d){12,18}(?-u:\b)".into(), has_digit),
                 PiiKind::Phone => (
                     [
-                        r"\+\d{1,3}[ .\-]?(?:\(\d{1,4}\)[ .\-]?)?\d{1,4}(?:[ .\-]?\d{2,4}){1,5}\b",
-                        r"\(\d{3}\) ?\d{3}[ .\-]\d{4}\b",
-                        r"\b\d{3}[.\-]\d{3}[.\-]\d{4}\b",
+                        r"\+\d{1,3}[ .\-]?(?:\(\d{1,4}\)[ .\-]?)?\d{1,4}(?:[ .\-]?\d{2,4}){1,5}(?-u:\b)",
+                        r"\(\d{3}\) ?\d{3}[ .\-]\d{4}(?-u:\b)",
+                        r"(?-u:\b)\d{3}[.\-]\d{3}[.\-]\d{4}(?-u:\b)",
                     ]
                     .join("|"),
                     has_digit,
                 ),
                 PiiKind::IpAddress => (
-                    r"(?i)\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b|(?:[0-9a-f]{1,4}:){1,7}(?::[0-9a-f]{1,4}){1,7}|(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}|(?:[0-9a-f]{1,4}:){1,7}:"
+                    r"(?i)(?-u:\b)(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?-u:\b)|(?:[0-9a-f]{1,4}:){1,7}(?::[0-9a-f]{1,4}){1,7}|(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}|(?:[0-9a-f]{1,4}:){1,7}:"
                         .into(),
                     |s| s.contains('.') || s.contains(':'),
                 ),
                 PiiKind::Address => (
-                    r"\b\d{1,5}[A-Za-z]? (?:[A-Z][a-z]+ ){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Square|Sq|Terrace|Parkway|Pkwy|Highway|Hwy|Way)\b\.?(?:,? (?:Apt|Suite|Unit) \w+)?(?:, [A-Z][a-z]+(?: [A-Z][a-z]+)*)?(?:, [A-Z]{2})?(?: \d{5}(?:-\d{4})?)?|\b[A-ZÄÖÜ][a-zäöüß]+(?:straße|strasse|weg|gasse|platz|allee) \d{1,4}[a-z]?\b(?:, \d{5} [A-ZÄÖÜ][a-zäöüß]+)?"
+                    r"(?-u:\b)\d{1,5}[A-Za-z]? (?:[A-Z][a-z]+ ){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Square|Sq|Terrace|Parkway|Pkwy|Highway|Hwy|Way)(?-u:\b)\.?(?:,? (?:Apt|Suite|Unit) \w+)?(?:, [A-Z][a-z]+(?: [A-Z][a-z]+)*)?(?:, [A-Z]{2})?(?: \d{5}(?:-\d{4})?)?|(?-u:\b)[A-ZÄÖÜ][a-zäöüß]+(?:straße|strasse|weg|gasse|platz|allee) \d{1,4}[a-z]?(?-u:\b)(?:, \d{5} [A-ZÄÖÜ][a-zäöüß]+)?"
                         .into(),
                     has_digit,
                 ),
                 PiiKind::Name => (
-                    format!(r"\b(?:{})(?: [A-Z]\.)? [A-Z][a-z]+(?:[A-Z][a-z]+)?(?:-[A-Z][a-z]+)?\b", names.join("|")),
+                    format!(r"(?-u:\b)(?:{})(?: \p{{Lu}}\.)? (?:Mc|Mac|O')?\p{{Lu}}\p{{Ll}}+(?:-\p{{Lu}}\p{{Ll}}+)?", names.join("|")),
                     |_| true,
                 ),
             };
