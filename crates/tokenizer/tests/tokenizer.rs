@@ -256,3 +256,11 @@ proptest! {
         prop_assert_eq!(got, t.decode(&ids));
     }
 }
+
+#[test]
+fn tokenizer_and_shards_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+    assert_send_sync::<ferrolm_tokenizer::TokenShards>();
+    assert_send_sync::<ferrolm_tokenizer::ChatTemplate>();
+}
