@@ -6,9 +6,9 @@ All three encode the same 20,000 real documents with GPT-2's vocabulary
 (default 2). Rounds alternate the three encoders; each reports its median MB/s over the
 rounds, and the ids of every document are compared (they must be identical).
 
-Documents: the records of ../shared/data (dialogues, reviews, instructions, Shakespeare
-paragraphs), then Rust and Markdown files from the local Cargo registry (sorted by path, at
-most 64 KB each) until --docs documents.
+Documents: Rust and Markdown files from the local Cargo registry (sorted by path, at most
+64 KB each), then the records of ../shared/data (dialogues, instructions, Shakespeare
+paragraphs, reviews), until --docs documents.
 
 Peers come from a virtual environment outside the repository (default /work/venv-tokenizer,
 or $FERROLM_TOKENIZER_VENV): `python -m venv /work/venv-tokenizer &&
@@ -50,7 +50,20 @@ def reexec_in_venv():
 
 
 def gather_docs(data_dir, limit):
+    """Rust and Markdown files of the local Cargo registry (code and prose), then the records of
+    the shared data sets (dialogues, instructions, reviews, Shakespeare), up to `limit`."""
     docs = []
+    cargo_home = os.environ.get("CARGO_HOME", os.path.expanduser("~/.cargo"))
+    files = sorted(glob.glob(os.path.join(cargo_home, "registry/src/*/*/**/*.rs"), recursive=True)
+                   + glob.glob(os.path.join(cargo_home, "registry/src/*/*/**/*.md"), recursive=True))
+    for path in files:
+        try:
+            if os.path.getsize(path) > 64 * 1024:
+                continue
+            with open(path, encoding="utf-8") as f:
+                docs.append(f.read())
+        except (UnicodeDecodeError, OSError):
+            continue
 
     def jsonl(path, fields):
         with open(path, encoding="utf-8") as f:
@@ -64,22 +77,9 @@ def gather_docs(data_dir, limit):
     jsonl(os.path.join(data_dir, "preferences/hh-harmless.jsonl"), ["chosen", "rejected"])
     jsonl(os.path.join(data_dir, "preferences/instruction-preferences.jsonl"), ["instruction", "chosen", "rejected"])
     jsonl(os.path.join(data_dir, "instructions/instruction-data.jsonl"), ["instruction", "input", "output"])
-    jsonl(os.path.join(data_dir, "sentiment/train.jsonl"), ["text"])
     with open(os.path.join(data_dir, "tinyshakespeare/input.txt"), encoding="utf-8") as f:
         docs.extend(p + "\n" for p in f.read().split("\n\n") if p.strip())
-    cargo_home = os.environ.get("CARGO_HOME", os.path.expanduser("~/.cargo"))
-    files = sorted(glob.glob(os.path.join(cargo_home, "registry/src/*/*/**/*.rs"), recursive=True)
-                   + glob.glob(os.path.join(cargo_home, "registry/src/*/*/**/*.md"), recursive=True))
-    for path in files:
-        if len(docs) >= limit:
-            break
-        try:
-            if os.path.getsize(path) > 64 * 1024:
-                continue
-            with open(path, encoding="utf-8") as f:
-                docs.append(f.read())
-        except (UnicodeDecodeError, OSError):
-            continue
+    jsonl(os.path.join(data_dir, "sentiment/train.jsonl"), ["text"])
     return docs[:limit]
 
 

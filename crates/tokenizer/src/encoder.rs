@@ -26,7 +26,7 @@ pub(crate) struct FastEncoder {
 
 #[derive(Clone)]
 enum Body {
-    Char(CharEncoder),
+    Char(Box<CharEncoder>),
     Bpe(Box<BpeEncoder>),
 }
 
@@ -61,7 +61,7 @@ impl FastEncoder {
         };
         let body = match kind {
             TokenizerKind::Char => match CharEncoder::from_json(json)? {
-                Some(c) => Body::Char(c),
+                Some(c) => Body::Char(Box::new(c)),
                 None => return Ok(None),
             },
             TokenizerKind::Bpe => match BpeEncoder::from_json(json)? {

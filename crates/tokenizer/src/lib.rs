@@ -13,4 +13,4 @@ mod tokenizer;
 
 pub use chat::{ChatTemplate, Message, Role};
 pub use shards::{ShardIndex, ShardWriter, TokenShards};
-pub use tokenizer::{BpeTrainConfig, DecodeStream, Tokenizer, TokenizerKind};
+pub use tokenizer::{BpeTrainConfig, DecodeStream, Tokenizer, TokenizerConfig, TokenizerKind};

@@ -50,6 +50,29 @@ impl Default for BpeTrainConfig {
     }
 }
 
+/// One config section for either kind (e.g. `[tokenizer]` in a run's TOML):
+/// `kind = "bpe" | "char"`; `vocab_size` and `min_frequency` apply to BPE only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenizerConfig {
+    pub kind: TokenizerKind,
+    pub vocab_size: usize,
+    pub min_frequency: u64,
+    pub special_tokens: Vec<String>,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        let b = BpeTrainConfig::default();
+        Self {
+            kind: TokenizerKind::Bpe,
+            vocab_size: b.vocab_size,
+            min_frequency: b.min_frequency,
+            special_tokens: b.special_tokens,
+        }
+    }
+}
+
 /// A trained tokenizer. Cheap to share across threads (`&Tokenizer` is `Sync`).
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -108,6 +131,25 @@ impl Tokenizer {
             .into();
         tok.train(&mut trainer, texts).map_err(|e| anyhow!("BPE training failed: {e}"))?;
         Self::from_hf(tok).context("building the trained BPE tokenizer")
+    }
+
+    /// Train the kind `cfg` names.
+    pub fn train<I, S>(texts: I, cfg: &TokenizerConfig) -> Result<Self>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
+        match cfg.kind {
+            TokenizerKind::Bpe => Self::train_bpe(
+                texts,
+                &BpeTrainConfig {
+                    vocab_size: cfg.vocab_size,
+                    min_frequency: cfg.min_frequency,
+                    special_tokens: cfg.special_tokens.clone(),
+                },
+            ),
+            TokenizerKind::Char => Self::train_char(texts, &cfg.special_tokens),
+        }
     }
 
     /// Build a character-level tokenizer: ids 0..n are the distinct characters of `texts` in

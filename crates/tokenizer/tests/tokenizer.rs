@@ -256,3 +256,33 @@ proptest! {
         prop_assert_eq!(got, t.decode(&ids));
     }
 }
+
+#[test]
+fn tokenizer_and_shards_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+    assert_send_sync::<ferrolm_tokenizer::TokenShards>();
+    assert_send_sync::<ferrolm_tokenizer::ChatTemplate>();
+}
+
+#[test]
+fn bpe_training_is_deterministic() {
+    let cfg = BpeTrainConfig { vocab_size: 600, ..Default::default() };
+    for _ in 0..3 {
+        let again = Tokenizer::train_bpe(corpus().into_iter(), &cfg).unwrap();
+        assert_eq!(again.to_json_string().unwrap(), bpe().to_json_string().unwrap());
+    }
+}
+
+#[test]
+fn one_config_section_trains_either_kind() {
+    use ferrolm_tokenizer::TokenizerConfig;
+    let cfg: TokenizerConfig = serde_json::from_str(r#"{"kind": "char", "special_tokens": []}"#).unwrap();
+    let t = Tokenizer::train(["ab"].into_iter(), &cfg).unwrap();
+    assert_eq!((t.kind(), t.vocab_size()), (TokenizerKind::Char, 3));
+    let cfg = TokenizerConfig { vocab_size: 300, ..Default::default() };
+    let t = Tokenizer::train(corpus().into_iter(), &cfg).unwrap();
+    assert_eq!(t.kind(), TokenizerKind::Bpe);
+    assert_eq!(t.vocab_size(), 300);
+    assert!(serde_json::from_str::<TokenizerConfig>(r#"{"vocab": 3}"#).is_err(), "typos are errors");
+}
