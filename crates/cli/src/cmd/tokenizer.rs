@@ -72,6 +72,11 @@ enum Cmd {
         out: PathBuf,
         #[arg(long, default_value_t = shards::DEFAULT_MAX_SHARD_TOKENS)]
         max_shard_tokens: u64,
+        /// Hold out this fraction into OUT/val (the rest goes to OUT/train). Documents are
+        /// assigned by a hash of their text; a single document (e.g. tiny Shakespeare) is cut
+        /// at 1 − F of its characters, as nanoGPT splits its text.
+        #[arg(long, default_value_t = 0.0)]
+        val_fraction: f64,
     },
     /// Measure encoding speed (MB/s) on documents, repeated; optionally dump the ids.
     Bench {
@@ -153,9 +158,22 @@ pub fn run(args: Args) -> Result<()> {
             }
             print!("{}", tok.decode(&ids));
         }
-        Cmd::Shards { tokenizer, input, out, max_shard_tokens } => {
+        Cmd::Shards { tokenizer, input, out, max_shard_tokens, val_fraction } => {
             let tok = Tokenizer::from_file(&tokenizer)?;
             let docs = read_documents(&input)?;
+            if val_fraction > 0.0 {
+                anyhow::ensure!(val_fraction < 1.0, "--val-fraction must be in [0, 1)");
+                let (train, val) = split_documents(docs, val_fraction);
+                anyhow::ensure!(!train.is_empty() && !val.is_empty(), "--val-fraction {val_fraction} leaves an empty split");
+                for (name, part) in [("train", train), ("val", val)] {
+                    let dir = out.join(name);
+                    let mut writer = ShardWriter::for_tokenizer(&dir, &tok)?.with_max_shard_tokens(max_shard_tokens);
+                    shards::write_texts(&tok, part.iter(), &mut writer, 8 << 20)?;
+                    let index = writer.finish()?;
+                    eprintln!("{name}: {} documents, {:.2} MB -> {} tokens at {}", index.documents, index.text_bytes as f64 / 1e6, index.tokens, dir.display());
+                }
+                return Ok(());
+            }
             let bytes: u64 = docs.iter().map(|d| d.len() as u64).sum();
             let bar = ferrolm_common::progress::bytes_bar(bytes, "shards");
             let t0 = Instant::now();
@@ -180,6 +198,19 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Train/held-out split: by a hash of each document's text, or, for a single document,
+/// by cutting it at 1 − `frac` of its characters.
+fn split_documents(docs: Vec<String>, frac: f64) -> (Vec<String>, Vec<String>) {
+    if docs.len() == 1 {
+        let text = &docs[0];
+        let n = text.chars().count();
+        let cut = text.char_indices().nth(((1.0 - frac) * n as f64) as usize).map(|(i, _)| i).unwrap_or(text.len());
+        return (vec![text[..cut].to_string()], vec![text[cut..].to_string()]);
+    }
+    let threshold = (frac * u64::MAX as f64) as u64;
+    docs.into_iter().partition(|d| xxhash_rust::xxh3::xxh3_64(d.as_bytes()) >= threshold)
 }
 
 fn read_ids_from_stdin() -> Result<Vec<u32>> {
