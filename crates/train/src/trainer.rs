@@ -234,7 +234,7 @@ impl<'a> Trainer<'a> {
             let dropout_seed = Some(step_seed(tc.seed, step, micro, "dropout"));
             let hidden = self.model.hidden(&batch.inputs, &MaskSpec::causal(), None, dropout_seed)?;
             let logits = self.model.logits(&hidden)?;
-            let loss = candle_nn::loss::cross_entropy(&logits.flatten_to(1)?, &batch.targets.flatten_all()?)?;
+            let loss = ferrolm_model::ops::cross_entropy(&logits.flatten_to(1)?, &batch.targets.flatten_all()?)?;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 bail!(
