@@ -189,6 +189,9 @@ pub struct AttnInput<'a> {
     pub memory: Option<&'a Tensor>,
     /// Seed for the dropout stream of this call when training with dropout.
     pub dropout_seed: Option<u64>,
+    /// Plain causal masking done inside the softmax kernel (no bias tensor); used when the
+    /// mask is causal without segments.
+    pub causal: bool,
 }
 
 impl Attention {
@@ -290,11 +293,15 @@ impl Attention {
         };
         let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(bias) = inp.bias {
-            att = att.broadcast_add(bias)?;
-        }
-        let mut att = crate::ops::softmax_last_dim(&att)?;
+        let scores = q.matmul(&k.t()?)?;
+        let mut att = match inp.bias {
+            // A general mask (prefix, segments, padding) is an additive bias.
+            Some(bias) => crate::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(bias)?)?,
+            None => {
+                let causal = inp.causal.then(|| k.dim(2).unwrap_or(0) - q.dim(2).unwrap_or(0));
+                crate::ops::scaled_softmax(&scores, scale, causal)?
+            }
+        };
         if let Some(seed) = inp.dropout_seed {
             att = crate::ops::dropout(&att, self.dropout, seed)?;
         }

@@ -33,6 +33,8 @@ pub struct BlockInput<'a> {
     pub rope: Option<&'a Rope>,
     pub memory: Option<&'a Tensor>,
     pub dropout_seed: Option<u64>,
+    /// Self-attention is plainly causal (the mask is applied inside the softmax kernel).
+    pub causal: bool,
 }
 
 impl Block {
@@ -64,14 +66,14 @@ impl Block {
         let seed = |k: u64| inp.dropout_seed.map(|s| s.wrapping_mul(0x100_0000_01b3).wrapping_add(k));
         let a = self.attn.forward(
             &self.ln1.forward(x)?,
-            AttnInput { bias: inp.bias, offset: inp.offset, rope: inp.rope, cache: self_cache, memory: None, dropout_seed: seed(1) },
+            AttnInput { bias: inp.bias, offset: inp.offset, rope: inp.rope, cache: self_cache, memory: None, dropout_seed: seed(1), causal: inp.causal },
         )?;
         let mut x = (x + a)?;
         if let Some((ln, cross)) = &self.cross {
             let memory = inp.memory.ok_or_else(|| candle_core::Error::Msg("decoder block needs the encoder output".into()))?;
             let c = cross.forward(
                 &ln.forward(&x)?,
-                AttnInput { bias: inp.cross_bias, offset: 0, rope: None, cache: cross_cache, memory: Some(memory), dropout_seed: seed(2) },
+                AttnInput { bias: inp.cross_bias, offset: 0, rope: None, cache: cross_cache, memory: Some(memory), dropout_seed: seed(2), causal: false },
             )?;
             x = (x + c)?;
         }

@@ -96,6 +96,71 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(SoftmaxLastDim)
 }
 
+/// softmax(scale · x) over the last dimension, optionally with a causal mask computed on
+/// the fly: for scores of shape (…, tq, tk) whose first query sits at absolute position
+/// `offset`, key j is visible to query row i iff j ≤ offset + i. Fusing the scale and the
+/// mask avoids materialising (and differentiating) a scaled copy and a broadcast bias.
+struct ScaledSoftmax {
+    scale: f32,
+    causal_offset: Option<usize>,
+}
+
+impl CustomOp1 for ScaledSoftmax {
+    fn name(&self) -> &'static str {
+        "ferrolm-scaled-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let dims = l.dims();
+        let tk = dims[dims.len() - 1];
+        let tq = if dims.len() >= 2 { dims[dims.len() - 2] } else { 1 };
+        let (scale, causal) = (self.scale, self.causal_offset);
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, tk, |r, row| {
+            let src = &x[r * tk..(r + 1) * tk];
+            let visible = match causal {
+                Some(off) => (off + r % tq + 1).min(tk),
+                None => tk,
+            };
+            let max = src[..visible].iter().copied().fold(f32::NEG_INFINITY, f32::max) * scale;
+            let mut sum = 0f32;
+            for (o, &v) in row[..visible].iter_mut().zip(&src[..visible]) {
+                *o = (v * scale - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            row[..visible].iter_mut().for_each(|o| *o *= inv);
+            // masked keys stay exactly zero
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // d/dx = scale · y ⊙ (g − Σ g⊙y); masked entries have y = 0 and get no gradient.
+        let d = res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?;
+        Ok(Some(if self.scale == 1.0 { d } else { (d * self.scale as f64)? }))
+    }
+}
+
+/// softmax(scale·x) over the last dimension with an optional on-the-fly causal mask
+/// (see [`ScaledSoftmax`]); differentiable.
+pub fn scaled_softmax(x: &Tensor, scale: f64, causal_offset: Option<usize>) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        let x = (x * scale)?;
+        let x = match causal_offset {
+            Some(off) => {
+                let (tq, tk) = (x.dim(candle_core::D::Minus2)?, x.dim(candle_core::D::Minus1)?);
+                let mask: Vec<f32> = (0..tq * tk).map(|k| if k % tk <= off + k / tk { 0.0 } else { f32::NEG_INFINITY }).collect();
+                x.broadcast_add(&Tensor::from_vec(mask, (tq, tk), x.device())?)?
+            }
+            None => x,
+        };
+        return candle_nn::ops::softmax_last_dim(&x);
+    }
+    x.contiguous()?.apply_op1(ScaledSoftmax { scale: scale as f32, causal_offset })
+}
+
 // ---------------------------------------------------------------- layer norm / rms norm
 
 /// LayerNorm (`remove_mean = true`, with bias) or RMSNorm (`remove_mean = false`, bias
@@ -483,6 +548,21 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn scaled_causal_softmax_matches_mask_then_softmax() {
+        let (tq, tk, off) = (4usize, 7usize, 3usize);
+        let x = Var::from_tensor(&rand(&[2, 3, tq, tk], 11)).unwrap();
+        let g = rand(&[2, 3, tq, tk], 12);
+        let ours = scaled_softmax(x.as_tensor(), 0.5, Some(off)).unwrap();
+        let mask: Vec<f32> = (0..tq * tk).map(|k| if k % tk <= off + k / tk { 0.0 } else { -1e30 }).collect();
+        let mask = Tensor::from_vec(mask, (tq, tk), &Device::Cpu).unwrap();
+        let reference = candle_nn::ops::softmax(&(x.as_tensor() * 0.5).unwrap().broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+        assert!(max_diff(&ours, &reference) < 1e-6);
+        let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (reference * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_diff(ga.get(&x).unwrap(), gb.get(&x).unwrap()) < 1e-5);
     }
 
     #[test]

@@ -106,13 +106,15 @@ impl Transformer {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let x = self.embed(ids, offset)?;
-        let bias = mask.bias(b, t, offset + t, offset, ids.device())?;
+        // Plain causal masks are applied inside the softmax kernel; others become a bias.
+        let causal = mask.kind == crate::attention::AttnMask::Causal && mask.q_segments.is_none() && mask.k_segments.is_none();
+        let bias = if causal { None } else { mask.bias(b, t, offset + t, offset, ids.device())? };
         let dropout_seed = dropout_seed.filter(|_| self.cfg.dropout > 0.0);
         let x = match dropout_seed {
             Some(s) => crate::ops::dropout(&x, self.cfg.dropout, s)?,
             None => x,
         };
-        let inp = BlockInput { bias: bias.as_ref(), cross_bias: None, offset, rope: self.rope.as_ref(), memory: None, dropout_seed };
+        let inp = BlockInput { bias: bias.as_ref(), cross_bias: None, offset, rope: self.rope.as_ref(), memory: None, dropout_seed, causal };
         self.decoder.forward(x, &inp, cache)
     }
 
