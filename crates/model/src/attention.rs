@@ -5,7 +5,9 @@
 //! encoder's output for encoder-decoders.
 
 use candle_core::{Device, Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::linear::Linear;
 
 use crate::config::{BlockStyle, TransformerConfig};
 use crate::mlp::linear;

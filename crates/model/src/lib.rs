@@ -7,6 +7,7 @@ pub mod attention;
 pub mod block;
 pub mod config;
 pub mod init;
+pub mod linear;
 pub mod mlp;
 pub mod norm;
 pub mod ops;

@@ -1,7 +1,9 @@
 //! Position-wise feed-forward networks: GELU (GPT-2) and SwiGLU (modern).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::linear::Linear;
 
 use crate::config::{BlockStyle, TransformerConfig};
 
@@ -14,11 +16,7 @@ pub enum Mlp {
 }
 
 pub(crate) fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    if bias {
-        candle_nn::linear(i, o, vb)
-    } else {
-        candle_nn::linear_no_bias(i, o, vb)
-    }
+    Linear::load(i, o, bias, vb)
 }
 
 impl Mlp {

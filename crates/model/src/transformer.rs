@@ -4,7 +4,9 @@
 //! prefix decoder; the encoder-decoder composes two stacks with cross-attention.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::linear::Linear;
 
 use crate::attention::{KvCache, MaskSpec, Rope};
 use crate::block::{norm, Block, BlockInput};
@@ -64,7 +66,7 @@ impl Transformer {
         let lm_head = if cfg.tie_embeddings {
             Linear::new(wte.embeddings().clone(), None)
         } else {
-            candle_nn::linear_no_bias(cfg.d_model, cfg.vocab_size, vb.pp("lm_head"))?
+            Linear::load(cfg.d_model, cfg.vocab_size, false, vb.pp("lm_head"))?
         };
         Ok(Self { cfg: cfg.clone(), wte, wpe, rope, decoder, lm_head })
     }
