@@ -14,17 +14,17 @@ impl Gen {
     pub fn new(seed: u64) -> Self {
         Gen(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
     pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
     pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
         &xs[self.below(xs.len())]
@@ -266,13 +266,13 @@ pub fn control_text(g: &mut Gen, sentences: usize) -> String {
     let templates: &[&dyn Fn(&mut Gen) -> String] = &[
         &|g| format!("Version {}.{}.{} was released on {}-{:02}-{:02} with {} bug fixes.", g.below(5), g.below(30), g.below(10), 2015 + g.below(10), 1 + g.below(12), 1 + g.below(28), g.below(500)),
         &|g| format!("The meeting starts at {}:{:02} and lasts {} minutes in Room {}.", 8 + g.below(10), g.below(60), 15 + g.below(90), 100 + g.below(400)),
-        &|g| format!("let mask = 0x{:08x}; let n: u64 = {}; use std::collections::HashMap;", g.next() as u32, g.next() % 1_000_000_000_000),
+        &|g| format!("let mask = 0x{:08x}; let n: u64 = {}; use std::collections::HashMap;", g.next_u64() as u32, g.next_u64() % 1_000_000_000_000),
         &|g| format!("The server listens on 127.0.0.1:{} and the proxy on 10.0.{}.{}.", 1024 + g.below(60000), g.below(255), 1 + g.below(254)),
         &|g| format!("In {} the population grew by {}.{} percent to {} thousand.", 1900 + g.below(120), g.below(10), g.below(10), 10 + g.below(900)),
         &|g| format!("The Rust Project and the Apache Software Foundation published {} crates and {} reports.", g.below(100), g.below(50)),
         &|g| format!("fn main() {{ let v = vec![{}, {}, {}]; println!(\"{{:?}}\", v); }}", g.below(100), g.below(100), g.below(100)),
         &|g| format!("See section {}.{} of RFC {} and issue #{} for the background.", 1 + g.below(9), 1 + g.below(9), 1000 + g.below(8000), g.below(90000)),
-        &|g| format!("The ratio was {}:{} after {} iterations, with error 1e-{} and seed {}.", 1 + g.below(9), 1 + g.below(9), g.below(10000), 3 + g.below(6), g.next() % 100000),
+        &|g| format!("The ratio was {}:{} after {} iterations, with error 1e-{} and seed {}.", 1 + g.below(9), 1 + g.below(9), g.below(10000), 3 + g.below(6), g.next_u64() % 100000),
         &|g| format!("Ship {} units to the warehouse on the Main road by Monday, order number {}.", g.below(900), g.digits(6)),
         &|g| format!("Use a::b::c or ab::cd paths, and ::{} is just a path too.", ["new", "default", "from"][g.below(3)]),
         &|g| format!("Temperature ranged from -{} to {} degrees, measured every {} seconds.", g.below(20), g.below(40), g.below(60)),

@@ -311,6 +311,8 @@ fn run_items_stream(mut stream: MultiStream, read: ReadStats, cfg: &PipelineConf
     Ok(stats)
 }
 
+type SpillIter = Box<dyn Iterator<Item = Result<(u64, Document)>>>;
+
 /// Where surviving documents go between segments.
 enum Spill {
     Mem(Vec<(u64, Document)>),
@@ -335,7 +337,7 @@ impl Spill {
         Ok(())
     }
 
-    fn into_iter(self) -> Result<Box<dyn Iterator<Item = Result<(u64, Document)>>>> {
+    fn into_iter(self) -> Result<SpillIter> {
         Ok(match self {
             Spill::Mem(v) => Box::new(v.into_iter().map(Ok)),
             Spill::File { path, w } => {

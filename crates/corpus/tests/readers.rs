@@ -142,7 +142,7 @@ fn jsonl_text_field_and_source_are_configurable() {
     let p = dir.path().join("x.jsonl");
     write(&p, b"{\"content\": \"hello\", \"source\": \"web\"}\n");
     let opts = ReadOptions { text_field: "content".into(), ..Default::default() };
-    let (docs, _) = read_paths(&[p.clone()], &opts).unwrap();
+    let (docs, _) = read_paths(std::slice::from_ref(&p), &opts).unwrap();
     assert_eq!((docs[0].text.as_str(), docs[0].source.as_str()), ("hello", "web"));
     let opts = ReadOptions { text_field: "content".into(), source: Some("mine".into()), ..Default::default() };
     let (docs, _) = read_paths(&[p], &opts).unwrap();

@@ -259,10 +259,8 @@ impl DocumentStream {
     /// Reason for an I/O error while decompressing/reading: a short read is a truncated archive.
     fn io_reason(e: &std::io::Error, compressed: bool) -> &'static str {
         use std::io::ErrorKind::*;
-        if compressed || matches!(e.kind(), UnexpectedEof) {
-            if matches!(e.kind(), UnexpectedEof | InvalidData | InvalidInput | Other) {
-                return "truncated_archive";
-            }
+        if (compressed || matches!(e.kind(), UnexpectedEof)) && matches!(e.kind(), UnexpectedEof | InvalidData | InvalidInput | Other) {
+            return "truncated_archive";
         }
         "io_error"
     }

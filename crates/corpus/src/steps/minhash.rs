@@ -91,7 +91,7 @@ pub fn shingles(text: &str, n: usize) -> Vec<u64> {
 
 impl MinHasher {
     pub fn new(cfg: MinHashConfig) -> Self {
-        let mut s = cfg.seed ^ 0x5EED_0F_F00D;
+        let mut s = cfg.seed ^ 0x0005_EED0_FF00;
         let k = cfg.permutations();
         let a = (0..k).map(|_| splitmix(&mut s) | 1).collect();
         let b = (0..k).map(|_| splitmix(&mut s)).collect();

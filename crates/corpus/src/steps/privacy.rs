@@ -268,7 +268,7 @@ impl PrivacyScrubber {
                     return false; // four-part version numbers look like IPv4 addresses
                 }
                 let Ok(ip) = s.parse::<std::net::IpAddr>() else { return false };
-                if let std::net::IpAddr::V6(_) = ip {
+                if ip.is_ipv6() {
                     // Rust paths like `a::b` parse as IPv6; demand real address shape.
                     let groups = s.split(':').filter(|g| !g.is_empty()).count();
                     if groups < 3 || !has_digit(s) {
