@@ -23,8 +23,14 @@ import torch  # noqa: E402
 
 from gpt_torch import GptConfig, Gpt, make_adamw  # noqa: E402
 
-DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                            "tinyshakespeare")
+# ../shared/data beside the repository (a checkout in a worktree folder may be one level deeper).
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA = next(
+    (p for p in (os.path.join(_REPO, "..", "shared", "data", "tinyshakespeare"),
+                 os.path.join(_REPO, "..", "..", "shared", "data", "tinyshakespeare"))
+     if os.path.isdir(p)),
+    os.path.join(_REPO, "..", "shared", "data", "tinyshakespeare"),
+)
 
 
 def find_text(path):

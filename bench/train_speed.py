@@ -125,6 +125,11 @@ def main():
     if ferrolm is None and py is None:
         sys.exit("neither ferrolm bench train nor PyTorch is available: nothing to measure")
 
+    load1 = os.getloadavg()[0]
+    if load1 > 0.5:
+        log(f"WARNING: load average is {load1:.2f}: other processes compete for the cores, and PyTorch's "
+            "OpenMP threads degrade badly under contention; measure on an idle machine")
+
     results = {}
     for preset in args.presets:
         steps = args.steps_c1 if preset == "c1" else args.steps_c2
@@ -166,7 +171,7 @@ def main():
               f"{ratio:>8}{rss('ferrolm'):>14}{rss('pytorch'):>14}")
     if args.json_out:
         with open(args.json_out + ".tmp", "w") as f:
-            json.dump({"threads": args.threads, "repeats": args.repeats, "results": results}, f, indent=1)
+            json.dump({"threads": args.threads, "repeats": args.repeats, "load_avg_at_start": load1, "results": results}, f, indent=1)
         os.replace(args.json_out + ".tmp", args.json_out)
 
 

@@ -23,6 +23,10 @@ import torch  # noqa: E402
 
 from gpt_torch import PRESETS, Gpt, make_adamw  # noqa: E402
 
+# Peak RSS once torch is imported, before any model exists: the PyPI wheel maps large CUDA/MKL
+# libraries even on CPU, so peak_rss_bytes - import_rss_bytes is what the training itself used.
+IMPORT_RSS_BYTES = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,6 +100,7 @@ def main():
         "step_ms_mean": statistics.fmean(step_ms),
         # Linux reports ru_maxrss in KiB.
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "import_rss_bytes": IMPORT_RSS_BYTES,
         "final_loss": loss_val,
         "compile": args.compile,
     }
