@@ -21,6 +21,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -81,6 +82,33 @@ def run_json(cmd, env):
     return json.loads(lines[-1])
 
 
+def cpu_idle_fraction(seconds=1.0):
+    """Share of all cores idle over the next `seconds` (Linux /proc/stat), or None elsewhere."""
+    def snap():
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        return vals[3] + vals[4], sum(vals)  # idle + iowait, total
+    try:
+        i0, t0 = snap()
+        time.sleep(seconds)
+        i1, t1 = snap()
+    except OSError:
+        return None
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_idle(min_idle, max_wait):
+    """On a shared machine, start a timed run only when the cores are (nearly) free."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        idle = cpu_idle_fraction()
+        if idle is None or idle >= min_idle:
+            return
+        if time.monotonic() > deadline:
+            log(f"  (cores still busy, {idle:.0%} idle, after {max_wait:.0f} s of waiting; running anyway)")
+            return
+
+
 def thread_env(threads):
     env = dict(os.environ)
     # candle/rayon, gemm, MKL and OpenMP all read one of these.
@@ -101,6 +129,9 @@ def main():
     ap.add_argument("--steps-c1", type=int, default=DEFAULT_STEPS["c1"])
     ap.add_argument("--steps-c2", type=int, default=DEFAULT_STEPS["c2"])
     ap.add_argument("--no-build", action="store_true", help="do not build ferrolm when its binary is missing")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="FRACTION",
+                    help="before each run wait until this share of the CPU is idle (e.g. 0.9 on a shared box)")
+    ap.add_argument("--max-wait", type=float, default=300.0, help="seconds to wait for idle cores per run")
     ap.add_argument("--json-out", help="write all raw runs and medians to this JSON file")
     args = ap.parse_args()
 
@@ -139,10 +170,14 @@ def main():
                 cmd = [ferrolm, "bench", "train", "--preset", preset, "--steps", str(steps), "--json"]
                 if ferrolm_threads_flag:
                     cmd += ["--threads", str(args.threads)]
+                if args.wait_idle:
+                    wait_idle(args.wait_idle, args.max_wait)
                 runs["ferrolm"].append(run_json(cmd, env))
             if py:
                 cmd = [py, os.path.join(HERE, "train_torch.py"), "--preset", preset, "--steps", str(steps),
-                       "--threads", str(args.threads), "--json"]
+                       "--threads", str(args.threads), "--json", "--breakdown"]
+                if args.wait_idle:
+                    wait_idle(args.wait_idle, args.max_wait)
                 runs["pytorch"].append(run_json(cmd, env))
             done = "  ".join(f"{k} {r[-1]['tokens_per_sec']:,.0f} tok/s" for k, r in runs.items() if r)
             log(f"{preset} repeat {rep + 1}/{args.repeats}: {done}")
@@ -155,6 +190,9 @@ def main():
                     "peak_rss_bytes": statistics.median(r["peak_rss_bytes"] for r in rs),
                     "tokens_per_sec_all": [r["tokens_per_sec"] for r in rs],
                 }
+                for part in ("forward_ms_median", "backward_ms_median", "optimizer_ms_median"):
+                    if all(part in r for r in rs):
+                        med[impl][part] = statistics.median(r[part] for r in rs)
         ratio = None
         if "ferrolm" in med and "pytorch" in med:
             ratio = med["ferrolm"]["tokens_per_sec"] / med["pytorch"]["tokens_per_sec"]
@@ -169,6 +207,12 @@ def main():
         ratio = f"{r['ratio_ferrolm_over_pytorch']:.2f}x" if r["ratio_ferrolm_over_pytorch"] else "-"
         print(f"{preset:<7}{fmt_rate(get('ferrolm', 'tokens_per_sec')):>12}{fmt_rate(get('pytorch', 'tokens_per_sec')):>12}"
               f"{ratio:>8}{rss('ferrolm'):>14}{rss('pytorch'):>14}")
+    for preset, r in results.items():
+        p = r["median"].get("pytorch", {})
+        if "forward_ms_median" in p:
+            print(f"PyTorch {preset} step breakdown (median ms): forward+loss {p['forward_ms_median']:.1f}, "
+                  f"backward {p['backward_ms_median']:.1f}, clip+AdamW+zero_grad {p['optimizer_ms_median']:.1f}, "
+                  f"whole step {p['step_ms_median']:.1f}")
     if args.json_out:
         with open(args.json_out + ".tmp", "w") as f:
             json.dump({"threads": args.threads, "repeats": args.repeats, "load_avg_at_start": load1, "results": results}, f, indent=1)
