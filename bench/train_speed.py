@@ -128,6 +128,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps-c1", type=int, default=DEFAULT_STEPS["c1"])
     ap.add_argument("--steps-c2", type=int, default=DEFAULT_STEPS["c2"])
+    ap.add_argument("--only", choices=["ferrolm", "pytorch"], help="run one side only")
     ap.add_argument("--no-build", action="store_true", help="do not build ferrolm when its binary is missing")
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="FRACTION",
                     help="before each run wait until this share of the CPU is idle (e.g. 0.9 on a shared box)")
@@ -136,9 +137,11 @@ def main():
     args = ap.parse_args()
 
     env = thread_env(args.threads)
-    ferrolm = find_ferrolm(not args.no_build)
+    ferrolm = None if args.only == "pytorch" else find_ferrolm(not args.no_build)
     ferrolm_threads_flag = False
-    if ferrolm is None:
+    if args.only == "pytorch":
+        log("ferrolm: skipped (--only pytorch)")
+    elif ferrolm is None:
         log("ferrolm: binary not found (set FERROLM_BIN); skipping the ferrolm side")
     else:
         usage = ferrolm_bench_usage(ferrolm)
@@ -148,7 +151,7 @@ def main():
         else:
             ferrolm_threads_flag = "--threads" in usage
             log(f"ferrolm: {ferrolm}" + ("" if ferrolm_threads_flag else " (no --threads flag; RAYON_NUM_THREADS set)"))
-    py, torch_info = find_torch_python()
+    py, torch_info = (None, "skipped (--only ferrolm)") if args.only == "ferrolm" else find_torch_python()
     if py is None:
         log(f"PyTorch: {torch_info}; skipping the PyTorch peer")
     else:
