@@ -186,13 +186,6 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn build(b: BuildArgs) -> Result<()> {
-    if let Some(t) = &b.tokenizer {
-        bail!(
-            "--tokenizer {}: tokenized shard writing lives in ferrolm-tokenizer (ShardWriter), which this build does not have yet; \
-             run without --tokenizer and tokenize DIR/kept/*.jsonl with `ferrolm tokenizer` once it is available",
-            t.display()
-        );
-    }
     let mut cfg = match &b.config {
         Some(path) => {
             let v = ferrolm_common::load_config(Some(path), &b.set)?;
@@ -213,7 +206,33 @@ fn build(b: BuildArgs) -> Result<()> {
         cfg.sources = vec![SourceConfig { name: "auto".into(), paths: b.input.clone(), cargo_lock: None, cargo_home: None, weight: 1.0, text_field: b.text_field.clone() }];
     }
     let opts = RunOptions { shard: b.shard.as_deref().map(ferrolm_corpus::parse_shard).transpose()?, force: b.force };
-    let s = ferrolm_corpus::run_configured(&cfg, &b.out, &opts, None)?;
+    // With --tokenizer, every kept document is encoded as it leaves the pipeline and
+    // appended to token shards (OUT/shards, or OUT/shards/<shard tag> for --shard runs);
+    // the shard index is written only after the pipeline finished.
+    let s = match &b.tokenizer {
+        Some(t) => {
+            let tok = ferrolm_tokenizer::Tokenizer::from_file(t)?;
+            let dir = if opts.shard.is_some() { b.out.join("shards").join(opts.tag()) } else { b.out.join("shards") };
+            let mut writer = ferrolm_tokenizer::ShardWriter::for_tokenizer(&dir, &tok)?;
+            let mut failure: Option<anyhow::Error> = None;
+            let mut sink = |d: &ferrolm_corpus::Document| -> std::io::Result<()> {
+                writer.write_document(&tok.encode(&d.text), d.text.len() as u64).map_err(|e| {
+                    let msg = format!("writing token shards in {}: {e:#}", dir.display());
+                    failure = Some(anyhow::anyhow!(msg.clone()));
+                    std::io::Error::other(msg)
+                })
+            };
+            let stats = ferrolm_corpus::run_configured(&cfg, &b.out, &opts, Some(&mut sink));
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            let stats = stats?;
+            let index = writer.finish()?;
+            eprintln!("token shards: {} documents, {} tokens -> {}", index.documents, index.tokens, dir.display());
+            stats
+        }
+        None => ferrolm_corpus::run_configured(&cfg, &b.out, &opts, None)?,
+    };
     eprintln!(
         "input {} documents ({:.1} MB) -> kept {} ({:.1} MB), removed {}, rejected {} malformed; {:.1} s, {:.2} MB/s. Report: {}",
         s.input,
