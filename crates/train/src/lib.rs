@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod metrics;
+pub mod objectives;
 pub mod optim;
 pub mod plot;
 pub mod schedule;
