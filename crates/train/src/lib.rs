@@ -14,6 +14,7 @@ pub mod objectives;
 pub mod optim;
 pub mod plot;
 pub mod schedule;
+pub mod task;
 pub mod trainer;
 
 pub use config::{RunConfig, TrainConfig};
