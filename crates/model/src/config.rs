@@ -12,9 +12,30 @@ pub enum BlockStyle {
     Modern,
 }
 
+/// Which Transformer shape to build on the shared core.
+/// `Causal`: GPT decoder. `Prefix`: the same decoder with a bidirectional prefix (loss on
+/// the targets only). `EncoderDecoder`: T5-style bidirectional encoder + causal decoder with
+/// cross-attention, one shared token embedding. `MaskedLm`: BERT-style bidirectional encoder
+/// with an MLM head, an optional NSP head and a pooled sentence vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    #[default]
+    Causal,
+    Prefix,
+    EncoderDecoder,
+    MaskedLm,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransformerConfig {
+    /// Model family; absent in older configs, which are causal decoders.
+    pub kind: ModelKind,
+    /// Encoder-decoder only: encoder layers (0 = `n_layers`). `n_layers` is the decoder depth.
+    pub n_encoder_layers: usize,
+    /// Masked LM only: build the next-sentence-prediction head.
+    pub nsp_head: bool,
     pub vocab_size: usize,
     pub d_model: usize,
     pub n_layers: usize,
@@ -36,6 +57,9 @@ pub struct TransformerConfig {
 impl Default for TransformerConfig {
     fn default() -> Self {
         Self {
+            kind: ModelKind::Causal,
+            n_encoder_layers: 0,
+            nsp_head: false,
             vocab_size: 8192,
             d_model: 256,
             n_layers: 4,
@@ -55,6 +79,14 @@ impl Default for TransformerConfig {
 impl TransformerConfig {
     pub fn head_dim(&self) -> usize {
         self.d_model / self.n_heads
+    }
+
+    pub fn encoder_layers(&self) -> usize {
+        if self.n_encoder_layers > 0 {
+            self.n_encoder_layers
+        } else {
+            self.n_layers
+        }
     }
 
     pub fn ff_dim(&self) -> usize {
@@ -109,6 +141,8 @@ impl TransformerConfig {
         let bias = self.block == BlockStyle::Gpt2;
         let norm = if bias { 2 * d } else { d };
         let attn = d * (d + 2 * kv) + d * d + if bias { d + 2 * kv + d } else { 0 };
+        // cross-attention: q (d→d), kv (d→2kv), proj (d→d), plus its norm
+        let cross = d * d + d * 2 * kv + d * d + if bias { d + 2 * kv + d } else { 0 } + norm;
         let mlp = match self.block {
             BlockStyle::Gpt2 => 2 * d * f + f + d,
             BlockStyle::Modern => 3 * d * f,
@@ -117,6 +151,25 @@ impl TransformerConfig {
         let emb = self.vocab_size * d;
         let pos = if self.block == BlockStyle::Gpt2 { self.max_seq_len * d } else { 0 };
         let head = if self.tie_embeddings { 0 } else { self.vocab_size * d };
-        emb + pos + self.n_layers * per_layer + norm + head
+        match self.kind {
+            ModelKind::Causal | ModelKind::Prefix => emb + pos + self.n_layers * per_layer + norm + head,
+            ModelKind::EncoderDecoder => {
+                // two position tables (encoder and decoder positions are separate sequences)
+                emb + 2 * pos
+                    + self.encoder_layers() * per_layer
+                    + norm
+                    + self.n_layers * (per_layer + cross)
+                    + norm
+                    + head
+            }
+            ModelKind::MaskedLm => {
+                // MLM head: transform (d→d with bias) + norm + output bias; pooler d→d with bias;
+                // NSP: d→2 with bias
+                let mlm = d * d + d + norm + self.vocab_size;
+                let pooler = d * d + d;
+                let nsp = if self.nsp_head { 2 * d + 2 } else { 0 };
+                emb + pos + self.n_layers * per_layer + norm + head + mlm + pooler + nsp
+            }
+        }
     }
 }

@@ -6,6 +6,9 @@
 pub mod attention;
 pub mod block;
 pub mod config;
+pub mod embed;
+pub mod encoder_decoder;
+pub mod masked_lm;
 pub mod init;
 pub mod linear;
 pub mod mlp;
@@ -14,5 +17,7 @@ pub mod ops;
 pub mod transformer;
 
 pub use attention::{AttnMask, KvCache};
-pub use config::{BlockStyle, TransformerConfig};
+pub use config::{BlockStyle, ModelKind, TransformerConfig};
+pub use encoder_decoder::EncoderDecoder;
+pub use masked_lm::MaskedLm;
 pub use transformer::Transformer;

@@ -57,6 +57,12 @@ pub struct Transformer {
 impl Transformer {
     pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::Msg)?;
+        if !matches!(cfg.kind, crate::config::ModelKind::Causal | crate::config::ModelKind::Prefix) {
+            candle_core::bail!(
+                "model.kind = {:?} is not a decoder-only model: build it with EncoderDecoder or MaskedLm",
+                cfg.kind
+            );
+        }
         let wte = candle_nn::embedding(cfg.vocab_size, cfg.d_model, vb.pp("wte"))?;
         let (wpe, rope) = match cfg.block {
             BlockStyle::Gpt2 => (Some(candle_nn::embedding(cfg.max_seq_len, cfg.d_model, vb.pp("wpe"))?), None),

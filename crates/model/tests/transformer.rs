@@ -20,6 +20,7 @@ fn tiny(block: BlockStyle) -> TransformerConfig {
         dropout: 0.0,
         norm_eps: 1e-5,
         rope_theta: 10_000.0,
+        ..Default::default()
     }
 }
 

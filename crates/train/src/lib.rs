@@ -10,9 +10,11 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod metrics;
+pub mod objectives;
 pub mod optim;
 pub mod plot;
 pub mod schedule;
+pub mod task;
 pub mod trainer;
 
 pub use config::{RunConfig, TrainConfig};

@@ -1,0 +1,50 @@
+//! Input embeddings shared by the non-causal families: token embedding plus, for GPT-2
+//! blocks, a learned absolute position table (modern blocks use RoPE inside attention).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::attention::Rope;
+use crate::config::{BlockStyle, TransformerConfig};
+
+/// Learned positions (GPT-2 style) or RoPE (modern), chosen by the block style.
+#[derive(Debug, Clone)]
+pub struct Positions {
+    wpe: Option<Embedding>,
+    max_seq_len: usize,
+}
+
+impl Positions {
+    pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let wpe = match cfg.block {
+            BlockStyle::Gpt2 => Some(candle_nn::embedding(cfg.max_seq_len, cfg.d_model, vb)?),
+            BlockStyle::Modern => None,
+        };
+        Ok(Self { wpe, max_seq_len: cfg.max_seq_len })
+    }
+
+    /// Token embeddings of `ids` (batch, T) whose first position is `offset`, plus learned
+    /// positions when the style has them. Longer-than-context input is a clear error for
+    /// both styles (RoPE's table has `max_seq_len` rows too).
+    pub fn embed(&self, wte: &Embedding, ids: &Tensor, offset: usize) -> Result<Tensor> {
+        let t = ids.dim(1)?;
+        if offset + t > self.max_seq_len {
+            candle_core::bail!("sequence of {} positions exceeds the model's max_seq_len {}", offset + t, self.max_seq_len);
+        }
+        let x = wte.forward(ids)?;
+        match &self.wpe {
+            Some(wpe) => {
+                let pos = Tensor::arange(offset as u32, (offset + t) as u32, ids.device())?;
+                x.broadcast_add(&wpe.forward(&pos)?)
+            }
+            None => Ok(x),
+        }
+    }
+}
+
+pub fn rope(cfg: &TransformerConfig, device: &candle_core::Device) -> Result<Option<Rope>> {
+    match cfg.block {
+        BlockStyle::Gpt2 => Ok(None),
+        BlockStyle::Modern => Ok(Some(Rope::new(cfg.head_dim(), cfg.max_seq_len, cfg.rope_theta, device)?)),
+    }
+}

@@ -1,0 +1,104 @@
+//! BERT-style masked language model on the shared core: a bidirectional encoder stack,
+//! an MLM head (dense → GELU → norm → vocabulary projection tied to the token embedding,
+//! plus an output bias), a pooler (dense + tanh on the first position) giving the sentence
+//! representation used by classification heads, and an optional next-sentence head.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+
+use crate::attention::{MaskSpec, Rope};
+use crate::block::{norm, BlockInput};
+use crate::config::TransformerConfig;
+use crate::embed::{rope, Positions};
+use crate::norm::Norm;
+use crate::transformer::Stack;
+
+#[derive(Debug, Clone)]
+pub struct MaskedLm {
+    cfg: TransformerConfig,
+    wte: Embedding,
+    pos: Positions,
+    rope: Option<Rope>,
+    encoder: Stack,
+    mlm_dense: Linear,
+    mlm_ln: Norm,
+    mlm_out: Linear,
+    pooler: Linear,
+    nsp: Option<Linear>,
+}
+
+impl MaskedLm {
+    pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::Msg)?;
+        let wte = candle_nn::embedding(cfg.vocab_size, cfg.d_model, vb.pp("wte"))?;
+        let d = cfg.d_model;
+        let out_bias = vb.pp("mlm").get(cfg.vocab_size, "bias")?;
+        let out_w = if cfg.tie_embeddings {
+            wte.embeddings().clone()
+        } else {
+            vb.pp("lm_head").get((cfg.vocab_size, d), "weight")?
+        };
+        Ok(Self {
+            pos: Positions::new(cfg, vb.pp("wpe"))?,
+            rope: rope(cfg, vb.device())?,
+            encoder: Stack::new(cfg, false, vb.pp("encoder"))?,
+            mlm_dense: candle_nn::linear(d, d, vb.pp("mlm.dense"))?,
+            mlm_ln: norm(cfg, vb.pp("mlm.ln"))?,
+            mlm_out: Linear::new(out_w, Some(out_bias)),
+            pooler: candle_nn::linear(d, d, vb.pp("pooler"))?,
+            nsp: if cfg.nsp_head { Some(candle_nn::linear(d, 2, vb.pp("nsp"))?) } else { None },
+            wte,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.cfg
+    }
+
+    /// Encoder output (batch, T, d_model). `mask` is bidirectional, with segment ids when
+    /// padded; padding keys are never attended.
+    pub fn hidden(&self, ids: &Tensor, mask: &MaskSpec, dropout_seed: Option<u64>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let dropout_seed = dropout_seed.filter(|_| self.cfg.dropout > 0.0);
+        let x = self.pos.embed(&self.wte, ids, 0)?;
+        let x = match dropout_seed {
+            Some(seed) => crate::ops::dropout(&x, self.cfg.dropout, seed)?,
+            None => x,
+        };
+        let bias = mask.bias(b, t, t, 0, ids.device())?;
+        let inp = BlockInput { bias: bias.as_ref(), cross_bias: None, offset: 0, rope: self.rope.as_ref(), memory: None, dropout_seed };
+        self.encoder.forward(x, &inp, None)
+    }
+
+    /// MLM logits (…, vocab) for hidden states (…, d_model); callers usually gather the
+    /// masked positions first so the vocabulary projection runs only where it is scored.
+    pub fn mlm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let h = self.mlm_dense.forward(hidden)?.gelu()?;
+        self.mlm_out.forward(&self.mlm_ln.forward(&h)?)
+    }
+
+    /// Pooled sentence representation (batch, d_model): tanh(dense(hidden at position 0)).
+    /// Position 0 is the sequence's first token (the `[CLS]` role).
+    pub fn pooled(&self, hidden: &Tensor) -> Result<Tensor> {
+        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        self.pooler.forward(&first)?.tanh()
+    }
+
+    /// Next-sentence logits (batch, 2: [is-next, random]) from the pooled vector; an error
+    /// when the model was built without `nsp_head`.
+    pub fn nsp_logits(&self, pooled: &Tensor) -> Result<Tensor> {
+        match &self.nsp {
+            Some(h) => h.forward(pooled),
+            None => candle_core::bail!("this masked LM has no next-sentence head (model.nsp_head = false)"),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        self.wte.embeddings().device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.wte.embeddings().dtype()
+    }
+}
