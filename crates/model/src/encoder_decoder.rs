@@ -73,6 +73,7 @@ impl EncoderDecoder {
             rope: self.rope.as_ref(),
             memory: None,
             dropout_seed: dropout_seed.map(|s| s ^ 0x00e1_c0de),
+            causal: false,
         };
         self.encoder.forward(x, &inp, None)
     }
@@ -113,6 +114,7 @@ impl EncoderDecoder {
             rope: self.rope.as_ref(),
             memory: Some(memory),
             dropout_seed,
+            causal: false,
         };
         self.decoder.forward(x, &inp, cache)
     }

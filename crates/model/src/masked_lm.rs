@@ -67,7 +67,7 @@ impl MaskedLm {
             None => x,
         };
         let bias = mask.bias(b, t, t, 0, ids.device())?;
-        let inp = BlockInput { bias: bias.as_ref(), cross_bias: None, offset: 0, rope: self.rope.as_ref(), memory: None, dropout_seed };
+        let inp = BlockInput { bias: bias.as_ref(), cross_bias: None, offset: 0, rope: self.rope.as_ref(), memory: None, dropout_seed, causal: false };
         self.encoder.forward(x, &inp, None)
     }
 
