@@ -247,7 +247,8 @@ unsafe fn negative(word: usize, h: &[f32], grad: &mut [f32], s1: &Shared, neg: u
         } else if f < -MAX_EXP {
             label * alpha
         } else {
-            (label - exp_table[((f + MAX_EXP) * (EXP_TABLE as f32 / MAX_EXP / 2.0)) as usize]) * alpha
+            // rounding can land exactly on EXP_TABLE for f just below MAX_EXP; clamp
+            (label - exp_table[(((f + MAX_EXP) * (EXP_TABLE as f32 / MAX_EXP / 2.0)) as usize).min(EXP_TABLE - 1)]) * alpha
         };
         for k in 0..h.len() { grad[k] += g * r[k]; }
         for k in 0..h.len() { r[k] += g * h[k]; }
