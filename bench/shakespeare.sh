@@ -64,10 +64,22 @@ fi
 # the tiny-shakespeare text with a character tokenizer, split 90/10 like nanoGPT, and train c1 with the recipe
 # above (final eval over 200 validation batches); its `train` command
 # prints a JSON outcome whose val_loss (or final_val_loss) we report. Adjust here if the CLI changes.
+# The config reads data/shakespeare/{train,val} and its tokenizer.json (paths relative to the repo root):
+# a character vocabulary and nanoGPT's split (first 90% train, last 10% validation), made once here.
+prepare_ferrolm_data() {
+  if [[ ! -f "$repo/data/shakespeare/val/index.json" ]]; then
+    mkdir -p "$repo/data/shakespeare"
+    "$bin" tokenizer train --char --input "$data" --out "$repo/data/shakespeare/tokenizer.json" >&2
+    "$bin" tokenizer shards --tokenizer "$repo/data/shakespeare/tokenizer.json" --input "$data" \
+      --out "$repo/data/shakespeare" --val-fraction 0.1 >&2
+  fi
+}
+
 run_ferrolm() {
+  prepare_ferrolm_data
   local out; out="$(mktemp -d)"
   local t0 t1; t0=$(date +%s.%N)
-  if ! "$bin" train --config "$config" --out "$out/run" --set "train.max_steps=$iters" >"$out/stdout" 2>"$out/stderr"; then
+  if ! (cd "$repo" && "$bin" train --config "$config" --out "$out/run" --set "train.max_steps=$iters" >"$out/stdout" 2>"$out/stderr"); then
     echo "ferrolm train failed:" >&2; tail -20 "$out/stderr" >&2; rm -rf "$out"; return 1
   fi
   t1=$(date +%s.%N)
@@ -77,6 +89,8 @@ text = open(sys.argv[1]).read()
 start = text.find("{")
 outcome = json.loads(text[start:]) if start >= 0 else {}
 val = next((outcome[k] for k in ("val_loss", "final_val_loss", "eval_loss") if k in outcome), None)
+if val is None and isinstance(outcome.get("val"), dict):
+    val = outcome["val"].get("loss")  # `ferrolm train` prints {"val": {"loss": …, "bits_per_byte": …}, …}
 print(json.dumps({"impl": "ferrolm", "val_loss": val, "wall_seconds": float(sys.argv[3]) - float(sys.argv[2]),
                   "outcome": outcome}))
 EOF
