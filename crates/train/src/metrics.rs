@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One line of `metrics.jsonl`: a training step's numbers or an evaluation's; absent fields are omitted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Record {
     pub step: usize,
     #[serde(skip_serializing_if = "Option::is_none", default)]

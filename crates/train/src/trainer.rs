@@ -320,9 +320,8 @@ impl<'a> Trainer<'a> {
                     lr: Some(lr),
                     grad_norm: Some(norm),
                     tokens_per_sec: Some(tps),
-                    val_loss: None,
-                    val_bpb: None,
                     elapsed_secs: self.state.elapsed_secs,
+                    ..Default::default()
                 })?;
                 bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
                 // Without a terminal (logs, CI) print about fifty plain lines per run.
@@ -367,13 +366,10 @@ impl<'a> Trainer<'a> {
     fn log_eval(&self, log: &mut MetricsLog, ev: &EvalResult) -> Result<()> {
         log.write(&Record {
             step: self.state.step,
-            loss: None,
-            lr: None,
-            grad_norm: None,
-            tokens_per_sec: None,
             val_loss: Some(ev.loss),
             val_bpb: Some(ev.bits_per_byte),
             elapsed_secs: self.state.elapsed_secs,
+            ..Default::default()
         })
     }
 }
