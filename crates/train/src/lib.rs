@@ -19,4 +19,4 @@ pub mod trainer;
 
 pub use config::{RunConfig, TrainConfig};
 pub use data::TokenSource;
-pub use trainer::{evaluate, EvalResult, Trainer, TrainOutcome};
+pub use trainer::{evaluate, CausalLm, EvalResult, LmTask, TrainOutcome, TrainTask, Trainer};

@@ -25,6 +25,9 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub val_bpb: Option<f64>,
     pub elapsed_secs: f64,
+    /// Task-specific figures (`val_accuracy`, `reward_margin`, `kl`, …).
+    #[serde(flatten, default)]
+    pub extra: std::collections::BTreeMap<String, f64>,
 }
 
 pub struct MetricsLog {

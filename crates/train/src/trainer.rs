@@ -7,15 +7,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 use std::time::Instant;
 
+use std::collections::{BTreeMap, HashMap};
+
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use ferrolm_model::attention::MaskSpec;
 use ferrolm_model::{init::init_params, Transformer};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::RunConfig;
+use crate::config::{RunConfig, TrainConfig};
 use crate::data::{eval_offsets, make_batch, step_seed, train_offsets, TokenSource};
 use crate::metrics::{MetricsLog, Record};
 use crate::optim::AdamW;
@@ -52,14 +54,18 @@ pub enum StopReason {
     TimeLimit,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct EvalResult {
-    /// Mean cross-entropy per target token, in nats.
+    /// Mean loss per scored target (nats for language models).
     pub loss: f64,
-    /// Total cross-entropy in bits divided by the UTF-8 bytes the target tokens stand for.
+    /// Total cross-entropy in bits divided by the UTF-8 bytes the target tokens stand for
+    /// (NaN where the task has no byte count, e.g. classification).
     pub bits_per_byte: f64,
     pub tokens: usize,
     pub bytes: u64,
+    /// Task-specific figures (accuracy, pairwise accuracy, reward margin, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +77,39 @@ pub struct TrainOutcome {
     pub tokens_per_sec: f64,
     pub elapsed_secs: f64,
     pub checkpoint: PathBuf,
+}
+
+/// What the training loop needs from "a model + an objective + its data": the loop
+/// itself (accumulation, clipping, AdamW, schedule, evaluation, checkpoints, exact
+/// resume, metrics, Ctrl-C) is shared by pretraining, fine-tuning and alignment.
+pub trait TrainTask {
+    /// The loss of micro-batch `micro` of optimizer step `step`: a scalar f32 tensor
+    /// (the mean over the micro-batch; the trainer divides by `grad_accum`), and how many
+    /// tokens it trained on (for tokens/s). Every random choice (which examples, dropout,
+    /// masking) must be drawn from `data::step_seed(seed, step, micro, purpose)`, never from
+    /// state carried across steps, so that a resumed run is exactly the uninterrupted one.
+    fn micro_batch_loss(&self, step: usize, micro: usize) -> Result<(Tensor, usize)>;
+    /// Held-out evaluation; `loss` is the headline figure, task figures go in `extra`.
+    fn evaluate(&self) -> Result<EvalResult>;
+    /// Whether the parameter `name` (a VarMap key) is trained. Frozen parameters get no
+    /// optimizer state and are never updated (but are saved with the checkpoint).
+    fn trainable(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// A model that maps token ids (batch, T) to next-token logits (batch, T, vocab) under
+/// causal attention: the Transformer decoder, and the recurrent and window models of the
+/// history issue. `dropout_seed` is `None` at evaluation.
+pub trait CausalLm {
+    fn causal_logits(&self, inputs: &Tensor, dropout_seed: Option<u64>) -> Result<Tensor>;
+}
+
+impl CausalLm for Transformer {
+    fn causal_logits(&self, inputs: &Tensor, dropout_seed: Option<u64>) -> Result<Tensor> {
+        let hidden = self.hidden(inputs, &MaskSpec::causal(), None, dropout_seed)?;
+        Ok(self.logits(&hidden)?)
+    }
 }
 
 /// Build the model described by `cfg` with fresh variables (not initialised).
@@ -92,11 +131,11 @@ pub fn load_run(run_dir: &Path, device: &Device) -> Result<(RunConfig, Transform
     Ok((cfg, model, varmap))
 }
 
-/// Held-out loss and bits per byte over fixed windows of `src`.
+/// Held-out loss and bits per byte of a causal LM over fixed windows of `src`.
 /// Tokens that stand for no text (special tokens such as end-of-text) count in the loss
 /// but not in bits per byte, whose denominator is text bytes.
 pub fn evaluate(
-    model: &Transformer,
+    model: &dyn CausalLm,
     src: &dyn TokenSource,
     token_bytes: &[u32],
     seq_len: usize,
@@ -109,8 +148,8 @@ pub fn evaluate(
     let offsets = eval_offsets(src, n_windows, seq_len);
     let (mut nll_all, mut nll_text, mut tokens, mut bytes) = (0f64, 0f64, 0usize, 0u64);
     for chunk in offsets.chunks(batch_size) {
-        let batch = make_batch(src, chunk, seq_len, model.device())?;
-        let logits = model.forward(&batch.inputs, &MaskSpec::causal(), None)?;
+        let batch = make_batch(src, chunk, seq_len, &Device::Cpu)?;
+        let logits = model.causal_logits(&batch.inputs, None)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let nll: Vec<f32> = logp
             .gather(&batch.targets.unsqueeze(D::Minus1)?, D::Minus1)?
@@ -132,38 +171,109 @@ pub fn evaluate(
         bits_per_byte: if bytes > 0 { nll_text / std::f64::consts::LN_2 / bytes as f64 } else { f64::NAN },
         tokens,
         bytes,
+        extra: BTreeMap::new(),
     })
 }
 
-pub struct Trainer<'a> {
-    pub cfg: RunConfig,
-    pub model: Transformer,
-    pub varmap: VarMap,
-    opt: AdamW,
-    run_dir: PathBuf,
+/// Pretraining a causal LM on a token stream: random windows of `seq_len + 1` tokens,
+/// next-token cross-entropy at every position.
+pub struct LmTask<'a, M: CausalLm> {
+    pub model: M,
     train: &'a dyn TokenSource,
     val: &'a dyn TokenSource,
     token_bytes: Vec<u32>,
+    seq_len: usize,
+    batch_size: usize,
+    eval_windows: usize,
+    seed: u64,
+}
+
+impl<'a, M: CausalLm> LmTask<'a, M> {
+    pub fn new(model: M, train: &'a dyn TokenSource, val: &'a dyn TokenSource, token_bytes: Vec<u32>, seq_len: usize, tc: &TrainConfig) -> Result<Self> {
+        let need = seq_len + 2;
+        if train.len() < need {
+            bail!("training data has {} tokens; need at least {need} for one window of train.seq_len {seq_len}", train.len());
+        }
+        if val.len() < need {
+            bail!("held-out data has {} tokens; need at least {need}", val.len());
+        }
+        Ok(Self { model, train, val, token_bytes, seq_len, batch_size: tc.batch_size, eval_windows: tc.eval_batches * tc.batch_size, seed: tc.seed })
+    }
+}
+
+impl<M: CausalLm> TrainTask for LmTask<'_, M> {
+    fn micro_batch_loss(&self, step: usize, micro: usize) -> Result<(Tensor, usize)> {
+        let offsets = train_offsets(self.train, self.seed, step, micro, self.batch_size, self.seq_len);
+        let batch = make_batch(self.train, &offsets, self.seq_len, &Device::Cpu)?;
+        let dropout_seed = Some(step_seed(self.seed, step, micro, "dropout"));
+        let logits = self.model.causal_logits(&batch.inputs, dropout_seed)?;
+        let loss = ferrolm_model::ops::cross_entropy(&logits.flatten_to(1)?, &batch.targets.flatten_all()?)?;
+        Ok((loss, self.batch_size * self.seq_len))
+    }
+
+    fn evaluate(&self) -> Result<EvalResult> {
+        evaluate(&self.model, self.val, &self.token_bytes, self.seq_len, self.batch_size, self.eval_windows)
+    }
+}
+
+pub struct Trainer<'a> {
+    /// The optimisation settings in force (a resumed run may change them).
+    pub cfg: TrainConfig,
+    pub varmap: VarMap,
+    task: Box<dyn TrainTask + 'a>,
+    opt: AdamW,
+    run_dir: PathBuf,
     state: TrainState,
     /// Print plain progress lines instead of a bar (logs, CI).
     pub quiet: bool,
     /// Stop as if interrupted once this step is reached (tests of resume; embedders).
     pub stop_at: Option<usize>,
+    /// Title of the loss-curve picture.
+    pub title: String,
 }
 
 impl<'a> Trainer<'a> {
-    fn check_data(cfg: &RunConfig, train: &dyn TokenSource, val: &dyn TokenSource) -> Result<()> {
-        let need = cfg.seq_len() + 2;
-        if train.len() < need {
-            bail!("training data has {} tokens; need at least {need} for one window of train.seq_len {}", train.len(), cfg.seq_len());
+    /// A fresh run of any task. The caller has built the task's model in `varmap`,
+    /// initialised (or loaded) its weights, and written the run's `config.toml`.
+    pub fn from_task(cfg: TrainConfig, run_dir: &Path, varmap: VarMap, task: Box<dyn TrainTask + 'a>) -> Result<Self> {
+        cfg.validate().map_err(|e| anyhow::anyhow!("invalid [train]: {e}"))?;
+        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        let trainable: HashMap<String, Var> = {
+            let vars = varmap.data().lock().expect("varmap lock");
+            vars.iter().filter(|(name, _)| task.trainable(name)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        if trainable.is_empty() {
+            bail!("the task trains no parameter: every parameter is frozen");
         }
-        if val.len() < need {
-            bail!("held-out data has {} tokens; need at least {need}", val.len());
-        }
-        Ok(())
+        let opt = AdamW::new(&trainable, &cfg);
+        let state = TrainState {
+            format: checkpoint::FORMAT_VERSION,
+            step: 0,
+            adam_t: 0,
+            seed: cfg.seed,
+            tokens_seen: 0,
+            elapsed_secs: 0.0,
+            last_train_loss: None,
+        };
+        Ok(Self { cfg, varmap, task, opt, run_dir: run_dir.to_path_buf(), state, quiet: false, stop_at: None, title: "ferrolm training".into() })
     }
 
-    /// A fresh run: initialise the weights from the seed and write `config.toml`.
+    /// Continue any task's run from its latest checkpoint: weights, optimizer moments and
+    /// step. `cfg` may raise `max_steps` or change other optimisation settings.
+    pub fn resume_task(cfg: TrainConfig, run_dir: &Path, varmap: VarMap, task: Box<dyn TrainTask + 'a>) -> Result<Self> {
+        let ckpt = checkpoint::latest(run_dir)?;
+        let state = checkpoint::read_state(&ckpt)?;
+        let mut t = Self::from_task(cfg, run_dir, varmap, task)?;
+        checkpoint::load_weights(&t.varmap, &ckpt.join("model.safetensors"))?;
+        let opt_state = checkpoint::load_tensors(&ckpt.join("optimizer.safetensors"))?;
+        t.opt.load_state(&opt_state, state.adam_t).with_context(|| format!("in {}", ckpt.display()))?;
+        tracing::info!("resuming {} from step {}", run_dir.display(), state.step);
+        t.state = state;
+        Ok(t)
+    }
+
+    /// A fresh pretraining run of the Transformer decoder in `cfg` on a token stream:
+    /// validates the config, writes `config.toml`, initialises the weights from the seed.
     pub fn new(
         cfg: RunConfig,
         run_dir: &Path,
@@ -173,26 +283,17 @@ impl<'a> Trainer<'a> {
         device: &Device,
     ) -> Result<Self> {
         cfg.validate()?;
-        Self::check_data(&cfg, train, val)?;
         std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-        ferrolm_common::write_atomic(run_dir.join("config.toml"), cfg.to_toml())?;
         let (model, varmap) = build_model(&cfg, device)?;
+        let task = LmTask::new(model, train, val, token_bytes, cfg.seq_len(), &cfg.train)?;
+        ferrolm_common::write_atomic(run_dir.join("config.toml"), cfg.to_toml())?;
         init_params(&varmap, cfg.model.n_layers, cfg.train.seed)?;
-        let opt = AdamW::new(&varmap.data().lock().expect("varmap lock"), &cfg.train);
-        let state = TrainState {
-            format: checkpoint::FORMAT_VERSION,
-            step: 0,
-            adam_t: 0,
-            seed: cfg.train.seed,
-            tokens_seen: 0,
-            elapsed_secs: 0.0,
-            last_train_loss: None,
-        };
-        Ok(Self { cfg, model, varmap, opt, run_dir: run_dir.to_path_buf(), train, val, token_bytes, state, quiet: false, stop_at: None })
+        Self::from_task(cfg.train.clone(), run_dir, varmap, Box::new(task))
     }
 
-    /// Continue a run from its latest checkpoint. `cfg` may raise `train.max_steps` (and
-    /// change other optimisation settings), but the model must be the one saved.
+    /// Continue a pretraining run from its latest checkpoint. `cfg` may raise
+    /// `train.max_steps` (and change other optimisation settings), but the model must be
+    /// the one saved.
     pub fn resume(
         cfg: RunConfig,
         run_dir: &Path,
@@ -201,20 +302,17 @@ impl<'a> Trainer<'a> {
         token_bytes: Vec<u32>,
         device: &Device,
     ) -> Result<Self> {
-        let ckpt = checkpoint::latest(run_dir)?;
-        let state = checkpoint::read_state(&ckpt)?;
+        cfg.validate()?;
+        checkpoint::latest(run_dir)?;
         let saved = ferrolm_common::load_config(Some(&run_dir.join("config.toml")), &[])?;
         let saved = RunConfig::from_value(&saved)?;
         if saved.model != cfg.model {
             bail!("cannot resume {}: the [model] section differs from the saved config.toml", run_dir.display());
         }
-        let mut t = Self::new(cfg, run_dir, train, val, token_bytes, device)?;
-        checkpoint::load_weights(&t.varmap, &ckpt.join("model.safetensors"))?;
-        let opt_state = checkpoint::load_tensors(&ckpt.join("optimizer.safetensors"))?;
-        t.opt.load_state(&opt_state, state.adam_t).with_context(|| format!("in {}", ckpt.display()))?;
-        tracing::info!("resuming {} from step {}", run_dir.display(), state.step);
-        t.state = state;
-        Ok(t)
+        let (model, varmap) = build_model(&cfg, device)?;
+        let task = LmTask::new(model, train, val, token_bytes, cfg.seq_len(), &cfg.train)?;
+        ferrolm_common::write_atomic(run_dir.join("config.toml"), cfg.to_toml())?;
+        Self::resume_task(cfg.train.clone(), run_dir, varmap, Box::new(task))
     }
 
     pub fn step(&self) -> usize {
@@ -223,18 +321,14 @@ impl<'a> Trainer<'a> {
 
     /// One optimizer step: `grad_accum` micro-batches, clip, AdamW. Returns (loss, grad norm).
     pub fn train_step(&mut self) -> Result<(f64, f64)> {
-        let tc = &self.cfg.train;
-        let seq = self.cfg.seq_len();
+        let tc = &self.cfg;
         let step = self.state.step;
         let mut acc: Option<Vec<Vec<f32>>> = None;
         let mut loss_sum = 0f64;
+        let mut tokens = 0usize;
         for micro in 0..tc.grad_accum {
-            let offsets = train_offsets(self.train, tc.seed, step, micro, tc.batch_size, seq);
-            let batch = make_batch(self.train, &offsets, seq, self.model.device())?;
-            let dropout_seed = Some(step_seed(tc.seed, step, micro, "dropout"));
-            let hidden = self.model.hidden(&batch.inputs, &MaskSpec::causal(), None, dropout_seed)?;
-            let logits = self.model.logits(&hidden)?;
-            let loss = ferrolm_model::ops::cross_entropy(&logits.flatten_to(1)?, &batch.targets.flatten_all()?)?;
+            let (loss, n) = self.task.micro_batch_loss(step, micro)?;
+            tokens += n;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 bail!(
@@ -265,37 +359,36 @@ impl<'a> Trainer<'a> {
         }
         self.state.step += 1;
         self.state.adam_t = self.opt.t;
-        self.state.tokens_seen += (tc.batch_size * seq * tc.grad_accum) as u64;
+        self.state.tokens_seen += tokens as u64;
         let loss = loss_sum / tc.grad_accum as f64;
         self.state.last_train_loss = Some(loss);
         Ok((loss, norm))
     }
 
     pub fn evaluate(&self) -> Result<EvalResult> {
-        let tc = &self.cfg.train;
-        evaluate(&self.model, self.val, &self.token_bytes, self.cfg.seq_len(), tc.batch_size, tc.eval_batches * tc.batch_size)
+        self.task.evaluate()
     }
 
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
-        checkpoint::save(&self.run_dir, &self.varmap, self.opt.state_tensors()?, &self.state, self.cfg.train.keep_checkpoints)
+        checkpoint::save(&self.run_dir, &self.varmap, self.opt.state_tensors()?, &self.state, self.cfg.keep_checkpoints)
     }
 
     /// Train until `train.max_steps`, the time limit, or Ctrl-C; always ends with a
     /// checkpoint, an evaluation, `metrics.jsonl` and `loss.svg`.
     pub fn run(&mut self) -> Result<TrainOutcome> {
         install_interrupt_handler();
-        let tc = self.cfg.train.clone();
+        let tc = self.cfg.clone();
         let resumed = (self.state.step > 0).then_some(self.state.step);
         let mut log = MetricsLog::open(&self.run_dir.join("metrics.jsonl"), resumed)?;
         let start_step = self.state.step;
+        let tokens0 = self.state.tokens_seen;
         let t0 = Instant::now();
         let elapsed0 = self.state.elapsed_secs;
         let bar = ferrolm_common::progress::bar(tc.max_steps as u64, "train");
         bar.set_position(start_step as u64);
-        let tokens_per_step = (tc.batch_size * self.cfg.seq_len() * tc.grad_accum) as f64;
         let mut stop = StopReason::Completed;
         let mut last_val = None;
-        let mut window_start = (Instant::now(), self.state.step);
+        let mut window_start = (Instant::now(), self.state.tokens_seen);
         while self.state.step < tc.max_steps {
             if INTERRUPTED.load(Ordering::SeqCst) || self.stop_at.is_some_and(|s| self.state.step >= s) {
                 stop = StopReason::Interrupted;
@@ -312,8 +405,8 @@ impl<'a> Trainer<'a> {
             bar.set_position(step as u64);
             if step % tc.log_interval.max(1) == 0 || step == tc.max_steps {
                 let dt = window_start.0.elapsed().as_secs_f64();
-                let tps = (step - window_start.1) as f64 * tokens_per_step / dt.max(1e-9);
-                window_start = (Instant::now(), step);
+                let tps = (self.state.tokens_seen - window_start.1) as f64 / dt.max(1e-9);
+                window_start = (Instant::now(), self.state.tokens_seen);
                 log.write(&Record {
                     step,
                     loss: Some(loss),
@@ -334,7 +427,7 @@ impl<'a> Trainer<'a> {
             if tc.eval_interval > 0 && step % tc.eval_interval == 0 && step < tc.max_steps {
                 let ev = self.evaluate()?;
                 self.log_eval(&mut log, &ev)?;
-                bar.println(format!("step {step}: val loss {:.4}, {:.4} bits/byte", ev.loss, ev.bits_per_byte));
+                bar.println(format!("step {step}: {}", describe_eval(&ev)));
                 last_val = Some(ev);
             }
             if tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0 && step < tc.max_steps {
@@ -349,15 +442,14 @@ impl<'a> Trainer<'a> {
             last_val = Some(ev);
         }
         let records = crate::metrics::read(&self.run_dir.join("metrics.jsonl"))?;
-        crate::plot::loss_curve(&records, "ferrolm training", &self.run_dir.join("loss.svg"))?;
+        crate::plot::loss_curve(&records, &self.title, &self.run_dir.join("loss.svg"))?;
         let elapsed = t0.elapsed().as_secs_f64();
-        let steps_done = self.state.step - start_step;
         Ok(TrainOutcome {
             steps: self.state.step,
             stop,
             last_train_loss: self.state.last_train_loss,
             val: last_val,
-            tokens_per_sec: steps_done as f64 * tokens_per_step / elapsed.max(1e-9),
+            tokens_per_sec: (self.state.tokens_seen - tokens0) as f64 / elapsed.max(1e-9),
             elapsed_secs: self.state.elapsed_secs,
             checkpoint: ckpt,
         })
@@ -367,9 +459,22 @@ impl<'a> Trainer<'a> {
         log.write(&Record {
             step: self.state.step,
             val_loss: Some(ev.loss),
-            val_bpb: Some(ev.bits_per_byte),
+            val_bpb: ev.bits_per_byte.is_finite().then_some(ev.bits_per_byte),
             elapsed_secs: self.state.elapsed_secs,
+            extra: ev.extra.iter().map(|(k, v)| (format!("val_{k}"), *v)).collect(),
             ..Default::default()
         })
     }
+}
+
+/// One line for the log: loss, bits per byte where defined, then the task's figures.
+pub fn describe_eval(ev: &EvalResult) -> String {
+    let mut s = format!("val loss {:.4}", ev.loss);
+    if ev.bits_per_byte.is_finite() {
+        s.push_str(&format!(", {:.4} bits/byte", ev.bits_per_byte));
+    }
+    for (k, v) in &ev.extra {
+        s.push_str(&format!(", {k} {v:.4}"));
+    }
+    s
 }

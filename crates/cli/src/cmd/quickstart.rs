@@ -194,8 +194,9 @@ pub fn run(args: Args) -> Result<()> {
     let run_dir = out.clone();
     let mut trainer = Trainer::new(cfg.clone(), &run_dir, &train, &val, token_bytes.clone(), &Device::Cpu)?;
     let outcome = trainer.run()?;
-    let model = trainer.model.clone();
     drop(trainer);
+    // The final checkpoint holds exactly the trained weights.
+    let (_, model, _) = ferrolm_train::trainer::load_run(&run_dir, &Device::Cpu)?;
     timings.push(("pretrain", s.done()));
     let val_result = outcome.val.clone().context("training ended without an evaluation")?;
     eprintln!(

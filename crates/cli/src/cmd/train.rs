@@ -71,6 +71,7 @@ pub fn train_run(cfg: RunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm
     let mut bytes = tokenizer.token_bytes();
     bytes.resize(cfg.model.vocab_size, 0);
     let device = Device::Cpu;
+    let n_params = cfg.model.num_params();
     let mut trainer = if resume {
         Trainer::resume(cfg, run_dir, &train, &val, bytes, &device)?
     } else {
@@ -78,7 +79,7 @@ pub fn train_run(cfg: RunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm
     };
     eprintln!(
         "training {} parameters on {} tokens ({} held out) into {}",
-        trainer.cfg.model.num_params(),
+        n_params,
         train.len(),
         val.len(),
         run_dir.display()
