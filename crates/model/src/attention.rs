@@ -4,6 +4,7 @@
 //! never attended), grouped-query heads, RoPE, a KV cache, and cross-attention to an
 //! encoder's output for encoder-decoders.
 
+use crate::fused_attention::fused_self_attention;
 use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -247,6 +248,19 @@ impl Attention {
     }
 
     pub fn forward(&self, x: &Tensor, inp: AttnInput) -> Result<Tensor> {
+        // Training-shaped self-attention (no cache, no mask bias, no RoPE, no attention
+        // dropout) takes the fused CPU kernel: same result, a fraction of the copies.
+        let attn_dropout = inp.dropout_seed.is_some() && self.dropout > 0.0;
+        if let (Some(qkv), None, None, None, None, false) = (&self.qkv, inp.memory, inp.bias, inp.rope, inp.cache.as_ref(), attn_dropout) {
+            if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+                let y = fused_self_attention(&qkv.forward(x)?, self.n_heads, self.n_kv_heads, self.head_dim, inp.causal)?;
+                let y = self.proj.forward(&y)?;
+                return match inp.dropout_seed {
+                    Some(seed) => crate::ops::dropout(&y, self.dropout, seed ^ 0x9e37_79b9_7f4a_7c15),
+                    None => Ok(y),
+                };
+            }
+        }
         let (b, t, c) = x.dims3()?;
         let kv_width = self.n_kv_heads * self.head_dim;
         let (q, k, v) = match (&self.qkv, inp.memory) {

@@ -8,6 +8,7 @@ pub mod block;
 pub mod config;
 pub mod embed;
 pub mod encoder_decoder;
+pub mod fused_attention;
 pub mod masked_lm;
 pub mod init;
 pub mod linear;

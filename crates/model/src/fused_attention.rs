@@ -1,0 +1,308 @@
+//! Fused self-attention for training on CPU: one op from the fused q/k/v projection
+//! `(batch, T, (H + 2·KVH)·D)` straight to the heads' concatenated output `(batch, T, H·D)`,
+//! with its backward pass.
+//!
+//! Why: composed from candle ops, attention splits q/k/v with `narrow`, moves heads to
+//! the front with copies, runs batched matmuls, and on the way back turns every one of
+//! those steps into another copy (`narrow`'s gradient is a concatenation with zeros,
+//! a transpose's gradient a strided copy). Here each (sequence, key/value head) pair is
+//! one task: its queries, keys and values are read in place from the projection through
+//! strides (the `gemm` crate takes any row/column stride), scores live in a T×T scratch
+//! buffer, and the output is written in place into its columns. The backward pass
+//! recomputes the probabilities (as FlashAttention does) instead of keeping them, and
+//! writes dQ, dK and dV straight into the gradient of the projection.
+//!
+//! Covers causal or bidirectional self-attention with grouped-query heads, without a
+//! bias/segment mask, KV cache or attention dropout; other cases take the composed path.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::ops::fast_exp;
+
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    h: usize,
+    kvh: usize,
+    d: usize,
+    causal: bool,
+    scale: f32,
+}
+
+impl Dims {
+    /// Width of a projection row: queries, keys, values.
+    fn w(&self) -> usize {
+        (self.h + 2 * self.kvh) * self.d
+    }
+    /// Width of an output row.
+    fn c(&self) -> usize {
+        self.h * self.d
+    }
+    fn rep(&self) -> usize {
+        self.h / self.kvh
+    }
+    fn q_off(&self, head: usize) -> usize {
+        head * self.d
+    }
+    fn k_off(&self, kv_head: usize) -> usize {
+        self.c() + kv_head * self.d
+    }
+    fn v_off(&self, kv_head: usize) -> usize {
+        self.c() + self.kvh * self.d + kv_head * self.d
+    }
+}
+
+/// A raw pointer that tasks on other threads may write through: every task writes a
+/// disjoint set of columns, which is what makes the sharing sound.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// dst (m×n, strides rs/cs) := [dst +] lhs · rhs, single-threaded (tasks are already parallel).
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    dst_cs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+    scale: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs as isize,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        if accumulate { 1.0 } else { 0.0 },
+        scale,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+/// P = softmax(scale · Q Kᵀ) for one head of one sequence, into `p` (T×T, row-major).
+/// Masked entries (j > i when causal) are exactly zero.
+unsafe fn probabilities(dm: &Dims, base: *const f32, head: usize, p: &mut [f32]) {
+    let (t, w) = (dm.t, dm.w());
+    let q = base.add(dm.q_off(head));
+    let k = base.add(dm.k_off(head / dm.rep()));
+    // S = Q · Kᵀ; Kᵀ's element (d, j) is k[j, d]: row stride 1, column stride w.
+    mm(t, t, dm.d, p.as_mut_ptr(), t, 1, false, q, w, 1, k, 1, w, dm.scale);
+    for (i, row) in p.chunks_mut(t).enumerate() {
+        let visible = if dm.causal { i + 1 } else { t };
+        let (live, masked) = row.split_at_mut(visible);
+        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for x in live.iter_mut() {
+            *x = fast_exp(*x - max);
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        live.iter_mut().for_each(|x| *x *= inv);
+        masked.iter_mut().for_each(|x| *x = 0.0);
+    }
+}
+
+struct FusedSelfAttention(Dims);
+
+impl CustomOp1 for FusedSelfAttention {
+    fn name(&self) -> &'static str {
+        "ferrolm-fused-self-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dm = self.0;
+        let qkv = contiguous(s, l, self.name())?;
+        let (t, w, c) = (dm.t, dm.w(), dm.c());
+        let mut y = vec![0f32; dm.b * t * c];
+        let out = SharedMut(y.as_mut_ptr());
+        (0..dm.b * dm.h).into_par_iter().for_each_init(
+            || vec![0f32; t * t],
+            |p, task| {
+                let (bi, head) = (task / dm.h, task % dm.h);
+                unsafe {
+                    let base = qkv.as_ptr().add(bi * t * w);
+                    probabilities(&dm, base, head, p);
+                    let v = base.add(dm.v_off(head / dm.rep()));
+                    let out = out; // capture the Sync wrapper, not its raw field
+                    let dst = out.0.add(bi * t * c + head * dm.d);
+                    mm(t, dm.d, t, dst, c, 1, false, p.as_ptr(), t, 1, v, w, 1, 1.0);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(y), Shape::from((dm.b, t, c))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &FusedSelfAttentionBackward(self.0))?))
+    }
+}
+
+struct FusedSelfAttentionBackward(Dims);
+
+impl CustomOp2 for FusedSelfAttentionBackward {
+    fn name(&self) -> &'static str {
+        "ferrolm-fused-self-attention-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dm = self.0;
+        let qkv = contiguous(s1, l1, self.name())?;
+        let dy = contiguous(s2, l2, self.name())?;
+        let (t, w, c, d) = (dm.t, dm.w(), dm.c(), dm.d);
+        let mut dqkv = vec![0f32; dm.b * t * w];
+        let out = SharedMut(dqkv.as_mut_ptr());
+        // One task per (sequence, key/value head): the query heads that share a key/value
+        // head add into the same dK and dV, so they run in the same task.
+        (0..dm.b * dm.kvh).into_par_iter().for_each_init(
+            || (vec![0f32; t * t], vec![0f32; t * t]),
+            |(p, dp), task| {
+                let (bi, kv_head) = (task / dm.kvh, task % dm.kvh);
+                let out = out; // capture the Sync wrapper, not its raw field
+                unsafe {
+                    let base = qkv.as_ptr().add(bi * t * w);
+                    let gbase = out.0.add(bi * t * w);
+                    let k = base.add(dm.k_off(kv_head));
+                    let v = base.add(dm.v_off(kv_head));
+                    for (r, head) in (kv_head * dm.rep()..(kv_head + 1) * dm.rep()).enumerate() {
+                        let first = r == 0;
+                        probabilities(&dm, base, head, p);
+                        let g = dy.as_ptr().add(bi * t * c + head * d);
+                        // dP = dY · Vᵀ
+                        mm(t, t, d, dp.as_mut_ptr(), t, 1, false, g, c, 1, v, 1, w, 1.0);
+                        // dV += Pᵀ · dY  (Pᵀ's element (j, i) is p[i, j])
+                        mm(t, d, t, gbase.add(dm.v_off(kv_head)), w, 1, !first, p.as_ptr(), 1, t, g, c, 1, 1.0);
+                        // dS = P ⊙ (dP − Σⱼ P⊙dP), times the score scale
+                        for (pr, dr) in p.chunks(t).zip(dp.chunks_mut(t)) {
+                            let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                            for (x, &pv) in dr.iter_mut().zip(pr) {
+                                *x = pv * (*x - dot) * dm.scale;
+                            }
+                        }
+                        // dQ = dS · K
+                        mm(t, d, t, gbase.add(dm.q_off(head)), w, 1, false, dp.as_ptr(), t, 1, k, w, 1, 1.0);
+                        // dK += dSᵀ · Q
+                        let q = base.add(dm.q_off(head));
+                        mm(t, d, t, gbase.add(dm.k_off(kv_head)), w, 1, !first, dp.as_ptr(), 1, t, q, w, 1, 1.0);
+                    }
+                }
+            },
+        );
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("{op}: only f32 is implemented on CPU, got {:?}", s.dtype()),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Self-attention of `qkv` (batch, T, (H + 2·KVH)·D), laid out as the fused projection
+/// writes it (all query heads, then key heads, then value heads), to (batch, T, H·D):
+/// softmax(Q Kᵀ / √D) V per head, causal or bidirectional. CPU, f32.
+pub fn fused_self_attention(qkv: &Tensor, n_heads: usize, n_kv_heads: usize, head_dim: usize, causal: bool) -> Result<Tensor> {
+    let (b, t, width) = qkv.dims3()?;
+    if width != (n_heads + 2 * n_kv_heads) * head_dim || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        candle_core::bail!("fused attention: width {width} does not fit {n_heads} heads, {n_kv_heads} kv heads of {head_dim}");
+    }
+    let dims = Dims { b, t, h: n_heads, kvh: n_kv_heads, d: head_dim, causal, scale: 1.0 / (head_dim as f32).sqrt() };
+    qkv.contiguous()?.apply_op1(FusedSelfAttention(dims))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    /// The composed reference: split, heads to the front, softmax(QKᵀ·s + mask)·V.
+    fn reference(qkv: &Tensor, h: usize, kvh: usize, d: usize, causal: bool) -> Tensor {
+        let (b, t, _) = qkv.dims3().unwrap();
+        let heads = |x: Tensor, n: usize| x.reshape((b, t, n, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let q = heads(qkv.narrow(D::Minus1, 0, h * d).unwrap(), h);
+        let rep = |x: Tensor| {
+            let x = heads(x, kvh);
+            x.unsqueeze(2).unwrap().expand((b, kvh, h / kvh, t, d)).unwrap().reshape((b, h, t, d)).unwrap()
+        };
+        let k = rep(qkv.narrow(D::Minus1, h * d, kvh * d).unwrap());
+        let v = rep(qkv.narrow(D::Minus1, h * d + kvh * d, kvh * d).unwrap());
+        let s = (q.matmul(&k.t().unwrap()).unwrap() * (1.0 / (d as f64).sqrt())).unwrap();
+        let s = if causal {
+            let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+            s.broadcast_add(&Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap()).unwrap()
+        } else {
+            s
+        };
+        // candle-nn's composed softmax (its fused one has no backward).
+        let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+        p.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn matches_the_composed_attention_forward_and_backward() {
+        for (h, kvh, causal) in [(4, 4, true), (4, 2, true), (4, 1, false), (2, 2, false)] {
+            let (b, t, d) = (3, 7, 8);
+            let x = Tensor::randn(0f32, 1.0, (b, t, (h + 2 * kvh) * d), &Device::Cpu).unwrap();
+            let x = Var::from_tensor(&x).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (b, t, h * d), &Device::Cpu).unwrap();
+            let fused = fused_self_attention(x.as_tensor(), h, kvh, d, causal).unwrap();
+            let refr = reference(x.as_tensor(), h, kvh, d, causal);
+            assert!(max_diff(&fused, &refr) < 1e-5, "forward h{h} kvh{kvh} causal {causal}");
+            let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (refr * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let (gf, gr) = (gf.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap());
+            assert!(max_diff(gf, gr) < 1e-4, "backward h{h} kvh{kvh} causal {causal}: {}", max_diff(gf, gr));
+        }
+    }
+
+    #[test]
+    fn a_causal_position_never_sees_the_future() {
+        let (b, t, h, d) = (1, 6, 2, 4);
+        let x = Tensor::randn(0f32, 1.0, (b, t, 3 * h * d), &Device::Cpu).unwrap();
+        let y = fused_self_attention(&x, h, h, d, true).unwrap();
+        // Change the last position's keys and values: earlier outputs must not move.
+        let mut v = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let row = 3 * h * d;
+        for x in &mut v[(t - 1) * row..] {
+            *x += 3.0;
+        }
+        let x2 = Tensor::from_vec(v, (b, t, row), &Device::Cpu).unwrap();
+        let y2 = fused_self_attention(&x2, h, h, d, true).unwrap();
+        let early = |y: &Tensor| y.narrow(1, 0, t - 1).unwrap();
+        assert_eq!(max_diff(&early(&y), &early(&y2)), 0.0);
+        assert!(max_diff(&y, &y2) > 1e-3);
+    }
+}
