@@ -88,7 +88,7 @@ fn history_experiment_runs_every_family_and_writes_the_report() {
     // The fixture is a small grammar: the trigram model and the trained LSTM beat unigram statistics.
     assert!(rows[0]["bits_per_byte"].as_f64().unwrap() < unigram);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("| LSTM: LSTM") && report.contains("What the numbers show"), "{report}");
+    assert!(report.contains("| LSTM | LSTM (1 layers") && report.contains("What the numbers show"), "{report}");
     let svg = std::fs::read_to_string(out.join("history.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("NPLM"));
 

@@ -115,8 +115,25 @@ impl RecurrentLayer {
     }
 
     /// Run the recurrence over a time-major sequence `x` (T, B, in) from a zero state;
-    /// returns every step's hidden state (T, B, H).
+    /// returns every step's hidden state (T, B, H). The input projection is one GEMM; the
+    /// recurrence runs in [`RecurrenceOp`], which does exactly what [`Self::forward_stepwise`]
+    /// spells out, with a hand-written backward pass through time (tests check the two agree).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (t_len, b, input) = x.dims3()?;
+        let xw = affine(&x.reshape((t_len * b, input))?, &self.w_ih, &self.bias)?;
+        let xw = xw.reshape((t_len, b, self.cell.gates() * self.hidden))?;
+        if !xw.device().is_cpu() {
+            return self.forward_stepwise(x);
+        }
+        xw.contiguous()?.apply_op2(&self.w_hh.contiguous()?, RecurrenceOp::new(self.cell, t_len, b, self.hidden))
+    }
+
+    /// The recurrence as plain candle ops, one time step after another — the readable
+    /// definition, differentiated by candle's autograd. It is slow to train with: autograd
+    /// turns each per-step slice of the precomputed projection into a zero-padded
+    /// full-window gradient (quadratic in T), and accumulates W_hh's gradient in T small
+    /// GEMMs; [`RecurrenceOp`] avoids both.
+    pub fn forward_stepwise(&self, x: &Tensor) -> Result<Tensor> {
         let (t_len, b, input) = x.dims3()?;
         let h_dim = self.hidden;
         // The input projection of the whole window: one GEMM instead of T small ones.
@@ -154,6 +171,187 @@ impl RecurrentLayer {
             h = Some(h_new);
         }
         Tensor::stack(&outs, 0)
+    }
+}
+
+/// A float type the fused recurrence runs in (f32 for training, f64 for gradient checks).
+trait Real: candle_core::WithDType {
+    fn sigmoid(self) -> Self;
+    fn tanh(self) -> Self;
+}
+
+impl Real for f32 {
+    fn sigmoid(self) -> Self {
+        1.0 / (1.0 + (-self).exp())
+    }
+    fn tanh(self) -> Self {
+        f32::tanh(self)
+    }
+}
+
+impl Real for f64 {
+    fn sigmoid(self) -> Self {
+        1.0 / (1.0 + (-self).exp())
+    }
+    fn tanh(self) -> Self {
+        f64::tanh(self)
+    }
+}
+
+/// The whole recurrence of one layer as one differentiable op: inputs the precomputed
+/// projections `xw` (T, B, G·H) and `w_hh` (G·H, H); output the hidden states (T, B, H).
+///
+/// Forward, per step: a = xw[t] + h_{t−1}·W_hhᵀ (one GEMM), then the gate nonlinearities
+/// and the cell update element-wise; the activated gates and cells are kept for backward.
+/// Backward, per step from the last: dh = ∂L/∂h_t + (dA_{t+1}·W_hh), then
+///   LSTM: dc = dc_{t+1}·f_{t+1} + dh·o·(1−tanh²c);  dA = [dc·g·i(1−i), dc·c_{t−1}·f(1−f),
+///         dc·i·(1−g²), dh·tanh(c)·o(1−o)]
+///   Elman: dA = dh·(1−h²)
+/// and ∂L/∂xw = dA; after the loop ∂L/∂W_hh = Σ_t dA_tᵀ·h_{t−1} as ONE GEMM over all steps.
+pub struct RecurrenceOp {
+    cell: Cell,
+    t: usize,
+    b: usize,
+    h: usize,
+    /// Activated gates (T, B, G·H) and cells (T, B, H) of the forward pass.
+    saved: std::sync::Mutex<Option<(Tensor, Tensor)>>,
+}
+
+impl RecurrenceOp {
+    pub fn new(cell: Cell, t: usize, b: usize, h: usize) -> Self {
+        Self { cell, t, b, h, saved: std::sync::Mutex::new(None) }
+    }
+
+    fn fwd<T: Real>(&self, xw: &[T], w_hh: &[T]) -> Result<Vec<T>> {
+        let (tl, b, h, gh) = (self.t, self.b, self.h, self.cell.gates() * self.h);
+        let dev = candle_core::Device::Cpu;
+        let w_t = Tensor::from_slice(w_hh, (gh, h), &dev)?.t()?;
+        let mut acts = xw.to_vec();
+        let mut hs = vec![T::from_f64(0.0); tl * b * h];
+        let mut cells = vec![T::from_f64(0.0); if self.cell == Cell::Lstm { tl * b * h } else { 0 }];
+        for t in 0..tl {
+            let a = &mut acts[t * b * gh..(t + 1) * b * gh];
+            if t > 0 {
+                let rec: Vec<T> = Tensor::from_slice(&hs[(t - 1) * b * h..t * b * h], (b, h), &dev)?.matmul(&w_t)?.flatten_all()?.to_vec1()?;
+                a.iter_mut().zip(&rec).for_each(|(a, &r)| *a += r);
+            }
+            for bi in 0..b {
+                let row = &mut a[bi * gh..(bi + 1) * gh];
+                let out = t * b * h + bi * h;
+                match self.cell {
+                    Cell::Elman => {
+                        for j in 0..h {
+                            row[j] = row[j].tanh();
+                            hs[out + j] = row[j];
+                        }
+                    }
+                    Cell::Lstm => {
+                        for j in 0..h {
+                            let i = row[j].sigmoid();
+                            let f = row[h + j].sigmoid();
+                            let g = row[2 * h + j].tanh();
+                            let o = row[3 * h + j].sigmoid();
+                            let c_prev = if t > 0 { cells[out - b * h + j] } else { T::from_f64(0.0) };
+                            let c = f * c_prev + i * g;
+                            row[j] = i;
+                            row[h + j] = f;
+                            row[2 * h + j] = g;
+                            row[3 * h + j] = o;
+                            cells[out + j] = c;
+                            hs[out + j] = o * c.tanh();
+                        }
+                    }
+                }
+            }
+        }
+        let acts = Tensor::from_vec(acts, (tl, b, gh), &dev)?;
+        let cells = Tensor::from_vec(cells, (if self.cell == Cell::Lstm { tl } else { 0 }, b, h), &dev)?;
+        *self.saved.lock().expect("saved lock") = Some((acts, cells));
+        Ok(hs)
+    }
+
+    fn bwd_impl<T: Real>(&self, w_hh: &Tensor, hs: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (tl, b, h, gh) = (self.t, self.b, self.h, self.cell.gates() * self.h);
+        let dev = candle_core::Device::Cpu;
+        let (acts, cells) = self.saved.lock().expect("saved lock").clone().ok_or_else(|| candle_core::Error::Msg("recurrence backward before forward".into()))?;
+        let acts: Vec<T> = acts.flatten_all()?.to_vec1()?;
+        let cells: Vec<T> = cells.flatten_all()?.to_vec1()?;
+        let hs_v: Vec<T> = hs.flatten_all()?.to_vec1()?;
+        let dout: Vec<T> = grad.flatten_all()?.to_vec1()?;
+        let w_hh = w_hh.contiguous()?;
+        let zero = T::from_f64(0.0);
+        let one = T::from_f64(1.0);
+        let mut da = vec![zero; tl * b * gh];
+        let mut dh_next = vec![zero; b * h];
+        let mut dc_next = vec![zero; b * h];
+        for t in (0..tl).rev() {
+            for bi in 0..b {
+                let a = &acts[t * b * gh + bi * gh..t * b * gh + (bi + 1) * gh];
+                let d = &mut da[t * b * gh + bi * gh..t * b * gh + (bi + 1) * gh];
+                let base = t * b * h + bi * h;
+                for j in 0..h {
+                    let dh = dout[base + j] + dh_next[bi * h + j];
+                    match self.cell {
+                        Cell::Elman => {
+                            let y = a[j];
+                            d[j] = dh * (one - y * y);
+                        }
+                        Cell::Lstm => {
+                            let (i, f, g, o) = (a[j], a[h + j], a[2 * h + j], a[3 * h + j]);
+                            let c = cells[base + j];
+                            let c_prev = if t > 0 { cells[base - b * h + j] } else { zero };
+                            let tc = c.tanh();
+                            let dc = dc_next[bi * h + j] + dh * o * (one - tc * tc);
+                            d[j] = dc * g * i * (one - i);
+                            d[h + j] = dc * c_prev * f * (one - f);
+                            d[2 * h + j] = dc * i * (one - g * g);
+                            d[3 * h + j] = dh * tc * o * (one - o);
+                            dc_next[bi * h + j] = dc * f;
+                        }
+                    }
+                }
+            }
+            if t > 0 {
+                let d_t = Tensor::from_slice(&da[t * b * gh..(t + 1) * b * gh], (b, gh), &dev)?;
+                dh_next = d_t.matmul(&w_hh)?.flatten_all()?.to_vec1()?;
+            }
+        }
+        let d_w_hh = if tl > 1 {
+            let d_rest = Tensor::from_slice(&da[b * gh..], ((tl - 1) * b, gh), &dev)?;
+            let h_prev = Tensor::from_slice(&hs_v[..(tl - 1) * b * h], ((tl - 1) * b, h), &dev)?;
+            d_rest.t()?.matmul(&h_prev)?
+        } else {
+            Tensor::zeros((gh, h), T::DTYPE, &dev)?
+        };
+        Ok((Tensor::from_vec(da, (tl, b, gh), &dev)?, d_w_hh))
+    }
+}
+
+impl candle_core::CustomOp2 for RecurrenceOp {
+    fn name(&self) -> &'static str {
+        "ferrolm-recurrence"
+    }
+
+    fn cpu_fwd(&self, s1: &candle_core::CpuStorage, l1: &candle_core::Layout, s2: &candle_core::CpuStorage, l2: &candle_core::Layout) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("{}: inputs must be contiguous", self.name());
+        };
+        let shape = candle_core::Shape::from((self.t, self.b, self.h));
+        match (s1, s2) {
+            (S::F32(x), S::F32(w)) => Ok((S::F32(self.fwd(&x[a0..a1], &w[b0..b1])?), shape)),
+            (S::F64(x), S::F64(w)) => Ok((S::F64(self.fwd(&x[a0..a1], &w[b0..b1])?), shape)),
+            _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype expected", self.name()),
+        }
+    }
+
+    fn bwd(&self, _xw: &Tensor, w_hh: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = match w_hh.dtype() {
+            DType::F32 => self.bwd_impl::<f32>(w_hh, res, grad)?,
+            DType::F64 => self.bwd_impl::<f64>(w_hh, res, grad)?,
+            dt => candle_core::bail!("{}: unsupported dtype {dt:?}", self.name()),
+        };
+        Ok((Some(dx), Some(dw)))
     }
 }
 

@@ -301,7 +301,7 @@ fn ngram_row(exp: &ExperimentConfig, train: &TokenShards, val: &TokenShards, tok
     let loss = nll_all / tokens as f64;
     Ok(Row {
         family: "ngram".into(),
-        description: format!("interpolated modified Kneser-Ney {}-gram (ferrolm-ngram)", exp.ngram_order),
+        description: format!("interpolated modified Kneser-Ney, order {}: {params} parameters", exp.ngram_order),
         params,
         train_secs,
         train_tokens: ids.len() as u64,
@@ -358,14 +358,14 @@ fn report(
          Training time is wall-clock seconds of training only (for the n-gram: counting and estimation); parameters of the n-gram are its stored probabilities and back-off weights (two per n-gram).\n",
         exp.seq_len + 1
     );
-    let _ = writeln!(r, "| model | held-out perplexity / token | bits per byte | training time (s) | tokens trained on | parameters |");
-    let _ = writeln!(r, "|---|---|---|---|---|---|");
-    let _ = writeln!(r, "| unigram baseline (train-split token frequencies, add-one) | – | {unigram_bpb:.4} | – | – | – |");
+    let _ = writeln!(r, "| model | architecture | held-out perplexity / token | bits per byte | training time (s) | tokens trained on | parameters |");
+    let _ = writeln!(r, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(r, "| unigram | train-split token frequencies, add-one | – | {unigram_bpb:.4} | – | – | – |");
     for x in rows {
         let _ = writeln!(
             r,
-            "| {}: {} | {:.2} | {:.4} | {:.1} | {} | {} |",
-            label(&x.family), x.description, x.perplexity, x.bits_per_byte, x.train_secs, x.train_tokens, x.params
+            "| {} | {} | {:.2} | {:.4} | {:.1} | {} | {} |",
+            label(&x.family), x.description.rsplit_once(": ").map(|d| d.0).unwrap_or(&x.description), x.perplexity, x.bits_per_byte, x.train_secs, x.train_tokens, x.params
         );
     }
     let _ = writeln!(r, "\n![bits per byte against training time and parameters](history.svg)\n");
@@ -389,12 +389,12 @@ fn report(
         let lost: Vec<&str> = rows.iter().filter(|x| x.family != "ngram" && x.bits_per_byte >= ng.bits_per_byte).map(|x| label(&x.family)).collect();
         let _ = writeln!(
             r,
-            "- The count-based {}-gram trains in {:.1} s over all {} training tokens; within their budgets, {} beat it{}.",
+            "- The count-based {}-gram trains in {:.1} s over all {} training tokens. Within their budgets {}{}.",
             exp.ngram_order,
             ng.train_secs,
             ng.train_tokens,
-            if beat.is_empty() { "no neural model".to_string() } else { beat.join(", ") },
-            if lost.is_empty() { String::new() } else { format!(" and {} did not", lost.join(", ")) }
+            if beat.is_empty() { "no neural model beat it".to_string() } else { format!("{} beat it", beat.join(", ")) },
+            if lost.is_empty() || beat.is_empty() { String::new() } else { format!("; {} did not", lost.join(", ")) }
         );
     }
     for x in rows.iter().filter(|x| x.family != "ngram") {
@@ -455,5 +455,84 @@ fn plot(rows: &[Row], path: &Path) -> Result<()> {
         root.present()?;
     }
     ferrolm_common::write_atomic(path, svg)?;
+    Ok(())
+}
+
+/// `ferrolm bench recurrent`: tokens/s of full training steps (forward, backward through
+/// time, clip, AdamW) of an LSTM or Elman LM on random tokens.
+#[derive(clap::Args, Debug)]
+pub struct RecurrentBench {
+    #[arg(long, default_value = "lstm")]
+    family: String,
+    #[arg(long, default_value_t = 4096)]
+    vocab: usize,
+    #[arg(long, default_value_t = 128)]
+    embed: usize,
+    #[arg(long, default_value_t = 384)]
+    hidden: usize,
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 64)]
+    seq_len: usize,
+    /// Timed optimizer steps (after 2 warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn bench_recurrent(b: RecurrentBench) -> Result<()> {
+    let sets = vec![
+        format!("model.family={}", b.family),
+        format!("model.vocab_size={}", b.vocab),
+        format!("model.d_model={}", b.embed),
+        format!("model.hidden={}", b.hidden),
+        format!("model.n_layers={}", b.layers),
+        "model.n_heads=1".into(),
+        "model.n_kv_heads=1".into(),
+        format!("model.max_seq_len={}", b.seq_len),
+        format!("train.batch_size={}", b.batch),
+        format!("train.seq_len={}", b.seq_len),
+        // The PyTorch peer's optimisation: AdamW(0.9, 0.99), lr 1e-3 constant, wd 0.1, clip 1.
+        "train.lr=1e-3".into(),
+        "train.min_lr=1e-3".into(),
+        "train.warmup_steps=0".into(),
+        "train.schedule=constant".into(),
+        "train.beta2=0.99".into(),
+        "train.weight_decay=0.1".into(),
+        "train.max_steps=1000000".into(),
+    ];
+    let cfg = FamilyRunConfig::from_value(&ferrolm_common::load_config(None, &sets)?)?;
+    anyhow::ensure!(matches!(cfg.kind(), Family::Rnn | Family::Lstm), "--family must be lstm or rnn");
+    let data: Vec<u32> = (0..400_000u64).map(|i| (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) % b.vocab as u64) as u32).collect();
+    let dir = tempfile::tempdir()?;
+    let mut t = ferrolm_train::family_trainer(&cfg, dir.path(), &data, &data, vec![1; b.vocab], false)?;
+    for _ in 0..2 {
+        t.train_step()?;
+    }
+    let mut ms = Vec::with_capacity(b.steps);
+    let t0 = Instant::now();
+    for _ in 0..b.steps {
+        let s = Instant::now();
+        t.train_step()?;
+        ms.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    let total = t0.elapsed().as_secs_f64();
+    ms.sort_by(f64::total_cmp);
+    let tokens = (b.batch * b.seq_len) as f64;
+    let out = serde_json::json!({
+        "family": b.family, "params": cfg.num_params(), "steps": b.steps,
+        "threads": candle_core::utils::get_num_threads(),
+        "tokens_per_sec": tokens * b.steps as f64 / total,
+        "step_ms_median": ms[ms.len() / 2],
+        "peak_rss_bytes": super::super::bench::peak_rss_bytes(),
+    });
+    if b.json {
+        println!("{out}");
+    } else {
+        println!("{}: {} params, {:.0} tokens/s, median step {:.1} ms", b.family, out["params"], out["tokens_per_sec"].as_f64().unwrap_or(0.0), ms[ms.len() / 2]);
+    }
     Ok(())
 }
