@@ -355,8 +355,10 @@ fn report(
         r,
         "Every model is scored on the same {eval_tokens} held-out target tokens: windows of {} tokens, each model seeing only the window (the first targets of a window have little context for every family). \
          Perplexity is per token, exp(mean cross-entropy); bits per byte is the cross-entropy in bits over the UTF-8 bytes the target tokens stand for (end-of-text counts in perplexity, not in bytes). \
+         The n-gram scores each target from at most {} preceding tokens of the same window (so its first targets lack context exactly as the windows do); after an end-of-text token its context restarts at `<s>`, an end-of-text target is scored as `</s>` (it was trained on documents as sentences), and tokens it never saw score as `<unk>`. \
          Training time is wall-clock seconds of training only (for the n-gram: counting and estimation); parameters of the n-gram are its stored probabilities and back-off weights (two per n-gram).\n",
-        exp.seq_len + 1
+        exp.seq_len + 1,
+        exp.ngram_order - 1
     );
     let _ = writeln!(r, "| model | architecture | held-out perplexity / token | bits per byte | training time (s) | tokens trained on | parameters |");
     let _ = writeln!(r, "|---|---|---|---|---|---|---|");
