@@ -94,7 +94,7 @@ fn load(args: &Args) -> Result<toml::Value> {
         let quick: Vec<String> = value
             .get("quick")
             .and_then(|q| q.get("overrides"))
-            .map(|o| ferrolm_common::config::typed(o))
+            .map(ferrolm_common::config::typed)
             .transpose()
             .context("in [quick].overrides")?
             .unwrap_or_default();

@@ -289,7 +289,7 @@ pub(crate) fn write_shards(tok: &Tokenizer, docs: &[Document], dir: &Path) -> Re
     let mut w = ShardWriter::for_tokenizer(dir, tok)?;
     ferrolm_tokenizer::shards::write_texts(tok, docs.iter().map(|d| d.text.as_str()), &mut w, 8 << 20)?;
     w.finish()?;
-    Ok(TokenShards::open(dir)?)
+    TokenShards::open(dir)
 }
 
 /// The corpus pipeline with the quickstart's defaults (code rules for code, prose rules
