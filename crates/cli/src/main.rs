@@ -36,6 +36,8 @@ enum Command {
     Ngram(cmd::ngram::Args),
     /// word2vec embeddings: train, nearest neighbours, analogies.
     Word2vec(cmd::word2vec::Args),
+    /// Experiments spanning stages, with a report: `history` (n-gram → NPLM → RNN/LSTM → Transformer).
+    Experiment(cmd::experiment::Args),
 }
 
 fn main() {
@@ -67,6 +69,7 @@ fn main() {
         Command::Tokenizer(a) => cmd::tokenizer::run(a),
         Command::Ngram(a) => cmd::ngram::run(a),
         Command::Word2vec(a) => cmd::word2vec::run(a),
+        Command::Experiment(a) => cmd::experiment::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

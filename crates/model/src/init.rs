@@ -36,3 +36,44 @@ pub fn init_params(varmap: &VarMap, n_layers: usize, seed: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// How [`init_by_name`] fills one variable.
+pub enum Fill {
+    /// U(−bound, bound).
+    Uniform(f64),
+    Const(f64),
+    /// Exactly these values (row-major).
+    Values(Vec<f32>),
+}
+
+/// Seeded initialisation with a per-variable rule: `rule(name, shape)` says how to fill
+/// each variable; random values come from a ChaCha stream keyed by (seed, name), as in
+/// [`init_params`]. Used by the older families (NPLM, RNN, LSTM), whose conventions differ
+/// from GPT-2's.
+pub fn init_by_name(varmap: &VarMap, seed: u64, rule: impl Fn(&str, &[usize]) -> Fill) -> Result<()> {
+    use rand::Rng;
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let n = var.elem_count();
+        let values: Vec<f32> = match rule(name, var.dims()) {
+            Fill::Uniform(bound) => {
+                let stream = xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), seed);
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(stream);
+                let b = bound as f32;
+                (0..n).map(|_| rng.random_range(-b..=b)).collect()
+            }
+            Fill::Const(c) => vec![c as f32; n],
+            Fill::Values(v) => {
+                if v.len() != n {
+                    candle_core::bail!("init of {name}: {} values for {n} elements", v.len());
+                }
+                v
+            }
+        };
+        var.set(&Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}

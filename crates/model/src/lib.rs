@@ -1,7 +1,8 @@
 //! Model architectures on candle. One Transformer core (`transformer`), assembled from
 //! small pieces that each read on one screen: `attention` (mask kinds, optional
 //! cross-attention, KV cache), `mlp`, `norm`, `block`. Fused CPU kernels with their
-//! backward passes live in `ops`.
+//! backward passes live in `ops`. The older families of the history experiment live one
+//! per file: `nplm` (Bengio et al. 2003), `rnn` (Elman RNN and LSTM).
 
 pub mod attention;
 pub mod block;
@@ -14,11 +15,15 @@ pub mod init;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod nplm;
 pub mod ops;
+pub mod rnn;
 pub mod transformer;
 
 pub use attention::{AttnMask, KvCache};
 pub use config::{BlockStyle, ModelKind, TransformerConfig};
 pub use encoder_decoder::EncoderDecoder;
 pub use masked_lm::MaskedLm;
+pub use nplm::{Nplm, NplmConfig};
+pub use rnn::{Cell, RecurrentConfig, RecurrentLm};
 pub use transformer::Transformer;

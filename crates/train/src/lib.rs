@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod family;
 pub mod data;
 pub mod metrics;
 pub mod objectives;
@@ -19,4 +20,5 @@ pub mod trainer;
 
 pub use config::{RunConfig, TrainConfig};
 pub use data::TokenSource;
+pub use family::{build_causal_lm, family_trainer, load_causal_lm, Family, FamilyRunConfig};
 pub use trainer::{evaluate, CausalLm, EvalResult, LmTask, TrainOutcome, TrainTask, Trainer};

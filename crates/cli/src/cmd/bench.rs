@@ -32,6 +32,9 @@ enum What {
         #[arg(long)]
         json: bool,
     },
+    /// Training throughput of a recurrent LM (LSTM or Elman) with random tokens, for
+    /// bench/history_torch.py (nn.LSTM / nn.RNN side by side).
+    Recurrent(super::experiment::history::RecurrentBench),
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
@@ -89,7 +92,10 @@ pub fn peak_rss_bytes() -> u64 {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let What::Train { preset: p, steps, modern, json } = args.what;
+    let (p, steps, modern, json) = match args.what {
+        What::Train { preset, steps, modern, json } => (preset, steps, modern, json),
+        What::Recurrent(b) => return super::experiment::history::bench_recurrent(b),
+    };
     let cfg = preset(p, modern);
     let seq = cfg.model.max_seq_len;
     // Random tokens: speed does not depend on content.

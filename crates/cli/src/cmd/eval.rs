@@ -21,7 +21,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (cfg, model, _) = ferrolm_train::trainer::load_run(&a.model, &Device::Cpu)?;
+    // Any model family (`model.family` in the run's config.toml).
+    let (fcfg, model, _) = ferrolm_train::load_causal_lm(&a.model, &Device::Cpu)?;
+    let cfg = &fcfg.run;
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
     let (docs, stats) = ferrolm_corpus::read_paths(&a.data, &Default::default())?;
     if stats.rejected > 0 {

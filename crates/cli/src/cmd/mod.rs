@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod data;
 pub mod eval;
+pub mod experiment;
 pub mod generate;
 pub mod ngram;
 pub mod quickstart;

@@ -4,7 +4,7 @@
 //! corpus → clean → split → tokenizer → shards → pretrain → evaluate → samples → report.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -92,56 +92,18 @@ pub fn run(args: Args) -> Result<()> {
 
     // 1. Corpus.
     let s = Step::start("corpus: the Cargo registry sources named in Cargo.lock");
-    let mut docs: Vec<Document> = Vec::new();
-    let mut corpus_lines = Vec::new();
-    if !args.no_registry {
-        let lock = out.join("Cargo.lock");
-        ferrolm_common::write_atomic(&lock, CARGO_LOCK)?;
-        let home = ferrolm_corpus::default_cargo_home()
-            .context("cannot find the Cargo home (set CARGO_HOME or HOME)")?;
-        let (d, st) = ferrolm_corpus::cargo_registry_documents(&lock, &home)?;
-        corpus_lines.push(format!(
-            "Cargo registry ({}): {} documents, {:.1} MB from {} files; {} crates of Cargo.lock not in the registry; {} malformed files rejected",
-            home.display(), st.documents, st.bytes as f64 / 1e6, st.files, st.missing_crates.len(), st.rejected
-        ));
-        docs.extend(d);
-    }
-    if !args.data.is_empty() {
-        let (d, st) = ferrolm_corpus::read_paths(&args.data, &Default::default())?;
-        corpus_lines.push(format!(
-            "--data: {} documents, {:.1} MB; {} malformed records rejected {:?}",
-            st.documents, st.bytes as f64 / 1e6, st.rejected, st.rejected_by_reason
-        ));
-        docs.extend(d);
-    }
-    anyhow::ensure!(!docs.is_empty(), "no documents: the Cargo registry is empty and no --data was given (build the project first: `cargo build --release`)");
-    for l in &corpus_lines {
-        eprintln!("{l}");
-    }
-    let (docs, clean_lines) = clean(docs, &out)?;
-    for l in &clean_lines {
-        eprintln!("{l}");
-    }
+    let (docs, corpus_lines) = gather_corpus(!args.no_registry, &args.data, None, cfg.train.seed, &out)?;
     timings.push(("corpus", s.done()));
 
     // 2. Split by document, deterministically.
-    let threshold = (qs.val_fraction * u64::MAX as f64) as u64;
-    let (val_docs, train_docs): (Vec<Document>, Vec<Document>) =
-        docs.into_iter().partition(|d| xxhash_rust::xxh3::xxh3_64_with_seed(d.id.as_bytes(), cfg.train.seed) < threshold);
-    anyhow::ensure!(!val_docs.is_empty() && train_docs.len() > 1, "the corpus is too small to split ({} train, {} held-out documents)", train_docs.len(), val_docs.len());
+    let (train_docs, val_docs) = split_documents(docs, qs.val_fraction, cfg.train.seed)?;
     let bytes_of = |d: &[Document]| d.iter().map(|x| x.text.len()).sum::<usize>();
     let (train_bytes, val_bytes) = (bytes_of(&train_docs), bytes_of(&val_docs));
     eprintln!("split: {} train documents ({:.1} MB), {} held-out ({:.2} MB)", train_docs.len(), train_bytes as f64 / 1e6, val_docs.len(), val_bytes as f64 / 1e6);
 
     // 3. Tokenizer.
     let s = Step::start("tokenizer");
-    let stride = (train_bytes / qs.tokenizer_train_bytes.max(1)).max(1);
-    let sample = train_docs.iter().step_by(stride).map(|d| d.text.as_str());
-    let tok = if qs.tokenizer == "char" {
-        Tokenizer::train_char(sample, &special::defaults())?
-    } else {
-        Tokenizer::train_bpe(sample, &BpeTrainConfig { vocab_size: qs.vocab_size, min_frequency: 2, special_tokens: special::defaults() })?
-    };
+    let tok = train_tokenizer(&qs.tokenizer, qs.vocab_size, qs.tokenizer_train_bytes, &train_docs)?;
     tok.save(&out.join("tokenizer.json"))?;
     cfg.model.vocab_size = tok.vocab_size().div_ceil(64) * 64;
     eprintln!("{} tokenizer with {} tokens (model vocabulary padded to {})", qs.tokenizer, tok.vocab_size(), cfg.model.vocab_size);
@@ -150,13 +112,7 @@ pub fn run(args: Args) -> Result<()> {
     // 4. Shards.
     let s = Step::start("tokenize into shards");
     let data_dir = out.join("data");
-    let write = |docs: &[Document], name: &str| -> Result<TokenShards> {
-        let dir = data_dir.join(name);
-        let mut w = ShardWriter::for_tokenizer(&dir, &tok)?;
-        ferrolm_tokenizer::shards::write_texts(&tok, docs.iter().map(|d| d.text.as_str()), &mut w, 8 << 20)?;
-        w.finish()?;
-        Ok(TokenShards::open(&dir)?)
-    };
+    let write = |docs: &[Document], name: &str| write_shards(&tok, docs, &data_dir.join(name));
     let train = write(&train_docs, "train")?;
     let val = write(&val_docs, "val")?;
     let bytes_per_token = train_bytes as f64 / train.len() as f64;
@@ -227,7 +183,7 @@ pub fn run(args: Args) -> Result<()> {
     // 8. Report.
     let _ = writeln!(report, "# ferrolm quickstart report\n");
     let _ = writeln!(report, "## Corpus\n");
-    for l in corpus_lines.iter().chain(&clean_lines) {
+    for l in &corpus_lines {
         let _ = writeln!(report, "- {l}");
     }
     let _ = writeln!(report, "- split by document hash: {} train documents ({:.1} MB), {} held out ({:.2} MB)\n", train.num_docs(), train_bytes as f64 / 1e6, val.num_docs(), val_bytes as f64 / 1e6);
@@ -256,6 +212,84 @@ pub fn run(args: Args) -> Result<()> {
     ferrolm_common::write_atomic(out.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
     println!("\nquickstart finished in {:.0} s: held-out {:.4} bits per byte vs unigram {:.4}; report: {}", t_all.elapsed().as_secs_f64(), val_result.bits_per_byte, unigram_bpb, out.join("report.md").display());
     Ok(())
+}
+
+/// Step 1 of the quickstart, shared with `ferrolm experiment history`: the Cargo
+/// registry sources named in this project's Cargo.lock (when `registry`) plus `data`,
+/// optionally sampled down to about `max_bytes` (whole documents, chosen by a hash of
+/// their id, so the sample is the same on every machine), then cleaned. Returns the kept
+/// documents and report lines.
+pub(crate) fn gather_corpus(registry: bool, data: &[PathBuf], max_bytes: Option<usize>, seed: u64, out: &Path) -> Result<(Vec<Document>, Vec<String>)> {
+    let mut docs: Vec<Document> = Vec::new();
+    let mut corpus_lines = Vec::new();
+    if registry {
+        let lock = out.join("Cargo.lock");
+        ferrolm_common::write_atomic(&lock, CARGO_LOCK)?;
+        let home = ferrolm_corpus::default_cargo_home()
+            .context("cannot find the Cargo home (set CARGO_HOME or HOME)")?;
+        let (d, st) = ferrolm_corpus::cargo_registry_documents(&lock, &home)?;
+        corpus_lines.push(format!(
+            "Cargo registry ({}): {} documents, {:.1} MB from {} files; {} crates of Cargo.lock not in the registry; {} malformed files rejected",
+            home.display(), st.documents, st.bytes as f64 / 1e6, st.files, st.missing_crates.len(), st.rejected
+        ));
+        docs.extend(d);
+    }
+    if !data.is_empty() {
+        let (d, st) = ferrolm_corpus::read_paths(data, &Default::default())?;
+        corpus_lines.push(format!(
+            "--data: {} documents, {:.1} MB; {} malformed records rejected {:?}",
+            st.documents, st.bytes as f64 / 1e6, st.rejected, st.rejected_by_reason
+        ));
+        docs.extend(d);
+    }
+    anyhow::ensure!(!docs.is_empty(), "no documents: the Cargo registry is empty and no --data was given (build the project first: `cargo build --release`)");
+    let total: usize = docs.iter().map(|d| d.text.len()).sum();
+    if let Some(max) = max_bytes.filter(|&m| m < total) {
+        let threshold = (max as f64 / total as f64 * u64::MAX as f64) as u64;
+        let before = docs.len();
+        docs.retain(|d| xxhash_rust::xxh3::xxh3_64_with_seed(d.id.as_bytes(), seed ^ 0x5a4d_504c) < threshold);
+        let kept: usize = docs.iter().map(|d| d.text.len()).sum();
+        corpus_lines.push(format!("sampled {} of {before} documents ({:.1} of {:.1} MB) by a hash of their id", docs.len(), kept as f64 / 1e6, total as f64 / 1e6));
+    }
+    for l in &corpus_lines {
+        eprintln!("{l}");
+    }
+    let (docs, clean_lines) = clean(docs, out)?;
+    for l in &clean_lines {
+        eprintln!("{l}");
+    }
+    corpus_lines.extend(clean_lines);
+    Ok((docs, corpus_lines))
+}
+
+/// Split documents into (train, held-out) by a hash of their id, deterministically.
+pub(crate) fn split_documents(docs: Vec<Document>, val_fraction: f64, seed: u64) -> Result<(Vec<Document>, Vec<Document>)> {
+    let threshold = (val_fraction * u64::MAX as f64) as u64;
+    let (val_docs, train_docs): (Vec<Document>, Vec<Document>) =
+        docs.into_iter().partition(|d| xxhash_rust::xxh3::xxh3_64_with_seed(d.id.as_bytes(), seed) < threshold);
+    anyhow::ensure!(!val_docs.is_empty() && train_docs.len() > 1, "the corpus is too small to split ({} train, {} held-out documents)", train_docs.len(), val_docs.len());
+    Ok((train_docs, val_docs))
+}
+
+/// Train the quickstart's tokenizer ("bpe" or "char") on a deterministic stride sample
+/// of about `sample_bytes` of the training documents.
+pub(crate) fn train_tokenizer(kind: &str, vocab_size: usize, sample_bytes: usize, train_docs: &[Document]) -> Result<Tokenizer> {
+    let train_bytes: usize = train_docs.iter().map(|d| d.text.len()).sum();
+    let stride = (train_bytes / sample_bytes.max(1)).max(1);
+    let sample = train_docs.iter().step_by(stride).map(|d| d.text.as_str());
+    Ok(if kind == "char" {
+        Tokenizer::train_char(sample, &special::defaults())?
+    } else {
+        Tokenizer::train_bpe(sample, &BpeTrainConfig { vocab_size, min_frequency: 2, special_tokens: special::defaults() })?
+    })
+}
+
+/// Encode documents into token shards in `dir` (end-of-text after each) and open them.
+pub(crate) fn write_shards(tok: &Tokenizer, docs: &[Document], dir: &Path) -> Result<TokenShards> {
+    let mut w = ShardWriter::for_tokenizer(dir, tok)?;
+    ferrolm_tokenizer::shards::write_texts(tok, docs.iter().map(|d| d.text.as_str()), &mut w, 8 << 20)?;
+    w.finish()?;
+    TokenShards::open(dir)
 }
 
 /// The corpus pipeline with the quickstart's defaults (code rules for code, prose rules
@@ -324,7 +358,7 @@ fn complete(model: &ferrolm_model::Transformer, tok: &Tokenizer, prompt: &str, n
 
 /// Bits per byte of a unigram model (train-split token frequencies, add-one smoothed) on
 /// the held-out tokens, over the same text tokens as the model's bits per byte.
-fn unigram_bits_per_byte(train: &TokenShards, val: &TokenShards, token_bytes: &[u32]) -> f64 {
+pub(crate) fn unigram_bits_per_byte(train: &TokenShards, val: &TokenShards, token_bytes: &[u32]) -> f64 {
     let v = token_bytes.len();
     let mut counts = vec![1f64; v];
     let chunk = 1 << 20;

@@ -3,10 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use ferrolm_tokenizer::shards::TokenShards;
 use ferrolm_tokenizer::Tokenizer;
-use ferrolm_train::{RunConfig, Trainer};
+use ferrolm_train::FamilyRunConfig;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,7 +36,7 @@ pub fn run(args: Args) -> Result<()> {
             (out, ferrolm_common::load_config(Some(cfg), &args.overrides)?)
         }
     };
-    let cfg = RunConfig::from_value(&value)?;
+    let cfg = FamilyRunConfig::from_value(&value)?;
     let outcome = train_run(cfg, &run_dir, args.resume.is_some())?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(())
@@ -48,8 +47,10 @@ fn default_run_name(cfg: &Path) -> String {
 }
 
 /// Open the shards and tokenizer named in `[data]`, copy the tokenizer into the run
-/// folder (so the folder alone is enough for generate/eval), and train.
-pub fn train_run(cfg: RunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
+/// folder (so the folder alone is enough for generate/eval), and train the model of
+/// `model.family` (the Transformer unless the config names another family).
+pub fn train_run(fcfg: FamilyRunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
+    let cfg = &fcfg.run;
     let d = &cfg.data;
     anyhow::ensure!(!d.train.is_empty() && !d.val.is_empty() && !d.tokenizer.is_empty(),
         "[data] needs train, val (token shard folders) and tokenizer (tokenizer.json)");
@@ -70,16 +71,10 @@ pub fn train_run(cfg: RunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm
     }
     let mut bytes = tokenizer.token_bytes();
     bytes.resize(cfg.model.vocab_size, 0);
-    let device = Device::Cpu;
-    let n_params = cfg.model.num_params();
-    let mut trainer = if resume {
-        Trainer::resume(cfg, run_dir, &train, &val, bytes, &device)?
-    } else {
-        Trainer::new(cfg, run_dir, &train, &val, bytes, &device)?
-    };
+    let mut trainer = ferrolm_train::family_trainer(&fcfg, run_dir, &train, &val, bytes, resume)?;
     eprintln!(
-        "training {} parameters on {} tokens ({} held out) into {}",
-        n_params,
+        "training {} on {} tokens ({} held out) into {}",
+        fcfg.describe(),
         train.len(),
         val.len(),
         run_dir.display()

@@ -1,0 +1,540 @@
+//! `ferrolm experiment history [--quick] [--config FILE] [--data PATH…] [--out DIR]`
+//!
+//! One corpus (the quickstart's: Cargo registry sources, sampled and cleaned; or `--data`),
+//! one tokenizer, one held-out token stream. Each family — Kneser-Ney 5-gram, Bengio's
+//! NPLM, Elman RNN, LSTM, a small Transformer — trains for its wall-clock budget and is
+//! scored on exactly the same held-out target tokens with the same bits-per-byte
+//! definition (`ferrolm_train::evaluate`'s: cross-entropy in bits over the UTF-8 bytes of
+//! the target tokens, special tokens counted in the loss but not in the bytes).
+//!
+//! Context at evaluation: every family sees only the tokens of the current window of
+//! `seq_len + 1` tokens (the same windows for all). The n-gram scores target j of a
+//! window from the (up to order−1) window tokens before it, so its first targets lack
+//! context exactly as the neural models' do; after an end-of-text token its context
+//! restarts at `<s>`, and an end-of-text target is scored as `</s>` (the n-gram is trained
+//! on documents as sentences). Tokens the n-gram never saw score as its `<unk>`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use ferrolm_tokenizer::shards::TokenShards;
+use ferrolm_train::{Family, FamilyRunConfig, TokenSource};
+use serde::{Deserialize, Serialize};
+
+use crate::cmd::quickstart::{gather_corpus, split_documents, train_tokenizer, unigram_bits_per_byte, write_shards};
+
+const DEFAULT_CONFIG: &str = include_str!("../../../../configs/experiment-history.toml");
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Every family in a few minutes (applies the config's [quick] overrides first).
+    #[arg(long)]
+    quick: bool,
+    /// A config to start from instead of the built-in configs/experiment-history.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Text files or folders to use as the corpus instead of the Cargo registry.
+    #[arg(long, num_args = 1..)]
+    data: Vec<PathBuf>,
+    #[arg(long, default_value = "runs/history")]
+    out: PathBuf,
+    /// Override a config key, e.g. --set lstm.seconds=60 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExperimentConfig {
+    corpus_bytes: usize,
+    tokenizer: String,
+    vocab_size: usize,
+    tokenizer_train_bytes: usize,
+    val_fraction: f64,
+    seq_len: usize,
+    eval_windows: usize,
+    ngram_order: usize,
+    families: Vec<String>,
+}
+
+/// One neural family's budget and its `[model]`/`[train]` keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FamilySection {
+    seconds: f64,
+    #[serde(default)]
+    model: toml::Table,
+    #[serde(default)]
+    train: toml::Table,
+}
+
+/// One line of the result table.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    family: String,
+    description: String,
+    params: usize,
+    train_secs: f64,
+    train_tokens: u64,
+    loss: f64,
+    perplexity: f64,
+    bits_per_byte: f64,
+    eval_tokens: usize,
+}
+
+fn load(args: &Args) -> Result<toml::Value> {
+    let mut value: toml::Value = match &args.config {
+        Some(p) => ferrolm_common::load_config(Some(p), &[])?,
+        None => DEFAULT_CONFIG.parse::<toml::Table>().map(toml::Value::Table)?,
+    };
+    if args.quick {
+        let quick: Vec<String> = value
+            .get("quick")
+            .and_then(|q| q.get("overrides"))
+            .map(ferrolm_common::config::typed)
+            .transpose()
+            .context("in [quick].overrides")?
+            .unwrap_or_default();
+        ferrolm_common::apply_overrides(&mut value, &quick)?;
+    }
+    ferrolm_common::apply_overrides(&mut value, &args.overrides)?;
+    Ok(value)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let t_all = Instant::now();
+    let value = load(&args)?;
+    let exp: ExperimentConfig = ferrolm_common::config::typed(value.get("experiment").context("config lacks [experiment]")?)
+        .context("in [experiment]")?;
+    let base_train = value.get("train").and_then(|t| t.as_table()).cloned().unwrap_or_default();
+    let seed = base_train.get("seed").and_then(|s| s.as_integer()).unwrap_or(1337) as u64;
+    for f in &exp.families {
+        if f != "ngram" && !Family::ALL.iter().any(|x| x.name() == f) {
+            bail!("experiment.families: unknown family {f:?} (known: ngram, nplm, rnn, lstm, transformer)");
+        }
+    }
+    let out = args.out.clone();
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    ferrolm_common::write_atomic(out.join("experiment.toml"), toml::to_string_pretty(&value)?)?;
+
+    // One corpus, one split, one tokenizer, one held-out stream for every family.
+    eprintln!("\n== corpus");
+    let registry = args.data.is_empty();
+    let (docs, corpus_lines) = gather_corpus(registry, &args.data, Some(exp.corpus_bytes), seed, &out)?;
+    let (train_docs, val_docs) = split_documents(docs, exp.val_fraction, seed)?;
+    eprintln!("\n== tokenizer");
+    let tok = train_tokenizer(&exp.tokenizer, exp.vocab_size, exp.tokenizer_train_bytes, &train_docs)?;
+    let tok_path = out.join("tokenizer.json");
+    tok.save(&tok_path)?;
+    let vocab = tok.vocab_size().div_ceil(64) * 64;
+    let data_dir = out.join("data");
+    let train = write_shards(&tok, &train_docs, &data_dir.join("train"))?;
+    let val = write_shards(&tok, &val_docs, &data_dir.join("val"))?;
+    let train_bytes: usize = train_docs.iter().map(|d| d.text.len()).sum();
+    drop((train_docs, val_docs));
+    let mut token_bytes = tok.token_bytes();
+    token_bytes.resize(vocab, 0);
+    let unigram_bpb = unigram_bits_per_byte(&train, &val, &token_bytes);
+    let prep_secs = t_all.elapsed().as_secs_f64();
+    eprintln!(
+        "{} tokenizer with {} tokens; {} train tokens ({:.2} bytes per token), {} held-out tokens; unigram baseline {unigram_bpb:.4} bits per byte",
+        exp.tokenizer, tok.vocab_size(), train.len(), train_bytes as f64 / train.len() as f64, val.len()
+    );
+    let eval_windows = if exp.eval_windows == 0 { usize::MAX } else { exp.eval_windows };
+
+    let mut rows: Vec<Row> = Vec::new();
+    for name in &exp.families {
+        eprintln!("\n== {name}");
+        let row = if name == "ngram" {
+            ngram_row(&exp, &train, &val, &token_bytes, tok.eot_id(), eval_windows)?
+        } else {
+            let section: FamilySection = ferrolm_common::config::typed(value.get(name.as_str()).with_context(|| format!("config lacks [{name}]"))?)
+                .with_context(|| format!("in [{name}]"))?;
+            let mut model = section.model.clone();
+            model.entry("family").or_insert_with(|| toml::Value::String(name.clone()));
+            model.insert("vocab_size".into(), toml::Value::Integer(vocab as i64));
+            let mut tr = base_train.clone();
+            tr.extend(section.train.clone());
+            tr.insert("seq_len".into(), toml::Value::Integer(exp.seq_len as i64));
+            let mut data = toml::Table::new();
+            data.insert("train".into(), data_dir.join("train").display().to_string().into());
+            data.insert("val".into(), data_dir.join("val").display().to_string().into());
+            data.insert("tokenizer".into(), tok_path.display().to_string().into());
+            let mut run = toml::Table::new();
+            run.insert("model".into(), toml::Value::Table(model));
+            run.insert("train".into(), toml::Value::Table(tr));
+            run.insert("data".into(), toml::Value::Table(data));
+            let cfg = FamilyRunConfig::from_value(&toml::Value::Table(run)).with_context(|| format!("the [{name}] run config"))?;
+            if cfg.kind().name() != name {
+                bail!("[{name}] model.family is {:?}; it must be the section's family", cfg.kind().name());
+            }
+            neural_row(cfg, section.seconds, &out.join(name), &tok_path, &train, &val, &token_bytes, eval_windows)?
+        };
+        eprintln!(
+            "{name}: {:.4} bits per byte, perplexity {:.2}, {} parameters, {:.0} s of training",
+            row.bits_per_byte, row.perplexity, row.params, row.train_secs
+        );
+        rows.push(row);
+    }
+
+    let report = report(&exp, &rows, &corpus_lines, &tok, train.len(), val.len(), train_bytes, unigram_bpb, prep_secs, t_all.elapsed().as_secs_f64(), args.quick);
+    plot(&rows, &out.join("history.svg"))?;
+    ferrolm_common::write_atomic(out.join("report.md"), &report)?;
+    let summary = serde_json::json!({ "rows": rows, "unigram_bits_per_byte": unigram_bpb, "seconds": t_all.elapsed().as_secs_f64() });
+    ferrolm_common::write_atomic(out.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
+    println!("\nexperiment history finished in {:.0} s; report: {}", t_all.elapsed().as_secs_f64(), out.join("report.md").display());
+    Ok(())
+}
+
+/// Train one neural family for about `seconds`: time a few steps, size max_steps (and so
+/// the learning-rate schedule) to the budget, train through the shared Trainer, then score
+/// the held-out windows with `ferrolm_train::evaluate`.
+#[allow(clippy::too_many_arguments)]
+fn neural_row(
+    mut cfg: FamilyRunConfig,
+    seconds: f64,
+    run_dir: &Path,
+    tok_path: &Path,
+    train: &TokenShards,
+    val: &TokenShards,
+    token_bytes: &[u32],
+    eval_windows: usize,
+) -> Result<Row> {
+    eprintln!("{}", cfg.describe());
+    let step_secs = {
+        let tmp = tempfile::tempdir()?;
+        let mut c = cfg.clone();
+        c.run.train.max_steps = 8;
+        let mut t = ferrolm_train::family_trainer(&c, tmp.path(), train, val, token_bytes.to_vec(), false)?;
+        t.train_step()?;
+        let mut times: Vec<f64> = (0..3)
+            .map(|_| {
+                let s = Instant::now();
+                t.train_step().map(|_| s.elapsed().as_secs_f64())
+            })
+            .collect::<Result<_>>()?;
+        times.sort_by(f64::total_cmp);
+        times[1]
+    };
+    let tc = &mut cfg.run.train;
+    tc.max_steps = ((seconds / step_secs) as usize).max(10);
+    tc.warmup_steps = tc.warmup_steps.min(tc.max_steps / 10);
+    // A safeguard when the machine slows down mid-run; the schedule assumes max_steps.
+    tc.time_limit_secs = seconds * 1.25;
+    let (steps, batch) = (tc.max_steps, tc.batch_size);
+    eprintln!("{step_secs:.3} s per step measured; {steps} steps of {} tokens", batch * cfg.run.seq_len());
+    if run_dir.exists() {
+        std::fs::remove_dir_all(run_dir).with_context(|| format!("clearing {}", run_dir.display()))?;
+    }
+    let mut trainer = ferrolm_train::family_trainer(&cfg, run_dir, train, val, token_bytes.to_vec(), false)?;
+    trainer.quiet = true;
+    let outcome = trainer.run()?;
+    drop(trainer);
+    // The run folder alone is enough for `ferrolm eval`.
+    let tok_bytes = std::fs::read(tok_path).with_context(|| format!("reading {}", tok_path.display()))?;
+    ferrolm_common::write_atomic(run_dir.join("tokenizer.json"), tok_bytes)?;
+    let (_, model, _) = ferrolm_train::load_causal_lm(run_dir, &Device::Cpu)?;
+    let seq = cfg.run.seq_len();
+    let ev = ferrolm_train::evaluate(&model, val, token_bytes, seq, cfg.run.train.batch_size, eval_windows)?;
+    Ok(Row {
+        family: cfg.kind().name().into(),
+        description: cfg.describe(),
+        params: cfg.num_params(),
+        train_secs: outcome.elapsed_secs,
+        train_tokens: (outcome.steps * cfg.run.train.batch_size * seq) as u64,
+        loss: ev.loss,
+        perplexity: ev.loss.exp(),
+        bits_per_byte: ev.bits_per_byte,
+        eval_tokens: ev.tokens,
+    })
+}
+
+/// Interpolated modified Kneser-Ney over the training tokens (documents as sentences),
+/// scored on the same held-out windows as the neural families (see the module notes).
+fn ngram_row(exp: &ExperimentConfig, train: &TokenShards, val: &TokenShards, token_bytes: &[u32], eot: u32, eval_windows: usize) -> Result<Row> {
+    let t0 = Instant::now();
+    let ids = train.get(0, train.len());
+    let docs: Vec<&[u32]> = ids.split(|&t| t == eot).filter(|d| !d.is_empty()).collect();
+    let model = ferrolm_ngram::train_ids(docs.iter().copied(), &ferrolm_ngram::TrainOptions { order: exp.ngram_order, discount_fallback: true })?;
+    let train_secs = t0.elapsed().as_secs_f64();
+    let params: usize = model.grams.iter().map(|g| g.len() * 2).sum();
+    eprintln!("{}-gram model: {} n-grams, trained in {train_secs:.1} s", exp.ngram_order, model.grams.iter().map(|g| g.len()).sum::<usize>());
+
+    let (bos, eos) = (model.id(ferrolm_ngram::BOS), model.id(ferrolm_ngram::EOS));
+    let map = |t: u32| if t == eot { eos } else { model.id(&t.to_string()) };
+    let seq = exp.seq_len;
+    let offsets = ferrolm_train::data::eval_offsets(val, eval_windows, seq);
+    let keep = exp.ngram_order - 1;
+    let (mut nll_all, mut nll_text, mut tokens, mut bytes) = (0f64, 0f64, 0usize, 0u64);
+    let mut window = vec![0u32; seq + 1];
+    let mut ctx: Vec<u32> = Vec::with_capacity(seq + 1);
+    for &o in &offsets {
+        val.read(o, &mut window);
+        ctx.clear();
+        ctx.push(map(window[0]));
+        if window[0] == eot {
+            ctx.clear();
+            ctx.push(bos);
+        }
+        for &target in &window[1..] {
+            let start = ctx.len().saturating_sub(keep);
+            let lp = model.log10_prob(&ctx[start..], map(target));
+            let nll = -lp * std::f64::consts::LN_10;
+            nll_all += nll;
+            let b = token_bytes.get(target as usize).copied().unwrap_or(0) as u64;
+            if b > 0 {
+                nll_text += nll;
+                bytes += b;
+            }
+            tokens += 1;
+            if target == eot {
+                ctx.clear();
+                ctx.push(bos);
+            } else {
+                ctx.push(map(target));
+            }
+        }
+    }
+    let loss = nll_all / tokens as f64;
+    Ok(Row {
+        family: "ngram".into(),
+        description: format!("interpolated modified Kneser-Ney, order {}: {params} parameters", exp.ngram_order),
+        params,
+        train_secs,
+        train_tokens: ids.len() as u64,
+        loss,
+        perplexity: loss.exp(),
+        bits_per_byte: nll_text / std::f64::consts::LN_2 / bytes as f64,
+        eval_tokens: tokens,
+    })
+}
+
+fn label(family: &str) -> &'static str {
+    match family {
+        "ngram" => "n-gram (KN)",
+        "nplm" => "NPLM (2003)",
+        "rnn" => "Elman RNN",
+        "lstm" => "LSTM",
+        _ => "Transformer",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    exp: &ExperimentConfig,
+    rows: &[Row],
+    corpus_lines: &[String],
+    tok: &ferrolm_tokenizer::Tokenizer,
+    train_tokens: usize,
+    val_tokens: usize,
+    train_bytes: usize,
+    unigram_bpb: f64,
+    prep_secs: f64,
+    total_secs: f64,
+    quick: bool,
+) -> String {
+    let mut r = String::new();
+    let _ = writeln!(r, "# From n-grams to Transformers: one corpus, one tokenizer, a budget each{}\n", if quick { " (--quick)" } else { "" });
+    let _ = writeln!(r, "## Data\n");
+    for l in corpus_lines {
+        let _ = writeln!(r, "- {l}");
+    }
+    let _ = writeln!(
+        r,
+        "- {} tokenizer, {} tokens; {train_tokens} training tokens ({:.2} bytes per token), {val_tokens} held-out tokens\n",
+        exp.tokenizer,
+        tok.vocab_size(),
+        train_bytes as f64 / train_tokens as f64
+    );
+    let _ = writeln!(r, "## Results\n");
+    let eval_tokens = rows.first().map(|x| x.eval_tokens).unwrap_or(0);
+    let _ = writeln!(
+        r,
+        "Every model is scored on the same {eval_tokens} held-out target tokens: windows of {} tokens, each model seeing only the window (the first targets of a window have little context for every family). \
+         Perplexity is per token, exp(mean cross-entropy); bits per byte is the cross-entropy in bits over the UTF-8 bytes the target tokens stand for (end-of-text counts in perplexity, not in bytes). \
+         The n-gram scores each target from at most {} preceding tokens of the same window (so its first targets lack context exactly as the windows do); after an end-of-text token its context restarts at `<s>`, an end-of-text target is scored as `</s>` (it was trained on documents as sentences), and tokens it never saw score as `<unk>`. \
+         Training time is wall-clock seconds of training only (for the n-gram: counting and estimation); parameters of the n-gram are its stored probabilities and back-off weights (two per n-gram).\n",
+        exp.seq_len + 1,
+        exp.ngram_order - 1
+    );
+    let _ = writeln!(r, "| model | architecture | held-out perplexity / token | bits per byte | training time (s) | tokens trained on | parameters |");
+    let _ = writeln!(r, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(r, "| unigram | train-split token frequencies, add-one | – | {unigram_bpb:.4} | – | – | – |");
+    for x in rows {
+        let _ = writeln!(
+            r,
+            "| {} | {} | {:.2} | {:.4} | {:.1} | {} | {} |",
+            label(&x.family), x.description.rsplit_once(": ").map(|d| d.0).unwrap_or(&x.description), x.perplexity, x.bits_per_byte, x.train_secs, x.train_tokens, x.params
+        );
+    }
+    let _ = writeln!(r, "\n![bits per byte against training time and parameters](history.svg)\n");
+    let _ = writeln!(r, "## What the numbers show\n");
+    let mut sorted: Vec<&Row> = rows.iter().collect();
+    sorted.sort_by(|a, b| a.bits_per_byte.total_cmp(&b.bits_per_byte));
+    if let (Some(best), Some(worst)) = (sorted.first(), sorted.last()) {
+        let order: Vec<String> = sorted.iter().map(|x| format!("{} ({:.3})", label(&x.family), x.bits_per_byte)).collect();
+        let _ = writeln!(r, "- Ranked by held-out bits per byte (lower is better): {}.", order.join(" < "));
+        let _ = writeln!(
+            r,
+            "- The best, {}, needs {:.1}% fewer bits per byte than the worst, {}, and {:.1}% fewer than the unigram baseline.",
+            label(&best.family),
+            100.0 * (1.0 - best.bits_per_byte / worst.bits_per_byte),
+            label(&worst.family),
+            100.0 * (1.0 - best.bits_per_byte / unigram_bpb)
+        );
+    }
+    if let Some(ng) = rows.iter().find(|x| x.family == "ngram") {
+        let beat: Vec<&str> = rows.iter().filter(|x| x.family != "ngram" && x.bits_per_byte < ng.bits_per_byte).map(|x| label(&x.family)).collect();
+        let lost: Vec<&str> = rows.iter().filter(|x| x.family != "ngram" && x.bits_per_byte >= ng.bits_per_byte).map(|x| label(&x.family)).collect();
+        let _ = writeln!(
+            r,
+            "- The count-based {}-gram trains in {:.1} s over all {} training tokens. Within their budgets {}{}.",
+            exp.ngram_order,
+            ng.train_secs,
+            ng.train_tokens,
+            if beat.is_empty() { "no neural model beat it".to_string() } else { format!("{} beat it", beat.join(", ")) },
+            if lost.is_empty() || beat.is_empty() { String::new() } else { format!("; {} did not", lost.join(", ")) }
+        );
+    }
+    for x in rows.iter().filter(|x| x.family != "ngram") {
+        let _ = writeln!(
+            r,
+            "- {} saw {} training tokens ({:.1} passes over the training data) in {:.0} s.",
+            label(&x.family),
+            x.train_tokens,
+            x.train_tokens as f64 / train_tokens as f64,
+            x.train_secs
+        );
+    }
+    let _ = writeln!(
+        r,
+        "- Caveats: one seed; budgets are wall-clock on this machine (other load slows every family alike only if it is steady); \
+         the neural models are small and under-trained at these budgets, so the ranking says which family learns most per second here, not which is best at scale.\n"
+    );
+    let _ = writeln!(r, "## Time\n\nCorpus, tokenizer and shards: {prep_secs:.0} s; whole experiment: {total_secs:.0} s. Runs: one folder per neural family (config.toml, checkpoint, metrics.jsonl, loss.svg); the resolved config is `experiment.toml`.");
+    r
+}
+
+/// Two panels: bits per byte against training seconds, and against parameters (log scale).
+fn plot(rows: &[Row], path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let colors = [RED, BLUE, GREEN, MAGENTA, BLACK, CYAN];
+    let ymax = rows.iter().map(|x| x.bits_per_byte).fold(0.0, f64::max) * 1.08;
+    let ymin = rows.iter().map(|x| x.bits_per_byte).fold(f64::INFINITY, f64::min) * 0.92;
+    let (ymin, ymax) = if ymin.is_finite() && ymax > ymin { (ymin, ymax) } else { (0.0, 1.0) };
+    let tmax = rows.iter().map(|x| x.train_secs).fold(1.0, f64::max) * 1.1;
+    let pmin = rows.iter().map(|x| x.params as f64).fold(f64::INFINITY, f64::min).max(1.0) / 2.0;
+    let pmax = rows.iter().map(|x| x.params as f64).fold(2.0, f64::max) * 2.0;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1200, 520)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled("Held-out bits per byte (lower is better)", ("sans-serif", 22))?;
+        let (left, right) = root.split_horizontally(600);
+        let mut a = ChartBuilder::on(&left)
+            .margin(18)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..tmax, ymin..ymax)?;
+        a.configure_mesh().x_desc("training time (s)").y_desc("bits per byte").draw()?;
+        let mut b = ChartBuilder::on(&right)
+            .margin(18)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d((pmin..pmax).log_scale(), ymin..ymax)?;
+        b.configure_mesh().x_desc("parameters (log scale)").y_desc("bits per byte").draw()?;
+        for (i, x) in rows.iter().enumerate() {
+            let c = colors[i % colors.len()];
+            let name = label(&x.family);
+            a.draw_series([Circle::new((x.train_secs, x.bits_per_byte), 6, c.filled())])?;
+            a.draw_series([Text::new(name, (x.train_secs, x.bits_per_byte), ("sans-serif", 14).into_font().color(&c))])?;
+            b.draw_series([Circle::new((x.params as f64, x.bits_per_byte), 6, c.filled())])?;
+            b.draw_series([Text::new(name, (x.params as f64, x.bits_per_byte), ("sans-serif", 14).into_font().color(&c))])?;
+        }
+        root.present()?;
+    }
+    ferrolm_common::write_atomic(path, svg)?;
+    Ok(())
+}
+
+/// `ferrolm bench recurrent`: tokens/s of full training steps (forward, backward through
+/// time, clip, AdamW) of an LSTM or Elman LM on random tokens.
+#[derive(clap::Args, Debug)]
+pub struct RecurrentBench {
+    #[arg(long, default_value = "lstm")]
+    family: String,
+    #[arg(long, default_value_t = 4096)]
+    vocab: usize,
+    #[arg(long, default_value_t = 128)]
+    embed: usize,
+    #[arg(long, default_value_t = 384)]
+    hidden: usize,
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 64)]
+    seq_len: usize,
+    /// Timed optimizer steps (after 2 warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn bench_recurrent(b: RecurrentBench) -> Result<()> {
+    let sets = vec![
+        format!("model.family={}", b.family),
+        format!("model.vocab_size={}", b.vocab),
+        format!("model.d_model={}", b.embed),
+        format!("model.hidden={}", b.hidden),
+        format!("model.n_layers={}", b.layers),
+        "model.n_heads=1".into(),
+        "model.n_kv_heads=1".into(),
+        format!("model.max_seq_len={}", b.seq_len),
+        format!("train.batch_size={}", b.batch),
+        format!("train.seq_len={}", b.seq_len),
+        // The PyTorch peer's optimisation: AdamW(0.9, 0.99), lr 1e-3 constant, wd 0.1, clip 1.
+        "train.lr=1e-3".into(),
+        "train.min_lr=1e-3".into(),
+        "train.warmup_steps=0".into(),
+        "train.schedule=constant".into(),
+        "train.beta2=0.99".into(),
+        "train.weight_decay=0.1".into(),
+        "train.max_steps=1000000".into(),
+    ];
+    let cfg = FamilyRunConfig::from_value(&ferrolm_common::load_config(None, &sets)?)?;
+    anyhow::ensure!(matches!(cfg.kind(), Family::Rnn | Family::Lstm), "--family must be lstm or rnn");
+    let data: Vec<u32> = (0..400_000u64).map(|i| (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) % b.vocab as u64) as u32).collect();
+    let dir = tempfile::tempdir()?;
+    let mut t = ferrolm_train::family_trainer(&cfg, dir.path(), &data, &data, vec![1; b.vocab], false)?;
+    for _ in 0..2 {
+        t.train_step()?;
+    }
+    let mut ms = Vec::with_capacity(b.steps);
+    let t0 = Instant::now();
+    for _ in 0..b.steps {
+        let s = Instant::now();
+        t.train_step()?;
+        ms.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    let total = t0.elapsed().as_secs_f64();
+    ms.sort_by(f64::total_cmp);
+    let tokens = (b.batch * b.seq_len) as f64;
+    let out = serde_json::json!({
+        "family": b.family, "params": cfg.num_params(), "steps": b.steps,
+        "threads": candle_core::utils::get_num_threads(),
+        "tokens_per_sec": tokens * b.steps as f64 / total,
+        "step_ms_median": ms[ms.len() / 2],
+        "peak_rss_bytes": super::super::bench::peak_rss_bytes(),
+    });
+    if b.json {
+        println!("{out}");
+    } else {
+        println!("{}: {} params, {:.0} tokens/s, median step {:.1} ms", b.family, out["params"], out["tokens_per_sec"].as_f64().unwrap_or(0.0), ms[ms.len() / 2]);
+    }
+    Ok(())
+}
