@@ -29,7 +29,7 @@ pub struct BowConfig {
 
 impl Default for BowConfig {
     fn default() -> Self {
-        Self { c: 1.0, bigrams: true, min_df: 2, max_iter: 300, tol: 1e-5 }
+        Self { c: 1.0, bigrams: true, min_df: 2, max_iter: 500, tol: 1e-6 }
     }
 }
 
