@@ -38,6 +38,12 @@ enum Command {
     Word2vec(cmd::word2vec::Args),
     /// Experiments spanning stages, with a report: `history` (n-gram → NPLM → RNN/LSTM → Transformer).
     Experiment(cmd::experiment::Args),
+    /// Instruction tuning (SFT) of a pretrained run on instruction or labelled data.
+    Sft(cmd::sft::Args),
+    /// Interactive chat with a run (chat template, streaming, /rate and /compare feedback).
+    Chat(cmd::chat::Args),
+    /// Classification heads: train, predict, eval; and the bag-of-words baseline.
+    Classify(cmd::classify::Args),
 }
 
 fn main() {
@@ -70,6 +76,9 @@ fn main() {
         Command::Ngram(a) => cmd::ngram::run(a),
         Command::Word2vec(a) => cmd::word2vec::run(a),
         Command::Experiment(a) => cmd::experiment::run(a),
+        Command::Sft(a) => cmd::sft::run(a),
+        Command::Chat(a) => cmd::chat::run(a),
+        Command::Classify(a) => cmd::classify::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
