@@ -1,0 +1,12 @@
+//! ferrolm-finetune: instruction tuning (SFT), interactive chat with human feedback, and
+//! classification heads on pretrained models; plus the pieces alignment shares with them
+//! (`records`: reading instruction/preference/labelled data with file:line errors;
+//! `prompt`: conversations to token ids with the chat template; `logprob`: response
+//! log-probabilities under a causal LM). See README.md in this crate.
+
+pub mod logprob;
+pub mod prompt;
+pub mod records;
+
+pub use logprob::{response_logprobs, ResponseLogprobs};
+pub use records::{Located, OnBad, Origin, ReadReport};

@@ -1,0 +1,198 @@
+//! Turning conversations into token ids with the chat template, identically for training,
+//! evaluation, generation, chat and alignment.
+//!
+//! Every sequence starts with the end-of-text token, the document boundary the model saw
+//! before every document in pretraining (it plays the role of a BOS token). Then the
+//! template's parts follow, encoded part by part ([`ChatTemplate::encode`]), so that
+//! `prompt_ids(history) ++ response_ids(answer)` is exactly the prefix of the training
+//! sequence of `history + [answer]` — the log-probability a DPO/PPO step computes is of the
+//! very tokens SFT trained on.
+//!
+//! A [`PromptStyle`] adds an optional system message and few-shot examples (user/assistant
+//! pairs placed before the task). Few-shot answers are context: they carry no loss.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use ferrolm_tokenizer::{special, ChatTemplate, Message, Role, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+/// The chat template of a run folder (`chat_template.json` beside its `tokenizer.json`),
+/// or the default template when the folder has none (e.g. a pretraining run).
+pub fn load_template(run_dir: &Path) -> Result<ChatTemplate> {
+    ChatTemplate::load_next_to(&run_dir.join("tokenizer.json"))
+}
+
+/// The tokenizer of a run folder.
+pub fn load_tokenizer(run_dir: &Path) -> Result<Tokenizer> {
+    let p = run_dir.join("tokenizer.json");
+    Tokenizer::from_file(&p).with_context(|| format!("{} has no usable tokenizer.json", run_dir.display()))
+}
+
+/// Optional system message and few-shot examples placed before every task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromptStyle {
+    /// System message added when a conversation has none ("" = none).
+    pub system: String,
+    /// (user, assistant) pairs placed after the system message, before the task's first turn.
+    pub few_shot: Vec<(String, String)>,
+}
+
+impl PromptStyle {
+    /// The conversation with the system message and few-shot turns added, and how many
+    /// leading messages are context only (they never carry loss).
+    pub fn apply(&self, messages: &[Message]) -> (Vec<Message>, usize) {
+        let mut out = Vec::with_capacity(messages.len() + 1 + 2 * self.few_shot.len());
+        let mut rest = messages;
+        if let Some(first) = messages.first().filter(|m| m.role == Role::System) {
+            out.push(first.clone());
+            rest = &messages[1..];
+        } else if !self.system.is_empty() {
+            out.push(Message::system(self.system.as_str()));
+        }
+        for (q, a) in &self.few_shot {
+            out.push(Message::user(q.as_str()));
+            out.push(Message::assistant(a.as_str()));
+        }
+        let context = out.len();
+        out.extend_from_slice(rest);
+        (out, context)
+    }
+}
+
+/// Token ids of the sequence start (end-of-text) if the tokenizer has it.
+pub fn bos(tok: &Tokenizer) -> Vec<u32> {
+    tok.try_eot_id().into_iter().collect()
+}
+
+/// Training ids of a whole conversation and, per id, whether it is a training target
+/// (assistant contents and their end markers, except in the first `context_messages`
+/// messages, which are context such as few-shot examples).
+pub fn encode_for_training(tok: &Tokenizer, tpl: &ChatTemplate, messages: &[Message], context_messages: usize) -> (Vec<u32>, Vec<bool>) {
+    let (ids, mut mask) = tpl.encode_with_mask(tok, messages);
+    if context_messages > 0 {
+        // Encoding is part by part, so the context's ids are exactly a prefix.
+        let n = tpl.encode(tok, &messages[..context_messages.min(messages.len())], false).len();
+        mask[..n].iter_mut().for_each(|m| *m = false);
+    }
+    let b = bos(tok);
+    let mut all_ids = b.clone();
+    all_ids.extend(ids);
+    let mut all_mask = vec![false; b.len()];
+    all_mask.extend(mask);
+    (all_ids, all_mask)
+}
+
+/// Ids of a prompt ending with the assistant's opening: generation continues from here.
+pub fn prompt_ids(tok: &Tokenizer, tpl: &ChatTemplate, messages: &[Message]) -> Vec<u32> {
+    let mut ids = bos(tok);
+    ids.extend(tpl.encode(tok, messages, true));
+    ids
+}
+
+/// Ids of an assistant answer as the training sequence holds them: the content, then the
+/// end marker (the template's `after_end` text is not part of the answer).
+pub fn response_ids(tok: &Tokenizer, tpl: &ChatTemplate, answer: &str) -> Vec<u32> {
+    let mut ids = tok.encode(answer);
+    ids.extend(tok.encode(&tpl.end));
+    ids
+}
+
+/// Tokens at which generation of an answer stops: the end marker and end-of-text.
+pub fn stop_tokens(tok: &Tokenizer, tpl: &ChatTemplate) -> Vec<u32> {
+    let mut v: Vec<u32> = tpl.stop_token(tok).into_iter().collect();
+    v.extend(tok.try_eot_id());
+    v
+}
+
+/// The text of generated answer ids: stop tokens removed from the end, special tokens kept
+/// elsewhere (they are rare and informative when a model misbehaves).
+pub fn answer_text(tok: &Tokenizer, tpl: &ChatTemplate, ids: &[u32]) -> String {
+    let stops = stop_tokens(tok, tpl);
+    let end = ids.iter().position(|t| stops.contains(t)).unwrap_or(ids.len());
+    tok.decode(&ids[..end]).trim().to_string()
+}
+
+/// The pad id for batches (the `<|pad|>` special, else end-of-text, else 0). Padding never
+/// carries loss and is never attended to by real tokens.
+pub fn pad_id(tok: &Tokenizer) -> u32 {
+    tok.token_id(special::PAD).or(tok.try_eot_id()).unwrap_or(0)
+}
+
+/// Fit a (prompt, response) pair into `max_len` tokens by dropping the oldest prompt tokens
+/// (after the sequence start), keeping the response whole. None when the response alone
+/// (plus one prompt token) does not fit.
+pub fn fit_pair(prompt: &[u32], response: &[u32], max_len: usize) -> Option<(Vec<u32>, Vec<u32>)> {
+    if prompt.len() + response.len() <= max_len {
+        return Some((prompt.to_vec(), response.to_vec()));
+    }
+    if response.len() + 1 > max_len || prompt.is_empty() {
+        return None;
+    }
+    let keep = max_len - response.len();
+    Some((prompt[prompt.len() - keep..].to_vec(), response.to_vec()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use ferrolm_tokenizer::BpeTrainConfig;
+
+    pub fn tiny_tokenizer() -> Tokenizer {
+        let text = "Hello there! How are you? I am fine, thank you. The review is positive or negative. \
+                    Translate the sentence. What is two plus two? Four. Good movie, bad movie.\n"
+            .repeat(20);
+        Tokenizer::train_bpe(
+            std::iter::once(text),
+            &BpeTrainConfig { vocab_size: 330, min_frequency: 2, special_tokens: special::defaults() },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn template_round_trip_and_prompt_prefix() {
+        let tok = tiny_tokenizer();
+        let tpl = ChatTemplate::default();
+        let convo = vec![Message::user("What is two plus two?"), Message::assistant("Four."), Message::user("And?"), Message::assistant("Fine, thank you.")];
+        let (ids, mask) = encode_for_training(&tok, &tpl, &convo, 0);
+        // decode(ids) is the rendered text after the sequence start
+        assert_eq!(ids[0], tok.eot_id());
+        assert_eq!(tok.decode(&ids[1..]), tpl.render(&convo, false));
+        // prompt ++ response is exactly a prefix of the training sequence, and the response
+        // tokens are exactly the last loss-carrying run
+        let p = prompt_ids(&tok, &tpl, &convo[..3]);
+        let r = response_ids(&tok, &tpl, "Fine, thank you.");
+        let pr: Vec<u32> = p.iter().chain(&r).copied().collect();
+        assert_eq!(&ids[..pr.len()], &pr[..]);
+        assert!(mask[p.len()..pr.len()].iter().all(|&m| m));
+        assert!(!mask[p.len() - 1]);
+        assert_eq!(answer_text(&tok, &tpl, &r), "Fine, thank you.");
+        // the template survives a save/load round trip through a run folder
+        let dir = tempfile::tempdir().unwrap();
+        tok.save(&dir.path().join("tokenizer.json")).unwrap();
+        let custom = ChatTemplate { after_end: "\n\n".into(), ..Default::default() };
+        custom.save_next_to(&dir.path().join("tokenizer.json")).unwrap();
+        assert_eq!(load_template(dir.path()).unwrap(), custom);
+    }
+
+    #[test]
+    fn few_shot_turns_are_context_without_loss() {
+        let tok = tiny_tokenizer();
+        let tpl = ChatTemplate::default();
+        let style = PromptStyle { system: "Be brief.".into(), few_shot: vec![("Good movie".into(), "positive".into())] };
+        let (msgs, ctx) = style.apply(&[Message::user("Bad movie"), Message::assistant("negative")]);
+        assert_eq!(ctx, 3);
+        assert_eq!(msgs[0], Message::system("Be brief."));
+        let (ids, mask) = encode_for_training(&tok, &tpl, &msgs, ctx);
+        let on: Vec<u32> = ids.iter().zip(&mask).filter(|(_, &m)| m).map(|(&i, _)| i).collect();
+        assert_eq!(tok.decode(&on), "negative<|end|>");
+    }
+
+    #[test]
+    fn fit_pair_drops_oldest_prompt_tokens() {
+        assert_eq!(fit_pair(&[1, 2, 3], &[4, 5], 5), Some((vec![1, 2, 3], vec![4, 5])));
+        assert_eq!(fit_pair(&[1, 2, 3], &[4, 5], 4), Some((vec![2, 3], vec![4, 5])));
+        assert_eq!(fit_pair(&[1, 2, 3], &[4, 5, 6, 7], 4), None);
+    }
+}
