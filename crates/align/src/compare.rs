@@ -100,8 +100,8 @@ pub fn compare(o: &CompareOptions) -> Result<CompareResult> {
     let rm = crate::reward::load(&o.reward)?;
     let fmt = Formatter::from_run(&o.policy, run.model.max_seq_len, o.max_response_tokens)?;
     let (prompts, report) = read_prompts(&o.data, o.on_error)?;
-    if report.malformed > 0 {
-        eprintln!("{} malformed records skipped", report.malformed);
+    if report.bad > 0 {
+        eprintln!("{} malformed records skipped", report.bad);
     }
     let mut prompts = if o.all { prompts } else { split(&prompts, |p| &p.prompt, o.val_fraction).1 };
     if o.max_prompts > 0 {

@@ -184,7 +184,7 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     let t = fmt.truncation();
     eprintln!(
         "{} pairs read ({} malformed, skipped), {} for training, {} held out; cut to the context: {} prompts, {} responses",
-        report.records, report.malformed, train.len(), val.len(), t.prompts_cut, t.responses_cut
+        report.kept, report.bad, train.len(), val.len(), t.prompts_cut, t.responses_cut
     );
     for e in &report.examples {
         eprintln!("  malformed: {e}");

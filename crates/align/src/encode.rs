@@ -1,16 +1,18 @@
 //! Prompts and responses as token ids, with the chat template the model is served with.
 //!
-//! A sequence is `template.encode(prompt, add_generation_prompt = true)` followed by the
-//! response's tokens and the template's end marker — exactly the ids an SFT model was trained
-//! on and the ids `chat`/`generate` feed it, so rewards and log-probabilities are computed on
-//! what the policy actually sees. Sequences longer than the model's context are cut: the
-//! response to `max_response_tokens` (losing its end marker), the prompt from the left
-//! (keeping its most recent turns and the assistant opening). Every cut is counted.
+//! A sequence is `ferrolm_finetune::prompt::prompt_ids` (sequence start, then the template
+//! with the assistant's opening) followed by `prompt::response_ids` (the answer and the end
+//! marker) — exactly the ids SFT trains on and `chat` feeds the model, so rewards and
+//! log-probabilities are computed on what the policy actually sees. Sequences longer than the
+//! model's context are cut: the response to `max_response_tokens` (losing its end marker),
+//! the prompt from the left after the sequence start (keeping its most recent turns and the
+//! assistant opening). Every cut is counted.
 
 use std::cell::Cell;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use ferrolm_finetune::prompt;
 use ferrolm_tokenizer::{ChatTemplate, Message, Tokenizer};
 
 use crate::records::PreferencePair;
@@ -48,8 +50,12 @@ pub struct TruncationReport {
 pub struct Formatter {
     pub tok: Tokenizer,
     pub template: ChatTemplate,
-    /// The template's end-of-turn marker: generation stops there, responses end with it.
+    /// The template's end-of-turn marker: responses end with it.
     pub end_id: u32,
+    /// Generation stops at any of these (the end marker, end-of-text).
+    pub stop_ids: Vec<u32>,
+    /// The sequence-start ids every prompt begins with.
+    bos: Vec<u32>,
     pub pad_id: u32,
     /// Model context (prompt + response).
     pub max_len: usize,
@@ -62,12 +68,14 @@ impl Formatter {
     pub fn new(tok: Tokenizer, template: ChatTemplate, max_len: usize, max_response: usize) -> Result<Self> {
         template.check(&tok)?;
         let end_id = template.stop_token(&tok).context("the chat template's end marker is not one token")?;
-        let pad_id = tok.token_id(ferrolm_tokenizer::special::PAD).unwrap_or(end_id);
+        let pad_id = prompt::pad_id(&tok);
+        let stop_ids = prompt::stop_tokens(&tok, &template);
+        let bos = prompt::bos(&tok);
         anyhow::ensure!(
-            max_response >= 1 && max_response < max_len,
-            "max_response_tokens ({max_response}) must be at least 1 and below the model's context ({max_len})"
+            max_response >= 1 && max_response + 2 <= max_len,
+            "max_response_tokens ({max_response}) must be at least 1 and leave room for a prompt in the model's context ({max_len})"
         );
-        Ok(Self { tok, template, end_id, pad_id, max_len, max_response, prompts_cut: Cell::new(0), responses_cut: Cell::new(0) })
+        Ok(Self { tok, template, end_id, stop_ids, bos, pad_id, max_len, max_response, prompts_cut: Cell::new(0), responses_cut: Cell::new(0) })
     }
 
     /// The tokenizer and chat template of a run folder (template beside tokenizer.json, or the default).
@@ -84,10 +92,13 @@ impl Formatter {
 
     /// Prompt ids ending with the assistant's opening, cut from the left to `budget` tokens.
     pub fn prompt_ids(&self, prompt: &[Message], budget: usize) -> Vec<u32> {
-        let ids = self.template.encode(&self.tok, prompt, true);
+        let ids = prompt::prompt_ids(&self.tok, &self.template, prompt);
         if ids.len() > budget {
             self.prompts_cut.set(self.prompts_cut.get() + 1);
-            ids[ids.len() - budget..].to_vec()
+            let keep = budget.saturating_sub(self.bos.len()).max(1);
+            let mut cut = self.bos.clone();
+            cut.extend_from_slice(&ids[ids.len() - keep..]);
+            cut
         } else {
             ids
         }
@@ -95,8 +106,7 @@ impl Formatter {
 
     /// Response ids with the end marker, cut to `max_response` tokens.
     pub fn response_ids(&self, response: &str) -> Vec<u32> {
-        let mut ids = self.tok.encode(response);
-        ids.push(self.end_id);
+        let mut ids = prompt::response_ids(&self.tok, &self.template, response);
         if ids.len() > self.max_response {
             self.responses_cut.set(self.responses_cut.get() + 1);
             ids.truncate(self.max_response);
@@ -125,12 +135,13 @@ impl Formatter {
     }
 
     /// Decode a response for display, without its end marker.
+    /// Whether a sampled response ended by itself (with a stop token) rather than at the length limit.
+    pub fn ended(&self, seq: &Sequence) -> bool {
+        seq.response().last().is_some_and(|t| self.stop_ids.contains(t))
+    }
+
     pub fn decode_response(&self, ids: &[u32]) -> String {
-        let ids = match ids.last() {
-            Some(&l) if l == self.end_id => &ids[..ids.len() - 1],
-            _ => ids,
-        };
-        self.tok.decode(ids)
+        prompt::answer_text(&self.tok, &self.template, ids)
     }
 }
 

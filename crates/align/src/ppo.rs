@@ -193,7 +193,7 @@ pub struct Rollout {
 pub fn sample_response(model: &Transformer, prompt_ids: &[u32], fmt: &Formatter, temperature: f32, seed: u64) -> Result<Sequence> {
     let gen = GenerateConfig {
         max_tokens: fmt.max_response,
-        stop_tokens: vec![fmt.end_id],
+        stop_tokens: fmt.stop_ids.clone(),
         sampling: SamplingConfig { temperature, top_k: 0, top_p: 1.0, seed },
     };
     let resp = generate(model, prompt_ids, &gen, |_| true)?;
@@ -293,8 +293,8 @@ impl PpoTrainer {
         }
         eprintln!(
             "{} prompts read ({} malformed, skipped), {} for rollouts, {} held out",
-            report.records,
-            report.malformed,
+            report.kept,
+            report.bad,
             train_prompts.len(),
             val_prompts.len()
         );
@@ -390,7 +390,7 @@ impl PpoTrainer {
             let reflp = logprobs_at(&self.reference, &b, self.policy.temperature)?;
             let scores = self.reward.model.score_sequences(chunk, self.fmt.pad_id, chunk.len())?;
             for (r, s) in chunk.iter().enumerate() {
-                let ended = s.ids.last() == Some(&self.fmt.end_id);
+                let ended = self.fmt.ended(s);
                 let score = scores[r] + if ended { 0.0 } else { p.missing_end_penalty as f32 };
                 let rewards = token_rewards(&old[r], &reflp[r], self.kl.coef, score);
                 let (adv, ret) = gae(&rewards, &values[r], p.gamma as f32, p.lambda as f32);

@@ -1,54 +1,31 @@
-//! Preference pairs and prompts from JSONL files, in the formats the public sets use:
+//! Preference pairs and prompts for alignment, read with the shared record readers of
+//! `ferrolm_finetune::records` (the formats, `file:line` errors and skip/fail policy are
+//! defined there, once for SFT and alignment):
 //!
 //! - `{"instruction", "input"?, "chosen", "rejected"}` (Alpaca-style preference data);
-//! - `{"prompt", "chosen", "rejected"}` (the generic triple; `prompt` is a string or a list
-//!   of `{"role", "content"}` messages);
+//! - `{"prompt", "history"?, "chosen", "rejected"}` (the generic triple; `prompt` is a string
+//!   or a list of `{"role", "content"}` messages);
 //! - `{"chosen", "rejected"}` where both are whole "\n\nHuman: …\n\nAssistant: …" dialogues
 //!   (Anthropic HH): the turns before the last assistant turn are the prompt, and must agree.
 //!
 //! Prompt files for RLHF accept any of these (only the prompt is used), and also plain
-//! `{"prompt"}` or `{"instruction", "input"?}` records.
-//!
-//! A malformed record (bad JSON, a missing field, a wrong type, an empty response, dialogues
-//! that disagree before their last turn) is reported as `file:line: reason`; with
-//! [`OnError::Skip`] it is counted and skipped, with [`OnError::Fail`] reading stops there.
+//! `{"prompt"}`, `{"instruction", "input"?}` or `{"prompt": "\n\nHuman: …\n\nAssistant:"}`.
+//! This module adds the held-out split every alignment stage shares.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+use ferrolm_finetune::records::{alpaca_user_text, parse_hh_dialogue, parse_preference, read_records};
+pub use ferrolm_finetune::records::{OnBad as OnError, ReadReport};
 use ferrolm_tokenizer::chat::{Message, Role};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnError {
-    /// Count and report malformed records, keep reading.
-    #[default]
-    Skip,
-    /// Stop at the first malformed record with its file and line.
-    Fail,
-}
-
-impl std::str::FromStr for OnError {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "skip" => Ok(Self::Skip),
-            "fail" => Ok(Self::Fail),
-            _ => Err(format!("expected `skip` or `fail`, got {s:?}")),
-        }
-    }
-}
-
-/// One preference pair: a conversation that awaits the assistant's reply, and two replies.
+/// One preference pair and the `file:line` it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreferencePair {
     pub prompt: Vec<Message>,
     pub chosen: String,
     pub rejected: String,
-    /// `file:line` it came from.
     pub origin: String,
 }
 
@@ -59,271 +36,59 @@ pub struct PromptRecord {
     pub origin: String,
 }
 
-/// What reading found: records kept, malformed records (count and the first messages).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ReadReport {
-    pub records: usize,
-    pub malformed: usize,
-    /// The first few `file:line: reason` messages (all are counted in `malformed`).
-    pub examples: Vec<String>,
-}
-
-const MAX_EXAMPLES: usize = 20;
-
-impl ReadReport {
-    fn bad(&mut self, msg: String, on_error: OnError) -> Result<()> {
-        if on_error == OnError::Fail {
-            bail!("{msg} (pass --on-error skip to skip malformed records)");
-        }
-        tracing::warn!("skipping malformed record: {msg}");
-        self.malformed += 1;
-        if self.examples.len() < MAX_EXAMPLES {
-            self.examples.push(msg);
-        }
-        Ok(())
-    }
-}
-
 /// Read preference pairs from every file in order.
 pub fn read_preferences(paths: &[PathBuf], on_error: OnError) -> Result<(Vec<PreferencePair>, ReadReport)> {
-    let mut out = Vec::new();
-    let mut report = ReadReport::default();
-    for_each_record(paths, on_error, &mut report, |obj, origin| {
-        let pair = parse_pair(obj, origin)?;
-        out.push(pair);
-        Ok(())
-    })?;
-    report.records = out.len();
-    Ok((out, report))
+    let (recs, report) = read_records(paths, on_error, parse_preference)?;
+    let pairs = recs
+        .into_iter()
+        .map(|r| PreferencePair { prompt: r.value.prompt, chosen: r.value.chosen, rejected: r.value.rejected, origin: r.origin.to_string() })
+        .collect();
+    Ok((pairs, report))
 }
 
 /// Read prompts (from prompt files or from preference files) from every file in order.
 pub fn read_prompts(paths: &[PathBuf], on_error: OnError) -> Result<(Vec<PromptRecord>, ReadReport)> {
-    let mut out = Vec::new();
-    let mut report = ReadReport::default();
-    for_each_record(paths, on_error, &mut report, |obj, origin| {
-        let prompt = parse_prompt_only(obj)?;
-        out.push(PromptRecord { prompt, origin: origin.to_string() });
-        Ok(())
-    })?;
-    report.records = out.len();
-    Ok((out, report))
+    let (recs, report) = read_records(paths, on_error, parse_prompt)?;
+    Ok((recs.into_iter().map(|r| PromptRecord { prompt: r.value, origin: r.origin.to_string() }).collect(), report))
 }
 
-fn for_each_record(
-    paths: &[PathBuf],
-    on_error: OnError,
-    report: &mut ReadReport,
-    mut f: impl FnMut(&serde_json::Map<String, Value>, &str) -> Result<(), String>,
-) -> Result<()> {
-    if paths.is_empty() {
-        bail!("no data files given (--data FILE…)");
+/// The prompt of any preference record, or of a prompt-only record.
+fn parse_prompt(v: &Value) -> Result<Vec<Message>, String> {
+    let o = v.as_object().ok_or("not a JSON object")?;
+    if o.contains_key("chosen") || o.contains_key("rejected") {
+        return parse_preference(v).map(|p| p.prompt);
     }
-    for path in paths {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        for (i, line) in BufReader::new(file).lines().enumerate() {
-            let origin = format!("{}:{}", path.display(), i + 1);
-            let line = line.with_context(|| format!("{origin}: cannot read (not UTF-8?)"))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let parsed: Result<(), String> = match serde_json::from_str::<Value>(&line) {
-                Err(e) => Err(format!("not valid JSON ({e})")),
-                Ok(Value::Object(obj)) => f(&obj, &origin),
-                Ok(_) => Err("not a JSON object".into()),
-            };
-            if let Err(reason) = parsed {
-                report.bad(format!("{origin}: {reason}"), on_error)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn get_str<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Result<Option<&'a str>, String> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(format!("field `{key}` must be a string, got {}", type_name(other))),
-    }
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn nonempty_response(obj: &serde_json::Map<String, Value>, key: &str) -> Result<String, String> {
-    match get_str(obj, key)? {
-        None => Err(format!("missing field `{key}`")),
-        Some(s) if s.trim().is_empty() => Err(format!("field `{key}` is an empty response")),
-        Some(s) => Ok(s.trim().to_string()),
-    }
-}
-
-/// The user turn of an instruction record: the instruction, then the input if any.
-pub fn instruction_prompt(instruction: &str, input: &str) -> String {
-    if input.trim().is_empty() {
-        instruction.trim().to_string()
-    } else {
-        format!("{}\n\n{}", instruction.trim(), input.trim())
-    }
-}
-
-fn parse_pair(obj: &serde_json::Map<String, Value>, origin: &str) -> Result<PreferencePair, String> {
-    let has = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
-    let (prompt, chosen, rejected) = if has("instruction") || has("prompt") {
-        let prompt = explicit_prompt(obj)?.expect("instruction or prompt present");
-        (prompt, nonempty_response(obj, "chosen")?, nonempty_response(obj, "rejected")?)
-    } else if has("chosen") || has("rejected") {
-        // Whole dialogues: the prompt is every turn before the last assistant turn.
-        let c = get_str(obj, "chosen")?.ok_or("missing field `chosen`")?;
-        let r = get_str(obj, "rejected")?.ok_or("missing field `rejected`")?;
-        let (cp, cr) = split_last_reply(&parse_dialogue(c).map_err(|e| format!("`chosen`: {e}"))?)
-            .map_err(|e| format!("`chosen`: {e}"))?;
-        let (rp, rr) = split_last_reply(&parse_dialogue(r).map_err(|e| format!("`rejected`: {e}"))?)
-            .map_err(|e| format!("`rejected`: {e}"))?;
-        if cp != rp {
-            return Err("`chosen` and `rejected` dialogues differ before their last assistant turn".into());
-        }
-        (cp, cr, rr)
-    } else {
-        return Err("expected fields (instruction, chosen, rejected), (prompt, chosen, rejected) or (chosen, rejected) dialogues".into());
-    };
-    if chosen.trim().is_empty() {
-        return Err("the chosen response is empty".into());
-    }
-    if rejected.trim().is_empty() {
-        return Err("the rejected response is empty".into());
-    }
-    Ok(PreferencePair { prompt, chosen, rejected, origin: origin.to_string() })
-}
-
-/// The prompt of an `instruction`/`input` or `prompt` record; None when it has neither.
-fn explicit_prompt(obj: &serde_json::Map<String, Value>) -> Result<Option<Vec<Message>>, String> {
-    if let Some(instr) = get_str(obj, "instruction")? {
-        let input = get_str(obj, "input")?.unwrap_or("");
+    if let Some(instr) = o.get("instruction") {
+        let instr = instr.as_str().ok_or("field \"instruction\" must be a string")?;
         if instr.trim().is_empty() {
-            return Err("field `instruction` is empty".into());
+            return Err("field \"instruction\" is empty".into());
         }
-        return Ok(Some(vec![Message::user(instruction_prompt(instr, input))]));
-    }
-    match obj.get("prompt") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => {
-            if s.trim().is_empty() {
-                return Err("field `prompt` is empty".into());
-            }
-            if s.contains("Human:") && s.contains("\n\nHuman:") {
-                // An HH-style dialogue prefix, possibly ending in "\n\nAssistant:".
-                let turns = parse_dialogue(s)?;
-                let turns: Vec<Message> =
-                    turns.into_iter().filter(|m| !(m.role == Role::Assistant && m.content.is_empty())).collect();
-                if turns.last().map(|m| m.role) != Some(Role::User) {
-                    return Err("the `prompt` dialogue must end with a Human turn".into());
-                }
-                Ok(Some(turns))
-            } else {
-                Ok(Some(vec![Message::user(s.trim())]))
-            }
-        }
-        Some(Value::Array(items)) => {
-            let msgs = parse_messages(items)?;
-            if msgs.last().map(|m| m.role) == Some(Role::Assistant) {
-                return Err("the `prompt` messages must not end with an assistant turn".into());
-            }
-            Ok(Some(msgs))
-        }
-        Some(other) => Err(format!("field `prompt` must be a string or a list of messages, got {}", type_name(other))),
-    }
-}
-
-fn parse_prompt_only(obj: &serde_json::Map<String, Value>) -> Result<Vec<Message>, String> {
-    if let Some(p) = explicit_prompt(obj)? {
-        return Ok(p);
-    }
-    if let Some(c) = get_str(obj, "chosen")? {
-        let (prompt, _) = split_last_reply(&parse_dialogue(c).map_err(|e| format!("`chosen`: {e}"))?)
-            .map_err(|e| format!("`chosen`: {e}"))?;
-        return Ok(prompt);
-    }
-    Err("expected a `prompt`, an `instruction` (with optional `input`), or a `chosen` dialogue".into())
-}
-
-fn parse_messages(items: &[Value]) -> Result<Vec<Message>, String> {
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let obj = item.as_object().ok_or_else(|| format!("message {i} is not an object"))?;
-        let role = match get_str(obj, "role")? {
-            Some("system") => Role::System,
-            Some("user") | Some("human") => Role::User,
-            Some("assistant") => Role::Assistant,
-            Some(r) => return Err(format!("message {i} has unknown role {r:?}")),
-            None => return Err(format!("message {i} lacks `role`")),
+        let input = match o.get("input") {
+            None | Some(Value::Null) => "",
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => return Err("field \"input\" must be a string".into()),
         };
-        let content = get_str(obj, "content")?.ok_or_else(|| format!("message {i} lacks `content`"))?;
-        out.push(Message::new(role, content.trim()));
+        return Ok(vec![Message::user(alpaca_user_text(instr, input))]);
     }
-    if out.is_empty() {
-        return Err("the message list is empty".into());
-    }
-    Ok(out)
-}
-
-/// Split an Anthropic-style "\n\nHuman: …\n\nAssistant: …" dialogue into turns.
-/// Text before the first marker is an error unless it is whitespace.
-pub fn parse_dialogue(text: &str) -> Result<Vec<Message>, String> {
-    const H: &str = "\n\nHuman:";
-    const A: &str = "\n\nAssistant:";
-    // Normalise a dialogue that starts without the leading blank lines.
-    let owned;
-    let text = if text.starts_with("Human:") {
-        owned = format!("\n\n{text}");
-        &owned
-    } else {
-        text
-    };
-    let mut marks: Vec<(usize, Role, usize)> = Vec::new();
-    for (pos, _) in text.match_indices(H) {
-        marks.push((pos, Role::User, H.len()));
-    }
-    for (pos, _) in text.match_indices(A) {
-        marks.push((pos, Role::Assistant, A.len()));
-    }
-    marks.sort_by_key(|m| m.0);
-    let Some(first) = marks.first() else {
-        return Err("not a Human:/Assistant: dialogue (no \"\\n\\nHuman:\" marker)".into());
-    };
-    if !text[..first.0].trim().is_empty() {
-        return Err("text before the first Human:/Assistant: marker".into());
-    }
-    let mut turns = Vec::with_capacity(marks.len());
-    for (i, &(pos, role, len)) in marks.iter().enumerate() {
-        let end = marks.get(i + 1).map(|m| m.0).unwrap_or(text.len());
-        turns.push(Message::new(role, text[pos + len..end].trim()));
-    }
-    Ok(turns)
-}
-
-/// (prompt turns, last assistant reply) of a dialogue that ends with the assistant.
-fn split_last_reply(turns: &[Message]) -> Result<(Vec<Message>, String), String> {
-    match turns.split_last() {
-        Some((last, rest)) if last.role == Role::Assistant => {
-            if last.content.trim().is_empty() {
-                return Err("the last assistant turn is an empty response".into());
-            }
-            if rest.is_empty() {
-                return Err("the dialogue has no turn before the assistant's reply".into());
-            }
-            Ok((rest.to_vec(), last.content.clone()))
+    match o.get("prompt") {
+        Some(Value::String(s)) if s.contains("\n\nHuman:") => {
+            // An HH dialogue prefix ending in "\n\nAssistant:": parse it with a placeholder reply.
+            let text = s.trim_end();
+            let text = text.strip_suffix("Assistant:").map(|t| t.trim_end()).unwrap_or(text);
+            let turns = parse_hh_dialogue(&format!("{text}\n\nAssistant: -"))?;
+            Ok(turns[..turns.len() - 1].to_vec())
         }
-        _ => Err("the dialogue does not end with an Assistant turn".into()),
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(vec![Message::user(s.trim())]),
+        Some(Value::String(_)) => Err("field \"prompt\" is empty".into()),
+        Some(Value::Array(_)) => {
+            // Reuse the preference parser for message lists (placeholder answers).
+            let mut with = o.clone();
+            with.insert("chosen".into(), Value::String("-".into()));
+            with.insert("rejected".into(), Value::String("-".into()));
+            parse_preference(&Value::Object(with)).map(|p| p.prompt)
+        }
+        Some(_) => Err("field \"prompt\" must be a string or a list of messages".into()),
+        None => Err("expected a \"prompt\", an \"instruction\" (with optional \"input\"), or a preference record".into()),
     }
 }
 
@@ -358,23 +123,13 @@ pub fn split<T: Clone>(items: &[T], prompt: impl Fn(&T) -> &[Message], val_fract
     (train, val)
 }
 
-/// Helper for the CLI: the path list as given, checked to exist.
-pub fn check_paths(paths: &[PathBuf]) -> Result<()> {
-    for p in paths {
-        if !Path::new(p).is_file() {
-            bail!("data file {} does not exist", p.display());
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
 
     fn write(lines: &[&str]) -> tempfile::NamedTempFile {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let mut f = tempfile::Builder::new().suffix(".jsonl").tempfile().unwrap();
         for l in lines {
             writeln!(f, "{l}").unwrap();
         }
@@ -390,14 +145,11 @@ mod tests {
             r#"{"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}], "chosen": "x", "rejected": "y"}"#,
         ]);
         let (pairs, rep) = read_preferences(&[f.path().to_path_buf()], OnError::Fail).unwrap();
-        assert_eq!(rep.malformed, 0);
+        assert_eq!(rep.bad, 0);
         assert_eq!(pairs.len(), 4);
         assert_eq!(pairs[0].prompt, vec![Message::user("Add\n\n1+1")]);
         assert_eq!(pairs[1].prompt, vec![Message::user("Hi")]);
-        assert_eq!(
-            pairs[2].prompt,
-            vec![Message::user("a"), Message::assistant("b"), Message::user("c")]
-        );
+        assert_eq!(pairs[2].prompt, vec![Message::user("a"), Message::assistant("b"), Message::user("c")]);
         assert_eq!((pairs[2].chosen.as_str(), pairs[2].rejected.as_str()), ("good", "bad"));
         assert_eq!(pairs[3].prompt.len(), 2);
         assert!(pairs[3].origin.ends_with(":4"));
@@ -417,13 +169,11 @@ mod tests {
         let path = f.path().to_path_buf();
         let (pairs, rep) = read_preferences(std::slice::from_ref(&path), OnError::Skip).unwrap();
         assert_eq!(pairs.len(), 2);
-        assert_eq!(rep.malformed, 5);
+        assert_eq!(rep.bad, 5);
         let name = path.display().to_string();
-        assert!(rep.examples[0].starts_with(&format!("{name}:2:")) && rep.examples[0].contains("rejected"), "{:?}", rep.examples);
-        assert!(rep.examples[1].starts_with(&format!("{name}:3:")));
-        assert!(rep.examples[2].contains(":4:") && rep.examples[2].contains("empty response"));
-        assert!(rep.examples[3].contains(":5:") && rep.examples[3].contains("must be a string"));
-        assert!(rep.examples[4].contains(":6:") && rep.examples[4].contains("differ"));
+        for (k, line) in [2, 3, 4, 5, 6].iter().enumerate() {
+            assert!(rep.examples[k].starts_with(&format!("{name}:{line}:")), "{:?}", rep.examples);
+        }
         let err = read_preferences(&[path], OnError::Fail).unwrap_err().to_string();
         assert!(err.contains(&format!("{name}:2:")), "{err}");
     }
@@ -434,13 +184,21 @@ mod tests {
             r#"{"prompt": "P"}"#,
             r#"{"instruction": "I", "input": ""}"#,
             r#"{"chosen": "\n\nHuman: q\n\nAssistant: r", "rejected": "\n\nHuman: q\n\nAssistant: s"}"#,
-            r#"{"prompt": "\n\nHuman: hh\n\nAssistant:"}"#,
+            r#"{"prompt": "\n\nHuman: hh\n\nAssistant: yes\n\nHuman: more\n\nAssistant:"}"#,
             r#"{"text": "nothing usable"}"#,
         ]);
         let (ps, rep) = read_prompts(&[f.path().to_path_buf()], OnError::Skip).unwrap();
-        assert_eq!(rep.malformed, 1);
+        assert_eq!(rep.bad, 1);
         let got: Vec<_> = ps.iter().map(|p| p.prompt.clone()).collect();
-        assert_eq!(got, vec![vec![Message::user("P")], vec![Message::user("I")], vec![Message::user("q")], vec![Message::user("hh")]]);
+        assert_eq!(
+            got,
+            vec![
+                vec![Message::user("P")],
+                vec![Message::user("I")],
+                vec![Message::user("q")],
+                vec![Message::user("hh"), Message::assistant("yes"), Message::user("more")]
+            ]
+        );
     }
 
     #[test]
@@ -448,7 +206,8 @@ mod tests {
         let prompts: Vec<Vec<Message>> = (0..2000).map(|i| vec![Message::user(format!("p{i}"))]).collect();
         let held = prompts.iter().filter(|p| is_held_out(p, 0.1)).count();
         assert!((150..250).contains(&held), "{held}");
-        assert!(prompts.iter().all(|p| is_held_out(p, 0.1) == is_held_out(p, 0.1)));
         assert_eq!(prompts.iter().filter(|p| is_held_out(p, 0.0)).count(), 0);
+        let (tr, va) = split(&prompts, |p| p, 0.1);
+        assert_eq!((tr.len(), va.len()), (2000 - held, held));
     }
 }

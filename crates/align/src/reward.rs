@@ -224,7 +224,7 @@ fn report_data(report: &ReadReport, fmt: &Formatter, train: usize, val: usize) {
     let t = fmt.truncation();
     eprintln!(
         "{} pairs read ({} malformed, skipped), {train} for training, {val} held out; cut to the context: {} prompts, {} responses",
-        report.records, report.malformed, t.prompts_cut, t.responses_cut
+        report.kept, report.bad, t.prompts_cut, t.responses_cut
     );
     for e in &report.examples {
         eprintln!("  malformed: {e}");
