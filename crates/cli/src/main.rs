@@ -36,6 +36,12 @@ enum Command {
     Ngram(cmd::ngram::Args),
     /// word2vec embeddings: train, nearest neighbours, analogies.
     Word2vec(cmd::word2vec::Args),
+    /// Instruction tuning (SFT) of a pretrained run on instruction or labelled data.
+    Sft(cmd::sft::Args),
+    /// Interactive chat with a run (chat template, streaming, /rate and /compare feedback).
+    Chat(cmd::chat::Args),
+    /// Classification heads: train, predict, eval; and the bag-of-words baseline.
+    Classify(cmd::classify::Args),
 }
 
 fn main() {
@@ -57,6 +63,9 @@ fn main() {
         Command::Tokenizer(a) => cmd::tokenizer::run(a),
         Command::Ngram(a) => cmd::ngram::run(a),
         Command::Word2vec(a) => cmd::word2vec::run(a),
+        Command::Sft(a) => cmd::sft::run(a),
+        Command::Chat(a) => cmd::chat::run(a),
+        Command::Classify(a) => cmd::classify::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -4,9 +4,17 @@
 //! `prompt`: conversations to token ids with the chat template; `logprob`: response
 //! log-probabilities under a causal LM). See README.md in this crate.
 
+pub mod baseline;
+pub mod chat;
+pub mod classify;
 pub mod logprob;
+pub mod metrics;
+pub mod pack;
 pub mod prompt;
 pub mod records;
+pub mod sft;
+#[cfg(test)]
+mod tests;
 
 pub use logprob::{response_logprobs, ResponseLogprobs};
 pub use records::{Located, OnBad, Origin, ReadReport};

@@ -1,10 +1,13 @@
 //! One file per subcommand.
 pub mod bench;
+pub mod chat;
+pub mod classify;
 pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod ngram;
 pub mod quickstart;
+pub mod sft;
 pub mod tokenizer;
 pub mod train;
 pub mod word2vec;

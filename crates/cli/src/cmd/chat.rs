@@ -1,0 +1,56 @@
+//! `ferrolm chat --model RUN_DIR`: an interactive conversation with the run's chat template;
+//! `/rate` and `/compare` record human feedback for reward-model training and DPO.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use ferrolm_finetune::chat::{ChatConfig, ChatSession};
+use ferrolm_finetune::{prompt, sft};
+use ferrolm_infer::SamplingConfig;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A run folder (an SFT run, or any decoder run: the default template is used then).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value_t = 200)]
+    max_tokens: usize,
+    /// 0 for greedy answers.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// System message for the conversation.
+    #[arg(long, default_value = "")]
+    system: String,
+    /// Where /compare appends preference pairs (default RUN_DIR/feedback/preferences.jsonl).
+    #[arg(long)]
+    preferences: Option<PathBuf>,
+    /// Where /rate appends ratings (default RUN_DIR/feedback/ratings.jsonl).
+    #[arg(long)]
+    ratings: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let (_, model, _) = sft::load_decoder(&a.model)?;
+    let tok = prompt::load_tokenizer(&a.model)?;
+    let tpl = prompt::load_template(&a.model)?;
+    let feedback = a.model.join("feedback");
+    let cfg = ChatConfig {
+        max_tokens: a.max_tokens,
+        sampling: SamplingConfig { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
+        system: a.system,
+        compare_temperature: 0.8,
+        preferences: a.preferences.unwrap_or_else(|| feedback.join("preferences.jsonl")),
+        ratings: a.ratings.unwrap_or_else(|| feedback.join("ratings.jsonl")),
+    };
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let mut out = std::io::stdout().lock();
+    ChatSession::new(&model, &tok, &tpl, cfg).run(&mut input, &mut out)?;
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! `ferrolm sft --model BASE_RUN --data FILE… --out DIR [--config FILE] [--set k=v …]`:
+//! instruction tuning on Alpaca / chat / prompt-completion records, or on a labelled set
+//! turned into instructions (`--from-labelled FILE --template "…{text}…" --labels a,b`).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use ferrolm_finetune::sft::{run_sft, SftRun, SftSources, SftStageConfig};
+
+const DEFAULT_CONFIG: &str = include_str!("../../../../configs/sft.toml");
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The pretrained run folder to start from.
+    #[arg(long)]
+    model: PathBuf,
+    /// Instruction records: JSONL (or a .json array, or .csv) of Alpaca, chat or prompt/completion records.
+    #[arg(long, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// Labelled texts (text, label) turned into instructions with --template.
+    #[arg(long, num_args = 1..)]
+    from_labelled: Vec<PathBuf>,
+    /// User turn for labelled texts: {text} is the text, {labels} the labels joined by " or ".
+    #[arg(long)]
+    template: Option<String>,
+    /// Allowed labels, comma-separated (e.g. positive,negative).
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Held-out instruction records (default: a hashed split of --data by sft.val_fraction).
+    #[arg(long, num_args = 1..)]
+    val_data: Vec<PathBuf>,
+    /// Held-out labelled texts.
+    #[arg(long, num_args = 1..)]
+    val_labelled: Vec<PathBuf>,
+    /// Output run folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Stage config ([train], [sft]); default: the built-in configs/sft.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. --set train.max_steps=50 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Malformed records: skip (reported and counted) or fail.
+    #[arg(long, value_parser = ["skip", "fail"])]
+    on_bad_record: Option<String>,
+    /// Plain progress lines instead of a bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut value = match &a.config {
+        Some(p) => ferrolm_common::load_config(Some(p), &[])?,
+        None => DEFAULT_CONFIG.parse::<toml::Table>().map(toml::Value::Table)?,
+    };
+    let mut sets = a.overrides.clone();
+    if let Some(p) = &a.on_bad_record {
+        sets.insert(0, format!("sft.on_bad_record=\"{p}\""));
+    }
+    if let Some(t) = &a.template {
+        sets.insert(0, format!("sft.template={}", toml::Value::String(t.clone())));
+    }
+    if !a.labels.is_empty() {
+        sets.insert(0, format!("sft.labels={}", toml::Value::try_from(&a.labels)?));
+    }
+    ferrolm_common::apply_overrides(&mut value, &sets)?;
+    let cfg = SftStageConfig::from_value(&value)?;
+    let sources = SftSources { data: a.data, labelled: a.from_labelled, val_data: a.val_data, val_labelled: a.val_labelled };
+    let rep = run_sft(SftRun { base: &a.model, out: &a.out, sources, cfg, quiet: a.quiet })?;
+    println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+        "out": a.out,
+        "val_loss_before": rep.val_loss_before,
+        "val_loss_after": rep.val_loss_after,
+        "label_accuracy_before": rep.label_accuracy_before,
+        "label_accuracy_after": rep.label_accuracy_after,
+        "steps": rep.outcome.steps,
+        "elapsed_secs": rep.outcome.elapsed_secs,
+        "records": rep.data.records,
+        "malformed": rep.data.bad,
+    }))?);
+    Ok(())
+}

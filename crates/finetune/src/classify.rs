@@ -1,0 +1,462 @@
+//! Classification heads on pretrained models: a linear layer on the decoder's hidden state
+//! at the last real token (causal/prefix models: the only position that has seen the whole
+//! text), or on the masked LM's pooled output (tanh(dense(first position))). The body is
+//! frozen, partly trained (its top N blocks and final norm) or fully trained, chosen by
+//! `classify.train_body` and applied through `TrainTask::trainable`.
+//!
+//! With a frozen body the features of every text are computed once and the head trains on
+//! them: the body never changes, so this is the same optimisation at a fraction of the cost.
+//!
+//! A classifier run folder holds the body's `config.toml` (plain run config), its tokenizer,
+//! `classify.toml` (labels, stage config, base), checkpoints with body and `cls_head.*`
+//! weights, metrics, `eval.json` and `confusion.svg`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{VarBuilder, VarMap};
+use ferrolm_model::attention::{MaskSpec, PAD_SEGMENT};
+use ferrolm_model::{MaskedLm, ModelKind, Transformer};
+use ferrolm_tokenizer::Tokenizer;
+use ferrolm_train::config::RunConfig;
+use ferrolm_train::data::step_seed;
+use ferrolm_train::task::ArchModel;
+use ferrolm_train::trainer::describe_eval;
+use ferrolm_train::{EvalResult, TrainConfig, TrainOutcome, TrainTask, Trainer};
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::ClassReport;
+use crate::records::{self, LabelledText, Located, OnBad, ReadReport};
+use crate::sft::batch_rows;
+
+/// Which body parameters are trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainBody {
+    Frozen,
+    /// The top N blocks and the final norm (and the MLM pooler).
+    Top(usize),
+    Full,
+}
+
+impl std::str::FromStr for TrainBody {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "frozen" => Ok(Self::Frozen),
+            "full" => Ok(Self::Full),
+            _ => match s.strip_prefix("top:").map(str::parse::<usize>) {
+                Some(Ok(n)) if n > 0 => Ok(Self::Top(n)),
+                _ => bail!("classify.train_body must be \"frozen\", \"top:N\" (N ≥ 1) or \"full\", got {s:?}"),
+            },
+        }
+    }
+}
+
+/// `[classify]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassifyConfig {
+    /// "frozen", "top:N" or "full".
+    pub train_body: String,
+    /// Share held out when no validation files are given (chosen by a hash of the text).
+    pub val_fraction: f64,
+    pub text_field: String,
+    pub label_field: String,
+    pub on_bad_record: OnBad,
+    /// Label order; empty = the sorted distinct labels of the training data.
+    pub labels: Vec<String>,
+    /// Tokens per text (the beginning is kept); 0 = the model's max_seq_len.
+    pub max_len: usize,
+}
+
+impl Default for ClassifyConfig {
+    fn default() -> Self {
+        Self { train_body: "frozen".into(), val_fraction: 0.1, text_field: "text".into(), label_field: "label".into(), on_bad_record: OnBad::Skip, labels: vec![], max_len: 0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassifyStageConfig {
+    pub train: TrainConfig,
+    pub classify: ClassifyConfig,
+}
+
+impl ClassifyStageConfig {
+    pub fn from_value(v: &toml::Value) -> Result<Self> {
+        let c: Self = ferrolm_common::config::typed(v)?;
+        c.train.validate().map_err(|e| anyhow::anyhow!("invalid [train]: {e}"))?;
+        c.classify.train_body.parse::<TrainBody>()?;
+        ensure!((0.0..1.0).contains(&c.classify.val_fraction), "classify.val_fraction must be in [0, 1)");
+        Ok(c)
+    }
+}
+
+/// Read labelled records.
+pub fn read_labelled(paths: &[PathBuf], cfg: &ClassifyConfig) -> Result<(Vec<Located<LabelledText>>, ReadReport)> {
+    records::read_records(paths, cfg.on_bad_record, |v| records::parse_labelled(v, &cfg.text_field, &cfg.label_field))
+}
+
+/// The held-out split shared by the head and the bag-of-words baseline: a hash of the text
+/// decides, so the split is stable and duplicates never straddle it.
+pub fn split_labelled(recs: Vec<LabelledText>, val_fraction: f64) -> (Vec<LabelledText>, Vec<LabelledText>) {
+    recs.into_iter().partition(|r| {
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(r.text.as_bytes(), 0xc1a55);
+        (h as f64 / u64::MAX as f64) >= val_fraction
+    })
+}
+
+/// Train and held-out sets: from `val` files when given, else split from `data`.
+pub fn train_val(data: &[PathBuf], val: &[PathBuf], cfg: &ClassifyConfig) -> Result<(Vec<LabelledText>, Vec<LabelledText>, ReadReport)> {
+    let (recs, mut report) = read_labelled(data, cfg)?;
+    let recs: Vec<LabelledText> = recs.into_iter().map(|r| r.value).collect();
+    let (train, val) = if val.is_empty() {
+        split_labelled(recs, cfg.val_fraction)
+    } else {
+        let (v, rep) = read_labelled(val, cfg)?;
+        report.merge(rep);
+        (recs, v.into_iter().map(|r| r.value).collect())
+    };
+    ensure!(!train.is_empty(), "no training records");
+    ensure!(!val.is_empty(), "no held-out records: raise classify.val_fraction or give --val-data");
+    Ok((train, val, report))
+}
+
+/// The labels in order: configured, or the sorted distinct training labels.
+pub fn label_set(cfg: &ClassifyConfig, train: &[LabelledText]) -> Vec<String> {
+    if !cfg.labels.is_empty() {
+        return cfg.labels.clone();
+    }
+    let mut l: Vec<String> = train.iter().map(|r| r.label.clone()).collect();
+    l.sort();
+    l.dedup();
+    l
+}
+
+/// Label indices; records whose label is not in `labels` are an error naming it.
+pub fn label_ids(recs: &[LabelledText], labels: &[String]) -> Result<Vec<u32>> {
+    recs.iter()
+        .map(|r| labels.iter().position(|l| *l == r.label).map(|i| i as u32).with_context(|| format!("label {:?} is not one of {labels:?}", r.label)))
+        .collect()
+}
+
+/// The pretrained body.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Decoder(Transformer),
+    MaskedLm(MaskedLm),
+}
+
+/// The classifier: a body and a linear head.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    pub body: Body,
+    pub head: candle_nn::Linear,
+    pub labels: Vec<String>,
+    pub n_layers: usize,
+    pub kind: ModelKind,
+}
+
+/// Load a run folder's body (any decoder or masked LM) into a new VarMap.
+pub fn load_body(run_dir: &Path) -> Result<(RunConfig, Body, VarMap)> {
+    let cfg_path = run_dir.join("config.toml");
+    let value = ferrolm_common::load_config(Some(&cfg_path), &[])?;
+    let cfg = RunConfig::from_value(&value).with_context(|| format!("in {}", cfg_path.display()))?;
+    let vm = VarMap::new();
+    let body = match ArchModel::new(&cfg.model, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))? {
+        ArchModel::Decoder(m) => Body::Decoder(m),
+        ArchModel::MaskedLm(m) => Body::MaskedLm(m),
+        ArchModel::EncoderDecoder(_) => bail!("{}: classification heads support decoders and masked LMs, not encoder-decoders", run_dir.display()),
+    };
+    Ok((cfg, body, vm))
+}
+
+fn load_latest(run_dir: &Path, vm: &VarMap) -> Result<()> {
+    let ckpt = ferrolm_train::checkpoint::latest(run_dir)?;
+    ferrolm_train::checkpoint::load_weights(vm, &ckpt.join("model.safetensors"))
+}
+
+impl Classifier {
+    /// A new head on the pretrained body of `run_dir`.
+    pub fn from_pretrained(run_dir: &Path, labels: Vec<String>) -> Result<(RunConfig, Self, VarMap)> {
+        let (cfg, body, vm) = load_body(run_dir)?;
+        load_latest(run_dir, &vm)?;
+        let head = candle_nn::linear(cfg.model.d_model, labels.len(), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu).pp("cls_head"))?;
+        Ok((cfg.clone(), Self { body, head, labels, n_layers: cfg.model.n_layers, kind: cfg.model.kind }, vm))
+    }
+
+    /// A trained classifier run folder (body and head from its latest checkpoint).
+    pub fn load(run_dir: &Path) -> Result<(Self, Tokenizer, ClassifyRunInfo)> {
+        let info = ClassifyRunInfo::load(run_dir)?;
+        let (cfg, body, vm) = load_body(run_dir)?;
+        let head = candle_nn::linear(cfg.model.d_model, info.labels.len(), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu).pp("cls_head"))?;
+        load_latest(run_dir, &vm)?;
+        let tok = crate::prompt::load_tokenizer(run_dir)?;
+        Ok((Self { body, head, labels: info.labels.clone(), n_layers: cfg.model.n_layers, kind: cfg.model.kind }, tok, info))
+    }
+
+    pub fn max_seq_len(&self) -> usize {
+        match &self.body {
+            Body::Decoder(m) => m.config().max_seq_len,
+            Body::MaskedLm(m) => m.config().max_seq_len,
+        }
+    }
+
+    /// Sentence features (B, d_model) of right-padded ids (B, T) with real lengths `lens`.
+    pub fn features(&self, ids: &Tensor, lens: &[usize], dropout_seed: Option<u64>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        match &self.body {
+            Body::Decoder(m) => {
+                // Causal attention: right padding never reaches the last real token.
+                let h = m.hidden(ids, &MaskSpec::causal(), None, dropout_seed)?;
+                let d = h.dim(2)?;
+                let last: Vec<u32> = lens.iter().enumerate().map(|(i, &l)| (i * t + l - 1) as u32).collect();
+                Ok(h.reshape((b * t, d))?.index_select(&Tensor::from_vec(last, b, ids.device())?, 0)?)
+            }
+            Body::MaskedLm(m) => {
+                // Bidirectional: padding must be masked out explicitly.
+                let segs: Vec<u32> = lens.iter().flat_map(|&l| (0..t).map(move |j| if j < l { 0 } else { PAD_SEGMENT })).collect();
+                let h = m.hidden(ids, &MaskSpec::bidirectional().with_segments(segs), dropout_seed)?;
+                Ok(m.pooled(&h)?)
+            }
+        }
+    }
+
+    pub fn logits(&self, features: &Tensor) -> Result<Tensor> {
+        Ok(self.head.forward(features)?)
+    }
+
+    /// Whether VarMap entry `name` is trained under `mode`. The head always is; body
+    /// parameters outside the classification path (LM/MLM/NSP heads) never are.
+    pub fn trainable(&self, name: &str, mode: TrainBody) -> bool {
+        if name.starts_with("cls_head.") {
+            return true;
+        }
+        if name.starts_with("lm_head.") || name.starts_with("mlm.") || name.starts_with("nsp.") {
+            return false;
+        }
+        match mode {
+            TrainBody::Frozen => false,
+            TrainBody::Full => true,
+            TrainBody::Top(n) => {
+                let first = self.n_layers.saturating_sub(n);
+                if name.starts_with("pooler.") || name.contains("ln_f.") {
+                    return true;
+                }
+                name.split('.')
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .find(|w| w[0] == "blocks")
+                    .and_then(|w| w[1].parse::<usize>().ok())
+                    .is_some_and(|i| i >= first)
+            }
+        }
+    }
+}
+
+/// Token ids of a text for classification: the sequence start, then the text, cut to `max_len`.
+pub fn encode_text(tok: &Tokenizer, text: &str, max_len: usize) -> Vec<u32> {
+    let mut ids = crate::prompt::bos(tok);
+    ids.extend(tok.encode(text));
+    ids.truncate(max_len.max(1));
+    ids
+}
+
+fn pad_batch(seqs: &[&Vec<u32>], pad: u32) -> Result<(Tensor, Vec<usize>)> {
+    let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
+    let mut v = vec![pad; seqs.len() * t];
+    for (i, s) in seqs.iter().enumerate() {
+        v[i * t..i * t + s.len()].copy_from_slice(s);
+    }
+    Ok((Tensor::from_vec(v, (seqs.len(), t), &Device::Cpu)?, seqs.iter().map(|s| s.len()).collect()))
+}
+
+/// Logits (N, C) of many texts, in batches, without dropout.
+pub fn classify_ids(c: &Classifier, ids: &[Vec<u32>], pad: u32, batch: usize) -> Result<Tensor> {
+    let feats = features_of(c, ids, pad, batch)?;
+    c.logits(&feats)
+}
+
+fn features_of(c: &Classifier, ids: &[Vec<u32>], pad: u32, batch: usize) -> Result<Tensor> {
+    let mut parts = Vec::new();
+    // Sorting by length keeps padding small; the order is restored afterwards.
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    for chunk in order.chunks(batch.max(1)) {
+        let seqs: Vec<&Vec<u32>> = chunk.iter().map(|&i| &ids[i]).collect();
+        let (x, lens) = pad_batch(&seqs, pad)?;
+        parts.push(c.features(&x, &lens, None)?.detach());
+    }
+    let sorted = Tensor::cat(&parts, 0)?;
+    let mut inverse = vec![0u32; ids.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        inverse[i] = pos as u32;
+    }
+    Ok(sorted.index_select(&Tensor::from_vec(inverse, ids.len(), &Device::Cpu)?, 0)?)
+}
+
+/// Fine-tuning a classification head (and optionally the body).
+pub struct ClassifyTask {
+    pub clf: Classifier,
+    pub mode: TrainBody,
+    train_ids: Vec<Vec<u32>>,
+    train_y: Vec<u32>,
+    val_ids: Vec<Vec<u32>>,
+    val_y: Vec<u32>,
+    /// Frozen body: features computed once.
+    cached: Option<(Tensor, Tensor)>,
+    pad: u32,
+    batch_size: usize,
+    grad_accum: usize,
+    seed: u64,
+}
+
+impl ClassifyTask {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(clf: Classifier, mode: TrainBody, train_ids: Vec<Vec<u32>>, train_y: Vec<u32>, val_ids: Vec<Vec<u32>>, val_y: Vec<u32>, pad: u32, tc: &TrainConfig) -> Result<Self> {
+        let cached = if mode == TrainBody::Frozen {
+            eprintln!("frozen body: computing features of {} + {} texts once", train_ids.len(), val_ids.len());
+            Some((features_of(&clf, &train_ids, pad, 64)?, features_of(&clf, &val_ids, pad, 64)?))
+        } else {
+            None
+        };
+        Ok(Self { clf, mode, train_ids, train_y, val_ids, val_y, cached, pad, batch_size: tc.batch_size, grad_accum: tc.grad_accum, seed: tc.seed })
+    }
+
+    /// Predicted label indices and the mean cross-entropy on the held-out set.
+    pub fn predict_val(&self) -> Result<(Vec<usize>, f64)> {
+        let logits = match &self.cached {
+            Some((_, v)) => self.clf.logits(v)?,
+            None => classify_ids(&self.clf, &self.val_ids, self.pad, 64)?,
+        };
+        let y = Tensor::from_vec(self.val_y.clone(), self.val_y.len(), &Device::Cpu)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
+        let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+        Ok((pred.into_iter().map(|p| p as usize).collect(), loss))
+    }
+
+    pub fn val_report(&self) -> Result<(ClassReport, f64)> {
+        let (pred, loss) = self.predict_val()?;
+        let truth: Vec<usize> = self.val_y.iter().map(|&y| y as usize).collect();
+        Ok((ClassReport::new(&self.clf.labels, &truth, &pred), loss))
+    }
+}
+
+impl TrainTask for ClassifyTask {
+    fn micro_batch_loss(&self, step: usize, micro: usize) -> Result<(Tensor, usize)> {
+        let idx = batch_rows(self.train_ids.len(), self.seed, step, micro, self.grad_accum, self.batch_size);
+        let y: Vec<u32> = idx.iter().map(|&i| self.train_y[i]).collect();
+        let y = Tensor::from_vec(y, idx.len(), &Device::Cpu)?;
+        let (feats, tokens) = match &self.cached {
+            Some((train, _)) => {
+                let sel = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &Device::Cpu)?;
+                (train.index_select(&sel, 0)?, idx.len())
+            }
+            None => {
+                let seqs: Vec<&Vec<u32>> = idx.iter().map(|&i| &self.train_ids[i]).collect();
+                let (x, lens) = pad_batch(&seqs, self.pad)?;
+                let dropout = Some(step_seed(self.seed, step, micro, "dropout"));
+                (self.clf.features(&x, &lens, dropout)?, lens.iter().sum())
+            }
+        };
+        let loss = candle_nn::loss::cross_entropy(&self.clf.logits(&feats)?, &y)?;
+        Ok((loss, tokens))
+    }
+
+    fn evaluate(&self) -> Result<EvalResult> {
+        let (r, loss) = self.val_report()?;
+        let mut extra = BTreeMap::new();
+        extra.insert("accuracy".to_string(), r.accuracy);
+        extra.insert("macro_f1".to_string(), r.macro_f1);
+        Ok(EvalResult { loss, bits_per_byte: f64::NAN, tokens: r.n, bytes: 0, extra })
+    }
+
+    fn trainable(&self, name: &str) -> bool {
+        self.clf.trainable(name, self.mode)
+    }
+}
+
+/// `classify.toml` of a classifier run folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassifyRunInfo {
+    pub base: String,
+    pub labels: Vec<String>,
+    pub max_len: usize,
+    pub config: ClassifyStageConfig,
+}
+
+impl ClassifyRunInfo {
+    pub fn load(run_dir: &Path) -> Result<Self> {
+        let p = run_dir.join("classify.toml");
+        let text = std::fs::read_to_string(&p).with_context(|| format!("{} is not a classifier run (no classify.toml)", run_dir.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid {}", p.display()))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassifyTrainReport {
+    pub train_body: String,
+    pub train_examples: usize,
+    pub val_examples: usize,
+    pub before: ClassReport,
+    pub after: ClassReport,
+    pub data: ReadReport,
+    pub outcome: TrainOutcome,
+}
+
+/// Train a classifier on the body of `base` into `out`.
+pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[PathBuf], cfg: ClassifyStageConfig, quiet: bool) -> Result<ClassifyTrainReport> {
+    let cc = &cfg.classify;
+    let mode: TrainBody = cc.train_body.parse()?;
+    let (train, val_recs, report) = train_val(data, val, cc)?;
+    eprintln!("{}", report.summary());
+    let labels = label_set(cc, &train);
+    ensure!(labels.len() >= 2, "classification needs at least two labels, found {labels:?}");
+    let train_y = label_ids(&train, &labels)?;
+    let val_y = label_ids(&val_recs, &labels).context("in the held-out data")?;
+    let tok = crate::prompt::load_tokenizer(base)?;
+    let (run_cfg, clf, vm) = Classifier::from_pretrained(base, labels.clone())?;
+    let max_len = if cc.max_len == 0 { run_cfg.model.max_seq_len } else { cc.max_len.min(run_cfg.model.max_seq_len) };
+    let enc = |recs: &[LabelledText]| recs.iter().map(|r| encode_text(&tok, &r.text, max_len)).collect::<Vec<_>>();
+    let (train_ids, val_ids) = (enc(&train), enc(&val_recs));
+    eprintln!("{} training texts, {} held out, labels {labels:?}, body {}", train_ids.len(), val_ids.len(), cc.train_body);
+
+    std::fs::create_dir_all(out)?;
+    let out_cfg = RunConfig { model: run_cfg.model.clone(), train: cfg.train.clone(), data: Default::default() };
+    ferrolm_common::write_atomic(out.join("config.toml"), out_cfg.to_toml())?;
+    let info = ClassifyRunInfo { base: base.display().to_string(), labels: labels.clone(), max_len, config: cfg.clone() };
+    ferrolm_common::write_atomic(out.join("classify.toml"), toml::to_string_pretty(&info)?)?;
+    tok.save(&out.join("tokenizer.json"))?;
+    ferrolm_common::write_atomic(out.join("data_report.json"), serde_json::to_vec_pretty(&report)?)?;
+
+    let task = ClassifyTask::new(clf, mode, train_ids.clone(), train_y, val_ids, val_y, crate::prompt::pad_id(&tok), &cfg.train)?;
+    let (before, _) = task.val_report()?;
+    let mut trainer = Trainer::from_task(cfg.train.clone(), out, vm, Box::new(task))?;
+    trainer.quiet = quiet;
+    trainer.title = format!("ferrolm classify ({})", cc.train_body);
+    let outcome = trainer.run()?;
+    eprintln!("{}", describe_eval(outcome.val.as_ref().context("no final evaluation")?));
+    // Re-load the saved classifier: the figures are those of the folder's weights.
+    let (clf, tok, info) = Classifier::load(out)?;
+    let after = evaluate_texts(&clf, &tok, info.max_len, &val_recs)?;
+    ferrolm_common::write_atomic(out.join("eval.json"), serde_json::to_vec_pretty(&after)?)?;
+    ferrolm_common::write_atomic(out.join("confusion.svg"), after.confusion_svg(&format!("held-out confusion matrix ({})", cc.train_body)))?;
+    Ok(ClassifyTrainReport { train_body: cc.train_body.clone(), train_examples: train_ids.len(), val_examples: val_recs.len(), before, after, data: report, outcome })
+}
+
+/// Accuracy, macro-F1 and confusion of a classifier on labelled texts.
+pub fn evaluate_texts(clf: &Classifier, tok: &Tokenizer, max_len: usize, recs: &[LabelledText]) -> Result<ClassReport> {
+    let truth: Vec<usize> = label_ids(recs, &clf.labels)?.into_iter().map(|y| y as usize).collect();
+    let ids: Vec<Vec<u32>> = recs.iter().map(|r| encode_text(tok, &r.text, max_len)).collect();
+    let pred: Vec<u32> = classify_ids(clf, &ids, crate::prompt::pad_id(tok), 64)?.argmax(D::Minus1)?.to_vec1()?;
+    Ok(ClassReport::new(&clf.labels, &truth, &pred.into_iter().map(|p| p as usize).collect::<Vec<_>>()))
+}
+
+/// Class probabilities of texts, one row per text in label order.
+pub fn predict_texts(clf: &Classifier, tok: &Tokenizer, max_len: usize, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| encode_text(tok, t, max_len)).collect();
+    let logits = classify_ids(clf, &ids, crate::prompt::pad_id(tok), 64)?;
+    Ok(candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2()?)
+}

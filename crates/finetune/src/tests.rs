@@ -1,0 +1,353 @@
+//! End-to-end tests on generated fixtures: a tiny tokenizer and an untrained tiny model
+//! saved as a run folder stand in for a pretrained base.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use ferrolm_model::attention::MaskSpec;
+use ferrolm_model::ops::IGNORE_INDEX;
+use ferrolm_model::{ModelKind, Transformer, TransformerConfig};
+use ferrolm_tokenizer::{special, BpeTrainConfig, ChatTemplate, Message, Tokenizer};
+use ferrolm_train::checkpoint::{self, TrainState};
+use ferrolm_train::task::ArchModel;
+use ferrolm_train::{RunConfig, TrainConfig};
+
+use crate::classify::{self, Classifier, ClassifyStageConfig, TrainBody};
+use crate::pack::{make_batch, pack_rows, single_rows, Example};
+use crate::prompt;
+use crate::records::{self, OnBad};
+use crate::sft::{self, SftRun, SftSources, SftStageConfig};
+
+const WORDS: &[&str] = &["red", "blue", "green", "cat", "dog", "good", "bad", "film", "movie", "sky", "grass", "colour"];
+
+fn fixture_tokenizer() -> Tokenizer {
+    let mut text = String::from("What colour is the sky? The sky is blue. What colour is grass? Grass is green. ");
+    text.push_str("Is this review positive or negative? a good film. a bad movie. positive negative. ");
+    for w in WORDS {
+        text.push_str(&format!("{w} {w}s the {w}. "));
+    }
+    Tokenizer::train_bpe(std::iter::once(text.repeat(10)), &BpeTrainConfig { vocab_size: 360, min_frequency: 2, special_tokens: special::defaults() }).unwrap()
+}
+
+fn model_cfg(tok: &Tokenizer, kind: ModelKind) -> TransformerConfig {
+    TransformerConfig { kind, vocab_size: tok.vocab_size(), d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, max_seq_len: 64, ..Default::default() }
+}
+
+/// An untrained model saved as a run folder (config.toml, tokenizer.json, checkpoint).
+fn base_run(dir: &Path, kind: ModelKind) -> PathBuf {
+    let tok = fixture_tokenizer();
+    let cfg = RunConfig { model: model_cfg(&tok, kind), train: TrainConfig::default(), data: Default::default() };
+    let vm = VarMap::new();
+    ArchModel::new(&cfg.model, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    ferrolm_model::init::init_params(&vm, cfg.model.n_layers, 7).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let state = TrainState { format: checkpoint::FORMAT_VERSION, step: 0, adam_t: 0, seed: 7, tokens_seen: 0, elapsed_secs: 0.0, last_train_loss: None };
+    checkpoint::save(dir, &vm, HashMap::new(), &state, 1).unwrap();
+    ferrolm_common::write_atomic(dir.join("config.toml"), cfg.to_toml()).unwrap();
+    tok.save(&dir.join("tokenizer.json")).unwrap();
+    dir.to_path_buf()
+}
+
+fn tiny_model(tok: &Tokenizer) -> (Transformer, VarMap) {
+    let vm = VarMap::new();
+    let m = Transformer::new(&model_cfg(tok, ModelKind::Causal), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    ferrolm_model::init::init_params(&vm, 2, 11).unwrap();
+    (m, vm)
+}
+
+fn convo(q: &str, a: &str) -> Vec<Message> {
+    vec![Message::user(q), Message::assistant(a)]
+}
+
+fn example(tok: &Tokenizer, q: &str, a: &str) -> Example {
+    let (ids, loss) = prompt::encode_for_training(tok, &ChatTemplate::default(), &convo(q, a), 0);
+    Example { ids, loss }
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+    p
+}
+
+#[test]
+fn prompt_tokens_get_zero_gradient() {
+    let tok = fixture_tokenizer();
+    let exs = vec![example(&tok, "What colour is the sky?", "The sky is blue."), example(&tok, "What colour is grass?", "Grass is green.")];
+    for (rows, segmented) in [(pack_rows(&exs, 64), true), (single_rows(&exs), false)] {
+        let refs: Vec<_> = rows.iter().collect();
+        let b = make_batch(&refs, segmented, prompt::pad_id(&tok), &Device::Cpu).unwrap();
+        let (nb, t) = b.inputs.dims2().unwrap();
+        let v = tok.vocab_size();
+        // Stand-in for the model's logits at every position; the SFT loss path selects the
+        // scored rows and applies the fused cross-entropy, exactly as SftTask does.
+        let all = Var::from_tensor(&Tensor::randn(0f32, 1.0, (nb * t, v), &Device::Cpu).unwrap()).unwrap();
+        let loss = ferrolm_model::ops::cross_entropy(&all.as_tensor().index_select(&b.scored, 0).unwrap(), &b.targets).unwrap();
+        let g: Vec<Vec<f32>> = loss.backward().unwrap().get(&all).unwrap().to_vec2().unwrap();
+        let targets: Vec<u32> = refs.iter().flat_map(|r| {
+            let mut v = r.targets.clone();
+            v.resize(t, IGNORE_INDEX);
+            v
+        }).collect();
+        let (mut zero, mut live) = (0, 0);
+        for (pos, row) in g.iter().enumerate() {
+            let norm: f32 = row.iter().map(|x| x.abs()).sum();
+            if targets[pos] == IGNORE_INDEX {
+                assert_eq!(norm, 0.0, "prompt/padding position {pos} got gradient");
+                zero += 1;
+            } else {
+                assert!(norm > 0.0, "answer position {pos} got no gradient");
+                live += 1;
+            }
+        }
+        assert!(zero > live && live > 0, "{zero} prompt positions, {live} answer positions");
+        // and the answer targets are exactly the answer's tokens + end markers
+        let answer: Vec<u32> = b.targets.to_vec1().unwrap();
+        let want: Vec<u32> = exs.iter().flat_map(|e| e.ids.iter().zip(&e.loss).skip(1).filter(|(_, &l)| l).map(|(&i, _)| i)).collect();
+        let (mut a, mut w) = (answer.clone(), want.clone());
+        a.sort();
+        w.sort();
+        assert_eq!(a, w);
+        let decoded = tok.decode(&exs[0].ids.iter().zip(&exs[0].loss).filter(|(_, &l)| l).map(|(&i, _)| i).collect::<Vec<_>>());
+        assert_eq!(decoded, "The sky is blue.<|end|>");
+    }
+}
+
+#[test]
+fn sft_loss_is_the_mean_answer_token_nll() {
+    let tok = fixture_tokenizer();
+    let (m, _) = tiny_model(&tok);
+    let exs = vec![example(&tok, "What colour is the sky?", "The sky is blue."), example(&tok, "a good film?", "positive")];
+    let rows = pack_rows(&exs, 64);
+    let refs: Vec<_> = rows.iter().collect();
+    let b = make_batch(&refs, true, prompt::pad_id(&tok), &Device::Cpu).unwrap();
+    let logits = sft::scored_logits(&m, &b.inputs, &b.mask, &b.scored, None).unwrap();
+    let loss = ferrolm_model::ops::cross_entropy(&logits, &b.targets).unwrap().to_scalar::<f32>().unwrap();
+    // one example at a time, full-sequence scores, answer positions only
+    let (mut sum, mut n) = (0f32, 0);
+    for e in &exs {
+        let s = ferrolm_infer::generate::score(&m, &e.ids).unwrap();
+        for (lp, &on) in s.iter().zip(&e.loss[1..]) {
+            if on {
+                sum -= lp;
+                n += 1;
+            }
+        }
+    }
+    assert!((loss - sum / n as f32).abs() < 1e-4, "{loss} vs {}", sum / n as f32);
+}
+
+#[test]
+fn packed_examples_do_not_see_each_other() {
+    let tok = fixture_tokenizer();
+    let (m, _) = tiny_model(&tok);
+    let a = example(&tok, "What colour is the sky?", "The sky is blue.");
+    let b1 = example(&tok, "a good film?", "positive");
+    let b2 = example(&tok, "a bad movie?", "negative");
+    let logits_of = |exs: &[&Example], segmented: bool| -> Vec<Vec<f32>> {
+        let mut row = crate::pack::Row { inputs: vec![], targets: vec![], segments: vec![] };
+        for (s, e) in exs.iter().enumerate() {
+            row.inputs.extend_from_slice(&e.ids[..e.width()]);
+            row.targets.extend_from_slice(&e.ids[1..]);
+            row.segments.extend(std::iter::repeat_n(s as u32, e.width()));
+        }
+        let b = make_batch(&[&row], segmented, 1, &Device::Cpu).unwrap();
+        let x = b.inputs.clone();
+        m.forward(&x, &b.mask, None).unwrap().squeeze(0).unwrap().to_vec2().unwrap()
+    };
+    let w = a.width();
+    let close = |x: &[Vec<f32>], y: &[Vec<f32>], tol: f32| x.iter().zip(y).all(|(p, q)| p.iter().zip(q).all(|(u, v)| (u - v).abs() <= tol));
+    // A first, then B: A's outputs are bit-identical whatever B holds.
+    let ab1 = logits_of(&[&a, &b1], true);
+    let ab2 = logits_of(&[&a, &b2], true);
+    assert!(close(&ab1[..w], &ab2[..w], 0.0));
+    // B first, then A: A's outputs equal A alone (RoPE: only relative positions matter).
+    let alone = logits_of(&[&a], true);
+    let b1a = logits_of(&[&b1, &a], true);
+    let b2a = logits_of(&[&b2, &a], true);
+    let wb = b1.width();
+    assert!(close(&b1a[wb..], &alone, 1e-4));
+    assert!(close(&b2a[b2.width()..], &alone, 1e-4));
+    // Without segments the second example does see the first: the test can fail.
+    let leaky = logits_of(&[&b1, &a], false);
+    assert!(!close(&leaky[wb..], &alone, 1e-3));
+    let _ = MaskSpec::causal();
+}
+
+fn instruction_fixture(dir: &Path) -> PathBuf {
+    let mut lines = Vec::new();
+    for i in 0..48 {
+        let w = WORDS[i % WORDS.len()];
+        lines.push(serde_json::json!({"instruction": format!("Repeat the word {w}."), "input": "", "output": format!("{w} {w}")}).to_string());
+        if i % 3 == 0 {
+            lines.push(serde_json::json!({"messages": [{"role": "user", "content": format!("Say {w}")}, {"role": "assistant", "content": w},
+                {"role": "user", "content": "again"}, {"role": "assistant", "content": format!("{w}s")}]}).to_string());
+        }
+    }
+    lines.insert(5, "{\"instruction\": \"broken\", \"output\": \"\"}".into());
+    write_file(dir, "instr.jsonl", &(lines.join("\n") + "\n"))
+}
+
+fn labelled_fixture(dir: &Path, name: &str, n: usize, seed: usize) -> PathBuf {
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let pos = (i * 7 + seed) % 2 == 0;
+        let filler = WORDS[(i * 5 + seed) % 5];
+        let text = format!("the {filler} {} {}", WORDS[(i + seed) % 4], if pos { "good film" } else { "bad movie" });
+        lines.push(serde_json::json!({"text": text, "label": if pos { "positive" } else { "negative" }}).to_string());
+    }
+    write_file(dir, name, &(lines.join("\n") + "\n"))
+}
+
+fn sft_cfg(steps: usize) -> SftStageConfig {
+    let mut c = SftStageConfig::default();
+    c.train.max_steps = steps;
+    c.train.batch_size = 4;
+    c.train.lr = 5e-3;
+    c.train.min_lr = 5e-4;
+    c.train.warmup_steps = 2;
+    c.train.eval_interval = 0;
+    c.train.log_interval = 5;
+    c.sft.val_fraction = 0.2;
+    c.sft.samples = 2;
+    c.sft.sample_max_tokens = 8;
+    c
+}
+
+#[test]
+fn tiny_sft_run_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_run(&dir.path().join("base"), ModelKind::Causal);
+    let data = instruction_fixture(dir.path());
+    let out = dir.path().join("sft");
+    let rep = sft::run_sft(SftRun { base: &base, out: &out, sources: SftSources { data: vec![data.clone()], ..Default::default() }, cfg: sft_cfg(30), quiet: true }).unwrap();
+    assert_eq!(rep.data.bad, 1);
+    assert!(rep.data.examples[0].contains("instr.jsonl:6: field \"output\" is empty"), "{:?}", rep.data.examples);
+    assert!(rep.tokens.rows < rep.tokens.train_examples, "packing put several examples in a row");
+    assert!(rep.val_loss_after < 0.7 * rep.val_loss_before, "held-out loss {} -> {}", rep.val_loss_before, rep.val_loss_after);
+    for f in ["config.toml", "sft.toml", "tokenizer.json", "chat_template.json", "metrics.jsonl", "loss.svg", "samples.md", "samples.jsonl", "data_report.json", "sft_report.json"] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    // the folder is a normal run folder: generation tools load it
+    let (_, m, _) = sft::load_decoder(&out).unwrap();
+    let tok = prompt::load_tokenizer(&out).unwrap();
+    let tpl = prompt::load_template(&out).unwrap();
+    sft::answer(&m, &tok, &tpl, &[Message::user("Repeat the word dog.")], 6, Default::default()).unwrap();
+    // --on-bad-record fail stops at the malformed line
+    let mut strict = sft_cfg(2);
+    strict.sft.on_bad_record = OnBad::Fail;
+    let err = sft::run_sft(SftRun { base: &base, out: &dir.path().join("strict"), sources: SftSources { data: vec![data], ..Default::default() }, cfg: strict, quiet: true }).unwrap_err();
+    assert!(format!("{err:#}").contains("instr.jsonl:6"), "{err:#}");
+}
+
+#[test]
+fn sft_from_labelled_data_reports_label_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_run(&dir.path().join("base"), ModelKind::Causal);
+    let train = labelled_fixture(dir.path(), "train.jsonl", 60, 0);
+    let val = labelled_fixture(dir.path(), "val.jsonl", 20, 1);
+    let mut cfg = sft_cfg(40);
+    cfg.sft.labels = vec!["positive".into(), "negative".into()];
+    cfg.sft.template = "Is this review {labels}?\n{text}".into();
+    cfg.sft.packing = false;
+    let out = dir.path().join("sft");
+    let rep = sft::run_sft(SftRun { base: &base, out: &out, sources: SftSources { labelled: vec![train], val_labelled: vec![val], ..Default::default() }, cfg, quiet: true }).unwrap();
+    let after = rep.label_accuracy_after.unwrap();
+    assert!(rep.label_accuracy_before.is_some());
+    assert!(after >= 0.9, "label accuracy after tuning {after}");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("val_label_accuracy"));
+}
+
+#[test]
+fn chat_loop_records_ratings_and_preferences() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = fixture_tokenizer();
+    let (m, _) = tiny_model(&tok);
+    let tpl = ChatTemplate::default();
+    let cfg = crate::chat::ChatConfig {
+        max_tokens: 6,
+        sampling: ferrolm_infer::SamplingConfig { temperature: 0.0, ..Default::default() },
+        system: "Be brief.".into(),
+        compare_temperature: 1.0,
+        preferences: dir.path().join("fb/preferences.jsonl"),
+        ratings: dir.path().join("fb/ratings.jsonl"),
+    };
+    let script = "/rate 3\nWhat colour is the sky?\n/compare\nmaybe\nb\n/rate 4 nice one\n/rate 9\n/compare is grass green?\nskip\n/reset\n/bogus\n/quit\nnever read\n";
+    let mut input = std::io::Cursor::new(script.as_bytes());
+    let mut out = Vec::new();
+    let mut s = crate::chat::ChatSession::new(&m, &tok, &tpl, cfg.clone());
+    let stats = s.run(&mut input, &mut out).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(stats, crate::chat::ChatStats { turns: 3, ratings: 1, preferences: 1 }, "{out}");
+    for want in ["nothing to rate yet", "[A] ", "[B] ", "answer a, b or skip", "usage: /rate", "(conversation cleared)", "unknown command /bogus"] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    assert_eq!(s.history(), &[Message::system("Be brief.")], "reset keeps the system message");
+    let (prefs, rep) = records::read_records(&[cfg.preferences.clone()], OnBad::Fail, records::parse_preference).unwrap();
+    assert_eq!(rep.kept, 1);
+    let p = &prefs[0].value;
+    assert_eq!(p.prompt.last().unwrap(), &Message::user("What colour is the sky?"));
+    assert_eq!(p.prompt[0], Message::system("Be brief."));
+    let ratings = std::fs::read_to_string(&cfg.ratings).unwrap();
+    let r: serde_json::Value = serde_json::from_str(ratings.trim()).unwrap();
+    assert_eq!(r["rating"], 4);
+    assert_eq!(r["comment"], "nice one");
+    assert_eq!(r["response"].as_str().unwrap(), p.chosen, "the preferred answer joined the conversation and was rated");
+}
+
+fn classify_cfg(body: &str, steps: usize) -> ClassifyStageConfig {
+    let mut c = ClassifyStageConfig::default();
+    c.train.max_steps = steps;
+    c.train.batch_size = 8;
+    c.train.lr = 1e-2;
+    c.train.min_lr = 1e-3;
+    c.train.warmup_steps = 2;
+    c.train.eval_interval = 0;
+    c.classify.train_body = body.into();
+    c
+}
+
+#[test]
+fn tiny_classify_runs_decoder_and_masked_lm() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = labelled_fixture(dir.path(), "train.jsonl", 80, 0);
+    let val = labelled_fixture(dir.path(), "val.jsonl", 30, 1);
+    let dec = base_run(&dir.path().join("dec"), ModelKind::Causal);
+    let mlm = base_run(&dir.path().join("mlm"), ModelKind::MaskedLm);
+    for (base, body) in [(&dec, "frozen"), (&dec, "full"), (&mlm, "top:1")] {
+        let out = dir.path().join(format!("clf-{}-{}", base.file_name().unwrap().to_string_lossy(), body.replace(':', "")));
+        let rep = classify::run_classify_train(base, &out, std::slice::from_ref(&train), std::slice::from_ref(&val), classify_cfg(body, 40), true).unwrap();
+        assert_eq!(rep.val_examples, 30);
+        assert!(rep.after.accuracy >= 0.9, "{body} on {}: accuracy {} (before {})", base.display(), rep.after.accuracy, rep.before.accuracy);
+        assert!(out.join("confusion.svg").is_file() && out.join("eval.json").is_file());
+        let (clf, tok, info) = Classifier::load(&out).unwrap();
+        let probs = classify::predict_texts(&clf, &tok, info.max_len, &["a dog good film".to_string()]).unwrap();
+        assert!((probs[0].iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+    // the baseline on the same split
+    let cc = classify::ClassifyConfig::default();
+    let (tr, va, _) = classify::train_val(std::slice::from_ref(&train), &[], &cc).unwrap();
+    let labels = classify::label_set(&cc, &tr);
+    let m = crate::baseline::BowModel::train(&tr, &labels, &Default::default()).unwrap();
+    assert_eq!(m.evaluate(&va).unwrap().accuracy, 1.0);
+}
+
+#[test]
+fn trainable_parameters_per_body_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let dec = base_run(&dir.path().join("dec"), ModelKind::Causal);
+    let (_, clf, vm) = Classifier::from_pretrained(&dec, vec!["a".into(), "b".into()]).unwrap();
+    let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
+    let count = |mode| names.iter().filter(|n| clf.trainable(n, mode)).count();
+    let head = count(TrainBody::Frozen);
+    assert_eq!(head, 2, "frozen trains only cls_head.weight and .bias");
+    let top = count(TrainBody::Top(1));
+    let full = count(TrainBody::Full);
+    assert!(head < top && top < full, "{head} < {top} < {full}");
+    assert!(names.iter().filter(|n| clf.trainable(n, TrainBody::Top(1))).all(|n| n.starts_with("cls_head") || n.contains("blocks.1.") || n.contains("ln_f")));
+    assert!("top:0".parse::<TrainBody>().is_err() && "half".parse::<TrainBody>().is_err());
+}
