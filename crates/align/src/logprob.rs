@@ -118,3 +118,44 @@ pub fn split_by_row(b: &SeqBatch, values: &[f32]) -> Vec<Vec<f32>> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+    use candle_nn::{VarBuilder, VarMap};
+    use ferrolm_model::TransformerConfig;
+
+    fn tiny() -> Transformer {
+        let cfg = TransformerConfig { vocab_size: 40, d_model: 16, n_layers: 1, n_heads: 2, n_kv_heads: 2, max_seq_len: 32, ..Default::default() };
+        let vm = VarMap::new();
+        let m = Transformer::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+        ferrolm_model::init::init_params(&vm, 1, 7).unwrap();
+        m
+    }
+
+    #[test]
+    fn response_logprobs_match_full_scoring_and_ignore_padding() {
+        let m = tiny();
+        let a = Sequence { ids: vec![1, 5, 9, 3, 7, 2], prompt_len: 3 };
+        let b = Sequence { ids: vec![4, 8, 6, 11, 12, 13, 14, 15, 16, 17], prompt_len: 2 };
+        // reference: every next-token log-prob of the whole sequence, unbatched
+        let want = |s: &Sequence| -> Vec<f32> { ferrolm_infer::generate::score(&m, &s.ids).unwrap()[s.prompt_len - 1..].to_vec() };
+        let batch = seq_batch(&[&a, &b], 0, &Device::Cpu).unwrap();
+        assert_eq!(batch.n_tokens, 3 + 8);
+        let got = token_logprobs_by_row(&m, &batch).unwrap();
+        for (g, w) in got.iter().zip([want(&a), want(&b)]) {
+            assert_eq!(g.len(), w.len());
+            for (x, y) in g.iter().zip(&w) {
+                assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+            }
+        }
+        let sums: Vec<f32> = sequence_logprobs(&m, &batch, None).unwrap().to_vec1().unwrap();
+        assert!((sums[0] - want(&a).iter().sum::<f32>()).abs() < 1e-4);
+        assert!((sums[1] - want(&b).iter().sum::<f32>()).abs() < 1e-4);
+        // entropies are between 0 and ln(vocab)
+        let h = hidden(&m, &batch, None).unwrap();
+        let e: Vec<f32> = entropy(&response_logits(&m, &h, &batch).unwrap()).unwrap().to_vec1().unwrap();
+        assert!(e.iter().all(|&x| x > 0.0 && x <= (40f32).ln() + 1e-4));
+    }
+}
