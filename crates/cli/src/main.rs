@@ -44,6 +44,12 @@ enum Command {
     Chat(cmd::chat::Args),
     /// Classification heads: train, predict, eval; and the bag-of-words baseline.
     Classify(cmd::classify::Args),
+    /// Reward model: train (Bradley-Terry on preference pairs), score, eval (pairwise accuracy).
+    Reward(cmd::reward::Args),
+    /// Direct preference optimisation against a frozen reference.
+    Dpo(cmd::dpo::Args),
+    /// RLHF with PPO (value head, KL penalty, GAE, clipping); `rlhf compare` scores two policies.
+    Rlhf(cmd::rlhf::Args),
 }
 
 fn main() {
@@ -79,6 +85,9 @@ fn main() {
         Command::Sft(a) => cmd::sft::run(a),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Classify(a) => cmd::classify::run(a),
+        Command::Reward(a) => cmd::reward::run(a),
+        Command::Dpo(a) => cmd::dpo::run(a),
+        Command::Rlhf(a) => cmd::rlhf::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

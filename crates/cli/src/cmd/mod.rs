@@ -1,4 +1,8 @@
 //! One file per subcommand.
+pub mod align_args;
+pub mod dpo;
+pub mod reward;
+pub mod rlhf;
 pub mod bench;
 pub mod chat;
 pub mod classify;

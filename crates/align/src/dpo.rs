@@ -1,0 +1,204 @@
+//! Direct preference optimisation (Rafailov et al. 2023): the policy starts as the given
+//! run; the reference is a frozen copy of it. Reference log-probabilities are computed once
+//! per example (on first use) and cached. Evaluation logs the held-out DPO loss, preference
+//! accuracy and the implicit reward margin β·[(log π − log π_ref)(y_w) − (log π − log π_ref)(y_l)].
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use ferrolm_model::Transformer;
+use ferrolm_train::data::step_seed;
+use ferrolm_train::{EvalResult, TrainConfig, TrainOutcome, TrainTask, Trainer};
+use serde::{Deserialize, Serialize};
+
+use crate::encode::{EncodedPair, Formatter, Sequence};
+use crate::logprob::{seq_batch, sequence_logprobs};
+use crate::losses::{dpo_loss, DpoStats};
+use crate::reward::{load_pairs, StageOptions};
+use crate::stage::{self, DataSettings};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpoSettings {
+    /// The starting policy, which is also the frozen reference.
+    pub model_from: String,
+    /// Strength of the implicit KL constraint: higher stays closer to the reference.
+    pub beta: f64,
+}
+
+impl Default for DpoSettings {
+    fn default() -> Self {
+        Self { model_from: String::new(), beta: 0.1 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpoConfig {
+    pub train: TrainConfig,
+    pub data: DataSettings,
+    pub dpo: DpoSettings,
+}
+
+impl Default for DpoConfig {
+    fn default() -> Self {
+        Self {
+            train: TrainConfig {
+                max_steps: 200,
+                batch_size: 8,
+                lr: 5e-5,
+                min_lr: 5e-6,
+                warmup_steps: 10,
+                weight_decay: 0.0,
+                eval_interval: 50,
+                checkpoint_interval: 100,
+                log_interval: 5,
+                ..Default::default()
+            },
+            data: DataSettings::default(),
+            dpo: DpoSettings::default(),
+        }
+    }
+}
+
+pub struct DpoTask {
+    pub policy: Transformer,
+    reference: Transformer,
+    train: Vec<EncodedPair>,
+    val: Vec<EncodedPair>,
+    pad_id: u32,
+    beta: f64,
+    batch_size: usize,
+    grad_accum: usize,
+    seed: u64,
+    /// (held out?, index) → reference (log π_ref(chosen), log π_ref(rejected)).
+    ref_cache: RefCell<HashMap<(bool, usize), (f32, f32)>>,
+}
+
+impl DpoTask {
+    pub fn new(policy: Transformer, reference: Transformer, train: Vec<EncodedPair>, val: Vec<EncodedPair>, pad_id: u32, beta: f64, tc: &TrainConfig) -> Self {
+        Self { policy, reference, train, val, pad_id, beta, batch_size: tc.batch_size, grad_accum: tc.grad_accum, seed: tc.seed, ref_cache: RefCell::new(HashMap::new()) }
+    }
+
+    /// Reference log-probabilities of the pairs `idx` of the train or held-out split.
+    fn reference_logprobs(&self, held_out: bool, idx: &[usize]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let data = if held_out { &self.val } else { &self.train };
+        let missing: Vec<usize> = {
+            let cache = self.ref_cache.borrow();
+            let mut m: Vec<usize> = idx.iter().copied().filter(|i| !cache.contains_key(&(held_out, *i))).collect();
+            m.sort_unstable();
+            m.dedup();
+            m
+        };
+        if !missing.is_empty() {
+            let seqs: Vec<&Sequence> =
+                missing.iter().map(|&i| &data[i].chosen).chain(missing.iter().map(|&i| &data[i].rejected)).collect();
+            let b = seq_batch(&seqs, self.pad_id, &Device::Cpu)?;
+            let lp: Vec<f32> = sequence_logprobs(&self.reference, &b, None)?.to_vec1()?;
+            let mut cache = self.ref_cache.borrow_mut();
+            for (k, &i) in missing.iter().enumerate() {
+                cache.insert((held_out, i), (lp[k], lp[missing.len() + k]));
+            }
+        }
+        let cache = self.ref_cache.borrow();
+        Ok(idx.iter().map(|i| cache[&(held_out, *i)]).unzip())
+    }
+
+    /// DPO loss and statistics of pairs `idx` under the current policy.
+    fn batch_loss(&self, held_out: bool, idx: &[usize], dropout_seed: Option<u64>) -> Result<(Tensor, DpoStats, usize)> {
+        let data = if held_out { &self.val } else { &self.train };
+        let (rc, rr) = self.reference_logprobs(held_out, idx)?;
+        let seqs: Vec<&Sequence> = idx.iter().map(|&i| &data[i].chosen).chain(idx.iter().map(|&i| &data[i].rejected)).collect();
+        let tokens = seqs.iter().map(|s| s.ids.len()).sum();
+        let b = seq_batch(&seqs, self.pad_id, &Device::Cpu)?;
+        let lp = sequence_logprobs(&self.policy, &b, dropout_seed)?;
+        let n = idx.len();
+        let dev = Device::Cpu;
+        let (loss, stats) = dpo_loss(
+            &lp.narrow(0, 0, n)?,
+            &lp.narrow(0, n, n)?,
+            &Tensor::new(rc.as_slice(), &dev)?,
+            &Tensor::new(rr.as_slice(), &dev)?,
+            self.beta,
+        )?;
+        Ok((loss, stats, tokens))
+    }
+}
+
+impl TrainTask for DpoTask {
+    fn micro_batch_loss(&self, step: usize, micro: usize) -> Result<(Tensor, usize)> {
+        let idx = stage::batch_indices(self.train.len(), self.seed, step, micro, self.grad_accum, self.batch_size);
+        let (loss, _, tokens) = self.batch_loss(false, &idx, Some(step_seed(self.seed, step, micro, "dropout")))?;
+        Ok((loss, tokens))
+    }
+
+    fn evaluate(&self) -> Result<EvalResult> {
+        let (mut loss, mut s) = (0f64, DpoStats::default());
+        let n = self.val.len();
+        let all: Vec<usize> = (0..n).collect();
+        for chunk in all.chunks(self.batch_size.max(1)) {
+            let (l, st, _) = self.batch_loss(true, chunk, None)?;
+            let w = chunk.len() as f64;
+            loss += l.to_scalar::<f32>()? as f64 * w;
+            s.accuracy += st.accuracy * w;
+            s.margin += st.margin * w;
+            s.chosen_reward += st.chosen_reward * w;
+            s.rejected_reward += st.rejected_reward * w;
+        }
+        let n = n as f64;
+        let extra = BTreeMap::from([
+            ("preference_accuracy".to_string(), s.accuracy / n),
+            ("reward_margin".to_string(), s.margin / n),
+            ("chosen_reward".to_string(), s.chosen_reward / n),
+            ("rejected_reward".to_string(), s.rejected_reward / n),
+        ]);
+        Ok(EvalResult { loss: loss / n, bits_per_byte: f64::NAN, tokens: 0, bytes: 0, extra })
+    }
+}
+
+/// `ferrolm dpo`.
+pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
+    let mut cfg: DpoConfig = if o.resume {
+        let saved: DpoConfig = stage::read_stage(&o.out)?;
+        stage::resolve(&saved, o.config.as_deref(), &o.overrides)?
+    } else {
+        let mut c = stage::resolve(&DpoConfig::default(), o.config.as_deref(), &o.overrides)?;
+        c.dpo.model_from = o.model.display().to_string();
+        c
+    };
+    if !o.data.is_empty() {
+        cfg.data.files = o.data.iter().map(|p| p.display().to_string()).collect();
+    }
+    if let Some(e) = o.on_error {
+        cfg.data.on_error = e;
+    }
+    anyhow::ensure!(cfg.dpo.beta > 0.0, "dpo.beta must be positive, got {}", cfg.dpo.beta);
+    let start = PathBuf::from(&cfg.dpo.model_from);
+    let (run, policy, varmap) = ferrolm_train::trainer::load_run(&start, &Device::Cpu)?;
+    let (_, reference, _) = ferrolm_train::trainer::load_run(&start, &Device::Cpu)?;
+    let fmt = Formatter::from_run(&start, run.model.max_seq_len, cfg.data.max_response_tokens)?;
+    let (train, val, report) = load_pairs(&cfg.data, &fmt)?;
+    let t = fmt.truncation();
+    eprintln!(
+        "{} pairs read ({} malformed, skipped), {} for training, {} held out; cut to the context: {} prompts, {} responses",
+        report.kept, report.bad, train.len(), val.len(), t.prompts_cut, t.responses_cut
+    );
+    for e in &report.examples {
+        eprintln!("  malformed: {e}");
+    }
+    anyhow::ensure!(!train.is_empty(), "no training pairs");
+    anyhow::ensure!(!val.is_empty(), "no held-out pairs: raise data.val_fraction or add data");
+    stage::write_run_files(&o.out, &start, &run, &cfg.train, &cfg)?;
+    let task = DpoTask::new(policy, reference, train, val, fmt.pad_id, cfg.dpo.beta, &cfg.train);
+    let mut trainer = if o.resume {
+        Trainer::resume_task(cfg.train.clone(), &o.out, varmap, Box::new(task))?
+    } else {
+        Trainer::from_task(cfg.train.clone(), &o.out, varmap, Box::new(task))?
+    };
+    trainer.quiet = o.quiet;
+    trainer.title = format!("DPO (β = {})", cfg.dpo.beta);
+    trainer.run()
+}

@@ -1,0 +1,295 @@
+//! The reward model: the decoder body of a pretrained (or SFT) run with a scalar head on the
+//! final hidden state of the sequence's last token (the response's end marker), trained on
+//! preference pairs with the Bradley-Terry loss; evaluated by held-out pairwise accuracy.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use ferrolm_model::linear::Linear;
+use ferrolm_model::{Transformer, TransformerConfig};
+use ferrolm_tokenizer::Message;
+use ferrolm_train::data::step_seed;
+use ferrolm_train::{EvalResult, TrainConfig, TrainOutcome, TrainTask, Trainer};
+use serde::{Deserialize, Serialize};
+
+use crate::encode::{EncodedPair, Formatter, Sequence};
+use crate::logprob::{hidden, seq_batch, SeqBatch};
+use crate::losses::bradley_terry_loss;
+use crate::records::{read_preferences, split, OnError, ReadReport};
+use crate::stage::{self, DataSettings};
+
+pub const HEAD: &str = "reward_head";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardSettings {
+    /// The run the body was initialised from.
+    pub model_from: String,
+}
+
+impl Default for RewardSettings {
+    fn default() -> Self {
+        Self { model_from: String::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardConfig {
+    pub train: TrainConfig,
+    pub data: DataSettings,
+    pub reward: RewardSettings,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        Self {
+            train: TrainConfig {
+                max_steps: 200,
+                batch_size: 8,
+                lr: 1e-4,
+                min_lr: 1e-5,
+                warmup_steps: 10,
+                weight_decay: 0.0,
+                eval_interval: 50,
+                checkpoint_interval: 100,
+                log_interval: 5,
+                ..Default::default()
+            },
+            data: DataSettings::default(),
+            reward: RewardSettings::default(),
+        }
+    }
+}
+
+pub struct RewardModel {
+    pub body: Transformer,
+    head: Linear,
+}
+
+impl RewardModel {
+    /// Build the body and a (d_model → 1) head named `reward_head` in `vb`.
+    pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let body = Transformer::new(cfg, vb.clone())?;
+        let head = Linear::load(cfg.d_model, 1, true, vb.pp(HEAD))?;
+        Ok(Self { body, head })
+    }
+
+    /// Scalar reward of each row's full sequence (rows,).
+    pub fn scores(&self, b: &SeqBatch, dropout_seed: Option<u64>) -> Result<Tensor> {
+        let h = hidden(&self.body, b, dropout_seed)?;
+        let last = h.index_select(&b.last_pos, 0)?;
+        Ok(self.head.forward(&last)?.squeeze(1)?)
+    }
+
+    /// Scores of sequences as numbers, in batches of `batch`.
+    pub fn score_sequences(&self, seqs: &[&Sequence], pad_id: u32, batch: usize) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for chunk in seqs.chunks(batch.max(1)) {
+            let b = seq_batch(chunk, pad_id, &Device::Cpu)?;
+            out.extend(self.scores(&b, None)?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+}
+
+/// A trained reward model with the formatter it was trained with.
+pub struct LoadedReward {
+    pub model: RewardModel,
+    pub fmt: Formatter,
+    pub cfg: RewardConfig,
+}
+
+/// Load a reward run folder (its latest checkpoint).
+pub fn load(run_dir: &Path) -> Result<LoadedReward> {
+    let run = stage::read_run_config(run_dir)?;
+    let cfg: RewardConfig = stage::read_stage(run_dir)?;
+    let varmap = VarMap::new();
+    let model = RewardModel::new(&run.model, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    let ckpt = ferrolm_train::checkpoint::latest(run_dir)?;
+    ferrolm_train::checkpoint::load_weights(&varmap, &ckpt.join("model.safetensors"))
+        .with_context(|| format!("{} is not a reward-model run", run_dir.display()))?;
+    let fmt = Formatter::from_run(run_dir, run.model.max_seq_len, cfg.data.max_response_tokens)?;
+    Ok(LoadedReward { model, fmt, cfg })
+}
+
+impl LoadedReward {
+    pub fn score(&self, prompt: &[Message], response: &str) -> Result<f32> {
+        let s = self.fmt.sequence(prompt, response);
+        Ok(self.model.score_sequences(&[&s], self.fmt.pad_id, 1)?[0])
+    }
+}
+
+/// Pairwise figures of a reward model on encoded pairs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PairwiseEval {
+    pub pairs: usize,
+    /// Fraction of pairs scored chosen > rejected (ties count one half).
+    pub pairwise_accuracy: f64,
+    /// Mean Bradley-Terry loss.
+    pub loss: f64,
+    pub mean_margin: f64,
+    pub mean_chosen: f64,
+    pub mean_rejected: f64,
+}
+
+pub fn pairwise_eval(model: &RewardModel, pairs: &[EncodedPair], pad_id: u32, batch: usize) -> Result<PairwiseEval> {
+    anyhow::ensure!(!pairs.is_empty(), "no pairs to evaluate");
+    let (mut acc, mut loss, mut margin, mut sc, mut sr) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for chunk in pairs.chunks(batch.max(1)) {
+        let seqs: Vec<&Sequence> = chunk.iter().map(|p| &p.chosen).chain(chunk.iter().map(|p| &p.rejected)).collect();
+        let s = model.score_sequences(&seqs, pad_id, seqs.len())?;
+        let (c, r) = s.split_at(chunk.len());
+        for (&c, &r) in c.iter().zip(r) {
+            let d = (c - r) as f64;
+            acc += if d > 0.0 { 1.0 } else if d == 0.0 { 0.5 } else { 0.0 };
+            loss += (1.0 + (-d).exp()).ln();
+            margin += d;
+            sc += c as f64;
+            sr += r as f64;
+        }
+    }
+    let n = pairs.len() as f64;
+    Ok(PairwiseEval {
+        pairs: pairs.len(),
+        pairwise_accuracy: acc / n,
+        loss: loss / n,
+        mean_margin: margin / n,
+        mean_chosen: sc / n,
+        mean_rejected: sr / n,
+    })
+}
+
+pub struct RewardTask {
+    pub model: RewardModel,
+    train: Vec<EncodedPair>,
+    val: Vec<EncodedPair>,
+    pad_id: u32,
+    batch_size: usize,
+    grad_accum: usize,
+    seed: u64,
+}
+
+impl TrainTask for RewardTask {
+    fn micro_batch_loss(&self, step: usize, micro: usize) -> Result<(Tensor, usize)> {
+        let idx = stage::batch_indices(self.train.len(), self.seed, step, micro, self.grad_accum, self.batch_size);
+        let seqs: Vec<&Sequence> =
+            idx.iter().map(|&i| &self.train[i].chosen).chain(idx.iter().map(|&i| &self.train[i].rejected)).collect();
+        let tokens = seqs.iter().map(|s| s.ids.len()).sum();
+        let b = seq_batch(&seqs, self.pad_id, &Device::Cpu)?;
+        let s = self.model.scores(&b, Some(step_seed(self.seed, step, micro, "dropout")))?;
+        let n = idx.len();
+        let loss = bradley_terry_loss(&s.narrow(0, 0, n)?, &s.narrow(0, n, n)?)?;
+        Ok((loss, tokens))
+    }
+
+    fn evaluate(&self) -> Result<EvalResult> {
+        let e = pairwise_eval(&self.model, &self.val, self.pad_id, self.batch_size)?;
+        let extra = BTreeMap::from([
+            ("pairwise_accuracy".to_string(), e.pairwise_accuracy),
+            ("margin".to_string(), e.mean_margin),
+            ("chosen_score".to_string(), e.mean_chosen),
+            ("rejected_score".to_string(), e.mean_rejected),
+        ]);
+        Ok(EvalResult { loss: e.loss, bits_per_byte: f64::NAN, tokens: 0, bytes: 0, extra })
+    }
+}
+
+/// Read, split and encode preference pairs; cap the held-out split at `max_eval`.
+pub fn load_pairs(data: &DataSettings, fmt: &Formatter) -> Result<(Vec<EncodedPair>, Vec<EncodedPair>, ReadReport)> {
+    let (pairs, report) = read_preferences(&data.paths(), data.on_error)?;
+    let (train, mut val) = split(&pairs, |p| &p.prompt, data.val_fraction);
+    if data.max_eval > 0 {
+        val.truncate(data.max_eval);
+    }
+    let enc = |v: &[crate::records::PreferencePair]| v.iter().map(|p| fmt.pair(p)).collect::<Vec<_>>();
+    Ok((enc(&train), enc(&val), report))
+}
+
+pub struct StageOptions {
+    pub model: PathBuf,
+    pub data: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub config: Option<PathBuf>,
+    pub overrides: Vec<String>,
+    pub on_error: Option<OnError>,
+    pub resume: bool,
+    pub quiet: bool,
+}
+
+fn report_data(report: &ReadReport, fmt: &Formatter, train: usize, val: usize) {
+    let t = fmt.truncation();
+    eprintln!(
+        "{} pairs read ({} malformed, skipped), {train} for training, {val} held out; cut to the context: {} prompts, {} responses",
+        report.kept, report.bad, t.prompts_cut, t.responses_cut
+    );
+    for e in &report.examples {
+        eprintln!("  malformed: {e}");
+    }
+}
+
+/// `ferrolm reward train`.
+pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
+    let mut cfg: RewardConfig = if o.resume {
+        let saved: RewardConfig = stage::read_stage(&o.out)?;
+        stage::resolve(&saved, o.config.as_deref(), &o.overrides)?
+    } else {
+        let mut c = stage::resolve(&RewardConfig::default(), o.config.as_deref(), &o.overrides)?;
+        c.reward.model_from = o.model.display().to_string();
+        c
+    };
+    if !o.data.is_empty() {
+        cfg.data.files = o.data.iter().map(|p| p.display().to_string()).collect();
+    }
+    if let Some(e) = o.on_error {
+        cfg.data.on_error = e;
+    }
+    let start = PathBuf::from(&cfg.reward.model_from);
+    let run = stage::read_run_config(&start)?;
+    let fmt = Formatter::from_run(&start, run.model.max_seq_len, cfg.data.max_response_tokens)?;
+    let (train, val, report) = load_pairs(&cfg.data, &fmt)?;
+    report_data(&report, &fmt, train.len(), val.len());
+    anyhow::ensure!(!train.is_empty(), "no training pairs");
+    anyhow::ensure!(!val.is_empty(), "no held-out pairs: raise data.val_fraction or add data");
+
+    let varmap = VarMap::new();
+    let model = RewardModel::new(&run.model, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    if !o.resume {
+        let ckpt = ferrolm_train::checkpoint::latest(&start)?;
+        stage::load_with_new_heads(&varmap, &ckpt.join("model.safetensors"), &[HEAD])?;
+        stage::zero_vars(&varmap, HEAD)?;
+        stage::write_run_files(&o.out, &start, &run, &cfg.train, &cfg)?;
+    } else {
+        stage::write_run_files(&o.out, &start, &run, &cfg.train, &cfg)?;
+    }
+    let task = RewardTask {
+        model,
+        train,
+        val,
+        pad_id: fmt.pad_id,
+        batch_size: cfg.train.batch_size,
+        grad_accum: cfg.train.grad_accum,
+        seed: cfg.train.seed,
+    };
+    let mut trainer = if o.resume {
+        Trainer::resume_task(cfg.train.clone(), &o.out, varmap, Box::new(task))?
+    } else {
+        Trainer::from_task(cfg.train.clone(), &o.out, varmap, Box::new(task))?
+    };
+    trainer.quiet = o.quiet;
+    trainer.title = "reward model (Bradley-Terry)".into();
+    trainer.run()
+}
+
+/// `ferrolm reward eval`: pairwise accuracy on the held-out split of `data` (or on every pair).
+pub fn eval(run_dir: &Path, data: &[PathBuf], on_error: OnError, all: bool) -> Result<PairwiseEval> {
+    let rm = load(run_dir)?;
+    let (pairs, report) = read_preferences(data, on_error)?;
+    let pairs = if all { pairs } else { split(&pairs, |p| &p.prompt, rm.cfg.data.val_fraction).1 };
+    let enc: Vec<EncodedPair> = pairs.iter().map(|p| rm.fmt.pair(p)).collect();
+    report_data(&report, &rm.fmt, 0, enc.len());
+    pairwise_eval(&rm.model, &enc, rm.fmt.pad_id, 16)
+}

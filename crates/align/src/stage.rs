@@ -1,0 +1,175 @@
+//! What every alignment stage shares: its config (stage defaults ← config file ← `--set`),
+//! the run folder layout, and loading a starting model into a model with extra heads.
+//!
+//! Run folder of a stage: `config.toml` is a plain [`RunConfig`] (the policy's `[model]`,
+//! the `[train]` in force), so `ferrolm generate/eval/chat` read a DPO or PPO policy like any
+//! pretrained run; `align.toml` holds the stage's full resolved config (its own section, the
+//! data settings, where the starting model came from); `tokenizer.json` and
+//! `chat_template.json` are copied from the starting run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_nn::VarMap;
+use ferrolm_train::config::DataConfig;
+use ferrolm_train::{RunConfig, TrainConfig};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use toml::Value;
+
+use crate::records::OnError;
+
+pub const ALIGN_FILE: &str = "align.toml";
+
+/// How preference/prompt data is read, split and cut to the context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSettings {
+    /// The data files (set from --data).
+    pub files: Vec<String>,
+    /// Fraction of prompts held out (a fixed hash of the prompt, shared by all stages).
+    pub val_fraction: f64,
+    /// Responses are cut to this many tokens (the end marker included); prompts are cut from
+    /// the left so that prompt + response fit the model's context.
+    pub max_response_tokens: usize,
+    /// `skip` (count and report) or `fail` on a malformed record.
+    pub on_error: OnError,
+    /// Use at most this many held-out records in evaluations (0 = all).
+    pub max_eval: usize,
+}
+
+impl Default for DataSettings {
+    fn default() -> Self {
+        Self { files: Vec::new(), val_fraction: 0.1, max_response_tokens: 48, on_error: OnError::Skip, max_eval: 0 }
+    }
+}
+
+impl DataSettings {
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.files.iter().map(PathBuf::from).collect()
+    }
+}
+
+/// Deep-merge `over` into `base`: tables merge key by key, anything else replaces.
+pub fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Table(b), Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Resolve a stage config: the stage's defaults, then the config file, then `--set`.
+/// Unknown keys are errors (every config struct denies them).
+pub fn resolve<T: Serialize + DeserializeOwned>(defaults: &T, file: Option<&Path>, overrides: &[String]) -> Result<T> {
+    let mut value = Value::try_from(defaults).context("serialising the default config")?;
+    let user = ferrolm_common::load_config(file, &[])?;
+    merge(&mut value, user);
+    ferrolm_common::apply_overrides(&mut value, overrides)?;
+    let cfg: T = ferrolm_common::config::typed(&value)?;
+    Ok(cfg)
+}
+
+/// The starting run's config (its `[model]` is the policy's architecture).
+pub fn read_run_config(run_dir: &Path) -> Result<RunConfig> {
+    let p = run_dir.join("config.toml");
+    let v = ferrolm_common::load_config(Some(&p), &[])?;
+    RunConfig::from_value(&v).with_context(|| format!("in {}", p.display()))
+}
+
+/// Write `config.toml` (plain RunConfig with `train`), `align.toml` (the stage config) and
+/// copy the tokenizer and chat template from `start` into `out`.
+pub fn write_run_files<T: Serialize>(out: &Path, start: &Path, model: &RunConfig, train: &TrainConfig, stage: &T) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let tok_dest = out.join("tokenizer.json");
+    copy_if_different(&start.join("tokenizer.json"), &tok_dest)?;
+    let tmpl = ferrolm_tokenizer::chat::ChatTemplate::path_next_to(&start.join("tokenizer.json"));
+    if tmpl.exists() {
+        copy_if_different(&tmpl, &ferrolm_tokenizer::chat::ChatTemplate::path_next_to(&tok_dest))?;
+    }
+    let run = RunConfig {
+        model: model.model.clone(),
+        train: train.clone(),
+        data: DataConfig { tokenizer: tok_dest.display().to_string(), ..Default::default() },
+    };
+    ferrolm_common::write_atomic(out.join("config.toml"), run.to_toml())?;
+    ferrolm_common::write_atomic(out.join(ALIGN_FILE), toml::to_string_pretty(stage)?)?;
+    Ok(())
+}
+
+fn copy_if_different(src: &Path, dest: &Path) -> Result<()> {
+    if src.canonicalize().ok() == dest.canonicalize().ok() {
+        return Ok(());
+    }
+    let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+    ferrolm_common::write_atomic(dest, bytes).with_context(|| format!("writing {}", dest.display()))?;
+    Ok(())
+}
+
+/// The saved stage config of a run folder (for resume and for loading its heads).
+pub fn read_stage<T: DeserializeOwned>(run_dir: &Path) -> Result<T> {
+    let p = run_dir.join(ALIGN_FILE);
+    let v = ferrolm_common::load_config(Some(&p), &[])?;
+    ferrolm_common::config::typed(&v).with_context(|| format!("in {}", p.display())).map_err(Into::into)
+}
+
+/// Load the weights in `path` into `varmap`, where variables whose name starts with one of
+/// `new_prefixes` (heads this stage adds) may be absent from the file and keep their
+/// initial values. Any other missing weight, shape mismatch or unknown weight is an error.
+pub fn load_with_new_heads(varmap: &VarMap, path: &Path, new_prefixes: &[&str]) -> Result<()> {
+    let tensors = ferrolm_train::checkpoint::load_tensors(path)?;
+    let data = varmap.data().lock().expect("varmap lock");
+    for (name, var) in data.iter() {
+        match tensors.get(name) {
+            Some(t) => {
+                if t.shape() != var.shape() {
+                    bail!("{}: weight {name} has shape {:?}, the model expects {:?}", path.display(), t.shape(), var.shape());
+                }
+                var.set(&t.to_dtype(var.dtype())?)?;
+            }
+            None if new_prefixes.iter().any(|p| name.starts_with(p)) => {}
+            None => bail!("{} lacks the weight {name}", path.display()),
+        }
+    }
+    if let Some(extra) = tensors.keys().find(|k| !data.contains_key(*k)) {
+        bail!("{} holds a weight `{extra}` this model does not have (is it the right kind of run?)", path.display());
+    }
+    Ok(())
+}
+
+/// Set every variable under `prefix` to zero (new scalar heads start neutral: a zero reward
+/// or value everywhere, so the first updates come from the data, not from a random head).
+pub fn zero_vars(varmap: &VarMap, prefix: &str) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    for (name, var) in data.iter().filter(|(n, _)| n.starts_with(prefix)) {
+        var.set(&var.as_tensor().zeros_like()?).with_context(|| format!("zeroing {name}"))?;
+    }
+    Ok(())
+}
+
+/// Index of example `i` of micro-batch `micro` in step `step`: the data are visited in
+/// epochs, each a fresh permutation seeded by (seed, epoch), so training sees every example
+/// once per epoch and the order depends only on the step (exact resume).
+pub fn epoch_index(n: usize, seed: u64, global: usize) -> usize {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let epoch = global / n;
+    let pos = global % n;
+    let mut perm: Vec<usize> = (0..n).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(ferrolm_train::data::step_seed(seed, epoch, 0, "epoch"));
+    perm.shuffle(&mut rng);
+    perm[pos]
+}
+
+/// The example indices of one micro-batch.
+pub fn batch_indices(n: usize, seed: u64, step: usize, micro: usize, grad_accum: usize, batch: usize) -> Vec<usize> {
+    let first = (step * grad_accum + micro) * batch;
+    (first..first + batch).map(|g| epoch_index(n, seed, g)).collect()
+}

@@ -1,0 +1,54 @@
+//! Arguments shared by `ferrolm reward train`, `ferrolm dpo` and `ferrolm rlhf`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use ferrolm_align::{OnError, StageOptions};
+
+#[derive(clap::Args)]
+pub struct StageArgs {
+    /// The run folder to start from (pretrained or SFT); not needed with --resume.
+    #[arg(long, required_unless_present = "resume")]
+    pub model: Option<PathBuf>,
+    /// Preference (or prompt) files: JSONL with (instruction, input, chosen, rejected),
+    /// (prompt, chosen, rejected) or HH (chosen, rejected) dialogues.
+    #[arg(long, num_args = 1.., required_unless_present = "resume")]
+    pub data: Vec<PathBuf>,
+    /// Output run folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Stage config (TOML with [train], [data] and the stage's section); defaults are built in.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. --set train.max_steps=50 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Malformed records: skip (reported with file:line and counted) or fail.
+    #[arg(long, value_parser = ["skip", "fail"])]
+    pub on_bad_record: Option<String>,
+    /// Continue the run in --out from its latest checkpoint (its align.toml is the base config).
+    #[arg(long)]
+    pub resume: bool,
+    /// Plain progress lines instead of a bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl StageArgs {
+    pub fn options(&self) -> Result<StageOptions> {
+        Ok(StageOptions {
+            model: self.model.clone().unwrap_or_default(),
+            data: self.data.clone(),
+            out: self.out.clone(),
+            config: self.config.clone(),
+            overrides: self.overrides.clone(),
+            on_error: self.on_bad_record.as_deref().map(parse_on_error).transpose()?,
+            resume: self.resume,
+            quiet: self.quiet,
+        })
+    }
+}
+
+pub fn parse_on_error(s: &str) -> Result<OnError> {
+    s.parse::<OnError>().map_err(|e| anyhow::anyhow!("--on-bad-record: {e}"))
+}
