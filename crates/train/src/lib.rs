@@ -6,12 +6,14 @@
 //! generator that carries state across steps. A checkpoint therefore only needs the
 //! weights, the optimizer moments and the step number.
 
+pub mod arch_task;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod metrics;
 pub mod objectives;
 pub mod optim;
+pub mod pairs;
 pub mod plot;
 pub mod schedule;
 pub mod task;
@@ -19,4 +21,6 @@ pub mod trainer;
 
 pub use config::{RunConfig, TrainConfig};
 pub use data::TokenSource;
+pub use arch_task::{arch_trainer, load_arch_run, ArchData, ArchRunConfig, ArchTask, ObjectiveSection};
+pub use task::{ArchModel, PairExample, TaskTokens};
 pub use trainer::{evaluate, CausalLm, EvalResult, LmTask, TrainOutcome, TrainTask, Trainer};
