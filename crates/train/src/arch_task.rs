@@ -241,6 +241,43 @@ impl<'a> ArchTask<'a> {
         self.kind
     }
 
+    /// The held-out batches of every evaluation: fixed windows (or the first pairs) and
+    /// objective draws seeded by `objective.eval_seed`, so every evaluation scores the
+    /// same targets.
+    pub fn for_each_eval_batch(&self, mut f: impl FnMut(&TaskBatch) -> Result<()>) -> Result<()> {
+        match &self.data {
+            ArchData::Stream { val, .. } => {
+                let offsets = eval_offsets(*val, self.eval_examples, self.seq_len);
+                for (i, chunk) in offsets.chunks(self.batch_size).enumerate() {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(step_seed(self.eval_seed, i, 0, "eval-objective"));
+                    f(&self.batch(chunk, &mut rng, Some(*val), None)?)?;
+                }
+            }
+            ArchData::Pairs { val, .. } => {
+                let idx: Vec<usize> = (0..val.len().min(self.eval_examples)).collect();
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.eval_seed);
+                for chunk in idx.chunks(self.batch_size) {
+                    f(&self.batch(chunk, &mut rng, None, Some(val))?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The targets every evaluation scores, in order (for baselines such as "always
+    /// predict the most frequent token").
+    pub fn eval_targets(&self) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        self.for_each_eval_batch(|b| {
+            let t = match b {
+                TaskBatch::Decoder { targets, .. } | TaskBatch::EncoderDecoder { targets, .. } | TaskBatch::MaskedLm { targets, .. } => targets,
+            };
+            out.extend(t.to_vec1::<u32>()?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     fn batch(&self, offsets_or_idx: &[usize], rng: &mut impl Rng, src: Option<&dyn TokenSource>, pairs: Option<&[PairExample]>) -> Result<TaskBatch> {
         match (src, pairs) {
             (Some(src), _) => make_task_batch(self.kind, src, offsets_or_idx, self.seq_len, &self.objective, &self.tokens, self.vocab, rng, &Device::Cpu),
@@ -307,22 +344,7 @@ impl TrainTask for ArchTask<'_> {
             n += nll.len();
             Ok(())
         };
-        match &self.data {
-            ArchData::Stream { val, .. } => {
-                let offsets = eval_offsets(*val, self.eval_examples, self.seq_len);
-                for (i, chunk) in offsets.chunks(self.batch_size).enumerate() {
-                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(step_seed(self.eval_seed, i, 0, "eval-objective"));
-                    account(&self.batch(chunk, &mut rng, Some(*val), None)?)?;
-                }
-            }
-            ArchData::Pairs { val, .. } => {
-                let idx: Vec<usize> = (0..val.len().min(self.eval_examples)).collect();
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.eval_seed);
-                for chunk in idx.chunks(self.batch_size) {
-                    account(&self.batch(chunk, &mut rng, None, Some(val))?)?;
-                }
-            }
-        }
+        self.for_each_eval_batch(&mut account)?;
         if n == 0 {
             bail!("the evaluation scored no target");
         }

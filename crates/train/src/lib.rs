@@ -15,6 +15,7 @@ pub mod objectives;
 pub mod optim;
 pub mod pairs;
 pub mod plot;
+pub mod plot_compare;
 pub mod schedule;
 pub mod task;
 pub mod trainer;

@@ -2,6 +2,9 @@
 pub mod bench;
 pub mod data;
 pub mod eval;
+pub mod experiment;
+pub mod experiment_architectures;
+pub mod fill_mask;
 pub mod generate;
 pub mod ngram;
 pub mod quickstart;
