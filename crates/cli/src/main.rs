@@ -26,6 +26,10 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Held-out loss and bits per byte of a trained run on a text file or folder.
     Eval(cmd::eval::Args),
+    /// Top-k predictions of a masked LM at every <|mask|> of a text.
+    FillMask(cmd::fill_mask::Args),
+    /// Reproducible experiments that write a report (architectures, …).
+    Experiment(cmd::experiment::Args),
     /// Measure training speed on fixed presets (for side-by-side benchmarks).
     Bench(cmd::bench::Args),
     /// Corpus pipeline: build a clean, de-duplicated, private-data-free corpus.
@@ -76,6 +80,8 @@ fn main() {
         Command::Train(a) => cmd::train::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::FillMask(a) => cmd::fill_mask::run(a),
+        Command::Experiment(a) => cmd::experiment::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Data(a) => cmd::data::run(a),
         Command::Tokenizer(a) => cmd::tokenizer::run(a),

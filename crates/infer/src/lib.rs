@@ -1,7 +1,10 @@
-//! Inference: token sampling and autoregressive generation with a KV cache.
+//! Inference: token sampling, autoregressive generation with a KV cache for the causal
+//! and prefix decoders and the encoder-decoder, mask filling for the masked LM.
 
+pub mod arch;
 pub mod generate;
 pub mod sampling;
 
+pub use arch::{fill_mask, generate_prefix, generate_seq2seq};
 pub use generate::{generate, GenerateConfig};
 pub use sampling::{Sampler, SamplingConfig};

@@ -1,4 +1,4 @@
-//! Input embeddings shared by the non-causal families: token embedding plus, for GPT-2
+//! Input embeddings shared by every family (decoder, encoder-decoder, masked LM): token embedding plus, for GPT-2
 //! blocks, a learned absolute position table (modern blocks use RoPE inside attention).
 
 use candle_core::{Module, Result, Tensor};

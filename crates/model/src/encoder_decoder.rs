@@ -7,7 +7,9 @@
 //! are projected from the encoder output on the first call and reused after.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::linear::Linear;
 
 use crate::attention::{KvCache, MaskSpec, Rope};
 use crate::block::BlockInput;
@@ -37,7 +39,7 @@ impl EncoderDecoder {
         let lm_head = if cfg.tie_embeddings {
             Linear::new(wte.embeddings().clone(), None)
         } else {
-            candle_nn::linear_no_bias(cfg.d_model, cfg.vocab_size, vb.pp("lm_head"))?
+            Linear::load(cfg.d_model, cfg.vocab_size, false, vb.pp("lm_head"))?
         };
         Ok(Self {
             cfg: cfg.clone(),

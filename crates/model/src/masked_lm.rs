@@ -4,7 +4,9 @@
 //! representation used by classification heads, and an optional next-sentence head.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::linear::Linear;
 
 use crate::attention::{MaskSpec, Rope};
 use crate::block::{norm, BlockInput};
@@ -42,11 +44,11 @@ impl MaskedLm {
             pos: Positions::new(cfg, vb.pp("wpe"))?,
             rope: rope(cfg, vb.device())?,
             encoder: Stack::new(cfg, false, vb.pp("encoder"))?,
-            mlm_dense: candle_nn::linear(d, d, vb.pp("mlm.dense"))?,
+            mlm_dense: Linear::load(d, d, true, vb.pp("mlm.dense"))?,
             mlm_ln: norm(cfg, vb.pp("mlm.ln"))?,
             mlm_out: Linear::new(out_w, Some(out_bias)),
-            pooler: candle_nn::linear(d, d, vb.pp("pooler"))?,
-            nsp: if cfg.nsp_head { Some(candle_nn::linear(d, 2, vb.pp("nsp"))?) } else { None },
+            pooler: Linear::load(d, d, true, vb.pp("pooler"))?,
+            nsp: if cfg.nsp_head { Some(Linear::load(d, 2, true, vb.pp("nsp"))?) } else { None },
             wte,
             cfg: cfg.clone(),
         })

@@ -10,7 +10,8 @@ use crate::linear::Linear;
 
 use crate::attention::{KvCache, MaskSpec, Rope};
 use crate::block::{norm, Block, BlockInput};
-use crate::config::{BlockStyle, TransformerConfig};
+use crate::config::TransformerConfig;
+use crate::embed::{rope, Positions};
 use crate::norm::Norm;
 
 /// A stack of blocks with its final norm.
@@ -48,7 +49,7 @@ impl Stack {
 pub struct Transformer {
     cfg: TransformerConfig,
     wte: Embedding,
-    wpe: Option<Embedding>,
+    pos: Positions,
     rope: Option<Rope>,
     decoder: Stack,
     lm_head: Linear,
@@ -64,41 +65,19 @@ impl Transformer {
             );
         }
         let wte = candle_nn::embedding(cfg.vocab_size, cfg.d_model, vb.pp("wte"))?;
-        let (wpe, rope) = match cfg.block {
-            BlockStyle::Gpt2 => (Some(candle_nn::embedding(cfg.max_seq_len, cfg.d_model, vb.pp("wpe"))?), None),
-            BlockStyle::Modern => (None, Some(Rope::new(cfg.head_dim(), cfg.max_seq_len, cfg.rope_theta, vb.device())?)),
-        };
+        let pos = Positions::new(cfg, vb.pp("wpe"))?;
+        let rope = rope(cfg, vb.device())?;
         let decoder = Stack::new(cfg, false, vb.pp("decoder"))?;
         let lm_head = if cfg.tie_embeddings {
             Linear::new(wte.embeddings().clone(), None)
         } else {
             Linear::load(cfg.d_model, cfg.vocab_size, false, vb.pp("lm_head"))?
         };
-        Ok(Self { cfg: cfg.clone(), wte, wpe, rope, decoder, lm_head })
+        Ok(Self { cfg: cfg.clone(), wte, pos, rope, decoder, lm_head })
     }
 
     pub fn config(&self) -> &TransformerConfig {
         &self.cfg
-    }
-
-    /// Embed token ids (batch, T) whose first position is `offset`.
-    fn embed(&self, ids: &Tensor, offset: usize) -> Result<Tensor> {
-        let x = self.wte.forward(ids)?;
-        match &self.wpe {
-            Some(wpe) => {
-                let t = ids.dim(1)?;
-                if offset + t > self.cfg.max_seq_len {
-                    candle_core::bail!(
-                        "sequence of {} positions exceeds the model's max_seq_len {}",
-                        offset + t,
-                        self.cfg.max_seq_len
-                    );
-                }
-                let pos = Tensor::arange(offset as u32, (offset + t) as u32, ids.device())?;
-                x.broadcast_add(&wpe.forward(&pos)?)
-            }
-            None => Ok(x),
-        }
     }
 
     /// Final hidden states (batch, T, d_model) after the last norm.
@@ -113,7 +92,7 @@ impl Transformer {
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        let x = self.embed(ids, offset)?;
+        let x = self.pos.embed(&self.wte, ids, offset)?;
         // Plain causal masks are applied inside the softmax kernel; others become a bias.
         let causal = mask.kind == crate::attention::AttnMask::Causal && mask.q_segments.is_none() && mask.k_segments.is_none();
         let bias = if causal { None } else { mask.bias(b, t, offset + t, offset, ids.device())? };

@@ -49,6 +49,29 @@ pub struct TaskTokens {
     pub decoder_start: u32,
     /// Ids below this are special: never masked, never drawn as random replacements.
     pub first_ordinary: u32,
+    /// Ends the input of an input/target pair (`<|end|>`): "input <sep> target".
+    pub sep: u32,
+    /// Fills the rows of a pair batch past their length (never attended, never scored).
+    pub pad: u32,
+    /// Closes every target of a pair (`<|endoftext|>`), so generation knows where to stop.
+    pub eot: u32,
+}
+
+impl TaskTokens {
+    /// The ids from a ferrolm tokenizer, which registers its special tokens first
+    /// (`special::defaults`), so they occupy the lowest ids.
+    pub fn from_tokenizer(tok: &ferrolm_tokenizer::Tokenizer) -> Result<Self> {
+        use ferrolm_tokenizer::special;
+        let id = |name: &str| tok.token_id(name).ok_or_else(|| anyhow::anyhow!("the tokenizer lacks the special token {name}"));
+        let sentinels = (0..special::NUM_SENTINELS).map(|i| id(&special::sentinel(i))).collect::<Result<Vec<_>>>()?;
+        let specials = tok.special_ids();
+        let first_ordinary = specials.iter().max().map(|m| m + 1).unwrap_or(0);
+        if (0..first_ordinary).any(|i| !tok.is_special(i)) {
+            bail!("the tokenizer's special tokens are not the lowest ids; the objectives need them to be");
+        }
+        let eot = id(special::EOT)?;
+        Ok(Self { mask: id(special::MASK)?, sentinels, decoder_start: eot, first_ordinary, sep: id(special::END)?, pad: id(special::PAD)?, eot })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -61,7 +84,8 @@ pub struct ObjectiveConfig {
 /// One batch, ready for the model of its kind.
 pub enum TaskBatch {
     Decoder { inputs: Tensor, mask: MaskSpec, scored: Tensor, targets: Tensor },
-    EncoderDecoder { src: Tensor, tgt_in: Tensor, scored: Tensor, targets: Tensor },
+    /// `src_segments`: per source position 0, or `PAD_SEGMENT` for padding (pair batches).
+    EncoderDecoder { src: Tensor, src_segments: Option<Vec<u32>>, tgt_in: Tensor, scored: Tensor, targets: Tensor },
     MaskedLm { inputs: Tensor, scored: Tensor, targets: Tensor },
 }
 
@@ -137,12 +161,97 @@ pub fn make_task_batch(
         },
         ModelKind::EncoderDecoder => TaskBatch::EncoderDecoder {
             src: Tensor::from_vec(x, (b, src_len), device)?,
+            src_segments: None,
             tgt_in: Tensor::from_vec(tgt_in, (b, tgt_len), device)?,
             scored,
             targets,
         },
         ModelKind::MaskedLm => TaskBatch::MaskedLm { inputs: Tensor::from_vec(x, (b, seq_len), device)?, scored, targets },
     })
+}
+
+/// One input/target pair, tokenized (the target without its closing end-of-text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairExample {
+    pub input: Vec<u32>,
+    pub target: Vec<u32>,
+}
+
+/// Build a batch of input/target pairs for a generating kind; rows are right-padded to
+/// the longest row, and only target tokens are scored.
+///
+/// - causal: `input <sep> target <eot>` under a causal mask;
+/// - prefix: the same tokens, `input <sep>` is the bidirectional prefix;
+/// - encoder_decoder: `input <sep>` → encoder (padding masked by segment ids), decoder
+///   input `<start> target`, decoder targets `target <eot>`.
+///
+/// The scored targets are identical for all three kinds: every target token and the
+/// closing `<eot>`, each predicted from the full input and the earlier target tokens.
+pub fn make_pair_batch(kind: ModelKind, pairs: &[&PairExample], tok: &TaskTokens, device: &Device) -> Result<TaskBatch> {
+    let b = pairs.len();
+    if b == 0 {
+        bail!("a pair batch needs at least one pair");
+    }
+    let (mut scored, mut y) = (Vec::<u32>::new(), Vec::<u32>::new());
+    match kind {
+        ModelKind::Causal | ModelKind::Prefix => {
+            // x = input <sep> target (the model's inputs), next tokens = ... target <eot>
+            let t = pairs.iter().map(|p| p.input.len() + p.target.len() + 1).max().unwrap_or(0);
+            let mut x = vec![tok.pad; b * t];
+            let mut prefixes = Vec::with_capacity(b);
+            for (row, p) in pairs.iter().enumerate() {
+                let seq: Vec<u32> = p.input.iter().copied().chain([tok.sep]).chain(p.target.iter().copied()).chain([tok.eot]).collect();
+                let n = seq.len() - 1;
+                x[row * t..row * t + n].copy_from_slice(&seq[..n]);
+                // position input.len() holds <sep> and predicts the first target token
+                for pos in p.input.len()..n {
+                    scored.push((row * t + pos) as u32);
+                    y.push(seq[pos + 1]);
+                }
+                prefixes.push(p.input.len() + 1);
+            }
+            let mask = if kind == ModelKind::Prefix {
+                MaskSpec { kind: AttnMask::Prefix(prefixes), q_segments: None, k_segments: None }
+            } else {
+                MaskSpec::causal()
+            };
+            let n = scored.len();
+            Ok(TaskBatch::Decoder {
+                inputs: Tensor::from_vec(x, (b, t), device)?,
+                mask,
+                scored: Tensor::from_vec(scored, n, device)?,
+                targets: Tensor::from_vec(y, n, device)?,
+            })
+        }
+        ModelKind::EncoderDecoder => {
+            let s = pairs.iter().map(|p| p.input.len() + 1).max().unwrap_or(0);
+            let t = pairs.iter().map(|p| p.target.len() + 1).max().unwrap_or(0);
+            let mut src = vec![tok.pad; b * s];
+            let mut seg = vec![ferrolm_model::attention::PAD_SEGMENT; b * s];
+            let mut tgt_in = vec![tok.pad; b * t];
+            for (row, p) in pairs.iter().enumerate() {
+                for (i, &id) in p.input.iter().chain([&tok.sep]).enumerate() {
+                    src[row * s + i] = id;
+                    seg[row * s + i] = 0;
+                }
+                tgt_in[row * t] = tok.decoder_start;
+                tgt_in[row * t + 1..row * t + 1 + p.target.len()].copy_from_slice(&p.target);
+                for (pos, &id) in p.target.iter().chain([&tok.eot]).enumerate() {
+                    scored.push((row * t + pos) as u32);
+                    y.push(id);
+                }
+            }
+            let n = scored.len();
+            Ok(TaskBatch::EncoderDecoder {
+                src: Tensor::from_vec(src, (b, s), device)?,
+                src_segments: Some(seg),
+                tgt_in: Tensor::from_vec(tgt_in, (b, t), device)?,
+                scored: Tensor::from_vec(scored, n, device)?,
+                targets: Tensor::from_vec(y, n, device)?,
+            })
+        }
+        ModelKind::MaskedLm => bail!("model.kind = masked_lm trains on plain text (masked tokens), not on input/target pairs"),
+    }
 }
 
 impl ArchModel {
@@ -158,9 +267,13 @@ impl ArchModel {
                 let h = flat(m.hidden(inputs, mask, None, dropout_seed)?)?.index_select(scored, 0)?;
                 (m.logits(&h)?, targets.clone())
             }
-            (Self::EncoderDecoder(m), TaskBatch::EncoderDecoder { src, tgt_in, scored, targets }) => {
-                let mem = m.encode(src, &MaskSpec::bidirectional(), dropout_seed.map(|s| s ^ 1))?;
-                let h = m.decode_hidden(tgt_in, &mem, &MaskSpec::causal(), &EncoderDecoder::cross_mask(None), None, dropout_seed)?;
+            (Self::EncoderDecoder(m), TaskBatch::EncoderDecoder { src, src_segments, tgt_in, scored, targets }) => {
+                let enc_mask = match src_segments {
+                    Some(seg) => MaskSpec::bidirectional().with_segments(seg.clone()),
+                    None => MaskSpec::bidirectional(),
+                };
+                let mem = m.encode(src, &enc_mask, dropout_seed.map(|s| s ^ 1))?;
+                let h = m.decode_hidden(tgt_in, &mem, &MaskSpec::causal(), &EncoderDecoder::cross_mask(src_segments.clone()), None, dropout_seed)?;
                 (m.logits(&flat(h)?.index_select(scored, 0)?)?, targets.clone())
             }
             (Self::MaskedLm(m), TaskBatch::MaskedLm { inputs, scored, targets }) => {
@@ -182,7 +295,7 @@ mod tests {
     #[test]
     fn every_kind_trains_through_one_loss_call() {
         let data: Vec<u32> = (0..400).map(|i| (5 + (i * 7 + i / 3) % 20) as u32).collect();
-        let tok = TaskTokens { mask: 1, sentinels: (30..46).collect(), decoder_start: 0, first_ordinary: 5 };
+        let tok = TaskTokens { mask: 1, sentinels: (30..46).collect(), decoder_start: 0, first_ordinary: 5, sep: 2, pad: 3, eot: 0 };
         for kind in [ModelKind::Causal, ModelKind::Prefix, ModelKind::EncoderDecoder, ModelKind::MaskedLm] {
             let cfg = TransformerConfig { kind, vocab_size: 48, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 4, max_seq_len: 24, ..Default::default() };
             let vm = VarMap::new();

@@ -1,12 +1,17 @@
 //! `ferrolm generate --model RUN_DIR --prompt TEXT`: streams the completion to stdout.
+//! The saved config decides the path: causal decoder (sliding KV cache), prefix decoder
+//! (the prompt is the bidirectional prefix), encoder-decoder (the prompt is the source).
+//! Runs trained on input/target pairs get the prompt as the input, followed by `<sep>`.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use candle_core::Device;
-use ferrolm_infer::{generate, GenerateConfig, SamplingConfig};
+use ferrolm_infer::{generate, generate_prefix, generate_seq2seq, GenerateConfig, SamplingConfig};
+use ferrolm_model::ModelKind;
 use ferrolm_tokenizer::{DecodeStream, Tokenizer};
+use ferrolm_train::{ArchModel, TaskTokens};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,27 +35,44 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (_, model, _) = ferrolm_train::trainer::load_run(&a.model, &Device::Cpu)?;
+    let (cfg, model, _) = ferrolm_train::load_arch_run(&a.model, &Device::Cpu)?;
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
-    let prompt = tok.encode(&a.prompt);
+    let mut prompt = tok.encode(&a.prompt);
     anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
-    let cfg = GenerateConfig {
+    let kind = cfg.run.model.kind;
+    let eot = tok.eot_id();
+    if cfg.pairs.is_some() {
+        prompt.push(TaskTokens::from_tokenizer(&tok)?.sep);
+    }
+    let gcfg = GenerateConfig {
         max_tokens: a.max_tokens,
-        stop_tokens: vec![tok.eot_id()],
+        stop_tokens: vec![eot],
         sampling: SamplingConfig { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
     };
     let mut out = std::io::stdout().lock();
     write!(out, "{}", a.prompt)?;
+    if cfg.pairs.is_some() || kind == ModelKind::EncoderDecoder {
+        writeln!(out)?;
+    }
     let mut stream = DecodeStream::new(&tok);
-    let eot = tok.eot_id();
-    generate(&model, &prompt, &cfg, |t| {
+    let on_token = |t: u32| {
         if t != eot {
             let piece = stream.push(t);
             let _ = write!(out, "{piece}");
             let _ = out.flush();
         }
         true
-    })?;
+    };
+    let produced = match (&model, kind) {
+        (ArchModel::Decoder(m), ModelKind::Causal) => generate(m, &prompt, &gcfg, on_token)?,
+        (ArchModel::Decoder(m), _) => generate_prefix(m, &prompt, &gcfg, on_token)?,
+        (ArchModel::EncoderDecoder(m), _) => generate_seq2seq(m, &prompt, TaskTokens::from_tokenizer(&tok)?.decoder_start, &gcfg, on_token)?,
+        (ArchModel::MaskedLm(_), _) => anyhow::bail!("{} is a masked LM: it fills masks (`ferrolm fill-mask`), it does not generate", a.model.display()),
+    };
+    let mut out = std::io::stdout().lock();
     writeln!(out, "{}", stream.finish())?;
+    if kind != ModelKind::Causal && produced.len() < a.max_tokens && produced.last() != Some(&eot) {
+        eprintln!("(stopped at the model's context of {} positions)", cfg.run.model.max_seq_len);
+    }
     Ok(())
 }

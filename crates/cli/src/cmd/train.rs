@@ -3,9 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use candle_core::Device;
 use ferrolm_tokenizer::shards::TokenShards;
 use ferrolm_tokenizer::Tokenizer;
-use ferrolm_train::FamilyRunConfig;
+use ferrolm_train::arch_task::{arch_trainer, ArchData, ArchRunConfig};
+use ferrolm_train::{FamilyRunConfig, RunConfig, TaskTokens, Trainer};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,8 +38,19 @@ pub fn run(args: Args) -> Result<()> {
             (out, ferrolm_common::load_config(Some(cfg), &args.overrides)?)
         }
     };
-    let cfg = FamilyRunConfig::from_value(&value)?;
-    let outcome = train_run(cfg, &run_dir, args.resume.is_some())?;
+    // `model.family` other than the Transformer: the NPLM, RNN and LSTM of the history issue.
+    let family = value.get("model").and_then(|m| m.get("family")).and_then(|f| f.as_str()).unwrap_or("transformer");
+    if family != "transformer" {
+        let outcome = train_family_run(FamilyRunConfig::from_value(&value)?, &run_dir, args.resume.is_some())?;
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+        return Ok(());
+    }
+    let cfg = ArchRunConfig::from_value(&value)?;
+    let outcome = if cfg.is_plain_causal() {
+        train_run(cfg.run, &run_dir, args.resume.is_some())?
+    } else {
+        train_arch_run(&cfg, &run_dir, args.resume.is_some())?
+    };
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(())
 }
@@ -47,9 +60,96 @@ fn default_run_name(cfg: &Path) -> String {
 }
 
 /// Open the shards and tokenizer named in `[data]`, copy the tokenizer into the run
+/// folder (so the folder alone is enough for generate/eval), and train.
+pub fn train_run(cfg: RunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
+    let d = &cfg.data;
+    anyhow::ensure!(!d.train.is_empty() && !d.val.is_empty() && !d.tokenizer.is_empty(),
+        "[data] needs train, val (token shard folders) and tokenizer (tokenizer.json)");
+    let tok_path = Path::new(&d.tokenizer);
+    let tokenizer = Tokenizer::from_file(tok_path)?;
+    anyhow::ensure!(
+        tokenizer.vocab_size() <= cfg.model.vocab_size,
+        "the tokenizer has {} tokens but model.vocab_size is {}",
+        tokenizer.vocab_size(),
+        cfg.model.vocab_size
+    );
+    let train = TokenShards::open(Path::new(&d.train))?;
+    let val = TokenShards::open(Path::new(&d.val))?;
+    std::fs::create_dir_all(run_dir)?;
+    let dest = run_dir.join("tokenizer.json");
+    if tok_path.canonicalize().ok() != dest.canonicalize().ok() {
+        tokenizer.save(&dest).with_context(|| format!("copying the tokenizer into {}", run_dir.display()))?;
+    }
+    let mut bytes = tokenizer.token_bytes();
+    bytes.resize(cfg.model.vocab_size, 0);
+    let device = Device::Cpu;
+    let n_params = cfg.model.num_params();
+    let mut trainer = if resume {
+        Trainer::resume(cfg, run_dir, &train, &val, bytes, &device)?
+    } else {
+        Trainer::new(cfg, run_dir, &train, &val, bytes, &device)?
+    };
+    eprintln!(
+        "training {} parameters on {} tokens ({} held out) into {}",
+        n_params,
+        train.len(),
+        val.len(),
+        run_dir.display()
+    );
+    trainer.run()
+}
+
+/// Any other `model.kind`, or input/target pairs (`[pairs]`), through the shared loop.
+pub fn train_arch_run(cfg: &ArchRunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
+    let d = &cfg.run.data;
+    anyhow::ensure!(!d.tokenizer.is_empty(), "[data] needs tokenizer (tokenizer.json)");
+    let tok_path = Path::new(&d.tokenizer);
+    let tokenizer = Tokenizer::from_file(tok_path)?;
+    anyhow::ensure!(
+        tokenizer.vocab_size() <= cfg.run.model.vocab_size,
+        "the tokenizer has {} tokens but model.vocab_size is {}",
+        tokenizer.vocab_size(),
+        cfg.run.model.vocab_size
+    );
+    let tokens = TaskTokens::from_tokenizer(&tokenizer)?;
+    std::fs::create_dir_all(run_dir)?;
+    let dest = run_dir.join("tokenizer.json");
+    if tok_path.canonicalize().ok() != dest.canonicalize().ok() {
+        tokenizer.save(&dest).with_context(|| format!("copying the tokenizer into {}", run_dir.display()))?;
+    }
+    let mut bytes = tokenizer.token_bytes();
+    bytes.resize(cfg.run.model.vocab_size, 0);
+    let kind = ferrolm_train::arch_task::kind_name(cfg.run.model.kind);
+    let n_params = cfg.run.model.num_params();
+    let (train_pairs, val_pairs, train_shards, val_shards);
+    let mut trainer;
+    if let Some(p) = &cfg.pairs {
+        anyhow::ensure!(!p.train.is_empty() && !p.val.is_empty(), "[pairs] needs train and val (JSONL files)");
+        let (tp, ts) = ferrolm_train::pairs::load_pairs(Path::new(&p.train), p, &tokenizer)?;
+        let (vp, vs) = ferrolm_train::pairs::load_pairs(Path::new(&p.val), p, &tokenizer)?;
+        for (name, s) in [(&p.train, &ts), (&p.val, &vs)] {
+            eprintln!(
+                "{name}: {} pairs; {} with an empty input or target skipped; {} inputs and {} targets truncated",
+                s.pairs, s.empty, s.truncated_inputs, s.truncated_targets
+            );
+        }
+        (train_pairs, val_pairs) = (tp, vp);
+        trainer = arch_trainer(cfg, run_dir, ArchData::Pairs { train: &train_pairs, val: &val_pairs }, tokens, bytes, resume)?;
+        eprintln!("training a {kind} model of {n_params} parameters on {} pairs ({} held out) into {}", train_pairs.len(), val_pairs.len(), run_dir.display());
+    } else {
+        anyhow::ensure!(!d.train.is_empty() && !d.val.is_empty(), "[data] needs train and val (token shard folders), or a [pairs] section");
+        train_shards = TokenShards::open(Path::new(&d.train))?;
+        val_shards = TokenShards::open(Path::new(&d.val))?;
+        trainer = arch_trainer(cfg, run_dir, ArchData::Stream { train: &train_shards, val: &val_shards }, tokens, bytes, resume)?;
+        eprintln!("training a {kind} model of {n_params} parameters on {} tokens ({} held out) into {}", train_shards.len(), val_shards.len(), run_dir.display());
+    }
+    trainer.run()
+}
+
+/// Open the shards and tokenizer named in `[data]`, copy the tokenizer into the run
 /// folder (so the folder alone is enough for generate/eval), and train the model of
 /// `model.family` (the Transformer unless the config names another family).
-pub fn train_run(fcfg: FamilyRunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
+pub fn train_family_run(fcfg: FamilyRunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
     let cfg = &fcfg.run;
     let d = &cfg.data;
     anyhow::ensure!(!d.train.is_empty() && !d.val.is_empty() && !d.tokenizer.is_empty(),

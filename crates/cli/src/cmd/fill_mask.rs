@@ -1,0 +1,53 @@
+//! `ferrolm fill-mask --model RUN_DIR --text "… <|mask|> …"`: the masked LM's top-k
+//! predictions at every mask.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use ferrolm_tokenizer::{special, Tokenizer};
+use ferrolm_train::ArchModel;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A run folder of a masked LM (`model.kind = "masked_lm"`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Text with one or more `<|mask|>` tokens.
+    #[arg(long)]
+    text: String,
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let (_, model, _) = ferrolm_train::load_arch_run(&a.model, &Device::Cpu)?;
+    let ArchModel::MaskedLm(m) = &model else {
+        anyhow::bail!("{} is not a masked LM (model.kind = \"masked_lm\"); use `ferrolm generate`", a.model.display());
+    };
+    let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
+    let mask = tok.token_id(special::MASK).context("the tokenizer has no <|mask|> token")?;
+    let ids = tok.encode(&a.text);
+    anyhow::ensure!(ids.contains(&mask), "the text has no {} token to fill", special::MASK);
+    let filled = ferrolm_infer::fill_mask(m, &ids, mask, a.top_k.max(1))?;
+    if a.json {
+        let v: Vec<_> = filled
+            .iter()
+            .map(|(pos, top)| {
+                let preds: Vec<_> = top.iter().map(|(id, p)| serde_json::json!({"token": tok.decode(&[*id]), "id": id, "probability": p})).collect();
+                serde_json::json!({"position": pos, "predictions": preds})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for (n, (pos, top)) in filled.iter().enumerate() {
+        println!("mask {} (token {pos}):", n + 1);
+        for (id, p) in top {
+            println!("  {p:.4}  {:?}", tok.decode(&[*id]));
+        }
+    }
+    Ok(())
+}
