@@ -171,7 +171,10 @@ fn many_row_groups_stream_in_the_same_order_with_any_thread_count() {
     };
     let (one, st1) = read(1);
     let (four, st4) = read(4);
-    assert_eq!(one, four);
+    assert_eq!(one.len(), four.len());
+    if let Some(i) = (0..one.len()).find(|&i| one[i] != four[i]) {
+        panic!("item {i} differs: {:?} vs {:?}", one[i], four[i]);
+    }
     assert_eq!(st1, st4);
     assert_eq!(st1.documents, 2100 + 40_000);
     let texts: Vec<String> = one.iter().map(|i| if let ReadItem::Doc(d) = i { d.text.clone() } else { panic!() }).collect();

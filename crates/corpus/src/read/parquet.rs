@@ -16,7 +16,7 @@ use crate::{Document, Rejection};
 use parquet::basic::{Compression, ConvertedType, LogicalType, Type as PhysicalType};
 use parquet::column::reader::{get_typed_column_reader, ColumnReader};
 use parquet::data_type::{ByteArrayType, DataType};
-use parquet::file::reader::{FileReader, RowGroupReader, SerializedFileReader};
+use parquet::file::reader::{ChunkReader, FileReader, Length, RowGroupReader, SerializedFileReader};
 use parquet::schema::types::ColumnDescriptor;
 use serde_json::Value;
 use std::fs::File;
@@ -27,7 +27,7 @@ const BATCH_ROWS: usize = 4096;
 /// An opened Parquet file: its footer (schema, row groups) and which columns to read.
 pub struct ParquetSource {
     spec: FileSpec,
-    reader: SerializedFileReader<File>,
+    reader: SerializedFileReader<PosFile>,
     /// The text column, or why no row of this file can become a document.
     text: std::result::Result<usize, (&'static str, String)>,
     /// Flat columns copied into the documents (name, index), the text column excluded.
@@ -59,7 +59,7 @@ impl ParquetSource {
             Ok(f) => f,
             Err(e) => return Err(rejection(&spec, None, "io_error", e, 1)),
         };
-        let reader = match SerializedFileReader::new(file) {
+        let reader = match SerializedFileReader::new(PosFile::new(file)) {
             Ok(r) => r,
             Err(e) => return Err(rejection(&spec, None, "broken_parquet", format!("cannot read the footer: {e}"), 1)),
         };
@@ -232,6 +232,71 @@ impl ParquetSource {
             done += n as u64;
         }
         Ok(items)
+    }
+}
+
+/// A file read by position (pread), so row groups of one file decode on several threads at once.
+/// (parquet's own `impl ChunkReader for File` clones the handle, and clones share one cursor.)
+pub struct PosFile {
+    file: std::sync::Arc<File>,
+    len: u64,
+}
+
+impl PosFile {
+    pub fn new(file: File) -> Self {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Self { file: std::sync::Arc::new(file), len }
+    }
+}
+
+/// A sequential reader over a [`PosFile`] from some offset.
+pub struct PosRead {
+    file: std::sync::Arc<File>,
+    pos: u64,
+}
+
+#[cfg(unix)]
+fn read_at(f: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(f, buf, pos)
+}
+#[cfg(windows)]
+fn read_at(f: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(f, buf, pos)
+}
+
+impl std::io::Read for PosRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = read_at(&self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Length for PosFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl ChunkReader for PosFile {
+    type T = std::io::BufReader<PosRead>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(std::io::BufReader::new(PosRead { file: self.file.clone(), pos: start }))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        let mut buf = vec![0u8; length];
+        let mut done = 0;
+        while done < length {
+            match read_at(&self.file, &mut buf[done..], start + done as u64) {
+                Ok(0) => return Err(parquet::errors::ParquetError::EOF(format!("expected {length} bytes at offset {start}, the file ends after {done}"))),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(buf.into())
     }
 }
 
