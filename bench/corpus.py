@@ -6,6 +6,8 @@ as JSONL, cut to --mb megabytes. Two comparisons, each repeated (medians reporte
   filters: Gopher repetition + Gopher quality + C4 + FineWeb + PII (e-mail, IP), writing kept JSONL
   minhash: near-duplicate removal (5-gram shingles, 14 bands x 8 rows, no similarity check,
            datatrove's MinhashConfig defaults) as separate stages, writing kept JSONL
+  minhash_exact: ferrolm's default (32 x 8 bands, candidates verified at Jaccard >= 0.8) against
+           the same datatrove run
 ferrolm runs with 1 thread (per-core ratio) and with all cores (scaling).
 The peer is looked up in a venv outside the repository (--venv, default /work/venv-corpus);
 without it, ferrolm's figures are printed and the peer is skipped with a message.
@@ -60,6 +62,16 @@ kind = "privacy"
 kinds = ["email", "ip_address"]
 """
 
+# ferrolm's default near-duplicate step: candidates verified against Jaccard >= 0.8 (exact where
+# the sketch cannot decide). datatrove has no verification; it is run with its defaults as above.
+MINHASH_EXACT_TOML = """
+[[source]]
+name = "auto"
+paths = ["{inp}"]
+[[step]]
+kind = "minhash_dedup"
+"""
+
 MINHASH_TOML = """
 [[source]]
 name = "auto"
@@ -105,7 +117,7 @@ def main():
     ap.add_argument("--mb", type=float, default=20.0, help="input size in MB (datatrove runs at ~0.7 MB/s)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--venv", default="/work/venv-corpus")
-    ap.add_argument("--only", choices=["filters", "minhash"], default=None)
+    ap.add_argument("--only", choices=["filters", "minhash", "minhash_exact"], default=None)
     ap.add_argument("--json", help="also write the figures here")
     a = ap.parse_args()
 
@@ -131,11 +143,12 @@ def main():
         print(f"datatrove not found in {a.venv} (python -m venv {a.venv} && {a.venv}/bin/pip install 'datatrove[processing]'); peer skipped")
     ncpu = os.cpu_count() or 1
     results = {}
-    for bench in ["filters", "minhash"]:
+    tomls = {"filters": FILTERS_TOML, "minhash": MINHASH_TOML, "minhash_exact": MINHASH_EXACT_TOML}
+    for bench in ["filters", "minhash", "minhash_exact"]:
         if a.only and bench != a.only:
             continue
         cfg = work / f"{bench}.toml"
-        cfg.write_text((FILTERS_TOML if bench == "filters" else MINHASH_TOML).format(inp=inp))
+        cfg.write_text(tomls[bench].format(inp=inp))
         script = work / f"dt_{bench}.py"
         script.write_text(DT_FILTERS if bench == "filters" else DT_MINHASH)
         runs = {"ferrolm 1 thread": [], f"ferrolm {ncpu} threads": [], "datatrove 1 task": []}

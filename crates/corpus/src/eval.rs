@@ -48,6 +48,9 @@ pub struct NearDupReport {
     /// Recall by true-similarity band ("0.80-0.85", ...).
     pub recall_by_similarity: BTreeMap<String, (usize, usize)>,
     pub threshold: f64,
+    /// Candidate pairs decided by the bottom-k sketch, and those verified on the whole sets.
+    pub sketch_checks: u64,
+    pub exact_checks: u64,
     pub seconds: f64,
 }
 
@@ -121,10 +124,11 @@ pub fn near_duplicate_eval(families: usize, words: usize, cfg: &MinHashConfig, s
     let hasher = MinHasher::new(cfg.clone());
     let mut set = SignatureSet::new(cfg);
     for (k, d) in docs.iter().enumerate() {
-        let (s, sk) = hasher.signature_and_sketch(d);
-        set.push(k as u64, String::new(), &sk, &hasher.band_hashes(&s));
+        let (s, whole) = hasher.signature_and_set(d);
+        set.push_set(k as u64, String::new(), &whole, &hasher.band_hashes(&s)).expect("temporary file for shingle sets");
     }
     let detected = set.similar_pairs(cfg.threshold);
+    let (sketch_checks, exact_checks) = (set.sketch_checks.load(std::sync::atomic::Ordering::Relaxed), set.exact_checks.load(std::sync::atomic::Ordering::Relaxed));
     // Precision is judged by the true similarity of every detected pair, cross-family ones included.
     let correct = detected.iter().filter(|&&(i, j)| jac(i as usize, j as usize) >= cfg.threshold).count();
     for &(i, j) in &detected {
@@ -142,6 +146,8 @@ pub fn near_duplicate_eval(families: usize, words: usize, cfg: &MinHashConfig, s
         recall: if truth.is_empty() { 1.0 } else { detected.iter().filter(|p| truth.contains(p)).count() as f64 / truth.len() as f64 },
         recall_by_similarity: by_band,
         threshold: cfg.threshold,
+        sketch_checks,
+        exact_checks,
         seconds: t0.elapsed().as_secs_f64(),
     }
 }

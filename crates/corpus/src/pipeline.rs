@@ -326,12 +326,23 @@ struct SpillRec {
 }
 
 impl Spill {
-    fn push(&mut self, seq: u64, doc: Document) -> Result<()> {
+    /// Add a batch of survivors. File spills serialize the batch in parallel, then write it.
+    fn push_batch(&mut self, batch: Vec<(u64, Document)>) -> Result<()> {
         match self {
-            Spill::Mem(v) => v.push((seq, doc)),
+            Spill::Mem(v) => v.extend(batch),
             Spill::File { path, w } => {
-                serde_json::to_writer(&mut *w, &SpillRec { seq, doc }).map_err(|e| CorpusError::Invalid { path: path.clone(), message: e.to_string() })?;
-                w.write_all(b"\n").map_err(io_err(path))?;
+                let lines: Vec<std::result::Result<Vec<u8>, serde_json::Error>> = batch
+                    .into_par_iter()
+                    .map(|(seq, doc)| {
+                        let mut line = serde_json::to_vec(&SpillRec { seq, doc })?;
+                        line.push(b'\n');
+                        Ok(line)
+                    })
+                    .collect();
+                for l in lines {
+                    let l = l.map_err(|e| CorpusError::Invalid { path: path.clone(), message: e.to_string() })?;
+                    w.write_all(&l).map_err(io_err(path))?;
+                }
             }
         }
         Ok(())
@@ -344,14 +355,63 @@ impl Spill {
                 w.into_inner().map_err(|e| io_err(&path)(e.into_error()))?;
                 let f = std::fs::File::open(&path).map_err(io_err(&path))?;
                 let _ = std::fs::remove_file(&path); // unlinked now; the open handle still reads it
-                let p = path.clone();
-                Box::new(BufReader::with_capacity(1 << 20, f).lines().map(move |l| {
-                    let l = l.map_err(io_err(&p))?;
-                    let r: SpillRec = serde_json::from_str(&l).map_err(|e| CorpusError::Invalid { path: p.clone(), message: e.to_string() })?;
-                    Ok((r.seq, r.doc))
-                }))
+                Box::new(SpillReader { path, r: BufReader::with_capacity(1 << 20, f), ready: Default::default(), done: false })
             }
         })
+    }
+}
+
+/// Reads a spill file back in blocks of lines, parsing each block in parallel, in order.
+struct SpillReader {
+    path: PathBuf,
+    r: BufReader<std::fs::File>,
+    ready: std::collections::VecDeque<Result<(u64, Document)>>,
+    done: bool,
+}
+
+impl SpillReader {
+    const BLOCK: usize = 16 << 20;
+
+    fn fill(&mut self) {
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0;
+        while bytes < Self::BLOCK {
+            let mut l = Vec::new();
+            match self.r.read_until(b'\n', &mut l) {
+                Ok(0) => {
+                    self.done = true;
+                    break;
+                }
+                Ok(n) => {
+                    bytes += n;
+                    lines.push(l);
+                }
+                Err(e) => {
+                    self.ready.push_back(Err(io_err(&self.path)(e)));
+                    self.done = true;
+                    return;
+                }
+            }
+        }
+        let path = &self.path;
+        let parsed: Vec<Result<(u64, Document)>> = lines
+            .into_par_iter()
+            .map(|l| {
+                let r: SpillRec = serde_json::from_slice(&l).map_err(|e| CorpusError::Invalid { path: path.clone(), message: e.to_string() })?;
+                Ok((r.seq, r.doc))
+            })
+            .collect();
+        self.ready.extend(parsed);
+    }
+}
+
+impl Iterator for SpillReader {
+    type Item = Result<(u64, Document)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.ready.is_empty() && !self.done {
+            self.fill();
+        }
+        self.ready.pop_front()
     }
 }
 
@@ -378,10 +438,20 @@ enum Outcome {
 
 struct Traced {
     outcome: Outcome,
+    /// The document's output line (kept JSONL, or excluded JSONL), serialized on the worker
+    /// thread so the ordered writing loop only copies bytes.
+    line: Option<Vec<u8>>,
     source: String,
     bytes_in: u64,
     /// (step index, bytes in, bytes out) for the steps that saw the document.
     trace: Vec<(u16, u32, u32)>,
+}
+
+/// One JSONL line. Documents and excluded records always serialize (string keys, finite values).
+fn json_line<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut l = serde_json::to_vec(v).expect("documents serialize to JSON");
+    l.push(b'\n');
+    l
 }
 
 fn snippet(s: &str) -> String {
@@ -433,6 +503,7 @@ fn run_items(
         steps.push(Scoped { step: Box::new(Mixer::new(MixConfig { weights, target_bytes: cfg.mix_target_bytes, seed: 0 })), sources: None });
     }
     let n_steps = steps.len();
+    let step_names: Vec<String> = steps.iter().map(|s| s.step.name().to_string()).collect();
     let tag = opts.tag();
     let mut stats = PipelineStats {
         rejected: read.rejected,
@@ -520,6 +591,9 @@ fn run_items(
             if batch.is_empty() {
                 break;
             }
+            let want_kept = last && writers.kept.is_some();
+            let want_excluded = writers.excluded.is_some();
+            let step_names = &step_names;
             let results: Vec<Traced> = std::mem::take(&mut batch)
                 .into_par_iter()
                 .map(|(seq, mut doc)| {
@@ -544,11 +618,16 @@ fn run_items(
                             }
                             Verdict::Remove(reason) => {
                                 trace.push((idx as u16, b_in, 0));
-                                return Traced { outcome: Outcome::Removed { doc, step: idx, reason }, source, bytes_in, trace };
+                                let line = want_excluded.then(|| {
+                                    let rec = ExcludedRec { id: &doc.id, source: &doc.source, step: &step_names[idx], reason: &reason, text: &doc.text, meta: &doc.meta };
+                                    json_line(&rec)
+                                });
+                                return Traced { outcome: Outcome::Removed { doc, step: idx, reason }, line, source, bytes_in, trace };
                             }
                         }
                     }
-                    Traced { outcome: Outcome::Kept { seq, doc, repeat }, source, bytes_in, trace }
+                    let line = (want_kept && repeat == 1).then(|| json_line(&doc));
+                    Traced { outcome: Outcome::Kept { seq, doc, repeat }, line, source, bytes_in, trace }
                 })
                 .collect();
 
@@ -575,6 +654,7 @@ fn run_items(
                         st.docs_out += 1;
                     }
                 }
+                let line = r.line;
                 match r.outcome {
                     Outcome::Removed { doc, step, reason } => {
                         stats.removed += 1;
@@ -585,10 +665,8 @@ fn run_items(
                             ex.push(Example { id: doc.id.clone(), snippet: snippet(&doc.text) });
                         }
                         *stats.removed_by_step.entry(st.name.clone()).or_default().entry(reason.to_string()).or_default() += 1;
-                        if let Some(w) = &mut writers.excluded {
-                            let rec = ExcludedRec { id: &doc.id, source: &doc.source, step: &st.name, reason: &reason, text: &doc.text, meta: &doc.meta };
-                            serde_json::to_writer(&mut *w, &rec).map_err(|e| CorpusError::Config(e.to_string()))?;
-                            w.write_all(b"\n").map_err(io_err(out_dir.unwrap()))?;
+                        if let (Some(w), Some(line)) = (&mut writers.excluded, &line) {
+                            w.write_all(line).map_err(io_err(out_dir.unwrap()))?;
                         }
                     }
                     Outcome::Kept { seq, doc, repeat } => {
@@ -614,8 +692,11 @@ fn run_items(
                             }
                             stats.written += 1;
                             if let Some(w) = &mut writers.kept {
-                                serde_json::to_writer(&mut *w, &d).map_err(|e| CorpusError::Config(e.to_string()))?;
-                                w.write_all(b"\n").map_err(io_err(out_dir.unwrap()))?;
+                                match (&line, rep) {
+                                    (Some(l), 0) => w.write_all(l),
+                                    _ => w.write_all(&json_line(&d)),
+                                }
+                                .map_err(io_err(out_dir.unwrap()))?;
                             }
                             if let Some(sk) = sink.as_mut() {
                                 sk(&d).map_err(|e| CorpusError::Io { path: PathBuf::from("<sink>"), source: e })?;
@@ -628,10 +709,7 @@ fn run_items(
                 let g = next_global.as_mut().expect("a spill implies a next global step");
                 let refs: Vec<(u64, &Document)> = observed.iter().filter(|(_, d)| g.applies_to(d)).map(|(s, d)| (*s, d)).collect();
                 g.step.observe(&refs);
-                let sp = spill.as_mut().unwrap();
-                for (s, d) in observed {
-                    sp.push(s, d)?;
-                }
+                spill.as_mut().unwrap().push_batch(observed)?;
             }
         }
         if let Some(g) = next_global.as_mut() {

@@ -51,7 +51,7 @@ struct BuildArgs {
     /// Built-in pipeline when no --config: "default" (web text and code) or "quickstart" (Cargo registry code + docs).
     #[arg(long, default_value = "default")]
     preset: String,
-    /// JSONL field holding the text (for --input).
+    /// JSONL field or Parquet column holding the text (for --input).
     #[arg(long, default_value = "text")]
     text_field: String,
     /// Config overrides, e.g. --set batch_docs=1024

@@ -6,14 +6,17 @@
 //! the largest single file, not the corpus.
 
 pub mod cargo;
+pub mod parquet;
 pub mod rust_docs;
 
 use crate::{io_err, CorpusError, Document, Rejection, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use rayon::prelude::*;
 
 /// How to read inputs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,8 +63,8 @@ impl ReadStats {
                 self.bytes += d.text.len() as u64;
             }
             ReadItem::Rejected(r) => {
-                self.rejected += 1;
-                *self.rejected_by_reason.entry(r.reason.clone()).or_default() += 1;
+                self.rejected += r.records;
+                *self.rejected_by_reason.entry(r.reason.clone()).or_default() += r.records;
                 if self.examples.len() < max_examples {
                     self.examples.push(r.clone());
                 }
@@ -103,6 +106,9 @@ pub enum FileKind {
     Jsonl,
     /// A Rust file: the file is a "code" document and its `//!`/`///` doc comments a "prose" one.
     RustWithDocs,
+    /// A Parquet file (Hugging Face datasets' format): one document per row, text from the
+    /// `text_field` column, read one row group at a time.
+    Parquet,
 }
 
 /// A file to read, with the id prefix and metadata its documents carry.
@@ -141,6 +147,8 @@ pub fn kind_for_name(name: &str) -> Option<FileKind> {
     let ext = Path::new(inner).extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
     match ext.as_deref() {
         Some("jsonl") | Some("ndjson") => Some(FileKind::Jsonl),
+        // Parquet compresses its pages itself; a .parquet.gz is not a Parquet reader's input.
+        Some("parquet") if inner == name => Some(FileKind::Parquet),
         Some(e) if PROSE_EXTENSIONS.contains(&e) => Some(FileKind::Whole { source: "prose".into() }),
         Some(e) if CODE_EXTENSIONS.contains(&e) => Some(FileKind::Whole { source: "code".into() }),
         _ => None,
@@ -206,21 +214,42 @@ pub fn read_paths(paths: &[PathBuf], opts: &ReadOptions) -> Result<(Vec<Document
     Ok((docs, stream.into_stats()))
 }
 
-/// Streaming reader: yields documents and rejections one at a time, file by file, in order.
-/// Statistics accumulate as items are yielded; take them with [`DocumentStream::stats`].
+/// JSONL is cut into blocks of whole lines of about this size, each parsed as one parallel task.
+const LINE_BLOCK_BYTES: usize = 1 << 20;
+/// A wave (the units parsed in parallel at once) stops growing at this many input bytes or
+/// units, which bounds the reader's memory to about one wave of raw input plus its documents.
+const WAVE_BYTES: usize = 32 << 20;
+const WAVE_UNITS: usize = 4096;
+
+/// One independent piece of parsing work. Units are cut serially (cheap: file listing,
+/// decompression, splitting at newlines) and parsed in parallel; their items keep unit order.
+enum Unit {
+    /// A whole-file document (or Rust file + doc comments): open, read, decode, extract.
+    Whole(FileSpec),
+    /// Complete JSONL lines starting at 1-based line `first_line`.
+    Lines { spec: Arc<FileSpec>, first_line: u64, bytes: Vec<u8> },
+    /// Row group `group` of a Parquet file.
+    ParquetGroup { file: Arc<parquet::ParquetSource>, group: usize },
+    /// Items already decided while cutting (e.g. an unreadable file).
+    Ready(Vec<ReadItem>),
+}
+
+/// A line-oriented or row-group file being cut into units.
+enum OpenFile {
+    Lines { spec: Arc<FileSpec>, reader: Box<dyn Read + Send>, carry: Vec<u8>, next_line: u64, compressed: bool },
+    Parquet { file: Arc<parquet::ParquetSource>, next_group: usize },
+}
+
+/// Streaming reader: yields documents and rejections in input order (files in order, records in
+/// file order), whatever the number of threads. Parsing runs on rayon's pool in waves of units
+/// (whole files, blocks of JSONL lines, Parquet row groups), so reading scales with cores while
+/// memory stays bounded by one wave. Statistics accumulate as items are yielded.
 pub struct DocumentStream {
     files: VecDeque<FileSpec>,
     opts: ReadOptions,
     pending: VecDeque<ReadItem>,
-    lines: Option<JsonlState>,
+    open: Option<OpenFile>,
     stats: ReadStats,
-}
-
-struct JsonlState {
-    spec: FileSpec,
-    reader: Box<dyn BufRead + Send>,
-    line: u64,
-    buf: Vec<u8>,
 }
 
 impl DocumentStream {
@@ -232,7 +261,7 @@ impl DocumentStream {
     }
 
     pub fn from_specs(specs: Vec<FileSpec>, opts: ReadOptions) -> Self {
-        Self { files: specs.into(), opts, pending: VecDeque::new(), lines: None, stats: ReadStats::default() }
+        Self { files: specs.into(), opts, pending: VecDeque::new(), open: None, stats: ReadStats::default() }
     }
 
     pub fn stats(&self) -> &ReadStats {
@@ -247,161 +276,121 @@ impl DocumentStream {
         self.stats
     }
 
-    fn reject(file: &Path, line: Option<u64>, reason: &str, detail: impl std::fmt::Display) -> ReadItem {
-        ReadItem::Rejected(Rejection {
-            file: file.display().to_string(),
-            line,
-            reason: reason.into(),
-            detail: detail.to_string(),
-        })
-    }
-
-    /// Reason for an I/O error while decompressing/reading: a short read is a truncated archive.
-    fn io_reason(e: &std::io::Error, compressed: bool) -> &'static str {
-        use std::io::ErrorKind::*;
-        if (compressed || matches!(e.kind(), UnexpectedEof)) && matches!(e.kind(), UnexpectedEof | InvalidData | InvalidInput | Other) {
-            return "truncated_archive";
-        }
-        "io_error"
-    }
-
-    fn is_compressed(path: &Path) -> bool {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        split_compression(name).1.is_some()
-    }
-
-    /// Open the next file, queueing its documents (whole files) or setting up line reading.
-    fn open_next(&mut self) -> bool {
-        let Some(spec) = self.files.pop_front() else { return false };
-        self.stats.files += 1;
-        let compressed = Self::is_compressed(&spec.path);
-        let reader = match open_decompressed(&spec.path) {
-            Ok(r) => r,
-            Err(e) => {
-                self.pending.push_back(Self::reject(&spec.path, None, "io_error", e));
-                return true;
-            }
-        };
-        if spec.kind == FileKind::Jsonl {
-            self.lines = Some(JsonlState { spec, reader: Box::new(BufReader::with_capacity(1 << 16, reader)), line: 0, buf: Vec::new() });
-            return true;
-        }
-        let mut bytes = Vec::new();
-        let mut reader = reader;
-        if let Err(e) = reader.read_to_end(&mut bytes) {
-            let reason = Self::io_reason(&e, compressed);
-            self.pending.push_back(Self::reject(&spec.path, None, reason, e));
-            return true;
-        }
-        let text = match String::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(e) => {
-                let at = e.utf8_error().valid_up_to();
-                self.pending.push_back(Self::reject(&spec.path, None, "bad_utf8", format!("invalid UTF-8 at byte {at}")));
-                return true;
-            }
-        };
-        match &spec.kind {
-            FileKind::Whole { source } => {
-                let source = self.opts.source.clone().unwrap_or_else(|| source.clone());
-                let mut d = Document::new(spec.id.clone(), text, source);
-                d.meta = spec.meta.clone();
-                self.pending.push_back(ReadItem::Doc(d));
-            }
-            FileKind::RustWithDocs => {
-                let docs = rust_docs::extract_doc_comments(&text);
-                let mut code = Document::new(spec.id.clone(), text, self.opts.source.clone().unwrap_or_else(|| "code".into()));
-                code.meta = spec.meta.clone();
-                code.meta.insert("kind".into(), "rust".into());
-                self.pending.push_back(ReadItem::Doc(code));
-                if !docs.trim().is_empty() {
-                    let mut prose = Document::new(format!("{}#doc", spec.id), docs, self.opts.source.clone().unwrap_or_else(|| "prose".into()));
-                    prose.meta = spec.meta.clone();
-                    prose.meta.insert("kind".into(), "doc_comments".into());
-                    self.pending.push_back(ReadItem::Doc(prose));
-                }
-            }
-            FileKind::Jsonl => unreachable!("handled above"),
-        }
-        true
-    }
-
-    /// Next record of the open JSONL file; None at its end.
-    fn next_line(&mut self) -> Option<ReadItem> {
-        let st = self.lines.as_mut()?;
+    /// Cut the next unit, or None when every file is done.
+    fn next_unit(&mut self) -> Option<(Unit, usize)> {
         loop {
-            st.buf.clear();
-            st.line += 1;
-            let path = st.spec.path.clone();
-            match st.reader.read_until(b'\n', &mut st.buf) {
-                Ok(0) => {
-                    self.lines = None;
-                    return None;
+            match self.open.take() {
+                Some(OpenFile::Lines { spec, mut reader, mut carry, next_line, compressed }) => {
+                    // Fill a block, then hand over everything up to its last newline.
+                    let mut buf = std::mem::take(&mut carry);
+                    let mut failed = None;
+                    let mut eof = false;
+                    // A carried line longer than a block still gets more input.
+                    let target = LINE_BLOCK_BYTES.max(buf.len() + (1 << 16));
+                    while buf.len() < target {
+                        let at = buf.len();
+                        buf.resize(target, 0);
+                        match reader.read(&mut buf[at..]) {
+                            Ok(0) => {
+                                buf.truncate(at);
+                                eof = true;
+                                break;
+                            }
+                            Ok(n) => buf.truncate(at + n),
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(at),
+                            Err(e) => {
+                                buf.truncate(at);
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    if failed.is_none() && !eof {
+                        // Keep the unfinished last line for the next block.
+                        let cut = buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                        if cut == 0 {
+                            // One line longer than a block: keep reading it.
+                            self.open = Some(OpenFile::Lines { spec, reader, carry: buf, next_line, compressed });
+                            continue;
+                        }
+                        let rest = buf.split_off(cut);
+                        let lines = count_lines(&buf);
+                        let n = buf.len();
+                        self.open = Some(OpenFile::Lines { spec: spec.clone(), reader, carry: rest, next_line: next_line + lines, compressed });
+                        return Some((Unit::Lines { spec, first_line: next_line, bytes: buf }, n));
+                    }
+                    let n = buf.len();
+                    let mut items = Vec::new();
+                    if let Some(e) = failed {
+                        // The complete lines before the failure are still good; the rest is lost.
+                        let cut = buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                        buf.truncate(cut);
+                        let lost_line = next_line + count_lines(&buf);
+                        let reason = io_reason(&e, compressed);
+                        items.push(reject(&spec.path, Some(lost_line), reason, e));
+                    }
+                    let unit = Unit::Lines { spec, first_line: next_line, bytes: buf };
+                    return Some(if items.is_empty() {
+                        (unit, n)
+                    } else {
+                        // Lines first, then the rejection: parse them together to keep the order.
+                        let mut all = parse_unit(unit, &self.opts);
+                        all.extend(items);
+                        (Unit::Ready(all), n)
+                    });
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    let reason = Self::io_reason(&e, Self::is_compressed(&path));
-                    let line = st.line;
-                    self.lines = None; // the rest of the stream is unreadable
-                    return Some(Self::reject(&path, Some(line), reason, e));
+                Some(OpenFile::Parquet { file, next_group }) => {
+                    if next_group >= file.groups() {
+                        continue;
+                    }
+                    let n = file.group_bytes(next_group);
+                    self.open = Some(OpenFile::Parquet { file: file.clone(), next_group: next_group + 1 });
+                    return Some((Unit::ParquetGroup { file, group: next_group }, n));
                 }
+                None => {}
             }
-            let raw = st.buf.strip_suffix(b"\n").unwrap_or(&st.buf);
-            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-            if raw.iter().all(u8::is_ascii_whitespace) {
-                continue; // blank lines separate nothing and carry nothing
-            }
-            let line = st.line;
-            let text = match std::str::from_utf8(raw) {
-                Ok(t) => t,
-                Err(e) => {
-                    return Some(Self::reject(&path, Some(line), "bad_utf8", format!("invalid UTF-8 at byte {} of the line", e.valid_up_to())))
+            let spec = self.files.pop_front()?;
+            self.stats.files += 1;
+            match spec.kind {
+                FileKind::Whole { .. } | FileKind::RustWithDocs => {
+                    let n = std::fs::metadata(&spec.path).map(|m| m.len() as usize).unwrap_or(0);
+                    return Some((Unit::Whole(spec), n));
                 }
-            };
-            let mut obj: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(text) {
-                Ok(serde_json::Value::Object(o)) => o,
-                Ok(_) => return Some(Self::reject(&path, Some(line), "broken_json", "line is JSON but not an object")),
-                Err(e) => return Some(Self::reject(&path, Some(line), "broken_json", e)),
-            };
-            let field = &self.opts.text_field;
-            let text = match obj.remove(field) {
-                Some(serde_json::Value::String(s)) => s,
-                Some(other) => {
-                    let kind = match other {
-                        serde_json::Value::Null => "null",
-                        serde_json::Value::Bool(_) => "a boolean",
-                        serde_json::Value::Number(_) => "a number",
-                        serde_json::Value::Array(_) => "an array",
-                        _ => "an object",
-                    };
-                    return Some(Self::reject(&path, Some(line), "field_not_string", format!("field `{field}` is {kind}, not a string")));
-                }
-                None => return Some(Self::reject(&path, Some(line), "missing_field", format!("no field `{field}`"))),
-            };
-            let id = self
-                .opts
-                .id_field
-                .as_ref()
-                .and_then(|f| obj.get(f))
-                .and_then(|v| match v {
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    serde_json::Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                })
-                .unwrap_or_else(|| format!("{}:{}", st.spec.id, line));
-            let source = self
-                .opts
-                .source
-                .clone()
-                .or_else(|| obj.get("source").and_then(|v| v.as_str()).map(str::to_string))
-                .unwrap_or_else(|| "prose".into());
-            let mut meta = st.spec.meta.clone();
-            meta.insert("line".into(), line.into());
-            for (k, v) in obj {
-                meta.entry(k).or_insert(v);
+                FileKind::Jsonl => match open_decompressed(&spec.path) {
+                    Ok(reader) => {
+                        let compressed = is_compressed(&spec.path);
+                        self.open = Some(OpenFile::Lines { spec: Arc::new(spec), reader, carry: Vec::new(), next_line: 1, compressed });
+                    }
+                    Err(e) => return Some((Unit::Ready(vec![reject(&spec.path, None, "io_error", e)]), 0)),
+                },
+                FileKind::Parquet => match parquet::ParquetSource::open(spec, &self.opts) {
+                    Ok(file) => self.open = Some(OpenFile::Parquet { file: Arc::new(file), next_group: 0 }),
+                    Err(r) => return Some((Unit::Ready(vec![ReadItem::Rejected(r)]), 0)),
+                },
             }
-            return Some(ReadItem::Doc(Document { id, text, source, meta }));
         }
+    }
+
+    /// Cut a wave of units and parse them in parallel into `pending`, in order.
+    fn fill(&mut self) -> bool {
+        let mut units = Vec::new();
+        let mut bytes = 0;
+        while bytes < WAVE_BYTES && units.len() < WAVE_UNITS {
+            match self.next_unit() {
+                Some((u, n)) => {
+                    units.push(u);
+                    bytes += n.max(1);
+                }
+                None => break,
+            }
+        }
+        if units.is_empty() {
+            return false;
+        }
+        let opts = &self.opts;
+        let parsed: Vec<Vec<ReadItem>> = units.into_par_iter().map(|u| parse_unit(u, opts)).collect();
+        self.pending.extend(parsed.into_iter().flatten());
+        true
     }
 }
 
@@ -414,16 +403,154 @@ impl Iterator for DocumentStream {
                 self.stats.record(&item, self.opts.max_examples);
                 return Some(item);
             }
-            if self.lines.is_some() {
-                if let Some(item) = self.next_line() {
-                    self.stats.record(&item, self.opts.max_examples);
-                    return Some(item);
-                }
-                continue;
-            }
-            if !self.open_next() {
+            if !self.fill() {
                 return None;
             }
         }
     }
+}
+
+fn count_lines(b: &[u8]) -> u64 {
+    b.iter().filter(|&&c| c == b'\n').count() as u64
+}
+
+pub(crate) fn reject(file: &Path, line: Option<u64>, reason: &str, detail: impl std::fmt::Display) -> ReadItem {
+    ReadItem::Rejected(Rejection { file: file.display().to_string(), line, reason: reason.into(), detail: detail.to_string(), records: 1 })
+}
+
+/// Reason for an I/O error while decompressing/reading: a short read is a truncated archive.
+fn io_reason(e: &std::io::Error, compressed: bool) -> &'static str {
+    use std::io::ErrorKind::*;
+    if (compressed || matches!(e.kind(), UnexpectedEof)) && matches!(e.kind(), UnexpectedEof | InvalidData | InvalidInput | Other) {
+        return "truncated_archive";
+    }
+    "io_error"
+}
+
+fn is_compressed(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    split_compression(name).1.is_some()
+}
+
+fn parse_unit(unit: Unit, opts: &ReadOptions) -> Vec<ReadItem> {
+    match unit {
+        Unit::Whole(spec) => parse_whole(&spec, opts),
+        Unit::Lines { spec, first_line, bytes } => parse_lines(&spec, first_line, &bytes, opts),
+        Unit::ParquetGroup { file, group } => file.read_group(group, opts),
+        Unit::Ready(items) => items,
+    }
+}
+
+fn parse_whole(spec: &FileSpec, opts: &ReadOptions) -> Vec<ReadItem> {
+    let mut reader = match open_decompressed(&spec.path) {
+        Ok(r) => r,
+        Err(e) => return vec![reject(&spec.path, None, "io_error", e)],
+    };
+    let mut bytes = Vec::new();
+    if let Err(e) = reader.read_to_end(&mut bytes) {
+        return vec![reject(&spec.path, None, io_reason(&e, is_compressed(&spec.path)), e)];
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            return vec![reject(&spec.path, None, "bad_utf8", format!("invalid UTF-8 at byte {at}"))];
+        }
+    };
+    let mut out = Vec::with_capacity(2);
+    match &spec.kind {
+        FileKind::RustWithDocs => {
+            let docs = rust_docs::extract_doc_comments(&text);
+            let mut code = Document::new(spec.id.clone(), text, opts.source.clone().unwrap_or_else(|| "code".into()));
+            code.meta = spec.meta.clone();
+            code.meta.insert("kind".into(), "rust".into());
+            out.push(ReadItem::Doc(code));
+            if !docs.trim().is_empty() {
+                let mut prose = Document::new(format!("{}#doc", spec.id), docs, opts.source.clone().unwrap_or_else(|| "prose".into()));
+                prose.meta = spec.meta.clone();
+                prose.meta.insert("kind".into(), "doc_comments".into());
+                out.push(ReadItem::Doc(prose));
+            }
+        }
+        FileKind::Whole { source } => {
+            let mut d = Document::new(spec.id.clone(), text, opts.source.clone().unwrap_or_else(|| source.clone()));
+            d.meta = spec.meta.clone();
+            out.push(ReadItem::Doc(d));
+        }
+        FileKind::Jsonl | FileKind::Parquet => unreachable!("line and row-group formats are cut into their own units"),
+    }
+    out
+}
+
+fn parse_lines(spec: &FileSpec, first_line: u64, bytes: &[u8], opts: &ReadOptions) -> Vec<ReadItem> {
+    let mut out = Vec::new();
+    let mut line = first_line;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (raw, next) = match rest.iter().position(|&b| b == b'\n') {
+            Some(p) => (&rest[..p], &rest[p + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
+        let this = line;
+        line += 1;
+        if let Some(item) = parse_line(spec, this, raw, opts) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// One JSONL record; None for a blank line (it separates nothing and carries nothing).
+fn parse_line(spec: &FileSpec, line: u64, raw: &[u8], opts: &ReadOptions) -> Option<ReadItem> {
+    let path = &spec.path;
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let text = match std::str::from_utf8(raw) {
+        Ok(t) => t,
+        Err(e) => return Some(reject(path, Some(line), "bad_utf8", format!("invalid UTF-8 at byte {} of the line", e.valid_up_to()))),
+    };
+    let mut obj: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(o)) => o,
+        Ok(_) => return Some(reject(path, Some(line), "broken_json", "line is JSON but not an object")),
+        Err(e) => return Some(reject(path, Some(line), "broken_json", e)),
+    };
+    let field = &opts.text_field;
+    let text = match obj.remove(field) {
+        Some(serde_json::Value::String(s)) => s,
+        Some(other) => {
+            let kind = match other {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Bool(_) => "a boolean",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::Array(_) => "an array",
+                _ => "an object",
+            };
+            return Some(reject(path, Some(line), "field_not_string", format!("field `{field}` is {kind}, not a string")));
+        }
+        None => return Some(reject(path, Some(line), "missing_field", format!("no field `{field}`"))),
+    };
+    let id = opts
+        .id_field
+        .as_ref()
+        .and_then(|f| obj.get(f))
+        .and_then(|v| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| format!("{}:{}", spec.id, line));
+    let source = opts
+        .source
+        .clone()
+        .or_else(|| obj.get("source").and_then(|v| v.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "prose".into());
+    let mut meta = spec.meta.clone();
+    meta.insert("line".into(), line.into());
+    for (k, v) in obj {
+        meta.entry(k).or_insert(v);
+    }
+    Some(ReadItem::Doc(Document { id, text, source, meta }))
 }

@@ -30,16 +30,30 @@ pub struct MinHashConfig {
     /// Candidates are joined only if their estimated Jaccard similarity is at least this
     /// (0 joins every LSH candidate, as datatrove does).
     pub threshold: f64,
-    /// Bottom-k sketch size for the similarity check.
+    /// Bottom-k sketch size (kept in memory): the similarity estimate that decides pairs far
+    /// from the threshold, and the exact similarity of documents with at most k shingles.
     pub sketch_size: usize,
     pub seed: u64,
+    /// How a candidate pair is checked against `threshold`: "exact" (default) computes the true
+    /// Jaccard similarity of the two shingle sets whenever the sketch cannot decide it (the full
+    /// sets of long documents are kept on disk, not in memory); "sketch" trusts the bottom-k
+    /// estimate (σ ≈ 0.025 at 0.8 with k = 256: pairs near the threshold fall either way).
+    pub verify: Verify,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Verify {
+    #[default]
+    Exact,
+    Sketch,
 }
 
 impl Default for MinHashConfig {
     /// 32 bands of 8 rows: a pair at Jaccard 0.8 becomes a candidate with probability
-    /// 1 - (1 - 0.8^8)^32 = 0.997, and the signature check at 0.8 removes chance candidates.
+    /// 1 - (1 - 0.8^8)^32 = 0.997, and the exact check at 0.8 removes chance candidates.
     fn default() -> Self {
-        Self { ngram: 5, bands: 32, rows: 8, threshold: 0.8, sketch_size: 512, seed: 1 }
+        Self { ngram: 5, bands: 32, rows: 8, threshold: 0.8, sketch_size: 256, seed: 1, verify: Verify::Exact }
     }
 }
 
@@ -105,11 +119,18 @@ impl MinHasher {
 
     /// The signature and the bottom-k sketch (sorted smallest distinct 32-bit shingle hashes).
     pub fn signature_and_sketch(&self, text: &str) -> (Vec<u32>, Vec<u32>) {
+        let (sig, mut set) = self.signature_and_set(text);
+        set.truncate(self.cfg.sketch_size);
+        (sig, set)
+    }
+
+    /// The signature and the whole shingle set (sorted distinct 32-bit shingle hashes; its first
+    /// `sketch_size` entries are the bottom-k sketch).
+    pub fn signature_and_set(&self, text: &str) -> (Vec<u32>, Vec<u32>) {
         let sh = shingles(text, self.cfg.ngram);
         let mut sketch: Vec<u32> = sh.iter().map(|&x| (x >> 32) as u32).collect();
         sketch.sort_unstable();
         sketch.dedup();
-        sketch.truncate(self.cfg.sketch_size);
         let mut sig = vec![u32::MAX; self.a.len()];
         for &x in &sh {
             for ((s, &a), &b) in sig.iter_mut().zip(&self.a).zip(&self.b) {
@@ -138,8 +159,8 @@ impl MinHasher {
 }
 
 /// Signatures kept for clustering: an ordering key per document (its position; lower keys are
-/// kept), the band hashes, and the bottom-k sketch for the similarity check.
-#[derive(Default)]
+/// kept), the band hashes, the bottom-k sketch, and where the document's whole shingle set lies
+/// on disk when the sketch does not hold all of it (for exact verification).
 pub struct SignatureSet {
     pub keys: Vec<u64>,
     pub ids: Vec<String>,
@@ -148,19 +169,140 @@ pub struct SignatureSet {
     bands: Vec<u64>,
     k: usize,
     nbands: usize,
+    verify: Verify,
+    /// Per document: (file, byte offset, count) of its whole set, or None when the sketch is
+    /// the whole set (at most k shingles).
+    full: Vec<Option<(u32, u64, u32)>>,
+    files: Vec<std::fs::File>,
+    /// The in-process spill of whole sets (files[0] when present) and its write position.
+    spill: Option<(std::io::BufWriter<std::fs::File>, u64)>,
+    /// Candidate pairs decided by reading whole sets (the sketch was not conclusive).
+    pub exact_checks: std::sync::atomic::AtomicU64,
+    /// Candidate pairs decided by the sketch alone.
+    pub sketch_checks: std::sync::atomic::AtomicU64,
+}
+
+/// File index of a document whose sketch is partial and whose whole set is not available.
+const NO_FILE: u32 = u32::MAX;
+
+#[cfg(unix)]
+fn read_at(f: &std::fs::File, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, pos)
+}
+#[cfg(windows)]
+fn read_at(f: &std::fs::File, mut buf: &mut [u8], mut pos: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_read(f, buf, pos)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf = &mut buf[n..];
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// A fresh temporary file for whole shingle sets, already unlinked where the OS allows it.
+fn spill_file() -> std::io::Result<std::fs::File> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let path = std::env::temp_dir().join(format!(".ferrolm-minhash-{}-{nanos}-{n}.sets", std::process::id()));
+    let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    let _ = std::fs::remove_file(&path); // the open handle keeps it readable; nothing is left behind
+    Ok(f)
+}
+
+/// Exact Jaccard similarity of two sorted distinct lists.
+fn jaccard_sorted(a: &[u32], b: &[u32]) -> f64 {
+    let (mut x, mut y, mut both) = (0, 0, 0usize);
+    while x < a.len() && y < b.len() {
+        match a[x].cmp(&b[y]) {
+            std::cmp::Ordering::Equal => {
+                both += 1;
+                x += 1;
+                y += 1;
+            }
+            std::cmp::Ordering::Less => x += 1,
+            std::cmp::Ordering::Greater => y += 1,
+        }
+    }
+    let union = a.len() + b.len() - both;
+    if union == 0 {
+        1.0 // two empty documents
+    } else {
+        both as f64 / union as f64
+    }
 }
 
 impl SignatureSet {
     pub fn new(cfg: &MinHashConfig) -> Self {
-        Self { k: cfg.sketch_size, nbands: cfg.bands, offsets: vec![0], ..Default::default() }
+        Self {
+            keys: Vec::new(),
+            ids: Vec::new(),
+            sketches: Vec::new(),
+            offsets: vec![0],
+            bands: Vec::new(),
+            k: cfg.sketch_size,
+            nbands: cfg.bands,
+            verify: cfg.verify,
+            full: Vec::new(),
+            files: Vec::new(),
+            spill: None,
+            exact_checks: Default::default(),
+            sketch_checks: Default::default(),
+        }
     }
 
+    /// Add a document from its sketch only (no exact verification beyond the sketch).
     pub fn push(&mut self, key: u64, id: String, sketch: &[u32], bands: &[u64]) {
+        // A full sketch may have been cut from a larger set: only the estimate applies to it.
+        let loc = (sketch.len() >= self.k).then_some((NO_FILE, 0, 0));
+        self.push_located(key, id, &sketch[..sketch.len().min(self.k)], bands, loc);
+    }
+
+    /// Add a document from its whole sorted shingle set: the sketch stays in memory, and with
+    /// exact verification a set larger than the sketch goes to a temporary file.
+    pub fn push_set(&mut self, key: u64, id: String, set: &[u32], bands: &[u64]) -> std::io::Result<()> {
+        let sketch = &set[..set.len().min(self.k)];
+        let loc = if self.verify == Verify::Exact && set.len() > self.k {
+            if self.spill.is_none() {
+                let f = spill_file()?;
+                self.files.insert(0, f.try_clone()?);
+                for l in self.full.iter_mut().flatten().filter(|l| l.0 != NO_FILE) {
+                    l.0 += 1; // files from signature files move up by one
+                }
+                self.spill = Some((std::io::BufWriter::with_capacity(1 << 20, f), 0));
+            }
+            let (w, pos) = self.spill.as_mut().unwrap();
+            let at = *pos;
+            for v in set {
+                w.write_all(&v.to_le_bytes())?;
+            }
+            *pos += set.len() as u64 * 4;
+            Some((0, at, set.len() as u32))
+        } else {
+            None
+        };
+        self.push_located(key, id, sketch, bands, loc);
+        Ok(())
+    }
+
+    fn push_located(&mut self, key: u64, id: String, sketch: &[u32], bands: &[u64], full: Option<(u32, u64, u32)>) {
         self.keys.push(key);
         self.ids.push(id);
         self.sketches.extend_from_slice(sketch);
         self.offsets.push(self.sketches.len());
         self.bands.extend_from_slice(bands);
+        self.full.push(full);
+    }
+
+    /// Flush the temporary file of whole sets before reading it.
+    fn seal(&mut self) -> std::io::Result<()> {
+        if let Some((w, _)) = self.spill.as_mut() {
+            w.flush()?;
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -171,11 +313,25 @@ impl SignatureSet {
         self.keys.is_empty()
     }
 
-    /// Estimated Jaccard similarity of documents i and j from their bottom-k sketches: of the k
-    /// smallest hashes of the union, the fraction present in both.
-    pub fn similarity(&self, i: usize, j: usize) -> f64 {
-        let a = &self.sketches[self.offsets[i]..self.offsets[i + 1]];
-        let b = &self.sketches[self.offsets[j]..self.offsets[j + 1]];
+    fn sketch(&self, i: usize) -> &[u32] {
+        &self.sketches[self.offsets[i]..self.offsets[i + 1]]
+    }
+
+    fn whole_set(&self, i: usize) -> std::borrow::Cow<'_, [u32]> {
+        match self.full[i] {
+            None => std::borrow::Cow::Borrowed(self.sketch(i)),
+            Some((f, at, n)) => {
+                let mut bytes = vec![0u8; n as usize * 4];
+                read_at(&self.files[f as usize], &mut bytes, at).expect("reading whole shingle sets back from the temporary/signature file");
+                std::borrow::Cow::Owned(bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect())
+            }
+        }
+    }
+
+    /// Bottom-k estimate of the Jaccard similarity of documents i and j: of the k smallest
+    /// hashes of the union, the fraction present in both.
+    fn estimate(&self, i: usize, j: usize) -> f64 {
+        let (a, b) = (self.sketch(i), self.sketch(j));
         let (mut x, mut y, mut taken, mut both) = (0, 0, 0, 0);
         while taken < self.k && (x < a.len() || y < b.len()) {
             match (a.get(x), b.get(y)) {
@@ -196,9 +352,41 @@ impl SignatureSet {
         both as f64 / taken as f64
     }
 
+    /// Jaccard similarity of documents i and j: exact when both sketches are whole sets, or
+    /// (with exact verification) from the whole sets on disk; otherwise the bottom-k estimate.
+    pub fn similarity(&self, i: usize, j: usize) -> f64 {
+        if self.full[i].is_none() && self.full[j].is_none() {
+            return jaccard_sorted(self.sketch(i), self.sketch(j));
+        }
+        let on_disk = |x: usize| self.full[x].is_none_or(|l| l.0 != NO_FILE);
+        if self.verify == Verify::Exact && on_disk(i) && on_disk(j) {
+            return jaccard_sorted(&self.whole_set(i), &self.whole_set(j));
+        }
+        self.estimate(i, j)
+    }
+
+    /// Whether documents i and j are at least `threshold` similar. The sketch decides when it
+    /// can: whole sets in memory, or an estimate more than 6 standard errors from the threshold
+    /// (a wrong decision then has probability < 1e-8); only the rest reads whole sets.
+    pub fn is_similar(&self, i: usize, j: usize, threshold: f64) -> bool {
+        if self.verify == Verify::Exact && (self.full[i].is_some() || self.full[j].is_some()) {
+            let est = self.estimate(i, j);
+            let se = (threshold * (1.0 - threshold) / self.k.max(1) as f64).sqrt();
+            if (est - threshold).abs() > 6.0 * se {
+                self.sketch_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return est >= threshold;
+            }
+            self.exact_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.sketch_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.similarity(i, j) >= threshold
+    }
+
     /// Candidate pairs (sharing a band) whose estimated similarity reaches `threshold`, as
     /// (i, j) with i < j, sorted. Used by evaluation; clustering uses [`SignatureSet::clusters`].
-    pub fn similar_pairs(&self, threshold: f64) -> Vec<(u32, u32)> {
+    pub fn similar_pairs(&mut self, threshold: f64) -> Vec<(u32, u32)> {
+        self.seal().expect("flushing whole shingle sets");
         let n = self.len();
         let mut pairs = std::collections::BTreeSet::new();
         let mut entries: Vec<(u64, u32)> = Vec::with_capacity(n);
@@ -210,7 +398,7 @@ impl SignatureSet {
                 for (gi, &(_, i)) in group.iter().enumerate() {
                     for &(_, j) in &group[..gi] {
                         let p = (i.min(j), i.max(j));
-                        if !pairs.contains(&p) && self.similarity(i as usize, j as usize) >= threshold {
+                        if !pairs.contains(&p) && self.is_similar(i as usize, j as usize, threshold) {
                             pairs.insert(p);
                         }
                     }
@@ -221,7 +409,8 @@ impl SignatureSet {
     }
 
     /// Cluster representative of every document: the member with the lowest key.
-    pub fn clusters(&self, threshold: f64) -> Vec<usize> {
+    pub fn clusters(&mut self, threshold: f64) -> Vec<usize> {
+        self.seal().expect("flushing whole shingle sets");
         let n = self.len();
         let mut uf = UnionFind::new(n);
         let mut entries: Vec<(u64, u64, u32)> = Vec::with_capacity(n);
@@ -244,7 +433,7 @@ impl SignatureSet {
                         if uf.find(i as usize) == uf.find(j as usize) {
                             continue;
                         }
-                        if threshold <= 0.0 || self.similarity(i as usize, j as usize) >= threshold {
+                        if threshold <= 0.0 || self.is_similar(i as usize, j as usize, threshold) {
                             uf.union(i as usize, j as usize);
                         }
                     }
@@ -297,11 +486,13 @@ pub struct MinHashDedup {
     /// seq -> removed, for documents that are not their cluster's representative.
     removed: HashSet64,
     cluster_sizes: Vec<f64>,
+    /// (pairs decided by the sketch, pairs decided by reading whole sets)
+    checks: (u64, u64),
 }
 
 impl MinHashDedup {
     pub fn new(cfg: MinHashConfig) -> Self {
-        Self { hasher: MinHasher::new(cfg.clone()), set: SignatureSet::new(&cfg), cfg, removed: Default::default(), cluster_sizes: Vec::new() }
+        Self { hasher: MinHasher::new(cfg.clone()), set: SignatureSet::new(&cfg), cfg, removed: Default::default(), cluster_sizes: Vec::new(), checks: (0, 0) }
     }
 }
 
@@ -316,16 +507,18 @@ impl Step for MinHashDedup {
         let sigs: Vec<(Vec<u32>, Vec<u64>)> = batch
             .par_iter()
             .map(|(_, d)| {
-                let (s, k) = self.hasher.signature_and_sketch(&d.text);
+                let (s, k) = self.hasher.signature_and_set(&d.text);
                 (k, self.hasher.band_hashes(&s))
             })
             .collect();
         for ((seq, _), (k, b)) in batch.iter().zip(sigs) {
-            self.set.push(*seq, String::new(), &k, &b);
+            // The step interface cannot fail; a full temporary disk is fatal for the run anyway.
+            self.set.push_set(*seq, String::new(), &k, &b).expect("writing shingle sets to a temporary file");
         }
     }
     fn finish_observe(&mut self) {
         let reps = self.set.clusters(self.cfg.threshold);
+        self.checks = (self.set.sketch_checks.load(std::sync::atomic::Ordering::Relaxed), self.set.exact_checks.load(std::sync::atomic::Ordering::Relaxed));
         let mut sizes = std::collections::HashMap::<usize, u32>::new();
         for (i, &r) in reps.iter().enumerate() {
             *sizes.entry(r).or_default() += 1;
@@ -349,6 +542,8 @@ impl Step for MinHashDedup {
             "clusters_with_duplicates": self.cluster_sizes.len(),
             "documents_removed": self.removed.len(),
             "largest_cluster": self.cluster_sizes.last().copied().unwrap_or(0.0),
+            "pairs_decided_by_sketch": self.checks.0,
+            "pairs_verified_exactly": self.checks.1,
             "config": self.cfg,
         })
     }
@@ -359,7 +554,9 @@ impl Step for MinHashDedup {
 
 // ---------- staged (distributed) near-duplicate removal ----------
 
-const SIG_MAGIC: &[u8; 8] = b"FLMSIG01";
+/// Version 2 adds each document's whole shingle set (when larger than its sketch) for exact
+/// verification in the clustering stage, which reads it in place from the signature file.
+const SIG_MAGIC: &[u8; 8] = b"FLMSIG02";
 
 /// Stage 1: signatures of `docs` to `path` (atomically). `shard` and the document's position
 /// form its ordering key, so "keep the first" is the same whatever machine ran which shard.
@@ -378,16 +575,22 @@ pub fn write_signatures<'a>(docs: impl Iterator<Item = &'a Document>, cfg: &MinH
         let recs: Vec<Vec<u8>> = chunk
             .par_iter()
             .map(|d| {
-                let (s, k) = hasher.signature_and_sketch(&d.text);
+                let (s, set) = hasher.signature_and_set(&d.text);
                 let b = hasher.band_hashes(&s);
-                let mut r = Vec::with_capacity(8 + d.id.len() + k.len() * 4 + b.len() * 8);
+                let k = &set[..set.len().min(cfg.sketch_size)];
+                let whole: &[u32] = if cfg.verify == Verify::Exact && set.len() > k.len() { &set } else { &[] };
+                let mut r = Vec::with_capacity(12 + d.id.len() + (k.len() + whole.len()) * 4 + b.len() * 8);
                 r.extend_from_slice(&(d.id.len() as u32).to_le_bytes());
                 r.extend_from_slice(d.id.as_bytes());
                 r.extend_from_slice(&(k.len() as u32).to_le_bytes());
-                for v in &k {
+                for v in k {
                     r.extend_from_slice(&v.to_le_bytes());
                 }
                 for v in &b {
+                    r.extend_from_slice(&v.to_le_bytes());
+                }
+                r.extend_from_slice(&(whole.len() as u32).to_le_bytes());
+                for v in whole {
                     r.extend_from_slice(&v.to_le_bytes());
                 }
                 r
@@ -409,6 +612,9 @@ fn read_signatures(path: &Path, cfg: &MinHashConfig, set: &mut SignatureSet) -> 
     let mut r = BufReader::new(std::fs::File::open(path).map_err(io_err(path))?);
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).map_err(io_err(path))?;
+    if &magic == b"FLMSIG01" {
+        return Err(bad("signature file of an older version (no whole shingle sets); run `ferrolm data minhash signatures` again".into()));
+    }
     if &magic != SIG_MAGIC {
         return Err(bad("not a ferrolm MinHash signature file".into()));
     }
@@ -421,6 +627,10 @@ fn read_signatures(path: &Path, cfg: &MinHashConfig, set: &mut SignatureSet) -> 
         return Err(bad(format!("signatures were made with {file_cfg:?}, not {cfg:?}")));
     }
     let bands = cfg.bands;
+    // Whole sets stay in the file: the set reads them by position when a pair needs them.
+    let file_index = set.files.len() as u32;
+    set.files.push(std::fs::File::open(path).map_err(io_err(path))?);
+    let mut pos = (8 + 4 + cj.len()) as u64;
     let mut key = [0u8; 8];
     loop {
         match r.read_exact(&mut key) {
@@ -441,7 +651,19 @@ fn read_signatures(path: &Path, cfg: &MinHashConfig, set: &mut SignatureSet) -> 
         let id = String::from_utf8(id).map_err(|_| bad("id is not UTF-8".into()))?;
         let sketch: Vec<u32> = body[..k * 4].chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
         let band_hashes: Vec<u64> = body[k * 4..].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
-        set.push(u64::from_le_bytes(key), id, &sketch, &band_hashes);
+        r.read_exact(&mut len).map_err(|_| bad("truncated record".into()))?;
+        let whole = u32::from_le_bytes(len);
+        pos += (8 + 4 + id.len() + 4 + body.len() + 4) as u64;
+        let loc = (whole > 0).then_some((file_index, pos, whole));
+        r.seek_relative(whole as i64 * 4).map_err(io_err(path))?;
+        pos += whole as u64 * 4;
+        set.push_located(u64::from_le_bytes(key), id, &sketch, &band_hashes, loc);
+    }
+    if let Some(&Some((_, at, n))) = set.full.last() {
+        let end = r.get_ref().metadata().map_err(io_err(path))?.len();
+        if at + n as u64 * 4 > end {
+            return Err(bad("truncated record".into()));
+        }
     }
     Ok(())
 }
@@ -450,6 +672,7 @@ fn read_signatures(path: &Path, cfg: &MinHashConfig, set: &mut SignatureSet) -> 
 /// atomically) to `remove_list`. Returns (documents, removed, cluster sizes of clusters > 1).
 pub fn cluster_signature_files(files: &[PathBuf], cfg: &MinHashConfig, remove_list: &Path) -> Result<(usize, usize, Vec<u32>)> {
     let mut set = SignatureSet::new(cfg);
+    // Whole sets are read from the signature files in place, by position.
     for f in files {
         read_signatures(f, cfg, &mut set)?;
     }
@@ -501,7 +724,8 @@ mod tests {
 
     #[test]
     fn identical_texts_have_identical_signatures_and_similarity_tracks_jaccard() {
-        let h = MinHasher::new(MinHashConfig::default());
+        // Sketch-only pushes (no whole sets): similarity is the bottom-k estimate.
+        let h = MinHasher::new(MinHashConfig { sketch_size: 512, ..Default::default() });
         let base: Vec<String> = (0..400).map(|i| format!("w{}", (i * 7919) % 1000)).collect();
         let a = base.join(" ");
         let mut edited = base.clone();
@@ -509,7 +733,7 @@ mod tests {
             edited[i] = "CHANGED".into();
         }
         let b = edited.join(" ");
-        let mut set = SignatureSet::new(&MinHashConfig::default());
+        let mut set = SignatureSet::new(&MinHashConfig { sketch_size: 512, ..Default::default() });
         for (k, t) in [&a, &a, &b].iter().enumerate() {
             let (s, sk) = h.signature_and_sketch(t);
             set.push(k as u64, k.to_string(), &sk, &h.band_hashes(&s));
@@ -521,7 +745,7 @@ mod tests {
         // Fewer than k shingles in the union: the bottom-k estimate is exact.
         let short_a = base[..100].join(" ");
         let short_b = edited[..100].join(" ");
-        let mut small = SignatureSet::new(&MinHashConfig::default());
+        let mut small = SignatureSet::new(&MinHashConfig { sketch_size: 512, ..Default::default() });
         for t in [&short_a, &short_b] {
             let (s, sk) = h.signature_and_sketch(t);
             small.push(0, String::new(), &sk, &h.band_hashes(&s));
@@ -532,5 +756,44 @@ mod tests {
         assert!(j > 0.85, "{j}");
         assert_eq!(set.clusters(0.8), vec![0, 0, 0]);
         assert_eq!(set.clusters(0.99), vec![0, 0, 2]);
+    }
+
+    #[test]
+    fn exact_verification_reads_whole_sets_of_long_documents() {
+        let cfg = MinHashConfig::default(); // k = 256, verify = exact
+        let h = MinHasher::new(cfg.clone());
+        let base: Vec<String> = (0..1500).map(|i| format!("w{}", (i * 7919) % 100_003)).collect();
+        let mut near = base.clone();
+        for i in (0..1500).step_by(37) {
+            near[i] = format!("x{i}"); // 41 substitutions: Jaccard close to 0.8
+        }
+        let texts = [base.join(" "), near.join(" ")];
+        let mut set = SignatureSet::new(&cfg);
+        for (k, t) in texts.iter().enumerate() {
+            let (s, whole) = h.signature_and_set(t);
+            assert!(whole.len() > cfg.sketch_size);
+            set.push_set(k as u64, String::new(), &whole, &h.band_hashes(&s)).unwrap();
+        }
+        set.seal().unwrap();
+        let (x, y): (HashSet64, HashSet64) = (shingles(&texts[0], 5).into_iter().collect(), shingles(&texts[1], 5).into_iter().collect());
+        let truth = x.intersection(&y).count() as f64 / x.union(&y).count() as f64;
+        assert!((set.similarity(0, 1) - truth).abs() < 1e-9, "{} vs {truth}", set.similarity(0, 1));
+        assert!((0.7..0.9).contains(&truth), "{truth}");
+        // Near the threshold the sketch cannot decide: the pair is verified on the whole sets,
+        // and the decision matches the truth on either side of it.
+        assert_eq!(set.is_similar(0, 1, truth - 0.001), true);
+        assert_eq!(set.is_similar(0, 1, truth + 0.001), false);
+        assert_eq!(set.exact_checks.load(std::sync::atomic::Ordering::Relaxed), 2);
+        // Far from it (identical documents), the sketch decides alone.
+        assert!(set.is_similar(0, 0, 0.8));
+        assert_eq!(set.exact_checks.load(std::sync::atomic::Ordering::Relaxed), 2);
+        // With verify = "sketch", only the estimate is used.
+        let mut est = SignatureSet::new(&MinHashConfig { verify: Verify::Sketch, ..cfg.clone() });
+        for t in &texts {
+            let (s, whole) = h.signature_and_set(t);
+            est.push_set(0, String::new(), &whole, &h.band_hashes(&s)).unwrap();
+        }
+        assert!((est.similarity(0, 1) - truth).abs() > 1e-9 || est.similarity(0, 1) == truth);
+        assert_eq!(est.exact_checks.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 }
