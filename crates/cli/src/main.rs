@@ -28,7 +28,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Top-k predictions of a masked LM at every <|mask|> of a text.
     FillMask(cmd::fill_mask::Args),
-    /// Reproducible experiments that write a report (architectures, …).
+    /// Reproducible experiments that write a report: `architectures` (causal / prefix /
+    /// encoder-decoder / masked LM) and `history` (n-gram → NPLM → RNN/LSTM → Transformer).
     Experiment(cmd::experiment::Args),
     /// Measure training speed on fixed presets (for side-by-side benchmarks).
     Bench(cmd::bench::Args),
@@ -40,8 +41,6 @@ enum Command {
     Ngram(cmd::ngram::Args),
     /// word2vec embeddings: train, nearest neighbours, analogies.
     Word2vec(cmd::word2vec::Args),
-    /// Experiments spanning stages, with a report: `history` (n-gram → NPLM → RNN/LSTM → Transformer).
-    Experiment(cmd::experiment::Args),
     /// Instruction tuning (SFT) of a pretrained run on instruction or labelled data.
     Sft(cmd::sft::Args),
     /// Interactive chat with a run (chat template, streaming, /rate and /compare feedback).
@@ -87,7 +86,6 @@ fn main() {
         Command::Tokenizer(a) => cmd::tokenizer::run(a),
         Command::Ngram(a) => cmd::ngram::run(a),
         Command::Word2vec(a) => cmd::word2vec::run(a),
-        Command::Experiment(a) => cmd::experiment::run(a),
         Command::Sft(a) => cmd::sft::run(a),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Classify(a) => cmd::classify::run(a),

@@ -98,6 +98,18 @@ fn history_experiment_runs_every_family_and_writes_the_report() {
     let r: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
     assert!(r["bits_per_byte"].as_f64().unwrap() > 0.0);
 
+    // ... and `ferrolm generate` samples from it (no KV cache: the window is recomputed).
+    for family in ["lstm", "nplm"] {
+        let g = ferrolm()
+            .args(["generate", "--max-tokens", "12", "--seed", "3", "--prompt", "The model", "--model"])
+            .arg(out.join(family))
+            .output()
+            .unwrap();
+        assert!(g.status.success(), "{family}: {}", String::from_utf8_lossy(&g.stderr));
+        let text = String::from_utf8_lossy(&g.stdout);
+        assert!(text.starts_with("The model") && text.trim_end().len() > "The model".len(), "{family}: {text:?}");
+    }
+
     // `ferrolm train --set model.family=lstm` trains through the shared trainer and resumes.
     let cfg = tmp.path().join("lstm.toml");
     std::fs::write(

@@ -63,6 +63,34 @@ pub fn generate(
     Ok(out)
 }
 
+/// Generation for models without a KV cache (the window and recurrent LMs of the
+/// history experiment): `next_logits(window)` returns the logits after the last token of
+/// `window`, which holds at most `ctx` of the most recent tokens. Each new token costs a
+/// pass over the window; the models it serves are small and their windows short.
+pub fn generate_windowed(
+    ctx: usize,
+    prompt: &[u32],
+    cfg: &GenerateConfig,
+    mut next_logits: impl FnMut(&[u32]) -> Result<Vec<f32>>,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
+    anyhow::ensure!(!prompt.is_empty(), "generation needs a non-empty prompt (at least one token)");
+    anyhow::ensure!(ctx > 0, "the model's context is empty");
+    let mut sampler = Sampler::new(cfg.sampling.clone());
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..cfg.max_tokens {
+        let window = &history[history.len().saturating_sub(ctx)..];
+        let tok = sampler.sample(&next_logits(window)?);
+        out.push(tok);
+        history.push(tok);
+        if !on_token(tok) || cfg.stop_tokens.contains(&tok) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Log-probability of each continuation token given the text before it (no cache; for
 /// scoring and tests).
 pub fn score(model: &Transformer, ids: &[u32]) -> Result<Vec<f32>> {

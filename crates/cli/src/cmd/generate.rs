@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use candle_core::Device;
-use ferrolm_infer::{generate, generate_prefix, generate_seq2seq, GenerateConfig, SamplingConfig};
+use ferrolm_infer::{generate, generate_prefix, generate_seq2seq, generate_windowed, GenerateConfig, SamplingConfig};
 use ferrolm_model::ModelKind;
 use ferrolm_tokenizer::{DecodeStream, Tokenizer};
-use ferrolm_train::{ArchModel, TaskTokens};
+use ferrolm_train::{ArchModel, CausalLm, TaskTokens};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,6 +35,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // NPLM, RNN and LSTM runs (`model.family`): no KV cache, the window is recomputed.
+    let saved = ferrolm_common::load_config(Some(&a.model.join("config.toml")), &[])?;
+    if saved.get("model").and_then(|m| m.get("family")).and_then(|f| f.as_str()).is_some_and(|f| f != "transformer") {
+        return run_family(a);
+    }
     let (cfg, model, _) = ferrolm_train::load_arch_run(&a.model, &Device::Cpu)?;
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
     let mut prompt = tok.encode(&a.prompt);
@@ -74,5 +79,38 @@ pub fn run(a: Args) -> Result<()> {
     if kind != ModelKind::Causal && produced.len() < a.max_tokens && produced.last() != Some(&eot) {
         eprintln!("(stopped at the model's context of {} positions)", cfg.run.model.max_seq_len);
     }
+    Ok(())
+}
+
+fn run_family(a: Args) -> Result<()> {
+    let (fcfg, model, _) = ferrolm_train::load_causal_lm(&a.model, &Device::Cpu)?;
+    let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
+    let prompt = tok.encode(&a.prompt);
+    anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
+    let eot = tok.eot_id();
+    let gcfg = GenerateConfig {
+        max_tokens: a.max_tokens,
+        stop_tokens: vec![eot],
+        sampling: SamplingConfig { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
+    };
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", a.prompt)?;
+    let mut stream = DecodeStream::new(&tok);
+    let next_logits = |window: &[u32]| -> Result<Vec<f32>> {
+        let x = candle_core::Tensor::new(window, &Device::Cpu)?.unsqueeze(0)?;
+        let logits = model.causal_logits(&x, None)?;
+        let t = logits.dim(1)?;
+        Ok(logits.narrow(1, t - 1, 1)?.flatten_all()?.to_vec1::<f32>()?)
+    };
+    let on_token = |t: u32| {
+        if t != eot {
+            let _ = write!(out, "{}", stream.push(t));
+            let _ = out.flush();
+        }
+        true
+    };
+    generate_windowed(fcfg.run.model.max_seq_len, &prompt, &gcfg, next_logits, on_token)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", stream.finish())?;
     Ok(())
 }
