@@ -9,6 +9,9 @@
 
 pub mod estimate;
 pub mod model;
+pub mod sort;
+pub mod stream;
 
 pub use estimate::{train_ids, train_text, Discounts, TrainOptions};
 pub use model::{Model, SentenceScore, BOS, EOS, UNK};
+pub use stream::{parse_memory, train_files_streaming, StreamOptions, StreamReport, StreamingEstimator};
