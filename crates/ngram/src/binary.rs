@@ -436,6 +436,11 @@ impl BinaryModel {
     /// log10 p(w | context), context oldest-first (at most order−1 words are used); the same
     /// back-off walk as [`Model::log10_prob`].
     pub fn log10_prob(&self, context: &[u32], w: u32) -> f64 {
+        self.log10_prob_len(context, w).0
+    }
+
+    /// [`BinaryModel::log10_prob`] and the length of the longest n-gram matched.
+    pub fn log10_prob_len(&self, context: &[u32], w: u32) -> (f64, usize) {
         let w = if (w as u64) < self.vocab { w } else { self.unk };
         let n_max = self.order.min(context.len() + 1);
         let len = context.len();
@@ -466,7 +471,7 @@ impl BinaryModel {
                 lp += b as f64;
             }
         }
-        lp
+        (lp, matched)
     }
 
     pub fn score_ids(&self, ids: &[u32]) -> SentenceScore {
@@ -516,6 +521,39 @@ impl AnyModel {
             AnyModel::Arpa(m) => m.score_sentence(text),
             AnyModel::Binary(m) => m.score_sentence(text),
         }
+    }
+
+    /// Per token of `<s> text </s>` after `<s>`: (word id, n-gram length matched, log10 p),
+    /// as KenLM's `query` prints them.
+    pub fn score_words(&self, text: &str) -> Vec<(u32, usize, f64)> {
+        let (order, bos, eos) = match self {
+            AnyModel::Arpa(m) => (m.order(), m.id(BOS), m.id(EOS)),
+            AnyModel::Binary(m) => (m.order(), m.bos, m.eos),
+        };
+        let mut seq = vec![bos];
+        seq.extend(text.split_whitespace().map(|w| self.id(w)));
+        seq.push(eos);
+        (1..seq.len())
+            .map(|i| {
+                let ctx = &seq[i.saturating_sub(order - 1)..i];
+                let (lp, n) = match self {
+                    AnyModel::Arpa(m) => m.log10_prob_len(ctx, seq[i]),
+                    AnyModel::Binary(m) => m.log10_prob_len(ctx, seq[i]),
+                };
+                (seq[i], n, lp)
+            })
+            .collect()
+    }
+
+    pub fn id(&self, word: &str) -> u32 {
+        match self {
+            AnyModel::Arpa(m) => m.id(word),
+            AnyModel::Binary(m) => m.id(word),
+        }
+    }
+
+    pub fn unk(&self) -> u32 {
+        self.id(UNK)
     }
 
     /// Perplexity of a document, one sentence per line, counted as [`Model::score_document`].
