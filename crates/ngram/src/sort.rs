@@ -232,6 +232,30 @@ impl<'s> Sorter<'s> {
     }
 }
 
+impl Sorter<'_> {
+    /// Sort what was pushed into one file (the run itself when there is only one), so the
+    /// result can wait for a later stage without holding open files and read buffers.
+    pub fn finish_file(mut self) -> Result<(PathBuf, SortStats)> {
+        self.spill()?;
+        if self.runs.len() == 1 {
+            self.stats.runs = 1;
+            return Ok((self.runs.pop().unwrap(), self.stats));
+        }
+        let scratch = self.scratch;
+        let (n, v) = (self.n, self.v);
+        let (mut m, mut stats) = self.finish()?;
+        let path = scratch.file("sorted");
+        let mut w = RecWriter::create(&path)?;
+        let mut rec = Rec::new(n, v);
+        while m.next_into(&mut rec)? {
+            w.write(&rec.key, &rec.vals)?;
+        }
+        w.finish()?;
+        stats.merge_passes += 1;
+        Ok((path, stats))
+    }
+}
+
 struct Head {
     rec: Rec,
     src: usize,

@@ -293,7 +293,7 @@ impl StreamingEstimator {
         // 4. per order: context statistics, u(g), γ(context)
         let vocab_size = (words.len() - 1) as f64;
         let mut counts = vec![words.len() as u64; order];
-        let mut u_sorted: Vec<Option<Merged>> = Vec::with_capacity(order);
+        let mut u_sorted: Vec<Option<PathBuf>> = Vec::with_capacity(order);
         // gammas[n-1]: γ(h) for contexts h of order n (forward order) = ARPA backoffs of order n
         let mut gammas: Vec<Option<PathBuf>> = vec![None; order];
         let mut uni_u: Vec<Option<f64>> = vec![None; words.len()];
@@ -370,9 +370,9 @@ impl StreamingEstimator {
             if n == 1 {
                 u_sorted.push(None);
             } else {
-                let (m, st) = usort.finish()?;
+                let (p, st) = usort.finish_file()?;
                 report.runs += st.runs;
-                u_sorted.push(Some(m));
+                u_sorted.push(Some(p));
             }
         }
 
@@ -409,7 +409,8 @@ impl StreamingEstimator {
         // probabilities of the previous order in suffix order (order 1: the array)
         let mut prev: Option<PathBuf> = None;
         for n in 2..=order {
-            let mut u = u_sorted[n - 1].take().unwrap();
+            let u_path = u_sorted[n - 1].take().unwrap();
+            let mut u = RecReader::open(&u_path, n, 2)?;
             let mut lower = match &prev {
                 Some(p) => Some(RecReader::open(p, n - 1, 1)?),
                 None => None,
@@ -447,6 +448,7 @@ impl StreamingEstimator {
                 fwd.push(&rec.key, &[p.to_bits()])?;
             }
             drop(u);
+            let _ = std::fs::remove_file(&u_path);
             if let Some(pw) = pw {
                 pw.finish()?;
             }
