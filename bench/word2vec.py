@@ -52,7 +52,8 @@ def main():
         print(f"corpus bytes: {build_corpus(corpus)}")
     ntok = sum(len(l.split()) for l in open(corpus))
     print(f"corpus tokens: {ntok}, params {P}, load average before: {os.getloadavg()}")
-    for cbow in [False, True]:
+    modes = os.environ.get("W2V_MODES", "skipgram,cbow").split(",")
+    for cbow in [m == "cbow" for m in modes]:
         name = "cbow" if cbow else "skipgram"
         alpha = 0.05 if cbow else 0.025
         res = {"ferrolm": [], "gensim": []}
