@@ -51,8 +51,9 @@ def main():
     if not os.environ.get("W2V_CORPUS"):
         print(f"corpus bytes: {build_corpus(corpus)}")
     ntok = sum(len(l.split()) for l in open(corpus))
-    print(f"corpus tokens: {ntok}, params {P}")
-    for cbow in [False, True]:
+    print(f"corpus tokens: {ntok}, params {P}, load average before: {os.getloadavg()}")
+    modes = os.environ.get("W2V_MODES", "skipgram,cbow").split(",")
+    for cbow in [m == "cbow" for m in modes]:
         name = "cbow" if cbow else "skipgram"
         alpha = 0.05 if cbow else 0.025
         res = {"ferrolm": [], "gensim": []}
@@ -66,7 +67,8 @@ def main():
             if p.returncode:
                 sys.exit(p.stderr)
             wall = time.time() - t
-            wps = json.loads(p.stdout.strip().splitlines()[-1])["words_per_sec"]
+            # words/s counted as gensim counts them: raw corpus words × epochs / training seconds
+            wps = ntok * P["epochs"] / json.loads(p.stdout.strip().splitlines()[-1])["seconds"]
             kv = KeyedVectors.load_word2vec_format(out, binary=True)
             acc = kv.evaluate_word_analogies(QUESTIONS, restrict_vocab=30000)[0]
             res["ferrolm"].append((wps, acc, wall))
@@ -79,7 +81,7 @@ def main():
             acc = m.wv.evaluate_word_analogies(QUESTIONS, restrict_vocab=30000)[0]
             res["gensim"].append((twps, acc, wall))
         for k, v in res.items():
-            print(f"{name:8s} {k:8s} words/s median {statistics.median(x[0] for x in v):,.0f}  "
+            print(f"{name:8s} {k:8s} load avg now {os.getloadavg()[0]:.2f}  words/s median {statistics.median(x[0] for x in v):,.0f}  "
                   f"analogy median {statistics.median(x[1] for x in v):.4f}  wall median {statistics.median(x[2] for x in v):.1f}s  runs={v}")
 
 

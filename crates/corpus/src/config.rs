@@ -47,6 +47,7 @@ pub enum StepConfig {
     Fineweb(FineWebConfig),
     Code(CodeConfig),
     QualityClassifier(ClassifierStepConfig),
+    Perplexity(PerplexityConfig),
     ExactDedup(Empty),
     LineDedup(LineDedupConfig),
     MinhashDedup(MinHashConfig),
@@ -87,6 +88,7 @@ impl StepEntry {
             StepConfig::Fineweb(c) => Box::new(FineWebFilter::new(c.clone())),
             StepConfig::Code(c) => Box::new(CodeFilter::new(c.clone())),
             StepConfig::QualityClassifier(c) => Box::new(QualityClassifierFilter::new(c)?),
+            StepConfig::Perplexity(c) => Box::new(PerplexityFilter::new(c.clone())?),
             StepConfig::ExactDedup(_) => Box::new(ExactDedup::new()),
             StepConfig::LineDedup(c) => Box::new(LineDedup::new(c.clone())),
             StepConfig::MinhashDedup(c) => {

@@ -71,6 +71,12 @@ pub fn discounts_from(t: [u64; 4], order: usize, fallback: bool) -> Result<Disco
     }
 }
 
+/// (Σ a, γ numerator) of a context from its integer statistics [Σ a, N1, N2, N3+]:
+/// γ(h)·Σa = D1·N1 + D2·N2 + D3·N3+, always evaluated in this order.
+pub(crate) fn context_weights(d: &Discounts, s: [u64; 4]) -> [f64; 2] {
+    [s[0] as f64, d.d[0] * s[1] as f64 + d.d[1] * s[2] as f64 + d.d[2] * s[3] as f64]
+}
+
 /// Maps words to ids; ids 0,1,2 are `<unk>`, `<s>`, `</s>` as in KenLM.
 #[derive(Default)]
 pub struct WordVocab {
@@ -204,20 +210,26 @@ impl Estimator {
             }
             discounts.push(discounts_from(t, n + 1, opts.discount_fallback)?);
         }
-        // context statistics: Σ a, N1, N2, N3+ per context
-        let mut ctx: Vec<HashMap<Vec<u32>, [f64; 2]>> = vec![HashMap::new(); order]; // [denominator, gamma numerator]
+        // context statistics per context: Σ a, and how many continuations have a = 1, 2, 3+
+        // (integers, so the result does not depend on the order they are summed in — the
+        // streaming estimator must give bit-identical probabilities)
+        let mut ctx: Vec<HashMap<Vec<u32>, [u64; 4]>> = vec![HashMap::new(); order];
         for (n, a) in adj.iter().enumerate() {
-            let d = &discounts[n];
             let m = &mut ctx[n];
             for (g, &c) in a {
                 if n == 0 && g[0] == BOS_ID {
                     continue;
                 }
-                let e = m.entry(g[..n].to_vec()).or_insert([0.0; 2]);
-                e[0] += c as f64;
-                e[1] += d.get(c);
+                let e = m.entry(g[..n].to_vec()).or_insert([0; 4]);
+                e[0] += c;
+                e[c.min(3) as usize] += 1;
             }
         }
+        let ctx: Vec<HashMap<Vec<u32>, [f64; 2]>> = ctx
+            .into_iter()
+            .enumerate()
+            .map(|(n, m)| m.into_iter().map(|(h, s)| (h, context_weights(&discounts[n], s))).collect())
+            .collect();
         // vocabulary size for the uniform floor: every word except <s> (with <unk>)
         let vocab_size = (words.len() - 1) as f64;
         let mut probs: Vec<HashMap<Vec<u32>, (f64, f64)>> = Vec::with_capacity(order); // (p, gamma-as-backoff)

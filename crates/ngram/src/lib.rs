@@ -7,8 +7,13 @@
 //! lower orders → per-order discounts D1, D2, D3+ from count-of-counts → interpolated
 //! probabilities and backoff weights → [`model::Model`] (the same structure ARPA holds).
 
+pub mod binary;
 pub mod estimate;
 pub mod model;
+pub mod sort;
+pub mod stream;
 
+pub use binary::{arpa_to_binary, AnyModel, BinaryModel, BinaryStats};
 pub use estimate::{train_ids, train_text, Discounts, TrainOptions};
 pub use model::{Model, SentenceScore, BOS, EOS, UNK};
+pub use stream::{parse_memory, train_files_streaming, StreamOptions, StreamReport, StreamingEstimator};

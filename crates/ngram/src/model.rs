@@ -71,6 +71,11 @@ impl Model {
 
     /// log10 p(w | context) where `context` is oldest-first; uses at most order-1 words.
     pub fn log10_prob(&self, context: &[u32], w: u32) -> f64 {
+        self.log10_prob_len(context, w).0
+    }
+
+    /// [`Model::log10_prob`] and the length of the longest n-gram matched (KenLM's `ngram_length`).
+    pub fn log10_prob_len(&self, context: &[u32], w: u32) -> (f64, usize) {
         let n_max = self.order().min(context.len() + 1);
         let mut key: Vec<u32> = Vec::with_capacity(n_max);
         // find the longest n-gram (suffix of context)+w in the model
@@ -100,7 +105,7 @@ impl Model {
                 lp += b;
             }
         }
-        lp
+        (lp, matched)
     }
 
     /// Score one whitespace-tokenised sentence with `<s>` … `</s>`, as KenLM's query does.

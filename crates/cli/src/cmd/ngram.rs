@@ -1,9 +1,9 @@
-//! `ferrolm ngram train|score|query`: thin wrapper over ferrolm-ngram.
+//! `ferrolm ngram train|score|query|build-binary`: thin wrapper over ferrolm-ngram.
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use ferrolm_ngram::{train_text, Model, TrainOptions};
-use std::io::BufRead;
+use ferrolm_ngram::{arpa_to_binary, parse_memory, train_text, AnyModel, StreamOptions, StreamingEstimator, TrainOptions};
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -14,7 +14,8 @@ pub struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Estimate an interpolated modified Kneser-Ney model (one sentence per line).
+    /// Estimate an interpolated modified Kneser-Ney model (one sentence per line). Counts are
+    /// sorted on disk within `--memory`, so the corpus may be larger than memory.
     Train {
         #[arg(long, default_value_t = 5)]
         order: usize,
@@ -22,12 +23,32 @@ enum Cmd {
         input: Vec<PathBuf>,
         #[arg(long)]
         arpa: PathBuf,
+        /// Also write the memory-mapped binary form here.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Memory budget for counting and sorting (k, M, G suffixes), as lmplz's -S.
+        #[arg(long, default_value = "1G")]
+        memory: String,
+        /// Directory for the temporary sorted runs (default: the system temp dir), as lmplz's -T.
+        #[arg(long)]
+        temp_dir: Option<PathBuf>,
+        /// Count in hash tables in memory instead (same result; no temporary files).
+        #[arg(long)]
+        in_memory: bool,
         /// Abort instead of using discounts (0.5, 1, 1.5) when count-of-counts are degenerate.
         #[arg(long)]
         no_discount_fallback: bool,
     },
+    /// Convert an ARPA file to the binary form (`query`/`score` accept either).
+    BuildBinary {
+        #[arg(long)]
+        arpa: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Perplexity of a file (every word plus one </s> per line; OOVs scored as <unk>).
     Score {
+        /// ARPA or binary model.
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]
@@ -35,12 +56,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Per-sentence log10 probabilities of lines read from stdin (or --input).
+    /// As KenLM's query: per word `word=id ngram_length log10p`, then `Total:` and `OOV:` per
+    /// line, and a perplexity summary; reads stdin unless --input is given.
     Query {
+        /// ARPA or binary model.
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]
         input: Option<PathBuf>,
+        /// Only the per-sentence totals (`log10p<TAB>oovs<TAB>sentence`).
+        #[arg(long)]
+        sentence: bool,
     },
 }
 
@@ -53,24 +79,68 @@ fn read_lines(path: &PathBuf) -> Result<Vec<String>> {
         .collect()
 }
 
+fn train_streaming(input: &[PathBuf], arpa: &PathBuf, opts: StreamOptions) -> Result<()> {
+    let total: u64 = input.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let bar = ferrolm_common::progress::bytes_bar(total, "counting");
+    let mut est = StreamingEstimator::new(opts)?;
+    let mut line = String::new();
+    for p in input {
+        let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+        let mut ln = 0usize;
+        loop {
+            line.clear();
+            ln += 1;
+            let k = r.read_line(&mut line).with_context(|| format!("{}:{ln}: not valid UTF-8 or unreadable", p.display()))?;
+            if k == 0 {
+                break;
+            }
+            bar.inc(k as u64);
+            est.add_line(&line).with_context(|| format!("{}:{ln}", p.display()))?;
+        }
+    }
+    bar.finish_and_clear();
+    tracing::info!("counted; estimating (temporary runs in {})", est.temp_path().display());
+    let rep = est.finish_arpa(arpa)?;
+    for (n, d) in rep.discounts.iter().enumerate() {
+        tracing::info!("order {} discounts D1={:.4} D2={:.4} D3+={:.4}; {} n-grams", n + 1, d.d[0], d.d[1], d.d[2], rep.counts[n]);
+    }
+    tracing::info!("{} sentences, {} tokens; counting table spilled {} times, {} sorted runs", rep.sentences, rep.tokens, rep.count_spills, rep.runs);
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
     match args.cmd {
-        Cmd::Train { order, input, arpa, no_discount_fallback } => {
-            let mut lines = Vec::new();
-            for p in &input {
-                lines.extend(read_lines(p)?);
-            }
+        Cmd::Train { order, input, arpa, binary, memory, temp_dir, in_memory, no_discount_fallback } => {
             let t = std::time::Instant::now();
-            let opts = TrainOptions { order, discount_fallback: !no_discount_fallback };
-            let m = train_text(lines.iter().map(|s| s.as_str()), &opts)?;
-            for (n, d) in m.discounts.iter().enumerate() {
-                tracing::info!("order {} discounts D1={:.4} D2={:.4} D3+={:.4}; {} n-grams", n + 1, d.d[0], d.d[1], d.d[2], m.grams[n].len());
+            if in_memory {
+                let mut lines = Vec::new();
+                for p in &input {
+                    lines.extend(read_lines(p)?);
+                }
+                let opts = TrainOptions { order, discount_fallback: !no_discount_fallback };
+                let m = train_text(lines.iter().map(|s| s.as_str()), &opts)?;
+                for (n, d) in m.discounts.iter().enumerate() {
+                    tracing::info!("order {} discounts D1={:.4} D2={:.4} D3+={:.4}; {} n-grams", n + 1, d.d[0], d.d[1], d.d[2], m.grams[n].len());
+                }
+                m.write_arpa(&arpa)?;
+            } else {
+                let opts = StreamOptions { order, discount_fallback: !no_discount_fallback, memory: parse_memory(&memory)?, temp_dir };
+                train_streaming(&input, &arpa, opts)?;
             }
-            m.write_arpa(&arpa)?;
             tracing::info!("wrote {} in {:.2}s", arpa.display(), t.elapsed().as_secs_f64());
+            if let Some(bin) = binary {
+                let s = arpa_to_binary(&arpa, &bin)?;
+                tracing::info!("wrote {} ({} bytes)", bin.display(), s.bytes);
+            }
+        }
+        Cmd::BuildBinary { arpa, out } => {
+            let t = std::time::Instant::now();
+            let s = arpa_to_binary(&arpa, &out)?;
+            tracing::info!("wrote {} ({} bytes, n-grams {:?}) in {:.2}s", out.display(), s.bytes, s.counts, t.elapsed().as_secs_f64());
         }
         Cmd::Score { model, input, json } => {
-            let m = Model::read_arpa(&model)?;
+            let m = AnyModel::open(&model)?;
             let (mut lp, mut toks, mut oovs, mut lines) = (0.0, 0usize, 0usize, 0usize);
             for l in read_lines(&input)? {
                 let s = m.score_sentence(&l);
@@ -86,16 +156,50 @@ pub fn run(args: Args) -> Result<()> {
                 println!("Perplexity including OOVs:\t{ppl}\nlog10 prob:\t{lp}\nTokens:\t{toks}\tOOVs:\t{oovs}\tLines:\t{lines}");
             }
         }
-        Cmd::Query { model, input } => {
-            let m = Model::read_arpa(&model)?;
+        Cmd::Query { model, input, sentence } => {
+            let t0 = std::time::Instant::now();
+            let m = AnyModel::open(&model)?;
+            let load = t0.elapsed().as_secs_f64();
             let lines = match input {
                 Some(p) => read_lines(&p)?,
-                None => std::io::stdin().lock().lines().collect::<std::io::Result<_>>()?,
+                None => std::io::stdin().lock().lines().collect::<std::io::Result<_>>().context("reading stdin")?,
             };
-            for l in lines {
-                let s = m.score_sentence(&l);
-                println!("{}\t{}\t{}", s.log10_prob, s.oovs, l);
+            let t1 = std::time::Instant::now();
+            let unk = m.unk();
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let (mut total, mut toks, mut oovs, mut total_iv, mut toks_iv) = (0.0, 0usize, 0usize, 0.0, 0usize);
+            for l in &lines {
+                let words = m.score_words(l);
+                let (mut s, mut o) = (0.0, 0usize);
+                let text: Vec<&str> = l.split_whitespace().chain(std::iter::once("</s>")).collect();
+                for (i, &(id, n, lp)) in words.iter().enumerate() {
+                    s += lp;
+                    if id == unk {
+                        o += 1;
+                    } else {
+                        total_iv += lp;
+                        toks_iv += 1;
+                    }
+                    if !sentence {
+                        write!(out, "{}={} {} {}\t", text[i], id, n, lp)?;
+                    }
+                }
+                if sentence {
+                    writeln!(out, "{s}\t{o}\t{l}")?;
+                } else {
+                    writeln!(out, "Total: {s} OOV: {o}")?;
+                }
+                total += s;
+                toks += words.len();
+                oovs += o;
             }
+            out.flush()?;
+            let qt = t1.elapsed().as_secs_f64();
+            eprintln!("Perplexity including OOVs:\t{}", 10f64.powf(-total / toks as f64));
+            eprintln!("Perplexity excluding OOVs:\t{}", 10f64.powf(-total_iv / toks_iv as f64));
+            eprintln!("OOVs:\t{oovs}\nTokens:\t{toks}");
+            eprintln!("Load time:\t{load:.6} s\nQuery time:\t{qt:.6} s ({:.0} tokens/s)", toks as f64 / qt);
         }
     }
     Ok(())

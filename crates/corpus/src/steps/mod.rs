@@ -11,6 +11,7 @@ pub mod language;
 pub mod minhash;
 pub mod mix;
 pub mod normalize;
+pub mod perplexity;
 pub mod privacy;
 
 pub use c4::{C4Config, C4Filter};
@@ -24,4 +25,5 @@ pub use language::{LanguageConfig, LanguageFilter};
 pub use minhash::{MinHashConfig, MinHashDedup, RemoveIds};
 pub use mix::{MixConfig, Mixer};
 pub use normalize::{NormalizeConfig, Normalizer};
+pub use perplexity::{PerplexityConfig, PerplexityFilter};
 pub use privacy::{PiiKind, PrivacyConfig, PrivacyScrubber};
