@@ -1,14 +1,14 @@
 //! Reading fine-tuning records: instruction data (Alpaca, chat messages, prompt/completion),
 //! preference pairs (prompt/chosen/rejected in three spellings) and labelled texts, from
-//! JSONL, JSON arrays or CSV files.
+//! JSONL, JSON arrays, CSV or Parquet files.
 //!
 //! Every malformed record is reported with its file and line (`data.jsonl:17: field
 //! "output" is empty`). What happens next is the caller's [`OnBad`] choice: `Skip` keeps
 //! going and counts it in the [`ReadReport`], `Fail` stops at the first one. Nothing is
 //! dropped without being counted.
 //!
-//! Parquet is not read here: the workspace has no Parquet reader yet (the corpus crate
-//! reads JSONL/text), and a `.parquet` path is a clear error rather than a silent skip.
+//! A Parquet row is read as the JSON object of its columns (nested lists and structs
+//! included), so every parser serves both formats; its "line" is the row number.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -127,11 +127,7 @@ impl ReadReport {
 pub fn read_raw(path: &Path, report: &mut ReadReport) -> Result<Vec<(Origin, Result<Value, String>)>> {
     let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
     if name.ends_with(".parquet") {
-        bail!(
-            "{}: Parquet is not supported yet (the workspace has no Parquet reader); convert it to JSONL, e.g. \
-             `python -c \"import pandas as p; p.read_parquet('x.parquet').to_json('x.jsonl', orient='records', lines=True)\"`",
-            path.display()
-        );
+        return read_parquet(path, report);
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     report.files.push(path.display().to_string());
@@ -164,6 +160,30 @@ pub fn read_raw(path: &Path, report: &mut ReadReport) -> Result<Vec<(Origin, Res
             }
             report.records += 1;
             out.push((origin(i + 1), serde_json::from_str::<Value>(line).map_err(|e| format!("not valid JSON ({e})"))));
+        }
+    }
+    Ok(out)
+}
+
+/// `.parquet` (Hugging Face datasets' format): every row becomes a JSON object of its
+/// columns (nested lists and structs too, e.g. chat `messages`), so the same parsers apply.
+/// The origin's line is the 1-based row number; a row that cannot be decoded is a bad record.
+fn read_parquet(path: &Path, report: &mut ReadReport) -> Result<Vec<(Origin, Result<Value, String>)>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let reader = SerializedFileReader::new(file).with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
+    let rows = reader.metadata().file_metadata().num_rows().max(0) as usize;
+    report.files.push(path.display().to_string());
+    let mut out = Vec::with_capacity(rows);
+    let mut iter = reader.into_iter();
+    for row in 1..=rows {
+        report.records += 1;
+        let origin = Origin { file: path.to_path_buf(), line: row };
+        match iter.next() {
+            Some(Ok(r)) => out.push((origin, Ok(r.to_json_value()))),
+            Some(Err(e)) => out.push((origin, Err(format!("broken Parquet row ({e})")))),
+            // The footer promised more rows than the row groups hold.
+            None => out.push((origin, Err("missing Parquet row (truncated row group)".into()))),
         }
     }
     Ok(out)
@@ -620,8 +640,46 @@ mod tests {
     }
 
     #[test]
-    fn parquet_is_a_clear_error() {
-        let e = read_records(&[PathBuf::from("x.parquet")], OnBad::Skip, parse_instruction).unwrap_err().to_string();
-        assert!(e.contains("Parquet is not supported"), "{e}");
+    fn parquet_rows_are_records() {
+        use parquet::data_type::{ByteArray, ByteArrayType};
+        use parquet::file::properties::WriterProperties;
+        use parquet::file::writer::SerializedFileWriter;
+        use parquet::schema::parser::parse_message_type;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("instr.parquet");
+        let schema = "message r { REQUIRED BYTE_ARRAY instruction (UTF8); OPTIONAL BYTE_ARRAY input (UTF8); OPTIONAL BYTE_ARRAY output (UTF8); }";
+        let mut w = SerializedFileWriter::new(
+            std::fs::File::create(&path).unwrap(),
+            std::sync::Arc::new(parse_message_type(schema).unwrap()),
+            std::sync::Arc::new(WriterProperties::builder().build()),
+        )
+        .unwrap();
+        let mut rg = w.next_row_group().unwrap();
+        // three rows; the third has no output (null), which parse_instruction must reject
+        let cols: [(Vec<&str>, Vec<i16>); 3] = [
+            (vec!["Add.", "Greet.", "Nothing."], vec![]),
+            (vec!["2 + 2"], vec![1, 0, 0]),
+            (vec!["4", "Hello!"], vec![1, 1, 0]),
+        ];
+        for (vals, defs) in cols.iter() {
+            let mut col = rg.next_column().unwrap().unwrap();
+            let v: Vec<ByteArray> = vals.iter().map(|x| ByteArray::from(*x)).collect();
+            col.typed::<ByteArrayType>().write_batch(&v, (!defs.is_empty()).then_some(defs.as_slice()), None).unwrap();
+            col.close().unwrap();
+        }
+        rg.close().unwrap();
+        w.close().unwrap();
+        let (recs, report) = read_records(&[path.clone()], OnBad::Skip, parse_instruction).unwrap();
+        assert_eq!(recs.len(), 2, "{}", report.summary());
+        assert_eq!(report.records, 3);
+        assert_eq!(report.bad, 1);
+        assert!(report.examples[0].contains("instr.parquet:3"), "{:?}", report.examples);
+        let e = read_records(&[path], OnBad::Fail, parse_instruction).unwrap_err().to_string();
+        assert!(e.contains("instr.parquet:3"), "{e}");
+        // not Parquet at all: a clear error naming the file
+        let fake = dir.path().join("fake.parquet");
+        std::fs::write(&fake, "hello").unwrap();
+        let e = read_records(&[fake], OnBad::Skip, parse_instruction).unwrap_err().to_string();
+        assert!(e.contains("fake.parquet") && e.contains("Parquet"), "{e}");
     }
 }
