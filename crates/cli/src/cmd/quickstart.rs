@@ -265,8 +265,15 @@ pub(crate) fn gather_corpus(registry: bool, data: &[PathBuf], max_bytes: Option<
 /// Split documents into (train, held-out) by a hash of their id, deterministically.
 pub(crate) fn split_documents(docs: Vec<Document>, val_fraction: f64, seed: u64) -> Result<(Vec<Document>, Vec<Document>)> {
     let threshold = (val_fraction * u64::MAX as f64) as u64;
-    let (val_docs, train_docs): (Vec<Document>, Vec<Document>) =
-        docs.into_iter().partition(|d| xxhash_rust::xxh3::xxh3_64_with_seed(d.id.as_bytes(), seed) < threshold);
+    let hash = |d: &Document| xxhash_rust::xxh3::xxh3_64_with_seed(d.id.as_bytes(), seed);
+    let (mut val_docs, mut train_docs): (Vec<Document>, Vec<Document>) = docs.into_iter().partition(|d| hash(d) < threshold);
+    // A small corpus can draw no held-out document at all (36 documents at 5% do so 16% of
+    // the time): then the document with the smallest hash, the next one the rule would
+    // take, is held out, so the split stays deterministic and never empty.
+    if val_docs.is_empty() && train_docs.len() > 2 {
+        let i = (0..train_docs.len()).min_by_key(|&i| hash(&train_docs[i])).expect("non-empty");
+        val_docs.push(train_docs.remove(i));
+    }
     anyhow::ensure!(!val_docs.is_empty() && train_docs.len() > 1, "the corpus is too small to split ({} train, {} held-out documents)", train_docs.len(), val_docs.len());
     Ok((train_docs, val_docs))
 }
