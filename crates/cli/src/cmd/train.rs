@@ -55,33 +55,39 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn default_run_name(cfg: &Path) -> String {
-    cfg.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into())
-}
-
-/// Open the shards and tokenizer named in `[data]`, copy the tokenizer into the run
-/// folder (so the folder alone is enough for generate/eval), and train.
-pub fn train_run(cfg: RunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
-    let d = &cfg.data;
-    anyhow::ensure!(!d.train.is_empty() && !d.val.is_empty() && !d.tokenizer.is_empty(),
-        "[data] needs train, val (token shard folders) and tokenizer (tokenizer.json)");
-    let tok_path = Path::new(&d.tokenizer);
+/// Load the tokenizer named in `[data]`, check that it fits the model's vocabulary, copy
+/// it into the run folder (so the folder alone is enough for generate/eval), and return it
+/// with the UTF-8 bytes each id stands for, padded to `vocab_size` (for bits per byte).
+fn tokenizer_into_run(path: &str, vocab_size: usize, run_dir: &Path) -> Result<(Tokenizer, Vec<u32>)> {
+    let tok_path = Path::new(path);
     let tokenizer = Tokenizer::from_file(tok_path)?;
     anyhow::ensure!(
-        tokenizer.vocab_size() <= cfg.model.vocab_size,
-        "the tokenizer has {} tokens but model.vocab_size is {}",
-        tokenizer.vocab_size(),
-        cfg.model.vocab_size
+        tokenizer.vocab_size() <= vocab_size,
+        "the tokenizer has {} tokens but model.vocab_size is {vocab_size}",
+        tokenizer.vocab_size()
     );
-    let train = TokenShards::open(Path::new(&d.train))?;
-    let val = TokenShards::open(Path::new(&d.val))?;
     std::fs::create_dir_all(run_dir)?;
     let dest = run_dir.join("tokenizer.json");
     if tok_path.canonicalize().ok() != dest.canonicalize().ok() {
         tokenizer.save(&dest).with_context(|| format!("copying the tokenizer into {}", run_dir.display()))?;
     }
     let mut bytes = tokenizer.token_bytes();
-    bytes.resize(cfg.model.vocab_size, 0);
+    bytes.resize(vocab_size, 0);
+    Ok((tokenizer, bytes))
+}
+
+fn default_run_name(cfg: &Path) -> String {
+    cfg.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into())
+}
+
+/// Open the shards and tokenizer named in `[data]` and pretrain the causal Transformer.
+pub fn train_run(cfg: RunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
+    let d = &cfg.data;
+    anyhow::ensure!(!d.train.is_empty() && !d.val.is_empty() && !d.tokenizer.is_empty(),
+        "[data] needs train, val (token shard folders) and tokenizer (tokenizer.json)");
+    let (_, bytes) = tokenizer_into_run(&d.tokenizer, cfg.model.vocab_size, run_dir)?;
+    let train = TokenShards::open(Path::new(&d.train))?;
+    let val = TokenShards::open(Path::new(&d.val))?;
     let device = Device::Cpu;
     let n_params = cfg.model.num_params();
     let mut trainer = if resume {
@@ -103,22 +109,8 @@ pub fn train_run(cfg: RunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm
 pub fn train_arch_run(cfg: &ArchRunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
     let d = &cfg.run.data;
     anyhow::ensure!(!d.tokenizer.is_empty(), "[data] needs tokenizer (tokenizer.json)");
-    let tok_path = Path::new(&d.tokenizer);
-    let tokenizer = Tokenizer::from_file(tok_path)?;
-    anyhow::ensure!(
-        tokenizer.vocab_size() <= cfg.run.model.vocab_size,
-        "the tokenizer has {} tokens but model.vocab_size is {}",
-        tokenizer.vocab_size(),
-        cfg.run.model.vocab_size
-    );
+    let (tokenizer, bytes) = tokenizer_into_run(&d.tokenizer, cfg.run.model.vocab_size, run_dir)?;
     let tokens = TaskTokens::from_tokenizer(&tokenizer)?;
-    std::fs::create_dir_all(run_dir)?;
-    let dest = run_dir.join("tokenizer.json");
-    if tok_path.canonicalize().ok() != dest.canonicalize().ok() {
-        tokenizer.save(&dest).with_context(|| format!("copying the tokenizer into {}", run_dir.display()))?;
-    }
-    let mut bytes = tokenizer.token_bytes();
-    bytes.resize(cfg.run.model.vocab_size, 0);
     let kind = ferrolm_train::arch_task::kind_name(cfg.run.model.kind);
     let n_params = cfg.run.model.num_params();
     let (train_pairs, val_pairs, train_shards, val_shards);
@@ -146,31 +138,16 @@ pub fn train_arch_run(cfg: &ArchRunConfig, run_dir: &Path, resume: bool) -> Resu
     trainer.run()
 }
 
-/// Open the shards and tokenizer named in `[data]`, copy the tokenizer into the run
-/// folder (so the folder alone is enough for generate/eval), and train the model of
-/// `model.family` (the Transformer unless the config names another family).
+/// Open the shards and tokenizer named in `[data]` and train the model of `model.family`
+/// (NPLM, RNN, LSTM).
 pub fn train_family_run(fcfg: FamilyRunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
     let cfg = &fcfg.run;
     let d = &cfg.data;
     anyhow::ensure!(!d.train.is_empty() && !d.val.is_empty() && !d.tokenizer.is_empty(),
         "[data] needs train, val (token shard folders) and tokenizer (tokenizer.json)");
-    let tok_path = Path::new(&d.tokenizer);
-    let tokenizer = Tokenizer::from_file(tok_path)?;
-    anyhow::ensure!(
-        tokenizer.vocab_size() <= cfg.model.vocab_size,
-        "the tokenizer has {} tokens but model.vocab_size is {}",
-        tokenizer.vocab_size(),
-        cfg.model.vocab_size
-    );
+    let (_, bytes) = tokenizer_into_run(&d.tokenizer, cfg.model.vocab_size, run_dir)?;
     let train = TokenShards::open(Path::new(&d.train))?;
     let val = TokenShards::open(Path::new(&d.val))?;
-    std::fs::create_dir_all(run_dir)?;
-    let dest = run_dir.join("tokenizer.json");
-    if tok_path.canonicalize().ok() != dest.canonicalize().ok() {
-        tokenizer.save(&dest).with_context(|| format!("copying the tokenizer into {}", run_dir.display()))?;
-    }
-    let mut bytes = tokenizer.token_bytes();
-    bytes.resize(cfg.model.vocab_size, 0);
     let mut trainer = ferrolm_train::family_trainer(&fcfg, run_dir, &train, &val, bytes, resume)?;
     eprintln!(
         "training {} on {} tokens ({} held out) into {}",
