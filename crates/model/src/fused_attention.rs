@@ -81,6 +81,11 @@ unsafe fn mm(
     rhs_cs: usize,
     scale: f32,
 ) {
+    if crate::amx::matmul_precision() == crate::amx::MatmulPrecision::Bf16 && dst_cs == 1 {
+        let a = crate::amx::Strided { ptr: lhs, rs: lhs_rs as isize, cs: lhs_cs as isize };
+        let b = crate::amx::Strided { ptr: rhs, rs: rhs_rs as isize, cs: rhs_cs as isize };
+        return crate::amx::gemm_bf16(m, n, k, a, b, dst, dst_rs, accumulate, scale, false);
+    }
     gemm::gemm(
         m,
         n,

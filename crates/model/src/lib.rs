@@ -4,6 +4,7 @@
 //! backward passes live in `ops`. The older families of the history experiment live one
 //! per file: `nplm` (Bengio et al. 2003), `rnn` (Elman RNN and LSTM).
 
+pub mod amx;
 pub mod attention;
 pub mod block;
 pub mod config;

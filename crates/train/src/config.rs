@@ -1,6 +1,7 @@
 //! The run config: `[model]` (the architecture) and `[train]` (the optimisation).
 //! Written back as `config.toml` in every run folder exactly as resolved.
 
+use ferrolm_model::amx::MatmulPrecision;
 use ferrolm_model::TransformerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,10 @@ pub struct TrainConfig {
     pub log_interval: usize,
     /// Stop after this many seconds of training (0 = no limit); the quickstart uses it.
     pub time_limit_secs: f64,
+    /// "f32" (default) or "bf16": matrix products with operands rounded to bf16 and f32
+    /// sums, on AMX tiles (Intel Sapphire Rapids and later); other CPUs stay at f32 with a
+    /// warning. Everything else (weights, optimizer, norms, softmax) stays f32.
+    pub matmul_precision: MatmulPrecision,
 }
 
 impl Default for TrainConfig {
@@ -78,6 +83,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 2,
             log_interval: 10,
             time_limit_secs: 0.0,
+            matmul_precision: MatmulPrecision::F32,
         }
     }
 }

@@ -237,6 +237,11 @@ impl<'a> Trainer<'a> {
     /// initialised (or loaded) its weights, and written the run's `config.toml`.
     pub fn from_task(cfg: TrainConfig, run_dir: &Path, varmap: VarMap, task: Box<dyn TrainTask + 'a>) -> Result<Self> {
         cfg.validate().map_err(|e| anyhow::anyhow!("invalid [train]: {e}"))?;
+        // Process-wide (candle's matmul has no per-call setting): the run's precision
+        // holds for its evaluations and for whatever the process does next.
+        if ferrolm_model::amx::set_matmul_precision(cfg.matmul_precision) != cfg.matmul_precision {
+            tracing::warn!("train.matmul_precision = \"bf16\" needs AMX tiles, which this CPU lacks: matrix products stay f32");
+        }
         std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         let trainable: HashMap<String, Var> = {
             let vars = varmap.data().lock().expect("varmap lock");

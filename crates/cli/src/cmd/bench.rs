@@ -31,6 +31,9 @@ enum What {
         /// Print one JSON line instead of text.
         #[arg(long)]
         json: bool,
+        /// Matrix-product precision: f32, or bf16 operands with f32 sums on AMX tiles.
+        #[arg(long, default_value = "f32")]
+        matmul: ferrolm_model::amx::MatmulPrecision,
     },
     /// Training throughput of a recurrent LM (LSTM or Elman) with random tokens, for
     /// bench/history_torch.py (nn.LSTM / nn.RNN side by side).
@@ -92,11 +95,12 @@ pub fn peak_rss_bytes() -> u64 {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (p, steps, modern, json) = match args.what {
-        What::Train { preset, steps, modern, json } => (preset, steps, modern, json),
+    let (p, steps, modern, json, matmul) = match args.what {
+        What::Train { preset, steps, modern, json, matmul } => (preset, steps, modern, json, matmul),
         What::Recurrent(b) => return super::experiment::history::bench_recurrent(b),
     };
-    let cfg = preset(p, modern);
+    let mut cfg = preset(p, modern);
+    cfg.train.matmul_precision = matmul;
     let seq = cfg.model.max_seq_len;
     // Random tokens: speed does not depend on content.
     let data: Vec<u32> = (0..200_000u64).map(|i| (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) % 65) as u32).collect();
@@ -122,6 +126,7 @@ pub fn run(args: Args) -> Result<()> {
         "steps": steps,
         "threads": candle_core::utils::get_num_threads(),
         "params": cfg.model.num_params(),
+        "matmul": format!("{:?}", ferrolm_model::amx::matmul_precision()).to_lowercase(),
         "tokens_per_sec": tokens_per_step * steps as f64 / total,
         "tokens_per_sec_median_step": tokens_per_step / (median / 1e3),
         "step_ms_median": median,

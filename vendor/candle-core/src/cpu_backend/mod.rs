@@ -1439,6 +1439,40 @@ impl MatMul {
     }
 }
 
+// ferrolm patch: an optional replacement for the f32 gemm call of `MatMul` (see
+// FERROLM-PATCH.md). ferrolm registers a bf16 AMX kernel here when asked to; the hook
+// returns false for products it leaves to gemm.
+/// `(m, n, k, dst, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) -> handled`; dst has
+/// column stride 1 and is written, not accumulated into.
+pub type F32GemmHook = unsafe fn(
+    usize,
+    usize,
+    usize,
+    *mut f32,
+    isize,
+    *const f32,
+    isize,
+    isize,
+    *const f32,
+    isize,
+    isize,
+) -> bool;
+
+static F32_GEMM_HOOK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Installs (or with `None` removes) the f32 matmul hook, process-wide.
+pub fn set_f32_gemm_hook(hook: Option<F32GemmHook>) {
+    F32_GEMM_HOOK.store(hook.map_or(0, |h| h as usize), std::sync::atomic::Ordering::SeqCst);
+}
+
+fn f32_gemm_hook() -> Option<F32GemmHook> {
+    match F32_GEMM_HOOK.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        // SAFETY: only `set_f32_gemm_hook` stores non-zero values, and those are F32GemmHook pointers.
+        h => Some(unsafe { std::mem::transmute::<usize, F32GemmHook>(h) }),
+    }
+}
+
 impl Map2 for MatMul {
     const OP: &'static str = "mat_mul";
 
@@ -1513,10 +1547,33 @@ impl Map2 for MatMul {
             // over itself, so a stride-zero batch on lhs goes through the loop below.
             (b, m, n, k)
         };
+        let hook = if T::DTYPE == DType::F32 && k > 0 { f32_gemm_hook() } else { None };
         for step in 0..b {
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
             let dst_p = &mut dst[step * c_skip..];
+            if let Some(hook) = hook {
+                // SAFETY: T is f32 here (checked above), and the pointers and strides are the
+                // ones gemm would have been given.
+                let handled = unsafe {
+                    hook(
+                        m,
+                        n,
+                        k,
+                        dst_p.as_mut_ptr() as *mut f32,
+                        dst_rs as isize,
+                        lhs_p.as_ptr() as *const f32,
+                        lhs_cs as isize,
+                        lhs_rs as isize,
+                        rhs_p.as_ptr() as *const f32,
+                        rhs_cs as isize,
+                        rhs_rs as isize,
+                    )
+                };
+                if handled {
+                    continue;
+                }
+            }
             unsafe {
                 gemm(
                     /* m: usize = */ m,

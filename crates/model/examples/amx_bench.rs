@@ -1,0 +1,29 @@
+//! Throughput of the bf16 AMX product against candle's f32 matmul on training-sized shapes.
+//! `cargo run --release -p ferrolm-model --example amx_bench`
+use candle_core::{Device, Tensor};
+use ferrolm_model::amx::{set_matmul_precision, MatmulPrecision};
+use std::time::Instant;
+
+fn main() -> candle_core::Result<()> {
+    let shapes = [(2048, 1152, 384), (2048, 384, 1536), (384, 1536, 2048), (768, 384, 128), (768, 128, 512)];
+    for &(m, n, k) in &shapes {
+        for (ta, tb) in [(false, true), (false, false), (true, false)] {
+            let a = if ta { Tensor::randn(0f32, 1.0, (k, m), &Device::Cpu)?.t()? } else { Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)? };
+            let b = if tb { Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?.t()? } else { Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)? };
+            let mut line = format!("{m}x{n}x{k} a_t={ta} b_t={tb}:");
+            for p in [MatmulPrecision::F32, MatmulPrecision::Bf16] {
+                set_matmul_precision(p);
+                let _ = a.matmul(&b)?;
+                let reps = (2e10 / (2.0 * (m * n * k) as f64)).clamp(3.0, 200.0) as usize;
+                let t0 = Instant::now();
+                for _ in 0..reps {
+                    let _ = a.matmul(&b)?;
+                }
+                let gf = 2.0 * (m * n * k) as f64 * reps as f64 / t0.elapsed().as_secs_f64() / 1e9;
+                line += &format!(" {p:?} {gf:.0} GFLOP/s");
+            }
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
