@@ -5,6 +5,7 @@
 #
 #   bash bench/shakespeare.sh              # one run each, 2 threads
 #   REPEATS=3 THREADS=2 bash bench/shakespeare.sh
+#   MATMUL=bf16 bash bench/shakespeare.sh  # bf16 matrix products on both sides (AMX where the CPU has it)
 #
 # Environment: BENCH_VENV (default /work/venv-bench) or BENCH_PYTHON for PyTorch; FERROLM_BIN for the binary;
 # SHAKESPEARE (default ../shared/data/tinyshakespeare/input.txt); FERROLM_SHAKESPEARE_CONFIG for ferrolm's config.
@@ -14,6 +15,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
 threads="${THREADS:-2}"
 repeats="${REPEATS:-1}"
+matmul="${MATMUL:-f32}"  # bf16: both sides multiply matrices with bf16 operands and f32 sums
 iters="${ITERS:-2000}"   # fewer only for a smoke test of this script: the recipe is 2000
 data="${SHAKESPEARE:-}"
 if [[ -z "$data" ]]; then
@@ -79,7 +81,7 @@ run_ferrolm() {
   prepare_ferrolm_data
   local out; out="$(mktemp -d)"
   local t0 t1; t0=$(date +%s.%N)
-  if ! (cd "$repo" && "$bin" train --config "$config" --out "$out/run" --set "train.max_steps=$iters" >"$out/stdout" 2>"$out/stderr"); then
+  if ! (cd "$repo" && "$bin" train --config "$config" --out "$out/run" --set "train.max_steps=$iters" --set "train.matmul_precision=$matmul" >"$out/stdout" 2>"$out/stderr"); then
     echo "ferrolm train failed:" >&2; tail -20 "$out/stderr" >&2; rm -rf "$out"; return 1
   fi
   t1=$(date +%s.%N)
@@ -98,7 +100,7 @@ EOF
 }
 
 run_torch() {
-  "$py" "$here/shakespeare_torch.py" --data "$data" --threads "$threads" --iters "$iters" --lr-decay-iters "$iters" --json
+  "$py" "$here/shakespeare_torch.py" --data "$data" --threads "$threads" --iters "$iters" --lr-decay-iters "$iters" --matmul "$matmul" --json
 }
 
 results="$(mktemp)"

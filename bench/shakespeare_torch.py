@@ -60,6 +60,8 @@ def parse_args():
     ap.add_argument("--log-interval", type=int, default=250)
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--matmul", choices=["f32", "bf16"], default="f32",
+                    help="bf16: oneDNN matmuls with bf16 operands and f32 sums, as ferrolm's train.matmul_precision")
     return ap.parse_args()
 
 
@@ -77,6 +79,8 @@ def main():
     a = parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    if a.matmul == "bf16":
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
     t_start = time.perf_counter()
 
     with open(find_text(a.data), encoding="utf-8") as f:

@@ -134,6 +134,9 @@ def main():
                     help="before each run wait until this share of the CPU is idle (e.g. 0.9 on a shared box)")
     ap.add_argument("--max-wait", type=float, default=300.0, help="seconds to wait for idle cores per run")
     ap.add_argument("--json-out", help="write all raw runs and medians to this JSON file")
+    ap.add_argument("--matmul", choices=["f32", "bf16"], default="f32",
+                    help="matrix-product precision on both sides: f32, or bf16 operands with f32 sums "
+                         "(ferrolm --matmul bf16 on AMX tiles; PyTorch's mkldnn fp32_precision = 'bf16')")
     args = ap.parse_args()
 
     env = thread_env(args.threads)
@@ -171,6 +174,8 @@ def main():
         for rep in range(args.repeats):
             if ferrolm:
                 cmd = [ferrolm, "bench", "train", "--preset", preset, "--steps", str(steps), "--json"]
+                if args.matmul != "f32":
+                    cmd += ["--matmul", args.matmul]
                 if ferrolm_threads_flag:
                     cmd += ["--threads", str(args.threads)]
                 if args.wait_idle:
@@ -178,7 +183,7 @@ def main():
                 runs["ferrolm"].append(run_json(cmd, env))
             if py:
                 cmd = [py, os.path.join(HERE, "train_torch.py"), "--preset", preset, "--steps", str(steps),
-                       "--threads", str(args.threads), "--json", "--breakdown"]
+                       "--threads", str(args.threads), "--json", "--breakdown", "--matmul", args.matmul]
                 if args.wait_idle:
                     wait_idle(args.wait_idle, args.max_wait)
                 runs["pytorch"].append(run_json(cmd, env))

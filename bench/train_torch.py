@@ -36,6 +36,9 @@ def parse_args():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--json", action="store_true", help="print one JSON line only")
+    ap.add_argument("--matmul", choices=["f32", "bf16"], default="f32",
+                    help="bf16: oneDNN matmuls with bf16 operands and f32 sums "
+                         "(torch.backends.mkldnn.matmul.fp32_precision = 'bf16'), as ferrolm's --matmul bf16")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (off by default)")
     ap.add_argument("--fused-adamw", choices=["default", "on", "off"], default="default",
                     help="AdamW implementation: PyTorch's default choice, or force fused on/off")
@@ -44,12 +47,19 @@ def parse_args():
     return ap.parse_args()
 
 
+def set_matmul_precision(mode):
+    """PyTorch's own knob for bf16 matrix products in f32 models on CPU (AMX where present)."""
+    if mode == "bf16":
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+
+
 def main():
     args = parse_args()
     if args.steps < 1:
         sys.exit("--steps must be >= 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    set_matmul_precision(args.matmul)
     cfg, batch = PRESETS[args.preset]
 
     model = Gpt(cfg)

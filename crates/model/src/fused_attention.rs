@@ -20,7 +20,6 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::ops::fast_exp;
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -117,19 +116,14 @@ unsafe fn probabilities(dm: &Dims, base: *const f32, head: usize, p: &mut [f32])
     let k = base.add(dm.k_off(head / dm.rep()));
     // S = Q · Kᵀ; Kᵀ's element (d, j) is k[j, d]: row stride 1, column stride w.
     mm(t, t, dm.d, p.as_mut_ptr(), t, 1, false, q, w, 1, k, 1, w, dm.scale);
-    for (i, row) in p.chunks_mut(t).enumerate() {
-        let visible = if dm.causal { i + 1 } else { t };
-        let (live, masked) = row.split_at_mut(visible);
-        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for x in live.iter_mut() {
-            *x = fast_exp(*x - max);
-            sum += *x;
+    crate::ops::vectorized(|| {
+        for (i, row) in p.chunks_mut(t).enumerate() {
+            let visible = if dm.causal { i + 1 } else { t };
+            let (live, masked) = row.split_at_mut(visible);
+            crate::ops::softmax_row(live);
+            masked.iter_mut().for_each(|x| *x = 0.0);
         }
-        let inv = 1.0 / sum;
-        live.iter_mut().for_each(|x| *x *= inv);
-        masked.iter_mut().for_each(|x| *x = 0.0);
-    }
+    })
 }
 
 struct FusedSelfAttention(Dims);
@@ -202,12 +196,14 @@ impl CustomOp2 for FusedSelfAttentionBackward {
                         // dV += Pᵀ · dY  (Pᵀ's element (j, i) is p[i, j])
                         mm(t, d, t, gbase.add(dm.v_off(kv_head)), w, 1, !first, p.as_ptr(), 1, t, g, c, 1, 1.0);
                         // dS = P ⊙ (dP − Σⱼ P⊙dP), times the score scale
-                        for (pr, dr) in p.chunks(t).zip(dp.chunks_mut(t)) {
-                            let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-                            for (x, &pv) in dr.iter_mut().zip(pr) {
-                                *x = pv * (*x - dot) * dm.scale;
+                        crate::ops::vectorized(|| {
+                            for (pr, dr) in p.chunks(t).zip(dp.chunks_mut(t)) {
+                                let dot = crate::ops::lane_dot(pr, dr);
+                                for (x, &pv) in dr.iter_mut().zip(pr) {
+                                    *x = pv * (*x - dot) * dm.scale;
+                                }
                             }
-                        }
+                        });
                         // dQ = dS · K
                         mm(t, d, t, gbase.add(dm.q_off(head)), w, 1, false, dp.as_ptr(), t, 1, k, w, 1, 1.0);
                         // dK += dSᵀ · Q

@@ -32,6 +32,92 @@ fn for_rows(out: &mut [f32], dim: usize, f: impl Fn(usize, &mut [f32]) + Sync + 
     }
 }
 
+/// Runs `f` compiled for AVX-512 (or AVX2+FMA) when the CPU has it. The default build
+/// targets baseline x86-64 (SSE2, 4 lanes) so that it runs anywhere; the elementwise loops
+/// of the fused ops (exp, tanh, sums) are inlined into these wrappers and vectorised for
+/// 16 lanes. Measured: the attention softmax was 9% of a c2 training step at 4 lanes.
+#[inline(always)]
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the wrapper is compiled for.
+            return unsafe { on_avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { on_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,bmi2")]
+unsafe fn on_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,bmi2")]
+unsafe fn on_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// Sum in 16 independent lanes: an in-order float sum is one long dependency chain that
+/// no compiler may vectorise.
+#[inline(always)]
+pub fn lane_sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Dot product in 16 independent lanes (see [`lane_sum`]).
+#[inline(always)]
+pub fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Maximum in 16 independent lanes (NaN-free inputs; −∞ for an empty slice).
+#[inline(always)]
+pub fn lane_max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = v.chunks_exact(16);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
+/// Softmax of one row in place: max, exp, lane sum, scale.
+#[inline(always)]
+pub fn softmax_row(row: &mut [f32]) {
+    let max = lane_max(row);
+    row.iter_mut().for_each(|x| *x = fast_exp(*x - max));
+    let inv = 1.0 / lane_sum(row);
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
 /// e^x without libm: a degree-6 polynomial on the reduced argument and the exponent put
 /// in by bit manipulation. Branch-free, so loops over it vectorise; relative error below
 /// 1e-6 on [−87, 88] (a test checks), inputs outside are clamped (e^−87 ≈ 1.6e−38).
@@ -359,9 +445,11 @@ impl CustomOp1 for Gelu {
         let x = contiguous_f32(s, l, self.name())?;
         let mut out = vec![0f32; x.len()];
         let f = |o: &mut [f32], x: &[f32]| {
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = 0.5 * v * (1.0 + tanh_fast(SQRT_2_OVER_PI * (v + GELU_C * v * v * v)));
-            }
+            vectorized(|| {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = 0.5 * v * (1.0 + tanh_fast(SQRT_2_OVER_PI * (v + GELU_C * v * v * v)));
+                }
+            })
         };
         map_chunks(&mut out, x, f);
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -386,12 +474,14 @@ impl candle_core::CustomOp2 for GeluBackward {
         let chunk = (x.len() / rayon::current_num_threads().max(1)).max(PAR_THRESHOLD);
         let body = |(i, o): (usize, &mut [f32])| {
             let (xs, gs) = (&x[i * chunk..], &g[i * chunk..]);
-            for ((o, &v), &gv) in o.iter_mut().zip(xs).zip(gs) {
-                // d/dx ½x(1+tanh u) = ½(1+t) + ½x(1−t²)·u′,  u′ = √(2/π)(1+3c·x²)
-                let t = tanh_fast(SQRT_2_OVER_PI * (v + GELU_C * v * v * v));
-                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * v * v);
-                *o = gv * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
-            }
+            vectorized(|| {
+                for ((o, &v), &gv) in o.iter_mut().zip(xs).zip(gs) {
+                    // d/dx ½x(1+tanh u) = ½(1+t) + ½x(1−t²)·u′,  u′ = √(2/π)(1+3c·x²)
+                    let t = tanh_fast(SQRT_2_OVER_PI * (v + GELU_C * v * v * v));
+                    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * v * v);
+                    *o = gv * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
+                }
+            })
         };
         if x.len() >= PAR_THRESHOLD {
             out.par_chunks_mut(chunk).enumerate().for_each(body);
