@@ -208,14 +208,14 @@ pub struct PipelineConfig {
     pub output: OutputConfig,
 }
 
-/// Format of the cleaned documents in `kept/`.
+/// Format of the cleaned documents: `kept/` (JSONL) and/or `kept-parquet/` (Parquet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum KeptFormat {
     /// `kept/part-TAG.jsonl`: one JSON document a line.
     #[default]
     Jsonl,
-    /// `kept/part-TAG.parquet`: columns id, text, source, meta (JSON string).
+    /// `kept-parquet/part-TAG.parquet`: columns id, text, source, meta (JSON string).
     Parquet,
     /// Both of the above.
     Both,
@@ -328,6 +328,12 @@ impl PipelineConfig {
                     if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
                         return Err(CorpusError::Config(format!("source {} ({:?}): type = \"hub\" needs `repo = \"owner/name\"` (got {repo:?})", i + 1, s.name)));
                     }
+                    if !s.paths.is_empty() || s.cargo_lock.is_some() || !s.include.is_empty() {
+                        return Err(CorpusError::Config(format!(
+                            "source {:?}: a hub source takes `files` (globs over the repository paths), not `paths`, `cargo_lock` or `include`",
+                            s.name
+                        )));
+                    }
                     if !s.files.is_empty() && (s.config.is_some() || s.split.is_some()) {
                         return Err(CorpusError::Config(format!("source {:?}: give either `files` or `config`/`split`, not both", s.name)));
                     }
@@ -337,6 +343,10 @@ impl PipelineConfig {
                     return Err(CorpusError::Config(format!("source {} ({:?}) has neither `paths`, `cargo_lock` nor `repo`", i + 1, s.name)));
                 }
                 _ => {
+                    let hub_only = [("repo", s.repo.is_some()), ("revision", s.revision.is_some()), ("config", s.config.is_some()), ("split", s.split.is_some()), ("files", !s.files.is_empty()), ("endpoint", s.endpoint.is_some()), ("cache_dir", s.cache_dir.is_some())];
+                    if let Some((key, _)) = hub_only.iter().find(|(_, set)| *set) {
+                        return Err(CorpusError::Config(format!("source {:?}: `{key}` is for type = \"hub\" sources only", s.name)));
+                    }
                     crate::read::PathFilter::new(&s.include, &s.exclude)?;
                 }
             }

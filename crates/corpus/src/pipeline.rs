@@ -584,7 +584,9 @@ fn run_items(
             writers.kept = Some(AtomicFile::create(dir.join("kept").join(format!("part-{tag}.jsonl"))).map_err(io_err(dir))?);
         }
         if cfg.output.kept_format.parquet() {
-            writers.kept_parquet = Some(ParquetDocWriter::create(dir.join("kept").join(format!("part-{tag}.parquet")), &cfg.output.parquet)?);
+            // A folder of its own: kept/ stays JSONL only, so a stage reading the folder kept/
+            // (e.g. `minhash signatures --input OUT/kept`) never sees every document twice.
+            writers.kept_parquet = Some(ParquetDocWriter::create(dir.join("kept-parquet").join(format!("part-{tag}.parquet")), &cfg.output.parquet)?);
         }
         if cfg.write_excluded {
             writers.excluded = Some(AtomicFile::create(dir.join("excluded").join(format!("part-{tag}.jsonl"))).map_err(io_err(dir))?);
@@ -822,7 +824,7 @@ fn run_items(
 
 /// Remove what a killed earlier run of this shard left: temporaries and the work folder.
 fn clean_stale(dir: &Path, tag: &str) -> Result<()> {
-    for sub in ["kept", "excluded"] {
+    for sub in ["kept", "excluded", "kept-parquet"] {
         let d = dir.join(sub);
         if let Ok(rd) = std::fs::read_dir(&d) {
             for e in rd.flatten() {

@@ -158,9 +158,9 @@ compression = "zstd"
 
     let jsonl: Vec<ferrolm_corpus::Document> = std::fs::read_to_string(out.join("kept/part-00000.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(jsonl.len(), 19);
-    let pq = out.join("kept/part-00000.parquet");
+    let pq = out.join("kept-parquet/part-00000.parquet");
     // No temporaries left beside the committed files.
-    let names: Vec<String> = std::fs::read_dir(out.join("kept")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = ["kept", "kept-parquet"].iter().flat_map(|d| std::fs::read_dir(out.join(d)).unwrap()).map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
 
     // Row groups of 5 documents: 19 = 5 + 5 + 5 + 4.
@@ -193,7 +193,9 @@ compression = "zstd"
     cfg2.output.parquet.row_group_docs = 100;
     run_configured(&cfg2, &out2, &RunOptions::default(), None).unwrap();
     assert!(!out2.join("kept/part-00000.jsonl").exists());
-    let again: Vec<ReadItem> = DocumentStream::from_paths(&[out2.join("kept/part-00000.parquet")], ReadOptions::default()).unwrap().collect();
+    // kept/ holds only JSONL, so reading the folder kept/ never gives a document twice.
+    assert!(!out.join("kept/part-00000.parquet").exists());
+    let again: Vec<ReadItem> = DocumentStream::from_paths(&[out2.join("kept-parquet")], ReadOptions::default()).unwrap().collect();
     let texts = |v: &[ReadItem]| v.iter().map(|i| if let ReadItem::Doc(d) = i { d.text.clone() } else { panic!() }).collect::<Vec<_>>();
     assert_eq!(texts(&again), texts(&items));
 }
@@ -481,4 +483,19 @@ fn example_config_in_configs_folder_parses() {
     let again = PipelineConfig::from_toml(&toml::Value::Table(cfg.to_toml().parse().unwrap())).unwrap();
     assert_eq!(again.output, cfg.output);
     assert_eq!(again.sources[1].files, cfg.sources[1].files);
+}
+
+#[test]
+fn source_keys_of_the_wrong_kind_are_config_errors() {
+    let parse = |t: &str| PipelineConfig::from_toml(&toml::Value::Table(t.parse().unwrap())).map(|_| ()).unwrap_err().to_string();
+    let e = parse("[[source]]\nname = \"h\"\ntype = \"hub\"\nrepo = \"o/n\"\npaths = [\"x\"]\n");
+    assert!(e.contains("files") && e.contains("paths"), "{e}");
+    let e = parse("[[source]]\nname = \"h\"\ntype = \"hub\"\nrepo = \"noslash\"\n");
+    assert!(e.contains("owner/name") && e.contains("noslash"), "{e}");
+    let e = parse("[[source]]\nname = \"h\"\ntype = \"hub\"\nrepo = \"o/n\"\nfiles = [\"a\"]\nsplit = \"train\"\n");
+    assert!(e.contains("either `files` or `config`/`split`"), "{e}");
+    let e = parse("[[source]]\nname = \"f\"\npaths = [\"x\"]\nsplit = \"train\"\n");
+    assert!(e.contains("`split`") && e.contains("hub"), "{e}");
+    let e = parse("[[source]]\nname = \"f\"\ntype = \"ftp\"\npaths = [\"x\"]\n");
+    assert!(e.contains("ftp"), "{e}");
 }

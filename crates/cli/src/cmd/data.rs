@@ -17,7 +17,7 @@ pub struct Args {
 enum Cmd {
     /// Run a pipeline: `--config corpus.toml`, or the default pipeline on `--input PATH...`.
     ///
-    /// OUT gets kept/ (JSONL; Parquet too with `[output] kept_format = "parquet" | "both"`),
+    /// OUT gets kept/ (JSONL) and/or kept-parquet/ (`[output] kept_format = "jsonl" | "parquet" | "both"`),
     /// excluded/ (removed documents with step and reason), stats.json, report.md, and shards/
     /// with --tokenizer.
     ///
