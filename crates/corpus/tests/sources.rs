@@ -222,7 +222,10 @@ mod mock_hub {
     /// Serves `routes` (keyed by request target, query included) until the process ends; anything
     /// else is a 404 with the Hub's JSON error shape.
     pub fn serve(routes: HashMap<String, Response>) -> (String, Log) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        serve_on(TcpListener::bind("127.0.0.1:0").unwrap(), routes)
+    }
+
+    pub fn serve_on(listener: TcpListener, routes: HashMap<String, Response>) -> (String, Log) {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let log: Log = Arc::new(Mutex::new(Vec::new()));
         let log2 = log.clone();
@@ -397,7 +400,24 @@ fn hub_source_parquet_conversion_by_config_and_split_with_token() {
         ]))
         .unwrap()),
     );
-    routes.insert("/datasets/org/conv/resolve/refs%2Fconvert%2Fparquet/en/train/0000.parquet".into(), ok(train0.clone()));
+    // The first train file is served by another host (as the Hub's CDN serves LFS files): a
+    // redirect there must not carry the token. 127.0.0.2 is another host name on Linux loopback.
+    let cdn = match std::net::TcpListener::bind("127.0.0.2:0") {
+        Ok(l) => {
+            let mut cdn_routes = std::collections::HashMap::new();
+            cdn_routes.insert("/signed/train0?sig=x".to_string(), ok(train0.clone()));
+            Some(serve_on(l, cdn_routes))
+        }
+        Err(e) => {
+            eprintln!("no second loopback address ({e}); the redirect part of this test is skipped");
+            None
+        }
+    };
+    let train0_route = match &cdn {
+        Some((cdn_base, _)) => Response { status: 302, headers: vec![("Location".into(), format!("{cdn_base}/signed/train0?sig=x"))], body: vec![] },
+        None => ok(train0.clone()),
+    };
+    routes.insert("/datasets/org/conv/resolve/refs%2Fconvert%2Fparquet/en/train/0000.parquet".into(), train0_route);
     // The second train file arrives corrupted: its SHA-256 does not match the listing.
     let mut bad = train1.clone();
     bad[10] ^= 0xff;
@@ -429,6 +449,10 @@ fn hub_source_parquet_conversion_by_config_and_split_with_token() {
     assert!(leftovers.iter().all(|n| !n.to_string_lossy().ends_with(".tmp")), "{leftovers:?}");
     // The good file before it was kept and is valid.
     assert_eq!(std::fs::read(&plan.files[0].1).unwrap(), train0);
+    if let Some((_, cdn_log)) = &cdn {
+        let seen = cdn_log.lock().unwrap().clone();
+        assert_eq!(seen, [("/signed/train0?sig=x".to_string(), None)], "the CDN got the request, without the token");
+    }
 
     // Unknown repository: HTTP 404 named with its URL and meaning.
     let missing = ferrolm_corpus::SourceConfig { repo: Some("org/none".into()), config: None, split: None, ..s.clone() };

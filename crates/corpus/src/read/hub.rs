@@ -5,7 +5,7 @@
 //! of `{"type": "file" | "directory", "path", "size", "oid", "lfs": {"oid": sha256, "size"}}`,
 //! continued page by page through the `Link: <...>; rel="next"` header. Files are fetched from
 //! `{endpoint}/datasets/{owner}/{name}/resolve/{revision}/{path}` (the Hub redirects large files to
-//! its CDN; the token is not sent to another host) into a local cache, written atomically and
+//! its CDN; the token goes with a redirect only to the same host) into a local cache, written atomically and
 //! checked against the listed size and, for LFS files, the SHA-256 the listing names. A cached file
 //! whose size and listed oid match is not fetched again. The downloaded files then go to the
 //! ordinary readers, so accounting and rejections are those of local Parquet/JSONL files.
@@ -142,6 +142,9 @@ impl HubClient {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             // Statuses are turned into errors here, with the URL and what they mean for a dataset.
             .http_status_as_error(false)
+            // The token follows a redirect only to the same host (a renamed repository), never to
+            // the CDN host that serves large files through signed URLs.
+            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
             .timeout_connect(Some(Duration::from_secs(20)))
             .timeout_resolve(Some(Duration::from_secs(20)))
             // Per read, not per file: a multi-GB file may take long, a stalled one may not.
