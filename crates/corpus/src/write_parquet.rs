@@ -5,8 +5,8 @@
 //! (no arrow), into an [`AtomicFile`], so a killed run leaves only a hidden temporary, never a
 //! truncated `.parquet` that looks complete.
 //!
-//! Rows are buffered and written as one row group whenever `row_group_docs` documents or
-//! `row_group_bytes` bytes of text are buffered: memory is one row group.
+//! Rows are buffered and handed to an encoder thread as one row group whenever `row_group_docs`
+//! documents or `row_group_bytes` bytes of text are buffered: memory is about three row groups.
 
 use crate::{io_err, CorpusError, Document, Result};
 use ferrolm_common::AtomicFile;
@@ -70,18 +70,38 @@ impl Default for ParquetWriteOptions {
     }
 }
 
-/// Writes documents to one Parquet file, committed (renamed into place) by [`Self::commit`].
-pub struct ParquetDocWriter {
-    path: PathBuf,
-    writer: SerializedFileWriter<AtomicFile>,
-    opts: ParquetWriteOptions,
+/// What the encoder thread is told: write a row group, or finish the file and commit it.
+enum Msg {
+    Group(Columns),
+    Commit,
+}
+
+/// One row group's columns, in schema order.
+struct Columns {
     ids: Vec<ByteArray>,
     texts: Vec<ByteArray>,
     sources: Vec<ByteArray>,
     metas: Vec<ByteArray>,
+}
+
+impl Columns {
+    fn new() -> Self {
+        Self { ids: Vec::new(), texts: Vec::new(), sources: Vec::new(), metas: Vec::new() }
+    }
+}
+
+/// Writes documents to one Parquet file, committed (renamed into place) by [`Self::commit`].
+///
+/// Encoding and compressing a row group runs on a thread of its own, so the caller (the
+/// runner's ordered output loop) only copies rows into the buffer; at most one finished row
+/// group waits for that thread, which bounds memory to about three row groups.
+pub struct ParquetDocWriter {
+    path: PathBuf,
+    opts: ParquetWriteOptions,
+    buf: Columns,
     buffered_bytes: usize,
-    rows: u64,
-    row_groups: usize,
+    to_encoder: Option<std::sync::mpsc::SyncSender<Msg>>,
+    encoder: Option<std::thread::JoinHandle<Result<(u64, usize)>>>,
 }
 
 fn pq_err(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> CorpusError + '_ {
@@ -111,65 +131,102 @@ impl ParquetDocWriter {
             .set_column_statistics_enabled(ColumnPath::from("meta"), EnabledStatistics::None)
             .build();
         let file = AtomicFile::create(&path).map_err(io_err(&path))?;
-        let writer = SerializedFileWriter::new(file, schema, Arc::new(props)).map_err(pq_err(&path))?;
-        Ok(Self {
-            path,
-            writer,
-            opts: opts.clone(),
-            ids: Vec::new(),
-            texts: Vec::new(),
-            sources: Vec::new(),
-            metas: Vec::new(),
-            buffered_bytes: 0,
-            rows: 0,
-            row_groups: 0,
-        })
+        let mut writer = SerializedFileWriter::new(file, schema, Arc::new(props)).map_err(pq_err(&path))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(1);
+        let thread_path = path.clone();
+        let encoder = std::thread::Builder::new()
+            .name("parquet-writer".into())
+            .spawn(move || -> Result<(u64, usize)> {
+                let path = thread_path;
+                let (mut rows, mut groups) = (0u64, 0usize);
+                for msg in rx {
+                    let mut cols = match msg {
+                        Msg::Group(c) => c,
+                        Msg::Commit => {
+                            let file = writer.into_inner().map_err(pq_err(&path))?;
+                            file.commit().map_err(io_err(&path))?;
+                            return Ok((rows, groups));
+                        }
+                    };
+                    let n = cols.ids.len() as u64;
+                    let mut rg = writer.next_row_group().map_err(pq_err(&path))?;
+                    for values in [&mut cols.ids, &mut cols.texts, &mut cols.sources, &mut cols.metas] {
+                        let mut col = rg.next_column().map_err(pq_err(&path))?.expect("the schema has four columns");
+                        col.typed::<ByteArrayType>().write_batch(values, None, None).map_err(pq_err(&path))?;
+                        col.close().map_err(pq_err(&path))?;
+                    }
+                    rg.close().map_err(pq_err(&path))?;
+                    rows += n;
+                    groups += 1;
+                }
+                // The writer was dropped without commit (an error elsewhere): dropping the
+                // AtomicFile inside `writer` removes the temporary.
+                Err(CorpusError::Invalid { path, message: "Parquet output abandoned before commit".into() })
+            })
+            .map_err(io_err(&path))?;
+        Ok(Self { path, opts: opts.clone(), buf: Columns::new(), buffered_bytes: 0, to_encoder: Some(tx), encoder: Some(encoder) })
     }
 
     pub fn write(&mut self, doc: &Document) -> Result<()> {
         let meta = serde_json::to_vec(&doc.meta).expect("a JSON map serializes");
         self.buffered_bytes += doc.text.len() + meta.len();
-        self.ids.push(ByteArray::from(doc.id.as_bytes().to_vec()));
-        self.texts.push(ByteArray::from(doc.text.as_bytes().to_vec()));
-        self.sources.push(ByteArray::from(doc.source.as_bytes().to_vec()));
-        self.metas.push(ByteArray::from(meta));
-        if self.ids.len() >= self.opts.row_group_docs || self.buffered_bytes >= self.opts.row_group_bytes {
-            self.flush_row_group()?;
+        self.buf.ids.push(ByteArray::from(doc.id.as_bytes().to_vec()));
+        self.buf.texts.push(ByteArray::from(doc.text.as_bytes().to_vec()));
+        self.buf.sources.push(ByteArray::from(doc.source.as_bytes().to_vec()));
+        self.buf.metas.push(ByteArray::from(meta));
+        if self.buf.ids.len() >= self.opts.row_group_docs || self.buffered_bytes >= self.opts.row_group_bytes {
+            self.send(false)?;
         }
         Ok(())
     }
 
-    fn flush_row_group(&mut self) -> Result<()> {
-        if self.ids.is_empty() {
+    /// Hand the buffered rows (if any) to the encoder, and with `commit` the order to finish.
+    fn send(&mut self, commit: bool) -> Result<()> {
+        let tx = self.to_encoder.as_ref().expect("the encoder runs until commit");
+        let mut ok = true;
+        if !self.buf.ids.is_empty() {
+            let cols = std::mem::replace(&mut self.buf, Columns::new());
+            self.buffered_bytes = 0;
+            ok = tx.send(Msg::Group(cols)).is_ok();
+        }
+        if ok && commit {
+            ok = tx.send(Msg::Commit).is_ok();
+        }
+        if ok {
             return Ok(());
         }
-        let n = self.ids.len() as u64;
-        let path = self.path.clone();
-        let mut rg = self.writer.next_row_group().map_err(pq_err(&path))?;
-        for values in [&mut self.ids, &mut self.texts, &mut self.sources, &mut self.metas] {
-            let mut col = rg.next_column().map_err(pq_err(&path))?.expect("the schema has four columns");
-            col.typed::<ByteArrayType>().write_batch(values, None, None).map_err(pq_err(&path))?;
-            col.close().map_err(pq_err(&path))?;
-            values.clear();
+        // The encoder stopped early: its error says why.
+        self.to_encoder = None;
+        Err(self.join().err().unwrap_or_else(|| CorpusError::Invalid { path: self.path.clone(), message: "the Parquet encoder stopped".into() }))
+    }
+
+    fn join(&mut self) -> Result<(u64, usize)> {
+        match self.encoder.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(CorpusError::Invalid { path: self.path.clone(), message: "the Parquet encoder thread panicked".into() }),
+            None => Err(CorpusError::Invalid { path: self.path.clone(), message: "the Parquet encoder already finished".into() }),
         }
-        rg.close().map_err(pq_err(&path))?;
-        self.rows += n;
-        self.row_groups += 1;
-        self.buffered_bytes = 0;
-        Ok(())
     }
 
     /// Write the last row group and the footer, then rename the file into place.
     /// Returns (rows, row groups).
     pub fn commit(mut self) -> Result<(u64, usize)> {
-        self.flush_row_group()?;
-        let path = self.path.clone();
-        let file = self.writer.into_inner().map_err(pq_err(&path))?;
-        file.commit().map_err(io_err(&path))?;
-        Ok((self.rows, self.row_groups))
+        self.send(true)?;
+        self.to_encoder = None;
+        self.join()
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Drop for ParquetDocWriter {
+    /// Without commit: stop the encoder, which drops (removes) the temporary file.
+    fn drop(&mut self) {
+        self.to_encoder = None;
+        if let Some(h) = self.encoder.take() {
+            let _ = h.join();
+        }
     }
 }

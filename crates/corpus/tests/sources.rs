@@ -196,6 +196,14 @@ compression = "zstd"
     // kept/ holds only JSONL, so reading the folder kept/ never gives a document twice.
     assert!(!out.join("kept/part-00000.parquet").exists());
     let again: Vec<ReadItem> = DocumentStream::from_paths(&[out2.join("kept-parquet")], ReadOptions::default()).unwrap().collect();
+    // A writer dropped without commit (a failed run) leaves nothing, not even its temporary.
+    let abandoned = dir.path().join("abandoned");
+    let mut w = ferrolm_corpus::ParquetDocWriter::create(abandoned.join("x.parquet"), &ferrolm_corpus::ParquetWriteOptions { row_group_docs: 2, ..Default::default() }).unwrap();
+    for d in &jsonl {
+        w.write(d).unwrap();
+    }
+    drop(w);
+    assert_eq!(std::fs::read_dir(&abandoned).unwrap().count(), 0);
     let texts = |v: &[ReadItem]| v.iter().map(|i| if let ReadItem::Doc(d) = i { d.text.clone() } else { panic!() }).collect::<Vec<_>>();
     assert_eq!(texts(&again), texts(&items));
 }
