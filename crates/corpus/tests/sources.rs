@@ -114,7 +114,6 @@ exclude = ["**/target", "notes/deep"]
     // The resolved config keeps the globs.
     let resolved = std::fs::read_to_string(out.join("config.resolved.toml")).unwrap();
     assert!(resolved.contains("notes/deep"), "{resolved}");
-    let _unused: Option<PathBuf> = None;
 }
 
 /// Documents with metadata, some removed by exact dedup, so kept/ is a proper subset.
@@ -173,7 +172,7 @@ compression = "zstd"
     assert_eq!(cols, ["id", "text", "source", "meta"]);
 
     // Our reader gives back the same documents, in order, with their metadata unpacked.
-    let items: Vec<ReadItem> = DocumentStream::from_paths(&[pq.clone()], ReadOptions::default()).unwrap().collect();
+    let items: Vec<ReadItem> = DocumentStream::from_paths(std::slice::from_ref(&pq), ReadOptions::default()).unwrap().collect();
     assert_eq!(items.len(), 19);
     for (item, want) in items.iter().zip(&jsonl) {
         let ReadItem::Doc(got) = item else { panic!("rejected: {item:?}") };

@@ -335,6 +335,8 @@ fn read_values(r: &mut ColumnReader, max_def: i16, n: usize) -> parquet::errors:
         let (got, _, _) = r.read_records(n, Some(&mut defs), None, &mut vals)?;
         let mut out = Vec::with_capacity(got);
         let mut vi = 0;
+        // An index loop: `defs` is empty for a required column (max_def == 0), so it cannot drive the loop.
+        #[allow(clippy::needless_range_loop)]
         for k in 0..got {
             if max_def == 0 || defs[k] == max_def {
                 out.push(conv(&vals[vi]));
