@@ -27,6 +27,88 @@ pub struct SourceConfig {
     pub weight: f64,
     #[serde(default = "text_field")]
     pub text_field: String,
+    /// Globs (relative to each folder in `paths`, `/`-separated) a file must match to be read;
+    /// empty = every supported file. `**/*.md` matches at any depth, `*.md` only at the root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Globs of files (or whole directories) under the folders to leave out; wins over `include`.
+    /// For a Hub source they apply to the repository paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// "files" (default when `paths` is set), "cargo" (default when `cargo_lock` is set) or "hub".
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Hub: the dataset repository, "owner/name".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Hub: branch, tag or commit (default "main"; with `config`/`split`, the Parquet
+    /// conversion branch "refs/convert/parquet").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Hub: read the Hub's Parquet conversion of this configuration (default "default" when
+    /// `split` is given) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// ... and this split (default "train" when `config` is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    /// Hub: globs over the repository's file paths (e.g. `["data/train-*.parquet"]`); without
+    /// them and without `config`/`split`, every supported data file of the repository.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    /// Hub: base URL (default `$HF_ENDPOINT`, else https://huggingface.co).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Hub: download cache (default `$HF_HOME/ferrolm/datasets`, `$HF_HOME` defaulting to
+    /// `~/.cache/huggingface`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            name: "auto".into(),
+            paths: Vec::new(),
+            cargo_lock: None,
+            cargo_home: None,
+            weight: 1.0,
+            text_field: text_field(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            kind: None,
+            repo: None,
+            revision: None,
+            config: None,
+            split: None,
+            files: Vec::new(),
+            endpoint: None,
+            cache_dir: None,
+        }
+    }
+}
+
+/// What a `[[source]]` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Files,
+    Cargo,
+    Hub,
+}
+
+impl SourceConfig {
+    pub fn source_kind(&self) -> Result<SourceKind> {
+        let inferred = match self.kind.as_deref() {
+            Some("files") => SourceKind::Files,
+            Some("cargo") => SourceKind::Cargo,
+            Some("hub") => SourceKind::Hub,
+            Some(other) => return Err(CorpusError::Config(format!("source {:?}: type {other:?}: expected \"files\", \"cargo\" or \"hub\"", self.name))),
+            None if self.repo.is_some() => SourceKind::Hub,
+            None if self.cargo_lock.is_some() && self.paths.is_empty() => SourceKind::Cargo,
+            None => SourceKind::Files,
+        };
+        Ok(inferred)
+    }
 }
 
 fn one() -> f64 {
@@ -122,6 +204,39 @@ pub struct PipelineConfig {
     pub examples_per_reason: usize,
     /// Write `excluded/` (every removed document with step and reason).
     pub write_excluded: bool,
+    /// Format of `kept/` and Parquet settings (`[output]`).
+    pub output: OutputConfig,
+}
+
+/// Format of the cleaned documents: `kept/` (JSONL) and/or `kept-parquet/` (Parquet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KeptFormat {
+    /// `kept/part-TAG.jsonl`: one JSON document a line.
+    #[default]
+    Jsonl,
+    /// `kept-parquet/part-TAG.parquet`: columns id, text, source, meta (JSON string).
+    Parquet,
+    /// Both of the above.
+    Both,
+}
+
+impl KeptFormat {
+    pub fn jsonl(self) -> bool {
+        matches!(self, Self::Jsonl | Self::Both)
+    }
+    pub fn parquet(self) -> bool {
+        matches!(self, Self::Parquet | Self::Both)
+    }
+}
+
+/// `[output]`: `kept_format = "jsonl" | "parquet" | "both"` and `[output.parquet]`
+/// (`row_group_docs`, `row_group_bytes`, `compression = "zstd" | "snappy" | "gzip" | "none"`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    pub kept_format: KeptFormat,
+    pub parquet: crate::write_parquet::ParquetWriteOptions,
 }
 
 impl Default for PipelineConfig {
@@ -135,6 +250,7 @@ impl Default for PipelineConfig {
             batch_bytes: 64 << 20,
             examples_per_reason: 3,
             write_excluded: true,
+            output: OutputConfig::default(),
         }
     }
 }
@@ -198,12 +314,41 @@ impl PipelineConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if self.output.parquet.row_group_docs == 0 {
+            return Err(CorpusError::Config("output.parquet.row_group_docs must be positive".into()));
+        }
         if self.batch_docs == 0 {
             return Err(CorpusError::Config("batch_docs must be positive".into()));
         }
         for (i, s) in self.sources.iter().enumerate() {
-            if s.paths.is_empty() && s.cargo_lock.is_none() {
-                return Err(CorpusError::Config(format!("source {} ({:?}) has neither `paths` nor `cargo_lock`", i + 1, s.name)));
+            match s.source_kind()? {
+                SourceKind::Hub => {
+                    let repo = s.repo.as_deref().unwrap_or("");
+                    let parts: Vec<&str> = repo.split('/').collect();
+                    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+                        return Err(CorpusError::Config(format!("source {} ({:?}): type = \"hub\" needs `repo = \"owner/name\"` (got {repo:?})", i + 1, s.name)));
+                    }
+                    if !s.paths.is_empty() || s.cargo_lock.is_some() || !s.include.is_empty() {
+                        return Err(CorpusError::Config(format!(
+                            "source {:?}: a hub source takes `files` (globs over the repository paths), not `paths`, `cargo_lock` or `include`",
+                            s.name
+                        )));
+                    }
+                    if !s.files.is_empty() && (s.config.is_some() || s.split.is_some()) {
+                        return Err(CorpusError::Config(format!("source {:?}: give either `files` or `config`/`split`, not both", s.name)));
+                    }
+                    crate::read::PathFilter::new(&s.files, &s.exclude)?;
+                }
+                _ if s.paths.is_empty() && s.cargo_lock.is_none() => {
+                    return Err(CorpusError::Config(format!("source {} ({:?}) has neither `paths`, `cargo_lock` nor `repo`", i + 1, s.name)));
+                }
+                _ => {
+                    let hub_only = [("repo", s.repo.is_some()), ("revision", s.revision.is_some()), ("config", s.config.is_some()), ("split", s.split.is_some()), ("files", !s.files.is_empty()), ("endpoint", s.endpoint.is_some()), ("cache_dir", s.cache_dir.is_some())];
+                    if let Some((key, _)) = hub_only.iter().find(|(_, set)| *set) {
+                        return Err(CorpusError::Config(format!("source {:?}: `{key}` is for type = \"hub\" sources only", s.name)));
+                    }
+                    crate::read::PathFilter::new(&s.include, &s.exclude)?;
+                }
             }
             if s.weight < 0.0 {
                 return Err(CorpusError::Config(format!("source {:?}: weight must not be negative", s.name)));

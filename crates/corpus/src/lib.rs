@@ -10,8 +10,10 @@ pub mod report;
 pub mod step;
 pub mod steps;
 pub mod text;
+pub mod write_parquet;
 
-pub use config::{PipelineConfig, SourceConfig, StepConfig, StepEntry};
+pub use config::{KeptFormat, OutputConfig, PipelineConfig, SourceConfig, StepConfig, StepEntry};
+pub use write_parquet::{ParquetCompression, ParquetDocWriter, ParquetWriteOptions};
 pub use document::{Document, Rejection};
 pub use pipeline::{merge_report, parse_shard, run_configured, run_pipeline, PipelineStats, RunOptions, StepStats};
 pub use read::cargo::{cargo_registry_documents, cargo_registry_stream, default_cargo_home};

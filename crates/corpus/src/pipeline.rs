@@ -7,11 +7,14 @@
 //! reads the spill. Memory is bounded by a few batches plus the global steps' compact state
 //! (hashes, signatures), so corpora larger than RAM work.
 
-use crate::config::PipelineConfig;
+use crate::config::{PipelineConfig, SourceKind};
+use crate::read::hub::HubPlan;
+use std::sync::Arc;
 use crate::read::cargo::cargo_registry_specs;
-use crate::read::{expand_paths, DocumentStream, FileSpec, ReadItem, ReadOptions, ReadStats};
+use crate::read::{expand_paths_filtered, DocumentStream, PathFilter, FileSpec, ReadItem, ReadOptions, ReadStats};
 use crate::step::{Scoped, Verdict};
 use crate::steps::{MixConfig, Mixer};
+use crate::write_parquet::ParquetDocWriter;
 use crate::{io_err, CorpusError, Document, Rejection, Result};
 use ferrolm_common::AtomicFile;
 use rayon::prelude::*;
@@ -196,27 +199,81 @@ pub fn run_pipeline(docs: Vec<Document>, cfg: &PipelineConfig, out_dir: Option<&
     Ok((kept, stats))
 }
 
-/// The files a config's sources name, in order, with their reading options.
-pub fn source_specs(cfg: &PipelineConfig) -> Result<(Vec<(FileSpec, ReadOptions)>, ReadStats)> {
+/// A source's file before reading: local, or on the Hub (fetched only when its shard runs).
+#[derive(Debug, Clone)]
+pub enum PlannedFile {
+    Local(FileSpec),
+    Hub { plan: Arc<HubPlan>, index: usize },
+}
+
+/// The files a config's sources name, in order, with their reading options; Hub sources are
+/// listed but not downloaded (see [`fetch_planned`]).
+pub fn source_plan(cfg: &PipelineConfig) -> Result<(Vec<(PlannedFile, ReadOptions)>, ReadStats)> {
     let mut out = Vec::new();
     let mut stats = ReadStats::default();
     for s in &cfg.sources {
         let mut opts = ReadOptions { text_field: s.text_field.clone(), ..Default::default() };
+        if s.source_kind()? == SourceKind::Hub {
+            opts.source = (s.name != "auto").then(|| s.name.clone());
+            let plan = Arc::new(crate::read::hub::plan(s)?);
+            out.extend((0..plan.files.len()).map(|index| (PlannedFile::Hub { plan: plan.clone(), index }, opts.clone())));
+            continue;
+        }
         if let Some(lock) = &s.cargo_lock {
             let home = s.cargo_home.clone().or_else(crate::read::cargo::default_cargo_home).ok_or_else(|| CorpusError::Config("no CARGO_HOME or HOME to find the registry".into()))?;
             let (specs, missing, skipped) = cargo_registry_specs(lock, &home)?;
             stats.missing_crates.extend(missing);
             stats.skipped_files += skipped;
-            out.extend(specs.into_iter().map(|sp| (sp, opts.clone())));
+            out.extend(specs.into_iter().map(|sp| (PlannedFile::Local(sp), opts.clone())));
         }
         if !s.paths.is_empty() {
             opts.source = (s.name != "auto").then(|| s.name.clone());
-            let (specs, skipped) = expand_paths(&s.paths)?;
+            let filter = PathFilter::new(&s.include, &s.exclude)?;
+            let (specs, skipped) = expand_paths_filtered(&s.paths, &filter)?;
             stats.skipped_files += skipped;
-            out.extend(specs.into_iter().map(|sp| (sp, opts.clone())));
+            out.extend(specs.into_iter().map(|sp| (PlannedFile::Local(sp), opts.clone())));
         }
     }
     Ok((out, stats))
+}
+
+/// Download the Hub files among `planned` (those not cached yet) and return every file as a
+/// local reader spec, in the same order.
+pub fn fetch_planned(planned: Vec<(PlannedFile, ReadOptions)>) -> Result<Vec<(FileSpec, ReadOptions)>> {
+    // One download batch per Hub source: its selected files, in order.
+    let mut wanted: Vec<(Arc<HubPlan>, Vec<usize>)> = Vec::new();
+    for (p, _) in &planned {
+        if let PlannedFile::Hub { plan, index } = p {
+            match wanted.iter_mut().find(|(q, _)| Arc::ptr_eq(q, plan)) {
+                Some((_, v)) => v.push(*index),
+                None => wanted.push((plan.clone(), vec![*index])),
+            }
+        }
+    }
+    let token = crate::read::hub::token_from_env();
+    let offline = crate::read::hub::offline_from_env();
+    let mut fetched: Vec<(Arc<HubPlan>, std::collections::VecDeque<FileSpec>)> = Vec::new();
+    for (plan, idx) in wanted {
+        let sub = HubPlan { files: idx.iter().map(|&i| plan.files[i].clone()).collect(), ..(*plan).clone() };
+        fetched.push((plan, sub.fetch(token.clone(), offline)?.into()));
+    }
+    let mut out = Vec::with_capacity(planned.len());
+    for (p, opts) in planned {
+        match p {
+            PlannedFile::Local(spec) => out.push((spec, opts)),
+            PlannedFile::Hub { plan, .. } => {
+                let q = fetched.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &plan)).map(|(_, q)| q).expect("every Hub plan was fetched");
+                out.push((q.pop_front().expect("one spec per planned file"), opts));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The files a config's sources name, in order, with their reading options (Hub files downloaded).
+pub fn source_specs(cfg: &PipelineConfig) -> Result<(Vec<(FileSpec, ReadOptions)>, ReadStats)> {
+    let (planned, stats) = source_plan(cfg)?;
+    Ok((fetch_planned(planned)?, stats))
 }
 
 /// Run a configured pipeline over its sources, streaming, writing to `out_dir`.
@@ -233,11 +290,13 @@ pub fn run_configured(cfg: &PipelineConfig, out_dir: &Path, opts: &RunOptions, s
         let text = std::fs::read_to_string(&marker).map_err(io_err(&marker))?;
         return serde_json::from_str(&text).map_err(|e| CorpusError::Invalid { path: marker, message: e.to_string() });
     }
-    let (specs, pre) = source_specs(cfg)?;
-    let specs: Vec<(FileSpec, ReadOptions)> = match opts.shard {
-        Some((i, n)) => specs.into_iter().enumerate().filter(|(j, _)| *j as u32 % n == i).map(|(_, s)| s).collect(),
-        None => specs,
+    let (planned, pre) = source_plan(cfg)?;
+    let planned: Vec<(PlannedFile, ReadOptions)> = match opts.shard {
+        Some((i, n)) => planned.into_iter().enumerate().filter(|(j, _)| *j as u32 % n == i).map(|(_, s)| s).collect(),
+        None => planned,
     };
+    // Only this shard's Hub files are downloaded.
+    let specs = fetch_planned(planned)?;
     let stream = MultiStream::new(specs);
     let mut read = pre;
     read.files = 0;
@@ -418,6 +477,7 @@ impl Iterator for SpillReader {
 /// Output writers for one run (or shard): kept and excluded JSONL, committed at the end.
 struct Writers {
     kept: Option<AtomicFile>,
+    kept_parquet: Option<ParquetDocWriter>,
     excluded: Option<AtomicFile>,
 }
 
@@ -516,11 +576,18 @@ fn run_items(
         ..Default::default()
     };
     let nanos: Vec<AtomicU64> = (0..n_steps).map(|_| AtomicU64::new(0)).collect();
-    let mut writers = Writers { kept: None, excluded: None };
+    let mut writers = Writers { kept: None, kept_parquet: None, excluded: None };
     let work_dir = out_dir.map(|d| d.join(format!(".work-{tag}")));
     if let Some(dir) = out_dir {
         clean_stale(dir, &tag)?;
-        writers.kept = Some(AtomicFile::create(dir.join("kept").join(format!("part-{tag}.jsonl"))).map_err(io_err(dir))?);
+        if cfg.output.kept_format.jsonl() {
+            writers.kept = Some(AtomicFile::create(dir.join("kept").join(format!("part-{tag}.jsonl"))).map_err(io_err(dir))?);
+        }
+        if cfg.output.kept_format.parquet() {
+            // A folder of its own: kept/ stays JSONL only, so a stage reading the folder kept/
+            // (e.g. `minhash signatures --input OUT/kept`) never sees every document twice.
+            writers.kept_parquet = Some(ParquetDocWriter::create(dir.join("kept-parquet").join(format!("part-{tag}.parquet")), &cfg.output.parquet)?);
+        }
         if cfg.write_excluded {
             writers.excluded = Some(AtomicFile::create(dir.join("excluded").join(format!("part-{tag}.jsonl"))).map_err(io_err(dir))?);
         }
@@ -698,6 +765,9 @@ fn run_items(
                                 }
                                 .map_err(io_err(out_dir.unwrap()))?;
                             }
+                            if let Some(w) = &mut writers.kept_parquet {
+                                w.write(&d)?;
+                            }
                             if let Some(sk) = sink.as_mut() {
                                 sk(&d).map_err(|e| CorpusError::Io { path: PathBuf::from("<sink>"), source: e })?;
                             }
@@ -738,6 +808,9 @@ fn run_items(
     if let Some(w) = writers.kept.take() {
         w.commit().map_err(io_err(out_dir.unwrap()))?;
     }
+    if let Some(w) = writers.kept_parquet.take() {
+        w.commit()?;
+    }
     if let Some(w) = writers.excluded.take() {
         w.commit().map_err(io_err(out_dir.unwrap()))?;
     }
@@ -751,12 +824,13 @@ fn run_items(
 
 /// Remove what a killed earlier run of this shard left: temporaries and the work folder.
 fn clean_stale(dir: &Path, tag: &str) -> Result<()> {
-    for sub in ["kept", "excluded"] {
+    for sub in ["kept", "excluded", "kept-parquet"] {
         let d = dir.join(sub);
         if let Ok(rd) = std::fs::read_dir(&d) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&format!(".part-{tag}.jsonl.")) && name.ends_with(".tmp") {
+                let temporary = [format!(".part-{tag}.jsonl."), format!(".part-{tag}.parquet.")].iter().any(|p| name.starts_with(p.as_str()));
+                if temporary && name.ends_with(".tmp") {
                     let _ = std::fs::remove_file(e.path());
                 }
             }

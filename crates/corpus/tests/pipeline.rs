@@ -109,7 +109,7 @@ fn streaming_shards_resume_and_merge() {
     write_inputs(&input);
     let out = dir.path().join("out");
     let cfg = PipelineConfig {
-        sources: vec![SourceConfig { name: "web".into(), paths: vec![input.clone()], cargo_lock: None, cargo_home: None, weight: 1.0, text_field: "text".into() }],
+        sources: vec![SourceConfig { name: "web".into(), paths: vec![input.clone()], ..Default::default() }],
         batch_docs: 4,
         ..PipelineConfig::default_pipeline()
     };

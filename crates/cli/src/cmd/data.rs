@@ -16,6 +16,22 @@ pub struct Args {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a pipeline: `--config corpus.toml`, or the default pipeline on `--input PATH...`.
+    ///
+    /// OUT gets kept/ (JSONL) and/or kept-parquet/ (`[output] kept_format = "jsonl" | "parquet" | "both"`),
+    /// excluded/ (removed documents with step and reason), stats.json, report.md, and shards/
+    /// with --tokenizer.
+    ///
+    /// Sources in a config (`[[source]]`, see configs/corpus-example.toml):
+    ///   paths = ["data/"], include = ["**/*.md"], exclude = ["vendor", "**/target"]
+    ///       folders read recursively; globs relative to each folder, `**` crosses directories
+    ///   cargo_lock = "Cargo.lock"            registry sources of the locked crates
+    ///   type = "hub", repo = "owner/name"    Hugging Face Hub dataset (needs network):
+    ///       revision = "main", files = ["data/train-*.parquet"] or config = "en", split = "train"
+    ///       (the Hub's Parquet conversion), text_field = "text", cache_dir = "...";
+    ///       honours HF_ENDPOINT, HF_TOKEN, HF_HOME and HF_HUB_OFFLINE=1 (cache only)
+    /// Parquet output: `[output.parquet] row_group_docs = 10000, row_group_bytes = 67108864,
+    /// compression = "zstd" | "snappy" | "gzip" | "none"`.
+    #[command(verbatim_doc_comment)]
     Build(BuildArgs),
     /// Combine the statistics of every completed shard in DIR into stats.json and report.md.
     Report { dir: PathBuf },
@@ -54,6 +70,13 @@ struct BuildArgs {
     /// JSONL field or Parquet column holding the text (for --input).
     #[arg(long, default_value = "text")]
     text_field: String,
+    /// With --input folders: read only files matching these globs, relative to each folder
+    /// (`**/*.md` at any depth, `*.md` at the root only). Repeatable.
+    #[arg(long)]
+    include: Vec<String>,
+    /// With --input folders: leave out files or whole directories matching these globs. Repeatable.
+    #[arg(long)]
+    exclude: Vec<String>,
     /// Config overrides, e.g. --set batch_docs=1024
     #[arg(long = "set")]
     set: Vec<String>,
@@ -202,8 +225,18 @@ fn build(b: BuildArgs) -> Result<()> {
             PipelineConfig::from_toml(&v)?
         }
     };
+    if b.input.is_empty() && !(b.include.is_empty() && b.exclude.is_empty()) {
+        bail!("--include/--exclude apply to --input folders; in a config, put include = [...] / exclude = [...] in the [[source]]");
+    }
     if !b.input.is_empty() {
-        cfg.sources = vec![SourceConfig { name: "auto".into(), paths: b.input.clone(), cargo_lock: None, cargo_home: None, weight: 1.0, text_field: b.text_field.clone() }];
+        cfg.sources = vec![SourceConfig {
+            name: "auto".into(),
+            paths: b.input.clone(),
+            text_field: b.text_field.clone(),
+            include: b.include.clone(),
+            exclude: b.exclude.clone(),
+            ..Default::default()
+        }];
     }
     let opts = RunOptions { shard: b.shard.as_deref().map(ferrolm_corpus::parse_shard).transpose()?, force: b.force };
     // With --tokenizer, every kept document is encoded as it leaves the pipeline and
@@ -316,7 +349,7 @@ fn minhash(m: MinhashCmd) -> Result<()> {
         }
         MinhashCmd::Filter { input, sigs, out, shard } => {
             let cfg = PipelineConfig {
-                sources: vec![SourceConfig { name: "auto".into(), paths: input, cargo_lock: None, cargo_home: None, weight: 1.0, text_field: "text".into() }],
+                sources: vec![SourceConfig { name: "auto".into(), paths: input, ..Default::default() }],
                 steps: vec![StepEntry::all(StepConfig::RemoveIds { list: sigs.join("remove.txt") })],
                 ..Default::default()
             };

@@ -6,6 +6,7 @@
 //! the largest single file, not the corpus.
 
 pub mod cargo;
+pub mod hub;
 pub mod parquet;
 pub mod rust_docs;
 
@@ -166,10 +167,69 @@ pub fn open_decompressed(path: &Path) -> Result<Box<dyn Read + Send>> {
     })
 }
 
+/// Which files under a folder are read: `include` globs (any must match; none = every file) and
+/// `exclude` globs (none may match), both matched against the path relative to the folder
+/// root with `/` separators. `*` and `?` do not cross `/`; `**` does (`**/*.md` = Markdown at
+/// any depth, `*.md` = at the root only). An exclude glob that matches a directory drops
+/// everything below it (`exclude = ["vendor", "**/target"]`). Files named explicitly in
+/// `paths` are always read.
+#[derive(Debug, Clone, Default)]
+pub struct PathFilter {
+    include: Option<globset::GlobSet>,
+    exclude: Option<globset::GlobSet>,
+}
+
+impl PathFilter {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self> {
+        fn set(globs: &[String], what: &str) -> Result<Option<globset::GlobSet>> {
+            if globs.is_empty() {
+                return Ok(None);
+            }
+            let mut b = globset::GlobSetBuilder::new();
+            for g in globs {
+                let glob = globset::GlobBuilder::new(g)
+                    .literal_separator(true)
+                    .backslash_escape(true)
+                    .build()
+                    .map_err(|e| CorpusError::Config(format!("{what} glob {g:?}: {e}")))?;
+                b.add(glob);
+            }
+            b.build().map(Some).map_err(|e| CorpusError::Config(format!("{what} globs: {e}")))
+        }
+        Ok(Self { include: set(include, "include")?, exclude: set(exclude, "exclude")? })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.include.is_none() && self.exclude.is_none()
+    }
+
+    fn excluded(&self, rel: &str) -> bool {
+        self.exclude.as_ref().is_some_and(|g| g.is_match(rel))
+    }
+
+    /// Whether a file at `rel` (relative to its folder root, `/`-separated) is read.
+    pub fn accepts(&self, rel: &str) -> bool {
+        !self.excluded(rel) && self.include.as_ref().is_none_or(|g| g.is_match(rel))
+    }
+}
+
+/// `path` relative to `root`, with `/` separators whatever the platform.
+fn relative_slash(path: &Path, root: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+}
+
 /// Expand files and folders into [`FileSpec`]s in deterministic order. Folders are walked
 /// recursively (sorted by name); their files with unsupported extensions are counted in
 /// `skipped`. A file named explicitly is always read: as its extension says, else as prose.
 pub fn expand_paths(paths: &[PathBuf]) -> Result<(Vec<FileSpec>, u64)> {
+    expand_paths_filtered(paths, &PathFilter::default())
+}
+
+/// [`expand_paths`] with include/exclude globs applied to the files found under folders.
+/// Files left out by the globs are not counted anywhere (the user chose them away); files
+/// the globs keep but whose format is unsupported are counted in `skipped`.
+pub fn expand_paths_filtered(paths: &[PathBuf], filter: &PathFilter) -> Result<(Vec<FileSpec>, u64)> {
     let mut specs = Vec::new();
     let mut skipped = 0;
     for root in paths {
@@ -180,7 +240,11 @@ pub fn expand_paths(paths: &[PathBuf]) -> Result<(Vec<FileSpec>, u64)> {
             specs.push(spec_for(root, kind));
             continue;
         }
-        for entry in walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name() {
+        let walk = walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name().into_iter().filter_entry(|e| {
+            // Prune excluded directories (not the root itself) instead of walking them.
+            e.depth() == 0 || !e.file_type().is_dir() || !filter.excluded(&relative_slash(e.path(), root))
+        });
+        for entry in walk {
             let entry = entry.map_err(|e| CorpusError::Invalid {
                 path: e.path().map(Path::to_path_buf).unwrap_or_else(|| root.clone()),
                 message: e.to_string(),
@@ -191,6 +255,9 @@ pub fn expand_paths(paths: &[PathBuf]) -> Result<(Vec<FileSpec>, u64)> {
             let name = entry.file_name().to_string_lossy();
             if name.starts_with('.') {
                 continue; // hidden files, including our own atomic-write temporaries
+            }
+            if !filter.is_empty() && !filter.accepts(&relative_slash(entry.path(), root)) {
+                continue;
             }
             match kind_for_name(&name) {
                 Some(kind) => specs.push(spec_for(entry.path(), kind)),

@@ -34,7 +34,13 @@ pub struct ParquetSource {
     others: Vec<(String, usize)>,
     /// Row number (0-based) of the first row of each row group.
     first_rows: Vec<u64>,
+    /// A string column holding each row's metadata as a JSON object, named in the footer's
+    /// key-value metadata under [`META_JSON_KEY`] (files written by `write_parquet`).
+    meta_json: Option<String>,
 }
+
+/// Footer key naming the column that holds the documents' metadata as JSON objects.
+pub const META_JSON_KEY: &str = "ferrolm.meta_json_column";
 
 fn rejection(spec: &FileSpec, row: Option<u64>, reason: &str, detail: impl std::fmt::Display, records: u64) -> Rejection {
     Rejection { file: spec.path.display().to_string(), line: row, reason: reason.into(), detail: detail.to_string(), records }
@@ -94,7 +100,12 @@ impl ParquetSource {
             first_rows.push(row);
             row += g.num_rows().max(0) as u64;
         }
-        Ok(Self { spec, reader, text, others, first_rows })
+        let meta_json = md
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kvs| kvs.iter().find(|kv| kv.key == META_JSON_KEY))
+            .and_then(|kv| kv.value.clone());
+        Ok(Self { spec, reader, text, others, first_rows, meta_json })
     }
 
     pub fn groups(&self) -> usize {
@@ -210,6 +221,15 @@ impl ParquetSource {
                 let mut meta = self.spec.meta.clone();
                 meta.insert("row".into(), row.into());
                 for (name, vals) in &metas {
+                    if self.meta_json.as_deref() == Some(*name) {
+                        // Our own writer's `meta` column: a JSON object of the document's metadata.
+                        if let Some(obj) = vals[r].as_str().and_then(|js| serde_json::from_str::<serde_json::Map<String, Value>>(js).ok()) {
+                            for (k, v) in obj {
+                                meta.entry(k).or_insert(v);
+                            }
+                            continue;
+                        }
+                    }
                     meta.entry(name.to_string()).or_insert_with(|| vals[r].clone());
                 }
                 let id = opts
@@ -315,6 +335,8 @@ fn read_values(r: &mut ColumnReader, max_def: i16, n: usize) -> parquet::errors:
         let (got, _, _) = r.read_records(n, Some(&mut defs), None, &mut vals)?;
         let mut out = Vec::with_capacity(got);
         let mut vi = 0;
+        // An index loop: `defs` is empty for a required column (max_def == 0), so it cannot drive the loop.
+        #[allow(clippy::needless_range_loop)]
         for k in 0..got {
             if max_def == 0 || defs[k] == max_def {
                 out.push(conv(&vals[vi]));

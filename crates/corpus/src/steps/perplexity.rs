@@ -65,7 +65,7 @@ impl PerplexityFilter {
                 return Err(crate::CorpusError::Config(format!("perplexity: max_percentile {p} is not within 0..=100")));
             }
         }
-        if cfg.max_perplexity.is_some_and(|x| !(x > 0.0)) {
+        if cfg.max_perplexity.is_some_and(|x| x.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)) {
             return Err(crate::CorpusError::Config("perplexity: max_perplexity must be positive".into()));
         }
         let model = AnyModel::open(&cfg.model).map_err(|e| crate::CorpusError::Invalid { path: cfg.model.clone(), message: format!("perplexity model: {e:#}") })?;
