@@ -124,11 +124,10 @@ impl ArchRunConfig {
         };
         let mut run = RunConfig::from_value(&rest)?;
         objective.validate()?;
-        if objective.nsp {
-            if run.model.kind != ModelKind::MaskedLm {
-                bail!("objective.nsp = true (next-sentence prediction) needs model.kind = \"masked_lm\", not {:?}", kind_name(run.model.kind));
-            }
+        if objective.nsp && run.model.kind == ModelKind::MaskedLm {
             // the objective needs the head and the segment embeddings: one switch for both
+            // (other kinds are refused when their task is built, so an experiment config
+            // can carry the key for its masked LM)
             run.model.nsp_head = true;
         }
         if let Some(p) = &pairs {

@@ -258,9 +258,10 @@ fn nsp_objective_trains_on_the_shared_loop_and_reports_its_accuracy() {
     // the config key alone switches the head on; other kinds refuse the objective
     let v: toml::Value = toml::from_str("[model]\nkind = \"masked_lm\"\n[objective]\nnsp = true\n").unwrap();
     assert!(ArchRunConfig::from_value(&v).unwrap().run.model.nsp_head);
-    let v: toml::Value = toml::from_str("[model]\nkind = \"prefix\"\n[objective]\nnsp = true\n").unwrap();
-    let err = ArchRunConfig::from_value(&v).unwrap_err().to_string();
-    assert!(err.contains("masked_lm"), "{err}");
+    let mut p = cfg(ModelKind::Prefix, 1, 0.0);
+    p.objective.nsp = true;
+    let err = arch_trainer(&p, tempfile::tempdir().unwrap().path(), ArchData::Stream { train: &train, val: &val }, tokens(), vec![1; VOCAB], false).err().unwrap();
+    assert!(err.to_string().contains("masked_lm"), "{err}");
     // too few long documents: a clear error naming the cause
     let short: Vec<u32> = (0..400).map(|i| if i % 6 == 5 { 0 } else { 7 }).collect();
     let err = arch_trainer(&c, tempfile::tempdir().unwrap().path(), ArchData::Stream { train: &short, val: &val }, tokens(), vec![1; VOCAB], false).err().unwrap();
