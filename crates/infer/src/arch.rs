@@ -7,8 +7,10 @@
 //!   and decodes with a KV cache whose cross-attention keys/values are projected from the
 //!   encoder output on the first step and reused after.
 //!
-//! Neither shape can slide its window like the causal decoder (the prefix or the source
-//! would change meaning), so generation stops when the context is full.
+//! Both slide past the context like the causal decoder: the prefix decoder re-encodes the
+//! most recent half window (prompt tokens in it stay the bidirectional prefix), the
+//! encoder-decoder re-encodes its decoder side only (start token + recent output) and
+//! keeps the encoder output. Inside one window, cached decoding equals recomputation.
 
 use anyhow::{ensure, Result};
 use candle_core::{Tensor, D};
@@ -23,52 +25,71 @@ fn last_logits(logits: &Tensor) -> Result<Vec<f32>> {
     Ok(logits.narrow(1, t - 1, 1)?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
 }
 
-/// Sample up to `max_tokens` with `step(token) -> next logits`, stopping at a stop token,
-/// when `on_token` returns false, or when `room` positions are used up.
-fn decode_loop(
-    mut next: Vec<f32>,
-    cfg: &GenerateConfig,
-    mut room: usize,
-    mut on_token: impl FnMut(u32) -> bool,
-    mut step: impl FnMut(u32) -> Result<Vec<f32>>,
-) -> Result<Vec<u32>> {
+/// Where a window slides to when it is full: the most recent `ctx / 2` tokens are kept
+/// (the same rule as the causal decoder's [`crate::generate`]), so each re-encode buys
+/// `ctx / 2` cached steps before the next one.
+fn slide_start(len: usize, ctx: usize) -> usize {
+    len - (ctx / 2).max(1).min(len)
+}
+
+/// Prefix-LM generation: `prefix` is attended bidirectionally, the continuation causally.
+///
+/// The prompt is one forward pass under `AttnMask::Prefix` into the KV cache, then each
+/// token is one cached causal step. Past the context the window slides: when the next
+/// token would not fit, the cache is rebuilt from the most recent `max_seq_len / 2`
+/// tokens of prompt + output, and every token keeps the role it had: prompt tokens still
+/// in the window are the bidirectional prefix (they see each other), generated tokens
+/// stay causal. Once the prompt has slid out, the window is plain causal text, which the
+/// prefix LM also saw in training (its split point is random). A prompt longer than the
+/// context keeps its last `max_seq_len / 2` tokens, as the causal decoder does.
+pub fn generate_prefix(model: &Transformer, prefix: &[u32], cfg: &GenerateConfig, mut on_token: impl FnMut(u32) -> bool) -> Result<Vec<u32>> {
+    ensure!(!prefix.is_empty(), "generation needs a non-empty prompt (at least one token)");
+    let ctx = model.config().max_seq_len;
+    let dev = model.device().clone();
+    let mut history: Vec<u32> = prefix.to_vec();
+    // absolute index into `history` of the window's first token
+    let mut start = if history.len() > ctx { slide_start(history.len(), ctx) } else { 0 };
+    let mut cache = model.new_cache();
+    let encode = |cache: &mut ferrolm_model::KvCache, history: &[u32], start: usize| -> Result<Vec<f32>> {
+        let window = &history[start..];
+        let mask = MaskSpec { kind: AttnMask::Prefix(vec![prefix.len().saturating_sub(start)]), q_segments: None, k_segments: None };
+        last_logits(&model.forward(&Tensor::new(window, &dev)?.unsqueeze(0)?, &mask, Some(cache))?)
+    };
+    let mut next = encode(&mut cache, &history, start)?;
     let mut sampler = Sampler::new(cfg.sampling.clone());
     let mut out = Vec::new();
     for _ in 0..cfg.max_tokens {
         let tok = sampler.sample(&next);
         out.push(tok);
-        if !on_token(tok) || cfg.stop_tokens.contains(&tok) || room == 0 {
+        history.push(tok);
+        if !on_token(tok) || cfg.stop_tokens.contains(&tok) {
             break;
         }
-        room -= 1;
-        next = step(tok)?;
+        next = if cache.len() + 1 > ctx {
+            start = slide_start(history.len(), ctx);
+            cache = model.new_cache();
+            encode(&mut cache, &history, start)?
+        } else {
+            let l = model.forward(&Tensor::new(&[tok], &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?;
+            last_logits(&l)?
+        };
     }
     Ok(out)
 }
 
-/// Prefix-LM generation: `prefix` is attended bidirectionally, the continuation causally.
-pub fn generate_prefix(model: &Transformer, prefix: &[u32], cfg: &GenerateConfig, on_token: impl FnMut(u32) -> bool) -> Result<Vec<u32>> {
-    ensure!(!prefix.is_empty(), "generation needs a non-empty prompt (at least one token)");
-    let ctx = model.config().max_seq_len;
-    ensure!(prefix.len() <= ctx, "the prompt has {} tokens; the model's context is {ctx}", prefix.len());
-    let dev = model.device().clone();
-    let mut cache = model.new_cache();
-    let mask = MaskSpec { kind: AttnMask::Prefix(vec![prefix.len()]), q_segments: None, k_segments: None };
-    let logits = model.forward(&Tensor::new(prefix, &dev)?.unsqueeze(0)?, &mask, Some(&mut cache))?;
-    // each sampled token but the last is fed back: ctx - prefix positions remain
-    decode_loop(last_logits(&logits)?, cfg, ctx - prefix.len(), on_token, |tok| {
-        let l = model.forward(&Tensor::new(&[tok], &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?;
-        last_logits(&l)
-    })
-}
-
 /// Encoder-decoder generation: encode `src` once, decode from `start` with a KV cache.
+///
+/// The source must fit the context (it is the input, not something to truncate
+/// silently). The decoder's side slides past the context: when the next token would not
+/// fit, its self-attention cache is rebuilt from `start` followed by the most recent
+/// `max_seq_len / 2 − 1` generated tokens (position 0 always holds the start token, as in
+/// training); the encoder output and its cross-attention keys/values are kept.
 pub fn generate_seq2seq(
     model: &EncoderDecoder,
     src: &[u32],
     start: u32,
     cfg: &GenerateConfig,
-    on_token: impl FnMut(u32) -> bool,
+    mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     ensure!(!src.is_empty(), "generation needs a non-empty source (at least one token)");
     let ctx = model.config().max_seq_len;
@@ -77,12 +98,30 @@ pub fn generate_seq2seq(
     let memory = model.encode(&Tensor::new(src, &dev)?.unsqueeze(0)?, &MaskSpec::bidirectional(), None)?;
     let cross = EncoderDecoder::cross_mask(None);
     let mut cache = model.new_cache();
-    let mut feed = |tok: u32| -> Result<Vec<f32>> {
-        let h = model.decode_hidden(&Tensor::new(&[tok], &dev)?.unsqueeze(0)?, &memory, &MaskSpec::causal(), &cross, Some(&mut cache), None)?;
+    let feed = |cache: &mut ferrolm_model::KvCache, toks: &[u32]| -> Result<Vec<f32>> {
+        let h = model.decode_hidden(&Tensor::new(toks, &dev)?.unsqueeze(0)?, &memory, &MaskSpec::causal(), &cross, Some(cache), None)?;
         last_logits(&model.logits(&h)?)
     };
-    let first = feed(start)?;
-    decode_loop(first, cfg, ctx - 1, on_token, feed)
+    let mut next = feed(&mut cache, &[start])?;
+    let mut sampler = Sampler::new(cfg.sampling.clone());
+    let mut out: Vec<u32> = Vec::new();
+    for _ in 0..cfg.max_tokens {
+        let tok = sampler.sample(&next);
+        out.push(tok);
+        if !on_token(tok) || cfg.stop_tokens.contains(&tok) {
+            break;
+        }
+        next = if cache.len() + 1 > ctx {
+            // keep the cross-attention keys/values (the encoder output is unchanged)
+            cache.self_attn.iter_mut().for_each(|c| *c = Default::default());
+            let keep = slide_start(out.len() + 1, ctx);
+            let window: Vec<u32> = std::iter::once(start).chain(out[keep..].iter().copied()).collect();
+            feed(&mut cache, &window)?
+        } else {
+            feed(&mut cache, &[tok])?
+        };
+    }
+    Ok(out)
 }
 
 /// The `k` most likely tokens (id, probability) at each position of `ids` holding

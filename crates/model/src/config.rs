@@ -34,7 +34,8 @@ pub struct TransformerConfig {
     pub kind: ModelKind,
     /// Encoder-decoder only: encoder layers (0 = `n_layers`). `n_layers` is the decoder depth.
     pub n_encoder_layers: usize,
-    /// Masked LM only: build the next-sentence-prediction head.
+    /// Masked LM only: build the next-sentence-prediction head and the two segment
+    /// embeddings a sentence pair needs.
     pub nsp_head: bool,
     pub vocab_size: usize,
     pub d_model: usize,
@@ -164,10 +165,10 @@ impl TransformerConfig {
             }
             ModelKind::MaskedLm => {
                 // MLM head: transform (d→d with bias) + norm + output bias; pooler d→d with bias;
-                // NSP: d→2 with bias
+                // NSP: d→2 with bias, plus two segment embeddings
                 let mlm = d * d + d + norm + self.vocab_size;
                 let pooler = d * d + d;
-                let nsp = if self.nsp_head { 2 * d + 2 } else { 0 };
+                let nsp = if self.nsp_head { 2 * d + 2 + 2 * d } else { 0 };
                 emb + pos + self.n_layers * per_layer + norm + head + mlm + pooler + nsp
             }
         }

@@ -2,6 +2,9 @@
 //! an MLM head (dense → GELU → norm → vocabulary projection tied to the token embedding,
 //! plus an output bias), a pooler (dense + tanh on the first position) giving the sentence
 //! representation used by classification heads, and an optional next-sentence head.
+//! With the next-sentence head (`nsp_head = true`) the model also has segment
+//! ("token type") embeddings, so a sentence pair `[CLS] A [SEP] B [SEP]` tells its two
+//! parts apart as in BERT; without it there are none and every input is one segment.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
@@ -19,6 +22,8 @@ use crate::transformer::Stack;
 pub struct MaskedLm {
     cfg: TransformerConfig,
     wte: Embedding,
+    /// Segment embeddings (2 rows: first / second segment), only with the NSP head.
+    segments: Option<Embedding>,
     pos: Positions,
     rope: Option<Rope>,
     encoder: Stack,
@@ -49,6 +54,7 @@ impl MaskedLm {
             mlm_out: Linear::new(out_w, Some(out_bias)),
             pooler: Linear::load(d, d, true, vb.pp("pooler"))?,
             nsp: if cfg.nsp_head { Some(Linear::load(d, 2, true, vb.pp("nsp"))?) } else { None },
+            segments: if cfg.nsp_head { Some(candle_nn::embedding(2, d, vb.pp("wtt"))?) } else { None },
             wte,
             cfg: cfg.clone(),
         })
@@ -61,9 +67,23 @@ impl MaskedLm {
     /// Encoder output (batch, T, d_model). `mask` is bidirectional, with segment ids when
     /// padded; padding keys are never attended.
     pub fn hidden(&self, ids: &Tensor, mask: &MaskSpec, dropout_seed: Option<u64>) -> Result<Tensor> {
+        self.hidden_segments(ids, None, mask, dropout_seed)
+    }
+
+    /// [`Self::hidden`] with segment ids (batch, T) of 0 (first sentence, with `[CLS]` and
+    /// its `[SEP]`) and 1 (second sentence and its `[SEP]`). `None` means all 0, as in
+    /// BERT; segment ids given to a model without segment embeddings are an error.
+    pub fn hidden_segments(&self, ids: &Tensor, segments: Option<&Tensor>, mask: &MaskSpec, dropout_seed: Option<u64>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let dropout_seed = dropout_seed.filter(|_| self.cfg.dropout > 0.0);
         let x = self.pos.embed(&self.wte, ids, 0)?;
+        let x = match (segments, &self.segments) {
+            (Some(s), Some(e)) => (x + e.forward(s)?)?,
+            // the first segment's row, added to every position
+            (None, Some(e)) => x.broadcast_add(&e.embeddings().narrow(0, 0, 1)?)?,
+            (None, None) => x,
+            (Some(_), None) => candle_core::bail!("segment ids given to a masked LM without segment embeddings (model.nsp_head = false)"),
+        };
         let x = match dropout_seed {
             Some(seed) => crate::ops::dropout(&x, self.cfg.dropout, seed)?,
             None => x,
@@ -85,6 +105,10 @@ impl MaskedLm {
     pub fn pooled(&self, hidden: &Tensor) -> Result<Tensor> {
         let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
         self.pooler.forward(&first)?.tanh()
+    }
+
+    pub fn has_nsp_head(&self) -> bool {
+        self.nsp.is_some()
     }
 
     /// Next-sentence logits (batch, 2: [is-next, random]) from the pooled vector; an error

@@ -2,7 +2,8 @@
 //! [`ArchTask`] turns (step, micro-step) into a batch of its kind — plain-text windows
 //! with the kind's objective, or input/target pairs — and evaluates held-out target loss,
 //! bits per byte over the scored targets, and target-token accuracy (for the masked LM:
-//! masked-token accuracy) under a fixed evaluation seed.
+//! masked-token accuracy; with `objective.nsp`, also next-sentence accuracy and loss)
+//! under a fixed evaluation seed.
 //!
 //! A run folder of a non-causal kind (or of pair data) stores, next to `[model]`,
 //! `[train]` and `[data]`, an `[objective]` section and optionally `[pairs]`;
@@ -23,9 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{RunConfig, TrainConfig};
 use crate::data::{eval_offsets, step_seed, train_offsets, TokenSource};
-use crate::objectives::{MlmMasking, PrefixSplit, SpanCorruption};
+use crate::objectives::{DocIndex, MlmMasking, PrefixSplit, SpanCorruption};
 use crate::pairs::PairsConfig;
-use crate::task::{make_pair_batch, make_task_batch, ArchModel, ObjectiveConfig, PairExample, TaskBatch, TaskTokens};
+use crate::task::{make_nsp_batch, make_pair_batch, make_task_batch, ArchModel, ObjectiveConfig, PairExample, TaskBatch, TaskTokens};
 use crate::trainer::{EvalResult, TrainTask};
 
 /// `[objective]`: the parameters of the non-causal objectives.
@@ -44,6 +45,10 @@ pub struct ObjectiveSection {
     pub mlm_rate: f64,
     pub mlm_mask_fraction: f64,
     pub mlm_random_fraction: f64,
+    /// Masked LM: train on sentence pairs `[CLS] A [SEP] B [SEP]` (B the true next text
+    /// half the time, text from another document otherwise) with next-sentence prediction
+    /// on the pooled `[CLS]` output; loss = MLM + NSP. Sets `model.nsp_head`.
+    pub nsp: bool,
     /// Seed of the evaluation's masking/corruption/split draws: fixed so evaluations at
     /// different steps and of different runs score the same positions.
     pub eval_seed: u64,
@@ -61,6 +66,7 @@ impl Default for ObjectiveSection {
             mlm_rate: m.rate,
             mlm_mask_fraction: m.mask_fraction,
             mlm_random_fraction: m.random_fraction,
+            nsp: false,
             eval_seed: 0x5eed,
         }
     }
@@ -90,6 +96,7 @@ impl ObjectiveSection {
             },
             span: SpanCorruption { noise_density: self.noise_density, mean_span_length: self.mean_span_length },
             mlm: MlmMasking { rate: self.mlm_rate, mask_fraction: self.mlm_mask_fraction, random_fraction: self.mlm_random_fraction },
+            nsp: self.nsp,
         }
     }
 }
@@ -115,8 +122,14 @@ impl ArchRunConfig {
             Some(p) => Some(ferrolm_common::config::typed(&p).context("in [pairs]")?),
             None => None,
         };
-        let run = RunConfig::from_value(&rest)?;
+        let mut run = RunConfig::from_value(&rest)?;
         objective.validate()?;
+        if objective.nsp && run.model.kind == ModelKind::MaskedLm {
+            // the objective needs the head and the segment embeddings: one switch for both
+            // (other kinds are refused when their task is built, so an experiment config
+            // can carry the key for its masked LM)
+            run.model.nsp_head = true;
+        }
         if let Some(p) = &pairs {
             p.validate(run.model.max_seq_len)?;
         }
@@ -181,6 +194,8 @@ pub struct ArchTask<'a> {
     eval_examples: usize,
     seed: u64,
     eval_seed: u64,
+    /// Next-sentence prediction: the documents of the training and held-out streams.
+    nsp_index: Option<(DocIndex, DocIndex)>,
 }
 
 impl<'a> ArchTask<'a> {
@@ -221,7 +236,30 @@ impl<'a> ArchTask<'a> {
         if m.kind == ModelKind::EncoderDecoder && tokens.sentinels.is_empty() {
             bail!("span corruption needs sentinel tokens in the tokenizer");
         }
+        let nsp_index = match (&data, cfg.objective.nsp) {
+            (_, false) => None,
+            (ArchData::Stream { train, val }, true) => {
+                if m.kind != ModelKind::MaskedLm || !m.nsp_head {
+                    bail!("objective.nsp = true needs model.kind = \"masked_lm\" with model.nsp_head = true");
+                }
+                if seq_len < 5 {
+                    bail!("next-sentence prediction needs train.seq_len ≥ 5 ([CLS] A [SEP] B [SEP]), got {seq_len}");
+                }
+                let (ti, vi) = (DocIndex::new(*train, tokens.eot, seq_len - 3), DocIndex::new(*val, tokens.eot, seq_len - 3));
+                for (name, ix) in [("training", &ti), ("held-out", &vi)] {
+                    if ix.len() < 2 {
+                        bail!(
+                            "next-sentence prediction needs two {name} documents of at least {} tokens (train.seq_len − 3); the {name} data has {} documents, {} of them shorter",
+                            seq_len - 3, ix.total_docs, ix.short_docs
+                        );
+                    }
+                }
+                Some((ti, vi))
+            }
+            (ArchData::Pairs { .. }, true) => bail!("objective.nsp = true trains on plain text, not on input/target pairs"),
+        };
         Ok(Self {
+            nsp_index,
             model,
             kind: m.kind,
             data,
@@ -246,6 +284,17 @@ impl<'a> ArchTask<'a> {
     /// same targets.
     pub fn for_each_eval_batch(&self, mut f: impl FnMut(&TaskBatch) -> Result<()>) -> Result<()> {
         match &self.data {
+            ArchData::Stream { val, .. } if self.nsp_index.is_some() => {
+                let (_, index) = self.nsp_index.as_ref().expect("checked");
+                let mut left = self.eval_examples.max(1);
+                let mut i = 0;
+                while left > 0 {
+                    let rows = left.min(self.batch_size);
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(step_seed(self.eval_seed, i, 0, "eval-nsp"));
+                    f(&make_nsp_batch(*val, index, rows, self.seq_len, &self.objective, &self.tokens, self.vocab, &mut rng, &Device::Cpu)?)?;
+                    (left, i) = (left - rows, i + 1);
+                }
+            }
             ArchData::Stream { val, .. } => {
                 let offsets = eval_offsets(*val, self.eval_examples, self.seq_len);
                 for (i, chunk) in offsets.chunks(self.batch_size).enumerate() {
@@ -310,6 +359,10 @@ impl TrainTask for ArchTask<'_> {
     fn micro_batch_loss(&self, step: usize, micro: usize) -> Result<(Tensor, usize)> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(step_seed(self.seed, step, micro, "objective"));
         let batch = match &self.data {
+            ArchData::Stream { train, .. } if self.nsp_index.is_some() => {
+                let (index, _) = self.nsp_index.as_ref().expect("checked");
+                make_nsp_batch(*train, index, self.batch_size, self.seq_len, &self.objective, &self.tokens, self.vocab, &mut rng, &Device::Cpu)?
+            }
             ArchData::Stream { train, .. } => {
                 let offsets = train_offsets(*train, self.seed, step, micro, self.batch_size, self.seq_len);
                 self.batch(&offsets, &mut rng, Some(*train), None)?
@@ -321,15 +374,22 @@ impl TrainTask for ArchTask<'_> {
             }
         };
         let dropout_seed = Some(step_seed(self.seed, step, micro, "dropout"));
-        let (logits, targets) = self.model.logits_and_targets(&batch, dropout_seed)?;
-        let loss = ferrolm_model::ops::cross_entropy(&logits, &targets)?;
+        let loss = self.model.outputs(&batch, dropout_seed)?.loss()?;
         Ok((loss, Self::inputs_len(&batch)))
     }
 
     fn evaluate(&self) -> Result<EvalResult> {
         let (mut nll_all, mut nll_text, mut bytes, mut n, mut correct) = (0f64, 0f64, 0u64, 0usize, 0usize);
+        let (mut nsp_nll, mut nsp_correct, mut nsp_n) = (0f64, 0usize, 0usize);
         let mut account = |batch: &TaskBatch| -> Result<()> {
-            let (logits, targets) = self.model.logits_and_targets(batch, None)?;
+            let out = self.model.outputs(batch, None)?;
+            if let Some((l, y)) = &out.nsp {
+                let (nll, ok) = scored_nll(l, y)?;
+                nsp_nll += nll.iter().map(|&x| x as f64).sum::<f64>();
+                nsp_correct += ok.iter().filter(|&&b| b).count();
+                nsp_n += nll.len();
+            }
+            let (logits, targets) = (out.logits, out.targets);
             let (nll, ok) = scored_nll(&logits, &targets)?;
             let tgt: Vec<u32> = targets.to_vec1()?;
             for ((&l, &hit), &t) in nll.iter().zip(&ok).zip(&tgt) {
@@ -349,12 +409,17 @@ impl TrainTask for ArchTask<'_> {
             bail!("the evaluation scored no target");
         }
         let name = if self.kind == ModelKind::MaskedLm { "masked_accuracy" } else { "target_accuracy" };
+        let mut extra = BTreeMap::from([(name.to_string(), correct as f64 / n as f64)]);
+        if nsp_n > 0 {
+            extra.insert("nsp_accuracy".into(), nsp_correct as f64 / nsp_n as f64);
+            extra.insert("nsp_loss".into(), nsp_nll / nsp_n as f64);
+        }
         Ok(EvalResult {
             loss: nll_all / n as f64,
             bits_per_byte: if bytes > 0 { nll_text / std::f64::consts::LN_2 / bytes as f64 } else { f64::NAN },
             tokens: n,
             bytes,
-            extra: BTreeMap::from([(name.to_string(), correct as f64 / n as f64)]),
+            extra,
         })
     }
 }

@@ -194,6 +194,144 @@ pub fn nsp_choose<'a>(true_b: &'a [u32], random_b: &'a [u32], rng: &mut impl Rng
     }
 }
 
+/// The documents of a token stream (maximal runs of tokens between end-of-text
+/// markers) that are long enough to hold a whole sentence pair at any start position
+/// counted here; sampling a position is uniform over all such start positions, so long
+/// documents are drawn as often as their length says, like windows of plain text.
+#[derive(Debug, Clone)]
+pub struct DocIndex {
+    /// (first token, one past the last token) of each document of at least `need` tokens.
+    docs: Vec<(usize, usize)>,
+    /// Cumulative start positions: doc i owns starts `cum[i]..cum[i+1]`.
+    cum: Vec<usize>,
+    need: usize,
+    /// Documents in the stream, and those shorter than `need` (never drawn).
+    pub total_docs: usize,
+    pub short_docs: usize,
+}
+
+impl DocIndex {
+    /// Scan `src` for `eot` and index the documents of at least `need` tokens.
+    pub fn new(src: &dyn crate::data::TokenSource, eot: u32, need: usize) -> Self {
+        let (mut docs, mut cum) = (Vec::new(), vec![0usize]);
+        let (mut total_docs, mut short_docs) = (0, 0);
+        let mut doc_start = 0usize;
+        let mut buf = vec![0u32; 1 << 16];
+        let mut close = |start: usize, end: usize| {
+            if end > start {
+                total_docs += 1;
+                if end - start >= need {
+                    docs.push((start, end));
+                    cum.push(cum.last().copied().unwrap_or(0) + end - start - need + 1);
+                } else {
+                    short_docs += 1;
+                }
+            }
+        };
+        let mut pos = 0usize;
+        while pos < src.len() {
+            let n = buf.len().min(src.len() - pos);
+            src.read(pos, &mut buf[..n]);
+            for (i, &t) in buf[..n].iter().enumerate() {
+                if t == eot {
+                    close(doc_start, pos + i);
+                    doc_start = pos + i + 1;
+                }
+            }
+            pos += n;
+        }
+        close(doc_start, src.len());
+        Self { docs, cum, need, total_docs, short_docs }
+    }
+
+    /// Documents that can be drawn.
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
+    /// A uniformly drawn start position `p` (with `p + need` inside its document) and the
+    /// index of its document.
+    pub fn sample(&self, rng: &mut impl Rng) -> (usize, usize) {
+        let total = *self.cum.last().expect("cum starts with 0");
+        assert!(total > 0, "DocIndex::sample on an index without documents");
+        let k = rng.random_range(0..total);
+        let doc = self.cum.partition_point(|&c| c <= k) - 1;
+        (doc, self.docs[doc].0 + (k - self.cum[doc]))
+    }
+
+    /// The token span of document `doc`.
+    pub fn span(&self, doc: usize) -> (usize, usize) {
+        self.docs[doc]
+    }
+
+    pub fn need(&self) -> usize {
+        self.need
+    }
+}
+
+/// One next-sentence-prediction example of exactly `seq_len` tokens:
+/// `[CLS] A [SEP] B [SEP]`, segment 0 up to and including the first `[SEP]`, 1 after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NspExample {
+    pub tokens: Vec<u32>,
+    pub segments: Vec<u32>,
+    /// 0: B is the text that follows A in its document; 1: B comes from another document.
+    pub label: u32,
+    /// Where A and B were read in the stream (for tests and debugging).
+    pub a_start: usize,
+    pub b_start: usize,
+    pub a_len: usize,
+}
+
+/// Draw an NSP example from `src` indexed by `index` (built with `need = seq_len − 3`):
+/// a start position, a split of the `seq_len − 3` content tokens into A (1 or more) and
+/// B (1 or more); B is A's true continuation or, with probability ½, as many tokens from a
+/// position in a different document.
+pub fn nsp_example(
+    src: &dyn crate::data::TokenSource,
+    index: &DocIndex,
+    seq_len: usize,
+    cls: u32,
+    sep: u32,
+    rng: &mut impl Rng,
+) -> Result<NspExample, String> {
+    let n = seq_len.checked_sub(3).filter(|&n| n >= 2).ok_or_else(|| format!("a sentence pair needs train.seq_len ≥ 5, got {seq_len}"))?;
+    if index.need != n {
+        return Err(format!("the document index was built for {} content tokens, the pair has {n}", index.need));
+    }
+    if index.len() < 2 {
+        return Err(format!("next-sentence prediction needs at least two documents of ≥ {n} tokens, the data has {}", index.len()));
+    }
+    let a_len = rng.random_range(1..n);
+    let b_len = n - a_len;
+    let (doc, a_start) = index.sample(rng);
+    // the random second segment is drawn for every example, so the stream of draws does
+    // not depend on the coin
+    let (mut other, mut q) = index.sample(rng);
+    while other == doc {
+        (other, q) = index.sample(rng);
+    }
+    let mut content = vec![0u32; n];
+    src.read(a_start, &mut content);
+    let mut random_b = vec![0u32; b_len];
+    src.read(q, &mut random_b);
+    let (b, label) = nsp_choose(&content[a_len..], &random_b, rng);
+    let b_start = if label == 0 { a_start + a_len } else { q };
+    let mut tokens = Vec::with_capacity(seq_len);
+    tokens.push(cls);
+    tokens.extend_from_slice(&content[..a_len]);
+    tokens.push(sep);
+    tokens.extend_from_slice(b);
+    tokens.push(sep);
+    let mut segments = vec![0u32; a_len + 2];
+    segments.resize(seq_len, 1);
+    Ok(NspExample { tokens, segments, label, a_start, b_start, a_len })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,5 +430,73 @@ mod tests {
         let (a, b) = ([1u32], [2u32]);
         let ones: u32 = (0..1000).map(|s| nsp_choose(&a, &b, &mut rng(s)).1).sum();
         assert!((400..600).contains(&ones), "{ones}");
+    }
+
+    /// Documents of lengths 30, 3, 25, 40 separated by end-of-text (id 0); document d
+    /// holds ids 100·(d+1) + position, so a token tells its document and place.
+    fn doc_stream() -> (Vec<u32>, Vec<(usize, usize)>) {
+        let (mut s, mut spans) = (Vec::new(), Vec::new());
+        for (d, len) in [30usize, 3, 25, 40].into_iter().enumerate() {
+            let start = s.len();
+            s.extend((0..len).map(|i| (100 * (d + 1) + i) as u32));
+            spans.push((start, s.len()));
+            s.push(0);
+        }
+        (s, spans)
+    }
+
+    #[test]
+    fn doc_index_counts_documents_and_draws_only_whole_windows() {
+        let (s, spans) = doc_stream();
+        let ix = DocIndex::new(&s, 0, 13);
+        assert_eq!((ix.total_docs, ix.short_docs, ix.len()), (4, 1, 3));
+        assert_eq!([ix.span(0), ix.span(1), ix.span(2)], [spans[0], spans[2], spans[3]]);
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..3000 {
+            let (d, p) = ix.sample(&mut rng(seed));
+            let (a, b) = ix.span(d);
+            assert!(p >= a && p + 13 <= b, "start {p} of doc {d} leaves no room");
+            seen.insert(p);
+        }
+        // every start position is drawn: (30−13+1) + (25−13+1) + (40−13+1)
+        assert_eq!(seen.len(), 18 + 13 + 28);
+    }
+
+    #[test]
+    fn nsp_pairs_are_consecutive_or_from_another_document_half_each() {
+        let (s, _) = doc_stream();
+        let seq_len = 16;
+        let ix = DocIndex::new(&s, 0, seq_len - 3);
+        let (cls, sep) = (7u32, 8u32);
+        let doc_of = |t: u32| t / 100;
+        let mut random = 0;
+        for seed in 0..2000 {
+            let ex = nsp_example(&s, &ix, seq_len, cls, sep, &mut rng(seed)).unwrap();
+            let (la, n) = (ex.a_len, seq_len - 3);
+            assert!(la >= 1 && la < n);
+            assert_eq!(ex.tokens.len(), seq_len);
+            assert_eq!(ex.tokens[0], cls);
+            assert_eq!(ex.tokens[la + 1], sep);
+            assert_eq!(ex.tokens[seq_len - 1], sep);
+            assert_eq!(ex.segments, [vec![0; la + 2], vec![1; seq_len - la - 2]].concat());
+            let (a, b) = (&ex.tokens[1..la + 1], &ex.tokens[la + 2..seq_len - 1]);
+            assert_eq!(a, &s[ex.a_start..ex.a_start + la], "A is read where it says");
+            assert_eq!(b, &s[ex.b_start..ex.b_start + b.len()], "B is read where it says");
+            assert!(a.iter().chain(b).all(|&t| t != 0), "a segment crosses a document boundary");
+            if ex.label == 0 {
+                // the true next text: B starts right after A, in the same document
+                assert_eq!(ex.b_start, ex.a_start + la);
+                assert_eq!(doc_of(b[0]), doc_of(a[0]));
+                assert_eq!(b[0], a[la - 1] + 1);
+            } else {
+                assert_ne!(doc_of(b[0]), doc_of(a[0]), "a random B from A's own document");
+                random += 1;
+            }
+        }
+        assert!((900..1100).contains(&random), "{random} random pairs of 2000");
+        // one drawable document is not enough for a random second segment
+        let one: Vec<u32> = (100..140).collect();
+        let err = nsp_example(&one, &DocIndex::new(&one, 0, 13), 16, cls, sep, &mut rng(0)).unwrap_err();
+        assert!(err.contains("two documents"), "{err}");
     }
 }

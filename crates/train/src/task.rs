@@ -18,7 +18,7 @@ use ferrolm_model::{EncoderDecoder, MaskedLm, ModelKind, Transformer, Transforme
 use rand::Rng;
 
 use crate::data::TokenSource;
-use crate::objectives::{apply_span_corruption, mlm_mask, prefix_split_point, span_noise_mask, MlmMasking, PrefixSplit, SpanCorruption};
+use crate::objectives::{apply_span_corruption, mlm_mask, nsp_example, prefix_split_point, span_noise_mask, DocIndex, MlmMasking, PrefixSplit, SpanCorruption};
 
 /// Any model family, built from `cfg.kind`.
 #[derive(Debug, Clone)]
@@ -79,6 +79,8 @@ pub struct ObjectiveConfig {
     pub prefix: PrefixSplit,
     pub span: SpanCorruption,
     pub mlm: MlmMasking,
+    /// Masked LM: train on sentence pairs with next-sentence prediction as well.
+    pub nsp: bool,
 }
 
 /// One batch, ready for the model of its kind.
@@ -86,7 +88,9 @@ pub enum TaskBatch {
     Decoder { inputs: Tensor, mask: MaskSpec, scored: Tensor, targets: Tensor },
     /// `src_segments`: per source position 0, or `PAD_SEGMENT` for padding (pair batches).
     EncoderDecoder { src: Tensor, src_segments: Option<Vec<u32>>, tgt_in: Tensor, scored: Tensor, targets: Tensor },
-    MaskedLm { inputs: Tensor, scored: Tensor, targets: Tensor },
+    /// `segments`: per position 0 or 1 (sentence pairs only). `nsp_labels`: per row 0 (B
+    /// follows A) or 1 (B is from another document), for next-sentence prediction.
+    MaskedLm { inputs: Tensor, scored: Tensor, targets: Tensor, segments: Option<Tensor>, nsp_labels: Option<Tensor> },
 }
 
 /// Build a batch of `kind` from windows of `seq_len + 1` tokens at `offsets`.
@@ -166,7 +170,45 @@ pub fn make_task_batch(
             scored,
             targets,
         },
-        ModelKind::MaskedLm => TaskBatch::MaskedLm { inputs: Tensor::from_vec(x, (b, seq_len), device)?, scored, targets },
+        ModelKind::MaskedLm => TaskBatch::MaskedLm { inputs: Tensor::from_vec(x, (b, seq_len), device)?, scored, targets, segments: None, nsp_labels: None },
+    })
+}
+
+/// A masked-LM batch of `rows` sentence pairs (`[CLS] A [SEP] B [SEP]`, `seq_len` tokens
+/// each) for masked LM + next-sentence prediction: pairs from [`nsp_example`], then BERT
+/// masking of the ordinary tokens (`[CLS]` and `[SEP]` are special, never masked).
+/// `[CLS]` is `<|endoftext|>` and `[SEP]` is `<|end|>` (the ferrolm tokenizer's specials).
+#[allow(clippy::too_many_arguments)]
+pub fn make_nsp_batch(
+    src: &dyn TokenSource,
+    index: &DocIndex,
+    rows: usize,
+    seq_len: usize,
+    obj: &ObjectiveConfig,
+    tok: &TaskTokens,
+    vocab: u32,
+    rng: &mut impl Rng,
+    device: &Device,
+) -> Result<TaskBatch> {
+    let (mut x, mut seg, mut labels, mut scored, mut y) = (Vec::new(), Vec::new(), Vec::new(), Vec::<u32>::new(), Vec::new());
+    for row in 0..rows {
+        let ex = nsp_example(src, index, seq_len, tok.eot, tok.sep, rng).map_err(anyhow::Error::msg)?;
+        let m = mlm_mask(&ex.tokens, |t| t >= tok.first_ordinary, &obj.mlm, tok.mask, tok.first_ordinary..vocab, rng);
+        x.extend_from_slice(&m.input);
+        seg.extend_from_slice(&ex.segments);
+        labels.push(ex.label);
+        for (i, orig) in m.labels {
+            scored.push((row * seq_len + i) as u32);
+            y.push(orig);
+        }
+    }
+    let n = scored.len();
+    Ok(TaskBatch::MaskedLm {
+        inputs: Tensor::from_vec(x, (rows, seq_len), device)?,
+        scored: Tensor::from_vec(scored, n, device)?,
+        targets: Tensor::from_vec(y, n, device)?,
+        segments: Some(Tensor::from_vec(seg, (rows, seq_len), device)?),
+        nsp_labels: Some(Tensor::from_vec(labels, rows, device)?),
     })
 }
 
@@ -254,10 +296,52 @@ pub fn make_pair_batch(kind: ModelKind, pairs: &[&PairExample], tok: &TaskTokens
     }
 }
 
+/// What a batch produces: the scored token logits (N, vocab) and their targets (N), and
+/// for next-sentence prediction the pair logits (rows, 2) and labels (rows).
+pub struct BatchOutputs {
+    pub logits: Tensor,
+    pub targets: Tensor,
+    pub nsp: Option<(Tensor, Tensor)>,
+}
+
+impl BatchOutputs {
+    /// The training loss: token cross-entropy, plus the next-sentence cross-entropy when
+    /// the batch has sentence pairs (BERT's sum of the two).
+    pub fn loss(&self) -> Result<Tensor> {
+        let mlm = ferrolm_model::ops::cross_entropy(&self.logits, &self.targets)?;
+        Ok(match &self.nsp {
+            Some((l, y)) => (mlm + ferrolm_model::ops::cross_entropy(l, y)?)?,
+            None => mlm,
+        })
+    }
+}
+
 impl ArchModel {
     /// Scored logits (N, vocab) and targets (N) of a batch; the loss is
-    /// `cross_entropy(logits, targets)`.
+    /// `cross_entropy(logits, targets)` (next-sentence outputs, if any, are dropped: see
+    /// [`Self::outputs`]).
     pub fn logits_and_targets(&self, batch: &TaskBatch, dropout_seed: Option<u64>) -> Result<(Tensor, Tensor)> {
+        let o = self.outputs(batch, dropout_seed)?;
+        Ok((o.logits, o.targets))
+    }
+
+    /// Every output of a batch, next-sentence logits included.
+    pub fn outputs(&self, batch: &TaskBatch, dropout_seed: Option<u64>) -> Result<BatchOutputs> {
+        if let (Self::MaskedLm(m), TaskBatch::MaskedLm { inputs, scored, targets, segments, nsp_labels }) = (self, batch) {
+            let h = m.hidden_segments(inputs, segments.as_ref(), &MaskSpec::bidirectional(), dropout_seed)?;
+            let nsp = match nsp_labels {
+                Some(y) => Some((m.nsp_logits(&m.pooled(&h)?)?, y.clone())),
+                None => None,
+            };
+            let d = h.dim(2)?;
+            let logits = m.mlm_logits(&h.reshape(((), d))?.index_select(scored, 0)?)?;
+            return Ok(BatchOutputs { logits, targets: targets.clone(), nsp });
+        }
+        let (logits, targets) = self.token_logits(batch, dropout_seed)?;
+        Ok(BatchOutputs { logits, targets, nsp: None })
+    }
+
+    fn token_logits(&self, batch: &TaskBatch, dropout_seed: Option<u64>) -> Result<(Tensor, Tensor)> {
         let flat = |h: Tensor| -> candle_core::Result<Tensor> {
             let d = h.dim(2)?;
             h.reshape(((), d))
@@ -275,10 +359,6 @@ impl ArchModel {
                 let mem = m.encode(src, &enc_mask, dropout_seed.map(|s| s ^ 1))?;
                 let h = m.decode_hidden(tgt_in, &mem, &MaskSpec::causal(), &EncoderDecoder::cross_mask(src_segments.clone()), None, dropout_seed)?;
                 (m.logits(&flat(h)?.index_select(scored, 0)?)?, targets.clone())
-            }
-            (Self::MaskedLm(m), TaskBatch::MaskedLm { inputs, scored, targets }) => {
-                let h = flat(m.hidden(inputs, &MaskSpec::bidirectional(), dropout_seed)?)?.index_select(scored, 0)?;
-                (m.mlm_logits(&h)?, targets.clone())
             }
             _ => bail!("batch kind does not match the model kind"),
         })

@@ -146,3 +146,151 @@ fn pair_data_trains_every_generating_kind_with_loss_on_targets_only() {
     let err = arch_trainer(&c, tempfile::tempdir().unwrap().path(), ArchData::Pairs { train: &train, val: &val }, tokens(), vec![1; VOCAB], false).err().unwrap();
     assert!(err.to_string().contains("plain text"), "{err}");
 }
+
+/// Documents (separated by end-of-text, id 0) each drawn from one of 8 disjoint groups
+/// of 5 ordinary ids: a second segment from another document usually has other ids than
+/// its first segment, so next-sentence prediction is learnable by comparing the two.
+fn nsp_stream(docs: usize, seed: u64) -> Vec<u32> {
+    let mut state = seed;
+    let mut next = |n: u64| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let mut s = Vec::new();
+    for _ in 0..docs {
+        let group = next(8) as u32;
+        let len = 20 + next(30) as usize;
+        s.extend((0..len).map(|_| 6 + 5 * group + next(5) as u32));
+        s.push(0);
+    }
+    s
+}
+
+fn nsp_cfg(steps: usize) -> ArchRunConfig {
+    let mut c = cfg(ModelKind::MaskedLm, steps, 0.0);
+    c.run.train.grad_accum = 1;
+    c.run.train.batch_size = 16;
+    c.run.train.seq_len = 16;
+    c.run.train.eval_interval = steps / 4;
+    c.run.train.eval_batches = 8;
+    c.run.train.checkpoint_interval = 0;
+    c.run.train.lr = 3e-3;
+    c.objective.nsp = true;
+    c.run.model.nsp_head = true;
+    c
+}
+
+#[test]
+fn nsp_batch_shapes_and_tiny_overfit() {
+    use candle_core::DType;
+    use candle_nn::{Optimizer, VarBuilder, VarMap};
+    use rand::SeedableRng;
+    use ferrolm_train::objectives::DocIndex;
+    use ferrolm_train::task::{make_nsp_batch, ObjectiveConfig, TaskBatch};
+    let data = nsp_stream(40, 1);
+    let seq_len = 16;
+    let index = DocIndex::new(&data, 0, seq_len - 3);
+    let obj = ObjectiveConfig { nsp: true, ..Default::default() };
+    let tok = tokens();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let batch = make_nsp_batch(&data, &index, 8, seq_len, &obj, &tok, VOCAB as u32, &mut rng, &Device::Cpu).unwrap();
+    let TaskBatch::MaskedLm { inputs, scored, targets, segments: Some(seg), nsp_labels: Some(labels) } = &batch else {
+        panic!("not a sentence-pair batch")
+    };
+    assert_eq!(inputs.dims(), &[8, seq_len]);
+    assert_eq!(seg.dims(), &[8, seq_len]);
+    assert_eq!(labels.dims(), &[8]);
+    let x: Vec<Vec<u32>> = inputs.to_vec2().unwrap();
+    for row in &x {
+        assert_eq!(row[0], tok.eot, "[CLS] (end-of-text) opens every pair");
+        assert_eq!(row[seq_len - 1], tok.sep, "[SEP] (<|end|>) closes every pair");
+        assert_eq!(row.iter().filter(|&&t| t == tok.sep).count(), 2, "{row:?}");
+    }
+    // masked positions are never [CLS]/[SEP], and their targets are ordinary tokens
+    let sc: Vec<u32> = scored.to_vec1().unwrap();
+    for (&p, &t) in sc.iter().zip(&targets.to_vec1::<u32>().unwrap()) {
+        let (r, c) = (p as usize / seq_len, p as usize % seq_len);
+        assert!(c != 0 && c != seq_len - 1 && x[r][c] != tok.sep, "a special position was masked");
+        assert!(t >= tok.first_ordinary, "target {t} is special");
+    }
+    // tiny overfit: one fixed batch, loss = MLM + NSP falls and the NSP head fits the labels
+    let model_cfg = nsp_cfg(1).run.model;
+    let vm = VarMap::new();
+    let m = ferrolm_train::ArchModel::new(&model_cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    ferrolm_model::init::init_params(&vm, 2, 1).unwrap();
+    let mut opt = candle_nn::AdamW::new_lr(vm.all_vars(), 3e-3).unwrap();
+    let mut first = None;
+    for _ in 0..80 {
+        let loss = m.outputs(&batch, None).unwrap().loss().unwrap();
+        first.get_or_insert(loss.to_scalar::<f32>().unwrap());
+        opt.backward_step(&loss).unwrap();
+    }
+    let out = m.outputs(&batch, None).unwrap();
+    let (nsp_logits, y) = out.nsp.as_ref().unwrap();
+    let nsp_loss = ferrolm_model::ops::cross_entropy(nsp_logits, y).unwrap().to_scalar::<f32>().unwrap();
+    let last = out.loss().unwrap().to_scalar::<f32>().unwrap();
+    assert!(last < 0.2 * first.unwrap(), "loss {first:?} → {last}");
+    assert!(nsp_loss < 0.05, "the NSP head did not fit 8 labels: loss {nsp_loss}");
+    let pred: Vec<u32> = nsp_logits.argmax(1).unwrap().to_vec1().unwrap();
+    assert_eq!(pred, labels.to_vec1::<u32>().unwrap());
+}
+
+#[test]
+fn nsp_objective_trains_on_the_shared_loop_and_reports_its_accuracy() {
+    let (train, val) = (nsp_stream(300, 2), nsp_stream(60, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let c = nsp_cfg(400);
+    let mut t = arch_trainer(&c, dir.path(), ArchData::Stream { train: &train, val: &val }, tokens(), vec![1; VOCAB], false).unwrap();
+    t.quiet = true;
+    let out = t.run().unwrap();
+    let ev = out.val.unwrap();
+    // 1/8 of random second segments share the first's group: the ceiling is ~94% (this
+    // run: 51% at step 100, 70% at 200, 85% at 300, 91% at 400)
+    assert!(ev.extra["nsp_accuracy"] > 0.8, "{:?}", ev.extra);
+    assert!(ev.extra["nsp_loss"] < 0.5, "{:?}", ev.extra);
+    assert!(ev.extra.contains_key("masked_accuracy"));
+    // the saved config keeps the objective and the head; it reloads
+    let saved = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+    assert!(saved.contains("nsp = true") && saved.contains("nsp_head = true"), "{saved}");
+    let (s, model, _) = ferrolm_train::load_arch_run(dir.path(), &Device::Cpu).unwrap();
+    assert!(s.objective.nsp);
+    assert!(matches!(model, ferrolm_train::ArchModel::MaskedLm(ref m) if m.has_nsp_head()));
+    // the config key alone switches the head on; other kinds refuse the objective
+    let v: toml::Value = toml::from_str("[model]\nkind = \"masked_lm\"\n[objective]\nnsp = true\n").unwrap();
+    assert!(ArchRunConfig::from_value(&v).unwrap().run.model.nsp_head);
+    let mut p = cfg(ModelKind::Prefix, 1, 0.0);
+    p.objective.nsp = true;
+    let err = arch_trainer(&p, tempfile::tempdir().unwrap().path(), ArchData::Stream { train: &train, val: &val }, tokens(), vec![1; VOCAB], false).err().unwrap();
+    assert!(err.to_string().contains("masked_lm"), "{err}");
+    // too few long documents: a clear error naming the cause
+    let short: Vec<u32> = (0..400).map(|i| if i % 6 == 5 { 0 } else { 7 }).collect();
+    let err = arch_trainer(&c, tempfile::tempdir().unwrap().path(), ArchData::Stream { train: &short, val: &val }, tokens(), vec![1; VOCAB], false).err().unwrap();
+    assert!(err.to_string().contains("two training documents"), "{err}");
+}
+
+/// A masked LM must learn to read its neighbours: in a stream that counts up (each token
+/// is the previous + 1, modulo 43 ordinary ids), every masked token follows from the
+/// tokens beside it, while the unigram baseline is 1/43. Stuck near the baseline, the
+/// encoder is not using its context. Like any BERT it first sits on a plateau near the
+/// baseline (a PyTorch BERT of this size and recipe: 2.4% after 150 steps, 89% after
+/// 1000; this one 28% after 150, 97% after 1000 with the modern block), hence the steps.
+#[test]
+fn masked_lm_learns_from_context_far_above_unigram() {
+    let counting = |n: usize, from: usize| -> Vec<u32> { (0..n).map(|i| 5 + ((i + from) % 43) as u32).collect() };
+    let (train, val) = (counting(4000, 0), counting(600, 7));
+    for block in [BlockStyle::Modern, BlockStyle::Gpt2] {
+        let mut c = cfg(ModelKind::MaskedLm, 500, 0.0);
+        c.run.model.block = block;
+        c.run.model.n_kv_heads = 4;
+        c.run.train.grad_accum = 1;
+        c.run.train.batch_size = 16;
+        c.run.train.eval_interval = 500;
+        c.run.train.eval_batches = 4;
+        c.run.train.checkpoint_interval = 0;
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = arch_trainer(&c, dir.path(), ArchData::Stream { train: &train, val: &val }, tokens(), vec![1; VOCAB], false).unwrap();
+        t.quiet = true;
+        let ev = t.run().unwrap().val.unwrap();
+        assert!(ev.extra["masked_accuracy"] > 0.5, "{block:?}: masked accuracy {:?} (unigram 1/43), loss {}", ev.extra, ev.loss);
+    }
+}
