@@ -150,10 +150,13 @@ pub fn run(args: Args) -> Result<()> {
                 lines += 1;
             }
             let ppl = 10f64.powf(-lp / toks as f64);
+            // writeln, not println: a closed stdout must surface as an error (quiet exit in
+            // main), not a panic
+            let mut out = std::io::stdout().lock();
             if json {
-                println!("{}", serde_json::json!({"perplexity": ppl, "log10_prob": lp, "tokens": toks, "oovs": oovs, "lines": lines}));
+                writeln!(out, "{}", serde_json::json!({"perplexity": ppl, "log10_prob": lp, "tokens": toks, "oovs": oovs, "lines": lines}))?;
             } else {
-                println!("Perplexity including OOVs:\t{ppl}\nlog10 prob:\t{lp}\nTokens:\t{toks}\tOOVs:\t{oovs}\tLines:\t{lines}");
+                writeln!(out, "Perplexity including OOVs:\t{ppl}\nlog10 prob:\t{lp}\nTokens:\t{toks}\tOOVs:\t{oovs}\tLines:\t{lines}")?;
             }
         }
         Cmd::Query { model, input, sentence } => {
