@@ -221,6 +221,7 @@ pub fn train(inputs: &[PathBuf], o: &Options) -> Result<Trained> {
                 let mut neu1 = vec![0f32; d];
                 let mut neu1e = vec![0f32; d];
                 let mut targets: Vec<u32> = Vec::with_capacity(o.negative + 1);
+                let mut ahead: Vec<u32> = Vec::with_capacity(o.negative + 1);
                 let mut sen: Vec<u32> = Vec::with_capacity(MAX_SENTENCE);
                 loop {
                     let k = next_chunk.fetch_add(1, Ordering::Relaxed);
@@ -274,16 +275,31 @@ pub fn train(inputs: &[PathBuf], o: &Options) -> Result<Trained> {
                                         }
                                     }
                                 } else {
-                                    for c in from..to {
-                                        if c == pos {
-                                            continue;
-                                        }
+                                    // One update ahead: the next context's targets are drawn
+                                    // and its rows prefetched before this one is computed, so
+                                    // the loads overlap the arithmetic. The random stream is
+                                    // consumed in the same order (no other draw happens
+                                    // between the contexts of one word).
+                                    let mut c = if from == pos { pos + 1 } else { from };
+                                    if c < to {
                                         ctx.s0.prefetch(sen[c] as usize);
                                         draw_targets(word, ctx, &mut targets, &mut next);
+                                    }
+                                    while c < to {
+                                        let mut n = c + 1;
+                                        if n == pos {
+                                            n += 1;
+                                        }
+                                        if n < to {
+                                            ctx.s0.prefetch(sen[n] as usize);
+                                            draw_targets(word, ctx, &mut ahead, &mut next);
+                                        }
                                         let l1 = ctx.s0.row(sen[c] as usize);
                                         neu1e.iter_mut().for_each(|x| *x = 0.0);
                                         negative(&targets, l1, &mut neu1e, ctx, alpha);
                                         add_to(l1, &neu1e);
+                                        std::mem::swap(&mut targets, &mut ahead);
+                                        c = n;
                                     }
                                 }
                             }
