@@ -253,26 +253,22 @@ pub fn train(inputs: &[PathBuf], o: &Options) -> Result<Trained> {
                                     if to - from < 2 {
                                         continue;
                                     }
-                                    for c in from..to {
-                                        if c != pos {
-                                            ctx.s0.prefetch(sen[c] as usize);
-                                        }
+                                    // the context words: sen[from..to] without the centre
+                                    let context = || sen[from..to].iter().enumerate().filter(move |&(i, _)| from + i != pos).map(|(_, &w)| w as usize);
+                                    for w in context() {
+                                        ctx.s0.prefetch(w);
                                     }
                                     draw_targets(word, ctx, &mut targets, &mut next);
                                     neu1.iter_mut().for_each(|x| *x = 0.0);
-                                    for c in from..to {
-                                        if c != pos {
-                                            add_to(&mut neu1, ctx.s0.row(sen[c] as usize));
-                                        }
+                                    for w in context() {
+                                        add_to(&mut neu1, ctx.s0.row(w));
                                     }
                                     let cw = (to - from - 1) as f32;
                                     neu1.iter_mut().for_each(|x| *x /= cw);
                                     neu1e.iter_mut().for_each(|x| *x = 0.0);
                                     negative(&targets, &neu1, &mut neu1e, ctx, alpha);
-                                    for c in from..to {
-                                        if c != pos {
-                                            add_to(ctx.s0.row(sen[c] as usize), &neu1e);
-                                        }
+                                    for w in context() {
+                                        add_to(ctx.s0.row(w), &neu1e);
                                     }
                                 } else {
                                     // One update ahead: the next context's targets are drawn
