@@ -5,6 +5,9 @@ Corpus: text assembled locally (tinyshakespeare + Markdown/doc text from ~/.carg
 lower-cased, non-letters removed (text8-like), or $W2V_CORPUS. Reports words/s and analogy
 accuracy on questions-words.txt (top 30000 words) for both, medians over $W2V_REPEATS runs.
 Run with /work/venv-ngram/bin/python (gensim installed there); skips if gensim is absent.
+Env: FERROLM (binary), W2V_MODES (skipgram,cbow), W2V_THREADS (1,2), W2V_REPEATS, W2V_EPOCHS, W2V_DIM.
+Runs alternate ferrolm and gensim (the first tool alternates too); the load average before each
+run is printed and the table gives its range, since this machine is shared.
 """
 import glob, json, os, re, statistics, subprocess, sys, tempfile, time
 
@@ -12,7 +15,7 @@ FERROLM = os.environ.get("FERROLM", "/work/target/release/ferrolm")
 QUESTIONS = "/work/shared/data/word2vec/questions-words.txt"
 REPEATS = int(os.environ.get("W2V_REPEATS", "3"))
 P = dict(dim=int(os.environ.get("W2V_DIM", "100")), window=5, negative=5, min_count=5,
-         epochs=int(os.environ.get("W2V_EPOCHS", "5")), threads=2, sample=1e-3)
+         epochs=int(os.environ.get("W2V_EPOCHS", "5")), sample=1e-3)
 
 
 def build_corpus(path, max_bytes=int(os.environ.get("W2V_MAX_BYTES", str(60 << 20)))):
@@ -39,6 +42,18 @@ def build_corpus(path, max_bytes=int(os.environ.get("W2V_MAX_BYTES", str(60 << 2
     return n
 
 
+def run_ferrolm(corpus, out, cbow, threads, alpha, seed):
+    cmd = [FERROLM, "word2vec", "train", "--input", corpus, "--out", out, "--binary", "--dim", str(P["dim"]),
+           "--window", "5", "--negative", "5", "--min-count", "5", "--epochs", str(P["epochs"]),
+           "--threads", str(threads), "--alpha", str(alpha), "--seed", str(seed)] + (["--cbow"] if cbow else [])
+    t = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode:
+        sys.exit(p.stderr)
+    wall = time.time() - t
+    return json.loads(p.stdout.strip().splitlines()[-1])["seconds"], wall
+
+
 def main():
     try:
         from gensim.models import Word2Vec, KeyedVectors
@@ -46,43 +61,59 @@ def main():
     except ImportError:
         print("SKIP: gensim not installed in this interpreter (pip install gensim in /work/venv-ngram)")
         return
+    if not os.path.exists(FERROLM):
+        print(f"SKIP: no ferrolm binary at {FERROLM} (set FERROLM=path/to/release/ferrolm)")
+        return
     tmp = tempfile.mkdtemp()
     corpus = os.environ.get("W2V_CORPUS") or os.path.join(tmp, "corpus.txt")
     if not os.environ.get("W2V_CORPUS"):
         print(f"corpus bytes: {build_corpus(corpus)}")
     ntok = sum(len(l.split()) for l in open(corpus))
-    print(f"corpus tokens: {ntok}, params {P}, load average before: {os.getloadavg()}")
+    print(f"ferrolm: {FERROLM}\ncorpus tokens: {ntok}, params {P}, load average before: {os.getloadavg()}")
     modes = os.environ.get("W2V_MODES", "skipgram,cbow").split(",")
-    for cbow in [m == "cbow" for m in modes]:
-        name = "cbow" if cbow else "skipgram"
+    threads_list = [int(t) for t in os.environ.get("W2V_THREADS", "1,2").split(",")]
+    rows = []
+    for name in modes:
+        cbow = name == "cbow"
         alpha = 0.05 if cbow else 0.025
-        res = {"ferrolm": [], "gensim": []}
-        for r in range(REPEATS):
-            out = os.path.join(tmp, f"f{r}.bin")
-            cmd = [FERROLM, "word2vec", "train", "--input", corpus, "--out", out, "--binary", "--dim", str(P["dim"]),
-                   "--window", "5", "--negative", "5", "--min-count", "5", "--epochs", str(P["epochs"]),
-                   "--threads", "2", "--alpha", str(alpha), "--seed", str(r + 1)] + (["--cbow"] if cbow else [])
-            t = time.time()
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            if p.returncode:
-                sys.exit(p.stderr)
-            wall = time.time() - t
-            # words/s counted as gensim counts them: raw corpus words × epochs / training seconds
-            wps = ntok * P["epochs"] / json.loads(p.stdout.strip().splitlines()[-1])["seconds"]
-            kv = KeyedVectors.load_word2vec_format(out, binary=True)
-            acc = kv.evaluate_word_analogies(QUESTIONS, restrict_vocab=30000)[0]
-            res["ferrolm"].append((wps, acc, wall))
-            t = time.time()
-            m = Word2Vec(LineSentence(corpus), vector_size=P["dim"], window=5, negative=5, min_count=5, sg=0 if cbow else 1,
-                         epochs=P["epochs"], workers=2, sample=1e-3, alpha=alpha, seed=r + 1, hs=0)
-            wall = time.time() - t
-            # gensim's own words/s: effective words trained / training time
-            twps = m.corpus_total_words * P["epochs"] / m.total_train_time
-            acc = m.wv.evaluate_word_analogies(QUESTIONS, restrict_vocab=30000)[0]
-            res["gensim"].append((twps, acc, wall))
-        for k, v in res.items():
-            print(f"{name:8s} {k:8s} load avg now {os.getloadavg()[0]:.2f}  words/s median {statistics.median(x[0] for x in v):,.0f}  "
-                  f"analogy median {statistics.median(x[1] for x in v):.4f}  wall median {statistics.median(x[2] for x in v):.1f}s  runs={v}")
+        for threads in threads_list:
+            res = {"ferrolm": [], "gensim": []}
+            for r in range(REPEATS):
+                # alternate which tool goes first, so a load change mid-pair hits both alike
+                order = ["ferrolm", "gensim"] if r % 2 == 0 else ["gensim", "ferrolm"]
+                for tool in order:
+                    load = os.getloadavg()[0]
+                    if tool == "ferrolm":
+                        out = os.path.join(tmp, f"f{r}.bin")
+                        secs, wall = run_ferrolm(corpus, out, cbow, threads, alpha, r + 1)
+                        # words/s counted as gensim counts them: raw corpus words × epochs / training seconds
+                        wps = ntok * P["epochs"] / secs
+                        kv = KeyedVectors.load_word2vec_format(out, binary=True)
+                        acc = kv.evaluate_word_analogies(QUESTIONS, restrict_vocab=30000)[0]
+                    else:
+                        t = time.time()
+                        m = Word2Vec(LineSentence(corpus), vector_size=P["dim"], window=5, negative=5, min_count=5,
+                                     sg=0 if cbow else 1, epochs=P["epochs"], workers=threads, sample=1e-3, alpha=alpha,
+                                     seed=r + 1, hs=0)
+                        wall = time.time() - t  # build_vocab + train
+                        # raw words (corpus_total_words counts every word read) × epochs / training time
+                        wps = m.corpus_total_words * P["epochs"] / m.total_train_time
+                        acc = m.wv.evaluate_word_analogies(QUESTIONS, restrict_vocab=30000)[0]
+                    res[tool].append(dict(wps=wps, acc=acc, wall=wall, load=load))
+                    print(f"  {name} threads={threads} {tool:8s} run {r + 1}: {wps:,.0f} words/s, analogy {acc:.4f}, "
+                          f"wall {wall:.1f}s, load {load:.2f}", flush=True)
+            med = {k: {f: statistics.median(x[f] for x in v) for f in ("wps", "acc", "wall")} for k, v in res.items()}
+            ratios = [f["wps"] / g["wps"] for f, g in zip(res["ferrolm"], res["gensim"])]
+            loads = [x["load"] for v in res.values() for x in v]
+            rows.append((name, threads, med, ratios, min(loads), max(loads)))
+    print("\n| mode | threads | ferrolm words/s | gensim words/s | ratio of medians | per-pair ratios | "
+          "ferrolm analogy | gensim analogy | wall ferrolm / gensim | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, threads, med, ratios, lo, hi in rows:
+        f, g = med["ferrolm"], med["gensim"]
+        print(f"| {name} | {threads} | {f['wps']:,.0f} | {g['wps']:,.0f} | {f['wps'] / g['wps']:.2f} | "
+              f"{', '.join(f'{x:.2f}' for x in ratios)} | {f['acc']:.4f} | {g['acc']:.4f} | "
+              f"{f['wall']:.1f}s / {g['wall']:.1f}s | {lo:.1f}–{hi:.1f} |")
 
 
 if __name__ == "__main__":

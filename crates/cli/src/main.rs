@@ -94,7 +94,17 @@ fn main() {
         Command::Rlhf(a) => cmd::rlhf::run(a),
     };
     if let Err(e) = result {
+        // The reader of our output went away (`ferrolm ngram query … | head`): stop quietly
+        // with success, as Unix filters do, instead of reporting an error.
+        if is_broken_pipe(&e) {
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// True when any cause in the chain is an I/O error of kind BrokenPipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }

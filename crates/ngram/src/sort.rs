@@ -177,7 +177,7 @@ impl<'s> Sorter<'s> {
     }
 
     fn len(&self) -> usize {
-        if self.n > 0 { self.keys.len() / self.n } else { self.vals.len() / self.v.max(1) }
+        self.keys.len().checked_div(self.n).unwrap_or_else(|| self.vals.len() / self.v.max(1))
     }
 
     fn spill(&mut self) -> Result<()> {

@@ -87,7 +87,7 @@ pub fn parse_memory(s: &str) -> Result<usize> {
         _ => (t, 1.0),
     };
     let x: f64 = num.trim().parse().with_context(|| format!("memory size `{s}` is not a number with an optional k/M/G/T unit"))?;
-    if !(x > 0.0) {
+    if x.is_nan() || x <= 0.0 {
         bail!("memory size `{s}` must be positive");
     }
     Ok((x * mult) as usize)

@@ -58,6 +58,19 @@ fn binary_scores_equal_arpa_scores() {
         // probabilities are stored as f32, as KenLM stores them
         assert!(worst < 1e-4, "order {order}: max |Δ log10| = {worst}");
         let any = AnyModel::open(&bin).unwrap();
+        // per word: the binary model's stateful walk (backoffs carried from the previous
+        // word) matches the ARPA model's independent lookups in id, matched length and value
+        let any_arpa = AnyModel::open(&arpa).unwrap();
+        let mut buf = Vec::new();
+        for s in test.iter().take(200) {
+            let x = any_arpa.score_words(s);
+            any.score_words_into(s, &mut buf);
+            assert_eq!(x.len(), buf.len());
+            for (i, (a, b)) in x.iter().zip(&buf).enumerate() {
+                assert_eq!((a.0, a.1), (b.0, b.1), "order {order}, `{s}`, token {i}");
+                assert!((a.2 - b.2).abs() < 1e-4, "order {order}, `{s}`, token {i}: {} vs {}", a.2, b.2);
+            }
+        }
         assert!(matches!(any, AnyModel::Binary(_)));
         let doc = test[..50].join("\n");
         let (pa, pb) = (AnyModel::open(&arpa).unwrap().score_document(&doc), any.score_document(&doc));

@@ -160,7 +160,8 @@ pub fn analogy(v: &Vectors, questions: &Path, restrict: usize) -> Result<Analogy
         let ids: Option<Vec<usize>> = ws.iter().map(|w| index.get(&w.to_uppercase()).copied()).collect();
         let Some(ids) = ids else { rep.skipped += 1; continue };
         let row = |i: usize| &norm[i * d..(i + 1) * d];
-        for k in 0..d { q[k] = row(ids[1])[k] - row(ids[0])[k] + row(ids[2])[k]; }
+        let (a, b, c) = (row(ids[0]), row(ids[1]), row(ids[2]));
+        for (k, x) in q.iter_mut().enumerate() { *x = b[k] - a[k] + c[k]; }
         let mut best = (usize::MAX, f32::NEG_INFINITY);
         for (j, r) in norm.chunks_exact(d).enumerate() {
             if j == ids[0] || j == ids[1] || j == ids[2] { continue; }

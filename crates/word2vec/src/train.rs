@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -35,9 +35,49 @@ impl Default for Options {
 const EXP_TABLE: usize = 1000;
 const MAX_EXP: f32 = 6.0;
 const MAX_SENTENCE: usize = 1000;
+const CHUNK_WORDS: usize = 10_000;
+
+/// One weight matrix with rows padded to whole 64-byte cache lines and the first row
+/// aligned to a line. Why: with 100 dims a row is 400 bytes, so unpadded rows share lines
+/// with their neighbours; the vocabulary is sorted by frequency, so the hottest rows (the
+/// ones both Hogwild threads write most) are neighbours, and every write to one invalidated
+/// the other thread's copy of the next (false sharing). Padding floats stay zero: no kernel
+/// reads or writes past `dim`.
+struct Matrix {
+    buf: Vec<f32>,
+    off: usize,
+    rows: usize,
+    stride: usize,
+}
+
+impl Matrix {
+    fn zeros(rows: usize, dim: usize) -> Self {
+        let stride = dim.div_ceil(16) * 16;
+        let buf = vec![0f32; rows * stride + 16];
+        let off = buf.as_ptr().align_offset(64).min(15);
+        Self { buf, off, rows, stride }
+    }
+    fn row_mut(&mut self, i: usize, dim: usize) -> &mut [f32] {
+        let s = self.off + i * self.stride;
+        &mut self.buf[s..s + dim]
+    }
+    /// The rows without padding, `rows × dim` row-major.
+    fn compact(&self, dim: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * dim);
+        for i in 0..self.rows {
+            let s = self.off + i * self.stride;
+            out.extend_from_slice(&self.buf[s..s + dim]);
+        }
+        out
+    }
+    fn shared(&mut self, dim: usize) -> Shared {
+        Shared { ptr: unsafe { self.buf.as_mut_ptr().add(self.off) }, stride: self.stride, dim }
+    }
+}
 
 struct Shared {
     ptr: *mut f32,
+    stride: usize,
     dim: usize,
 }
 unsafe impl Sync for Shared {}
@@ -45,8 +85,29 @@ impl Shared {
     /// Row `i`. SAFETY: caller guarantees i < rows; concurrent writers are the accepted
     /// Hogwild race described at the top of this file.
     #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
     unsafe fn row(&self, i: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.ptr.add(i * self.dim), self.dim)
+        std::slice::from_raw_parts_mut(self.ptr.add(i * self.stride), self.dim)
+    }
+    /// Ask for row `i`'s cache lines, with intent to write, ahead of use. The kernel is
+    /// bound by the latency of these loads (perf: the first FMA on a freshly drawn output
+    /// row took 20–27 % of all samples); asking for all rows of one update at once lets
+    /// their misses overlap instead of being paid one row after the other.
+    /// SAFETY: i < rows (a prefetch never faults, but the address must stay in bounds).
+    #[inline(always)]
+    unsafe fn prefetch(&self, i: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
+            let p = self.ptr.add(i * self.stride) as *const i8;
+            let mut b = 0;
+            while b < self.dim * 4 {
+                _mm_prefetch::<_MM_HINT_ET0>(p.add(b));
+                b += 64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
     }
 }
 
@@ -122,24 +183,35 @@ pub fn train(inputs: &[PathBuf], o: &Options) -> Result<Trained> {
         .collect();
 
     let d = o.dim;
-    let mut syn0 = vec![0f32; v * d];
+    let mut m0 = Matrix::zeros(v, d);
     let mut seed = o.seed;
-    for x in syn0.iter_mut() {
-        seed = seed.wrapping_mul(25214903917).wrapping_add(11);
-        *x = (((seed & 0xFFFF) as f32 / 65536.0) - 0.5) / d as f32;
+    for i in 0..v {
+        for x in m0.row_mut(i, d) {
+            seed = seed.wrapping_mul(25214903917).wrapping_add(11);
+            *x = (((seed & 0xFFFF) as f32 / 65536.0) - 0.5) / d as f32;
+        }
     }
-    let mut syn1 = vec![0f32; v * d];
-    let s0 = Shared { ptr: syn0.as_mut_ptr(), dim: d };
-    let s1 = Shared { ptr: syn1.as_mut_ptr(), dim: d };
-    let done = AtomicU64::new(0);
+    let mut m1 = Matrix::zeros(v, d);
+    let s0 = m0.shared(d);
+    let s1 = m1.shared(d);
+
+    // Work is handed out in chunks of whole sentences, ~CHUNK_WORDS words each, in corpus
+    // order, from one counter over all epochs (gensim's job queue, in effect): on a busy
+    // machine a thread that gets less CPU takes fewer chunks instead of holding up the end of
+    // the run, which a fixed slice per thread (the C tool's split) did. The learning rate of
+    // a chunk comes from the words of all chunks handed out before it — the C tool's
+    // word_count_actual, which it also refreshes every 10k words.
+    let chunk_starts = chunk_starts(&bounds, CHUNK_WORDS);
+    let nchunks = chunk_starts.len() - 1;
+    let next_chunk = AtomicUsize::new(0);
     let total_work = o.epochs as u64 * train_words + 1;
-    let nsent = bounds.len() - 1;
     let start = std::time::Instant::now();
     let bar = ferrolm_common::progress::bar(total_work, "word2vec");
     let fast = simd_available();
+    let ctx = Ctx { s0: &s0, s1: &s1, table: &table, exp_table: &exp_table, neg: o.negative, fast };
     std::thread::scope(|sc| {
         for t in 0..o.threads {
-            let (s0, s1, done, corpus, bounds, table, keep, exp_table, bar) = (&s0, &s1, &done, &corpus, &bounds, &table, &keep, &exp_table, &bar);
+            let (ctx, next_chunk, corpus, bounds, chunk_starts, keep, bar) = (&ctx, &next_chunk, &corpus, &bounds, &chunk_starts, &keep, &bar);
             sc.spawn(move || {
                 let mut rng: u64 = t as u64 + o.seed;
                 let mut next = || {
@@ -148,89 +220,154 @@ pub fn train(inputs: &[PathBuf], o: &Options) -> Result<Trained> {
                 };
                 let mut neu1 = vec![0f32; d];
                 let mut neu1e = vec![0f32; d];
+                let mut targets: Vec<u32> = Vec::with_capacity(o.negative + 1);
+                let mut ahead: Vec<u32> = Vec::with_capacity(o.negative + 1);
                 let mut sen: Vec<u32> = Vec::with_capacity(MAX_SENTENCE);
-                let (lo, hi) = (nsent * t / o.threads, nsent * (t + 1) / o.threads);
-                let mut alpha = o.alpha;
-                let mut local = 0u64;
-                for _ in 0..o.epochs {
-                    for s in lo..hi {
-                        let raw = &corpus[bounds[s]..bounds[s + 1]];
-                        local += raw.len() as u64;
-                        if local > 10_000 {
-                            let w = done.fetch_add(local, Ordering::Relaxed) + local;
-                            bar.inc(local);
-                            local = 0;
-                            alpha = (o.alpha * (1.0 - w as f32 / total_work as f32)).max(o.alpha * 1e-4);
-                        }
+                loop {
+                    let k = next_chunk.fetch_add(1, Ordering::Relaxed);
+                    if k >= o.epochs * nchunks {
+                        break;
+                    }
+                    let (epoch, c) = (k / nchunks, k % nchunks);
+                    let (s_lo, s_hi) = (chunk_starts[c], chunk_starts[c + 1]);
+                    let before = epoch as u64 * train_words + bounds[s_lo] as u64;
+                    let alpha = (o.alpha * (1.0 - before as f32 / total_work as f32)).max(o.alpha * 1e-4);
+                    for s in s_lo..s_hi {
                         sen.clear();
-                        for &w in raw {
+                        for &w in &corpus[bounds[s]..bounds[s + 1]] {
                             if keep[w as usize] < 1.0 && keep[w as usize] < (next() & 0xFFFF) as f32 / 65536.0 {
                                 continue;
                             }
                             sen.push(w);
                         }
                         for pos in 0..sen.len() {
-                            let word = sen[pos] as usize;
+                            let word = sen[pos];
                             let b = (next() % o.window as u64) as usize;
                             let from = pos.saturating_sub(o.window - b);
                             let to = (pos + o.window - b + 1).min(sen.len());
-                            // SAFETY (all unsafe row() calls): ids < v by construction.
+                            // SAFETY (all unsafe calls): ids < v by construction.
                             unsafe {
                                 if o.cbow {
-                                    neu1.iter_mut().for_each(|x| *x = 0.0);
-                                    let mut cw = 0;
-                                    for c in from..to {
-                                        if c != pos {
-                                            let r = s0.row(sen[c] as usize);
-                                            add_to(&mut neu1, r);
-                                            cw += 1;
-                                        }
+                                    // no context (a one-word sentence): no update and no
+                                    // negatives drawn, as in the C tool
+                                    if to - from < 2 {
+                                        continue;
                                     }
-                                    if cw == 0 { continue; }
-                                    neu1.iter_mut().for_each(|x| *x /= cw as f32);
+                                    // the context words: sen[from..to] without the centre
+                                    let context = || sen[from..to].iter().enumerate().filter(move |&(i, _)| from + i != pos).map(|(_, &w)| w as usize);
+                                    for w in context() {
+                                        ctx.s0.prefetch(w);
+                                    }
+                                    draw_targets(word, ctx, &mut targets, &mut next);
+                                    neu1.iter_mut().for_each(|x| *x = 0.0);
+                                    for w in context() {
+                                        add_to(&mut neu1, ctx.s0.row(w));
+                                    }
+                                    let cw = (to - from - 1) as f32;
+                                    neu1.iter_mut().for_each(|x| *x /= cw);
                                     neu1e.iter_mut().for_each(|x| *x = 0.0);
-                                    negative(word, &neu1, &mut neu1e, s1, o.negative, table, exp_table, alpha, &mut next, fast);
-                                    for c in from..to {
-                                        if c != pos {
-                                            let r = s0.row(sen[c] as usize);
-                                            add_to(r, &neu1e);
-                                        }
+                                    negative(&targets, &neu1, &mut neu1e, ctx, alpha);
+                                    for w in context() {
+                                        add_to(ctx.s0.row(w), &neu1e);
                                     }
                                 } else {
-                                    for c in from..to {
-                                        if c == pos { continue; }
-                                        let l1 = s0.row(sen[c] as usize);
+                                    // One update ahead: the next context's targets are drawn
+                                    // and its rows prefetched before this one is computed, so
+                                    // the loads overlap the arithmetic. The random stream is
+                                    // consumed in the same order (no other draw happens
+                                    // between the contexts of one word).
+                                    let mut c = if from == pos { pos + 1 } else { from };
+                                    if c < to {
+                                        ctx.s0.prefetch(sen[c] as usize);
+                                        draw_targets(word, ctx, &mut targets, &mut next);
+                                    }
+                                    while c < to {
+                                        let mut n = c + 1;
+                                        if n == pos {
+                                            n += 1;
+                                        }
+                                        if n < to {
+                                            ctx.s0.prefetch(sen[n] as usize);
+                                            draw_targets(word, ctx, &mut ahead, &mut next);
+                                        }
+                                        let l1 = ctx.s0.row(sen[c] as usize);
                                         neu1e.iter_mut().for_each(|x| *x = 0.0);
-                                        negative(word, l1, &mut neu1e, s1, o.negative, table, exp_table, alpha, &mut next, fast);
+                                        negative(&targets, l1, &mut neu1e, ctx, alpha);
                                         add_to(l1, &neu1e);
+                                        std::mem::swap(&mut targets, &mut ahead);
+                                        c = n;
                                     }
                                 }
                             }
                         }
                     }
+                    bar.inc((bounds[s_hi] - bounds[s_lo]) as u64);
                 }
-                done.fetch_add(local, Ordering::Relaxed);
-                bar.inc(local);
             });
         }
     });
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    Ok(Trained { words, counts, vectors: syn0, dim: d, words_per_sec: (o.epochs as u64 * train_words) as f64 / secs, seconds: secs })
+    let vectors = m0.compact(d);
+    Ok(Trained { words, counts, vectors, dim: d, words_per_sec: (o.epochs as u64 * train_words) as f64 / secs, seconds: secs })
 }
 
-/// One positive and `neg` negative logistic updates of output rows against hidden `h`;
-/// accumulates the input gradient in `grad`. Dispatches once per call to a build of the
-/// kernel for AVX2+FMA when the CPU has them (the release build targets baseline x86-64).
-#[allow(clippy::too_many_arguments)]
-#[inline]
-unsafe fn negative(word: usize, h: &[f32], grad: &mut [f32], s1: &Shared, neg: usize, table: &[(u32, u32)], exp_table: &[f32], alpha: f32, next: &mut impl FnMut() -> u64, fast: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        return negative_avx2(word, h, grad, s1, neg, table, exp_table, alpha, next);
+/// Sentence indices where chunks start, plus the end: consecutive sentences are grouped until
+/// a chunk holds at least `min_words` words; every sentence lies in exactly one chunk.
+/// `bounds` are the sentences' word offsets (first 0, last the corpus length).
+fn chunk_starts(bounds: &[usize], min_words: usize) -> Vec<usize> {
+    let nsent = bounds.len() - 1;
+    let mut starts = vec![0];
+    for s in 0..nsent {
+        if bounds[s + 1] - bounds[*starts.last().unwrap()] >= min_words {
+            starts.push(s + 1);
+        }
     }
-    let _ = fast;
-    negative_kernel::<false>(word, h, grad, s1, neg, table, exp_table, alpha, next)
+    if *starts.last().unwrap() != nsent {
+        starts.push(nsent);
+    }
+    starts
+}
+
+/// What every thread reads while training: the two shared matrices and the lookup tables.
+struct Ctx<'a> {
+    s0: &'a Shared,
+    s1: &'a Shared,
+    table: &'a [(u32, u32)],
+    exp_table: &'a [f32],
+    neg: usize,
+    fast: bool,
+}
+
+/// The targets of one update: the true word, then `neg` draws from the noise distribution
+/// with draws equal to the true word skipped (as the C tool does). All drawn before any is
+/// used, which consumes the random stream in the same order as drawing one at a time (no
+/// other draw happens in between), so that their output rows can be prefetched together.
+#[inline(always)]
+unsafe fn draw_targets(word: u32, ctx: &Ctx, targets: &mut Vec<u32>, next: &mut impl FnMut() -> u64) {
+    targets.clear();
+    targets.push(word);
+    ctx.s1.prefetch(word as usize);
+    for _ in 0..ctx.neg {
+        let t = sample_alias(ctx.table, next) as u32;
+        if t != word {
+            targets.push(t);
+            ctx.s1.prefetch(t as usize);
+        }
+    }
+}
+
+/// Logistic updates of the output rows of `targets` (the first positive, the rest negative)
+/// against hidden `h`; accumulates the input gradient in `grad`. Dispatches once per call to
+/// a build of the kernel for AVX2+FMA when the CPU has them (the release build targets
+/// baseline x86-64).
+#[inline]
+unsafe fn negative(targets: &[u32], h: &[f32], grad: &mut [f32], ctx: &Ctx, alpha: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if ctx.fast {
+        return negative_avx2(targets, h, grad, ctx, alpha);
+    }
+    negative_kernel::<false>(targets, h, grad, ctx, alpha)
 }
 
 /// True when [`negative`] may take the AVX2+FMA path.
@@ -247,23 +384,15 @@ pub fn simd_available() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn negative_avx2(word: usize, h: &[f32], grad: &mut [f32], s1: &Shared, neg: usize, table: &[(u32, u32)], exp_table: &[f32], alpha: f32, next: &mut impl FnMut() -> u64) {
-    negative_kernel::<true>(word, h, grad, s1, neg, table, exp_table, alpha, next)
+unsafe fn negative_avx2(targets: &[u32], h: &[f32], grad: &mut [f32], ctx: &Ctx, alpha: f32) {
+    negative_kernel::<true>(targets, h, grad, ctx, alpha)
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn negative_kernel<const FMA: bool>(word: usize, h: &[f32], grad: &mut [f32], s1: &Shared, neg: usize, table: &[(u32, u32)], exp_table: &[f32], alpha: f32, next: &mut impl FnMut() -> u64) {
-    for j in 0..=neg {
-        let (target, label) = if j == 0 {
-            (word, 1.0f32)
-        } else {
-            let t = sample_alias(table, next);
-            if t == word { continue; }
-            (t, 0.0)
-        };
-        let r = s1.row(target);
+unsafe fn negative_kernel<const FMA: bool>(targets: &[u32], h: &[f32], grad: &mut [f32], ctx: &Ctx, alpha: f32) {
+    for (j, &target) in targets.iter().enumerate() {
+        let label = if j == 0 { 1.0f32 } else { 0.0 };
+        let r = ctx.s1.row(target as usize);
         let f = if FMA { dot_fma(h, r) } else { dot::<false>(h, r) };
         let g = if f > MAX_EXP {
             (label - 1.0) * alpha
@@ -271,7 +400,7 @@ unsafe fn negative_kernel<const FMA: bool>(word: usize, h: &[f32], grad: &mut [f
             label * alpha
         } else {
             // rounding can land exactly on EXP_TABLE for f just below MAX_EXP; clamp
-            (label - exp_table[(((f + MAX_EXP) * (EXP_TABLE as f32 / MAX_EXP / 2.0)) as usize).min(EXP_TABLE - 1)]) * alpha
+            (label - ctx.exp_table[(((f + MAX_EXP) * (EXP_TABLE as f32 / MAX_EXP / 2.0)) as usize).min(EXP_TABLE - 1)]) * alpha
         };
         update::<FMA>(g, h, r, grad);
     }
@@ -424,6 +553,40 @@ mod tests {
             let got = hits[i] as f64 / n as f64;
             assert!((got - want).abs() < 0.003 + 0.02 * want, "word {i}: {got} vs {want}");
         }
+    }
+
+    #[test]
+    fn chunks_cover_every_sentence_once_in_order() {
+        // sentence lengths 3, 7, 1, 12, 2, 2, 9 words
+        let bounds = [0, 3, 10, 11, 23, 25, 27, 36];
+        let c = chunk_starts(&bounds, 10);
+        assert_eq!(c, vec![0, 2, 4, 7]);
+        for w in c.windows(2) {
+            assert!(w[0] < w[1]);
+        }
+        assert_eq!(chunk_starts(&[0, 5], 10), vec![0, 1]);
+        assert_eq!(chunk_starts(&[0, 5, 20], 5), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn padded_matrix_rows_are_line_aligned_and_compact_back() {
+        let mut m = Matrix::zeros(5, 100);
+        assert_eq!(m.stride, 112);
+        for i in 0..5 {
+            for (k, x) in m.row_mut(i, 100).iter_mut().enumerate() {
+                *x = (i * 1000 + k) as f32;
+            }
+        }
+        let sh = m.shared(100);
+        for i in 0..5 {
+            // SAFETY: i < rows, single thread
+            let r = unsafe { sh.row(i) };
+            assert_eq!(r.as_ptr() as usize % 64, 0, "row {i} not on a cache line");
+            assert_eq!(r.len(), 100);
+        }
+        let c = m.compact(100);
+        assert_eq!(c.len(), 500);
+        assert!(c.iter().enumerate().all(|(j, &x)| x == ((j / 100) * 1000 + j % 100) as f32));
     }
 
     #[test]

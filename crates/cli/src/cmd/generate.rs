@@ -63,8 +63,9 @@ pub fn run(a: Args) -> Result<()> {
     let on_token = |t: u32| {
         if t != eot {
             let piece = stream.push(t);
-            let _ = write!(out, "{piece}");
-            let _ = out.flush();
+            // a closed stdout (`| head`) stops generating; the final write below then fails
+            // with BrokenPipe, which main turns into a quiet exit
+            return write!(out, "{piece}").and_then(|_| out.flush()).is_ok();
         }
         true
     };
@@ -104,8 +105,8 @@ fn run_family(a: Args) -> Result<()> {
     };
     let on_token = |t: u32| {
         if t != eot {
-            let _ = write!(out, "{}", stream.push(t));
-            let _ = out.flush();
+            // stop generating once stdout is closed (see run_arch)
+            return write!(out, "{}", stream.push(t)).and_then(|_| out.flush()).is_ok();
         }
         true
     };

@@ -150,10 +150,13 @@ pub fn run(args: Args) -> Result<()> {
                 lines += 1;
             }
             let ppl = 10f64.powf(-lp / toks as f64);
+            // writeln, not println: a closed stdout must surface as an error (quiet exit in
+            // main), not a panic
+            let mut out = std::io::stdout().lock();
             if json {
-                println!("{}", serde_json::json!({"perplexity": ppl, "log10_prob": lp, "tokens": toks, "oovs": oovs, "lines": lines}));
+                writeln!(out, "{}", serde_json::json!({"perplexity": ppl, "log10_prob": lp, "tokens": toks, "oovs": oovs, "lines": lines}))?;
             } else {
-                println!("Perplexity including OOVs:\t{ppl}\nlog10 prob:\t{lp}\nTokens:\t{toks}\tOOVs:\t{oovs}\tLines:\t{lines}");
+                writeln!(out, "Perplexity including OOVs:\t{ppl}\nlog10 prob:\t{lp}\nTokens:\t{toks}\tOOVs:\t{oovs}\tLines:\t{lines}")?;
             }
         }
         Cmd::Query { model, input, sentence } => {
@@ -169,11 +172,12 @@ pub fn run(args: Args) -> Result<()> {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let (mut total, mut toks, mut oovs, mut total_iv, mut toks_iv) = (0.0, 0usize, 0usize, 0.0, 0usize);
+            let mut words = Vec::new(); // reused: no allocation per line
             for l in &lines {
-                let words = m.score_words(l);
+                m.score_words_into(l, &mut words);
                 let (mut s, mut o) = (0.0, 0usize);
-                let text: Vec<&str> = l.split_whitespace().chain(std::iter::once("</s>")).collect();
-                for (i, &(id, n, lp)) in words.iter().enumerate() {
+                let mut text = l.split_whitespace().chain(std::iter::once("</s>"));
+                for &(id, n, lp) in &words {
                     s += lp;
                     if id == unk {
                         o += 1;
@@ -182,7 +186,7 @@ pub fn run(args: Args) -> Result<()> {
                         toks_iv += 1;
                     }
                     if !sentence {
-                        write!(out, "{}={} {} {}\t", text[i], id, n, lp)?;
+                        write!(out, "{}={} {} {}\t", text.next().unwrap_or(""), id, n, lp)?;
                     }
                 }
                 if sentence {

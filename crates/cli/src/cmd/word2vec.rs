@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 use ferrolm_word2vec::{analogy, read_vectors, train, write_vectors, Options};
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -77,8 +78,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         Cmd::Similar { vectors, word, top } => {
             let v = read_vectors(&vectors)?;
+            let mut out = std::io::stdout().lock();
             for (w, s) in v.similar(&word, top)? {
-                println!("{w}\t{s:.4}");
+                writeln!(out, "{w}\t{s:.4}")?;
             }
         }
         Cmd::Analogy { vectors, questions, restrict, json } => {
