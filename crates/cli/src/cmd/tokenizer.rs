@@ -156,7 +156,9 @@ pub fn run(args: Args) -> Result<()> {
             if let Some(&bad) = ids.iter().find(|&&i| i as usize >= tok.vocab_size()) {
                 bail!("id {bad} is outside the vocabulary of {} ids", tok.vocab_size());
             }
-            print!("{}", tok.decode(&ids));
+            // write!, not print!: print! panics when stdout is a closed pipe (`| head`); main
+            // turns a broken pipe into a quiet exit.
+            write!(std::io::stdout().lock(), "{}", tok.decode(&ids))?;
         }
         Cmd::Shards { tokenizer, input, out, max_shard_tokens, val_fraction } => {
             let tok = Tokenizer::from_file(&tokenizer)?;
