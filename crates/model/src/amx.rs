@@ -269,7 +269,7 @@ unsafe fn gemm_bf16_in(
         let out = out;
         let _tiles = TileState::load();
         #[repr(C, align(64))]
-        struct Scratch([f32; 4 * TM * TN]);
+        struct Scratch([f32; 4 * TM * TN]); // one 32×32 block, row-major
         let mut scratch = Scratch([0f32; 4 * TM * TN]);
         let scratch = &mut scratch.0;
         for blk in range {
@@ -283,19 +283,16 @@ unsafe fn gemm_bf16_in(
             if r0 + 2 * TM <= m && c0 + 2 * TN <= n && scale == 1.0 {
                 // A full 32×32 block: the tiles load from and store to dst directly (no
                 // scratch copy; 10% of a small model's step went into that copy).
-                block_2x2_direct(a0, a1, b0, b1, kt, out.0.add(r0 * dst_rs + c0), dst_rs, accumulate);
+                block_2x2(a0, a1, b0, b1, kt, out.0.add(r0 * dst_rs + c0), dst_rs, accumulate);
                 continue;
             }
-            block_2x2(a0, a1, b0, b1, kt, scratch.as_mut_ptr());
-            for (t, tile) in scratch.chunks(TM * TN).enumerate() {
-                let (r0, c0) = ((2 * bi + t / 2) * TM, (2 * bj + t % 2) * TN);
-                if r0 >= m || c0 >= n {
-                    continue;
-                }
-                let (rows, cols) = ((m - r0).min(TM), (n - c0).min(TN));
+            // An edge block: computed into scratch, then its part inside C copied or added.
+            block_2x2(a0, a1, b0, b1, kt, scratch.as_mut_ptr(), 2 * TN, false);
+            if r0 < m && c0 < n {
+                let (rows, cols) = ((m - r0).min(2 * TM), (n - c0).min(2 * TN));
                 for r in 0..rows {
                     let d = std::slice::from_raw_parts_mut(out.0.add((r0 + r) * dst_rs + c0), cols);
-                    let s = &tile[r * TN..r * TN + cols];
+                    let s = &scratch[r * 2 * TN..r * 2 * TN + cols];
                     if accumulate {
                         d.iter_mut().zip(s).for_each(|(d, s)| *d += scale * s);
                     } else if scale == 1.0 {
@@ -495,51 +492,12 @@ impl Drop for TileState {
     }
 }
 
-/// C (32×32 as four 16×16 f32 tiles, tile t = (t/2, t%2), at `c`) = [A0; A1] · [B0 B1]
-/// over kt k-tiles. Each A/B panel's tiles lie 1 KiB apart, rows 64 bytes apart.
-#[cfg(target_arch = "x86_64")]
-unsafe fn block_2x2(a0: *const u16, a1: *const u16, b0: *const u16, b1: *const u16, kt: usize, c: *mut f32) {
-    use std::arch::asm;
-    let stride = 64usize;
-    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-    for ki in 0..kt {
-        let off = ki * TILE;
-        asm!(
-            "tileloadd tmm4, [{a0} + {s}*1]",
-            "tileloadd tmm5, [{a1} + {s}*1]",
-            "tileloadd tmm6, [{b0} + {s}*1]",
-            "tileloadd tmm7, [{b1} + {s}*1]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            a0 = in(reg) a0.add(off),
-            a1 = in(reg) a1.add(off),
-            b0 = in(reg) b0.add(off),
-            b1 = in(reg) b1.add(off),
-            s = in(reg) stride,
-            options(nostack, readonly),
-        );
-    }
-    asm!(
-        "tilestored [{c0} + {s}*1], tmm0",
-        "tilestored [{c1} + {s}*1], tmm1",
-        "tilestored [{c2} + {s}*1], tmm2",
-        "tilestored [{c3} + {s}*1], tmm3",
-        c0 = in(reg) c,
-        c1 = in(reg) c.add(TM * TN),
-        c2 = in(reg) c.add(2 * TM * TN),
-        c3 = in(reg) c.add(3 * TM * TN),
-        s = in(reg) stride,
-        options(nostack),
-    );
-}
-
-/// As [`block_2x2`], but the four C tiles live in dst (row stride `ld` floats): loaded
-/// first when accumulating (C += A·B), zeroed otherwise, and stored back in place.
+/// The 32×32 block of C at `c` (row stride `ld` floats, four 16×16 f32 tiles) gets
+/// [A0; A1] · [B0 B1] over kt k-tiles: added to it when accumulating (the tiles load C
+/// first), written otherwise. Each A/B panel's tiles lie 1 KiB apart, rows 64 bytes apart.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block_2x2_direct(a0: *const u16, a1: *const u16, b0: *const u16, b1: *const u16, kt: usize, c: *mut f32, ld: usize, accumulate: bool) {
+unsafe fn block_2x2(a0: *const u16, a1: *const u16, b0: *const u16, b1: *const u16, kt: usize, c: *mut f32, ld: usize, accumulate: bool) {
     use std::arch::asm;
     let stride = 64usize;
     let cs = ld * 4;
@@ -587,14 +545,10 @@ unsafe fn block_2x2_direct(a0: *const u16, a1: *const u16, b0: *const u16, b1: *
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block_2x2_direct(_: *const u16, _: *const u16, _: *const u16, _: *const u16, _: usize, _: *mut f32, _: usize, _: bool) {
+unsafe fn block_2x2(_: *const u16, _: *const u16, _: *const u16, _: *const u16, _: usize, _: *mut f32, _: usize, _: bool) {
     unreachable!("AMX exists only on x86-64; amx_available() is false elsewhere")
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn block_2x2(_: *const u16, _: *const u16, _: *const u16, _: *const u16, _: usize, _: *mut f32) {
-    unreachable!("AMX exists only on x86-64; amx_available() is false elsewhere")
-}
 
 #[cfg(test)]
 mod tests {
