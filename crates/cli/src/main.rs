@@ -66,6 +66,9 @@ fn main() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    // Exact f32 matrix products with ferrolm's batch split (training commands may switch
+    // to bf16 from their config).
+    ferrolm_model::amx::set_matmul_precision(ferrolm_model::amx::MatmulPrecision::F32);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

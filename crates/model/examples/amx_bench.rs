@@ -1,4 +1,5 @@
-//! Throughput of the bf16 AMX product against candle's f32 matmul on training-sized shapes.
+//! Throughput of candle's f32 matmul as gemm splits it over threads, as ferrolm splits it
+//! (crates/model/src/sgemm.rs), and of the bf16 AMX product, on training-sized shapes.
 //! `cargo run --release -p ferrolm-model --example amx_bench`
 use candle_core::{Device, Tensor};
 use ferrolm_model::amx::{set_matmul_precision, MatmulPrecision};
@@ -11,16 +12,22 @@ fn main() -> candle_core::Result<()> {
             let a = if ta { Tensor::randn(0f32, 1.0, (k, m), &Device::Cpu)?.t()? } else { Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)? };
             let b = if tb { Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?.t()? } else { Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)? };
             let mut line = format!("{m}x{n}x{k} a_t={ta} b_t={tb}:");
-            for p in [MatmulPrecision::F32, MatmulPrecision::Bf16] {
-                set_matmul_precision(p);
+            for p in ["gemm-rayon", "F32", "Bf16"] {
+                match p {
+                    "F32" => drop(set_matmul_precision(MatmulPrecision::F32)),
+                    "Bf16" => drop(set_matmul_precision(MatmulPrecision::Bf16)),
+                    // candle's own call: gemm's Parallelism::Rayon split.
+                    _ => candle_core::cpu_backend::set_f32_gemm_hook(None),
+                }
                 let _ = a.matmul(&b)?;
-                let reps = (2e10 / (2.0 * (m * n * k) as f64)).clamp(3.0, 200.0) as usize;
+                let flops: f64 = std::env::var("FLOPS").ok().and_then(|s| s.parse().ok()).unwrap_or(2e10);
+                let reps = (flops / (2.0 * (m * n * k) as f64)).clamp(3.0, 2000.0) as usize;
                 let t0 = Instant::now();
                 for _ in 0..reps {
                     let _ = a.matmul(&b)?;
                 }
                 let gf = 2.0 * (m * n * k) as f64 * reps as f64 / t0.elapsed().as_secs_f64() / 1e9;
-                line += &format!(" {p:?} {gf:.0} GFLOP/s");
+                line += &format!(" {p} {gf:.0} GFLOP/s");
             }
             println!("{line}");
         }

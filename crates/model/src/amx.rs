@@ -57,7 +57,9 @@ pub fn set_matmul_precision(p: MatmulPrecision) -> MatmulPrecision {
         }
         MatmulPrecision::F32 => {
             MODE.store(0, Ordering::SeqCst);
-            candle_core::cpu_backend::set_f32_gemm_hook(None);
+            // Exact f32: gemm's kernels, with batches of small products (attention heads
+            // outside the fused op) spread one per task (see sgemm.rs).
+            candle_core::cpu_backend::set_f32_gemm_hook(Some(crate::sgemm::candle_hook));
         }
     }
     effective
@@ -113,28 +115,29 @@ fn detect() -> bool {
 /// than the tiles save, and tiny products (one decoding step) gain nothing.
 const MIN_WORK: usize = 1 << 15;
 
-/// The hook candle's matmul calls for f32 (see vendor/candle-core/FERROLM-PATCH.md).
-/// dst is m×n with row stride `dst_rs` and column stride 1.
-#[allow(clippy::too_many_arguments)]
-unsafe fn candle_hook(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: isize,
-    lhs: *const f32,
-    lhs_cs: isize,
-    lhs_rs: isize,
-    rhs: *const f32,
-    rhs_cs: isize,
-    rhs_rs: isize,
-) -> bool {
-    if m * n * k < MIN_WORK || dst_rs < n as isize {
-        return false;
+/// The hook candle's matmul calls for f32 in bf16 mode (see vendor/candle-core/FERROLM-PATCH.md).
+unsafe fn candle_hook(p: candle_core::cpu_backend::F32Gemm) -> bool {
+    use rayon::prelude::*;
+    let (m, n, k) = (p.m, p.n, p.k);
+    if m * n * k < MIN_WORK || p.dst_rs < n as isize {
+        return crate::sgemm::candle_hook(p);
     }
-    let a = Strided { ptr: lhs, rs: lhs_rs, cs: lhs_cs };
-    let b = Strided { ptr: rhs, rs: rhs_rs, cs: rhs_cs };
-    gemm_bf16(m, n, k, a, b, dst, dst_rs as usize, false, 1.0, true);
+    let (dst, dst_rs, dst_skip) = (DstPtr(p.dst), p.dst_rs as usize, p.dst_skip);
+    let (a, a_skip) = (Strided { ptr: p.lhs, rs: p.lhs_rs, cs: p.lhs_cs }, p.lhs_skip);
+    let (b, b_skip) = (Strided { ptr: p.rhs, rs: p.rhs_rs, cs: p.rhs_cs }, p.rhs_skip);
+    let item = |i: usize, parallel: bool| {
+        let (a, b, dst) = (a, b, dst); // whole (Send) structs, not their pointer fields
+        let a = Strided { ptr: a.ptr.add(i * a_skip), ..a };
+        let b = Strided { ptr: b.ptr.add(i * b_skip), ..b };
+        gemm_bf16(m, n, k, a, b, dst.0.add(i * dst_skip), dst_rs, false, 1.0, parallel);
+    };
+    // A batch at least as large as the pool (attention heads) runs one item per task;
+    // otherwise each product spreads its own blocks over the pool.
+    if p.batch >= rayon::current_num_threads() {
+        (0..p.batch).into_par_iter().for_each(|i| item(i, false));
+    } else {
+        (0..p.batch).for_each(|i| item(i, true));
+    }
     true
 }
 

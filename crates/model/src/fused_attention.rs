@@ -137,7 +137,8 @@ impl CustomOp1 for FusedSelfAttention {
         let dm = self.0;
         let qkv = contiguous(s, l, self.name())?;
         let (t, w, c) = (dm.t, dm.w(), dm.c());
-        let mut y = vec![0f32; dm.b * t * c];
+        // Every head writes its d columns of every row (mm without accumulate).
+        let mut y = crate::ops::output_buffer(dm.b * t * c);
         let out = SharedMut(y.as_mut_ptr());
         (0..dm.b * dm.h).into_par_iter().for_each_init(
             || vec![0f32; t * t],
@@ -173,7 +174,8 @@ impl CustomOp2 for FusedSelfAttentionBackward {
         let qkv = contiguous(s1, l1, self.name())?;
         let dy = contiguous(s2, l2, self.name())?;
         let (t, w, c, d) = (dm.t, dm.w(), dm.c(), dm.d);
-        let mut dqkv = vec![0f32; dm.b * t * w];
+        // Every q, k and v column block is written by its first head (mm without accumulate).
+        let mut dqkv = crate::ops::output_buffer(dm.b * t * w);
         let out = SharedMut(dqkv.as_mut_ptr());
         // One task per (sequence, key/value head): the query heads that share a key/value
         // head add into the same dK and dV, so they run in the same task.

@@ -19,6 +19,7 @@ pub mod norm;
 pub mod nplm;
 pub mod ops;
 pub mod rnn;
+pub mod sgemm;
 pub mod transformer;
 
 pub use attention::{AttnMask, KvCache};

@@ -32,6 +32,20 @@ fn for_rows(out: &mut [f32], dim: usize, f: impl Fn(usize, &mut [f32]) + Sync + 
     }
 }
 
+/// An output buffer of `n` floats that the caller overwrites completely before anyone
+/// reads it. Fresh `vec![0.0; n]` outputs cost a memset of every intermediate tensor
+/// (3% of a c1 training step in perf) on top of the kernel's own page zeroing.
+pub(crate) fn output_buffer(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32 has no invalid bit patterns and no drop; every caller writes all n
+    // elements before the buffer is read or handed to candle.
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        v.set_len(n)
+    };
+    v
+}
+
 /// Runs `f` compiled for AVX-512 (or AVX2+FMA) when the CPU has it. The default build
 /// targets baseline x86-64 (SSE2, 4 lanes) so that it runs anywhere; the elementwise loops
 /// of the fused ops (exp, tanh, sums) are inlined into these wrappers and vectorised for
@@ -274,10 +288,20 @@ struct Norm {
 impl Norm {
     /// Per row: mean and reciprocal std, recomputed in backward rather than stored,
     /// because storing them would need a second output that candle ops cannot return.
+    /// Sums run in 16 lanes (see [`lane_sum`]); callers run inside [`vectorized`].
+    #[inline(always)]
     fn stats(&self, row: &[f32]) -> (f32, f32) {
         let n = row.len() as f32;
-        let mean = if self.remove_mean { row.iter().sum::<f32>() / n } else { 0.0 };
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let mean = if self.remove_mean { lane_sum(row) / n } else { 0.0 };
+        let mut acc = [0f32; 16];
+        let chunks = row.chunks_exact(16);
+        let tail: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+        for c in chunks {
+            for i in 0..16 {
+                acc[i] += (c[i] - mean) * (c[i] - mean);
+            }
+        }
+        let var = (acc.iter().sum::<f32>() + tail) / n;
         (mean, 1.0 / (var + self.eps).sqrt())
     }
 }
@@ -300,13 +324,22 @@ impl CustomOp3 for Norm {
         let w = contiguous_f32(s2, l2, self.name())?;
         let b = contiguous_f32(s3, l3, self.name())?;
         let dim = w.len();
-        let mut out = vec![0f32; x.len()];
+        let b = if self.remove_mean { b } else { &[][..] };
+        let mut out = output_buffer(x.len());
         for_rows(&mut out, dim, |i, row| {
-            let src = &x[i * dim..(i + 1) * dim];
-            let (mean, rstd) = self.stats(src);
-            for j in 0..dim {
-                row[j] = (src[j] - mean) * rstd * w[j] + if self.remove_mean { b[j] } else { 0.0 };
-            }
+            vectorized(|| {
+                let src = &x[i * dim..(i + 1) * dim];
+                let (mean, rstd) = self.stats(src);
+                if b.len() == dim {
+                    for (((o, &v), &wv), &bv) in row.iter_mut().zip(src).zip(w).zip(b) {
+                        *o = (v - mean) * rstd * wv + bv;
+                    }
+                } else {
+                    for ((o, &v), &wv) in row.iter_mut().zip(src).zip(w) {
+                        *o = (v - mean) * rstd * wv;
+                    }
+                }
+            })
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -355,46 +388,53 @@ impl CustomOp3 for NormBackward {
         let g = contiguous_f32(s3, l3, self.name())?;
         let dim = w.len();
         let rows = x.len() / dim;
-        let mut out = vec![0f32; (rows + 2) * dim];
+        let mut out = output_buffer((rows + 2) * dim);
         let (dx, rest) = out.split_at_mut(rows * dim);
-        // dx per row: rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂)); for RMSNorm the first mean is absent.
-        for_rows(dx, dim, |i, row| {
-            let xr = &x[i * dim..(i + 1) * dim];
-            let gr = &g[i * dim..(i + 1) * dim];
-            let (mean, rstd) = self.fwd.stats(xr);
-            let n = dim as f32;
-            let (mut s_gw, mut s_gwx) = (0f32, 0f32);
-            for j in 0..dim {
-                let gw = gr[j] * w[j];
-                s_gw += gw;
-                s_gwx += gw * (xr[j] - mean) * rstd;
-            }
-            let m_gw = if self.fwd.remove_mean { s_gw / n } else { 0.0 };
-            let m_gwx = s_gwx / n;
-            for j in 0..dim {
-                let xhat = (xr[j] - mean) * rstd;
-                row[j] = rstd * (gr[j] * w[j] - m_gw - xhat * m_gwx);
-            }
-        });
-        // dw = Σ_rows g·x̂, db = Σ_rows g: reduced per thread chunk then summed.
-        let chunk = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
-        let partial: Vec<Vec<f32>> = (0..rows)
-            .collect::<Vec<_>>()
-            .par_chunks(chunk)
-            .map(|idx| {
+        // One pass over each row computes its dx and adds its share of dw = Σ g·x̂ and
+        // db = Σ g into a per-chunk accumulator (the row's statistics are computed once).
+        // dx per row: rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂)); for RMSNorm the first
+        // mean is absent.
+        let rows_per_chunk = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        let chunk_rows = |c: usize, dx: &mut [f32]| -> Vec<f32> {
+            vectorized(|| {
                 let mut acc = vec![0f32; 2 * dim];
-                for &i in idx {
+                let (dw, db) = acc.split_at_mut(dim);
+                let n = dim as f32;
+                let mut xhat = vec![0f32; dim];
+                for (r, row) in dx.chunks_mut(dim).enumerate() {
+                    let i = c * rows_per_chunk + r;
                     let xr = &x[i * dim..(i + 1) * dim];
                     let gr = &g[i * dim..(i + 1) * dim];
                     let (mean, rstd) = self.fwd.stats(xr);
+                    let (mut s_gw, mut s_gwx) = ([0f32; 16], [0f32; 16]);
+                    // 16 independent lanes per sum (see `lane_sum`).
+                    for ((xh, xc), (gc, wc)) in xhat.chunks_mut(16).zip(xr.chunks(16)).zip(gr.chunks(16).zip(w.chunks(16))) {
+                        for l in 0..xc.len() {
+                            let h = (xc[l] - mean) * rstd;
+                            xh[l] = h;
+                            let gw = gc[l] * wc[l];
+                            s_gw[l] += gw;
+                            s_gwx[l] += gw * h;
+                        }
+                    }
+                    let m_gw = if self.fwd.remove_mean { s_gw.iter().sum::<f32>() / n } else { 0.0 };
+                    let m_gwx = s_gwx.iter().sum::<f32>() / n;
                     for j in 0..dim {
-                        acc[j] += gr[j] * (xr[j] - mean) * rstd;
-                        acc[dim + j] += gr[j];
+                        let (gv, h) = (gr[j], xhat[j]);
+                        row[j] = rstd * (gv * w[j] - m_gw - h * m_gwx);
+                        dw[j] += gv * h;
+                        db[j] += gv;
                     }
                 }
                 acc
             })
-            .collect();
+        };
+        let partial: Vec<Vec<f32>> = if rows * dim >= PAR_THRESHOLD {
+            dx.par_chunks_mut(rows_per_chunk * dim).enumerate().map(|(c, d)| chunk_rows(c, d)).collect()
+        } else {
+            vec![chunk_rows(0, dx)]
+        };
+        rest.fill(0.0);
         for p in partial {
             for (r, v) in rest.iter_mut().zip(p) {
                 *r += v;
@@ -443,7 +483,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_buffer(x.len());
         let f = |o: &mut [f32], x: &[f32]| {
             vectorized(|| {
                 for (o, &v) in o.iter_mut().zip(x) {
@@ -470,7 +510,7 @@ impl candle_core::CustomOp2 for GeluBackward {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
         let g = contiguous_f32(s2, l2, self.name())?;
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_buffer(x.len());
         let chunk = (x.len() / rayon::current_num_threads().max(1)).max(PAR_THRESHOLD);
         let body = |(i, o): (usize, &mut [f32])| {
             let (xs, gs) = (&x[i * chunk..], &g[i * chunk..]);
@@ -820,11 +860,14 @@ mod tests {
 
     #[test]
     fn norms_match_composed_forward_and_backward() {
+        // Small rows, and a large ragged case: rows split over threads, and a width that is
+        // not a multiple of the 16 lanes the sums use.
+        for (shape, dim) in [([2, 6, 16], 16), ([3, 700, 37], 37)] {
         for with_bias in [true, false] {
-            let x = Var::from_tensor(&rand(&[2, 6, 16], 3)).unwrap();
-            let w = Var::from_tensor(&rand(&[16], 4)).unwrap();
-            let b = Var::from_tensor(&rand(&[16], 5)).unwrap();
-            let g = rand(&[2, 6, 16], 6);
+            let x = Var::from_tensor(&rand(&shape, 3)).unwrap();
+            let w = Var::from_tensor(&rand(&[dim], 4)).unwrap();
+            let b = Var::from_tensor(&rand(&[dim], 5)).unwrap();
+            let g = rand(&shape, 6);
             let ours = if with_bias {
                 layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap()
             } else {
@@ -835,10 +878,13 @@ mod tests {
             let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
             let gb = (reference * &g).unwrap().sum_all().unwrap().backward().unwrap();
             assert!(max_diff(ga.get(&x).unwrap(), gb.get(&x).unwrap()) < 1e-4, "dx, bias={with_bias}");
-            assert!(max_diff(ga.get(&w).unwrap(), gb.get(&w).unwrap()) < 1e-4, "dw, bias={with_bias}");
+            // dw and db are sums over every row: f32 rounding grows with the row count.
+            let tol = 1e-4 * (shape[0] * shape[1]) as f32 / 12.0;
+            assert!(max_diff(ga.get(&w).unwrap(), gb.get(&w).unwrap()) < tol, "dw, bias={with_bias}");
             if with_bias {
-                assert!(max_diff(ga.get(&b).unwrap(), gb.get(&b).unwrap()) < 1e-4, "db");
+                assert!(max_diff(ga.get(&b).unwrap(), gb.get(&b).unwrap()) < tol, "db");
             }
+        }
         }
     }
 }

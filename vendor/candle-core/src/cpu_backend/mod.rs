@@ -1439,24 +1439,34 @@ impl MatMul {
     }
 }
 
-// ferrolm patch: an optional replacement for the f32 gemm call of `MatMul` (see
-// FERROLM-PATCH.md). ferrolm registers a bf16 AMX kernel here when asked to; the hook
-// returns false for products it leaves to gemm.
-/// `(m, n, k, dst, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) -> handled`; dst has
-/// column stride 1 and is written, not accumulated into.
-pub type F32GemmHook = unsafe fn(
-    usize,
-    usize,
-    usize,
-    *mut f32,
-    isize,
-    *const f32,
-    isize,
-    isize,
-    *const f32,
-    isize,
-    isize,
-) -> bool;
+// ferrolm patch: an optional replacement for the f32 gemm calls of `MatMul` (see
+// FERROLM-PATCH.md). ferrolm registers its own thread split of gemm's kernel (exact f32)
+// or a bf16 AMX kernel here; the hook returns false for products it leaves to gemm.
+/// The arguments of one batched f32 product, for [`set_f32_gemm_hook`]: `batch` products
+/// of m×k by k×n, item i's operands and result starting `i * lhs_skip`, `i * rhs_skip`,
+/// `i * dst_skip` elements after the pointers. dst has column stride 1 and is written, not
+/// accumulated into.
+#[derive(Clone, Copy, Debug)]
+pub struct F32Gemm {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub dst: *mut f32,
+    pub dst_rs: isize,
+    pub dst_skip: usize,
+    pub lhs: *const f32,
+    pub lhs_cs: isize,
+    pub lhs_rs: isize,
+    pub lhs_skip: usize,
+    pub rhs: *const f32,
+    pub rhs_cs: isize,
+    pub rhs_rs: isize,
+    pub rhs_skip: usize,
+}
+
+/// `(product) -> handled`.
+pub type F32GemmHook = unsafe fn(F32Gemm) -> bool;
 
 static F32_GEMM_HOOK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -1547,33 +1557,36 @@ impl Map2 for MatMul {
             // over itself, so a stride-zero batch on lhs goes through the loop below.
             (b, m, n, k)
         };
-        let hook = if T::DTYPE == DType::F32 && k > 0 { f32_gemm_hook() } else { None };
+        if T::DTYPE == DType::F32 && k > 0 {
+            if let Some(hook) = f32_gemm_hook() {
+                let product = F32Gemm {
+                    batch: b,
+                    m,
+                    n,
+                    k,
+                    dst: dst.as_mut_ptr() as *mut f32,
+                    dst_rs: dst_rs as isize,
+                    dst_skip: c_skip,
+                    lhs: lhs.as_ptr() as *const f32,
+                    lhs_cs: lhs_cs as isize,
+                    lhs_rs: lhs_rs as isize,
+                    lhs_skip: a_skip,
+                    rhs: rhs.as_ptr() as *const f32,
+                    rhs_cs: rhs_cs as isize,
+                    rhs_rs: rhs_rs as isize,
+                    rhs_skip: b_skip,
+                };
+                // SAFETY: T is f32 here (checked above), and the pointers, strides and skips
+                // are the ones the gemm calls below would have been given.
+                if unsafe { hook(product) } {
+                    return Ok(dst);
+                }
+            }
+        }
         for step in 0..b {
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
             let dst_p = &mut dst[step * c_skip..];
-            if let Some(hook) = hook {
-                // SAFETY: T is f32 here (checked above), and the pointers and strides are the
-                // ones gemm would have been given.
-                let handled = unsafe {
-                    hook(
-                        m,
-                        n,
-                        k,
-                        dst_p.as_mut_ptr() as *mut f32,
-                        dst_rs as isize,
-                        lhs_p.as_ptr() as *const f32,
-                        lhs_cs as isize,
-                        lhs_rs as isize,
-                        rhs_p.as_ptr() as *const f32,
-                        rhs_cs as isize,
-                        rhs_rs as isize,
-                    )
-                };
-                if handled {
-                    continue;
-                }
-            }
             unsafe {
                 gemm(
                     /* m: usize = */ m,

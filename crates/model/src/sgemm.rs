@@ -1,0 +1,142 @@
+//! Batches of exact f32 matrix products (attention heads), spread over the thread pool one
+//! product per task.
+//!
+//! Why: candle runs a batched matmul as a loop of `gemm` calls, each with `gemm`'s own
+//! thread split. A head's product (e.g. 64×64×32 in the c1 preset) is below `gemm`'s
+//! threshold for using a second thread, so the whole batch ran on one core. Giving each
+//! product its own task keeps every core busy. Single large products stay with `gemm`'s
+//! split: a measured alternative that cut them into row bands per thread was slower
+//! (each band re-packs the whole right operand).
+//!
+//! The arithmetic is unchanged: every product is the same single-threaded `gemm` call, so
+//! results match the sequential loop bit for bit.
+
+use crate::amx::Strided;
+
+#[derive(Clone, Copy)]
+struct DstPtr(*mut f32);
+unsafe impl Send for DstPtr {}
+unsafe impl Sync for DstPtr {}
+impl DstPtr {
+    /// A method, not a field access, so closures capture the Send wrapper, not the pointer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
+/// The hook candle's matmul calls for f32 (see vendor/candle-core/FERROLM-PATCH.md).
+/// Takes batches of at least one product per thread; leaves the rest to `gemm`.
+pub(crate) unsafe fn candle_hook(p: candle_core::cpu_backend::F32Gemm) -> bool {
+    if p.dst_rs < p.n as isize {
+        return false;
+    }
+    if p.batch < 2 || p.batch < rayon::current_num_threads() {
+        return false;
+    }
+    let a = Strided { ptr: p.lhs, rs: p.lhs_rs, cs: p.lhs_cs };
+    let b = Strided { ptr: p.rhs, rs: p.rhs_rs, cs: p.rhs_cs };
+    gemm_f32_batched(p.batch, p.m, p.n, p.k, a, p.lhs_skip, b, p.rhs_skip, p.dst, p.dst_rs as usize, p.dst_skip);
+    true
+}
+
+/// `batch` products `dst_i[m×n] = A_i·B_i` (any strides; dst row stride `dst_rs`, column
+/// stride 1), item i starting `i * skip` elements after each pointer, one task per item.
+///
+/// # Safety
+/// The pointers must cover the matrices their strides and skips describe, and dst must
+/// not alias A or B.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_f32_batched(
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided,
+    a_skip: usize,
+    b: Strided,
+    b_skip: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    dst_skip: usize,
+) {
+    use rayon::prelude::*;
+    let dst = DstPtr(dst);
+    (0..batch).into_par_iter().for_each(|i| {
+        let (a, b) = (a, b); // whole (Send) structs, not their pointer fields
+        let a = Strided { ptr: a.ptr.add(i * a_skip), ..a };
+        let b = Strided { ptr: b.ptr.add(i * b_skip), ..b };
+        band(m, n, k, a, b, dst.at(i * dst_skip), dst_rs);
+    });
+}
+
+/// One single-threaded product, written (not accumulated) into dst.
+unsafe fn band(m: usize, n: usize, k: usize, a: Strided, b: Strided, dst: *mut f32, dst_rs: usize) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        a.ptr,
+        a.cs,
+        a.rs,
+        b.ptr,
+        b.cs,
+        b.rs,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batched_products_equal_the_sequential_loop_bit_for_bit() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for &(batch, m, n, k) in &[(5, 31, 17, 9), (8, 64, 64, 32), (3, 1, 40, 7)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let av: Vec<f32> = (0..batch * m * k).map(|_| rnd()).collect();
+                let bv: Vec<f32> = (0..batch * k * n).map(|_| rnd()).collect();
+                let a = if ta { Strided { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Strided { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
+                let b = if tb { Strided { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Strided { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
+                // dst rows wider than n: the padding must stay untouched.
+                let (ld, skip) = (n + 5, m * (n + 5));
+                let mut par = vec![9f32; batch * skip];
+                let mut seq = vec![9f32; batch * skip];
+                pool.install(|| unsafe { gemm_f32_batched(batch, m, n, k, a, m * k, b, k * n, par.as_mut_ptr(), ld, skip) });
+                for i in 0..batch {
+                    let ai = Strided { ptr: unsafe { a.ptr.add(i * m * k) }, ..a };
+                    let bi = Strided { ptr: unsafe { b.ptr.add(i * k * n) }, ..b };
+                    unsafe { band(m, n, k, ai, bi, seq.as_mut_ptr().add(i * skip), ld) };
+                    // Each item is its own product: check one element against an f64 dot.
+                    let (r, c) = (m / 2, n / 3);
+                    let exact: f64 = (0..k)
+                        .map(|p| unsafe {
+                            *ai.ptr.offset(r as isize * ai.rs + p as isize * ai.cs) as f64
+                                * *bi.ptr.offset(p as isize * bi.rs + c as isize * bi.cs) as f64
+                        })
+                        .sum();
+                    assert!((par[i * skip + r * ld + c] as f64 - exact).abs() < 1e-4, "item {i}");
+                    for row in 0..m {
+                        let pad = &par[i * skip + row * ld + n..i * skip + (row + 1) * ld];
+                        assert!(pad.iter().all(|&x| x == 9.0), "padding written");
+                    }
+                }
+                assert_eq!(par, seq, "{batch}x{m}x{n}x{k} ta={ta} tb={tb}");
+            }
+        }
+    }
+}
