@@ -113,7 +113,7 @@ fn detect() -> bool {
 
 /// Products smaller than this many multiply-adds stay on the f32 path: packing costs more
 /// than the tiles save, and tiny products (one decoding step) gain nothing.
-const MIN_WORK: usize = 1 << 15;
+pub(crate) const MIN_WORK: usize = 1 << 15;
 
 /// The hook candle's matmul calls for f32 in bf16 mode (see vendor/candle-core/FERROLM-PATCH.md).
 unsafe fn candle_hook(p: candle_core::cpu_backend::F32Gemm) -> bool {

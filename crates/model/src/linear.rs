@@ -1,8 +1,14 @@
-//! A linear layer on candle's matmul with the fused bias add from `ops`. Inputs of any
-//! rank are flattened to rows first, so the weight gradient is one plain matmul rather
-//! than a broadcast batched matmul followed by a reduction.
+//! A linear layer, `y = x·Wᵀ + b`, as one fused op on CPU. Inputs of any rank are
+//! flattened to rows first, so the weight gradient is one plain matmul rather than a
+//! broadcast batched matmul followed by a reduction.
+//!
+//! Why fused: composed from candle ops, the forward is a matmul against the transposed
+//! view `Wᵀ` and a separate bias pass, and autograd hands `W` the gradient of `Wᵀ`, a
+//! transposed view that must then be copied element by element into a contiguous tensor
+//! (2.7% of a c1 training step in perf). Here the bias is the matmul's starting value and
+//! the backward computes `dW = dYᵀ·X` directly in W's own layout.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
@@ -33,13 +39,149 @@ impl Module for Linear {
         let dims = x.dims().to_vec();
         let k = dims[dims.len() - 1];
         let rows = x.elem_count() / k;
-        let y = x.contiguous()?.reshape((rows, k))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => crate::ops::add_bias(&y, b)?,
-            None => y,
+        let x2 = x.contiguous()?.reshape((rows, k))?;
+        let fused = x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && self.weight.dtype() == candle_core::DType::F32;
+        let y = match (&self.bias, fused) {
+            (Some(b), true) => x2.apply_op3(&self.weight.contiguous()?, &b.contiguous()?, LinearOp)?,
+            (None, true) => x2.apply_op2(&self.weight.contiguous()?, LinearOp)?,
+            (Some(b), false) => crate::ops::add_bias(&x2.matmul(&self.weight.t()?)?, b)?,
+            (None, false) => x2.matmul(&self.weight.t()?)?,
         };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
         y.reshape(out_dims)
+    }
+}
+
+/// `x (rows×k) · wᵀ (+ b)`; w is (n×k). As CustomOp2 without a bias, CustomOp3 with one.
+struct LinearOp;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("ferrolm-linear: inputs must be contiguous f32"),
+    }
+}
+
+impl LinearOp {
+    fn forward(x: &[f32], xl: &Layout, w: &[f32], wl: &Layout, b: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+        let (rows, k) = xl.shape().dims2()?;
+        let (n, k2) = wl.shape().dims2()?;
+        if k != k2 || b.is_some_and(|b| b.len() != n) {
+            candle_core::bail!("ferrolm-linear: x {:?}, w {:?}, bias {:?}", xl.dims(), wl.dims(), b.map(|b| b.len()));
+        }
+        let mut y = crate::ops::output_buffer(rows * n);
+        if let Some(b) = b {
+            // The bias is the product's starting value: no second pass over y.
+            crate::ops::fill_rows(&mut y, b);
+        }
+        let a = crate::amx::Strided { ptr: x.as_ptr(), rs: k as isize, cs: 1 };
+        // wᵀ (k×n): element (p, j) is w[j, p].
+        let bt = crate::amx::Strided { ptr: w.as_ptr(), rs: 1, cs: k as isize };
+        // SAFETY: the slices cover the matrices the strides describe; y is fresh.
+        unsafe { crate::sgemm::matmul(rows, n, k, a, bt, y.as_mut_ptr(), n, b.is_some()) };
+        Ok((CpuStorage::F32(y), Shape::from((rows, n))))
+    }
+
+    /// dx = g·w, dw = gᵀ·x (in w's own layout), db = Σ_rows g.
+    fn backward(x: &Tensor, w: &Tensor, grad: &Tensor, bias: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let (x, w, g) = (x.detach(), w.detach(), grad.detach().contiguous()?);
+        let dx = g.matmul(&w)?;
+        let dw = g.t()?.matmul(&x)?;
+        let db = if bias { Some(crate::ops::column_sum(&g)?) } else { None };
+        Ok((dx, dw, db))
+    }
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "ferrolm-linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        Self::forward(f32_slice(s1, l1)?, l1, f32_slice(s2, l2)?, l2, None)
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = Self::backward(x, w, grad, false)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "ferrolm-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Self::forward(f32_slice(s1, l1)?, l1, f32_slice(s2, l2)?, l2, Some(f32_slice(s3, l3)?))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = Self::backward(x, w, grad, true)?;
+        Ok((Some(dx), Some(dw), db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn fused_linear_matches_composed_matmul_forward_and_backward() {
+        // Ragged sizes, a rank-3 input, with and without bias.
+        for with_bias in [true, false] {
+            let x = Var::from_tensor(&rand(&[3, 7, 13], 1)).unwrap();
+            let w = Var::from_tensor(&rand(&[11, 13], 2)).unwrap();
+            let b = Var::from_tensor(&rand(&[11], 3)).unwrap();
+            let g = rand(&[3, 7, 11], 4);
+            let layer = Linear::new(w.as_tensor().clone(), with_bias.then(|| b.as_tensor().clone()));
+            let ours = layer.forward(x.as_tensor()).unwrap();
+            let mut reference = x.as_tensor().broadcast_matmul(&w.as_tensor().t().unwrap()).unwrap();
+            if with_bias {
+                reference = reference.broadcast_add(b.as_tensor()).unwrap();
+            }
+            assert_eq!(ours.dims(), &[3, 7, 11]);
+            assert!(max_diff(&ours, &reference) < 1e-5, "forward, bias={with_bias}");
+            let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (reference * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(max_diff(ga.get(&x).unwrap(), gb.get(&x).unwrap()) < 1e-5, "dx");
+            let dw = ga.get(&w).unwrap();
+            assert!(dw.is_contiguous(), "dW comes out in W's own layout");
+            assert!(max_diff(dw, gb.get(&w).unwrap()) < 1e-5, "dw");
+            if with_bias {
+                assert!(max_diff(ga.get(&b).unwrap(), gb.get(&b).unwrap()) < 1e-5, "db");
+            } else {
+                assert!(ga.get(&b).is_none());
+            }
+        }
     }
 }

@@ -721,6 +721,17 @@ impl CustomOp1 for ColumnSum {
     }
 }
 
+/// Every row of `out` (rows of `b.len()`) set to `b`.
+pub(crate) fn fill_rows(out: &mut [f32], b: &[f32]) {
+    for_rows(out, b.len(), |_, row| row.copy_from_slice(b));
+}
+
+/// Σ over rows of a (rows, n) tensor → (n), without autograd.
+pub(crate) fn column_sum(g: &Tensor) -> Result<Tensor> {
+    let n = g.dim(candle_core::D::Minus1)?;
+    g.contiguous()?.reshape(((), n))?.apply_op1_no_bwd(&ColumnSum)
+}
+
 /// `x + b`, b broadcast over the leading dimensions of x; differentiable in both.
 pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !x.device().is_cpu() {

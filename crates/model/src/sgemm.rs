@@ -39,6 +39,42 @@ pub(crate) unsafe fn candle_hook(p: candle_core::cpu_backend::F32Gemm) -> bool {
     true
 }
 
+/// `dst[m×n] (= or +=) A·B` with the process-wide precision (bf16 tiles when
+/// [`crate::amx::set_matmul_precision`] chose them), spread over rayon's pool. For the
+/// fused ops that call a product directly instead of through candle's matmul.
+///
+/// # Safety
+/// The pointers must cover the matrices their strides describe, and dst (row stride
+/// `dst_rs`, column stride 1) must not alias A or B.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn matmul(m: usize, n: usize, k: usize, a: Strided, b: Strided, dst: *mut f32, dst_rs: usize, accumulate: bool) {
+    if crate::amx::matmul_precision() == crate::amx::MatmulPrecision::Bf16 && m * n * k >= crate::amx::MIN_WORK {
+        return crate::amx::gemm_bf16(m, n, k, a, b, dst, dst_rs, accumulate, 1.0, true);
+    }
+    let threads = rayon::current_num_threads();
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.ptr,
+        a.cs,
+        a.rs,
+        b.ptr,
+        b.cs,
+        b.rs,
+        if accumulate { 1.0 } else { 0.0 },
+        1.0,
+        false,
+        false,
+        false,
+        if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
+    )
+}
+
 /// `batch` products `dst_i[m×n] = A_i·B_i` (any strides; dst row stride `dst_rs`, column
 /// stride 1), item i starting `i * skip` elements after each pointer, one task per item.
 ///
