@@ -15,7 +15,7 @@ FERROLM = os.environ.get("FERROLM", "/work/target/release/ferrolm")
 QUESTIONS = "/work/shared/data/word2vec/questions-words.txt"
 REPEATS = int(os.environ.get("W2V_REPEATS", "3"))
 P = dict(dim=int(os.environ.get("W2V_DIM", "100")), window=5, negative=5, min_count=5,
-         epochs=int(os.environ.get("W2V_EPOCHS", "5")), sample=1e-3)
+         epochs=int(os.environ.get("W2V_EPOCHS", "5")), sample=1e-3, min_alpha=1e-4)
 
 
 def build_corpus(path, max_bytes=int(os.environ.get("W2V_MAX_BYTES", str(60 << 20)))):
@@ -45,7 +45,7 @@ def build_corpus(path, max_bytes=int(os.environ.get("W2V_MAX_BYTES", str(60 << 2
 def run_ferrolm(corpus, out, cbow, threads, alpha, seed):
     cmd = [FERROLM, "word2vec", "train", "--input", corpus, "--out", out, "--binary", "--dim", str(P["dim"]),
            "--window", "5", "--negative", "5", "--min-count", "5", "--epochs", str(P["epochs"]),
-           "--threads", str(threads), "--alpha", str(alpha), "--seed", str(seed)] + (["--cbow"] if cbow else [])
+           "--threads", str(threads), "--alpha", str(alpha), "--min-alpha", "1e-4", "--seed", str(seed)] + (["--cbow"] if cbow else [])
     t = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode:
@@ -93,7 +93,7 @@ def main():
                     else:
                         t = time.time()
                         m = Word2Vec(LineSentence(corpus), vector_size=P["dim"], window=5, negative=5, min_count=5,
-                                     sg=0 if cbow else 1, epochs=P["epochs"], workers=threads, sample=1e-3, alpha=alpha,
+                                     sg=0 if cbow else 1, epochs=P["epochs"], workers=threads, sample=1e-3, alpha=alpha, min_alpha=1e-4,
                                      seed=r + 1, hs=0)
                         wall = time.time() - t  # build_vocab + train
                         # raw words (corpus_total_words counts every word read) × epochs / training time

@@ -22,13 +22,16 @@ pub struct Options {
     pub threads: usize,
     pub cbow: bool,
     pub alpha: f32,
+    /// The learning rate at the end of training: it falls linearly from `alpha` to this over
+    /// all epochs (gensim's `min_alpha`, default 1e-4).
+    pub min_alpha: f32,
     pub sample: f64,
     pub seed: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { dim: 100, window: 5, negative: 5, min_count: 5, epochs: 5, threads: 2, cbow: false, alpha: 0.025, sample: 1e-3, seed: 1 }
+        Self { dim: 100, window: 5, negative: 5, min_count: 5, epochs: 5, threads: 2, cbow: false, alpha: 0.025, min_alpha: 1e-4, sample: 1e-3, seed: 1 }
     }
 }
 
@@ -125,6 +128,9 @@ pub fn train(inputs: &[PathBuf], o: &Options) -> Result<Trained> {
     if o.dim == 0 || o.window == 0 || o.threads == 0 || o.epochs == 0 {
         bail!("dim, window, threads and epochs must be positive");
     }
+    if !(o.min_alpha >= 0.0 && o.min_alpha <= o.alpha) {
+        bail!("min-alpha must lie in 0..=alpha (got min-alpha {} with alpha {})", o.min_alpha, o.alpha);
+    }
     let mut text = String::new();
     for p in inputs {
         std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?
@@ -169,12 +175,7 @@ pub fn train(inputs: &[PathBuf], o: &Options) -> Result<Trained> {
     // table of 8 bytes per word, which stays in cache (the C tool's 1e8-slot table — 40 MB
     // here with 1e7 — costs a cache miss per negative sample)
     let table = alias_table(&counts);
-    // subsampling keep-probabilities (the C formula)
-    let thr = o.sample * train_words as f64;
-    let keep: Vec<f32> = counts
-        .iter()
-        .map(|&c| if o.sample > 0.0 { (((c as f64 / thr).sqrt() + 1.0) * thr / c as f64) as f32 } else { 2.0 })
-        .collect();
+    let keep = keep_thresholds(&counts, o.sample, train_words);
     let exp_table: Vec<f32> = (0..EXP_TABLE)
         .map(|i| {
             let e = ((i as f32 / EXP_TABLE as f32 * 2.0 - 1.0) * MAX_EXP).exp();
@@ -183,14 +184,7 @@ pub fn train(inputs: &[PathBuf], o: &Options) -> Result<Trained> {
         .collect();
 
     let d = o.dim;
-    let mut m0 = Matrix::zeros(v, d);
-    let mut seed = o.seed;
-    for i in 0..v {
-        for x in m0.row_mut(i, d) {
-            seed = seed.wrapping_mul(25214903917).wrapping_add(11);
-            *x = (((seed & 0xFFFF) as f32 / 65536.0) - 0.5) / d as f32;
-        }
-    }
+    let mut m0 = init_input(v, d, o.seed);
     let mut m1 = Matrix::zeros(v, d);
     let s0 = m0.shared(d);
     let s1 = m1.shared(d);
@@ -231,11 +225,11 @@ pub fn train(inputs: &[PathBuf], o: &Options) -> Result<Trained> {
                     let (epoch, c) = (k / nchunks, k % nchunks);
                     let (s_lo, s_hi) = (chunk_starts[c], chunk_starts[c + 1]);
                     let before = epoch as u64 * train_words + bounds[s_lo] as u64;
-                    let alpha = (o.alpha * (1.0 - before as f32 / total_work as f32)).max(o.alpha * 1e-4);
+                    let alpha = learning_rate(o.alpha, o.min_alpha, before as f64 / total_work as f64);
                     for s in s_lo..s_hi {
                         sen.clear();
                         for &w in &corpus[bounds[s]..bounds[s + 1]] {
-                            if keep[w as usize] < 1.0 && keep[w as usize] < (next() & 0xFFFF) as f32 / 65536.0 {
+                            if keep[w as usize] < KEEP_ALWAYS && keep[w as usize] <= (next() >> 40) as u32 {
                                 continue;
                             }
                             sen.push(w);
@@ -310,6 +304,50 @@ pub fn train(inputs: &[PathBuf], o: &Options) -> Result<Trained> {
     let secs = start.elapsed().as_secs_f64();
     let vectors = m0.compact(d);
     Ok(Trained { words, counts, vectors, dim: d, words_per_sec: (o.epochs as u64 * train_words) as f64 / secs, seconds: secs })
+}
+
+/// The learning rate after `progress` (0..1) of all epochs' words: linear from `alpha` to
+/// `min_alpha`, as gensim does (the C tool's decay ends at 0 with a floor of alpha·1e-4, so
+/// its last epoch trains with a smaller rate than gensim's at the same settings).
+fn learning_rate(alpha: f32, min_alpha: f32, progress: f64) -> f32 {
+    (alpha as f64 - (alpha - min_alpha) as f64 * progress).max(min_alpha as f64) as f32
+}
+
+/// Random bits per subsampling draw; a threshold of `KEEP_ALWAYS` keeps every occurrence.
+const KEEP_BITS: u32 = 24;
+const KEEP_ALWAYS: u32 = 1 << KEEP_BITS;
+
+/// Frequent-word subsampling (Mikolov et al.; the C tool's and gensim's formula): an occurrence
+/// of a word with count c is kept with probability (sqrt(c/t) + 1)·t/c, t = sample × (in-vocabulary
+/// words), given here as a threshold on a uniform KEEP_BITS-bit draw (keep when draw < threshold).
+/// The draw is the top 24 bits of the 64-bit LCG, as gensim draws from the upper bits of its
+/// own: the low 16 bits, which the C tool uses, are an LCG of period 2^16 on their own (bit k
+/// has period 2^(k+1)).
+fn keep_thresholds(counts: &[u64], sample: f64, train_words: u64) -> Vec<u32> {
+    let t = sample * train_words as f64;
+    counts
+        .iter()
+        .map(|&c| {
+            let p = if sample > 0.0 { ((c as f64 / t).sqrt() + 1.0) * t / c as f64 } else { 1.0 };
+            if p >= 1.0 { KEEP_ALWAYS } else { (p * KEEP_ALWAYS as f64) as u32 }
+        })
+        .collect()
+}
+
+/// The input vectors' start: uniform in [-0.5/dim, 0.5/dim) (the C tool's range), each value
+/// from the top 24 bits of the 64-bit LCG. The C tool takes the low 16 bits, whose sequence has
+/// period 2^16: with 100 dims, row i+16384 then starts equal to row i and row i+655 is row i
+/// shifted by 36 values, so words far apart in the frequency order start with related vectors.
+fn init_input(rows: usize, dim: usize, seed: u64) -> Matrix {
+    let mut m = Matrix::zeros(rows, dim);
+    let mut s = seed;
+    for i in 0..rows {
+        for x in m.row_mut(i, dim) {
+            s = s.wrapping_mul(25214903917).wrapping_add(11);
+            *x = ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) / dim as f32;
+        }
+    }
+    m
 }
 
 /// Sentence indices where chunks start, plus the end: consecutive sentences are grouped until
@@ -552,6 +590,66 @@ mod tests {
             let want = pow[i] / total;
             let got = hits[i] as f64 / n as f64;
             assert!((got - want).abs() < 0.003 + 0.02 * want, "word {i}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn learning_rate_falls_linearly_from_alpha_to_min_alpha() {
+        assert_eq!(learning_rate(0.05, 1e-4, 0.0), 0.05);
+        assert!((learning_rate(0.05, 1e-4, 0.5) - 0.02505).abs() < 1e-7);
+        assert!((learning_rate(0.05, 1e-4, 1.0) - 1e-4).abs() < 1e-8);
+        // never below the floor, and never rising, even past the end
+        assert!((learning_rate(0.05, 1e-4, 1.2) - 1e-4).abs() < 1e-8);
+        let mut last = f32::INFINITY;
+        for k in 0..=100 {
+            let a = learning_rate(0.025, 1e-3, k as f64 / 100.0);
+            assert!(a <= last && a >= 1e-3);
+            last = a;
+        }
+    }
+
+    #[test]
+    fn input_init_is_uniform_in_half_over_dim_and_rows_do_not_repeat() {
+        let (rows, dim) = (16_400, 100);
+        let m = init_input(rows, dim, 1);
+        let c = m.compact(dim);
+        let lim = 0.5 / dim as f32;
+        assert!(c.iter().all(|&x| (-lim..lim).contains(&x)));
+        let n = c.len() as f64;
+        let mean = c.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = c.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        let want_var = (2.0 * lim as f64).powi(2) / 12.0;
+        assert!(mean.abs() < 0.01 * lim as f64, "mean {mean}");
+        assert!((var / want_var - 1.0).abs() < 0.01, "variance {var} vs {want_var}");
+        // the low 16 bits of the LCG (the C tool's draw) repeat after 2^16 values, which made
+        // row 16384 a copy of row 0 at 100 dims
+        assert_ne!(&c[..dim], &c[16_384 * dim..16_385 * dim]);
+        // and a different seed gives a different start
+        assert_ne!(c[..dim], init_input(1, dim, 2).compact(dim)[..]);
+    }
+
+    #[test]
+    fn subsampling_keeps_each_word_at_the_formula_rate() {
+        // 1000 in-vocabulary words, sample 0.01 → t = 10: counts ≤ t·φ² ≈ 26.2 are always kept
+        let counts = [600u64, 200, 100, 60, 30, 14];
+        let keep = keep_thresholds(&counts, 0.01, 1000);
+        assert_eq!(keep[5], KEEP_ALWAYS);
+        assert_eq!(keep_thresholds(&counts, 0.0, 1000), vec![KEEP_ALWAYS; 6]);
+        let mut rng = 3u64;
+        for (i, &c) in counts.iter().enumerate().take(5) {
+            let p = ((c as f64 / 10.0).sqrt() + 1.0) * 10.0 / c as f64;
+            assert!(p < 1.0);
+            let n = 200_000;
+            let mut kept = 0;
+            for _ in 0..n {
+                rng = rng.wrapping_mul(25214903917).wrapping_add(11);
+                // the training loop's test: dropped when threshold <= draw
+                if !(keep[i] < KEEP_ALWAYS && keep[i] <= (rng >> 40) as u32) {
+                    kept += 1;
+                }
+            }
+            let got = kept as f64 / n as f64;
+            assert!((got - p).abs() < 0.005, "count {c}: kept {got}, formula {p}");
         }
     }
 

@@ -39,6 +39,9 @@ enum Cmd {
         /// Starting learning rate (0.025 skip-gram, 0.05 CBOW in the original tool).
         #[arg(long)]
         alpha: Option<f32>,
+        /// Learning rate at the end: alpha falls linearly to this over all epochs (gensim's min_alpha).
+        #[arg(long, default_value_t = 1e-4)]
+        min_alpha: f32,
         #[arg(long, default_value_t = 1e-3)]
         sample: f64,
         #[arg(long, default_value_t = 1)]
@@ -68,9 +71,9 @@ enum Cmd {
 
 pub fn run(args: Args) -> Result<()> {
     match args.cmd {
-        Cmd::Train { input, out, binary, cbow, dim, window, negative, min_count, epochs, threads, alpha, sample, seed } => {
+        Cmd::Train { input, out, binary, cbow, dim, window, negative, min_count, epochs, threads, alpha, min_alpha, sample, seed } => {
             let alpha = alpha.unwrap_or(if cbow { 0.05 } else { 0.025 });
-            let o = Options { dim, window, negative, min_count, epochs, threads, cbow, alpha, sample, seed };
+            let o = Options { dim, window, negative, min_count, epochs, threads, cbow, alpha, min_alpha, sample, seed };
             let t = train(&input, &o)?;
             write_vectors(&out, &t.words, &t.vectors, t.dim, binary)?;
             eprintln!("{} words × {} dims in {:.2}s, {:.0} words/s → {}", t.words.len(), t.dim, t.seconds, t.words_per_sec, out.display());
