@@ -52,27 +52,8 @@ pub unsafe fn matmul(m: usize, n: usize, k: usize, a: Strided, b: Strided, dst: 
         return crate::amx::gemm_bf16(m, n, k, a, b, dst, dst_rs, accumulate, 1.0, true);
     }
     let threads = rayon::current_num_threads();
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        a.ptr,
-        a.cs,
-        a.rs,
-        b.ptr,
-        b.cs,
-        b.rs,
-        if accumulate { 1.0 } else { 0.0 },
-        1.0,
-        false,
-        false,
-        false,
-        if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
-    )
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    gemm_call(m, n, k, a, b, dst, dst_rs, accumulate, parallelism)
 }
 
 /// `batch` products `dst_i[m×n] = A_i·B_i` (any strides; dst row stride `dst_rs`, column
@@ -107,26 +88,30 @@ pub unsafe fn gemm_f32_batched(
 
 /// One single-threaded product, written (not accumulated) into dst.
 unsafe fn band(m: usize, n: usize, k: usize, a: Strided, b: Strided, dst: *mut f32, dst_rs: usize) {
+    gemm_call(m, n, k, a, b, dst, dst_rs, false, gemm::Parallelism::None)
+}
+
+/// `dst (=|+=) A·B` through the gemm crate; dst has column stride 1.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_call(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided,
+    b: Strided,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
     gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        false,
-        a.ptr,
-        a.cs,
-        a.rs,
-        b.ptr,
-        b.cs,
-        b.rs,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
+        m, n, k,
+        dst, 1, dst_rs as isize, accumulate,
+        a.ptr, a.cs, a.rs,
+        b.ptr, b.cs, b.rs,
+        if accumulate { 1.0 } else { 0.0 }, 1.0,
+        false, false, false,
+        parallelism,
     )
 }
 
