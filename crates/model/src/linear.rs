@@ -10,6 +10,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
+use crate::ops::contiguous_f32;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -56,13 +57,6 @@ impl Module for Linear {
 /// `x (rows×k) · wᵀ (+ b)`; w is (n×k). As CustomOp2 without a bias, CustomOp3 with one.
 struct LinearOp;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("ferrolm-linear: inputs must be contiguous f32"),
-    }
-}
-
 impl LinearOp {
     fn forward(x: &[f32], xl: &Layout, w: &[f32], wl: &Layout, b: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let (rows, k) = xl.shape().dims2()?;
@@ -99,7 +93,7 @@ impl CustomOp2 for LinearOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        Self::forward(f32_slice(s1, l1)?, l1, f32_slice(s2, l2)?, l2, None)
+        Self::forward(contiguous_f32(s1, l1, CustomOp2::name(self))?, l1, contiguous_f32(s2, l2, CustomOp2::name(self))?, l2, None)
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -122,7 +116,7 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        Self::forward(f32_slice(s1, l1)?, l1, f32_slice(s2, l2)?, l2, Some(f32_slice(s3, l3)?))
+        Self::forward(contiguous_f32(s1, l1, CustomOp3::name(self))?, l1, contiguous_f32(s2, l2, CustomOp3::name(self))?, l2, Some(contiguous_f32(s3, l3, CustomOp3::name(self))?))
     }
 
     fn bwd(

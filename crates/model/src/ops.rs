@@ -13,7 +13,7 @@ use rayon::prelude::*;
 /// Rows above this many elements in total are split across threads.
 const PAR_THRESHOLD: usize = 1 << 14;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
         _ => candle_core::bail!("{op}: only f32 is implemented on CPU, got {:?}", s.dtype()),
