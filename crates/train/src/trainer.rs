@@ -230,6 +230,9 @@ pub struct Trainer<'a> {
     pub stop_at: Option<usize>,
     /// Title of the loss-curve picture.
     pub title: String,
+    /// Wall milliseconds of the last step's phases: forward and loss, backward (with the
+    /// gradients' collection), clipping and optimizer update. For `bench train`.
+    pub last_phase_ms: [f64; 3],
 }
 
 impl<'a> Trainer<'a> {
@@ -260,7 +263,7 @@ impl<'a> Trainer<'a> {
             elapsed_secs: 0.0,
             last_train_loss: None,
         };
-        Ok(Self { cfg, varmap, task, opt, run_dir: run_dir.to_path_buf(), state, quiet: false, stop_at: None, title: "ferrolm training".into() })
+        Ok(Self { cfg, varmap, task, opt, run_dir: run_dir.to_path_buf(), state, quiet: false, stop_at: None, title: "ferrolm training".into(), last_phase_ms: [0.0; 3] })
     }
 
     /// Continue any task's run from its latest checkpoint: weights, optimizer moments and
@@ -331,7 +334,9 @@ impl<'a> Trainer<'a> {
         let mut acc: Option<Vec<Vec<f32>>> = None;
         let mut loss_sum = 0f64;
         let mut tokens = 0usize;
+        let mut phase = [0f64; 3];
         for micro in 0..tc.grad_accum {
+            let t0 = std::time::Instant::now();
             let (loss, n) = self.task.micro_batch_loss(step, micro)?;
             tokens += n;
             let value = loss.to_scalar::<f32>()? as f64;
@@ -344,8 +349,11 @@ impl<'a> Trainer<'a> {
                 );
             }
             loss_sum += value;
+            let t1 = std::time::Instant::now();
             let grads = (loss / tc.grad_accum as f64)?.backward()?;
             let g = self.opt.collect_grads(&grads)?;
+            phase[0] += (t1 - t0).as_secs_f64() * 1e3;
+            phase[1] += t1.elapsed().as_secs_f64() * 1e3;
             acc = Some(match acc {
                 None => g,
                 Some(mut a) => {
@@ -358,7 +366,10 @@ impl<'a> Trainer<'a> {
         }
         let mut grads = acc.expect("grad_accum >= 1");
         let lr = lr_at(tc, step);
+        let t2 = std::time::Instant::now();
         let norm = self.opt.step(&mut grads, lr, tc)?;
+        phase[2] = t2.elapsed().as_secs_f64() * 1e3;
+        self.last_phase_ms = phase;
         if !norm.is_finite() {
             bail!("gradient norm became {norm} at step {step}: stopping (lower train.lr or enable train.grad_clip)");
         }

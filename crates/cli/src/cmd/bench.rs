@@ -110,12 +110,23 @@ pub fn run(args: Args) -> Result<()> {
         t.train_step()?;
     }
     let mut ms = Vec::with_capacity(steps);
+    let mut phases: [Vec<f64>; 3] = Default::default();
     let t0 = Instant::now();
     for _ in 0..steps {
         let s = Instant::now();
         t.train_step()?;
         ms.push(s.elapsed().as_secs_f64() * 1e3);
+        for (v, x) in phases.iter_mut().zip(t.last_phase_ms) {
+            v.push(x);
+        }
     }
+    let phase_median: Vec<f64> = phases
+        .iter_mut()
+        .map(|v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect();
     let total = t0.elapsed().as_secs_f64();
     ms.sort_by(f64::total_cmp);
     let median = ms[ms.len() / 2];
@@ -130,17 +141,23 @@ pub fn run(args: Args) -> Result<()> {
         "tokens_per_sec": tokens_per_step * steps as f64 / total,
         "tokens_per_sec_median_step": tokens_per_step / (median / 1e3),
         "step_ms_median": median,
+        "forward_ms_median": phase_median[0],
+        "backward_ms_median": phase_median[1],
+        "optimizer_ms_median": phase_median[2],
         "peak_rss_bytes": peak_rss_bytes(),
     });
     if json {
         println!("{out}");
     } else {
         println!(
-            "{:?}: {} params, {:.0} tokens/s, median step {:.1} ms, peak RSS {:.1} MiB ({} threads)",
+            "{:?}: {} params, {:.0} tokens/s, median step {:.1} ms (forward+loss {:.1}, backward {:.1}, clip+AdamW {:.1}), peak RSS {:.1} MiB ({} threads)",
             p,
             out["params"],
             out["tokens_per_sec"].as_f64().unwrap_or(0.0),
             median,
+            phase_median[0],
+            phase_median[1],
+            phase_median[2],
             peak_rss_bytes() as f64 / (1 << 20) as f64,
             out["threads"]
         );
