@@ -108,25 +108,56 @@ unsafe fn mm(
     )
 }
 
+/// Query rows per block of causal attention. Row block [r0, r1) sees keys 0..r1 only,
+/// so the score, value and gradient products skip the blocks above the diagonal: with
+/// T = 4 blocks that is (1+2+3+4)/16 = 62% of the full T×T work (PyTorch's CPU
+/// flash attention skips them too). Smaller blocks skip more but make more, smaller
+/// products, each with its own packing.
+const CAUSAL_BLOCK: usize = 64;
+
+/// The row blocks `(r0, r1, visible keys)`: blocks of [`CAUSAL_BLOCK`] rows seeing keys
+/// 0..r1 when causal, otherwise one block of all rows seeing every key.
+fn row_blocks(dm: &Dims) -> impl Iterator<Item = (usize, usize, usize)> + use<> {
+    let (t, causal) = (dm.t, dm.causal);
+    let step = if causal { CAUSAL_BLOCK } else { t.max(1) };
+    (0..t).step_by(step).map(move |r0| {
+        let r1 = (r0 + step).min(t);
+        (r0, r1, if causal { r1 } else { t })
+    })
+}
+
 /// P = softmax(scale · Q Kᵀ) for one head of one sequence, into `p` (T×T, row-major).
-/// Masked entries (j > i when causal) are exactly zero.
+/// Only each row block's visible columns are written (see [`row_blocks`]); in them the
+/// masked entries (j > i when causal) are exactly zero.
 unsafe fn probabilities(dm: &Dims, base: *const f32, head: usize, p: &mut [f32]) {
     let (t, w) = (dm.t, dm.w());
     let q = base.add(dm.q_off(head));
     let k = base.add(dm.k_off(head / dm.rep()));
-    // S = Q · Kᵀ; Kᵀ's element (d, j) is k[j, d]: row stride 1, column stride w.
-    mm(t, t, dm.d, p.as_mut_ptr(), t, 1, false, q, w, 1, k, 1, w, dm.scale);
-    crate::ops::vectorized(|| {
-        for (i, row) in p.chunks_mut(t).enumerate() {
-            let visible = if dm.causal { i + 1 } else { t };
-            let (live, masked) = row.split_at_mut(visible);
-            crate::ops::softmax_row(live);
-            masked.iter_mut().for_each(|x| *x = 0.0);
-        }
-    })
+    for (r0, r1, keys) in row_blocks(dm) {
+        // S = Q · Kᵀ; Kᵀ's element (d, j) is k[j, d]: row stride 1, column stride w.
+        mm(r1 - r0, keys, dm.d, p.as_mut_ptr().add(r0 * t), t, 1, false, q.add(r0 * w), w, 1, k, 1, w, dm.scale);
+        crate::ops::vectorized(#[inline(always)] || {
+            for i in r0..r1 {
+                let row = &mut p[i * t..i * t + keys];
+                let visible = if dm.causal { i + 1 } else { t };
+                let (live, masked) = row.split_at_mut(visible);
+                crate::ops::softmax_row(live);
+                masked.iter_mut().for_each(|x| *x = 0.0);
+            }
+        })
+    }
 }
 
-struct FusedSelfAttention(Dims);
+/// Most probabilities (floats, all heads of one layer's batch) the forward pass keeps for
+/// the backward pass: 64 MiB. Below it the backward reads them instead of recomputing
+/// Q·Kᵀ and the softmax; above it (long contexts) memory wins and it recomputes them.
+const KEEP_PROBS_MAX: usize = 1 << 24;
+
+struct FusedSelfAttention {
+    dims: Dims,
+    /// The forward pass's probabilities, (batch, head, T, T), for the backward pass.
+    probs: std::sync::Mutex<Option<Vec<f32>>>,
+}
 
 impl CustomOp1 for FusedSelfAttention {
     fn name(&self) -> &'static str {
@@ -134,35 +165,49 @@ impl CustomOp1 for FusedSelfAttention {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dm = self.0;
+        let dm = self.dims;
         let qkv = contiguous(s, l, self.name())?;
         let (t, w, c) = (dm.t, dm.w(), dm.c());
         // Every head writes its d columns of every row (mm without accumulate).
         let mut y = crate::ops::output_buffer(dm.b * t * c);
         let out = SharedMut(y.as_mut_ptr());
+        // Each task writes its own T×T block (only the parts the backward reads).
+        let keep = dm.b * dm.h * t * t <= KEEP_PROBS_MAX;
+        let mut kept = if keep { crate::ops::output_buffer(dm.b * dm.h * t * t) } else { Vec::new() };
+        let kept_ptr = SharedMut(kept.as_mut_ptr());
         (0..dm.b * dm.h).into_par_iter().for_each_init(
-            || vec![0f32; t * t],
-            |p, task| {
+            || if keep { Vec::new() } else { vec![0f32; t * t] },
+            |scratch, task| {
                 let (bi, head) = (task / dm.h, task % dm.h);
+                let (out, kept_ptr) = (out, kept_ptr); // capture the Sync wrappers, not their raw fields
                 unsafe {
+                    let p = if keep { std::slice::from_raw_parts_mut(kept_ptr.0.add(task * t * t), t * t) } else { &mut scratch[..] };
                     let base = qkv.as_ptr().add(bi * t * w);
                     probabilities(&dm, base, head, p);
                     let v = base.add(dm.v_off(head / dm.rep()));
-                    let out = out; // capture the Sync wrapper, not its raw field
                     let dst = out.0.add(bi * t * c + head * dm.d);
-                    mm(t, dm.d, t, dst, c, 1, false, p.as_ptr(), t, 1, v, w, 1, 1.0);
+                    for (r0, r1, keys) in row_blocks(&dm) {
+                        mm(r1 - r0, dm.d, keys, dst.add(r0 * c), c, 1, false, p.as_ptr().add(r0 * t), t, 1, v, w, 1, 1.0);
+                    }
                 }
             },
         );
+        *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = keep.then_some(kept);
         Ok((CpuStorage::F32(y), Shape::from((dm.b, t, c))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &FusedSelfAttentionBackward(self.0))?))
+        // Taken, not cloned: a second backward through the same graph recomputes them.
+        let probs = self.probs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &FusedSelfAttentionBackward { dims: self.dims, probs })?))
     }
 }
 
-struct FusedSelfAttentionBackward(Dims);
+struct FusedSelfAttentionBackward {
+    dims: Dims,
+    /// The forward pass's probabilities when it kept them; otherwise they are recomputed.
+    probs: Option<Vec<f32>>,
+}
 
 impl CustomOp2 for FusedSelfAttentionBackward {
     fn name(&self) -> &'static str {
@@ -170,7 +215,7 @@ impl CustomOp2 for FusedSelfAttentionBackward {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dm = self.0;
+        let dm = self.dims;
         let qkv = contiguous(s1, l1, self.name())?;
         let dy = contiguous(s2, l2, self.name())?;
         let (t, w, c, d) = (dm.t, dm.w(), dm.c(), dm.d);
@@ -191,26 +236,41 @@ impl CustomOp2 for FusedSelfAttentionBackward {
                     let v = base.add(dm.v_off(kv_head));
                     for (r, head) in (kv_head * dm.rep()..(kv_head + 1) * dm.rep()).enumerate() {
                         let first = r == 0;
-                        probabilities(&dm, base, head, p);
-                        let g = dy.as_ptr().add(bi * t * c + head * d);
-                        // dP = dY · Vᵀ
-                        mm(t, t, d, dp.as_mut_ptr(), t, 1, false, g, c, 1, v, 1, w, 1.0);
-                        // dV += Pᵀ · dY  (Pᵀ's element (j, i) is p[i, j])
-                        mm(t, d, t, gbase.add(dm.v_off(kv_head)), w, 1, !first, p.as_ptr(), 1, t, g, c, 1, 1.0);
-                        // dS = P ⊙ (dP − Σⱼ P⊙dP), times the score scale
-                        crate::ops::vectorized(|| {
-                            for (pr, dr) in p.chunks(t).zip(dp.chunks_mut(t)) {
-                                let dot = crate::ops::lane_dot(pr, dr);
-                                for (x, &pv) in dr.iter_mut().zip(pr) {
-                                    *x = pv * (*x - dot) * dm.scale;
-                                }
+                        let p: &[f32] = match &self.probs {
+                            Some(all) => &all[(bi * dm.h + head) * t * t..][..t * t],
+                            None => {
+                                probabilities(&dm, base, head, p);
+                                p
                             }
-                        });
-                        // dQ = dS · K
-                        mm(t, d, t, gbase.add(dm.q_off(head)), w, 1, false, dp.as_ptr(), t, 1, k, w, 1, 1.0);
-                        // dK += dSᵀ · Q
+                        };
+                        let g = dy.as_ptr().add(bi * t * c + head * d);
                         let q = base.add(dm.q_off(head));
-                        mm(t, d, t, gbase.add(dm.k_off(kv_head)), w, 1, !first, dp.as_ptr(), 1, t, q, w, 1, 1.0);
+                        // dP = dY · Vᵀ, then dS = P ⊙ (dP − Σⱼ P⊙dP) times the score scale,
+                        // then dQ = dS · K; each over the row block's visible keys.
+                        for (r0, r1, keys) in row_blocks(&dm) {
+                            let (pb, dpb) = (&p[r0 * t..], &mut dp[r0 * t..]);
+                            mm(r1 - r0, keys, d, dpb.as_mut_ptr(), t, 1, false, g.add(r0 * c), c, 1, v, 1, w, 1.0);
+                            crate::ops::vectorized(#[inline(always)] || {
+                                for (pr, dr) in pb.chunks(t).zip(dpb.chunks_mut(t)).take(r1 - r0) {
+                                    let (pr, dr) = (&pr[..keys], &mut dr[..keys]);
+                                    let dot = crate::ops::lane_dot(pr, dr);
+                                    for (x, &pv) in dr.iter_mut().zip(pr) {
+                                        *x = pv * (*x - dot) * dm.scale;
+                                    }
+                                }
+                            });
+                            mm(r1 - r0, d, keys, gbase.add(dm.q_off(head) + r0 * w), w, 1, false, dpb.as_ptr(), t, 1, k, w, 1, 1.0);
+                        }
+                        // dV += Pᵀ · dY and dK += dSᵀ · Q, by key blocks: the keys of block
+                        // [c0, c1) are seen by the rows c0.. of every later row block, whose
+                        // columns c0..c1 are written (zeros where masked).
+                        for (c0, c1, _) in row_blocks(&dm) {
+                            let rows = if dm.causal { c0 } else { 0 };
+                            let (pt, dst) = (p.as_ptr().add(rows * t + c0), dm.v_off(kv_head) + c0 * w);
+                            mm(c1 - c0, d, t - rows, gbase.add(dst), w, 1, !first, pt, 1, t, g.add(rows * c), c, 1, 1.0);
+                            let (st, dst) = (dp.as_ptr().add(rows * t + c0), dm.k_off(kv_head) + c0 * w);
+                            mm(c1 - c0, d, t - rows, gbase.add(dst), w, 1, !first, st, 1, t, q.add(rows * w), w, 1, 1.0);
+                        }
                     }
                 }
             },
@@ -239,7 +299,7 @@ pub fn fused_self_attention(qkv: &Tensor, n_heads: usize, n_kv_heads: usize, hea
         candle_core::bail!("fused attention: width {width} does not fit {n_heads} heads, {n_kv_heads} kv heads of {head_dim}");
     }
     let dims = Dims { b, t, h: n_heads, kvh: n_kv_heads, d: head_dim, causal, scale: 1.0 / (head_dim as f32).sqrt() };
-    qkv.contiguous()?.apply_op1(FusedSelfAttention(dims))
+    qkv.contiguous()?.apply_op1(FusedSelfAttention { dims, probs: Default::default() })
 }
 
 #[cfg(test)]
@@ -285,10 +345,16 @@ mod tests {
             let fused = fused_self_attention(x.as_tensor(), h, kvh, d, causal).unwrap();
             let refr = reference(x.as_tensor(), h, kvh, d, causal);
             assert!(max_diff(&fused, &refr) < 1e-5, "forward h{h} kvh{kvh} causal {causal}");
-            let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let loss = (fused * &w).unwrap().sum_all().unwrap();
             let gr = (refr * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let (gf, gr) = (gf.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap());
-            assert!(max_diff(gf, gr) < 1e-4, "backward h{h} kvh{kvh} causal {causal}: {}", max_diff(gf, gr));
+            let gr = gr.get(x.as_tensor()).unwrap();
+            // The first backward reads the probabilities the forward kept; the second
+            // finds them taken and recomputes them.
+            for pass in ["kept", "recomputed"] {
+                let gf = loss.backward().unwrap();
+                let gf = gf.get(x.as_tensor()).unwrap();
+                assert!(max_diff(gf, gr) < 1e-4, "backward ({pass}) h{h} kvh{kvh} causal {causal}: {}", max_diff(gf, gr));
+            }
         }
     }
 

@@ -80,10 +80,48 @@ impl LinearOp {
     /// dx = g·w, dw = gᵀ·x (in w's own layout), db = Σ_rows g.
     fn backward(x: &Tensor, w: &Tensor, grad: &Tensor, bias: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (x, w, g) = (x.detach(), w.detach(), grad.detach().contiguous()?);
-        let dx = g.matmul(&w)?;
-        let dw = g.t()?.matmul(&x)?;
+        let (dx, dw) = match Self::backward_side_by_side(&x, &w, &g)? {
+            Some(both) => both,
+            None => (g.matmul(&w)?, g.t()?.matmul(&x)?),
+        };
         let db = if bias { Some(crate::ops::column_sum(&g)?) } else { None };
         Ok((dx, dw, db))
+    }
+}
+
+fn cpu_slice<'a>(s: &'a candle_core::Storage, l: &Layout) -> Result<&'a [f32]> {
+    match s {
+        candle_core::Storage::Cpu(c) => contiguous_f32(c, l, "ferrolm-linear-bwd"),
+        _ => candle_core::bail!("ferrolm-linear-bwd: not on CPU"),
+    }
+}
+
+impl LinearOp {
+    /// dx and dw as two products run at once (see [`crate::sgemm::two_products_f32`]), on
+    /// CPU in exact f32 with at least two threads; None otherwise.
+    fn backward_side_by_side(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        let exact = crate::amx::matmul_precision() == crate::amx::MatmulPrecision::F32;
+        if !exact || !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || rayon::current_num_threads() < 2 {
+            return Ok(None);
+        }
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        let ((rows, k), (n, _), (xs, xl), (ws, wl), (gs, gl)) =
+            (x.dims2()?, w.dims2()?, x.storage_and_layout(), w.storage_and_layout(), g.storage_and_layout());
+        let (xv, wv, gv) = (cpu_slice(&xs, xl)?, cpu_slice(&ws, wl)?, cpu_slice(&gs, gl)?);
+        let (mut dx, mut dw) = (crate::ops::output_buffer(rows * k), crate::ops::output_buffer(n * k));
+        use crate::amx::Strided;
+        use crate::sgemm::{DstPtr, Product};
+        let row_major = |v: &[f32], cols: usize| Strided { ptr: v.as_ptr(), rs: cols as isize, cs: 1 };
+        // dx (rows×k) = g (rows×n) · w (n×k); dw (n×k) = gᵀ (n×rows) · x (rows×k).
+        let dx_p = Product { m: rows, n: k, k: n, a: row_major(gv, n), b: row_major(wv, k), dst: DstPtr(dx.as_mut_ptr()), dst_rs: k };
+        let gt = Strided { ptr: gv.as_ptr(), rs: 1, cs: n as isize };
+        let dw_p = Product { m: n, n: k, k: rows, a: gt, b: row_major(xv, k), dst: DstPtr(dw.as_mut_ptr()), dst_rs: k };
+        // SAFETY: the slices cover the matrices the strides describe; dx and dw are fresh
+        // buffers of rows·k and n·k elements.
+        unsafe { crate::sgemm::two_products_f32(dx_p, dw_p) };
+        let dev = x.device().clone();
+        drop((xs, ws, gs));
+        Ok(Some((Tensor::from_vec(dx, (rows, k), &dev)?, Tensor::from_vec(dw, (n, k), &dev)?)))
     }
 }
 
@@ -140,8 +178,16 @@ mod tests {
 
     #[test]
     fn fused_linear_matches_composed_matmul_forward_and_backward() {
-        // Ragged sizes, a rank-3 input, with and without bias.
-        for with_bias in [true, false] {
+        // Ragged sizes, a rank-3 input, with and without bias; one thread (dx then dw) and
+        // two (dx and dw side by side).
+        for (threads, with_bias) in [(1, true), (1, false), (2, true), (2, false)] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| check_against_composed(with_bias));
+        }
+    }
+
+    fn check_against_composed(with_bias: bool) {
+        {
             let x = Var::from_tensor(&rand(&[3, 7, 13], 1)).unwrap();
             let w = Var::from_tensor(&rand(&[11, 13], 2)).unwrap();
             let b = Var::from_tensor(&rand(&[11], 3)).unwrap();

@@ -327,7 +327,7 @@ impl CustomOp3 for Norm {
         let b = if self.remove_mean { b } else { &[][..] };
         let mut out = output_buffer(x.len());
         for_rows(&mut out, dim, |i, row| {
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 let src = &x[i * dim..(i + 1) * dim];
                 let (mean, rstd) = self.stats(src);
                 if b.len() == dim {
@@ -396,7 +396,7 @@ impl CustomOp3 for NormBackward {
         // mean is absent.
         let rows_per_chunk = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
         let chunk_rows = |c: usize, dx: &mut [f32]| -> Vec<f32> {
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 let mut acc = vec![0f32; 2 * dim];
                 let (dw, db) = acc.split_at_mut(dim);
                 let n = dim as f32;
@@ -485,7 +485,7 @@ impl CustomOp1 for Gelu {
         let x = contiguous_f32(s, l, self.name())?;
         let mut out = output_buffer(x.len());
         let f = |o: &mut [f32], x: &[f32]| {
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 for (o, &v) in o.iter_mut().zip(x) {
                     *o = 0.5 * v * (1.0 + tanh_fast(SQRT_2_OVER_PI * (v + GELU_C * v * v * v)));
                 }
@@ -514,7 +514,7 @@ impl candle_core::CustomOp2 for GeluBackward {
         let chunk = (x.len() / rayon::current_num_threads().max(1)).max(PAR_THRESHOLD);
         let body = |(i, o): (usize, &mut [f32])| {
             let (xs, gs) = (&x[i * chunk..], &g[i * chunk..]);
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 for ((o, &v), &gv) in o.iter_mut().zip(xs).zip(gs) {
                     // d/dx ½x(1+tanh u) = ½(1+t) + ½x(1−t²)·u′,  u′ = √(2/π)(1+3c·x²)
                     let t = tanh_fast(SQRT_2_OVER_PI * (v + GELU_C * v * v * v));

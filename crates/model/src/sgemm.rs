@@ -13,8 +13,9 @@
 
 use crate::amx::Strided;
 
+/// A destination pointer that may cross to another thread (each task writes its own part).
 #[derive(Clone, Copy)]
-struct DstPtr(*mut f32);
+pub struct DstPtr(pub *mut f32);
 unsafe impl Send for DstPtr {}
 unsafe impl Sync for DstPtr {}
 impl DstPtr {
@@ -54,6 +55,36 @@ pub unsafe fn matmul(m: usize, n: usize, k: usize, a: Strided, b: Strided, dst: 
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     gemm_call(m, n, k, a, b, dst, dst_rs, accumulate, parallelism)
+}
+
+/// Two independent exact-f32 products `dst = A·B` run side by side, each on half of the
+/// pool (one thread each with two threads).
+///
+/// Why: a linear layer's backward has two products of the same size, dX = dY·W and
+/// dW = dYᵀ·X. Run one after the other, each is split over both cores by `gemm`, which
+/// synchronises its threads at every block; run together, each core does one product
+/// alone, start to end, with its own packed operands in its own cache.
+///
+/// # Safety
+/// As for [`matmul`], for both products; the two destinations must not overlap.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn two_products_f32(first: Product, second: Product) {
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads >= 4 { gemm::Parallelism::Rayon(threads / 2) } else { gemm::Parallelism::None };
+    let run = move |p: Product| gemm_call(p.m, p.n, p.k, p.a, p.b, p.dst.0, p.dst_rs, false, parallelism);
+    rayon::join(|| run(first), || run(second));
+}
+
+/// One product `dst[m×n] = A·B` for [`two_products_f32`]; dst has column stride 1.
+#[derive(Clone, Copy)]
+pub struct Product {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: Strided,
+    pub b: Strided,
+    pub dst: DstPtr,
+    pub dst_rs: usize,
 }
 
 /// `batch` products `dst_i[m×n] = A_i·B_i` (any strides; dst row stride `dst_rs`, column
