@@ -137,7 +137,11 @@ def main():
     ap.add_argument("--matmul", choices=["f32", "bf16"], default="f32",
                     help="matrix-product precision on both sides: f32, or bf16 operands with f32 sums "
                          "(ferrolm --matmul bf16 on AMX tiles; PyTorch's mkldnn fp32_precision = 'bf16')")
+    ap.add_argument("--peer-matmul", choices=["f32", "bf16"],
+                    help="PyTorch's precision when it should differ from --matmul: e.g. --matmul bf16 --peer-matmul "
+                         "f32 compares ferrolm on AMX tiles with PyTorch's faster mode on these sizes, exact f32")
     args = ap.parse_args()
+    peer_matmul = args.peer_matmul or args.matmul
 
     env = thread_env(args.threads)
     ferrolm = None if args.only == "pytorch" else find_ferrolm(not args.no_build)
@@ -183,7 +187,7 @@ def main():
                 runs["ferrolm"].append(run_json(cmd, env))
             if py:
                 cmd = [py, os.path.join(HERE, "train_torch.py"), "--preset", preset, "--steps", str(steps),
-                       "--threads", str(args.threads), "--json", "--breakdown", "--matmul", args.matmul]
+                       "--threads", str(args.threads), "--json", "--breakdown", "--matmul", peer_matmul]
                 if args.wait_idle:
                     wait_idle(args.wait_idle, args.max_wait)
                 runs["pytorch"].append(run_json(cmd, env))
@@ -206,7 +210,8 @@ def main():
             ratio = med["ferrolm"]["tokens_per_sec"] / med["pytorch"]["tokens_per_sec"]
         results[preset] = {"steps": steps, "median": med, "ratio_ferrolm_over_pytorch": ratio, "runs": runs}
 
-    print(f"\ntraining tokens/s, medians of {args.repeats} alternating repeats, {args.threads} threads each")
+    print(f"\ntraining tokens/s, medians of {args.repeats} alternating repeats, {args.threads} threads each"
+          f" (matmul: ferrolm {args.matmul}, PyTorch {peer_matmul})")
     print(f"{'preset':<7}{'ferrolm':>12}{'pytorch':>12}{'ratio':>8}{'ferrolm RSS':>14}{'pytorch RSS':>14}")
     for preset, r in results.items():
         m = r["median"]
