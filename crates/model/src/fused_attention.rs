@@ -225,7 +225,8 @@ impl CustomOp2 for FusedSelfAttentionBackward {
         // One task per (sequence, key/value head): the query heads that share a key/value
         // head add into the same dK and dV, so they run in the same task.
         (0..dm.b * dm.kvh).into_par_iter().for_each_init(
-            || (vec![0f32; t * t], vec![0f32; t * t]),
+            // The probability scratch is only needed when the forward did not keep them.
+            || (if self.probs.is_some() { Vec::new() } else { vec![0f32; t * t] }, vec![0f32; t * t]),
             |(p, dp), task| {
                 let (bi, kv_head) = (task / dm.kvh, task % dm.kvh);
                 let out = out; // capture the Sync wrapper, not its raw field

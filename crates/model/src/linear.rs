@@ -57,6 +57,14 @@ impl Module for Linear {
 /// `x (rows×k) · wᵀ (+ b)`; w is (n×k). As CustomOp2 without a bias, CustomOp3 with one.
 struct LinearOp;
 
+/// A contiguous CPU tensor's f32 values (the side-by-side backward reads tensors, not op inputs).
+fn cpu_slice<'a>(s: &'a candle_core::Storage, l: &Layout) -> Result<&'a [f32]> {
+    match s {
+        candle_core::Storage::Cpu(c) => contiguous_f32(c, l, "ferrolm-linear-bwd"),
+        _ => candle_core::bail!("ferrolm-linear-bwd: not on CPU"),
+    }
+}
+
 impl LinearOp {
     fn forward(x: &[f32], xl: &Layout, w: &[f32], wl: &Layout, b: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let (rows, k) = xl.shape().dims2()?;
@@ -87,16 +95,7 @@ impl LinearOp {
         let db = if bias { Some(crate::ops::column_sum(&g)?) } else { None };
         Ok((dx, dw, db))
     }
-}
 
-fn cpu_slice<'a>(s: &'a candle_core::Storage, l: &Layout) -> Result<&'a [f32]> {
-    match s {
-        candle_core::Storage::Cpu(c) => contiguous_f32(c, l, "ferrolm-linear-bwd"),
-        _ => candle_core::bail!("ferrolm-linear-bwd: not on CPU"),
-    }
-}
-
-impl LinearOp {
     /// dx and dw as two products run at once (see [`crate::sgemm::two_products_f32`]), on
     /// CPU in exact f32 with at least two threads; None otherwise.
     fn backward_side_by_side(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<Option<(Tensor, Tensor)>> {

@@ -67,7 +67,6 @@ pub unsafe fn matmul(m: usize, n: usize, k: usize, a: Strided, b: Strided, dst: 
 ///
 /// # Safety
 /// As for [`matmul`], for both products; the two destinations must not overlap.
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn two_products_f32(first: Product, second: Product) {
     let threads = rayon::current_num_threads();
     let parallelism = if threads >= 4 { gemm::Parallelism::Rayon(threads / 2) } else { gemm::Parallelism::None };
