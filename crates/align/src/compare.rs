@@ -30,6 +30,8 @@ pub struct CompareOptions {
     pub val_fraction: f64,
     /// At most this many prompts (0 = all).
     pub max_prompts: usize,
+    /// Where the models live.
+    pub device: Device,
     pub max_response_tokens: usize,
     pub temperature: f32,
     pub seed: u64,
@@ -76,7 +78,7 @@ fn answer(model: &Transformer, reference: &Transformer, rm: &crate::reward::Load
     let refs: Vec<&Sequence> = seqs.iter().collect();
     let t = o.temperature as f64;
     for chunk in refs.chunks(16) {
-        let b = seq_batch(chunk, fmt.pad_id, &Device::Cpu)?;
+        let b = seq_batch(chunk, fmt.pad_id, model.device())?;
         let pl = logprobs_at(model, &b, t)?;
         let rl = logprobs_at(reference, &b, t)?;
         kl.extend(pl.iter().zip(&rl).map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y) as f64).sum::<f64>()));
@@ -87,18 +89,18 @@ fn answer(model: &Transformer, reference: &Transformer, rm: &crate::reward::Load
 
 pub fn compare(o: &CompareOptions) -> Result<CompareResult> {
     anyhow::ensure!(o.temperature > 0.0, "--temperature must be positive (the KL estimate needs samples)");
-    let dev = Device::Cpu;
-    let (run, policy, _) = ferrolm_train::trainer::load_run(&o.policy, &dev)?;
-    let (_, baseline, _) = ferrolm_train::trainer::load_run(&o.baseline, &dev)?;
+    let dev = &o.device;
+    let (model_cfg, policy, _) = crate::stage::load_decoder(&o.policy, dev)?;
+    let (_, baseline, _) = crate::stage::load_decoder(&o.baseline, dev)?;
     let ref_dir: &Path = o.reference.as_deref().unwrap_or(&o.baseline);
-    let (_, reference, _) = ferrolm_train::trainer::load_run(ref_dir, &dev)?;
+    let (_, reference, _) = crate::stage::load_decoder(ref_dir, dev)?;
     for d in [o.baseline.as_path(), ref_dir, o.reward.as_path()] {
         let a = std::fs::read(o.policy.join("tokenizer.json"))?;
         let b = std::fs::read(d.join("tokenizer.json"))?;
         anyhow::ensure!(a == b, "{} and {} use different tokenizers", o.policy.display(), d.display());
     }
-    let rm = crate::reward::load(&o.reward)?;
-    let fmt = Formatter::from_run(&o.policy, run.model.max_seq_len, o.max_response_tokens)?;
+    let rm = crate::reward::load(&o.reward, dev)?;
+    let fmt = Formatter::from_run(&o.policy, model_cfg.max_seq_len, o.max_response_tokens)?;
     let (prompts, report) = read_prompts(&o.data, o.on_error)?;
     if report.bad > 0 {
         eprintln!("{} malformed records skipped", report.bad);

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use ferrolm_model::Transformer;
 use ferrolm_train::data::step_seed;
 use ferrolm_train::{EvalResult, TrainConfig, TrainOutcome, TrainTask, Trainer};
@@ -96,7 +96,7 @@ impl DpoTask {
         if !missing.is_empty() {
             let seqs: Vec<&Sequence> =
                 missing.iter().map(|&i| &data[i].chosen).chain(missing.iter().map(|&i| &data[i].rejected)).collect();
-            let b = seq_batch(&seqs, self.pad_id, &Device::Cpu)?;
+            let b = seq_batch(&seqs, self.pad_id, self.reference.device())?;
             let lp: Vec<f32> = sequence_logprobs(&self.reference, &b, None)?.to_vec1()?;
             let mut cache = self.ref_cache.borrow_mut();
             for (k, &i) in missing.iter().enumerate() {
@@ -113,15 +113,15 @@ impl DpoTask {
         let (rc, rr) = self.reference_logprobs(held_out, idx)?;
         let seqs: Vec<&Sequence> = idx.iter().map(|&i| &data[i].chosen).chain(idx.iter().map(|&i| &data[i].rejected)).collect();
         let tokens = seqs.iter().map(|s| s.ids.len()).sum();
-        let b = seq_batch(&seqs, self.pad_id, &Device::Cpu)?;
+        let b = seq_batch(&seqs, self.pad_id, self.policy.device())?;
         let lp = sequence_logprobs(&self.policy, &b, dropout_seed)?;
         let n = idx.len();
-        let dev = Device::Cpu;
+        let dev = self.policy.device();
         let (loss, stats) = dpo_loss(
             &lp.narrow(0, 0, n)?,
             &lp.narrow(0, n, n)?,
-            &Tensor::new(rc.as_slice(), &dev)?,
-            &Tensor::new(rr.as_slice(), &dev)?,
+            &Tensor::new(rc.as_slice(), dev)?,
+            &Tensor::new(rr.as_slice(), dev)?,
             self.beta,
         )?;
         Ok((loss, stats, tokens))
@@ -177,9 +177,9 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     }
     anyhow::ensure!(cfg.dpo.beta > 0.0, "dpo.beta must be positive, got {}", cfg.dpo.beta);
     let start = PathBuf::from(&cfg.dpo.model_from);
-    let (run, policy, varmap) = ferrolm_train::trainer::load_run(&start, &Device::Cpu)?;
-    let (_, reference, _) = ferrolm_train::trainer::load_run(&start, &Device::Cpu)?;
-    let fmt = Formatter::from_run(&start, run.model.max_seq_len, cfg.data.max_response_tokens)?;
+    let (model_cfg, policy, varmap) = stage::load_decoder(&start, &o.device)?;
+    let (_, reference, _) = stage::load_decoder(&start, &o.device)?;
+    let fmt = Formatter::from_run(&start, model_cfg.max_seq_len, cfg.data.max_response_tokens)?;
     let (train, val, report) = load_pairs(&cfg.data, &fmt)?;
     let t = fmt.truncation();
     eprintln!(
@@ -191,7 +191,7 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     }
     anyhow::ensure!(!train.is_empty(), "no training pairs");
     anyhow::ensure!(!val.is_empty(), "no held-out pairs: raise data.val_fraction or add data");
-    stage::write_run_files(&o.out, &start, &run, &cfg.train, &cfg)?;
+    stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
     let task = DpoTask::new(policy, reference, train, val, fmt.pad_id, cfg.dpo.beta, &cfg.train);
     let mut trainer = if o.resume {
         Trainer::resume_task(cfg.train.clone(), &o.out, varmap, Box::new(task))?

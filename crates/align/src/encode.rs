@@ -17,21 +17,7 @@ use ferrolm_tokenizer::{ChatTemplate, Message, Tokenizer};
 
 use crate::records::PreferencePair;
 
-/// Prompt ids followed by response ids; the response is `ids[prompt_len..]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sequence {
-    pub ids: Vec<u32>,
-    pub prompt_len: usize,
-}
-
-impl Sequence {
-    pub fn response(&self) -> &[u32] {
-        &self.ids[self.prompt_len..]
-    }
-    pub fn response_len(&self) -> usize {
-        self.ids.len() - self.prompt_len
-    }
-}
+pub use ferrolm_finetune::logprob::Sequence;
 
 /// A preference pair as two sequences that share the same prompt ids.
 #[derive(Debug, Clone, PartialEq, Eq)]

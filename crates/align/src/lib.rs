@@ -6,7 +6,6 @@
 pub mod compare;
 pub mod dpo;
 pub mod encode;
-pub mod logprob;
 pub mod losses;
 pub mod plot;
 pub mod ppo;
@@ -15,5 +14,7 @@ pub mod reward;
 pub mod stage;
 
 pub use encode::{EncodedPair, Formatter, Sequence};
+/// The response log-probabilities every stage shares (SFT's label scoring too).
+pub use ferrolm_finetune::logprob;
 pub use records::{OnError, PreferencePair, PromptRecord};
 pub use reward::StageOptions;

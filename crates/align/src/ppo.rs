@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Module, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use ferrolm_infer::{generate, GenerateConfig, SamplingConfig};
 use ferrolm_model::linear::Linear;
@@ -276,9 +276,9 @@ impl PpoTrainer {
         let start = PathBuf::from(&cfg.ppo.model_from);
         let reward_dir = PathBuf::from(&cfg.ppo.reward_from);
         same_tokenizer(&start, &reward_dir)?;
-        let run = stage::read_run_config(&start)?;
-        let fmt = Formatter::from_run(&start, run.model.max_seq_len, cfg.data.max_response_tokens)?;
-        let reward = crate::reward::load(&reward_dir)?;
+        let model_cfg = stage::read_model(&start)?;
+        let fmt = Formatter::from_run(&start, model_cfg.max_seq_len, cfg.data.max_response_tokens)?;
+        let reward = crate::reward::load(&reward_dir, &o.device)?;
         anyhow::ensure!(
             reward.fmt.max_len >= fmt.max_len,
             "the reward model's context ({}) is shorter than the policy's ({})",
@@ -303,13 +303,13 @@ impl PpoTrainer {
         }
         anyhow::ensure!(!train_prompts.is_empty(), "no training prompts");
 
-        let dev = Device::Cpu;
+        let dev = &o.device;
         let policy_vars = VarMap::new();
-        let lm = Transformer::new(&run.model, VarBuilder::from_varmap(&policy_vars, DType::F32, &dev))?;
+        let lm = Transformer::new(&model_cfg, VarBuilder::from_varmap(&policy_vars, DType::F32, dev))?;
         let value_vars = VarMap::new();
-        let value_head = Linear::load(run.model.d_model, 1, true, VarBuilder::from_varmap(&value_vars, DType::F32, &dev).pp(VALUE_HEAD))?;
+        let value_head = Linear::load(model_cfg.d_model, 1, true, VarBuilder::from_varmap(&value_vars, DType::F32, dev).pp(VALUE_HEAD))?;
         stage::zero_vars(&value_vars, VALUE_HEAD)?;
-        let (_, reference, _) = ferrolm_train::trainer::load_run(&start, &dev)?;
+        let (_, reference, _) = stage::load_decoder(&start, dev)?;
 
         let mut all: HashMap<String, Var> = HashMap::new();
         for vm in [&policy_vars, &value_vars] {
@@ -340,7 +340,7 @@ impl PpoTrainer {
             opt.load_state(&extra, state.adam_t).with_context(|| format!("in {}", ckpt.display()))?;
             for (name, var) in value_vars.data().lock().expect("varmap lock").iter() {
                 let t = extra.get(&format!("{EXTRA_PREFIX}{name}")).with_context(|| format!("{} lacks the value head", ckpt.display()))?;
-                var.set(&t.reshape(var.shape())?)?;
+                var.set(&t.reshape(var.shape())?.to_device(var.device())?)?;
             }
             let coef = extra.get(&format!("{EXTRA_PREFIX}kl_coef")).with_context(|| format!("{} lacks the KL coefficient", ckpt.display()))?;
             kl.coef = coef.to_vec1::<f64>()?[0];
@@ -349,7 +349,7 @@ impl PpoTrainer {
             let ckpt = checkpoint::latest(&start)?;
             checkpoint::load_weights(&policy_vars, &ckpt.join("model.safetensors"))?;
         }
-        stage::write_run_files(&o.out, &start, &run, &cfg.train, &cfg)?;
+        stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
         let temperature = cfg.ppo.temperature as f64;
         Ok(Self {
             policy: Policy { lm, value_head, temperature },
@@ -383,7 +383,7 @@ impl PpoTrainer {
         let refs: Vec<&Sequence> = seqs.iter().collect();
         let mut out = Vec::with_capacity(seqs.len());
         for chunk in refs.chunks(p.minibatch.max(1) * 2) {
-            let b = seq_batch(chunk, self.fmt.pad_id, &Device::Cpu)?;
+            let b = seq_batch(chunk, self.fmt.pad_id, self.policy.lm.device())?;
             let po = self.policy.forward(&b)?;
             let old = split_by_row(&b, &po.logp.to_vec1::<f32>()?);
             let values = split_by_row(&b, &po.values.to_vec1::<f32>()?);
@@ -433,7 +433,7 @@ impl PpoTrainer {
         };
         st.reward_std = (rolls.iter().map(|r| (r.score as f64 - st.reward).powi(2)).sum::<f64>() / n).sqrt();
         let lr = lr_at(&tc, it);
-        let dev = Device::Cpu;
+        let dev = self.policy.lm.device().clone();
         let mut updates = 0usize;
         for epoch in 0..p.ppo_epochs {
             use rand::seq::SliceRandom;
@@ -506,7 +506,7 @@ impl PpoTrainer {
         let refs: Vec<&Sequence> = seqs.iter().collect();
         let (mut score, mut kl) = (0f64, 0f64);
         for chunk in refs.chunks(16) {
-            let b = seq_batch(chunk, self.fmt.pad_id, &Device::Cpu)?;
+            let b = seq_batch(chunk, self.fmt.pad_id, self.policy.lm.device())?;
             let pl = logprobs_at(&self.policy.lm, &b, self.policy.temperature)?;
             let rl = logprobs_at(&self.reference, &b, self.policy.temperature)?;
             kl += pl.iter().zip(&rl).map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y) as f64).sum::<f64>()).sum::<f64>();
@@ -521,7 +521,7 @@ impl PpoTrainer {
         for (name, var) in self.value_vars.data().lock().expect("varmap lock").iter() {
             extra.insert(format!("{EXTRA_PREFIX}{name}"), var.as_tensor().clone());
         }
-        extra.insert(format!("{EXTRA_PREFIX}kl_coef"), Tensor::new(&[self.kl.coef], &Device::Cpu)?);
+        extra.insert(format!("{EXTRA_PREFIX}kl_coef"), Tensor::new(&[self.kl.coef], self.policy.lm.device())?);
         checkpoint::save(&self.out, &self.policy_vars, extra, &self.state, self.cfg.train.keep_checkpoints)
     }
 

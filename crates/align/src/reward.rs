@@ -89,7 +89,7 @@ impl RewardModel {
     pub fn score_sequences(&self, seqs: &[&Sequence], pad_id: u32, batch: usize) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(seqs.len());
         for chunk in seqs.chunks(batch.max(1)) {
-            let b = seq_batch(chunk, pad_id, &Device::Cpu)?;
+            let b = seq_batch(chunk, pad_id, self.body.device())?;
             out.extend(self.scores(&b, None)?.to_vec1::<f32>()?);
         }
         Ok(out)
@@ -104,15 +104,15 @@ pub struct LoadedReward {
 }
 
 /// Load a reward run folder (its latest checkpoint).
-pub fn load(run_dir: &Path) -> Result<LoadedReward> {
-    let run = stage::read_run_config(run_dir)?;
+pub fn load(run_dir: &Path, device: &Device) -> Result<LoadedReward> {
+    let model_cfg = stage::read_model(run_dir)?;
     let cfg: RewardConfig = stage::read_stage(run_dir)?;
     let varmap = VarMap::new();
-    let model = RewardModel::new(&run.model, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    let model = RewardModel::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     let ckpt = ferrolm_train::checkpoint::latest(run_dir)?;
     ferrolm_train::checkpoint::load_weights(&varmap, &ckpt.join("model.safetensors"))
         .with_context(|| format!("{} is not a reward-model run", run_dir.display()))?;
-    let fmt = Formatter::from_run(run_dir, run.model.max_seq_len, cfg.data.max_response_tokens)?;
+    let fmt = Formatter::from_run(run_dir, model_cfg.max_seq_len, cfg.data.max_response_tokens)?;
     Ok(LoadedReward { model, fmt, cfg })
 }
 
@@ -179,7 +179,7 @@ impl TrainTask for RewardTask {
         let seqs: Vec<&Sequence> =
             idx.iter().map(|&i| &self.train[i].chosen).chain(idx.iter().map(|&i| &self.train[i].rejected)).collect();
         let tokens = seqs.iter().map(|s| s.ids.len()).sum();
-        let b = seq_batch(&seqs, self.pad_id, &Device::Cpu)?;
+        let b = seq_batch(&seqs, self.pad_id, self.model.body.device())?;
         let s = self.model.scores(&b, Some(step_seed(self.seed, step, micro, "dropout")))?;
         let n = idx.len();
         let loss = bradley_terry_loss(&s.narrow(0, 0, n)?, &s.narrow(0, n, n)?)?;
@@ -218,6 +218,8 @@ pub struct StageOptions {
     pub on_error: Option<OnError>,
     pub resume: bool,
     pub quiet: bool,
+    /// Where the models live and train.
+    pub device: Device,
 }
 
 fn report_data(report: &ReadReport, fmt: &Formatter, train: usize, val: usize) {
@@ -248,22 +250,22 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
         cfg.data.on_error = e;
     }
     let start = PathBuf::from(&cfg.reward.model_from);
-    let run = stage::read_run_config(&start)?;
-    let fmt = Formatter::from_run(&start, run.model.max_seq_len, cfg.data.max_response_tokens)?;
+    let model_cfg = stage::read_model(&start)?;
+    let fmt = Formatter::from_run(&start, model_cfg.max_seq_len, cfg.data.max_response_tokens)?;
     let (train, val, report) = load_pairs(&cfg.data, &fmt)?;
     report_data(&report, &fmt, train.len(), val.len());
     anyhow::ensure!(!train.is_empty(), "no training pairs");
     anyhow::ensure!(!val.is_empty(), "no held-out pairs: raise data.val_fraction or add data");
 
     let varmap = VarMap::new();
-    let model = RewardModel::new(&run.model, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    let model = RewardModel::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, &o.device))?;
     if !o.resume {
         let ckpt = ferrolm_train::checkpoint::latest(&start)?;
         stage::load_with_new_heads(&varmap, &ckpt.join("model.safetensors"), &[HEAD])?;
         stage::zero_vars(&varmap, HEAD)?;
-        stage::write_run_files(&o.out, &start, &run, &cfg.train, &cfg)?;
+        stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
     } else {
-        stage::write_run_files(&o.out, &start, &run, &cfg.train, &cfg)?;
+        stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
     }
     let task = RewardTask {
         model,
@@ -284,11 +286,13 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     trainer.run()
 }
 
-/// `ferrolm reward eval`: pairwise accuracy on the held-out split of `data` (or on every pair).
-pub fn eval(run_dir: &Path, data: &[PathBuf], on_error: OnError, all: bool) -> Result<PairwiseEval> {
-    let rm = load(run_dir)?;
+/// `ferrolm reward eval`: pairwise accuracy on every pair of `data`, or with `held_out`
+/// only on the pairs the training run held out of the same files (its split rule and
+/// `data.val_fraction`).
+pub fn eval(run_dir: &Path, data: &[PathBuf], on_error: OnError, held_out: bool, device: &Device) -> Result<PairwiseEval> {
+    let rm = load(run_dir, device)?;
     let (pairs, report) = read_preferences(data, on_error)?;
-    let pairs = if all { pairs } else { split(&pairs, |p| &p.prompt, rm.cfg.data.val_fraction).1 };
+    let pairs = if held_out { split(&pairs, |p| &p.prompt, rm.cfg.data.val_fraction).1 } else { pairs };
     let enc: Vec<EncodedPair> = pairs.iter().map(|p| rm.fmt.pair(p)).collect();
     report_data(&report, &rm.fmt, 0, enc.len());
     pairwise_eval(&rm.model, &enc, rm.fmt.pad_id, 16)

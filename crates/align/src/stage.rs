@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use candle_nn::VarMap;
 use ferrolm_train::config::DataConfig;
 use ferrolm_train::{RunConfig, TrainConfig};
+use ferrolm_model::{Transformer, TransformerConfig};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use toml::Value;
 
@@ -77,16 +78,23 @@ pub fn resolve<T: Serialize + DeserializeOwned>(defaults: &T, file: Option<&Path
     Ok(cfg)
 }
 
-/// The starting run's config (its `[model]` is the policy's architecture).
-pub fn read_run_config(run_dir: &Path) -> Result<RunConfig> {
-    let p = run_dir.join("config.toml");
-    let v = ferrolm_common::load_config(Some(&p), &[])?;
-    RunConfig::from_value(&v).with_context(|| format!("in {}", p.display()))
+/// The starting run's `[model]`: the policy's architecture, a Transformer decoder.
+pub fn read_model(run_dir: &Path) -> Result<TransformerConfig> {
+    let spec = ferrolm_model::registry::read_spec(run_dir)?;
+    let cfg = spec.require_transformer("alignment").map_err(anyhow::Error::msg)?;
+    Ok(cfg.clone())
+}
+
+/// Load the decoder of a run folder (its latest checkpoint).
+pub fn load_decoder(run_dir: &Path, device: &candle_core::Device) -> Result<(TransformerConfig, Transformer, VarMap)> {
+    let loaded = ferrolm_model::load_model(run_dir, device)?;
+    let model = loaded.model.into_decoder("alignment")?;
+    Ok((model.config().clone(), model, loaded.varmap))
 }
 
 /// Write `config.toml` (plain RunConfig with `train`), `align.toml` (the stage config) and
 /// copy the tokenizer and chat template from `start` into `out`.
-pub fn write_run_files<T: Serialize>(out: &Path, start: &Path, model: &RunConfig, train: &TrainConfig, stage: &T) -> Result<()> {
+pub fn write_run_files<T: Serialize>(out: &Path, start: &Path, model: &TransformerConfig, train: &TrainConfig, stage: &T) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let tok_dest = out.join("tokenizer.json");
     copy_if_different(&start.join("tokenizer.json"), &tok_dest)?;
@@ -94,11 +102,7 @@ pub fn write_run_files<T: Serialize>(out: &Path, start: &Path, model: &RunConfig
     if tmpl.exists() {
         copy_if_different(&tmpl, &ferrolm_tokenizer::chat::ChatTemplate::path_next_to(&tok_dest))?;
     }
-    let run = RunConfig {
-        model: model.model.clone(),
-        train: train.clone(),
-        data: DataConfig { tokenizer: tok_dest.display().to_string(), ..Default::default() },
-    };
+    let run = RunConfig::transformer(model.clone(), train.clone(), DataConfig { tokenizer: tok_dest.display().to_string(), ..Default::default() });
     ferrolm_common::write_atomic(out.join("config.toml"), run.to_toml())?;
     ferrolm_common::write_atomic(out.join(ALIGN_FILE), toml::to_string_pretty(stage)?)?;
     Ok(())

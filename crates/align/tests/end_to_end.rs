@@ -12,19 +12,15 @@ use ferrolm_align::compare::{compare, CompareOptions};
 use ferrolm_align::ppo::PpoTrainer;
 use ferrolm_align::{OnError, StageOptions};
 use ferrolm_tokenizer::{special, Tokenizer};
-use ferrolm_train::{RunConfig, Trainer};
+use ferrolm_model::TransformerConfig;
+use ferrolm_train::{start_run, ArchData, RunConfig};
 
 fn base_run(dir: &Path) {
     let text = "the good answer is good. the bad answer is bad. say a word please. ".repeat(40);
     let tok = Tokenizer::train_char(std::iter::once(text.as_str()), &special::defaults()).unwrap();
     let ids = tok.encode(&text);
-    let mut cfg = RunConfig::default();
-    cfg.model.vocab_size = tok.vocab_size();
-    cfg.model.d_model = 32;
-    cfg.model.n_layers = 1;
-    cfg.model.n_heads = 2;
-    cfg.model.n_kv_heads = 2;
-    cfg.model.max_seq_len = 64;
+    let model = TransformerConfig { vocab_size: tok.vocab_size(), d_model: 32, n_layers: 1, n_heads: 2, n_kv_heads: 2, max_seq_len: 64, ..Default::default() };
+    let mut cfg = RunConfig::transformer(model, Default::default(), Default::default());
     cfg.train.max_steps = 3;
     cfg.train.batch_size = 2;
     cfg.train.warmup_steps = 1;
@@ -35,7 +31,7 @@ fn base_run(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     tok.save(&dir.join("tokenizer.json")).unwrap();
     let (train, val) = (ids.clone(), ids[..200].to_vec());
-    let mut t = Trainer::new(cfg, dir, &train, &val, tok.token_bytes(), &Device::Cpu).unwrap();
+    let mut t = start_run(&cfg, dir, ArchData::Stream { train: &train, val: &val }, tok.token_bytes(), None, &Device::Cpu, false).unwrap();
     t.quiet = true;
     t.run().unwrap();
 }
@@ -61,6 +57,7 @@ fn opts(model: &Path, data: &Path, out: &Path, sets: &[&str]) -> StageOptions {
         on_error: Some(OnError::Skip),
         resume: false,
         quiet: true,
+        device: Device::Cpu,
     }
 }
 
@@ -88,11 +85,15 @@ fn reward_dpo_rlhf_compare_end_to_end() {
     let out = ferrolm_align::reward::train(&opts(&base, &data, &rm, &sets)).unwrap();
     let ev = out.val.unwrap();
     assert!(ev.extra["pairwise_accuracy"] >= 0.9, "{:?}", ev.extra);
-    let e = ferrolm_align::reward::eval(&rm, &[data.clone()], OnError::Skip, false).unwrap();
+    // --held-out scores exactly the pairs the training run held out
+    let e = ferrolm_align::reward::eval(&rm, &[data.clone()], OnError::Skip, true, &Device::Cpu).unwrap();
     assert_eq!(e.pairwise_accuracy, ev.extra["pairwise_accuracy"]);
     assert!(e.pairs > 5 && e.pairs < 40, "held-out pairs {}", e.pairs);
+    // by default every pair of the file it is given (80 well-formed ones)
+    let all = ferrolm_align::reward::eval(&rm, &[data.clone()], OnError::Skip, false, &Device::Cpu).unwrap();
+    assert_eq!(all.pairs, 80);
     // a malformed record fails under `fail`, naming its line (81)
-    let err = ferrolm_align::reward::eval(&rm, &[data.clone()], OnError::Fail, false).unwrap_err().to_string();
+    let err = ferrolm_align::reward::eval(&rm, &[data.clone()], OnError::Fail, false, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("prefs.jsonl:81"), "{err}");
 
     // DPO: held-out preference accuracy and a positive implicit reward margin.
@@ -104,7 +105,7 @@ fn reward_dpo_rlhf_compare_end_to_end() {
     assert!(ev.extra["preference_accuracy"] >= 0.9 && ev.extra["reward_margin"] > 0.0, "{:?}", ev.extra);
     assert!(ev.loss < std::f64::consts::LN_2, "DPO loss starts at ln 2 and must fall: {}", ev.loss);
     // the DPO folder is an ordinary run folder
-    ferrolm_train::trainer::load_run(&dpo, &Device::Cpu).unwrap();
+    ferrolm_model::load_model(&dpo, &Device::Cpu).unwrap().model.decoder("the test").unwrap();
 
     // PPO: three iterations, figures logged, picture drawn, policy loadable.
     let ppo_sets: Vec<&str> = vec![
@@ -137,7 +138,7 @@ fn reward_dpo_rlhf_compare_end_to_end() {
     // the policy moved (the first iteration's update is from the starting weights)
     assert_ne!(weights(&full), weights(&base));
     assert!(full.join("ppo.svg").is_file());
-    ferrolm_train::trainer::load_run(&full, &Device::Cpu).unwrap();
+    ferrolm_model::load_model(&full, &Device::Cpu).unwrap().model.decoder("the test").unwrap();
 
     // Exact resume: stop after 2 iterations, resume, and land on the same weights.
     let split = root.join("ppo-split");
@@ -165,6 +166,7 @@ fn reward_dpo_rlhf_compare_end_to_end() {
         temperature: 1.0,
         seed: 1,
         examples: 2,
+        device: Device::Cpu,
     })
     .unwrap();
     assert_eq!(c.prompts, 6);

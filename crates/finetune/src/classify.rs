@@ -18,11 +18,10 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use ferrolm_model::attention::{MaskSpec, PAD_SEGMENT};
-use ferrolm_model::{MaskedLm, ModelKind, Transformer};
+use ferrolm_model::{AnyModel, MaskedLm, ModelKind, Transformer, TransformerConfig};
 use ferrolm_tokenizer::Tokenizer;
 use ferrolm_train::config::RunConfig;
 use ferrolm_train::data::step_seed;
-use ferrolm_train::task::ArchModel;
 use ferrolm_train::trainer::describe_eval;
 use ferrolm_train::{EvalResult, TrainConfig, TrainOutcome, TrainTask, Trainer};
 use serde::{Deserialize, Serialize};
@@ -159,42 +158,49 @@ pub struct Classifier {
     pub kind: ModelKind,
 }
 
-/// Load a run folder's body (any decoder or masked LM) into a new VarMap.
-pub fn load_body(run_dir: &Path) -> Result<(RunConfig, Body, VarMap)> {
-    let cfg_path = run_dir.join("config.toml");
-    let value = ferrolm_common::load_config(Some(&cfg_path), &[])?;
-    let cfg = RunConfig::from_value(&value).with_context(|| format!("in {}", cfg_path.display()))?;
-    let vm = VarMap::new();
-    let body = match ArchModel::new(&cfg.model, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))? {
-        ArchModel::Decoder(m) => Body::Decoder(m),
-        ArchModel::MaskedLm(m) => Body::MaskedLm(m),
-        ArchModel::EncoderDecoder(_) => bail!("{}: classification heads support decoders and masked LMs, not encoder-decoders", run_dir.display()),
+/// Build a run folder's body (any decoder or masked LM) in a new VarMap (weights not loaded:
+/// a classifier's checkpoint holds its head too, which joins the VarMap first).
+pub fn load_body(run_dir: &Path, device: &Device) -> Result<(TransformerConfig, Body, VarMap)> {
+    let spec = ferrolm_model::registry::read_spec(run_dir)?;
+    let cfg = spec.require_transformer("a classification head").map_err(anyhow::Error::msg)?.clone();
+    let (model, vm) = AnyModel::build_fresh(&spec, device)?;
+    let body = match model {
+        AnyModel::Decoder(m) => Body::Decoder(m),
+        AnyModel::MaskedLm(m) => Body::MaskedLm(m),
+        other => bail!("{}: classification heads support decoders and masked LMs, not {}", run_dir.display(), other.name()),
     };
     Ok((cfg, body, vm))
 }
 
 fn load_latest(run_dir: &Path, vm: &VarMap) -> Result<()> {
-    let ckpt = ferrolm_train::checkpoint::latest(run_dir)?;
-    ferrolm_train::checkpoint::load_weights(vm, &ckpt.join("model.safetensors"))
+    let ckpt = ferrolm_model::registry::latest_checkpoint(run_dir)?;
+    ferrolm_model::registry::load_weights(vm, &ckpt.join("model.safetensors"))
 }
 
 impl Classifier {
     /// A new head on the pretrained body of `run_dir`.
-    pub fn from_pretrained(run_dir: &Path, labels: Vec<String>) -> Result<(RunConfig, Self, VarMap)> {
-        let (cfg, body, vm) = load_body(run_dir)?;
+    pub fn from_pretrained(run_dir: &Path, labels: Vec<String>, device: &Device) -> Result<(TransformerConfig, Self, VarMap)> {
+        let (cfg, body, vm) = load_body(run_dir, device)?;
         load_latest(run_dir, &vm)?;
-        let head = candle_nn::linear(cfg.model.d_model, labels.len(), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu).pp("cls_head"))?;
-        Ok((cfg.clone(), Self { body, head, labels, n_layers: cfg.model.n_layers, kind: cfg.model.kind }, vm))
+        let head = candle_nn::linear(cfg.d_model, labels.len(), VarBuilder::from_varmap(&vm, DType::F32, device).pp("cls_head"))?;
+        Ok((cfg.clone(), Self { body, head, labels, n_layers: cfg.n_layers, kind: cfg.kind }, vm))
     }
 
     /// A trained classifier run folder (body and head from its latest checkpoint).
-    pub fn load(run_dir: &Path) -> Result<(Self, Tokenizer, ClassifyRunInfo)> {
+    pub fn load(run_dir: &Path, device: &Device) -> Result<(Self, Tokenizer, ClassifyRunInfo)> {
         let info = ClassifyRunInfo::load(run_dir)?;
-        let (cfg, body, vm) = load_body(run_dir)?;
-        let head = candle_nn::linear(cfg.model.d_model, info.labels.len(), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu).pp("cls_head"))?;
+        let (cfg, body, vm) = load_body(run_dir, device)?;
+        let head = candle_nn::linear(cfg.d_model, info.labels.len(), VarBuilder::from_varmap(&vm, DType::F32, device).pp("cls_head"))?;
         load_latest(run_dir, &vm)?;
         let tok = crate::prompt::load_tokenizer(run_dir)?;
-        Ok((Self { body, head, labels: info.labels.clone(), n_layers: cfg.model.n_layers, kind: cfg.model.kind }, tok, info))
+        Ok((Self { body, head, labels: info.labels.clone(), n_layers: cfg.n_layers, kind: cfg.kind }, tok, info))
+    }
+
+    pub fn device(&self) -> &Device {
+        match &self.body {
+            Body::Decoder(m) => m.device(),
+            Body::MaskedLm(m) => m.device(),
+        }
     }
 
     pub fn max_seq_len(&self) -> usize {
@@ -264,13 +270,13 @@ pub fn encode_text(tok: &Tokenizer, text: &str, max_len: usize) -> Vec<u32> {
     ids
 }
 
-fn pad_batch(seqs: &[&Vec<u32>], pad: u32) -> Result<(Tensor, Vec<usize>)> {
+fn pad_batch(seqs: &[&Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, Vec<usize>)> {
     let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
     let mut v = vec![pad; seqs.len() * t];
     for (i, s) in seqs.iter().enumerate() {
         v[i * t..i * t + s.len()].copy_from_slice(s);
     }
-    Ok((Tensor::from_vec(v, (seqs.len(), t), &Device::Cpu)?, seqs.iter().map(|s| s.len()).collect()))
+    Ok((Tensor::from_vec(v, (seqs.len(), t), device)?, seqs.iter().map(|s| s.len()).collect()))
 }
 
 /// Logits (N, C) of many texts, in batches, without dropout.
@@ -286,7 +292,7 @@ fn features_of(c: &Classifier, ids: &[Vec<u32>], pad: u32, batch: usize) -> Resu
     order.sort_by_key(|&i| ids[i].len());
     for chunk in order.chunks(batch.max(1)) {
         let seqs: Vec<&Vec<u32>> = chunk.iter().map(|&i| &ids[i]).collect();
-        let (x, lens) = pad_batch(&seqs, pad)?;
+        let (x, lens) = pad_batch(&seqs, pad, c.device())?;
         parts.push(c.features(&x, &lens, None)?.detach());
     }
     let sorted = Tensor::cat(&parts, 0)?;
@@ -294,7 +300,7 @@ fn features_of(c: &Classifier, ids: &[Vec<u32>], pad: u32, batch: usize) -> Resu
     for (pos, &i) in order.iter().enumerate() {
         inverse[i] = pos as u32;
     }
-    Ok(sorted.index_select(&Tensor::from_vec(inverse, ids.len(), &Device::Cpu)?, 0)?)
+    Ok(sorted.index_select(&Tensor::from_vec(inverse, ids.len(), c.device())?, 0)?)
 }
 
 /// Fine-tuning a classification head (and optionally the body).
@@ -331,7 +337,7 @@ impl ClassifyTask {
             Some((_, v)) => self.clf.logits(v)?,
             None => classify_ids(&self.clf, &self.val_ids, self.pad, 64)?,
         };
-        let y = Tensor::from_vec(self.val_y.clone(), self.val_y.len(), &Device::Cpu)?;
+        let y = Tensor::from_vec(self.val_y.clone(), self.val_y.len(), self.clf.device())?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
         let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
         Ok((pred.into_iter().map(|p| p as usize).collect(), loss))
@@ -348,15 +354,15 @@ impl TrainTask for ClassifyTask {
     fn micro_batch_loss(&self, step: usize, micro: usize) -> Result<(Tensor, usize)> {
         let idx = batch_rows(self.train_ids.len(), self.seed, step, micro, self.grad_accum, self.batch_size);
         let y: Vec<u32> = idx.iter().map(|&i| self.train_y[i]).collect();
-        let y = Tensor::from_vec(y, idx.len(), &Device::Cpu)?;
+        let y = Tensor::from_vec(y, idx.len(), self.clf.device())?;
         let (feats, tokens) = match &self.cached {
             Some((train, _)) => {
-                let sel = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &Device::Cpu)?;
+                let sel = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), self.clf.device())?;
                 (train.index_select(&sel, 0)?, idx.len())
             }
             None => {
                 let seqs: Vec<&Vec<u32>> = idx.iter().map(|&i| &self.train_ids[i]).collect();
-                let (x, lens) = pad_batch(&seqs, self.pad)?;
+                let (x, lens) = pad_batch(&seqs, self.pad, self.clf.device())?;
                 let dropout = Some(step_seed(self.seed, step, micro, "dropout"));
                 (self.clf.features(&x, &lens, dropout)?, lens.iter().sum())
             }
@@ -407,7 +413,7 @@ pub struct ClassifyTrainReport {
 }
 
 /// Train a classifier on the body of `base` into `out`.
-pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[PathBuf], cfg: ClassifyStageConfig, quiet: bool) -> Result<ClassifyTrainReport> {
+pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[PathBuf], cfg: ClassifyStageConfig, quiet: bool, device: &Device) -> Result<ClassifyTrainReport> {
     let cc = &cfg.classify;
     let mode: TrainBody = cc.train_body.parse()?;
     let (train, val_recs, report) = train_val(data, val, cc)?;
@@ -417,14 +423,14 @@ pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[Path
     let train_y = label_ids(&train, &labels)?;
     let val_y = label_ids(&val_recs, &labels).context("in the held-out data")?;
     let tok = crate::prompt::load_tokenizer(base)?;
-    let (run_cfg, clf, vm) = Classifier::from_pretrained(base, labels.clone())?;
-    let max_len = if cc.max_len == 0 { run_cfg.model.max_seq_len } else { cc.max_len.min(run_cfg.model.max_seq_len) };
+    let (body_cfg, clf, vm) = Classifier::from_pretrained(base, labels.clone(), device)?;
+    let max_len = if cc.max_len == 0 { body_cfg.max_seq_len } else { cc.max_len.min(body_cfg.max_seq_len) };
     let enc = |recs: &[LabelledText]| recs.iter().map(|r| encode_text(&tok, &r.text, max_len)).collect::<Vec<_>>();
     let (train_ids, val_ids) = (enc(&train), enc(&val_recs));
     eprintln!("{} training texts, {} held out, labels {labels:?}, body {}", train_ids.len(), val_ids.len(), cc.train_body);
 
     std::fs::create_dir_all(out)?;
-    let out_cfg = RunConfig { model: run_cfg.model.clone(), train: cfg.train.clone(), data: Default::default() };
+    let out_cfg = RunConfig::transformer(body_cfg, cfg.train.clone(), Default::default());
     ferrolm_common::write_atomic(out.join("config.toml"), out_cfg.to_toml())?;
     let info = ClassifyRunInfo { base: base.display().to_string(), labels: labels.clone(), max_len, config: cfg.clone() };
     ferrolm_common::write_atomic(out.join("classify.toml"), toml::to_string_pretty(&info)?)?;
@@ -439,7 +445,7 @@ pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[Path
     let outcome = trainer.run()?;
     eprintln!("{}", describe_eval(outcome.val.as_ref().context("no final evaluation")?));
     // Re-load the saved classifier: the figures are those of the folder's weights.
-    let (clf, tok, info) = Classifier::load(out)?;
+    let (clf, tok, info) = Classifier::load(out, device)?;
     let after = evaluate_texts(&clf, &tok, info.max_len, &val_recs)?;
     ferrolm_common::write_atomic(out.join("eval.json"), serde_json::to_vec_pretty(&after)?)?;
     ferrolm_common::write_atomic(out.join("confusion.svg"), after.confusion_svg(&format!("held-out confusion matrix ({})", cc.train_body)))?;

@@ -2,7 +2,7 @@
 //! classification heads on pretrained models; plus the pieces alignment shares with them
 //! (`records`: reading instruction/preference/labelled data with file:line errors;
 //! `prompt`: conversations to token ids with the chat template; `logprob`: response
-//! log-probabilities under a causal LM). See README.md in this crate.
+//! log-probabilities under the decoder, batched). See README.md in this crate.
 
 pub mod baseline;
 pub mod chat;
@@ -16,5 +16,5 @@ pub mod sft;
 #[cfg(test)]
 mod tests;
 
-pub use logprob::{response_logprobs, ResponseLogprobs};
+pub use logprob::{seq_batch, sequence_logprobs, SeqBatch, Sequence};
 pub use records::{Located, OnBad, Origin, ReadReport};

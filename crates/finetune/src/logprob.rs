@@ -1,87 +1,143 @@
-//! Log-probability of response tokens given their prompts under a causal LM, batched and
-//! differentiable: what DPO (policy and reference), PPO (per-token log-probs and KL) and
-//! SFT evaluation by label scoring all need.
+//! Batched forward passes over (prompt, response) sequences: per-token log-probabilities of
+//! the response given the prompt, their per-sequence sums, entropies, and the hidden state
+//! of each sequence's last token (for scalar heads). What SFT's label scoring, DPO (policy
+//! and reference), PPO (per-token log-probs, KL, entropy) and the reward model all need;
+//! one implementation serves them.
 //!
-//! Pairs are right-padded into one batch. Under causal attention a position never sees
-//! later positions, so the padding after a short sequence cannot change its log-probs: the
-//! batched values equal the one-by-one values (a test checks). Only the rows that predict a
-//! response token go through log-softmax, so the cost of the vocabulary projection's
-//! softmax is proportional to the response tokens, not to the padded batch.
+//! Sequences are right-padded to the longest in the batch; under causal attention a
+//! position never sees the padding after it, so no mask is needed. Only the hidden states
+//! that predict response tokens go through the LM head: prompts are usually longer than
+//! responses and their logits are never used.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor, D};
-use ferrolm_train::CausalLm;
+use ferrolm_model::attention::MaskSpec;
+use ferrolm_model::Transformer;
 
-/// Log-probabilities of a batch of responses.
-#[derive(Debug, Clone)]
-pub struct ResponseLogprobs {
-    /// (B, R): log p(response token j | prompt, response[..j]); 0 beyond a response's length.
-    /// R is the longest response in the batch.
-    pub per_token: Tensor,
-    /// (B, R): 1.0 on real response tokens, 0.0 on padding.
-    pub mask: Tensor,
-    /// (B,): sum of `per_token` over each response (the sequence log-likelihood).
-    pub sum: Tensor,
-    /// Response lengths in tokens.
-    pub lengths: Vec<usize>,
+/// A prompt followed by its response, as one id sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequence {
+    pub ids: Vec<u32>,
+    pub prompt_len: usize,
 }
 
-/// Log-probabilities of each `(prompt, response)` pair's response tokens under `model`.
-/// Prompts must be non-empty (start them with the sequence-start token, see
-/// [`crate::prompt::prompt_ids`]); the whole pair must fit the model's context (see
-/// [`crate::prompt::fit_pair`]). `dropout_seed` is None for evaluation and reference models.
-pub fn response_logprobs(
-    model: &dyn CausalLm,
-    pairs: &[(Vec<u32>, Vec<u32>)],
-    pad: u32,
-    dropout_seed: Option<u64>,
-    device: &Device,
-) -> Result<ResponseLogprobs> {
-    ensure!(!pairs.is_empty(), "response_logprobs: empty batch");
-    for (i, (p, r)) in pairs.iter().enumerate() {
-        ensure!(!p.is_empty(), "response_logprobs: pair {i} has an empty prompt (start it with the sequence-start token)");
-        ensure!(!r.is_empty(), "response_logprobs: pair {i} has an empty response");
+impl Sequence {
+    pub fn new(prompt: &[u32], response: &[u32]) -> Self {
+        Self { ids: prompt.iter().chain(response).copied().collect(), prompt_len: prompt.len() }
     }
-    let b = pairs.len();
-    let t = pairs.iter().map(|(p, r)| p.len() + r.len() - 1).max().unwrap_or(1);
-    let r_max = pairs.iter().map(|(_, r)| r.len()).max().unwrap_or(1);
-    let mut inputs = vec![pad; b * t];
-    let mut scored = Vec::new();
-    let mut targets = Vec::new();
-    let mut gather = vec![0u32; b * r_max];
-    let mut mask = vec![0f32; b * r_max];
-    for (row, (p, r)) in pairs.iter().enumerate() {
-        let seq: Vec<u32> = p.iter().chain(r.iter()).copied().collect();
-        inputs[row * t..row * t + seq.len() - 1].copy_from_slice(&seq[..seq.len() - 1]);
-        for (j, &tok) in r.iter().enumerate() {
-            gather[row * r_max + j] = scored.len() as u32;
-            mask[row * r_max + j] = 1.0;
-            scored.push((row * t + p.len() - 1 + j) as u32);
-            targets.push(tok);
+
+    pub fn response(&self) -> &[u32] {
+        &self.ids[self.prompt_len..]
+    }
+
+    pub fn response_len(&self) -> usize {
+        self.ids.len() - self.prompt_len
+    }
+}
+
+pub struct SeqBatch {
+    /// Token ids (rows, t), right-padded.
+    pub ids: Tensor,
+    pub rows: usize,
+    pub t: usize,
+    /// Flat (row·t + position) indices of the hidden states that predict each response token.
+    pub pred_pos: Tensor,
+    /// The response tokens, in the same order (n_tokens,).
+    pub targets: Tensor,
+    /// Which row each response token belongs to.
+    pub token_row: Vec<usize>,
+    /// (rows, n_tokens) 0/1 matrix: row sums of per-token values are one matmul.
+    pub row_sum: Tensor,
+    /// Flat index of each row's last real token (rows,).
+    pub last_pos: Tensor,
+    pub n_tokens: usize,
+}
+
+pub fn seq_batch(seqs: &[&Sequence], pad_id: u32, device: &Device) -> Result<SeqBatch> {
+    anyhow::ensure!(!seqs.is_empty(), "empty batch");
+    let rows = seqs.len();
+    let t = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(1);
+    let mut ids = vec![pad_id; rows * t];
+    let (mut pred, mut targets, mut token_row, mut last) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (b, s) in seqs.iter().enumerate() {
+        anyhow::ensure!(s.prompt_len >= 1, "a sequence needs at least one prompt token");
+        ids[b * t..b * t + s.ids.len()].copy_from_slice(&s.ids);
+        for p in s.prompt_len..s.ids.len() {
+            pred.push((b * t + p - 1) as u32);
+            targets.push(s.ids[p]);
+            token_row.push(b);
         }
+        last.push((b * t + s.ids.len() - 1) as u32);
     }
-    let n = scored.len();
-    // Padding slots of `per_token` read an appended zero.
-    for (g, &m) in gather.iter_mut().zip(&mask) {
-        if m == 0.0 {
-            *g = n as u32;
-        }
+    let n = targets.len();
+    let mut sum = vec![0f32; rows * n];
+    for (j, &b) in token_row.iter().enumerate() {
+        sum[b * n + j] = 1.0;
     }
-    let inputs = Tensor::from_vec(inputs, (b, t), device)?;
-    let logits = model.causal_logits(&inputs, dropout_seed)?;
-    let v = logits.dim(D::Minus1)?;
-    let rows = logits.reshape((b * t, v))?.index_select(&Tensor::from_vec(scored, n, device)?, 0)?;
-    let logp = candle_nn::ops::log_softmax(&rows, D::Minus1)?;
-    let picked = logp.gather(&Tensor::from_vec(targets, (n, 1), device)?, 1)?.squeeze(1)?;
-    let padded = Tensor::cat(&[&picked, &Tensor::zeros(1, picked.dtype(), device)?], 0)?;
-    let per_token = padded.index_select(&Tensor::from_vec(gather, b * r_max, device)?, 0)?.reshape((b, r_max))?;
-    let sum = per_token.sum(1)?;
-    Ok(ResponseLogprobs {
-        per_token,
-        mask: Tensor::from_vec(mask, (b, r_max), device)?,
-        sum,
-        lengths: pairs.iter().map(|(_, r)| r.len()).collect(),
+    Ok(SeqBatch {
+        ids: Tensor::from_vec(ids, (rows, t), device)?,
+        rows,
+        t,
+        pred_pos: Tensor::from_vec(pred, n, device)?,
+        targets: Tensor::from_vec(targets, n, device)?,
+        token_row,
+        row_sum: Tensor::from_vec(sum, (rows, n), device)?,
+        last_pos: Tensor::from_vec(last, rows, device)?,
+        n_tokens: n,
     })
+}
+
+/// Final hidden states flattened to (rows·t, d_model).
+pub fn hidden(model: &Transformer, b: &SeqBatch, dropout_seed: Option<u64>) -> Result<Tensor> {
+    let h = model.hidden(&b.ids, &MaskSpec::causal(), None, dropout_seed)?;
+    let d = h.dim(D::Minus1)?;
+    Ok(h.reshape((b.rows * b.t, d))?)
+}
+
+/// Logits (n_tokens, vocab) of the positions that predict response tokens.
+pub fn response_logits(model: &Transformer, hidden_flat: &Tensor, b: &SeqBatch) -> Result<Tensor> {
+    let sel = hidden_flat.index_select(&b.pred_pos, 0)?;
+    Ok(model.logits(&sel)?)
+}
+
+/// log p(target) per row of `logits` (n, vocab) → (n,).
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok(logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?)
+}
+
+/// Entropy of each row's distribution (n,): −Σ p log p.
+pub fn entropy(logits: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok((logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?)
+}
+
+/// Sum over each row of per-token values (n,) → (rows,).
+pub fn per_row_sum(b: &SeqBatch, per_token: &Tensor) -> Result<Tensor> {
+    Ok(b.row_sum.matmul(&per_token.unsqueeze(1)?)?.squeeze(1)?)
+}
+
+/// log π(response | prompt) per sequence (rows,), differentiable.
+pub fn sequence_logprobs(model: &Transformer, b: &SeqBatch, dropout_seed: Option<u64>) -> Result<Tensor> {
+    let h = hidden(model, b, dropout_seed)?;
+    let lp = token_logprobs(&response_logits(model, &h, b)?, &b.targets)?;
+    per_row_sum(b, &lp)
+}
+
+/// Per-token log-probabilities of the responses as plain numbers, one Vec per row
+/// (evaluation, reference models, rollouts).
+pub fn token_logprobs_by_row(model: &Transformer, b: &SeqBatch) -> Result<Vec<Vec<f32>>> {
+    let h = hidden(model, b, None)?;
+    let lp: Vec<f32> = token_logprobs(&response_logits(model, &h, b)?, &b.targets)?.to_vec1()?;
+    Ok(split_by_row(b, &lp))
+}
+
+pub fn split_by_row(b: &SeqBatch, values: &[f32]) -> Vec<Vec<f32>> {
+    let mut out = vec![Vec::new(); b.rows];
+    for (v, &r) in values.iter().zip(&b.token_row) {
+        out[r].push(*v);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -89,37 +145,51 @@ mod tests {
     use super::*;
     use candle_core::DType;
     use candle_nn::{VarBuilder, VarMap};
-    use ferrolm_model::{Transformer, TransformerConfig};
+    use ferrolm_model::TransformerConfig;
 
-    pub fn tiny_model(seed: u64) -> (Transformer, VarMap) {
-        let cfg = TransformerConfig { vocab_size: 40, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, max_seq_len: 32, ..Default::default() };
+    fn tiny() -> Transformer {
+        let cfg = TransformerConfig { vocab_size: 40, d_model: 16, n_layers: 1, n_heads: 2, n_kv_heads: 2, max_seq_len: 32, ..Default::default() };
         let vm = VarMap::new();
         let m = Transformer::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
-        ferrolm_model::init::init_params(&vm, 2, seed).unwrap();
-        (m, vm)
+        ferrolm_model::init::init_params(&vm, 1, 7).unwrap();
+        m
     }
 
     #[test]
-    fn batched_padded_logprobs_equal_unbatched_scores() {
-        let (m, vm) = tiny_model(3);
-        let pairs = vec![(vec![0, 5, 6, 7], vec![8, 9]), (vec![0, 11], vec![12, 13, 14, 15, 16]), (vec![0, 1, 2, 3, 4, 5, 6], vec![7])];
-        let lp = response_logprobs(&m, &pairs, 1, None, &Device::Cpu).unwrap();
-        let per: Vec<Vec<f32>> = lp.per_token.to_vec2().unwrap();
-        let sums: Vec<f32> = lp.sum.to_vec1().unwrap();
-        for (i, (p, r)) in pairs.iter().enumerate() {
-            let seq: Vec<u32> = p.iter().chain(r).copied().collect();
-            let s = ferrolm_infer::generate::score(&m, &seq).unwrap();
-            let want = &s[p.len() - 1..];
-            for (j, w) in want.iter().enumerate() {
-                assert!((per[i][j] - w).abs() < 1e-4, "pair {i} token {j}: {} vs {w}", per[i][j]);
+    fn response_logprobs_match_full_scoring_and_ignore_padding() {
+        let m = tiny();
+        let a = Sequence { ids: vec![1, 5, 9, 3, 7, 2], prompt_len: 3 };
+        let b = Sequence { ids: vec![4, 8, 6, 11, 12, 13, 14, 15, 16, 17], prompt_len: 2 };
+        // reference: every next-token log-prob of the whole sequence, unbatched
+        let want = |s: &Sequence| -> Vec<f32> { ferrolm_infer::generate::score(&m, &s.ids).unwrap()[s.prompt_len - 1..].to_vec() };
+        let batch = seq_batch(&[&a, &b], 0, &Device::Cpu).unwrap();
+        assert_eq!(batch.n_tokens, 3 + 8);
+        let got = token_logprobs_by_row(&m, &batch).unwrap();
+        for (g, w) in got.iter().zip([want(&a), want(&b)]) {
+            assert_eq!(g.len(), w.len());
+            for (x, y) in g.iter().zip(&w) {
+                assert!((x - y).abs() < 1e-4, "{x} vs {y}");
             }
-            assert!(per[i][r.len()..].iter().all(|&x| x == 0.0));
-            assert!((sums[i] - want.iter().sum::<f32>()).abs() < 1e-4);
         }
-        assert_eq!(lp.mask.sum_all().unwrap().to_scalar::<f32>().unwrap(), 8.0);
-        // differentiable: the sum has a gradient for the weights
-        let grads = lp.sum.sum_all().unwrap().backward().unwrap();
-        let any = vm.all_vars().iter().any(|v| grads.get(v).is_some_and(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0));
-        assert!(any);
+        let sums: Vec<f32> = sequence_logprobs(&m, &batch, None).unwrap().to_vec1().unwrap();
+        assert!((sums[0] - want(&a).iter().sum::<f32>()).abs() < 1e-4);
+        assert!((sums[1] - want(&b).iter().sum::<f32>()).abs() < 1e-4);
+        // entropies are between 0 and ln(vocab)
+        let h = hidden(&m, &batch, None).unwrap();
+        let e: Vec<f32> = entropy(&response_logits(&m, &h, &batch).unwrap()).unwrap().to_vec1().unwrap();
+        assert!(e.iter().all(|&x| x > 0.0 && x <= (40f32).ln() + 1e-4));
+    }
+
+    #[test]
+    fn sequence_logprobs_are_differentiable() {
+        let cfg = TransformerConfig { vocab_size: 40, d_model: 16, n_layers: 1, n_heads: 2, n_kv_heads: 2, max_seq_len: 32, ..Default::default() };
+        let vm = VarMap::new();
+        let m = Transformer::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+        ferrolm_model::init::init_params(&vm, 1, 3).unwrap();
+        let seqs = [Sequence::new(&[0, 5, 6, 7], &[8, 9]), Sequence::new(&[0, 11], &[12, 13, 14, 15, 16])];
+        let batch = seq_batch(&seqs.iter().collect::<Vec<_>>(), 1, &Device::Cpu).unwrap();
+        let grads = sequence_logprobs(&m, &batch, None).unwrap().sum_all().unwrap().backward().unwrap();
+        let moved = vm.all_vars().iter().any(|v| grads.get(v).is_some_and(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0));
+        assert!(moved);
     }
 }

@@ -15,11 +15,11 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use ferrolm_infer::{generate, GenerateConfig, SamplingConfig};
 use ferrolm_model::attention::MaskSpec;
-use ferrolm_model::Transformer;
+use ferrolm_model::{ModelSpec, Transformer};
 use ferrolm_tokenizer::{ChatTemplate, Message, Role, Tokenizer};
 use ferrolm_train::config::RunConfig;
 use ferrolm_train::data::step_seed;
-use ferrolm_train::trainer::{build_model, describe_eval};
+use ferrolm_train::trainer::describe_eval;
 use ferrolm_train::{EvalResult, TrainConfig, TrainOutcome, TrainTask, Trainer};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -257,7 +257,7 @@ impl SftTask {
         let rows = single_rows(&self.val.iter().map(|v| v.example.clone()).collect::<Vec<_>>());
         for chunk in rows.chunks(self.batch_size.max(1)) {
             let refs: Vec<&Row> = chunk.iter().collect();
-            let b = make_batch(&refs, false, self.pad, &Device::Cpu)?;
+            let b = make_batch(&refs, false, self.pad, self.model.device())?;
             if b.n_scored == 0 {
                 continue;
             }
@@ -286,18 +286,20 @@ impl SftTask {
 pub fn predict_labels(model: &Transformer, tok: &Tokenizer, tpl: &ChatTemplate, prompts: &[Vec<Message>], labels: &[String], max_len: usize) -> Result<Vec<usize>> {
     let answers: Vec<Vec<u32>> = labels.iter().map(|l| prompt::response_ids(tok, tpl, l)).collect();
     let pad = prompt::pad_id(tok);
+    // the whole sequence (the last answer token included) goes through the model
+    let max_len = max_len.min(model.config().max_seq_len);
     let mut out = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(8) {
-        let mut pairs = Vec::new();
+        let mut seqs = Vec::new();
         for p in chunk {
             let ids = prompt::prompt_ids(tok, tpl, p);
             for a in &answers {
                 let (p2, a2) = prompt::fit_pair(&ids, a, max_len).context("a label's answer does not fit the context")?;
-                pairs.push((p2, a2));
+                seqs.push(crate::logprob::Sequence::new(&p2, &a2));
             }
         }
-        let lp = crate::logprob::response_logprobs(model, &pairs, pad, None, &Device::Cpu)?;
-        let sums: Vec<f32> = lp.sum.to_vec1()?;
+        let batch = crate::logprob::seq_batch(&seqs.iter().collect::<Vec<_>>(), pad, model.device())?;
+        let sums: Vec<f32> = crate::logprob::sequence_logprobs(model, &batch, None)?.to_vec1()?;
         for row in sums.chunks(labels.len()) {
             out.push(row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0));
         }
@@ -309,7 +311,7 @@ impl TrainTask for SftTask {
     fn micro_batch_loss(&self, step: usize, micro: usize) -> Result<(Tensor, usize)> {
         let idx = batch_rows(self.rows.len(), self.seed, step, micro, self.grad_accum, self.batch_size);
         let rows: Vec<&Row> = idx.iter().map(|&i| &self.rows[i]).collect();
-        let b = make_batch(&rows, self.packed, self.pad, &Device::Cpu)?;
+        let b = make_batch(&rows, self.packed, self.pad, self.model.device())?;
         ensure!(b.n_scored > 0, "micro-batch {micro} of step {step} has no answer tokens");
         let dropout = Some(step_seed(self.seed, step, micro, "dropout"));
         let logits = scored_logits(&self.model, &b.inputs, &b.mask, &b.scored, dropout)?;
@@ -334,6 +336,8 @@ pub struct SftRun<'a> {
     pub sources: SftSources,
     pub cfg: SftStageConfig,
     pub quiet: bool,
+    /// Where the model lives and trains.
+    pub device: &'a Device,
 }
 
 /// What `run_sft` measured.
@@ -375,25 +379,27 @@ pub fn answer(model: &Transformer, tok: &Tokenizer, tpl: &ChatTemplate, history:
 }
 
 /// Load a run folder's decoder (config.toml + latest checkpoint) into a fresh VarMap.
-pub fn load_decoder(run_dir: &Path) -> Result<(RunConfig, Transformer, candle_nn::VarMap)> {
-    let (cfg, model, vm) = ferrolm_train::trainer::load_run(run_dir, &Device::Cpu)
-        .with_context(|| format!("loading the model of {}", run_dir.display()))?;
-    Ok((cfg, model, vm))
+pub fn load_decoder(run_dir: &Path, device: &Device) -> Result<(ModelSpec, Transformer, candle_nn::VarMap)> {
+    let loaded = ferrolm_model::load_model(run_dir, device).with_context(|| format!("loading the model of {}", run_dir.display()))?;
+    let model = loaded.model.into_decoder("instruction tuning")?;
+    Ok((loaded.spec, model, loaded.varmap))
 }
 
 /// Instruction-tune the decoder in `run.base` into `run.out`.
 pub fn run_sft(run: SftRun) -> Result<SftReport> {
-    let SftRun { base, out, sources, cfg, quiet } = run;
+    let SftRun { base, out, sources, cfg, quiet, device } = run;
     let sc = &cfg.sft;
     ensure!(!sources.data.is_empty() || !sources.labelled.is_empty(), "no training data: give --data FILE… and/or --from-labelled FILE");
-    let (base_cfg, _, _) = load_decoder(base)?;
+    // the base's weights, loaded into the variables that train
+    let (base_spec, model, varmap) = load_decoder(base, device)?;
+    let max_seq_len = base_spec.max_seq_len();
     let tok = prompt::load_tokenizer(base)?;
     let tpl = prompt::load_template(base)?;
     if let Err(e) = tpl.check(&tok) {
         tracing::warn!("{e:#}: the chat markers will be spelled out as ordinary text");
     }
-    let seq_len = if cfg.train.seq_len == 0 { base_cfg.model.max_seq_len } else { cfg.train.seq_len };
-    ensure!(seq_len <= base_cfg.model.max_seq_len, "train.seq_len {seq_len} exceeds the model's max_seq_len {}", base_cfg.model.max_seq_len);
+    let seq_len = if cfg.train.seq_len == 0 { max_seq_len } else { cfg.train.seq_len };
+    ensure!(seq_len <= max_seq_len, "train.seq_len {seq_len} exceeds the model's max_seq_len {max_seq_len}");
 
     // ---- records, split, few-shot
     let (records, mut report) = read_sft_records(&sources.data, &sources.labelled, sc)?;
@@ -466,12 +472,9 @@ pub fn run_sft(run: SftRun) -> Result<SftReport> {
 
     // ---- model and run folder
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut run_cfg = RunConfig { model: base_cfg.model.clone(), train: cfg.train.clone(), data: Default::default() };
+    let mut run_cfg = RunConfig { model: base_spec, train: cfg.train.clone(), ..Default::default() };
     run_cfg.train.seq_len = seq_len;
     run_cfg.validate()?;
-    let (model, varmap) = build_model(&run_cfg, &Device::Cpu)?;
-    let ckpt = ferrolm_train::checkpoint::latest(base)?;
-    ferrolm_train::checkpoint::load_weights(&varmap, &ckpt.join("model.safetensors"))?;
     ferrolm_common::write_atomic(out.join("config.toml"), run_cfg.to_toml())?;
     let mut stage = toml::Table::new();
     stage.insert("base".into(), toml::Value::String(base.display().to_string()));

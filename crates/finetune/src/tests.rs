@@ -9,10 +9,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use ferrolm_model::attention::MaskSpec;
 use ferrolm_model::ops::IGNORE_INDEX;
-use ferrolm_model::{ModelKind, Transformer, TransformerConfig};
+use ferrolm_model::{AnyModel, ModelKind, Transformer, TransformerConfig};
 use ferrolm_tokenizer::{special, BpeTrainConfig, ChatTemplate, Message, Tokenizer};
 use ferrolm_train::checkpoint::{self, TrainState};
-use ferrolm_train::task::ArchModel;
 use ferrolm_train::{RunConfig, TrainConfig};
 
 use crate::classify::{self, Classifier, ClassifyStageConfig, TrainBody};
@@ -39,10 +38,9 @@ fn model_cfg(tok: &Tokenizer, kind: ModelKind) -> TransformerConfig {
 /// An untrained model saved as a run folder (config.toml, tokenizer.json, checkpoint).
 fn base_run(dir: &Path, kind: ModelKind) -> PathBuf {
     let tok = fixture_tokenizer();
-    let cfg = RunConfig { model: model_cfg(&tok, kind), train: TrainConfig::default(), data: Default::default() };
-    let vm = VarMap::new();
-    ArchModel::new(&cfg.model, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
-    ferrolm_model::init::init_params(&vm, cfg.model.n_layers, 7).unwrap();
+    let cfg = RunConfig::transformer(model_cfg(&tok, kind), TrainConfig::default(), Default::default());
+    let (_, vm) = AnyModel::build_fresh(&cfg.model, &Device::Cpu).unwrap();
+    ferrolm_model::init_weights(&cfg.model, &vm, 7).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     let state = TrainState { format: checkpoint::FORMAT_VERSION, step: 0, adam_t: 0, seed: 7, tokens_seen: 0, elapsed_secs: 0.0, last_train_loss: None };
     checkpoint::save(dir, &vm, HashMap::new(), &state, 1).unwrap();
@@ -223,7 +221,7 @@ fn tiny_sft_run_end_to_end() {
     let base = base_run(&dir.path().join("base"), ModelKind::Causal);
     let data = instruction_fixture(dir.path());
     let out = dir.path().join("sft");
-    let rep = sft::run_sft(SftRun { base: &base, out: &out, sources: SftSources { data: vec![data.clone()], ..Default::default() }, cfg: sft_cfg(30), quiet: true }).unwrap();
+    let rep = sft::run_sft(SftRun { base: &base, out: &out, sources: SftSources { data: vec![data.clone()], ..Default::default() }, cfg: sft_cfg(30), quiet: true, device: &Device::Cpu }).unwrap();
     assert_eq!(rep.data.bad, 1);
     assert!(rep.data.examples[0].contains("instr.jsonl:6: field \"output\" is empty"), "{:?}", rep.data.examples);
     assert!(rep.tokens.rows < rep.tokens.train_examples, "packing put several examples in a row");
@@ -232,14 +230,14 @@ fn tiny_sft_run_end_to_end() {
         assert!(out.join(f).is_file(), "missing {f}");
     }
     // the folder is a normal run folder: generation tools load it
-    let (_, m, _) = sft::load_decoder(&out).unwrap();
+    let (_, m, _) = sft::load_decoder(&out, &Device::Cpu).unwrap();
     let tok = prompt::load_tokenizer(&out).unwrap();
     let tpl = prompt::load_template(&out).unwrap();
     sft::answer(&m, &tok, &tpl, &[Message::user("Repeat the word dog.")], 6, Default::default()).unwrap();
     // --on-bad-record fail stops at the malformed line
     let mut strict = sft_cfg(2);
     strict.sft.on_bad_record = OnBad::Fail;
-    let err = sft::run_sft(SftRun { base: &base, out: &dir.path().join("strict"), sources: SftSources { data: vec![data], ..Default::default() }, cfg: strict, quiet: true }).unwrap_err();
+    let err = sft::run_sft(SftRun { base: &base, out: &dir.path().join("strict"), sources: SftSources { data: vec![data], ..Default::default() }, cfg: strict, quiet: true, device: &Device::Cpu }).unwrap_err();
     assert!(format!("{err:#}").contains("instr.jsonl:6"), "{err:#}");
 }
 
@@ -254,7 +252,7 @@ fn sft_from_labelled_data_reports_label_accuracy() {
     cfg.sft.template = "Is this review {labels}?\n{text}".into();
     cfg.sft.packing = false;
     let out = dir.path().join("sft");
-    let rep = sft::run_sft(SftRun { base: &base, out: &out, sources: SftSources { labelled: vec![train], val_labelled: vec![val], ..Default::default() }, cfg, quiet: true }).unwrap();
+    let rep = sft::run_sft(SftRun { base: &base, out: &out, sources: SftSources { labelled: vec![train], val_labelled: vec![val], ..Default::default() }, cfg, quiet: true, device: &Device::Cpu }).unwrap();
     let after = rep.label_accuracy_after.unwrap();
     assert!(rep.label_accuracy_before.is_some());
     assert!(after >= 0.9, "label accuracy after tuning {after}");
@@ -320,11 +318,11 @@ fn tiny_classify_runs_decoder_and_masked_lm() {
     let mlm = base_run(&dir.path().join("mlm"), ModelKind::MaskedLm);
     for (base, body) in [(&dec, "frozen"), (&dec, "full"), (&mlm, "top:1")] {
         let out = dir.path().join(format!("clf-{}-{}", base.file_name().unwrap().to_string_lossy(), body.replace(':', "")));
-        let rep = classify::run_classify_train(base, &out, std::slice::from_ref(&train), std::slice::from_ref(&val), classify_cfg(body, 40), true).unwrap();
+        let rep = classify::run_classify_train(base, &out, std::slice::from_ref(&train), std::slice::from_ref(&val), classify_cfg(body, 40), true, &Device::Cpu).unwrap();
         assert_eq!(rep.val_examples, 30);
         assert!(rep.after.accuracy >= 0.9, "{body} on {}: accuracy {} (before {})", base.display(), rep.after.accuracy, rep.before.accuracy);
         assert!(out.join("confusion.svg").is_file() && out.join("eval.json").is_file());
-        let (clf, tok, info) = Classifier::load(&out).unwrap();
+        let (clf, tok, info) = Classifier::load(&out, &Device::Cpu).unwrap();
         let probs = classify::predict_texts(&clf, &tok, info.max_len, &["a dog good film".to_string()]).unwrap();
         assert!((probs[0].iter().sum::<f32>() - 1.0).abs() < 1e-5);
     }
@@ -340,7 +338,7 @@ fn tiny_classify_runs_decoder_and_masked_lm() {
 fn trainable_parameters_per_body_mode() {
     let dir = tempfile::tempdir().unwrap();
     let dec = base_run(&dir.path().join("dec"), ModelKind::Causal);
-    let (_, clf, vm) = Classifier::from_pretrained(&dec, vec!["a".into(), "b".into()]).unwrap();
+    let (_, clf, vm) = Classifier::from_pretrained(&dec, vec!["a".into(), "b".into()], &Device::Cpu).unwrap();
     let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
     let count = |mode| names.iter().filter(|n| clf.trainable(n, mode)).count();
     let head = count(TrainBody::Frozen);

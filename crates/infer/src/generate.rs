@@ -4,7 +4,7 @@
 use anyhow::Result;
 use candle_core::{Tensor, D};
 use ferrolm_model::attention::MaskSpec;
-use ferrolm_model::Transformer;
+use ferrolm_model::{AnyModel, CausalLm, ModelKind, Transformer};
 
 use crate::sampling::{Sampler, SamplingConfig};
 
@@ -99,4 +99,32 @@ pub fn score(model: &Transformer, ids: &[u32]) -> Result<Vec<f32>> {
     let y = Tensor::new(&ids[1..], dev)?.unsqueeze(0)?;
     let logp = candle_nn::ops::log_softmax(&model.forward(&x, &MaskSpec::causal(), None)?, D::Minus1)?;
     Ok(logp.gather(&y.unsqueeze(D::Minus1)?, D::Minus1)?.flatten_all()?.to_vec1()?)
+}
+
+/// Generation for a model of any family, by the path its shape needs: the causal decoder
+/// with a sliding KV cache, the prefix decoder with the prompt as its bidirectional
+/// prefix, the encoder-decoder with the prompt as its source (decoding from
+/// `decoder_start`), the window and recurrent LMs by recomputing their window. A masked
+/// LM does not generate (it fills masks).
+pub fn generate_any(
+    model: &AnyModel,
+    prompt: &[u32],
+    decoder_start: u32,
+    cfg: &GenerateConfig,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
+    match model {
+        AnyModel::Decoder(m) if m.config().kind == ModelKind::Causal => generate(m, prompt, cfg, on_token),
+        AnyModel::Decoder(m) => crate::arch::generate_prefix(m, prompt, cfg, on_token),
+        AnyModel::EncoderDecoder(m) => crate::arch::generate_seq2seq(m, prompt, decoder_start, cfg, on_token),
+        AnyModel::Nplm(m) => generate_windowed(m.config().max_seq_len, prompt, cfg, |w| window_logits(model, w, m.device()), on_token),
+        AnyModel::Recurrent(m) => generate_windowed(m.config().max_seq_len, prompt, cfg, |w| window_logits(model, w, m.device()), on_token),
+        AnyModel::MaskedLm(_) => anyhow::bail!("a masked LM fills masks (`ferrolm fill-mask`); it does not generate"),
+    }
+}
+
+fn window_logits(model: &AnyModel, window: &[u32], dev: &candle_core::Device) -> Result<Vec<f32>> {
+    let x = Tensor::new(window, dev)?.unsqueeze(0)?;
+    let logits = model.causal_logits(&x, None)?;
+    last_logits(&logits)
 }

@@ -6,5 +6,5 @@ pub mod generate;
 pub mod sampling;
 
 pub use arch::{fill_mask, generate_prefix, generate_seq2seq};
-pub use generate::{generate, generate_windowed, GenerateConfig};
+pub use generate::{generate, generate_any, generate_windowed, GenerateConfig};
 pub use sampling::{Sampler, SamplingConfig};

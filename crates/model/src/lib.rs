@@ -19,7 +19,9 @@ pub mod norm;
 pub mod nplm;
 pub mod ops;
 pub mod rnn;
+pub mod registry;
 pub mod sgemm;
+pub mod spec;
 pub mod transformer;
 
 pub use attention::{AttnMask, KvCache};
@@ -28,4 +30,6 @@ pub use encoder_decoder::EncoderDecoder;
 pub use masked_lm::MaskedLm;
 pub use nplm::{Nplm, NplmConfig};
 pub use rnn::{Cell, RecurrentConfig, RecurrentLm};
+pub use registry::{init_weights, load_model, AnyModel, CausalLm, LoadedModel};
+pub use spec::{Family, ModelSpec};
 pub use transformer::Transformer;

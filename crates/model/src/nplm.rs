@@ -36,12 +36,14 @@ pub struct NplmConfig {
     /// Dropout on the concatenated embeddings and on the tanh layer (training only; the
     /// 2003 model had none, 0 reproduces it).
     pub dropout: f32,
+    /// The longest training window; generation recomputes a window of this many tokens.
+    pub max_seq_len: usize,
 }
 
 impl NplmConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.vocab_size == 0 || self.d_model == 0 || self.hidden == 0 || self.context == 0 {
-            return Err("model.vocab_size, d_model, hidden and context must be positive".into());
+        if self.vocab_size == 0 || self.d_model == 0 || self.hidden == 0 || self.context == 0 || self.max_seq_len == 0 {
+            return Err("model.vocab_size, d_model, hidden, context and max_seq_len must be positive".into());
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("model.dropout must be in [0, 1), got {}", self.dropout));
@@ -88,6 +90,10 @@ impl Nplm {
 
     pub fn config(&self) -> &NplmConfig {
         &self.cfg
+    }
+
+    pub fn device(&self) -> &candle_core::Device {
+        self.out_w.device()
     }
 
     /// Context ids (B·T, n−1), oldest first: position t of a row sees ids[t−n+2 ..= t]

@@ -66,12 +66,15 @@ pub struct RecurrentConfig {
     pub n_layers: usize,
     /// Dropout on each layer's input and on the last layer's output (training only).
     pub dropout: f32,
+    /// The longest training window (every window starts from a zero state); generation
+    /// recomputes a window of this many tokens.
+    pub max_seq_len: usize,
 }
 
 impl RecurrentConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.vocab_size == 0 || self.d_model == 0 || self.hidden == 0 || self.n_layers == 0 {
-            return Err("model.vocab_size, d_model, hidden and n_layers must be positive".into());
+        if self.vocab_size == 0 || self.d_model == 0 || self.hidden == 0 || self.n_layers == 0 || self.max_seq_len == 0 {
+            return Err("model.vocab_size, d_model, hidden, n_layers and max_seq_len must be positive".into());
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("model.dropout must be in [0, 1), got {}", self.dropout));
@@ -408,6 +411,10 @@ impl RecurrentLm {
 
     pub fn config(&self) -> &RecurrentConfig {
         &self.cfg
+    }
+
+    pub fn device(&self) -> &candle_core::Device {
+        self.head_w.device()
     }
 
     /// Next-token logits (B, T, V) for ids (B, T). `dropout_seed`: Some in training.

@@ -6,11 +6,11 @@ use ferrolm_model::nplm::{init_nplm, Nplm, NplmConfig};
 use ferrolm_model::rnn::{init_recurrent, Cell, RecurrentConfig, RecurrentLayer, RecurrentLm};
 
 fn rnn_cfg(cell: Cell) -> RecurrentConfig {
-    RecurrentConfig { cell, vocab_size: 23, d_model: 6, hidden: 5, n_layers: 2, dropout: 0.0 }
+    RecurrentConfig { cell, vocab_size: 23, d_model: 6, hidden: 5, n_layers: 2, dropout: 0.0, max_seq_len: 32 }
 }
 
 fn nplm_cfg(direct: bool) -> NplmConfig {
-    NplmConfig { vocab_size: 23, d_model: 4, context: 3, hidden: 7, direct, dropout: 0.0 }
+    NplmConfig { vocab_size: 23, d_model: 4, context: 3, hidden: 7, direct, dropout: 0.0, max_seq_len: 32 }
 }
 
 fn ids(b: usize, t: usize, v: u32, seed: u32) -> Vec<u32> {

@@ -6,171 +6,24 @@
 //! under a fixed evaluation seed.
 //!
 //! A run folder of a non-causal kind (or of pair data) stores, next to `[model]`,
-//! `[train]` and `[data]`, an `[objective]` section and optionally `[pairs]`;
-//! [`ArchRunConfig`] reads and writes that, [`load_arch_run`] rebuilds the model of the
-//! right kind from it.
+//! `[train]` and `[data]`, an `[objective]` section and optionally `[pairs]` (see
+//! [`RunConfig`]); [`crate::start_run`] builds the task, `ferrolm_model::load_model` the
+//! model of the right kind.
 //!
 //! [`Trainer`]: crate::Trainer
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{VarBuilder, VarMap};
-use ferrolm_model::ModelKind;
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor, D};
+use ferrolm_model::{AnyModel, ModelKind};
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 
 use crate::config::{RunConfig, TrainConfig};
 use crate::data::{eval_offsets, step_seed, train_offsets, TokenSource};
-use crate::objectives::{DocIndex, MlmMasking, PrefixSplit, SpanCorruption};
-use crate::pairs::PairsConfig;
-use crate::task::{make_nsp_batch, make_pair_batch, make_task_batch, ArchModel, ObjectiveConfig, PairExample, TaskBatch, TaskTokens};
+use crate::objectives::DocIndex;
+use crate::task::{make_nsp_batch, make_pair_batch, make_task_batch, ObjectiveConfig, PairExample, TaskBatch, TaskModel, TaskTokens};
 use crate::trainer::{EvalResult, TrainTask};
-
-/// `[objective]`: the parameters of the non-causal objectives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ObjectiveSection {
-    /// Prefix LM on plain text: fewest prefix / target tokens of a window.
-    pub prefix_min: usize,
-    pub prefix_min_target: usize,
-    /// Fraction of the window that is prefix; 0 draws the split point uniformly.
-    pub prefix_fraction: f64,
-    /// Span corruption (encoder-decoder on plain text).
-    pub noise_density: f64,
-    pub mean_span_length: f64,
-    /// Masked LM: rate of masked positions and the 80/10/10 replacement split.
-    pub mlm_rate: f64,
-    pub mlm_mask_fraction: f64,
-    pub mlm_random_fraction: f64,
-    /// Masked LM: train on sentence pairs `[CLS] A [SEP] B [SEP]` (B the true next text
-    /// half the time, text from another document otherwise) with next-sentence prediction
-    /// on the pooled `[CLS]` output; loss = MLM + NSP. Sets `model.nsp_head`.
-    pub nsp: bool,
-    /// Seed of the evaluation's masking/corruption/split draws: fixed so evaluations at
-    /// different steps and of different runs score the same positions.
-    pub eval_seed: u64,
-}
-
-impl Default for ObjectiveSection {
-    fn default() -> Self {
-        let (s, m) = (SpanCorruption::default(), MlmMasking::default());
-        Self {
-            prefix_min: 1,
-            prefix_min_target: 1,
-            prefix_fraction: 0.0,
-            noise_density: s.noise_density,
-            mean_span_length: s.mean_span_length,
-            mlm_rate: m.rate,
-            mlm_mask_fraction: m.mask_fraction,
-            mlm_random_fraction: m.random_fraction,
-            nsp: false,
-            eval_seed: 0x5eed,
-        }
-    }
-}
-
-impl ObjectiveSection {
-    pub fn validate(&self) -> Result<()> {
-        let unit = |x: f64| (0.0..=1.0).contains(&x);
-        if !(self.noise_density > 0.0 && self.noise_density < 1.0) || self.mean_span_length < 1.0 {
-            bail!("objective.noise_density must be in (0, 1) and objective.mean_span_length ≥ 1");
-        }
-        if !(self.mlm_rate > 0.0 && self.mlm_rate <= 1.0) || !unit(self.mlm_mask_fraction + self.mlm_random_fraction) {
-            bail!("objective.mlm_rate must be in (0, 1] and mlm_mask_fraction + mlm_random_fraction ≤ 1");
-        }
-        if !(0.0..1.0).contains(&self.prefix_fraction) {
-            bail!("objective.prefix_fraction must be in [0, 1) (0 = random split point)");
-        }
-        Ok(())
-    }
-
-    pub fn objective(&self) -> ObjectiveConfig {
-        ObjectiveConfig {
-            prefix: PrefixSplit {
-                min_prefix: self.prefix_min,
-                min_target: self.prefix_min_target,
-                fixed_fraction: (self.prefix_fraction > 0.0).then_some(self.prefix_fraction),
-            },
-            span: SpanCorruption { noise_density: self.noise_density, mean_span_length: self.mean_span_length },
-            mlm: MlmMasking { rate: self.mlm_rate, mask_fraction: self.mlm_mask_fraction, random_fraction: self.mlm_random_fraction },
-            nsp: self.nsp,
-        }
-    }
-}
-
-/// A run config for any kind: RunConfig's sections plus `[objective]` and `[pairs]`
-/// (RunConfig itself keeps rejecting unknown sections).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ArchRunConfig {
-    pub run: RunConfig,
-    pub objective: ObjectiveSection,
-    pub pairs: Option<PairsConfig>,
-}
-
-impl ArchRunConfig {
-    pub fn from_value(v: &toml::Value) -> Result<Self> {
-        let mut rest = v.clone();
-        let table = rest.as_table_mut().context("the config is not a TOML table")?;
-        let objective: ObjectiveSection = match table.remove("objective") {
-            Some(o) => ferrolm_common::config::typed(&o).context("in [objective]")?,
-            None => ObjectiveSection::default(),
-        };
-        let pairs: Option<PairsConfig> = match table.remove("pairs") {
-            Some(p) => Some(ferrolm_common::config::typed(&p).context("in [pairs]")?),
-            None => None,
-        };
-        let mut run = RunConfig::from_value(&rest)?;
-        objective.validate()?;
-        if objective.nsp && run.model.kind == ModelKind::MaskedLm {
-            // the objective needs the head and the segment embeddings: one switch for both
-            // (other kinds are refused when their task is built, so an experiment config
-            // can carry the key for its masked LM)
-            run.model.nsp_head = true;
-        }
-        if let Some(p) = &pairs {
-            p.validate(run.model.max_seq_len)?;
-        }
-        Ok(Self { run, objective, pairs })
-    }
-
-    /// True when the plain pretraining path (`Trainer::new`) serves this config.
-    pub fn is_plain_causal(&self) -> bool {
-        self.run.model.kind == ModelKind::Causal && self.pairs.is_none()
-    }
-
-    pub fn to_toml(&self) -> String {
-        let mut v = toml::Value::try_from(&self.run).expect("config serialises");
-        let t = v.as_table_mut().expect("table");
-        if !self.is_plain_causal() {
-            t.insert("objective".into(), toml::Value::try_from(&self.objective).expect("serialises"));
-        }
-        if let Some(p) = &self.pairs {
-            t.insert("pairs".into(), toml::Value::try_from(p).expect("serialises"));
-        }
-        toml::to_string_pretty(&v).expect("config serialises")
-    }
-}
-
-/// Build the model of `cfg.kind` with fresh variables (not initialised).
-pub fn build_arch_model(cfg: &ferrolm_model::TransformerConfig, device: &Device) -> Result<(ArchModel, VarMap)> {
-    let varmap = VarMap::new();
-    let model = ArchModel::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, device)).context("building the model")?;
-    Ok((model, varmap))
-}
-
-/// Load a run folder of any kind: its config and the model of its latest checkpoint.
-pub fn load_arch_run(run_dir: &Path, device: &Device) -> Result<(ArchRunConfig, ArchModel, VarMap)> {
-    let cfg_path = run_dir.join("config.toml");
-    let value = ferrolm_common::load_config(Some(&cfg_path), &[])?;
-    let cfg = ArchRunConfig::from_value(&value).with_context(|| format!("in {}", cfg_path.display()))?;
-    let ckpt = crate::checkpoint::latest(run_dir)?;
-    let (model, varmap) = build_arch_model(&cfg.run.model, device)?;
-    crate::checkpoint::load_weights(&varmap, &ckpt.join("model.safetensors"))?;
-    Ok((cfg, model, varmap))
-}
 
 /// Where an [`ArchTask`] draws its examples from.
 pub enum ArchData<'a> {
@@ -182,8 +35,9 @@ pub enum ArchData<'a> {
 
 /// One task for every kind; see the module docs.
 pub struct ArchTask<'a> {
-    pub model: ArchModel,
+    pub model: AnyModel,
     kind: ModelKind,
+    device: Device,
     data: ArchData<'a>,
     tokens: TaskTokens,
     objective: ObjectiveConfig,
@@ -201,14 +55,16 @@ pub struct ArchTask<'a> {
 impl<'a> ArchTask<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        model: ArchModel,
-        cfg: &ArchRunConfig,
+        model: AnyModel,
+        cfg: &RunConfig,
         data: ArchData<'a>,
         tokens: TaskTokens,
         token_bytes: Vec<u32>,
+        device: &Device,
     ) -> Result<Self> {
-        let (m, tc): (&ferrolm_model::TransformerConfig, &TrainConfig) = (&cfg.run.model, &cfg.run.train);
-        let seq_len = cfg.run.seq_len();
+        let m = cfg.model.require_transformer("this objective").map_err(anyhow::Error::msg)?;
+        let tc: &TrainConfig = &cfg.train;
+        let seq_len = cfg.seq_len();
         match &data {
             ArchData::Stream { train, val } => {
                 let need = seq_len + 2;
@@ -262,6 +118,7 @@ impl<'a> ArchTask<'a> {
             nsp_index,
             model,
             kind: m.kind,
+            device: device.clone(),
             data,
             tokens,
             objective: cfg.objective.objective(),
@@ -291,7 +148,7 @@ impl<'a> ArchTask<'a> {
                 while left > 0 {
                     let rows = left.min(self.batch_size);
                     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(step_seed(self.eval_seed, i, 0, "eval-nsp"));
-                    f(&make_nsp_batch(*val, index, rows, self.seq_len, &self.objective, &self.tokens, self.vocab, &mut rng, &Device::Cpu)?)?;
+                    f(&make_nsp_batch(*val, index, rows, self.seq_len, &self.objective, &self.tokens, self.vocab, &mut rng, &self.device)?)?;
                     (left, i) = (left - rows, i + 1);
                 }
             }
@@ -329,10 +186,10 @@ impl<'a> ArchTask<'a> {
 
     fn batch(&self, offsets_or_idx: &[usize], rng: &mut impl Rng, src: Option<&dyn TokenSource>, pairs: Option<&[PairExample]>) -> Result<TaskBatch> {
         match (src, pairs) {
-            (Some(src), _) => make_task_batch(self.kind, src, offsets_or_idx, self.seq_len, &self.objective, &self.tokens, self.vocab, rng, &Device::Cpu),
+            (Some(src), _) => make_task_batch(self.kind, src, offsets_or_idx, self.seq_len, &self.objective, &self.tokens, self.vocab, rng, &self.device),
             (None, Some(p)) => {
                 let rows: Vec<&PairExample> = offsets_or_idx.iter().map(|&i| &p[i]).collect();
-                make_pair_batch(self.kind, &rows, &self.tokens, &Device::Cpu)
+                make_pair_batch(self.kind, &rows, &self.tokens, &self.device)
             }
             _ => unreachable!("a batch comes from a stream or from pairs"),
         }
@@ -361,7 +218,7 @@ impl TrainTask for ArchTask<'_> {
         let batch = match &self.data {
             ArchData::Stream { train, .. } if self.nsp_index.is_some() => {
                 let (index, _) = self.nsp_index.as_ref().expect("checked");
-                make_nsp_batch(*train, index, self.batch_size, self.seq_len, &self.objective, &self.tokens, self.vocab, &mut rng, &Device::Cpu)?
+                make_nsp_batch(*train, index, self.batch_size, self.seq_len, &self.objective, &self.tokens, self.vocab, &mut rng, &self.device)?
             }
             ArchData::Stream { train, .. } => {
                 let offsets = train_offsets(*train, self.seed, step, micro, self.batch_size, self.seq_len);
@@ -422,40 +279,6 @@ impl TrainTask for ArchTask<'_> {
             extra,
         })
     }
-}
-
-/// A trainer for any kind on the shared loop: fresh (writes `config.toml`, initialises
-/// the weights from `train.seed`) or resumed from the run folder's latest checkpoint
-/// (the saved `[model]` must match).
-pub fn arch_trainer<'a>(
-    cfg: &ArchRunConfig,
-    run_dir: &Path,
-    data: ArchData<'a>,
-    tokens: TaskTokens,
-    token_bytes: Vec<u32>,
-    resume: bool,
-) -> Result<crate::Trainer<'a>> {
-    cfg.run.validate()?;
-    if resume {
-        crate::checkpoint::latest(run_dir)?;
-        let saved = ferrolm_common::load_config(Some(&run_dir.join("config.toml")), &[])?;
-        let saved = ArchRunConfig::from_value(&saved)?;
-        if saved.run.model != cfg.run.model {
-            bail!("cannot resume {}: the [model] section differs from the saved config.toml", run_dir.display());
-        }
-    }
-    let (model, varmap) = build_arch_model(&cfg.run.model, &Device::Cpu)?;
-    let task = ArchTask::new(model, cfg, data, tokens, token_bytes)?;
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    ferrolm_common::write_atomic(run_dir.join("config.toml"), cfg.to_toml())?;
-    let mut t = if resume {
-        crate::Trainer::resume_task(cfg.run.train.clone(), run_dir, varmap, Box::new(task))?
-    } else {
-        ferrolm_model::init::init_params(&varmap, cfg.run.model.n_layers, cfg.run.train.seed)?;
-        crate::Trainer::from_task(cfg.run.train.clone(), run_dir, varmap, Box::new(task))?
-    };
-    t.title = format!("ferrolm training ({})", kind_name(cfg.run.model.kind));
-    Ok(t)
 }
 
 /// The config spelling of a kind.

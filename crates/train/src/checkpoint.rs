@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
@@ -32,9 +32,9 @@ pub struct TrainState {
     pub last_train_loss: Option<f64>,
 }
 
-pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("checkpoints")
-}
+// The reading side lives with the models (inference loads checkpoints without the
+// training crate); training uses the same functions.
+pub use ferrolm_model::registry::{checkpoints_dir, latest_checkpoint as latest, load_tensors, load_weights};
 
 fn sync_dir(p: &Path) {
     if let Ok(f) = fs::File::open(p) {
@@ -97,22 +97,6 @@ fn prune(root: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// The newest complete checkpoint of a run, or a clear error.
-pub fn latest(run_dir: &Path) -> Result<PathBuf> {
-    let root = checkpoints_dir(run_dir);
-    let pointer = root.join("latest");
-    let name = fs::read_to_string(&pointer).with_context(|| {
-        format!("{} has no checkpoint (missing {}); was it trained with `ferrolm train`?", run_dir.display(), pointer.display())
-    })?;
-    let dir = root.join(name.trim());
-    for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
-        if !dir.join(f).is_file() {
-            bail!("checkpoint {} is incomplete: {f} is missing", dir.display());
-        }
-    }
-    Ok(dir)
-}
-
 pub fn read_state(ckpt: &Path) -> Result<TrainState> {
     let p = ckpt.join("state.json");
     let s: TrainState = serde_json::from_slice(&fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
@@ -121,27 +105,4 @@ pub fn read_state(ckpt: &Path) -> Result<TrainState> {
         bail!("{} has checkpoint format {}, this ferrolm reads {FORMAT_VERSION}", p.display(), s.format);
     }
     Ok(s)
-}
-
-pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .with_context(|| format!("{} is missing or corrupt (not a readable safetensors file)", path.display()))
-}
-
-/// Load weights into an already-built model's variables; every variable must be present
-/// with the right shape, and no unknown tensors may be in the file.
-pub fn load_weights(varmap: &VarMap, path: &Path) -> Result<()> {
-    let tensors = load_tensors(path)?;
-    let data = varmap.data().lock().expect("varmap lock");
-    for (name, var) in data.iter() {
-        let t = tensors.get(name).with_context(|| format!("{} lacks the weight {name}", path.display()))?;
-        if t.shape() != var.shape() {
-            bail!("{}: weight {name} has shape {:?}, the model expects {:?}", path.display(), t.shape(), var.shape());
-        }
-        var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
-    }
-    if let Some(extra) = tensors.keys().find(|k| !data.contains_key(*k)) {
-        bail!("{} holds a weight `{extra}` this model does not have (config mismatch?)", path.display());
-    }
-    Ok(())
 }

@@ -1,9 +1,15 @@
-//! The run config: `[model]` (the architecture) and `[train]` (the optimisation).
+//! The run config: `[model]` (the architecture, any family), `[train]` (the optimisation),
+//! `[data]`, and the objective's and pair data's sections.
 //! Written back as `config.toml` in every run folder exactly as resolved.
 
+use anyhow::{bail, Context, Result};
 use ferrolm_model::amx::MatmulPrecision;
-use ferrolm_model::TransformerConfig;
+use ferrolm_model::{ModelKind, ModelSpec, TransformerConfig};
 use serde::{Deserialize, Serialize};
+
+use crate::objectives::{MlmMasking, PrefixSplit, SpanCorruption};
+use crate::pairs::PairsConfig;
+use crate::task::ObjectiveConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -121,43 +127,176 @@ pub struct DataConfig {
     pub tokenizer: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// `[objective]`: the parameters of the non-causal objectives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct ObjectiveSection {
+    /// Prefix LM on plain text: fewest prefix / target tokens of a window.
+    pub prefix_min: usize,
+    pub prefix_min_target: usize,
+    /// Fraction of the window that is prefix; 0 draws the split point uniformly.
+    pub prefix_fraction: f64,
+    /// Span corruption (encoder-decoder on plain text).
+    pub noise_density: f64,
+    pub mean_span_length: f64,
+    /// Masked LM: rate of masked positions and the 80/10/10 replacement split.
+    pub mlm_rate: f64,
+    pub mlm_mask_fraction: f64,
+    pub mlm_random_fraction: f64,
+    /// Masked LM: train on sentence pairs `[CLS] A [SEP] B [SEP]` (B the true next text
+    /// half the time, text from another document otherwise) with next-sentence prediction
+    /// on the pooled `[CLS]` output; loss = MLM + NSP. Sets `model.nsp_head`.
+    pub nsp: bool,
+    /// Seed of the evaluation's masking/corruption/split draws: fixed so evaluations at
+    /// different steps and of different runs score the same positions.
+    pub eval_seed: u64,
+}
+
+impl Default for ObjectiveSection {
+    fn default() -> Self {
+        let (s, m) = (SpanCorruption::default(), MlmMasking::default());
+        Self {
+            prefix_min: 1,
+            prefix_min_target: 1,
+            prefix_fraction: 0.0,
+            noise_density: s.noise_density,
+            mean_span_length: s.mean_span_length,
+            mlm_rate: m.rate,
+            mlm_mask_fraction: m.mask_fraction,
+            mlm_random_fraction: m.random_fraction,
+            nsp: false,
+            eval_seed: 0x5eed,
+        }
+    }
+}
+
+impl ObjectiveSection {
+    pub fn validate(&self) -> Result<()> {
+        let unit = |x: f64| (0.0..=1.0).contains(&x);
+        if !(self.noise_density > 0.0 && self.noise_density < 1.0) || self.mean_span_length < 1.0 {
+            bail!("objective.noise_density must be in (0, 1) and objective.mean_span_length ≥ 1");
+        }
+        if !(self.mlm_rate > 0.0 && self.mlm_rate <= 1.0) || !unit(self.mlm_mask_fraction + self.mlm_random_fraction) {
+            bail!("objective.mlm_rate must be in (0, 1] and mlm_mask_fraction + mlm_random_fraction ≤ 1");
+        }
+        if !(0.0..1.0).contains(&self.prefix_fraction) {
+            bail!("objective.prefix_fraction must be in [0, 1) (0 = random split point)");
+        }
+        Ok(())
+    }
+
+    pub fn objective(&self) -> ObjectiveConfig {
+        ObjectiveConfig {
+            prefix: PrefixSplit {
+                min_prefix: self.prefix_min,
+                min_target: self.prefix_min_target,
+                fixed_fraction: (self.prefix_fraction > 0.0).then_some(self.prefix_fraction),
+            },
+            span: SpanCorruption { noise_density: self.noise_density, mean_span_length: self.mean_span_length },
+            mlm: MlmMasking { rate: self.mlm_rate, mask_fraction: self.mlm_mask_fraction, random_fraction: self.mlm_random_fraction },
+            nsp: self.nsp,
+        }
+    }
+}
+
+/// A run's config: `[model]` (any family, [`ModelSpec`]), `[train]`, `[data]`, and for the
+/// non-causal objectives `[objective]`, for input/target pair data `[pairs]`. Every
+/// training command reads it, and `config.toml` in every run folder is it, resolved.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RunConfig {
-    pub model: TransformerConfig,
+    pub model: ModelSpec,
     pub train: TrainConfig,
     pub data: DataConfig,
+    pub objective: ObjectiveSection,
+    pub pairs: Option<PairsConfig>,
+}
+
+/// The sections with a plain serde shape.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct PlainSections {
+    train: TrainConfig,
+    data: DataConfig,
 }
 
 impl RunConfig {
+    /// A causal Transformer run with default objective settings and no pairs.
+    pub fn transformer(model: TransformerConfig, train: TrainConfig, data: DataConfig) -> Self {
+        Self { model: ModelSpec::Transformer(model), train, data, ..Default::default() }
+    }
+
     pub fn from_value(v: &toml::Value) -> anyhow::Result<Self> {
-        let cfg: RunConfig = ferrolm_common::config::typed(v)?;
+        let mut rest = v.as_table().cloned().context("the config is not a TOML table")?;
+        let model = ModelSpec::from_value(&rest.remove("model").unwrap_or(toml::Value::Table(Default::default())))
+            .map_err(|e| anyhow::anyhow!("invalid [model]: {e}"))?;
+        let objective: ObjectiveSection = match rest.remove("objective") {
+            Some(o) => ferrolm_common::config::typed(&o).context("in [objective]")?,
+            None => ObjectiveSection::default(),
+        };
+        let pairs: Option<PairsConfig> = match rest.remove("pairs") {
+            Some(p) => Some(ferrolm_common::config::typed(&p).context("in [pairs]")?),
+            None => None,
+        };
+        let PlainSections { train, data } = ferrolm_common::config::typed(&toml::Value::Table(rest))?;
+        let mut cfg = Self { model, train, data, objective, pairs };
+        if let Some(m) = cfg.model.transformer_mut() {
+            if cfg.objective.nsp && m.kind == ModelKind::MaskedLm {
+                // the objective needs the head and the segment embeddings: one switch for both
+                // (other kinds are refused when their task is built, so an experiment config
+                // can carry the key for its masked LM)
+                m.nsp_head = true;
+            }
+        }
         cfg.validate()?;
+        // The token limits of `[pairs]` are checked when pairs are read from files;
+        // pairs handed over in code are checked against the context when the task is built.
+        if let Some(p) = &cfg.pairs {
+            p.validate(cfg.model.max_seq_len())?;
+        }
         Ok(cfg)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.model.validate().map_err(|e| anyhow::anyhow!("invalid [model]: {e}"))?;
+        self.model.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         self.train.validate().map_err(|e| anyhow::anyhow!("invalid [train]: {e}"))?;
-        if self.seq_len() > self.model.max_seq_len {
+        if self.seq_len() > self.model.max_seq_len() {
             anyhow::bail!(
                 "train.seq_len ({}) exceeds model.max_seq_len ({})",
                 self.train.seq_len,
-                self.model.max_seq_len
+                self.model.max_seq_len()
             );
         }
+        self.objective.validate()?;
         Ok(())
     }
 
     pub fn seq_len(&self) -> usize {
         if self.train.seq_len == 0 {
-            self.model.max_seq_len
+            self.model.max_seq_len()
         } else {
             self.train.seq_len
         }
     }
 
+    /// True when the run is next-token prediction on a token stream (any family), which
+    /// `LmTask` trains; every other kind and pair data train through `ArchTask`.
+    pub fn is_plain_causal(&self) -> bool {
+        self.model.kind() == ModelKind::Causal && self.pairs.is_none()
+    }
+
+    /// The resolved config as written to `config.toml`: `[objective]` only where an
+    /// objective other than next-token prediction uses it, `[pairs]` only for pair data.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serialises")
+        let mut t = toml::Table::new();
+        t.insert("model".into(), self.model.to_value());
+        t.insert("train".into(), toml::Value::try_from(&self.train).expect("config serialises"));
+        t.insert("data".into(), toml::Value::try_from(&self.data).expect("config serialises"));
+        if !self.is_plain_causal() {
+            t.insert("objective".into(), toml::Value::try_from(&self.objective).expect("config serialises"));
+        }
+        if let Some(p) = &self.pairs {
+            t.insert("pairs".into(), toml::Value::try_from(p).expect("config serialises"));
+        }
+        toml::to_string_pretty(&t).expect("config serialises")
     }
 }

@@ -9,7 +9,6 @@
 pub mod arch_task;
 pub mod checkpoint;
 pub mod config;
-pub mod family;
 pub mod data;
 pub mod metrics;
 pub mod objectives;
@@ -17,13 +16,14 @@ pub mod optim;
 pub mod pairs;
 pub mod plot;
 pub mod plot_compare;
+pub mod run;
 pub mod schedule;
 pub mod task;
 pub mod trainer;
 
-pub use config::{RunConfig, TrainConfig};
+pub use arch_task::{ArchData, ArchTask};
+pub use config::{ObjectiveSection, RunConfig, TrainConfig};
 pub use data::TokenSource;
-pub use family::{build_causal_lm, family_trainer, load_causal_lm, Family, FamilyRunConfig};
-pub use arch_task::{arch_trainer, load_arch_run, ArchData, ArchRunConfig, ArchTask, ObjectiveSection};
-pub use task::{ArchModel, PairExample, TaskTokens};
-pub use trainer::{evaluate, CausalLm, EvalResult, LmTask, TrainOutcome, TrainTask, Trainer};
+pub use run::start_run;
+pub use task::{PairExample, TaskModel, TaskTokens};
+pub use trainer::{evaluate, EvalResult, LmTask, TrainOutcome, TrainTask, Trainer};

@@ -12,31 +12,12 @@
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
-use candle_nn::VarBuilder;
 use ferrolm_model::attention::{AttnMask, MaskSpec};
-use ferrolm_model::{EncoderDecoder, MaskedLm, ModelKind, Transformer, TransformerConfig};
+use ferrolm_model::{AnyModel, EncoderDecoder, ModelKind};
 use rand::Rng;
 
 use crate::data::TokenSource;
 use crate::objectives::{apply_span_corruption, mlm_mask, nsp_example, prefix_split_point, span_noise_mask, DocIndex, MlmMasking, PrefixSplit, SpanCorruption};
-
-/// Any model family, built from `cfg.kind`.
-#[derive(Debug, Clone)]
-pub enum ArchModel {
-    Decoder(Transformer),
-    EncoderDecoder(EncoderDecoder),
-    MaskedLm(MaskedLm),
-}
-
-impl ArchModel {
-    pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(match cfg.kind {
-            ModelKind::Causal | ModelKind::Prefix => Self::Decoder(Transformer::new(cfg, vb)?),
-            ModelKind::EncoderDecoder => Self::EncoderDecoder(EncoderDecoder::new(cfg, vb)?),
-            ModelKind::MaskedLm => Self::MaskedLm(MaskedLm::new(cfg, vb)?),
-        })
-    }
-}
 
 /// Token ids the objectives need from the tokenizer.
 #[derive(Debug, Clone, PartialEq)]
@@ -316,18 +297,25 @@ impl BatchOutputs {
     }
 }
 
-impl ArchModel {
+/// What a model computes on a [`TaskBatch`] of its kind (implemented for
+/// [`AnyModel`]: the Transformer shapes; the window and recurrent LMs train through
+/// `LmTask` instead).
+pub trait TaskModel {
+    /// Every output of a batch, next-sentence logits included.
+    fn outputs(&self, batch: &TaskBatch, dropout_seed: Option<u64>) -> Result<BatchOutputs>;
+
     /// Scored logits (N, vocab) and targets (N) of a batch; the loss is
     /// `cross_entropy(logits, targets)` (next-sentence outputs, if any, are dropped: see
-    /// [`Self::outputs`]).
-    pub fn logits_and_targets(&self, batch: &TaskBatch, dropout_seed: Option<u64>) -> Result<(Tensor, Tensor)> {
+    /// [`TaskModel::outputs`]).
+    fn logits_and_targets(&self, batch: &TaskBatch, dropout_seed: Option<u64>) -> Result<(Tensor, Tensor)> {
         let o = self.outputs(batch, dropout_seed)?;
         Ok((o.logits, o.targets))
     }
+}
 
-    /// Every output of a batch, next-sentence logits included.
-    pub fn outputs(&self, batch: &TaskBatch, dropout_seed: Option<u64>) -> Result<BatchOutputs> {
-        if let (Self::MaskedLm(m), TaskBatch::MaskedLm { inputs, scored, targets, segments, nsp_labels }) = (self, batch) {
+impl TaskModel for AnyModel {
+    fn outputs(&self, batch: &TaskBatch, dropout_seed: Option<u64>) -> Result<BatchOutputs> {
+        if let (AnyModel::MaskedLm(m), TaskBatch::MaskedLm { inputs, scored, targets, segments, nsp_labels }) = (self, batch) {
             let h = m.hidden_segments(inputs, segments.as_ref(), &MaskSpec::bidirectional(), dropout_seed)?;
             let nsp = match nsp_labels {
                 Some(y) => Some((m.nsp_logits(&m.pooled(&h)?)?, y.clone())),
@@ -337,21 +325,22 @@ impl ArchModel {
             let logits = m.mlm_logits(&h.reshape(((), d))?.index_select(scored, 0)?)?;
             return Ok(BatchOutputs { logits, targets: targets.clone(), nsp });
         }
-        let (logits, targets) = self.token_logits(batch, dropout_seed)?;
+        let (logits, targets) = token_logits(self, batch, dropout_seed)?;
         Ok(BatchOutputs { logits, targets, nsp: None })
     }
+}
 
-    fn token_logits(&self, batch: &TaskBatch, dropout_seed: Option<u64>) -> Result<(Tensor, Tensor)> {
+fn token_logits(model: &AnyModel, batch: &TaskBatch, dropout_seed: Option<u64>) -> Result<(Tensor, Tensor)> {
         let flat = |h: Tensor| -> candle_core::Result<Tensor> {
             let d = h.dim(2)?;
             h.reshape(((), d))
         };
-        Ok(match (self, batch) {
-            (Self::Decoder(m), TaskBatch::Decoder { inputs, mask, scored, targets }) => {
+        Ok(match (model, batch) {
+            (AnyModel::Decoder(m), TaskBatch::Decoder { inputs, mask, scored, targets }) => {
                 let h = flat(m.hidden(inputs, mask, None, dropout_seed)?)?.index_select(scored, 0)?;
                 (m.logits(&h)?, targets.clone())
             }
-            (Self::EncoderDecoder(m), TaskBatch::EncoderDecoder { src, src_segments, tgt_in, scored, targets }) => {
+            (AnyModel::EncoderDecoder(m), TaskBatch::EncoderDecoder { src, src_segments, tgt_in, scored, targets }) => {
                 let enc_mask = match src_segments {
                     Some(seg) => MaskSpec::bidirectional().with_segments(seg.clone()),
                     None => MaskSpec::bidirectional(),
@@ -360,16 +349,16 @@ impl ArchModel {
                 let h = m.decode_hidden(tgt_in, &mem, &MaskSpec::causal(), &EncoderDecoder::cross_mask(src_segments.clone()), None, dropout_seed)?;
                 (m.logits(&flat(h)?.index_select(scored, 0)?)?, targets.clone())
             }
-            _ => bail!("batch kind does not match the model kind"),
+            _ => bail!("{} cannot take this batch: the batch kind does not match the model kind", model.name()),
         })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::DType;
-    use candle_nn::{Optimizer, VarMap};
+    use candle_nn::{Optimizer, VarBuilder, VarMap};
+    use ferrolm_model::TransformerConfig;
     use rand::SeedableRng;
 
     #[test]
@@ -379,7 +368,7 @@ mod tests {
         for kind in [ModelKind::Causal, ModelKind::Prefix, ModelKind::EncoderDecoder, ModelKind::MaskedLm] {
             let cfg = TransformerConfig { kind, vocab_size: 48, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 4, max_seq_len: 24, ..Default::default() };
             let vm = VarMap::new();
-            let m = ArchModel::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+            let m = AnyModel::build(&cfg.clone().into(), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
             ferrolm_model::init::init_params(&vm, 2, 1).unwrap();
             let mut opt = candle_nn::AdamW::new_lr(vm.all_vars(), 1e-2).unwrap();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);

@@ -10,14 +10,13 @@ use std::time::Instant;
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, Var, D};
-use candle_nn::{VarBuilder, VarMap};
-use ferrolm_model::attention::MaskSpec;
-use ferrolm_model::{init::init_params, Transformer};
+use candle_core::{Device, Tensor, Var, D};
+use candle_nn::VarMap;
+use ferrolm_model::CausalLm;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::{RunConfig, TrainConfig};
+use crate::config::TrainConfig;
 use crate::data::{eval_offsets, make_batch, step_seed, train_offsets, TokenSource};
 use crate::metrics::{MetricsLog, Record};
 use crate::optim::AdamW;
@@ -98,39 +97,6 @@ pub trait TrainTask {
     }
 }
 
-/// A model that maps token ids (batch, T) to next-token logits (batch, T, vocab) under
-/// causal attention: the Transformer decoder, and the recurrent and window models of the
-/// history issue. `dropout_seed` is `None` at evaluation.
-pub trait CausalLm {
-    fn causal_logits(&self, inputs: &Tensor, dropout_seed: Option<u64>) -> Result<Tensor>;
-}
-
-impl CausalLm for Transformer {
-    fn causal_logits(&self, inputs: &Tensor, dropout_seed: Option<u64>) -> Result<Tensor> {
-        let hidden = self.hidden(inputs, &MaskSpec::causal(), None, dropout_seed)?;
-        Ok(self.logits(&hidden)?)
-    }
-}
-
-/// Build the model described by `cfg` with fresh variables (not initialised).
-pub fn build_model(cfg: &RunConfig, device: &Device) -> Result<(Transformer, VarMap)> {
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-    let model = Transformer::new(&cfg.model, vb).context("building the model")?;
-    Ok((model, varmap))
-}
-
-/// Load a trained run folder: its config and the weights of its latest checkpoint.
-pub fn load_run(run_dir: &Path, device: &Device) -> Result<(RunConfig, Transformer, VarMap)> {
-    let cfg_path = run_dir.join("config.toml");
-    let value = ferrolm_common::load_config(Some(&cfg_path), &[])?;
-    let cfg = RunConfig::from_value(&value).with_context(|| format!("in {}", cfg_path.display()))?;
-    let ckpt = checkpoint::latest(run_dir)?;
-    let (model, varmap) = build_model(&cfg, device)?;
-    checkpoint::load_weights(&varmap, &ckpt.join("model.safetensors"))?;
-    Ok((cfg, model, varmap))
-}
-
 /// Held-out loss and bits per byte of a causal LM over fixed windows of `src`.
 /// Tokens that stand for no text (special tokens such as end-of-text) count in the loss
 /// but not in bits per byte, whose denominator is text bytes.
@@ -141,6 +107,7 @@ pub fn evaluate(
     seq_len: usize,
     batch_size: usize,
     n_windows: usize,
+    device: &Device,
 ) -> Result<EvalResult> {
     if src.len() < seq_len + 1 {
         bail!("held-out data has {} tokens, fewer than one window of {}", src.len(), seq_len + 1);
@@ -148,7 +115,7 @@ pub fn evaluate(
     let offsets = eval_offsets(src, n_windows, seq_len);
     let (mut nll_all, mut nll_text, mut tokens, mut bytes) = (0f64, 0f64, 0usize, 0u64);
     for chunk in offsets.chunks(batch_size) {
-        let batch = make_batch(src, chunk, seq_len, &Device::Cpu)?;
+        let batch = make_batch(src, chunk, seq_len, device)?;
         let logits = model.causal_logits(&batch.inputs, None)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let nll: Vec<f32> = logp
@@ -186,10 +153,12 @@ pub struct LmTask<'a, M: CausalLm> {
     batch_size: usize,
     eval_windows: usize,
     seed: u64,
+    device: Device,
 }
 
 impl<'a, M: CausalLm> LmTask<'a, M> {
-    pub fn new(model: M, train: &'a dyn TokenSource, val: &'a dyn TokenSource, token_bytes: Vec<u32>, seq_len: usize, tc: &TrainConfig) -> Result<Self> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(model: M, train: &'a dyn TokenSource, val: &'a dyn TokenSource, token_bytes: Vec<u32>, seq_len: usize, tc: &TrainConfig, device: &Device) -> Result<Self> {
         let need = seq_len + 2;
         if train.len() < need {
             bail!("training data has {} tokens; need at least {need} for one window of train.seq_len {seq_len}", train.len());
@@ -197,14 +166,14 @@ impl<'a, M: CausalLm> LmTask<'a, M> {
         if val.len() < need {
             bail!("held-out data has {} tokens; need at least {need}", val.len());
         }
-        Ok(Self { model, train, val, token_bytes, seq_len, batch_size: tc.batch_size, eval_windows: tc.eval_batches * tc.batch_size, seed: tc.seed })
+        Ok(Self { model, train, val, token_bytes, seq_len, batch_size: tc.batch_size, eval_windows: tc.eval_batches * tc.batch_size, seed: tc.seed, device: device.clone() })
     }
 }
 
 impl<M: CausalLm> TrainTask for LmTask<'_, M> {
     fn micro_batch_loss(&self, step: usize, micro: usize) -> Result<(Tensor, usize)> {
         let offsets = train_offsets(self.train, self.seed, step, micro, self.batch_size, self.seq_len);
-        let batch = make_batch(self.train, &offsets, self.seq_len, &Device::Cpu)?;
+        let batch = make_batch(self.train, &offsets, self.seq_len, &self.device)?;
         let dropout_seed = Some(step_seed(self.seed, step, micro, "dropout"));
         let logits = self.model.causal_logits(&batch.inputs, dropout_seed)?;
         let loss = ferrolm_model::ops::cross_entropy(&logits.flatten_to(1)?, &batch.targets.flatten_all()?)?;
@@ -212,7 +181,7 @@ impl<M: CausalLm> TrainTask for LmTask<'_, M> {
     }
 
     fn evaluate(&self) -> Result<EvalResult> {
-        evaluate(&self.model, self.val, &self.token_bytes, self.seq_len, self.batch_size, self.eval_windows)
+        evaluate(&self.model, self.val, &self.token_bytes, self.seq_len, self.batch_size, self.eval_windows, &self.device)
     }
 }
 
@@ -278,49 +247,6 @@ impl<'a> Trainer<'a> {
         tracing::info!("resuming {} from step {}", run_dir.display(), state.step);
         t.state = state;
         Ok(t)
-    }
-
-    /// A fresh pretraining run of the Transformer decoder in `cfg` on a token stream:
-    /// validates the config, writes `config.toml`, initialises the weights from the seed.
-    pub fn new(
-        cfg: RunConfig,
-        run_dir: &Path,
-        train: &'a dyn TokenSource,
-        val: &'a dyn TokenSource,
-        token_bytes: Vec<u32>,
-        device: &Device,
-    ) -> Result<Self> {
-        cfg.validate()?;
-        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-        let (model, varmap) = build_model(&cfg, device)?;
-        let task = LmTask::new(model, train, val, token_bytes, cfg.seq_len(), &cfg.train)?;
-        ferrolm_common::write_atomic(run_dir.join("config.toml"), cfg.to_toml())?;
-        init_params(&varmap, cfg.model.n_layers, cfg.train.seed)?;
-        Self::from_task(cfg.train.clone(), run_dir, varmap, Box::new(task))
-    }
-
-    /// Continue a pretraining run from its latest checkpoint. `cfg` may raise
-    /// `train.max_steps` (and change other optimisation settings), but the model must be
-    /// the one saved.
-    pub fn resume(
-        cfg: RunConfig,
-        run_dir: &Path,
-        train: &'a dyn TokenSource,
-        val: &'a dyn TokenSource,
-        token_bytes: Vec<u32>,
-        device: &Device,
-    ) -> Result<Self> {
-        cfg.validate()?;
-        checkpoint::latest(run_dir)?;
-        let saved = ferrolm_common::load_config(Some(&run_dir.join("config.toml")), &[])?;
-        let saved = RunConfig::from_value(&saved)?;
-        if saved.model != cfg.model {
-            bail!("cannot resume {}: the [model] section differs from the saved config.toml", run_dir.display());
-        }
-        let (model, varmap) = build_model(&cfg, device)?;
-        let task = LmTask::new(model, train, val, token_bytes, cfg.seq_len(), &cfg.train)?;
-        ferrolm_common::write_atomic(run_dir.join("config.toml"), cfg.to_toml())?;
-        Self::resume_task(cfg.train.clone(), run_dir, varmap, Box::new(task))
     }
 
     pub fn step(&self) -> usize {

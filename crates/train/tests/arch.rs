@@ -2,8 +2,8 @@
 //! data learns for the three generating kinds, evaluation figures per kind.
 
 use candle_core::Device;
-use ferrolm_model::{BlockStyle, ModelKind, TransformerConfig};
-use ferrolm_train::arch_task::{arch_trainer, ArchData, ArchRunConfig};
+use ferrolm_model::{AnyModel, BlockStyle, ModelKind, ModelSpec, TransformerConfig};
+use ferrolm_train::{start_run, ArchData, TaskModel};
 use ferrolm_train::config::{RunConfig, Schedule, TrainConfig};
 use ferrolm_train::trainer::StopReason;
 use ferrolm_train::{checkpoint, metrics, PairExample, TaskTokens};
@@ -14,10 +14,9 @@ fn tokens() -> TaskTokens {
     TaskTokens { mask: 1, sentinels: (30..46).collect(), decoder_start: 0, first_ordinary: 5, sep: 2, pad: 3, eot: 0 }
 }
 
-fn cfg(kind: ModelKind, steps: usize, dropout: f32) -> ArchRunConfig {
-    ArchRunConfig {
-        run: RunConfig {
-            model: TransformerConfig {
+fn cfg(kind: ModelKind, steps: usize, dropout: f32) -> RunConfig {
+    RunConfig {
+            model: ModelSpec::Transformer(TransformerConfig {
                 kind,
                 vocab_size: VOCAB,
                 d_model: 32,
@@ -28,7 +27,7 @@ fn cfg(kind: ModelKind, steps: usize, dropout: f32) -> ArchRunConfig {
                 block: BlockStyle::Modern,
                 dropout,
                 ..Default::default()
-            },
+            }),
             train: TrainConfig {
                 max_steps: steps,
                 batch_size: 4,
@@ -46,9 +45,11 @@ fn cfg(kind: ModelKind, steps: usize, dropout: f32) -> ArchRunConfig {
                 ..Default::default()
             },
             ..Default::default()
-        },
-        ..Default::default()
     }
+}
+
+fn model(c: &mut RunConfig) -> &mut TransformerConfig {
+    c.model.transformer_mut().expect("a Transformer config")
 }
 
 fn stream(n: usize) -> Vec<u32> {
@@ -63,7 +64,7 @@ fn non_causal_resume_equals_uninterrupted_run() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(kind, 9, 0.1);
         let run = |d: &std::path::Path, resume: bool, stop: Option<usize>| {
-            let mut t = arch_trainer(&c, d, ArchData::Stream { train: &data, val: &val }, tokens(), bytes.clone(), resume).unwrap();
+            let mut t = start_run(&c, d, ArchData::Stream { train: &data, val: &val }, bytes.clone(), Some(tokens()), &Device::Cpu, resume).unwrap();
             t.quiet = true;
             t.stop_at = stop;
             t.run().unwrap()
@@ -94,12 +95,9 @@ fn non_causal_resume_equals_uninterrupted_run() {
         let name = if kind == ModelKind::MaskedLm { "val_masked_accuracy" } else { "val_target_accuracy" };
         assert!(val_rec.last().unwrap().extra.contains_key(name), "{kind:?}: {:?}", val_rec.last().unwrap().extra);
         // the saved config names the kind and reloads as the right model
-        let (saved, model, _) = ferrolm_train::load_arch_run(&full, &Device::Cpu).unwrap();
-        assert_eq!(saved.run.model.kind, kind);
-        assert_eq!(
-            matches!(model, ferrolm_train::ArchModel::Decoder(_)),
-            kind == ModelKind::Prefix
-        );
+        let loaded = ferrolm_model::load_model(&full, &Device::Cpu).unwrap();
+        assert_eq!(loaded.spec.kind(), kind);
+        assert_eq!(matches!(loaded.model, AnyModel::Decoder(_)), kind == ModelKind::Prefix);
     }
 }
 
@@ -122,15 +120,15 @@ fn pair_data_trains_every_generating_kind_with_loss_on_targets_only() {
     for kind in [ModelKind::Causal, ModelKind::Prefix, ModelKind::EncoderDecoder] {
         let dir = tempfile::tempdir().unwrap();
         let mut c = cfg(kind, 150, 0.0);
-        c.run.train.lr = 1e-2;
-        c.run.train.min_lr = 1e-3;
-        c.run.train.grad_accum = 1;
-        c.run.train.batch_size = 8;
-        c.run.train.eval_interval = 0;
-        c.run.train.checkpoint_interval = 0;
-        c.run.train.weight_decay = 0.0;
+        c.train.lr = 1e-2;
+        c.train.min_lr = 1e-3;
+        c.train.grad_accum = 1;
+        c.train.batch_size = 8;
+        c.train.eval_interval = 0;
+        c.train.checkpoint_interval = 0;
+        c.train.weight_decay = 0.0;
         c.pairs = Some(Default::default());
-        let mut t = arch_trainer(&c, dir.path(), ArchData::Pairs { train: &train, val: &val }, tokens(), vec![1; VOCAB], false).unwrap();
+        let mut t = start_run(&c, dir.path(), ArchData::Pairs { train: &train, val: &val }, vec![1; VOCAB], Some(tokens()), &Device::Cpu, false).unwrap();
         t.quiet = true;
         let out = t.run().unwrap();
         let ev = out.val.unwrap();
@@ -143,7 +141,7 @@ fn pair_data_trains_every_generating_kind_with_loss_on_targets_only() {
     }
     // masked LM refuses pairs with a sentence
     let c = cfg(ModelKind::MaskedLm, 1, 0.0);
-    let err = arch_trainer(&c, tempfile::tempdir().unwrap().path(), ArchData::Pairs { train: &train, val: &val }, tokens(), vec![1; VOCAB], false).err().unwrap();
+    let err = start_run(&c, tempfile::tempdir().unwrap().path(), ArchData::Pairs { train: &train, val: &val }, vec![1; VOCAB], Some(tokens()), &Device::Cpu, false).err().unwrap();
     assert!(err.to_string().contains("plain text"), "{err}");
 }
 
@@ -166,17 +164,17 @@ fn nsp_stream(docs: usize, seed: u64) -> Vec<u32> {
     s
 }
 
-fn nsp_cfg(steps: usize) -> ArchRunConfig {
+fn nsp_cfg(steps: usize) -> RunConfig {
     let mut c = cfg(ModelKind::MaskedLm, steps, 0.0);
-    c.run.train.grad_accum = 1;
-    c.run.train.batch_size = 16;
-    c.run.train.seq_len = 16;
-    c.run.train.eval_interval = steps / 4;
-    c.run.train.eval_batches = 8;
-    c.run.train.checkpoint_interval = 0;
-    c.run.train.lr = 3e-3;
+    c.train.grad_accum = 1;
+    c.train.batch_size = 16;
+    c.train.seq_len = 16;
+    c.train.eval_interval = steps / 4;
+    c.train.eval_batches = 8;
+    c.train.checkpoint_interval = 0;
+    c.train.lr = 3e-3;
     c.objective.nsp = true;
-    c.run.model.nsp_head = true;
+    model(&mut c).nsp_head = true;
     c
 }
 
@@ -214,9 +212,9 @@ fn nsp_batch_shapes_and_tiny_overfit() {
         assert!(t >= tok.first_ordinary, "target {t} is special");
     }
     // tiny overfit: one fixed batch, loss = MLM + NSP falls and the NSP head fits the labels
-    let model_cfg = nsp_cfg(1).run.model;
+    let model_cfg = nsp_cfg(1).model;
     let vm = VarMap::new();
-    let m = ferrolm_train::ArchModel::new(&model_cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let m = AnyModel::build(&model_cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
     ferrolm_model::init::init_params(&vm, 2, 1).unwrap();
     let mut opt = candle_nn::AdamW::new_lr(vm.all_vars(), 3e-3).unwrap();
     let mut first = None;
@@ -240,7 +238,7 @@ fn nsp_objective_trains_on_the_shared_loop_and_reports_its_accuracy() {
     let (train, val) = (nsp_stream(300, 2), nsp_stream(60, 3));
     let dir = tempfile::tempdir().unwrap();
     let c = nsp_cfg(400);
-    let mut t = arch_trainer(&c, dir.path(), ArchData::Stream { train: &train, val: &val }, tokens(), vec![1; VOCAB], false).unwrap();
+    let mut t = start_run(&c, dir.path(), ArchData::Stream { train: &train, val: &val }, vec![1; VOCAB], Some(tokens()), &Device::Cpu, false).unwrap();
     t.quiet = true;
     let out = t.run().unwrap();
     let ev = out.val.unwrap();
@@ -252,19 +250,20 @@ fn nsp_objective_trains_on_the_shared_loop_and_reports_its_accuracy() {
     // the saved config keeps the objective and the head; it reloads
     let saved = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
     assert!(saved.contains("nsp = true") && saved.contains("nsp_head = true"), "{saved}");
-    let (s, model, _) = ferrolm_train::load_arch_run(dir.path(), &Device::Cpu).unwrap();
-    assert!(s.objective.nsp);
-    assert!(matches!(model, ferrolm_train::ArchModel::MaskedLm(ref m) if m.has_nsp_head()));
+    let saved_cfg = RunConfig::from_value(&ferrolm_common::load_config(Some(&dir.path().join("config.toml")), &[]).unwrap()).unwrap();
+    assert!(saved_cfg.objective.nsp);
+    let model = ferrolm_model::load_model(dir.path(), &Device::Cpu).unwrap().model;
+    assert!(matches!(model, AnyModel::MaskedLm(ref m) if m.has_nsp_head()));
     // the config key alone switches the head on; other kinds refuse the objective
     let v: toml::Value = toml::from_str("[model]\nkind = \"masked_lm\"\n[objective]\nnsp = true\n").unwrap();
-    assert!(ArchRunConfig::from_value(&v).unwrap().run.model.nsp_head);
+    assert!(RunConfig::from_value(&v).unwrap().model.transformer().unwrap().nsp_head);
     let mut p = cfg(ModelKind::Prefix, 1, 0.0);
     p.objective.nsp = true;
-    let err = arch_trainer(&p, tempfile::tempdir().unwrap().path(), ArchData::Stream { train: &train, val: &val }, tokens(), vec![1; VOCAB], false).err().unwrap();
+    let err = start_run(&p, tempfile::tempdir().unwrap().path(), ArchData::Stream { train: &train, val: &val }, vec![1; VOCAB], Some(tokens()), &Device::Cpu, false).err().unwrap();
     assert!(err.to_string().contains("masked_lm"), "{err}");
     // too few long documents: a clear error naming the cause
     let short: Vec<u32> = (0..400).map(|i| if i % 6 == 5 { 0 } else { 7 }).collect();
-    let err = arch_trainer(&c, tempfile::tempdir().unwrap().path(), ArchData::Stream { train: &short, val: &val }, tokens(), vec![1; VOCAB], false).err().unwrap();
+    let err = start_run(&c, tempfile::tempdir().unwrap().path(), ArchData::Stream { train: &short, val: &val }, vec![1; VOCAB], Some(tokens()), &Device::Cpu, false).err().unwrap();
     assert!(err.to_string().contains("two training documents"), "{err}");
 }
 
@@ -280,15 +279,15 @@ fn masked_lm_learns_from_context_far_above_unigram() {
     let (train, val) = (counting(4000, 0), counting(600, 7));
     for block in [BlockStyle::Modern, BlockStyle::Gpt2] {
         let mut c = cfg(ModelKind::MaskedLm, 500, 0.0);
-        c.run.model.block = block;
-        c.run.model.n_kv_heads = 4;
-        c.run.train.grad_accum = 1;
-        c.run.train.batch_size = 16;
-        c.run.train.eval_interval = 500;
-        c.run.train.eval_batches = 4;
-        c.run.train.checkpoint_interval = 0;
+        model(&mut c).block = block;
+        model(&mut c).n_kv_heads = 4;
+        c.train.grad_accum = 1;
+        c.train.batch_size = 16;
+        c.train.eval_interval = 500;
+        c.train.eval_batches = 4;
+        c.train.checkpoint_interval = 0;
         let dir = tempfile::tempdir().unwrap();
-        let mut t = arch_trainer(&c, dir.path(), ArchData::Stream { train: &train, val: &val }, tokens(), vec![1; VOCAB], false).unwrap();
+        let mut t = start_run(&c, dir.path(), ArchData::Stream { train: &train, val: &val }, vec![1; VOCAB], Some(tokens()), &Device::Cpu, false).unwrap();
         t.quiet = true;
         let ev = t.run().unwrap().val.unwrap();
         assert!(ev.extra["masked_accuracy"] > 0.5, "{block:?}: masked accuracy {:?} (unigram 1/43), loss {}", ev.extra, ev.loss);

@@ -4,14 +4,14 @@
 
 use candle_core::Device;
 use ferrolm_model::amx::{amx_available, matmul_precision, MatmulPrecision};
-use ferrolm_model::{BlockStyle, TransformerConfig};
+use ferrolm_model::{BlockStyle, ModelSpec, TransformerConfig};
 use ferrolm_train::config::{RunConfig, Schedule, TrainConfig};
-use ferrolm_train::trainer::Trainer;
+use ferrolm_train::{start_run, ArchData};
 
 fn cfg(precision: MatmulPrecision) -> RunConfig {
     RunConfig {
         // Wide enough that every product is above the size the AMX path takes.
-        model: TransformerConfig {
+        model: ModelSpec::Transformer(TransformerConfig {
             vocab_size: 32,
             d_model: 64,
             n_layers: 2,
@@ -21,7 +21,7 @@ fn cfg(precision: MatmulPrecision) -> RunConfig {
             block: BlockStyle::Gpt2,
             dropout: 0.0,
             ..Default::default()
-        },
+        }),
         train: TrainConfig {
             max_steps: 60,
             batch_size: 8,
@@ -49,7 +49,7 @@ fn run(precision: MatmulPrecision) -> (f64, MatmulPrecision) {
     let all = stream(23_000);
     let (data, val) = (all[..20_000].to_vec(), all[20_000..].to_vec());
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(cfg(precision), dir.path(), &data, &val, vec![1; 32], &Device::Cpu).unwrap();
+    let mut t = start_run(&cfg(precision), dir.path(), ArchData::Stream { train: &data, val: &val }, vec![1; 32], None, &Device::Cpu, false).unwrap();
     t.quiet = true;
     let in_effect = matmul_precision();
     let out = t.run().unwrap();

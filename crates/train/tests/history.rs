@@ -2,11 +2,12 @@
 //! exactly, load back for evaluation, and are selected by `model.family`.
 
 use candle_core::Device;
-use ferrolm_train::family::{family_trainer, load_causal_lm, Family, FamilyRunConfig};
+use ferrolm_model::{Family, ModelSpec};
+use ferrolm_train::{start_run, ArchData, RunConfig};
 use ferrolm_train::trainer::StopReason;
 use ferrolm_train::{checkpoint, metrics};
 
-fn cfg(family: &str, steps: usize, extra: &[&str]) -> FamilyRunConfig {
+fn cfg(family: &str, steps: usize, extra: &[&str]) -> RunConfig {
     let mut sets: Vec<String> = vec![
         format!("model.family={family}"),
         "model.vocab_size=16".into(),
@@ -32,7 +33,7 @@ fn cfg(family: &str, steps: usize, extra: &[&str]) -> FamilyRunConfig {
     ];
     sets.extend(extra.iter().map(|s| s.to_string()));
     let v = ferrolm_common::load_config(None, &sets).unwrap();
-    FamilyRunConfig::from_value(&v).unwrap()
+    RunConfig::from_value(&v).unwrap()
 }
 
 fn stream(n: usize) -> Vec<u32> {
@@ -42,18 +43,19 @@ fn stream(n: usize) -> Vec<u32> {
 #[test]
 fn family_keys_parse_and_round_trip_through_config_toml() {
     let c = cfg("lstm", 10, &["model.direct=true"]);
-    assert_eq!(c.kind(), Family::Lstm);
-    assert_eq!(c.recurrent().unwrap().hidden, 24);
-    let back = FamilyRunConfig::from_value(&c.to_toml().parse::<toml::Table>().map(toml::Value::Table).unwrap()).unwrap();
+    assert_eq!(c.model.family(), Family::Lstm);
+    assert!(matches!(&c.model, ModelSpec::Recurrent(r) if r.hidden == 24));
+    let back = RunConfig::from_value(&c.to_toml().parse::<toml::Table>().map(toml::Value::Table).unwrap()).unwrap();
     assert_eq!(back, c);
-    // Without `family` the config is the Transformer's, written exactly as before.
+    // Without `family` the config is the Transformer's: `[model]` is exactly its keys.
     let t = cfg("transformer", 10, &[]);
-    assert_eq!(t.to_toml(), t.run.to_toml());
+    let saved: toml::Table = t.to_toml().parse().unwrap();
+    assert!(saved["model"].get("family").is_none() && saved["model"].get("n_heads").is_some());
     // Typos stay errors, for the family keys and the others.
     let bad = ferrolm_common::load_config(None, &["model.family=gru".into()]).unwrap();
-    assert!(format!("{:#}", FamilyRunConfig::from_value(&bad).unwrap_err()).contains("gru"));
+    assert!(format!("{:#}", RunConfig::from_value(&bad).unwrap_err()).contains("gru"));
     let bad = ferrolm_common::load_config(None, &["model.family=lstm".into(), "model.hiden=3".into()]).unwrap();
-    assert!(format!("{:#}", FamilyRunConfig::from_value(&bad).unwrap_err()).contains("hiden"));
+    assert!(format!("{:#}", RunConfig::from_value(&bad).unwrap_err()).contains("hiden"));
 }
 
 #[test]
@@ -65,16 +67,16 @@ fn lstm_rnn_and_nplm_resume_exactly_like_the_uninterrupted_run() {
         let c = cfg(family, 10, &[]);
         let dir = tempfile::tempdir().unwrap();
         let full_dir = dir.path().join("full");
-        let mut full = family_trainer(&c, &full_dir, &data, &val, bytes.clone(), false).unwrap();
+        let mut full = start_run(&c, &full_dir, ArchData::Stream { train: &data, val: &val }, bytes.clone(), None, &Device::Cpu, false).unwrap();
         full.quiet = true;
         full.run().unwrap();
         let part_dir = dir.path().join("part");
-        let mut first = family_trainer(&c, &part_dir, &data, &val, bytes.clone(), false).unwrap();
+        let mut first = start_run(&c, &part_dir, ArchData::Stream { train: &data, val: &val }, bytes.clone(), None, &Device::Cpu, false).unwrap();
         first.quiet = true;
         first.stop_at = Some(6);
         assert_eq!(first.run().unwrap().stop, StopReason::Interrupted);
         drop(first);
-        let mut second = family_trainer(&c, &part_dir, &data, &val, bytes.clone(), true).unwrap();
+        let mut second = start_run(&c, &part_dir, ArchData::Stream { train: &data, val: &val }, bytes.clone(), None, &Device::Cpu, true).unwrap();
         assert_eq!(second.step(), 6);
         second.quiet = true;
         second.run().unwrap();
@@ -95,9 +97,9 @@ fn lstm_rnn_and_nplm_resume_exactly_like_the_uninterrupted_run() {
             assert!(d < 1e-6, "{family} weight {k} differs by {d}");
         }
         // The run folder loads back and evaluates to the figure the trainer reported.
-        let (loaded_cfg, model, _) = load_causal_lm(&full_dir, &Device::Cpu).unwrap();
-        assert_eq!(loaded_cfg, c);
-        let ev = ferrolm_train::evaluate(&model, &val, &bytes, 16, 4, 8).unwrap();
+        let loaded = ferrolm_model::load_model(&full_dir, &Device::Cpu).unwrap();
+        assert_eq!(loaded.spec, c.model);
+        let ev = ferrolm_train::evaluate(&loaded.model, &val, &bytes, 16, 4, 8, &Device::Cpu).unwrap();
         assert!(ev.loss.is_finite() && ev.loss < (16f64).ln() + 0.5, "{family}: {}", ev.loss);
     }
 }
@@ -107,7 +109,7 @@ fn every_family_overfits_a_tiny_stream() {
     let data: Vec<u32> = (0..40).map(|i| (i * 7 % 16) as u32).collect();
     for family in ["nplm", "rnn", "lstm"] {
         let mut c = cfg(family, 400, &["model.dropout=0.0", "model.context=4"]);
-        let t = &mut c.run.train;
+        let t = &mut c.train;
         t.lr = 1e-2;
         t.min_lr = 1e-3;
         t.warmup_steps = 5;
@@ -116,7 +118,7 @@ fn every_family_overfits_a_tiny_stream() {
         t.eval_interval = 0;
         t.checkpoint_interval = 0;
         let dir = tempfile::tempdir().unwrap();
-        let mut tr = family_trainer(&c, dir.path(), &data, &data, vec![1; 16], false).unwrap();
+        let mut tr = start_run(&c, dir.path(), ArchData::Stream { train: &data, val: &data }, vec![1; 16], None, &Device::Cpu, false).unwrap();
         tr.quiet = true;
         let out = tr.run().unwrap();
         let loss = out.val.unwrap().loss;

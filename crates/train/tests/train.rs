@@ -1,15 +1,16 @@
 //! The loop's contracts: it learns, it resumes exactly, it fails clearly.
 
 use candle_core::Device;
-use ferrolm_model::{BlockStyle, TransformerConfig};
+use ferrolm_model::{BlockStyle, ModelSpec, TransformerConfig};
 use ferrolm_train::checkpoint;
 use ferrolm_train::config::{RunConfig, Schedule, TrainConfig};
 use ferrolm_train::metrics;
-use ferrolm_train::trainer::{StopReason, Trainer};
+use ferrolm_train::trainer::StopReason;
+use ferrolm_train::{start_run, ArchData};
 
 fn tiny_cfg(style: BlockStyle, steps: usize) -> RunConfig {
     RunConfig {
-        model: TransformerConfig {
+        model: ModelSpec::Transformer(TransformerConfig {
             vocab_size: 16,
             d_model: 32,
             n_layers: 2,
@@ -19,7 +20,7 @@ fn tiny_cfg(style: BlockStyle, steps: usize) -> RunConfig {
             block: style,
             dropout: 0.1,
             ..Default::default()
-        },
+        }),
         train: TrainConfig {
             max_steps: steps,
             batch_size: 4,
@@ -52,18 +53,18 @@ fn resumed_run_follows_the_uninterrupted_run_exactly() {
     for style in [BlockStyle::Gpt2, BlockStyle::Modern] {
         let dir = tempfile::tempdir().unwrap();
         let full_dir = dir.path().join("full");
-        let mut full = Trainer::new(tiny_cfg(style, 12), &full_dir, &data, &val, bytes.clone(), &Device::Cpu).unwrap();
+        let mut full = start_run(&tiny_cfg(style, 12), &full_dir, ArchData::Stream { train: &data, val: &val }, bytes.clone(), None, &Device::Cpu, false).unwrap();
         full.quiet = true;
         full.run().unwrap();
 
         let part_dir = dir.path().join("part");
         // The same config, interrupted after 8 steps (as by Ctrl-C) ...
-        let mut first = Trainer::new(tiny_cfg(style, 12), &part_dir, &data, &val, bytes.clone(), &Device::Cpu).unwrap();
+        let mut first = start_run(&tiny_cfg(style, 12), &part_dir, ArchData::Stream { train: &data, val: &val }, bytes.clone(), None, &Device::Cpu, false).unwrap();
         first.quiet = true;
         first.stop_at = Some(8);
         assert_eq!(first.run().unwrap().stop, StopReason::Interrupted);
         // ... then resumed to 12 with the full config.
-        let mut second = Trainer::resume(tiny_cfg(style, 12), &part_dir, &data, &val, bytes.clone(), &Device::Cpu).unwrap();
+        let mut second = start_run(&tiny_cfg(style, 12), &part_dir, ArchData::Stream { train: &data, val: &val }, bytes.clone(), None, &Device::Cpu, true).unwrap();
         assert_eq!(second.step(), 8);
         second.quiet = true;
         second.run().unwrap();
@@ -93,10 +94,10 @@ fn a_tiny_batch_is_overfit_to_near_zero_loss() {
     // 40 tokens of data, each window seen many times: the model must memorise it.
     let data: Vec<u32> = (0..40).map(|i| (i * 7 % 16) as u32).collect();
     let mut cfg = tiny_cfg(BlockStyle::Gpt2, 150);
-    cfg.model.dropout = 0.0;
+    cfg.model.transformer_mut().unwrap().dropout = 0.0;
     cfg.train = TrainConfig { max_steps: 150, lr: 1e-2, min_lr: 1e-3, warmup_steps: 5, grad_accum: 1, weight_decay: 0.0, eval_interval: 0, checkpoint_interval: 0, ..cfg.train };
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(cfg, dir.path(), &data, &data, vec![1; 16], &Device::Cpu).unwrap();
+    let mut t = start_run(&cfg, dir.path(), ArchData::Stream { train: &data, val: &data }, vec![1; 16], None, &Device::Cpu, false).unwrap();
     t.quiet = true;
     let out = t.run().unwrap();
     assert_eq!(out.stop, StopReason::Completed);
@@ -111,22 +112,22 @@ fn corrupted_or_missing_checkpoint_is_a_clear_error() {
     let data = stream(2000);
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let err = Trainer::resume(tiny_cfg(BlockStyle::Gpt2, 4), &run, &data, &data, vec![1; 16], &Device::Cpu).err().unwrap();
+    let err = start_run(&tiny_cfg(BlockStyle::Gpt2, 4), &run, ArchData::Stream { train: &data, val: &data }, vec![1; 16], None, &Device::Cpu, true).err().unwrap();
     assert!(format!("{err:#}").contains("has no checkpoint"), "{err:#}");
 
-    let mut t = Trainer::new(tiny_cfg(BlockStyle::Gpt2, 4), &run, &data, &data, vec![1; 16], &Device::Cpu).unwrap();
+    let mut t = start_run(&tiny_cfg(BlockStyle::Gpt2, 4), &run, ArchData::Stream { train: &data, val: &data }, vec![1; 16], None, &Device::Cpu, false).unwrap();
     t.quiet = true;
     t.run().unwrap();
     let ckpt = checkpoint::latest(&run).unwrap();
     let weights = ckpt.join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
-    let err = Trainer::resume(tiny_cfg(BlockStyle::Gpt2, 8), &run, &data, &data, vec![1; 16], &Device::Cpu).err().unwrap();
+    let err = start_run(&tiny_cfg(BlockStyle::Gpt2, 8), &run, ArchData::Stream { train: &data, val: &data }, vec![1; 16], None, &Device::Cpu, true).err().unwrap();
     let msg = format!("{err:#}");
     assert!(msg.contains("model.safetensors") && msg.contains("corrupt"), "{msg}");
 
     std::fs::remove_file(ckpt.join("state.json")).unwrap();
-    let err = Trainer::resume(tiny_cfg(BlockStyle::Gpt2, 8), &run, &data, &data, vec![1; 16], &Device::Cpu).err().unwrap();
+    let err = start_run(&tiny_cfg(BlockStyle::Gpt2, 8), &run, ArchData::Stream { train: &data, val: &data }, vec![1; 16], None, &Device::Cpu, true).err().unwrap();
     assert!(format!("{err:#}").contains("incomplete"), "{err:#}");
 }
 
@@ -152,7 +153,7 @@ fn divergence_stops_with_the_step_named() {
     cfg.train.grad_clip = 0.0;
     cfg.train.warmup_steps = 0;
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(cfg, dir.path(), &data, &data, vec![1; 16], &Device::Cpu).unwrap();
+    let mut t = start_run(&cfg, dir.path(), ArchData::Stream { train: &data, val: &data }, vec![1; 16], None, &Device::Cpu, false).unwrap();
     t.quiet = true;
     let err = t.run().unwrap_err().to_string();
     assert!(err.contains("at step"), "{err}");

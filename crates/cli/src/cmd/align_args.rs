@@ -45,6 +45,7 @@ impl StageArgs {
             on_error: self.on_bad_record.as_deref().map(parse_on_error).transpose()?,
             resume: self.resume,
             quiet: self.quiet,
+            device: super::device(),
         })
     }
 }

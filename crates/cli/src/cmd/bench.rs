@@ -4,11 +4,10 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::Device;
 use clap::{Subcommand, ValueEnum};
 use ferrolm_model::{BlockStyle, TransformerConfig};
 use ferrolm_train::config::{RunConfig, Schedule, TrainConfig};
-use ferrolm_train::Trainer;
+use ferrolm_train::{start_run, ArchData};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -53,8 +52,8 @@ fn preset(p: Preset, modern: bool) -> RunConfig {
         Preset::C1 => (4, 4, 128, 64, 12),
         Preset::C2 => (6, 6, 384, 256, 8),
     };
-    RunConfig {
-        model: TransformerConfig {
+    RunConfig::transformer(
+        TransformerConfig {
             vocab_size: 65,
             d_model: width,
             n_layers: layers,
@@ -68,7 +67,7 @@ fn preset(p: Preset, modern: bool) -> RunConfig {
         },
         // The same optimisation as the PyTorch reference: AdamW(0.9, 0.99), wd 0.1 on
         // every matrix including embeddings, clip 1.0.
-        train: TrainConfig {
+        TrainConfig {
             batch_size: batch,
             lr: 1e-3,
             min_lr: 1e-4,
@@ -82,8 +81,8 @@ fn preset(p: Preset, modern: bool) -> RunConfig {
             max_steps: usize::MAX / 2,
             ..Default::default()
         },
-        ..Default::default()
-    }
+        Default::default(),
+    )
 }
 
 pub fn peak_rss_bytes() -> u64 {
@@ -101,11 +100,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     let mut cfg = preset(p, modern);
     cfg.train.matmul_precision = matmul;
-    let seq = cfg.model.max_seq_len;
+    let seq = cfg.model.max_seq_len();
     // Random tokens: speed does not depend on content.
     let data: Vec<u32> = (0..200_000u64).map(|i| (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) % 65) as u32).collect();
     let dir = tempfile::tempdir()?;
-    let mut t = Trainer::new(cfg.clone(), dir.path(), &data, &data, vec![1; 65], &Device::Cpu)?;
+    let mut t = start_run(&cfg, dir.path(), ArchData::Stream { train: &data, val: &data }, vec![1; 65], None, &super::device(), false)?;
     for _ in 0..3 {
         t.train_step()?;
     }

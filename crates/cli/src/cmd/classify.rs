@@ -104,7 +104,7 @@ pub fn run(a: Args) -> Result<()> {
     match a.cmd {
         Cmd::Train { model, out, val_data, common, quiet } => {
             let cfg = stage_config(&common)?;
-            let rep = classify::run_classify_train(&model, &out, &common.data, &val_data, cfg, quiet)?;
+            let rep = classify::run_classify_train(&model, &out, &common.data, &val_data, cfg, quiet, &super::device())?;
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({
                 "out": out, "train_body": rep.train_body, "train_examples": rep.train_examples, "val_examples": rep.val_examples,
                 "accuracy_before": rep.before.accuracy, "macro_f1_before": rep.before.macro_f1,
@@ -115,7 +115,7 @@ pub fn run(a: Args) -> Result<()> {
         Cmd::Predict { model, common } => {
             let cfg = stage_config(&common)?;
             let policy = cfg.classify.on_bad_record;
-            let (clf, tok, info) = Classifier::load(&model)?;
+            let (clf, tok, info) = Classifier::load(&model, &super::device())?;
             let field = info.config.classify.text_field.clone();
             let (recs, rep) = records::read_records(&common.data, policy, |v| {
                 let o = v.as_object().ok_or("expected a JSON object")?;
@@ -131,7 +131,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
         Cmd::Eval { model, common, json, svg } => {
-            let (clf, tok, info) = Classifier::load(&model)?;
+            let (clf, tok, info) = Classifier::load(&model, &super::device())?;
             let mut cc = info.config.classify.clone();
             if let Some(p) = &common.on_bad_record {
                 cc.on_bad_record = if p == "fail" { OnBad::Fail } else { OnBad::Skip };

@@ -4,11 +4,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
-use candle_core::Device;
+use anyhow::{Context, Result};
+use ferrolm_model::ModelKind;
 use ferrolm_tokenizer::Tokenizer;
-use ferrolm_train::arch_task::{ArchData, ArchTask};
-use ferrolm_train::{ArchModel, EvalResult, TaskTokens, TrainTask};
+use ferrolm_train::{ArchData, ArchTask, EvalResult, RunConfig, TaskTokens, TrainTask};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,56 +19,48 @@ pub struct Args {
     /// A JSONL file of input/target pairs (field names from the run's [pairs] section).
     #[arg(long, conflicts_with = "data")]
     pairs: Option<PathBuf>,
-    /// At most this many windows (or pairs) of the data.
-    #[arg(long, default_value_t = 512)]
+    /// At most this many windows (or pairs) of the data; 0 (the default) scores all of it.
+    #[arg(long, default_value_t = 0)]
     max_windows: usize,
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    // NPLM, RNN and LSTM runs (`model.family`) score as causal LMs.
-    let saved = ferrolm_common::load_config(Some(&a.model.join("config.toml")), &[])?;
-    if saved.get("model").and_then(|m| m.get("family")).and_then(|f| f.as_str()).is_some_and(|f| f != "transformer") {
-        let (fcfg, model, _) = ferrolm_train::load_causal_lm(&a.model, &Device::Cpu)?;
-        let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
-        let (ids, n_docs) = read_ids(&a.data, &tok)?;
-        let mut bytes = tok.token_bytes();
-        bytes.resize(fcfg.run.model.vocab_size, 0);
-        let seq = fcfg.run.seq_len().min(ids.len().saturating_sub(2));
-        let r = ferrolm_train::evaluate(&model, &ids, &bytes, seq, fcfg.run.train.batch_size, a.max_windows)?;
-        return print(&r, &format!("{n_docs} documents"), a.json);
-    }
-    let (mut cfg, model, _) = ferrolm_train::load_arch_run(&a.model, &Device::Cpu)?;
+    let device = super::device();
+    let cfg_path = a.model.join("config.toml");
+    let mut cfg = RunConfig::from_value(&ferrolm_common::load_config(Some(&cfg_path), &[])?).with_context(|| format!("in {}", cfg_path.display()))?;
+    let loaded = ferrolm_model::load_model(&a.model, &device)?;
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
     let mut bytes = tok.token_bytes();
-    bytes.resize(cfg.run.model.vocab_size, 0);
-    let batch = cfg.run.train.batch_size;
-    cfg.run.train.eval_batches = a.max_windows.div_ceil(batch).max(1);
+    bytes.resize(cfg.model.vocab_size(), 0);
+    let batch = cfg.train.batch_size;
+    // how many windows (or pairs) to score, out of the `available` the data holds
+    let limit = |available: usize| if a.max_windows == 0 { available.max(1) } else { a.max_windows.min(available.max(1)) };
     let (r, what): (EvalResult, String) = if let Some(path) = &a.pairs {
         let pc = cfg.pairs.clone().unwrap_or_default();
         let (pairs, stats) = ferrolm_train::pairs::load_pairs(path, &pc, &tok)?;
         if stats.empty + stats.truncated_inputs + stats.truncated_targets > 0 {
             eprintln!("{}: {} empty pairs skipped, {} inputs and {} targets truncated", path.display(), stats.empty, stats.truncated_inputs, stats.truncated_targets);
         }
-        let n = pairs.len();
-        let task = ArchTask::new(model, &cfg, ArchData::Pairs { train: &pairs, val: &pairs }, TaskTokens::from_tokenizer(&tok)?, bytes)?;
-        (task.evaluate()?, format!("{} pairs", n.min(a.max_windows)))
+        let n = limit(pairs.len());
+        cfg.train.eval_batches = n.div_ceil(batch).max(1);
+        let task = ArchTask::new(loaded.model, &cfg, ArchData::Pairs { train: &pairs, val: &pairs }, TaskTokens::from_tokenizer(&tok)?, bytes, &device)?;
+        (task.evaluate()?, format!("{n} of {} pairs", pairs.len()))
     } else {
         let (ids, n_docs) = read_ids(&a.data, &tok)?;
-        let seq = cfg.run.seq_len().min(ids.len().saturating_sub(2));
-        let r = match &model {
-            // the causal decoder keeps its fused path: next-token loss at every position
-            ArchModel::Decoder(m) if cfg.run.model.kind == ferrolm_model::ModelKind::Causal => {
-                ferrolm_train::evaluate(m, &ids, &bytes, seq, batch, a.max_windows)?
-            }
-            _ => {
-                cfg.run.train.seq_len = seq;
-                let task = ArchTask::new(model, &cfg, ArchData::Stream { train: &ids, val: &ids }, TaskTokens::from_tokenizer(&tok)?, bytes)?;
-                task.evaluate()?
-            }
+        let seq = cfg.seq_len().min(ids.len().saturating_sub(2));
+        let windows = limit(ids.len().saturating_sub(1) / (seq + 1));
+        cfg.train.eval_batches = windows.div_ceil(batch).max(1);
+        let r = if cfg.model.kind() == ModelKind::Causal {
+            // every family's causal LM: next-token loss at every position
+            ferrolm_train::evaluate(&loaded.model, &ids, &bytes, seq, batch, windows, &device)?
+        } else {
+            cfg.train.seq_len = seq;
+            let task = ArchTask::new(loaded.model, &cfg, ArchData::Stream { train: &ids, val: &ids }, TaskTokens::from_tokenizer(&tok)?, bytes, &device)?;
+            task.evaluate()?
         };
-        (r, format!("{n_docs} documents"))
+        (r, format!("{n_docs} documents, {windows} windows of {seq} tokens"))
     };
     print(&r, &what, a.json)
 }

@@ -10,14 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use ferrolm_corpus::Document;
-use ferrolm_infer::{generate, generate_prefix, generate_seq2seq, GenerateConfig, SamplingConfig};
-use ferrolm_model::{ModelKind, TransformerConfig};
+use ferrolm_infer::{generate_any, GenerateConfig, SamplingConfig};
+use ferrolm_model::{AnyModel, ModelKind, ModelSpec, TransformerConfig};
 use ferrolm_tokenizer::{special, BpeTrainConfig, Tokenizer};
-use ferrolm_train::arch_task::{arch_trainer, kind_name, ArchData, ArchRunConfig, ArchTask};
+use ferrolm_train::arch_task::{kind_name, ArchData, ArchTask};
 use ferrolm_train::pairs::{doc_signature_pairs, tokenize_pairs, write_jsonl_pairs, PairsConfig};
-use ferrolm_train::{ArchModel, PairExample, TaskTokens};
+use ferrolm_train::{start_run, PairExample, RunConfig, TaskTokens};
 use serde::{Deserialize, Serialize};
 
 const CARGO_LOCK: &str = include_str!("../../../../Cargo.lock");
@@ -113,7 +112,7 @@ struct MlmResult {
     train_secs: f64,
 }
 
-fn load(args: &Args) -> Result<(ExperimentConfig, ArchRunConfig, toml::Value)> {
+fn load(args: &Args) -> Result<(ExperimentConfig, RunConfig, toml::Value)> {
     let mut value = ferrolm_common::load_config(Some(&args.config), &[])?;
     let quick = value.as_table_mut().and_then(|t| t.remove("quick"));
     if args.quick {
@@ -135,7 +134,7 @@ fn load(args: &Args) -> Result<(ExperimentConfig, ArchRunConfig, toml::Value)> {
         );
     }
     anyhow::ensure!(!exp.kinds.is_empty(), "experiment.kinds is empty: nothing to run");
-    let mut cfg = ArchRunConfig::from_value(&rest)?;
+    let mut cfg = RunConfig::from_value(&rest)?;
     cfg.pairs.get_or_insert_with(PairsConfig::default);
     Ok((exp, cfg, value))
 }
@@ -168,17 +167,12 @@ fn split_key(d: &Document) -> String {
     }
 }
 
-fn exact_match(model: &ArchModel, kind: ModelKind, pairs: &[PairExample], tok: &TaskTokens, max_target: usize) -> Result<(f64, Vec<Vec<u32>>)> {
+fn exact_match(model: &AnyModel, pairs: &[PairExample], tok: &TaskTokens, max_target: usize) -> Result<(f64, Vec<Vec<u32>>)> {
     let cfg = GenerateConfig { max_tokens: max_target + 1, stop_tokens: vec![tok.eot], sampling: SamplingConfig { temperature: 0.0, ..Default::default() } };
     let (mut hits, mut outs) = (0usize, Vec::new());
     for p in pairs {
         let prompt: Vec<u32> = p.input.iter().copied().chain([tok.sep]).collect();
-        let mut got = match (model, kind) {
-            (ArchModel::Decoder(m), ModelKind::Causal) => generate(m, &prompt, &cfg, |_| true)?,
-            (ArchModel::Decoder(m), _) => generate_prefix(m, &prompt, &cfg, |_| true)?,
-            (ArchModel::EncoderDecoder(m), _) => generate_seq2seq(m, &prompt, tok.decoder_start, &cfg, |_| true)?,
-            (ArchModel::MaskedLm(_), _) => anyhow::bail!("a masked LM does not generate"),
-        };
+        let mut got = generate_any(model, &prompt, tok.decoder_start, &cfg, |_| true)?;
         let ended = got.last() == Some(&tok.eot);
         if ended {
             got.pop();
@@ -204,7 +198,8 @@ pub fn run(args: Args) -> Result<()> {
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     ferrolm_common::write_atomic(out.join("experiment.toml"), toml::to_string_pretty(&full_value)?)?;
-    let seed = base.run.train.seed;
+    let seed = base.train.seed;
+    let device = super::device();
     let pc = base.pairs.clone().expect("load inserts [pairs]");
 
     // 1. Documents.
@@ -293,7 +288,7 @@ pub fn run(args: Args) -> Result<()> {
     eprintln!("{trunc_line}");
 
     // 6. The three generating kinds, same size, data, steps and optimiser settings.
-    let mut base_model = base.run.model.clone();
+    let mut base_model = base.model.require_transformer("the architectures experiment").map_err(anyhow::Error::msg)?.clone();
     base_model.vocab_size = vocab;
     let mut pairs_cfg = pc.clone();
     pairs_cfg.train = train_path.display().to_string();
@@ -309,26 +304,26 @@ pub fn run(args: Args) -> Result<()> {
             _ => TransformerConfig { kind, ..base_model.clone() },
         };
         let mut cfg = base.clone();
-        cfg.run.model = model.clone();
+        cfg.model = ModelSpec::Transformer(model.clone());
         // next-sentence prediction is the masked LM's; the generating kinds train without it
         cfg.objective.nsp = false;
-        cfg.run.train.eval_batches = val_pairs.len().div_ceil(cfg.run.train.batch_size).max(1);
-        cfg.run.data.tokenizer = out.join("tokenizer.json").display().to_string();
+        cfg.train.eval_batches = val_pairs.len().div_ceil(cfg.train.batch_size).max(1);
+        cfg.data.tokenizer = out.join("tokenizer.json").display().to_string();
         cfg.pairs = Some(pairs_cfg.clone());
         let run_dir = out.join(name);
         std::fs::create_dir_all(&run_dir)?;
         tok.save(&run_dir.join("tokenizer.json"))?;
         let t0 = Instant::now();
-        let mut trainer = arch_trainer(&cfg, &run_dir, ArchData::Pairs { train: &train_pairs, val: &val_pairs }, task_tokens.clone(), token_bytes.clone(), false)?;
+        let mut trainer = start_run(&cfg, &run_dir, ArchData::Pairs { train: &train_pairs, val: &val_pairs }, token_bytes.clone(), Some(task_tokens.clone()), &device, false)?;
         trainer.quiet = true;
         trainer.title = format!("{name}: doc comment → signature");
         let outcome = trainer.run()?;
         let train_secs = t0.elapsed().as_secs_f64();
         drop(trainer);
-        let (_, trained, _) = ferrolm_train::load_arch_run(&run_dir, &Device::Cpu)?;
+        let trained = ferrolm_model::load_model(&run_dir, &device)?.model;
         let ev = outcome.val.clone().context("the run ended without an evaluation")?;
         let t1 = Instant::now();
-        let (em, outs) = exact_match(&trained, kind, &val_pairs[..n_em], &task_tokens, pc.max_target_tokens)?;
+        let (em, outs) = exact_match(&trained, &val_pairs[..n_em], &task_tokens, pc.max_target_tokens)?;
         let decode_secs = t1.elapsed().as_secs_f64();
         let samples = val_pairs[..n_em]
             .iter()
@@ -379,7 +374,7 @@ pub fn run(args: Args) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn run_masked_lm(
     exp: &ExperimentConfig,
-    base: &ArchRunConfig,
+    base: &RunConfig,
     base_model: &TransformerConfig,
     tok: &Tokenizer,
     task_tokens: &TaskTokens,
@@ -388,7 +383,8 @@ fn run_masked_lm(
     val_docs: &[Document],
     out: &Path,
 ) -> Result<MlmResult> {
-    let seed = base.run.train.seed;
+    let seed = base.train.seed;
+    let device = super::device();
     eprintln!("== masked_lm");
     let stream = |docs: &[Document]| -> Vec<u32> {
         let mut order: Vec<&Document> = docs.iter().collect();
@@ -407,14 +403,14 @@ fn run_masked_lm(
     let (mlm_train, mlm_val) = (stream(train_docs), stream(val_docs));
     let mut mcfg = base.clone();
     mcfg.pairs = None;
-    mcfg.run.model = TransformerConfig { kind: ModelKind::MaskedLm, max_seq_len: exp.mlm_seq_len.max(base_model.max_seq_len), nsp_head: base.objective.nsp, ..base_model.clone() };
-    mcfg.run.train.seq_len = exp.mlm_seq_len;
-    mcfg.run.data.tokenizer = out.join("tokenizer.json").display().to_string();
+    mcfg.model = ModelSpec::Transformer(TransformerConfig { kind: ModelKind::MaskedLm, max_seq_len: exp.mlm_seq_len.max(base_model.max_seq_len), nsp_head: base.objective.nsp, ..base_model.clone() });
+    mcfg.train.seq_len = exp.mlm_seq_len;
+    mcfg.data.tokenizer = out.join("tokenizer.json").display().to_string();
     let mlm_dir = out.join("masked_lm");
     std::fs::create_dir_all(&mlm_dir)?;
     tok.save(&mlm_dir.join("tokenizer.json"))?;
     let t0 = Instant::now();
-    let mut trainer = arch_trainer(&mcfg, &mlm_dir, ArchData::Stream { train: &mlm_train, val: &mlm_val }, task_tokens.clone(), token_bytes.to_vec(), false)?;
+    let mut trainer = start_run(&mcfg, &mlm_dir, ArchData::Stream { train: &mlm_train, val: &mlm_val }, token_bytes.to_vec(), Some(task_tokens.clone()), &device, false)?;
     trainer.quiet = true;
     trainer.title = "masked_lm on the same text".into();
     let outcome = trainer.run()?;
@@ -427,8 +423,8 @@ fn run_masked_lm(
         *counts.entry(t).or_default() += 1;
     }
     let (&mode, _) = counts.iter().max_by_key(|(t, c)| (**c, std::cmp::Reverse(**t))).context("no ordinary token in the training text")?;
-    let (_, mlm_model, _) = ferrolm_train::load_arch_run(&mlm_dir, &Device::Cpu)?;
-    let task = ArchTask::new(mlm_model, &mcfg, ArchData::Stream { train: &mlm_train, val: &mlm_val }, task_tokens.clone(), token_bytes.to_vec())?;
+    let mlm_model = ferrolm_model::load_model(&mlm_dir, &device)?.model;
+    let task = ArchTask::new(mlm_model, &mcfg, ArchData::Stream { train: &mlm_train, val: &mlm_val }, task_tokens.clone(), token_bytes.to_vec(), &device)?;
     let targets = task.eval_targets()?;
     let unigram = targets.iter().filter(|&&t| t == mode).count() as f64 / targets.len().max(1) as f64;
     // the unigram model's loss on the same positions (training frequencies, add-one
@@ -438,7 +434,7 @@ fn run_masked_lm(
     let total: usize = counts.values().sum();
     let unigram_loss = targets.iter().map(|t| -(((counts.get(t).copied().unwrap_or(0) + 1) as f64) / (total as f64 + ordinary)).ln()).sum::<f64>() / targets.len().max(1) as f64;
     let mlm = MlmResult {
-        params: mcfg.run.model.num_params(),
+        params: mcfg.model.num_params(),
         steps: outcome.steps,
         train_tokens: mlm_train.len(),
         val_tokens: mlm_val.len(),
@@ -455,9 +451,9 @@ fn run_masked_lm(
     Ok(mlm)
 }
 
-fn report_md(exp: &ExperimentConfig, base: &ArchRunConfig, rs: &[KindResult], mlm: Option<&MlmResult>, data_lines: &[String], quick: bool, secs: f64) -> String {
-    let t = &base.run.train;
-    let m = &base.run.model;
+fn report_md(exp: &ExperimentConfig, base: &RunConfig, rs: &[KindResult], mlm: Option<&MlmResult>, data_lines: &[String], quick: bool, secs: f64) -> String {
+    let t = &base.train;
+    let m = base.model.transformer().expect("checked when the experiment started");
     let mut s = String::new();
     s.push_str(&format!("# Architectures: causal vs prefix decoder vs encoder-decoder{}\n\n", if quick { " (--quick)" } else { "" }));
     s.push_str("Task: given a Rust doc comment, generate the signature of the item it documents (held-out crates).\n");

@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use ferrolm_tokenizer::shards::TokenShards;
-use ferrolm_train::{Family, FamilyRunConfig, TokenSource};
+use ferrolm_model::Family;
+use ferrolm_train::{start_run, ArchData, RunConfig, TokenSource};
 use serde::{Deserialize, Serialize};
 
 use crate::cmd::quickstart::{gather_corpus, split_documents, train_tokenizer, unigram_bits_per_byte, write_shards};
@@ -167,9 +167,9 @@ pub fn run(args: Args) -> Result<()> {
             run.insert("model".into(), toml::Value::Table(model));
             run.insert("train".into(), toml::Value::Table(tr));
             run.insert("data".into(), toml::Value::Table(data));
-            let cfg = FamilyRunConfig::from_value(&toml::Value::Table(run)).with_context(|| format!("the [{name}] run config"))?;
-            if cfg.kind().name() != name {
-                bail!("[{name}] model.family is {:?}; it must be the section's family", cfg.kind().name());
+            let cfg = RunConfig::from_value(&toml::Value::Table(run)).with_context(|| format!("the [{name}] run config"))?;
+            if cfg.model.family().name() != name {
+                bail!("[{name}] model.family is {:?}; it must be the section's family", cfg.model.family().name());
             }
             neural_row(cfg, section.seconds, &out.join(name), &tok_path, &train, &val, &token_bytes, eval_windows)?
         };
@@ -194,7 +194,7 @@ pub fn run(args: Args) -> Result<()> {
 /// the held-out windows with `ferrolm_train::evaluate`.
 #[allow(clippy::too_many_arguments)]
 fn neural_row(
-    mut cfg: FamilyRunConfig,
+    mut cfg: RunConfig,
     seconds: f64,
     run_dir: &Path,
     tok_path: &Path,
@@ -203,12 +203,12 @@ fn neural_row(
     token_bytes: &[u32],
     eval_windows: usize,
 ) -> Result<Row> {
-    eprintln!("{}", cfg.describe());
+    eprintln!("{}", cfg.model.describe());
     let step_secs = {
         let tmp = tempfile::tempdir()?;
         let mut c = cfg.clone();
-        c.run.train.max_steps = 8;
-        let mut t = ferrolm_train::family_trainer(&c, tmp.path(), train, val, token_bytes.to_vec(), false)?;
+        c.train.max_steps = 8;
+        let mut t = start_run(&c, tmp.path(), ArchData::Stream { train, val }, token_bytes.to_vec(), None, &super::super::device(), false)?;
         t.train_step()?;
         let mut times: Vec<f64> = (0..3)
             .map(|_| {
@@ -219,32 +219,33 @@ fn neural_row(
         times.sort_by(f64::total_cmp);
         times[1]
     };
-    let tc = &mut cfg.run.train;
+    let tc = &mut cfg.train;
     tc.max_steps = ((seconds / step_secs) as usize).max(10);
     tc.warmup_steps = tc.warmup_steps.min(tc.max_steps / 10);
     // A safeguard when the machine slows down mid-run; the schedule assumes max_steps.
     tc.time_limit_secs = seconds * 1.25;
     let (steps, batch) = (tc.max_steps, tc.batch_size);
-    eprintln!("{step_secs:.3} s per step measured; {steps} steps of {} tokens", batch * cfg.run.seq_len());
+    eprintln!("{step_secs:.3} s per step measured; {steps} steps of {} tokens", batch * cfg.seq_len());
     if run_dir.exists() {
         std::fs::remove_dir_all(run_dir).with_context(|| format!("clearing {}", run_dir.display()))?;
     }
-    let mut trainer = ferrolm_train::family_trainer(&cfg, run_dir, train, val, token_bytes.to_vec(), false)?;
+    let mut trainer = start_run(&cfg, run_dir, ArchData::Stream { train, val }, token_bytes.to_vec(), None, &super::super::device(), false)?;
     trainer.quiet = true;
     let outcome = trainer.run()?;
     drop(trainer);
     // The run folder alone is enough for `ferrolm eval`.
     let tok_bytes = std::fs::read(tok_path).with_context(|| format!("reading {}", tok_path.display()))?;
     ferrolm_common::write_atomic(run_dir.join("tokenizer.json"), tok_bytes)?;
-    let (_, model, _) = ferrolm_train::load_causal_lm(run_dir, &Device::Cpu)?;
-    let seq = cfg.run.seq_len();
-    let ev = ferrolm_train::evaluate(&model, val, token_bytes, seq, cfg.run.train.batch_size, eval_windows)?;
+    let device = super::super::device();
+    let model = ferrolm_model::load_model(run_dir, &device)?.model;
+    let seq = cfg.seq_len();
+    let ev = ferrolm_train::evaluate(&model, val, token_bytes, seq, cfg.train.batch_size, eval_windows, &device)?;
     Ok(Row {
-        family: cfg.kind().name().into(),
-        description: cfg.describe(),
-        params: cfg.num_params(),
+        family: cfg.model.family().name().into(),
+        description: cfg.model.describe(),
+        params: cfg.model.num_params(),
         train_secs: outcome.elapsed_secs,
-        train_tokens: (outcome.steps * cfg.run.train.batch_size * seq) as u64,
+        train_tokens: (outcome.steps * cfg.train.batch_size * seq) as u64,
         loss: ev.loss,
         perplexity: ev.loss.exp(),
         bits_per_byte: ev.bits_per_byte,
@@ -506,11 +507,11 @@ pub fn bench_recurrent(b: RecurrentBench) -> Result<()> {
         "train.weight_decay=0.1".into(),
         "train.max_steps=1000000".into(),
     ];
-    let cfg = FamilyRunConfig::from_value(&ferrolm_common::load_config(None, &sets)?)?;
-    anyhow::ensure!(matches!(cfg.kind(), Family::Rnn | Family::Lstm), "--family must be lstm or rnn");
+    let cfg = RunConfig::from_value(&ferrolm_common::load_config(None, &sets)?)?;
+    anyhow::ensure!(matches!(cfg.model.family(), Family::Rnn | Family::Lstm), "--family must be lstm or rnn");
     let data: Vec<u32> = (0..400_000u64).map(|i| (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) % b.vocab as u64) as u32).collect();
     let dir = tempfile::tempdir()?;
-    let mut t = ferrolm_train::family_trainer(&cfg, dir.path(), &data, &data, vec![1; b.vocab], false)?;
+    let mut t = start_run(&cfg, dir.path(), ArchData::Stream { train: &data, val: &data }, vec![1; b.vocab], None, &super::super::device(), false)?;
     for _ in 0..2 {
         t.train_step()?;
     }
@@ -525,7 +526,7 @@ pub fn bench_recurrent(b: RecurrentBench) -> Result<()> {
     ms.sort_by(f64::total_cmp);
     let tokens = (b.batch * b.seq_len) as f64;
     let out = serde_json::json!({
-        "family": b.family, "params": cfg.num_params(), "steps": b.steps,
+        "family": b.family, "params": cfg.model.num_params(), "steps": b.steps,
         "threads": candle_core::utils::get_num_threads(),
         "tokens_per_sec": tokens * b.steps as f64 / total,
         "step_ms_median": ms[ms.len() / 2],

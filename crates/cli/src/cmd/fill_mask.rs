@@ -4,9 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use ferrolm_tokenizer::{special, Tokenizer};
-use ferrolm_train::ArchModel;
+use ferrolm_model::AnyModel;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,8 +22,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (_, model, _) = ferrolm_train::load_arch_run(&a.model, &Device::Cpu)?;
-    let ArchModel::MaskedLm(m) = &model else {
+    let loaded = ferrolm_model::load_model(&a.model, &super::device())?;
+    let AnyModel::MaskedLm(m) = &loaded.model else {
         anyhow::bail!("{} is not a masked LM (model.kind = \"masked_lm\"); use `ferrolm generate`", a.model.display());
     };
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;

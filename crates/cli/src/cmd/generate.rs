@@ -6,12 +6,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Result;
-use candle_core::Device;
-use ferrolm_infer::{generate, generate_prefix, generate_seq2seq, generate_windowed, GenerateConfig, SamplingConfig};
+use anyhow::{Context, Result};
+use ferrolm_infer::{generate_any, GenerateConfig, SamplingConfig};
 use ferrolm_model::ModelKind;
 use ferrolm_tokenizer::{DecodeStream, Tokenizer};
-use ferrolm_train::{ArchModel, CausalLm, TaskTokens};
+use ferrolm_train::TaskTokens;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,18 +34,15 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    // NPLM, RNN and LSTM runs (`model.family`): no KV cache, the window is recomputed.
-    let saved = ferrolm_common::load_config(Some(&a.model.join("config.toml")), &[])?;
-    if saved.get("model").and_then(|m| m.get("family")).and_then(|f| f.as_str()).is_some_and(|f| f != "transformer") {
-        return run_family(a);
-    }
-    let (cfg, model, _) = ferrolm_train::load_arch_run(&a.model, &Device::Cpu)?;
+    let loaded = ferrolm_model::load_model(&a.model, &super::device())?;
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
     let mut prompt = tok.encode(&a.prompt);
     anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
-    let kind = cfg.run.model.kind;
+    let kind = loaded.spec.kind();
     let eot = tok.eot_id();
-    if cfg.pairs.is_some() {
+    // a run trained on input/target pairs reads "input <sep>" and writes the target
+    let on_pairs = trained_on_pairs(&a.model)?;
+    if on_pairs {
         prompt.push(TaskTokens::from_tokenizer(&tok)?.sep);
     }
     let gcfg = GenerateConfig {
@@ -56,7 +52,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut out = std::io::stdout().lock();
     write!(out, "{}", a.prompt)?;
-    if cfg.pairs.is_some() || kind == ModelKind::EncoderDecoder {
+    if on_pairs || kind == ModelKind::EncoderDecoder {
         writeln!(out)?;
     }
     let mut stream = DecodeStream::new(&tok);
@@ -69,49 +65,21 @@ pub fn run(a: Args) -> Result<()> {
         }
         true
     };
-    let produced = match (&model, kind) {
-        (ArchModel::Decoder(m), ModelKind::Causal) => generate(m, &prompt, &gcfg, on_token)?,
-        (ArchModel::Decoder(m), _) => generate_prefix(m, &prompt, &gcfg, on_token)?,
-        (ArchModel::EncoderDecoder(m), _) => generate_seq2seq(m, &prompt, TaskTokens::from_tokenizer(&tok)?.decoder_start, &gcfg, on_token)?,
-        (ArchModel::MaskedLm(_), _) => anyhow::bail!("{} is a masked LM: it fills masks (`ferrolm fill-mask`), it does not generate", a.model.display()),
-    };
+    // the decoder's start token (encoder-decoder only): end-of-text, as in training
+    let produced = generate_any(&loaded.model, &prompt, eot, &gcfg, on_token)
+        .with_context(|| format!("generating with {}", a.model.display()))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", stream.finish())?;
-    if kind != ModelKind::Causal && produced.len() < a.max_tokens && produced.last() != Some(&eot) {
-        eprintln!("(stopped at the model's context of {} positions)", cfg.run.model.max_seq_len);
+    if matches!(kind, ModelKind::Prefix | ModelKind::EncoderDecoder) && produced.len() < a.max_tokens && produced.last() != Some(&eot) {
+        eprintln!("(stopped at the model's context of {} positions)", loaded.spec.max_seq_len());
     }
     Ok(())
 }
 
-fn run_family(a: Args) -> Result<()> {
-    let (fcfg, model, _) = ferrolm_train::load_causal_lm(&a.model, &Device::Cpu)?;
-    let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
-    let prompt = tok.encode(&a.prompt);
-    anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
-    let eot = tok.eot_id();
-    let gcfg = GenerateConfig {
-        max_tokens: a.max_tokens,
-        stop_tokens: vec![eot],
-        sampling: SamplingConfig { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
-    };
-    let mut out = std::io::stdout().lock();
-    write!(out, "{}", a.prompt)?;
-    let mut stream = DecodeStream::new(&tok);
-    let next_logits = |window: &[u32]| -> Result<Vec<f32>> {
-        let x = candle_core::Tensor::new(window, &Device::Cpu)?.unsqueeze(0)?;
-        let logits = model.causal_logits(&x, None)?;
-        let t = logits.dim(1)?;
-        Ok(logits.narrow(1, t - 1, 1)?.flatten_all()?.to_vec1::<f32>()?)
-    };
-    let on_token = |t: u32| {
-        if t != eot {
-            // stop generating once stdout is closed (see run_arch)
-            return write!(out, "{}", stream.push(t)).and_then(|_| out.flush()).is_ok();
-        }
-        true
-    };
-    generate_windowed(fcfg.run.model.max_seq_len, &prompt, &gcfg, next_logits, on_token)?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", stream.finish())?;
-    Ok(())
+/// Whether the run was trained on input/target pairs (its config has `[pairs]`).
+fn trained_on_pairs(run_dir: &std::path::Path) -> Result<bool> {
+    let path = run_dir.join("config.toml");
+    let saved = ferrolm_train::RunConfig::from_value(&ferrolm_common::load_config(Some(&path), &[])?)
+        .with_context(|| format!("in {}", path.display()))?;
+    Ok(saved.pairs.is_some())
 }

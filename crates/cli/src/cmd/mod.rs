@@ -18,3 +18,9 @@ pub mod sft;
 pub mod tokenizer;
 pub mod train;
 pub mod word2vec;
+
+/// The device every command runs its model on. One place, so the CUDA build (issue 17)
+/// changes this function and no call site.
+pub fn device() -> candle_core::Device {
+    candle_core::Device::Cpu
+}

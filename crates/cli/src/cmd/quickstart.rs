@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use ferrolm_corpus::Document;
-use ferrolm_infer::{generate, GenerateConfig, SamplingConfig};
+use ferrolm_infer::{generate_any, GenerateConfig, SamplingConfig};
 use ferrolm_tokenizer::shards::{ShardWriter, TokenShards};
 use ferrolm_tokenizer::{special, BpeTrainConfig, DecodeStream, Tokenizer};
-use ferrolm_train::{RunConfig, Trainer};
+use ferrolm_train::{start_run, ArchData, RunConfig};
 use serde::{Deserialize, Serialize};
 
 /// This project's own lock file: the corpus is the same on every machine.
@@ -63,7 +62,7 @@ fn load(args: &Args) -> Result<(QuickstartConfig, RunConfig, toml::Value)> {
     let qs: QuickstartConfig = ferrolm_common::config::typed(&qs).context("in [quickstart]")?;
     anyhow::ensure!(qs.tokenizer == "bpe" || qs.tokenizer == "char", "quickstart.tokenizer must be \"bpe\" or \"char\"");
     anyhow::ensure!(qs.val_fraction > 0.0 && qs.val_fraction < 0.5, "quickstart.val_fraction must be in (0, 0.5)");
-    let run: RunConfig = ferrolm_common::config::typed(&run_value)?;
+    let run = RunConfig::from_value(&run_value)?;
     Ok((qs, run, value))
 }
 
@@ -105,8 +104,8 @@ pub fn run(args: Args) -> Result<()> {
     let s = Step::start("tokenizer");
     let tok = train_tokenizer(&qs.tokenizer, qs.vocab_size, qs.tokenizer_train_bytes, &train_docs)?;
     tok.save(&out.join("tokenizer.json"))?;
-    cfg.model.vocab_size = tok.vocab_size().div_ceil(64) * 64;
-    eprintln!("{} tokenizer with {} tokens (model vocabulary padded to {})", qs.tokenizer, tok.vocab_size(), cfg.model.vocab_size);
+    cfg.model.set_vocab_size(tok.vocab_size().div_ceil(64) * 64);
+    eprintln!("{} tokenizer with {} tokens (model vocabulary padded to {})", qs.tokenizer, tok.vocab_size(), cfg.model.vocab_size());
     timings.push(("tokenizer", s.done()));
 
     // 4. Shards.
@@ -122,7 +121,7 @@ pub fn run(args: Args) -> Result<()> {
 
     // 5. The unigram baseline: what a model that ignores context achieves.
     let mut token_bytes = tok.token_bytes();
-    token_bytes.resize(cfg.model.vocab_size, 0);
+    token_bytes.resize(cfg.model.vocab_size(), 0);
     let unigram_bpb = unigram_bits_per_byte(&train, &val, &token_bytes);
     eprintln!("unigram baseline: {unigram_bpb:.4} bits per byte on the held-out split");
 
@@ -148,11 +147,12 @@ pub fn run(args: Args) -> Result<()> {
         step_secs, cfg.train.max_steps, cfg.train.max_steps as f64 * step_secs, cfg.train.batch_size * cfg.seq_len()
     );
     let run_dir = out.clone();
-    let mut trainer = Trainer::new(cfg.clone(), &run_dir, &train, &val, token_bytes.clone(), &Device::Cpu)?;
+    let device = super::device();
+    let mut trainer = start_run(&cfg, &run_dir, ArchData::Stream { train: &train, val: &val }, token_bytes.clone(), None, &device, false)?;
     let outcome = trainer.run()?;
     drop(trainer);
     // The final checkpoint holds exactly the trained weights.
-    let (_, model, _) = ferrolm_train::trainer::load_run(&run_dir, &Device::Cpu)?;
+    let model = ferrolm_model::load_model(&run_dir, &device)?.model;
     timings.push(("pretrain", s.done()));
     let val_result = outcome.val.clone().context("training ended without an evaluation")?;
     eprintln!(
@@ -189,7 +189,10 @@ pub fn run(args: Args) -> Result<()> {
     let _ = writeln!(report, "- split by document hash: {} train documents ({:.1} MB), {} held out ({:.2} MB)\n", train.num_docs(), train_bytes as f64 / 1e6, val.num_docs(), val_bytes as f64 / 1e6);
     let _ = writeln!(report, "## Tokenizer\n\n- {} with {} tokens; {:.2} bytes per token on the training split; {} train tokens, {} held-out tokens\n", qs.tokenizer, tok.vocab_size(), bytes_per_token, train.len(), val.len());
     let _ = writeln!(report, "## Model and training\n");
-    let _ = writeln!(report, "- {:?} block, {} layers, {} heads ({} key/value), width {}, context {}: {} parameters", cfg.model.block, cfg.model.n_layers, cfg.model.n_heads, cfg.model.n_kv_heads, cfg.model.d_model, cfg.model.max_seq_len, cfg.model.num_params());
+    let _ = match cfg.model.transformer() {
+        Some(m) => writeln!(report, "- {:?} block, {} layers, {} heads ({} key/value), width {}, context {}: {} parameters", m.block, m.n_layers, m.n_heads, m.n_kv_heads, m.d_model, m.max_seq_len, m.num_params()),
+        None => writeln!(report, "- {}, context {}", cfg.model.describe(), cfg.model.max_seq_len()),
+    };
     let _ = writeln!(report, "- {} steps of {} tokens ({:?}), {:.0} tokens/s, {:.0} s", outcome.steps, cfg.train.batch_size * cfg.seq_len(), outcome.stop, outcome.tokens_per_sec, outcome.elapsed_secs);
     let _ = writeln!(report, "\n## Result\n\n| model | held-out loss (nats/token) | bits per byte |\n|---|---|---|");
     let _ = writeln!(report, "| unigram baseline (train-split token frequencies) | – | {unigram_bpb:.4} |");
@@ -331,7 +334,7 @@ fn calibrate(cfg: &RunConfig, train: &TokenShards, val: &TokenShards, token_byte
     let dir = tempfile::tempdir()?;
     let mut c = cfg.clone();
     c.train.max_steps = 4;
-    let mut t = Trainer::new(c, dir.path(), train, val, token_bytes.to_vec(), &Device::Cpu)?;
+    let mut t = start_run(&c, dir.path(), ArchData::Stream { train, val }, token_bytes.to_vec(), None, &super::device(), false)?;
     t.train_step()?;
     let mut times: Vec<f64> = (0..3)
         .map(|_| {
@@ -343,7 +346,7 @@ fn calibrate(cfg: &RunConfig, train: &TokenShards, val: &TokenShards, token_byte
     Ok(times[1])
 }
 
-fn complete(model: &ferrolm_model::Transformer, tok: &Tokenizer, prompt: &str, n: usize, seed: u64) -> Result<String> {
+fn complete(model: &ferrolm_model::AnyModel, tok: &Tokenizer, prompt: &str, n: usize, seed: u64) -> Result<String> {
     let ids = tok.encode(prompt);
     let cfg = GenerateConfig {
         max_tokens: n,
@@ -353,7 +356,7 @@ fn complete(model: &ferrolm_model::Transformer, tok: &Tokenizer, prompt: &str, n
     let eot = tok.eot_id();
     let mut stream = DecodeStream::new(tok);
     let mut text = String::new();
-    generate(model, &ids, &cfg, |t| {
+    generate_any(model, &ids, eot, &cfg, |t| {
         if t != eot {
             text.push_str(&stream.push(t));
         }

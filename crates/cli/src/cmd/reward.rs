@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use candle_core::Device;
 use ferrolm_align::records::read_preferences;
 use ferrolm_tokenizer::Message;
 
@@ -21,7 +22,8 @@ enum Sub {
     Train(StageArgs),
     /// Score responses: one --prompt/--response, or every pair of --data (JSONL to stdout).
     Score(ScoreArgs),
-    /// Pairwise accuracy on the held-out split of --data (or on all of it with --all).
+    /// Pairwise accuracy on every pair of --data (with --held-out: only the pairs the
+    /// training run held out of the same files).
     Eval(EvalArgs),
 }
 
@@ -47,9 +49,10 @@ struct EvalArgs {
     model: PathBuf,
     #[arg(long, num_args = 1.., required = true)]
     data: Vec<PathBuf>,
-    /// Evaluate every pair, not only the held-out split.
+    /// Score only the pairs the reward model's training held out of these files (its
+    /// split rule and data.val_fraction); by default every pair is scored.
     #[arg(long)]
-    all: bool,
+    held_out: bool,
     #[arg(long, value_parser = ["skip", "fail"], default_value = "skip")]
     on_bad_record: String,
     /// Print JSON (pairwise_accuracy, loss, margins).
@@ -64,7 +67,7 @@ pub fn run(a: Args) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Sub::Score(s) => {
-            let rm = ferrolm_align::reward::load(&s.model)?;
+            let rm = ferrolm_align::reward::load(&s.model, &Device::Cpu)?;
             if let (Some(p), Some(r)) = (&s.prompt, &s.response) {
                 println!("{}", rm.score(&[Message::user(p.as_str())], r)?);
             } else {
@@ -78,13 +81,13 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
         Sub::Eval(e) => {
-            let r = ferrolm_align::reward::eval(&e.model, &e.data, parse_on_error(&e.on_bad_record)?, e.all)?;
+            let r = ferrolm_align::reward::eval(&e.model, &e.data, parse_on_error(&e.on_bad_record)?, e.held_out, &Device::Cpu)?;
             if e.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "{} pairs: pairwise accuracy {:.4}, loss {:.4}, mean margin {:.4} (chosen {:.4}, rejected {:.4})",
-                    r.pairs, r.pairwise_accuracy, r.loss, r.mean_margin, r.mean_chosen, r.mean_rejected
+                    "{} pairs scored{}: pairwise accuracy {:.4}, loss {:.4}, mean margin {:.4} (chosen {:.4}, rejected {:.4})",
+                    r.pairs, if e.held_out { " (the training run's held-out split)" } else { "" }, r.pairwise_accuracy, r.loss, r.mean_margin, r.mean_chosen, r.mean_rejected
                 );
             }
         }

@@ -67,7 +67,7 @@ pub fn run(a: Args) -> Result<()> {
     ferrolm_common::apply_overrides(&mut value, &sets)?;
     let cfg = SftStageConfig::from_value(&value)?;
     let sources = SftSources { data: a.data, labelled: a.from_labelled, val_data: a.val_data, val_labelled: a.val_labelled };
-    let rep = run_sft(SftRun { base: &a.model, out: &a.out, sources, cfg, quiet: a.quiet })?;
+    let rep = run_sft(SftRun { base: &a.model, out: &a.out, sources, cfg, quiet: a.quiet, device: &super::device() })?;
     println!("{}", serde_json::to_string_pretty(&serde_json::json!({
         "out": a.out,
         "val_loss_before": rep.val_loss_before,

@@ -3,11 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use ferrolm_tokenizer::shards::TokenShards;
 use ferrolm_tokenizer::Tokenizer;
-use ferrolm_train::arch_task::{arch_trainer, ArchData, ArchRunConfig};
-use ferrolm_train::{FamilyRunConfig, RunConfig, TaskTokens, Trainer};
+use ferrolm_train::{start_run, ArchData, RunConfig, TaskTokens};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,19 +36,8 @@ pub fn run(args: Args) -> Result<()> {
             (out, ferrolm_common::load_config(Some(cfg), &args.overrides)?)
         }
     };
-    // `model.family` other than the Transformer: the NPLM, RNN and LSTM of the history issue.
-    let family = value.get("model").and_then(|m| m.get("family")).and_then(|f| f.as_str()).unwrap_or("transformer");
-    if family != "transformer" {
-        let outcome = train_family_run(FamilyRunConfig::from_value(&value)?, &run_dir, args.resume.is_some())?;
-        println!("{}", serde_json::to_string_pretty(&outcome)?);
-        return Ok(());
-    }
-    let cfg = ArchRunConfig::from_value(&value)?;
-    let outcome = if cfg.is_plain_causal() {
-        train_run(cfg.run, &run_dir, args.resume.is_some())?
-    } else {
-        train_arch_run(&cfg, &run_dir, args.resume.is_some())?
-    };
+    let cfg = RunConfig::from_value(&value)?;
+    let outcome = train_run(&cfg, &run_dir, args.resume.is_some())?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(())
 }
@@ -80,42 +67,22 @@ fn default_run_name(cfg: &Path) -> String {
     cfg.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into())
 }
 
-/// Open the shards and tokenizer named in `[data]` and pretrain the causal Transformer.
-pub fn train_run(cfg: RunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
+/// Open the data named in `[data]` (token shards) or `[pairs]` (input/target JSONL) and
+/// train the run's model with its objective, fresh or resumed.
+pub fn train_run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
     let d = &cfg.data;
-    anyhow::ensure!(!d.train.is_empty() && !d.val.is_empty() && !d.tokenizer.is_empty(),
-        "[data] needs train, val (token shard folders) and tokenizer (tokenizer.json)");
-    let (_, bytes) = tokenizer_into_run(&d.tokenizer, cfg.model.vocab_size, run_dir)?;
-    let train = TokenShards::open(Path::new(&d.train))?;
-    let val = TokenShards::open(Path::new(&d.val))?;
-    let device = Device::Cpu;
-    let n_params = cfg.model.num_params();
-    let mut trainer = if resume {
-        Trainer::resume(cfg, run_dir, &train, &val, bytes, &device)?
-    } else {
-        Trainer::new(cfg, run_dir, &train, &val, bytes, &device)?
-    };
-    eprintln!(
-        "training {} parameters on {} tokens ({} held out) into {}",
-        n_params,
-        train.len(),
-        val.len(),
-        run_dir.display()
-    );
-    trainer.run()
-}
-
-/// Any other `model.kind`, or input/target pairs (`[pairs]`), through the shared loop.
-pub fn train_arch_run(cfg: &ArchRunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
-    let d = &cfg.run.data;
     anyhow::ensure!(!d.tokenizer.is_empty(), "[data] needs tokenizer (tokenizer.json)");
-    let (tokenizer, bytes) = tokenizer_into_run(&d.tokenizer, cfg.run.model.vocab_size, run_dir)?;
-    let tokens = TaskTokens::from_tokenizer(&tokenizer)?;
-    let kind = ferrolm_train::arch_task::kind_name(cfg.run.model.kind);
-    let n_params = cfg.run.model.num_params();
+    let (tokenizer, bytes) = tokenizer_into_run(&d.tokenizer, cfg.model.vocab_size(), run_dir)?;
+    // the special ids the non-causal objectives and pair data need; a plain tokenizer
+    // without them still trains next-token prediction
+    let tokens = match TaskTokens::from_tokenizer(&tokenizer) {
+        Ok(t) => Some(t),
+        Err(_) if cfg.is_plain_causal() => None,
+        Err(e) => return Err(e.context(format!("{} cannot serve this objective", d.tokenizer))),
+    };
+    let device = super::device();
     let (train_pairs, val_pairs, train_shards, val_shards);
-    let mut trainer;
-    if let Some(p) = &cfg.pairs {
+    let (mut trainer, what) = if let Some(p) = &cfg.pairs {
         anyhow::ensure!(!p.train.is_empty() && !p.val.is_empty(), "[pairs] needs train and val (JSONL files)");
         let (tp, ts) = ferrolm_train::pairs::load_pairs(Path::new(&p.train), p, &tokenizer)?;
         let (vp, vs) = ferrolm_train::pairs::load_pairs(Path::new(&p.val), p, &tokenizer)?;
@@ -126,35 +93,17 @@ pub fn train_arch_run(cfg: &ArchRunConfig, run_dir: &Path, resume: bool) -> Resu
             );
         }
         (train_pairs, val_pairs) = (tp, vp);
-        trainer = arch_trainer(cfg, run_dir, ArchData::Pairs { train: &train_pairs, val: &val_pairs }, tokens, bytes, resume)?;
-        eprintln!("training a {kind} model of {n_params} parameters on {} pairs ({} held out) into {}", train_pairs.len(), val_pairs.len(), run_dir.display());
+        let data = ArchData::Pairs { train: &train_pairs, val: &val_pairs };
+        let t = start_run(cfg, run_dir, data, bytes, tokens, &device, resume)?;
+        (t, format!("{} pairs ({} held out)", train_pairs.len(), val_pairs.len()))
     } else {
         anyhow::ensure!(!d.train.is_empty() && !d.val.is_empty(), "[data] needs train and val (token shard folders), or a [pairs] section");
         train_shards = TokenShards::open(Path::new(&d.train))?;
         val_shards = TokenShards::open(Path::new(&d.val))?;
-        trainer = arch_trainer(cfg, run_dir, ArchData::Stream { train: &train_shards, val: &val_shards }, tokens, bytes, resume)?;
-        eprintln!("training a {kind} model of {n_params} parameters on {} tokens ({} held out) into {}", train_shards.len(), val_shards.len(), run_dir.display());
-    }
-    trainer.run()
-}
-
-/// Open the shards and tokenizer named in `[data]` and train the model of `model.family`
-/// (NPLM, RNN, LSTM).
-pub fn train_family_run(fcfg: FamilyRunConfig, run_dir: &Path, resume: bool) -> Result<ferrolm_train::TrainOutcome> {
-    let cfg = &fcfg.run;
-    let d = &cfg.data;
-    anyhow::ensure!(!d.train.is_empty() && !d.val.is_empty() && !d.tokenizer.is_empty(),
-        "[data] needs train, val (token shard folders) and tokenizer (tokenizer.json)");
-    let (_, bytes) = tokenizer_into_run(&d.tokenizer, cfg.model.vocab_size, run_dir)?;
-    let train = TokenShards::open(Path::new(&d.train))?;
-    let val = TokenShards::open(Path::new(&d.val))?;
-    let mut trainer = ferrolm_train::family_trainer(&fcfg, run_dir, &train, &val, bytes, resume)?;
-    eprintln!(
-        "training {} on {} tokens ({} held out) into {}",
-        fcfg.describe(),
-        train.len(),
-        val.len(),
-        run_dir.display()
-    );
+        let data = ArchData::Stream { train: &train_shards, val: &val_shards };
+        let t = start_run(cfg, run_dir, data, bytes, tokens, &device, resume)?;
+        (t, format!("{} tokens ({} held out)", train_shards.len(), val_shards.len()))
+    };
+    eprintln!("training {} on {what} into {}", cfg.model.describe(), run_dir.display());
     trainer.run()
 }

@@ -1,0 +1,213 @@
+//! The one way to build, initialise and load a model of any family.
+//!
+//! [`ModelSpec`] (a run's `[model]`) → [`AnyModel::build`] → [`init_weights`] for a fresh
+//! run, or [`load_model`] for a trained run folder (its `config.toml` and the weights of
+//! its latest checkpoint). Training, generation, evaluation, fine-tuning, alignment and
+//! serving all take an [`AnyModel`]; the checkpoint *reading* side lives here so inference
+//! never depends on the training crate.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::attention::MaskSpec;
+use crate::nplm::{init_nplm, Nplm};
+use crate::rnn::{init_recurrent, RecurrentLm};
+use crate::spec::ModelSpec;
+use crate::{EncoderDecoder, MaskedLm, ModelKind, Transformer};
+
+/// A built model of any family.
+#[derive(Debug, Clone)]
+pub enum AnyModel {
+    /// The causal or prefix decoder (its `kind` says which).
+    Decoder(Transformer),
+    EncoderDecoder(EncoderDecoder),
+    MaskedLm(MaskedLm),
+    Nplm(Nplm),
+    Recurrent(RecurrentLm),
+}
+
+/// A model that maps token ids (batch, T) to next-token logits (batch, T, vocab) under
+/// causal attention: the Transformer decoder, and the window and recurrent LMs.
+/// `dropout_seed` is `None` at evaluation.
+pub trait CausalLm {
+    fn causal_logits(&self, inputs: &Tensor, dropout_seed: Option<u64>) -> Result<Tensor>;
+}
+
+impl CausalLm for Transformer {
+    fn causal_logits(&self, inputs: &Tensor, dropout_seed: Option<u64>) -> Result<Tensor> {
+        let hidden = self.hidden(inputs, &MaskSpec::causal(), None, dropout_seed)?;
+        Ok(self.logits(&hidden)?)
+    }
+}
+
+impl CausalLm for Nplm {
+    fn causal_logits(&self, inputs: &Tensor, dropout_seed: Option<u64>) -> Result<Tensor> {
+        Ok(self.forward(inputs, dropout_seed)?)
+    }
+}
+
+impl CausalLm for RecurrentLm {
+    fn causal_logits(&self, inputs: &Tensor, dropout_seed: Option<u64>) -> Result<Tensor> {
+        Ok(self.forward(inputs, dropout_seed)?)
+    }
+}
+
+impl CausalLm for AnyModel {
+    fn causal_logits(&self, inputs: &Tensor, dropout_seed: Option<u64>) -> Result<Tensor> {
+        match self {
+            AnyModel::Decoder(m) => m.causal_logits(inputs, dropout_seed),
+            AnyModel::Nplm(m) => m.causal_logits(inputs, dropout_seed),
+            AnyModel::Recurrent(m) => m.causal_logits(inputs, dropout_seed),
+            AnyModel::EncoderDecoder(_) | AnyModel::MaskedLm(_) => bail!("{} is not a left-to-right language model", self.name()),
+        }
+    }
+}
+
+impl AnyModel {
+    /// Build the model of `spec` on the variables of `vb` (not initialised).
+    pub fn build(spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
+        Ok(match spec {
+            ModelSpec::Transformer(c) => match c.kind {
+                ModelKind::Causal | ModelKind::Prefix => AnyModel::Decoder(Transformer::new(c, vb)?),
+                ModelKind::EncoderDecoder => AnyModel::EncoderDecoder(EncoderDecoder::new(c, vb)?),
+                ModelKind::MaskedLm => AnyModel::MaskedLm(MaskedLm::new(c, vb)?),
+            },
+            ModelSpec::Nplm(cfg) => AnyModel::Nplm(Nplm::new(cfg, vb)?),
+            ModelSpec::Recurrent(cfg) => AnyModel::Recurrent(RecurrentLm::new(cfg, vb)?),
+        })
+    }
+
+    /// Build the model of `spec` with fresh f32 variables on `device` (not initialised).
+    pub fn build_fresh(spec: &ModelSpec, device: &Device) -> Result<(Self, VarMap)> {
+        spec.validate().map_err(anyhow::Error::msg)?;
+        let varmap = VarMap::new();
+        let model = Self::build(spec, VarBuilder::from_varmap(&varmap, DType::F32, device)).context("building the model")?;
+        Ok((model, varmap))
+    }
+
+    /// What the model is, in a word or two (for messages).
+    pub fn name(&self) -> &'static str {
+        match self {
+            AnyModel::Decoder(_) => "a Transformer decoder",
+            AnyModel::EncoderDecoder(_) => "an encoder-decoder",
+            AnyModel::MaskedLm(_) => "a masked LM",
+            AnyModel::Nplm(_) => "an NPLM",
+            AnyModel::Recurrent(_) => "a recurrent LM",
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        match self {
+            AnyModel::Decoder(m) => m.device(),
+            AnyModel::EncoderDecoder(m) => m.device(),
+            AnyModel::MaskedLm(m) => m.device(),
+            AnyModel::Nplm(m) => m.device(),
+            AnyModel::Recurrent(m) => m.device(),
+        }
+    }
+
+    /// The Transformer decoder, or an error naming what `purpose` needs.
+    pub fn decoder(&self, purpose: &str) -> Result<&Transformer> {
+        match self {
+            AnyModel::Decoder(m) => Ok(m),
+            other => bail!("{purpose} needs a Transformer decoder (model.kind = \"causal\" or \"prefix\"); this run is {}", other.name()),
+        }
+    }
+
+    pub fn into_decoder(self, purpose: &str) -> Result<Transformer> {
+        match self {
+            AnyModel::Decoder(m) => Ok(m),
+            other => bail!("{purpose} needs a Transformer decoder (model.kind = \"causal\" or \"prefix\"); this run is {}", other.name()),
+        }
+    }
+}
+
+/// Seeded initialisation by the family's own convention: GPT-2's for the Transformer,
+/// PyTorch's defaults for the NPLM and the recurrent models.
+pub fn init_weights(spec: &ModelSpec, varmap: &VarMap, seed: u64) -> Result<()> {
+    match spec {
+        ModelSpec::Transformer(c) => crate::init::init_params(varmap, c.n_layers, seed)?,
+        ModelSpec::Nplm(_) => init_nplm(varmap, seed)?,
+        ModelSpec::Recurrent(cfg) => init_recurrent(varmap, cfg, seed)?,
+    }
+    Ok(())
+}
+
+/// A trained model loaded from a run folder.
+pub struct LoadedModel {
+    /// The run folder's `[model]`.
+    pub spec: ModelSpec,
+    pub model: AnyModel,
+    /// The model's variables (shared with `model`: training them changes it).
+    pub varmap: VarMap,
+    /// The checkpoint folder the weights came from.
+    pub checkpoint: PathBuf,
+}
+
+/// Read the `[model]` section of a run folder's `config.toml`.
+pub fn read_spec(run_dir: &Path) -> Result<ModelSpec> {
+    let path = run_dir.join("config.toml");
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {} (is {} a ferrolm run folder?)", path.display(), run_dir.display()))?;
+    let table: toml::Table = text.parse().with_context(|| format!("invalid TOML in {}", path.display()))?;
+    let model = table.get("model").cloned().unwrap_or(toml::Value::Table(Default::default()));
+    ModelSpec::from_value(&model).map_err(|e| anyhow::anyhow!("in [model] of {}: {e}", path.display()))
+}
+
+/// Load a trained run folder: its `[model]` and the weights of its latest checkpoint.
+pub fn load_model(run_dir: &Path, device: &Device) -> Result<LoadedModel> {
+    let spec = read_spec(run_dir)?;
+    let checkpoint = latest_checkpoint(run_dir)?;
+    let (model, varmap) = AnyModel::build_fresh(&spec, device)?;
+    load_weights(&varmap, &checkpoint.join("model.safetensors"))?;
+    Ok(LoadedModel { spec, model, varmap, checkpoint })
+}
+
+/// `run_dir/checkpoints`.
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+/// The newest complete checkpoint of a run, or a clear error.
+pub fn latest_checkpoint(run_dir: &Path) -> Result<PathBuf> {
+    let root = checkpoints_dir(run_dir);
+    let pointer = root.join("latest");
+    let name = fs::read_to_string(&pointer).with_context(|| {
+        format!("{} has no checkpoint (missing {}); was it trained with `ferrolm train`?", run_dir.display(), pointer.display())
+    })?;
+    let dir = root.join(name.trim());
+    for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+        if !dir.join(f).is_file() {
+            bail!("checkpoint {} is incomplete: {f} is missing", dir.display());
+        }
+    }
+    Ok(dir)
+}
+
+/// Every tensor of a safetensors file, on the CPU.
+pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{} is missing or corrupt (not a readable safetensors file)", path.display()))
+}
+
+/// Load weights into an already-built model's variables; every variable must be present
+/// with the right shape, and no unknown tensors may be in the file.
+pub fn load_weights(varmap: &VarMap, path: &Path) -> Result<()> {
+    let tensors = load_tensors(path)?;
+    let data = varmap.data().lock().expect("varmap lock");
+    for (name, var) in data.iter() {
+        let t = tensors.get(name).with_context(|| format!("{} lacks the weight {name}", path.display()))?;
+        if t.shape() != var.shape() {
+            bail!("{}: weight {name} has shape {:?}, the model expects {:?}", path.display(), t.shape(), var.shape());
+        }
+        var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+    }
+    if let Some(extra) = tensors.keys().find(|k| !data.contains_key(*k)) {
+        bail!("{} holds a weight `{extra}` this model does not have (config mismatch?)", path.display());
+    }
+    Ok(())
+}
