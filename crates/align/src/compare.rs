@@ -25,8 +25,8 @@ pub struct CompareOptions {
     pub reference: Option<PathBuf>,
     pub data: Vec<PathBuf>,
     pub on_error: OnError,
-    /// Use every prompt instead of the held-out split.
-    pub all: bool,
+    /// Only the held-out split of the prompts (else every prompt).
+    pub held_out: bool,
     pub val_fraction: f64,
     /// At most this many prompts (0 = all).
     pub max_prompts: usize,
@@ -105,7 +105,7 @@ pub fn compare(o: &CompareOptions) -> Result<CompareResult> {
     if report.bad > 0 {
         eprintln!("{} malformed records skipped", report.bad);
     }
-    let mut prompts = if o.all { prompts } else { split(&prompts, |p| &p.prompt, o.val_fraction).1 };
+    let mut prompts = if o.held_out { split(&prompts, |p| &p.prompt, o.val_fraction).1 } else { prompts };
     if o.max_prompts > 0 {
         prompts.truncate(o.max_prompts);
     }

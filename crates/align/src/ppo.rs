@@ -15,16 +15,17 @@
 //! 5. updates the KL coefficient (fixed, or adaptive towards `kl_target`), logs reward, KL,
 //!    entropy, clip fractions, losses to `metrics.jsonl` and redraws `ppo.svg`.
 //!
-//! `train.max_steps` counts iterations. A checkpoint (policy weights in `model.safetensors`
-//! so the folder is an ordinary run for `generate`/`chat`; AdamW moments, the value head and
-//! the KL coefficient in `optimizer.safetensors`) is written atomically after every
-//! `train.checkpoint_interval` iterations and at the end; `--resume` continues from the last
-//! one. Since every random draw of an iteration is seeded by (seed, iteration), the resumed
+//! It runs on the shared training loop (`ferrolm_train::Trainer`, one step per iteration
+//! through `TrainTask::custom_step`), so Ctrl-C, `train.time_limit_secs`, checkpoints and
+//! exact resume are those of every stage. `train.max_steps` counts iterations. A checkpoint
+//! (policy weights in `model.safetensors` so the folder is an ordinary run for
+//! `generate`/`chat`; AdamW moments, the value head and the KL coefficient in
+//! `optimizer.safetensors`) is written atomically after every `train.checkpoint_interval`
+//! iterations and at the end; `--resume` continues from the last one. Since every random draw of an iteration is seeded by (seed, iteration), the resumed
 //! run repeats exactly what the uninterrupted run would have done.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Module, Tensor, Var};
@@ -33,12 +34,9 @@ use ferrolm_infer::{generate, GenerateConfig, SamplingConfig};
 use ferrolm_model::linear::Linear;
 use ferrolm_model::Transformer;
 use ferrolm_tokenizer::Message;
-use ferrolm_train::checkpoint::{self, TrainState};
+use ferrolm_train::checkpoint;
 use ferrolm_train::data::step_seed;
-use ferrolm_train::metrics::{MetricsLog, Record};
-use ferrolm_train::optim::AdamW;
-use ferrolm_train::schedule::lr_at;
-use ferrolm_train::TrainConfig;
+use ferrolm_train::{EvalResult, StepReport, TrainConfig, TrainTask, Trainer};
 use serde::{Deserialize, Serialize};
 
 use crate::encode::{Formatter, Sequence};
@@ -221,19 +219,25 @@ pub struct IterStats {
     pub loss: f64,
 }
 
-pub struct PpoTrainer {
-    pub cfg: PpoConfig,
-    pub policy: Policy,
-    policy_vars: VarMap,
+/// PPO as a task of the shared training loop: one step is one iteration (rollouts, then
+/// minibatch updates through the loop's optimizer), the value head and the KL coefficient
+/// are saved with the optimizer state, the evaluation is the held-out reward and KL.
+struct PpoTask {
+    cfg: PpoConfig,
+    policy: Policy,
     value_vars: VarMap,
     reference: Transformer,
     reward: LoadedReward,
-    pub fmt: Formatter,
+    fmt: Formatter,
     train_prompts: Vec<PromptRecord>,
     val_prompts: Vec<PromptRecord>,
-    opt: AdamW,
     kl: KlController,
-    state: TrainState,
+}
+
+/// A PPO run on the shared [`Trainer`]: Ctrl-C, the time limit, checkpoints and exact
+/// resume behave as in every other stage.
+pub struct PpoTrainer {
+    trainer: Trainer<'static>,
     out: PathBuf,
     pub quiet: bool,
     /// Stop after this iteration (tests of resume).
@@ -249,6 +253,206 @@ fn same_tokenizer(a: &Path, b: &Path) -> Result<()> {
         bail!("the policy ({}) and the reward model ({}) use different tokenizers", a.display(), b.display());
     }
     Ok(())
+}
+
+impl PpoTask {
+    /// Sample and score the rollouts of iteration `it`.
+    pub fn rollouts(&self, it: usize) -> Result<Vec<Rollout>> {
+        let p = &self.cfg.ppo;
+        let seed = self.cfg.train.seed;
+        let idx = stage::batch_indices(self.train_prompts.len(), seed, it, 0, 1, p.rollout_batch);
+        let mut seqs = Vec::with_capacity(idx.len());
+        for (k, &i) in idx.iter().enumerate() {
+            let prompt = self.fmt.generation_prompt(&self.train_prompts[i].prompt);
+            seqs.push(sample_response(&self.policy.lm, &prompt, &self.fmt, p.temperature, step_seed(seed, it, k, "rollout"))?);
+        }
+        let refs: Vec<&Sequence> = seqs.iter().collect();
+        let mut out = Vec::with_capacity(seqs.len());
+        for chunk in refs.chunks(p.minibatch.max(1) * 2) {
+            let b = seq_batch(chunk, self.fmt.pad_id, self.policy.lm.device())?;
+            let po = self.policy.forward(&b)?;
+            let old = split_by_row(&b, &po.logp.to_vec1::<f32>()?);
+            let values = split_by_row(&b, &po.values.to_vec1::<f32>()?);
+            let reflp = logprobs_at(&self.reference, &b, self.policy.temperature)?;
+            let scores = self.reward.model.score_sequences(chunk, self.fmt.pad_id, chunk.len())?;
+            for (r, s) in chunk.iter().enumerate() {
+                let ended = self.fmt.ended(s);
+                let score = scores[r] + if ended { 0.0 } else { p.missing_end_penalty as f32 };
+                let rewards = token_rewards(&old[r], &reflp[r], self.kl.coef, score);
+                let (adv, ret) = gae(&rewards, &values[r], p.gamma as f32, p.lambda as f32);
+                out.push(Rollout {
+                    seq: (*s).clone(),
+                    old_logp: old[r].clone(),
+                    ref_logp: reflp[r].clone(),
+                    values: values[r].clone(),
+                    score,
+                    advantages: adv,
+                    returns: ret,
+                    ended,
+                });
+            }
+        }
+        if p.whiten_advantages {
+            let mut all: Vec<f32> = out.iter().flat_map(|r| r.advantages.iter().copied()).collect();
+            whiten(&mut all);
+            let mut it = all.into_iter();
+            for r in out.iter_mut() {
+                r.advantages.iter_mut().for_each(|a| *a = it.next().expect("same count"));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rollouts, then `ppo_epochs` of minibatch updates through the trainer's `update`;
+    /// returns the iteration's figures and the tokens trained on.
+    fn iteration(&mut self, it: usize, update: &mut dyn FnMut(&Tensor) -> Result<f64>) -> Result<(IterStats, usize)> {
+        let rolls = self.rollouts(it)?;
+        let p = self.cfg.ppo.clone();
+        let tc = &self.cfg.train;
+        let n = rolls.len() as f64;
+        let mut st = IterStats {
+            reward: rolls.iter().map(|r| r.score as f64).sum::<f64>() / n,
+            kl: rolls.iter().map(|r| r.old_logp.iter().zip(&r.ref_logp).map(|(a, b)| (a - b) as f64).sum::<f64>()).sum::<f64>() / n,
+            kl_coef: self.kl.coef,
+            response_len: rolls.iter().map(|r| r.seq.response_len() as f64).sum::<f64>() / n,
+            ended_fraction: rolls.iter().filter(|r| r.ended).count() as f64 / n,
+            ..Default::default()
+        };
+        st.reward_std = (rolls.iter().map(|r| (r.score as f64 - st.reward).powi(2)).sum::<f64>() / n).sqrt();
+        let dev = self.policy.lm.device().clone();
+        let (mut updates, mut tokens) = (0usize, 0usize);
+        for epoch in 0..p.ppo_epochs {
+            use rand::seq::SliceRandom;
+            use rand::SeedableRng;
+            let mut order: Vec<usize> = (0..rolls.len()).collect();
+            order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(step_seed(tc.seed, it, epoch, "minibatch")));
+            for mb in order.chunks(p.minibatch) {
+                let seqs: Vec<&Sequence> = mb.iter().map(|&i| &rolls[i].seq).collect();
+                let b = seq_batch(&seqs, self.fmt.pad_id, &dev)?;
+                let cat = |f: &dyn Fn(&Rollout) -> &Vec<f32>| -> Result<Tensor> {
+                    let v: Vec<f32> = mb.iter().flat_map(|&i| f(&rolls[i]).iter().copied()).collect();
+                    Ok(Tensor::from_vec(v, b.n_tokens, &dev)?)
+                };
+                let old_logp = cat(&|r| &r.old_logp)?;
+                let adv = cat(&|r| &r.advantages)?;
+                let ret = cat(&|r| &r.returns)?;
+                let old_v = cat(&|r| &r.values)?;
+                let po = self.policy.forward(&b)?;
+                let (pg, clipfrac) = ppo_policy_loss(&po.logp, &old_logp, &adv, p.clip)?;
+                let (vf, vclip) = ppo_value_loss(&po.values, &old_v, &ret, p.value_clip)?;
+                let ent = po.entropy.mean_all()?;
+                let mut loss = (&pg + (&vf * p.vf_coef)?)?;
+                if p.ent_coef > 0.0 {
+                    loss = (loss - (&ent * p.ent_coef)?)?;
+                }
+                let lv = loss.to_scalar::<f32>()? as f64;
+                let norm = update(&loss).with_context(|| format!("PPO iteration {it} (if the loss diverged: lower train.lr or check the reward model)"))?;
+                let d = (&po.logp.detach() - &old_logp)?;
+                let approx_kl = ((&d * &d)?.mean_all()? * 0.5)?.to_scalar::<f32>()? as f64;
+                st.policy_loss += pg.to_scalar::<f32>()? as f64;
+                st.value_loss += vf.to_scalar::<f32>()? as f64;
+                st.entropy += ent.to_scalar::<f32>()? as f64;
+                st.clipfrac += clipfrac;
+                st.value_clipfrac += vclip;
+                st.approx_kl += approx_kl;
+                st.grad_norm += norm;
+                st.loss += lv;
+                updates += 1;
+                tokens += b.n_tokens;
+            }
+        }
+        let u = updates.max(1) as f64;
+        for x in [&mut st.policy_loss, &mut st.value_loss, &mut st.entropy, &mut st.clipfrac, &mut st.value_clipfrac, &mut st.approx_kl, &mut st.grad_norm, &mut st.loss] {
+            *x /= u;
+        }
+        self.kl.update(st.kl, rolls.len());
+        Ok((st, tokens))
+    }
+
+    /// Held-out figures: mean reward-model score of the policy's sampled responses and the
+    /// KL to the reference (Σ over response tokens of log π − log π_ref), on fixed seeds.
+    fn held_out(&self) -> Result<BTreeMap<String, f64>> {
+        if self.val_prompts.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let seed = self.cfg.train.seed;
+        let mut seqs = Vec::new();
+        for (k, pr) in self.val_prompts.iter().enumerate() {
+            let prompt = self.fmt.generation_prompt(&pr.prompt);
+            seqs.push(sample_response(&self.policy.lm, &prompt, &self.fmt, self.cfg.ppo.temperature, step_seed(seed, usize::MAX, k, "eval"))?);
+        }
+        let refs: Vec<&Sequence> = seqs.iter().collect();
+        let (mut score, mut kl) = (0f64, 0f64);
+        for chunk in refs.chunks(16) {
+            let b = seq_batch(chunk, self.fmt.pad_id, self.policy.lm.device())?;
+            let pl = logprobs_at(&self.policy.lm, &b, self.policy.temperature)?;
+            let rl = logprobs_at(&self.reference, &b, self.policy.temperature)?;
+            kl += pl.iter().zip(&rl).map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y) as f64).sum::<f64>()).sum::<f64>();
+            score += self.reward.model.score_sequences(chunk, self.fmt.pad_id, chunk.len())?.iter().map(|&s| s as f64).sum::<f64>();
+        }
+        let n = seqs.len() as f64;
+        Ok(BTreeMap::from([("reward".to_string(), score / n), ("kl".to_string(), kl / n)]))
+    }
+
+}
+
+impl TrainTask for PpoTask {
+    fn micro_batch_loss(&self, _step: usize, _micro: usize) -> Result<(Tensor, usize)> {
+        bail!("a PPO step is an iteration of rollouts and minibatch updates (custom_step), not micro-batches")
+    }
+
+    fn evaluate(&self) -> Result<EvalResult> {
+        // no loss is defined on held-out prompts: the figures are the reward and the KL
+        Ok(EvalResult { loss: f64::NAN, bits_per_byte: f64::NAN, tokens: self.val_prompts.len(), bytes: 0, extra: self.held_out()? })
+    }
+
+    fn extra_vars(&self) -> Vec<(String, Var)> {
+        self.value_vars.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn extra_state(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (name, var) in self.value_vars.data().lock().expect("varmap lock").iter() {
+            out.insert(format!("{EXTRA_PREFIX}{name}"), var.as_tensor().clone());
+        }
+        out.insert(format!("{EXTRA_PREFIX}kl_coef"), Tensor::new(&[self.kl.coef], self.policy.lm.device())?);
+        Ok(out)
+    }
+
+    fn load_extra_state(&mut self, saved: &HashMap<String, Tensor>) -> Result<()> {
+        for (name, var) in self.value_vars.data().lock().expect("varmap lock").iter() {
+            let t = saved.get(&format!("{EXTRA_PREFIX}{name}")).context("the checkpoint lacks the value head")?;
+            var.set(&t.reshape(var.shape())?.to_device(var.device())?)?;
+        }
+        let coef = saved.get(&format!("{EXTRA_PREFIX}kl_coef")).context("the checkpoint lacks the KL coefficient")?;
+        self.kl.coef = coef.to_vec1::<f64>()?[0];
+        Ok(())
+    }
+
+    fn custom_step(&mut self, step: usize, update: &mut dyn FnMut(&Tensor) -> Result<f64>) -> Option<Result<StepReport>> {
+        Some(self.iteration(step, update).map(|(st, tokens)| StepReport {
+            loss: st.loss,
+            grad_norm: st.grad_norm,
+            tokens,
+            figures: [
+                ("reward", st.reward),
+                ("reward_std", st.reward_std),
+                ("kl", st.kl),
+                ("kl_coef", st.kl_coef),
+                ("entropy", st.entropy),
+                ("clipfrac", st.clipfrac),
+                ("value_clipfrac", st.value_clipfrac),
+                ("policy_loss", st.policy_loss),
+                ("value_loss", st.value_loss),
+                ("approx_kl", st.approx_kl),
+                ("response_len", st.response_len),
+                ("ended_fraction", st.ended_fraction),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        }))
+    }
 }
 
 impl PpoTrainer {
@@ -311,298 +515,47 @@ impl PpoTrainer {
         stage::zero_vars(&value_vars, VALUE_HEAD)?;
         let (_, reference, _) = stage::load_decoder(&start, dev)?;
 
-        let mut all: HashMap<String, Var> = HashMap::new();
-        for vm in [&policy_vars, &value_vars] {
-            for (k, v) in vm.data().lock().expect("varmap lock").iter() {
-                all.insert(k.clone(), v.clone());
-            }
-        }
-        let mut opt = AdamW::new(&all, &cfg.train);
-        let mut kl = KlController {
+        let kl = KlController {
             coef: cfg.ppo.kl_coef,
             target: (cfg.ppo.kl_target > 0.0).then_some(cfg.ppo.kl_target),
             horizon: cfg.ppo.kl_horizon,
         };
-        let mut state = TrainState {
-            format: checkpoint::FORMAT_VERSION,
-            step: 0,
-            adam_t: 0,
-            seed: cfg.train.seed,
-            tokens_seen: 0,
-            elapsed_secs: 0.0,
-            last_train_loss: None,
-        };
-        if o.resume {
-            let ckpt = checkpoint::latest(&o.out)?;
-            state = checkpoint::read_state(&ckpt)?;
-            checkpoint::load_weights(&policy_vars, &ckpt.join("model.safetensors"))?;
-            let extra = checkpoint::load_tensors(&ckpt.join("optimizer.safetensors"))?;
-            opt.load_state(&extra, state.adam_t).with_context(|| format!("in {}", ckpt.display()))?;
-            for (name, var) in value_vars.data().lock().expect("varmap lock").iter() {
-                let t = extra.get(&format!("{EXTRA_PREFIX}{name}")).with_context(|| format!("{} lacks the value head", ckpt.display()))?;
-                var.set(&t.reshape(var.shape())?.to_device(var.device())?)?;
-            }
-            let coef = extra.get(&format!("{EXTRA_PREFIX}kl_coef")).with_context(|| format!("{} lacks the KL coefficient", ckpt.display()))?;
-            kl.coef = coef.to_vec1::<f64>()?[0];
-            eprintln!("resuming {} after iteration {}", o.out.display(), state.step);
-        } else {
+        if !o.resume {
             let ckpt = checkpoint::latest(&start)?;
             checkpoint::load_weights(&policy_vars, &ckpt.join("model.safetensors"))?;
         }
         stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
         let temperature = cfg.ppo.temperature as f64;
-        Ok(Self {
-            policy: Policy { lm, value_head, temperature },
-            policy_vars,
-            value_vars,
-            reference,
-            reward,
-            fmt,
-            train_prompts,
-            val_prompts,
-            opt,
-            kl,
-            state,
-            out: o.out.clone(),
-            quiet: o.quiet,
-            stop_at: None,
-            cfg,
-        })
-    }
-
-    /// Sample and score the rollouts of iteration `it`.
-    pub fn rollouts(&self, it: usize) -> Result<Vec<Rollout>> {
-        let p = &self.cfg.ppo;
-        let seed = self.cfg.train.seed;
-        let idx = stage::batch_indices(self.train_prompts.len(), seed, it, 0, 1, p.rollout_batch);
-        let mut seqs = Vec::with_capacity(idx.len());
-        for (k, &i) in idx.iter().enumerate() {
-            let prompt = self.fmt.generation_prompt(&self.train_prompts[i].prompt);
-            seqs.push(sample_response(&self.policy.lm, &prompt, &self.fmt, p.temperature, step_seed(seed, it, k, "rollout"))?);
-        }
-        let refs: Vec<&Sequence> = seqs.iter().collect();
-        let mut out = Vec::with_capacity(seqs.len());
-        for chunk in refs.chunks(p.minibatch.max(1) * 2) {
-            let b = seq_batch(chunk, self.fmt.pad_id, self.policy.lm.device())?;
-            let po = self.policy.forward(&b)?;
-            let old = split_by_row(&b, &po.logp.to_vec1::<f32>()?);
-            let values = split_by_row(&b, &po.values.to_vec1::<f32>()?);
-            let reflp = logprobs_at(&self.reference, &b, self.policy.temperature)?;
-            let scores = self.reward.model.score_sequences(chunk, self.fmt.pad_id, chunk.len())?;
-            for (r, s) in chunk.iter().enumerate() {
-                let ended = self.fmt.ended(s);
-                let score = scores[r] + if ended { 0.0 } else { p.missing_end_penalty as f32 };
-                let rewards = token_rewards(&old[r], &reflp[r], self.kl.coef, score);
-                let (adv, ret) = gae(&rewards, &values[r], p.gamma as f32, p.lambda as f32);
-                out.push(Rollout {
-                    seq: (*s).clone(),
-                    old_logp: old[r].clone(),
-                    ref_logp: reflp[r].clone(),
-                    values: values[r].clone(),
-                    score,
-                    advantages: adv,
-                    returns: ret,
-                    ended,
-                });
-            }
-        }
-        if p.whiten_advantages {
-            let mut all: Vec<f32> = out.iter().flat_map(|r| r.advantages.iter().copied()).collect();
-            whiten(&mut all);
-            let mut it = all.into_iter();
-            for r in out.iter_mut() {
-                r.advantages.iter_mut().for_each(|a| *a = it.next().expect("same count"));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Rollouts, then `ppo_epochs` of minibatch updates; returns the iteration's figures.
-    pub fn iteration(&mut self, it: usize) -> Result<IterStats> {
-        let rolls = self.rollouts(it)?;
-        let p = self.cfg.ppo.clone();
-        let tc = self.cfg.train.clone();
-        let n = rolls.len() as f64;
-        let mut st = IterStats {
-            reward: rolls.iter().map(|r| r.score as f64).sum::<f64>() / n,
-            kl: rolls.iter().map(|r| r.old_logp.iter().zip(&r.ref_logp).map(|(a, b)| (a - b) as f64).sum::<f64>()).sum::<f64>() / n,
-            kl_coef: self.kl.coef,
-            response_len: rolls.iter().map(|r| r.seq.response_len() as f64).sum::<f64>() / n,
-            ended_fraction: rolls.iter().filter(|r| r.ended).count() as f64 / n,
-            ..Default::default()
+        // one PPO iteration is one step of the shared loop; its evaluations follow [ppo]
+        let mut tc = cfg.train.clone();
+        tc.eval_interval = cfg.ppo.eval_interval;
+        let task = PpoTask { policy: Policy { lm, value_head, temperature }, value_vars, reference, reward, fmt, train_prompts, val_prompts, kl, cfg };
+        let mut trainer = if o.resume {
+            let t = Trainer::resume_task(tc, &o.out, policy_vars, Box::new(task))?;
+            eprintln!("resuming {} after iteration {}", o.out.display(), t.step());
+            t
+        } else {
+            Trainer::from_task(tc, &o.out, policy_vars, Box::new(task))?
         };
-        st.reward_std = (rolls.iter().map(|r| (r.score as f64 - st.reward).powi(2)).sum::<f64>() / n).sqrt();
-        let lr = lr_at(&tc, it);
-        let dev = self.policy.lm.device().clone();
-        let mut updates = 0usize;
-        for epoch in 0..p.ppo_epochs {
-            use rand::seq::SliceRandom;
-            use rand::SeedableRng;
-            let mut order: Vec<usize> = (0..rolls.len()).collect();
-            order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(step_seed(tc.seed, it, epoch, "minibatch")));
-            for mb in order.chunks(p.minibatch) {
-                let seqs: Vec<&Sequence> = mb.iter().map(|&i| &rolls[i].seq).collect();
-                let b = seq_batch(&seqs, self.fmt.pad_id, &dev)?;
-                let cat = |f: &dyn Fn(&Rollout) -> &Vec<f32>| -> Result<Tensor> {
-                    let v: Vec<f32> = mb.iter().flat_map(|&i| f(&rolls[i]).iter().copied()).collect();
-                    Ok(Tensor::from_vec(v, b.n_tokens, &dev)?)
-                };
-                let old_logp = cat(&|r| &r.old_logp)?;
-                let adv = cat(&|r| &r.advantages)?;
-                let ret = cat(&|r| &r.returns)?;
-                let old_v = cat(&|r| &r.values)?;
-                let po = self.policy.forward(&b)?;
-                let (pg, clipfrac) = ppo_policy_loss(&po.logp, &old_logp, &adv, p.clip)?;
-                let (vf, vclip) = ppo_value_loss(&po.values, &old_v, &ret, p.value_clip)?;
-                let ent = po.entropy.mean_all()?;
-                let mut loss = (&pg + (&vf * p.vf_coef)?)?;
-                if p.ent_coef > 0.0 {
-                    loss = (loss - (&ent * p.ent_coef)?)?;
-                }
-                let lv = loss.to_scalar::<f32>()? as f64;
-                if !lv.is_finite() {
-                    bail!("PPO loss became {lv} at iteration {it}: lower train.lr or check the reward model");
-                }
-                let grads = loss.backward()?;
-                let mut g = self.opt.collect_grads(&grads)?;
-                let norm = self.opt.step(&mut g, lr, &tc)?;
-                let d = (&po.logp.detach() - &old_logp)?;
-                let approx_kl = ((&d * &d)?.mean_all()? * 0.5)?.to_scalar::<f32>()? as f64;
-                st.policy_loss += pg.to_scalar::<f32>()? as f64;
-                st.value_loss += vf.to_scalar::<f32>()? as f64;
-                st.entropy += ent.to_scalar::<f32>()? as f64;
-                st.clipfrac += clipfrac;
-                st.value_clipfrac += vclip;
-                st.approx_kl += approx_kl;
-                st.grad_norm += norm;
-                st.loss += lv;
-                updates += 1;
-                self.state.tokens_seen += b.n_tokens as u64;
-            }
-        }
-        let u = updates.max(1) as f64;
-        for x in [&mut st.policy_loss, &mut st.value_loss, &mut st.entropy, &mut st.clipfrac, &mut st.value_clipfrac, &mut st.approx_kl, &mut st.grad_norm, &mut st.loss] {
-            *x /= u;
-        }
-        self.kl.update(st.kl, rolls.len());
-        self.state.step = it + 1;
-        self.state.adam_t = self.opt.t;
-        self.state.last_train_loss = Some(st.loss);
-        Ok(st)
+        trainer.title = "RLHF with PPO: loss".into();
+        Ok(Self { trainer, out: o.out.clone(), quiet: o.quiet, stop_at: None })
     }
 
-    /// Held-out figures: mean reward-model score of the policy's sampled responses and the
-    /// KL to the reference (Σ over response tokens of log π − log π_ref), on fixed seeds.
-    pub fn evaluate(&self) -> Result<BTreeMap<String, f64>> {
-        if self.val_prompts.is_empty() {
-            return Ok(BTreeMap::new());
-        }
-        let seed = self.cfg.train.seed;
-        let mut seqs = Vec::new();
-        for (k, pr) in self.val_prompts.iter().enumerate() {
-            let prompt = self.fmt.generation_prompt(&pr.prompt);
-            seqs.push(sample_response(&self.policy.lm, &prompt, &self.fmt, self.cfg.ppo.temperature, step_seed(seed, usize::MAX, k, "eval"))?);
-        }
-        let refs: Vec<&Sequence> = seqs.iter().collect();
-        let (mut score, mut kl) = (0f64, 0f64);
-        for chunk in refs.chunks(16) {
-            let b = seq_batch(chunk, self.fmt.pad_id, self.policy.lm.device())?;
-            let pl = logprobs_at(&self.policy.lm, &b, self.policy.temperature)?;
-            let rl = logprobs_at(&self.reference, &b, self.policy.temperature)?;
-            kl += pl.iter().zip(&rl).map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y) as f64).sum::<f64>()).sum::<f64>();
-            score += self.reward.model.score_sequences(chunk, self.fmt.pad_id, chunk.len())?.iter().map(|&s| s as f64).sum::<f64>();
-        }
-        let n = seqs.len() as f64;
-        Ok(BTreeMap::from([("reward".to_string(), score / n), ("kl".to_string(), kl / n)]))
-    }
-
-    pub fn save_checkpoint(&self) -> Result<PathBuf> {
-        let mut extra = self.opt.state_tensors()?;
-        for (name, var) in self.value_vars.data().lock().expect("varmap lock").iter() {
-            extra.insert(format!("{EXTRA_PREFIX}{name}"), var.as_tensor().clone());
-        }
-        extra.insert(format!("{EXTRA_PREFIX}kl_coef"), Tensor::new(&[self.kl.coef], self.policy.lm.device())?);
-        checkpoint::save(&self.out, &self.policy_vars, extra, &self.state, self.cfg.train.keep_checkpoints)
-    }
-
-    /// Run iterations until `train.max_steps` (or `stop_at`); checkpoint, metrics, picture.
+    /// Run iterations until `train.max_steps`, the time limit, Ctrl-C or `stop_at`; then
+    /// the checkpoint, the held-out figures, `metrics.jsonl`, `loss.svg` and `ppo.svg`.
     pub fn run(&mut self) -> Result<PpoOutcome> {
-        let tc = self.cfg.train.clone();
-        let resumed = (self.state.step > 0).then_some(self.state.step);
-        let metrics = self.out.join("metrics.jsonl");
-        let mut log = MetricsLog::open(&metrics, resumed)?;
-        let t0 = Instant::now();
-        let elapsed0 = self.state.elapsed_secs;
-        let mut last = None;
-        let mut val = BTreeMap::new();
-        while self.state.step < tc.max_steps {
-            if self.stop_at.is_some_and(|s| self.state.step >= s) {
-                break;
-            }
-            let it = self.state.step;
-            let st = self.iteration(it)?;
-            let step = self.state.step;
-            self.state.elapsed_secs = elapsed0 + t0.elapsed().as_secs_f64();
-            let extra: BTreeMap<String, f64> = [
-                ("reward", st.reward),
-                ("reward_std", st.reward_std),
-                ("kl", st.kl),
-                ("kl_coef", st.kl_coef),
-                ("entropy", st.entropy),
-                ("clipfrac", st.clipfrac),
-                ("value_clipfrac", st.value_clipfrac),
-                ("policy_loss", st.policy_loss),
-                ("value_loss", st.value_loss),
-                ("approx_kl", st.approx_kl),
-                ("response_len", st.response_len),
-                ("ended_fraction", st.ended_fraction),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            log.write(&Record {
-                step,
-                loss: Some(st.loss),
-                lr: Some(lr_at(&tc, it)),
-                grad_norm: Some(st.grad_norm),
-                elapsed_secs: self.state.elapsed_secs,
-                extra,
-                ..Default::default()
-            })?;
-            eprintln!(
-                "iter {step:>4}/{} reward {:+.3} kl {:.3} (β {:.4}) entropy {:.3} clipfrac {:.3} value loss {:.4} len {:.1} [{:.0}s]",
-                tc.max_steps, st.reward, st.kl, st.kl_coef, st.entropy, st.clipfrac, st.value_loss, st.response_len, self.state.elapsed_secs
-            );
-            let p = &self.cfg.ppo;
-            if p.eval_interval > 0 && step % p.eval_interval == 0 && step < tc.max_steps {
-                val = self.evaluate()?;
-                self.log_eval(&mut log, &val)?;
-            }
-            if tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0 && step < tc.max_steps {
-                self.save_checkpoint()?;
-            }
-            last = Some(st);
-        }
-        let ckpt = self.save_checkpoint()?;
-        if self.state.step >= tc.max_steps {
-            val = self.evaluate()?;
-            self.log_eval(&mut log, &val)?;
-        }
-        let records = ferrolm_train::metrics::read(&metrics)?;
+        self.trainer.quiet = self.quiet;
+        self.trainer.stop_at = self.stop_at;
+        let outcome = self.trainer.run()?;
+        let records = ferrolm_train::metrics::read(&self.out.join("metrics.jsonl"))?;
         crate::plot::ppo_curves(&records, &self.out.join("ppo.svg"))?;
-        Ok(PpoOutcome { iterations: self.state.step, last, val, checkpoint: ckpt, elapsed_secs: self.state.elapsed_secs })
-    }
-
-    fn log_eval(&self, log: &mut MetricsLog, val: &BTreeMap<String, f64>) -> Result<()> {
-        if val.is_empty() {
-            return Ok(());
-        }
-        eprintln!("iter {}: held-out reward {:+.3}, KL to reference {:.3}", self.state.step, val["reward"], val["kl"]);
-        log.write(&Record {
-            step: self.state.step,
-            elapsed_secs: self.state.elapsed_secs,
-            extra: val.iter().map(|(k, v)| (format!("val_{k}"), *v)).collect(),
-            ..Default::default()
+        let last = records.iter().rev().find(|r| r.loss.is_some()).map(|r| r.extra.clone()).unwrap_or_default();
+        Ok(PpoOutcome {
+            iterations: outcome.steps,
+            last,
+            val: outcome.val.map(|v| v.extra).unwrap_or_default(),
+            checkpoint: outcome.checkpoint,
+            elapsed_secs: outcome.elapsed_secs,
         })
     }
 }
@@ -610,7 +563,8 @@ impl PpoTrainer {
 #[derive(Debug, Clone, Serialize)]
 pub struct PpoOutcome {
     pub iterations: usize,
-    pub last: Option<IterStats>,
+    /// The last iteration's figures (reward, KL, entropy, clip fraction, losses, …).
+    pub last: BTreeMap<String, f64>,
     /// Held-out `reward` and `kl` at the end.
     pub val: BTreeMap<String, f64>,
     pub checkpoint: PathBuf,

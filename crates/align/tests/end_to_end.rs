@@ -159,7 +159,7 @@ fn reward_dpo_rlhf_compare_end_to_end() {
         reference: None,
         data: vec![data.clone()],
         on_error: OnError::Skip,
-        all: false,
+        held_out: true,
         val_fraction: 0.25,
         max_prompts: 6,
         max_response_tokens: 12,

@@ -8,8 +8,9 @@
 //! embedding width, `n_layers` = recurrent layers, `dropout`, `max_seq_len` = the longest
 //! window) and add four of their own: `family`, `hidden`, `context` (NPLM's n−1) and
 //! `direct` (NPLM's direct connections). Attention-only keys such as `n_heads` are
-//! accepted and unused there, so `--set model.family=lstm` turns any Transformer config
-//! into an LSTM run; a misspelt key is still an error.
+//! accepted and unused there (and the family keys on a Transformer), so
+//! `--set model.family=lstm` turns any Transformer config into an LSTM run and back; a
+//! misspelt key is still an error.
 
 use serde::{Deserialize, Serialize};
 
@@ -98,12 +99,9 @@ impl ModelSpec {
         let t = TransformerConfig::deserialize(toml::Value::Table(core)).map_err(|e| e.to_string())?;
         let hidden = if keys.hidden == 0 { t.d_model } else { keys.hidden };
         let spec = match keys.family {
-            Family::Transformer => {
-                if let Some(k) = fam.keys().find(|k| *k != "family") {
-                    return Err(format!("model.{k} belongs to the NPLM/RNN/LSTM families; this is a Transformer (set model.family)"));
-                }
-                ModelSpec::Transformer(t)
-            }
+            // `hidden`, `context` and `direct` are the older families' keys: a Transformer
+            // ignores them, so one config can switch families with `--set model.family=…`.
+            Family::Transformer => ModelSpec::Transformer(t),
             Family::Nplm => ModelSpec::Nplm(NplmConfig {
                 vocab_size: t.vocab_size,
                 d_model: t.d_model,
@@ -288,6 +286,8 @@ mod tests {
     fn misspelt_and_misplaced_keys_are_errors() {
         assert!(parse("family = \"lstm\"\nhiden = 3").unwrap_err().contains("hiden"));
         assert!(parse("family = \"gru\"").unwrap_err().contains("gru"));
-        assert!(parse("hidden = 3").unwrap_err().contains("model.hidden"));
+        assert!(parse("hiden = 3").unwrap_err().contains("hiden"));
+        // the older families' keys are not typos on a Transformer: ignored there
+        assert_eq!(parse("hidden = 3\ncontext = 2").unwrap(), ModelSpec::default());
     }
 }

@@ -95,6 +95,45 @@ pub trait TrainTask {
     fn trainable(&self, _name: &str) -> bool {
         true
     }
+
+    /// Variables the task trains besides the model's (PPO's value head): the optimizer
+    /// updates them; [`TrainTask::extra_state`] saves them.
+    fn extra_vars(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+
+    /// What else a resumed run needs (extra variables, PPO's KL coefficient), saved beside
+    /// the optimizer state in `optimizer.safetensors` under names of the task's own.
+    fn extra_state(&self) -> Result<HashMap<String, Tensor>> {
+        Ok(HashMap::new())
+    }
+
+    /// Restore [`TrainTask::extra_state`] from a checkpoint's `optimizer.safetensors`.
+    fn load_extra_state(&mut self, _saved: &HashMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
+
+    /// A step that is more than "`grad_accum` micro-batches, then one update" (PPO:
+    /// sample rollouts, then several minibatch updates). `update(loss)` back-propagates
+    /// `loss` and applies one clipped AdamW update at the step's learning rate, returning
+    /// the gradient norm. `None` (the default) runs the standard step. Randomness follows
+    /// the same rule as [`TrainTask::micro_batch_loss`].
+    fn custom_step(&mut self, _step: usize, _update: &mut dyn FnMut(&Tensor) -> Result<f64>) -> Option<Result<StepReport>> {
+        None
+    }
+}
+
+/// What a [`TrainTask::custom_step`] did.
+#[derive(Debug, Clone, Default)]
+pub struct StepReport {
+    /// Mean loss of the step's updates.
+    pub loss: f64,
+    /// Mean gradient norm of the step's updates.
+    pub grad_norm: f64,
+    /// Tokens trained on (for tokens/s).
+    pub tokens: usize,
+    /// Figures logged with the step (in `metrics.jsonl`'s record of it).
+    pub figures: BTreeMap<String, f64>,
 }
 
 /// Held-out loss and bits per byte of a causal LM over fixed windows of `src`.
@@ -202,6 +241,8 @@ pub struct Trainer<'a> {
     /// Wall milliseconds of the last step's phases: forward and loss, backward (with the
     /// gradients' collection), clipping and optimizer update. For `bench train`.
     pub last_phase_ms: [f64; 3],
+    /// The figures the task reported for the last step (custom steps), logged with it.
+    last_figures: BTreeMap<String, f64>,
 }
 
 impl<'a> Trainer<'a> {
@@ -217,7 +258,13 @@ impl<'a> Trainer<'a> {
         std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         let trainable: HashMap<String, Var> = {
             let vars = varmap.data().lock().expect("varmap lock");
-            vars.iter().filter(|(name, _)| task.trainable(name)).map(|(k, v)| (k.clone(), v.clone())).collect()
+            let mut t: HashMap<String, Var> = vars.iter().filter(|(name, _)| task.trainable(name)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            for (name, var) in task.extra_vars() {
+                if t.insert(name.clone(), var).is_some() {
+                    bail!("the task's extra variable {name} has the name of a model parameter");
+                }
+            }
+            t
         };
         if trainable.is_empty() {
             bail!("the task trains no parameter: every parameter is frozen");
@@ -232,7 +279,7 @@ impl<'a> Trainer<'a> {
             elapsed_secs: 0.0,
             last_train_loss: None,
         };
-        Ok(Self { cfg, varmap, task, opt, run_dir: run_dir.to_path_buf(), state, quiet: false, stop_at: None, title: "ferrolm training".into(), last_phase_ms: [0.0; 3] })
+        Ok(Self { cfg, varmap, task, opt, run_dir: run_dir.to_path_buf(), state, quiet: false, stop_at: None, title: "ferrolm training".into(), last_phase_ms: [0.0; 3], last_figures: BTreeMap::new() })
     }
 
     /// Continue any task's run from its latest checkpoint: weights, optimizer moments and
@@ -244,6 +291,7 @@ impl<'a> Trainer<'a> {
         checkpoint::load_weights(&t.varmap, &ckpt.join("model.safetensors"))?;
         let opt_state = checkpoint::load_tensors(&ckpt.join("optimizer.safetensors"))?;
         t.opt.load_state(&opt_state, state.adam_t).with_context(|| format!("in {}", ckpt.display()))?;
+        t.task.load_extra_state(&opt_state).with_context(|| format!("in {}", ckpt.display()))?;
         tracing::info!("resuming {} from step {}", run_dir.display(), state.step);
         t.state = state;
         Ok(t)
@@ -253,10 +301,20 @@ impl<'a> Trainer<'a> {
         self.state.step
     }
 
-    /// One optimizer step: `grad_accum` micro-batches, clip, AdamW. Returns (loss, grad norm).
+    /// One optimizer step: `grad_accum` micro-batches, clip, AdamW (or the task's own
+    /// step, see [`TrainTask::custom_step`]). Returns (loss, grad norm).
     pub fn train_step(&mut self) -> Result<(f64, f64)> {
-        let tc = &self.cfg;
         let step = self.state.step;
+        if let Some(report) = self.task_step(step) {
+            let r = report?;
+            self.state.step += 1;
+            self.state.adam_t = self.opt.t;
+            self.state.tokens_seen += r.tokens as u64;
+            self.state.last_train_loss = Some(r.loss);
+            self.last_figures = r.figures;
+            return Ok((r.loss, r.grad_norm));
+        }
+        let tc = &self.cfg;
         let mut acc: Option<Vec<Vec<f32>>> = None;
         let mut loss_sum = 0f64;
         let mut tokens = 0usize;
@@ -307,12 +365,43 @@ impl<'a> Trainer<'a> {
         Ok((loss, norm))
     }
 
+    /// The task's own step, if it has one, with an `update` that applies the trainer's
+    /// optimizer at this step's learning rate.
+    fn task_step(&mut self, step: usize) -> Option<Result<StepReport>> {
+        let (tc, opt, run_dir) = (&self.cfg, &mut self.opt, &self.run_dir);
+        let lr = lr_at(tc, step);
+        let mut update = |loss: &Tensor| -> Result<f64> {
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                bail!(
+                    "training loss became {value} at step {step}: stopping. Lower train.lr (now {}); the last checkpoint in {} is from before the divergence",
+                    tc.lr,
+                    checkpoint::checkpoints_dir(run_dir).display()
+                );
+            }
+            let grads = loss.backward()?;
+            let mut g = opt.collect_grads(&grads)?;
+            let norm = opt.step(&mut g, lr, tc)?;
+            if !norm.is_finite() {
+                bail!("gradient norm became {norm} at step {step}: stopping (lower train.lr or enable train.grad_clip)");
+            }
+            Ok(norm)
+        };
+        self.task.custom_step(step, &mut update)
+    }
+
     pub fn evaluate(&self) -> Result<EvalResult> {
         self.task.evaluate()
     }
 
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
-        checkpoint::save(&self.run_dir, &self.varmap, self.opt.state_tensors()?, &self.state, self.cfg.keep_checkpoints)
+        let mut state = self.opt.state_tensors()?;
+        for (name, t) in self.task.extra_state()? {
+            if state.insert(name.clone(), t).is_some() {
+                bail!("the task's saved state {name} has the name of an optimizer moment");
+            }
+        }
+        checkpoint::save(&self.run_dir, &self.varmap, state, &self.state, self.cfg.keep_checkpoints)
     }
 
     /// Train until `train.max_steps`, the time limit, or Ctrl-C; always ends with a
@@ -356,14 +445,17 @@ impl<'a> Trainer<'a> {
                     grad_norm: Some(norm),
                     tokens_per_sec: Some(tps),
                     elapsed_secs: self.state.elapsed_secs,
+                    extra: self.last_figures.clone(),
                     ..Default::default()
                 })?;
-                bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
+                // the task's own figures (PPO: reward, KL, …) after the loop's
+                let figures: String = self.last_figures.iter().map(|(k, v)| format!(" {k} {v:.4}")).collect();
+                bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s{figures}"));
                 // Without a terminal (logs, CI) print about fifty plain lines per run.
                 let print_every = tc.log_interval.max(1) * (tc.max_steps / tc.log_interval.max(1) / 50).max(1);
                 if (!ferrolm_common::progress::is_terminal() || self.quiet) && (step % print_every == 0 || step == tc.max_steps) {
                     let eta = (tc.max_steps - step) as f64 * t0.elapsed().as_secs_f64() / (step - start_step) as f64;
-                    eprintln!("step {step:>6}/{} loss {loss:.4} lr {lr:.2e} |g| {norm:.3} {tps:>7.0} tok/s ETA {eta:.0}s", tc.max_steps);
+                    eprintln!("step {step:>6}/{} loss {loss:.4} lr {lr:.2e} |g| {norm:.3} {tps:>7.0} tok/s ETA {eta:.0}s{figures}", tc.max_steps);
                 }
             }
             if tc.eval_interval > 0 && step % tc.eval_interval == 0 && step < tc.max_steps {
@@ -400,7 +492,7 @@ impl<'a> Trainer<'a> {
     fn log_eval(&self, log: &mut MetricsLog, ev: &EvalResult) -> Result<()> {
         log.write(&Record {
             step: self.state.step,
-            val_loss: Some(ev.loss),
+            val_loss: ev.loss.is_finite().then_some(ev.loss),
             val_bpb: ev.bits_per_byte.is_finite().then_some(ev.bits_per_byte),
             elapsed_secs: self.state.elapsed_secs,
             extra: ev.extra.iter().map(|(k, v)| (format!("val_{k}"), *v)).collect(),
@@ -411,7 +503,7 @@ impl<'a> Trainer<'a> {
 
 /// One line for the log: loss, bits per byte where defined, then the task's figures.
 pub fn describe_eval(ev: &EvalResult) -> String {
-    let mut s = format!("val loss {:.4}", ev.loss);
+    let mut s = if ev.loss.is_finite() { format!("val loss {:.4}", ev.loss) } else { "held out:".to_string() };
     if ev.bits_per_byte.is_finite() {
         s.push_str(&format!(", {:.4} bits/byte", ev.bits_per_byte));
     }

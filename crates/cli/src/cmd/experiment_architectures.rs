@@ -358,7 +358,7 @@ pub fn run(args: Args) -> Result<()> {
         let curves: Vec<(String, Vec<(f64, f64)>)> =
             results.iter().map(|r| Ok((r.kind.clone(), val_curve(&out.join(&r.kind))?))).collect::<Result<_>>()?;
         let bars: Vec<(String, f64)> = results.iter().map(|r| (r.kind.clone(), r.exact_match)).collect();
-        ferrolm_train::plot_compare::compare_runs(&curves, &bars, "exact match (greedy)", "doc comment → signature: held-out loss and exact match", &out.join("architectures.svg"))?;
+        ferrolm_train::plot::compare_runs(&curves, &bars, "exact match (greedy)", "doc comment → signature: held-out loss and exact match", &out.join("architectures.svg"))?;
     }
     let report = report_md(&exp, &base, &results, mlm.as_ref(), &[source_line, pairs_line, trunc_line], args.quick, t_all.elapsed().as_secs_f64());
     ferrolm_common::write_atomic(out.join("report.md"), &report)?;

@@ -41,10 +41,11 @@ struct CompareArgs {
     reference: Option<PathBuf>,
     #[arg(long, num_args = 1.., required = true)]
     data: Vec<PathBuf>,
-    /// Use every prompt, not only the held-out split.
+    /// Use only the held-out split of the prompts (the shared prompt-hash split with
+    /// --val-fraction, as the training stages hold out); by default every prompt.
     #[arg(long)]
-    all: bool,
-    /// Held-out fraction of the shared prompt-hash split (as in data.val_fraction).
+    held_out: bool,
+    /// Held-out fraction of the shared prompt-hash split (as in data.val_fraction), with --held-out.
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f64,
     #[arg(long, default_value_t = 100)]
@@ -74,7 +75,7 @@ pub fn run(a: Args) -> Result<()> {
             reference: c.reference,
             data: c.data,
             on_error: parse_on_error(&c.on_bad_record)?,
-            all: c.all,
+            held_out: c.held_out,
             val_fraction: c.val_fraction,
             max_prompts: c.max_prompts,
             max_response_tokens: c.max_response_tokens,
