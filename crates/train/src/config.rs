@@ -1,7 +1,7 @@
 //! The run config: `[model]` (the architecture) and `[train]` (the optimisation).
 //! Written back as `config.toml` in every run folder exactly as resolved.
 
-use ferrolm_model::amx::MatmulPrecision;
+use ferrolm_kernels::MatmulPrecision;
 use ferrolm_model::TransformerConfig;
 use serde::{Deserialize, Serialize};
 
