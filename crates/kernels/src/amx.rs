@@ -209,7 +209,6 @@ unsafe fn gemm_bf16_in(
         let out = SendPtr::new(dst);
         let (ap, bp) = (&ap[..], &bp[..]);
         let run = |range: std::ops::Range<usize>| {
-            let out = out;
             let _tiles = TileState::load();
             #[repr(C, align(64))]
             struct Scratch([f32; 4 * TM * TN]); // one 32×32 block, row-major
@@ -525,6 +524,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// f64 reference of A·B over bf16-rounded operands, in the same strided layouts.
+    #[allow(clippy::too_many_arguments)]
     fn reference(m: usize, n: usize, k: usize, a: &[f32], ars: usize, acs: usize, b: &[f32], brs: usize, bcs: usize) -> Vec<f64> {
         let mut c = vec![0f64; m * n];
         for i in 0..m {
@@ -567,6 +567,8 @@ mod tests {
                     // Row stride wider than n, to check that the padding columns stay untouched.
                     let ld = n + 3;
                     let mut c = vec![7f32; m * ld];
+                    // SAFETY: a, b and c hold m·k, k·n and m·ld floats in the layouts given;
+                    // the test returned early unless AMX is available.
                     unsafe {
                         gemm_bf16(
                             m,
@@ -609,6 +611,7 @@ mod tests {
             let mut c: Vec<f32> = (0..m * ld).map(|i| (i % 3) as f32).collect();
             let before = c.clone();
             let (sa, sb) = (Strided { ptr: a.as_ptr(), rs: k as isize, cs: 1 }, Strided { ptr: b.as_ptr(), rs: n as isize, cs: 1 });
+            // SAFETY: a, b and c hold m·k, k·n and m·ld floats, row-major; AMX is available.
             unsafe { gemm_bf16(m, n, k, sa, sb, c.as_mut_ptr(), ld, true, scale, false) };
             for i in 0..m {
                 for j in 0..ld {

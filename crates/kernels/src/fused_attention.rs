@@ -279,7 +279,7 @@ impl CustomOp2 for FusedSelfAttentionBackward {
 /// softmax(Q Kᵀ / √D) V per head, causal or bidirectional. CPU, f32.
 pub fn fused_self_attention(qkv: &Tensor, n_heads: usize, n_kv_heads: usize, head_dim: usize, causal: bool) -> Result<Tensor> {
     let (b, t, width) = qkv.dims3()?;
-    if width != (n_heads + 2 * n_kv_heads) * head_dim || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+    if width != (n_heads + 2 * n_kv_heads) * head_dim || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         candle_core::bail!("fused attention: width {width} does not fit {n_heads} heads, {n_kv_heads} kv heads of {head_dim}");
     }
     let dims = Dims { b, t, h: n_heads, kvh: n_kv_heads, d: head_dim, causal, scale: 1.0 / (head_dim as f32).sqrt() };

@@ -26,7 +26,7 @@ mod ptr;
 mod simd;
 
 pub use ptr::{SendPtr, Strided};
-pub use simd::{fast_exp, fma_available, lane_dot, lane_max, lane_sum, vectorized};
+pub use simd::{dot_fma, fast_exp, fma_available, lane_dot, lane_max, lane_sum, vectorized};
 
 #[cfg(feature = "candle")]
 pub mod amx;

@@ -159,14 +159,18 @@ mod tests {
                 let (ld, skip) = (n + 5, m * (n + 5));
                 let mut par = vec![9f32; batch * skip];
                 let mut seq = vec![9f32; batch * skip];
+                // SAFETY: av, bv hold batch items of m·k and k·n floats in the layouts the
+                // strides describe; par holds batch items of m rows of ld ≥ n floats.
                 pool.install(|| unsafe { gemm_f32_batched(batch, m, n, k, a, m * k, b, k * n, par.as_mut_ptr(), ld, skip) });
                 for i in 0..batch {
-                    let ai = Strided { ptr: unsafe { a.ptr.add(i * m * k) }, ..a };
-                    let bi = Strided { ptr: unsafe { b.ptr.add(i * k * n) }, ..b };
+                    // SAFETY: item i < batch starts inside av and bv.
+                    let (ai, bi) = unsafe { (a.skip(i * m * k), b.skip(i * k * n)) };
+                    // SAFETY: as for the batched call, for item i alone.
                     unsafe { band(m, n, k, ai, bi, seq.as_mut_ptr().add(i * skip), ld) };
                     // Each item is its own product: check one element against an f64 dot.
                     let (r, c) = (m / 2, n / 3);
                     let exact: f64 = (0..k)
+                        // SAFETY: row r < m, column c < n and p < k lie inside item i.
                         .map(|p| unsafe {
                             *ai.ptr.offset(r as isize * ai.rs + p as isize * ai.cs) as f64
                                 * *bi.ptr.offset(p as isize * bi.rs + c as isize * bi.cs) as f64

