@@ -10,7 +10,8 @@
 //! - `ptr`: [`SendPtr`], the one pointer type that crosses threads, and [`Strided`], the
 //!   one strided-matrix type the products take;
 //! - [`hogwild`]: a padded weight matrix that threads update without locks;
-//! - [`alloc`]: the mimalloc option the `ferrolm` binary sets.
+//! - [`alloc`]: the mimalloc option the `ferrolm` binary sets;
+//! - [`mmap`] (feature `mmap`): read-only maps of files that are replaced, never rewritten.
 //!
 //! With the default `candle` feature, the fused candle ops with their backward passes
 //! (each tested against the composed candle reference, forward and backward): softmax
@@ -22,6 +23,8 @@
 
 pub mod alloc;
 pub mod hogwild;
+#[cfg(feature = "mmap")]
+pub mod mmap;
 mod ptr;
 mod simd;
 
