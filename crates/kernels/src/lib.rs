@@ -5,21 +5,26 @@
 //!
 //! Plain Rust, always built (word2vec uses these without candle):
 //! - `simd`: [`vectorized`] (run a closure compiled for AVX-512 or AVX2+FMA when the CPU
-//!   has it) and the 16-lane loops that vectorise under it ([`lane_sum`], [`lane_dot`],
-//!   [`lane_max`], [`fast_exp`]);
+//!   has it) and the loops that vectorise under it ([`lane_sum`], [`lane_dot`],
+//!   [`lane_max`], [`fast_exp`], [`dot_fma`]);
 //! - `ptr`: [`SendPtr`], the one pointer type that crosses threads, and [`Strided`], the
 //!   one strided-matrix type the products take;
 //! - [`hogwild`]: a padded weight matrix that threads update without locks;
 //! - [`alloc`]: the mimalloc option the `ferrolm` binary sets;
 //! - [`mmap`] (feature `mmap`): read-only maps of files that are replaced, never rewritten.
 //!
-//! With the default `candle` feature, the fused candle ops with their backward passes
-//! (each tested against the composed candle reference, forward and backward): softmax
-//! and scaled causal softmax, LayerNorm/RMSNorm, GELU, cross-entropy with an ignore index,
-//! bias add, seeded dropout, the linear layer's product, and training self-attention;
-//! and the matrix products under them and under candle's matmul: the one precision
-//! dispatch (`matmul`: [`MatmulPrecision`], [`set_matmul_precision`]), exact f32
-//! ([`sgemm`]) and bf16 on AMX tiles ([`amx`]).
+//! With the default `candle` feature: the fused candle ops with their backward passes, and
+//! the matrix products under them and under candle's matmul. Why fused: candle-nn's fused
+//! softmax and norm kernels are inference-only (`apply_op*_no_bwd`), and the composed
+//! versions allocate a fresh tensor for every elementwise step. These ops do one pass over
+//! each row forward and one backward, and register their gradient with candle's autograd
+//! through the `bwd` hooks, so training uses them transparently. Each is tested against
+//! the composed candle reference, forward and backward: softmax and scaled causal softmax,
+//! LayerNorm/RMSNorm, GELU, cross-entropy with an ignore index, bias add, seeded dropout,
+//! the linear layer's product ([`linear`]), and training self-attention
+//! ([`fused_self_attention`]). The products: the one precision dispatch ([`matmul`]:
+//! [`MatmulPrecision`], [`set_matmul_precision`]), exact f32 ([`sgemm`]) and bf16 on AMX
+//! tiles ([`amx`]).
 
 pub mod alloc;
 pub mod hogwild;

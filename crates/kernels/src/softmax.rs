@@ -14,7 +14,6 @@ pub fn softmax_row(row: &mut [f32]) {
     row.iter_mut().for_each(|x| *x *= inv);
 }
 
-
 struct SoftmaxLastDim;
 
 impl CustomOp1 for SoftmaxLastDim {
