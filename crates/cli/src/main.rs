@@ -9,28 +9,6 @@ mod cmd;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-extern "C" {
-    /// mimalloc's runtime option setter (in the static library libmimalloc-sys links).
-    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-}
-
-/// `mi_option_purge_delay` in mimalloc v2's `mi_option_e` (libmimalloc-sys 0.1.49, pinned by
-/// Cargo.lock; its Rust bindings do not name this option).
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-
-/// Keep freed memory mapped instead of handing it back to the OS 10 ms later (mimalloc's
-/// default). Training frees and re-allocates the same multi-megabyte activations every
-/// step; with purging, each one came back as fresh pages that the kernel zeroed on first
-/// touch: 60k page faults in 10 steps of preset c2 and about 5% of its time in
-/// `clear_page`, against 800 without. The cost is that memory freed late in a run is not
-/// returned before exit. `MIMALLOC_PURGE_DELAY` in the environment still wins.
-fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: a plain setter of an integer option, valid at any time.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    }
-}
-
 #[derive(Parser)]
 #[command(name = "ferrolm", version, about = "Build a language model end to end: corpus, tokenizer, model, training, inference.")]
 struct Cli {
@@ -78,7 +56,8 @@ enum Command {
 }
 
 fn main() {
-    keep_freed_memory();
+    // mimalloc keeps freed memory mapped (training reallocates the same tensors every step).
+    ferrolm_kernels::alloc::keep_freed_memory();
     // candle runs its elementwise ops on a pool of spinning worker threads (`candle-bp-*`)
     // next to the rayon pool that gemm and ferrolm's fused ops use. With as many threads as
     // cores the two pools fight for the cores: measured on 2 cores, training preset c1 ran
@@ -91,7 +70,7 @@ fn main() {
     }
     // Exact f32 matrix products with ferrolm's batch split (training commands may switch
     // to bf16 from their config).
-    ferrolm_model::amx::set_matmul_precision(ferrolm_model::amx::MatmulPrecision::F32);
+    ferrolm_kernels::set_matmul_precision(ferrolm_kernels::MatmulPrecision::F32);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -1,6 +1,8 @@
 //! ferrolm-corpus: turns raw mixed sources into a clean, de-duplicated, private-data-free corpus.
 //! See README.md in this crate for the architecture (modules, data flow, invariants).
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod document;
 pub mod eval;

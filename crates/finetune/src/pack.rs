@@ -12,7 +12,7 @@
 
 use candle_core::{Device, Tensor};
 use ferrolm_model::attention::{MaskSpec, PAD_SEGMENT};
-use ferrolm_model::ops::IGNORE_INDEX;
+use ferrolm_kernels::IGNORE_INDEX;
 
 /// One tokenised example.
 #[derive(Debug, Clone, PartialEq)]

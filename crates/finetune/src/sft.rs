@@ -262,7 +262,7 @@ impl SftTask {
                 continue;
             }
             let logits = scored_logits(&self.model, &b.inputs, &b.mask, &b.scored, None)?;
-            let l = ferrolm_model::ops::cross_entropy(&logits, &b.targets)?.to_scalar::<f32>()? as f64;
+            let l = ferrolm_kernels::cross_entropy(&logits, &b.targets)?.to_scalar::<f32>()? as f64;
             sum += l * b.n_scored as f64;
             n += b.n_scored;
         }
@@ -315,7 +315,7 @@ impl TrainTask for SftTask {
         ensure!(b.n_scored > 0, "micro-batch {micro} of step {step} has no answer tokens");
         let dropout = Some(step_seed(self.seed, step, micro, "dropout"));
         let logits = scored_logits(&self.model, &b.inputs, &b.mask, &b.scored, dropout)?;
-        let loss = ferrolm_model::ops::cross_entropy(&logits, &b.targets)?;
+        let loss = ferrolm_kernels::cross_entropy(&logits, &b.targets)?;
         Ok((loss, b.n_tokens))
     }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use ferrolm_model::attention::MaskSpec;
-use ferrolm_model::ops::IGNORE_INDEX;
+use ferrolm_kernels::IGNORE_INDEX;
 use ferrolm_model::{AnyModel, ModelKind, Transformer, TransformerConfig};
 use ferrolm_tokenizer::{special, BpeTrainConfig, ChatTemplate, Message, Tokenizer};
 use ferrolm_train::checkpoint::{self, TrainState};
@@ -83,7 +83,7 @@ fn prompt_tokens_get_zero_gradient() {
         // Stand-in for the model's logits at every position; the SFT loss path selects the
         // scored rows and applies the fused cross-entropy, exactly as SftTask does.
         let all = Var::from_tensor(&Tensor::randn(0f32, 1.0, (nb * t, v), &Device::Cpu).unwrap()).unwrap();
-        let loss = ferrolm_model::ops::cross_entropy(&all.as_tensor().index_select(&b.scored, 0).unwrap(), &b.targets).unwrap();
+        let loss = ferrolm_kernels::cross_entropy(&all.as_tensor().index_select(&b.scored, 0).unwrap(), &b.targets).unwrap();
         let g: Vec<Vec<f32>> = loss.backward().unwrap().get(&all).unwrap().to_vec2().unwrap();
         let targets: Vec<u32> = refs.iter().flat_map(|r| {
             let mut v = r.targets.clone();
@@ -123,7 +123,7 @@ fn sft_loss_is_the_mean_answer_token_nll() {
     let refs: Vec<_> = rows.iter().collect();
     let b = make_batch(&refs, true, prompt::pad_id(&tok), &Device::Cpu).unwrap();
     let logits = sft::scored_logits(&m, &b.inputs, &b.mask, &b.scored, None).unwrap();
-    let loss = ferrolm_model::ops::cross_entropy(&logits, &b.targets).unwrap().to_scalar::<f32>().unwrap();
+    let loss = ferrolm_kernels::cross_entropy(&logits, &b.targets).unwrap().to_scalar::<f32>().unwrap();
     // one example at a time, full-sequence scores, answer positions only
     let (mut sum, mut n) = (0f32, 0);
     for e in &exs {

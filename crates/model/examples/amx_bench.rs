@@ -1,8 +1,8 @@
 //! Throughput of candle's f32 matmul as gemm splits it over threads, as ferrolm splits it
-//! (crates/model/src/sgemm.rs), and of the bf16 AMX product, on training-sized shapes.
+//! (crates/kernels/src/sgemm.rs), and of the bf16 AMX product, on training-sized shapes.
 //! `cargo run --release -p ferrolm-model --example amx_bench`
 use candle_core::{Device, Tensor};
-use ferrolm_model::amx::{set_matmul_precision, MatmulPrecision};
+use ferrolm_kernels::{set_matmul_precision, MatmulPrecision};
 use std::time::Instant;
 
 fn main() -> candle_core::Result<()> {

@@ -4,7 +4,7 @@
 //! never attended), grouped-query heads, RoPE, a KV cache, and cross-attention to an
 //! encoder's output for encoder-decoders.
 
-use crate::fused_attention::fused_self_attention;
+use ferrolm_kernels::fused_self_attention;
 use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -256,7 +256,7 @@ impl Attention {
                 let y = fused_self_attention(&qkv.forward(x)?, self.n_heads, self.n_kv_heads, self.head_dim, inp.causal)?;
                 let y = self.proj.forward(&y)?;
                 return match inp.dropout_seed {
-                    Some(seed) => crate::ops::dropout(&y, self.dropout, seed ^ 0x9e37_79b9_7f4a_7c15),
+                    Some(seed) => ferrolm_kernels::dropout(&y, self.dropout, seed ^ 0x9e37_79b9_7f4a_7c15),
                     None => Ok(y),
                 };
             }
@@ -312,19 +312,19 @@ impl Attention {
         let scores = q.matmul(&k.t()?)?;
         let mut att = match inp.bias {
             // A general mask (prefix, segments, padding) is an additive bias.
-            Some(bias) => crate::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(bias)?)?,
+            Some(bias) => ferrolm_kernels::softmax_last_dim(&(scores * scale)?.broadcast_add(bias)?)?,
             None => {
                 let causal = inp.causal.then(|| k.dim(2).unwrap_or(0) - q.dim(2).unwrap_or(0));
-                crate::ops::scaled_softmax(&scores, scale, causal)?
+                ferrolm_kernels::scaled_softmax(&scores, scale, causal)?
             }
         };
         if let Some(seed) = inp.dropout_seed {
-            att = crate::ops::dropout(&att, self.dropout, seed)?;
+            att = ferrolm_kernels::dropout(&att, self.dropout, seed)?;
         }
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
         let y = self.proj.forward(&y)?;
         match inp.dropout_seed {
-            Some(seed) => crate::ops::dropout(&y, self.dropout, seed ^ 0x9e37_79b9_7f4a_7c15),
+            Some(seed) => ferrolm_kernels::dropout(&y, self.dropout, seed ^ 0x9e37_79b9_7f4a_7c15),
             None => Ok(y),
         }
     }

@@ -79,7 +79,7 @@ impl Block {
         }
         let m = self.mlp.forward(&self.ln2.forward(&x)?)?;
         let m = match seed(3) {
-            Some(s) => crate::ops::dropout(&m, self.attn_dropout(), s)?,
+            Some(s) => ferrolm_kernels::dropout(&m, self.attn_dropout(), s)?,
             None => m,
         };
         x + m

@@ -107,13 +107,13 @@ impl TransformerConfig {
         if self.vocab_size == 0 || self.d_model == 0 || self.n_layers == 0 || self.n_heads == 0 {
             return fail("model.vocab_size, d_model, n_layers and n_heads must be positive".into());
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return fail(format!(
                 "model.d_model ({}) must be divisible by model.n_heads ({})",
                 self.d_model, self.n_heads
             ));
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return fail(format!(
                 "model.n_heads ({}) must be a multiple of model.n_kv_heads ({})",
                 self.n_heads, self.n_kv_heads
@@ -122,7 +122,7 @@ impl TransformerConfig {
         if self.block == BlockStyle::Gpt2 && self.n_kv_heads != self.n_heads {
             return fail("grouped-query attention (n_kv_heads < n_heads) needs block = \"modern\"".into());
         }
-        if self.block == BlockStyle::Modern && self.head_dim() % 2 != 0 {
+        if self.block == BlockStyle::Modern && !self.head_dim().is_multiple_of(2) {
             return fail(format!("RoPE needs an even head dimension, got {}", self.head_dim()));
         }
         if !(0.0..1.0).contains(&self.dropout) {

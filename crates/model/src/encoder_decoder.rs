@@ -64,7 +64,7 @@ impl EncoderDecoder {
         let dropout_seed = dropout_seed.filter(|_| self.cfg.dropout > 0.0);
         let x = self.enc_pos.embed(&self.wte, src, 0)?;
         let x = match dropout_seed {
-            Some(seed) => crate::ops::dropout(&x, self.cfg.dropout, seed ^ 0xe1c0)?,
+            Some(seed) => ferrolm_kernels::dropout(&x, self.cfg.dropout, seed ^ 0xe1c0)?,
             None => x,
         };
         let bias = mask.bias(b, s, s, 0, src.device())?;
@@ -104,7 +104,7 @@ impl EncoderDecoder {
         let dropout_seed = dropout_seed.filter(|_| self.cfg.dropout > 0.0);
         let x = self.dec_pos.embed(&self.wte, tgt, offset)?;
         let x = match dropout_seed {
-            Some(seed) => crate::ops::dropout(&x, self.cfg.dropout, seed ^ 0xdec0)?,
+            Some(seed) => ferrolm_kernels::dropout(&x, self.cfg.dropout, seed ^ 0xdec0)?,
             None => x,
         };
         let bias = self_mask.bias(b, t, offset + t, offset, tgt.device())?;

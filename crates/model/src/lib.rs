@@ -1,26 +1,26 @@
-//! Model architectures on candle. One Transformer core (`transformer`), assembled from
-//! small pieces that each read on one screen: `attention` (mask kinds, optional
-//! cross-attention, KV cache), `mlp`, `norm`, `block`. Fused CPU kernels with their
-//! backward passes live in `ops`. The older families of the history experiment live one
-//! per file: `nplm` (Bengio et al. 2003), `rnn` (Elman RNN and LSTM).
+//! Model architectures on candle: layers and model families only. One Transformer core
+//! (`transformer`), assembled from small pieces that each read on one screen: `attention`
+//! (mask kinds, optional cross-attention, KV cache), `mlp`, `norm`, `block`, `linear`,
+//! `embed`. The fused CPU kernels they call (attention, linear, norms, softmax, GELU,
+//! cross-entropy, matrix products) live in `ferrolm-kernels`, with all the unsafe code.
+//! The older families of the history experiment live one per file: `nplm` (Bengio et al.
+//! 2003), `rnn` (Elman RNN and LSTM).
 
-pub mod amx;
+#![forbid(unsafe_code)]
+
 pub mod attention;
 pub mod block;
 pub mod config;
 pub mod embed;
 pub mod encoder_decoder;
-pub mod fused_attention;
 pub mod masked_lm;
 pub mod init;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
 pub mod nplm;
-pub mod ops;
 pub mod rnn;
 pub mod registry;
-pub mod sgemm;
 pub mod spec;
 pub mod transformer;
 

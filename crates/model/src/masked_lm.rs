@@ -85,7 +85,7 @@ impl MaskedLm {
             (Some(_), None) => candle_core::bail!("segment ids given to a masked LM without segment embeddings (model.nsp_head = false)"),
         };
         let x = match dropout_seed {
-            Some(seed) => crate::ops::dropout(&x, self.cfg.dropout, seed)?,
+            Some(seed) => ferrolm_kernels::dropout(&x, self.cfg.dropout, seed)?,
             None => x,
         };
         let bias = mask.bias(b, t, t, 0, ids.device())?;

@@ -36,7 +36,7 @@ impl Mlp {
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Gelu { fc, proj } => proj.forward(&crate::ops::gelu(&fc.forward(x)?)?),
+            Self::Gelu { fc, proj } => proj.forward(&ferrolm_kernels::gelu(&fc.forward(x)?)?),
             Self::SwiGlu { gate, up, down } => down.forward(&(gate.forward(x)?.silu()? * up.forward(x)?)?),
         }
     }

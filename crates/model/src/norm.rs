@@ -26,8 +26,8 @@ impl Norm {
 impl Module for Norm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Layer { weight, bias, eps } => crate::ops::layer_norm(x, weight, bias, *eps),
-            Self::Rms { weight, eps } => crate::ops::rms_norm(x, weight, *eps),
+            Self::Layer { weight, bias, eps } => ferrolm_kernels::layer_norm(x, weight, bias, *eps),
+            Self::Rms { weight, eps } => ferrolm_kernels::rms_norm(x, weight, *eps),
         }
     }
 }

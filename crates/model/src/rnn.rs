@@ -363,7 +363,7 @@ impl candle_core::CustomOp2 for RecurrenceOp {
 pub(crate) fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let y = x.matmul(&w.t()?)?;
     if y.dtype() == DType::F32 && y.device().is_cpu() {
-        crate::ops::add_bias(&y, b)
+        ferrolm_kernels::add_bias(&y, b)
     } else {
         y.broadcast_add(b)
     }
@@ -374,10 +374,10 @@ pub(crate) fn dropout(x: &Tensor, p: f32, seed: Option<u64>) -> Result<Tensor> {
     match seed {
         Some(s) if p > 0.0 => {
             if x.dtype() == DType::F32 {
-                crate::ops::dropout(x, p, s)
+                ferrolm_kernels::dropout(x, p, s)
             } else {
                 let ones = Tensor::ones(x.shape(), DType::F32, x.device())?;
-                x * crate::ops::dropout(&ones, p, s)?.to_dtype(x.dtype())?
+                x * ferrolm_kernels::dropout(&ones, p, s)?.to_dtype(x.dtype())?
             }
         }
         _ => Ok(x.clone()),

@@ -98,7 +98,7 @@ impl Transformer {
         let bias = if causal { None } else { mask.bias(b, t, offset + t, offset, ids.device())? };
         let dropout_seed = dropout_seed.filter(|_| self.cfg.dropout > 0.0);
         let x = match dropout_seed {
-            Some(s) => crate::ops::dropout(&x, self.cfg.dropout, s)?,
+            Some(s) => ferrolm_kernels::dropout(&x, self.cfg.dropout, s)?,
             None => x,
         };
         let inp = BlockInput { bias: bias.as_ref(), cross_bias: None, offset, rope: self.rope.as_ref(), memory: None, dropout_seed, causal };

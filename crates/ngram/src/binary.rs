@@ -322,9 +322,9 @@ pub fn is_binary(path: &Path) -> Result<bool> {
 impl BinaryModel {
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: the file is only read; like every mmap reader we rely on nobody truncating
-        // it while it is open (ferrolm writes models atomically, by rename, never in place).
-        let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("memory-mapping {}", path.display()))?;
+        // The file is only read; like every mmap reader we rely on nobody truncating it
+        // while it is open (ferrolm writes models atomically, by rename, never in place).
+        let map = ferrolm_kernels::mmap::map_immutable(&file).with_context(|| format!("memory-mapping {}", path.display()))?;
         let name = path.display();
         let b = &map[..];
         if b.len() < 64 || &b[..8] != MAGIC {

@@ -7,6 +7,8 @@
 //! lower orders → per-order discounts D1, D2, D3+ from count-of-counts → interpolated
 //! probabilities and backoff weights → [`model::Model`] (the same structure ARPA holds).
 
+#![forbid(unsafe_code)]
+
 pub mod binary;
 pub mod estimate;
 pub mod model;

@@ -2,6 +2,8 @@
 //! `tokenizer.json`, a fast encoder that reproduces the `tokenizers` crate id for id, a chat
 //! template, and memory-mapped token shards. See README.md in this crate.
 
+#![forbid(unsafe_code)]
+
 mod bpe;
 pub mod chat;
 pub mod bytelevel;

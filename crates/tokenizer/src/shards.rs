@@ -356,11 +356,11 @@ impl TokenShards {
                 path.display(),
                 s.tokens
             );
-            // SAFETY: shards are immutable once renamed into place; we only read them.
+            // Shards are immutable once renamed into place; we only read them.
             let map = if len == 0 {
                 None
             } else {
-                Some(unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?)
+                Some(ferrolm_kernels::mmap::map_immutable(&file).with_context(|| format!("cannot map {}", path.display()))?)
             };
             maps.push(map);
             starts.push(starts.last().unwrap() + s.tokens);

@@ -3,7 +3,7 @@
 //! Written back as `config.toml` in every run folder exactly as resolved.
 
 use anyhow::{bail, Context, Result};
-use ferrolm_model::amx::MatmulPrecision;
+use ferrolm_kernels::MatmulPrecision;
 use ferrolm_model::{ModelKind, ModelSpec, TransformerConfig};
 use serde::{Deserialize, Serialize};
 

@@ -127,7 +127,7 @@ fn global_norm(grads: &[Vec<f32>]) -> f64 {
         .collect::<Vec<_>>()
         .par_iter()
         .map(|c| {
-            ferrolm_model::ops::vectorized(
+            ferrolm_kernels::vectorized(
                 #[inline(always)]
                 || {
                     let mut lanes = [0f64; 8];
@@ -151,7 +151,7 @@ fn global_norm(grads: &[Vec<f32>]) -> f64 {
 fn update_elementwise(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], f: impl Fn(&mut f32, &mut f32, &mut f32, f32) + Sync) {
     use rayon::prelude::*;
     w.par_chunks_mut(CHUNK).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|(((w, m), v), g)| {
-        ferrolm_model::ops::vectorized(
+        ferrolm_kernels::vectorized(
             #[inline(always)]
             || {
                 for (((w, m), v), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {

@@ -289,9 +289,9 @@ impl BatchOutputs {
     /// The training loss: token cross-entropy, plus the next-sentence cross-entropy when
     /// the batch has sentence pairs (BERT's sum of the two).
     pub fn loss(&self) -> Result<Tensor> {
-        let mlm = ferrolm_model::ops::cross_entropy(&self.logits, &self.targets)?;
+        let mlm = ferrolm_kernels::cross_entropy(&self.logits, &self.targets)?;
         Ok(match &self.nsp {
-            Some((l, y)) => (mlm + ferrolm_model::ops::cross_entropy(l, y)?)?,
+            Some((l, y)) => (mlm + ferrolm_kernels::cross_entropy(l, y)?)?,
             None => mlm,
         })
     }

@@ -215,7 +215,7 @@ impl<M: CausalLm> TrainTask for LmTask<'_, M> {
         let batch = make_batch(self.train, &offsets, self.seq_len, &self.device)?;
         let dropout_seed = Some(step_seed(self.seed, step, micro, "dropout"));
         let logits = self.model.causal_logits(&batch.inputs, dropout_seed)?;
-        let loss = ferrolm_model::ops::cross_entropy(&logits.flatten_to(1)?, &batch.targets.flatten_all()?)?;
+        let loss = ferrolm_kernels::cross_entropy(&logits.flatten_to(1)?, &batch.targets.flatten_all()?)?;
         Ok((loss, self.batch_size * self.seq_len))
     }
 
@@ -252,7 +252,7 @@ impl<'a> Trainer<'a> {
         cfg.validate().map_err(|e| anyhow::anyhow!("invalid [train]: {e}"))?;
         // Process-wide (candle's matmul has no per-call setting): the run's precision
         // holds for its evaluations and for whatever the process does next.
-        if ferrolm_model::amx::set_matmul_precision(cfg.matmul_precision) != cfg.matmul_precision {
+        if ferrolm_kernels::set_matmul_precision(cfg.matmul_precision) != cfg.matmul_precision {
             tracing::warn!("train.matmul_precision = \"bf16\" needs AMX tiles, which this CPU lacks: matrix products stay f32");
         }
         std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;

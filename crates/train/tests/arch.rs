@@ -225,7 +225,7 @@ fn nsp_batch_shapes_and_tiny_overfit() {
     }
     let out = m.outputs(&batch, None).unwrap();
     let (nsp_logits, y) = out.nsp.as_ref().unwrap();
-    let nsp_loss = ferrolm_model::ops::cross_entropy(nsp_logits, y).unwrap().to_scalar::<f32>().unwrap();
+    let nsp_loss = ferrolm_kernels::cross_entropy(nsp_logits, y).unwrap().to_scalar::<f32>().unwrap();
     let last = out.loss().unwrap().to_scalar::<f32>().unwrap();
     assert!(last < 0.2 * first.unwrap(), "loss {first:?} → {last}");
     assert!(nsp_loss < 0.05, "the NSP head did not fit 8 labels: loss {nsp_loss}");

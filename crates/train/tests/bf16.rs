@@ -3,7 +3,8 @@
 //! rely on exact f32 products.
 
 use candle_core::Device;
-use ferrolm_model::amx::{amx_available, matmul_precision, MatmulPrecision};
+use ferrolm_kernels::amx::amx_available;
+use ferrolm_kernels::{matmul_precision, MatmulPrecision};
 use ferrolm_model::{BlockStyle, ModelSpec, TransformerConfig};
 use ferrolm_train::config::{RunConfig, Schedule, TrainConfig};
 use ferrolm_train::{start_run, ArchData};

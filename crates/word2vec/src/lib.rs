@@ -4,6 +4,8 @@
 //! random window shrink → negative sampling from a unigram^0.75 table → linear
 //! learning-rate decay over all epochs → word2vec text/binary output (gensim-readable).
 
+#![forbid(unsafe_code)]
+
 pub mod io;
 pub mod train;
 

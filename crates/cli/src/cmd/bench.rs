@@ -32,7 +32,7 @@ enum What {
         json: bool,
         /// Matrix-product precision: f32, or bf16 operands with f32 sums on AMX tiles.
         #[arg(long, default_value = "f32")]
-        matmul: ferrolm_model::amx::MatmulPrecision,
+        matmul: ferrolm_kernels::MatmulPrecision,
     },
     /// Training throughput of a recurrent LM (LSTM or Elman) with random tokens, for
     /// bench/history_torch.py (nn.LSTM / nn.RNN side by side).
@@ -136,7 +136,7 @@ pub fn run(args: Args) -> Result<()> {
         "steps": steps,
         "threads": candle_core::utils::get_num_threads(),
         "params": cfg.model.num_params(),
-        "matmul": format!("{:?}", ferrolm_model::amx::matmul_precision()).to_lowercase(),
+        "matmul": format!("{:?}", ferrolm_kernels::matmul_precision()).to_lowercase(),
         "tokens_per_sec": tokens_per_step * steps as f64 / total,
         "tokens_per_sec_median_step": tokens_per_step / (median / 1e3),
         "step_ms_median": median,

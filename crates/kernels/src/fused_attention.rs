@@ -7,19 +7,27 @@
 //! those steps into another copy (`narrow`'s gradient is a concatenation with zeros,
 //! a transpose's gradient a strided copy). Here each (sequence, key/value head) pair is
 //! one task: its queries, keys and values are read in place from the projection through
-//! strides (the `gemm` crate takes any row/column stride), scores live in a T×T scratch
-//! buffer, and the output is written in place into its columns. The backward pass
-//! recomputes the probabilities (as FlashAttention does) instead of keeping them, and
-//! writes dQ, dK and dV straight into the gradient of the projection.
+//! strides (the products take any row/column stride), scores live in a T×T buffer, and
+//! the output is written in place into its columns. Causal row blocks skip the products
+//! above the diagonal.
+//!
+//! The forward pass keeps the probabilities of every head for the backward pass while they
+//! fit in [`KEEP_PROBS_MAX`] floats (64 MiB a layer); the backward reads them, and only
+//! when they were not kept (long contexts, or a second backward through the same graph)
+//! recomputes them from Q and K as FlashAttention does. It writes dQ, dK and dV straight
+//! into the gradient of the projection. Every product goes through the one precision
+//! dispatch ([`crate::matmul::matmul`], on the calling task's thread).
 //!
 //! Covers causal or bidirectional self-attention with grouped-query heads, without a
 //! bias/segment mask, KV cache or attention dropout; other cases take the composed path.
 
-use candle_core::backend::BackendStorage;
+use crate::cpu::{contiguous_f32, output_buffer};
+use crate::matmul::{matmul, Threads};
+use crate::ptr::{SendPtr, Strided};
+use crate::simd::{lane_dot, vectorized};
+use crate::softmax::softmax_row;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
-
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -55,57 +63,18 @@ impl Dims {
     }
 }
 
-/// A raw pointer that tasks on other threads may write through: every task writes a
-/// disjoint set of columns, which is what makes the sharing sound.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-/// dst (m×n, strides rs/cs) := [dst +] lhs · rhs, single-threaded (tasks are already parallel).
+/// `dst (m×n, row stride dst_rs) := [dst +] scale · lhs · rhs` on this thread (tasks are
+/// already parallel), with the operands given as (pointer, row stride, column stride).
+///
+/// # Safety
+/// As for [`matmul`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    dst_cs: usize,
-    accumulate: bool,
-    lhs: *const f32,
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: *const f32,
-    rhs_rs: usize,
-    rhs_cs: usize,
-    scale: f32,
-) {
-    if crate::amx::matmul_precision() == crate::amx::MatmulPrecision::Bf16 && dst_cs == 1 {
-        let a = crate::amx::Strided { ptr: lhs, rs: lhs_rs as isize, cs: lhs_cs as isize };
-        let b = crate::amx::Strided { ptr: rhs, rs: rhs_rs as isize, cs: rhs_cs as isize };
-        return crate::amx::gemm_bf16(m, n, k, a, b, dst, dst_rs, accumulate, scale, false);
-    }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        dst_cs as isize,
-        dst_rs as isize,
-        accumulate,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        if accumulate { 1.0 } else { 0.0 },
-        scale,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
+#[inline(always)]
+unsafe fn mm(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, accumulate: bool, lhs: *const f32, lhs_rs: usize, lhs_cs: usize, rhs: *const f32, rhs_rs: usize, rhs_cs: usize, scale: f32) {
+    let a = Strided { ptr: lhs, rs: lhs_rs as isize, cs: lhs_cs as isize };
+    let b = Strided { ptr: rhs, rs: rhs_rs as isize, cs: rhs_cs as isize };
+    // SAFETY: the caller's contract is matmul's.
+    unsafe { matmul(m, n, k, a, b, dst, dst_rs, accumulate, scale, Threads::Caller) }
 }
 
 /// Query rows per block of causal attention. Row block [r0, r1) sees keys 0..r1 only,
@@ -129,19 +98,27 @@ fn row_blocks(dm: &Dims) -> impl Iterator<Item = (usize, usize, usize)> + use<> 
 /// P = softmax(scale · Q Kᵀ) for one head of one sequence, into `p` (T×T, row-major).
 /// Only each row block's visible columns are written (see [`row_blocks`]); in them the
 /// masked entries (j > i when causal) are exactly zero.
+///
+/// # Safety
+/// `base` must point at one sequence's projection rows (T rows of `dm.w()` floats), and
+/// `p` must hold T·T floats.
 unsafe fn probabilities(dm: &Dims, base: *const f32, head: usize, p: &mut [f32]) {
     let (t, w) = (dm.t, dm.w());
-    let q = base.add(dm.q_off(head));
-    let k = base.add(dm.k_off(head / dm.rep()));
+    // SAFETY: the head's query and key columns lie inside the sequence's rows (the caller's
+    // contract); the offsets are below one row's width.
+    let (q, k) = unsafe { (base.add(dm.q_off(head)), base.add(dm.k_off(head / dm.rep()))) };
     for (r0, r1, keys) in row_blocks(dm) {
         // S = Q · Kᵀ; Kᵀ's element (d, j) is k[j, d]: row stride 1, column stride w.
-        mm(r1 - r0, keys, dm.d, p.as_mut_ptr().add(r0 * t), t, 1, false, q.add(r0 * w), w, 1, k, 1, w, dm.scale);
-        crate::ops::vectorized(#[inline(always)] || {
+        // SAFETY: rows r0..r1 of Q and the first `keys` ≤ T rows of K lie inside the
+        // sequence; rows r0..r1 of p, `keys` ≤ T columns each, lie inside p (T·T floats),
+        // which this call borrows exclusively.
+        unsafe { mm(r1 - r0, keys, dm.d, p.as_mut_ptr().add(r0 * t), t, false, q.add(r0 * w), w, 1, k, 1, w, dm.scale) };
+        vectorized(#[inline(always)] || {
             for i in r0..r1 {
                 let row = &mut p[i * t..i * t + keys];
                 let visible = if dm.causal { i + 1 } else { t };
                 let (live, masked) = row.split_at_mut(visible);
-                crate::ops::softmax_row(live);
+                softmax_row(live);
                 masked.iter_mut().for_each(|x| *x = 0.0);
             }
         })
@@ -166,28 +143,40 @@ impl CustomOp1 for FusedSelfAttention {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dm = self.dims;
-        let qkv = contiguous(s, l, self.name())?;
+        let qkv = contiguous_f32(s, l, self.name())?;
         let (t, w, c) = (dm.t, dm.w(), dm.c());
         // Every head writes its d columns of every row (mm without accumulate).
-        let mut y = crate::ops::output_buffer(dm.b * t * c);
-        let out = SharedMut(y.as_mut_ptr());
+        let mut y = output_buffer(dm.b * t * c);
+        let out = SendPtr::new(y.as_mut_ptr());
         // Each task writes its own T×T block (only the parts the backward reads).
         let keep = dm.b * dm.h * t * t <= KEEP_PROBS_MAX;
-        let mut kept = if keep { crate::ops::output_buffer(dm.b * dm.h * t * t) } else { Vec::new() };
-        let kept_ptr = SharedMut(kept.as_mut_ptr());
+        let mut kept = if keep { output_buffer(dm.b * dm.h * t * t) } else { Vec::new() };
+        let kept_ptr = SendPtr::new(kept.as_mut_ptr());
         (0..dm.b * dm.h).into_par_iter().for_each_init(
             || if keep { Vec::new() } else { vec![0f32; t * t] },
             |scratch, task| {
                 let (bi, head) = (task / dm.h, task % dm.h);
-                let (out, kept_ptr) = (out, kept_ptr); // capture the Sync wrappers, not their raw fields
+                let p = if keep {
+                    // SAFETY: `kept` holds b·h blocks of T·T floats and task < b·h; each task
+                    // forms the slice of its own block only, so the slices are disjoint, and
+                    // `kept` outlives the parallel loop.
+                    unsafe { std::slice::from_raw_parts_mut(kept_ptr.add(task * t * t), t * t) }
+                } else {
+                    &mut scratch[..]
+                };
+                // SAFETY: qkv holds b sequences of T rows of w floats; bi < b.
+                let base = unsafe { qkv.as_ptr().add(bi * t * w) };
+                // SAFETY: base points at sequence bi's rows and p holds T·T floats.
+                unsafe { probabilities(&dm, base, head, p) };
+                // SAFETY: the value head's columns and the output columns of this (sequence,
+                // head) lie inside qkv and y (offsets below one row's width). Each task writes
+                // only its own d columns of its own sequence's rows of y, so no two tasks
+                // write the same element, and y outlives the loop.
                 unsafe {
-                    let p = if keep { std::slice::from_raw_parts_mut(kept_ptr.0.add(task * t * t), t * t) } else { &mut scratch[..] };
-                    let base = qkv.as_ptr().add(bi * t * w);
-                    probabilities(&dm, base, head, p);
                     let v = base.add(dm.v_off(head / dm.rep()));
-                    let dst = out.0.add(bi * t * c + head * dm.d);
+                    let dst = out.add(bi * t * c + head * dm.d);
                     for (r0, r1, keys) in row_blocks(&dm) {
-                        mm(r1 - r0, dm.d, keys, dst.add(r0 * c), c, 1, false, p.as_ptr().add(r0 * t), t, 1, v, w, 1, 1.0);
+                        mm(r1 - r0, dm.d, keys, dst.add(r0 * c), c, false, p.as_ptr().add(r0 * t), t, 1, v, w, 1, 1.0);
                     }
                 }
             },
@@ -216,12 +205,12 @@ impl CustomOp2 for FusedSelfAttentionBackward {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let dm = self.dims;
-        let qkv = contiguous(s1, l1, self.name())?;
-        let dy = contiguous(s2, l2, self.name())?;
+        let qkv = contiguous_f32(s1, l1, self.name())?;
+        let dy = contiguous_f32(s2, l2, self.name())?;
         let (t, w, c, d) = (dm.t, dm.w(), dm.c(), dm.d);
         // Every q, k and v column block is written by its first head (mm without accumulate).
-        let mut dqkv = crate::ops::output_buffer(dm.b * t * w);
-        let out = SharedMut(dqkv.as_mut_ptr());
+        let mut dqkv = output_buffer(dm.b * t * w);
+        let out = SendPtr::new(dqkv.as_mut_ptr());
         // One task per (sequence, key/value head): the query heads that share a key/value
         // head add into the same dK and dV, so they run in the same task.
         (0..dm.b * dm.kvh).into_par_iter().for_each_init(
@@ -229,10 +218,15 @@ impl CustomOp2 for FusedSelfAttentionBackward {
             || (if self.probs.is_some() { Vec::new() } else { vec![0f32; t * t] }, vec![0f32; t * t]),
             |(p, dp), task| {
                 let (bi, kv_head) = (task / dm.kvh, task % dm.kvh);
-                let out = out; // capture the Sync wrapper, not its raw field
+                // SAFETY: qkv, dy and dqkv hold b sequences (of T rows of w, c and w floats);
+                // bi < b, and every offset below stays inside sequence bi's rows. Each task
+                // writes only the q columns of its own query heads and the k and v columns of
+                // its own key/value head, in its own sequence's rows of dqkv, so no two tasks
+                // write the same element, and dqkv outlives the loop. The kept probabilities
+                // are read only; p and dp are this task's own T·T buffers.
                 unsafe {
                     let base = qkv.as_ptr().add(bi * t * w);
-                    let gbase = out.0.add(bi * t * w);
+                    let gbase = out.add(bi * t * w);
                     let k = base.add(dm.k_off(kv_head));
                     let v = base.add(dm.v_off(kv_head));
                     for (r, head) in (kv_head * dm.rep()..(kv_head + 1) * dm.rep()).enumerate() {
@@ -250,17 +244,17 @@ impl CustomOp2 for FusedSelfAttentionBackward {
                         // then dQ = dS · K; each over the row block's visible keys.
                         for (r0, r1, keys) in row_blocks(&dm) {
                             let (pb, dpb) = (&p[r0 * t..], &mut dp[r0 * t..]);
-                            mm(r1 - r0, keys, d, dpb.as_mut_ptr(), t, 1, false, g.add(r0 * c), c, 1, v, 1, w, 1.0);
-                            crate::ops::vectorized(#[inline(always)] || {
+                            mm(r1 - r0, keys, d, dpb.as_mut_ptr(), t, false, g.add(r0 * c), c, 1, v, 1, w, 1.0);
+                            vectorized(#[inline(always)] || {
                                 for (pr, dr) in pb.chunks(t).zip(dpb.chunks_mut(t)).take(r1 - r0) {
                                     let (pr, dr) = (&pr[..keys], &mut dr[..keys]);
-                                    let dot = crate::ops::lane_dot(pr, dr);
+                                    let dot = lane_dot(pr, dr);
                                     for (x, &pv) in dr.iter_mut().zip(pr) {
                                         *x = pv * (*x - dot) * dm.scale;
                                     }
                                 }
                             });
-                            mm(r1 - r0, d, keys, gbase.add(dm.q_off(head) + r0 * w), w, 1, false, dpb.as_ptr(), t, 1, k, w, 1, 1.0);
+                            mm(r1 - r0, d, keys, gbase.add(dm.q_off(head) + r0 * w), w, false, dpb.as_ptr(), t, 1, k, w, 1, 1.0);
                         }
                         // dV += Pᵀ · dY and dK += dSᵀ · Q, by key blocks: the keys of block
                         // [c0, c1) are seen by the rows c0.. of every later row block, whose
@@ -268,9 +262,9 @@ impl CustomOp2 for FusedSelfAttentionBackward {
                         for (c0, c1, _) in row_blocks(&dm) {
                             let rows = if dm.causal { c0 } else { 0 };
                             let (pt, dst) = (p.as_ptr().add(rows * t + c0), dm.v_off(kv_head) + c0 * w);
-                            mm(c1 - c0, d, t - rows, gbase.add(dst), w, 1, !first, pt, 1, t, g.add(rows * c), c, 1, 1.0);
+                            mm(c1 - c0, d, t - rows, gbase.add(dst), w, !first, pt, 1, t, g.add(rows * c), c, 1, 1.0);
                             let (st, dst) = (dp.as_ptr().add(rows * t + c0), dm.k_off(kv_head) + c0 * w);
-                            mm(c1 - c0, d, t - rows, gbase.add(dst), w, 1, !first, st, 1, t, q.add(rows * w), w, 1, 1.0);
+                            mm(c1 - c0, d, t - rows, gbase.add(dst), w, !first, st, 1, t, q.add(rows * w), w, 1, 1.0);
                         }
                     }
                 }
@@ -280,23 +274,12 @@ impl CustomOp2 for FusedSelfAttentionBackward {
     }
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("{op}: only f32 is implemented on CPU, got {:?}", s.dtype()),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
-}
-
 /// Self-attention of `qkv` (batch, T, (H + 2·KVH)·D), laid out as the fused projection
 /// writes it (all query heads, then key heads, then value heads), to (batch, T, H·D):
 /// softmax(Q Kᵀ / √D) V per head, causal or bidirectional. CPU, f32.
 pub fn fused_self_attention(qkv: &Tensor, n_heads: usize, n_kv_heads: usize, head_dim: usize, causal: bool) -> Result<Tensor> {
     let (b, t, width) = qkv.dims3()?;
-    if width != (n_heads + 2 * n_kv_heads) * head_dim || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+    if width != (n_heads + 2 * n_kv_heads) * head_dim || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         candle_core::bail!("fused attention: width {width} does not fit {n_heads} heads, {n_kv_heads} kv heads of {head_dim}");
     }
     let dims = Dims { b, t, h: n_heads, kvh: n_kv_heads, d: head_dim, causal, scale: 1.0 / (head_dim as f32).sqrt() };
@@ -306,6 +289,7 @@ pub fn fused_self_attention(qkv: &Tensor, n_heads: usize, n_kv_heads: usize, hea
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::max_diff;
     use candle_core::{Device, Var, D};
 
     /// The composed reference: split, heads to the front, softmax(QKᵀ·s + mask)·V.
@@ -329,10 +313,6 @@ mod tests {
         // candle-nn's composed softmax (its fused one has no backward).
         let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
         p.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
     #[test]

@@ -13,66 +13,8 @@
 //! m, n, k and any strides work. Each task computes 32×32 blocks of C with four f32
 //! accumulator tiles (tmm0–3), two A tiles (tmm4–5) and two B tiles (tmm6–7).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use crate::ptr::{SendPtr, Strided};
 use std::sync::OnceLock;
-
-/// How f32 matrix products are computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MatmulPrecision {
-    /// Plain f32 (the `gemm` crate's kernels). The default.
-    #[default]
-    F32,
-    /// Operands rounded to bf16, f32 accumulation, on AMX tiles when the CPU has them;
-    /// elsewhere this falls back to f32 (see [`set_matmul_precision`]).
-    Bf16,
-}
-
-impl std::str::FromStr for MatmulPrecision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            other => Err(format!("matmul precision must be \"f32\" or \"bf16\", got {other:?}")),
-        }
-    }
-}
-
-static MODE: AtomicU8 = AtomicU8::new(0);
-
-/// Sets the process-wide precision of f32 matrix products (candle's `matmul` and the fused
-/// attention op) and returns the one in effect: `Bf16` needs AMX, so on other CPUs the
-/// answer is `F32`. Process-wide because candle's matmul has no per-call option.
-pub fn set_matmul_precision(p: MatmulPrecision) -> MatmulPrecision {
-    let effective = if p == MatmulPrecision::Bf16 && amx_available() {
-        MatmulPrecision::Bf16
-    } else {
-        MatmulPrecision::F32
-    };
-    match effective {
-        MatmulPrecision::Bf16 => {
-            MODE.store(1, Ordering::SeqCst);
-            candle_core::cpu_backend::set_f32_gemm_hook(Some(candle_hook));
-        }
-        MatmulPrecision::F32 => {
-            MODE.store(0, Ordering::SeqCst);
-            // Exact f32: gemm's kernels, with batches of small products (attention heads
-            // outside the fused op) spread one per task (see sgemm.rs).
-            candle_core::cpu_backend::set_f32_gemm_hook(Some(crate::sgemm::candle_hook));
-        }
-    }
-    effective
-}
-
-/// The precision now in effect.
-pub fn matmul_precision() -> MatmulPrecision {
-    if MODE.load(Ordering::Relaxed) == 1 {
-        MatmulPrecision::Bf16
-    } else {
-        MatmulPrecision::F32
-    }
-}
 
 /// Whether this CPU and OS let the process use AMX bf16 tiles. Linux hands out the tile
 /// state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), once
@@ -113,48 +55,36 @@ fn detect() -> bool {
 
 /// Products smaller than this many multiply-adds stay on the f32 path: packing costs more
 /// than the tiles save, and tiny products (one decoding step) gain nothing.
-pub(crate) const MIN_WORK: usize = 1 << 15;
+pub const MIN_WORK: usize = 1 << 15;
 
 /// The hook candle's matmul calls for f32 in bf16 mode (see vendor/candle-core/FERROLM-PATCH.md).
-unsafe fn candle_hook(p: candle_core::cpu_backend::F32Gemm) -> bool {
+pub(crate) unsafe fn candle_hook(p: candle_core::cpu_backend::F32Gemm) -> bool {
     use rayon::prelude::*;
-    let (m, n, k) = (p.m, p.n, p.k);
-    if m * n * k < MIN_WORK || p.dst_rs < n as isize {
-        return crate::sgemm::candle_hook(p);
+    // SAFETY: candle's hook contract: the pointers, strides and skips of `p` describe the operands
+    // and destinations of `p.batch` products (dst aliasing neither), and Bf16 mode (the only one
+    // that installs this hook) was set after AMX was found available; each item writes only
+    // its own destination block.
+    unsafe {
+        let (m, n, k) = (p.m, p.n, p.k);
+        if m * n * k < MIN_WORK || p.dst_rs < n as isize {
+            return crate::sgemm::candle_hook(p);
+        }
+        let (dst, dst_rs, dst_skip) = (SendPtr::new(p.dst), p.dst_rs as usize, p.dst_skip);
+        let (a, a_skip) = (Strided { ptr: p.lhs, rs: p.lhs_rs, cs: p.lhs_cs }, p.lhs_skip);
+        let (b, b_skip) = (Strided { ptr: p.rhs, rs: p.rhs_rs, cs: p.rhs_cs }, p.rhs_skip);
+        let item = |i: usize, parallel: bool| {
+            gemm_bf16(m, n, k, a.skip(i * a_skip), b.skip(i * b_skip), dst.add(i * dst_skip), dst_rs, false, 1.0, parallel);
+        };
+        // A batch at least as large as the pool (attention heads) runs one item per task;
+        // otherwise each product spreads its own blocks over the pool.
+        if p.batch >= rayon::current_num_threads() {
+            (0..p.batch).into_par_iter().for_each(|i| item(i, false));
+        } else {
+            (0..p.batch).for_each(|i| item(i, true));
+        }
+        true
     }
-    let (dst, dst_rs, dst_skip) = (DstPtr(p.dst), p.dst_rs as usize, p.dst_skip);
-    let (a, a_skip) = (Strided { ptr: p.lhs, rs: p.lhs_rs, cs: p.lhs_cs }, p.lhs_skip);
-    let (b, b_skip) = (Strided { ptr: p.rhs, rs: p.rhs_rs, cs: p.rhs_cs }, p.rhs_skip);
-    let item = |i: usize, parallel: bool| {
-        let (a, b, dst) = (a, b, dst); // whole (Send) structs, not their pointer fields
-        let a = Strided { ptr: a.ptr.add(i * a_skip), ..a };
-        let b = Strided { ptr: b.ptr.add(i * b_skip), ..b };
-        gemm_bf16(m, n, k, a, b, dst.0.add(i * dst_skip), dst_rs, false, 1.0, parallel);
-    };
-    // A batch at least as large as the pool (attention heads) runs one item per task;
-    // otherwise each product spreads its own blocks over the pool.
-    if p.batch >= rayon::current_num_threads() {
-        (0..p.batch).into_par_iter().for_each(|i| item(i, false));
-    } else {
-        (0..p.batch).for_each(|i| item(i, true));
-    }
-    true
 }
-
-/// A read-only f32 matrix given by its first element and strides (in elements).
-#[derive(Clone, Copy)]
-pub struct Strided {
-    pub ptr: *const f32,
-    pub rs: isize,
-    pub cs: isize,
-}
-unsafe impl Send for Strided {}
-unsafe impl Sync for Strided {}
-
-#[derive(Clone, Copy)]
-struct DstPtr(*mut f32);
-unsafe impl Send for DstPtr {}
-unsafe impl Sync for DstPtr {}
 
 const TM: usize = 16; // rows of an A tile and of a C tile
 const TK: usize = 32; // bf16 values along k in a tile row (64 bytes)
@@ -221,14 +151,17 @@ pub unsafe fn gemm_bf16(
     scale: f32,
     parallel: bool,
 ) {
-    PACKED.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut bufs) => {
-            let (ap, bp) = &mut *bufs;
-            gemm_bf16_in(m, n, k, a, b, dst, dst_rs, accumulate, scale, parallel, ap, bp)
-        }
-        // Re-entered on this thread (a rayon job stolen while waiting): use fresh buffers.
-        Err(_) => gemm_bf16_in(m, n, k, a, b, dst, dst_rs, accumulate, scale, parallel, &mut Vec::new(), &mut Vec::new()),
-    })
+    // SAFETY: the caller's contract is gemm_bf16_in's; the buffers are this thread's own.
+    unsafe {
+        PACKED.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut bufs) => {
+                let (ap, bp) = &mut *bufs;
+                gemm_bf16_in(m, n, k, a, b, dst, dst_rs, accumulate, scale, parallel, ap, bp)
+            }
+            // Re-entered on this thread (a rayon job stolen while waiting): use fresh buffers.
+            Err(_) => gemm_bf16_in(m, n, k, a, b, dst, dst_rs, accumulate, scale, parallel, &mut Vec::new(), &mut Vec::new()),
+        })
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -247,71 +180,78 @@ unsafe fn gemm_bf16_in(
     bp: &mut Vec<Tile>,
 ) {
     use rayon::prelude::*;
-    // Tile counts rounded up to even: every task then runs the same 2×2 kernel, and the
-    // padding tiles are zeros that only cost a little work on the edges.
-    let mt = m.div_ceil(TM).next_multiple_of(2);
-    let nt = n.div_ceil(TN).next_multiple_of(2);
-    let kt = k.div_ceil(TK).max(1);
-    ap.resize(mt * kt, Tile([0; TILE]));
-    bp.resize(nt * kt, Tile([0; TILE]));
-    let (ap, bp) = (flat(&mut ap[..mt * kt]), flat(&mut bp[..nt * kt]));
-    let pack_a_tile = |(mi, panel): (usize, &mut [u16])| pack_a(panel, a, m, k, mi, kt);
-    let pack_b_tile = |(ni, panel): (usize, &mut [u16])| pack_b(panel, b, k, n, ni, kt);
-    if parallel {
-        ap.par_chunks_mut(kt * TILE).enumerate().for_each(pack_a_tile);
-        bp.par_chunks_mut(kt * TILE).enumerate().for_each(pack_b_tile);
-    } else {
-        ap.chunks_mut(kt * TILE).enumerate().for_each(pack_a_tile);
-        bp.chunks_mut(kt * TILE).enumerate().for_each(pack_b_tile);
-    }
-    let (mb, nb) = (mt / 2, nt / 2);
-    let blocks = mb * nb;
-    let out = DstPtr(dst);
-    let (ap, bp) = (&ap[..], &bp[..]);
-    let run = |range: std::ops::Range<usize>| {
-        let out = out;
-        let _tiles = TileState::load();
-        #[repr(C, align(64))]
-        struct Scratch([f32; 4 * TM * TN]); // one 32×32 block, row-major
-        let mut scratch = Scratch([0f32; 4 * TM * TN]);
-        let scratch = &mut scratch.0;
-        for blk in range {
-            // m-major: consecutive blocks reuse the same A panels from cache.
-            let (bi, bj) = (blk / nb, blk % nb);
-            let a0 = ap.as_ptr().add(2 * bi * kt * TILE);
-            let a1 = a0.add(kt * TILE);
-            let b0 = bp.as_ptr().add(2 * bj * kt * TILE);
-            let b1 = b0.add(kt * TILE);
-            let (r0, c0) = (2 * bi * TM, 2 * bj * TN);
-            if r0 + 2 * TM <= m && c0 + 2 * TN <= n && scale == 1.0 {
-                // A full 32×32 block: the tiles load from and store to dst directly (no
-                // scratch copy; 10% of a small model's step went into that copy).
-                block_2x2(a0, a1, b0, b1, kt, out.0.add(r0 * dst_rs + c0), dst_rs, accumulate);
-                continue;
-            }
-            // An edge block: computed into scratch, then its part inside C copied or added.
-            block_2x2(a0, a1, b0, b1, kt, scratch.as_mut_ptr(), 2 * TN, false);
-            if r0 < m && c0 < n {
-                let (rows, cols) = ((m - r0).min(2 * TM), (n - c0).min(2 * TN));
-                for r in 0..rows {
-                    let d = std::slice::from_raw_parts_mut(out.0.add((r0 + r) * dst_rs + c0), cols);
-                    let s = &scratch[r * 2 * TN..r * 2 * TN + cols];
-                    if accumulate {
-                        d.iter_mut().zip(s).for_each(|(d, s)| *d += scale * s);
-                    } else if scale == 1.0 {
-                        d.copy_from_slice(s);
-                    } else {
-                        d.iter_mut().zip(s).for_each(|(d, s)| *d = scale * s);
+    // SAFETY: the caller guarantees that A, B and dst cover the matrices their strides
+    // describe and that AMX is available. Packed panels hold mt·kt and nt·kt whole tiles,
+    // so the tile pointers stay inside them; full blocks are stored straight into dst only
+    // when the whole 32×32 block lies inside C, edge blocks go through scratch and only their
+    // part inside C is copied; the tasks' block ranges are disjoint, so no two threads write
+    // the same element of dst.
+    unsafe {
+        // Tile counts rounded up to even: every task then runs the same 2×2 kernel, and the
+        // padding tiles are zeros that only cost a little work on the edges.
+        let mt = m.div_ceil(TM).next_multiple_of(2);
+        let nt = n.div_ceil(TN).next_multiple_of(2);
+        let kt = k.div_ceil(TK).max(1);
+        ap.resize(mt * kt, Tile([0; TILE]));
+        bp.resize(nt * kt, Tile([0; TILE]));
+        let (ap, bp) = (flat(&mut ap[..mt * kt]), flat(&mut bp[..nt * kt]));
+        let pack_a_tile = |(mi, panel): (usize, &mut [u16])| pack_a(panel, a, m, k, mi, kt);
+        let pack_b_tile = |(ni, panel): (usize, &mut [u16])| pack_b(panel, b, k, n, ni, kt);
+        if parallel {
+            ap.par_chunks_mut(kt * TILE).enumerate().for_each(pack_a_tile);
+            bp.par_chunks_mut(kt * TILE).enumerate().for_each(pack_b_tile);
+        } else {
+            ap.chunks_mut(kt * TILE).enumerate().for_each(pack_a_tile);
+            bp.chunks_mut(kt * TILE).enumerate().for_each(pack_b_tile);
+        }
+        let (mb, nb) = (mt / 2, nt / 2);
+        let blocks = mb * nb;
+        let out = SendPtr::new(dst);
+        let (ap, bp) = (&ap[..], &bp[..]);
+        let run = |range: std::ops::Range<usize>| {
+            let _tiles = TileState::load();
+            #[repr(C, align(64))]
+            struct Scratch([f32; 4 * TM * TN]); // one 32×32 block, row-major
+            let mut scratch = Scratch([0f32; 4 * TM * TN]);
+            let scratch = &mut scratch.0;
+            for blk in range {
+                // m-major: consecutive blocks reuse the same A panels from cache.
+                let (bi, bj) = (blk / nb, blk % nb);
+                let a0 = ap.as_ptr().add(2 * bi * kt * TILE);
+                let a1 = a0.add(kt * TILE);
+                let b0 = bp.as_ptr().add(2 * bj * kt * TILE);
+                let b1 = b0.add(kt * TILE);
+                let (r0, c0) = (2 * bi * TM, 2 * bj * TN);
+                if r0 + 2 * TM <= m && c0 + 2 * TN <= n && scale == 1.0 {
+                    // A full 32×32 block: the tiles load from and store to dst directly (no
+                    // scratch copy; 10% of a small model's step went into that copy).
+                    block_2x2(a0, a1, b0, b1, kt, out.add(r0 * dst_rs + c0), dst_rs, accumulate);
+                    continue;
+                }
+                // An edge block: computed into scratch, then its part inside C copied or added.
+                block_2x2(a0, a1, b0, b1, kt, scratch.as_mut_ptr(), 2 * TN, false);
+                if r0 < m && c0 < n {
+                    let (rows, cols) = ((m - r0).min(2 * TM), (n - c0).min(2 * TN));
+                    for r in 0..rows {
+                        let d = std::slice::from_raw_parts_mut(out.add((r0 + r) * dst_rs + c0), cols);
+                        let s = &scratch[r * 2 * TN..r * 2 * TN + cols];
+                        if accumulate {
+                            d.iter_mut().zip(s).for_each(|(d, s)| *d += scale * s);
+                        } else if scale == 1.0 {
+                            d.copy_from_slice(s);
+                        } else {
+                            d.iter_mut().zip(s).for_each(|(d, s)| *d = scale * s);
+                        }
                     }
                 }
             }
+        };
+        if parallel && blocks > 1 {
+            let tasks = (rayon::current_num_threads() * 4).min(blocks);
+            (0..tasks).into_par_iter().for_each(|t| run(t * blocks / tasks..(t + 1) * blocks / tasks));
+        } else {
+            run(0..blocks);
         }
-    };
-    if parallel && blocks > 1 {
-        let tasks = (rayon::current_num_threads() * 4).min(blocks);
-        (0..tasks).into_par_iter().for_each(|t| run(t * blocks / tasks..(t + 1) * blocks / tasks));
-    } else {
-        run(0..blocks);
     }
 }
 
@@ -320,7 +260,11 @@ unsafe fn gemm_bf16_in(
 #[inline(always)]
 unsafe fn row_offsets() -> std::arch::x86_64::__m512i {
     use std::arch::x86_64::*;
-    _mm512_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960)
+    // SAFETY: AVX-512 F is present: callers are compiled for it and run only after AMX detection,
+    // which requires it.
+    unsafe {
+        _mm512_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960)
+    }
 }
 
 /// Mask of the first `n` (≤ 16) lanes.
@@ -340,11 +284,15 @@ fn lanes(n: usize) -> u16 {
 #[inline]
 unsafe fn load_bf16_lo(p: *const f32, n: usize) -> std::arch::x86_64::__m512i {
     use std::arch::x86_64::*;
-    if n == 0 {
-        return _mm512_setzero_si512();
+    // SAFETY: the caller guarantees that the first `n` floats at `p` are readable; the
+    // masked load touches no other lane.
+    unsafe {
+        if n == 0 {
+            return _mm512_setzero_si512();
+        }
+        let v = _mm512_maskz_loadu_ps(lanes(n), p);
+        _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)))
     }
-    let v = _mm512_maskz_loadu_ps(lanes(n), p);
-    _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)))
 }
 
 /// Row panel `mi` of A (rows mi·16 .. +16) as kt tiles of 16×32 bf16, zero-padded. Every
@@ -354,42 +302,47 @@ unsafe fn load_bf16_lo(p: *const f32, n: usize) -> std::arch::x86_64::__m512i {
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 unsafe fn pack_a(panel: &mut [u16], a: Strided, m: usize, k: usize, mi: usize, kt: usize) {
     use std::arch::x86_64::*;
-    let rows = m.saturating_sub(mi * TM).min(TM);
-    if rows == 0 {
-        panel.fill(0);
-        return;
-    }
-    let out = panel.as_mut_ptr();
-    let base = a.ptr.offset((mi * TM) as isize * a.rs);
-    if a.cs == 1 {
-        // Row-major: 32 consecutive k of a row are one 64-byte tile row.
-        for r in 0..TM {
-            let src = base.offset(r as isize * a.rs);
+    // SAFETY: the caller guarantees that A covers m×k elements through its strides and that
+    // the panel holds kt tiles; rows ≥ `rows` and k past `k` are masked or zero-filled, never
+    // read, and every store lands inside the panel (tile ki, row r < 16, 64 bytes).
+    unsafe {
+        let rows = m.saturating_sub(mi * TM).min(TM);
+        if rows == 0 {
+            panel.fill(0);
+            return;
+        }
+        let out = panel.as_mut_ptr();
+        let base = a.ptr.offset((mi * TM) as isize * a.rs);
+        if a.cs == 1 {
+            // Row-major: 32 consecutive k of a row are one 64-byte tile row.
+            for r in 0..TM {
+                let src = base.offset(r as isize * a.rs);
+                for ki in 0..kt {
+                    let dst = out.add(ki * TILE + r * TK) as *mut __m512i;
+                    let left = if r < rows { k - ki * TK } else { 0 };
+                    let lo = _mm512_maskz_loadu_ps(lanes(left), src.add(ki * TK));
+                    let hi = _mm512_maskz_loadu_ps(lanes(left.saturating_sub(16)), src.add(ki * TK + 16));
+                    _mm512_storeu_si512(dst, std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+                }
+            }
+        } else if a.rs == 1 {
+            // Column-major (a transposed view): k and k+1 of 16 rows are two contiguous runs;
+            // interleaved they are one 4-byte column of the tile, scattered down its rows.
             for ki in 0..kt {
-                let dst = out.add(ki * TILE + r * TK) as *mut __m512i;
-                let left = if r < rows { k - ki * TK } else { 0 };
-                let lo = _mm512_maskz_loadu_ps(lanes(left), src.add(ki * TK));
-                let hi = _mm512_maskz_loadu_ps(lanes(left.saturating_sub(16)), src.add(ki * TK + 16));
-                _mm512_storeu_si512(dst, std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+                for p in 0..TK / 2 {
+                    let kk = ki * TK + 2 * p;
+                    let even = load_bf16_lo(base.offset(kk as isize * a.cs), if kk < k { rows } else { 0 });
+                    let odd = load_bf16_lo(base.offset((kk + 1) as isize * a.cs), if kk + 1 < k { rows } else { 0 });
+                    let pair = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
+                    _mm512_i32scatter_epi32::<1>(out.add(ki * TILE + 2 * p) as *mut _, row_offsets(), pair);
+                }
             }
-        }
-    } else if a.rs == 1 {
-        // Column-major (a transposed view): k and k+1 of 16 rows are two contiguous runs;
-        // interleaved they are one 4-byte column of the tile, scattered down its rows.
-        for ki in 0..kt {
-            for p in 0..TK / 2 {
-                let kk = ki * TK + 2 * p;
-                let even = load_bf16_lo(base.offset(kk as isize * a.cs), if kk < k { rows } else { 0 });
-                let odd = load_bf16_lo(base.offset((kk + 1) as isize * a.cs), if kk + 1 < k { rows } else { 0 });
-                let pair = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
-                _mm512_i32scatter_epi32::<1>(out.add(ki * TILE + 2 * p) as *mut _, row_offsets(), pair);
-            }
-        }
-    } else {
-        panel.fill(0);
-        for r in 0..rows {
-            for kk in 0..k {
-                panel[(kk / TK) * TILE + r * TK + kk % TK] = to_bf16(*base.offset(r as isize * a.rs + kk as isize * a.cs));
+        } else {
+            panel.fill(0);
+            for r in 0..rows {
+                for kk in 0..k {
+                    panel[(kk / TK) * TILE + r * TK + kk % TK] = to_bf16(*base.offset(r as isize * a.rs + kk as isize * a.cs));
+                }
             }
         }
     }
@@ -403,43 +356,48 @@ unsafe fn pack_a(panel: &mut [u16], a: Strided, m: usize, k: usize, mi: usize, k
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 unsafe fn pack_b(panel: &mut [u16], b: Strided, k: usize, n: usize, ni: usize, kt: usize) {
     use std::arch::x86_64::*;
-    let cols = n.saturating_sub(ni * TN).min(TN);
-    if cols == 0 {
-        panel.fill(0);
-        return;
-    }
-    let out = panel.as_mut_ptr();
-    let base = b.ptr.offset((ni * TN) as isize * b.cs);
-    if b.cs == 1 {
-        // Row-major: rows k and k+1 interleaved are one 64-byte tile row.
-        for ki in 0..kt {
-            for p in 0..TK / 2 {
-                let kk = ki * TK + 2 * p;
-                let even = load_bf16_lo(base.offset(kk as isize * b.rs), if kk < k { cols } else { 0 });
-                let odd = load_bf16_lo(base.offset((kk + 1) as isize * b.rs), if kk + 1 < k { cols } else { 0 });
-                let pair = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
-                _mm512_storeu_si512(out.add(ki * TILE + p * TK) as *mut __m512i, pair);
-            }
+    // SAFETY: the caller guarantees that B covers k×n elements through its strides and that
+    // the panel holds kt tiles; columns ≥ `cols` and k past `k` are masked or zero-filled,
+    // never read, and every store lands inside the panel (tile ki, row < 16, 64 bytes).
+    unsafe {
+        let cols = n.saturating_sub(ni * TN).min(TN);
+        if cols == 0 {
+            panel.fill(0);
+            return;
         }
-    } else if b.rs == 1 {
-        // Column-major (the transposed weight of a linear layer): 32 consecutive k of a
-        // column convert to 16 bf16 pairs, one per tile row, scattered down the column.
-        for c in 0..TN {
-            let src = base.offset(c as isize * b.cs);
+        let out = panel.as_mut_ptr();
+        let base = b.ptr.offset((ni * TN) as isize * b.cs);
+        if b.cs == 1 {
+            // Row-major: rows k and k+1 interleaved are one 64-byte tile row.
             for ki in 0..kt {
-                let left = if c < cols { k - ki * TK } else { 0 };
-                let lo = _mm512_maskz_loadu_ps(lanes(left), src.add(ki * TK));
-                let hi = _mm512_maskz_loadu_ps(lanes(left.saturating_sub(16)), src.add(ki * TK + 16));
-                let pairs = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
-                _mm512_i32scatter_epi32::<1>(out.add(ki * TILE + 2 * c) as *mut _, row_offsets(), pairs);
+                for p in 0..TK / 2 {
+                    let kk = ki * TK + 2 * p;
+                    let even = load_bf16_lo(base.offset(kk as isize * b.rs), if kk < k { cols } else { 0 });
+                    let odd = load_bf16_lo(base.offset((kk + 1) as isize * b.rs), if kk + 1 < k { cols } else { 0 });
+                    let pair = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
+                    _mm512_storeu_si512(out.add(ki * TILE + p * TK) as *mut __m512i, pair);
+                }
             }
-        }
-    } else {
-        panel.fill(0);
-        for kk in 0..k {
-            for c in 0..cols {
-                panel[(kk / TK) * TILE + ((kk % TK) / 2) * TK + 2 * c + (kk & 1)] =
-                    to_bf16(*base.offset(kk as isize * b.rs + c as isize * b.cs));
+        } else if b.rs == 1 {
+            // Column-major (the transposed weight of a linear layer): 32 consecutive k of a
+            // column convert to 16 bf16 pairs, one per tile row, scattered down the column.
+            for c in 0..TN {
+                let src = base.offset(c as isize * b.cs);
+                for ki in 0..kt {
+                    let left = if c < cols { k - ki * TK } else { 0 };
+                    let lo = _mm512_maskz_loadu_ps(lanes(left), src.add(ki * TK));
+                    let hi = _mm512_maskz_loadu_ps(lanes(left.saturating_sub(16)), src.add(ki * TK + 16));
+                    let pairs = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                    _mm512_i32scatter_epi32::<1>(out.add(ki * TILE + 2 * c) as *mut _, row_offsets(), pairs);
+                }
+            }
+        } else {
+            panel.fill(0);
+            for kk in 0..k {
+                for c in 0..cols {
+                    panel[(kk / TK) * TILE + ((kk % TK) / 2) * TK + 2 * c + (kk & 1)] =
+                        to_bf16(*base.offset(kk as isize * b.rs + c as isize * b.cs));
+                }
             }
         }
     }
@@ -488,6 +446,8 @@ impl TileState {
 
 impl Drop for TileState {
     fn drop(&mut self) {
+        // SAFETY: this thread loaded a tile configuration in `load`; releasing it only
+        // clears the tile registers, which nothing uses after this guard.
         #[cfg(target_arch = "x86_64")]
         unsafe {
             std::arch::asm!("tilerelease", options(nostack, nomem));
@@ -502,48 +462,53 @@ impl Drop for TileState {
 #[allow(clippy::too_many_arguments)]
 unsafe fn block_2x2(a0: *const u16, a1: *const u16, b0: *const u16, b1: *const u16, kt: usize, c: *mut f32, ld: usize, accumulate: bool) {
     use std::arch::asm;
-    let stride = 64usize;
-    let cs = ld * 4;
-    let (c0, c1, c2, c3) = (c, c.add(TN), c.add(TM * ld), c.add(TM * ld + TN));
-    if accumulate {
+    // SAFETY: the caller guarantees that the four A/B panels hold kt tiles each and that the
+    // 32×32 block at `c` (row stride `ld`) is writable (and initialised when accumulating); the
+    // tile registers were configured by this thread's TileState.
+    unsafe {
+        let stride = 64usize;
+        let cs = ld * 4;
+        let (c0, c1, c2, c3) = (c, c.add(TN), c.add(TM * ld), c.add(TM * ld + TN));
+        if accumulate {
+            asm!(
+                "tileloadd tmm0, [{c0} + {s}*1]",
+                "tileloadd tmm1, [{c1} + {s}*1]",
+                "tileloadd tmm2, [{c2} + {s}*1]",
+                "tileloadd tmm3, [{c3} + {s}*1]",
+                c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) cs,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+        }
+        for ki in 0..kt {
+            let off = ki * TILE;
+            asm!(
+                "tileloadd tmm4, [{a0} + {s}*1]",
+                "tileloadd tmm6, [{b0} + {s}*1]",
+                "tileloadd tmm5, [{a1} + {s}*1]",
+                "tileloadd tmm7, [{b1} + {s}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0.add(off),
+                a1 = in(reg) a1.add(off),
+                b0 = in(reg) b0.add(off),
+                b1 = in(reg) b1.add(off),
+                s = in(reg) stride,
+                options(nostack, readonly),
+            );
+        }
         asm!(
-            "tileloadd tmm0, [{c0} + {s}*1]",
-            "tileloadd tmm1, [{c1} + {s}*1]",
-            "tileloadd tmm2, [{c2} + {s}*1]",
-            "tileloadd tmm3, [{c3} + {s}*1]",
+            "tilestored [{c0} + {s}*1], tmm0",
+            "tilestored [{c1} + {s}*1], tmm1",
+            "tilestored [{c2} + {s}*1], tmm2",
+            "tilestored [{c3} + {s}*1], tmm3",
             c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) cs,
-            options(nostack, readonly),
-        );
-    } else {
-        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-    }
-    for ki in 0..kt {
-        let off = ki * TILE;
-        asm!(
-            "tileloadd tmm4, [{a0} + {s}*1]",
-            "tileloadd tmm6, [{b0} + {s}*1]",
-            "tileloadd tmm5, [{a1} + {s}*1]",
-            "tileloadd tmm7, [{b1} + {s}*1]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            a0 = in(reg) a0.add(off),
-            a1 = in(reg) a1.add(off),
-            b0 = in(reg) b0.add(off),
-            b1 = in(reg) b1.add(off),
-            s = in(reg) stride,
-            options(nostack, readonly),
+            options(nostack),
         );
     }
-    asm!(
-        "tilestored [{c0} + {s}*1], tmm0",
-        "tilestored [{c1} + {s}*1], tmm1",
-        "tilestored [{c2} + {s}*1], tmm2",
-        "tilestored [{c3} + {s}*1], tmm3",
-        c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) cs,
-        options(nostack),
-    );
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -559,6 +524,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// f64 reference of A·B over bf16-rounded operands, in the same strided layouts.
+    #[allow(clippy::too_many_arguments)]
     fn reference(m: usize, n: usize, k: usize, a: &[f32], ars: usize, acs: usize, b: &[f32], brs: usize, bcs: usize) -> Vec<f64> {
         let mut c = vec![0f64; m * n];
         for i in 0..m {
@@ -601,6 +567,8 @@ mod tests {
                     // Row stride wider than n, to check that the padding columns stay untouched.
                     let ld = n + 3;
                     let mut c = vec![7f32; m * ld];
+                    // SAFETY: a, b and c hold m·k, k·n and m·ld floats in the layouts given;
+                    // the test returned early unless AMX is available.
                     unsafe {
                         gemm_bf16(
                             m,
@@ -643,6 +611,7 @@ mod tests {
             let mut c: Vec<f32> = (0..m * ld).map(|i| (i % 3) as f32).collect();
             let before = c.clone();
             let (sa, sb) = (Strided { ptr: a.as_ptr(), rs: k as isize, cs: 1 }, Strided { ptr: b.as_ptr(), rs: n as isize, cs: 1 });
+            // SAFETY: a, b and c hold m·k, k·n and m·ld floats, row-major; AMX is available.
             unsafe { gemm_bf16(m, n, k, sa, sb, c.as_mut_ptr(), ld, true, scale, false) };
             for i in 0..m {
                 for j in 0..ld {

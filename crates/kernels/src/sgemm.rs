@@ -1,8 +1,9 @@
-//! Batches of exact f32 matrix products (attention heads), spread over the thread pool one
-//! product per task.
+//! Exact f32 matrix products through the `gemm` crate: batches of products (attention
+//! heads) spread over the thread pool one product per task, and two independent products
+//! run side by side.
 //!
-//! Why: candle runs a batched matmul as a loop of `gemm` calls, each with `gemm`'s own
-//! thread split. A head's product (e.g. 64×64×32 in the c1 preset) is below `gemm`'s
+//! Why batches: candle runs a batched matmul as a loop of `gemm` calls, each with `gemm`'s
+//! own thread split. A head's product (e.g. 64×64×32 in the c1 preset) is below `gemm`'s
 //! threshold for using a second thread, so the whole batch ran on one core. Giving each
 //! product its own task keeps every core busy. Single large products stay with `gemm`'s
 //! split: a measured alternative that cut them into row bands per thread was slower
@@ -11,22 +12,14 @@
 //! The arithmetic is unchanged: every product is the same single-threaded `gemm` call, so
 //! results match the sequential loop bit for bit.
 
-use crate::amx::Strided;
-
-/// A destination pointer that may cross to another thread (each task writes its own part).
-#[derive(Clone, Copy)]
-pub struct DstPtr(pub *mut f32);
-unsafe impl Send for DstPtr {}
-unsafe impl Sync for DstPtr {}
-impl DstPtr {
-    /// A method, not a field access, so closures capture the Send wrapper, not the pointer.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
-    }
-}
+use crate::ptr::{SendPtr, Strided};
 
 /// The hook candle's matmul calls for f32 (see vendor/candle-core/FERROLM-PATCH.md).
 /// Takes batches of at least one product per thread; leaves the rest to `gemm`.
+///
+/// # Safety
+/// candle's contract for the hook: the pointers, strides and skips of `p` describe the
+/// operands and destination of `p.batch` products, and dst aliases neither operand.
 pub(crate) unsafe fn candle_hook(p: candle_core::cpu_backend::F32Gemm) -> bool {
     if p.dst_rs < p.n as isize {
         return false;
@@ -36,25 +29,10 @@ pub(crate) unsafe fn candle_hook(p: candle_core::cpu_backend::F32Gemm) -> bool {
     }
     let a = Strided { ptr: p.lhs, rs: p.lhs_rs, cs: p.lhs_cs };
     let b = Strided { ptr: p.rhs, rs: p.rhs_rs, cs: p.rhs_cs };
-    gemm_f32_batched(p.batch, p.m, p.n, p.k, a, p.lhs_skip, b, p.rhs_skip, p.dst, p.dst_rs as usize, p.dst_skip);
+    // SAFETY: candle's hook contract (above) is gemm_f32_batched's; dst rows are at least
+    // n wide (checked), so the items' outputs are the disjoint blocks candle lays out.
+    unsafe { gemm_f32_batched(p.batch, p.m, p.n, p.k, a, p.lhs_skip, b, p.rhs_skip, p.dst, p.dst_rs as usize, p.dst_skip) };
     true
-}
-
-/// `dst[m×n] (= or +=) A·B` with the process-wide precision (bf16 tiles when
-/// [`crate::amx::set_matmul_precision`] chose them), spread over rayon's pool. For the
-/// fused ops that call a product directly instead of through candle's matmul.
-///
-/// # Safety
-/// The pointers must cover the matrices their strides describe, and dst (row stride
-/// `dst_rs`, column stride 1) must not alias A or B.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn matmul(m: usize, n: usize, k: usize, a: Strided, b: Strided, dst: *mut f32, dst_rs: usize, accumulate: bool) {
-    if crate::amx::matmul_precision() == crate::amx::MatmulPrecision::Bf16 && m * n * k >= crate::amx::MIN_WORK {
-        return crate::amx::gemm_bf16(m, n, k, a, b, dst, dst_rs, accumulate, 1.0, true);
-    }
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    gemm_call(m, n, k, a, b, dst, dst_rs, accumulate, parallelism)
 }
 
 /// Two independent exact-f32 products `dst = A·B` run side by side, each on half of the
@@ -66,11 +44,13 @@ pub unsafe fn matmul(m: usize, n: usize, k: usize, a: Strided, b: Strided, dst: 
 /// alone, start to end, with its own packed operands in its own cache.
 ///
 /// # Safety
-/// As for [`matmul`], for both products; the two destinations must not overlap.
+/// As for [`crate::matmul::matmul`], for both products; the two destinations must not overlap.
 pub unsafe fn two_products_f32(first: Product, second: Product) {
     let threads = rayon::current_num_threads();
     let parallelism = if threads >= 4 { gemm::Parallelism::Rayon(threads / 2) } else { gemm::Parallelism::None };
-    let run = move |p: Product| gemm_call(p.m, p.n, p.k, p.a, p.b, p.dst.0, p.dst_rs, false, parallelism);
+    // SAFETY: the caller's contract covers each product, and the destinations are disjoint,
+    // so the two tasks never touch the same memory.
+    let run = move |p: Product| unsafe { gemm_call(p.m, p.n, p.k, p.a, p.b, p.dst.get(), p.dst_rs, false, 1.0, parallelism) };
     rayon::join(|| run(first), || run(second));
 }
 
@@ -82,7 +62,7 @@ pub struct Product {
     pub k: usize,
     pub a: Strided,
     pub b: Strided,
-    pub dst: DstPtr,
+    pub dst: SendPtr<f32>,
     pub dst_rs: usize,
 }
 
@@ -90,8 +70,8 @@ pub struct Product {
 /// stride 1), item i starting `i * skip` elements after each pointer, one task per item.
 ///
 /// # Safety
-/// The pointers must cover the matrices their strides and skips describe, and dst must
-/// not alias A or B.
+/// The pointers must cover the matrices their strides and skips describe, dst must not
+/// alias A or B, and the items' destinations must not overlap.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_f32_batched(
     batch: usize,
@@ -107,23 +87,30 @@ pub unsafe fn gemm_f32_batched(
     dst_skip: usize,
 ) {
     use rayon::prelude::*;
-    let dst = DstPtr(dst);
+    let dst = SendPtr::new(dst);
     (0..batch).into_par_iter().for_each(|i| {
-        let (a, b) = (a, b); // whole (Send) structs, not their pointer fields
-        let a = Strided { ptr: a.ptr.add(i * a_skip), ..a };
-        let b = Strided { ptr: b.ptr.add(i * b_skip), ..b };
-        band(m, n, k, a, b, dst.at(i * dst_skip), dst_rs);
+        // SAFETY: item i's operands and destination lie inside the matrices the caller
+        // described; each task writes only its own item's destination.
+        unsafe { band(m, n, k, a.skip(i * a_skip), b.skip(i * b_skip), dst.add(i * dst_skip), dst_rs) };
     });
 }
 
 /// One single-threaded product, written (not accumulated) into dst.
+///
+/// # Safety
+/// As for [`gemm_call`].
 unsafe fn band(m: usize, n: usize, k: usize, a: Strided, b: Strided, dst: *mut f32, dst_rs: usize) {
-    gemm_call(m, n, k, a, b, dst, dst_rs, false, gemm::Parallelism::None)
+    // SAFETY: the caller's contract is gemm_call's.
+    unsafe { gemm_call(m, n, k, a, b, dst, dst_rs, false, 1.0, gemm::Parallelism::None) }
 }
 
-/// `dst (=|+=) A·B` through the gemm crate; dst has column stride 1.
+/// `dst := [dst +] scale · A·B` through the gemm crate; dst has column stride 1.
+///
+/// # Safety
+/// The pointers must cover the matrices their strides describe, and dst must not alias
+/// A or B; no other thread may access dst's elements during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_call(
+pub(crate) unsafe fn gemm_call(
     m: usize,
     n: usize,
     k: usize,
@@ -132,17 +119,22 @@ unsafe fn gemm_call(
     dst: *mut f32,
     dst_rs: usize,
     accumulate: bool,
+    scale: f32,
     parallelism: gemm::Parallelism,
 ) {
-    gemm::gemm(
-        m, n, k,
-        dst, 1, dst_rs as isize, accumulate,
-        a.ptr, a.cs, a.rs,
-        b.ptr, b.cs, b.rs,
-        if accumulate { 1.0 } else { 0.0 }, 1.0,
-        false, false, false,
-        parallelism,
-    )
+    // SAFETY: gemm reads A and B and writes dst through the strides given, which the
+    // caller guarantees describe live, non-aliasing matrices.
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            dst, 1, dst_rs as isize, accumulate,
+            a.ptr, a.cs, a.rs,
+            b.ptr, b.cs, b.rs,
+            if accumulate { 1.0 } else { 0.0 }, scale,
+            false, false, false,
+            parallelism,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -167,14 +159,18 @@ mod tests {
                 let (ld, skip) = (n + 5, m * (n + 5));
                 let mut par = vec![9f32; batch * skip];
                 let mut seq = vec![9f32; batch * skip];
+                // SAFETY: av, bv hold batch items of m·k and k·n floats in the layouts the
+                // strides describe; par holds batch items of m rows of ld ≥ n floats.
                 pool.install(|| unsafe { gemm_f32_batched(batch, m, n, k, a, m * k, b, k * n, par.as_mut_ptr(), ld, skip) });
                 for i in 0..batch {
-                    let ai = Strided { ptr: unsafe { a.ptr.add(i * m * k) }, ..a };
-                    let bi = Strided { ptr: unsafe { b.ptr.add(i * k * n) }, ..b };
+                    // SAFETY: item i < batch starts inside av and bv.
+                    let (ai, bi) = unsafe { (a.skip(i * m * k), b.skip(i * k * n)) };
+                    // SAFETY: as for the batched call, for item i alone.
                     unsafe { band(m, n, k, ai, bi, seq.as_mut_ptr().add(i * skip), ld) };
                     // Each item is its own product: check one element against an f64 dot.
                     let (r, c) = (m / 2, n / 3);
                     let exact: f64 = (0..k)
+                        // SAFETY: row r < m, column c < n and p < k lie inside item i.
                         .map(|p| unsafe {
                             *ai.ptr.offset(r as isize * ai.rs + p as isize * ai.cs) as f64
                                 * *bi.ptr.offset(p as isize * bi.rs + c as isize * bi.cs) as f64

@@ -1,0 +1,148 @@
+//! Mean softmax cross-entropy with an ignore index, in one pass per row, with its backward.
+
+use crate::cpu::contiguous_f32;
+use crate::simd::fast_exp;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Targets equal to this are ignored by [`cross_entropy`] (prompt tokens in instruction
+/// tuning, padding).
+pub const IGNORE_INDEX: u32 = u32::MAX;
+
+/// Mean softmax cross-entropy of logits (N, V) against targets (N) in one pass per row;
+/// the backward pass writes (softmax − one-hot)·g/n directly, never materialising
+/// log-probabilities.
+struct CrossEntropy;
+
+fn ce_rows(logits: &[f32], targets: &[u32], v: usize) -> Result<(f64, usize)> {
+    let rows: Vec<(usize, &[f32])> = logits.chunks(v).enumerate().collect();
+    let per_row = |&(i, row): &(usize, &[f32])| -> Option<f64> {
+        let t = targets[i];
+        if t == IGNORE_INDEX {
+            return None;
+        }
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = row.iter().map(|&z| fast_exp(z - max)).sum();
+        Some((max + sum.ln() - row[t as usize]) as f64)
+    };
+    if let Some(&bad) = targets.iter().find(|&&t| t != IGNORE_INDEX && t as usize >= v) {
+        candle_core::bail!("cross_entropy: target {bad} is outside the vocabulary of {v}");
+    }
+    let (sum, n) = rows
+        .par_iter()
+        .filter_map(per_row)
+        .fold(|| (0f64, 0usize), |(s, n), l| (s + l, n + 1))
+        .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    Ok((sum, n))
+}
+
+fn targets_u32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::U32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("cross_entropy: targets must be contiguous u32"),
+    }
+}
+
+impl candle_core::CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "ferrolm-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let z = contiguous_f32(s1, l1, self.name())?;
+        let t = targets_u32(s2, l2)?;
+        let v = l1.dims()[1];
+        let (sum, n) = ce_rows(z, t, v)?;
+        let mean = if n == 0 { 0.0 } else { sum / n as f64 };
+        Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
+    }
+
+    fn bwd(&self, logits: &Tensor, targets: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dz = logits.contiguous()?.apply_op3_no_bwd(targets, &grad.reshape(1)?, &CrossEntropyBackward)?;
+        Ok((Some(dz), None))
+    }
+}
+
+struct CrossEntropyBackward;
+
+impl CustomOp3 for CrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        "ferrolm-cross-entropy-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let z = contiguous_f32(s1, l1, self.name())?;
+        let t = targets_u32(s2, l2)?;
+        let g = contiguous_f32(s3, l3, self.name())?[0];
+        let v = l1.dims()[1];
+        let n = t.iter().filter(|&&x| x != IGNORE_INDEX).count().max(1);
+        let scale = g / n as f32;
+        let mut out = vec![0f32; z.len()];
+        out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
+            if t[i] == IGNORE_INDEX {
+                return;
+            }
+            let row = &z[i * v..(i + 1) * v];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, &x) in o.iter_mut().zip(row) {
+                *o = fast_exp(x - max);
+                sum += *o;
+            }
+            let k = scale / sum;
+            o.iter_mut().for_each(|o| *o *= k);
+            o[t[i] as usize] -= scale;
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Mean cross-entropy of `logits` (N, V) against `targets` (N, u32), skipping targets equal
+/// to [`IGNORE_INDEX`]; differentiable in the logits.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if !logits.device().is_cpu() {
+        // Composed fallback; IGNORE_INDEX is not supported there.
+        return candle_nn::loss::cross_entropy(logits, targets);
+    }
+    logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{max_diff, rand};
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn cross_entropy_matches_candle_and_ignores_masked_targets() {
+        let z = Var::from_tensor(&(rand(&[6, 11], 9) * 4.0).unwrap()).unwrap();
+        let t = Tensor::new(&[3u32, 0, 10, 5, 5, 1], &Device::Cpu).unwrap();
+        let ours = cross_entropy(z.as_tensor(), &t).unwrap();
+        let reference = candle_nn::loss::cross_entropy(z.as_tensor(), &t).unwrap();
+        assert!(max_diff(&ours, &reference) < 1e-5);
+        let ga = (&ours * 3.0).unwrap().backward().unwrap();
+        let gb = (&reference * 3.0).unwrap().backward().unwrap();
+        assert!(max_diff(ga.get(&z).unwrap(), gb.get(&z).unwrap()) < 1e-5);
+        // Ignored rows: same as dropping them, and they get no gradient.
+        let masked = Tensor::new(&[3u32, IGNORE_INDEX, 10, IGNORE_INDEX, 5, 1], &Device::Cpu).unwrap();
+        let keep = Tensor::new(&[0u32, 2, 4, 5], &Device::Cpu).unwrap();
+        let ours = cross_entropy(z.as_tensor(), &masked).unwrap();
+        let reference = candle_nn::loss::cross_entropy(
+            &z.as_tensor().index_select(&keep, 0).unwrap(),
+            &Tensor::new(&[3u32, 10, 5, 1], &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        assert!(max_diff(&ours, &reference) < 1e-5);
+        let ga = ours.backward().unwrap();
+        let row1: Vec<f32> = ga.get(&z).unwrap().get(1).unwrap().to_vec1().unwrap();
+        assert!(row1.iter().all(|&v| v == 0.0), "ignored target carries no gradient");
+    }
+}

@@ -1,0 +1,77 @@
+//! ferrolm's CPU kernels: everything under the models that touches raw memory, and the
+//! only crate of the workspace with `unsafe` code. Each `unsafe` block states why it is
+//! sound (`// SAFETY:`), with `unsafe_op_in_unsafe_fn` and
+//! `clippy::undocumented_unsafe_blocks` denied.
+//!
+//! Plain Rust, always built (word2vec uses these without candle):
+//! - `simd`: [`vectorized`] (run a closure compiled for AVX-512 or AVX2+FMA when the CPU
+//!   has it) and the loops that vectorise under it ([`lane_sum`], [`lane_dot`],
+//!   [`lane_max`], [`fast_exp`], [`dot_fma`]);
+//! - `ptr`: [`SendPtr`], the one pointer type that crosses threads, and [`Strided`], the
+//!   one strided-matrix type the products take;
+//! - [`hogwild`]: a padded weight matrix that threads update without locks;
+//! - [`alloc`]: the mimalloc option the `ferrolm` binary sets;
+//! - [`mmap`] (feature `mmap`): read-only maps of files that are replaced, never rewritten.
+//!
+//! With the default `candle` feature: the fused candle ops with their backward passes, and
+//! the matrix products under them and under candle's matmul. Why fused: candle-nn's fused
+//! softmax and norm kernels are inference-only (`apply_op*_no_bwd`), and the composed
+//! versions allocate a fresh tensor for every elementwise step. These ops do one pass over
+//! each row forward and one backward, and register their gradient with candle's autograd
+//! through the `bwd` hooks, so training uses them transparently. Each is tested against
+//! the composed candle reference, forward and backward: softmax and scaled causal softmax,
+//! LayerNorm/RMSNorm, GELU, cross-entropy with an ignore index, bias add, seeded dropout,
+//! the linear layer's product ([`linear`]), and training self-attention
+//! ([`fused_self_attention`]). The products: the one precision dispatch ([`matmul`]:
+//! [`MatmulPrecision`], [`set_matmul_precision`]), exact f32 ([`sgemm`]) and bf16 on AMX
+//! tiles ([`amx`]).
+
+pub mod alloc;
+pub mod hogwild;
+#[cfg(feature = "mmap")]
+pub mod mmap;
+mod ptr;
+mod simd;
+
+pub use ptr::{SendPtr, Strided};
+pub use simd::{dot_fma, fast_exp, fma_available, lane_dot, lane_max, lane_sum, vectorized};
+
+#[cfg(feature = "candle")]
+pub mod amx;
+#[cfg(feature = "candle")]
+mod bias;
+#[cfg(feature = "candle")]
+mod cpu;
+#[cfg(feature = "candle")]
+mod cross_entropy;
+#[cfg(feature = "candle")]
+mod dropout;
+#[cfg(feature = "candle")]
+mod fused_attention;
+#[cfg(feature = "candle")]
+mod gelu;
+#[cfg(feature = "candle")]
+mod linear;
+#[cfg(feature = "candle")]
+pub mod matmul;
+#[cfg(feature = "candle")]
+mod norm;
+#[cfg(feature = "candle")]
+pub mod sgemm;
+#[cfg(feature = "candle")]
+mod softmax;
+#[cfg(all(test, feature = "candle"))]
+mod testutil;
+
+#[cfg(feature = "candle")]
+pub use {
+    bias::add_bias,
+    cross_entropy::{cross_entropy, IGNORE_INDEX},
+    dropout::dropout,
+    fused_attention::fused_self_attention,
+    gelu::gelu,
+    linear::linear,
+    matmul::{matmul_precision, set_matmul_precision, MatmulPrecision},
+    norm::{layer_norm, rms_norm},
+    softmax::{scaled_softmax, softmax_last_dim, softmax_row},
+};
