@@ -23,17 +23,11 @@ use crate::stage::{self, DataSettings};
 
 pub const HEAD: &str = "reward_head";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RewardSettings {
     /// The run the body was initialised from.
     pub model_from: String,
-}
-
-impl Default for RewardSettings {
-    fn default() -> Self {
-        Self { model_from: String::new() }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -121,7 +121,7 @@ fn copy_if_different(src: &Path, dest: &Path) -> Result<()> {
 pub fn read_stage<T: DeserializeOwned>(run_dir: &Path) -> Result<T> {
     let p = run_dir.join(ALIGN_FILE);
     let v = ferrolm_common::load_config(Some(&p), &[])?;
-    ferrolm_common::config::typed(&v).with_context(|| format!("in {}", p.display())).map_err(Into::into)
+    ferrolm_common::config::typed(&v).with_context(|| format!("in {}", p.display()))
 }
 
 /// Load the weights in `path` into `varmap`, where variables whose name starts with one of

@@ -86,14 +86,14 @@ fn reward_dpo_rlhf_compare_end_to_end() {
     let ev = out.val.unwrap();
     assert!(ev.extra["pairwise_accuracy"] >= 0.9, "{:?}", ev.extra);
     // --held-out scores exactly the pairs the training run held out
-    let e = ferrolm_align::reward::eval(&rm, &[data.clone()], OnError::Skip, true, &Device::Cpu).unwrap();
+    let e = ferrolm_align::reward::eval(&rm, std::slice::from_ref(&data), OnError::Skip, true, &Device::Cpu).unwrap();
     assert_eq!(e.pairwise_accuracy, ev.extra["pairwise_accuracy"]);
     assert!(e.pairs > 5 && e.pairs < 40, "held-out pairs {}", e.pairs);
     // by default every pair of the file it is given (80 well-formed ones)
-    let all = ferrolm_align::reward::eval(&rm, &[data.clone()], OnError::Skip, false, &Device::Cpu).unwrap();
+    let all = ferrolm_align::reward::eval(&rm, std::slice::from_ref(&data), OnError::Skip, false, &Device::Cpu).unwrap();
     assert_eq!(all.pairs, 80);
     // a malformed record fails under `fail`, naming its line (81)
-    let err = ferrolm_align::reward::eval(&rm, &[data.clone()], OnError::Fail, false, &Device::Cpu).unwrap_err().to_string();
+    let err = ferrolm_align::reward::eval(&rm, std::slice::from_ref(&data), OnError::Fail, false, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("prefs.jsonl:81"), "{err}");
 
     // DPO: held-out preference accuracy and a positive implicit reward margin.

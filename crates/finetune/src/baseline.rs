@@ -95,8 +95,8 @@ fn objective(x: &[Vec<usize>], y: &[usize], f: usize, c: usize, inv_c: f64, w: &
         let lse = max + sum.ln();
         loss += lse - z[yi];
         // d/dz = softmax − onehot
-        for k in 0..c {
-            z[k] = (z[k] - lse).exp() - if k == yi { 1.0 } else { 0.0 };
+        for (k, zk) in z.iter_mut().enumerate() {
+            *zk = (*zk - lse).exp() - if k == yi { 1.0 } else { 0.0 };
         }
         let (gm, gb) = g.split_at_mut(f * c);
         for &j in xi {

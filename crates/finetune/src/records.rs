@@ -669,7 +669,7 @@ mod tests {
         }
         rg.close().unwrap();
         w.close().unwrap();
-        let (recs, report) = read_records(&[path.clone()], OnBad::Skip, parse_instruction).unwrap();
+        let (recs, report) = read_records(std::slice::from_ref(&path), OnBad::Skip, parse_instruction).unwrap();
         assert_eq!(recs.len(), 2, "{}", report.summary());
         assert_eq!(report.records, 3);
         assert_eq!(report.bad, 1);

@@ -192,7 +192,7 @@ fn instruction_fixture(dir: &Path) -> PathBuf {
 fn labelled_fixture(dir: &Path, name: &str, n: usize, seed: usize) -> PathBuf {
     let mut lines = Vec::new();
     for i in 0..n {
-        let pos = (i * 7 + seed) % 2 == 0;
+        let pos = (i * 7 + seed).is_multiple_of(2);
         let filler = WORDS[(i * 5 + seed) % 5];
         let text = format!("the {filler} {} {}", WORDS[(i + seed) % 4], if pos { "good film" } else { "bad movie" });
         lines.push(serde_json::json!({"text": text, "label": if pos { "positive" } else { "negative" }}).to_string());
@@ -285,7 +285,7 @@ fn chat_loop_records_ratings_and_preferences() {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
     }
     assert_eq!(s.history(), &[Message::system("Be brief.")], "reset keeps the system message");
-    let (prefs, rep) = records::read_records(&[cfg.preferences.clone()], OnBad::Fail, records::parse_preference).unwrap();
+    let (prefs, rep) = records::read_records(std::slice::from_ref(&cfg.preferences), OnBad::Fail, records::parse_preference).unwrap();
     assert_eq!(rep.kept, 1);
     let p = &prefs[0].value;
     assert_eq!(p.prompt.last().unwrap(), &Message::user("What colour is the sky?"));

@@ -124,9 +124,12 @@ pub fn generate_seq2seq(
     Ok(out)
 }
 
+/// A masked position and its most likely tokens (id, probability), most likely first.
+pub type FilledMask = (usize, Vec<(u32, f32)>);
+
 /// The `k` most likely tokens (id, probability) at each position of `ids` holding
 /// `mask_id`, in order of position.
-pub fn fill_mask(model: &MaskedLm, ids: &[u32], mask_id: u32, k: usize) -> Result<Vec<(usize, Vec<(u32, f32)>)>> {
+pub fn fill_mask(model: &MaskedLm, ids: &[u32], mask_id: u32, k: usize) -> Result<Vec<FilledMask>> {
     let positions: Vec<usize> = ids.iter().enumerate().filter(|(_, &t)| t == mask_id).map(|(i, _)| i).collect();
     ensure!(!positions.is_empty(), "the text has no mask token to fill");
     let dev = model.device().clone();

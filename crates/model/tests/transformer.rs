@@ -162,10 +162,10 @@ fn prefix_mask_semantics() {
     let spec = MaskSpec { kind: AttnMask::Prefix(vec![3, 1]), q_segments: None, k_segments: None };
     let v = visible(&spec, 2, 6, 6, 0);
     for (b, p) in [(0usize, 3usize), (1, 1)] {
-        for i in 0..6 {
-            for j in 0..6 {
+        for (i, row) in v[b].iter().enumerate() {
+            for (j, &seen) in row.iter().enumerate() {
                 let expect = if i < p { j < p } else { j <= i };
-                assert_eq!(v[b][i][j], expect, "row {b} prefix {p}: q{i} k{j}");
+                assert_eq!(seen, expect, "row {b} prefix {p}: q{i} k{j}");
             }
         }
     }
@@ -186,8 +186,8 @@ fn padding_and_segments_are_never_attended() {
     // bidirectional encoder with padding: every real key visible, padding never
     let spec = MaskSpec::bidirectional().with_segments(vec![0, 0, 0, PAD_SEGMENT]);
     let v = visible(&spec, 1, 4, 4, 0);
-    for i in 0..3 {
-        assert_eq!(v[0][i], vec![true, true, true, false]);
+    for row in &v[0][..3] {
+        assert_eq!(row, &vec![true, true, true, false]);
     }
 }
 
@@ -211,7 +211,7 @@ fn prefix_tokens_ignore_targets_in_the_model() {
 #[test]
 fn sequence_longer_than_context_is_a_clear_error() {
     let (m, _) = build(&tiny(BlockStyle::Gpt2), 0);
-    let x = ids(&vec![1u32; 30], 1);
+    let x = ids(&[1u32; 30], 1);
     let err = m.forward(&x, &MaskSpec::causal(), None).unwrap_err().to_string();
     assert!(err.contains("max_seq_len"), "{err}");
     let (m, _) = build(&tiny(BlockStyle::Modern), 0);

@@ -172,11 +172,14 @@ impl Default for ObjectiveSection {
 
 impl ObjectiveSection {
     pub fn validate(&self) -> Result<()> {
+        // written so that NaN fails every check
         let unit = |x: f64| (0.0..=1.0).contains(&x);
-        if !(self.noise_density > 0.0 && self.noise_density < 1.0) || self.mean_span_length < 1.0 {
+        let open_unit = |x: f64| x > 0.0 && x < 1.0;
+        let rate = |x: f64| x > 0.0 && x <= 1.0;
+        if !open_unit(self.noise_density) || self.mean_span_length.is_nan() || self.mean_span_length < 1.0 {
             bail!("objective.noise_density must be in (0, 1) and objective.mean_span_length ≥ 1");
         }
-        if !(self.mlm_rate > 0.0 && self.mlm_rate <= 1.0) || !unit(self.mlm_mask_fraction + self.mlm_random_fraction) {
+        if !rate(self.mlm_rate) || !unit(self.mlm_mask_fraction + self.mlm_random_fraction) {
             bail!("objective.mlm_rate must be in (0, 1] and mlm_mask_fraction + mlm_random_fraction ≤ 1");
         }
         if !(0.0..1.0).contains(&self.prefix_fraction) {

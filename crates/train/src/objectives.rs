@@ -386,9 +386,9 @@ mod tests {
             assert!(i >= 5, "special token chosen");
             assert_eq!(orig, tokens[i]);
         }
-        for i in 0..tokens.len() {
+        for (i, &t) in tokens.iter().enumerate() {
             if !ex.labels.iter().any(|&(j, _)| j == i) {
-                assert_eq!(ex.input[i], tokens[i], "unchosen position {i} changed");
+                assert_eq!(ex.input[i], t, "unchosen position {i} changed");
             }
         }
         // proportions over many draws

@@ -154,7 +154,7 @@ pub fn doc_signature_pairs(source: &str, max_chars: usize) -> (Vec<(String, Stri
     let mut i = 0;
     while i < lines.len() {
         let t = lines[i].trim_start();
-        if !(t.starts_with("///") && !t.starts_with("////")) {
+        if !t.starts_with("///") || t.starts_with("////") {
             i += 1;
             continue;
         }

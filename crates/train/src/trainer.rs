@@ -434,7 +434,7 @@ impl<'a> Trainer<'a> {
             let step = self.state.step;
             self.state.elapsed_secs = elapsed0 + t0.elapsed().as_secs_f64();
             bar.set_position(step as u64);
-            if step % tc.log_interval.max(1) == 0 || step == tc.max_steps {
+            if step.is_multiple_of(tc.log_interval.max(1)) || step == tc.max_steps {
                 let dt = window_start.0.elapsed().as_secs_f64();
                 let tps = (self.state.tokens_seen - window_start.1) as f64 / dt.max(1e-9);
                 window_start = (Instant::now(), self.state.tokens_seen);
@@ -453,18 +453,18 @@ impl<'a> Trainer<'a> {
                 bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s{figures}"));
                 // Without a terminal (logs, CI) print about fifty plain lines per run.
                 let print_every = tc.log_interval.max(1) * (tc.max_steps / tc.log_interval.max(1) / 50).max(1);
-                if (!ferrolm_common::progress::is_terminal() || self.quiet) && (step % print_every == 0 || step == tc.max_steps) {
+                if (!ferrolm_common::progress::is_terminal() || self.quiet) && (step.is_multiple_of(print_every) || step == tc.max_steps) {
                     let eta = (tc.max_steps - step) as f64 * t0.elapsed().as_secs_f64() / (step - start_step) as f64;
                     eprintln!("step {step:>6}/{} loss {loss:.4} lr {lr:.2e} |g| {norm:.3} {tps:>7.0} tok/s ETA {eta:.0}s{figures}", tc.max_steps);
                 }
             }
-            if tc.eval_interval > 0 && step % tc.eval_interval == 0 && step < tc.max_steps {
+            if tc.eval_interval > 0 && step.is_multiple_of(tc.eval_interval) && step < tc.max_steps {
                 let ev = self.evaluate()?;
                 self.log_eval(&mut log, &ev)?;
                 bar.println(format!("step {step}: {}", describe_eval(&ev)));
                 last_val = Some(ev);
             }
-            if tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0 && step < tc.max_steps {
+            if tc.checkpoint_interval > 0 && step.is_multiple_of(tc.checkpoint_interval) && step < tc.max_steps {
                 self.save_checkpoint()?;
             }
         }

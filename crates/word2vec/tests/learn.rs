@@ -1,5 +1,5 @@
 use ferrolm_word2vec::{analogy, read_vectors, train, write_vectors, Options, Vectors};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ferrolm-w2v-{name}-{}", std::process::id()));
@@ -8,7 +8,7 @@ fn tmpdir(name: &str) -> PathBuf {
 }
 
 /// Sentences drawn from one of 4 groups of 6 words each: members co-occur, groups never mix.
-fn group_corpus(dir: &PathBuf) -> PathBuf {
+fn group_corpus(dir: &Path) -> PathBuf {
     let mut s: u64 = 42;
     let mut out = String::new();
     for _ in 0..3000 {
@@ -43,7 +43,7 @@ fn skipgram_and_cbow_learn_groups_and_formats_round_trip() {
     let corpus = group_corpus(&dir);
     for cbow in [false, true] {
         let o = Options { dim: 20, window: 3, min_count: 1, epochs: 3, threads: 2, cbow, sample: 0.0, ..Options::default() };
-        let t = train(&[corpus.clone()], &o).unwrap();
+        let t = train(std::slice::from_ref(&corpus), &o).unwrap();
         assert_eq!(t.words.len(), 24);
         let v = Vectors { words: t.words.clone(), dim: t.dim, data: t.vectors.clone() };
         check_groups(&v);
