@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use ferrolm_ngram::{arpa_to_binary, parse_memory, train_text, AnyModel, StreamOptions, StreamingEstimator, TrainOptions};
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -79,7 +79,7 @@ fn read_lines(path: &PathBuf) -> Result<Vec<String>> {
         .collect()
 }
 
-fn train_streaming(input: &[PathBuf], arpa: &PathBuf, opts: StreamOptions) -> Result<()> {
+fn train_streaming(input: &[PathBuf], arpa: &Path, opts: StreamOptions) -> Result<()> {
     let total: u64 = input.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
     let bar = ferrolm_common::progress::bytes_bar(total, "counting");
     let mut est = StreamingEstimator::new(opts)?;
