@@ -24,5 +24,5 @@ pub mod timing;
 
 pub use architectures::{run_architectures, ArchitecturesOptions};
 pub use bench::{bench_recurrent, bench_train, BenchOutcome, Preset, RecurrentBenchOptions, TrainBenchOptions};
-pub use history::{run_history, HistoryOptions};
+pub use history::{run_history, HistoryOptions, HistoryOutcome};
 pub use quickstart::{run_quickstart, QuickstartOptions, QuickstartSummary};
