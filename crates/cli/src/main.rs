@@ -1,6 +1,6 @@
-//! The `ferrolm` command. Thin by design: each subcommand parses its arguments,
-//! loads a config, and calls one stage crate. Orchestration that spans stages
-//! (quickstart, experiments) lives in `cmd/` files, kept short.
+//! The `ferrolm` command. Thin by design: each subcommand parses its arguments and
+//! calls library code: a stage crate, or `ferrolm-lab` for what spans stages (the
+//! quickstart, the experiments, the benchmark presets).
 
 use clap::{Parser, Subcommand};
 

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod pipeline;
 pub mod read;
 pub mod report;
+pub mod split;
 pub mod step;
 pub mod steps;
 pub mod text;
@@ -20,6 +21,7 @@ pub use document::{Document, Rejection};
 pub use pipeline::{merge_report, parse_shard, run_configured, run_pipeline, PipelineStats, RunOptions, StepStats};
 pub use read::cargo::{cargo_registry_documents, cargo_registry_stream, default_cargo_home};
 pub use read::{read_paths, DocumentStream, ReadItem, ReadOptions, ReadStats};
+pub use split::split_by_key;
 pub use step::{Step, Verdict};
 
 /// Fatal errors: the run cannot continue (a missing input, an unreadable Cargo.lock, a bad config).

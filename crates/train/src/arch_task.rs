@@ -236,7 +236,7 @@ impl TrainTask for ArchTask<'_> {
     }
 
     fn evaluate(&self) -> Result<EvalResult> {
-        let (mut nll_all, mut nll_text, mut bytes, mut n, mut correct) = (0f64, 0f64, 0u64, 0usize, 0usize);
+        let (mut acc, mut correct) = (crate::bpb::BitsPerByte::default(), 0usize);
         let (mut nsp_nll, mut nsp_correct, mut nsp_n) = (0f64, 0usize, 0usize);
         let mut account = |batch: &TaskBatch| -> Result<()> {
             let out = self.model.outputs(batch, None)?;
@@ -250,18 +250,13 @@ impl TrainTask for ArchTask<'_> {
             let (nll, ok) = scored_nll(&logits, &targets)?;
             let tgt: Vec<u32> = targets.to_vec1()?;
             for ((&l, &hit), &t) in nll.iter().zip(&ok).zip(&tgt) {
-                nll_all += l as f64;
-                let b = self.token_bytes.get(t as usize).copied().unwrap_or(0) as u64;
-                if b > 0 {
-                    nll_text += l as f64;
-                    bytes += b;
-                }
+                acc.add_target(l as f64, t, &self.token_bytes);
                 correct += hit as usize;
             }
-            n += nll.len();
             Ok(())
         };
         self.for_each_eval_batch(&mut account)?;
+        let n = acc.tokens;
         if n == 0 {
             bail!("the evaluation scored no target");
         }
@@ -271,13 +266,7 @@ impl TrainTask for ArchTask<'_> {
             extra.insert("nsp_accuracy".into(), nsp_correct as f64 / nsp_n as f64);
             extra.insert("nsp_loss".into(), nsp_nll / nsp_n as f64);
         }
-        Ok(EvalResult {
-            loss: nll_all / n as f64,
-            bits_per_byte: if bytes > 0 { nll_text / std::f64::consts::LN_2 / bytes as f64 } else { f64::NAN },
-            tokens: n,
-            bytes,
-            extra,
-        })
+        Ok(EvalResult { loss: acc.loss(), bits_per_byte: acc.bits_per_byte(), tokens: n, bytes: acc.bytes, extra })
     }
 }
 

@@ -7,6 +7,7 @@
 //! weights, the optimizer moments and the step number.
 
 pub mod arch_task;
+pub mod bpb;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -21,6 +22,7 @@ pub mod task;
 pub mod trainer;
 
 pub use arch_task::{ArchData, ArchTask};
+pub use bpb::BitsPerByte;
 pub use config::{ObjectiveSection, RunConfig, TrainConfig};
 pub use data::TokenSource;
 pub use run::start_run;

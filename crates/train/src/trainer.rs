@@ -152,7 +152,7 @@ pub fn evaluate(
         bail!("held-out data has {} tokens, fewer than one window of {}", src.len(), seq_len + 1);
     }
     let offsets = eval_offsets(src, n_windows, seq_len);
-    let (mut nll_all, mut nll_text, mut tokens, mut bytes) = (0f64, 0f64, 0usize, 0u64);
+    let mut acc = crate::bpb::BitsPerByte::default();
     for chunk in offsets.chunks(batch_size) {
         let batch = make_batch(src, chunk, seq_len, device)?;
         let logits = model.causal_logits(&batch.inputs, None)?;
@@ -162,23 +162,10 @@ pub fn evaluate(
             .flatten_all()?
             .to_vec1()?;
         for (&l, &t) in nll.iter().zip(&batch.target_ids) {
-            let l = -(l as f64);
-            nll_all += l;
-            let b = token_bytes.get(t as usize).copied().unwrap_or(0) as u64;
-            if b > 0 {
-                nll_text += l;
-                bytes += b;
-            }
+            acc.add_target(-(l as f64), t, token_bytes);
         }
-        tokens += nll.len();
     }
-    Ok(EvalResult {
-        loss: nll_all / tokens as f64,
-        bits_per_byte: if bytes > 0 { nll_text / std::f64::consts::LN_2 / bytes as f64 } else { f64::NAN },
-        tokens,
-        bytes,
-        extra: BTreeMap::new(),
-    })
+    Ok(EvalResult { loss: acc.loss(), bits_per_byte: acc.bits_per_byte(), tokens: acc.tokens, bytes: acc.bytes, extra: BTreeMap::new() })
 }
 
 /// Pretraining a causal LM on a token stream: random windows of `seq_len + 1` tokens,

@@ -81,11 +81,7 @@ fn print(r: &EvalResult, what: &str, json: bool) -> Result<()> {
 /// Documents of `paths`, tokenized and joined with end-of-text; malformed records are
 /// reported, not silently skipped.
 fn read_ids(paths: &[PathBuf], tok: &Tokenizer) -> Result<(Vec<u32>, usize)> {
-    let (docs, stats) = ferrolm_corpus::read_paths(paths, &Default::default())?;
-    if stats.rejected > 0 {
-        eprintln!("warning: {} malformed records were skipped: {:?}", stats.rejected, stats.rejected_by_reason);
-    }
-    anyhow::ensure!(!docs.is_empty(), "no documents found in {:?}", paths);
+    let docs = ferrolm_lab::corpus::read_documents(paths)?;
     let eot = tok.eot_id();
     let mut ids = Vec::new();
     for d in &docs {

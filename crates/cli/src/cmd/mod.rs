@@ -9,7 +9,6 @@ pub mod classify;
 pub mod data;
 pub mod eval;
 pub mod experiment;
-pub mod experiment_architectures;
 pub mod fill_mask;
 pub mod generate;
 pub mod ngram;

@@ -1,7 +1,7 @@
 //! `ferrolm tokenizer`: train, apply and benchmark tokenizers; write token shards.
-//! Thin: argument parsing and minimal input reading; the work is in ferrolm-tokenizer.
+//! Thin: argument parsing; documents are read by the corpus reader, the work is in ferrolm-tokenizer.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ enum Cmd {
     /// Train a byte-level BPE (default) or character tokenizer; writes tokenizer.json and
     /// chat_template.json beside it.
     Train {
-        /// Files or folders (.txt/.md: one document per file; .jsonl: the `text` field of each line).
+        /// Files or folders (.txt/.md/code: one document per file; .jsonl: the `text` field of each line; .gz/.zst, .parquet).
         #[arg(long, required = true, num_args = 1..)]
         input: Vec<PathBuf>,
         #[arg(long, default_value_t = 8192)]
@@ -165,7 +165,7 @@ pub fn run(args: Args) -> Result<()> {
             let docs = read_documents(&input)?;
             if val_fraction > 0.0 {
                 anyhow::ensure!(val_fraction < 1.0, "--val-fraction must be in [0, 1)");
-                let (train, val) = split_documents(docs, val_fraction);
+                let (train, val) = split_documents(docs, val_fraction)?;
                 anyhow::ensure!(!train.is_empty() && !val.is_empty(), "--val-fraction {val_fraction} leaves an empty split");
                 for (name, part) in [("train", train), ("val", val)] {
                     let dir = out.join(name);
@@ -202,17 +202,16 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Train/held-out split: by a hash of each document's text, or, for a single document,
-/// by cutting it at 1 − `frac` of its characters.
-fn split_documents(docs: Vec<String>, frac: f64) -> (Vec<String>, Vec<String>) {
+/// Train/held-out split: by the one split rule keyed by each document's text (seed 0), or,
+/// for a single document, by cutting it at 1 − `frac` of its characters.
+fn split_documents(docs: Vec<String>, frac: f64) -> Result<(Vec<String>, Vec<String>)> {
     if docs.len() == 1 {
         let text = &docs[0];
         let n = text.chars().count();
         let cut = text.char_indices().nth(((1.0 - frac) * n as f64) as usize).map(|(i, _)| i).unwrap_or(text.len());
-        return (vec![text[..cut].to_string()], vec![text[cut..].to_string()]);
+        return Ok((vec![text[..cut].to_string()], vec![text[cut..].to_string()]));
     }
-    let threshold = (frac * u64::MAX as f64) as u64;
-    docs.into_iter().partition(|d| xxhash_rust::xxh3::xxh3_64(d.as_bytes()) >= threshold)
+    Ok(ferrolm_corpus::split_by_key(docs, |d| d.clone(), frac, 0)?)
 }
 
 fn read_ids_from_stdin() -> Result<Vec<u32>> {
@@ -224,78 +223,10 @@ fn read_ids_from_stdin() -> Result<Vec<u32>> {
         .collect()
 }
 
-/// Documents of the given files and folders (folders: their .txt/.md/.jsonl files, recursively,
-/// in path order). Minimal by design; the corpus pipeline (`ferrolm data`) reads everything else.
+/// The texts of the given files and folders, read as every command reads them
+/// (`ferrolm_lab::corpus::read_documents`: malformed records counted and reported).
 fn read_documents(inputs: &[PathBuf]) -> Result<Vec<String>> {
-    let mut files = Vec::new();
-    for p in inputs {
-        if p.is_dir() {
-            collect_files(p, &mut files)?;
-        } else if p.exists() {
-            files.push(p.clone());
-        } else {
-            bail!("input {} does not exist", p.display());
-        }
-    }
-    let mut docs = Vec::new();
-    let mut malformed = 0usize;
-    for f in &files {
-        if f.extension().is_some_and(|e| e == "jsonl") {
-            let reader = std::io::BufReader::new(
-                std::fs::File::open(f).with_context(|| format!("cannot open {}", f.display()))?,
-            );
-            for (n, line) in reader.lines().enumerate() {
-                let line = line.with_context(|| format!("{}:{}: not UTF-8", f.display(), n + 1))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match serde_json::from_str::<serde_json::Value>(&line) {
-                    Ok(v) => match v.get("text").and_then(|t| t.as_str()) {
-                        Some(t) => docs.push(t.to_string()),
-                        None => {
-                            malformed += 1;
-                            if malformed <= 5 {
-                                eprintln!("warning: {}:{}: no string field `text`; skipped", f.display(), n + 1);
-                            }
-                        }
-                    },
-                    Err(e) => {
-                        malformed += 1;
-                        if malformed <= 5 {
-                            eprintln!("warning: {}:{}: invalid JSON ({e}); skipped", f.display(), n + 1);
-                        }
-                    }
-                }
-            }
-        } else {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read {} as UTF-8 text", f.display()))?;
-            docs.push(text);
-        }
-    }
-    if malformed > 0 {
-        eprintln!("warning: skipped {malformed} malformed JSONL line(s) in total");
-    }
-    if docs.is_empty() {
-        bail!("no documents found in {:?}", inputs);
-    }
-    Ok(docs)
-}
-
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()?;
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            collect_files(&p, out)?;
-        } else if p.extension().is_some_and(|e| e == "txt" || e == "md" || e == "jsonl") {
-            out.push(p);
-        }
-    }
-    Ok(())
+    Ok(ferrolm_lab::corpus::read_documents(inputs)?.into_iter().map(|d| d.text).collect())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

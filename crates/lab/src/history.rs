@@ -4,7 +4,7 @@
 //! one tokenizer, one held-out token stream. Each family — Kneser-Ney 5-gram, Bengio's
 //! NPLM, Elman RNN, LSTM, a small Transformer — trains for its wall-clock budget and is
 //! scored on exactly the same held-out target tokens with the same bits-per-byte
-//! definition (`ferrolm_train::evaluate`'s: cross-entropy in bits over the UTF-8 bytes of
+//! definition (`ferrolm_train::BitsPerByte`: cross-entropy in bits over the UTF-8 bytes of
 //! the target tokens, special tokens counted in the loss but not in the bytes).
 //!
 //! Context at evaluation: every family sees only the tokens of the current window of
@@ -19,31 +19,41 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use ferrolm_tokenizer::shards::TokenShards;
+use candle_core::Device;
 use ferrolm_model::Family;
-use ferrolm_train::{start_run, ArchData, RunConfig, TokenSource};
+use ferrolm_tokenizer::shards::TokenShards;
+use ferrolm_train::{start_run, ArchData, BitsPerByte, RunConfig, TokenSource};
 use serde::{Deserialize, Serialize};
 
-use crate::cmd::quickstart::{gather_corpus, split_documents, train_tokenizer, unigram_bits_per_byte, write_shards};
+use crate::corpus::{gather_corpus, split_by_id, text_bytes, CorpusOptions};
+use crate::prep::{padded_vocab, token_bytes, train_tokenizer, unigram_bits_per_byte, write_shards};
+use crate::timing::seconds_per_step;
 
-const DEFAULT_CONFIG: &str = include_str!("../../../../configs/experiment-history.toml");
+/// The built-in config (configs/experiment-history.toml).
+pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/experiment-history.toml");
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Every family in a few minutes (applies the config's [quick] overrides first).
-    #[arg(long)]
-    quick: bool,
-    /// A config to start from instead of the built-in configs/experiment-history.toml.
-    #[arg(long)]
-    config: Option<PathBuf>,
+/// What `ferrolm experiment history` takes.
+#[derive(Debug, Clone)]
+pub struct HistoryOptions {
+    /// Apply the config's [quick] overrides first: every family in a few minutes.
+    pub quick: bool,
+    /// A config instead of the built-in one.
+    pub config: Option<PathBuf>,
     /// Text files or folders to use as the corpus instead of the Cargo registry.
-    #[arg(long, num_args = 1..)]
-    data: Vec<PathBuf>,
-    #[arg(long, default_value = "runs/history")]
-    out: PathBuf,
-    /// Override a config key, e.g. --set lstm.seconds=60 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
+    pub data: Vec<PathBuf>,
+    /// Output folder.
+    pub out: PathBuf,
+    /// `key=value` overrides (after [quick]).
+    pub overrides: Vec<String>,
+}
+
+/// What the experiment measured (also `summary.json`).
+#[derive(Debug, Clone)]
+pub struct HistoryOutcome {
+    pub rows: Vec<Row>,
+    pub unigram_bits_per_byte: f64,
+    pub seconds: f64,
+    pub report: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,40 +83,23 @@ struct FamilySection {
 
 /// One line of the result table.
 #[derive(Debug, Clone, Serialize)]
-struct Row {
-    family: String,
-    description: String,
-    params: usize,
-    train_secs: f64,
-    train_tokens: u64,
-    loss: f64,
-    perplexity: f64,
-    bits_per_byte: f64,
-    eval_tokens: usize,
+pub struct Row {
+    pub family: String,
+    pub description: String,
+    pub params: usize,
+    pub train_secs: f64,
+    pub train_tokens: u64,
+    pub loss: f64,
+    pub perplexity: f64,
+    pub bits_per_byte: f64,
+    pub eval_tokens: usize,
 }
 
-fn load(args: &Args) -> Result<toml::Value> {
-    let mut value: toml::Value = match &args.config {
-        Some(p) => ferrolm_common::load_config(Some(p), &[])?,
-        None => DEFAULT_CONFIG.parse::<toml::Table>().map(toml::Value::Table)?,
-    };
-    if args.quick {
-        let quick: Vec<String> = value
-            .get("quick")
-            .and_then(|q| q.get("overrides"))
-            .map(ferrolm_common::config::typed)
-            .transpose()
-            .context("in [quick].overrides")?
-            .unwrap_or_default();
-        ferrolm_common::apply_overrides(&mut value, &quick)?;
-    }
-    ferrolm_common::apply_overrides(&mut value, &args.overrides)?;
-    Ok(value)
-}
-
-pub fn run(args: Args) -> Result<()> {
+/// Run the experiment into `o.out` (report.md, history.svg, summary.json, experiment.toml,
+/// tokenizer.json, data/, one run folder per neural family).
+pub fn run_history(o: &HistoryOptions, device: &Device) -> Result<HistoryOutcome> {
     let t_all = Instant::now();
-    let value = load(&args)?;
+    let value = crate::config::load_layered(o.config.as_deref(), DEFAULT_CONFIG, o.quick, &o.overrides)?;
     let exp: ExperimentConfig = ferrolm_common::config::typed(value.get("experiment").context("config lacks [experiment]")?)
         .context("in [experiment]")?;
     let base_train = value.get("train").and_then(|t| t.as_table()).cloned().unwrap_or_default();
@@ -116,27 +109,26 @@ pub fn run(args: Args) -> Result<()> {
             bail!("experiment.families: unknown family {f:?} (known: ngram, nplm, rnn, lstm, transformer)");
         }
     }
-    let out = args.out.clone();
+    let out = o.out.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     ferrolm_common::write_atomic(out.join("experiment.toml"), toml::to_string_pretty(&value)?)?;
 
     // One corpus, one split, one tokenizer, one held-out stream for every family.
     eprintln!("\n== corpus");
-    let registry = args.data.is_empty();
-    let (docs, corpus_lines) = gather_corpus(registry, &args.data, Some(exp.corpus_bytes), seed, &out)?;
-    let (train_docs, val_docs) = split_documents(docs, exp.val_fraction, seed)?;
+    let corpus = CorpusOptions { registry: o.data.is_empty(), data: o.data.clone(), max_bytes: Some(exp.corpus_bytes), clean: true, seed };
+    let (docs, corpus_lines) = gather_corpus(&corpus, &out)?;
+    let (train_docs, val_docs) = split_by_id(docs, exp.val_fraction, seed)?;
     eprintln!("\n== tokenizer");
     let tok = train_tokenizer(&exp.tokenizer, exp.vocab_size, exp.tokenizer_train_bytes, &train_docs)?;
     let tok_path = out.join("tokenizer.json");
     tok.save(&tok_path)?;
-    let vocab = tok.vocab_size().div_ceil(64) * 64;
+    let vocab = padded_vocab(&tok);
     let data_dir = out.join("data");
     let train = write_shards(&tok, &train_docs, &data_dir.join("train"))?;
     let val = write_shards(&tok, &val_docs, &data_dir.join("val"))?;
-    let train_bytes: usize = train_docs.iter().map(|d| d.text.len()).sum();
+    let train_bytes = text_bytes(&train_docs);
     drop((train_docs, val_docs));
-    let mut token_bytes = tok.token_bytes();
-    token_bytes.resize(vocab, 0);
+    let token_bytes = token_bytes(&tok, vocab);
     let unigram_bpb = unigram_bits_per_byte(&train, &val, &token_bytes);
     let prep_secs = t_all.elapsed().as_secs_f64();
     eprintln!(
@@ -171,7 +163,7 @@ pub fn run(args: Args) -> Result<()> {
             if cfg.model.family().name() != name {
                 bail!("[{name}] model.family is {:?}; it must be the section's family", cfg.model.family().name());
             }
-            neural_row(cfg, section.seconds, &out.join(name), &tok_path, &train, &val, &token_bytes, eval_windows)?
+            neural_row(cfg, section.seconds, &out.join(name), &tok_path, &train, &val, &token_bytes, eval_windows, device)?
         };
         eprintln!(
             "{name}: {:.4} bits per byte, perplexity {:.2}, {} parameters, {:.0} s of training",
@@ -180,13 +172,13 @@ pub fn run(args: Args) -> Result<()> {
         rows.push(row);
     }
 
-    let report = report(&exp, &rows, &corpus_lines, &tok, train.len(), val.len(), train_bytes, unigram_bpb, prep_secs, t_all.elapsed().as_secs_f64(), args.quick);
+    let report = report(&exp, &rows, &corpus_lines, &tok, train.len(), val.len(), train_bytes, unigram_bpb, prep_secs, t_all.elapsed().as_secs_f64(), o.quick);
     plot(&rows, &out.join("history.svg"))?;
     ferrolm_common::write_atomic(out.join("report.md"), &report)?;
-    let summary = serde_json::json!({ "rows": rows, "unigram_bits_per_byte": unigram_bpb, "seconds": t_all.elapsed().as_secs_f64() });
+    let seconds = t_all.elapsed().as_secs_f64();
+    let summary = serde_json::json!({ "rows": rows, "unigram_bits_per_byte": unigram_bpb, "seconds": seconds });
     ferrolm_common::write_atomic(out.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
-    println!("\nexperiment history finished in {:.0} s; report: {}", t_all.elapsed().as_secs_f64(), out.join("report.md").display());
-    Ok(())
+    Ok(HistoryOutcome { rows, unigram_bits_per_byte: unigram_bpb, seconds, report: out.join("report.md") })
 }
 
 /// Train one neural family for about `seconds`: time a few steps, size max_steps (and so
@@ -202,23 +194,10 @@ fn neural_row(
     val: &TokenShards,
     token_bytes: &[u32],
     eval_windows: usize,
+    device: &Device,
 ) -> Result<Row> {
     eprintln!("{}", cfg.model.describe());
-    let step_secs = {
-        let tmp = tempfile::tempdir()?;
-        let mut c = cfg.clone();
-        c.train.max_steps = 8;
-        let mut t = start_run(&c, tmp.path(), ArchData::Stream { train, val }, token_bytes.to_vec(), None, &super::super::device(), false)?;
-        t.train_step()?;
-        let mut times: Vec<f64> = (0..3)
-            .map(|_| {
-                let s = Instant::now();
-                t.train_step().map(|_| s.elapsed().as_secs_f64())
-            })
-            .collect::<Result<_>>()?;
-        times.sort_by(f64::total_cmp);
-        times[1]
-    };
+    let step_secs = seconds_per_step(&cfg, ArchData::Stream { train, val }, token_bytes, device)?;
     let tc = &mut cfg.train;
     tc.max_steps = ((seconds / step_secs) as usize).max(10);
     tc.warmup_steps = tc.warmup_steps.min(tc.max_steps / 10);
@@ -229,17 +208,16 @@ fn neural_row(
     if run_dir.exists() {
         std::fs::remove_dir_all(run_dir).with_context(|| format!("clearing {}", run_dir.display()))?;
     }
-    let mut trainer = start_run(&cfg, run_dir, ArchData::Stream { train, val }, token_bytes.to_vec(), None, &super::super::device(), false)?;
+    let mut trainer = start_run(&cfg, run_dir, ArchData::Stream { train, val }, token_bytes.to_vec(), None, device, false)?;
     trainer.quiet = true;
     let outcome = trainer.run()?;
     drop(trainer);
     // The run folder alone is enough for `ferrolm eval`.
     let tok_bytes = std::fs::read(tok_path).with_context(|| format!("reading {}", tok_path.display()))?;
     ferrolm_common::write_atomic(run_dir.join("tokenizer.json"), tok_bytes)?;
-    let device = super::super::device();
-    let model = ferrolm_model::load_model(run_dir, &device)?.model;
+    let model = ferrolm_model::load_model(run_dir, device)?.model;
     let seq = cfg.seq_len();
-    let ev = ferrolm_train::evaluate(&model, val, token_bytes, seq, cfg.train.batch_size, eval_windows, &device)?;
+    let ev = ferrolm_train::evaluate(&model, val, token_bytes, seq, cfg.train.batch_size, eval_windows, device)?;
     Ok(Row {
         family: cfg.model.family().name().into(),
         description: cfg.model.describe(),
@@ -269,7 +247,7 @@ fn ngram_row(exp: &ExperimentConfig, train: &TokenShards, val: &TokenShards, tok
     let seq = exp.seq_len;
     let offsets = ferrolm_train::data::eval_offsets(val, eval_windows, seq);
     let keep = exp.ngram_order - 1;
-    let (mut nll_all, mut nll_text, mut tokens, mut bytes) = (0f64, 0f64, 0usize, 0u64);
+    let mut acc = BitsPerByte::default();
     let mut window = vec![0u32; seq + 1];
     let mut ctx: Vec<u32> = Vec::with_capacity(seq + 1);
     for &o in &offsets {
@@ -283,14 +261,7 @@ fn ngram_row(exp: &ExperimentConfig, train: &TokenShards, val: &TokenShards, tok
         for &target in &window[1..] {
             let start = ctx.len().saturating_sub(keep);
             let lp = model.log10_prob(&ctx[start..], map(target));
-            let nll = -lp * std::f64::consts::LN_10;
-            nll_all += nll;
-            let b = token_bytes.get(target as usize).copied().unwrap_or(0) as u64;
-            if b > 0 {
-                nll_text += nll;
-                bytes += b;
-            }
-            tokens += 1;
+            acc.add_target(-lp * std::f64::consts::LN_10, target, token_bytes);
             if target == eot {
                 ctx.clear();
                 ctx.push(bos);
@@ -299,7 +270,7 @@ fn ngram_row(exp: &ExperimentConfig, train: &TokenShards, val: &TokenShards, tok
             }
         }
     }
-    let loss = nll_all / tokens as f64;
+    let loss = acc.loss();
     Ok(Row {
         family: "ngram".into(),
         description: format!("interpolated modified Kneser-Ney, order {}: {params} parameters", exp.ngram_order),
@@ -308,8 +279,8 @@ fn ngram_row(exp: &ExperimentConfig, train: &TokenShards, val: &TokenShards, tok
         train_tokens: ids.len() as u64,
         loss,
         perplexity: loss.exp(),
-        bits_per_byte: nll_text / std::f64::consts::LN_2 / bytes as f64,
-        eval_tokens: tokens,
+        bits_per_byte: acc.bits_per_byte(),
+        eval_tokens: acc.tokens,
     })
 }
 
@@ -421,121 +392,15 @@ fn report(
 
 /// Two panels: bits per byte against training seconds, and against parameters (log scale).
 fn plot(rows: &[Row], path: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    let colors = [RED, BLUE, GREEN, MAGENTA, BLACK, CYAN];
-    let ymax = rows.iter().map(|x| x.bits_per_byte).fold(0.0, f64::max) * 1.08;
-    let ymin = rows.iter().map(|x| x.bits_per_byte).fold(f64::INFINITY, f64::min) * 0.92;
-    let (ymin, ymax) = if ymin.is_finite() && ymax > ymin { (ymin, ymax) } else { (0.0, 1.0) };
-    let tmax = rows.iter().map(|x| x.train_secs).fold(1.0, f64::max) * 1.1;
-    let pmin = rows.iter().map(|x| x.params as f64).fold(f64::INFINITY, f64::min).max(1.0) / 2.0;
-    let pmax = rows.iter().map(|x| x.params as f64).fold(2.0, f64::max) * 2.0;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (1200, 520)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let root = root.titled("Held-out bits per byte (lower is better)", ("sans-serif", 22))?;
-        let (left, right) = root.split_horizontally(600);
-        let mut a = ChartBuilder::on(&left)
-            .margin(18)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..tmax, ymin..ymax)?;
-        a.configure_mesh().x_desc("training time (s)").y_desc("bits per byte").draw()?;
-        let mut b = ChartBuilder::on(&right)
-            .margin(18)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d((pmin..pmax).log_scale(), ymin..ymax)?;
-        b.configure_mesh().x_desc("parameters (log scale)").y_desc("bits per byte").draw()?;
-        for (i, x) in rows.iter().enumerate() {
-            let c = colors[i % colors.len()];
-            let name = label(&x.family);
-            a.draw_series([Circle::new((x.train_secs, x.bits_per_byte), 6, c.filled())])?;
-            a.draw_series([Text::new(name, (x.train_secs, x.bits_per_byte), ("sans-serif", 14).into_font().color(&c))])?;
-            b.draw_series([Circle::new((x.params as f64, x.bits_per_byte), 6, c.filled())])?;
-            b.draw_series([Text::new(name, (x.params as f64, x.bits_per_byte), ("sans-serif", 14).into_font().color(&c))])?;
-        }
-        root.present()?;
-    }
-    ferrolm_common::write_atomic(path, svg)?;
-    Ok(())
-}
-
-/// `ferrolm bench recurrent`: tokens/s of full training steps (forward, backward through
-/// time, clip, AdamW) of an LSTM or Elman LM on random tokens.
-#[derive(clap::Args, Debug)]
-pub struct RecurrentBench {
-    #[arg(long, default_value = "lstm")]
-    family: String,
-    #[arg(long, default_value_t = 4096)]
-    vocab: usize,
-    #[arg(long, default_value_t = 128)]
-    embed: usize,
-    #[arg(long, default_value_t = 384)]
-    hidden: usize,
-    #[arg(long, default_value_t = 1)]
-    layers: usize,
-    #[arg(long, default_value_t = 32)]
-    batch: usize,
-    #[arg(long, default_value_t = 64)]
-    seq_len: usize,
-    /// Timed optimizer steps (after 2 warm-up steps).
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
-    #[arg(long)]
-    json: bool,
-}
-
-pub fn bench_recurrent(b: RecurrentBench) -> Result<()> {
-    let sets = vec![
-        format!("model.family={}", b.family),
-        format!("model.vocab_size={}", b.vocab),
-        format!("model.d_model={}", b.embed),
-        format!("model.hidden={}", b.hidden),
-        format!("model.n_layers={}", b.layers),
-        "model.n_heads=1".into(),
-        "model.n_kv_heads=1".into(),
-        format!("model.max_seq_len={}", b.seq_len),
-        format!("train.batch_size={}", b.batch),
-        format!("train.seq_len={}", b.seq_len),
-        // The PyTorch peer's optimisation: AdamW(0.9, 0.99), lr 1e-3 constant, wd 0.1, clip 1.
-        "train.lr=1e-3".into(),
-        "train.min_lr=1e-3".into(),
-        "train.warmup_steps=0".into(),
-        "train.schedule=constant".into(),
-        "train.beta2=0.99".into(),
-        "train.weight_decay=0.1".into(),
-        "train.max_steps=1000000".into(),
-    ];
-    let cfg = RunConfig::from_value(&ferrolm_common::load_config(None, &sets)?)?;
-    anyhow::ensure!(matches!(cfg.model.family(), Family::Rnn | Family::Lstm), "--family must be lstm or rnn");
-    let data: Vec<u32> = (0..400_000u64).map(|i| (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) % b.vocab as u64) as u32).collect();
-    let dir = tempfile::tempdir()?;
-    let mut t = start_run(&cfg, dir.path(), ArchData::Stream { train: &data, val: &data }, vec![1; b.vocab], None, &super::super::device(), false)?;
-    for _ in 0..2 {
-        t.train_step()?;
-    }
-    let mut ms = Vec::with_capacity(b.steps);
-    let t0 = Instant::now();
-    for _ in 0..b.steps {
-        let s = Instant::now();
-        t.train_step()?;
-        ms.push(s.elapsed().as_secs_f64() * 1e3);
-    }
-    let total = t0.elapsed().as_secs_f64();
-    ms.sort_by(f64::total_cmp);
-    let tokens = (b.batch * b.seq_len) as f64;
-    let out = serde_json::json!({
-        "family": b.family, "params": cfg.model.num_params(), "steps": b.steps,
-        "threads": candle_core::utils::get_num_threads(),
-        "tokens_per_sec": tokens * b.steps as f64 / total,
-        "step_ms_median": ms[ms.len() / 2],
-        "peak_rss_bytes": super::super::bench::peak_rss_bytes(),
-    });
-    if b.json {
-        println!("{out}");
-    } else {
-        println!("{}: {} params, {:.0} tokens/s, median step {:.1} ms", b.family, out["params"], out["tokens_per_sec"].as_f64().unwrap_or(0.0), ms[ms.len() / 2]);
-    }
-    Ok(())
+    let points: Vec<ferrolm_train::plot::Point> = rows
+        .iter()
+        .map(|x| ferrolm_train::plot::Point { name: label(&x.family).to_string(), xs: [x.train_secs, x.params as f64], y: x.bits_per_byte })
+        .collect();
+    ferrolm_train::plot::labelled_points(
+        &points,
+        ["training time (s)", "parameters (log scale)"],
+        "bits per byte",
+        "Held-out bits per byte (lower is better)",
+        path,
+    )
 }

@@ -10,33 +10,36 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use candle_core::Device;
 use ferrolm_corpus::Document;
 use ferrolm_infer::{generate_any, GenerateConfig, SamplingConfig};
 use ferrolm_model::{AnyModel, ModelKind, ModelSpec, TransformerConfig};
-use ferrolm_tokenizer::{special, BpeTrainConfig, Tokenizer};
+use ferrolm_tokenizer::Tokenizer;
 use ferrolm_train::arch_task::{kind_name, ArchData, ArchTask};
 use ferrolm_train::pairs::{doc_signature_pairs, tokenize_pairs, write_jsonl_pairs, PairsConfig};
 use ferrolm_train::{start_run, PairExample, RunConfig, TaskTokens};
 use serde::{Deserialize, Serialize};
 
-const CARGO_LOCK: &str = include_str!("../../../../Cargo.lock");
+use crate::corpus::{gather_corpus, CorpusOptions};
+use crate::prep::{padded_vocab, token_bytes, train_tokenizer};
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// The experiment's config: [experiment], [pairs], [objective], [model], [train], [quick].
-    #[arg(long, default_value = "configs/experiment-architectures.toml")]
-    config: PathBuf,
-    /// A run of a few minutes (the [quick] overrides): exercises every kind, same report.
-    #[arg(long)]
-    quick: bool,
-    /// Override a config key (after [quick]), e.g. --set train.max_steps=500.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
-    #[arg(long)]
-    out: Option<PathBuf>,
+/// The built-in config (configs/experiment-architectures.toml).
+pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/experiment-architectures.toml");
+
+/// What `ferrolm experiment architectures` takes.
+#[derive(Debug, Clone, Default)]
+pub struct ArchitecturesOptions {
+    /// The experiment's config ([experiment], [pairs], [objective], [model], [train],
+    /// [quick]) instead of the built-in one.
+    pub config: Option<PathBuf>,
+    /// Apply the config's [quick] overrides: a run of a few minutes, same report.
+    pub quick: bool,
+    /// `key=value` overrides (after [quick]).
+    pub overrides: Vec<String>,
+    /// Output folder; default runs/experiment-architectures[-quick].
+    pub out: Option<PathBuf>,
     /// Read these files/folders instead of the Cargo registry sources named in Cargo.lock.
-    #[arg(long, num_args = 1..)]
-    data: Vec<PathBuf>,
+    pub data: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,18 +115,10 @@ struct MlmResult {
     train_secs: f64,
 }
 
-fn load(args: &Args) -> Result<(ExperimentConfig, RunConfig, toml::Value)> {
-    let mut value = ferrolm_common::load_config(Some(&args.config), &[])?;
-    let quick = value.as_table_mut().and_then(|t| t.remove("quick"));
-    if args.quick {
-        let quick = quick.context("--quick needs a [quick] table of overrides in the config")?;
-        let table = quick.as_table().context("[quick] must be a table of \"section.key\" = value")?;
-        let ov: Vec<String> = table.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        ferrolm_common::apply_overrides(&mut value, &ov)?;
-    }
-    ferrolm_common::apply_overrides(&mut value, &args.overrides)?;
+fn load(o: &ArchitecturesOptions) -> Result<(ExperimentConfig, RunConfig, toml::Value)> {
+    let value = crate::config::load_layered(o.config.as_deref(), DEFAULT_CONFIG, o.quick, &o.overrides)?;
     let mut rest = value.clone();
-    let exp = rest.as_table_mut().and_then(|t| t.remove("experiment")).unwrap_or(toml::Value::Table(Default::default()));
+    let exp = crate::config::take_section(&mut rest, "experiment");
     let exp: ExperimentConfig = ferrolm_common::config::typed(&exp).context("in [experiment]")?;
     anyhow::ensure!(exp.val_fraction > 0.0 && exp.val_fraction < 0.5, "experiment.val_fraction must be in (0, 0.5)");
     anyhow::ensure!((0.0..1.0).contains(&exp.encoder_layers_fraction), "experiment.encoder_layers_fraction must be in [0, 1)");
@@ -190,43 +185,27 @@ fn val_curve(run_dir: &Path) -> Result<Vec<(f64, f64)>> {
         .collect())
 }
 
-pub fn run(args: Args) -> Result<()> {
+/// Run the experiment into its output folder (report.md, architectures.svg, summary.json,
+/// experiment.toml, tokenizer.json, data/, one run folder per kind); returns the report.
+pub fn run_architectures(o: &ArchitecturesOptions, device: &Device) -> Result<String> {
     let t_all = Instant::now();
-    let (exp, base, full_value) = load(&args)?;
-    let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(if args.quick { "experiment-architectures-quick" } else { "experiment-architectures" })
+    let (exp, base, full_value) = load(o)?;
+    let out = o.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(if o.quick { "experiment-architectures-quick" } else { "experiment-architectures" })
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     ferrolm_common::write_atomic(out.join("experiment.toml"), toml::to_string_pretty(&full_value)?)?;
     let seed = base.train.seed;
-    let device = super::device();
     let pc = base.pairs.clone().expect("load inserts [pairs]");
 
-    // 1. Documents.
+    // 1. Documents: the Cargo registry sources, or --data instead; not cleaned (the pairs
+    // come from the sources as they are).
     eprintln!("== corpus");
-    let (docs, source_line) = if args.data.is_empty() {
-        let lock = out.join("Cargo.lock");
-        ferrolm_common::write_atomic(&lock, CARGO_LOCK)?;
-        let home = ferrolm_corpus::default_cargo_home().context("cannot find the Cargo home (set CARGO_HOME or HOME)")?;
-        let (d, st) = ferrolm_corpus::cargo_registry_documents(&lock, &home)?;
-        let line = format!(
-            "the Cargo registry sources named in ferrolm's Cargo.lock ({}): {} documents from {} files, {:.1} MB; {} crates missing; {} unreadable files",
-            home.display(), st.documents, st.files, st.bytes as f64 / 1e6, st.missing_crates.len(), st.rejected
-        );
-        (d, line)
-    } else {
-        let (d, st) = ferrolm_corpus::read_paths(&args.data, &Default::default())?;
-        let line = format!("--data {:?}: {} documents, {:.1} MB; {} malformed records rejected {:?}", args.data, st.documents, st.bytes as f64 / 1e6, st.rejected, st.rejected_by_reason);
-        (d, line)
-    };
-    eprintln!("{source_line}");
-    anyhow::ensure!(!docs.is_empty(), "no documents (the Cargo registry is empty and no --data was given)");
+    let corpus = CorpusOptions { registry: o.data.is_empty(), data: o.data.clone(), max_bytes: None, clean: false, seed };
+    let (docs, corpus_lines) = gather_corpus(&corpus, &out)?;
 
     // 2. Deterministic split by crate (or file).
-    let threshold = (exp.val_fraction * u64::MAX as f64) as u64;
-    let (val_docs, train_docs): (Vec<Document>, Vec<Document>) =
-        docs.into_iter().partition(|d| xxhash_rust::xxh3::xxh3_64_with_seed(split_key(d).as_bytes(), seed) < threshold);
-    anyhow::ensure!(!val_docs.is_empty() && !train_docs.is_empty(), "the corpus is too small to split ({} train, {} held-out documents)", train_docs.len(), val_docs.len());
+    let (train_docs, val_docs) = ferrolm_corpus::split_by_key(docs, split_key, exp.val_fraction, seed)?;
 
     // 3. Pairs: doc comment → signature, de-duplicated; held-out pairs also seen in training are removed.
     let is_rust = |d: &Document| d.meta.get("kind").and_then(|v| v.as_str()) == Some("rust") || d.id.ends_with(".rs");
@@ -261,17 +240,11 @@ pub fn run(args: Args) -> Result<()> {
 
     // 4. Tokenizer on the training documents.
     eprintln!("== tokenizer");
-    let train_bytes: usize = train_docs.iter().map(|d| d.text.len()).sum();
-    let stride = (train_bytes / exp.tokenizer_train_bytes.max(1)).max(1);
-    let tok = Tokenizer::train_bpe(
-        train_docs.iter().step_by(stride).map(|d| d.text.as_str()),
-        &BpeTrainConfig { vocab_size: exp.vocab_size, min_frequency: 2, special_tokens: special::defaults() },
-    )?;
+    let tok = train_tokenizer("bpe", exp.vocab_size, exp.tokenizer_train_bytes, &train_docs)?;
     tok.save(&out.join("tokenizer.json"))?;
-    let vocab = tok.vocab_size().div_ceil(64) * 64;
+    let vocab = padded_vocab(&tok);
     let task_tokens = TaskTokens::from_tokenizer(&tok)?;
-    let mut token_bytes = tok.token_bytes();
-    token_bytes.resize(vocab, 0);
+    let token_bytes = token_bytes(&tok, vocab);
 
     // 5. Tokenized pairs, also written as JSONL so every run folder is a plain `ferrolm train` run.
     let data_dir = out.join("data");
@@ -314,13 +287,13 @@ pub fn run(args: Args) -> Result<()> {
         std::fs::create_dir_all(&run_dir)?;
         tok.save(&run_dir.join("tokenizer.json"))?;
         let t0 = Instant::now();
-        let mut trainer = start_run(&cfg, &run_dir, ArchData::Pairs { train: &train_pairs, val: &val_pairs }, token_bytes.clone(), Some(task_tokens.clone()), &device, false)?;
+        let mut trainer = start_run(&cfg, &run_dir, ArchData::Pairs { train: &train_pairs, val: &val_pairs }, token_bytes.clone(), Some(task_tokens.clone()), device, false)?;
         trainer.quiet = true;
         trainer.title = format!("{name}: doc comment → signature");
         let outcome = trainer.run()?;
         let train_secs = t0.elapsed().as_secs_f64();
         drop(trainer);
-        let trained = ferrolm_model::load_model(&run_dir, &device)?.model;
+        let trained = ferrolm_model::load_model(&run_dir, device)?.model;
         let ev = outcome.val.clone().context("the run ended without an evaluation")?;
         let t1 = Instant::now();
         let (em, outs) = exact_match(&trained, &val_pairs[..n_em], &task_tokens, pc.max_target_tokens)?;
@@ -351,7 +324,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     // 7. The masked LM on the same real text (same split), against the unigram baseline.
-    let mlm = if wanted(ModelKind::MaskedLm) { Some(run_masked_lm(&exp, &base, &base_model, &tok, &task_tokens, &token_bytes, &train_docs, &val_docs, &out)?) } else { None };
+    let mlm = if wanted(ModelKind::MaskedLm) { Some(run_masked_lm(&exp, &base, &base_model, &tok, &task_tokens, &token_bytes, &train_docs, &val_docs, &out, device)?) } else { None };
 
     // 8. Picture, report, summary.
     if !results.is_empty() {
@@ -360,13 +333,14 @@ pub fn run(args: Args) -> Result<()> {
         let bars: Vec<(String, f64)> = results.iter().map(|r| (r.kind.clone(), r.exact_match)).collect();
         ferrolm_train::plot::compare_runs(&curves, &bars, "exact match (greedy)", "doc comment → signature: held-out loss and exact match", &out.join("architectures.svg"))?;
     }
-    let report = report_md(&exp, &base, &results, mlm.as_ref(), &[source_line, pairs_line, trunc_line], args.quick, t_all.elapsed().as_secs_f64());
+    let mut data_lines = corpus_lines;
+    data_lines.extend([pairs_line, trunc_line]);
+    let report = report_md(&exp, &base, &results, mlm.as_ref(), &data_lines, o.quick, t_all.elapsed().as_secs_f64());
     ferrolm_common::write_atomic(out.join("report.md"), &report)?;
-    let summary = serde_json::json!({"quick": args.quick, "kinds": results, "masked_lm": mlm, "elapsed_secs": t_all.elapsed().as_secs_f64()});
+    let summary = serde_json::json!({"quick": o.quick, "kinds": results, "masked_lm": mlm, "elapsed_secs": t_all.elapsed().as_secs_f64()});
     ferrolm_common::write_atomic(out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
-    println!("{report}");
     eprintln!("wrote {}", out.join("report.md").display());
-    Ok(())
+    Ok(report)
 }
 
 /// The masked LM on the training documents' text, evaluated on the held-out documents'
@@ -382,9 +356,9 @@ fn run_masked_lm(
     train_docs: &[Document],
     val_docs: &[Document],
     out: &Path,
+    device: &Device,
 ) -> Result<MlmResult> {
     let seed = base.train.seed;
-    let device = super::device();
     eprintln!("== masked_lm");
     let stream = |docs: &[Document]| -> Vec<u32> {
         let mut order: Vec<&Document> = docs.iter().collect();
@@ -410,7 +384,7 @@ fn run_masked_lm(
     std::fs::create_dir_all(&mlm_dir)?;
     tok.save(&mlm_dir.join("tokenizer.json"))?;
     let t0 = Instant::now();
-    let mut trainer = start_run(&mcfg, &mlm_dir, ArchData::Stream { train: &mlm_train, val: &mlm_val }, token_bytes.to_vec(), Some(task_tokens.clone()), &device, false)?;
+    let mut trainer = start_run(&mcfg, &mlm_dir, ArchData::Stream { train: &mlm_train, val: &mlm_val }, token_bytes.to_vec(), Some(task_tokens.clone()), device, false)?;
     trainer.quiet = true;
     trainer.title = "masked_lm on the same text".into();
     let outcome = trainer.run()?;
@@ -423,8 +397,8 @@ fn run_masked_lm(
         *counts.entry(t).or_default() += 1;
     }
     let (&mode, _) = counts.iter().max_by_key(|(t, c)| (**c, std::cmp::Reverse(**t))).context("no ordinary token in the training text")?;
-    let mlm_model = ferrolm_model::load_model(&mlm_dir, &device)?.model;
-    let task = ArchTask::new(mlm_model, &mcfg, ArchData::Stream { train: &mlm_train, val: &mlm_val }, task_tokens.clone(), token_bytes.to_vec(), &device)?;
+    let mlm_model = ferrolm_model::load_model(&mlm_dir, device)?.model;
+    let task = ArchTask::new(mlm_model, &mcfg, ArchData::Stream { train: &mlm_train, val: &mlm_val }, task_tokens.clone(), token_bytes.to_vec(), device)?;
     let targets = task.eval_targets()?;
     let unigram = targets.iter().filter(|&&t| t == mode).count() as f64 / targets.len().max(1) as f64;
     // the unigram model's loss on the same positions (training frequencies, add-one

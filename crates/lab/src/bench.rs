@@ -1,0 +1,195 @@
+//! The benchmark presets: tokens/s of full training steps (forward, backward, clipping,
+//! AdamW) and peak memory, on random tokens, for side-by-side comparison with
+//! bench/train_torch.py (`bench train`) and bench/history_torch.py (`bench recurrent`).
+
+use anyhow::Result;
+use candle_core::Device;
+use ferrolm_kernels::MatmulPrecision;
+use ferrolm_model::{BlockStyle, Family, TransformerConfig};
+use ferrolm_train::config::{RunConfig, Schedule, TrainConfig};
+use ferrolm_train::{start_run, ArchData};
+
+use crate::timing::{median, peak_rss_bytes, time_steps};
+
+/// What a benchmark prints: one JSON object (`--json`) or one line of text.
+#[derive(Debug, Clone)]
+pub struct BenchOutcome {
+    pub json: serde_json::Value,
+    pub text: String,
+}
+
+/// The Transformer presets of `bench train`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// 4 layers, 4 heads, width 128, context 64, batch 12, vocab 65
+    C1,
+    /// 6 layers, 6 heads, width 384, context 256, batch 8, vocab 65
+    C2,
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::C1 => "c1",
+            Preset::C2 => "c2",
+        }
+    }
+
+    /// The run config of the preset: the same optimisation as the PyTorch reference.
+    pub fn run_config(self, modern: bool) -> RunConfig {
+        let (layers, heads, width, ctx, batch) = match self {
+            Preset::C1 => (4, 4, 128, 64, 12),
+            Preset::C2 => (6, 6, 384, 256, 8),
+        };
+        RunConfig::transformer(
+            TransformerConfig {
+                vocab_size: 65,
+                d_model: width,
+                n_layers: layers,
+                n_heads: heads,
+                n_kv_heads: heads,
+                max_seq_len: ctx,
+                block: if modern { BlockStyle::Modern } else { BlockStyle::Gpt2 },
+                tie_embeddings: true,
+                dropout: 0.0,
+                ..Default::default()
+            },
+            // AdamW(0.9, 0.99), wd 0.1 on every matrix including embeddings, clip 1.0.
+            TrainConfig {
+                batch_size: batch,
+                lr: 1e-3,
+                min_lr: 1e-4,
+                warmup_steps: 0,
+                schedule: Schedule::Constant,
+                beta1: 0.9,
+                beta2: 0.99,
+                weight_decay: 0.1,
+                decay_embeddings: true,
+                grad_clip: 1.0,
+                max_steps: usize::MAX / 2,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+    }
+}
+
+/// `bench train`'s options.
+#[derive(Debug, Clone)]
+pub struct TrainBenchOptions {
+    pub preset: Preset,
+    /// Timed optimizer steps (after 3 warm-up steps).
+    pub steps: usize,
+    /// Modern block instead of GPT-2 style (not comparable with the PyTorch peer).
+    pub modern: bool,
+    pub matmul: MatmulPrecision,
+}
+
+/// `n` random token ids below `vocab` (speed does not depend on content).
+fn random_tokens(n: u64, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) % vocab as u64) as u32).collect()
+}
+
+/// Training throughput of a preset Transformer on random tokens.
+pub fn bench_train(o: &TrainBenchOptions, device: &Device) -> Result<BenchOutcome> {
+    let mut cfg = o.preset.run_config(o.modern);
+    cfg.train.matmul_precision = o.matmul;
+    let seq = cfg.model.max_seq_len();
+    let data = random_tokens(200_000, 65);
+    let dir = tempfile::tempdir()?;
+    let mut t = start_run(&cfg, dir.path(), ArchData::Stream { train: &data, val: &data }, vec![1; 65], None, device, false)?;
+    let mut phases: [Vec<f64>; 3] = Default::default();
+    let (secs, total) = time_steps(&mut t, 3, o.steps, |t| {
+        for (v, x) in phases.iter_mut().zip(t.last_phase_ms) {
+            v.push(x);
+        }
+    })?;
+    let phase_median: Vec<f64> = phases.iter().map(|v| median(v)).collect();
+    let median_ms = median(&secs) * 1e3;
+    let tokens_per_step = (cfg.train.batch_size * seq) as f64;
+    let json = serde_json::json!({
+        "preset": o.preset.name(),
+        "block": if o.modern { "modern" } else { "gpt2" },
+        "steps": o.steps,
+        "threads": candle_core::utils::get_num_threads(),
+        "params": cfg.model.num_params(),
+        "matmul": format!("{:?}", ferrolm_kernels::matmul_precision()).to_lowercase(),
+        "tokens_per_sec": tokens_per_step * o.steps as f64 / total,
+        "tokens_per_sec_median_step": tokens_per_step / (median_ms / 1e3),
+        "step_ms_median": median_ms,
+        "forward_ms_median": phase_median[0],
+        "backward_ms_median": phase_median[1],
+        "optimizer_ms_median": phase_median[2],
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    let text = format!(
+        "{:?}: {} params, {:.0} tokens/s, median step {:.1} ms (forward+loss {:.1}, backward {:.1}, clip+AdamW {:.1}), peak RSS {:.1} MiB ({} threads)",
+        o.preset,
+        json["params"],
+        json["tokens_per_sec"].as_f64().unwrap_or(0.0),
+        median_ms,
+        phase_median[0],
+        phase_median[1],
+        phase_median[2],
+        peak_rss_bytes() as f64 / (1 << 20) as f64,
+        json["threads"]
+    );
+    Ok(BenchOutcome { json, text })
+}
+
+/// `bench recurrent`'s options: an LSTM or Elman LM.
+#[derive(Debug, Clone)]
+pub struct RecurrentBenchOptions {
+    /// "lstm" or "rnn".
+    pub family: String,
+    pub vocab: usize,
+    pub embed: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Timed optimizer steps (after 2 warm-up steps).
+    pub steps: usize,
+}
+
+/// Training throughput (forward, backward through time, clip, AdamW) of a recurrent LM on
+/// random tokens, with the PyTorch peer's optimisation.
+pub fn bench_recurrent(b: &RecurrentBenchOptions, device: &Device) -> Result<BenchOutcome> {
+    let sets = vec![
+        format!("model.family={}", b.family),
+        format!("model.vocab_size={}", b.vocab),
+        format!("model.d_model={}", b.embed),
+        format!("model.hidden={}", b.hidden),
+        format!("model.n_layers={}", b.layers),
+        "model.n_heads=1".into(),
+        "model.n_kv_heads=1".into(),
+        format!("model.max_seq_len={}", b.seq_len),
+        format!("train.batch_size={}", b.batch),
+        format!("train.seq_len={}", b.seq_len),
+        // The PyTorch peer's optimisation: AdamW(0.9, 0.99), lr 1e-3 constant, wd 0.1, clip 1.
+        "train.lr=1e-3".into(),
+        "train.min_lr=1e-3".into(),
+        "train.warmup_steps=0".into(),
+        "train.schedule=constant".into(),
+        "train.beta2=0.99".into(),
+        "train.weight_decay=0.1".into(),
+        "train.max_steps=1000000".into(),
+    ];
+    let cfg = RunConfig::from_value(&ferrolm_common::load_config(None, &sets)?)?;
+    anyhow::ensure!(matches!(cfg.model.family(), Family::Rnn | Family::Lstm), "--family must be lstm or rnn");
+    let data = random_tokens(400_000, b.vocab);
+    let dir = tempfile::tempdir()?;
+    let mut t = start_run(&cfg, dir.path(), ArchData::Stream { train: &data, val: &data }, vec![1; b.vocab], None, device, false)?;
+    let (secs, total) = time_steps(&mut t, 2, b.steps, |_| {})?;
+    let median_ms = median(&secs) * 1e3;
+    let tokens = (b.batch * b.seq_len) as f64;
+    let json = serde_json::json!({
+        "family": b.family, "params": cfg.model.num_params(), "steps": b.steps,
+        "threads": candle_core::utils::get_num_threads(),
+        "tokens_per_sec": tokens * b.steps as f64 / total,
+        "step_ms_median": median_ms,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    let text = format!("{}: {} params, {:.0} tokens/s, median step {:.1} ms", b.family, json["params"], json["tokens_per_sec"].as_f64().unwrap_or(0.0), median_ms);
+    Ok(BenchOutcome { json, text })
+}
