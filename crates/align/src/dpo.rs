@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use candle_core::Tensor;
@@ -41,6 +41,16 @@ pub struct DpoConfig {
     pub train: TrainConfig,
     pub data: DataSettings,
     pub dpo: DpoSettings,
+}
+
+impl stage::StageConfig for DpoConfig {
+    fn data_mut(&mut self) -> &mut DataSettings {
+        &mut self.data
+    }
+
+    fn set_start(&mut self, model: &Path) {
+        self.dpo.model_from = model.display().to_string();
+    }
 }
 
 impl Default for DpoConfig {
@@ -161,20 +171,7 @@ impl TrainTask for DpoTask {
 
 /// `ferrolm dpo`.
 pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
-    let mut cfg: DpoConfig = if o.resume {
-        let saved: DpoConfig = stage::read_stage(&o.out)?;
-        stage::resolve(&saved, o.config.as_deref(), &o.overrides)?
-    } else {
-        let mut c = stage::resolve(&DpoConfig::default(), o.config.as_deref(), &o.overrides)?;
-        c.dpo.model_from = o.model.display().to_string();
-        c
-    };
-    if !o.data.is_empty() {
-        cfg.data.files = o.data.iter().map(|p| p.display().to_string()).collect();
-    }
-    if let Some(e) = o.on_error {
-        cfg.data.on_error = e;
-    }
+    let cfg: DpoConfig = stage::stage_config(o)?;
     anyhow::ensure!(cfg.dpo.beta > 0.0, "dpo.beta must be positive, got {}", cfg.dpo.beta);
     let start = PathBuf::from(&cfg.dpo.model_from);
     let (model_cfg, policy, varmap) = stage::load_decoder(&start, &o.device)?;

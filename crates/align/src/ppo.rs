@@ -122,6 +122,16 @@ pub struct PpoConfig {
     pub ppo: PpoSettings,
 }
 
+impl stage::StageConfig for PpoConfig {
+    fn data_mut(&mut self) -> &mut DataSettings {
+        &mut self.data
+    }
+
+    fn set_start(&mut self, model: &Path) {
+        self.ppo.model_from = model.display().to_string();
+    }
+}
+
 impl Default for PpoConfig {
     fn default() -> Self {
         Self {
@@ -457,20 +467,9 @@ impl TrainTask for PpoTask {
 
 impl PpoTrainer {
     pub fn new(o: &StageOptions, reward_dir: Option<&Path>) -> Result<Self> {
-        let mut cfg: PpoConfig = if o.resume {
-            let saved: PpoConfig = stage::read_stage(&o.out)?;
-            stage::resolve(&saved, o.config.as_deref(), &o.overrides)?
-        } else {
-            let mut c = stage::resolve(&PpoConfig::default(), o.config.as_deref(), &o.overrides)?;
-            c.ppo.model_from = o.model.display().to_string();
-            c.ppo.reward_from = reward_dir.context("--reward REWARD_RUN is required")?.display().to_string();
-            c
-        };
-        if !o.data.is_empty() {
-            cfg.data.files = o.data.iter().map(|p| p.display().to_string()).collect();
-        }
-        if let Some(e) = o.on_error {
-            cfg.data.on_error = e;
+        let mut cfg: PpoConfig = stage::stage_config(o)?;
+        if !o.resume {
+            cfg.ppo.reward_from = reward_dir.context("--reward REWARD_RUN is required")?.display().to_string();
         }
         let p = &cfg.ppo;
         anyhow::ensure!(p.rollout_batch >= 1 && p.minibatch >= 1 && p.ppo_epochs >= 1, "ppo.rollout_batch, minibatch and ppo_epochs must be positive");

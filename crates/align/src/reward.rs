@@ -38,6 +38,16 @@ pub struct RewardConfig {
     pub reward: RewardSettings,
 }
 
+impl stage::StageConfig for RewardConfig {
+    fn data_mut(&mut self) -> &mut DataSettings {
+        &mut self.data
+    }
+
+    fn set_start(&mut self, model: &Path) {
+        self.reward.model_from = model.display().to_string();
+    }
+}
+
 impl Default for RewardConfig {
     fn default() -> Self {
         Self {
@@ -229,20 +239,7 @@ fn report_data(report: &ReadReport, fmt: &Formatter, train: usize, val: usize) {
 
 /// `ferrolm reward train`.
 pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
-    let mut cfg: RewardConfig = if o.resume {
-        let saved: RewardConfig = stage::read_stage(&o.out)?;
-        stage::resolve(&saved, o.config.as_deref(), &o.overrides)?
-    } else {
-        let mut c = stage::resolve(&RewardConfig::default(), o.config.as_deref(), &o.overrides)?;
-        c.reward.model_from = o.model.display().to_string();
-        c
-    };
-    if !o.data.is_empty() {
-        cfg.data.files = o.data.iter().map(|p| p.display().to_string()).collect();
-    }
-    if let Some(e) = o.on_error {
-        cfg.data.on_error = e;
-    }
+    let cfg: RewardConfig = stage::stage_config(o)?;
     let start = PathBuf::from(&cfg.reward.model_from);
     let model_cfg = stage::read_model(&start)?;
     let fmt = Formatter::from_run(&start, model_cfg.max_seq_len, cfg.data.max_response_tokens)?;

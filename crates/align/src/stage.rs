@@ -78,6 +78,34 @@ pub fn resolve<T: Serialize + DeserializeOwned>(defaults: &T, file: Option<&Path
     Ok(cfg)
 }
 
+/// A stage's config (`align.toml`): its data settings and the run it starts from.
+pub trait StageConfig: Serialize + DeserializeOwned + Default {
+    fn data_mut(&mut self) -> &mut DataSettings;
+    /// Record the run the stage starts from (a fresh run only).
+    fn set_start(&mut self, model: &Path);
+}
+
+/// A stage run's config: the saved one when resuming (else the stage's defaults with the
+/// starting run recorded), then the config file and `--set`, then the command line's data
+/// files and malformed-record policy.
+pub fn stage_config<T: StageConfig>(o: &crate::reward::StageOptions) -> Result<T> {
+    let mut cfg: T = if o.resume {
+        let saved: T = read_stage(&o.out)?;
+        resolve(&saved, o.config.as_deref(), &o.overrides)?
+    } else {
+        let mut c = resolve(&T::default(), o.config.as_deref(), &o.overrides)?;
+        c.set_start(&o.model);
+        c
+    };
+    if !o.data.is_empty() {
+        cfg.data_mut().files = o.data.iter().map(|p| p.display().to_string()).collect();
+    }
+    if let Some(e) = o.on_error {
+        cfg.data_mut().on_error = e;
+    }
+    Ok(cfg)
+}
+
 /// The starting run's `[model]`: the policy's architecture, a Transformer decoder.
 pub fn read_model(run_dir: &Path) -> Result<TransformerConfig> {
     let spec = ferrolm_model::registry::read_spec(run_dir)?;

@@ -17,13 +17,8 @@ use candle_core::{Tensor, D};
 use ferrolm_model::attention::{AttnMask, MaskSpec};
 use ferrolm_model::{EncoderDecoder, MaskedLm, Transformer};
 
-use crate::generate::GenerateConfig;
+use crate::generate::{last_logits, GenerateConfig};
 use crate::sampling::Sampler;
-
-fn last_logits(logits: &Tensor) -> Result<Vec<f32>> {
-    let t = logits.dim(1)?;
-    Ok(logits.narrow(1, t - 1, 1)?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
-}
 
 /// Where a window slides to when it is full: the most recent `ctx / 2` tokens are kept
 /// (the same rule as the causal decoder's [`crate::generate`]), so each re-encode buys

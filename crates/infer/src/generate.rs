@@ -16,8 +16,8 @@ pub struct GenerateConfig {
     pub sampling: SamplingConfig,
 }
 
-/// Last-position logits as a Vec.
-fn last_logits(logits: &Tensor) -> Result<Vec<f32>> {
+/// Last-position logits of a one-row batch as a Vec.
+pub(crate) fn last_logits(logits: &Tensor) -> Result<Vec<f32>> {
     let t = logits.dim(1)?;
     Ok(logits.narrow(1, t - 1, 1)?.squeeze(1)?.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
 }
