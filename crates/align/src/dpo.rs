@@ -44,13 +44,8 @@ pub struct DpoConfig {
 }
 
 impl stage::StageConfig for DpoConfig {
-    fn data_mut(&mut self) -> &mut DataSettings {
-        &mut self.data
-    }
-
-    fn set_start(&mut self, model: &Path) {
-        self.dpo.model_from = model.display().to_string();
-    }
+    fn data_mut(&mut self) -> &mut DataSettings { &mut self.data }
+    fn set_start(&mut self, model: &Path) { self.dpo.model_from = model.display().to_string(); }
 }
 
 impl Default for DpoConfig {

@@ -123,13 +123,8 @@ pub struct PpoConfig {
 }
 
 impl stage::StageConfig for PpoConfig {
-    fn data_mut(&mut self) -> &mut DataSettings {
-        &mut self.data
-    }
-
-    fn set_start(&mut self, model: &Path) {
-        self.ppo.model_from = model.display().to_string();
-    }
+    fn data_mut(&mut self) -> &mut DataSettings { &mut self.data }
+    fn set_start(&mut self, model: &Path) { self.ppo.model_from = model.display().to_string(); }
 }
 
 impl Default for PpoConfig {

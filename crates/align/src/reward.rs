@@ -39,13 +39,8 @@ pub struct RewardConfig {
 }
 
 impl stage::StageConfig for RewardConfig {
-    fn data_mut(&mut self) -> &mut DataSettings {
-        &mut self.data
-    }
-
-    fn set_start(&mut self, model: &Path) {
-        self.reward.model_from = model.display().to_string();
-    }
+    fn data_mut(&mut self) -> &mut DataSettings { &mut self.data }
+    fn set_start(&mut self, model: &Path) { self.reward.model_from = model.display().to_string(); }
 }
 
 impl Default for RewardConfig {

@@ -17,8 +17,7 @@ use candle_core::{Tensor, D};
 use ferrolm_model::attention::{AttnMask, MaskSpec};
 use ferrolm_model::{EncoderDecoder, MaskedLm, Transformer};
 
-use crate::generate::{last_logits, GenerateConfig};
-use crate::sampling::Sampler;
+use crate::generate::{decode_loop, last_logits, GenerateConfig};
 
 /// Where a window slides to when it is full: the most recent `ctx / 2` tokens are kept
 /// (the same rule as the causal decoder's [`crate::generate`]), so each re-encode buys
@@ -37,7 +36,7 @@ fn slide_start(len: usize, ctx: usize) -> usize {
 /// stay causal. Once the prompt has slid out, the window is plain causal text, which the
 /// prefix LM also saw in training (its split point is random). A prompt longer than the
 /// context keeps its last `max_seq_len / 2` tokens, as the causal decoder does.
-pub fn generate_prefix(model: &Transformer, prefix: &[u32], cfg: &GenerateConfig, mut on_token: impl FnMut(u32) -> bool) -> Result<Vec<u32>> {
+pub fn generate_prefix(model: &Transformer, prefix: &[u32], cfg: &GenerateConfig, on_token: impl FnMut(u32) -> bool) -> Result<Vec<u32>> {
     ensure!(!prefix.is_empty(), "generation needs a non-empty prompt (at least one token)");
     let ctx = model.config().max_seq_len;
     let dev = model.device().clone();
@@ -50,26 +49,17 @@ pub fn generate_prefix(model: &Transformer, prefix: &[u32], cfg: &GenerateConfig
         let mask = MaskSpec { kind: AttnMask::Prefix(vec![prefix.len().saturating_sub(start)]), q_segments: None, k_segments: None };
         last_logits(&model.forward(&Tensor::new(window, &dev)?.unsqueeze(0)?, &mask, Some(cache))?)
     };
-    let mut next = encode(&mut cache, &history, start)?;
-    let mut sampler = Sampler::new(cfg.sampling.clone());
-    let mut out = Vec::new();
-    for _ in 0..cfg.max_tokens {
-        let tok = sampler.sample(&next);
-        out.push(tok);
+    let first = encode(&mut cache, &history, start)?;
+    decode_loop(cfg, first, on_token, |tok| {
         history.push(tok);
-        if !on_token(tok) || cfg.stop_tokens.contains(&tok) {
-            break;
-        }
-        next = if cache.len() + 1 > ctx {
+        if cache.len() + 1 > ctx {
             start = slide_start(history.len(), ctx);
             cache = model.new_cache();
-            encode(&mut cache, &history, start)?
+            encode(&mut cache, &history, start)
         } else {
-            let l = model.forward(&Tensor::new(&[tok], &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?;
-            last_logits(&l)?
-        };
-    }
-    Ok(out)
+            last_logits(&model.forward(&Tensor::new(&[tok], &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?)
+        }
+    })
 }
 
 /// Encoder-decoder generation: encode `src` once, decode from `start` with a KV cache.
@@ -84,7 +74,7 @@ pub fn generate_seq2seq(
     src: &[u32],
     start: u32,
     cfg: &GenerateConfig,
-    mut on_token: impl FnMut(u32) -> bool,
+    on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     ensure!(!src.is_empty(), "generation needs a non-empty source (at least one token)");
     let ctx = model.config().max_seq_len;
@@ -97,26 +87,20 @@ pub fn generate_seq2seq(
         let h = model.decode_hidden(&Tensor::new(toks, &dev)?.unsqueeze(0)?, &memory, &MaskSpec::causal(), &cross, Some(cache), None)?;
         last_logits(&model.logits(&h)?)
     };
-    let mut next = feed(&mut cache, &[start])?;
-    let mut sampler = Sampler::new(cfg.sampling.clone());
+    let first = feed(&mut cache, &[start])?;
     let mut out: Vec<u32> = Vec::new();
-    for _ in 0..cfg.max_tokens {
-        let tok = sampler.sample(&next);
+    decode_loop(cfg, first, on_token, |tok| {
         out.push(tok);
-        if !on_token(tok) || cfg.stop_tokens.contains(&tok) {
-            break;
-        }
-        next = if cache.len() + 1 > ctx {
+        if cache.len() + 1 > ctx {
             // keep the cross-attention keys/values (the encoder output is unchanged)
             cache.self_attn.iter_mut().for_each(|c| *c = Default::default());
             let keep = slide_start(out.len() + 1, ctx);
             let window: Vec<u32> = std::iter::once(start).chain(out[keep..].iter().copied()).collect();
-            feed(&mut cache, &window)?
+            feed(&mut cache, &window)
         } else {
-            feed(&mut cache, &[tok])?
-        };
-    }
-    Ok(out)
+            feed(&mut cache, &[tok])
+        }
+    })
 }
 
 /// A masked position and its most likely tokens (id, probability), most likely first.

@@ -22,6 +22,28 @@ pub(crate) fn last_logits(logits: &Tensor) -> Result<Vec<f32>> {
     Ok(logits.narrow(1, t - 1, 1)?.squeeze(1)?.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
 }
 
+/// The sampling loop every generation path shares: sample a token from `next`, hand it to
+/// `on_token`, stop at a stop token (it is kept), at `max_tokens` or when `on_token`
+/// returns false; otherwise `advance(token)` returns the logits after it.
+pub(crate) fn decode_loop(
+    cfg: &GenerateConfig,
+    mut next: Vec<f32>,
+    mut on_token: impl FnMut(u32) -> bool,
+    mut advance: impl FnMut(u32) -> Result<Vec<f32>>,
+) -> Result<Vec<u32>> {
+    let mut sampler = Sampler::new(cfg.sampling.clone());
+    let mut out = Vec::new();
+    for _ in 0..cfg.max_tokens {
+        let tok = sampler.sample(&next);
+        out.push(tok);
+        if !on_token(tok) || cfg.stop_tokens.contains(&tok) {
+            break;
+        }
+        next = advance(tok)?;
+    }
+    Ok(out)
+}
+
 /// Generate up to `max_tokens` after `prompt`, calling `on_token` with each new token as
 /// soon as it is sampled (return false from it to stop early). Returns the new tokens.
 ///
@@ -31,26 +53,18 @@ pub fn generate(
     model: &Transformer,
     prompt: &[u32],
     cfg: &GenerateConfig,
-    mut on_token: impl FnMut(u32) -> bool,
+    on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     anyhow::ensure!(!prompt.is_empty(), "generation needs a non-empty prompt (at least one token)");
     let ctx = model.config().max_seq_len;
-    let mut sampler = Sampler::new(cfg.sampling.clone());
     let mut history: Vec<u32> = prompt.to_vec();
     let keep = |h: &[u32]| h[h.len().saturating_sub(ctx / 2).max(h.len().saturating_sub(ctx))..].to_vec();
     let start = if history.len() > ctx { keep(&history) } else { history.clone() };
     let mut cache = model.new_cache();
     let dev = model.device().clone();
     let logits = model.forward(&Tensor::new(start.as_slice(), &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?;
-    let mut next = last_logits(&logits)?;
-    let mut out = Vec::new();
-    for _ in 0..cfg.max_tokens {
-        let tok = sampler.sample(&next);
-        out.push(tok);
+    decode_loop(cfg, last_logits(&logits)?, on_token, |tok| {
         history.push(tok);
-        if !on_token(tok) || cfg.stop_tokens.contains(&tok) {
-            break;
-        }
         let logits = if cache.len() + 1 > ctx {
             cache = model.new_cache();
             let window = keep(&history);
@@ -58,9 +72,8 @@ pub fn generate(
         } else {
             model.forward(&Tensor::new(&[tok], &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?
         };
-        next = last_logits(&logits)?;
-    }
-    Ok(out)
+        last_logits(&logits)
+    })
 }
 
 /// Generation for models without a KV cache (the window and recurrent LMs of the
@@ -72,23 +85,16 @@ pub fn generate_windowed(
     prompt: &[u32],
     cfg: &GenerateConfig,
     mut next_logits: impl FnMut(&[u32]) -> Result<Vec<f32>>,
-    mut on_token: impl FnMut(u32) -> bool,
+    on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     anyhow::ensure!(!prompt.is_empty(), "generation needs a non-empty prompt (at least one token)");
     anyhow::ensure!(ctx > 0, "the model's context is empty");
-    let mut sampler = Sampler::new(cfg.sampling.clone());
     let mut history: Vec<u32> = prompt.to_vec();
-    let mut out = Vec::new();
-    for _ in 0..cfg.max_tokens {
-        let window = &history[history.len().saturating_sub(ctx)..];
-        let tok = sampler.sample(&next_logits(window)?);
-        out.push(tok);
+    let first = next_logits(&history[history.len().saturating_sub(ctx)..])?;
+    decode_loop(cfg, first, on_token, |tok| {
         history.push(tok);
-        if !on_token(tok) || cfg.stop_tokens.contains(&tok) {
-            break;
-        }
-    }
-    Ok(out)
+        next_logits(&history[history.len().saturating_sub(ctx)..])
+    })
 }
 
 /// Log-probability of each continuation token given the text before it (no cache; for
