@@ -174,16 +174,25 @@ fn read_parquet(path: &Path, report: &mut ReadReport) -> Result<Vec<(Origin, Res
     let reader = SerializedFileReader::new(file).with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
     let rows = reader.metadata().file_metadata().num_rows().max(0) as usize;
     report.files.push(path.display().to_string());
-    let mut out = Vec::with_capacity(rows);
+    // `rows` is the footer's claim: no allocation from it, and rows it promises that the row
+    // groups do not hold are one bad record, not one each (a corrupt count can be 2^63).
+    let mut out = Vec::new();
     let mut iter = reader.into_iter();
     for row in 1..=rows {
         report.records += 1;
         let origin = Origin { file: path.to_path_buf(), line: row };
         match iter.next() {
             Some(Ok(r)) => out.push((origin, Ok(r.to_json_value()))),
-            Some(Err(e)) => out.push((origin, Err(format!("broken Parquet row ({e})")))),
+            // The reader cannot skip a broken row group: the rest of the file is one bad record.
+            Some(Err(e)) => {
+                out.push((origin, Err(format!("broken Parquet row ({e}); rows {row}..={rows} not read"))));
+                break;
+            }
             // The footer promised more rows than the row groups hold.
-            None => out.push((origin, Err("missing Parquet row (truncated row group)".into()))),
+            None => {
+                out.push((origin, Err(format!("missing Parquet rows {row}..={rows} (the footer counts {rows} rows; truncated row group?)"))));
+                break;
+            }
         }
     }
     Ok(out)

@@ -286,3 +286,19 @@ fn one_config_section_trains_either_kind() {
     assert_eq!(t.vocab_size(), 300);
     assert!(serde_json::from_str::<TokenizerConfig>(r#"{"vocab": 3}"#).is_err(), "typos are errors");
 }
+
+#[test]
+fn a_tokenizer_json_with_sparse_ids_is_refused_before_allocating() {
+    // Issue 18. Before the fix: id tables were sized by the highest id, so one token with
+    // id 4e9 asked for ~80 GB (abort).
+    let tok = ferrolm_tokenizer::Tokenizer::train_char(["abc"].into_iter(), &[]).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&tok.to_json_string().unwrap()).unwrap();
+    let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+    let key = vocab.keys().find(|k| k.as_str() == "b").unwrap().clone();
+    vocab.insert(key, 4_000_000_000u64.into());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tokenizer.json");
+    std::fs::write(&p, v.to_string()).unwrap();
+    let e = format!("{:#}", ferrolm_tokenizer::Tokenizer::from_file(&p).err().expect("must be refused"));
+    assert!(e.contains("tokenizer.json") && e.contains("not dense"), "{e}");
+}

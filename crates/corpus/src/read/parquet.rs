@@ -306,6 +306,14 @@ impl ChunkReader for PosFile {
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        // Offsets and lengths come from the file's footer: check them against the file
+        // before allocating, so a corrupt footer cannot ask for gigabytes.
+        if start.checked_add(length as u64).is_none_or(|end| end > self.len) {
+            return Err(parquet::errors::ParquetError::EOF(format!(
+                "the footer asks for {length} bytes at offset {start}, the file has {}",
+                self.len
+            )));
+        }
         let mut buf = vec![0u8; length];
         let mut done = 0;
         while done < length {
