@@ -169,8 +169,17 @@ pub fn read_raw(path: &Path, report: &mut ReadReport) -> Result<Vec<(Origin, Res
 /// columns (nested lists and structs too, e.g. chat `messages`), so the same parsers apply.
 /// The origin's line is the 1-based row number; a row that cannot be decoded is a bad record.
 fn read_parquet(path: &Path, report: &mut ReadReport) -> Result<Vec<(Origin, Result<Value, String>)>> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
     let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // The parquet crate asserts on some malformed input instead of returning an error (found
+    // by fuzzing, issue 18): a panic while decoding is a broken file, an error naming it.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_parquet_rows(file, path, report))).unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+        bail!("{}: not a readable Parquet file (the decoder failed: {msg})", path.display())
+    })
+}
+
+fn read_parquet_rows(file: std::fs::File, path: &Path, report: &mut ReadReport) -> Result<Vec<(Origin, Result<Value, String>)>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
     let reader = SerializedFileReader::new(file).with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
     let rows = reader.metadata().file_metadata().num_rows().max(0) as usize;
     report.files.push(path.display().to_string());

@@ -52,7 +52,7 @@ pub fn read_vectors(path: &Path) -> Result<Vectors> {
         _ => bail!("{name}:1: header must be `COUNT DIM`"),
     };
     let body = &bytes[nl + 1..];
-    if dim == 0 && n > 0 {
+    if dim == 0 {
         bail!("{name}:1: header announces {n} vectors of dimension 0");
     }
     // Cap what the header asks for by what the file can hold before allocating: a text row

@@ -21,9 +21,12 @@ fn header_count_beyond_the_file_is_an_error_not_an_allocation() {
 #[test]
 fn zero_dimension_is_an_error() {
     // Before the fix: accepted, then `normalized` panicked in chunks_exact(0).
-    let (_d, p) = write(b"2 0\na\nb\n");
-    let err = format!("{:#}", ferrolm_word2vec::read_vectors(&p).err().expect("must be refused"));
-    assert!(err.contains("vectors.bin:1:") && err.contains("dimension 0"), "{err}");
+    // "0 0": found by the fuzzer after the first fix, which still let an empty file through.
+    for bytes in [&b"2 0\na\nb\n"[..], b"0 0\n"] {
+        let (_d, p) = write(bytes);
+        let err = format!("{:#}", ferrolm_word2vec::read_vectors(&p).err().expect("must be refused"));
+        assert!(err.contains("vectors.bin:1:") && err.contains("dimension 0"), "{err}");
+    }
 }
 
 #[test]
