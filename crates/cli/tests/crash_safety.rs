@@ -539,9 +539,10 @@ fn a_full_tmpfs_leaves_the_previous_checkpoint_intact() {
     let mnt = f.root.join("tmpfs");
     std::fs::create_dir_all(&mnt).unwrap();
     let used: u64 = snapshot(&run_dir).values().map(|v| v.len() as u64).sum();
-    // Room for the run and about half of one more checkpoint.
-    let ckpt_bytes: u64 = checkpoint_files(&run_dir).values().map(|v| v.len() as u64).sum();
-    let size = used + ckpt_bytes / 2 + 64 * 1024;
+    // Room for the run, the rewrites of its small files, and half of one more checkpoint.
+    let one_ckpt: u64 = snapshot(&checkpoint::latest(&run_dir).unwrap()).values().map(|v| v.len() as u64).sum();
+    let small = snapshot(&run_dir).iter().filter(|(p, _)| !p.starts_with("checkpoints")).map(|(_, v)| v.len() as u64).sum::<u64>();
+    let size = (used + small + one_ckpt / 2).div_ceil(4096) * 4096;
     let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}")]).arg("tmpfs").arg(&mnt).status().unwrap();
     assert!(st.success(), "mount tmpfs failed");
     struct Unmount(PathBuf);
