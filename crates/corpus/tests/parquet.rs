@@ -197,7 +197,7 @@ fn a_page_the_parquet_crate_asserts_on_is_a_broken_parquet_rejection() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("hostile.parquet");
     std::fs::copy(&src, &p).unwrap();
-    let (docs, stats) = read_paths(&[p.clone()], &ReadOptions::default()).unwrap();
+    let (docs, stats) = read_paths(std::slice::from_ref(&p), &ReadOptions::default()).unwrap();
     assert!(stats.rejected >= 1, "{stats:?}");
     assert_eq!(stats.rejected_by_reason.get("broken_parquet").copied().unwrap_or(0), stats.rejected, "{stats:?}");
     assert!(stats.examples.iter().all(|r| r.file == p.display().to_string()), "{stats:?}");

@@ -197,7 +197,7 @@ fn verify_finds_ids_outside_the_vocabulary() {
     let h = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
     hostile_index_keep(d.path(), |v| v["shards"][0]["xxh3"] = h.clone().into());
     let s = ferrolm_tokenizer::TokenShards::open(d.path()).unwrap();
-    let e = format!("{:#}", s.verify().err().expect("must be refused"));
+    let e = format!("{:#}", s.verify().expect_err("must be refused"));
     assert!(e.contains("shard_00000.bin: token 2 is outside the vocabulary of 300"), "{e}");
 }
 

@@ -299,6 +299,7 @@ fn a_tokenizer_json_with_sparse_ids_is_refused_before_allocating() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("tokenizer.json");
     std::fs::write(&p, v.to_string()).unwrap();
-    let e = format!("{:#}", ferrolm_tokenizer::Tokenizer::from_file(&p).err().expect("must be refused"));
+    let Err(e) = ferrolm_tokenizer::Tokenizer::from_file(&p) else { panic!("must be refused") };
+    let e = format!("{e:#}");
     assert!(e.contains("tokenizer.json") && e.contains("not dense"), "{e}");
 }
