@@ -287,6 +287,14 @@ impl Tokenizer {
             &hf.to_string(false).map_err(|e| anyhow!("cannot serialise tokenizer: {e}"))?,
         )?;
         let kind = detect_kind(&json)?;
+        if kind == TokenizerKind::Char {
+            // `tokenizers` fails to encode any unknown character when the WordLevel unk token
+            // is not in the vocabulary (found by fuzzing, issue 18: encode then panicked).
+            let unk = json["model"]["unk_token"].as_str().unwrap_or("");
+            if !model_vocab.contains_key(unk) {
+                bail!("character tokenizer: its unk_token {unk:?} is not in its vocabulary");
+            }
+        }
         let mut id_bytes: Vec<Box<[u8]>> = vec![Box::default(); vocab_size];
         let mut token_bytes = vec![0u32; vocab_size];
         for (token, &id) in &model_vocab {

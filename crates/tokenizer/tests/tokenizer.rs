@@ -303,3 +303,16 @@ fn a_tokenizer_json_with_sparse_ids_is_refused_before_allocating() {
     let e = format!("{e:#}");
     assert!(e.contains("tokenizer.json") && e.contains("not dense"), "{e}");
 }
+
+#[test]
+fn a_char_tokenizer_whose_unk_token_is_not_in_its_vocabulary_is_refused() {
+    // Issue 18, found by fuzzing: loaded fine, then the first unknown character made
+    // `encode` panic ("WordLevel error: Missing [UNK] token from the vocabulary").
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/tokenizer_json/char-unk-token-not-in-vocab.json");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tokenizer.json");
+    std::fs::copy(&src, &p).unwrap();
+    let Err(e) = ferrolm_tokenizer::Tokenizer::from_file(&p) else { panic!("must be refused") };
+    let e = format!("{e:#}");
+    assert!(e.contains("tokenizer.json") && e.contains("unk_token"), "{e}");
+}
