@@ -73,6 +73,29 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// Move the complete folder `new` to `dest`, replacing any folder already there, such that at
+/// every moment `dest` is either the old complete folder or the new one. (Removing the old
+/// folder and then renaming left a moment with no folder, or a half-deleted one, at `dest`.)
+/// On Linux the two are swapped with `renameat2(RENAME_EXCHANGE)` and the old one, now at
+/// `new`, is removed; a crash before that leaves it there under `new`'s (temporary) name.
+/// Elsewhere, or where the filesystem cannot swap, the old folder is first renamed aside, so
+/// the moment without a folder at `dest` remains (between two renames).
+pub fn replace_dir(new: &Path, dest: &Path) -> io::Result<()> {
+    if !dest.exists() {
+        return fs::rename(new, dest);
+    }
+    if ferrolm_kernels::fs::exchange(new, dest).is_ok() {
+        return fs::remove_dir_all(new);
+    }
+    let aside = new.with_extension("old");
+    if aside.exists() {
+        fs::remove_dir_all(&aside)?;
+    }
+    fs::rename(dest, &aside)?;
+    fs::rename(new, dest)?;
+    fs::remove_dir_all(&aside)
+}
+
 /// Write `bytes` to `path` atomically.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> io::Result<()> {
     let mut f = AtomicFile::create(path)?;
@@ -95,6 +118,27 @@ mod tests {
         }
         assert!(!p.exists());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "temp file cleaned up");
+    }
+
+    #[test]
+    fn replace_dir_swaps_a_full_folder_for_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (new, dest) = (dir.path().join(".tmp-x"), dir.path().join("x"));
+        for (d, content) in [(&dest, "old"), (&new, "new")] {
+            fs::create_dir_all(d).unwrap();
+            fs::write(d.join("a"), content).unwrap();
+            fs::write(d.join("b"), content).unwrap();
+        }
+        replace_dir(&new, &dest).unwrap();
+        assert_eq!(fs::read_to_string(dest.join("a")).unwrap(), "new");
+        assert_eq!(fs::read_to_string(dest.join("b")).unwrap(), "new");
+        assert!(!new.exists(), "the old folder is removed");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        // into a place that is free, a plain rename
+        let other = dir.path().join("y");
+        fs::create_dir_all(&new).unwrap();
+        replace_dir(&new, &other).unwrap();
+        assert!(other.is_dir() && !new.exists());
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub fn load_config(path: Option<&Path>, overrides: &[String]) -> Result<Value, C
     Ok(value)
 }
 
+/// Most dotted parts a `--set` key may have.
+pub const MAX_KEY_DEPTH: usize = 16;
+
 /// Apply `key.path=value` overrides. The value is parsed as a TOML literal
 /// (`3`, `1e-3`, `true`, `"x"`, `[1,2]`); anything that is not valid TOML is a string,
 /// so `--set model.kind=causal` works without quotes.
@@ -47,6 +50,12 @@ pub fn apply_overrides(root: &mut Value, overrides: &[String]) -> Result<(), Con
         }
         let value = parse_literal(raw.trim());
         let parts: Vec<&str> = key.split('.').collect();
+        // The resolved config is written next to the outputs and read back (--resume); the
+        // TOML reader refuses tables nested deeper than its recursion limit, so a key may not
+        // build one (found by fuzzing, issue 18: a 130-part key gave an unreadable config).
+        if parts.len() > MAX_KEY_DEPTH {
+            return Err(ConfigError::BadOverride(format!("{key}: more than {MAX_KEY_DEPTH} dotted parts")));
+        }
         let mut cur = &mut *root;
         for part in &parts[..parts.len() - 1] {
             let table = cur
@@ -91,6 +100,20 @@ mod tests {
         assert_eq!(v["train"]["lr"].as_float(), Some(3e-4));
         assert_eq!(v["train"]["max_steps"].as_integer(), Some(7));
         assert_eq!(v["model"]["kind"].as_str(), Some("causal"));
+    }
+
+    #[test]
+    fn override_keys_cannot_nest_past_what_toml_reads_back() {
+        // Issue 18 (fuzzing): a key of 130 dotted parts built a table the TOML reader then
+        // refused ("recursion limit"), so the resolved config could not be read back.
+        let mut v = Value::Table(Default::default());
+        let deep = vec!["a"; 130].join(".");
+        let err = apply_overrides(&mut v, &[format!("{deep}=1")]).unwrap_err();
+        assert!(err.to_string().contains("more than 16 dotted parts"), "{err}");
+        let ok = vec!["a"; MAX_KEY_DEPTH].join(".");
+        apply_overrides(&mut v, &[format!("{ok}=1")]).unwrap();
+        let text = toml::to_string(&v).unwrap();
+        assert_eq!(text.parse::<toml::Table>().map(Value::Table).unwrap(), v);
     }
 
     #[test]

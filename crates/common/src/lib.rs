@@ -7,5 +7,5 @@ pub mod atomic;
 pub mod config;
 pub mod progress;
 
-pub use atomic::{write_atomic, AtomicFile};
+pub use atomic::{replace_dir, write_atomic, AtomicFile};
 pub use config::{apply_overrides, load_config, ConfigError};

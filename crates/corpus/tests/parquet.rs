@@ -186,3 +186,21 @@ fn many_row_groups_stream_in_the_same_order_with_any_thread_count() {
         assert_eq!(d.meta["line"], 40_000);
     }
 }
+
+#[test]
+fn a_page_the_parquet_crate_asserts_on_is_a_broken_parquet_rejection() {
+    // Issue 18, found by fuzzing: a changed integer in a page header made the parquet crate
+    // fail an `assert!` (util/bit_util.rs) inside the row-group decoder, which took down the
+    // whole reader (and `ferrolm data build`). Now the row group's rows are one counted
+    // `broken_parquet` rejection naming the file.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/parquet/bit-util-assert-size.parquet");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("hostile.parquet");
+    std::fs::copy(&src, &p).unwrap();
+    let (docs, stats) = read_paths(std::slice::from_ref(&p), &ReadOptions::default()).unwrap();
+    assert!(stats.rejected >= 1, "{stats:?}");
+    assert_eq!(stats.rejected_by_reason.get("broken_parquet").copied().unwrap_or(0), stats.rejected, "{stats:?}");
+    assert!(stats.examples.iter().all(|r| r.file == p.display().to_string()), "{stats:?}");
+    assert!(stats.examples.iter().any(|r| r.detail.contains("Parquet decoder failed")), "{stats:?}");
+    let _ = docs;
+}

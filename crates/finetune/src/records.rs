@@ -169,21 +169,39 @@ pub fn read_raw(path: &Path, report: &mut ReadReport) -> Result<Vec<(Origin, Res
 /// columns (nested lists and structs too, e.g. chat `messages`), so the same parsers apply.
 /// The origin's line is the 1-based row number; a row that cannot be decoded is a bad record.
 fn read_parquet(path: &Path, report: &mut ReadReport) -> Result<Vec<(Origin, Result<Value, String>)>> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
     let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // The parquet crate asserts on some malformed input instead of returning an error (found
+    // by fuzzing, issue 18): a panic while decoding is a broken file, an error naming it.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_parquet_rows(file, path, report))).unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+        bail!("{}: not a readable Parquet file (the decoder failed: {msg})", path.display())
+    })
+}
+
+fn read_parquet_rows(file: std::fs::File, path: &Path, report: &mut ReadReport) -> Result<Vec<(Origin, Result<Value, String>)>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
     let reader = SerializedFileReader::new(file).with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
     let rows = reader.metadata().file_metadata().num_rows().max(0) as usize;
     report.files.push(path.display().to_string());
-    let mut out = Vec::with_capacity(rows);
+    // `rows` is the footer's claim: no allocation from it, and rows it promises that the row
+    // groups do not hold are one bad record, not one each (a corrupt count can be 2^63).
+    let mut out = Vec::new();
     let mut iter = reader.into_iter();
     for row in 1..=rows {
         report.records += 1;
         let origin = Origin { file: path.to_path_buf(), line: row };
         match iter.next() {
             Some(Ok(r)) => out.push((origin, Ok(r.to_json_value()))),
-            Some(Err(e)) => out.push((origin, Err(format!("broken Parquet row ({e})")))),
+            // The reader cannot skip a broken row group: the rest of the file is one bad record.
+            Some(Err(e)) => {
+                out.push((origin, Err(format!("broken Parquet row ({e}); rows {row}..={rows} not read"))));
+                break;
+            }
             // The footer promised more rows than the row groups hold.
-            None => out.push((origin, Err("missing Parquet row (truncated row group)".into()))),
+            None => {
+                out.push((origin, Err(format!("missing Parquet rows {row}..={rows} (the footer counts {rows} rows; truncated row group?)"))));
+                break;
+            }
         }
     }
     Ok(out)

@@ -11,7 +11,8 @@
 //!   one strided-matrix type the products take;
 //! - [`hogwild`]: a padded weight matrix that threads update without locks;
 //! - [`alloc`]: the mimalloc option the `ferrolm` binary sets;
-//! - [`mmap`] (feature `mmap`): read-only maps of files that are replaced, never rewritten.
+//! - [`mmap`] (feature `mmap`): read-only maps of files that are replaced, never rewritten;
+//! - [`fs`] (feature `fs`): the atomic swap of two paths under `replace_dir`.
 //!
 //! With the default `candle` feature: the fused candle ops with their backward passes, and
 //! the matrix products under them and under candle's matmul. Why fused: candle-nn's fused
@@ -27,6 +28,8 @@
 //! tiles ([`amx`]).
 
 pub mod alloc;
+#[cfg(feature = "fs")]
+pub mod fs;
 pub mod hogwild;
 #[cfg(feature = "mmap")]
 pub mod mmap;

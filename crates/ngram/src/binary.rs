@@ -29,6 +29,8 @@ pub const MAGIC: &[u8; 8] = b"FLMKNBIN";
 pub const VERSION: u32 = 1;
 const SEED: u64 = 0x5851_F42D_4C95_7F2D;
 const EMPTY_ID: u32 = u32::MAX;
+/// Highest order the binary form holds (the scorer keeps its state in fixed arrays).
+pub const MAX_ORDER: usize = 64;
 
 /// Extend an n-gram hash by one (older) word.
 #[inline]
@@ -66,10 +68,6 @@ fn pad8<W: Write>(w: &mut W, len: u64) -> Result<u64> {
     Ok(len + p)
 }
 
-fn round8(x: u64) -> u64 {
-    x.div_ceil(8) * 8
-}
-
 /// Sizes that, with the header, fix every section's offset.
 struct Dims {
     order: usize,
@@ -86,18 +84,23 @@ impl Dims {
     }
     /// (offsets, blob, vocab table, unigrams, [order tables]) byte offsets.
     fn layout(&self) -> (u64, u64, u64, u64, Vec<u64>) {
+        self.checked_layout().expect("sizes of a model being written fit in u64")
+    }
+    /// [`Dims::layout`], or None when the sizes (read from a file's header) overflow.
+    fn checked_layout(&self) -> Option<(u64, u64, u64, u64, Vec<u64>)> {
+        let r8 = |x: u64| x.checked_add(7).map(|x| x / 8 * 8);
         let offs = self.header_len();
-        let blob = offs + 8 * (self.vocab + 1);
-        let vt = blob + round8(self.blob);
-        let uni = vt + round8(4 * self.vslots);
-        let mut t = uni + round8(8 * self.vocab);
+        let blob = offs.checked_add(self.vocab.checked_add(1)?.checked_mul(8)?)?;
+        let vt = blob.checked_add(r8(self.blob)?)?;
+        let uni = vt.checked_add(r8(self.vslots.checked_mul(4)?)?)?;
+        let mut t = uni.checked_add(r8(self.vocab.checked_mul(8)?)?)?;
         let mut tables = Vec::new();
         for &(_, slots) in &self.tables {
             tables.push(t);
-            t += 16 * slots;
+            t = t.checked_add(slots.checked_mul(16)?)?;
         }
         tables.push(t); // end of file
-        (offs, blob, vt, uni, tables)
+        Some((offs, blob, vt, uni, tables))
     }
 }
 
@@ -113,6 +116,9 @@ pub struct BinaryStats {
 pub fn arpa_to_binary(arpa: &Path, out: &Path) -> Result<BinaryStats> {
     let f = std::fs::File::open(arpa).with_context(|| format!("opening {}", arpa.display()))?;
     let name = arpa.display().to_string();
+    // Every n-gram the header announces takes a line of the file: counts above the file's
+    // size are corrupt, and checking them first bounds every table allocated below.
+    let file_len = f.metadata().with_context(|| format!("reading {name}"))?.len();
     let mut lines = std::io::BufReader::with_capacity(1 << 20, f).lines().enumerate();
     let mut next_line = |what: &str| -> Result<(usize, String)> {
         loop {
@@ -143,6 +149,12 @@ pub fn arpa_to_binary(arpa: &Path, out: &Path) -> Result<BinaryStats> {
         if n != counts.len() + 1 {
             bail!("{name}:{ln}: orders must be announced in sequence");
         }
+        if n > MAX_ORDER {
+            bail!("{name}:{ln}: order {n} is above the {MAX_ORDER} the binary form supports");
+        }
+        if c > file_len {
+            bail!("{name}:{ln}: header announces {c} {n}-grams, more than the file's {file_len} bytes can hold (corrupt header?)");
+        }
         counts.push(c);
         (ln, l) = next_line("the 1-grams section")?;
     }
@@ -171,6 +183,7 @@ pub fn arpa_to_binary(arpa: &Path, out: &Path) -> Result<BinaryStats> {
     if l.trim() != "\\1-grams:" {
         bail!("{name}:{ln}: expected \\1-grams:, found `{}`", l.trim());
     }
+    // counts[0] <= the file's size (checked above)
     let mut words: Vec<String> = Vec::with_capacity(counts[0] as usize);
     let mut index: std::collections::HashMap<String, u32> = std::collections::HashMap::with_capacity(counts[0] as usize);
     let mut uni: Vec<(f32, f32)> = Vec::with_capacity(counts[0] as usize);
@@ -335,7 +348,7 @@ impl BinaryModel {
             bail!("{name}: binary model version {version}, this build reads version {VERSION}");
         }
         let order = rd_u32(b, 12) as usize;
-        if order == 0 || order > 64 {
+        if order == 0 || order > MAX_ORDER {
             bail!("{name}: implausible order {order} (corrupt header)");
         }
         let (vocab, blob, vslots) = (rd_u64(b, 16), rd_u64(b, 24), rd_u64(b, 32));
@@ -346,13 +359,35 @@ impl BinaryModel {
         }
         let tables: Vec<(u64, u64)> = (0..order - 1).map(|i| (rd_u64(b, 56 + 16 * i), rd_u64(b, 64 + 16 * i))).collect();
         let dims = Dims { order, vocab, blob, vslots, tables: tables.clone() };
-        let (offs, blob_at, vt, uni, starts) = dims.layout();
+        let Some((offs, blob_at, vt, uni, starts)) = dims.checked_layout() else {
+            bail!("{name}: corrupt header (section sizes overflow)");
+        };
         let end = *starts.last().unwrap();
         if end != b.len() as u64 {
             bail!("{name}: file is {} bytes but its header describes {end} (truncated or corrupt)", b.len());
         }
-        if unk as u64 >= vocab || tables.iter().any(|&(c, s)| s <= c) {
-            bail!("{name}: corrupt header");
+        // Every id must fit below EMPTY_ID, each hash table needs an empty slot, and <s>/</s>
+        // are ids of the vocabulary or absent (EMPTY_ID, as the writer marks them).
+        let id_ok = |id: u32| (id as u64) < vocab || id == EMPTY_ID;
+        if vocab >= EMPTY_ID as u64 || unk as u64 >= vocab || vslots <= vocab || !id_ok(bos) || !id_ok(eos) || tables.iter().any(|&(c, s)| s <= c) {
+            bail!("{name}: corrupt header (vocabulary {vocab}, {vslots} vocabulary slots, ids unk {unk} bos {bos} eos {eos}, tables {tables:?})");
+        }
+        // The word offsets must rise within the blob, and the vocabulary table hold ids: both
+        // are read without further checks when scoring. O(vocabulary), far less than parsing.
+        let (offs, blob_at, vt) = (offs as usize, blob_at as usize, vt as usize);
+        let mut prev = 0u64;
+        for i in 0..=vocab as usize {
+            let o = rd_u64(b, offs + 8 * i);
+            if o < prev || o > blob || (i == 0 && o != 0) {
+                bail!("{name}: corrupt vocabulary (offset of word {i} is {o}, after {prev}, blob of {blob} bytes)");
+            }
+            prev = o;
+        }
+        for s in 0..vslots as usize {
+            let id = rd_u32(b, vt + 4 * s);
+            if id != EMPTY_ID && id as u64 >= vocab {
+                bail!("{name}: corrupt vocabulary table (slot {s} holds id {id}, vocabulary of {vocab})");
+            }
         }
         Ok(Self {
             order,
@@ -361,9 +396,9 @@ impl BinaryModel {
             unk,
             bos,
             eos,
-            offs: offs as usize,
-            blob: blob_at as usize,
-            vt: vt as usize,
+            offs,
+            blob: blob_at,
+            vt,
             uni: uni as usize,
             tables: starts[..order - 1].iter().zip(&tables).map(|(&o, &(_, s))| (o as usize, s)).collect(),
             map,
@@ -378,7 +413,11 @@ impl BinaryModel {
         self.vocab as usize
     }
 
+    /// The word of an id ("" for an id outside the vocabulary).
     pub fn word(&self, id: u32) -> &str {
+        if id as u64 >= self.vocab {
+            return "";
+        }
         let b = &self.map[..];
         let s = rd_u64(b, self.offs + 8 * id as usize) as usize;
         let e = rd_u64(b, self.offs + 8 * (id as usize + 1)) as usize;
@@ -389,7 +428,8 @@ impl BinaryModel {
     pub fn id(&self, word: &str) -> u32 {
         let b = &self.map[..];
         let mut s = slot_of(str_hash(word.as_bytes()), self.vslots);
-        loop {
+        // At most one pass over the table: a corrupt file may have no empty slot.
+        for _ in 0..self.vslots {
             let id = rd_u32(b, self.vt + 4 * s as usize);
             if id == EMPTY_ID {
                 return self.unk;
@@ -404,10 +444,16 @@ impl BinaryModel {
                 s = 0;
             }
         }
+        self.unk
     }
 
+    /// (log10 p, log10 backoff) of a word; an id outside the vocabulary (an absent `<s>` or
+    /// `</s>`) has no backoff and `<unk>`'s probability.
     #[inline]
     fn unigram(&self, id: u32) -> (f32, f32) {
+        if id as u64 >= self.vocab {
+            return (self.unigram(self.unk).0, 0.0);
+        }
         let at = self.uni + 8 * id as usize;
         (rd_f32(&self.map, at), rd_f32(&self.map, at + 4))
     }
@@ -417,7 +463,8 @@ impl BinaryModel {
         let (at, slots) = self.tables[n - 2];
         let b = &self.map[..];
         let mut s = slot_of(key, slots);
-        loop {
+        // At most one pass: a corrupt table may have no empty slot to stop at.
+        for _ in 0..slots {
             let e = at + 16 * s as usize;
             let k = rd_u64(b, e);
             if k == key {
@@ -431,6 +478,7 @@ impl BinaryModel {
                 s = 0;
             }
         }
+        None
     }
 
     /// log10 p(w | context), context oldest-first (at most order−1 words are used); the same
@@ -484,7 +532,7 @@ impl BinaryModel {
     /// the time was `find`, nearly all of it cache misses on probes for n-grams that were
     /// then absent or had just been found for the previous word.
     pub fn score_seq(&self, ids: impl IntoIterator<Item = u32>, mut f: impl FnMut(u32, usize, f64)) {
-        const MAX: usize = 64; // order ≤ 64 is checked when opening
+        const MAX: usize = MAX_ORDER; // checked when opening
         // backoffs of the n-grams ending at the previous word, by length (1-based); the
         // context has `ctx_len` words, the last of them at the end of `hist`
         let mut bo = [0f32; MAX];

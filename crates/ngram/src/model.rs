@@ -219,7 +219,9 @@ impl Model {
                     bail!("{name}:{}: section {n}-grams not announced in \\data\\", ln + 1);
                 }
                 while grams.len() < n {
-                    grams.push(HashMap::with_capacity(counts[grams.len()]));
+                    // The count is the header's claim: a capacity hint, capped so a hostile
+                    // header cannot make us allocate what the file does not hold.
+                    grams.push(HashMap::with_capacity(counts[grams.len()].min(1 << 16)));
                 }
                 st = St::Grams(n);
                 continue;
@@ -270,6 +272,9 @@ impl Model {
         }
         if st != St::End {
             bail!("{name}: missing \\end\\ (truncated file?)");
+        }
+        if counts.is_empty() {
+            bail!("{name}: no \\data\\ section with `ngram N=COUNT` lines before \\end\\ (not an ARPA file?)");
         }
         for (n, (&c, m)) in counts.iter().zip(&grams).enumerate() {
             if c != m.len() {

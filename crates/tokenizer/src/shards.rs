@@ -341,14 +341,22 @@ impl TokenShards {
             index.dtype,
             index.vocab_size
         );
+        if let Some(e) = index.eot {
+            ensure!((e as usize) < index.vocab_size, "{}: eot id {e} is outside the vocabulary of {}", index_path.display(), index.vocab_size);
+        }
         let mut maps = Vec::with_capacity(index.shards.len());
         let mut starts = vec![0u64];
-        for s in &index.shards {
+        for (i, s) in index.shards.iter().enumerate() {
+            // A shard is a file inside this folder: no `..`, no absolute path, no subfolder.
+            let plain = matches!(Path::new(&s.file).components().collect::<Vec<_>>()[..], [std::path::Component::Normal(_)]);
+            ensure!(plain, "{}: shard {i} names {:?}, not a file name inside the folder", index_path.display(), s.file);
             let path = dir.join(&s.file);
             let file = std::fs::File::open(&path)
                 .with_context(|| format!("shard {} listed in {} cannot be opened", path.display(), index_path.display()))?;
             let len = file.metadata()?.len();
-            let expected = s.tokens * index.dtype.bytes() as u64;
+            let expected = s.tokens.checked_mul(index.dtype.bytes() as u64).with_context(|| {
+                format!("{}: shard {i} claims {} tokens (corrupt index)", index_path.display(), s.tokens)
+            })?;
             ensure!(
                 len == expected,
                 "shard {} is {len} bytes but the index says {} tokens ({expected} bytes): the file \
@@ -363,6 +371,7 @@ impl TokenShards {
                 Some(ferrolm_kernels::mmap::map_immutable(&file).with_context(|| format!("cannot map {}", path.display()))?)
             };
             maps.push(map);
+            // Cannot overflow: each shard's tokens are backed by a file's bytes.
             starts.push(starts.last().unwrap() + s.tokens);
         }
         ensure!(
@@ -375,7 +384,8 @@ impl TokenShards {
         Ok(Self { dir: dir.to_path_buf(), index, maps, starts })
     }
 
-    /// Hash every shard and compare with the index (reads all data).
+    /// Hash every shard and compare with the index, and check every id is inside the
+    /// vocabulary (reads all data).
     pub fn verify(&self) -> Result<()> {
         for (s, map) in self.index.shards.iter().zip(&self.maps) {
             let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
@@ -386,6 +396,17 @@ impl TokenShards {
                 self.dir.join(&s.file).display(),
                 s.xxh3
             );
+            let v = self.index.vocab_size as u64;
+            let bad = match self.index.dtype {
+                Dtype::U16 => bytes.chunks_exact(2).position(|c| u16::from_le_bytes([c[0], c[1]]) as u64 >= v),
+                Dtype::U32 => bytes.chunks_exact(4).position(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64 >= v),
+            };
+            if let Some(at) = bad {
+                bail!(
+                    "shard {}: token {at} is outside the vocabulary of {v}",
+                    self.dir.join(&s.file).display()
+                );
+            }
         }
         Ok(())
     }

@@ -272,15 +272,29 @@ impl Tokenizer {
 
     /// Wrap a Hugging Face tokenizer of a supported shape.
     pub fn from_hf(hf: hf::Tokenizer) -> Result<Self> {
-        let json: Value = serde_json::from_str(
-            &hf.to_string(false).map_err(|e| anyhow!("cannot serialise tokenizer: {e}"))?,
-        )?;
-        let kind = detect_kind(&json)?;
-
         let added = hf.get_added_tokens_decoder();
         let model_vocab = hf.get_vocab(false);
         let max_id = model_vocab.values().chain(added.keys()).copied().max();
         let vocab_size = max_id.map_or(0, |m| m as usize + 1);
+        // Tables below are indexed by id, and `tokenizers` serialises a vocabulary by walking
+        // every id up to the highest: ids far above the number of tokens (a corrupt or hostile
+        // file, e.g. one token with id 4e9) would take minutes and gigabytes for nothing.
+        let entries = model_vocab.len() + added.len();
+        if vocab_size > 2 * entries + 1024 {
+            bail!("token ids are not dense: the highest id is {} but there are only {entries} tokens", vocab_size - 1);
+        }
+        let json: Value = serde_json::from_str(
+            &hf.to_string(false).map_err(|e| anyhow!("cannot serialise tokenizer: {e}"))?,
+        )?;
+        let kind = detect_kind(&json)?;
+        if kind == TokenizerKind::Char {
+            // `tokenizers` fails to encode any unknown character when the WordLevel unk token
+            // is not in the vocabulary (found by fuzzing, issue 18: encode then panicked).
+            let unk = json["model"]["unk_token"].as_str().unwrap_or("");
+            if !model_vocab.contains_key(unk) {
+                bail!("character tokenizer: its unk_token {unk:?} is not in its vocabulary");
+            }
+        }
         let mut id_bytes: Vec<Box<[u8]>> = vec![Box::default(); vocab_size];
         let mut token_bytes = vec![0u32; vocab_size];
         for (token, &id) in &model_vocab {

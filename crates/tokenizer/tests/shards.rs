@@ -150,3 +150,68 @@ fn writes_texts_through_a_tokenizer() {
     let decoded: Vec<String> = all.split(|&i| i == eot).map(|d| tok.decode(d)).collect();
     assert_eq!(decoded, vec!["one two", "héllo <|user|> three", "", ""]);
 }
+
+// ------------------------------------------------------------------ hostile indexes (issue 18)
+
+fn hostile_index(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut w = ferrolm_tokenizer::ShardWriter::create(dir, 300, Some(0)).unwrap();
+    w.write_document(&[5, 6, 7], 10).unwrap();
+    w.finish().unwrap();
+    let p = dir.join("index.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn an_index_naming_a_file_outside_its_folder_is_refused() {
+    // Before the fix: `dir.join(file)` opened whatever the index named (`../`, `/etc/…`).
+    for name in ["../outside.bin", "/etc/hostname", "sub/shard.bin", ".."] {
+        let d = tempfile::tempdir().unwrap();
+        hostile_index(d.path(), |v| v["shards"][0]["file"] = name.into());
+        let e = format!("{:#}", ferrolm_tokenizer::TokenShards::open(d.path()).err().expect("must be refused"));
+        assert!(e.contains("index.json") && e.contains("not a file name inside the folder"), "{e}");
+    }
+}
+
+#[test]
+fn a_token_count_that_overflows_is_an_error() {
+    // Before the fix: tokens * 2 overflowed (a panic with overflow checks).
+    let d = tempfile::tempdir().unwrap();
+    hostile_index(d.path(), |v| v["shards"][0]["tokens"] = (u64::MAX / 2 + 1).into());
+    let e = format!("{:#}", ferrolm_tokenizer::TokenShards::open(d.path()).err().expect("must be refused"));
+    assert!(e.contains("index.json") && e.contains("corrupt index"), "{e}");
+}
+
+#[test]
+fn verify_finds_ids_outside_the_vocabulary() {
+    // The hash matches (it is recomputed below), but an id is >= vocab_size: training on it
+    // would index past the embedding table.
+    let d = tempfile::tempdir().unwrap();
+    let shard = d.path().join("shard_00000.bin");
+    hostile_index(d.path(), |_| {});
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[2..4].copy_from_slice(&299u16.to_le_bytes());
+    bytes[4..6].copy_from_slice(&300u16.to_le_bytes());
+    std::fs::write(&shard, &bytes).unwrap();
+    let h = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
+    hostile_index_keep(d.path(), |v| v["shards"][0]["xxh3"] = h.clone().into());
+    let s = ferrolm_tokenizer::TokenShards::open(d.path()).unwrap();
+    let e = format!("{:#}", s.verify().expect_err("must be refused"));
+    assert!(e.contains("shard_00000.bin: token 2 is outside the vocabulary of 300"), "{e}");
+}
+
+fn hostile_index_keep(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("index.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn an_eot_outside_the_vocabulary_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    hostile_index(d.path(), |v| v["eot"] = 300.into());
+    let e = format!("{:#}", ferrolm_tokenizer::TokenShards::open(d.path()).err().expect("must be refused"));
+    assert!(e.contains("index.json") && e.contains("eot id 300"), "{e}");
+}

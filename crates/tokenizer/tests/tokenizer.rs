@@ -286,3 +286,33 @@ fn one_config_section_trains_either_kind() {
     assert_eq!(t.vocab_size(), 300);
     assert!(serde_json::from_str::<TokenizerConfig>(r#"{"vocab": 3}"#).is_err(), "typos are errors");
 }
+
+#[test]
+fn a_tokenizer_json_with_sparse_ids_is_refused_before_allocating() {
+    // Issue 18. Before the fix: id tables were sized by the highest id, so one token with
+    // id 4e9 asked for ~80 GB (abort).
+    let tok = ferrolm_tokenizer::Tokenizer::train_char(["abc"].into_iter(), &[]).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&tok.to_json_string().unwrap()).unwrap();
+    let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+    let key = vocab.keys().find(|k| k.as_str() == "b").unwrap().clone();
+    vocab.insert(key, 4_000_000_000u64.into());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tokenizer.json");
+    std::fs::write(&p, v.to_string()).unwrap();
+    let Err(e) = ferrolm_tokenizer::Tokenizer::from_file(&p) else { panic!("must be refused") };
+    let e = format!("{e:#}");
+    assert!(e.contains("tokenizer.json") && e.contains("not dense"), "{e}");
+}
+
+#[test]
+fn a_char_tokenizer_whose_unk_token_is_not_in_its_vocabulary_is_refused() {
+    // Issue 18, found by fuzzing: loaded fine, then the first unknown character made
+    // `encode` panic ("WordLevel error: Missing [UNK] token from the vocabulary").
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/tokenizer_json/char-unk-token-not-in-vocab.json");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tokenizer.json");
+    std::fs::copy(&src, &p).unwrap();
+    let Err(e) = ferrolm_tokenizer::Tokenizer::from_file(&p) else { panic!("must be refused") };
+    let e = format!("{e:#}");
+    assert!(e.contains("tokenizer.json") && e.contains("unk_token"), "{e}");
+}

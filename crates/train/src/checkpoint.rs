@@ -74,10 +74,9 @@ pub fn save(
     ferrolm_common::write_atomic(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
     sync_dir(&tmp);
     let dest = root.join(&name);
-    if dest.exists() {
-        fs::remove_dir_all(&dest)?;
-    }
-    fs::rename(&tmp, &dest).with_context(|| format!("moving checkpoint into {}", dest.display()))?;
+    // A checkpoint of the same step may be there already (a resumed run that ends where it
+    // started): swapped, never deleted first, so a crash cannot leave `latest` naming nothing.
+    ferrolm_common::replace_dir(&tmp, &dest).with_context(|| format!("moving checkpoint into {}", dest.display()))?;
     sync_dir(&root);
     ferrolm_common::write_atomic(root.join("latest"), name.as_bytes())?;
     prune(&root, keep.max(1))?;
@@ -90,6 +89,14 @@ fn prune(root: &Path, keep: usize) -> Result<()> {
         .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
         .collect();
     steps.sort();
+    // Folders a killed run was writing (`.tmp-step-N-PID`) were never taken for checkpoints.
+    let ours = format!("-{}", std::process::id());
+    for e in fs::read_dir(root)?.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-step-") && !name.ends_with(&ours) && e.path().is_dir() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
     let n = steps.len();
     for old in steps.into_iter().take(n.saturating_sub(keep)) {
         fs::remove_dir_all(&old).with_context(|| format!("removing old checkpoint {}", old.display()))?;

@@ -52,6 +52,14 @@ pub fn read_vectors(path: &Path) -> Result<Vectors> {
         _ => bail!("{name}:1: header must be `COUNT DIM`"),
     };
     let body = &bytes[nl + 1..];
+    if dim == 0 {
+        bail!("{name}:1: header announces {n} vectors of dimension 0");
+    }
+    // Cap what the header asks for by what the file can hold before allocating: a text row
+    // takes at least two bytes a number (digit and separator), a binary one four.
+    if n > body.len() || n.checked_mul(dim).is_none_or(|x| x > body.len()) {
+        bail!("{name}:1: header announces {n} vectors of dimension {dim}, more than the file's {} bytes can hold (corrupt or truncated)", bytes.len());
+    }
     // binary rows are exactly word + ' ' + 4·dim bytes (+ optional '\n')
     let first_sp = body.iter().position(|&b| b == b' ').unwrap_or(0);
     let looks_text = body.len() > first_sp && {

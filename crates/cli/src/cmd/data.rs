@@ -238,11 +238,21 @@ fn build(b: BuildArgs) -> Result<()> {
             ..Default::default()
         }];
     }
-    let opts = RunOptions { shard: b.shard.as_deref().map(ferrolm_corpus::parse_shard).transpose()?, force: b.force };
+    let mut opts = RunOptions { shard: b.shard.as_deref().map(ferrolm_corpus::parse_shard).transpose()?, force: b.force };
+    // The pipeline's completion marker is written before the token shards' index: a run
+    // killed between the two has a marker and no index. Skipping the pipeline then would
+    // rewrite the shards empty, so it runs again (same outputs); with both, nothing is redone.
+    let shard_dir = if opts.shard.is_some() { b.out.join("shards").join(opts.tag()) } else { b.out.join("shards") };
+    let marker = ferrolm_corpus::pipeline::done_marker(&b.out, &opts);
+    let finished = marker.exists() && !opts.force && shard_dir.join(ferrolm_tokenizer::shards::INDEX_FILE).exists();
+    let tokenize = b.tokenizer.as_ref().filter(|_| !finished);
+    if tokenize.is_some() && marker.exists() {
+        opts.force = true;
+    }
     // With --tokenizer, every kept document is encoded as it leaves the pipeline and
     // appended to token shards (OUT/shards, or OUT/shards/<shard tag> for --shard runs);
     // the shard index is written only after the pipeline finished.
-    let s = match &b.tokenizer {
+    let s = match tokenize {
         Some(t) => {
             let tok = ferrolm_tokenizer::Tokenizer::from_file(t)?;
             let dir = if opts.shard.is_some() { b.out.join("shards").join(opts.tag()) } else { b.out.join("shards") };

@@ -53,7 +53,7 @@ fn tokenizer_into_run(path: &str, vocab_size: usize, run_dir: &Path) -> Result<(
         "the tokenizer has {} tokens but model.vocab_size is {vocab_size}",
         tokenizer.vocab_size()
     );
-    std::fs::create_dir_all(run_dir)?;
+    std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create the run folder {}", run_dir.display()))?;
     let dest = run_dir.join("tokenizer.json");
     if tok_path.canonicalize().ok() != dest.canonicalize().ok() {
         tokenizer.save(&dest).with_context(|| format!("copying the tokenizer into {}", run_dir.display()))?;

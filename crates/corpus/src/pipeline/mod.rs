@@ -85,6 +85,11 @@ pub fn run_pipeline(docs: Vec<Document>, cfg: &PipelineConfig, out_dir: Option<&
     Ok((kept, stats))
 }
 
+/// The completion marker of a run (or of its shard): `OUT/done/<tag>.json`.
+pub fn done_marker(out_dir: &Path, opts: &RunOptions) -> PathBuf {
+    out_dir.join("done").join(format!("{}.json", opts.tag()))
+}
+
 /// Run a configured pipeline over its sources, streaming, writing to `out_dir`.
 /// With a shard, only that shard's files are read and outputs carry the shard's tag; a shard
 /// whose completion marker exists is skipped (its recorded stats are returned) unless `force`.
@@ -93,7 +98,7 @@ pub fn run_configured(cfg: &PipelineConfig, out_dir: &Path, opts: &RunOptions, s
     if cfg.sources.is_empty() {
         return Err(CorpusError::Config("no [[source]] in the config (or --input paths)".into()));
     }
-    let marker = out_dir.join("done").join(format!("{}.json", opts.tag()));
+    let marker = done_marker(out_dir, opts);
     if marker.exists() && !opts.force {
         tracing_info(&format!("shard {} already complete ({}); skipping", opts.tag(), marker.display()));
         let text = std::fs::read_to_string(&marker).map_err(io_err(&marker))?;

@@ -61,6 +61,15 @@ fn codec_supported(c: Compression) -> bool {
 impl ParquetSource {
     /// Read the footer and choose columns. Err: the file is not readable Parquet at all.
     pub fn open(spec: FileSpec, opts: &ReadOptions) -> std::result::Result<Self, Rejection> {
+        // The parquet crate asserts on some malformed input instead of returning an error
+        // (found by fuzzing, issue 18): a panic while decoding is a broken file like any other.
+        let for_error = spec.clone();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_inner(spec, opts))).unwrap_or_else(|p| {
+            Err(rejection(&for_error, None, "broken_parquet", format!("cannot read the footer: the Parquet decoder failed: {}", panic_message(&p)), 1))
+        })
+    }
+
+    fn open_inner(spec: FileSpec, opts: &ReadOptions) -> std::result::Result<Self, Rejection> {
         let file = match File::open(&spec.path) {
             Ok(f) => f,
             Err(e) => return Err(rejection(&spec, None, "io_error", e, 1)),
@@ -119,6 +128,17 @@ impl ParquetSource {
 
     /// Every row of row group `g` as a document or a rejection, in row order.
     pub fn read_group(&self, g: usize, opts: &ReadOptions) -> Vec<ReadItem> {
+        // As in `open`: a panic inside the parquet crate while decoding this row group makes
+        // every row of it a `broken_parquet` rejection (counted, not lost); the reader is not
+        // used for this group again, and other groups get their own column readers.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read_group_inner(g, opts))).unwrap_or_else(|p| {
+            let rows = self.reader.metadata().row_group(g).num_rows().max(0) as u64;
+            let detail = format!("row group {g}: the Parquet decoder failed: {}", panic_message(&p));
+            vec![ReadItem::Rejected(rejection(&self.spec, Some(self.first_rows[g] + 1), "broken_parquet", detail, rows.max(1)))]
+        })
+    }
+
+    fn read_group_inner(&self, g: usize, opts: &ReadOptions) -> Vec<ReadItem> {
         let rg_md = self.reader.metadata().row_group(g);
         let rows = rg_md.num_rows().max(0) as u64;
         let first = self.first_rows[g];
@@ -255,6 +275,11 @@ impl ParquetSource {
     }
 }
 
+/// The message of a caught panic.
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "panic".into())
+}
+
 /// A file read by position (pread), so row groups of one file decode on several threads at once.
 /// (parquet's own `impl ChunkReader for File` clones the handle, and clones share one cursor.)
 pub struct PosFile {
@@ -306,6 +331,14 @@ impl ChunkReader for PosFile {
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        // Offsets and lengths come from the file's footer: check them against the file
+        // before allocating, so a corrupt footer cannot ask for gigabytes.
+        if start.checked_add(length as u64).is_none_or(|end| end > self.len) {
+            return Err(parquet::errors::ParquetError::EOF(format!(
+                "the footer asks for {length} bytes at offset {start}, the file has {}",
+                self.len
+            )));
+        }
         let mut buf = vec![0u8; length];
         let mut done = 0;
         while done < length {
