@@ -79,7 +79,13 @@ impl Manifest {
     /// `embedding_model` is given it must be the index's.
     pub fn load(dir: &Path, embedding_model: Option<&str>) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| RagError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => RagError::Invalid {
+                path: dir.to_path_buf(),
+                message: format!("not a ferrolm rag index (no {MANIFEST_FILE}); build one with `ferrolm rag index`"),
+            },
+            _ => RagError::Io { path: path.clone(), error },
+        })?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| RagError::Invalid { path: path.clone(), message: format!("not valid JSON ({e})") })?;
         if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT_NAME) {
@@ -103,7 +109,7 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         let mut text = serde_json::to_string_pretty(self).expect("manifest serialises");
         text.push('\n');
-        ferrolm_common::write_atomic(&path, text).map_err(|source| RagError::Io { path, source })
+        ferrolm_common::write_atomic(&path, text).map_err(|error| RagError::Io { path, error })
     }
 
     /// Ids of every passage the manifest lists.
@@ -224,7 +230,7 @@ fn fields_of(schema: &Schema, dir: &Path) -> Result<Fields> {
 }
 
 fn tantivy_err(dir: &Path) -> impl FnOnce(tantivy::TantivyError) -> RagError + '_ {
-    move |source| RagError::Tantivy { path: dir.to_path_buf(), source }
+    move |error| RagError::Tantivy { path: dir.to_path_buf(), error }
 }
 
 /// Which text kind a document is split as.
@@ -270,7 +276,7 @@ pub fn build_index(out: &Path, sources: &Sources, opts: &IndexOptions) -> Result
     specs.retain(|s| seen.insert(key_of(s)));
 
     // The existing index, or a new one.
-    std::fs::create_dir_all(out).map_err(|source| RagError::Io { path: out.into(), source })?;
+    std::fs::create_dir_all(out).map_err(|error| RagError::Io { path: out.into(), error })?;
     let bm25_dir = out.join(BM25_DIR);
     let have_manifest = out.join(MANIFEST_FILE).exists();
     let mut manifest = if have_manifest {
@@ -278,14 +284,14 @@ pub fn build_index(out: &Path, sources: &Sources, opts: &IndexOptions) -> Result
     } else {
         if bm25_dir.exists() {
             // A first build that stopped before its manifest: nothing in it is known.
-            std::fs::remove_dir_all(&bm25_dir).map_err(|source| RagError::Io { path: bm25_dir.clone(), source })?;
+            std::fs::remove_dir_all(&bm25_dir).map_err(|error| RagError::Io { path: bm25_dir.clone(), error })?;
         }
         Manifest::new(opts.chunk)
     };
     let index = if have_manifest {
         Index::open_in_dir(&bm25_dir).map_err(tantivy_err(&bm25_dir))?
     } else {
-        std::fs::create_dir_all(&bm25_dir).map_err(|source| RagError::Io { path: bm25_dir.clone(), source })?;
+        std::fs::create_dir_all(&bm25_dir).map_err(|error| RagError::Io { path: bm25_dir.clone(), error })?;
         Index::create_in_dir(&bm25_dir, schema().0).map_err(tantivy_err(&bm25_dir))?
     };
     let fields = fields_of(&index.schema(), &bm25_dir)?;
@@ -616,7 +622,7 @@ impl RagIndex {
         let searcher = self.reader.searcher();
         let mut out = Vec::new();
         for seg in searcher.segment_readers() {
-            let store = seg.get_store_reader(64).map_err(|source| RagError::Io { path: self.dir.clone(), source })?;
+            let store = seg.get_store_reader(64).map_err(|error| RagError::Io { path: self.dir.clone(), error })?;
             for doc in seg.doc_ids_alive() {
                 let d: TantivyDocument = store.get(doc).map_err(tantivy_err(&self.dir))?;
                 out.push(self.passage_of(&d));

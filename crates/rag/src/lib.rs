@@ -26,14 +26,16 @@ use std::path::PathBuf;
 /// Errors of retrieval; each names the file or index it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum RagError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    // The cause is a plain field, not `source`: the message already holds it, and anyhow's
+    // chain would print it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error(transparent)]
     Corpus(#[from] ferrolm_corpus::CorpusError),
-    #[error("{path}: search index: {source}")]
-    Tantivy { path: PathBuf, source: tantivy::TantivyError },
+    #[error("{path}: search index: {error}")]
+    Tantivy { path: PathBuf, error: tantivy::TantivyError },
     #[error(
         "{path}: index format version {found}, but this ferrolm reads version {wanted}; rebuild it with `ferrolm rag index`"
     )]

@@ -119,7 +119,7 @@ impl std::fmt::Display for QaProblem {
 /// `id`, `answers` not an array of objects with string `text`, `is_impossible` not a
 /// boolean, an answerable question without answers) is a [`QaProblem`] and is left out.
 pub fn load_questions(path: &Path) -> Result<(Vec<Question>, Vec<QaProblem>), RagError> {
-    let bytes = std::fs::read(path).map_err(|source| RagError::Io { path: path.into(), source })?;
+    let bytes = std::fs::read(path).map_err(|error| RagError::Io { path: path.into(), error })?;
     let articles = parse_json(path, &bytes)?;
     let mut questions = Vec::new();
     let mut problems = Vec::new();

@@ -33,7 +33,7 @@ pub fn write_vector_store(path: &Path, model_id: &str, dim: usize, ids: &[u64], 
     if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
         return Err(invalid(format!("vector {} holds a non-finite value", i / dim)));
     }
-    let io = |source| RagError::Io { path: path.into(), source };
+    let io = |error| RagError::Io { path: path.into(), error };
     let mut f = ferrolm_common::AtomicFile::create(path).map_err(io)?;
     let mut header = Vec::new();
     header.extend_from_slice(MAGIC);
@@ -78,10 +78,10 @@ impl VectorStore {
     /// Open and check a store. `expected_model`, when given, must equal the store's model id.
     pub fn open(path: &Path, expected_model: Option<&str>) -> Result<Self, RagError> {
         let invalid = |message: String| RagError::Invalid { path: path.into(), message };
-        let file = std::fs::File::open(path).map_err(|source| RagError::Io { path: path.into(), source })?;
+        let file = std::fs::File::open(path).map_err(|error| RagError::Io { path: path.into(), error })?;
         // SAFETY: the file is only ever replaced by rename (atomic writes), never modified in
         // place, so the mapped bytes do not change under us.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| RagError::Io { path: path.into(), source })?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|error| RagError::Io { path: path.into(), error })?;
         if map.len() < 16 || &map[..8] != MAGIC {
             return Err(invalid("not a ferrolm vector store (bad magic)".into()));
         }

@@ -18,3 +18,4 @@ pub mod sft;
 pub mod tokenizer;
 pub mod train;
 pub mod word2vec;
+pub mod rag;
