@@ -245,8 +245,25 @@ fn text_kind(doc: &ferrolm_corpus::Document) -> TextKind {
     }
 }
 
-fn file_hash(bytes: &[u8]) -> String {
-    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
+/// xxh3-128 of a file's bytes (hex) and its length, read in blocks.
+fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((format!("{:032x}", h.digest128()), n))
 }
 
 /// Build or update the index in `out` from `sources`. Files whose content is unchanged since
@@ -312,17 +329,19 @@ pub fn build_index(out: &Path, sources: &Sources, opts: &IndexOptions) -> Result
         manifest.chunk = opts.chunk;
     }
 
-    // Hash every input; keep those that changed.
-    let hash_bar = ferrolm_common::progress::bar(specs.len() as u64, "hashing");
-    let mut todo: Vec<(FileSpec, String, Vec<u8>)> = Vec::new();
+    // One pass over the inputs: hash each (streaming, one file in memory at most); an
+    // unchanged file is skipped, a changed or new one is read, split and added.
+    let total: u64 = specs.iter().map(|s| std::fs::metadata(&s.path).map_or(0, |m| m.len())).sum();
+    let bar = ferrolm_common::progress::bytes_bar(total, "indexing");
+    let mut last_line = Instant::now();
+    let mut seen_bytes = 0u64;
     let mut current = HashSet::new();
     for spec in specs {
-        hash_bar.inc(1);
         let key = key_of(&spec);
         current.insert(key.clone());
         report.files += 1;
-        let bytes = match std::fs::read(&spec.path) {
-            Ok(b) => b,
+        let (hash, size) = match hash_file(&spec.path) {
+            Ok(h) => h,
             Err(e) => {
                 // Unreadable: counted like the corpus readers count it; its old passages go.
                 push_rejection(&mut report.read, &spec.path, "io_error", &e.to_string());
@@ -336,28 +355,12 @@ pub fn build_index(out: &Path, sources: &Sources, opts: &IndexOptions) -> Result
                 continue;
             }
         };
-        let hash = file_hash(&bytes);
-        match manifest.files.get(&key) {
-            Some(e) if e.hash == hash => report.files_unchanged += 1,
-            _ => todo.push((spec, hash, bytes)),
+        bar.inc(size);
+        seen_bytes += size;
+        if manifest.files.get(&key).is_some_and(|e| e.hash == hash) {
+            report.files_unchanged += 1;
+            continue;
         }
-    }
-    hash_bar.finish_and_clear();
-    let gone: Vec<String> = manifest.files.keys().filter(|k| !current.contains(*k)).cloned().collect();
-    for key in gone {
-        let old = manifest.files.remove(&key).expect("listed");
-        writer.delete_term(Term::from_field_text(fields.file, &key));
-        report.passages_removed += old.passages;
-        report.files_removed += 1;
-        removed_any = true;
-    }
-
-    // Read, split and add the changed and new files.
-    let total: u64 = todo.iter().map(|t| t.2.len() as u64).sum();
-    let bar = ferrolm_common::progress::bytes_bar(total, "indexing");
-    let mut last_line = Instant::now();
-    for (spec, hash, bytes) in todo {
-        let key = key_of(&spec);
         // A file may hold passages from an earlier run that the manifest never recorded (a run
         // that stopped after tantivy's commit): delete by file in every case.
         writer.delete_term(Term::from_field_text(fields.file, &key));
@@ -369,7 +372,7 @@ pub fn build_index(out: &Path, sources: &Sources, opts: &IndexOptions) -> Result
             }
             None => report.files_added += 1,
         }
-        let items = read_file(&spec, &bytes, &opts.read, &mut report.read)?;
+        let items = read_file(&spec, &opts.read, &mut report.read)?;
         let first = manifest.next_passage_id;
         for item in items {
             let doc = match item {
@@ -401,13 +404,20 @@ pub fn build_index(out: &Path, sources: &Sources, opts: &IndexOptions) -> Result
         }
         let n = manifest.next_passage_id - first;
         report.passages_added += n;
-        report.bytes_read += bytes.len() as u64;
-        manifest.files.insert(key, FileEntry { hash, bytes: bytes.len() as u64, first_passage: first, passages: n });
-        bar.inc(bytes.len() as u64);
+        report.bytes_read += size;
+        manifest.files.insert(key, FileEntry { hash, bytes: size, first_passage: first, passages: n });
         if !ferrolm_common::progress::is_terminal() && last_line.elapsed().as_secs() >= 10 {
-            eprintln!("indexing: {:.1}/{:.1} MB", report.bytes_read as f64 / 1e6, total as f64 / 1e6);
+            eprintln!("indexing: {:.1}/{:.1} MB", seen_bytes as f64 / 1e6, total as f64 / 1e6);
             last_line = Instant::now();
         }
+    }
+    let gone: Vec<String> = manifest.files.keys().filter(|k| !current.contains(*k)).cloned().collect();
+    for key in gone {
+        let old = manifest.files.remove(&key).expect("listed");
+        writer.delete_term(Term::from_field_text(fields.file, &key));
+        report.passages_removed += old.passages;
+        report.files_removed += 1;
+        removed_any = true;
     }
     bar.finish_and_clear();
     writer.commit().map_err(tantivy_err(&bm25_dir))?;
@@ -455,10 +465,12 @@ fn key_of(spec: &FileSpec) -> String {
 
 /// One file's documents and rejections: SQuAD when a `.json` file has its layout, else the
 /// corpus readers. Files read are counted in `stats.files`.
-fn read_file(spec: &FileSpec, bytes: &[u8], read: &ReadOptions, stats: &mut ReadStats) -> Result<Vec<ReadItem>> {
-    if looks_like_squad(&spec.path, bytes) {
+fn read_file(spec: &FileSpec, read: &ReadOptions, stats: &mut ReadStats) -> Result<Vec<ReadItem>> {
+    let json = spec.path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let bytes = if json { std::fs::read(&spec.path).ok() } else { None };
+    if let Some(bytes) = bytes.filter(|b| looks_like_squad(&spec.path, b)) {
         stats.files += 1;
-        return match squad_documents(&spec.path, bytes) {
+        return match squad_documents(&spec.path, &bytes) {
             Ok(items) => Ok(items),
             // A broken SQuAD file is one malformed input among others, not the end of the run.
             Err(e) => Ok(vec![ReadItem::Rejected(Rejection {
