@@ -8,9 +8,9 @@
 //! blocks and blocks are packed greedily: a block that fits goes whole into the current passage;
 //! one that does not starts a new passage; a block larger than a passage is cut at piece
 //! boundaries. A heading always starts a new passage (a passage never runs across sections).
-//! When a passage is cut because it is full, the next one starts with the last pieces of the
-//! previous one that fit in `overlap` characters, so a sentence cut at the border is seen whole
-//! once; sections do not overlap.
+//! When a block is cut inside (it did not fit), the next passage starts with the last pieces
+//! of the previous one that fit in `overlap` characters, so the text around the cut is seen
+//! whole once; passages that end at a block or section boundary do not overlap.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 pub struct ChunkOptions {
     /// Largest passage, in characters (a single word longer than that is cut).
     pub passage_chars: usize,
-    /// Characters of the previous passage repeated at the start of the next one when a
-    /// passage is cut for size (whole pieces only: lines or sentences).
+    /// Characters of the previous passage repeated at the start of the next one when a block
+    /// (paragraph, item) is cut inside for size (whole pieces only: lines or sentences).
     pub overlap: usize,
 }
 
@@ -135,7 +135,9 @@ pub fn split_passages(text: &str, kind: TextKind, opts: &ChunkOptions) -> Vec<Sp
             continue;
         }
         if cur_new && !cur_heading {
-            flush(&mut cur, &mut cur_chars, &mut cur_new, &mut out, true);
+            // The passage ends at a block boundary: the next starts clean, without overlap
+            // (repeating the end of the previous paragraph or function adds only noise).
+            flush(&mut cur, &mut cur_chars, &mut cur_new, &mut out, false);
         }
         // The block does not fit beside the carried overlap: cut it piece by piece.
         for p in block {

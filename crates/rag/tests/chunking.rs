@@ -40,6 +40,10 @@ fn paragraphs_are_packed_whole_until_the_passage_is_full() {
     assert_eq!(texts(&text, &spans), [format!("{p1}\n\n{p2}").as_str(), p3]);
     assert_eq!((spans[0].line_start, spans[0].line_end), (1, 4));
     assert_eq!((spans[1].line_start, spans[1].line_end), (6, 6));
+    // A cut between paragraphs carries no overlap: the next paragraph starts clean (p2 would
+    // fit as overlap beside p3 in 110 characters).
+    let with_overlap = ChunkOptions { passage_chars: 110, overlap: 40 };
+    assert_eq!(split_passages(&text, TextKind::Prose, &with_overlap), spans);
 }
 
 #[test]

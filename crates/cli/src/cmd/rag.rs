@@ -35,7 +35,7 @@ enum Cmd {
         /// Largest passage, in characters.
         #[arg(long, default_value_t = ChunkOptions::default().passage_chars)]
         passage_chars: usize,
-        /// Characters of a passage repeated at the start of the next when a long block is cut.
+        /// Characters repeated at the start of the next passage when a paragraph or code item is cut inside.
         #[arg(long, default_value_t = ChunkOptions::default().overlap)]
         overlap: usize,
         /// Indexing threads (0: as many as cores, at most 4).
