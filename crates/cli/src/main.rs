@@ -53,6 +53,8 @@ enum Command {
     Dpo(cmd::dpo::Args),
     /// RLHF with PPO (value head, KL penalty, GAE, clipping); `rlhf compare` scores two policies.
     Rlhf(cmd::rlhf::Args),
+    /// Retrieval for question answering: index documents (BM25), search, evaluate on SQuAD.
+    Rag(cmd::rag::Args),
 }
 
 fn main() {
@@ -97,6 +99,7 @@ fn main() {
         Command::Reward(a) => cmd::reward::run(a),
         Command::Dpo(a) => cmd::dpo::run(a),
         Command::Rlhf(a) => cmd::rlhf::run(a),
+        Command::Rag(a) => cmd::rag::run(a),
     };
     if let Err(e) = result {
         // The reader of our output went away (`ferrolm ngram query … | head`): stop quietly

@@ -17,6 +17,7 @@ pub mod sft;
 pub mod tokenizer;
 pub mod train;
 pub mod word2vec;
+pub mod rag;
 
 /// The device every command runs its model on. One place, so the CUDA build (issue 17)
 /// changes this function and no call site.
