@@ -12,6 +12,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "ferrolm", version, about = "Build a language model end to end: corpus, tokenizer, model, training, inference.")]
 struct Cli {
+    /// Where models run: cpu, cuda, cuda:N, or auto (the GPU when this build has CUDA and
+    /// one answers). Also FERROLM_DEVICE.
+    #[arg(long, global = true, env = "FERROLM_DEVICE", default_value = "cpu")]
+    device: ferrolm_model::DeviceChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,6 +85,7 @@ fn main() {
         .with_target(false)
         .init();
     let cli = Cli::parse();
+    cmd::choose_device(cli.device);
     let result = match cli.command {
         Command::Quickstart(a) => cmd::quickstart::run(a),
         Command::Train(a) => cmd::train::run(a),

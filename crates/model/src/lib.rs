@@ -11,6 +11,7 @@
 pub mod attention;
 pub mod block;
 pub mod config;
+pub mod device;
 pub mod embed;
 pub mod encoder_decoder;
 pub mod masked_lm;
@@ -26,6 +27,7 @@ pub mod transformer;
 
 pub use attention::{AttnMask, KvCache};
 pub use config::{BlockStyle, ModelKind, TransformerConfig};
+pub use device::DeviceChoice;
 pub use encoder_decoder::EncoderDecoder;
 pub use masked_lm::MaskedLm;
 pub use nplm::{Nplm, NplmConfig};

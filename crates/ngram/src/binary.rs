@@ -668,15 +668,6 @@ impl AnyModel {
 
     /// Perplexity of a document, one sentence per line, counted as [`Model::score_document`].
     pub fn score_document(&self, text: &str) -> f64 {
-        let (mut lp, mut n) = (0.0, 0usize);
-        for line in text.lines() {
-            let s = self.score_sentence(line);
-            lp += s.log10_prob;
-            n += s.tokens;
-        }
-        if n == 0 {
-            return f64::NAN;
-        }
-        10f64.powf(-lp / n as f64)
+        crate::model::document_perplexity(text, |line| self.score_sentence(line))
     }
 }

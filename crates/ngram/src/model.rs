@@ -137,16 +137,7 @@ impl Model {
     /// where N counts every word plus one `</s>` per line, OOVs included. This is the
     /// quality-filter API for the corpus pipeline (as CCNet uses KenLM).
     pub fn score_document(&self, text: &str) -> f64 {
-        let (mut lp, mut n) = (0.0, 0usize);
-        for line in text.lines() {
-            let s = self.score_sentence(line);
-            lp += s.log10_prob;
-            n += s.tokens;
-        }
-        if n == 0 {
-            return f64::NAN;
-        }
-        10f64.powf(-lp / n as f64)
+        document_perplexity(text, |line| self.score_sentence(line))
     }
 
     /// Bits per byte of text given its byte count (for comparing with byte-level models).
@@ -294,3 +285,20 @@ impl Model {
         Ok(Self::with_vocab(words, grams, Vec::new()))
     }
 }
+
+/// KenLM's document perplexity, 10^(−Σlog10p / N) over the lines' sentence scores (N counts
+/// every word plus one `</s>` per line, OOVs included); NaN for a document without tokens.
+/// Shared by the in-memory and the binary model.
+pub(crate) fn document_perplexity(text: &str, score_sentence: impl Fn(&str) -> SentenceScore) -> f64 {
+    let (mut lp, mut n) = (0.0, 0usize);
+    for line in text.lines() {
+        let s = score_sentence(line);
+        lp += s.log10_prob;
+        n += s.tokens;
+    }
+    if n == 0 {
+        return f64::NAN;
+    }
+    10f64.powf(-lp / n as f64)
+}
+

@@ -558,14 +558,22 @@ fn merge_runs(scratch: &Scratch, mut runs: Vec<PathBuf>, n: usize, v: usize, ord
     Merged::open(&runs, n, v, order, true)
 }
 
-/// Convenience: stream the lines of text files through a [`StreamingEstimator`] into an ARPA file.
-pub fn train_files_streaming(inputs: &[PathBuf], arpa: &Path, opts: &StreamOptions) -> Result<StreamReport> {
+/// Stream the lines of text files through a [`StreamingEstimator`] into an ARPA file.
+/// `on_read` is told the bytes of each line as it is counted (for a progress bar), and
+/// `on_counted` is called once counting is done, before the estimation passes.
+pub fn train_files_streaming(
+    inputs: &[PathBuf],
+    arpa: &Path,
+    opts: &StreamOptions,
+    mut on_read: impl FnMut(u64),
+    on_counted: impl FnOnce(&StreamingEstimator),
+) -> Result<StreamReport> {
     use std::io::BufRead;
     let mut est = StreamingEstimator::new(opts.clone())?;
+    let mut line = String::new();
     for p in inputs {
         let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
         let mut r = std::io::BufReader::with_capacity(1 << 20, f);
-        let mut line = String::new();
         let mut ln = 0usize;
         loop {
             line.clear();
@@ -574,9 +582,11 @@ pub fn train_files_streaming(inputs: &[PathBuf], arpa: &Path, opts: &StreamOptio
             if k == 0 {
                 break;
             }
+            on_read(k as u64);
             est.add_line(&line).with_context(|| format!("{}:{ln}", p.display()))?;
         }
     }
+    on_counted(&est);
     est.finish_arpa(arpa)
 }
 

@@ -2,28 +2,10 @@
 
 use ferrolm_ngram::{arpa_to_binary, train_text, AnyModel, BinaryModel, Model, TrainOptions};
 
+mod common;
+
 fn corpus(sentences: usize, vocab: u64, seed: u64) -> Vec<String> {
-    let mut s = seed;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
-    (0..sentences)
-        .map(|_| {
-            let len = next() % 14;
-            let mut prev = next() % vocab;
-            (0..len)
-                .map(|_| {
-                    let r = next();
-                    prev = if r % 2 == 0 { (prev * 7 + 3) % vocab } else { (r >> 8) % (1 + (r >> 20) % vocab) };
-                    format!("w{prev}")
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
+    common::corpus(sentences, vocab, seed, 0..14)
 }
 
 #[test]

@@ -1,29 +1,9 @@
 use ferrolm_ngram::{train_ids, train_text, Model, TrainOptions, BOS};
 
-/// Deterministic generator of Zipf-ish sentences with some local structure.
+mod common;
+
 fn corpus(sentences: usize, vocab: u64, seed: u64) -> Vec<String> {
-    let mut s = seed;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
-    (0..sentences)
-        .map(|_| {
-            let len = 1 + next() % 12;
-            let mut prev = next() % vocab;
-            (0..len)
-                .map(|_| {
-                    // half the time follow a fixed successor, else a skewed random word
-                    let r = next();
-                    prev = if r % 2 == 0 { (prev * 7 + 3) % vocab } else { (r >> 8) % (1 + (r >> 20) % vocab) };
-                    format!("w{prev}")
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
+    common::corpus(sentences, vocab, seed, 1..13)
 }
 
 fn close(a: f64, b: f64) -> bool {

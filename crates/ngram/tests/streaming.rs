@@ -3,28 +3,10 @@
 
 use ferrolm_ngram::{train_text, StreamOptions, StreamingEstimator, TrainOptions};
 
+mod common;
+
 fn corpus(sentences: usize, vocab: u64, seed: u64) -> Vec<String> {
-    let mut s = seed;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
-    (0..sentences)
-        .map(|_| {
-            let len = next() % 14; // includes empty sentences
-            let mut prev = next() % vocab;
-            (0..len)
-                .map(|_| {
-                    let r = next();
-                    prev = if r % 2 == 0 { (prev * 7 + 3) % vocab } else { (r >> 8) % (1 + (r >> 20) % vocab) };
-                    if r % 97 == 0 { "<unk>".to_string() } else { format!("w{prev}") }
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
+    common::corpus(sentences, vocab, seed, 0..14)
 }
 
 fn in_memory(text: &[String], order: usize) -> Vec<u8> {

@@ -17,15 +17,10 @@ pub struct StageArgs {
     /// Output run folder.
     #[arg(long)]
     pub out: PathBuf,
-    /// Stage config (TOML with [train], [data] and the stage's section); defaults are built in.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Override a config key, e.g. --set train.max_steps=50 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub overrides: Vec<String>,
-    /// Malformed records: skip (reported with file:line and counted) or fail.
-    #[arg(long, value_parser = ["skip", "fail"])]
-    pub on_bad_record: Option<String>,
+    /// Stage config (TOML with [train], [data] and the stage's section; defaults built in),
+    /// `--set` overrides, the bad-record policy.
+    #[command(flatten)]
+    pub common: super::config_args::ConfigArgs,
     /// Continue the run in --out from its latest checkpoint (its align.toml is the base config).
     #[arg(long)]
     pub resume: bool,
@@ -40,12 +35,12 @@ impl StageArgs {
             model: self.model.clone().unwrap_or_default(),
             data: self.data.clone(),
             out: self.out.clone(),
-            config: self.config.clone(),
-            overrides: self.overrides.clone(),
-            on_error: self.on_bad_record.as_deref().map(parse_on_error).transpose()?,
+            config: self.common.config.clone(),
+            overrides: self.common.overrides.clone(),
+            on_error: self.common.on_bad_record.as_deref().map(parse_on_error).transpose()?,
             resume: self.resume,
             quiet: self.quiet,
-            device: super::device(),
+            device: super::device()?,
         })
     }
 }

@@ -70,7 +70,7 @@ struct RecurrentArgs {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device = super::device();
+    let device = super::device()?;
     let (outcome, json): (BenchOutcome, bool) = match args.what {
         What::Train { preset, steps, modern, json, matmul } => {
             let preset = match preset {

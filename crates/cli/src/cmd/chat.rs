@@ -36,7 +36,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (_, model, _) = sft::load_decoder(&a.model, &super::device())?;
+    let (_, model, _) = sft::load_decoder(&a.model, &super::device()?)?;
     let tok = prompt::load_tokenizer(&a.model)?;
     let tpl = prompt::load_template(&a.model)?;
     let feedback = a.model.join("feedback");

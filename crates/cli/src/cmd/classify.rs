@@ -22,15 +22,9 @@ struct Common {
     /// Labelled texts: JSONL or CSV with text and label fields (see classify.text_field/label_field).
     #[arg(long, required = true, num_args = 1..)]
     data: Vec<PathBuf>,
-    /// Stage config ([train], [classify]); default: the built-in configs/classify.toml.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Override a config key, e.g. --set classify.train_body=full (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
-    /// Malformed records: skip (reported and counted) or fail.
-    #[arg(long, value_parser = ["skip", "fail"])]
-    on_bad_record: Option<String>,
+    // [train] and [classify]; default config: configs/classify.toml.
+    #[command(flatten)]
+    config: super::config_args::ConfigArgs,
 }
 
 #[derive(Subcommand)]
@@ -88,23 +82,14 @@ enum Cmd {
 }
 
 fn stage_config(c: &Common) -> Result<ClassifyStageConfig> {
-    let mut value = match &c.config {
-        Some(p) => ferrolm_common::load_config(Some(p), &[])?,
-        None => DEFAULT_CONFIG.parse::<toml::Table>().map(toml::Value::Table)?,
-    };
-    let mut sets = c.overrides.clone();
-    if let Some(p) = &c.on_bad_record {
-        sets.insert(0, format!("classify.on_bad_record=\"{p}\""));
-    }
-    ferrolm_common::apply_overrides(&mut value, &sets)?;
-    ClassifyStageConfig::from_value(&value)
+    ClassifyStageConfig::from_value(&c.config.resolve(DEFAULT_CONFIG, "classify", Vec::new())?)
 }
 
 pub fn run(a: Args) -> Result<()> {
     match a.cmd {
         Cmd::Train { model, out, val_data, common, quiet } => {
             let cfg = stage_config(&common)?;
-            let rep = classify::run_classify_train(&model, &out, &common.data, &val_data, cfg, quiet, &super::device())?;
+            let rep = classify::run_classify_train(&model, &out, &common.data, &val_data, cfg, quiet, &super::device()?)?;
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({
                 "out": out, "train_body": rep.train_body, "train_examples": rep.train_examples, "val_examples": rep.val_examples,
                 "accuracy_before": rep.before.accuracy, "macro_f1_before": rep.before.macro_f1,
@@ -115,7 +100,7 @@ pub fn run(a: Args) -> Result<()> {
         Cmd::Predict { model, common } => {
             let cfg = stage_config(&common)?;
             let policy = cfg.classify.on_bad_record;
-            let (clf, tok, info) = Classifier::load(&model, &super::device())?;
+            let (clf, tok, info) = Classifier::load(&model, &super::device()?)?;
             let field = info.config.classify.text_field.clone();
             let (recs, rep) = records::read_records(&common.data, policy, |v| {
                 let o = v.as_object().ok_or("expected a JSON object")?;
@@ -131,9 +116,9 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
         Cmd::Eval { model, common, json, svg } => {
-            let (clf, tok, info) = Classifier::load(&model, &super::device())?;
+            let (clf, tok, info) = Classifier::load(&model, &super::device()?)?;
             let mut cc = info.config.classify.clone();
-            if let Some(p) = &common.on_bad_record {
+            if let Some(p) = &common.config.on_bad_record {
                 cc.on_bad_record = if p == "fail" { OnBad::Fail } else { OnBad::Skip };
             }
             let (recs, rep) = classify::read_labelled(&common.data, &cc)?;

@@ -27,7 +27,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let device = super::device();
+    let device = super::device()?;
     let cfg_path = a.model.join("config.toml");
     let mut cfg = RunConfig::from_value(&ferrolm_common::load_config(Some(&cfg_path), &[])?).with_context(|| format!("in {}", cfg_path.display()))?;
     let loaded = ferrolm_model::load_model(&a.model, &device)?;

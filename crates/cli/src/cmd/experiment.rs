@@ -66,12 +66,12 @@ pub fn run(a: Args) -> Result<()> {
     match a.experiment {
         Experiment::Architectures(a) => {
             let o = ArchitecturesOptions { config: a.config, quick: a.quick, overrides: a.overrides, out: a.out, data: a.data };
-            let report = run_architectures(&o, &super::device())?;
+            let report = run_architectures(&o, &super::device()?)?;
             println!("{report}");
         }
         Experiment::History(a) => {
             let o = HistoryOptions { quick: a.quick, config: a.config, data: a.data, out: a.out, overrides: a.overrides };
-            let r = run_history(&o, &super::device())?;
+            let r = run_history(&o, &super::device()?)?;
             println!("\nexperiment history finished in {:.0} s; report: {}", r.seconds, r.report.display());
         }
     }

@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let loaded = ferrolm_model::load_model(&a.model, &super::device())?;
+    let loaded = ferrolm_model::load_model(&a.model, &super::device()?)?;
     let AnyModel::MaskedLm(m) = &loaded.model else {
         anyhow::bail!("{} is not a masked LM (model.kind = \"masked_lm\"); use `ferrolm generate`", a.model.display());
     };

@@ -34,7 +34,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let loaded = ferrolm_model::load_model(&a.model, &super::device())?;
+    let loaded = ferrolm_model::load_model(&a.model, &super::device()?)?;
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
     let mut prompt = tok.encode(&a.prompt);
     anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");

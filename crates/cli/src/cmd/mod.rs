@@ -6,6 +6,7 @@ pub mod rlhf;
 pub mod bench;
 pub mod chat;
 pub mod classify;
+pub mod config_args;
 pub mod data;
 pub mod eval;
 pub mod experiment;
@@ -19,8 +20,21 @@ pub mod train;
 pub mod word2vec;
 pub mod rag;
 
-/// The device every command runs its model on. One place, so the CUDA build (issue 17)
-/// changes this function and no call site.
-pub fn device() -> candle_core::Device {
-    candle_core::Device::Cpu
+static DEVICE_CHOICE: std::sync::OnceLock<ferrolm_model::DeviceChoice> = std::sync::OnceLock::new();
+static DEVICE: std::sync::OnceLock<candle_core::Device> = std::sync::OnceLock::new();
+
+/// Records the global `--device` (before any command runs).
+pub fn choose_device(choice: ferrolm_model::DeviceChoice) {
+    let _ = DEVICE_CHOICE.set(choice);
+}
+
+/// The device every command runs its model on, opened on first use (so commands without a
+/// model never touch a GPU). One place, so the CUDA build changes no call site; asking for
+/// CUDA where this build or machine has none is a clear error here.
+pub fn device() -> anyhow::Result<candle_core::Device> {
+    if let Some(d) = DEVICE.get() {
+        return Ok(d.clone());
+    }
+    let opened = DEVICE_CHOICE.get().copied().unwrap_or(ferrolm_model::DeviceChoice::Cpu).open()?;
+    Ok(DEVICE.get_or_init(|| opened).clone())
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use ferrolm_ngram::{arpa_to_binary, parse_memory, train_text, AnyModel, StreamOptions, StreamingEstimator, TrainOptions};
+use ferrolm_ngram::{arpa_to_binary, parse_memory, train_text, AnyModel, StreamOptions, TrainOptions};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
@@ -82,26 +82,10 @@ fn read_lines(path: &PathBuf) -> Result<Vec<String>> {
 fn train_streaming(input: &[PathBuf], arpa: &Path, opts: StreamOptions) -> Result<()> {
     let total: u64 = input.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
     let bar = ferrolm_common::progress::bytes_bar(total, "counting");
-    let mut est = StreamingEstimator::new(opts)?;
-    let mut line = String::new();
-    for p in input {
-        let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-        let mut r = std::io::BufReader::with_capacity(1 << 20, f);
-        let mut ln = 0usize;
-        loop {
-            line.clear();
-            ln += 1;
-            let k = r.read_line(&mut line).with_context(|| format!("{}:{ln}: not valid UTF-8 or unreadable", p.display()))?;
-            if k == 0 {
-                break;
-            }
-            bar.inc(k as u64);
-            est.add_line(&line).with_context(|| format!("{}:{ln}", p.display()))?;
-        }
-    }
-    bar.finish_and_clear();
-    tracing::info!("counted; estimating (temporary runs in {})", est.temp_path().display());
-    let rep = est.finish_arpa(arpa)?;
+    let rep = ferrolm_ngram::train_files_streaming(input, arpa, &opts, |n| bar.inc(n), |est| {
+        bar.finish_and_clear();
+        tracing::info!("counted; estimating (temporary runs in {})", est.temp_path().display());
+    })?;
     for (n, d) in rep.discounts.iter().enumerate() {
         tracing::info!("order {} discounts D1={:.4} D2={:.4} D3+={:.4}; {} n-grams", n + 1, d.d[0], d.d[1], d.d[2], rep.counts[n]);
     }

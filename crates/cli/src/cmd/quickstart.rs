@@ -31,7 +31,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let o = QuickstartOptions { minutes: a.minutes, out: a.out, data: a.data, registry: !a.no_registry, config: a.config, overrides: a.overrides };
-    let s = run_quickstart(&o, &super::device())?;
+    let s = run_quickstart(&o, &super::device()?)?;
     println!(
         "\nquickstart finished in {:.0} s: held-out {:.4} bits per byte vs unigram {:.4}; report: {}",
         s.seconds,

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use candle_core::Device;
 use ferrolm_align::records::read_preferences;
 use ferrolm_tokenizer::Message;
 
@@ -67,7 +66,7 @@ pub fn run(a: Args) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Sub::Score(s) => {
-            let rm = ferrolm_align::reward::load(&s.model, &Device::Cpu)?;
+            let rm = ferrolm_align::reward::load(&s.model, &super::device()?)?;
             if let (Some(p), Some(r)) = (&s.prompt, &s.response) {
                 println!("{}", rm.score(&[Message::user(p.as_str())], r)?);
             } else {
@@ -81,7 +80,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
         Sub::Eval(e) => {
-            let r = ferrolm_align::reward::eval(&e.model, &e.data, parse_on_error(&e.on_bad_record)?, e.held_out, &Device::Cpu)?;
+            let r = ferrolm_align::reward::eval(&e.model, &e.data, parse_on_error(&e.on_bad_record)?, e.held_out, &super::device()?)?;
             if e.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

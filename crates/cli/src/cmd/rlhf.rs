@@ -82,7 +82,7 @@ pub fn run(a: Args) -> Result<()> {
             temperature: c.temperature,
             seed: c.seed,
             examples: c.examples,
-            device: super::device(),
+            device: super::device()?,
         })?;
         if c.json {
             println!("{}", serde_json::to_string_pretty(&r)?);

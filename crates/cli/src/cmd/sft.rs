@@ -35,39 +35,25 @@ pub struct Args {
     /// Output run folder.
     #[arg(long)]
     out: PathBuf,
-    /// Stage config ([train], [sft]); default: the built-in configs/sft.toml.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Override a config key, e.g. --set train.max_steps=50 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
-    /// Malformed records: skip (reported and counted) or fail.
-    #[arg(long, value_parser = ["skip", "fail"])]
-    on_bad_record: Option<String>,
+    // [train] and [sft]; default config: configs/sft.toml.
+    #[command(flatten)]
+    config: super::config_args::ConfigArgs,
     /// Plain progress lines instead of a bar.
     #[arg(long)]
     quiet: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut value = match &a.config {
-        Some(p) => ferrolm_common::load_config(Some(p), &[])?,
-        None => DEFAULT_CONFIG.parse::<toml::Table>().map(toml::Value::Table)?,
-    };
-    let mut sets = a.overrides.clone();
-    if let Some(p) = &a.on_bad_record {
-        sets.insert(0, format!("sft.on_bad_record=\"{p}\""));
+    let mut implied = Vec::new();
+    if !a.labels.is_empty() {
+        implied.push(format!("sft.labels={}", toml::Value::try_from(&a.labels)?));
     }
     if let Some(t) = &a.template {
-        sets.insert(0, format!("sft.template={}", toml::Value::String(t.clone())));
+        implied.push(format!("sft.template={}", toml::Value::String(t.clone())));
     }
-    if !a.labels.is_empty() {
-        sets.insert(0, format!("sft.labels={}", toml::Value::try_from(&a.labels)?));
-    }
-    ferrolm_common::apply_overrides(&mut value, &sets)?;
-    let cfg = SftStageConfig::from_value(&value)?;
+    let cfg = SftStageConfig::from_value(&a.config.resolve(DEFAULT_CONFIG, "sft", implied)?)?;
     let sources = SftSources { data: a.data, labelled: a.from_labelled, val_data: a.val_data, val_labelled: a.val_labelled };
-    let rep = run_sft(SftRun { base: &a.model, out: &a.out, sources, cfg, quiet: a.quiet, device: &super::device() })?;
+    let rep = run_sft(SftRun { base: &a.model, out: &a.out, sources, cfg, quiet: a.quiet, device: &super::device()? })?;
     println!("{}", serde_json::to_string_pretty(&serde_json::json!({
         "out": a.out,
         "val_loss_before": rep.val_loss_before,

@@ -80,7 +80,7 @@ pub fn train_run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<ferrol
         Err(_) if cfg.is_plain_causal() => None,
         Err(e) => return Err(e.context(format!("{} cannot serve this objective", d.tokenizer))),
     };
-    let device = super::device();
+    let device = super::device()?;
     let (train_pairs, val_pairs, train_shards, val_shards);
     let (mut trainer, what) = if let Some(p) = &cfg.pairs {
         anyhow::ensure!(!p.train.is_empty() && !p.val.is_empty(), "[pairs] needs train and val (JSONL files)");

@@ -124,9 +124,10 @@ fn tracing_info(msg: &str) {
 fn run_items_stream(mut stream: MultiStream, read: ReadStats, cfg: &PipelineConfig, out_dir: Option<&Path>, opts: &RunOptions, sink: Option<Sink>) -> Result<PipelineStats> {
     // Reading statistics are only complete after the stream ends; collect them through a cell.
     let cell = std::cell::RefCell::new(ReadStats::default());
+    let mut ended = false;
     let items = std::iter::from_fn(|| {
         let it = stream.next();
-        if it.is_none() {
+        if it.is_none() && !std::mem::replace(&mut ended, true) {
             let mut s = std::mem::take(&mut stream.stats);
             if let Some(c) = stream.cur.take() {
                 s.merge(&c.into_stats(), 1000);
