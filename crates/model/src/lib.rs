@@ -14,6 +14,7 @@ pub mod config;
 pub mod embed;
 pub mod encoder_decoder;
 pub mod masked_lm;
+pub mod hf;
 pub mod init;
 pub mod linear;
 pub mod mlp;
@@ -25,7 +26,7 @@ pub mod spec;
 pub mod transformer;
 
 pub use attention::{AttnMask, KvCache};
-pub use config::{BlockStyle, ModelKind, TransformerConfig};
+pub use config::{BlockStyle, ModelKind, RopeScaling, TransformerConfig};
 pub use encoder_decoder::EncoderDecoder;
 pub use masked_lm::MaskedLm;
 pub use nplm::{Nplm, NplmConfig};
