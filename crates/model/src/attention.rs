@@ -10,8 +10,9 @@ use candle_nn::VarBuilder;
 
 use crate::linear::Linear;
 
-use crate::config::{BlockStyle, TransformerConfig};
+use crate::config::TransformerConfig;
 use crate::mlp::linear;
+use crate::norm::Norm;
 
 /// Which keys a query may see, by absolute position.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,8 +111,18 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(head_dim: usize, max_len: usize, theta: f64, device: &Device) -> Result<Self> {
-        let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half).map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32).collect();
+        Self::from_inv_freq(&Self::inv_freq(head_dim, theta), max_len, device)
+    }
+
+    /// The unscaled inverse frequencies θ^(−2i/d), one per pair of dimensions.
+    pub fn inv_freq(head_dim: usize, theta: f64) -> Vec<f64> {
+        (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect()
+    }
+
+    /// Tables for the given inverse frequencies (scaled ones, e.g. Llama 3's).
+    pub fn from_inv_freq(inv_freq: &[f64], max_len: usize, device: &Device) -> Result<Self> {
+        let half = inv_freq.len();
+        let inv: Vec<f32> = inv_freq.iter().map(|&f| f as f32).collect();
         let mut ang = vec![0f32; max_len * half];
         for p in 0..max_len {
             for i in 0..half {
@@ -168,6 +179,16 @@ impl KvCache {
     }
 }
 
+/// The q/k head norms when the config asks for them (named `ln_q`/`ln_k` so the seeded
+/// initialisation gives them unit gains, as every other norm).
+fn qk_norm(cfg: &TransformerConfig, vb: &VarBuilder) -> Result<Option<(Norm, Norm)>> {
+    if !cfg.qk_norm {
+        return Ok(None);
+    }
+    let hd = cfg.head_dim();
+    Ok(Some((Norm::rms(hd, cfg.norm_eps, vb.pp("ln_q"))?, Norm::rms(hd, cfg.norm_eps, vb.pp("ln_k"))?)))
+}
+
 #[derive(Debug, Clone)]
 pub struct Attention {
     /// Self-attention: one fused projection to q, k, v. Cross-attention: q from the
@@ -176,6 +197,8 @@ pub struct Attention {
     kv: Option<Linear>,
     qkv: Option<Linear>,
     proj: Linear,
+    /// Per-head RMSNorm of queries and keys (Qwen3), applied before RoPE.
+    qk_norm: Option<(Norm, Norm)>,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -199,32 +222,33 @@ pub struct AttnInput<'a> {
 
 impl Attention {
     pub fn new_self(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
-        let (d, hd) = (cfg.d_model, cfg.head_dim());
-        let bias = cfg.block == BlockStyle::Gpt2;
-        let qkv = linear(d, d + 2 * cfg.n_kv_heads * hd, bias, vb.pp("qkv"))?;
+        let (d, q, kv) = (cfg.d_model, cfg.q_width(), cfg.kv_width());
+        let qkv = linear(d, q + 2 * kv, cfg.has_qkv_bias(), vb.pp("qkv"))?;
         Ok(Self {
             q: None,
             kv: None,
             qkv: Some(qkv),
-            proj: linear(d, d, bias, vb.pp("proj"))?,
+            proj: linear(q, d, cfg.has_attn_out_bias(), vb.pp("proj"))?,
+            qk_norm: qk_norm(cfg, &vb)?,
             n_heads: cfg.n_heads,
             n_kv_heads: cfg.n_kv_heads,
-            head_dim: hd,
+            head_dim: cfg.head_dim(),
             dropout: cfg.dropout,
         })
     }
 
     pub fn new_cross(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
-        let (d, hd) = (cfg.d_model, cfg.head_dim());
-        let bias = cfg.block == BlockStyle::Gpt2;
+        let (d, q, kv) = (cfg.d_model, cfg.q_width(), cfg.kv_width());
+        let bias = cfg.has_qkv_bias();
         Ok(Self {
-            q: Some(linear(d, d, bias, vb.pp("q"))?),
-            kv: Some(linear(d, 2 * cfg.n_kv_heads * hd, bias, vb.pp("kv"))?),
+            q: Some(linear(d, q, bias, vb.pp("q"))?),
+            kv: Some(linear(d, 2 * kv, bias, vb.pp("kv"))?),
             qkv: None,
-            proj: linear(d, d, bias, vb.pp("proj"))?,
+            proj: linear(q, d, cfg.has_attn_out_bias(), vb.pp("proj"))?,
+            qk_norm: qk_norm(cfg, &vb)?,
             n_heads: cfg.n_heads,
             n_kv_heads: cfg.n_kv_heads,
-            head_dim: hd,
+            head_dim: cfg.head_dim(),
             dropout: cfg.dropout,
         })
     }
@@ -251,7 +275,7 @@ impl Attention {
         // Training-shaped self-attention (no cache, no mask bias, no RoPE, no attention
         // dropout) takes the fused CPU kernel: same result, a fraction of the copies.
         let attn_dropout = inp.dropout_seed.is_some() && self.dropout > 0.0;
-        if let (Some(qkv), None, None, None, None, false) = (&self.qkv, inp.memory, inp.bias, inp.rope, inp.cache.as_ref(), attn_dropout) {
+        if let (Some(qkv), None, None, None, None, false, None) = (&self.qkv, inp.memory, inp.bias, inp.rope, inp.cache.as_ref(), attn_dropout, &self.qk_norm) {
             if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
                 let y = fused_self_attention(&qkv.forward(x)?, self.n_heads, self.n_kv_heads, self.head_dim, inp.causal)?;
                 let y = self.proj.forward(&y)?;
@@ -261,7 +285,8 @@ impl Attention {
                 };
             }
         }
-        let (b, t, c) = x.dims3()?;
+        let (b, t, _) = x.dims3()?;
+        let c = self.n_heads * self.head_dim;
         let kv_width = self.n_kv_heads * self.head_dim;
         let (q, k, v) = match (&self.qkv, inp.memory) {
             (Some(qkv), None) => {
@@ -269,6 +294,10 @@ impl Attention {
                 let q = self.heads(&all.narrow(D::Minus1, 0, c)?, self.n_heads)?;
                 let k = self.heads(&all.narrow(D::Minus1, c, kv_width)?, self.n_kv_heads)?;
                 let v = self.heads(&all.narrow(D::Minus1, c + kv_width, kv_width)?, self.n_kv_heads)?;
+                let (q, k) = match &self.qk_norm {
+                    Some((nq, nk)) => (nq.forward(&q)?, nk.forward(&k)?),
+                    None => (q, k),
+                };
                 let (q, k) = match inp.rope {
                     Some(r) => (r.apply(&q, inp.offset)?, r.apply(&k, inp.offset)?),
                     None => (q, k),
@@ -288,6 +317,10 @@ impl Attention {
             }
             (None, Some(memory)) => {
                 let q = self.heads(&self.q.as_ref().expect("cross attention has q").forward(x)?, self.n_heads)?;
+                let q = match &self.qk_norm {
+                    Some((nq, _)) => nq.forward(&q)?,
+                    None => q,
+                };
                 // The encoder output is fixed during decoding: project it once and cache.
                 let cached = inp.cache.as_ref().and_then(|c| c.k.clone().zip(c.v.clone()));
                 let (k, v) = match cached {
@@ -296,6 +329,10 @@ impl Attention {
                         let kv = self.kv.as_ref().expect("cross attention has kv").forward(memory)?;
                         let k = self.heads(&kv.narrow(D::Minus1, 0, kv_width)?, self.n_kv_heads)?;
                         let v = self.heads(&kv.narrow(D::Minus1, kv_width, kv_width)?, self.n_kv_heads)?;
+                        let k = match &self.qk_norm {
+                            Some((_, nk)) => nk.forward(&k)?,
+                            None => k,
+                        };
                         if let Some(cache) = inp.cache {
                             cache.k = Some(k.clone());
                             cache.v = Some(v.clone());

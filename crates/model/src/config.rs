@@ -53,6 +53,75 @@ pub struct TransformerConfig {
     pub dropout: f32,
     pub norm_eps: f64,
     pub rope_theta: f64,
+    /// Width of one attention head; 0 = `d_model / n_heads`. Checkpoints such as Qwen3's
+    /// use heads whose total width (`n_heads · head_size`) differs from `d_model`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub head_size: usize,
+    /// Biases on the q/k/v projections; absent = the block style's default (GPT-2: yes,
+    /// modern: no). Qwen2 sets it on a modern block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qkv_bias: Option<bool>,
+    /// Bias on the attention output projection; absent = the block style's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attn_out_bias: Option<bool>,
+    /// RMSNorm of each query and key head (over `head_size`, before RoPE), as in Qwen3.
+    #[serde(skip_serializing_if = "is_false")]
+    pub qk_norm: bool,
+    /// RoPE frequency scaling for long contexts (Llama 3.1's `rope_scaling`); absent = none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// RoPE frequency scaling. `Llama3` is Llama 3.1's rule: wavelengths shorter than
+/// `original_max_position_embeddings / high_freq_factor` keep their frequency, those longer
+/// than `original_max_position_embeddings / low_freq_factor` are slowed by `factor`, and
+/// the band between is interpolated smoothly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RopeScaling {
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: usize },
+}
+
+impl RopeScaling {
+    /// Rescale the inverse frequencies of RoPE (one per pair of dimensions).
+    pub fn apply(&self, inv_freq: &mut [f64]) {
+        match *self {
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                let old = original_max_position_embeddings as f64;
+                let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match *self {
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                if !(factor > 0.0 && low_freq_factor > 0.0 && high_freq_factor > low_freq_factor && original_max_position_embeddings > 0) {
+                    return Err(format!(
+                        "model.rope_scaling (llama3) needs factor > 0, 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0; got {self:?}"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Default for TransformerConfig {
@@ -73,13 +142,40 @@ impl Default for TransformerConfig {
             dropout: 0.0,
             norm_eps: 1e-5,
             rope_theta: 10_000.0,
+            head_size: 0,
+            qkv_bias: None,
+            attn_out_bias: None,
+            qk_norm: false,
+            rope_scaling: None,
         }
     }
 }
 
 impl TransformerConfig {
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.n_heads
+        if self.head_size > 0 {
+            self.head_size
+        } else {
+            self.d_model / self.n_heads
+        }
+    }
+
+    /// Width of all query heads together (= `d_model` unless `head_size` says otherwise).
+    pub fn q_width(&self) -> usize {
+        self.n_heads * self.head_dim()
+    }
+
+    /// Width of all key (or value) heads together.
+    pub fn kv_width(&self) -> usize {
+        self.n_kv_heads * self.head_dim()
+    }
+
+    pub fn has_qkv_bias(&self) -> bool {
+        self.qkv_bias.unwrap_or(self.block == BlockStyle::Gpt2)
+    }
+
+    pub fn has_attn_out_bias(&self) -> bool {
+        self.attn_out_bias.unwrap_or(self.block == BlockStyle::Gpt2)
     }
 
     pub fn encoder_layers(&self) -> usize {
@@ -107,7 +203,7 @@ impl TransformerConfig {
         if self.vocab_size == 0 || self.d_model == 0 || self.n_layers == 0 || self.n_heads == 0 {
             return fail("model.vocab_size, d_model, n_layers and n_heads must be positive".into());
         }
-        if !self.d_model.is_multiple_of(self.n_heads) {
+        if self.head_size == 0 && !self.d_model.is_multiple_of(self.n_heads) {
             return fail(format!(
                 "model.d_model ({}) must be divisible by model.n_heads ({})",
                 self.d_model, self.n_heads
@@ -125,6 +221,12 @@ impl TransformerConfig {
         if self.block == BlockStyle::Modern && !self.head_dim().is_multiple_of(2) {
             return fail(format!("RoPE needs an even head dimension, got {}", self.head_dim()));
         }
+        if let Some(r) = &self.rope_scaling {
+            if self.block != BlockStyle::Modern {
+                return fail("model.rope_scaling needs block = \"modern\" (GPT-2 blocks have no RoPE)".into());
+            }
+            r.validate()?;
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return fail(format!("model.dropout must be in [0, 1), got {}", self.dropout));
         }
@@ -137,13 +239,16 @@ impl TransformerConfig {
     /// Parameter count, computed from the config (matches the built model; a test checks).
     pub fn num_params(&self) -> usize {
         let d = self.d_model;
-        let kv = self.n_kv_heads * self.head_dim();
+        let (q, kv) = (self.q_width(), self.kv_width());
         let f = self.ff_dim();
         let bias = self.block == BlockStyle::Gpt2;
         let norm = if bias { 2 * d } else { d };
-        let attn = d * (d + 2 * kv) + d * d + if bias { d + 2 * kv + d } else { 0 };
-        // cross-attention: q (d→d), kv (d→2kv), proj (d→d), plus its norm
-        let cross = d * d + d * 2 * kv + d * d + if bias { d + 2 * kv + d } else { 0 } + norm;
+        let qkv_bias = if self.has_qkv_bias() { q + 2 * kv } else { 0 };
+        let out_bias = if self.has_attn_out_bias() { d } else { 0 };
+        let qk_norm = if self.qk_norm { 2 * self.head_dim() } else { 0 };
+        let attn = d * (q + 2 * kv) + q * d + qkv_bias + out_bias + qk_norm;
+        // cross-attention: q (d→q), kv (d→2kv), proj (q→d), plus its norm
+        let cross = d * q + d * 2 * kv + q * d + qkv_bias + out_bias + qk_norm + norm;
         let mlp = match self.block {
             BlockStyle::Gpt2 => 2 * d * f + f + d,
             BlockStyle::Modern => 3 * d * f,

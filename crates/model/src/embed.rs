@@ -45,6 +45,12 @@ impl Positions {
 pub fn rope(cfg: &TransformerConfig, device: &candle_core::Device) -> Result<Option<Rope>> {
     match cfg.block {
         BlockStyle::Gpt2 => Ok(None),
-        BlockStyle::Modern => Ok(Some(Rope::new(cfg.head_dim(), cfg.max_seq_len, cfg.rope_theta, device)?)),
+        BlockStyle::Modern => {
+            let mut inv = Rope::inv_freq(cfg.head_dim(), cfg.rope_theta);
+            if let Some(scaling) = &cfg.rope_scaling {
+                scaling.apply(&mut inv);
+            }
+            Ok(Some(Rope::from_inv_freq(&inv, cfg.max_seq_len, device)?))
+        }
     }
 }

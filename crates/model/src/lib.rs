@@ -15,6 +15,7 @@ pub mod device;
 pub mod embed;
 pub mod encoder_decoder;
 pub mod masked_lm;
+pub mod hf;
 pub mod init;
 pub mod linear;
 pub mod mlp;
@@ -26,7 +27,7 @@ pub mod spec;
 pub mod transformer;
 
 pub use attention::{AttnMask, KvCache};
-pub use config::{BlockStyle, ModelKind, TransformerConfig};
+pub use config::{BlockStyle, ModelKind, RopeScaling, TransformerConfig};
 pub use device::DeviceChoice;
 pub use encoder_decoder::EncoderDecoder;
 pub use masked_lm::MaskedLm;

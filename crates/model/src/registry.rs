@@ -149,8 +149,12 @@ pub struct LoadedModel {
     pub checkpoint: PathBuf,
 }
 
-/// Read the `[model]` section of a run folder's `config.toml`.
+/// Read the `[model]` section of a run folder's `config.toml` (or, for a Hugging Face
+/// model folder, the model its `config.json` describes).
 pub fn read_spec(run_dir: &Path) -> Result<ModelSpec> {
+    if crate::hf::is_hf_folder(run_dir) {
+        return Ok(ModelSpec::Transformer(crate::hf::read_config(run_dir)?.model));
+    }
     let path = run_dir.join("config.toml");
     let text = fs::read_to_string(&path).with_context(|| format!("cannot read {} (is {} a ferrolm run folder?)", path.display(), run_dir.display()))?;
     let table: toml::Table = text.parse().with_context(|| format!("invalid TOML in {}", path.display()))?;
@@ -159,7 +163,12 @@ pub fn read_spec(run_dir: &Path) -> Result<ModelSpec> {
 }
 
 /// Load a trained run folder: its `[model]` and the weights of its latest checkpoint.
+/// A Hugging Face model folder (`config.json` + safetensors) loads through
+/// [`crate::hf::load`]: this is the one place that tells the two apart.
 pub fn load_model(run_dir: &Path, device: &Device) -> Result<LoadedModel> {
+    if crate::hf::is_hf_folder(run_dir) {
+        return crate::hf::load(run_dir, device);
+    }
     let spec = read_spec(run_dir)?;
     let checkpoint = latest_checkpoint(run_dir)?;
     let (model, varmap) = AnyModel::build_fresh(&spec, device)?;

@@ -8,11 +8,13 @@ mod bpe;
 pub mod chat;
 pub mod bytelevel;
 mod encoder;
+pub mod hf_config;
 mod pretok;
 pub mod shards;
 pub mod special;
 mod tokenizer;
 
 pub use chat::{ChatTemplate, Message, Role};
+pub use hf_config::HfTokenizerConfig;
 pub use shards::{ShardIndex, ShardWriter, TokenShards};
 pub use tokenizer::{BpeTrainConfig, DecodeStream, Tokenizer, TokenizerConfig, TokenizerKind};

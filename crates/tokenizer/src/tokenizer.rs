@@ -478,6 +478,15 @@ fn detect_kind(json: &Value) -> Result<TokenizerKind> {
             }
             Ok(TokenizerKind::Bpe)
         }
+        // Pretrained byte-level BPEs (Llama 3, Qwen2, SmolLM2) split with their own regex
+        // first, then map bytes with a ByteLevel step that does not split again.
+        ("BPE", "Sequence") if byte_level_sequence(pre) => {
+            let dec = json["decoder"]["type"].as_str().unwrap_or("<none>");
+            if dec != "ByteLevel" {
+                bail!("byte-level BPE tokenizer.json must use the ByteLevel decoder, found {dec}");
+            }
+            Ok(TokenizerKind::Bpe)
+        }
         ("WordLevel", "Split") if pre["pattern"]["Regex"].as_str() == Some(CHAR_SPLIT_REGEX) => {
             Ok(TokenizerKind::Char)
         }
@@ -487,6 +496,13 @@ fn detect_kind(json: &Value) -> Result<TokenizerKind> {
              tokenizers (WordLevel + Split on {CHAR_SPLIT_REGEX:?})"
         ),
     }
+}
+
+/// A pre-tokenizer sequence of regex splits ending in one ByteLevel step.
+fn byte_level_sequence(pre: &Value) -> bool {
+    let Some(steps) = pre["pretokenizers"].as_array() else { return false };
+    let kind = |s: &Value| s["type"].as_str().unwrap_or("").to_string();
+    matches!(steps.last().map(kind).as_deref(), Some("ByteLevel")) && steps[..steps.len() - 1].iter().all(|s| kind(s) == "Split")
 }
 
 /// Incremental decoding for generation: push ids one at a time and get back the text that

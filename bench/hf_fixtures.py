@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Tiny random Hugging Face checkpoints and transformers' reference outputs, for ferrolm's
+parity test (crates/model/tests/hf_parity.rs), which runs in CI with no Python.
+
+Usage (a venv outside the repo):
+    python3 -m venv /work/venv-hf && /work/venv-hf/bin/pip install torch transformers
+    /work/venv-hf/bin/python bench/hf_fixtures.py            # (re)write the fixtures
+    /work/venv-hf/bin/python bench/hf_fixtures.py --check-export DIR REF.json
+        # load a folder written by `ferrolm export --format hf` with transformers and
+        # compare its log-probs with ferrolm's (REF.json from `ferrolm score --json`)
+
+Each fixture folder holds what `save_pretrained` writes (config.json, safetensors, and for
+some a tokenizer.json / tokenizer_config.json with a chat template) plus reference.json:
+the input ids, the log-prob of each token after the first given its prefix, and the greedy
+continuation of a prompt, all computed by transformers in float32 with eager attention.
+Weights are drawn wider than the usual init (std 0.5, norm gains around 1, non-zero biases)
+so the distributions are peaked and a wrong detail shows up in the numbers.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "model", "tests", "fixtures", "hf")
+
+COMMON_LLAMA = dict(hidden_size=16, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6)
+
+
+def fixtures():
+    """(name, config, tokenizer?, shard size) per fixture."""
+    return [
+        ("llama3_untied", transformers.LlamaConfig(
+            vocab_size=64, **COMMON_LLAMA, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 16}), False, None),
+        ("mistral_sharded", transformers.MistralConfig(
+            vocab_size=64, **COMMON_LLAMA, tie_word_embeddings=False, sliding_window=4096, rope_theta=10000.0), False, "8KB"),
+        ("qwen2_tied", transformers.Qwen2Config(
+            vocab_size=300, **COMMON_LLAMA, tie_word_embeddings=True, rope_theta=1000000.0), True, None),
+        ("qwen3_untied", transformers.Qwen3Config(
+            vocab_size=64, **dict(COMMON_LLAMA, head_dim=8), tie_word_embeddings=False, rope_theta=1000000.0), False, None),
+        ("gpt2_tied", transformers.GPT2Config(
+            vocab_size=300, n_embd=16, n_layer=2, n_head=4, n_positions=64, n_inner=None,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0), True, None),
+    ]
+
+
+def randomize(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if "norm" in name or "ln_" in name:
+                if name.endswith("weight"):
+                    p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+                else:
+                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+
+
+def chat_tokenizer(path):
+    """A byte-level BPE of 300 ids (Qwen-style specials) trained on a few sentences, with a
+    ChatML template in tokenizer_config.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    text = ["The quick brown fox jumps over the lazy dog.", "Hello, world! How are you today?", "the theory of the thing"] * 20
+    tok.train_from_iterator(text, trainer)
+    tok.save(os.path.join(path, "tokenizer.json"))
+    template = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+                "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+           "bos_token": None, "chat_template": template, "model_max_length": 64}
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return tok
+
+
+@torch.no_grad()
+def logprobs(model, ids):
+    logits = model(torch.tensor([ids])).logits[0].double()
+    lp = torch.log_softmax(logits, dim=-1)
+    return [lp[i, ids[i + 1]].item() for i in range(len(ids) - 1)]
+
+
+@torch.no_grad()
+def greedy(model, prompt, n):
+    # No stop token, and an explicit attention mask (otherwise generate masks prompt
+    # tokens equal to pad_token_id).
+    p = torch.tensor([prompt])
+    out = model.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=n, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def write_fixtures():
+    torch.manual_seed(0)
+    os.makedirs(OUT, exist_ok=True)
+    for seed, (name, cfg, with_tok, shard) in enumerate(fixtures()):
+        path = os.path.join(OUT, name)
+        os.makedirs(path, exist_ok=True)
+        for f in os.listdir(path):
+            os.remove(os.path.join(path, f))
+        cfg._attn_implementation = "eager"
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+        randomize(model, 1000 + seed)
+        kwargs = {"max_shard_size": shard} if shard else {}
+        model.save_pretrained(path, **kwargs)
+        gen = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, cfg.vocab_size, (20,), generator=gen).tolist()
+        ref = {"transformers": transformers.__version__, "torch": torch.__version__, "input_ids": ids,
+               "logprobs": logprobs(model, ids), "prompt": ids[:5], "greedy": greedy(model, ids[:5], 12)}
+        if with_tok:
+            tok = chat_tokenizer(path)
+            text = "Hello, the quick fox!"
+            tids = tok.encode(text).ids
+            ref["text"] = text
+            ref["text_ids"] = tids
+            ref["text_logprobs"] = logprobs(model, tids)
+            if name.startswith("gpt2"):
+                os.remove(os.path.join(path, "tokenizer_config.json"))
+            else:
+                from transformers import AutoTokenizer
+                at = AutoTokenizer.from_pretrained(path)
+                msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+                ref["chat"] = {"messages": msgs, "rendered": at.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)}
+        with open(os.path.join(path, "reference.json"), "w") as f:
+            json.dump(ref, f, indent=1)
+        size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+        print(f"{name}: {size // 1024} KiB, files {sorted(os.listdir(path))}")
+
+
+def check_export(folder, ref_path):
+    """transformers' log-probs on a ferrolm export vs ferrolm's own (score --json)."""
+    with open(ref_path) as f:
+        ref = json.load(f)
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", torch_dtype=torch.float32).eval()
+    got = logprobs(model, ref["token_ids"])
+    diff = max(abs(a - b) for a, b in zip(got, ref["logprobs"]))
+    print(json.dumps({"folder": folder, "model_type": model.config.model_type, "tokens": len(ref["token_ids"]), "max_abs_diff": diff}))
+    return diff
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check-export", nargs=2, metavar=("DIR", "REF_JSON"))
+    a = ap.parse_args()
+    if a.check_export:
+        d = check_export(*a.check_export)
+        sys.exit(0 if d < 1e-4 else 1)
+    write_fixtures()

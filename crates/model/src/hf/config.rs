@@ -1,0 +1,258 @@
+//! `config.json` of a Hugging Face checkpoint → the [`TransformerConfig`] of the same model.
+//!
+//! Each family is the existing Transformer core with the options it needs: the Llama
+//! family (Llama, Mistral, Qwen2, Qwen3) is the modern block (RMSNorm, RoPE, SwiGLU, GQA)
+//! plus `qkv_bias` (Qwen2), `qk_norm` and an explicit `head_size` (Qwen3) and
+//! `rope_scaling` (Llama 3.1); GPT-2 is the GPT-2 block. Anything the core cannot reproduce
+//! exactly (another activation, another RoPE scaling, MLP biases) is an error naming the key,
+//! never an approximately-right model.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::config::{BlockStyle, ModelKind, RopeScaling, TransformerConfig};
+
+/// The checkpoint families ferrolm reads (`model_type` in config.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HfFamily {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    Gpt2,
+}
+
+impl HfFamily {
+    pub const ALL: [HfFamily; 5] = [HfFamily::Llama, HfFamily::Mistral, HfFamily::Qwen2, HfFamily::Qwen3, HfFamily::Gpt2];
+
+    pub fn model_type(self) -> &'static str {
+        match self {
+            HfFamily::Llama => "llama",
+            HfFamily::Mistral => "mistral",
+            HfFamily::Qwen2 => "qwen2",
+            HfFamily::Qwen3 => "qwen3",
+            HfFamily::Gpt2 => "gpt2",
+        }
+    }
+
+    pub fn from_model_type(t: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.model_type() == t)
+    }
+}
+
+/// A parsed config.json.
+#[derive(Debug, Clone)]
+pub struct HfConfig {
+    pub family: HfFamily,
+    pub model: TransformerConfig,
+    /// `eos_token_id` of config.json (generation_config.json may override it).
+    pub eos_token_ids: Vec<u32>,
+    pub bos_token_id: Option<u32>,
+}
+
+/// Reads typed keys of one config.json, naming the file and key in every error.
+struct Keys<'a> {
+    json: &'a Value,
+    path: &'a Path,
+}
+
+impl Keys<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.json.get(key).filter(|v| !v.is_null())
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        let v = self.get(key).with_context(|| format!("{}: the key `{key}` is missing", self.path.display()))?;
+        self.as_usize(key, v)
+    }
+
+    fn as_usize(&self, key: &str, v: &Value) -> Result<usize> {
+        match v.as_u64() {
+            Some(n) if n > 0 && n <= u32::MAX as u64 => Ok(n as usize),
+            _ => bail!("{}: `{key}` must be a positive integer, got {v}", self.path.display()),
+        }
+    }
+
+    fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        match self.get(key) {
+            Some(v) => self.as_usize(key, v),
+            None => Ok(default),
+        }
+    }
+
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.get(key) {
+            Some(v) => v.as_f64().filter(|x| x.is_finite()).with_context(|| format!("{}: `{key}` must be a number, got {v}", self.path.display())),
+            None => Ok(default),
+        }
+    }
+
+    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            Some(v) => v.as_bool().with_context(|| format!("{}: `{key}` must be true or false, got {v}", self.path.display())),
+            None => Ok(default),
+        }
+    }
+
+    fn str_or<'b>(&'b self, key: &str, default: &'b str) -> Result<&'b str> {
+        match self.get(key) {
+            Some(v) => v.as_str().with_context(|| format!("{}: `{key}` must be a string, got {v}", self.path.display())),
+            None => Ok(default),
+        }
+    }
+
+    /// A token id or a list of them (`eos_token_id` is either).
+    fn ids(&self, key: &str) -> Result<Vec<u32>> {
+        let bad = |v: &Value| anyhow::anyhow!("{}: `{key}` must be a token id or a list of ids, got {v}", self.path.display());
+        match self.get(key) {
+            None => Ok(vec![]),
+            Some(Value::Array(a)) => a.iter().map(|x| x.as_u64().filter(|&n| n <= u32::MAX as u64).map(|n| n as u32).ok_or_else(|| bad(x))).collect(),
+            Some(v) => v.as_u64().filter(|&n| n <= u32::MAX as u64).map(|n| vec![n as u32]).ok_or_else(|| bad(v)),
+        }
+    }
+}
+
+/// Parse the text of a config.json (`path` is for messages).
+pub fn parse_config(text: &str, path: &Path) -> Result<HfConfig> {
+    let json: Value = serde_json::from_str(text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    if !json.is_object() {
+        bail!("{}: expected a JSON object", path.display());
+    }
+    let k = Keys { json: &json, path };
+    let model_type = k.get("model_type").and_then(Value::as_str).with_context(|| format!("{}: the key `model_type` is missing", path.display()))?;
+    let family = HfFamily::from_model_type(model_type).with_context(|| {
+        let known: Vec<_> = HfFamily::ALL.iter().map(|f| f.model_type()).collect();
+        format!("{}: model_type \"{model_type}\" is not supported (ferrolm reads {})", path.display(), known.join(", "))
+    })?;
+    let model = match family {
+        HfFamily::Gpt2 => gpt2(&k)?,
+        _ => llama_like(&k, family)?,
+    };
+    model.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let bos = k.ids("bos_token_id")?.first().copied();
+    Ok(HfConfig { family, model, eos_token_ids: k.ids("eos_token_id")?, bos_token_id: bos })
+}
+
+/// Read `dir/config.json`.
+pub fn read_config(dir: &Path) -> Result<HfConfig> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_config(&text, &path)
+}
+
+fn gpt2(k: &Keys) -> Result<TransformerConfig> {
+    let d = k.usize("n_embd")?;
+    let act = k.str_or("activation_function", "gelu_new")?;
+    // GPT-2's "gelu_new" is the tanh approximation, which is the core's GELU.
+    if !matches!(act, "gelu_new" | "gelu_pytorch_tanh") {
+        bail!("{}: activation_function \"{act}\" is not supported (the GPT-2 block uses GELU's tanh approximation, \"gelu_new\")", k.path.display());
+    }
+    if !k.bool_or("scale_attn_weights", true)? || k.bool_or("scale_attn_by_inverse_layer_idx", false)? {
+        bail!("{}: only GPT-2's standard attention scaling (scale_attn_weights = true, scale_attn_by_inverse_layer_idx = false) is supported", k.path.display());
+    }
+    let heads = k.usize("n_head")?;
+    Ok(TransformerConfig {
+        kind: ModelKind::Causal,
+        vocab_size: k.usize("vocab_size")?,
+        d_model: d,
+        n_layers: k.usize("n_layer")?,
+        n_heads: heads,
+        n_kv_heads: heads,
+        d_ff: k.usize_or("n_inner", 4 * d)?,
+        max_seq_len: k.usize("n_positions")?,
+        block: BlockStyle::Gpt2,
+        tie_embeddings: k.bool_or("tie_word_embeddings", true)?,
+        dropout: 0.0,
+        norm_eps: k.f64_or("layer_norm_epsilon", 1e-5)?,
+        ..TransformerConfig::default()
+    })
+}
+
+fn llama_like(k: &Keys, family: HfFamily) -> Result<TransformerConfig> {
+    let path = k.path.display();
+    let act = k.str_or("hidden_act", "silu")?;
+    if act != "silu" {
+        bail!("{path}: hidden_act \"{act}\" is not supported (the modern block's MLP is SwiGLU, \"silu\")");
+    }
+    if k.bool_or("mlp_bias", false)? {
+        bail!("{path}: mlp_bias = true is not supported (the modern block's MLP has no biases)");
+    }
+    let d = k.usize("hidden_size")?;
+    let heads = k.usize("num_attention_heads")?;
+    let attention_bias = k.bool_or("attention_bias", false)?;
+    // Qwen2 always has q/k/v biases and none on the output; the others follow attention_bias.
+    let (qkv_bias, out_bias) = match family {
+        HfFamily::Qwen2 => (true, false),
+        _ => (attention_bias, attention_bias),
+    };
+    let mut max_seq_len = k.usize("max_position_embeddings")?;
+    // Sliding-window attention equals full attention on sequences no longer than the
+    // window: cap the context there so a longer one is an error, not a silently different model.
+    let windowed = match family {
+        HfFamily::Mistral => true,
+        HfFamily::Qwen2 | HfFamily::Qwen3 => k.bool_or("use_sliding_window", false)?,
+        _ => false,
+    };
+    if windowed {
+        if let Some(w) = k.get("sliding_window") {
+            max_seq_len = max_seq_len.min(k.as_usize("sliding_window", w)?);
+        }
+    }
+    let (rope_theta, scaling) = rope(k)?;
+    let tied_default = false;
+    let head_size = k.usize_or("head_dim", 0)?;
+    Ok(TransformerConfig {
+        kind: ModelKind::Causal,
+        vocab_size: k.usize("vocab_size")?,
+        d_model: d,
+        n_layers: k.usize("num_hidden_layers")?,
+        n_heads: heads,
+        n_kv_heads: k.usize_or("num_key_value_heads", heads)?,
+        d_ff: k.usize("intermediate_size")?,
+        max_seq_len,
+        block: BlockStyle::Modern,
+        tie_embeddings: k.bool_or("tie_word_embeddings", tied_default)?,
+        dropout: 0.0,
+        norm_eps: k.f64_or("rms_norm_eps", 1e-6)?,
+        rope_theta,
+        // An explicit head_dim equal to the default is stored as the default (0), so the
+        // config reads the same as one trained by ferrolm.
+        head_size: if head_size * heads == d { 0 } else { head_size },
+        qkv_bias: Some(qkv_bias),
+        attn_out_bias: Some(out_bias),
+        qk_norm: family == HfFamily::Qwen3,
+        rope_scaling: scaling,
+        ..TransformerConfig::default()
+    })
+}
+
+/// `rope_theta` and `rope_scaling`, from the top level (transformers 4) or from
+/// `rope_parameters` (transformers 5).
+fn rope(k: &Keys) -> Result<(f64, Option<RopeScaling>)> {
+    let path = k.path.display();
+    let params = k.get("rope_parameters").or_else(|| k.get("rope_scaling"));
+    let theta = match k.get("rope_parameters").and_then(|p| p.get("rope_theta")) {
+        Some(v) => v.as_f64().with_context(|| format!("{path}: rope_parameters.rope_theta must be a number, got {v}"))?,
+        None => k.f64_or("rope_theta", 10_000.0)?,
+    };
+    let Some(p) = params else { return Ok((theta, None)) };
+    let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let num = |key: &str| -> Result<f64> {
+        p.get(key).and_then(Value::as_f64).with_context(|| format!("{path}: rope scaling of type llama3 needs the number `{key}`"))
+    };
+    match kind {
+        "default" => Ok((theta, None)),
+        "llama3" => Ok((
+            theta,
+            Some(RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+            }),
+        )),
+        other => bail!("{path}: rope scaling of type \"{other}\" is not supported (ferrolm implements \"default\" and \"llama3\")"),
+    }
+}

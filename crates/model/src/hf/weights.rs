@@ -1,0 +1,217 @@
+//! Checkpoint tensors: reading `model.safetensors` or the shards named by
+//! `model.safetensors.index.json`, and renaming a family's tensors onto the Transformer
+//! core's variables (fusing q/k/v into the core's one projection, transposing GPT-2's
+//! Conv1D weights), with every shape checked against config.json.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+use super::config::HfFamily;
+use crate::config::TransformerConfig;
+
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// A checkpoint tensor and the file it came from (for messages).
+pub struct Source {
+    pub tensor: Tensor,
+    pub file: PathBuf,
+}
+
+/// Every tensor of one safetensors file, with the file named in any error (missing,
+/// truncated, corrupt header).
+pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .with_context(|| format!("{} is not a complete safetensors file (truncated or corrupt)", path.display()))
+}
+
+/// The file names of a sharded checkpoint (from its index), in order, with the tensor →
+/// file map.
+pub fn read_index(dir: &Path) -> Result<(Vec<String>, BTreeMap<String, String>)> {
+    let path = dir.join(INDEX_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).with_context(|| format!("{}: the key `weight_map` is missing", path.display()))?;
+    let mut weight_map = BTreeMap::new();
+    for (name, file) in map {
+        let file = file.as_str().with_context(|| format!("{}: weight_map[{name:?}] is not a file name", path.display()))?;
+        // A shard is a file in this folder, never a path that leaves it.
+        if file.is_empty() || file.contains('/') || file.contains('\\') || file == ".." || file == "." {
+            bail!("{}: weight_map[{name:?}] = {file:?} is not a file name in the checkpoint folder", path.display());
+        }
+        weight_map.insert(name.clone(), file.to_string());
+    }
+    let files: BTreeSet<String> = weight_map.values().cloned().collect();
+    Ok((files.into_iter().collect(), weight_map))
+}
+
+/// All tensors of the checkpoint in `dir`: sharded (index + shards) or one file.
+pub fn read_checkpoint(dir: &Path) -> Result<HashMap<String, Source>> {
+    let mut out = HashMap::new();
+    if dir.join(INDEX_FILE).is_file() {
+        let (files, weight_map) = read_index(dir)?;
+        for f in &files {
+            let path = dir.join(f);
+            if !path.is_file() {
+                bail!("{} names the shard {f}, which is missing from {}", dir.join(INDEX_FILE).display(), dir.display());
+            }
+            for (name, tensor) in read_safetensors(&path)? {
+                out.insert(name, Source { tensor, file: path.clone() });
+            }
+        }
+        for (name, f) in &weight_map {
+            match out.get(name) {
+                Some(s) if s.file.file_name().is_some_and(|n| n == f.as_str()) => {}
+                _ => bail!("{}: tensor `{name}` should be in {f} but is not", dir.join(INDEX_FILE).display()),
+            }
+        }
+    } else {
+        let path = dir.join(SINGLE_FILE);
+        if !path.is_file() {
+            bail!(
+                "{} has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors checkpoints are read; convert pytorch_model.bin with transformers' save_pretrained)",
+                dir.display()
+            );
+        }
+        for (name, tensor) in read_safetensors(&path)? {
+            out.insert(name, Source { tensor, file: path.clone() });
+        }
+    }
+    Ok(out)
+}
+
+/// Takes tensors out of a checkpoint by name, checking dtype and shape, so that what is
+/// left at the end is what the model did not use.
+struct Take {
+    tensors: HashMap<String, Source>,
+    prefix: &'static str,
+}
+
+impl Take {
+    fn new(mut tensors: HashMap<String, Source>, prefix: &'static str) -> Self {
+        // Checkpoints saved from the bare model (no LM head) lack the prefix: add it back.
+        if !tensors.keys().any(|k| k.starts_with(prefix)) {
+            tensors = tensors.into_iter().map(|(k, v)| if k == "lm_head.weight" { (k, v) } else { (format!("{prefix}{k}"), v) }).collect();
+        }
+        Self { tensors, prefix }
+    }
+
+    fn f32(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let full = if name == "lm_head.weight" { name.to_string() } else { format!("{}{name}", self.prefix) };
+        let Some(src) = self.tensors.remove(&full) else {
+            bail!("the checkpoint has no tensor `{full}` (config.json describes a model that needs it)");
+        };
+        let t = src.tensor;
+        if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
+            bail!("{}: tensor `{full}` has dtype {:?}; weights must be f32, f16 or bf16", src.file.display(), t.dtype());
+        }
+        if t.dims() != shape {
+            bail!("{}: tensor `{full}` has shape {:?}, config.json implies {:?}", src.file.display(), t.dims(), shape);
+        }
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// Error on any tensor the model did not use (a config that does not match its weights).
+    fn finish(self, ignorable: impl Fn(&str) -> bool) -> Result<()> {
+        let mut left: Vec<_> = self.tensors.iter().filter(|(k, _)| !ignorable(k)).collect();
+        left.sort_by(|a, b| a.0.cmp(b.0));
+        if let Some((name, src)) = left.first() {
+            bail!(
+                "{}: tensor `{name}` is not used by the model config.json describes ({} unused tensors; does config.json match the weights?)",
+                src.file.display(),
+                left.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The core's variables (by ferrolm name) from a checkpoint of `family`.
+pub fn to_core(family: HfFamily, cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Result<HashMap<String, Tensor>> {
+    match family {
+        HfFamily::Gpt2 => gpt2(cfg, tensors),
+        _ => llama_like(cfg, tensors),
+    }
+}
+
+fn llama_like(cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Result<HashMap<String, Tensor>> {
+    let mut t = Take::new(tensors, "model.");
+    let (d, v, f, hd) = (cfg.d_model, cfg.vocab_size, cfg.ff_dim(), cfg.head_dim());
+    let (q, kv) = (cfg.q_width(), cfg.kv_width());
+    let mut out = HashMap::new();
+    out.insert("wte.weight".into(), t.f32("embed_tokens.weight", &[v, d])?);
+    for i in 0..cfg.n_layers {
+        let (hf, fl) = (format!("layers.{i}."), format!("decoder.blocks.{i}."));
+        out.insert(format!("{fl}ln1.weight"), t.f32(&format!("{hf}input_layernorm.weight"), &[d])?);
+        out.insert(format!("{fl}ln2.weight"), t.f32(&format!("{hf}post_attention_layernorm.weight"), &[d])?);
+        let a = format!("{hf}self_attn.");
+        let w = [t.f32(&format!("{a}q_proj.weight"), &[q, d])?, t.f32(&format!("{a}k_proj.weight"), &[kv, d])?, t.f32(&format!("{a}v_proj.weight"), &[kv, d])?];
+        out.insert(format!("{fl}attn.qkv.weight"), Tensor::cat(&w, 0)?);
+        if cfg.has_qkv_bias() {
+            let b = [t.f32(&format!("{a}q_proj.bias"), &[q])?, t.f32(&format!("{a}k_proj.bias"), &[kv])?, t.f32(&format!("{a}v_proj.bias"), &[kv])?];
+            out.insert(format!("{fl}attn.qkv.bias"), Tensor::cat(&b, 0)?);
+        }
+        out.insert(format!("{fl}attn.proj.weight"), t.f32(&format!("{a}o_proj.weight"), &[d, q])?);
+        if cfg.has_attn_out_bias() {
+            out.insert(format!("{fl}attn.proj.bias"), t.f32(&format!("{a}o_proj.bias"), &[d])?);
+        }
+        if cfg.qk_norm {
+            out.insert(format!("{fl}attn.ln_q.weight"), t.f32(&format!("{a}q_norm.weight"), &[hd])?);
+            out.insert(format!("{fl}attn.ln_k.weight"), t.f32(&format!("{a}k_norm.weight"), &[hd])?);
+        }
+        let m = format!("{hf}mlp.");
+        out.insert(format!("{fl}mlp.gate.weight"), t.f32(&format!("{m}gate_proj.weight"), &[f, d])?);
+        out.insert(format!("{fl}mlp.up.weight"), t.f32(&format!("{m}up_proj.weight"), &[f, d])?);
+        out.insert(format!("{fl}mlp.proj.weight"), t.f32(&format!("{m}down_proj.weight"), &[d, f])?);
+    }
+    out.insert("decoder.ln_f.weight".into(), t.f32("norm.weight", &[d])?);
+    if !cfg.tie_embeddings {
+        out.insert("lm_head.weight".into(), t.f32("lm_head.weight", &[v, d])?);
+    }
+    let tied = cfg.tie_embeddings;
+    // A tied checkpoint may still store the head (a copy of the embedding); RoPE tables
+    // saved by old versions are recomputed from the config.
+    t.finish(|k| (tied && k == "lm_head.weight") || k.ends_with("rotary_emb.inv_freq"))?;
+    Ok(out)
+}
+
+fn gpt2(cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Result<HashMap<String, Tensor>> {
+    let mut t = Take::new(tensors, "transformer.");
+    let (d, v, f, p) = (cfg.d_model, cfg.vocab_size, cfg.ff_dim(), cfg.max_seq_len);
+    let mut out = HashMap::new();
+    out.insert("wte.weight".into(), t.f32("wte.weight", &[v, d])?);
+    out.insert("wpe.weight".into(), t.f32("wpe.weight", &[p, d])?);
+    // GPT-2's Conv1D stores (in, out): the core's linear layers hold (out, in).
+    let mut conv = |t: &mut Take, hf: &str, fl: &str, i: usize, o: usize| -> Result<()> {
+        out.insert(format!("{fl}.weight"), t.f32(&format!("{hf}.weight"), &[i, o])?.t()?.contiguous()?);
+        out.insert(format!("{fl}.bias"), t.f32(&format!("{hf}.bias"), &[o])?);
+        Ok(())
+    };
+    for i in 0..cfg.n_layers {
+        let (hf, fl) = (format!("h.{i}."), format!("decoder.blocks.{i}."));
+        conv(&mut t, &format!("{hf}attn.c_attn"), &format!("{fl}attn.qkv"), d, 3 * d)?;
+        conv(&mut t, &format!("{hf}attn.c_proj"), &format!("{fl}attn.proj"), d, d)?;
+        conv(&mut t, &format!("{hf}mlp.c_fc"), &format!("{fl}mlp.fc"), d, f)?;
+        conv(&mut t, &format!("{hf}mlp.c_proj"), &format!("{fl}mlp.proj"), f, d)?;
+    }
+    for i in 0..cfg.n_layers {
+        let (hf, fl) = (format!("h.{i}."), format!("decoder.blocks.{i}."));
+        for (a, b) in [("ln_1", "ln1"), ("ln_2", "ln2")] {
+            out.insert(format!("{fl}{b}.weight"), t.f32(&format!("{hf}{a}.weight"), &[d])?);
+            out.insert(format!("{fl}{b}.bias"), t.f32(&format!("{hf}{a}.bias"), &[d])?);
+        }
+    }
+    out.insert("decoder.ln_f.weight".into(), t.f32("ln_f.weight", &[d])?);
+    out.insert("decoder.ln_f.bias".into(), t.f32("ln_f.bias", &[d])?);
+    if !cfg.tie_embeddings {
+        out.insert("lm_head.weight".into(), t.f32("lm_head.weight", &[v, d])?);
+    }
+    let tied = cfg.tie_embeddings;
+    // Old GPT-2 files carry the causal-mask buffers `attn.bias` / `attn.masked_bias`.
+    t.finish(|k| (tied && k == "lm_head.weight") || k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias"))?;
+    Ok(out)
+}

@@ -1,0 +1,174 @@
+//! A Hugging Face `tokenizer_config.json`: its Jinja `chat_template` (rendered with
+//! minijinja, configured as transformers configures Jinja: `trim_blocks`, `lstrip_blocks`,
+//! loop controls, `raise_exception`, Python string methods) and its special tokens.
+//!
+//! A template that raises, calls something undefined or is not valid Jinja is an error
+//! naming the file, never a panic.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use minijinja::{Environment, ErrorKind, Value as JValue};
+use serde_json::Value;
+
+use crate::chat::Message;
+
+/// File name beside tokenizer.json.
+pub const FILE_NAME: &str = "tokenizer_config.json";
+
+/// What ferrolm reads from a tokenizer_config.json.
+#[derive(Debug, Clone, Default)]
+pub struct HfTokenizerConfig {
+    /// The default chat template (a `chat_template` string, or the entry named "default"
+    /// of a list of named templates).
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub pad_token: Option<String>,
+    /// Whether the tokenizer prepends `bos_token` to encoded text.
+    pub add_bos_token: bool,
+    /// The file it came from (for messages).
+    pub path: PathBuf,
+}
+
+/// A special token: a string, or an object whose `content` is the string.
+fn token(v: &Value, key: &str, path: &Path) -> Result<Option<String>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(o) => match o.get("content").and_then(Value::as_str) {
+            Some(s) => Ok(Some(s.to_string())),
+            None => bail!("{}: `{key}` must be a string or an object with `content`, got {o}", path.display()),
+        },
+    }
+}
+
+impl HfTokenizerConfig {
+    /// `tokenizer_config.json` in `dir`, or None when there is none.
+    pub fn load_from_dir(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(FILE_NAME);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&text, &path).map(Some)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let v: Value = serde_json::from_str(text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        if !v.is_object() {
+            bail!("{}: expected a JSON object", path.display());
+        }
+        let chat_template = match v.get("chat_template") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(list)) => {
+                let named = |n: &str| list.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(n));
+                let entry = named("default").with_context(|| format!("{}: chat_template is a list without a \"default\" entry", path.display()))?;
+                Some(entry.get("template").and_then(Value::as_str).with_context(|| format!("{}: chat_template \"default\" has no `template` string", path.display()))?.to_string())
+            }
+            Some(other) => bail!("{}: chat_template must be a string or a list of named templates, got {other}", path.display()),
+        };
+        let add_bos_token = v.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false);
+        Ok(Self {
+            chat_template,
+            bos_token: token(&v, "bos_token", path)?,
+            eos_token: token(&v, "eos_token", path)?,
+            pad_token: token(&v, "pad_token", path)?,
+            add_bos_token,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Render `messages` with the chat template, as transformers' `apply_chat_template(...,
+    /// tokenize=False)` does.
+    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let source = self.chat_template.as_deref().with_context(|| format!("{} has no chat_template", self.path.display()))?;
+        render_template(source, messages, add_generation_prompt, self.bos_token.as_deref(), self.eos_token.as_deref())
+            .with_context(|| format!("the chat_template of {} failed to render", self.path.display()))
+    }
+}
+
+/// Render a Hugging Face chat template.
+pub fn render_template(source: &str, messages: &[Message], add_generation_prompt: bool, bos: Option<&str>, eos: Option<&str>) -> Result<String> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<JValue, minijinja::Error> {
+        Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("the template raised: {msg}")))
+    });
+    env.add_template("chat_template", source).map_err(|e| anyhow!("invalid Jinja: {e:#}"))?;
+    let tmpl = env.get_template("chat_template").map_err(|e| anyhow!("{e:#}"))?;
+    let msgs: Vec<JValue> = messages
+        .iter()
+        .map(|m| {
+            let role = serde_json::to_value(m.role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            minijinja::context! { role => role, content => m.content.clone() }
+        })
+        .collect();
+    let ctx = minijinja::context! {
+        messages => msgs,
+        add_generation_prompt => add_generation_prompt,
+        bos_token => bos.unwrap_or(""),
+        eos_token => eos.unwrap_or(""),
+    };
+    tmpl.render(ctx).map_err(|e| anyhow!("{e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    fn msgs() -> Vec<Message> {
+        vec![Message::system("Be brief."), Message::user("Hi!"), Message::assistant("Hello."), Message::user("Bye?")]
+    }
+
+    #[test]
+    fn chatml_renders_as_transformers_does() {
+        let out = render_template(CHATML, &msgs()[..2], true, None, None).unwrap();
+        assert_eq!(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    /// Llama 3-style templates: bos_token, `loop.index0`, `| trim`, whitespace control by
+    /// trim_blocks/lstrip_blocks (first) and by `{{-`/`{%-` (second). The expected strings
+    /// are what transformers' own Jinja environment renders.
+    #[test]
+    fn llama3_style_template_with_block_whitespace_control() {
+        let tpl = "{% set loop_messages = messages %}\n{% for message in loop_messages %}\n    {% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}\n    {% if loop.index0 == 0 %}\n        {% set content = bos_token + content %}\n    {% endif %}\n    {{ content }}\n{% endfor %}\n{% if add_generation_prompt %}\n{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}\n{% endif %}\n";
+        let out = render_template(tpl, &[Message::user("  Hi!  ")], true, Some("<|begin_of_text|>"), Some("<|eot_id|>")).unwrap();
+        assert_eq!(out, "    <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>\n<|start_header_id|>assistant<|end_header_id|>\n\n\n");
+        let tpl = "{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}";
+        let out = render_template(tpl, &[Message::user("  Hi!  ")], true, Some("<|begin_of_text|>"), None).unwrap();
+        assert_eq!(out, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+    }
+
+    /// Mistral-style: alternation enforced with raise_exception, Python's `.strip()`.
+    #[test]
+    fn raising_templates_are_errors_and_python_methods_work() {
+        let tpl = "{{ bos_token }}{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'].strip() + ' [/INST]' }}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}";
+        let ok = render_template(tpl, &[Message::user(" a "), Message::assistant("b")], false, Some("<s>"), Some("</s>")).unwrap();
+        assert_eq!(ok, "<s>[INST] a [/INST]b</s>");
+        let err = render_template(tpl, &[Message::assistant("b")], false, Some("<s>"), Some("</s>")).unwrap_err();
+        assert!(format!("{err:#}").contains("roles must alternate"), "{err:#}");
+        // not Jinja at all
+        assert!(render_template("{% for %}", &[], false, None, None).is_err());
+        // an undefined function
+        assert!(render_template("{{ nope() }}", &[], false, None, None).is_err());
+    }
+
+    #[test]
+    fn tokenizer_config_special_tokens_and_named_templates() {
+        let text = r#"{"bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>", "pad_token": null, "add_bos_token": true,
+            "chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "{{ messages[0]['content'] }}"}]}"#;
+        let c = HfTokenizerConfig::parse(text, Path::new("tokenizer_config.json")).unwrap();
+        assert_eq!((c.bos_token.as_deref(), c.eos_token.as_deref(), c.pad_token.as_deref(), c.add_bos_token), (Some("<s>"), Some("</s>"), None, true));
+        assert_eq!(c.render_chat(&msgs(), false).unwrap(), "Be brief.");
+        let e = HfTokenizerConfig::parse(r#"{"chat_template": 3}"#, Path::new("t.json")).unwrap_err();
+        assert!(format!("{e:#}").contains("chat_template"));
+        let none = HfTokenizerConfig::parse("{}", Path::new("t.json")).unwrap();
+        assert!(format!("{:#}", none.render_chat(&msgs(), false).unwrap_err()).contains("no chat_template"));
+    }
+}

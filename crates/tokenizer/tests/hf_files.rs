@@ -1,0 +1,67 @@
+//! Files of Hugging Face checkpoints (the transformers-written fixtures of ferrolm-model):
+//! tokenizer.json ids as the reference tokenizer gave them, pretrained-style pre-tokenizer
+//! sequences, and tokenizer_config.json chat templates rendered as transformers renders them.
+
+use std::path::{Path, PathBuf};
+
+use ferrolm_tokenizer::{HfTokenizerConfig, Message, Role, Tokenizer, TokenizerKind};
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/hf").join(name)
+}
+
+fn reference(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn fixture_tokenizers_give_transformers_ids() {
+    for name in ["qwen2_tied", "gpt2_tied"] {
+        let tok = Tokenizer::from_file(&fixture(name).join("tokenizer.json")).unwrap();
+        let r = reference(name);
+        assert_eq!(tok.encode(r["text"].as_str().unwrap()), ids(&r["text_ids"]), "{name}");
+        assert_eq!(tok.decode(&ids(&r["text_ids"])), r["text"].as_str().unwrap());
+    }
+}
+
+/// Llama 3 / Qwen2 / SmolLM2 tokenizers split with a regex, then apply ByteLevel without
+/// its own regex: the same byte-level BPE.
+#[test]
+fn a_split_then_byte_level_sequence_is_read_as_byte_level_bpe() {
+    let text = std::fs::read_to_string(fixture("qwen2_tied").join("tokenizer.json")).unwrap();
+    let mut json: Value = serde_json::from_str(&text).unwrap();
+    let gpt2_regex = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+    json["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": gpt2_regex}, "behavior": "Isolated", "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]});
+    let tok = Tokenizer::from_json_str(&json.to_string()).unwrap();
+    assert_eq!(tok.kind(), TokenizerKind::Bpe);
+    let r = reference("qwen2_tied");
+    assert_eq!(tok.encode(r["text"].as_str().unwrap()), ids(&r["text_ids"]));
+    // a sequence without the ByteLevel step is still refused
+    json["pre_tokenizer"]["pretokenizers"].as_array_mut().unwrap().pop();
+    assert!(Tokenizer::from_json_str(&json.to_string()).is_err());
+}
+
+#[test]
+fn fixture_chat_template_renders_as_transformers_does() {
+    let r = reference("qwen2_tied");
+    let cfg = HfTokenizerConfig::load_from_dir(&fixture("qwen2_tied")).unwrap().unwrap();
+    let msgs: Vec<Message> = r["chat"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let role: Role = serde_json::from_value(m["role"].clone()).unwrap();
+            Message::new(role, m["content"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(cfg.render_chat(&msgs, true).unwrap(), r["chat"]["rendered"].as_str().unwrap());
+    assert_eq!(cfg.eos_token.as_deref(), Some("<|im_end|>"));
+    assert!(HfTokenizerConfig::load_from_dir(&fixture("gpt2_tied")).unwrap().is_none());
+}
