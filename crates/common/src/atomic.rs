@@ -25,7 +25,11 @@ impl AtomicFile {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?
             .to_string_lossy()
             .into_owned();
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        // Unique per process and per file opened, so threads of one process (the ranks of
+        // a data-parallel test, parallel writers) never share a temporary file.
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
         let file = File::create(&tmp)?;
         Ok(Self { path, tmp, writer: Some(BufWriter::with_capacity(1 << 20, file)) })
     }

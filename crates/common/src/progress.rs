@@ -19,6 +19,11 @@ pub fn bar(len: u64, prefix: &str) -> ProgressBar {
     pb
 }
 
+/// A bar that draws nothing (a data-parallel rank other than 0).
+pub fn hidden() -> ProgressBar {
+    ProgressBar::hidden()
+}
+
 pub fn bytes_bar(len: u64, prefix: &str) -> ProgressBar {
     let pb = bar(len, prefix);
     pb.set_style(

@@ -11,6 +11,7 @@ pub mod bpb;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod metrics;
 pub mod objectives;
 pub mod optim;

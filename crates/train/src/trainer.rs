@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
+use crate::distributed::Communicator;
 use crate::data::{eval_offsets, make_batch, step_seed, train_offsets, TokenSource};
 use crate::metrics::{MetricsLog, Record};
 use crate::optim::AdamW;
@@ -230,6 +231,8 @@ pub struct Trainer<'a> {
     pub last_phase_ms: [f64; 3],
     /// The figures the task reported for the last step (custom steps), logged with it.
     last_figures: BTreeMap<String, f64>,
+    /// Data parallelism: the other ranks of this job (see [`crate::distributed`]).
+    comm: Option<Box<dyn Communicator + 'a>>,
 }
 
 impl<'a> Trainer<'a> {
@@ -266,7 +269,7 @@ impl<'a> Trainer<'a> {
             elapsed_secs: 0.0,
             last_train_loss: None,
         };
-        Ok(Self { cfg, varmap, task, opt, run_dir: run_dir.to_path_buf(), state, quiet: false, stop_at: None, title: "ferrolm training".into(), last_phase_ms: [0.0; 3], last_figures: BTreeMap::new() })
+        Ok(Self { cfg, varmap, task, opt, run_dir: run_dir.to_path_buf(), state, quiet: false, stop_at: None, title: "ferrolm training".into(), last_phase_ms: [0.0; 3], last_figures: BTreeMap::new(), comm: None })
     }
 
     /// Continue any task's run from its latest checkpoint: weights, optimizer moments and
@@ -288,11 +291,35 @@ impl<'a> Trainer<'a> {
         self.state.step
     }
 
+    /// Trains data-parallel with the other ranks of `comm`: this rank computes micro-batches
+    /// `rank, rank + world, …` of each step's `train.grad_accum` and the gradients are
+    /// summed over the ranks before the update; only rank 0 writes checkpoints, metrics
+    /// and plots, and evaluates.
+    pub fn set_communicator(&mut self, comm: Box<dyn Communicator + 'a>) -> Result<()> {
+        let world = comm.world_size();
+        if !self.cfg.grad_accum.is_multiple_of(world) {
+            bail!(
+                "train.grad_accum = {} is the number of micro-batches per step over all ranks: it must be a multiple of WORLD_SIZE = {world}",
+                self.cfg.grad_accum
+            );
+        }
+        self.comm = Some(comm);
+        Ok(())
+    }
+
+    /// Whether this process writes the run's files (the only rank, or rank 0).
+    pub fn is_writer(&self) -> bool {
+        self.comm.as_ref().is_none_or(|c| c.rank() == 0)
+    }
+
     /// One optimizer step: `grad_accum` micro-batches, clip, AdamW (or the task's own
     /// step, see [`TrainTask::custom_step`]). Returns (loss, grad norm).
     pub fn train_step(&mut self) -> Result<(f64, f64)> {
         let step = self.state.step;
         if let Some(report) = self.task_step(step) {
+            if self.comm.is_some() {
+                bail!("this task has its own step (PPO) and cannot train data-parallel yet: run it with WORLD_SIZE=1");
+            }
             let r = report?;
             self.state.step += 1;
             self.state.adam_t = self.opt.t;
@@ -306,7 +333,8 @@ impl<'a> Trainer<'a> {
         let mut loss_sum = 0f64;
         let mut tokens = 0usize;
         let mut phase = [0f64; 3];
-        for micro in 0..tc.grad_accum {
+        let (rank, world) = self.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+        for micro in (rank..tc.grad_accum).step_by(world) {
             let t0 = std::time::Instant::now();
             let (loss, n) = self.task.micro_batch_loss(step, micro)?;
             tokens += n;
@@ -336,6 +364,20 @@ impl<'a> Trainer<'a> {
             });
         }
         let mut grads = acc.expect("grad_accum >= 1");
+        if let Some(comm) = self.comm.as_mut() {
+            // One buffer per step: every gradient, then this rank's loss sum and tokens.
+            let mut flat: Vec<f32> = grads.iter().flatten().copied().collect();
+            flat.extend([loss_sum as f32, tokens as f32]);
+            comm.all_reduce_sum(&mut flat)?;
+            let mut at = 0;
+            for g in grads.iter_mut() {
+                let n = g.len();
+                g.copy_from_slice(&flat[at..at + n]);
+                at += n;
+            }
+            loss_sum = flat[at] as f64;
+            tokens = flat[at + 1] as usize;
+        }
         let lr = lr_at(tc, step);
         let t2 = std::time::Instant::now();
         let norm = self.opt.step(&mut grads, lr, tc)?;
@@ -397,22 +439,32 @@ impl<'a> Trainer<'a> {
         install_interrupt_handler();
         let tc = self.cfg.clone();
         let resumed = (self.state.step > 0).then_some(self.state.step);
-        let mut log = MetricsLog::open(&self.run_dir.join("metrics.jsonl"), resumed)?;
+        let writer = self.is_writer();
+        let mut log = if writer { Some(MetricsLog::open(&self.run_dir.join("metrics.jsonl"), resumed)?) } else { None };
         let start_step = self.state.step;
         let tokens0 = self.state.tokens_seen;
         let t0 = Instant::now();
         let elapsed0 = self.state.elapsed_secs;
-        let bar = ferrolm_common::progress::bar(tc.max_steps as u64, "train");
+        let bar = if writer { ferrolm_common::progress::bar(tc.max_steps as u64, "train") } else { ferrolm_common::progress::hidden() };
         bar.set_position(start_step as u64);
         let mut stop = StopReason::Completed;
         let mut last_val = None;
         let mut window_start = (Instant::now(), self.state.tokens_seen);
+        let mut tps = 0f64;
         while self.state.step < tc.max_steps {
-            if INTERRUPTED.load(Ordering::SeqCst) || self.stop_at.is_some_and(|s| self.state.step >= s) {
+            let mut flags = [
+                (INTERRUPTED.load(Ordering::SeqCst) || self.stop_at.is_some_and(|s| self.state.step >= s)) as u8 as f32,
+                (tc.time_limit_secs > 0.0 && t0.elapsed().as_secs_f64() >= tc.time_limit_secs) as u8 as f32,
+            ];
+            // Ranks stop together (a rank that stopped alone would leave the others waiting).
+            if let Some(comm) = self.comm.as_mut() {
+                comm.all_reduce_sum(&mut flags)?;
+            }
+            if flags[0] > 0.0 {
                 stop = StopReason::Interrupted;
                 break;
             }
-            if tc.time_limit_secs > 0.0 && t0.elapsed().as_secs_f64() >= tc.time_limit_secs {
+            if flags[1] > 0.0 {
                 stop = StopReason::TimeLimit;
                 break;
             }
@@ -423,8 +475,12 @@ impl<'a> Trainer<'a> {
             bar.set_position(step as u64);
             if step.is_multiple_of(tc.log_interval.max(1)) || step == tc.max_steps {
                 let dt = window_start.0.elapsed().as_secs_f64();
-                let tps = (self.state.tokens_seen - window_start.1) as f64 / dt.max(1e-9);
+                tps = (self.state.tokens_seen - window_start.1) as f64 / dt.max(1e-9);
                 window_start = (Instant::now(), self.state.tokens_seen);
+            }
+            // Everything below writes the run's files or reports: rank 0's job.
+            let Some(log) = log.as_mut() else { continue };
+            if step.is_multiple_of(tc.log_interval.max(1)) || step == tc.max_steps {
                 log.write(&Record {
                     step,
                     loss: Some(loss),
@@ -447,7 +503,7 @@ impl<'a> Trainer<'a> {
             }
             if tc.eval_interval > 0 && step.is_multiple_of(tc.eval_interval) && step < tc.max_steps {
                 let ev = self.evaluate()?;
-                self.log_eval(&mut log, &ev)?;
+                self.log_eval(log, &ev)?;
                 bar.println(format!("step {step}: {}", describe_eval(&ev)));
                 last_val = Some(ev);
             }
@@ -456,14 +512,21 @@ impl<'a> Trainer<'a> {
             }
         }
         bar.finish_and_clear();
-        let ckpt = self.save_checkpoint()?;
-        if stop != StopReason::Interrupted || last_val.is_none() {
-            let ev = self.evaluate()?;
-            self.log_eval(&mut log, &ev)?;
-            last_val = Some(ev);
-        }
-        let records = crate::metrics::read(&self.run_dir.join("metrics.jsonl"))?;
-        crate::plot::loss_curve(&records, &self.title, &self.run_dir.join("loss.svg"))?;
+        let ckpt = match log.as_mut() {
+            Some(log) => {
+                let ckpt = self.save_checkpoint()?;
+                if stop != StopReason::Interrupted || last_val.is_none() {
+                    let ev = self.evaluate()?;
+                    self.log_eval(log, &ev)?;
+                    last_val = Some(ev);
+                }
+                let records = crate::metrics::read(&self.run_dir.join("metrics.jsonl"))?;
+                crate::plot::loss_curve(&records, &self.title, &self.run_dir.join("loss.svg"))?;
+                ckpt
+            }
+            // Other ranks: rank 0 writes the checkpoint into the shared run folder.
+            None => checkpoint::checkpoints_dir(&self.run_dir),
+        };
         let elapsed = t0.elapsed().as_secs_f64();
         Ok(TrainOutcome {
             steps: self.state.step,

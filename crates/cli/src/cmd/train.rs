@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ferrolm_train::distributed::Communicator;
 use anyhow::{Context, Result};
 use ferrolm_tokenizer::shards::TokenShards;
 use ferrolm_tokenizer::Tokenizer;
@@ -104,6 +105,11 @@ pub fn train_run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<ferrol
         let t = start_run(cfg, run_dir, data, bytes, tokens, &device, resume)?;
         (t, format!("{} tokens ({} held out)", train_shards.len(), val_shards.len()))
     };
+    // Data parallel when launched as torchrun / Slurm launch jobs (RANK, WORLD_SIZE, ...).
+    if let Some(group) = ferrolm_train::distributed::TcpGroup::from_env()? {
+        eprintln!("data parallel: rank {} of {}", group.rank(), group.world_size());
+        trainer.set_communicator(Box::new(group))?;
+    }
     eprintln!("training {} on {what} into {}", cfg.model.describe(), run_dir.display());
     trainer.run()
 }
