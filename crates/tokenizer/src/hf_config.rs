@@ -11,7 +11,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use minijinja::{Environment, ErrorKind, Value as JValue};
 use serde_json::Value;
 
-use crate::chat::Message;
+use crate::chat::{ChatTemplate, Message};
+use crate::{special, Tokenizer};
 
 /// File name beside tokenizer.json.
 pub const FILE_NAME: &str = "tokenizer_config.json";
@@ -116,6 +117,47 @@ pub fn render_template(source: &str, messages: &[Message], add_generation_prompt
     tmpl.render(ctx).map_err(|e| anyhow!("{e:#}"))
 }
 
+/// A Jinja chat template that renders exactly what [`ChatTemplate::render`] renders, for
+/// tools that only read `tokenizer_config.json` (transformers, vLLM, llama.cpp).
+pub fn jinja_for(tpl: &ChatTemplate) -> String {
+    let lit = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    format!(
+        "{{% for message in messages %}}{{% if message['role'] == 'system' %}}{{{{ {sys} }}}}{{% elif message['role'] == 'user' %}}{{{{ {user} }}}}\
+         {{% elif message['role'] == 'assistant' %}}{{{{ {asst} }}}}{{% else %}}{{{{ raise_exception('unknown role: ' + message['role']) }}}}{{% endif %}}\
+         {{{{ {after_role} + message['content'] + {end} + {after_end} }}}}{{% endfor %}}{{% if add_generation_prompt %}}{{{{ {asst} + {after_role} }}}}{{% endif %}}",
+        sys = lit(&tpl.system),
+        user = lit(&tpl.user),
+        asst = lit(&tpl.assistant),
+        after_role = lit(&tpl.after_role),
+        end = lit(&tpl.end),
+        after_end = lit(&tpl.after_end),
+    )
+}
+
+/// Write `tokenizer.json` and `tokenizer_config.json` (chat template, special tokens) for a
+/// ferrolm tokenizer into a Hugging Face model folder. Returns the ids generation should
+/// stop at: end of text and, when it is one token, the chat template's end-of-turn marker.
+pub fn write_hf_tokenizer_files(dir: &Path, tok: &Tokenizer, tpl: &ChatTemplate, model_max_length: usize) -> Result<Vec<u32>> {
+    tok.save(&dir.join("tokenizer.json"))?;
+    let eot = tok.try_eot_id().map(|_| special::EOT);
+    let cfg = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": jinja_for(tpl),
+        "bos_token": null,
+        "eos_token": eot,
+        "pad_token": eot,
+        "add_bos_token": false,
+        "add_eos_token": false,
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": model_max_length,
+    });
+    let path = dir.join(FILE_NAME);
+    ferrolm_common::write_atomic(&path, serde_json::to_string_pretty(&cfg)? + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    let mut stop: Vec<u32> = tok.try_eot_id().into_iter().collect();
+    stop.extend(tpl.stop_token(tok).filter(|id| !stop.contains(id)));
+    Ok(stop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +199,18 @@ mod tests {
         assert!(render_template("{% for %}", &[], false, None, None).is_err());
         // an undefined function
         assert!(render_template("{{ nope() }}", &[], false, None, None).is_err());
+    }
+
+    #[test]
+    fn ferrolm_templates_export_as_jinja_that_renders_the_same() {
+        let mut odd = ChatTemplate::default();
+        odd.after_role = ": \"quoted\"\n".into();
+        for tpl in [ChatTemplate::default(), odd] {
+            let jinja = jinja_for(&tpl);
+            for gen in [false, true] {
+                assert_eq!(render_template(&jinja, &msgs(), gen, None, None).unwrap(), tpl.render(&msgs(), gen));
+            }
+        }
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub struct Args {
     quiet: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
+    a.model = super::model_dir(&a.model)?;
     let mut value = match &a.config {
         Some(p) => ferrolm_common::load_config(Some(p), &[])?,
         None => DEFAULT_CONFIG.parse::<toml::Table>().map(toml::Value::Table)?,
