@@ -23,12 +23,14 @@ fn sha256(b: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, b).as_ref().iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// (path, Authorization header) of every request the mock answered.
+type RequestLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// A mock Hub serving one repository `org/tiny` at commit SHA (branch `main`). `corrupt`
 /// flips a byte of the weights it sends (the listing keeps the true SHA-256).
 struct MockHub {
     url: String,
-    /// (path, Authorization header) of every request.
-    requests: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    requests: RequestLog,
 }
 
 fn start(corrupt: bool) -> MockHub {
@@ -54,7 +56,7 @@ fn start(corrupt: bool) -> MockHub {
     routes.insert(format!("/api/models/org/tiny/tree/{SHA}?recursive=true"), (200, serde_json::to_vec(&tree).unwrap()));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let requests = Arc::new(Mutex::new(Vec::new()));
+    let requests: RequestLog = Arc::new(Mutex::new(Vec::new()));
     let log = requests.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {

@@ -89,6 +89,8 @@ pub fn config_json(cfg: &TransformerConfig, family: HfFamily, bos: Option<u32>, 
         }
     };
     c["torch_dtype"] = json!("float32");
+    // GPT-2 begins and ends text with the same token; without one transformers assumes 50256
+    let bos = if family == HfFamily::Gpt2 { bos.or(eos) } else { bos };
     if let Some(b) = bos {
         c["bos_token_id"] = json!(b);
     }
