@@ -5,9 +5,10 @@ parity test (crates/model/tests/hf_parity.rs), which runs in CI with no Python.
 Usage (a venv outside the repo):
     python3 -m venv /work/venv-hf && /work/venv-hf/bin/pip install torch transformers
     /work/venv-hf/bin/python bench/hf_fixtures.py            # (re)write the fixtures
-    /work/venv-hf/bin/python bench/hf_fixtures.py --check-export DIR REF.json
+    /work/venv-hf/bin/python bench/hf_fixtures.py --check-export DIR REF.json [TEXT]
         # load a folder written by `ferrolm export --format hf` with transformers and
-        # compare its log-probs with ferrolm's (REF.json from `ferrolm score --json`)
+        # compare its log-probs with ferrolm's (REF.json from `ferrolm score --json`);
+        # with TEXT (the scored text) also the tokenizer's ids and the chat template
 
 Each fixture folder holds what `save_pretrained` writes (config.json, safetensors, and for
 some a tokenizer.json / tokenizer_config.json with a chat template) plus reference.json:
@@ -140,22 +141,30 @@ def write_fixtures():
         print(f"{name}: {size // 1024} KiB, files {sorted(os.listdir(path))}")
 
 
-def check_export(folder, ref_path):
-    """transformers' log-probs on a ferrolm export vs ferrolm's own (score --json)."""
+def check_export(folder, ref_path, text=None):
+    """transformers' log-probs on a ferrolm export vs ferrolm's own (score --json); with the
+    scored text, also transformers' tokenization of it and the chat template's rendering."""
+    from transformers import AutoTokenizer
     with open(ref_path) as f:
         ref = json.load(f)
-    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
     got = logprobs(model, ref["token_ids"])
     diff = max(abs(a - b) for a, b in zip(got, ref["logprobs"]))
-    print(json.dumps({"folder": folder, "model_type": model.config.model_type, "tokens": len(ref["token_ids"]), "max_abs_diff": diff}))
-    return diff
+    out = {"folder": folder, "model_type": model.config.model_type, "tokens": len(ref["token_ids"]), "max_abs_diff": diff}
+    ok = diff < 1e-4
+    if text is not None:
+        tok = AutoTokenizer.from_pretrained(folder)
+        out["same_token_ids"] = tok(text).input_ids == ref["token_ids"]
+        out["chat"] = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+        ok = ok and out["same_token_ids"]
+    print(json.dumps(out))
+    return ok
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--check-export", nargs=2, metavar=("DIR", "REF_JSON"))
+    ap.add_argument("--check-export", nargs="+", metavar="DIR REF_JSON [TEXT]")
     a = ap.parse_args()
     if a.check_export:
-        d = check_export(*a.check_export)
-        sys.exit(0 if d < 1e-4 else 1)
+        sys.exit(0 if check_export(*a.check_export) else 1)
     write_fixtures()

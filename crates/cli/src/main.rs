@@ -59,6 +59,10 @@ enum Command {
     Rlhf(cmd::rlhf::Args),
     /// Retrieval for question answering: index documents (BM25), search, evaluate on SQuAD.
     Rag(cmd::rag::Args),
+    /// Log-probability of each token of a text under a model (run folder, HF folder or hf:ID).
+    Score(cmd::score::Args),
+    /// Export a run as a Hugging Face model folder (transformers loads it with the same logits).
+    Export(cmd::export::Args),
 }
 
 fn main() {
@@ -103,6 +107,8 @@ fn main() {
         Command::Classify(a) => cmd::classify::run(a),
         Command::Reward(a) => cmd::reward::run(a),
         Command::Dpo(a) => cmd::dpo::run(a),
+        Command::Score(a) => cmd::score::run(a),
+        Command::Export(a) => cmd::export::run(a),
         Command::Rlhf(a) => cmd::rlhf::run(a),
         Command::Rag(a) => cmd::rag::run(a),
     };

@@ -220,3 +220,17 @@ pub fn load_weights(varmap: &VarMap, path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// The log-probability of each token after the first given its prefix (`ids.len() − 1`
+/// values), under any left-to-right model; one forward pass, softmax in f64.
+pub fn token_logprobs(model: &AnyModel, ids: &[u32]) -> Result<Vec<f64>> {
+    if ids.len() < 2 {
+        bail!("scoring needs at least two tokens (the first is only context), got {}", ids.len());
+    }
+    let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
+    let logits = model.causal_logits(&input, None)?.squeeze(0)?.to_dtype(DType::F64)?;
+    let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+    let targets = Tensor::new(&ids[1..], model.device())?.unsqueeze(1)?;
+    let picked = lp.narrow(0, 0, ids.len() - 1)?.gather(&targets, 1)?.squeeze(1)?;
+    Ok(picked.to_vec1::<f64>()?)
+}

@@ -147,12 +147,16 @@ impl ChatTemplate {
         }
     }
 
-    /// Error unless every marker is one special token of `tok` (a tokenizer trained without
-    /// the chat specials would spell them out as text, which works but wastes context).
+    /// Error unless every marker starts with a special token of `tok` and the end marker is
+    /// one (a tokenizer trained without the chat specials would spell them out as text, which
+    /// works but wastes context). ferrolm's markers are one special token each; pretrained
+    /// formats follow one with the role's name (`<|im_start|>user`).
     pub fn check(&self, tok: &Tokenizer) -> Result<()> {
         for marker in [&self.system, &self.user, &self.assistant, &self.end] {
-            match tok.token_id(marker) {
-                Some(id) if tok.is_special(id) => {}
+            let ids = tok.encode(marker);
+            let whole = marker == &self.end && ids.len() != 1;
+            match ids.first() {
+                Some(&id) if tok.is_special(id) && !whole => {}
                 _ => anyhow::bail!(
                     "chat marker {marker:?} is not a special token of this tokenizer; train it \
                      with the default special tokens (ferrolm_tokenizer::special::defaults())"
@@ -182,13 +186,19 @@ impl ChatTemplate {
         self.save(&Self::path_next_to(tokenizer_json))
     }
 
-    /// The template beside `tokenizer_json`, or the default if there is none.
+    /// The template beside `tokenizer_json`: ferrolm's `chat_template.json`, else the Jinja
+    /// `chat_template` of a Hugging Face `tokenizer_config.json` (as the marker template that
+    /// renders the same text, see [`crate::hf_config::HfTokenizerConfig::marker_template`]),
+    /// else the default.
     pub fn load_next_to(tokenizer_json: &Path) -> Result<Self> {
         let p = Self::path_next_to(tokenizer_json);
         if p.exists() {
-            Self::load(&p)
-        } else {
-            Ok(Self::default())
+            return Self::load(&p);
+        }
+        let dir = tokenizer_json.parent().unwrap_or(Path::new("."));
+        match crate::hf_config::HfTokenizerConfig::load_from_dir(dir)? {
+            Some(cfg) if cfg.chat_template.is_some() => cfg.marker_template(),
+            _ => Ok(Self::default()),
         }
     }
 }

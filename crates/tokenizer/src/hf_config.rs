@@ -11,7 +11,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use minijinja::{Environment, ErrorKind, Value as JValue};
 use serde_json::Value;
 
-use crate::chat::Message;
+use crate::chat::{ChatTemplate, Message};
+use crate::{special, Tokenizer};
 
 /// File name beside tokenizer.json.
 pub const FILE_NAME: &str = "tokenizer_config.json";
@@ -116,6 +117,108 @@ pub fn render_template(source: &str, messages: &[Message], add_generation_prompt
     tmpl.render(ctx).map_err(|e| anyhow!("{e:#}"))
 }
 
+impl HfTokenizerConfig {
+    /// The marker template ([`ChatTemplate`]) that renders exactly what this Jinja chat
+    /// template renders, so SFT, DPO and chat (which encode part by part and put the loss on
+    /// assistant turns) use a pretrained model's own format. Found by rendering each role
+    /// around a sentinel, then checked on a whole conversation with and without the
+    /// generation prompt; a leading `bos_token` is left to the tokenizer. A template that is
+    /// not of this marker shape (e.g. one that injects a default system prompt or a date) is
+    /// an error naming the file, never a silently different format.
+    pub fn marker_template(&self) -> Result<ChatTemplate> {
+        const SENTINEL: &str = "\u{E000}ferrolm\u{E000}";
+        let fail = |why: String| anyhow!("{}: the chat_template cannot be used for chat/SFT/DPO: {why}", self.path.display());
+        let render = |m: &[Message], gen: bool| -> Result<String> {
+            let out = self.render_chat(m, gen)?;
+            Ok(match self.bos_token.as_deref().filter(|b| !b.is_empty()) {
+                Some(b) => out.strip_prefix(b).map(str::to_string).unwrap_or(out),
+                None => out,
+            })
+        };
+        let mut around = Vec::new();
+        for role in [crate::chat::Role::System, crate::chat::Role::User, crate::chat::Role::Assistant] {
+            let text = render(&[Message::new(role, SENTINEL)], false)?;
+            let (before, after) = text.split_once(SENTINEL).ok_or_else(|| fail(format!("a lone {role:?} message does not render its content")))?;
+            around.push((before.to_string(), after.to_string()));
+        }
+        let after_turn = &around[0].1;
+        if around.iter().any(|(_, a)| a != after_turn) {
+            return Err(fail("turns of different roles end differently".into()));
+        }
+        // the separator between role marker and content: the whitespace the openings all end
+        // with (a marker never splits inside a special token such as `<|end_header_id|>`)
+        let openings: Vec<&str> = around.iter().map(|(b, _)| b.as_str()).collect();
+        let ws = |o: &str| o.len() - o.trim_end().len();
+        let mut sep_len = openings.iter().map(|o| ws(o)).min().unwrap_or(0);
+        while sep_len > 0 && !openings.iter().all(|o| o.ends_with(&openings[0][openings[0].len() - sep_len..])) {
+            sep_len -= 1;
+        }
+        let after_role = openings[0][openings[0].len() - sep_len..].to_string();
+        let marker = |o: &str| o[..o.len() - sep_len].to_string();
+        let end_len = after_turn.trim_end().len();
+        let tpl = ChatTemplate {
+            system: marker(openings[0]),
+            user: marker(openings[1]),
+            assistant: marker(openings[2]),
+            end: after_turn[..end_len].to_string(),
+            after_role,
+            after_end: after_turn[end_len..].to_string(),
+        };
+        if tpl.end.is_empty() {
+            return Err(fail("turns have no end marker".into()));
+        }
+        let probe = [Message::system("Be brief."), Message::user("Hi!"), Message::assistant("Hello."), Message::user("Bye?")];
+        for gen in [false, true] {
+            let want = render(&probe, gen)?;
+            if tpl.render(&probe, gen) != want {
+                return Err(fail(format!("it is not a plain marker template (a conversation renders as {want:?})")));
+            }
+        }
+        Ok(tpl)
+    }
+}
+
+/// A Jinja chat template that renders exactly what [`ChatTemplate::render`] renders, for
+/// tools that only read `tokenizer_config.json` (transformers, vLLM, llama.cpp).
+pub fn jinja_for(tpl: &ChatTemplate) -> String {
+    let lit = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    format!(
+        "{{% for message in messages %}}{{% if message['role'] == 'system' %}}{{{{ {sys} }}}}{{% elif message['role'] == 'user' %}}{{{{ {user} }}}}\
+         {{% elif message['role'] == 'assistant' %}}{{{{ {asst} }}}}{{% else %}}{{{{ raise_exception('unknown role: ' + message['role']) }}}}{{% endif %}}\
+         {{{{ {after_role} + message['content'] + {end} + {after_end} }}}}{{% endfor %}}{{% if add_generation_prompt %}}{{{{ {asst} + {after_role} }}}}{{% endif %}}",
+        sys = lit(&tpl.system),
+        user = lit(&tpl.user),
+        asst = lit(&tpl.assistant),
+        after_role = lit(&tpl.after_role),
+        end = lit(&tpl.end),
+        after_end = lit(&tpl.after_end),
+    )
+}
+
+/// Write `tokenizer.json` and `tokenizer_config.json` (chat template, special tokens) for a
+/// ferrolm tokenizer into a Hugging Face model folder. Returns the ids generation should
+/// stop at: end of text and, when it is one token, the chat template's end-of-turn marker.
+pub fn write_hf_tokenizer_files(dir: &Path, tok: &Tokenizer, tpl: &ChatTemplate, model_max_length: usize) -> Result<Vec<u32>> {
+    tok.save(&dir.join("tokenizer.json"))?;
+    let eot = tok.try_eot_id().map(|_| special::EOT);
+    let cfg = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": jinja_for(tpl),
+        "bos_token": null,
+        "eos_token": eot,
+        "pad_token": eot,
+        "add_bos_token": false,
+        "add_eos_token": false,
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": model_max_length,
+    });
+    let path = dir.join(FILE_NAME);
+    ferrolm_common::write_atomic(&path, serde_json::to_string_pretty(&cfg)? + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    let mut stop: Vec<u32> = tok.try_eot_id().into_iter().collect();
+    stop.extend(tpl.stop_token(tok).filter(|id| !stop.contains(id)));
+    Ok(stop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +260,40 @@ mod tests {
         assert!(render_template("{% for %}", &[], false, None, None).is_err());
         // an undefined function
         assert!(render_template("{{ nope() }}", &[], false, None, None).is_err());
+    }
+
+    fn with_template(t: &str) -> HfTokenizerConfig {
+        HfTokenizerConfig { chat_template: Some(t.into()), bos_token: Some("<s>".into()), path: "tokenizer_config.json".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn marker_shaped_jinja_templates_become_marker_templates() {
+        let chatml = with_template(CHATML).marker_template().unwrap();
+        assert_eq!(
+            (chatml.system.as_str(), chatml.user.as_str(), chatml.assistant.as_str(), chatml.after_role.as_str(), chatml.end.as_str(), chatml.after_end.as_str()),
+            ("<|im_start|>system", "<|im_start|>user", "<|im_start|>assistant", "\n", "<|im_end|>", "\n")
+        );
+        // Llama 3 style, with a leading bos_token left to the tokenizer
+        let llama = "{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}";
+        let t = with_template(llama).marker_template().unwrap();
+        assert_eq!((t.user.as_str(), t.after_role.as_str(), t.end.as_str(), t.after_end.as_str()), ("<|start_header_id|>user<|end_header_id|>", "\n\n", "<|eot_id|>", ""));
+        // ferrolm's own template, exported as Jinja, comes back as itself
+        assert_eq!(with_template(&jinja_for(&ChatTemplate::default())).marker_template().unwrap(), ChatTemplate::default());
+        // a template that injects a default system prompt is refused, not approximated
+        let injecting = "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are helpful.<|im_end|>\n' }}{% endif %}".to_string() + CHATML;
+        let e = format!("{:#}", with_template(&injecting).marker_template().unwrap_err());
+        assert!(e.contains("tokenizer_config.json") && e.contains("cannot be used"), "{e}");
+    }
+
+    #[test]
+    fn ferrolm_templates_export_as_jinja_that_renders_the_same() {
+        let odd = ChatTemplate { after_role: ": \"quoted\"\n".into(), ..Default::default() };
+        for tpl in [ChatTemplate::default(), odd] {
+            let jinja = jinja_for(&tpl);
+            for gen in [false, true] {
+                assert_eq!(render_template(&jinja, &msgs(), gen, None, None).unwrap(), tpl.render(&msgs(), gen));
+            }
+        }
     }
 
     #[test]

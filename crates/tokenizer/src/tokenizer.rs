@@ -359,6 +359,14 @@ impl Tokenizer {
         }
     }
 
+    /// Ids as the tokenizer.json's post-processor frames them (e.g. Llama 3's leading
+    /// `<|begin_of_text|>`): what transformers' `tokenizer(text)` returns. Tokenizers
+    /// without a post-processor give [`Tokenizer::encode`]'s ids.
+    pub fn encode_with_special_tokens(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.hf.encode_fast(text, true).map_err(|e| anyhow!("cannot encode the text: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// [`Tokenizer::encode`] on many texts in parallel (rayon's global pool).
     pub fn encode_batch(&self, texts: &[&str]) -> Vec<Vec<u32>> {
         texts.par_iter().map(|t| self.encode(t)).collect()

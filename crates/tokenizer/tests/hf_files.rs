@@ -65,3 +65,19 @@ fn fixture_chat_template_renders_as_transformers_does() {
     assert_eq!(cfg.eos_token.as_deref(), Some("<|im_end|>"));
     assert!(HfTokenizerConfig::load_from_dir(&fixture("gpt2_tied")).unwrap().is_none());
 }
+
+/// chat, SFT and DPO read the template beside tokenizer.json: a Hugging Face folder's Jinja
+/// template arrives as the marker template that renders the same text, and checks out
+/// against its tokenizer.
+#[test]
+fn a_hf_folder_chat_template_is_loaded_for_chat_and_training() {
+    let dir = fixture("qwen2_tied");
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let tpl = ferrolm_tokenizer::ChatTemplate::load_next_to(&dir.join("tokenizer.json")).unwrap();
+    tpl.check(&tok).unwrap();
+    let r = reference("qwen2_tied");
+    let msgs = [Message::system("Be brief."), Message::user("Hi!")];
+    assert_eq!(tpl.render(&msgs, true), r["chat"]["rendered"].as_str().unwrap());
+    assert_eq!(tpl.stop_token(&tok), tok.token_id("<|im_end|>"));
+    assert_eq!(tok.decode(&tpl.encode(&tok, &msgs, true)), r["chat"]["rendered"].as_str().unwrap());
+}

@@ -35,7 +35,8 @@ pub struct Args {
     ratings: Option<PathBuf>,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
+    a.model = super::model_dir(&a.model)?;
     let (_, model, _) = sft::load_decoder(&a.model, &super::device()?)?;
     let tok = prompt::load_tokenizer(&a.model)?;
     let tpl = prompt::load_template(&a.model)?;

@@ -26,10 +26,20 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
+    a.model = super::model_dir(&a.model)?;
     let device = super::device()?;
     let cfg_path = a.model.join("config.toml");
-    let mut cfg = RunConfig::from_value(&ferrolm_common::load_config(Some(&cfg_path), &[])?).with_context(|| format!("in {}", cfg_path.display()))?;
+    let mut cfg = if ferrolm_model::hf::is_hf_folder(&a.model) {
+        // a Hugging Face model: its architecture, and the evaluation defaults of a run, with
+        // windows of at most 1024 positions (pretrained contexts run to 128k)
+        let spec = ferrolm_model::registry::read_spec(&a.model)?;
+        let mut cfg = RunConfig { model: spec, ..RunConfig::default() };
+        cfg.train.seq_len = cfg.model.max_seq_len().min(1024);
+        cfg
+    } else {
+        RunConfig::from_value(&ferrolm_common::load_config(Some(&cfg_path), &[])?).with_context(|| format!("in {}", cfg_path.display()))?
+    };
     let loaded = ferrolm_model::load_model(&a.model, &device)?;
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
     let mut bytes = tok.token_bytes();

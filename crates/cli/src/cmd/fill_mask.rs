@@ -21,7 +21,8 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
+    a.model = super::model_dir(&a.model)?;
     let loaded = ferrolm_model::load_model(&a.model, &super::device()?)?;
     let AnyModel::MaskedLm(m) = &loaded.model else {
         anyhow::bail!("{} is not a masked LM (model.kind = \"masked_lm\"); use `ferrolm generate`", a.model.display());

@@ -14,7 +14,8 @@ use ferrolm_train::TaskTokens;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A run folder written by `ferrolm train` or `ferrolm quickstart`.
+    /// A run folder written by `ferrolm train` or `ferrolm quickstart`, a Hugging Face
+    /// model folder, or hf:ORG/NAME[@REVISION].
     #[arg(long)]
     model: PathBuf,
     #[arg(long)]
@@ -33,13 +34,21 @@ pub struct Args {
     seed: u64,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
+    a.model = super::model_dir(&a.model)?;
     let loaded = ferrolm_model::load_model(&a.model, &super::device()?)?;
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
     let mut prompt = tok.encode(&a.prompt);
     anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
     let kind = loaded.spec.kind();
-    let eot = tok.eot_id();
+    // A Hugging Face model stops at its generation_config's end tokens (the first is also
+    // the encoder-decoder start token); a ferrolm run at end-of-text.
+    let stops = if ferrolm_model::hf::is_hf_folder(&a.model) {
+        ferrolm_model::hf::generation_defaults(&a.model)?.eos_token_ids
+    } else {
+        vec![tok.eot_id()]
+    };
+    let eot = stops.first().copied().or_else(|| tok.try_eot_id()).unwrap_or(0);
     // a run trained on input/target pairs reads "input <sep>" and writes the target
     let on_pairs = trained_on_pairs(&a.model)?;
     if on_pairs {
@@ -47,7 +56,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let gcfg = GenerateConfig {
         max_tokens: a.max_tokens,
-        stop_tokens: vec![eot],
+        stop_tokens: stops.clone(),
         sampling: SamplingConfig { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
     };
     let mut out = std::io::stdout().lock();
@@ -57,7 +66,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut stream = DecodeStream::new(&tok);
     let on_token = |t: u32| {
-        if t != eot {
+        if !stops.contains(&t) {
             let piece = stream.push(t);
             // a closed stdout (`| head`) stops generating; the final write below then fails
             // with BrokenPipe, which main turns into a quiet exit
@@ -78,6 +87,9 @@ pub fn run(a: Args) -> Result<()> {
 
 /// Whether the run was trained on input/target pairs (its config has `[pairs]`).
 fn trained_on_pairs(run_dir: &std::path::Path) -> Result<bool> {
+    if ferrolm_model::hf::is_hf_folder(run_dir) {
+        return Ok(false);
+    }
     let path = run_dir.join("config.toml");
     let saved = ferrolm_train::RunConfig::from_value(&ferrolm_common::load_config(Some(&path), &[])?)
         .with_context(|| format!("in {}", path.display()))?;

@@ -19,6 +19,8 @@ pub mod tokenizer;
 pub mod train;
 pub mod word2vec;
 pub mod rag;
+pub mod score;
+pub mod export;
 
 static DEVICE_CHOICE: std::sync::OnceLock<ferrolm_model::DeviceChoice> = std::sync::OnceLock::new();
 static DEVICE: std::sync::OnceLock<candle_core::Device> = std::sync::OnceLock::new();
@@ -37,4 +39,12 @@ pub fn device() -> anyhow::Result<candle_core::Device> {
     }
     let opened = DEVICE_CHOICE.get().copied().unwrap_or(ferrolm_model::DeviceChoice::Cpu).open()?;
     Ok(DEVICE.get_or_init(|| opened).clone())
+}
+
+/// What `--model` names, as a folder: a ferrolm run folder or a Hugging Face model folder
+/// as given, or `hf:ORG/NAME[@REVISION]` resolved into the Hugging Face cache (downloaded
+/// when missing). The one place every command's `--model` goes through;
+/// `ferrolm_model::load_model` then tells run folders and HF folders apart.
+pub fn model_dir(model: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    ferrolm_model::hf::resolve_model_arg(model)
 }

@@ -43,7 +43,8 @@ pub struct Args {
     quiet: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
+    a.model = super::model_dir(&a.model)?;
     let mut implied = Vec::new();
     if !a.labels.is_empty() {
         implied.push(format!("sft.labels={}", toml::Value::try_from(&a.labels)?));

@@ -130,6 +130,7 @@ pub fn parse_config(text: &str, path: &Path) -> Result<HfConfig> {
         HfFamily::Gpt2 => gpt2(&k)?,
         _ => llama_like(&k, family)?,
     };
+    let model = normalised(model);
     model.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let bos = k.ids("bos_token_id")?.first().copied();
     Ok(HfConfig { family, model, eos_token_ids: k.ids("eos_token_id")?, bos_token_id: bos })
@@ -140,6 +141,22 @@ pub fn read_config(dir: &Path) -> Result<HfConfig> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     parse_config(&text, &path)
+}
+
+/// Options equal to the block style's defaults are stored as the defaults, so a checkpoint
+/// ferrolm exported reads back as the config it was trained with.
+fn normalised(mut c: TransformerConfig) -> TransformerConfig {
+    let plain = TransformerConfig { d_ff: 0, qkv_bias: None, attn_out_bias: None, ..c.clone() };
+    if c.d_ff == plain.ff_dim() {
+        c.d_ff = 0;
+    }
+    if c.qkv_bias == Some(plain.has_qkv_bias()) {
+        c.qkv_bias = None;
+    }
+    if c.attn_out_bias == Some(plain.has_attn_out_bias()) {
+        c.attn_out_bias = None;
+    }
+    c
 }
 
 fn gpt2(k: &Keys) -> Result<TransformerConfig> {

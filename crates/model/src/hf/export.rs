@@ -89,6 +89,8 @@ pub fn config_json(cfg: &TransformerConfig, family: HfFamily, bos: Option<u32>, 
         }
     };
     c["torch_dtype"] = json!("float32");
+    // GPT-2 begins and ends text with the same token; without one transformers assumes 50256
+    let bos = if family == HfFamily::Gpt2 { bos.or(eos) } else { bos };
     if let Some(b) = bos {
         c["bos_token_id"] = json!(b);
     }
@@ -181,4 +183,19 @@ pub fn write_checkpoint(cfg: &TransformerConfig, varmap: &VarMap, out: &Path, bo
 /// Pretty JSON, written atomically.
 pub fn write_json(path: &Path, v: &Value) -> Result<()> {
     ferrolm_common::write_atomic(path, serde_json::to_string_pretty(v)? + "\n").with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `generation_config.json`: stop tokens (transformers stops at any of them) and greedy
+/// decoding unless the user asks to sample.
+pub fn write_generation_config(out: &Path, eos_token_ids: &[u32]) -> Result<()> {
+    let mut g = json!({ "do_sample": false });
+    match eos_token_ids {
+        [] => {}
+        [one] => g["eos_token_id"] = json!(one),
+        many => g["eos_token_id"] = json!(many),
+    }
+    if let Some(&pad) = eos_token_ids.first() {
+        g["pad_token_id"] = json!(pad);
+    }
+    write_json(&out.join("generation_config.json"), &g)
 }

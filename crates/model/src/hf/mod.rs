@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod export;
+pub mod hub;
 pub mod weights;
 
 use std::path::Path;
@@ -17,6 +18,73 @@ pub use config::{parse_config, read_config, HfConfig, HfFamily};
 
 use crate::registry::{AnyModel, LoadedModel};
 use crate::spec::ModelSpec;
+
+/// Defaults for generation from `generation_config.json` (falling back on config.json's
+/// token ids): what transformers' `generate` uses when the caller says nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationDefaults {
+    /// Generation stops at any of these.
+    pub eos_token_ids: Vec<u32>,
+    pub bos_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
+    pub do_sample: Option<bool>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub max_new_tokens: Option<usize>,
+}
+
+/// The generation defaults of a Hugging Face model folder.
+pub fn generation_defaults(dir: &Path) -> Result<GenerationDefaults> {
+    let cfg = read_config(dir)?;
+    let mut d = GenerationDefaults { eos_token_ids: cfg.eos_token_ids, bos_token_id: cfg.bos_token_id, ..Default::default() };
+    let path = dir.join("generation_config.json");
+    if !path.is_file() {
+        return Ok(d);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let bad = |k: &str| anyhow::anyhow!("{}: `{k}` has the wrong type ({})", path.display(), v[k]);
+    let id = |x: &serde_json::Value| x.as_u64().filter(|&n| n <= u32::MAX as u64).map(|n| n as u32);
+    let present = |k: &str| v.get(k).filter(|x| !x.is_null());
+    if let Some(e) = present("eos_token_id") {
+        d.eos_token_ids = match e {
+            serde_json::Value::Array(a) => a.iter().map(|x| id(x).ok_or_else(|| bad("eos_token_id"))).collect::<Result<_>>()?,
+            x => vec![id(x).ok_or_else(|| bad("eos_token_id"))?],
+        };
+    }
+    if let Some(x) = present("bos_token_id") {
+        d.bos_token_id = Some(id(x).ok_or_else(|| bad("bos_token_id"))?);
+    }
+    if let Some(x) = present("pad_token_id") {
+        d.pad_token_id = Some(id(x).ok_or_else(|| bad("pad_token_id"))?);
+    }
+    if let Some(x) = present("do_sample") {
+        d.do_sample = Some(x.as_bool().ok_or_else(|| bad("do_sample"))?);
+    }
+    if let Some(x) = present("temperature") {
+        d.temperature = Some(x.as_f64().ok_or_else(|| bad("temperature"))? as f32);
+    }
+    if let Some(x) = present("top_k") {
+        d.top_k = Some(x.as_u64().ok_or_else(|| bad("top_k"))? as usize);
+    }
+    if let Some(x) = present("top_p") {
+        d.top_p = Some(x.as_f64().ok_or_else(|| bad("top_p"))? as f32);
+    }
+    if let Some(x) = present("max_new_tokens") {
+        d.max_new_tokens = Some(x.as_u64().ok_or_else(|| bad("max_new_tokens"))? as usize);
+    }
+    Ok(d)
+}
+
+/// A `--model` argument as a folder: `hf:ORG/NAME[@REVISION]` is resolved in the Hugging
+/// Face cache (see [`hub`]); anything else is a folder path, returned as given.
+pub fn resolve_model_arg(arg: &Path) -> Result<std::path::PathBuf> {
+    match arg.to_str().and_then(|s| s.strip_prefix("hf:")) {
+        Some(id) => hub::resolve(id, &hub::HubEnv::from_process()),
+        None => Ok(arg.to_path_buf()),
+    }
+}
 
 /// A Hugging Face model folder: `config.json` and no ferrolm `config.toml`.
 pub fn is_hf_folder(dir: &Path) -> bool {

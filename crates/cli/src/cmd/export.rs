@@ -1,0 +1,46 @@
+//! `ferrolm export --model RUN --format hf --out DIR`: a ferrolm run as a Hugging Face
+//! model folder (config.json in the Llama or GPT-2 style its block style maps to,
+//! model.safetensors, tokenizer.json, tokenizer_config.json with the chat template as
+//! Jinja, generation_config.json) that `AutoModelForCausalLM.from_pretrained(DIR)` loads
+//! with the same logits.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use ferrolm_tokenizer::{ChatTemplate, Tokenizer};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// A transformers model folder.
+    Hf,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A ferrolm run folder (or a Hugging Face folder / hf:ORG/NAME, re-exported as f32).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, value_enum)]
+    format: Format,
+    /// Output folder (created; its files are replaced atomically).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let dir = super::model_dir(&a.model)?;
+    let loaded = ferrolm_model::load_model(&dir, &super::device()?)?;
+    let cfg = loaded.spec.require_transformer("export --format hf").map_err(anyhow::Error::msg)?;
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).with_context(|| format!("{} has no usable tokenizer.json", dir.display()))?;
+    let tpl = ChatTemplate::load_next_to(&dir.join("tokenizer.json"))?;
+    match a.format {
+        Format::Hf => {
+            std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+            let stop = ferrolm_tokenizer::hf_config::write_hf_tokenizer_files(&a.out, &tok, &tpl, cfg.max_seq_len)?;
+            let family = ferrolm_model::hf::export::write_checkpoint(cfg, &loaded.varmap, &a.out, None, stop.first().copied())?;
+            ferrolm_model::hf::export::write_generation_config(&a.out, &stop)?;
+            eprintln!("wrote {} ({} checkpoint, {} parameters)", a.out.display(), family.model_type(), loaded.spec.num_params());
+        }
+    }
+    Ok(())
+}
