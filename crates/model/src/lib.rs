@@ -14,6 +14,7 @@ pub mod config;
 pub mod device;
 pub mod embed;
 pub mod encoder_decoder;
+pub mod gguf;
 pub mod masked_lm;
 pub mod hf;
 pub mod init;

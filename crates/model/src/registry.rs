@@ -166,6 +166,9 @@ pub fn read_spec(run_dir: &Path) -> Result<ModelSpec> {
 /// A Hugging Face model folder (`config.json` + safetensors) loads through
 /// [`crate::hf::load`]: this is the one place that tells the two apart.
 pub fn load_model(run_dir: &Path, device: &Device) -> Result<LoadedModel> {
+    if run_dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        return Ok(crate::gguf::load(run_dir, device)?.loaded);
+    }
     if crate::hf::is_hf_folder(run_dir) {
         return crate::hf::load(run_dir, device);
     }

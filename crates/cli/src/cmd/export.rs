@@ -13,6 +13,8 @@ use ferrolm_tokenizer::{ChatTemplate, Tokenizer};
 pub enum Format {
     /// A transformers model folder.
     Hf,
+    /// One GGUF file for llama.cpp / Ollama (modern blocks: llama, qwen2, qwen3).
+    Gguf,
 }
 
 #[derive(clap::Args)]
@@ -22,9 +24,12 @@ pub struct Args {
     model: PathBuf,
     #[arg(long, value_enum)]
     format: Format,
-    /// Output folder (created; its files are replaced atomically).
+    /// Output folder (hf) or file (gguf), replaced atomically.
     #[arg(long)]
     out: PathBuf,
+    /// GGUF precision of the matrices: f32, f16, q8_0 or q4_k_m (norms stay f32).
+    #[arg(long, default_value = "f16")]
+    quant: ferrolm_model::gguf::GgufQuant,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -40,6 +45,24 @@ pub fn run(a: Args) -> Result<()> {
             let family = ferrolm_model::hf::export::write_checkpoint(cfg, &loaded.varmap, &a.out, None, stop.first().copied())?;
             ferrolm_model::hf::export::write_generation_config(&a.out, &stop)?;
             eprintln!("wrote {} ({} checkpoint, {} parameters)", a.out.display(), family.model_type(), loaded.spec.num_params());
+        }
+        Format::Gguf => {
+            let (tokens, token_types, merges) = ferrolm_tokenizer::hf_config::ggml_vocab(&tok)?;
+            let stop = tok.try_eot_id();
+            let vocab = ferrolm_model::gguf::GgufVocab {
+                tokens,
+                token_types,
+                merges,
+                bos: None,
+                eos: stop,
+                chat_template: Some(ferrolm_tokenizer::hf_config::jinja_for(&tpl)),
+                tokenizer_json: Some(tok.to_json_string()?),
+            };
+            let s = ferrolm_model::gguf::write(cfg, &loaded.varmap, &vocab, a.quant, &a.out)?;
+            eprintln!("wrote {} ({} architecture, {} tensors, {:.1} MB, {:?})", a.out.display(), s.arch, s.tensors, s.bytes as f64 / 1e6, a.quant);
+            for f in &s.fallbacks {
+                eprintln!("  stored in another type (rows do not fill its blocks): {f}");
+            }
         }
     }
     Ok(())

@@ -1,0 +1,448 @@
+//! GGUF, the file llama.cpp (and Ollama, LM Studio) run: a ferrolm causal decoder out, as
+//! f32, f16, q8_0 or q4_k_m, and a GGUF back in.
+//!
+//! Out: the core's variables go through the Hugging Face mapping (`hf::export`), then get
+//! llama.cpp's tensor names and metadata keys for the architecture the block options map
+//! to (`llama`, `qwen2`, `qwen3`). For `llama`, llama.cpp rotates interleaved pairs where
+//! transformers (and ferrolm) rotate the two halves of a head, so the rows of the q and k
+//! projections are permuted exactly as llama.cpp's own converter does. The tokenizer goes
+//! in the standard `tokenizer.ggml.*` keys (byte-level BPE: tokens, types, merges, bos/eos)
+//! plus the chat template; ferrolm also stores its own `config.toml` model section and the
+//! `tokenizer.json`, so a file it wrote loads back exactly.
+//!
+//! In: the weights are dequantized to f32 into the same Transformer (quantized matrix
+//! products are not implemented yet: a q4_k_m file runs with its rounding, at f32 speed).
+
+use std::collections::HashMap;
+use std::io::{Seek, Write};
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::{BlockStyle, TransformerConfig};
+use crate::hf::config::HfFamily;
+use crate::registry::{AnyModel, LoadedModel};
+use crate::spec::ModelSpec;
+
+/// The precision of a GGUF file's matrices (norms and biases stay f32, as in llama.cpp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufQuant {
+    F32,
+    F16,
+    Q8_0,
+    /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for the output matrix and for `attn_v` and
+    /// `ffn_down` in the first and last eighth of the layers and every third between.
+    Q4KM,
+}
+
+impl std::str::FromStr for GgufQuant {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" => Self::F32,
+            "f16" => Self::F16,
+            "q8_0" => Self::Q8_0,
+            "q4_k_m" => Self::Q4KM,
+            other => bail!("unknown GGUF precision {other:?}: expected f32, f16, q8_0 or q4_k_m"),
+        })
+    }
+}
+
+impl GgufQuant {
+    /// `general.file_type` as llama.cpp numbers it.
+    fn file_type(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q8_0 => 7,
+            Self::Q4KM => 15,
+        }
+    }
+}
+
+/// The tokenizer as GGUF stores it.
+#[derive(Debug, Clone, Default)]
+pub struct GgufVocab {
+    /// Every token by id, in the byte-level alphabet of tokenizer.json's vocabulary.
+    pub tokens: Vec<String>,
+    /// llama.cpp's token types: 1 normal, 3 control (special tokens).
+    pub token_types: Vec<i32>,
+    /// BPE merges as "left right".
+    pub merges: Vec<String>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub chat_template: Option<String>,
+    /// The full tokenizer.json, so ferrolm reloads the exact tokenizer.
+    pub tokenizer_json: Option<String>,
+}
+
+const KEY_MODEL_CONFIG: &str = "ferrolm.model_config";
+const KEY_TOKENIZER_JSON: &str = "ferrolm.tokenizer_json";
+
+fn arch_name(family: HfFamily) -> Result<&'static str> {
+    Ok(match family {
+        HfFamily::Llama | HfFamily::Mistral => "llama",
+        HfFamily::Qwen2 => "qwen2",
+        HfFamily::Qwen3 => "qwen3",
+        HfFamily::Gpt2 => bail!("GPT-2-style blocks do not export to GGUF yet (modern blocks do: llama, qwen2, qwen3)"),
+    })
+}
+
+/// llama.cpp's row order for q/k of `llama`: within each head, pairs (i, i + D/2) become
+/// neighbours. `inverse` undoes it.
+fn permute_rows(t: &Tensor, heads: usize, inverse: bool) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    ensure!(rows % (2 * heads) == 0, "cannot permute {rows} rows into {heads} heads of pairs");
+    let half = rows / heads / 2;
+    let rest: Vec<usize> = dims[1..].to_vec();
+    let shape = |a: usize, b: usize| -> Vec<usize> { [vec![heads, a, b], rest.clone()].concat() };
+    let (from, _to) = if inverse { (shape(half, 2), shape(2, half)) } else { (shape(2, half), shape(half, 2)) };
+    Ok(t.reshape(from)?.transpose(1, 2)?.contiguous()?.reshape(dims)?)
+}
+
+fn use_more_bits(layer: usize, n_layers: usize) -> bool {
+    layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer >= n_layers / 8 && (layer - n_layers / 8) % 3 == 2)
+}
+
+/// The GGML type of one tensor: vectors stay f32; a matrix whose rows do not fill whole
+/// blocks of the asked type falls back to a type whose blocks fit (as llama.cpp does).
+fn tensor_type(name: &str, t: &Tensor, quant: GgufQuant, n_layers: usize) -> GgmlDType {
+    if t.rank() < 2 {
+        return GgmlDType::F32;
+    }
+    let cols = t.dim(t.rank() - 1).unwrap_or(0);
+    let layer = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok());
+    let wanted = match quant {
+        GgufQuant::F32 => GgmlDType::F32,
+        GgufQuant::F16 => GgmlDType::F16,
+        GgufQuant::Q8_0 => GgmlDType::Q8_0,
+        GgufQuant::Q4KM => {
+            let more = name == "output.weight"
+                || ((name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight")) && layer.is_some_and(|l| use_more_bits(l, n_layers)));
+            if more { GgmlDType::Q6K } else { GgmlDType::Q4K }
+        }
+    };
+    let fits = |d: GgmlDType| cols.is_multiple_of(d.block_size());
+    [wanted, GgmlDType::Q8_0, GgmlDType::F16].into_iter().find(|&d| fits(d) && (d == wanted || quant != GgufQuant::F32)).unwrap_or(GgmlDType::F16)
+}
+
+/// GGUF tensors (llama.cpp names, f32) of a modern-block causal decoder.
+fn gguf_tensors(cfg: &TransformerConfig, family: HfFamily, varmap: &candle_nn::VarMap) -> Result<Vec<(String, Tensor)>> {
+    let hf = crate::hf::export::from_core(cfg, family, varmap)?;
+    let permute = arch_name(family)? == "llama";
+    let mut out = Vec::new();
+    let take = |name: &str| -> Result<Tensor> { hf.get(name).cloned().with_context(|| format!("internal: no tensor {name}")) };
+    out.push(("token_embd.weight".to_string(), take("model.embed_tokens.weight")?));
+    for i in 0..cfg.n_layers {
+        let (h, b) = (format!("model.layers.{i}."), format!("blk.{i}."));
+        for (from, to) in [
+            ("input_layernorm.weight", "attn_norm.weight"),
+            ("post_attention_layernorm.weight", "ffn_norm.weight"),
+            ("self_attn.v_proj.weight", "attn_v.weight"),
+            ("self_attn.v_proj.bias", "attn_v.bias"),
+            ("self_attn.o_proj.weight", "attn_output.weight"),
+            ("self_attn.o_proj.bias", "attn_output.bias"),
+            ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+            ("self_attn.k_norm.weight", "attn_k_norm.weight"),
+            ("mlp.gate_proj.weight", "ffn_gate.weight"),
+            ("mlp.up_proj.weight", "ffn_up.weight"),
+            ("mlp.down_proj.weight", "ffn_down.weight"),
+        ] {
+            if let Some(t) = hf.get(&format!("{h}{from}")) {
+                out.push((format!("{b}{to}"), t.clone()));
+            }
+        }
+        for (proj, to, heads) in [("q_proj", "attn_q", cfg.n_heads), ("k_proj", "attn_k", cfg.n_kv_heads)] {
+            for part in ["weight", "bias"] {
+                if let Some(t) = hf.get(&format!("{h}self_attn.{proj}.{part}")) {
+                    let t = if permute { permute_rows(t, heads, false)? } else { t.clone() };
+                    out.push((format!("{b}{to}.{part}"), t));
+                }
+            }
+        }
+    }
+    out.push(("output_norm.weight".to_string(), take("model.norm.weight")?));
+    if let Some(t) = hf.get("lm_head.weight") {
+        out.push(("output.weight".to_string(), t.clone()));
+    }
+    Ok(out)
+}
+
+/// What [`write`] wrote.
+#[derive(Debug, Clone)]
+pub struct GgufSummary {
+    pub arch: &'static str,
+    pub tensors: usize,
+    pub bytes: u64,
+    /// Tensors stored in another type than the one asked for (their rows do not fill blocks).
+    pub fallbacks: Vec<String>,
+}
+
+/// Writes the model as a GGUF file at `path` (atomically: a temporary file renamed).
+pub fn write(cfg: &TransformerConfig, varmap: &candle_nn::VarMap, vocab: &GgufVocab, quant: GgufQuant, path: &Path) -> Result<GgufSummary> {
+    ensure!(cfg.block == BlockStyle::Modern, "GGUF export needs modern blocks (RMSNorm, SwiGLU, RoPE): GPT-2-style blocks are not supported yet");
+    ensure!(vocab.tokens.len() == cfg.vocab_size, "the tokenizer has {} tokens, the model {}", vocab.tokens.len(), cfg.vocab_size);
+    let family = crate::hf::export::export_family(cfg)?;
+    let arch = arch_name(family)?;
+    let tensors = gguf_tensors(cfg, family, varmap)?;
+    let mut quantized = Vec::with_capacity(tensors.len());
+    let mut fallbacks = Vec::new();
+    for (name, t) in &tensors {
+        let want = tensor_type(name, t, quant, cfg.n_layers);
+        let natural = match quant {
+            GgufQuant::F32 => GgmlDType::F32,
+            GgufQuant::F16 => GgmlDType::F16,
+            GgufQuant::Q8_0 => GgmlDType::Q8_0,
+            GgufQuant::Q4KM => want,
+        };
+        if t.rank() >= 2 && want != natural {
+            fallbacks.push(format!("{name}: {want:?}"));
+        }
+        // A fresh f32 buffer: candle quantizes a tensor's whole storage, and a view (one
+        // part of a fused matrix) shares a larger one.
+        let own = Tensor::from_vec(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, t.shape(), &Device::Cpu)?;
+        let q = QTensor::quantize(&own, want).with_context(|| format!("quantizing {name} to {want:?}"))?;
+        quantized.push((name.clone(), q));
+    }
+    if let Some(scaling) = &cfg.rope_scaling {
+        // llama.cpp applies llama3 scaling as per-frequency divisors in rope_freqs.
+        let base = crate::attention::Rope::inv_freq(cfg.head_dim(), cfg.rope_theta);
+        let mut scaled = base.clone();
+        scaling.apply(&mut scaled);
+        let factors: Vec<f32> = base.iter().zip(&scaled).map(|(b, s)| (b / s) as f32).collect();
+        let n = factors.len();
+        quantized.push(("rope_freqs.weight".to_string(), QTensor::quantize(&Tensor::from_vec(factors, n, &Device::Cpu)?, GgmlDType::F32)?));
+    }
+
+    use gguf_file::Value as V;
+    let u32v = |x: usize| V::U32(x as u32);
+    let mut meta: Vec<(String, V)> = vec![
+        ("general.architecture".into(), V::String(arch.into())),
+        ("general.name".into(), V::String("ferrolm".into())),
+        ("general.file_type".into(), V::U32(quant.file_type())),
+        ("general.quantization_version".into(), V::U32(2)),
+        (format!("{arch}.context_length"), u32v(cfg.max_seq_len)),
+        (format!("{arch}.embedding_length"), u32v(cfg.d_model)),
+        (format!("{arch}.block_count"), u32v(cfg.n_layers)),
+        (format!("{arch}.feed_forward_length"), u32v(cfg.ff_dim())),
+        (format!("{arch}.attention.head_count"), u32v(cfg.n_heads)),
+        (format!("{arch}.attention.head_count_kv"), u32v(cfg.n_kv_heads)),
+        (format!("{arch}.attention.key_length"), u32v(cfg.head_dim())),
+        (format!("{arch}.attention.value_length"), u32v(cfg.head_dim())),
+        (format!("{arch}.attention.layer_norm_rms_epsilon"), V::F32(cfg.norm_eps as f32)),
+        (format!("{arch}.rope.dimension_count"), u32v(cfg.head_dim())),
+        (format!("{arch}.rope.freq_base"), V::F32(cfg.rope_theta as f32)),
+        (format!("{arch}.vocab_size"), u32v(cfg.vocab_size)),
+        ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), V::String("default".into())),
+        ("tokenizer.ggml.tokens".into(), V::Array(vocab.tokens.iter().map(|t| V::String(t.clone())).collect())),
+        ("tokenizer.ggml.token_type".into(), V::Array(vocab.token_types.iter().map(|&t| V::I32(t)).collect())),
+        ("tokenizer.ggml.merges".into(), V::Array(vocab.merges.iter().map(|m| V::String(m.clone())).collect())),
+        ("tokenizer.ggml.add_bos_token".into(), V::Bool(false)),
+        (KEY_MODEL_CONFIG.into(), V::String(toml::to_string(cfg).context("serialising the model config")?)),
+    ];
+    if let Some(b) = vocab.bos {
+        meta.push(("tokenizer.ggml.bos_token_id".into(), V::U32(b)));
+    }
+    if let Some(e) = vocab.eos {
+        meta.push(("tokenizer.ggml.eos_token_id".into(), V::U32(e)));
+        meta.push(("tokenizer.ggml.padding_token_id".into(), V::U32(e)));
+    }
+    if let Some(t) = &vocab.chat_template {
+        meta.push(("tokenizer.chat_template".into(), V::String(t.clone())));
+    }
+    if let Some(j) = &vocab.tokenizer_json {
+        meta.push((KEY_TOKENIZER_JSON.into(), V::String(j.clone())));
+    }
+
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("model.gguf"), std::process::id()));
+    let result = (|| -> Result<u64> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let meta_refs: Vec<(&str, &V)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensor_refs: Vec<(&str, &QTensor)> = quantized.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut f, &meta_refs, &tensor_refs)?;
+        let bytes = f.stream_position()?;
+        f.flush()?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(bytes)
+    })();
+    let bytes = match result {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.context(format!("cannot write {}", path.display())));
+        }
+    };
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(GgufSummary { arch, tensors: quantized.len(), bytes, fallbacks })
+}
+
+/// A GGUF file read: the model (dequantized to f32) and ferrolm's tokenizer.json if the
+/// file carries one.
+pub struct GgufModel {
+    pub loaded: LoadedModel,
+    pub tokenizer_json: Option<String>,
+    pub chat_template: Option<String>,
+    /// GGML type of every tensor, by GGUF name.
+    pub tensor_types: HashMap<String, GgmlDType>,
+}
+
+fn meta_u32(c: &gguf_file::Content, key: &str, path: &Path) -> Result<usize> {
+    let v = c.metadata.get(key).with_context(|| format!("{}: the GGUF metadata has no {key}", path.display()))?;
+    Ok(v.to_u32().or_else(|_| v.to_u64().map(|x| x as u32)).with_context(|| format!("{}: {key} is not an integer", path.display()))? as usize)
+}
+
+fn meta_f32(c: &gguf_file::Content, key: &str, path: &Path) -> Result<Option<f32>> {
+    c.metadata.get(key).map(|v| v.to_f32().with_context(|| format!("{}: {key} is not a float", path.display()))).transpose()
+}
+
+/// Reads a GGUF file of architecture `llama`, `qwen2` or `qwen3` into the Transformer core.
+pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let content = gguf_file::Content::read(&mut f).map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .with_context(|| format!("{}: the GGUF metadata has no general.architecture", path.display()))?
+        .clone();
+    let family = match arch.as_str() {
+        "llama" => HfFamily::Llama,
+        "qwen2" => HfFamily::Qwen2,
+        "qwen3" => HfFamily::Qwen3,
+        other => bail!("{}: GGUF architecture {other:?} is not supported (llama, qwen2, qwen3 are)", path.display()),
+    };
+    let cfg: TransformerConfig = match content.metadata.get(KEY_MODEL_CONFIG).and_then(|v| v.to_string().ok()) {
+        Some(text) => toml::from_str(text).with_context(|| format!("{}: {KEY_MODEL_CONFIG} is not a ferrolm model config", path.display()))?,
+        None => {
+            if content.tensor_infos.contains_key("rope_freqs.weight") {
+                bail!("{}: rope frequency factors (llama3 scaling) in a GGUF ferrolm did not write are not supported yet", path.display());
+            }
+            let u = |k: &str| meta_u32(&content, &format!("{arch}.{k}"), path);
+            let n_heads = u("attention.head_count")?;
+            let d_model = u("embedding_length")?;
+            let vocab = match content.metadata.get("tokenizer.ggml.tokens") {
+                Some(gguf_file::Value::Array(a)) => a.len(),
+                _ => u("vocab_size")?,
+            };
+            let has_q_bias = content.tensor_infos.contains_key("blk.0.attn_q.bias");
+            let has_o_bias = content.tensor_infos.contains_key("blk.0.attn_output.bias");
+            TransformerConfig {
+                vocab_size: vocab,
+                d_model,
+                n_layers: u("block_count")?,
+                n_heads,
+                n_kv_heads: u("attention.head_count_kv").unwrap_or(n_heads),
+                d_ff: u("feed_forward_length")?,
+                max_seq_len: u("context_length")?,
+                head_size: u("attention.key_length").ok().filter(|&k| k != d_model / n_heads).unwrap_or(0),
+                block: BlockStyle::Modern,
+                norm_eps: meta_f32(&content, &format!("{arch}.attention.layer_norm_rms_epsilon"), path)?.unwrap_or(1e-5) as f64,
+                rope_theta: meta_f32(&content, &format!("{arch}.rope.freq_base"), path)?.unwrap_or(10_000.0) as f64,
+                tie_embeddings: !content.tensor_infos.contains_key("output.weight"),
+                qk_norm: family == HfFamily::Qwen3,
+                qkv_bias: Some(has_q_bias),
+                attn_out_bias: Some(has_o_bias),
+                dropout: 0.0,
+                ..Default::default()
+            }
+        }
+    };
+    let mut tensor_types = HashMap::new();
+    let mut read = |name: &str| -> Result<Tensor> {
+        let q = content.tensor(&mut f, name, &Device::Cpu).map_err(|e| anyhow::anyhow!("{}: tensor {name}: {e}", path.display()))?;
+        tensor_types.insert(name.to_string(), q.dtype());
+        Ok(q.dequantize(&Device::Cpu)?)
+    };
+    // GGUF names → the Hugging Face names the core's mapping reads.
+    let permute = arch == "llama";
+    let mut hf: HashMap<String, crate::hf::weights::Source> = HashMap::new();
+    let mut put = |name: String, tensor: Tensor| {
+        hf.insert(name, crate::hf::weights::Source { tensor, file: path.to_path_buf() });
+    };
+    put("model.embed_tokens.weight".into(), read("token_embd.weight")?);
+    for i in 0..cfg.n_layers {
+        let (h, b) = (format!("model.layers.{i}."), format!("blk.{i}."));
+        let names = [
+            ("input_layernorm.weight", "attn_norm.weight", 0),
+            ("post_attention_layernorm.weight", "ffn_norm.weight", 0),
+            ("self_attn.q_proj.weight", "attn_q.weight", cfg.n_heads),
+            ("self_attn.q_proj.bias", "attn_q.bias", cfg.n_heads),
+            ("self_attn.k_proj.weight", "attn_k.weight", cfg.n_kv_heads),
+            ("self_attn.k_proj.bias", "attn_k.bias", cfg.n_kv_heads),
+            ("self_attn.v_proj.weight", "attn_v.weight", 0),
+            ("self_attn.v_proj.bias", "attn_v.bias", 0),
+            ("self_attn.o_proj.weight", "attn_output.weight", 0),
+            ("self_attn.o_proj.bias", "attn_output.bias", 0),
+            ("self_attn.q_norm.weight", "attn_q_norm.weight", 0),
+            ("self_attn.k_norm.weight", "attn_k_norm.weight", 0),
+            ("mlp.gate_proj.weight", "ffn_gate.weight", 0),
+            ("mlp.up_proj.weight", "ffn_up.weight", 0),
+            ("mlp.down_proj.weight", "ffn_down.weight", 0),
+        ];
+        for (to, from, heads) in names {
+            let g = format!("{b}{from}");
+            if !content.tensor_infos.contains_key(&g) {
+                continue;
+            }
+            let t = read(&g)?;
+            let t = if permute && heads > 0 { permute_rows(&t, heads, true)? } else { t };
+            put(format!("{h}{to}"), t);
+        }
+    }
+    put("model.norm.weight".into(), read("output_norm.weight")?);
+    if !cfg.tie_embeddings {
+        put("lm_head.weight".into(), read("output.weight")?);
+    }
+    let values = crate::hf::weights::to_core(family, &cfg, hf).with_context(|| format!("loading {}", path.display()))?;
+    let spec = ModelSpec::Transformer(cfg);
+    let (model, varmap) = AnyModel::build_fresh(&spec, device)?;
+    {
+        let data = varmap.data().lock().expect("varmap lock");
+        for (name, var) in data.iter() {
+            let t = values.get(name).with_context(|| format!("{}: no tensor for the core's variable {name}", path.display()))?;
+            var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+        }
+    }
+    let text = |k: &str| content.metadata.get(k).and_then(|v| v.to_string().ok()).cloned();
+    Ok(GgufModel {
+        loaded: LoadedModel { spec, model, varmap, checkpoint: path.to_path_buf() },
+        tokenizer_json: text(KEY_TOKENIZER_JSON),
+        chat_template: text("tokenizer.chat_template"),
+        tensor_types,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_llama_row_permutation_is_undone_by_its_inverse_and_pairs_halves() {
+        // one head of 4 rows: halves (0,1 | 2,3) → pairs (0,2), (1,3)
+        let t = Tensor::arange(0f32, 8.0, &Device::Cpu).unwrap().reshape((4, 2)).unwrap();
+        let p = permute_rows(&t, 1, false).unwrap();
+        assert_eq!(p.to_vec2::<f32>().unwrap(), vec![vec![0., 1.], vec![4., 5.], vec![2., 3.], vec![6., 7.]]);
+        let back = permute_rows(&p, 1, true).unwrap();
+        assert_eq!(back.to_vec2::<f32>().unwrap(), t.to_vec2::<f32>().unwrap());
+    }
+
+    #[test]
+    fn q4_k_m_uses_more_bits_where_llama_cpp_does_and_falls_back_on_short_rows() {
+        let wide = Tensor::zeros((4, 256), DType::F32, &Device::Cpu).unwrap();
+        let narrow = Tensor::zeros((4, 64), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(tensor_type("blk.0.attn_v.weight", &wide, GgufQuant::Q4KM, 16), GgmlDType::Q6K);
+        assert_eq!(tensor_type("blk.3.attn_v.weight", &wide, GgufQuant::Q4KM, 16), GgmlDType::Q4K);
+        assert_eq!(tensor_type("blk.4.attn_v.weight", &wide, GgufQuant::Q4KM, 16), GgmlDType::Q6K);
+        assert_eq!(tensor_type("output.weight", &wide, GgufQuant::Q4KM, 16), GgmlDType::Q6K);
+        assert_eq!(tensor_type("blk.3.attn_q.weight", &narrow, GgufQuant::Q4KM, 16), GgmlDType::Q8_0);
+        assert_eq!(tensor_type("blk.3.attn_q.weight", &narrow, GgufQuant::F32, 16), GgmlDType::F32);
+        let norm = Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(tensor_type("blk.3.attn_norm.weight", &norm, GgufQuant::Q8_0, 16), GgmlDType::F32);
+    }
+}
