@@ -13,6 +13,9 @@ use crate::linear::Linear;
 use crate::config::{BlockStyle, TransformerConfig};
 use crate::mlp::linear;
 
+// Batched single-token decoding for serving, in its own file.
+mod batched;
+
 /// Which keys a query may see, by absolute position.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttnMask {
