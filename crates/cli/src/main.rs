@@ -55,6 +55,10 @@ enum Command {
     Rlhf(cmd::rlhf::Args),
     /// Retrieval for question answering: index documents (BM25), search, evaluate on SQuAD.
     Rag(cmd::rag::Args),
+    /// An OpenAI-compatible HTTP server with continuous batching and a web chat page.
+    Serve(cmd::serve::Args),
+    /// Human feedback collected by `serve`'s web page: export it as preference pairs.
+    Feedback(cmd::feedback::Args),
 }
 
 fn main() {
@@ -100,6 +104,8 @@ fn main() {
         Command::Dpo(a) => cmd::dpo::run(a),
         Command::Rlhf(a) => cmd::rlhf::run(a),
         Command::Rag(a) => cmd::rag::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Feedback(a) => cmd::feedback::run(a),
     };
     if let Err(e) = result {
         // The reader of our output went away (`ferrolm ngram query … | head`): stop quietly

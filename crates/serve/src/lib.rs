@@ -16,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod feedback;
 pub mod metrics;
+pub mod page;
 pub mod server;
 pub mod text;
 

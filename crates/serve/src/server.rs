@@ -157,6 +157,9 @@ pub fn load(cfg: &ServeConfig, device: &Device) -> Result<Arc<AppState>> {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(crate::page::index))
+        .route("/assets/app.js", get(crate::page::script))
+        .route("/assets/app.css", get(crate::page::style))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
