@@ -160,7 +160,8 @@ impl Engine {
         self.running.load(Relaxed)
     }
 
-    /// Stop taking work, finish what is queued and running, and join the thread.
+    /// Stop taking work, end what is queued and running with an error event (the HTTP
+    /// side gave open streams their grace period first), and join the thread.
     pub fn shutdown(&self) {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.stop.store(true, Relaxed);
@@ -206,15 +207,15 @@ struct Scheduler {
 impl Scheduler {
     fn run(&mut self) {
         loop {
+            if self.stop.load(Relaxed) {
+                // Shutdown: the server already gave open streams their grace period.
+                self.cut_all("the server is shutting down");
+                break;
+            }
             if self.active.is_empty() && self.waiting.is_empty() {
                 match self.rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(r) => self.waiting.push_back(r),
-                    Err(RecvTimeoutError::Timeout) => {
-                        if self.stop.load(Relaxed) {
-                            break;
-                        }
-                        continue;
-                    }
+                    Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
@@ -246,6 +247,20 @@ impl Scheduler {
             self.metrics.active.store(self.active.len(), Relaxed);
         }
         self.metrics.active.store(0, Relaxed);
+    }
+
+    /// End every queued and active sequence with an error event.
+    fn cut_all(&mut self, why: &str) {
+        while let Ok(r) = self.rx.try_recv() {
+            self.waiting.push_back(r);
+        }
+        self.metrics.queued.fetch_sub(self.waiting.len(), Relaxed);
+        for r in self.waiting.drain(..) {
+            let _ = r.events.send((r.index, Event::Error(why.into())));
+        }
+        for s in self.active.drain(..) {
+            let _ = s.req.events.send((s.req.index, Event::Error(why.into())));
+        }
     }
 
     /// Remove sequences whose client has gone, waiting or active.

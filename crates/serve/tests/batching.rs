@@ -13,6 +13,10 @@ use ferrolm_serve::ServeConfig;
 use serde_json::{json, Value};
 
 fn server(max_seq_len: usize, concurrency: usize, queue: usize) -> (tempfile::TempDir, Server) {
+    server_with(max_seq_len, concurrency, queue, Duration::from_secs(10))
+}
+
+fn server_with(max_seq_len: usize, concurrency: usize, queue: usize, grace: Duration) -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let run = tiny_run(dir.path(), max_seq_len);
     let mut cfg = ServeConfig::new(run);
@@ -21,6 +25,7 @@ fn server(max_seq_len: usize, concurrency: usize, queue: usize) -> (tempfile::Te
     cfg.max_queue = queue;
     cfg.keep_alive = Duration::from_millis(50);
     cfg.feedback_db = Some(dir.path().join("feedback.db"));
+    cfg.shutdown_grace = grace;
     (dir, Server::start(cfg))
 }
 
@@ -148,4 +153,19 @@ fn a_full_queue_answers_429_and_queued_streams_get_keep_alives() {
     let (data, comments) = b.join().unwrap();
     assert_eq!(data.last().unwrap(), "[DONE]");
     assert!(comments.iter().any(|c| c == "keep-alive"), "no keep-alive comment while B was queued: {comments:?}");
+}
+
+#[test]
+fn shutdown_finishes_short_streams_and_cuts_long_ones_after_the_grace_period() {
+    let (_d, s) = server_with(4096, 2, 8, Duration::from_millis(500));
+    let mut long = raw_stream(&s, &chat(1, 4000, json!({ "stream": true })));
+    wait_for("the long request to be active", Duration::from_secs(30), || s.metric("ferrolm_active_sequences") == 1.0);
+    let t0 = Instant::now();
+    s.shutdown();
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(15), "shutdown took {took:?}");
+    // the cut stream ends (an error event or a closed connection), it does not hang
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut long, &mut rest);
+    assert!(!rest.contains("\"finish_reason\":\"length\""), "the 4000-token answer cannot have finished");
 }

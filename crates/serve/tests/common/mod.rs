@@ -138,6 +138,18 @@ pub fn read_sse(reader: &mut impl BufRead) -> (Vec<String>, Vec<String>) {
     (data, comments)
 }
 
+impl Server {
+    /// Signal shutdown and wait until `serve` has returned.
+    pub fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
