@@ -385,9 +385,8 @@ impl Scheduler {
         *seq.counts.entry(tok).or_insert(0) += 1;
         seq.last = tok;
         let mut finish = None;
-        if r.stop_tokens.contains(&tok) {
-            finish = Some(Finish::Stop);
-        } else if seq.text.push(self.tok.id_to_bytes(tok).unwrap_or("\u{FFFD}".as_bytes())) {
+        // a stop token ends the answer without text; a stop string ends it where it began
+        if r.stop_tokens.contains(&tok) || seq.text.push(self.tok.id_to_bytes(tok).unwrap_or("\u{FFFD}".as_bytes())) {
             finish = Some(Finish::Stop);
         } else if seq.generated >= r.max_tokens || seq.cache.len() + 1 > self.cfg.ctx {
             finish = Some(Finish::Length);

@@ -184,6 +184,9 @@ pub async fn summary(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// Ratings of one conversation: ((history JSON, prompt), thumbs-up answers, thumbs-down answers).
+type RatedConversation = ((String, String), Vec<String>, Vec<String>);
+
 /// What an export wrote.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ExportReport {
@@ -214,7 +217,7 @@ pub fn export_preferences(db: &Path, out: &Path, model: Option<&str>) -> Result<
     let mut rep = ExportReport::default();
     let mut lines = String::new();
     // (history json, prompt) → (up answers, down answers), in order of first appearance
-    let mut rated: Vec<((String, String), Vec<String>, Vec<String>)> = Vec::new();
+    let mut rated: Vec<RatedConversation> = Vec::new();
     for (i, row) in rows.enumerate() {
         let (kind, history_json, prompt, a, b, choice) = row?;
         let history: Vec<Message> = serde_json::from_str(&history_json).with_context(|| format!("{}: judgement {} has a malformed history", db.display(), i + 1))?;
