@@ -63,6 +63,10 @@ enum Command {
     Score(cmd::score::Args),
     /// Export a run as a Hugging Face model folder (transformers loads it with the same logits).
     Export(cmd::export::Args),
+    /// An OpenAI-compatible HTTP server with continuous batching and a web chat page.
+    Serve(cmd::serve::Args),
+    /// Human feedback collected by `serve`'s web page: export it as preference pairs.
+    Feedback(cmd::feedback::Args),
 }
 
 fn main() {
@@ -111,6 +115,8 @@ fn main() {
         Command::Export(a) => cmd::export::run(a),
         Command::Rlhf(a) => cmd::rlhf::run(a),
         Command::Rag(a) => cmd::rag::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Feedback(a) => cmd::feedback::run(a),
     };
     if let Err(e) = result {
         // The reader of our output went away (`ferrolm ngram query … | head`): stop quietly

@@ -14,6 +14,9 @@ use crate::config::TransformerConfig;
 use crate::mlp::linear;
 use crate::norm::Norm;
 
+// Batched single-token decoding for serving, in its own file.
+mod batched;
+
 /// Which keys a query may see, by absolute position.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttnMask {

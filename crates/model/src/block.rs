@@ -9,6 +9,9 @@ use crate::config::{BlockStyle, TransformerConfig};
 use crate::mlp::Mlp;
 use crate::norm::Norm;
 
+// Batched single-token decoding for serving, in its own file.
+mod batched;
+
 #[derive(Debug, Clone)]
 pub struct Block {
     ln1: Norm,

@@ -14,6 +14,9 @@ use crate::config::TransformerConfig;
 use crate::embed::{rope, Positions};
 use crate::norm::Norm;
 
+// Batched single-token decoding for serving, in its own file.
+mod batched;
+
 /// A stack of blocks with its final norm.
 #[derive(Debug, Clone)]
 pub struct Stack {

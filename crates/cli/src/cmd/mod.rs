@@ -21,6 +21,8 @@ pub mod word2vec;
 pub mod rag;
 pub mod score;
 pub mod export;
+pub mod serve;
+pub mod feedback;
 
 static DEVICE_CHOICE: std::sync::OnceLock<ferrolm_model::DeviceChoice> = std::sync::OnceLock::new();
 static DEVICE: std::sync::OnceLock<candle_core::Device> = std::sync::OnceLock::new();

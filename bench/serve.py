@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Load benchmark and client-compatibility check for `ferrolm serve`.
+
+Starts the server on a loopback port (its own process), then with the official `openai`
+Python client (unchanged, pointed at the server with base_url):
+  1. compatibility: models.list, chat (plain and streamed), completions, embeddings;
+  2. load: 1, 8 and 32 concurrent streaming chat clients, each sending requests back to
+     back: aggregate output tokens/s, time to first token p50/p99, inter-token latency
+     p50/p99 (gaps between streamed chunks), errors, the server's peak RSS;
+  3. overload: more clients than slots + queue; every request must end as a complete
+     answer (finish_reason stop/length, usage matching) or a clean 429.
+
+Install the client outside the repository:
+  python3 -m venv /work/venv-serve && /work/venv-serve/bin/pip install openai
+Run:
+  /work/venv-serve/bin/python bench/serve.py --bin target/release/ferrolm --model RUN_DIR
+Only loopback traffic; every phase is bounded in request count.
+"""
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import openai
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(xs, p):
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))
+    return xs[k]
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Server:
+    def __init__(self, binary, model, extra):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}/v1"
+        self.proc = subprocess.Popen([binary, "serve", "--model", model, "--port", str(self.port), "--model-name", "bench", *extra],
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        t0 = time.time()
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
+                if self.proc.poll() is not None:
+                    sys.exit("server exited: " + self.proc.stderr.read())
+                if time.time() - t0 > 120:
+                    sys.exit("server did not start")
+                time.sleep(0.1)
+
+    def stop(self):
+        rss = peak_rss_mib(self.proc.pid)
+        self.proc.terminate()  # SIGTERM: graceful shutdown
+        self.proc.wait(timeout=60)
+        return rss
+
+
+PROMPTS = ["Write a Rust function that adds two numbers.", "What does a tokenizer do?", "Explain the borrow checker.",
+           "How do I read a file line by line?", "Tell me about iterators.", "What is a trait object?"]
+
+
+def compat(base):
+    c = openai.OpenAI(base_url=base, api_key="unused", max_retries=0)
+    out = {}
+    out["models.list"] = [m.id for m in c.models.list().data]
+    r = c.chat.completions.create(model="bench", messages=[{"role": "user", "content": "Hello!"}], max_tokens=16, seed=1)
+    out["chat"] = (r.choices[0].finish_reason, r.usage.completion_tokens)
+    chunks = list(c.chat.completions.create(model="bench", messages=[{"role": "user", "content": "Hello!"}], max_tokens=16, seed=1,
+                                            stream=True, stream_options={"include_usage": True}))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    out["chat stream"] = (len(chunks), text == r.choices[0].message.content, chunks[-1].usage.completion_tokens)
+    r = c.completions.create(model="bench", prompt="fn main() {", max_tokens=8, echo=True, logprobs=2)
+    out["completions"] = (r.choices[0].text.startswith("fn main() {"), len(r.choices[0].logprobs.tokens))
+    try:
+        c.embeddings.create(model="bench", input="hi")
+        out["embeddings"] = "served"
+    except openai.BadRequestError as e:
+        out["embeddings"] = f"400 (not supported by a decoder): {e.body.get('message', '')[:60]}" if isinstance(e.body, dict) else "400"
+    try:
+        c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+        out["unknown model"] = "accepted?!"
+    except openai.NotFoundError:
+        out["unknown model"] = "404"
+    return out
+
+
+async def one_stream(client, i, max_tokens, rec):
+    t0 = time.perf_counter()
+    first = None
+    last = None
+    gaps = []
+    usage = None
+    finish = None
+    async for ch in await client.chat.completions.create(
+            model="bench", messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], max_tokens=max_tokens,
+            temperature=0.8, seed=i, stream=True, stream_options={"include_usage": True}):
+        now = time.perf_counter()
+        if ch.choices and ch.choices[0].delta.content:
+            if first is None:
+                first = now - t0
+            elif last is not None:
+                gaps.append(now - last)
+            last = now
+        if ch.choices and ch.choices[0].finish_reason:
+            finish = ch.choices[0].finish_reason
+        if ch.usage:
+            usage = ch.usage
+    rec["ttft"].append(first if first is not None else time.perf_counter() - t0)
+    rec["itl"].extend(gaps)
+    rec["tokens"] += usage.completion_tokens
+    assert finish in ("stop", "length"), finish
+    return usage.completion_tokens
+
+
+async def load(base, clients, per_client, max_tokens):
+    client = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0, timeout=600)
+    rec = {"ttft": [], "itl": [], "tokens": 0, "errors": 0}
+
+    async def worker(w):
+        for k in range(per_client):
+            try:
+                await one_stream(client, w * 1000 + k, max_tokens, rec)
+            except Exception as e:  # noqa: BLE001 - counted, reported
+                rec["errors"] += 1
+                print("error:", type(e).__name__, e, file=sys.stderr)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(clients)))
+    wall = time.perf_counter() - t0
+    await client.close()
+    return {"clients": clients, "requests": clients * per_client, "tok_s": rec["tokens"] / wall, "ttft_p50": pct(rec["ttft"], 50),
+            "ttft_p99": pct(rec["ttft"], 99), "itl_p50": pct(rec["itl"], 50), "itl_p99": pct(rec["itl"], 99), "errors": rec["errors"], "wall": wall}
+
+
+async def overload(base, clients, max_tokens):
+    client = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0, timeout=600)
+    res = {"complete": 0, "429": 0, "other": 0}
+
+    async def one(i):
+        try:
+            r = await client.chat.completions.create(model="bench", messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                                                     max_tokens=max_tokens, seed=i)
+            ok = r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 1 and \
+                (r.choices[0].finish_reason != "length" or r.usage.completion_tokens == max_tokens)
+            res["complete" if ok else "other"] += 1
+        except openai.RateLimitError as e:
+            res["429" if e.response.headers.get("retry-after") else "other"] += 1
+        except Exception as e:  # noqa: BLE001
+            res["other"] += 1
+            print("overload error:", type(e).__name__, e, file=sys.stderr)
+
+    await asyncio.gather(*(one(i) for i in range(clients)))
+    await client.close()
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default="target/release/ferrolm")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--per-client", type=int, default=0, help="requests per client (default: enough for ≥ 8 requests per level)")
+    ap.add_argument("--levels", default="1,8,32")
+    a = ap.parse_args()
+
+    srv = Server(a.bin, a.model, ["--max-concurrency", "32", "--max-queue", "256"])
+    try:
+        print("compatibility (official openai client):")
+        for k, v in compat(srv.base).items():
+            print(f"  {k}: {v}")
+        rows = []
+        for c in [int(x) for x in a.levels.split(",")]:
+            per = a.per_client or max(1, 8 // c) * 2
+            r = asyncio.run(load(srv.base, c, per, a.max_tokens))
+            rows.append(r)
+            print(f"  {c:>3} clients: {r['requests']} requests, {r['tok_s']:.1f} tok/s, TTFT p50 {r['ttft_p50']*1e3:.0f} ms "
+                  f"p99 {r['ttft_p99']*1e3:.0f} ms, ITL p50 {r['itl_p50']*1e3:.1f} ms p99 {r['itl_p99']*1e3:.1f} ms, errors {r['errors']}", flush=True)
+    finally:
+        rss = srv.stop()
+    print(f"  peak RSS of the server: {rss:.0f} MiB")
+    print("| clients | requests | output tok/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['requests']} | {r['tok_s']:.1f} | {r['ttft_p50']*1e3:.0f} ms | {r['ttft_p99']*1e3:.0f} ms | "
+              f"{r['itl_p50']*1e3:.1f} ms | {r['itl_p99']*1e3:.1f} ms | {r['errors']} |")
+
+    # overload: 4 slots + 8 queued, 48 simultaneous clients
+    srv = Server(a.bin, a.model, ["--max-concurrency", "4", "--max-queue", "8"])
+    try:
+        res = asyncio.run(overload(srv.base, 48, a.max_tokens))
+    finally:
+        rss = srv.stop()
+    print(f"overload (4 slots, queue 8, 48 clients): {res['complete']} complete, {res['429']} clean 429, {res['other']} other; peak RSS {rss:.0f} MiB")
+    if res["other"]:
+        sys.exit("overload produced requests that were neither complete nor a clean 429")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+//! One decoding step for many independent sequences in one forward pass, the step a
+//! serving scheduler runs (continuous batching). Each sequence keeps its own [`KvCache`],
+//! so sequences of different lengths, admitted at different times, share every matrix
+//! product; their results equal decoding each sequence alone (tests/decode_step.rs).
+
+use super::*;
+use crate::attention::LayerCache;
+
+impl Transformer {
+    /// Logits (batch, vocab) of the position after `tokens[b]` for each row `b`, where
+    /// `caches[b]` holds row b's earlier positions (filled by [`Transformer::forward`] with a
+    /// cache, or by earlier steps) and receives this position. Causal decoders only.
+    pub fn decode_step(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        if self.cfg.kind != crate::config::ModelKind::Causal {
+            candle_core::bail!("batched decoding needs a causal decoder, not {:?}", self.cfg.kind);
+        }
+        if tokens.len() != caches.len() || tokens.is_empty() {
+            candle_core::bail!("decode_step takes one token per cache ({} tokens, {} caches)", tokens.len(), caches.len());
+        }
+        let dev = self.device();
+        let rows = tokens
+            .iter()
+            .zip(caches.iter())
+            .map(|(&t, c)| self.pos.embed(&self.wte, &Tensor::new(&[t], dev)?.unsqueeze(0)?, c.len()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut x = Tensor::cat(&rows, 0)?;
+        for (i, block) in self.decoder.blocks.iter().enumerate() {
+            let mut layer: Vec<&mut LayerCache> = caches.iter_mut().map(|c| &mut c.self_attn[i]).collect();
+            x = block.decode_batch(&x, self.rope.as_ref(), &mut layer)?;
+        }
+        self.logits(&self.decoder.ln_f.forward(&x)?)?.squeeze(1)
+    }
+}

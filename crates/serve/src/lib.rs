@@ -1,0 +1,27 @@
+//! `ferrolm serve`: an OpenAI-compatible HTTP server for a ferrolm run, with continuous
+//! batching, and a web chat page whose judgements feed reward-model training and DPO.
+//!
+//! - [`engine`]: the scheduler thread that owns the model; every decode step advances all
+//!   active sequences in one batched forward pass, each with its own KV cache.
+//! - [`server`]: the axum router (`/v1/models`, `/v1/chat/completions`, `/v1/completions`,
+//!   `/v1/embeddings`, `/health`, `/metrics`, `/openapi.json`, the page at `/`), SSE
+//!   streaming in OpenAI's chunk format, API-key auth, CORS, graceful shutdown.
+//! - [`api`] / [`error`]: request bodies, their validation, OpenAI-style error objects.
+//! - [`text`]: streamed detokenisation with stop strings.
+//! - [`feedback`]: the SQLite (WAL) judgement store and its export as preference pairs.
+//! - [`metrics`]: Prometheus text exposition.
+
+pub mod api;
+pub mod engine;
+pub mod error;
+pub mod feedback;
+pub mod metrics;
+pub mod page;
+pub mod server;
+pub mod text;
+
+pub use feedback::{export_preferences, ExportReport, FeedbackStore, Judgement};
+pub use server::{load, router, run, serve, AppState, ServeConfig};
+
+/// The OpenAPI 3.1 document of the API, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../assets/openapi.json");

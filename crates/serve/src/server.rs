@@ -1,0 +1,765 @@
+//! The HTTP side: state, router, handlers, server-sent events, auth, CORS, metrics and
+//! graceful shutdown. Handlers validate a request into sequences, queue them with the
+//! [`Engine`] and turn its events into OpenAI's response or chunk format.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use candle_core::Device;
+use ferrolm_finetune::prompt;
+use ferrolm_model::ModelKind;
+use ferrolm_tokenizer::{ChatTemplate, Message, Role, Tokenizer};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::api::{ChatRequest, CompletionRequest, EmbeddingRequest, Prompt, Settings};
+use crate::engine::{Engine, EngineConfig, Event, Finish, SeqRequest, TokenLogprob};
+use crate::error::ApiError;
+use crate::feedback::FeedbackStore;
+use crate::metrics::Metrics;
+
+/// Everything `ferrolm serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// A ferrolm run folder (config.toml, checkpoints/, tokenizer.json).
+    pub run_dir: PathBuf,
+    /// The name clients use in `model` (default: the run folder's name).
+    pub model_name: Option<String>,
+    pub api_key: Option<String>,
+    pub max_concurrency: usize,
+    pub max_queue: usize,
+    /// Context limit; default and maximum the model's max_seq_len.
+    pub ctx: Option<usize>,
+    pub max_body_bytes: usize,
+    /// Interval of SSE keep-alive comments while a stream has nothing to send.
+    pub keep_alive: Duration,
+    /// Origins allowed to call the API from a browser ("*" for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// SQLite file for the web page's judgements (default RUN_DIR/feedback/feedback.db).
+    pub feedback_db: Option<PathBuf>,
+    pub prefix_cache_entries: usize,
+    /// How long open streams may run on after a shutdown signal before they are cut.
+    pub shutdown_grace: Duration,
+}
+
+impl ServeConfig {
+    pub fn new(run_dir: PathBuf) -> Self {
+        Self {
+            run_dir,
+            model_name: None,
+            api_key: None,
+            max_concurrency: 8,
+            max_queue: 64,
+            ctx: None,
+            max_body_bytes: 4 << 20,
+            keep_alive: Duration::from_secs(10),
+            cors_origins: vec![],
+            feedback_db: None,
+            prefix_cache_entries: 16,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct AppState {
+    pub engine: Engine,
+    pub tok: Arc<Tokenizer>,
+    pub tpl: ChatTemplate,
+    pub model_name: String,
+    pub ctx: usize,
+    pub vocab: usize,
+    pub api_key: Option<String>,
+    pub metrics: Arc<Metrics>,
+    pub created: u64,
+    pub cors: Vec<String>,
+    pub keep_alive: Duration,
+    pub max_body: usize,
+    pub feedback: FeedbackStore,
+    seed_counter: AtomicU64,
+    chat_stops: Vec<u32>,
+    text_stops: Vec<u32>,
+    bos: Vec<u32>,
+    /// Settings shown by the web page (sampling defaults, context).
+    pub max_concurrency: usize,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Load the run folder's model, tokenizer and chat template and start the scheduler.
+pub fn load(cfg: &ServeConfig, device: &Device) -> Result<Arc<AppState>> {
+    let loaded = ferrolm_model::load_model(&cfg.run_dir, device)?;
+    let model = loaded.model.into_decoder("serving")?;
+    anyhow::ensure!(
+        model.config().kind == ModelKind::Causal,
+        "serving needs a causal decoder (model.kind = \"causal\"); {} is a {:?} decoder",
+        cfg.run_dir.display(),
+        model.config().kind
+    );
+    let tok = Arc::new(prompt::load_tokenizer(&cfg.run_dir)?);
+    let tpl = prompt::load_template(&cfg.run_dir)?;
+    let max_len = model.config().max_seq_len;
+    let ctx = cfg.ctx.unwrap_or(max_len);
+    anyhow::ensure!(ctx <= max_len, "--ctx {ctx} is beyond the model's max_seq_len {max_len}");
+    let vocab = model.config().vocab_size;
+    let metrics = Arc::new(Metrics::default());
+    let engine = Engine::start(
+        model,
+        tok.clone(),
+        EngineConfig { max_concurrency: cfg.max_concurrency, max_queue: cfg.max_queue, ctx, prefix_cache_entries: cfg.prefix_cache_entries },
+        metrics.clone(),
+    )?;
+    let model_name = match &cfg.model_name {
+        Some(n) => n.clone(),
+        None => cfg.run_dir.canonicalize().unwrap_or(cfg.run_dir.clone()).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "ferrolm".into()),
+    };
+    let db = cfg.feedback_db.clone().unwrap_or_else(|| cfg.run_dir.join("feedback").join("feedback.db"));
+    let feedback = FeedbackStore::open(&db)?;
+    let text_stops: Vec<u32> = tok.try_eot_id().into_iter().collect();
+    Ok(Arc::new(AppState {
+        chat_stops: prompt::stop_tokens(&tok, &tpl),
+        text_stops,
+        bos: prompt::bos(&tok),
+        engine,
+        tpl,
+        model_name,
+        ctx,
+        vocab,
+        api_key: cfg.api_key.clone().filter(|k| !k.is_empty()),
+        metrics,
+        created: unix_now(),
+        cors: cfg.cors_origins.clone(),
+        keep_alive: cfg.keep_alive,
+        max_body: cfg.max_body_bytes,
+        feedback,
+        seed_counter: AtomicU64::new(unix_now().wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        max_concurrency: cfg.max_concurrency,
+        tok,
+    }))
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(crate::page::index))
+        .route("/assets/app.js", get(crate::page::script))
+        .route("/assets/app.css", get(crate::page::style))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model_by_id))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/feedback", post(crate::feedback::record).get(crate::feedback::summary))
+        .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
+        .layer(DefaultBodyLimit::max(state.max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// Auth (API key on /v1/ and /metrics), CORS, and request counting, around every route.
+async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "other".into());
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let allowed = origin.as_ref().and_then(|o| cors_allow(&st.cors, o));
+    let mut resp = if req.method() == Method::OPTIONS && !st.cors.is_empty() {
+        // A CORS preflight carries no credentials: answer it before the key check.
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type"));
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        r
+    } else if needs_key(req.uri().path()) && !authorized(st.api_key.as_deref(), req.headers().get(header::AUTHORIZATION)) {
+        ApiError::unauthorized().into_response()
+    } else {
+        next.run(req).await
+    };
+    if let Some(o) = allowed {
+        resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        resp.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    st.metrics.count_request(&route, resp.status().as_u16());
+    resp
+}
+
+fn cors_allow(allowed: &[String], origin: &HeaderValue) -> Option<HeaderValue> {
+    if allowed.iter().any(|a| a == "*") {
+        return Some(HeaderValue::from_static("*"));
+    }
+    let o = origin.to_str().ok()?;
+    allowed.iter().any(|a| a == o).then(|| origin.clone())
+}
+
+fn needs_key(path: &str) -> bool {
+    path.starts_with("/v1/") || path == "/metrics"
+}
+
+/// Constant-time comparison of the bearer token with the key.
+fn authorized(key: Option<&str>, header: Option<&HeaderValue>) -> bool {
+    let Some(key) = key else { return true };
+    let Some(given) = header.and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer ")) else { return false };
+    let (a, b) = (key.as_bytes(), given.trim().as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    let up = st.engine.is_running();
+    let status = if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "status": if up { "ok" } else { "unavailable" }, "model": st.model_name, "model_loaded": up }))).into_response()
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], st.metrics.render(st.engine.is_running())).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
+}
+
+fn model_card(st: &AppState) -> Value {
+    json!({ "id": st.model_name, "object": "model", "created": st.created, "owned_by": "ferrolm", "context_length": st.ctx })
+}
+
+async fn models(State(st): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({ "object": "list", "data": [model_card(&st)] }))
+}
+
+async fn model_by_id(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    if id == st.model_name {
+        Json(model_card(&st)).into_response()
+    } else {
+        ApiError::model_not_found(&id, &st.model_name).into_response()
+    }
+}
+
+pub(crate) fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| if r.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::too_large(limit) } else { ApiError::malformed(r.body_text()) })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))
+}
+
+impl AppState {
+    fn check_model(&self, name: &str) -> Result<(), ApiError> {
+        if name == self.model_name {
+            Ok(())
+        } else {
+            Err(ApiError::model_not_found(name, &self.model_name))
+        }
+    }
+
+    fn fresh_seed(&self) -> u64 {
+        self.seed_counter.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed)
+    }
+
+    /// The answer budget: the request's, checked against the context, or all that is left.
+    fn budget(&self, prompt_len: usize, asked: Option<u64>, param: &str) -> Result<usize, ApiError> {
+        if prompt_len >= self.ctx {
+            return Err(ApiError::context_length(format!(
+                "this model's maximum context length is {} tokens; the prompt has {prompt_len} tokens and leaves no room for an answer",
+                self.ctx
+            )));
+        }
+        match asked {
+            None => Ok(self.ctx - prompt_len),
+            Some(m) if m > self.ctx as u64 => Err(ApiError::invalid(param, format!("{param} is {m}, beyond the model's context of {} tokens", self.ctx))),
+            Some(m) if prompt_len + m as usize > self.ctx => Err(ApiError::context_length(format!(
+                "this model's maximum context length is {} tokens; you requested {} tokens ({prompt_len} in the prompt, {m} for the answer)",
+                self.ctx,
+                prompt_len + m as usize
+            ))),
+            Some(m) => Ok(m as usize),
+        }
+    }
+
+    /// Queue one sequence per (prompt, choice); `index` = prompt × n + choice.
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &self,
+        prompts: &[(Arc<Vec<u32>>, usize)],
+        s: &Settings,
+        stops: &[u32],
+        top_logprobs: Option<usize>,
+    ) -> Result<UnboundedReceiver<(usize, Event)>, ApiError> {
+        let (tx, rx) = unbounded_channel();
+        let arrived = Instant::now();
+        let mut seqs = Vec::new();
+        for (p, (ids, max_tokens)) in prompts.iter().enumerate() {
+            for j in 0..s.n {
+                let mut sampling = s.sampling.clone();
+                sampling.seed = sampling.seed.wrapping_add(j as u64);
+                seqs.push(SeqRequest {
+                    index: p * s.n + j,
+                    prompt: ids.clone(),
+                    max_tokens: *max_tokens,
+                    sampling,
+                    stop_tokens: stops.to_vec(),
+                    stop_strings: s.stop_strings.clone(),
+                    top_logprobs,
+                    frequency_penalty: s.frequency_penalty,
+                    presence_penalty: s.presence_penalty,
+                    logit_bias: s.logit_bias.clone(),
+                    events: tx.clone(),
+                    arrived,
+                });
+            }
+        }
+        self.engine.submit(seqs).map_err(|_| {
+            self.metrics.rejected.fetch_add(1, Relaxed);
+            ApiError::busy(1)
+        })?;
+        Ok(rx)
+    }
+}
+
+/// Conversation messages of a chat request, in the template's roles.
+pub(crate) fn chat_messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "messages must hold at least one message"));
+    }
+    req.messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                "system" | "developer" => Role::System,
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                "tool" | "function" => return Err(ApiError::unsupported(&format!("messages[{i}].role"), "tool messages are not supported by this server")),
+                other => return Err(ApiError::invalid(&format!("messages[{i}].role"), format!("unknown role {other:?} (system, developer, user or assistant)"))),
+            };
+            let content = match &m.content {
+                None => String::new(),
+                Some(crate::api::Content::Text(t)) => t.clone(),
+                Some(crate::api::Content::Parts(parts)) => {
+                    let mut s = String::new();
+                    for (j, p) in parts.iter().enumerate() {
+                        match (p.kind.as_str(), &p.text) {
+                            ("text", Some(t)) => s.push_str(t),
+                            _ => return Err(ApiError::unsupported(&format!("messages[{i}].content[{j}]"), format!("content parts of type {:?} are not supported (text only)", p.kind))),
+                        }
+                    }
+                    s
+                }
+            };
+            Ok(Message::new(role, content))
+        })
+        .collect()
+}
+
+async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    chat_inner(st, body).await.unwrap_or_else(|e| e.into_response())
+}
+
+async fn chat_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse(body, st.max_body)?;
+    st.check_model(&req.model)?;
+    req.check_unsupported()?;
+    let messages = chat_messages(&req)?;
+    let settings = req.common().settings(st.vocab, st.fresh_seed())?;
+    let top_logprobs = req.top_logprobs()?;
+    let ids = prompt::prompt_ids(&st.tok, &st.tpl, &messages);
+    let param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+    let budget = st.budget(ids.len(), req.max_tokens()?, param)?;
+    let rx = st.submit(&[(Arc::new(ids), budget)], &settings, &st.chat_stops, top_logprobs)?;
+    let out = Output { kind: Kind::Chat, id: format!("chatcmpl-{:016x}", st.fresh_seed()), created: unix_now(), model: st.model_name.clone(), n: settings.n, prompts: 1, echo: vec![] };
+    if settings.stream {
+        Ok(out.stream(rx, settings.include_usage, st.keep_alive, top_logprobs.is_some()))
+    } else {
+        out.collect(rx, top_logprobs.is_some()).await
+    }
+}
+
+async fn completions(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    completions_inner(st, body).await.unwrap_or_else(|e| e.into_response())
+}
+
+async fn completions_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse(body, st.max_body)?;
+    st.check_model(&req.model)?;
+    if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::unsupported("suffix", "suffix (insertion) is not supported by this server"));
+    }
+    if req.best_of.is_some_and(|b| b != req.n.unwrap_or(1)) {
+        return Err(ApiError::unsupported("best_of", "best_of other than n is not supported by this server"));
+    }
+    let top = match req.logprobs {
+        Some(k) if k > 5 => return Err(ApiError::invalid("logprobs", format!("logprobs must be between 0 and 5, got {k}"))),
+        k => k.map(|k| k as usize),
+    };
+    let settings = req.common().settings(st.vocab, st.fresh_seed())?;
+    // Texts get the sequence start the model saw before every pretraining document.
+    let texts: Vec<(Vec<u32>, String)> = match &req.prompt {
+        Prompt::Text(t) => vec![(encode_text(&st, t), t.clone())],
+        Prompt::Texts(v) => v.iter().map(|t| (encode_text(&st, t), t.clone())).collect(),
+        Prompt::Tokens(ids) => vec![(ids.clone(), st.tok.decode(ids))],
+        Prompt::TokenLists(l) => l.iter().map(|ids| (ids.clone(), st.tok.decode(ids))).collect(),
+    };
+    if texts.is_empty() || texts.iter().any(|(ids, _)| ids.is_empty()) {
+        return Err(ApiError::invalid("prompt", "the prompt is empty"));
+    }
+    if texts.len() * settings.n > crate::api::MAX_N as usize {
+        return Err(ApiError::invalid("prompt", format!("prompts × n must be at most {}", crate::api::MAX_N)));
+    }
+    if let Some(bad) = texts.iter().flat_map(|(ids, _)| ids).find(|&&t| t as usize >= st.vocab) {
+        return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary of {}", st.vocab)));
+    }
+    if req.max_tokens == Some(0) {
+        return Err(ApiError::invalid("max_tokens", "max_tokens must be at least 1"));
+    }
+    let mut prompts = Vec::new();
+    for (ids, _) in &texts {
+        // OpenAI's default for this endpoint is 16 tokens
+        let budget = st.budget(ids.len(), Some(req.max_tokens.unwrap_or(16)), "max_tokens")?;
+        prompts.push((Arc::new(ids.clone()), budget));
+    }
+    let rx = st.submit(&prompts, &settings, &st.text_stops, top)?;
+    let echo = if req.echo == Some(true) { texts.into_iter().map(|(_, t)| t).collect() } else { vec![] };
+    let out = Output { kind: Kind::Text, id: format!("cmpl-{:016x}", st.fresh_seed()), created: unix_now(), model: st.model_name.clone(), n: settings.n, prompts: prompts.len(), echo };
+    if settings.stream {
+        Ok(out.stream(rx, settings.include_usage, st.keep_alive, top.is_some()))
+    } else {
+        out.collect(rx, top.is_some()).await
+    }
+}
+
+fn encode_text(st: &AppState, text: &str) -> Vec<u32> {
+    let mut ids = st.bos.clone();
+    ids.extend(st.tok.encode(text));
+    ids
+}
+
+async fn embeddings(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let r = (|| {
+        let req: EmbeddingRequest = parse(body, st.max_body)?;
+        st.check_model(&req.model)?;
+        Err::<Response, _>(ApiError::unsupported(
+            "model",
+            format!("`{}` is a causal decoder without a pooled output; embeddings need an encoder model", st.model_name),
+        ))
+    })();
+    r.unwrap_or_else(|e| e.into_response())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+/// How one request's events become a response.
+struct Output {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+    n: usize,
+    prompts: usize,
+    /// Completions with `echo`: each prompt's text, put before its choices' text.
+    echo: Vec<String>,
+}
+
+#[derive(Default)]
+struct Choice {
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+    finish: Option<Finish>,
+    completion_tokens: usize,
+    prompt_tokens: usize,
+    cached_tokens: usize,
+}
+
+fn token_str(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl Output {
+    fn total(&self) -> usize {
+        self.n * self.prompts
+    }
+
+    fn usage(&self, choices: &[Choice]) -> Value {
+        // The prompt counts once per prompt, not once per choice.
+        let prompt: usize = choices.iter().step_by(self.n).map(|c| c.prompt_tokens).sum();
+        let cached: usize = choices.iter().step_by(self.n).map(|c| c.cached_tokens).sum();
+        let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
+        json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "prompt_tokens_details": { "cached_tokens": cached } })
+    }
+
+    fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
+        let content: Vec<Value> = lps
+            .iter()
+            .map(|t| {
+                json!({ "token": token_str(&t.bytes), "logprob": t.logprob, "bytes": t.bytes,
+                        "top_logprobs": t.top.iter().map(|(_, b, l)| json!({ "token": token_str(b), "logprob": l, "bytes": b })).collect::<Vec<_>>() })
+            })
+            .collect();
+        json!({ "content": content, "refusal": null })
+    }
+
+    /// The legacy completions form; `offset` is the text length before these tokens.
+    fn text_logprobs(lps: &[TokenLogprob], mut offset: usize) -> Value {
+        let mut tokens = vec![];
+        let mut token_logprobs = vec![];
+        let mut top = vec![];
+        let mut text_offset = vec![];
+        for t in lps {
+            let s = token_str(&t.bytes);
+            text_offset.push(offset);
+            offset += s.len();
+            tokens.push(s);
+            token_logprobs.push(t.logprob);
+            let m: serde_json::Map<String, Value> = t.top.iter().map(|(_, b, l)| (token_str(b), json!(l))).collect();
+            top.push(Value::Object(m));
+        }
+        json!({ "tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": text_offset })
+    }
+
+    async fn collect(self, mut rx: UnboundedReceiver<(usize, Event)>, want_logprobs: bool) -> Result<Response, ApiError> {
+        let mut choices: Vec<Choice> = (0..self.total()).map(|_| Choice::default()).collect();
+        let mut done = 0;
+        while done < choices.len() {
+            let Some((i, ev)) = rx.recv().await else { return Err(ApiError::unavailable("the scheduler stopped before the answer was complete")) };
+            let c = &mut choices[i];
+            match ev {
+                Event::Delta { text, logprobs } => {
+                    c.text.push_str(&text);
+                    c.logprobs.extend(logprobs);
+                }
+                Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens } => {
+                    c.finish = Some(finish);
+                    c.prompt_tokens = prompt_tokens;
+                    c.completion_tokens = completion_tokens;
+                    c.cached_tokens = cached_tokens;
+                    done += 1;
+                }
+                Event::Error(e) => return Err(ApiError::internal(e)),
+            }
+        }
+        let usage = self.usage(&choices);
+        let items: Vec<Value> = choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let finish = c.finish.map(Finish::as_str);
+                match self.kind {
+                    Kind::Chat => json!({
+                        "index": i,
+                        "message": { "role": "assistant", "content": c.text, "refusal": null },
+                        "logprobs": if want_logprobs { Self::chat_logprobs(&c.logprobs) } else { Value::Null },
+                        "finish_reason": finish,
+                    }),
+                    Kind::Text => {
+                        let echo = self.echo.get(i / self.n).map(String::as_str).unwrap_or("");
+                        json!({
+                            "index": i,
+                            "text": format!("{echo}{}", c.text),
+                            "logprobs": if want_logprobs { Self::text_logprobs(&c.logprobs, echo.len()) } else { Value::Null },
+                            "finish_reason": finish,
+                        })
+                    }
+                }
+            })
+            .collect();
+        let object = if self.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
+        Ok(Json(json!({ "id": self.id, "object": object, "created": self.created, "model": self.model,
+                        "system_fingerprint": "ferrolm", "choices": items, "usage": usage }))
+        .into_response())
+    }
+
+    fn chunk(&self, choices: Value, usage: Option<Value>) -> SseEvent {
+        let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+        let mut v = json!({ "id": self.id, "object": object, "created": self.created, "model": self.model,
+                            "system_fingerprint": "ferrolm", "choices": choices });
+        if let Some(u) = usage {
+            v["usage"] = u;
+        }
+        SseEvent::default().data(v.to_string())
+    }
+
+    fn stream(self, rx: UnboundedReceiver<(usize, Event)>, include_usage: bool, keep_alive: Duration, want_logprobs: bool) -> Response {
+        let total = self.total();
+        let mut pending = VecDeque::new();
+        let null_usage = include_usage.then_some(Value::Null);
+        for i in 0..total {
+            let first = match self.kind {
+                Kind::Chat => json!([{ "index": i, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null }]),
+                Kind::Text => {
+                    let echo = self.echo.get(i / self.n).cloned().unwrap_or_default();
+                    if echo.is_empty() {
+                        continue;
+                    }
+                    json!([{ "index": i, "text": echo, "logprobs": null, "finish_reason": null }])
+                }
+            };
+            pending.push_back(self.chunk(first, null_usage.clone()));
+        }
+        let state = StreamState { out: self, rx, pending, choices: (0..total).map(|_| Choice::default()).collect(), done: 0, include_usage, want_logprobs, finished: false };
+        let s = futures_util::stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some(ev) = st.pending.pop_front() {
+                    return Some((Ok::<_, Infallible>(ev), st));
+                }
+                if st.finished {
+                    return None;
+                }
+                match st.rx.recv().await {
+                    Some((i, ev)) => st.handle(i, ev),
+                    None => {
+                        let e = ApiError::unavailable("the scheduler stopped before the answer was complete");
+                        st.pending.push_back(SseEvent::default().data(e.body().to_string()));
+                        st.pending.push_back(SseEvent::default().data("[DONE]"));
+                        st.finished = true;
+                    }
+                }
+            }
+        });
+        Sse::new(s).keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive")).into_response()
+    }
+}
+
+struct StreamState {
+    out: Output,
+    rx: UnboundedReceiver<(usize, Event)>,
+    pending: VecDeque<SseEvent>,
+    choices: Vec<Choice>,
+    done: usize,
+    include_usage: bool,
+    want_logprobs: bool,
+    finished: bool,
+}
+
+impl StreamState {
+    fn handle(&mut self, i: usize, ev: Event) {
+        let null_usage = self.include_usage.then_some(Value::Null);
+        let out = &self.out;
+        match ev {
+            Event::Delta { text, logprobs } => {
+                let c = &mut self.choices[i];
+                let offset = c.text.len() + out.echo.get(i / out.n).map(String::len).unwrap_or(0);
+                c.text.push_str(&text);
+                let lp = if self.want_logprobs {
+                    match out.kind {
+                        Kind::Chat => Output::chat_logprobs(&logprobs),
+                        Kind::Text => Output::text_logprobs(&logprobs, offset),
+                    }
+                } else {
+                    Value::Null
+                };
+                let choice = match out.kind {
+                    Kind::Chat => json!([{ "index": i, "delta": { "content": text }, "logprobs": lp, "finish_reason": null }]),
+                    Kind::Text => json!([{ "index": i, "text": text, "logprobs": lp, "finish_reason": null }]),
+                };
+                self.pending.push_back(out.chunk(choice, null_usage));
+            }
+            Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens } => {
+                let c = &mut self.choices[i];
+                c.finish = Some(finish);
+                c.prompt_tokens = prompt_tokens;
+                c.completion_tokens = completion_tokens;
+                c.cached_tokens = cached_tokens;
+                self.done += 1;
+                let choice = match out.kind {
+                    Kind::Chat => json!([{ "index": i, "delta": {}, "logprobs": null, "finish_reason": finish.as_str() }]),
+                    Kind::Text => json!([{ "index": i, "text": "", "logprobs": null, "finish_reason": finish.as_str() }]),
+                };
+                self.pending.push_back(out.chunk(choice, null_usage));
+                if self.done == self.choices.len() {
+                    if self.include_usage {
+                        let usage = out.usage(&self.choices);
+                        self.pending.push_back(out.chunk(json!([]), Some(usage)));
+                    }
+                    self.pending.push_back(SseEvent::default().data("[DONE]"));
+                    self.finished = true;
+                }
+            }
+            Event::Error(e) => {
+                self.pending.push_back(SseEvent::default().data(ApiError::internal(e).body().to_string()));
+                self.pending.push_back(SseEvent::default().data("[DONE]"));
+                self.finished = true;
+            }
+        }
+    }
+}
+
+/// Serve on `listener` until `shutdown` resolves; then stop accepting, let open streams
+/// finish for up to `grace`, stop the scheduler and close the feedback store.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>, shutdown: impl std::future::Future<Output = ()> + Send + 'static, grace: Duration) -> Result<()> {
+    let app = router(state.clone());
+    let (sig_tx, sig_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = sig_tx.send(true);
+    });
+    let mut sig = sig_rx.clone();
+    let server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        r = server => { r.context("server task")?.context("serving")?; }
+        _ = async move {
+            let _ = sig.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        } => { tracing::warn!("open streams were cut after the {grace:?} shutdown grace period"); }
+    }
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        st.engine.shutdown();
+        st.feedback.close();
+    })
+    .await
+    .context("shutting down")?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// The blocking entry the CLI calls: refuse an open bind without a key, load, serve until
+/// SIGTERM/Ctrl-C.
+pub fn run(cfg: ServeConfig, host: &str, port: u16, device: &Device) -> Result<()> {
+    let ip: std::net::IpAddr = if host == "localhost" { std::net::IpAddr::from([127, 0, 0, 1]) } else { host.parse().with_context(|| format!("--host {host:?} is not an IP address"))? };
+    if !ip.is_loopback() && cfg.api_key.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!("refusing to listen on {ip}, which is not a loopback address, without an API key: give --api-key or --api-key-file (or bind 127.0.0.1)");
+    }
+    let state = load(&cfg, device)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, port)).await.with_context(|| format!("cannot listen on {ip}:{port}"))?;
+        let addr = listener.local_addr()?;
+        eprintln!("serving `{}` on http://{addr}/ (OpenAI API under /v1; Ctrl-C to stop)", state.model_name);
+        serve(listener, state, shutdown_signal(), cfg.shutdown_grace).await
+    })
+}
