@@ -467,10 +467,9 @@ fn report(s: &CompletionSummary, exp: &ExperimentConfig, corpus_lines: &[String]
     let _ = writeln!(r, "## What the numbers show\n");
     let _ = writeln!(
         r,
-        "- Infilling: the FIM model {} the model without FIM ({:.3} vs {:.3} EM, {:.1} vs {:.1} edit similarity): {}.",
-        if f.infill.exact_match > nf.infill.exact_match && f.infill.edit_similarity > nf.infill.edit_similarity { "beats" } else { "does not beat" },
-        f.infill.exact_match, nf.infill.exact_match, f.infill.edit_similarity, nf.infill.edit_similarity,
-        "it sees the code after the gap, the other model cannot"
+        "- Infilling: the FIM model, which sees the code after the gap, {} the model without FIM, which cannot ({:.3} vs {:.3} EM, {:.1} vs {:.1} edit similarity).",
+        if f.infill.exact_match >= nf.infill.exact_match && f.infill.edit_similarity > nf.infill.edit_similarity { "beats" } else { "does not beat" },
+        f.infill.exact_match, nf.infill.exact_match, f.infill.edit_similarity, nf.infill.edit_similarity
     );
     let _ = writeln!(
         r,

@@ -314,11 +314,14 @@ impl<'a> Fim<'a> {
     }
 }
 
+/// A FIM example's mode and its (prefix, middle, suffix) ids.
+pub type FimIds = (FimMode, Vec<u32>, Vec<u32>, Vec<u32>);
+
 /// The pieces of a FIM example back as (prefix, middle, suffix) ids: the inverse of
 /// [`layout`] (for tests and for reading an example). SPM does not mark where the prefix
 /// ends, so its prefix and middle come back together as the middle; a PSM example with an
 /// empty prefix is token for token an SPM one and reads as SPM.
-pub fn unlayout(ids: &[u32], t: &FimTokens) -> Option<(FimMode, Vec<u32>, Vec<u32>, Vec<u32>)> {
+pub fn unlayout(ids: &[u32], t: &FimTokens) -> Option<FimIds> {
     let pos = |id: u32| ids.iter().position(|&x| x == id);
     let (pre, suf, mid) = (pos(t.prefix)?, pos(t.suffix)?, pos(t.middle)?);
     if pre != 0 {
