@@ -560,6 +560,50 @@ mod tests {
     }
 
     #[test]
+    fn complete_fits_the_prompt_into_the_context_and_never_generates_past_it() {
+        use ferrolm_model::{init_weights, ModelSpec, TransformerConfig};
+        use ferrolm_tokenizer::BpeTrainConfig;
+        let text = "fn add(a: u32, b: u32) -> u32 {\n    a + b\n}\n".repeat(30);
+        let tok = Tokenizer::train_bpe(std::iter::once(text.clone()), &BpeTrainConfig { vocab_size: 300, min_frequency: 2, special_tokens: special::defaults() }).unwrap();
+        let ctx = 32;
+        let spec = ModelSpec::Transformer(TransformerConfig { vocab_size: tok.vocab_size(), d_model: 16, n_layers: 1, n_heads: 2, n_kv_heads: 2, max_seq_len: ctx, ..Default::default() });
+        let (model, vm) = AnyModel::build_fresh(&spec, &candle_core::Device::Cpu).unwrap();
+        init_weights(&spec, &vm, 3).unwrap();
+        let [pre, suf, mid] = fim_ids(&tok).unwrap();
+        for layout in [PromptLayout::Psm, PromptLayout::Spm, PromptLayout::LeftToRight] {
+            // a prefix and suffix far longer than the context
+            let mut req = CompletionRequest::new(text.clone(), text.clone());
+            req.layout = layout;
+            req.scope = Scope::Block;
+            req.max_tokens = 10;
+            let prompt = build_prompt(&tok, &req.prefix, &req.suffix, layout, ctx - 10).unwrap();
+            assert!(prompt.len() <= ctx - 10, "{layout:?}: {}", prompt.len());
+            match layout {
+                PromptLayout::Psm => {
+                    assert_eq!((prompt[0], *prompt.last().unwrap()), (pre, mid));
+                    assert!(prompt.contains(&suf));
+                    // the end of the prefix is kept: the tokens before <SUF> end the text
+                    let p_end = prompt.iter().position(|&x| x == suf).unwrap();
+                    assert!(text.ends_with(&tok.decode(&prompt[1..p_end])));
+                }
+                PromptLayout::Spm => {
+                    assert_eq!(&prompt[..2], &[pre, suf]);
+                    let m = prompt.iter().position(|&x| x == mid).unwrap();
+                    assert!(text.starts_with(&tok.decode(&prompt[2..m])), "the start of the suffix is kept");
+                }
+                PromptLayout::LeftToRight => assert!(!prompt.contains(&pre) && text.ends_with(&tok.decode(&prompt))),
+            }
+            let c = complete(&model, ctx, &tok, &req).unwrap();
+            assert!(c.tokens <= 10 && c.prompt_tokens + c.tokens <= ctx, "{layout:?}: {c:?}");
+            assert!(c.time_to_first_token_ms <= c.total_ms);
+        }
+        // a request that leaves the model no room is an error, not a panic
+        let mut req = CompletionRequest::new("fn", "");
+        req.max_tokens = 0;
+        assert!(complete(&model, ctx, &tok, &req).is_err());
+    }
+
+    #[test]
     fn the_cursor_is_found_by_line_and_column_and_outside_the_file_is_an_error() {
         let src = "fn main() {\n    let é = 1;\n}\n";
         assert_eq!(split_at_cursor(src, 2, Some(10)).unwrap(), ("fn main() {\n    let é".to_string(), " = 1;\n}\n".to_string()));
