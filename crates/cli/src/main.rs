@@ -67,6 +67,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Human feedback collected by `serve`'s web page: export it as preference pairs.
     Feedback(cmd::feedback::Args),
+    /// Code completion at a cursor in a file (fill-in-the-middle), with editor stop rules.
+    Complete(cmd::complete::Args),
 }
 
 fn main() {
@@ -117,6 +119,7 @@ fn main() {
         Command::Rag(a) => cmd::rag::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Feedback(a) => cmd::feedback::run(a),
+        Command::Complete(a) => cmd::complete::run(a),
     };
     if let Err(e) = result {
         // The reader of our output went away (`ferrolm ngram query … | head`): stop quietly

@@ -1,7 +1,9 @@
 //! Inference: token sampling, autoregressive generation with a KV cache for the causal
-//! and prefix decoders and the encoder-decoder, mask filling for the masked LM.
+//! and prefix decoders and the encoder-decoder, mask filling for the masked LM, and code
+//! completion at a cursor (`fim`: fill-in-the-middle prompts and editor stop rules).
 
 pub mod arch;
+pub mod fim;
 pub mod generate;
 pub mod sampling;
 

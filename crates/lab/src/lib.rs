@@ -1,5 +1,5 @@
-//! ferrolm-lab: orchestration that spans the stages — the quickstart, the experiments and
-//! the benchmark presets — as library functions. Each takes an options struct (what the
+//! ferrolm-lab: orchestration that spans the stages — the quickstart, the experiments,
+//! code completion from a run folder and the benchmark presets — as library functions. Each takes an options struct (what the
 //! command line holds) and returns its result; the `ferrolm` CLI only parses arguments and
 //! calls them.
 //!
@@ -15,6 +15,7 @@
 
 pub mod architectures;
 pub mod bench;
+pub mod completion;
 pub mod config;
 pub mod corpus;
 pub mod history;
@@ -23,6 +24,7 @@ pub mod quickstart;
 pub mod timing;
 
 pub use architectures::{run_architectures, ArchitecturesOptions};
+pub use completion::{complete_file, run_completion_experiment, CompleteFileOptions, CompletionExperimentOptions, CompletionSummary, FileCompletion};
 pub use bench::{bench_recurrent, bench_train, BenchOutcome, Preset, RecurrentBenchOptions, TrainBenchOptions};
 pub use history::{run_history, HistoryOptions, HistoryOutcome};
 pub use quickstart::{run_quickstart, QuickstartOptions, QuickstartSummary};

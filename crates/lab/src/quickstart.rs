@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use ferrolm_infer::{generate_any, GenerateConfig, SamplingConfig};
 use ferrolm_tokenizer::{DecodeStream, Tokenizer};
-use ferrolm_train::{start_run, ArchData, RunConfig};
+use ferrolm_train::{start_run_with_tokenizer, ArchData, RunConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::corpus::{gather_corpus, split_by_id, text_bytes, CorpusOptions};
@@ -151,7 +151,7 @@ pub fn run_quickstart(o: &QuickstartOptions, device: &Device) -> Result<Quicksta
         step_secs, cfg.train.max_steps, cfg.train.max_steps as f64 * step_secs, cfg.train.batch_size * cfg.seq_len()
     );
     let run_dir = out.clone();
-    let mut trainer = start_run(&cfg, &run_dir, ArchData::Stream { train: &train, val: &val }, token_bytes.clone(), None, device, false)?;
+    let mut trainer = start_run_with_tokenizer(&cfg, &run_dir, ArchData::Stream { train: &train, val: &val }, token_bytes.clone(), None, Some(&tok), device, false)?;
     let outcome = trainer.run()?;
     drop(trainer);
     // The final checkpoint holds exactly the trained weights.

@@ -18,6 +18,14 @@ pub const END: &str = "<|end|>";
 pub const MASK: &str = "<|mask|>";
 /// Unknown character, used only by character-level tokenizers (byte-level BPE never needs it).
 pub const UNK: &str = "<|unk|>";
+/// Fill-in-the-middle sentinels (Bavarian et al. 2022): a FIM training example is
+/// `PREFIX prefix SUFFIX suffix MIDDLE middle` (PSM) or `PREFIX SUFFIX suffix MIDDLE prefix
+/// middle` (SPM), and a completion prompt ends with `MIDDLE`. Special, so a cursor's code
+/// that happens to contain their text can never produce them by accident of merging, and
+/// each is always one id.
+pub const FIM_PREFIX: &str = "<|fim_prefix|>";
+pub const FIM_SUFFIX: &str = "<|fim_suffix|>";
+pub const FIM_MIDDLE: &str = "<|fim_middle|>";
 /// Number of T5-style span-corruption sentinels in [`defaults`].
 pub const NUM_SENTINELS: usize = 16;
 
@@ -26,10 +34,13 @@ pub fn sentinel(i: usize) -> String {
     format!("<|extra_{i}|>")
 }
 
-/// EOT, PAD, the chat roles, END, MASK and 16 sentinels, in this order (EOT gets the lowest id).
+/// EOT, PAD, the chat roles, END, MASK, 16 sentinels and the three fill-in-the-middle
+/// tokens, in this order (EOT gets the lowest id; the FIM tokens came last, so the ids of
+/// the others are those of tokenizers trained before them).
 pub fn defaults() -> Vec<String> {
     let mut v: Vec<String> =
         [EOT, PAD, SYSTEM, USER, ASSISTANT, END, MASK].iter().map(|s| s.to_string()).collect();
     v.extend((0..NUM_SENTINELS).map(sentinel));
+    v.extend([FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE].iter().map(|s| s.to_string()));
     v
 }

@@ -82,6 +82,33 @@ fn special_tokens_in_text_are_matched() {
 }
 
 #[test]
+fn fill_in_the_middle_tokens_are_single_special_ids_never_split_or_merged() {
+    for t in [bpe(), chars()] {
+        let fim = [special::FIM_PREFIX, special::FIM_SUFFIX, special::FIM_MIDDLE].map(|s| t.token_id(s).unwrap_or_else(|| panic!("{s} missing")));
+        for (s, &id) in [special::FIM_PREFIX, special::FIM_SUFFIX, special::FIM_MIDDLE].iter().zip(&fim) {
+            assert!(t.is_special(id));
+            assert_eq!(t.encode(s), vec![id], "{s} alone");
+            // glued to code on both sides, with no space: still exactly that one id
+            for (before, after) in [("fn", "self"), ("impl", "::"), ("", "\n"), ("let mut", "")] {
+                let text = format!("{before}{s}{after}");
+                let ids = t.encode(&text);
+                assert_eq!(ids.iter().filter(|&&i| i == id).count(), 1, "{text:?} -> {ids:?}");
+                assert_eq!(t.decode(&ids), text);
+                let (b, a) = (t.encode(before), t.encode(after));
+                assert_eq!(ids, [b, vec![id], a].concat(), "the text around a FIM token is encoded on its own: {text:?}");
+            }
+            assert_eq!(t.token_bytes()[id as usize], 0, "{s} stands for no text");
+        }
+        // a whole PSM example: three sentinels, each once, in order
+        let ids = t.encode("<|fim_prefix|>fn self<|fim_suffix|>::\n<|fim_middle|>    the\n");
+        let pos: Vec<usize> = fim.iter().map(|id| ids.iter().position(|i| i == id).unwrap()).collect();
+        assert!(pos[0] < pos[1] && pos[1] < pos[2], "{ids:?}");
+        // a near miss is plain text
+        assert!(!t.encode("<|fim_middle|").iter().any(|i| fim.contains(i)));
+    }
+}
+
+#[test]
 fn token_bytes_sum_to_text_length_and_specials_count_zero() {
     let t = bpe();
     let tb = t.token_bytes();

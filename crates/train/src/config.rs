@@ -7,6 +7,7 @@ use ferrolm_kernels::MatmulPrecision;
 use ferrolm_model::{ModelKind, ModelSpec, TransformerConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::fim::FimLevel;
 use crate::objectives::{MlmMasking, PrefixSplit, SpanCorruption};
 use crate::pairs::PairsConfig;
 use crate::task::ObjectiveConfig;
@@ -63,6 +64,15 @@ pub struct TrainConfig {
     /// sums, on AMX tiles (Intel Sapphire Rapids and later); other CPUs stay at f32 with a
     /// warning. Everything else (weights, optimizer, norms, softmax) stays f32.
     pub matmul_precision: MatmulPrecision,
+    /// Fill-in-the-middle (Bavarian et al. 2022, see `fim`): the share of documents turned
+    /// into prefix/suffix/middle examples; 0 (default) is plain next-token prediction.
+    /// Next-token prediction on a token stream only; needs the FIM special tokens.
+    pub fim_rate: f64,
+    /// Share of the FIM examples laid out suffix-first (SPM); the rest are PSM.
+    pub fim_spm_rate: f64,
+    /// "context" (default, the paper's recommendation: applied inside each drawn window) or
+    /// "document" (applied to documents before they are packed into the stream).
+    pub fim_level: FimLevel,
 }
 
 impl Default for TrainConfig {
@@ -90,6 +100,9 @@ impl Default for TrainConfig {
             log_interval: 10,
             time_limit_secs: 0.0,
             matmul_precision: MatmulPrecision::F32,
+            fim_rate: 0.0,
+            fim_spm_rate: 0.5,
+            fim_level: FimLevel::Context,
         }
     }
 }
@@ -110,6 +123,9 @@ impl TrainConfig {
         }
         if self.eval_batches == 0 {
             return Err("train.eval_batches must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.fim_rate) || !(0.0..=1.0).contains(&self.fim_spm_rate) {
+            return Err(format!("train.fim_rate ({}) and train.fim_spm_rate ({}) must be in [0, 1]", self.fim_rate, self.fim_spm_rate));
         }
         Ok(())
     }

@@ -113,6 +113,56 @@ pub fn compare_runs(curves: &[(String, Vec<(f64, f64)>)], bars: &[(String, f64)]
     })
 }
 
+/// Runs compared on a curve (left: e.g. held-out bits per byte per evaluation) and on
+/// several figures at once (right: one group of bars per figure, one bar per series, values
+/// in [0, 1]). `series`: (name, one value per group).
+pub fn curves_and_grouped_bars(
+    curves: &[(String, Vec<(f64, f64)>)],
+    curve_label: &str,
+    groups: &[String],
+    series: &[(String, Vec<f64>)],
+    bar_label: &str,
+    title: &str,
+    path: &Path,
+) -> Result<()> {
+    let (xmax, ymin, ymax) = bounds(curves.iter().flat_map(|c| c.1.iter()), true);
+    draw_svg(path, (1200, 500), |root| {
+        let root = root.titled(title, ("sans-serif", 22))?;
+        let (left, right) = root.split_horizontally(520);
+        let mut chart = ChartBuilder::on(&left).margin(16).x_label_area_size(40).y_label_area_size(60).build_cartesian_2d(0f64..xmax, ymin..ymax)?;
+        chart.configure_mesh().x_desc("step").y_desc(curve_label).draw()?;
+        for (i, (name, c)) in curves.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(c.iter().copied(), color.stroke_width(2)))?
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart.draw_series(c.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+        chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+
+        let ytop = (series.iter().flat_map(|s| s.1.iter().copied()).filter(|v| v.is_finite()).fold(0.05, f64::max) * 1.2).min(1.0);
+        let g = groups.len().max(1);
+        let mut bc = ChartBuilder::on(&right).margin(16).x_label_area_size(40).y_label_area_size(60).build_cartesian_2d(0f64..g as f64, 0f64..ytop)?;
+        bc.configure_mesh().disable_x_mesh().x_labels(0).y_desc(bar_label).draw()?;
+        let w = 0.8 / series.len().max(1) as f64;
+        for (si, (name, values)) in series.iter().enumerate() {
+            let color = COLORS[si % COLORS.len()];
+            bc.draw_series(values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(gi, &v)| {
+                let x0 = gi as f64 + 0.1 + si as f64 * w;
+                Rectangle::new([(x0, 0.0), (x0 + w * 0.9, v)], color.filled())
+            }))?
+            .label(name.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        }
+        for (gi, name) in groups.iter().enumerate() {
+            bc.draw_series(std::iter::once(Text::new(name.clone(), (gi as f64 + 0.1, ytop * 0.97), ("sans-serif", 13))))?;
+        }
+        bc.configure_series_labels().position(SeriesLabelPosition::UpperRight).border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+        Ok(())
+    })
+}
+
 /// One small chart per logged figure against the step: `panels` are (key in the records'
 /// `extra`, axis label); the held-out value (`val_<key>`) is drawn as dots.
 pub fn metric_panels(records: &[Record], panels: &[(&str, &str)], grid: (usize, usize), x_desc: &str, title: &str, path: &Path) -> Result<()> {
@@ -191,7 +241,9 @@ mod tests {
         compare_runs(&[("x".into(), vec![(1.0, 2.0), (2.0, 1.5)])], &[("x".into(), 0.4)], "em", "t", &dir.path().join("b.svg")).unwrap();
         metric_panels(&recs, &[("reward", "reward"), ("kl", "kl")], (1, 2), "iteration", "t", &dir.path().join("c.svg")).unwrap();
         labelled_points(&[Point { name: "lstm".into(), xs: [10.0, 5e4], y: 2.1 }], ["s", "params"], "bpb", "t", &dir.path().join("d.svg")).unwrap();
-        for f in ["a", "b", "c", "d"] {
+        let groups = vec!["em".to_string(), "sim".to_string()];
+        curves_and_grouped_bars(&[("fim".into(), vec![(1.0, 2.0), (2.0, 1.8)])], "bpb", &groups, &[("fim".into(), vec![0.2, 0.5]), ("ngram".into(), vec![0.1, f64::NAN])], "share", "t", &dir.path().join("e.svg")).unwrap();
+        for f in ["a", "b", "c", "d", "e"] {
             let s = std::fs::read_to_string(dir.path().join(format!("{f}.svg"))).unwrap();
             assert!(s.starts_with("<svg") && s.contains("</svg>"), "{f}.svg");
         }

@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use ferrolm_model::{init_weights, AnyModel, Family};
+use ferrolm_tokenizer::Tokenizer;
 
 use crate::arch_task::{kind_name, ArchData, ArchTask};
 use crate::config::RunConfig;
@@ -21,6 +22,7 @@ use crate::trainer::{LmTask, TrainTask, Trainer};
 ///
 /// `tokens` (the tokenizer's special ids) is needed by every objective except plain
 /// next-token prediction; `token_bytes` (UTF-8 bytes per id) makes bits per byte.
+/// A run with `train.fim_rate` > 0 needs the tokenizer: [`start_run_with_tokenizer`].
 pub fn start_run<'a>(
     cfg: &RunConfig,
     run_dir: &Path,
@@ -30,7 +32,32 @@ pub fn start_run<'a>(
     device: &Device,
     resume: bool,
 ) -> Result<Trainer<'a>> {
+    start_run_with_tokenizer(cfg, run_dir, data, token_bytes, tokens, None, device, resume)
+}
+
+/// [`start_run`] with the data's tokenizer, which fill-in-the-middle training
+/// (`train.fim_rate` > 0) needs to split documents at characters and re-tokenize the
+/// pieces.
+#[allow(clippy::too_many_arguments)]
+pub fn start_run_with_tokenizer<'a>(
+    cfg: &RunConfig,
+    run_dir: &Path,
+    data: ArchData<'a>,
+    token_bytes: Vec<u32>,
+    tokens: Option<TaskTokens>,
+    tokenizer: Option<&'a Tokenizer>,
+    device: &Device,
+    resume: bool,
+) -> Result<Trainer<'a>> {
     cfg.validate()?;
+    if cfg.train.fim_rate > 0.0 {
+        if !(cfg.is_plain_causal() && matches!(data, ArchData::Stream { .. })) {
+            bail!("train.fim_rate applies to next-token prediction on a token stream (model.kind = \"causal\", no [pairs]); set it to 0 for this run");
+        }
+        if tokenizer.is_none() {
+            bail!("train.fim_rate > 0 needs the data's tokenizer (to re-tokenize the prefix, middle and suffix)");
+        }
+    }
     if resume {
         crate::checkpoint::latest(run_dir)?;
         let saved_path = run_dir.join("config.toml");
@@ -44,7 +71,11 @@ pub fn start_run<'a>(
     let (model, varmap) = AnyModel::build_fresh(&cfg.model, device)?;
     let task: Box<dyn TrainTask + 'a> = match data {
         ArchData::Stream { train, val } if cfg.is_plain_causal() => {
-            Box::new(LmTask::new(model, train, val, token_bytes, cfg.seq_len(), &cfg.train, device)?)
+            let task = LmTask::new(model, train, val, token_bytes, cfg.seq_len(), &cfg.train, device)?;
+            Box::new(match tokenizer {
+                Some(tok) => task.with_fim(&cfg.train, tok)?,
+                None => task,
+            })
         }
         data => {
             let tokens = tokens.context("this objective needs the tokenizer's special tokens (TaskTokens)")?;

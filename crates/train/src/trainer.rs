@@ -13,12 +13,15 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var, D};
 use candle_nn::VarMap;
 use ferrolm_model::CausalLm;
+use ferrolm_tokenizer::Tokenizer;
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::distributed::Communicator;
-use crate::data::{eval_offsets, make_batch, step_seed, train_offsets, TokenSource};
+use crate::data::{eval_offsets, make_batch, step_seed, train_offsets, Batch, TokenSource};
+use crate::fim::{Fim, FimLevel, FimSettings, FimStats};
 use crate::metrics::{MetricsLog, Record};
 use crate::optim::AdamW;
 use crate::schedule::lr_at;
@@ -170,7 +173,8 @@ pub fn evaluate(
 }
 
 /// Pretraining a causal LM on a token stream: random windows of `seq_len + 1` tokens,
-/// next-token cross-entropy at every position.
+/// next-token cross-entropy at every position; optionally with fill-in-the-middle examples
+/// ([`LmTask::with_fim`], `train.fim_rate`).
 pub struct LmTask<'a, M: CausalLm> {
     pub model: M,
     train: &'a dyn TokenSource,
@@ -181,6 +185,23 @@ pub struct LmTask<'a, M: CausalLm> {
     eval_windows: usize,
     seed: u64,
     device: Device,
+    fim: Option<LmFim<'a>>,
+}
+
+/// How an [`LmTask`] makes fill-in-the-middle examples.
+enum LmFim<'a> {
+    /// Document level: windows are drawn from the transformed stream instead of `train`.
+    Document(Vec<u32>),
+    /// Context level: each drawn window is transformed.
+    Context(Fim<'a>),
+}
+
+/// One micro-batch of an [`LmTask`]: the windows, and where fill-in-the-middle padding
+/// left positions that are not scored (`None`: every position is).
+pub struct LmBatch {
+    pub batch: Batch,
+    /// Flat indices (row * seq_len + position) of the scored positions.
+    pub scored: Option<Vec<u32>>,
 }
 
 impl<'a, M: CausalLm> LmTask<'a, M> {
@@ -193,17 +214,83 @@ impl<'a, M: CausalLm> LmTask<'a, M> {
         if val.len() < need {
             bail!("held-out data has {} tokens; need at least {need}", val.len());
         }
-        Ok(Self { model, train, val, token_bytes, seq_len, batch_size: tc.batch_size, eval_windows: tc.eval_batches * tc.batch_size, seed: tc.seed, device: device.clone() })
+        Ok(Self { model, train, val, token_bytes, seq_len, batch_size: tc.batch_size, eval_windows: tc.eval_batches * tc.batch_size, seed: tc.seed, device: device.clone(), fim: None })
+    }
+
+    /// Train on fill-in-the-middle examples as `tc.fim_*` says (nothing changes when
+    /// `fim_rate` is 0). `tok` is the tokenizer of the data: FIM splits documents at
+    /// characters and re-tokenizes the pieces. Held-out evaluation stays plain
+    /// left-to-right, so runs with and without FIM compare on the same figure.
+    pub fn with_fim(mut self, tc: &TrainConfig, tok: &'a Tokenizer) -> Result<Self> {
+        if tc.fim_rate == 0.0 {
+            self.fim = None;
+            return Ok(self);
+        }
+        let fim = Fim::new(FimSettings { rate: tc.fim_rate, spm_rate: tc.fim_spm_rate, level: tc.fim_level }, tok)?;
+        if let Some(&bad) = [fim.tokens.prefix, fim.tokens.suffix, fim.tokens.middle].iter().find(|&&id| id as usize >= self.token_bytes.len()) {
+            bail!("the tokenizer's fill-in-the-middle token id {bad} is outside the model's vocabulary of {}", self.token_bytes.len());
+        }
+        self.fim = Some(match tc.fim_level {
+            FimLevel::Context => LmFim::Context(fim),
+            FimLevel::Document => {
+                let t0 = Instant::now();
+                let (stream, stats) = fim.document_stream(self.train, self.seed);
+                tracing::info!(
+                    "fill-in-the-middle (document level): {} of {} documents transformed ({} PSM, {} SPM, {} skipped), {} → {} tokens, {:.1} s",
+                    stats.psm + stats.spm, stats.documents, stats.psm, stats.spm, stats.skipped, self.train.len(), stream.len(), t0.elapsed().as_secs_f64()
+                );
+                if stream.len() < self.seq_len + 2 {
+                    bail!("the fill-in-the-middle stream has {} tokens, fewer than one window", stream.len());
+                }
+                LmFim::Document(stream)
+            }
+        });
+        Ok(self)
+    }
+
+    /// The windows of micro-batch `micro` of step `step` (offsets from the "batch" stream;
+    /// context-level FIM draws from its own "fim" stream, so the windows are those of a
+    /// run without FIM).
+    pub fn batch(&self, step: usize, micro: usize) -> Result<LmBatch> {
+        let src: &dyn TokenSource = match &self.fim {
+            Some(LmFim::Document(stream)) => stream,
+            _ => self.train,
+        };
+        let offsets = train_offsets(src, self.seed, step, micro, self.batch_size, self.seq_len);
+        let Some(LmFim::Context(fim)) = &self.fim else {
+            return Ok(LmBatch { batch: make_batch(src, &offsets, self.seq_len, &self.device)?, scored: None });
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(step_seed(self.seed, step, micro, "fim"));
+        let (t, w) = (self.seq_len, self.seq_len + 1);
+        let mut windows = vec![0u32; offsets.len() * w];
+        let mut scored = Vec::with_capacity(offsets.len() * t);
+        let mut stats = FimStats::default();
+        for (row, (&o, win)) in offsets.iter().zip(windows.chunks_mut(w)).enumerate() {
+            src.read(o, win);
+            let pad = fim.transform_context(win, &mut rng, &mut stats);
+            // position i is scored unless its input or its target is padding
+            scored.extend((0..t).filter(|&i| !pad[i] && !pad[i + 1]).map(|i| (row * t + i) as u32));
+        }
+        let all = scored.len() == offsets.len() * t;
+        let batch = make_batch(&windows, &(0..offsets.len()).map(|r| r * w).collect::<Vec<_>>(), t, &self.device)?;
+        Ok(LmBatch { batch, scored: (!all).then_some(scored) })
     }
 }
 
 impl<M: CausalLm> TrainTask for LmTask<'_, M> {
     fn micro_batch_loss(&self, step: usize, micro: usize) -> Result<(Tensor, usize)> {
-        let offsets = train_offsets(self.train, self.seed, step, micro, self.batch_size, self.seq_len);
-        let batch = make_batch(self.train, &offsets, self.seq_len, &self.device)?;
+        let LmBatch { batch, scored } = self.batch(step, micro)?;
         let dropout_seed = Some(step_seed(self.seed, step, micro, "dropout"));
-        let logits = self.model.causal_logits(&batch.inputs, dropout_seed)?;
-        let loss = ferrolm_kernels::cross_entropy(&logits.flatten_to(1)?, &batch.targets.flatten_all()?)?;
+        let logits = self.model.causal_logits(&batch.inputs, dropout_seed)?.flatten_to(1)?;
+        let targets = batch.targets.flatten_all()?;
+        let loss = match scored {
+            None => ferrolm_kernels::cross_entropy(&logits, &targets)?,
+            Some(rows) => {
+                let n = rows.len();
+                let rows = Tensor::from_vec(rows, n, &self.device)?;
+                ferrolm_kernels::cross_entropy(&logits.index_select(&rows, 0)?, &targets.index_select(&rows, 0)?)?
+            }
+        };
         Ok((loss, self.batch_size * self.seq_len))
     }
 

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ferrolm_lab::{run_architectures, run_history, ArchitecturesOptions, HistoryOptions};
+use ferrolm_lab::{run_architectures, run_completion_experiment, run_history, ArchitecturesOptions, CompletionExperimentOptions, HistoryOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,6 +23,29 @@ pub enum Experiment {
     /// one tokenization, each for a compute budget: held-out perplexity and bits per byte
     /// against training time and parameters (report.md, history.svg).
     History(HistoryArgs),
+    /// Code completion on held-out crates: the same model trained with and without
+    /// fill-in-the-middle, next-line and infilling exact match and edit similarity, the
+    /// n-gram baseline, held-out bits per byte, latency (report.md, completion.svg).
+    Completion(CompletionArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CompletionArgs {
+    /// The experiment's config: [experiment], [model], [train], [quick] (default: the
+    /// built-in configs/experiment-completion.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A run of a few minutes (the [quick] overrides), same report.
+    #[arg(long)]
+    quick: bool,
+    /// Override a config key (after [quick]), e.g. --set train.max_steps=500.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Read these files/folders instead of the Cargo registry sources named in Cargo.lock.
+    #[arg(long, num_args = 1..)]
+    data: Vec<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -73,6 +96,11 @@ pub fn run(a: Args) -> Result<()> {
             let o = HistoryOptions { quick: a.quick, config: a.config, data: a.data, out: a.out, overrides: a.overrides };
             let r = run_history(&o, &super::device()?)?;
             println!("\nexperiment history finished in {:.0} s; report: {}", r.seconds, r.report.display());
+        }
+        Experiment::Completion(a) => {
+            let o = CompletionExperimentOptions { config: a.config, quick: a.quick, overrides: a.overrides, out: a.out, data: a.data };
+            let (s, report) = run_completion_experiment(&o, &super::device())?;
+            println!("\nexperiment completion finished in {:.0} s; report: {}", s.seconds, report.display());
         }
     }
     Ok(())

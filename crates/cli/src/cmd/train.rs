@@ -6,7 +6,7 @@ use ferrolm_train::distributed::Communicator;
 use anyhow::{Context, Result};
 use ferrolm_tokenizer::shards::TokenShards;
 use ferrolm_tokenizer::Tokenizer;
-use ferrolm_train::{start_run, ArchData, RunConfig, TaskTokens};
+use ferrolm_train::{start_run, start_run_with_tokenizer, ArchData, RunConfig, TaskTokens};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -102,7 +102,7 @@ pub fn train_run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<ferrol
         train_shards = TokenShards::open(Path::new(&d.train))?;
         val_shards = TokenShards::open(Path::new(&d.val))?;
         let data = ArchData::Stream { train: &train_shards, val: &val_shards };
-        let t = start_run(cfg, run_dir, data, bytes, tokens, &device, resume)?;
+        let t = start_run_with_tokenizer(cfg, run_dir, data, bytes, tokens, Some(&tokenizer), &device, resume)?;
         (t, format!("{} tokens ({} held out)", train_shards.len(), val_shards.len()))
     };
     // Data parallel when launched as torchrun / Slurm launch jobs (RANK, WORLD_SIZE, ...).
