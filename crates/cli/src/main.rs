@@ -55,6 +55,8 @@ enum Command {
     Rlhf(cmd::rlhf::Args),
     /// Retrieval for question answering: index documents (BM25), search, evaluate on SQuAD.
     Rag(cmd::rag::Args),
+    /// Extractive question answering: train a span reader on SQuAD-format data, evaluate it.
+    Qa(cmd::qa::Args),
 }
 
 fn main() {
@@ -100,6 +102,7 @@ fn main() {
         Command::Dpo(a) => cmd::dpo::run(a),
         Command::Rlhf(a) => cmd::rlhf::run(a),
         Command::Rag(a) => cmd::rag::run(a),
+        Command::Qa(a) => cmd::qa::run(a),
     };
     if let Err(e) = result {
         // The reader of our output went away (`ferrolm ngram query … | head`): stop quietly

@@ -18,6 +18,7 @@ pub mod tokenizer;
 pub mod train;
 pub mod word2vec;
 pub mod rag;
+pub mod qa;
 
 /// The device every command runs its model on. One place, so the CUDA build (issue 17)
 /// changes this function and no call site.
