@@ -6,6 +6,7 @@
 //!   choice with the SQuAD 2.0 null span;
 //! - [`train`]: `qa train` on the shared training loop, `qa eval`;
 //! - [`data`]: preparation and EM/F1 (HasAns/NoAns) with the no-answer threshold search;
+//! - [`baselines`]: first sentence of the passage, most common answer type;
 //! - [`embed`]: passage/query embeddings into rag's vector store (dense retrieval);
 //! - [`ask`]: retrieve (BM25, dense, hybrid) then read (extractive or generative with
 //!   citations).
@@ -13,6 +14,7 @@
 //! ferrolm-rag has no candle; everything that runs a model lives here. See README.md.
 
 pub mod ask;
+pub mod baselines;
 pub mod data;
 pub mod embed;
 pub mod reader;

@@ -59,6 +59,18 @@ enum Cmd {
         #[arg(long)]
         predictions: bool,
     },
+    /// Trivial readers a trained one must beat, each question read from its paragraph: the
+    /// first sentence, and the first span of the most common answer type of --train.
+    Baseline {
+        /// Questions whose answers choose the most common type.
+        #[arg(long, required = true, num_args = 1..)]
+        train: Vec<PathBuf>,
+        /// Questions to answer.
+        #[arg(long, required = true, num_args = 1..)]
+        data: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn print_report(r: &QaReport) {
@@ -104,6 +116,23 @@ pub fn run(a: Args) -> Result<()> {
                 if predictions {
                     for p in &r.predictions {
                         println!("{}\t{:.3}\tEM {:.0}\tF1 {:.2}\t{}", p.id, p.null_margin, p.exact_match, p.f1, p.prediction);
+                    }
+                }
+            }
+        }
+    }
+        Cmd::Baseline { train, data, json } => {
+            let tr = ferrolm_qa::train::read_questions(&train)?;
+            let te = ferrolm_qa::train::read_questions(&data)?;
+            let r = ferrolm_qa::baselines::run_baselines(&tr, &te);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{:<34} {:>5} {:>7} {:>7}", "", "n", "EM", "F1");
+                let label = format!("most common type ({:?})", r.answer_type);
+                for (name, s) in [("first sentence", &r.first_sentence), (label.as_str(), &r.most_common_type)] {
+                    for (part, x) in [("all", &s.0), ("HasAns", &s.1), ("NoAns", &s.2)] {
+                        println!("{:<34} {:>5} {:>7.2} {:>7.2}", format!("{name}, {part}"), x.n, x.exact_match, x.f1);
                     }
                 }
             }
