@@ -120,7 +120,6 @@ pub fn run(a: Args) -> Result<()> {
                 }
             }
         }
-    }
         Cmd::Baseline { train, data, json } => {
             let tr = ferrolm_qa::train::read_questions(&train)?;
             let te = ferrolm_qa::train::read_questions(&data)?;
