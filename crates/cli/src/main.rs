@@ -69,6 +69,8 @@ enum Command {
     Feedback(cmd::feedback::Args),
     /// Code completion at a cursor in a file (fill-in-the-middle), with editor stop rules.
     Complete(cmd::complete::Args),
+    /// Extractive question answering: train a span reader on SQuAD-format data, evaluate it.
+    Qa(cmd::qa::Args),
 }
 
 fn main() {
@@ -120,6 +122,7 @@ fn main() {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Feedback(a) => cmd::feedback::run(a),
         Command::Complete(a) => cmd::complete::run(a),
+        Command::Qa(a) => cmd::qa::run(a),
     };
     if let Err(e) = result {
         // The reader of our output went away (`ferrolm ngram query … | head`): stop quietly

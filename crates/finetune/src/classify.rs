@@ -1,8 +1,15 @@
-//! Classification heads on pretrained models: a linear layer on the decoder's hidden state
-//! at the last real token (causal/prefix models: the only position that has seen the whole
-//! text), or on the masked LM's pooled output (tanh(dense(first position))). The body is
-//! frozen, partly trained (its top N blocks and final norm) or fully trained, chosen by
+//! Classification heads on pretrained models: a linear layer on features read from the body
+//! (`classify.pooling`: the decoder's hidden state at the last real token — the only
+//! position that has seen the whole text —, the masked LM's pooled output
+//! (tanh(dense(first position))), or the mean of the hidden states over the text's tokens).
+//! Optionally a second, "wide" linear part on the text's hashed token unigrams and bigrams
+//! is added to the logits (Wide & Deep, Cheng et al. 2016; fastText's hashed n-grams): the
+//! body's features and the text's own tokens train together. The body is frozen, partly
+//! trained (its top N blocks and final norm) or fully trained, chosen by
 //! `classify.train_body` and applied through `TrainTask::trainable`.
+//!
+//! `classify train` also fits the bag-of-words logistic regression on the same split and
+//! says when the classifier is below it.
 //!
 //! With a frozen body the features of every text are computed once and the head trains on
 //! them: the body never changes, so this is the same optimisation at a fraction of the cost.
@@ -26,6 +33,7 @@ use ferrolm_train::trainer::describe_eval;
 use ferrolm_train::{EvalResult, TrainConfig, TrainOutcome, TrainTask, Trainer};
 use serde::{Deserialize, Serialize};
 
+use crate::baseline::{BowConfig, BowModel};
 use crate::metrics::ClassReport;
 use crate::records::{self, LabelledText, Located, OnBad, ReadReport};
 use crate::sft::batch_rows;
@@ -53,6 +61,30 @@ impl std::str::FromStr for TrainBody {
     }
 }
 
+/// Where a text's features are read from the body's hidden states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Decoder: last real token; masked LM: the pooler on the first position.
+    Auto,
+    Last,
+    First,
+    /// Mean over the text's real tokens.
+    Mean,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "last" => Ok(Self::Last),
+            "first" => Ok(Self::First),
+            "mean" => Ok(Self::Mean),
+            _ => bail!("classify.pooling must be \"auto\", \"last\", \"first\" or \"mean\", got {s:?}"),
+        }
+    }
+}
+
 /// `[classify]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -68,11 +100,18 @@ pub struct ClassifyConfig {
     pub labels: Vec<String>,
     /// Tokens per text (the beginning is kept); 0 = the model's max_seq_len.
     pub max_len: usize,
+    /// "auto", "last", "first" or "mean" (see [`Pooling`]).
+    pub pooling: String,
+    /// Hash buckets of the wide part (token unigrams and bigrams); 0 = no wide part.
+    pub ngram_buckets: usize,
+    /// Fit the bag-of-words baseline on the same split and report whether the classifier
+    /// is below it.
+    pub compare_bow: bool,
 }
 
 impl Default for ClassifyConfig {
     fn default() -> Self {
-        Self { train_body: "frozen".into(), val_fraction: 0.1, text_field: "text".into(), label_field: "label".into(), on_bad_record: OnBad::Skip, labels: vec![], max_len: 0 }
+        Self { train_body: "frozen".into(), val_fraction: 0.1, text_field: "text".into(), label_field: "label".into(), on_bad_record: OnBad::Skip, labels: vec![], max_len: 0, pooling: "auto".into(), ngram_buckets: 0, compare_bow: true }
     }
 }
 
@@ -88,6 +127,7 @@ impl ClassifyStageConfig {
         let c: Self = ferrolm_common::config::typed(v)?;
         c.train.validate().map_err(|e| anyhow::anyhow!("invalid [train]: {e}"))?;
         c.classify.train_body.parse::<TrainBody>()?;
+        c.classify.pooling.parse::<Pooling>()?;
         ensure!((0.0..1.0).contains(&c.classify.val_fraction), "classify.val_fraction must be in [0, 1)");
         Ok(c)
     }
@@ -148,11 +188,14 @@ pub enum Body {
     MaskedLm(MaskedLm),
 }
 
-/// The classifier: a body and a linear head.
+/// The classifier: a body and a linear head, and optionally the wide part's table
+/// (buckets × labels).
 #[derive(Debug, Clone)]
 pub struct Classifier {
     pub body: Body,
     pub head: candle_nn::Linear,
+    pub wide: Option<Tensor>,
+    pub pooling: Pooling,
     pub labels: Vec<String>,
     pub n_layers: usize,
     pub kind: ModelKind,
@@ -179,21 +222,23 @@ fn load_latest(run_dir: &Path, vm: &VarMap) -> Result<()> {
 
 impl Classifier {
     /// A new head on the pretrained body of `run_dir`.
-    pub fn from_pretrained(run_dir: &Path, labels: Vec<String>, device: &Device) -> Result<(TransformerConfig, Self, VarMap)> {
+    pub fn from_pretrained(run_dir: &Path, labels: Vec<String>, cc: &ClassifyConfig, device: &Device) -> Result<(TransformerConfig, Self, VarMap)> {
         let (cfg, body, vm) = load_body(run_dir, device)?;
         load_latest(run_dir, &vm)?;
-        let head = candle_nn::linear(cfg.d_model, labels.len(), VarBuilder::from_varmap(&vm, DType::F32, device).pp("cls_head"))?;
-        Ok((cfg.clone(), Self { body, head, labels, n_layers: cfg.n_layers, kind: cfg.kind }, vm))
+        let (head, wide) = new_heads(&vm, cfg.d_model, labels.len(), cc.ngram_buckets, device)?;
+        Ok((cfg.clone(), Self { body, head, wide, pooling: cc.pooling.parse()?, labels, n_layers: cfg.n_layers, kind: cfg.kind }, vm))
     }
 
     /// A trained classifier run folder (body and head from its latest checkpoint).
     pub fn load(run_dir: &Path, device: &Device) -> Result<(Self, Tokenizer, ClassifyRunInfo)> {
         let info = ClassifyRunInfo::load(run_dir)?;
         let (cfg, body, vm) = load_body(run_dir, device)?;
-        let head = candle_nn::linear(cfg.d_model, info.labels.len(), VarBuilder::from_varmap(&vm, DType::F32, device).pp("cls_head"))?;
+        let cc = &info.config.classify;
+        let (head, wide) = new_heads(&vm, cfg.d_model, info.labels.len(), cc.ngram_buckets, device)?;
         load_latest(run_dir, &vm)?;
         let tok = crate::prompt::load_tokenizer(run_dir)?;
-        Ok((Self { body, head, labels: info.labels.clone(), n_layers: cfg.n_layers, kind: cfg.kind }, tok, info))
+        let pooling = cc.pooling.parse()?;
+        Ok((Self { body, head, wide, pooling, labels: info.labels.clone(), n_layers: cfg.n_layers, kind: cfg.kind }, tok, info))
     }
 
     pub fn device(&self) -> &Device {
@@ -213,31 +258,75 @@ impl Classifier {
     /// Sentence features (B, d_model) of right-padded ids (B, T) with real lengths `lens`.
     pub fn features(&self, ids: &Tensor, lens: &[usize], dropout_seed: Option<u64>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
+        let dev = ids.device();
+        let last = |h: &Tensor| -> Result<Tensor> {
+            let d = h.dim(2)?;
+            let last: Vec<u32> = lens.iter().enumerate().map(|(i, &l)| (i * t + l - 1) as u32).collect();
+            Ok(h.reshape((b * t, d))?.index_select(&Tensor::from_vec(last, b, dev)?, 0)?)
+        };
+        let mean = |h: &Tensor| -> Result<Tensor> {
+            let w: Vec<f32> = lens.iter().flat_map(|&l| (0..t).map(move |j| if j < l { 1.0 / l as f32 } else { 0.0 })).collect();
+            Ok(h.broadcast_mul(&Tensor::from_vec(w, (b, t, 1), dev)?)?.sum(1)?)
+        };
+        let first = |h: &Tensor| -> Result<Tensor> { Ok(h.narrow(1, 0, 1)?.squeeze(1)?) };
         match &self.body {
             Body::Decoder(m) => {
-                // Causal attention: right padding never reaches the last real token.
+                // Causal attention: right padding never reaches the real tokens.
                 let h = m.hidden(ids, &MaskSpec::causal(), None, dropout_seed)?;
-                let d = h.dim(2)?;
-                let last: Vec<u32> = lens.iter().enumerate().map(|(i, &l)| (i * t + l - 1) as u32).collect();
-                Ok(h.reshape((b * t, d))?.index_select(&Tensor::from_vec(last, b, ids.device())?, 0)?)
+                match self.pooling {
+                    Pooling::Auto | Pooling::Last => last(&h),
+                    Pooling::Mean => mean(&h),
+                    Pooling::First => first(&h),
+                }
             }
             Body::MaskedLm(m) => {
                 // Bidirectional: padding must be masked out explicitly.
                 let segs: Vec<u32> = lens.iter().flat_map(|&l| (0..t).map(move |j| if j < l { 0 } else { PAD_SEGMENT })).collect();
                 let h = m.hidden(ids, &MaskSpec::bidirectional().with_segments(segs), dropout_seed)?;
-                Ok(m.pooled(&h)?)
+                match self.pooling {
+                    Pooling::Auto => Ok(m.pooled(&h)?),
+                    Pooling::Last => last(&h),
+                    Pooling::Mean => mean(&h),
+                    Pooling::First => first(&h),
+                }
             }
         }
     }
 
-    pub fn logits(&self, features: &Tensor) -> Result<Tensor> {
-        Ok(self.head.forward(features)?)
+    /// Logits (B, C) of features (B, d_model) and, with a wide part, the texts' hashed
+    /// n-gram ids ([`ngram_ids`]).
+    pub fn logits(&self, features: &Tensor, grams: &[&[u32]]) -> Result<Tensor> {
+        let deep = self.head.forward(features)?;
+        let Some(table) = &self.wide else { return Ok(deep) };
+        let n: usize = grams.iter().map(|g| g.len()).sum();
+        if n == 0 {
+            return Ok(deep);
+        }
+        // Sum of the table rows of each text's n-grams: a (B, n) selection matrix times
+        // the (n, C) rows gathered once.
+        let b = grams.len();
+        let mut sel = vec![0f32; b * n];
+        let mut at = 0;
+        for (i, g) in grams.iter().enumerate() {
+            for _ in g.iter() {
+                sel[i * n + at] = 1.0;
+                at += 1;
+            }
+        }
+        let dev = features.device();
+        let rows = table.index_select(&Tensor::from_vec(grams.concat(), n, dev)?, 0)?;
+        Ok((deep + Tensor::from_vec(sel, (b, n), dev)?.matmul(&rows)?)?)
+    }
+
+    /// Hash buckets of the wide part (0 without one).
+    pub fn ngram_buckets(&self) -> usize {
+        self.wide.as_ref().map_or(0, |w| w.dim(0).unwrap_or(0))
     }
 
     /// Whether VarMap entry `name` is trained under `mode`. The head always is; body
     /// parameters outside the classification path (LM/MLM/NSP heads) never are.
     pub fn trainable(&self, name: &str, mode: TrainBody) -> bool {
-        if name.starts_with("cls_head.") {
+        if name.starts_with("cls_head.") || name.starts_with("cls_wide.") {
             return true;
         }
         if name.starts_with("lm_head.") || name.starts_with("mlm.") || name.starts_with("nsp.") {
@@ -262,6 +351,30 @@ impl Classifier {
     }
 }
 
+fn new_heads(vm: &VarMap, d_model: usize, labels: usize, buckets: usize, device: &Device) -> Result<(candle_nn::Linear, Option<Tensor>)> {
+    let vb = VarBuilder::from_varmap(vm, DType::F32, device);
+    let head = candle_nn::linear(d_model, labels, vb.pp("cls_head"))?;
+    let wide = if buckets > 0 { Some(vb.pp("cls_wide").get_with_hints((buckets, labels), "weight", candle_nn::Init::Const(0.0))?) } else { None };
+    Ok((head, wide))
+}
+
+/// The wide part's features of a text: its distinct token unigrams and bigrams (the
+/// sequence-start marker left out), hashed into `buckets`.
+pub fn ngram_ids(ids: &[u32], skip: usize, buckets: usize) -> Vec<u32> {
+    if buckets == 0 {
+        return Vec::new();
+    }
+    let ids = &ids[skip.min(ids.len())..];
+    let h = |key: &[u32]| {
+        let bytes: Vec<u8> = key.iter().flat_map(|x| x.to_le_bytes()).collect();
+        (xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, key.len() as u64) % buckets as u64) as u32
+    };
+    let mut out: Vec<u32> = ids.iter().map(|&t| h(&[t])).chain(ids.windows(2).map(h)).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Token ids of a text for classification: the sequence start, then the text, cut to `max_len`.
 pub fn encode_text(tok: &Tokenizer, text: &str, max_len: usize) -> Vec<u32> {
     let mut ids = crate::prompt::bos(tok);
@@ -279,10 +392,27 @@ fn pad_batch(seqs: &[&Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, V
     Ok((Tensor::from_vec(v, (seqs.len(), t), device)?, seqs.iter().map(|s| s.len()).collect()))
 }
 
-/// Logits (N, C) of many texts, in batches, without dropout.
-pub fn classify_ids(c: &Classifier, ids: &[Vec<u32>], pad: u32, batch: usize) -> Result<Tensor> {
+/// Logits (N, C) of many texts, in batches, without dropout. `skip`: leading ids that are
+/// the sequence-start marker (left out of the wide part's n-grams).
+pub fn classify_ids(c: &Classifier, ids: &[Vec<u32>], pad: u32, batch: usize, skip: usize) -> Result<Tensor> {
     let feats = features_of(c, ids, pad, batch)?;
-    c.logits(&feats)
+    let grams: Vec<Vec<u32>> = ids.iter().map(|x| ngram_ids(x, skip, c.ngram_buckets())).collect();
+    logits_in_batches(c, &feats, &grams, batch)
+}
+
+/// Logits of cached features, `batch` rows at a time (the wide part's selection matrix
+/// grows with the batch).
+fn logits_in_batches(c: &Classifier, feats: &Tensor, grams: &[Vec<u32>], batch: usize) -> Result<Tensor> {
+    let n = grams.len();
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = batch.max(1).min(n - start);
+        let g: Vec<&[u32]> = grams[start..start + len].iter().map(Vec::as_slice).collect();
+        parts.push(c.logits(&feats.narrow(0, start, len)?, &g)?);
+        start += len;
+    }
+    Ok(Tensor::cat(&parts, 0)?)
 }
 
 fn features_of(c: &Classifier, ids: &[Vec<u32>], pad: u32, batch: usize) -> Result<Tensor> {
@@ -311,9 +441,14 @@ pub struct ClassifyTask {
     train_y: Vec<u32>,
     val_ids: Vec<Vec<u32>>,
     val_y: Vec<u32>,
+    /// The wide part's n-gram ids of each text (empty without a wide part).
+    train_grams: Vec<Vec<u32>>,
+    val_grams: Vec<Vec<u32>>,
     /// Frozen body: features computed once.
     cached: Option<(Tensor, Tensor)>,
     pad: u32,
+    /// Leading ids of every text that are the sequence-start marker.
+    skip: usize,
     batch_size: usize,
     grad_accum: usize,
     seed: u64,
@@ -321,21 +456,23 @@ pub struct ClassifyTask {
 
 impl ClassifyTask {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(clf: Classifier, mode: TrainBody, train_ids: Vec<Vec<u32>>, train_y: Vec<u32>, val_ids: Vec<Vec<u32>>, val_y: Vec<u32>, pad: u32, tc: &TrainConfig) -> Result<Self> {
+    pub fn new(clf: Classifier, mode: TrainBody, train_ids: Vec<Vec<u32>>, train_y: Vec<u32>, val_ids: Vec<Vec<u32>>, val_y: Vec<u32>, pad: u32, skip: usize, tc: &TrainConfig) -> Result<Self> {
         let cached = if mode == TrainBody::Frozen {
             eprintln!("frozen body: computing features of {} + {} texts once", train_ids.len(), val_ids.len());
             Some((features_of(&clf, &train_ids, pad, 64)?, features_of(&clf, &val_ids, pad, 64)?))
         } else {
             None
         };
-        Ok(Self { clf, mode, train_ids, train_y, val_ids, val_y, cached, pad, batch_size: tc.batch_size, grad_accum: tc.grad_accum, seed: tc.seed })
+        let grams = |ids: &[Vec<u32>]| ids.iter().map(|x| ngram_ids(x, skip, clf.ngram_buckets())).collect::<Vec<_>>();
+        let (train_grams, val_grams) = (grams(&train_ids), grams(&val_ids));
+        Ok(Self { clf, mode, train_ids, train_y, val_ids, val_y, train_grams, val_grams, cached, pad, skip, batch_size: tc.batch_size, grad_accum: tc.grad_accum, seed: tc.seed })
     }
 
     /// Predicted label indices and the mean cross-entropy on the held-out set.
     pub fn predict_val(&self) -> Result<(Vec<usize>, f64)> {
         let logits = match &self.cached {
-            Some((_, v)) => self.clf.logits(v)?,
-            None => classify_ids(&self.clf, &self.val_ids, self.pad, 64)?,
+            Some((_, v)) => logits_in_batches(&self.clf, v, &self.val_grams, 64)?,
+            None => classify_ids(&self.clf, &self.val_ids, self.pad, 64, self.skip)?,
         };
         let y = Tensor::from_vec(self.val_y.clone(), self.val_y.len(), self.clf.device())?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
@@ -367,7 +504,8 @@ impl TrainTask for ClassifyTask {
                 (self.clf.features(&x, &lens, dropout)?, lens.iter().sum())
             }
         };
-        let loss = candle_nn::loss::cross_entropy(&self.clf.logits(&feats)?, &y)?;
+        let grams: Vec<&[u32]> = idx.iter().map(|&i| self.train_grams[i].as_slice()).collect();
+        let loss = candle_nn::loss::cross_entropy(&self.clf.logits(&feats, &grams)?, &y)?;
         Ok((loss, tokens))
     }
 
@@ -408,6 +546,8 @@ pub struct ClassifyTrainReport {
     pub val_examples: usize,
     pub before: ClassReport,
     pub after: ClassReport,
+    /// The bag-of-words logistic regression (uni+bigrams, C = 1) on the same split.
+    pub bow_baseline: Option<ClassReport>,
     pub data: ReadReport,
     pub outcome: TrainOutcome,
 }
@@ -423,7 +563,7 @@ pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[Path
     let train_y = label_ids(&train, &labels)?;
     let val_y = label_ids(&val_recs, &labels).context("in the held-out data")?;
     let tok = crate::prompt::load_tokenizer(base)?;
-    let (body_cfg, clf, vm) = Classifier::from_pretrained(base, labels.clone(), device)?;
+    let (body_cfg, clf, vm) = Classifier::from_pretrained(base, labels.clone(), cc, device)?;
     let max_len = if cc.max_len == 0 { body_cfg.max_seq_len } else { cc.max_len.min(body_cfg.max_seq_len) };
     let enc = |recs: &[LabelledText]| recs.iter().map(|r| encode_text(&tok, &r.text, max_len)).collect::<Vec<_>>();
     let (train_ids, val_ids) = (enc(&train), enc(&val_recs));
@@ -437,7 +577,7 @@ pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[Path
     tok.save(&out.join("tokenizer.json"))?;
     ferrolm_common::write_atomic(out.join("data_report.json"), serde_json::to_vec_pretty(&report)?)?;
 
-    let task = ClassifyTask::new(clf, mode, train_ids.clone(), train_y, val_ids, val_y, crate::prompt::pad_id(&tok), &cfg.train)?;
+    let task = ClassifyTask::new(clf, mode, train_ids.clone(), train_y, val_ids, val_y, crate::prompt::pad_id(&tok), crate::prompt::bos(&tok).len(), &cfg.train)?;
     let (before, _) = task.val_report()?;
     let mut trainer = Trainer::from_task(cfg.train.clone(), out, vm, Box::new(task))?;
     trainer.quiet = quiet;
@@ -449,20 +589,35 @@ pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[Path
     let after = evaluate_texts(&clf, &tok, info.max_len, &val_recs)?;
     ferrolm_common::write_atomic(out.join("eval.json"), serde_json::to_vec_pretty(&after)?)?;
     ferrolm_common::write_atomic(out.join("confusion.svg"), after.confusion_svg(&format!("held-out confusion matrix ({})", cc.train_body)))?;
-    Ok(ClassifyTrainReport { train_body: cc.train_body.clone(), train_examples: train_ids.len(), val_examples: val_recs.len(), before, after, data: report, outcome })
+    // The bar a user will compare with: bag-of-words on the same split.
+    let bow_baseline = if cc.compare_bow {
+        let m = BowModel::train(&train, &labels, &BowConfig::default())?;
+        let r = m.evaluate(&val_recs)?;
+        if after.accuracy < r.accuracy {
+            eprintln!(
+                "note: the classifier's held-out accuracy {:.4} is below the bag-of-words logistic regression's {:.4} on the same split (`ferrolm classify baseline`)",
+                after.accuracy, r.accuracy
+            );
+        }
+        ferrolm_common::write_atomic(out.join("bow_baseline.json"), serde_json::to_vec_pretty(&r)?)?;
+        Some(r)
+    } else {
+        None
+    };
+    Ok(ClassifyTrainReport { train_body: cc.train_body.clone(), train_examples: train_ids.len(), val_examples: val_recs.len(), before, after, bow_baseline, data: report, outcome })
 }
 
 /// Accuracy, macro-F1 and confusion of a classifier on labelled texts.
 pub fn evaluate_texts(clf: &Classifier, tok: &Tokenizer, max_len: usize, recs: &[LabelledText]) -> Result<ClassReport> {
     let truth: Vec<usize> = label_ids(recs, &clf.labels)?.into_iter().map(|y| y as usize).collect();
     let ids: Vec<Vec<u32>> = recs.iter().map(|r| encode_text(tok, &r.text, max_len)).collect();
-    let pred: Vec<u32> = classify_ids(clf, &ids, crate::prompt::pad_id(tok), 64)?.argmax(D::Minus1)?.to_vec1()?;
+    let pred: Vec<u32> = classify_ids(clf, &ids, crate::prompt::pad_id(tok), 64, crate::prompt::bos(tok).len())?.argmax(D::Minus1)?.to_vec1()?;
     Ok(ClassReport::new(&clf.labels, &truth, &pred.into_iter().map(|p| p as usize).collect::<Vec<_>>()))
 }
 
 /// Class probabilities of texts, one row per text in label order.
 pub fn predict_texts(clf: &Classifier, tok: &Tokenizer, max_len: usize, texts: &[String]) -> Result<Vec<Vec<f32>>> {
     let ids: Vec<Vec<u32>> = texts.iter().map(|t| encode_text(tok, t, max_len)).collect();
-    let logits = classify_ids(clf, &ids, crate::prompt::pad_id(tok), 64)?;
+    let logits = classify_ids(clf, &ids, crate::prompt::pad_id(tok), 64, crate::prompt::bos(tok).len())?;
     Ok(candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2()?)
 }

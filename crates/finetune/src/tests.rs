@@ -316,9 +316,15 @@ fn tiny_classify_runs_decoder_and_masked_lm() {
     let val = labelled_fixture(dir.path(), "val.jsonl", 30, 1);
     let dec = base_run(&dir.path().join("dec"), ModelKind::Causal);
     let mlm = base_run(&dir.path().join("mlm"), ModelKind::MaskedLm);
-    for (base, body) in [(&dec, "frozen"), (&dec, "full"), (&mlm, "top:1")] {
-        let out = dir.path().join(format!("clf-{}-{}", base.file_name().unwrap().to_string_lossy(), body.replace(':', "")));
-        let rep = classify::run_classify_train(base, &out, std::slice::from_ref(&train), std::slice::from_ref(&val), classify_cfg(body, 40), true, &Device::Cpu).unwrap();
+    for (base, body, pooling, buckets) in [(&dec, "frozen", "auto", 0), (&dec, "full", "mean", 0), (&mlm, "top:1", "auto", 0), (&mlm, "frozen", "mean", 512)] {
+        let out = dir.path().join(format!("clf-{}-{}-{pooling}-{buckets}", base.file_name().unwrap().to_string_lossy(), body.replace(':', "")));
+        let mut cfg = classify_cfg(body, 40);
+        cfg.classify.pooling = pooling.into();
+        cfg.classify.ngram_buckets = buckets;
+        let rep = classify::run_classify_train(base, &out, std::slice::from_ref(&train), std::slice::from_ref(&val), cfg, true, &Device::Cpu).unwrap();
+        // the bag-of-words baseline is fitted on the same split and reported beside
+        assert_eq!(rep.bow_baseline.as_ref().map(|b| b.n), Some(30));
+        assert!(out.join("bow_baseline.json").is_file());
         assert_eq!(rep.val_examples, 30);
         assert!(rep.after.accuracy >= 0.9, "{body} on {}: accuracy {} (before {})", base.display(), rep.after.accuracy, rep.before.accuracy);
         assert!(out.join("confusion.svg").is_file() && out.join("eval.json").is_file());
@@ -338,14 +344,26 @@ fn tiny_classify_runs_decoder_and_masked_lm() {
 fn trainable_parameters_per_body_mode() {
     let dir = tempfile::tempdir().unwrap();
     let dec = base_run(&dir.path().join("dec"), ModelKind::Causal);
-    let (_, clf, vm) = Classifier::from_pretrained(&dec, vec!["a".into(), "b".into()], &Device::Cpu).unwrap();
+    let (_, clf, vm) = Classifier::from_pretrained(&dec, vec!["a".into(), "b".into()], &classify::ClassifyConfig { ngram_buckets: 64, ..Default::default() }, &Device::Cpu).unwrap();
     let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
     let count = |mode| names.iter().filter(|n| clf.trainable(n, mode)).count();
     let head = count(TrainBody::Frozen);
-    assert_eq!(head, 2, "frozen trains only cls_head.weight and .bias");
+    assert_eq!(head, 3, "frozen trains only cls_head.weight and .bias and cls_wide.weight");
     let top = count(TrainBody::Top(1));
     let full = count(TrainBody::Full);
     assert!(head < top && top < full, "{head} < {top} < {full}");
-    assert!(names.iter().filter(|n| clf.trainable(n, TrainBody::Top(1))).all(|n| n.starts_with("cls_head") || n.contains("blocks.1.") || n.contains("ln_f")));
+    assert!(names.iter().filter(|n| clf.trainable(n, TrainBody::Top(1))).all(|n| n.starts_with("cls_") || n.contains("blocks.1.") || n.contains("ln_f")));
     assert!("top:0".parse::<TrainBody>().is_err() && "half".parse::<TrainBody>().is_err());
+}
+
+#[test]
+fn ngram_ids_are_distinct_hashed_unigrams_and_bigrams() {
+    let g = classify::ngram_ids(&[0, 5, 6, 5, 6], 1, 1 << 20);
+    // unigrams {5, 6}, bigrams {(5,6), (6,5)}: four distinct features (collisions are
+    // vanishingly unlikely in 2^20 buckets)
+    assert_eq!(g.len(), 4);
+    assert!(g.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(classify::ngram_ids(&[0, 5, 6], 1, 0), Vec::<u32>::new());
+    assert!(classify::ngram_ids(&[0, 5, 6, 7], 1, 8).iter().all(|&b| b < 8));
+    assert!("mean".parse::<classify::Pooling>().is_ok() && "max".parse::<classify::Pooling>().is_err());
 }

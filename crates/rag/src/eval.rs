@@ -69,8 +69,19 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-/// Run every question of `qa` against `index`.
+/// Run every question of `qa` against `index` (BM25).
 pub fn evaluate_retrieval(index: &RagIndex, index_path: &Path, qa: &Path) -> Result<RetrievalReport> {
+    evaluate_retrieval_with(index, index_path, qa, &mut |q: &str, depth| Ok(index.bm25(q, depth)?.into_iter().map(|x| x.0).collect()))
+}
+
+/// Run every question of `qa` through `retrieve(question, depth)` (passage ids, best first):
+/// BM25, dense or fused rankings are measured the same way.
+pub fn evaluate_retrieval_with(
+    index: &RagIndex,
+    index_path: &Path,
+    qa: &Path,
+    retrieve: &mut dyn FnMut(&str, usize) -> Result<Vec<u64>>,
+) -> Result<RetrievalReport> {
     let (questions, problems) = load_questions(qa)?;
     let bar = ferrolm_common::progress::bar(questions.len() as u64, "questions");
     let mut all = Vec::new();
@@ -85,10 +96,10 @@ pub fn evaluate_retrieval(index: &RagIndex, index_path: &Path, qa: &Path) -> Res
             continue;
         }
         let t = Instant::now();
-        let ranked = index.bm25(&q.question, EVAL_DEPTH)?;
+        let ranked = retrieve(&q.question, EVAL_DEPTH)?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
         let mut rank = None;
-        for (i, (id, _)) in ranked.iter().enumerate() {
+        for (i, id) in ranked.iter().enumerate() {
             if index.passage(*id)?.is_some_and(|p| p.doc == q.paragraph) {
                 rank = Some(i + 1);
                 break;

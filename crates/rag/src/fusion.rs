@@ -13,10 +13,21 @@ pub const RRF_K: f64 = 60.0;
 /// which items were first met (ranking by ranking, rank by rank), so the result is
 /// deterministic.
 pub fn reciprocal_rank_fusion<T: Clone + Eq + Hash>(rankings: &[Vec<T>], k: f64) -> Vec<(T, f64)> {
+    weighted_reciprocal_rank_fusion(rankings, &vec![1.0; rankings.len()], k)
+}
+
+/// [`reciprocal_rank_fusion`] with a weight per ranking: `score(d) = Σ_r w_r / (k + rank_r(d))`.
+/// A weak retriever (a small dense encoder) can then add its evidence without outvoting a
+/// strong one; weight 0 leaves a ranking out.
+pub fn weighted_reciprocal_rank_fusion<T: Clone + Eq + Hash>(rankings: &[Vec<T>], weights: &[f64], k: f64) -> Vec<(T, f64)> {
     assert!(k >= 0.0, "RRF k must be non-negative");
+    assert_eq!(rankings.len(), weights.len(), "one weight per ranking");
     let mut score: HashMap<T, (f64, usize)> = HashMap::new();
     let mut order = 0;
-    for ranking in rankings {
+    for (ranking, &w) in rankings.iter().zip(weights) {
+        if w == 0.0 {
+            continue;
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, item) in ranking.iter().enumerate() {
             if !seen.insert(item) {
@@ -26,7 +37,7 @@ pub fn reciprocal_rank_fusion<T: Clone + Eq + Hash>(rankings: &[Vec<T>], k: f64)
                 order += 1;
                 (0.0, order)
             });
-            e.0 += 1.0 / (k + (i + 1) as f64);
+            e.0 += w / (k + (i + 1) as f64);
         }
     }
     let mut out: Vec<(T, f64, usize)> = score.into_iter().map(|(t, (s, o))| (t, s, o)).collect();
@@ -37,6 +48,20 @@ pub fn reciprocal_rank_fusion<T: Clone + Eq + Hash>(rankings: &[Vec<T>], k: f64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weights_scale_each_ranking() {
+        // a: 1/(60+1) from the first ranking; b: 0.25/(60+1) from the second.
+        let f = weighted_reciprocal_rank_fusion(&[vec!["a"], vec!["b"]], &[1.0, 0.25], 60.0);
+        assert_eq!(f[0].0, "a");
+        assert!((f[1].1 - 0.25 / 61.0).abs() < 1e-12);
+        // weight 0 leaves the ranking out entirely
+        let f = weighted_reciprocal_rank_fusion(&[vec!["a"], vec!["b"]], &[1.0, 0.0], 60.0);
+        assert_eq!(f.len(), 1);
+        // equal weights are plain RRF
+        let r = [vec![1, 2, 3], vec![3, 1]];
+        assert_eq!(weighted_reciprocal_rank_fusion(&r, &[1.0, 1.0], 60.0), reciprocal_rank_fusion(&r, 60.0));
+    }
 
     #[test]
     fn fused_scores_are_sums_of_reciprocal_ranks() {

@@ -654,9 +654,14 @@ impl RagIndex {
 
     /// BM25 and dense rankings of depth `depth` fused by reciprocal rank (k = 60), best first.
     pub fn hybrid(&self, query: &str, query_vector: &[f32], depth: usize) -> Result<Vec<(u64, f64)>> {
+        self.hybrid_weighted(query, query_vector, depth, 1.0)
+    }
+
+    /// [`Self::hybrid`] with the dense ranking's votes weighted by `dense_weight` (BM25's: 1).
+    pub fn hybrid_weighted(&self, query: &str, query_vector: &[f32], depth: usize, dense_weight: f64) -> Result<Vec<(u64, f64)>> {
         let a: Vec<u64> = self.bm25(query, depth)?.into_iter().map(|x| x.0).collect();
         let b: Vec<u64> = self.dense(query_vector, depth)?.into_iter().map(|x| x.0).collect();
-        Ok(crate::fusion::reciprocal_rank_fusion(&[a, b], crate::fusion::RRF_K))
+        Ok(crate::fusion::weighted_reciprocal_rank_fusion(&[a, b], &[1.0, dense_weight], crate::fusion::RRF_K))
     }
 }
 

@@ -16,9 +16,9 @@ pub mod squad_metrics;
 pub mod vectors;
 
 pub use chunk::{split_passages, ChunkOptions, Span, TextKind};
-pub use eval::{evaluate_retrieval, RetrievalReport};
-pub use fusion::{reciprocal_rank_fusion, RRF_K};
-pub use index::{build_index, IndexOptions, IndexReport, Manifest, Passage, RagIndex, RegistrySource, SearchHit, Sources, FORMAT_VERSION};
+pub use eval::{evaluate_retrieval, evaluate_retrieval_with, RetrievalReport};
+pub use fusion::{reciprocal_rank_fusion, weighted_reciprocal_rank_fusion, RRF_K};
+pub use index::{build_index, set_vectors, IndexOptions, IndexReport, Manifest, Passage, RagIndex, RegistrySource, SearchHit, Sources, FORMAT_VERSION};
 pub use vectors::{write_vector_store, VectorStore};
 
 use std::path::PathBuf;

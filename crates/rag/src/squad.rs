@@ -89,6 +89,11 @@ pub struct Question {
     pub question: String,
     /// Gold answer texts (empty for an unanswerable question).
     pub answers: Vec<String>,
+    /// Each gold answer's `answer_start`: its offset in `context` in characters (Unicode
+    /// code points, as Python counts them); `None` where the file gives none.
+    pub answer_starts: Vec<Option<usize>>,
+    /// The paragraph's text (what an extractive reader answers from).
+    pub context: String,
     /// SQuAD 2.0's `is_impossible` (SQuAD 1.1 files lack it: false).
     pub is_impossible: bool,
     /// [`paragraph_id`] of the paragraph it was written on.
@@ -140,7 +145,8 @@ pub fn load_questions(path: &Path) -> Result<(Vec<Question>, Vec<QaProblem>), Ra
             };
             for (q, qa) in qas.iter().enumerate() {
                 let position = format!("data[{a}].paragraphs[{p}].qas[{q}]");
-                match parse_question(qa, paragraph_id(&title, p)) {
+                let context = para.get("context").and_then(Value::as_str).unwrap_or_default();
+                match parse_question(qa, paragraph_id(&title, p), context) {
                     Ok(question) => questions.push(question),
                     Err(reason) => problems.push(QaProblem {
                         position,
@@ -154,7 +160,7 @@ pub fn load_questions(path: &Path) -> Result<(Vec<Question>, Vec<QaProblem>), Ra
     Ok((questions, problems))
 }
 
-fn parse_question(qa: &Value, paragraph: String) -> Result<Question, String> {
+fn parse_question(qa: &Value, paragraph: String, context: &str) -> Result<Question, String> {
     let id = qa.get("id").and_then(Value::as_str).ok_or("no string \"id\"")?.to_string();
     let question = qa.get("question").and_then(Value::as_str).ok_or("no string \"question\"")?.to_string();
     if question.trim().is_empty() {
@@ -165,17 +171,25 @@ fn parse_question(qa: &Value, paragraph: String) -> Result<Question, String> {
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err("\"is_impossible\" is not a boolean".into()),
     };
-    let answers = match qa.get("answers") {
+    let answers: Vec<(String, Option<usize>)> = match qa.get("answers") {
         None if is_impossible => Vec::new(),
         None => return Err("no \"answers\"".into()),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|x| x.get("text").and_then(Value::as_str).map(str::to_string).ok_or("an answer without string \"text\""))
+            .map(|x| {
+                let text = x.get("text").and_then(Value::as_str).ok_or("an answer without string \"text\"")?;
+                let start = match x.get("answer_start") {
+                    None => None,
+                    Some(v) => Some(v.as_u64().ok_or("\"answer_start\" is not a non-negative integer")? as usize),
+                };
+                Ok::<_, &str>((text.to_string(), start))
+            })
             .collect::<Result<Vec<_>, _>>()?,
         Some(_) => return Err("\"answers\" is not an array".into()),
     };
     if !is_impossible && answers.is_empty() {
         return Err("answerable (is_impossible false) but no answers".into());
     }
-    Ok(Question { id, question, answers, is_impossible, paragraph })
+    let (answers, answer_starts) = answers.into_iter().unzip();
+    Ok(Question { id, question, answers, answer_starts, is_impossible, paragraph, context: context.to_string() })
 }

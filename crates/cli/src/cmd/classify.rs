@@ -95,6 +95,8 @@ pub fn run(a: Args) -> Result<()> {
                 "accuracy_before": rep.before.accuracy, "macro_f1_before": rep.before.macro_f1,
                 "accuracy": rep.after.accuracy, "macro_f1": rep.after.macro_f1,
                 "steps": rep.outcome.steps, "elapsed_secs": rep.outcome.elapsed_secs, "malformed": rep.data.bad,
+                "bow_baseline_accuracy": rep.bow_baseline.as_ref().map(|b| b.accuracy),
+                "below_bow_baseline": rep.bow_baseline.as_ref().map(|b| rep.after.accuracy < b.accuracy),
             }))?);
         }
         Cmd::Predict { model, common } => {

@@ -24,6 +24,7 @@ pub mod export;
 pub mod serve;
 pub mod feedback;
 pub mod complete;
+pub mod qa;
 
 static DEVICE_CHOICE: std::sync::OnceLock<ferrolm_model::DeviceChoice> = std::sync::OnceLock::new();
 static DEVICE: std::sync::OnceLock<candle_core::Device> = std::sync::OnceLock::new();
