@@ -7,7 +7,8 @@ use ferrolm_align::{OnError, StageOptions};
 
 #[derive(clap::Args)]
 pub struct StageArgs {
-    /// The run folder to start from (pretrained or SFT); not needed with --resume.
+    /// The run folder to start from (pretrained or SFT; or a Hugging Face model folder or
+    /// hf:ORG/NAME[@REVISION]); not needed with --resume.
     #[arg(long, required_unless_present = "resume")]
     pub model: Option<PathBuf>,
     /// Preference (or prompt) files: JSONL with (instruction, input, chosen, rejected),
@@ -32,7 +33,11 @@ pub struct StageArgs {
 impl StageArgs {
     pub fn options(&self) -> Result<StageOptions> {
         Ok(StageOptions {
-            model: self.model.clone().unwrap_or_default(),
+            // an hf:ORG/NAME id becomes its cached snapshot, like every other --model
+            model: match &self.model {
+                Some(m) => super::model_dir(m)?,
+                None => PathBuf::new(),
+            },
             data: self.data.clone(),
             out: self.out.clone(),
             config: self.common.config.clone(),
