@@ -8,7 +8,10 @@ use ferrolm_model::attention::MaskSpec;
 use ferrolm_model::{init::init_params, BlockStyle, KvCache, ModelKind, Transformer, TransformerConfig};
 
 fn model(style: BlockStyle, n_kv_heads: usize) -> Transformer {
-    let cfg = TransformerConfig { vocab_size: 29, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads, max_seq_len: 24, block: style, ..Default::default() };
+    model_with(TransformerConfig { vocab_size: 29, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads, max_seq_len: 24, block: style, ..Default::default() })
+}
+
+fn model_with(cfg: TransformerConfig) -> Transformer {
     let vm = VarMap::new();
     let m = Transformer::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
     init_params(&vm, 2, 11).unwrap();
@@ -34,8 +37,17 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn batched_step_equals_each_sequence_alone() {
-    for (style, kv) in [(BlockStyle::Gpt2, 4), (BlockStyle::Modern, 4), (BlockStyle::Modern, 2)] {
-        let m = model(style, kv);
+    let modern = TransformerConfig { vocab_size: 29, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, max_seq_len: 24, block: BlockStyle::Modern, ..Default::default() };
+    let cases = [
+        (BlockStyle::Gpt2, 4, model(BlockStyle::Gpt2, 4)),
+        (BlockStyle::Modern, 4, model(BlockStyle::Modern, 4)),
+        (BlockStyle::Modern, 2, model(BlockStyle::Modern, 2)),
+        // the options pretrained checkpoints bring: Qwen3's q/k norms with a head size
+        // that is not d_model / heads, Qwen2's projection biases
+        (BlockStyle::Modern, 2, model_with(TransformerConfig { qk_norm: true, head_size: 6, ..modern.clone() })),
+        (BlockStyle::Modern, 2, model_with(TransformerConfig { qkv_bias: Some(true), attn_out_bias: Some(true), ..modern.clone() })),
+    ];
+    for (style, kv, m) in cases {
         let prompts: [&[u32]; 3] = [&[1, 5, 7], &[2], &[9, 8, 7, 6, 5, 4]];
         // alone: each sequence with its own cache, one position at a time
         let mut alone_caches: Vec<KvCache> = prompts.iter().map(|_| m.new_cache()).collect();

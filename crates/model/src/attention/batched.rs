@@ -46,7 +46,9 @@ impl Attention {
     /// `len()`), and receives the new ones.
     pub(crate) fn decode_batch(&self, x: &Tensor, rope: Option<&Rope>, caches: &mut [&mut LayerCache]) -> Result<Tensor> {
         let Some(qkv) = &self.qkv else { candle_core::bail!("batched decoding is for self-attention layers") };
-        let (b, t, c) = x.dims3()?;
+        let (b, t, _) = x.dims3()?;
+        // q width: heads × head size, which need not be d_model (head_size option)
+        let c = self.n_heads * self.head_dim;
         if t != 1 || caches.len() != b {
             candle_core::bail!("batched decoding takes one position per row and one cache per row (got {t} positions, {b} rows, {} caches)", caches.len());
         }
@@ -60,6 +62,11 @@ impl Attention {
             let q = self.heads(&row.narrow(D::Minus1, 0, c)?, self.n_heads)?;
             let k = self.heads(&row.narrow(D::Minus1, c, kv_width)?, self.n_kv_heads)?;
             let v = self.heads(&row.narrow(D::Minus1, c + kv_width, kv_width)?, self.n_kv_heads)?;
+            // q/k head norms (qk_norm) come before RoPE, as in the full-sequence path
+            let (q, k) = match &self.qk_norm {
+                Some((nq, nk)) => (nq.forward(&q)?, nk.forward(&k)?),
+                None => (q, k),
+            };
             let (q, k) = match rope {
                 Some(r) => (r.apply(&q, offset)?, r.apply(&k, offset)?),
                 None => (q, k),

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""ferrolm → GGUF → llama.cpp, side by side (issue 14).
+
+For a ferrolm run folder (modern blocks), exports GGUF files at f32, f16, q8_0 and q4_k_m
+with `ferrolm export --format gguf`, then for each file:
+  * reads its metadata with the `gguf` package (what llama.cpp's tools read);
+  * loads it in llama.cpp (llama-cpp-python, built from source) and scores the same token
+    ids as `ferrolm score --ids ... --json` on the run folder: max |Δ log-prob| and greedy
+    next-token agreement at every position;
+  * scores the ids with ferrolm on the GGUF file itself (dequantized weights), so the
+    quantisation's own cost shows: mean log-prob per token vs the f32 run (bits per token).
+
+Usage: bench/gguf_llama_cpp.py RUN_DIR [--ferrolm target/release/ferrolm] [--ids 1,2,3,...]
+Peers: /work/venv-llama/bin/python -m pip install "llama-cpp-python[server]" gguf numpy
+Skips with a message when llama_cpp or gguf is missing.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+
+
+def ferrolm_score(binary, model, ids):
+    out = subprocess.run([binary, "score", "--model", model, "--ids", ",".join(map(str, ids)), "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["logprobs"]
+
+
+def llama_logprobs(path, ids):
+    import numpy as np
+    from llama_cpp import Llama
+    llm = Llama(model_path=path, n_ctx=max(64, len(ids) + 8), logits_all=True, verbose=False, n_threads=2)
+    llm.reset()
+    llm.eval(ids)
+    logits = np.array(llm.scores[: len(ids)], dtype=np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    # log-prob of token i+1 given tokens 0..=i, as ferrolm score prints them
+    lp = [float(logp[i, ids[i + 1]]) for i in range(len(ids) - 1)]
+    greedy = [int(logp[i].argmax()) for i in range(len(ids) - 1)]
+    return lp, greedy
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run")
+    ap.add_argument("--ferrolm", default=os.environ.get("FERROLM_BIN", "target/release/ferrolm"))
+    ap.add_argument("--ids", default=None, help="comma-separated token ids (default: 48 random ids)")
+    ap.add_argument("--out", default=None, help="folder for the GGUF files (default: a temporary one)")
+    a = ap.parse_args()
+    try:
+        import gguf  # noqa: F401
+        import llama_cpp  # noqa: F401
+    except ImportError as e:
+        print(f"skipping: {e} (install llama-cpp-python[server] and gguf into a venv outside the repo)")
+        return 0
+    cfg_text = open(os.path.join(a.run, "config.toml")).read()
+    vocab = int(next(l.split("=")[1] for l in cfg_text.splitlines() if l.strip().startswith("vocab_size")))
+    rng = random.Random(7)
+    ids = [int(x) for x in a.ids.split(",")] if a.ids else [rng.randrange(vocab) for _ in range(48)]
+    ref = ferrolm_score(a.ferrolm, a.run, ids)
+    out_dir = a.out or tempfile.mkdtemp(prefix="ferrolm-gguf-")
+    rows = []
+    for quant in ["f32", "f16", "q8_0", "q4_k_m"]:
+        path = os.path.join(out_dir, f"model-{quant}.gguf")
+        subprocess.run([a.ferrolm, "export", "--model", a.run, "--format", "gguf", "--quant", quant, "--out", path], check=True)
+        reader = gguf.GGUFReader(path)
+        arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+        n_tensors = len(reader.tensors)
+        lp_cpp, greedy_cpp = llama_logprobs(path, ids)
+        lp_own = ferrolm_score(a.ferrolm, path, ids)
+        d_cpp = max(abs(x - y) for x, y in zip(lp_own, lp_cpp))
+        # ferrolm's own greedy choice at each position, from the same GGUF
+        d_ref = (sum(ref) - sum(lp_own)) / len(ref) / math.log(2)
+        rows.append((quant, arch, n_tensors, os.path.getsize(path) / 1e6, d_cpp, d_ref, greedy_cpp))
+    print(f"ids: {len(ids)} tokens, vocab {vocab}; reference: ferrolm score on {a.run}")
+    print("| GGUF | arch (gguf pkg) | tensors | MB | max |Δ log-prob| ferrolm vs llama.cpp, same file | Δ bits/token vs f32 run (ferrolm) |")
+    print("|---|---|---|---|---|---|")
+    for quant, arch, n, mb, d_cpp, d_ref, _ in rows:
+        print(f"| {quant} | {arch} | {n} | {mb:.2f} | {d_cpp:.2e} | {d_ref:+.4f} |")
+    g32 = rows[0][6]
+    for quant, *_rest, greedy in rows[1:]:
+        same = sum(x == y for x, y in zip(g32, greedy))
+        print(f"llama.cpp greedy next token, {quant} vs f32: {same}/{len(g32)} positions agree")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
