@@ -109,6 +109,9 @@ pub struct ClassifyConfig {
     pub compare_bow: bool,
 }
 
+// The defaults of a missing key are the behaviour of classifiers trained before `pooling`
+// and `ngram_buckets` existed, so their saved `classify.toml` loads unchanged; the
+// recommended recipe is configs/classify.toml.
 impl Default for ClassifyConfig {
     fn default() -> Self {
         Self { train_body: "frozen".into(), val_fraction: 0.1, text_field: "text".into(), label_field: "label".into(), on_bad_record: OnBad::Skip, labels: vec![], max_len: 0, pooling: "auto".into(), ngram_buckets: 0, compare_bow: true }

@@ -106,7 +106,15 @@ impl Retriever {
 /// A reader: extractive span reader or generative chat model.
 pub enum Reader {
     Extractive(Box<LoadedReader>),
-    Generative { model: AnyModel, tok: Tokenizer, tpl: ChatTemplate, max_seq_len: usize },
+    Generative(Box<GenerativeReader>),
+}
+
+/// A chat/causal model that answers from numbered passages.
+pub struct GenerativeReader {
+    pub model: AnyModel,
+    pub tok: Tokenizer,
+    pub tpl: ChatTemplate,
+    pub max_seq_len: usize,
 }
 
 impl Reader {
@@ -121,7 +129,7 @@ impl Reader {
         let max_seq_len = m.config().max_seq_len;
         let tok = ferrolm_finetune::prompt::load_tokenizer(run_dir)?;
         let tpl = ferrolm_finetune::prompt::load_template(run_dir)?;
-        Ok(Self::Generative { model: loaded.model, tok, tpl, max_seq_len })
+        Ok(Self::Generative(Box::new(GenerativeReader { model: loaded.model, tok, tpl, max_seq_len })))
     }
 }
 
@@ -151,7 +159,8 @@ pub fn read(reader: &Reader, question: &str, passages: Vec<Passage>, max_tokens:
             let cited = if text.is_empty() { vec![] } else { vec![a.context + 1] };
             Ok(Answer { text, cited, null_margin: Some(a.null_margin()), passages })
         }
-        Reader::Generative { model, tok, tpl, max_seq_len } => {
+        Reader::Generative(g) => {
+            let GenerativeReader { model, tok, tpl, max_seq_len } = g.as_ref();
             // Drop the lowest-ranked passages until the prompt leaves room for the answer.
             let mut n = passages.len();
             let ids = loop {

@@ -1,7 +1,8 @@
 //! Trivial readers that a trained reader must beat (the "trivial baselines"):
 //! the first sentence of the passage, and the most common answer type of the training
 //! questions (a number, a capitalised name, or a lower-case word) answered with the first
-//! span of that type in the passage. Neither ever says "no answer".
+//! span of that type in the passage. Neither abstains on purpose (a picked span that
+//! normalises to nothing, such as a lone "The", scores as "no answer").
 
 use serde::Serialize;
 
