@@ -272,6 +272,10 @@ impl EditorStops {
     /// the start of the suffix.
     pub fn finish(&self) -> String {
         let mut t = &self.text[..self.cut.unwrap_or(self.text.len())];
+        if t.trim().is_empty() {
+            // whitespace alone is nothing to insert
+            return String::new();
+        }
         // the longest tail that is the start of the suffix, if it has at least two
         // characters of code (one shared character is as likely a coincidence)
         let max = t.len().min(self.suffix.len());
@@ -336,6 +340,11 @@ impl EditorStops {
                 }
                 if has_code {
                     content_lines += 1;
+                } else if !first_line && content_lines == 0 {
+                    // a second line end with nothing written: the model proposes blank
+                    // lines, which an editor does not want inserted
+                    let reason = if self.scope == Scope::Line { StopReason::EndOfLine } else { StopReason::EndOfBlock };
+                    return Some((0, reason));
                 }
                 match self.scope {
                     // (a completion that starts with a line end after a complete line goes on
@@ -539,6 +548,18 @@ mod tests {
         assert_eq!((t.as_str(), r), ("let a = 1;\n        let b = 2;", Some(StopReason::EndOfBlock)));
         let (t, r, _) = run("    if x {\n        ", "", Scope::Block, &["a();\n", "        b();\n", "    ", "c();\n"]);
         assert_eq!((t.as_str(), r), ("a();\n        b();", Some(StopReason::EndOfBlock)));
+    }
+
+    #[test]
+    fn blank_lines_alone_are_no_completion() {
+        for scope in [Scope::Line, Scope::Block] {
+            let (t, r, n) = run("fn f() {\n    let x = 1;", "\n}\n", scope, &["\n", "\n", "\n", "    a();\n"]);
+            assert_eq!((t.as_str(), n), ("", 2), "{scope:?}");
+            assert!(r.is_some());
+        }
+        let mut s = EditorStops::new("x", "", Scope::Line);
+        assert_eq!(s.push("   "), None);
+        assert_eq!(s.finish(), "");
     }
 
     #[test]
