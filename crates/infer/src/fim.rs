@@ -25,7 +25,9 @@
 //!   string literals and comments do not count;
 //! - **never repeat the suffix**: the completion stops where it starts writing the rest of
 //!   the cursor's line or the suffix's next line, and a tail that is the start of the
-//!   suffix is removed.
+//!   suffix is removed;
+//! - blank lines before anything is written end the completion, and whitespace alone is
+//!   returned as no completion.
 
 use std::time::Instant;
 
