@@ -14,7 +14,8 @@
 //!
 //! Stop rules ([`EditorStops`]), checked on the decoded text after every token:
 //!
-//! - end of text (`<EOT>`, which ends the middle of a FIM example) and `max_tokens`;
+//! - end of text (`<EOT>`, which ends the middle of a FIM example; a FIM sentinel counts
+//!   too) and `max_tokens`;
 //! - **end of line** ([`Scope::Line`]): the completion ends at the end of its first
 //!   non-blank line, unless brackets opened in it are still open (a call or a literal that
 //!   spans lines), then at the end of the line that balances them;
@@ -163,6 +164,9 @@ pub fn complete(model: &AnyModel, ctx: usize, tok: &Tokenizer, req: &CompletionR
         prompt.push(tok.try_eot_id().ok_or_else(|| anyhow::anyhow!("the tokenizer has no {} token", special::EOT))?);
     }
     let eot = tok.try_eot_id();
+    // a FIM sentinel in the output means the model left the middle (a FIM-trained model
+    // continuing left to right may start an example of its own): it ends the completion
+    let sentinels: Vec<u32> = [special::FIM_PREFIX, special::FIM_SUFFIX, special::FIM_MIDDLE].iter().filter_map(|s| tok.token_id(s)).collect();
     let budget = req.max_tokens.min(ctx.saturating_sub(prompt.len()));
     if budget == 0 {
         bail!("the prompt fills the model's context of {ctx} tokens");
@@ -175,7 +179,7 @@ pub fn complete(model: &AnyModel, ctx: usize, tok: &Tokenizer, req: &CompletionR
     let decoder_start = eot.unwrap_or(0);
     let out = generate_any(model, &prompt, decoder_start, &cfg, |id| {
         first.get_or_insert_with(|| t0.elapsed().as_secs_f64() * 1e3);
-        if Some(id) == eot {
+        if Some(id) == eot || sentinels.contains(&id) {
             stopped = Some(StopReason::EndOfText);
             return false;
         }
