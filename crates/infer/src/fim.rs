@@ -14,7 +14,8 @@
 //!
 //! Stop rules ([`EditorStops`]), checked on the decoded text after every token:
 //!
-//! - end of text (`<EOT>`, which ends the middle of a FIM example) and `max_tokens`;
+//! - end of text (`<EOT>`, which ends the middle of a FIM example; a FIM sentinel counts
+//!   too) and `max_tokens`;
 //! - **end of line** ([`Scope::Line`]): the completion ends at the end of its first
 //!   non-blank line, unless brackets opened in it are still open (a call or a literal that
 //!   spans lines), then at the end of the line that balances them;
@@ -25,7 +26,9 @@
 //!   string literals and comments do not count;
 //! - **never repeat the suffix**: the completion stops where it starts writing the rest of
 //!   the cursor's line or the suffix's next line, and a tail that is the start of the
-//!   suffix is removed.
+//!   suffix is removed;
+//! - blank lines before anything is written end the completion, and whitespace alone is
+//!   returned as no completion.
 
 use std::time::Instant;
 
@@ -161,6 +164,9 @@ pub fn complete(model: &AnyModel, ctx: usize, tok: &Tokenizer, req: &CompletionR
         prompt.push(tok.try_eot_id().ok_or_else(|| anyhow::anyhow!("the tokenizer has no {} token", special::EOT))?);
     }
     let eot = tok.try_eot_id();
+    // a FIM sentinel in the output means the model left the middle (a FIM-trained model
+    // continuing left to right may start an example of its own): it ends the completion
+    let sentinels: Vec<u32> = [special::FIM_PREFIX, special::FIM_SUFFIX, special::FIM_MIDDLE].iter().filter_map(|s| tok.token_id(s)).collect();
     let budget = req.max_tokens.min(ctx.saturating_sub(prompt.len()));
     if budget == 0 {
         bail!("the prompt fills the model's context of {ctx} tokens");
@@ -173,7 +179,7 @@ pub fn complete(model: &AnyModel, ctx: usize, tok: &Tokenizer, req: &CompletionR
     let decoder_start = eot.unwrap_or(0);
     let out = generate_any(model, &prompt, decoder_start, &cfg, |id| {
         first.get_or_insert_with(|| t0.elapsed().as_secs_f64() * 1e3);
-        if Some(id) == eot {
+        if Some(id) == eot || sentinels.contains(&id) {
             stopped = Some(StopReason::EndOfText);
             return false;
         }
@@ -272,6 +278,10 @@ impl EditorStops {
     /// the start of the suffix.
     pub fn finish(&self) -> String {
         let mut t = &self.text[..self.cut.unwrap_or(self.text.len())];
+        if t.trim().is_empty() {
+            // whitespace alone is nothing to insert
+            return String::new();
+        }
         // the longest tail that is the start of the suffix, if it has at least two
         // characters of code (one shared character is as likely a coincidence)
         let max = t.len().min(self.suffix.len());
@@ -336,6 +346,11 @@ impl EditorStops {
                 }
                 if has_code {
                     content_lines += 1;
+                } else if !first_line && content_lines == 0 {
+                    // a second line end with nothing written: the model proposes blank
+                    // lines, which an editor does not want inserted
+                    let reason = if self.scope == Scope::Line { StopReason::EndOfLine } else { StopReason::EndOfBlock };
+                    return Some((0, reason));
                 }
                 match self.scope {
                     // (a completion that starts with a line end after a complete line goes on
@@ -539,6 +554,18 @@ mod tests {
         assert_eq!((t.as_str(), r), ("let a = 1;\n        let b = 2;", Some(StopReason::EndOfBlock)));
         let (t, r, _) = run("    if x {\n        ", "", Scope::Block, &["a();\n", "        b();\n", "    ", "c();\n"]);
         assert_eq!((t.as_str(), r), ("a();\n        b();", Some(StopReason::EndOfBlock)));
+    }
+
+    #[test]
+    fn blank_lines_alone_are_no_completion() {
+        for scope in [Scope::Line, Scope::Block] {
+            let (t, r, n) = run("fn f() {\n    let x = 1;", "\n}\n", scope, &["\n", "\n", "\n", "    a();\n"]);
+            assert_eq!((t.as_str(), n), ("", 2), "{scope:?}");
+            assert!(r.is_some());
+        }
+        let mut s = EditorStops::new("x", "", Scope::Line);
+        assert_eq!(s.push("   "), None);
+        assert_eq!(s.finish(), "");
     }
 
     #[test]

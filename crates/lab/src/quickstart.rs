@@ -223,16 +223,19 @@ pub fn run_quickstart(o: &QuickstartOptions, device: &Device) -> Result<Quicksta
 /// `n` sampled tokens after `prompt` (temperature 0.8, top-k 50, top-p 0.95), as text.
 fn complete(model: &ferrolm_model::AnyModel, tok: &Tokenizer, prompt: &str, n: usize, seed: u64) -> Result<String> {
     let ids = tok.encode(prompt);
+    // a fill-in-the-middle sentinel ends a left-to-right sample as end-of-text does (the
+    // model was trained with FIM examples and may start one)
+    let fim = [ferrolm_tokenizer::special::FIM_PREFIX, ferrolm_tokenizer::special::FIM_SUFFIX, ferrolm_tokenizer::special::FIM_MIDDLE];
     let cfg = GenerateConfig {
         max_tokens: n,
-        stop_tokens: vec![tok.eot_id()],
+        stop_tokens: std::iter::once(tok.eot_id()).chain(fim.iter().filter_map(|s| tok.token_id(s))).collect(),
         sampling: SamplingConfig { temperature: 0.8, top_k: 50, top_p: 0.95, seed },
     };
     let eot = tok.eot_id();
     let mut stream = DecodeStream::new(tok);
     let mut text = String::new();
     generate_any(model, &ids, eot, &cfg, |t| {
-        if t != eot {
+        if !cfg.stop_tokens.contains(&t) {
             text.push_str(&stream.push(t));
         }
         true

@@ -23,8 +23,9 @@
 //!   applied after the window (the model's context) is drawn, to each piece of a document
 //!   between end-of-text tokens inside it: the piece's tokens are decoded to text, split at
 //!   characters, and the pieces re-tokenized. The result must keep the window's length:
-//!   when re-tokenization made it longer, the suffix's last tokens are trimmed (a piece whose
-//!   suffix is too short to absorb the excess is left as it was); when shorter, padding
+//!   it is almost always longer (three sentinels, and pieces tokenized apart), so the
+//!   suffix's last tokens are trimmed (a piece whose suffix is too short to absorb the
+//!   excess is left as it was); when shorter (rare: a piece whose tokens re-merge), padding
 //!   fills the front of the piece and is never scored (as input or as target), so every FIM
 //!   example still teaches the model to end its middle with `<EOT>` when the document ends
 //!   inside the window. Draws come from `(seed, step, micro-step, "fim")`.

@@ -134,7 +134,7 @@ fn document_level_windows_come_from_the_transformed_stream() {
     let (train, val) = (stream(&tok, 200, 0), stream(&tok, 30, 1));
     let c = cfg(vocab, 1, 0.5, FimLevel::Document);
     let task = LmTask::new(model(vocab), &train, &val, padded_bytes(&tok, vocab), 32, &c.train, &Device::Cpu).unwrap().with_fim(&c.train, &tok).unwrap();
-    let docs: Vec<String> = (0..200).map(|i| tok.decode(&stream(&tok, 200, 0).split(|&x| x == t.eot).nth(i).unwrap().to_vec())).collect();
+    let docs: Vec<String> = train.split(|&x| x == t.eot).take(200).map(|d| tok.decode(d)).collect();
     let mut complete = 0;
     for step in 0..10 {
         let b = task.batch(step, 0).unwrap();

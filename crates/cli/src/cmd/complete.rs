@@ -73,7 +73,7 @@ pub fn run(a: Args) -> Result<()> {
         }),
         sampling: SamplingConfig { temperature: a.temperature, top_k: if a.temperature > 0.0 { 50 } else { 0 }, top_p: if a.temperature > 0.0 { 0.95 } else { 1.0 }, seed: a.seed },
     };
-    let r = complete_file(&o, &super::device())?;
+    let r = complete_file(&o, &super::device()?)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -99,7 +99,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         Experiment::Completion(a) => {
             let o = CompletionExperimentOptions { config: a.config, quick: a.quick, overrides: a.overrides, out: a.out, data: a.data };
-            let (s, report) = run_completion_experiment(&o, &super::device())?;
+            let (s, report) = run_completion_experiment(&o, &super::device()?)?;
             println!("\nexperiment completion finished in {:.0} s; report: {}", s.seconds, report.display());
         }
     }

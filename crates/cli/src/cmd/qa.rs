@@ -90,7 +90,7 @@ pub fn run(a: Args) -> Result<()> {
             };
             ferrolm_common::apply_overrides(&mut value, &overrides)?;
             let cfg = QaStageConfig::from_value(&value)?;
-            let rep = run_qa_train(&model, &out, &data, &val_data, cfg, quiet, &super::device())?;
+            let rep = run_qa_train(&model, &out, &data, &val_data, cfg, quiet, &super::device()?)?;
             if json {
                 let mut v = serde_json::to_value(&rep)?;
                 v["val"].as_object_mut().map(|o| o.remove("predictions"));
@@ -104,7 +104,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
         Cmd::Eval { model, data, threshold, json, predictions } => {
-            let r = run_qa_eval(&model, &data, threshold, &super::device())?;
+            let r = run_qa_eval(&model, &data, threshold, &super::device()?)?;
             if json {
                 let mut v = serde_json::to_value(&r)?;
                 if !predictions {

@@ -26,7 +26,7 @@ struct Retrieval {
 impl Retrieval {
     fn open(&self, index: &std::path::Path) -> Result<Retriever> {
         let mode: Mode = self.mode.parse()?;
-        Retriever::open(index, mode, self.embed.as_deref(), self.dense_weight, &super::device())
+        Retriever::open(index, mode, self.embed.as_deref(), self.dense_weight, &super::device()?)
     }
 }
 
@@ -158,7 +158,7 @@ pub fn run(args: Args) -> Result<()> {
             let r = build_index(&out, &Sources { paths: docs, registry }, &opts)?;
             let embedded = match &embed {
                 Some(m) => {
-                    let e = Embedder::load(m, pooling.parse::<Pooling>()?, &super::device())?;
+                    let e = Embedder::load(m, pooling.parse::<Pooling>()?, &super::device()?)?;
                     let t = std::time::Instant::now();
                     let (new, all) = embed_index(&out, &e, 32)?;
                     Some((e.id().to_string(), new, all, t.elapsed().as_secs_f64()))
@@ -227,7 +227,7 @@ pub fn run(args: Args) -> Result<()> {
                 eprintln!("{}: malformed question {p}", qa.display());
             }
             let reading = match &model {
-                Some(m) => Some(ask::evaluate_reading(&rt, &Reader::load(m, &super::device())?, &qa, read_k, max_tokens)?),
+                Some(m) => Some(ask::evaluate_reading(&rt, &Reader::load(m, &super::device()?)?, &qa, read_k, max_tokens)?),
                 None => None,
             };
             if json {
@@ -264,7 +264,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         Cmd::Ask { index, model, question, k, max_tokens, retrieval, json } => {
             let rt = retrieval.open(&index)?;
-            let reader = Reader::load(&model, &super::device())?;
+            let reader = Reader::load(&model, &super::device()?)?;
             let passages = rt.passages(&question, k)?;
             if passages.is_empty() {
                 anyhow::bail!("no passage of {} matches {question:?}", index.display());

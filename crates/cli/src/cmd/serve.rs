@@ -81,5 +81,5 @@ pub fn run(a: Args) -> Result<()> {
         prefix_cache_entries: a.prefix_cache,
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
     };
-    ferrolm_serve::run(cfg, &a.host, a.port, &super::device())
+    ferrolm_serve::run(cfg, &a.host, a.port, &super::device()?)
 }
