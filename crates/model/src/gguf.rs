@@ -95,7 +95,7 @@ fn arch_name(family: HfFamily) -> Result<&'static str> {
 fn permute_rows(t: &Tensor, heads: usize, inverse: bool) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];
-    ensure!(rows % (2 * heads) == 0, "cannot permute {rows} rows into {heads} heads of pairs");
+    ensure!(rows.is_multiple_of(2 * heads), "cannot permute {rows} rows into {heads} heads of pairs");
     let half = rows / heads / 2;
     let rest: Vec<usize> = dims[1..].to_vec();
     let shape = |a: usize, b: usize| -> Vec<usize> { [vec![heads, a, b], rest.clone()].concat() };
@@ -104,7 +104,9 @@ fn permute_rows(t: &Tensor, heads: usize, inverse: bool) -> Result<Tensor> {
 }
 
 fn use_more_bits(layer: usize, n_layers: usize) -> bool {
-    layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer >= n_layers / 8 && (layer - n_layers / 8) % 3 == 2)
+    // llama.cpp: the first and last eighth of the layers, and every third layer between
+    let (first, last) = (n_layers / 8, 7 * n_layers / 8);
+    layer < first || layer >= last || (layer - first) % 3 == 2
 }
 
 /// The GGML type of one tensor: vectors stay f32; a matrix whose rows do not fill whole

@@ -167,6 +167,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(model_by_id))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/infill", post(infill))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/feedback", post(crate::feedback::record).get(crate::feedback::summary))
         .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
@@ -394,9 +395,8 @@ async fn completions(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesR
 async fn completions_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse(body, st.max_body)?;
     st.check_model(&req.model)?;
-    if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::unsupported("suffix", "suffix (insertion) is not supported by this server"));
-    }
+    // Insertion: the text between `prompt` and `suffix`, asked of a fill-in-the-middle model.
+    let insertion = req.suffix.as_deref().filter(|s| !s.is_empty());
     if req.best_of.is_some_and(|b| b != req.n.unwrap_or(1)) {
         return Err(ApiError::unsupported("best_of", "best_of other than n is not supported by this server"));
     }
@@ -406,11 +406,10 @@ async fn completions_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection
     };
     let settings = req.common().settings(st.vocab, st.fresh_seed())?;
     // Texts get the sequence start the model saw before every pretraining document.
-    let texts: Vec<(Vec<u32>, String)> = match &req.prompt {
-        Prompt::Text(t) => vec![(encode_text(&st, t), t.clone())],
-        Prompt::Texts(v) => v.iter().map(|t| (encode_text(&st, t), t.clone())).collect(),
-        Prompt::Tokens(ids) => vec![(ids.clone(), st.tok.decode(ids))],
-        Prompt::TokenLists(l) => l.iter().map(|ids| (ids.clone(), st.tok.decode(ids))).collect(),
+    let texts: Vec<(Vec<u32>, String)> = match (&req.prompt, insertion) {
+        (Prompt::Text(t), Some(suffix)) => vec![(fim_prompt(&st, t, suffix, req.max_tokens.unwrap_or(16))?, t.clone())],
+        (_, Some(_)) => return Err(ApiError::invalid("suffix", "suffix needs one text prompt")),
+        (prompt, None) => texts_of(&st, prompt),
     };
     if texts.is_empty() || texts.iter().any(|(ids, _)| ids.is_empty()) {
         return Err(ApiError::invalid("prompt", "the prompt is empty"));
@@ -430,7 +429,12 @@ async fn completions_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection
         let budget = st.budget(ids.len(), Some(req.max_tokens.unwrap_or(16)), "max_tokens")?;
         prompts.push((Arc::new(ids.clone()), budget));
     }
-    let rx = st.submit(&prompts, &settings, &st.text_stops, top)?;
+    let stops = match insertion {
+        // a fill-in-the-middle model ends the middle with its document end; a sentinel ends it too
+        Some(_) => [st.text_stops.clone(), fim_sentinels(&st)].concat(),
+        None => st.text_stops.clone(),
+    };
+    let rx = st.submit(&prompts, &settings, &stops, top)?;
     let echo = if req.echo == Some(true) { texts.into_iter().map(|(_, t)| t).collect() } else { vec![] };
     let out = Output { kind: Kind::Text, id: format!("cmpl-{:016x}", st.fresh_seed()), created: unix_now(), model: st.model_name.clone(), n: settings.n, prompts: prompts.len(), echo };
     if settings.stream {
@@ -438,6 +442,100 @@ async fn completions_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection
     } else {
         out.collect(rx, top.is_some()).await
     }
+}
+
+/// llama.cpp server's `/infill`, which editor plugins built for it call: the text between
+/// `input_prefix` and `input_suffix`. `prompt` (text the middle starts with) continues the
+/// prefix. Answered through `/v1/completions` with `suffix`, in llama.cpp's shape.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InfillRequest {
+    #[serde(default)]
+    input_prefix: String,
+    #[serde(default)]
+    input_suffix: String,
+    #[serde(default)]
+    prompt: String,
+    /// -1 (llama.cpp's default): as long as the context allows, here capped at 256.
+    #[serde(default)]
+    n_predict: Option<i64>,
+    temperature: Option<f64>,
+    top_k: Option<u64>,
+    top_p: Option<f64>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+    /// Accepted and unused: llama.cpp's repository context chunks and cache hints.
+    #[serde(default)]
+    input_extra: Option<Value>,
+    #[serde(default)]
+    cache_prompt: Option<bool>,
+}
+
+async fn infill(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let r: Result<Response, ApiError> = async {
+        let req: InfillRequest = parse(body, st.max_body)?;
+        if req.stream {
+            return Err(ApiError::unsupported("stream", "/infill answers whole completions; stream with /v1/completions and `suffix`"));
+        }
+        let _ = (&req.input_extra, req.cache_prompt);
+        let max_tokens = match req.n_predict {
+            None | Some(-1) => 256.min(st.ctx / 2).max(1) as u64,
+            Some(n) if n >= 1 => n as u64,
+            Some(n) => return Err(ApiError::invalid("n_predict", format!("n_predict must be -1 or at least 1, got {n}"))),
+        };
+        let prefix = format!("{}{}", req.input_prefix, req.prompt);
+        let mut body = json!({ "model": st.model_name, "prompt": prefix, "suffix": req.input_suffix, "max_tokens": max_tokens, "temperature": req.temperature.unwrap_or(0.0) });
+        for (k, v) in [("top_p", req.top_p.map(Value::from)), ("seed", req.seed.map(Value::from)), ("top_k", req.top_k.map(Value::from))] {
+            if let Some(v) = v {
+                body[k] = v;
+            }
+        }
+        let resp = completions_inner(st.clone(), Ok(Bytes::from(body.to_string()))).await?;
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.map_err(|e| ApiError::malformed(e.to_string()))?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?;
+        if !status.is_success() {
+            return Ok((status, Json(v)).into_response());
+        }
+        let choice = &v["choices"][0];
+        let stop_type = if choice["finish_reason"] == "length" { "limit" } else { "eos" };
+        Ok(Json(json!({
+            "content": choice["text"],
+            "model": st.model_name,
+            "stop": true,
+            "stop_type": stop_type,
+            "stopped_eos": stop_type == "eos",
+            "stopped_limit": stop_type == "limit",
+            "tokens_predicted": v["usage"]["completion_tokens"],
+            "tokens_evaluated": v["usage"]["prompt_tokens"],
+        }))
+        .into_response())
+    }
+    .await;
+    r.unwrap_or_else(|e| e.into_response())
+}
+
+fn texts_of(st: &AppState, prompt: &Prompt) -> Vec<(Vec<u32>, String)> {
+    match prompt {
+        Prompt::Text(t) => vec![(encode_text(st, t), t.clone())],
+        Prompt::Texts(v) => v.iter().map(|t| (encode_text(st, t), t.clone())).collect(),
+        Prompt::Tokens(ids) => vec![(ids.clone(), st.tok.decode(ids))],
+        Prompt::TokenLists(l) => l.iter().map(|ids| (ids.clone(), st.tok.decode(ids))).collect(),
+    }
+}
+
+/// The fill-in-the-middle prompt (PSM, as `ferrolm complete` builds it) for text between
+/// `prefix` and `suffix`, fitted to leave `max_tokens` of the context for the answer.
+fn fim_prompt(st: &AppState, prefix: &str, suffix: &str, max_tokens: u64) -> Result<Vec<u32>, ApiError> {
+    let room = st.ctx.saturating_sub(max_tokens as usize).max(st.ctx / 2).max(4);
+    ferrolm_infer::fim::build_prompt(&st.tok, prefix, suffix, ferrolm_infer::fim::PromptLayout::Psm, room)
+        .map_err(|e| ApiError::unsupported("suffix", format!("this model cannot insert text: {e:#}")))
+}
+
+fn fim_sentinels(st: &AppState) -> Vec<u32> {
+    use ferrolm_tokenizer::special;
+    [special::FIM_PREFIX, special::FIM_SUFFIX, special::FIM_MIDDLE].iter().filter_map(|t| st.tok.token_id(t)).collect()
 }
 
 fn encode_text(st: &AppState, text: &str) -> Vec<u32> {

@@ -245,3 +245,30 @@ fn a_non_loopback_bind_without_a_key_is_refused() {
     let err = ferrolm_serve::run(cfg, "0.0.0.0", 0, &candle_core::Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("without an API key"), "{err}");
 }
+
+#[test]
+fn insertion_with_suffix_and_llama_cpp_infill() {
+    let (_d, s) = server(None, None);
+    // /v1/completions with suffix: the fill-in-the-middle prompt of a tokenizer with FIM tokens
+    let (st, v) = s.post("/v1/completions", &json!({ "model": "tiny", "prompt": "fn add(a: i32, b: i32) -> i32 {\n    ", "suffix": "\n}\n", "max_tokens": 6, "seed": 3 }));
+    assert_eq!(st, 200, "{v}");
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert!(!text.contains("<|fim_"), "a sentinel never reaches the text: {text:?}");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 6);
+    // the same request through llama.cpp's /infill, greedy both ways: the same text
+    let (st, a) = s.post("/v1/completions", &json!({ "model": "tiny", "prompt": "let x = ", "suffix": ";\nlet y = x;", "max_tokens": 5, "temperature": 0.0 }));
+    assert_eq!(st, 200, "{a}");
+    let (st, b) = s.post("/infill", &json!({ "input_prefix": "let x = ", "input_suffix": ";\nlet y = x;", "n_predict": 5, "temperature": 0.0 }));
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["content"], a["choices"][0]["text"]);
+    assert_eq!(b["stop"], true);
+    assert!(b["stop_type"] == "eos" || b["stop_type"] == "limit");
+    assert_eq!(b["tokens_predicted"], a["usage"]["completion_tokens"]);
+    // bad input: several prompts with a suffix, a bad n_predict, an unknown field
+    let (st, v) = s.post("/v1/completions", &json!({ "model": "tiny", "prompt": ["a", "b"], "suffix": "c", "max_tokens": 3 }));
+    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("suffix")), "{v}");
+    let (st, v) = s.post("/infill", &json!({ "input_prefix": "a", "n_predict": 0 }));
+    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("n_predict")), "{v}");
+    let (st, _) = s.post("/infill", &json!({ "input_prefix": "a", "bogus": 1 }));
+    assert!(st == 400 || st == 422, "{st}");
+}

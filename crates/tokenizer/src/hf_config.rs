@@ -219,6 +219,36 @@ pub fn write_hf_tokenizer_files(dir: &Path, tok: &Tokenizer, tpl: &ChatTemplate,
     Ok(stop)
 }
 
+/// The byte-level BPE as GGUF's `tokenizer.ggml.*` keys hold it: every token by id (in
+/// tokenizer.json's byte-level alphabet), llama.cpp's token types (1 normal, 3 control for
+/// special tokens) and the merges as "left right".
+pub fn ggml_vocab(tok: &Tokenizer) -> Result<(Vec<String>, Vec<i32>, Vec<String>)> {
+    if tok.kind() != crate::TokenizerKind::Bpe {
+        bail!("GGUF stores byte-level BPE tokenizers; this is a character tokenizer");
+    }
+    let n = tok.vocab_size();
+    let mut tokens = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    for id in 0..n as u32 {
+        let t = tok.id_to_token(id).with_context(|| format!("the tokenizer has no token with id {id} (its ids must be 0..{n})"))?;
+        tokens.push(t);
+        types.push(if tok.is_special(id) { 3 } else { 1 });
+    }
+    let json: Value = serde_json::from_str(&tok.to_json_string()?)?;
+    let merges = match json.pointer("/model/merges") {
+        Some(Value::Array(m)) => m
+            .iter()
+            .map(|m| match m {
+                Value::String(s) => Ok(s.clone()),
+                Value::Array(pair) if pair.len() == 2 => Ok(format!("{} {}", pair[0].as_str().unwrap_or_default(), pair[1].as_str().unwrap_or_default())),
+                other => Err(anyhow!("unexpected merge entry {other}")),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        _ => bail!("tokenizer.json has no model.merges"),
+    };
+    Ok((tokens, types, merges))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,32 +340,3 @@ mod tests {
     }
 }
 
-/// The byte-level BPE as GGUF's `tokenizer.ggml.*` keys hold it: every token by id (in
-/// tokenizer.json's byte-level alphabet), llama.cpp's token types (1 normal, 3 control for
-/// special tokens) and the merges as "left right".
-pub fn ggml_vocab(tok: &Tokenizer) -> Result<(Vec<String>, Vec<i32>, Vec<String>)> {
-    if tok.kind() != crate::TokenizerKind::Bpe {
-        bail!("GGUF stores byte-level BPE tokenizers; this is a character tokenizer");
-    }
-    let n = tok.vocab_size();
-    let mut tokens = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    for id in 0..n as u32 {
-        let t = tok.id_to_token(id).with_context(|| format!("the tokenizer has no token with id {id} (its ids must be 0..{n})"))?;
-        tokens.push(t);
-        types.push(if tok.is_special(id) { 3 } else { 1 });
-    }
-    let json: Value = serde_json::from_str(&tok.to_json_string()?)?;
-    let merges = match json.pointer("/model/merges") {
-        Some(Value::Array(m)) => m
-            .iter()
-            .map(|m| match m {
-                Value::String(s) => Ok(s.clone()),
-                Value::Array(pair) if pair.len() == 2 => Ok(format!("{} {}", pair[0].as_str().unwrap_or_default(), pair[1].as_str().unwrap_or_default())),
-                other => Err(anyhow!("unexpected merge entry {other}")),
-            })
-            .collect::<Result<Vec<_>>>()?,
-        _ => bail!("tokenizer.json has no model.merges"),
-    };
-    Ok((tokens, types, merges))
-}
