@@ -224,11 +224,18 @@ fn load_latest(run_dir: &Path, vm: &VarMap) -> Result<()> {
 }
 
 impl Classifier {
-    /// A new head on the pretrained body of `run_dir`.
-    pub fn from_pretrained(run_dir: &Path, labels: Vec<String>, cc: &ClassifyConfig, device: &Device) -> Result<(TransformerConfig, Self, VarMap)> {
+    /// A new head on the pretrained body of `run_dir`, initialised from `seed` (PyTorch's
+    /// `nn.Linear` rule, U(±1/√d_model), but seeded: the same seed gives the same run).
+    pub fn from_pretrained(run_dir: &Path, labels: Vec<String>, cc: &ClassifyConfig, seed: u64, device: &Device) -> Result<(TransformerConfig, Self, VarMap)> {
         let (cfg, body, vm) = load_body(run_dir, device)?;
         load_latest(run_dir, &vm)?;
         let (head, wide) = new_heads(&vm, cfg.d_model, labels.len(), cc.ngram_buckets, device)?;
+        let bound = 1.0 / (cfg.d_model as f64).sqrt();
+        for (name, var) in [("cls_head.weight", head.weight()), ("cls_head.bias", head.bias().expect("the head has a bias"))] {
+            let v = ferrolm_model::init::seeded_uniform(name, seed, var.elem_count(), bound);
+            // Linear's tensors share storage with the VarMap's variables: set in place.
+            vm.data().lock().expect("varmap lock")[name].set(&Tensor::from_vec(v, var.shape(), device)?)?;
+        }
         Ok((cfg.clone(), Self { body, head, wide, pooling: cc.pooling.parse()?, labels, n_layers: cfg.n_layers, kind: cfg.kind }, vm))
     }
 
@@ -566,7 +573,7 @@ pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[Path
     let train_y = label_ids(&train, &labels)?;
     let val_y = label_ids(&val_recs, &labels).context("in the held-out data")?;
     let tok = crate::prompt::load_tokenizer(base)?;
-    let (body_cfg, clf, vm) = Classifier::from_pretrained(base, labels.clone(), cc, device)?;
+    let (body_cfg, clf, vm) = Classifier::from_pretrained(base, labels.clone(), cc, cfg.train.seed, device)?;
     let max_len = if cc.max_len == 0 { body_cfg.max_seq_len } else { cc.max_len.min(body_cfg.max_seq_len) };
     let enc = |recs: &[LabelledText]| recs.iter().map(|r| encode_text(&tok, &r.text, max_len)).collect::<Vec<_>>();
     let (train_ids, val_ids) = (enc(&train), enc(&val_recs));

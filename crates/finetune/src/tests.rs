@@ -193,8 +193,10 @@ fn labelled_fixture(dir: &Path, name: &str, n: usize, seed: usize) -> PathBuf {
     let mut lines = Vec::new();
     for i in 0..n {
         let pos = (i * 7 + seed).is_multiple_of(2);
-        let filler = WORDS[(i * 5 + seed) % 5];
-        let text = format!("the {filler} {} {}", WORDS[(i + seed) % 4], if pos { "good film" } else { "bad movie" });
+        // The filler words vary and are independent of the label in both splits (an earlier
+        // fixture had one filler per split: a shift that a fine-tuned body could latch onto).
+        let filler = WORDS[(i * 3 + i / 5 + seed) % 5];
+        let text = format!("the {filler} {} {}", WORDS[(i / 2 + seed) % 4], if pos { "good film" } else { "bad movie" });
         lines.push(serde_json::json!({"text": text, "label": if pos { "positive" } else { "negative" }}).to_string());
     }
     write_file(dir, name, &(lines.join("\n") + "\n"))
@@ -344,7 +346,7 @@ fn tiny_classify_runs_decoder_and_masked_lm() {
 fn trainable_parameters_per_body_mode() {
     let dir = tempfile::tempdir().unwrap();
     let dec = base_run(&dir.path().join("dec"), ModelKind::Causal);
-    let (_, clf, vm) = Classifier::from_pretrained(&dec, vec!["a".into(), "b".into()], &classify::ClassifyConfig { ngram_buckets: 64, ..Default::default() }, &Device::Cpu).unwrap();
+    let (_, clf, vm) = Classifier::from_pretrained(&dec, vec!["a".into(), "b".into()], &classify::ClassifyConfig { ngram_buckets: 64, ..Default::default() }, 1, &Device::Cpu).unwrap();
     let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
     let count = |mode| names.iter().filter(|n| clf.trainable(n, mode)).count();
     let head = count(TrainBody::Frozen);
@@ -367,3 +369,31 @@ fn ngram_ids_are_distinct_hashed_unigrams_and_bigrams() {
     assert!(classify::ngram_ids(&[0, 5, 6, 7], 1, 8).iter().all(|&b| b < 8));
     assert!("mean".parse::<classify::Pooling>().is_ok() && "max".parse::<classify::Pooling>().is_err());
 }
+
+#[test]
+fn classifier_features_do_not_depend_on_padding() {
+    // A text's features must be the same alone and right-padded beside a longer text, for
+    // every body and pooling: training batches and evaluation batches pad differently.
+    let dir = tempfile::tempdir().unwrap();
+    let tok = fixture_tokenizer();
+    let short = classify::encode_text(&tok, "a good film", 64);
+    let long = classify::encode_text(&tok, "the dog saw a very bad movie and a good film too", 64);
+    assert!(long.len() > short.len() + 3);
+    for kind in [ModelKind::Causal, ModelKind::MaskedLm] {
+        let base = base_run(&dir.path().join(format!("{kind:?}")), kind);
+        for pooling in ["auto", "first", "last", "mean"] {
+            let cc = classify::ClassifyConfig { pooling: pooling.into(), ..Default::default() };
+            let (_, clf, _) = Classifier::from_pretrained(&base, vec!["a".into(), "b".into()], &cc, 3, &Device::Cpu).unwrap();
+            let pad = 0;
+            let alone = Tensor::from_vec(short.clone(), (1, short.len()), &Device::Cpu).unwrap();
+            let f1 = clf.features(&alone, &[short.len()], None).unwrap().squeeze(0).unwrap();
+            let mut padded = short.clone();
+            padded.resize(long.len(), pad);
+            let both = Tensor::from_vec([padded, long.clone()].concat(), (2, long.len()), &Device::Cpu).unwrap();
+            let f2 = clf.features(&both, &[short.len(), long.len()], None).unwrap().get(0).unwrap();
+            let diff = (f1 - f2).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "{kind:?}/{pooling}: padding changed the features by {diff}");
+        }
+    }
+}
+

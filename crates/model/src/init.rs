@@ -51,7 +51,6 @@ pub enum Fill {
 /// [`init_params`]. Used by the older families (NPLM, RNN, LSTM), whose conventions differ
 /// from GPT-2's.
 pub fn init_by_name(varmap: &VarMap, seed: u64, rule: impl Fn(&str, &[usize]) -> Fill) -> Result<()> {
-    use rand::Rng;
     let data = varmap.data().lock().expect("varmap lock");
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
@@ -59,12 +58,7 @@ pub fn init_by_name(varmap: &VarMap, seed: u64, rule: impl Fn(&str, &[usize]) ->
         let var = &data[name];
         let n = var.elem_count();
         let values: Vec<f32> = match rule(name, var.dims()) {
-            Fill::Uniform(bound) => {
-                let stream = xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), seed);
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(stream);
-                let b = bound as f32;
-                (0..n).map(|_| rng.random_range(-b..=b)).collect()
-            }
+            Fill::Uniform(bound) => seeded_uniform(name, seed, n, bound),
             Fill::Const(c) => vec![c as f32; n],
             Fill::Values(v) => {
                 if v.len() != n {
@@ -76,4 +70,14 @@ pub fn init_by_name(varmap: &VarMap, seed: u64, rule: impl Fn(&str, &[usize]) ->
         var.set(&Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
     }
     Ok(())
+}
+
+/// `n` values of U(−bound, bound) from the ChaCha stream keyed by (seed, name): the same
+/// variable name and seed give the same values in every process.
+pub fn seeded_uniform(name: &str, seed: u64, n: usize, bound: f64) -> Vec<f32> {
+    use rand::Rng;
+    let stream = xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), seed);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(stream);
+    let b = bound as f32;
+    (0..n).map(|_| rng.random_range(-b..=b)).collect()
 }
