@@ -46,11 +46,22 @@ pub fn build_body(run_dir: &Path, device: &Device) -> Result<(TransformerConfig,
 }
 
 impl SpanReader {
-    /// A new head on `body`, its variables in `vm`.
-    pub fn new(body: MaskedLm, vm: &VarMap) -> Result<Self> {
+    /// A new head on `body`, its variables in `vm`, initialised from `seed` (U(±1/√d), as
+    /// PyTorch's `nn.Linear`, but seeded so that one seed gives one run). Loading a trained
+    /// reader overwrites it.
+    pub fn new(body: MaskedLm, vm: &VarMap, seed: u64) -> Result<Self> {
         let d = body.config().d_model;
         let dev = body.device().clone();
         let head = candle_nn::linear(d, 2, VarBuilder::from_varmap(vm, DType::F32, &dev).pp(HEAD))?;
+        let bound = 1.0 / (d as f64).sqrt();
+        let data = vm.data().lock().expect("varmap lock");
+        for leaf in ["weight", "bias"] {
+            let name = format!("{HEAD}.{leaf}");
+            let var = &data[&name];
+            let v = ferrolm_model::init::seeded_uniform(&name, seed, var.elem_count(), bound);
+            var.set(&Tensor::from_vec(v, var.shape(), &dev)?)?;
+        }
+        drop(data);
         Ok(Self { body, head })
     }
 
@@ -260,7 +271,7 @@ impl LoadedReader {
     pub fn load(run_dir: &Path, device: &Device) -> Result<Self> {
         let info = ReaderRunInfo::load(run_dir)?;
         let (cfg, body, vm) = build_body(run_dir, device)?;
-        let reader = SpanReader::new(body, &vm)?;
+        let reader = SpanReader::new(body, &vm, 0)?;
         let ckpt = ferrolm_model::registry::latest_checkpoint(run_dir)?;
         ferrolm_model::registry::load_weights(&vm, &ckpt.join("model.safetensors"))?;
         let tok = ferrolm_finetune::prompt::load_tokenizer(run_dir)?;

@@ -156,7 +156,7 @@ pub fn run_qa_train(base: &Path, out: &Path, data: &[PathBuf], val: &[PathBuf], 
     let (body_cfg, body, vm) = build_body(base, device)?;
     let ckpt = ferrolm_model::registry::latest_checkpoint(base)?;
     ferrolm_model::registry::load_weights(&vm, &ckpt.join("model.safetensors"))?;
-    let reader = SpanReader::new(body, &vm)?;
+    let reader = SpanReader::new(body, &vm, cfg.train.seed)?;
     let o = cfg.reader.windows(body_cfg.max_seq_len);
     let train = prepare(&tok, train_q, &o, true)?;
     let val_p = prepare(&tok, val_q, &o, true)?;
