@@ -15,6 +15,7 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use ferrolm_infer::{generate, GenerateConfig, SamplingConfig};
 use ferrolm_model::attention::MaskSpec;
+use ferrolm_model::lora::{self, LoraConfig};
 use ferrolm_model::{ModelSpec, Transformer};
 use ferrolm_tokenizer::{ChatTemplate, Message, Role, Tokenizer};
 use ferrolm_train::config::RunConfig;
@@ -88,6 +89,8 @@ impl Default for SftConfig {
 pub struct SftStageConfig {
     pub train: TrainConfig,
     pub sft: SftConfig,
+    /// `lora.rank > 0`: train LoRA adapters on a frozen base instead of every weight.
+    pub lora: LoraConfig,
 }
 
 impl SftStageConfig {
@@ -221,6 +224,8 @@ pub struct SftTask {
     pub seed: u64,
     pub pad: u32,
     pub seq_len: usize,
+    /// Only LoRA adapters train.
+    pub lora: bool,
 }
 
 /// Which rows form micro-batch (step, micro): consecutive slices of a sequence of epochs,
@@ -327,6 +332,10 @@ impl TrainTask for SftTask {
         }
         Ok(EvalResult { loss, bits_per_byte: f64::NAN, tokens, bytes: 0, extra })
     }
+
+    fn trainable(&self, name: &str) -> bool {
+        !self.lora || lora::trainable(name)
+    }
 }
 
 /// Everything `run_sft` needs.
@@ -391,7 +400,15 @@ pub fn run_sft(run: SftRun) -> Result<SftReport> {
     let sc = &cfg.sft;
     ensure!(!sources.data.is_empty() || !sources.labelled.is_empty(), "no training data: give --data FILE… and/or --from-labelled FILE");
     // the base's weights, loaded into the variables that train
-    let (base_spec, model, varmap) = load_decoder(base, device)?;
+    let (base_spec, mut model, varmap) = load_decoder(base, device)?;
+    if cfg.lora.enabled() {
+        let total: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+        let n = lora::attach(&mut model, &varmap, &cfg.lora, cfg.train.seed)?;
+        eprintln!(
+            "LoRA rank {} (alpha {}) on {:?}: {n} adapter parameters train, {:.2}% of the base's {total}",
+            cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, 100.0 * n as f64 / total as f64
+        );
+    }
     let max_seq_len = base_spec.max_seq_len();
     let tok = prompt::load_tokenizer(base)?;
     let tpl = prompt::load_template(base)?;
@@ -484,6 +501,10 @@ pub fn run_sft(run: SftRun) -> Result<SftReport> {
     tok.save(&out.join("tokenizer.json"))?;
     tpl.save_next_to(&out.join("tokenizer.json"))?;
     ferrolm_common::write_atomic(out.join("data_report.json"), serde_json::to_vec_pretty(&report)?)?;
+    if cfg.lora.enabled() {
+        // Read back by `load_model`, which folds the adapters into the base weights.
+        lora::write_run_config(out, &cfg.lora)?;
+    }
 
     let sampling = SamplingConfig { temperature: sc.sample_temperature, seed: cfg.train.seed, ..Default::default() };
     let sample_set: Vec<&ValExample> = val_ex.iter().take(sc.samples).collect();
@@ -501,9 +522,11 @@ pub fn run_sft(run: SftRun) -> Result<SftReport> {
         seed: cfg.train.seed,
         pad: prompt::pad_id(&tok),
         seq_len,
+        lora: cfg.lora.enabled(),
     };
     let ev0 = task.evaluate()?;
     eprintln!("before tuning: {}", describe_eval(&ev0));
+    let adapter_vars = varmap.clone();
     let mut trainer = Trainer::from_task(cfg.train.clone(), out, varmap, Box::new(task))?;
     trainer.quiet = quiet;
     trainer.title = "ferrolm sft".into();
@@ -519,6 +542,11 @@ pub fn run_sft(run: SftRun) -> Result<SftReport> {
         .map(|(v, (b, a))| Sample { prompt: v.prompt.last().map(|m| m.content.clone()).unwrap_or_default(), reference: v.reference.clone(), before: b, after: a })
         .collect();
     write_samples(out, &samples)?;
+    if cfg.lora.enabled() {
+        // PEFT's adapter files, for loading onto the base with `PeftModel.from_pretrained`.
+        let spec = run_cfg.model.require_transformer("LoRA").map_err(anyhow::Error::msg)?;
+        lora::write_peft(&out.join("adapter"), spec, &cfg.lora, &adapter_vars, &base.display().to_string())?;
+    }
     let rep = SftReport {
         base: base.display().to_string(),
         val_loss_before: ev0.loss,

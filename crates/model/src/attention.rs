@@ -218,6 +218,8 @@ pub struct AttnInput<'a> {
     pub memory: Option<&'a Tensor>,
     /// Seed for the dropout stream of this call when training with dropout.
     pub dropout_seed: Option<u64>,
+    /// Seed for LoRA adapter dropout (Some in training, whatever the model's dropout).
+    pub lora_seed: Option<u64>,
     /// Plain causal masking done inside the softmax kernel (no bias tensor); used when the
     /// mask is causal without segments.
     pub causal: bool,
@@ -260,6 +262,16 @@ impl Attention {
         self.dropout
     }
 
+    /// The layers LoRA may adapt (self-attention's fused q/k/v and output projections).
+    pub(crate) fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        let mut v: Vec<(&'static str, &mut Linear)> = Vec::new();
+        if let Some(qkv) = self.qkv.as_mut() {
+            v.push(("attn.qkv", qkv));
+        }
+        v.push(("attn.proj", &mut self.proj));
+        v
+    }
+
     fn heads(&self, x: &Tensor, n: usize) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         x.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()
@@ -278,10 +290,11 @@ impl Attention {
         // Training-shaped self-attention (no cache, no mask bias, no RoPE, no attention
         // dropout) takes the fused CPU kernel: same result, a fraction of the copies.
         let attn_dropout = inp.dropout_seed.is_some() && self.dropout > 0.0;
+        let lora_seed = |k: u64| inp.lora_seed.map(|s| s.wrapping_mul(0xbf58_476d_1ce4_e5b9).wrapping_add(k));
         if let (Some(qkv), None, None, None, None, false, None) = (&self.qkv, inp.memory, inp.bias, inp.rope, inp.cache.as_ref(), attn_dropout, &self.qk_norm) {
             if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-                let y = fused_self_attention(&qkv.forward(x)?, self.n_heads, self.n_kv_heads, self.head_dim, inp.causal)?;
-                let y = self.proj.forward(&y)?;
+                let y = fused_self_attention(&qkv.forward_t(x, lora_seed(1))?, self.n_heads, self.n_kv_heads, self.head_dim, inp.causal)?;
+                let y = self.proj.forward_t(&y, lora_seed(2))?;
                 return match inp.dropout_seed {
                     Some(seed) => ferrolm_kernels::dropout(&y, self.dropout, seed ^ 0x9e37_79b9_7f4a_7c15),
                     None => Ok(y),
@@ -293,7 +306,7 @@ impl Attention {
         let kv_width = self.n_kv_heads * self.head_dim;
         let (q, k, v) = match (&self.qkv, inp.memory) {
             (Some(qkv), None) => {
-                let all = qkv.forward(x)?;
+                let all = qkv.forward_t(x, lora_seed(1))?;
                 let q = self.heads(&all.narrow(D::Minus1, 0, c)?, self.n_heads)?;
                 let k = self.heads(&all.narrow(D::Minus1, c, kv_width)?, self.n_kv_heads)?;
                 let v = self.heads(&all.narrow(D::Minus1, c + kv_width, kv_width)?, self.n_kv_heads)?;
@@ -362,7 +375,7 @@ impl Attention {
             att = ferrolm_kernels::dropout(&att, self.dropout, seed)?;
         }
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
-        let y = self.proj.forward(&y)?;
+        let y = self.proj.forward_t(&y, lora_seed(2))?;
         match inp.dropout_seed {
             Some(seed) => ferrolm_kernels::dropout(&y, self.dropout, seed ^ 0x9e37_79b9_7f4a_7c15),
             None => Ok(y),

@@ -36,6 +36,8 @@ pub struct BlockInput<'a> {
     pub rope: Option<&'a Rope>,
     pub memory: Option<&'a Tensor>,
     pub dropout_seed: Option<u64>,
+    /// Seed for LoRA adapter dropout: Some in training even when the model has no dropout.
+    pub lora_seed: Option<u64>,
     /// Self-attention is plainly causal (the mask is applied inside the softmax kernel).
     pub causal: bool,
 }
@@ -67,25 +69,33 @@ impl Block {
             None => (None, None),
         };
         let seed = |k: u64| inp.dropout_seed.map(|s| s.wrapping_mul(0x100_0000_01b3).wrapping_add(k));
+        let lseed = |k: u64| inp.lora_seed.map(|s| s.wrapping_mul(0x100_0000_01b3).wrapping_add(k));
         let a = self.attn.forward(
             &self.ln1.forward(x)?,
-            AttnInput { bias: inp.bias, offset: inp.offset, rope: inp.rope, cache: self_cache, memory: None, dropout_seed: seed(1), causal: inp.causal },
+            AttnInput { bias: inp.bias, offset: inp.offset, rope: inp.rope, cache: self_cache, memory: None, dropout_seed: seed(1), lora_seed: lseed(1), causal: inp.causal },
         )?;
         let mut x = (x + a)?;
         if let Some((ln, cross)) = &self.cross {
             let memory = inp.memory.ok_or_else(|| candle_core::Error::Msg("decoder block needs the encoder output".into()))?;
             let c = cross.forward(
                 &ln.forward(&x)?,
-                AttnInput { bias: inp.cross_bias, offset: 0, rope: None, cache: cross_cache, memory: Some(memory), dropout_seed: seed(2), causal: false },
+                AttnInput { bias: inp.cross_bias, offset: 0, rope: None, cache: cross_cache, memory: Some(memory), dropout_seed: seed(2), lora_seed: None, causal: false },
             )?;
             x = (x + c)?;
         }
-        let m = self.mlp.forward(&self.ln2.forward(&x)?)?;
+        let m = self.mlp.forward_t(&self.ln2.forward(&x)?, lseed(2))?;
         let m = match seed(3) {
             Some(s) => ferrolm_kernels::dropout(&m, self.attn_dropout(), s)?,
             None => m,
         };
         x + m
+    }
+
+    /// The layers LoRA may adapt, by their names under the block.
+    pub(crate) fn linears_mut(&mut self) -> Vec<(&'static str, &mut crate::linear::Linear)> {
+        let mut v = self.attn.linears_mut();
+        v.extend(self.mlp.linears_mut());
+        v
     }
 
     fn attn_dropout(&self) -> f32 {

@@ -75,6 +75,7 @@ impl EncoderDecoder {
             rope: self.rope.as_ref(),
             memory: None,
             dropout_seed: dropout_seed.map(|s| s ^ 0x00e1_c0de),
+            lora_seed: None,
             causal: false,
         };
         self.encoder.forward(x, &inp, None)
@@ -116,6 +117,7 @@ impl EncoderDecoder {
             rope: self.rope.as_ref(),
             memory: Some(memory),
             dropout_seed,
+            lora_seed: None,
             causal: false,
         };
         self.decoder.forward(x, &inp, cache)

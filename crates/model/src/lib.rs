@@ -19,6 +19,7 @@ pub mod masked_lm;
 pub mod hf;
 pub mod init;
 pub mod linear;
+pub mod lora;
 pub mod mlp;
 pub mod norm;
 pub mod nplm;

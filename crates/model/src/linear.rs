@@ -1,35 +1,98 @@
 //! A linear layer, `y = x·Wᵀ + b`: its weights and their initialisation. The product is
 //! one fused op on CPU (`ferrolm_kernels::linear`: the bias as the product's start, dW in
-//! W's own layout, dX and dW side by side).
+//! W's own layout, dX and dW side by side). A layer may carry LoRA adapters
+//! ([`crate::lora`]): low-rank updates of some of its output rows.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    lora: Option<LoraAdapter>,
+}
+
+/// LoRA updates of one layer: each part adapts `b.dim(0)` output rows from `start`.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    pub parts: Vec<LoraPart>,
+    /// alpha / rank.
+    pub scale: f64,
+    /// Dropout on the adapter's input in training.
+    pub dropout: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoraPart {
+    pub target: String,
+    pub start: usize,
+    /// (rank, in)
+    pub a: Tensor,
+    /// (rows, rank)
+    pub b: Tensor,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self { weight, bias, lora: None }
     }
 
     pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let init = candle_nn::init::DEFAULT_KAIMING_NORMAL;
         let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
         let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", candle_nn::Init::Const(0.0))?) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, lora: None })
     }
 
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+
+    pub fn set_lora(&mut self, lora: Option<LoraAdapter>) {
+        self.lora = lora;
+    }
+
+    pub fn take_lora(&mut self) -> Option<LoraAdapter> {
+        self.lora.take()
+    }
+
+    /// The product, plus the adapters' updates; `lora_seed`: Some in training (adapter
+    /// dropout, seeded so that a resumed run draws the same masks).
+    pub fn forward_t(&self, x: &Tensor, lora_seed: Option<u64>) -> Result<Tensor> {
+        let y = ferrolm_kernels::linear(x, &self.weight, self.bias.as_ref())?;
+        let Some(lora) = &self.lora else { return Ok(y) };
+        let x = match lora_seed {
+            Some(s) if lora.dropout > 0.0 => ferrolm_kernels::dropout(x, lora.dropout, s)?,
+            _ => x.clone(),
+        };
+        let out = self.weight.dim(0)?;
+        // The update of each adapted row block; rows without an adapter get zeros.
+        let mut pieces = Vec::with_capacity(2 * lora.parts.len() + 1);
+        let mut at = 0;
+        let zeros = |n: usize| -> Result<Tensor> {
+            let mut shape = y.dims().to_vec();
+            *shape.last_mut().expect("a linear output has a last dimension") = n;
+            Tensor::zeros(shape, y.dtype(), y.device())
+        };
+        for p in &lora.parts {
+            if p.start > at {
+                pieces.push(zeros(p.start - at)?);
+            }
+            let u = ferrolm_kernels::linear(&x, &p.a, None)?;
+            pieces.push(ferrolm_kernels::linear(&u, &p.b, None)?);
+            at = p.start + p.b.dim(0)?;
+        }
+        if at < out {
+            pieces.push(zeros(out - at)?);
+        }
+        let delta = if pieces.len() == 1 { pieces.pop().expect("one piece") } else { Tensor::cat(&pieces, D::Minus1)? };
+        y + (delta * lora.scale)?
+    }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ferrolm_kernels::linear(x, &self.weight, self.bias.as_ref())
+        self.forward_t(x, None)
     }
 }

@@ -89,7 +89,7 @@ impl MaskedLm {
             None => x,
         };
         let bias = mask.bias(b, t, t, 0, ids.device())?;
-        let inp = BlockInput { bias: bias.as_ref(), cross_bias: None, offset: 0, rope: self.rope.as_ref(), memory: None, dropout_seed, causal: false };
+        let inp = BlockInput { bias: bias.as_ref(), cross_bias: None, offset: 0, rope: self.rope.as_ref(), memory: None, dropout_seed, lora_seed: None, causal: false };
         self.encoder.forward(x, &inp, None)
     }
 

@@ -33,11 +33,27 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// `lora_seed`: Some in training, for the dropout of LoRA adapters.
+    pub fn forward_t(&self, x: &Tensor, lora_seed: Option<u64>) -> Result<Tensor> {
+        let s = |k: u64| lora_seed.map(|s| s.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(k));
+        match self {
+            Self::Gelu { fc, proj } => proj.forward_t(&ferrolm_kernels::gelu(&fc.forward_t(x, s(1))?)?, s(2)),
+            Self::SwiGlu { gate, up, down } => down.forward_t(&(gate.forward_t(x, s(3))?.silu()? * up.forward_t(x, s(4))?)?, s(5)),
+        }
+    }
+
+    /// The layers LoRA may adapt, by their names under the block.
+    pub(crate) fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        match self {
+            Self::Gelu { fc, proj } => vec![("mlp.fc", fc), ("mlp.proj", proj)],
+            Self::SwiGlu { gate, up, down } => vec![("mlp.gate", gate), ("mlp.up", up), ("mlp.proj", down)],
+        }
+    }
+}
+
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Gelu { fc, proj } => proj.forward(&ferrolm_kernels::gelu(&fc.forward(x)?)?),
-            Self::SwiGlu { gate, up, down } => down.forward(&(gate.forward(x)?.silu()? * up.forward(x)?)?),
-        }
+        self.forward_t(x, None)
     }
 }

@@ -174,8 +174,19 @@ pub fn load_model(run_dir: &Path, device: &Device) -> Result<LoadedModel> {
     }
     let spec = read_spec(run_dir)?;
     let checkpoint = latest_checkpoint(run_dir)?;
-    let (model, varmap) = AnyModel::build_fresh(&spec, device)?;
-    load_weights(&varmap, &checkpoint.join("model.safetensors"))?;
+    let (mut model, varmap) = AnyModel::build_fresh(&spec, device)?;
+    let lora = crate::lora::read_run_config(run_dir)?;
+    match (&mut model, lora) {
+        // A run that trained LoRA adapters: load base and adapters, then fold the adapters
+        // in, so every consumer gets the adapted model at the base model's cost.
+        (AnyModel::Decoder(m), Some(lora)) => {
+            crate::lora::attach(m, &varmap, &lora, 0)?;
+            load_weights(&varmap, &checkpoint.join("model.safetensors"))?;
+            crate::lora::merge(m, &varmap)?;
+        }
+        (_, Some(_)) => bail!("{}: LoRA adapters are supported on decoders only", run_dir.display()),
+        (_, None) => load_weights(&varmap, &checkpoint.join("model.safetensors"))?,
+    }
     Ok(LoadedModel { spec, model, varmap, checkpoint })
 }
 

@@ -36,6 +36,7 @@ impl Stack {
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_inp = BlockInput {
                 dropout_seed: inp.dropout_seed.map(|s| s ^ ((i as u64 + 1) << 40)),
+                lora_seed: inp.lora_seed.map(|s| s ^ ((i as u64 + 1) << 40)),
                 ..*inp
             };
             let layer_cache = cache.as_deref_mut().map(|c| {
@@ -99,12 +100,13 @@ impl Transformer {
         // Plain causal masks are applied inside the softmax kernel; others become a bias.
         let causal = mask.kind == crate::attention::AttnMask::Causal && mask.q_segments.is_none() && mask.k_segments.is_none();
         let bias = if causal { None } else { mask.bias(b, t, offset + t, offset, ids.device())? };
+        let lora_seed = dropout_seed.map(|s| s ^ 0x4c6f_5241);
         let dropout_seed = dropout_seed.filter(|_| self.cfg.dropout > 0.0);
         let x = match dropout_seed {
             Some(s) => ferrolm_kernels::dropout(&x, self.cfg.dropout, s)?,
             None => x,
         };
-        let inp = BlockInput { bias: bias.as_ref(), cross_bias: None, offset, rope: self.rope.as_ref(), memory: None, dropout_seed, causal };
+        let inp = BlockInput { bias: bias.as_ref(), cross_bias: None, offset, rope: self.rope.as_ref(), memory: None, dropout_seed, lora_seed, causal };
         self.decoder.forward(x, &inp, cache)
     }
 
@@ -116,6 +118,32 @@ impl Transformer {
     /// Logits (batch, T, vocab) for token ids (batch, T).
     pub fn forward(&self, ids: &Tensor, mask: &MaskSpec, cache: Option<&mut KvCache>) -> Result<Tensor> {
         self.logits(&self.hidden(ids, mask, cache, None)?)
+    }
+
+    /// Attach LoRA adapters, keyed by layer variable prefix (`decoder.blocks.3.attn.qkv`);
+    /// each one used is removed from `adapters`.
+    pub fn set_lora(&mut self, adapters: &mut std::collections::HashMap<String, crate::linear::LoraAdapter>) -> Result<()> {
+        for (i, block) in self.decoder.blocks.iter_mut().enumerate() {
+            for (name, lin) in block.linears_mut() {
+                if let Some(a) = adapters.remove(&format!("decoder.blocks.{i}.{name}")) {
+                    lin.set_lora(Some(a));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Detach every LoRA adapter, with its layer's variable prefix.
+    pub fn take_lora(&mut self) -> Vec<(String, crate::linear::LoraAdapter)> {
+        let mut out = Vec::new();
+        for (i, block) in self.decoder.blocks.iter_mut().enumerate() {
+            for (name, lin) in block.linears_mut() {
+                if let Some(a) = lin.take_lora() {
+                    out.push((format!("decoder.blocks.{i}.{name}"), a));
+                }
+            }
+        }
+        out
     }
 
     pub fn new_cache(&self) -> KvCache {

@@ -1,0 +1,337 @@
+//! LoRA (Hu et al. 2021, "Low-Rank Adaptation of Large Language Models"): a frozen linear
+//! layer W gains a trainable update (alpha / r)·B·A of rank r, A (r × in) drawn like
+//! PyTorch's `nn.Linear` weights and B (out × r) zero, so training starts exactly at the
+//! base model and only A and B receive gradients.
+//!
+//! ferrolm fuses q, k and v into one projection (`attn.qkv`); a LoRA target `q` is an
+//! adapter on the q rows of that product only, exactly what PEFT's `q_proj` adapter is on
+//! transformers' separate layer. Adapter variables live in the model's VarMap under
+//! `<linear>.lora_a.<target>` / `<linear>.lora_b.<target>`, so checkpoints and exact resume
+//! need nothing new; [`peft_tensors`] renames them for PEFT's `adapter_model.safetensors`.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{BlockStyle, TransformerConfig};
+use crate::linear::{LoraAdapter, LoraPart};
+use crate::transformer::Transformer;
+
+/// The targets a decoder block offers: attention q, k, v and output projections; the MLP's
+/// gate, up and down projections (GPT-2 blocks: `up` is `c_fc`, `down` is `c_proj`, and
+/// there is no gate).
+pub const TARGETS: [&str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
+
+/// The `[lora]` section of a fine-tuning stage. `rank = 0` (the default) trains the whole
+/// model instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraConfig {
+    pub rank: usize,
+    /// The update is scaled by alpha / rank (PEFT's `lora_alpha`).
+    pub alpha: f64,
+    /// Dropout on the adapter's input during training (PEFT's `lora_dropout`).
+    pub dropout: f32,
+    /// Some of [`TARGETS`], or `all` (every one the block has).
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self { rank: 0, alpha: 16.0, dropout: 0.0, targets: vec!["all".into()] }
+    }
+}
+
+impl LoraConfig {
+    pub fn enabled(&self) -> bool {
+        self.rank > 0
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// `all` spelled out for this block style.
+    pub fn resolved(&self, cfg: &TransformerConfig) -> Self {
+        let mut c = self.clone();
+        if c.targets.iter().any(|t| t == "all") {
+            c.targets = TARGETS.iter().filter(|t| !(cfg.block == BlockStyle::Gpt2 && **t == "gate")).map(|t| t.to_string()).collect();
+        }
+        c
+    }
+
+    pub fn validate(&self, cfg: &TransformerConfig) -> Result<()> {
+        ensure!(self.rank > 0, "lora.rank must be positive to train adapters");
+        ensure!(self.alpha > 0.0 && self.alpha.is_finite(), "lora.alpha must be positive, got {}", self.alpha);
+        ensure!((0.0..1.0).contains(&self.dropout), "lora.dropout must be in [0, 1), got {}", self.dropout);
+        ensure!(!self.targets.is_empty(), "lora.targets is empty: name some of {TARGETS:?} or \"all\"");
+        for t in &self.targets {
+            if t == "all" {
+                continue;
+            }
+            if !TARGETS.contains(&t.as_str()) {
+                bail!("lora.targets: the model has no layer `{t}` (its targets are {TARGETS:?}, or \"all\")");
+            }
+            if t == "gate" && cfg.block == BlockStyle::Gpt2 {
+                bail!("lora.targets: `gate` — GPT-2 blocks have no gate projection (their MLP is up = c_fc, down = c_proj)");
+            }
+        }
+        let max = cfg.d_model.min(cfg.ff_dim()).min(cfg.kv_width());
+        ensure!(self.rank <= max, "lora.rank {} exceeds the smallest adapted width {max}", self.rank);
+        Ok(())
+    }
+}
+
+/// Whether a VarMap name is a LoRA adapter variable.
+pub fn is_adapter(name: &str) -> bool {
+    name.contains(".lora_a.") || name.contains(".lora_b.")
+}
+
+/// The adapters are what a LoRA stage trains.
+pub fn trainable(name: &str) -> bool {
+    is_adapter(name)
+}
+
+/// Each adaptable linear layer of a decoder: its variable prefix and the targets it holds
+/// as (target, first output row, rows).
+fn layer_targets(cfg: &TransformerConfig) -> Vec<(String, Vec<(&'static str, usize, usize)>)> {
+    let (d, q, kv, f) = (cfg.d_model, cfg.q_width(), cfg.kv_width(), cfg.ff_dim());
+    let mut out = Vec::new();
+    for i in 0..cfg.n_layers {
+        let p = format!("decoder.blocks.{i}");
+        out.push((format!("{p}.attn.qkv"), vec![("q", 0, q), ("k", q, kv), ("v", q + kv, kv)]));
+        out.push((format!("{p}.attn.proj"), vec![("o", 0, d)]));
+        match cfg.block {
+            BlockStyle::Gpt2 => {
+                out.push((format!("{p}.mlp.fc"), vec![("up", 0, f)]));
+                out.push((format!("{p}.mlp.proj"), vec![("down", 0, d)]));
+            }
+            BlockStyle::Modern => {
+                out.push((format!("{p}.mlp.gate"), vec![("gate", 0, f)]));
+                out.push((format!("{p}.mlp.up"), vec![("up", 0, f)]));
+                out.push((format!("{p}.mlp.proj"), vec![("down", 0, d)]));
+            }
+        }
+    }
+    out
+}
+
+/// Give `model` fresh adapters (A seeded from `seed`, B zero) on the configured targets,
+/// their variables added to `varmap`. Returns the number of adapter parameters.
+pub fn attach(model: &mut Transformer, varmap: &VarMap, lora: &LoraConfig, seed: u64) -> Result<usize> {
+    let cfg = model.config().clone();
+    lora.validate(&cfg)?;
+    let lora = lora.resolved(&cfg);
+    let dev = model.device().clone();
+    let mut adapters: HashMap<String, LoraAdapter> = HashMap::new();
+    let mut params = 0;
+    let mut data = varmap.data().lock().expect("varmap lock");
+    for (prefix, parts) in layer_targets(&cfg) {
+        let input = data.get(&format!("{prefix}.weight")).with_context(|| format!("the model has no layer {prefix}"))?.dim(1)?;
+        let mut adapter = LoraAdapter { parts: Vec::new(), scale: lora.scale(), dropout: lora.dropout };
+        for (target, start, rows) in parts {
+            if !lora.targets.iter().any(|t| t == target) {
+                continue;
+            }
+            let (na, nb) = (format!("{prefix}.lora_a.{target}"), format!("{prefix}.lora_b.{target}"));
+            ensure!(!data.contains_key(&na), "the model already has LoRA adapters ({na})");
+            // A as PyTorch initialises a Linear (kaiming-uniform with a = √5: U(±1/√in)), as PEFT does.
+            let a_vals = crate::init::seeded_uniform(&na, seed, lora.rank * input, 1.0 / (input as f64).sqrt());
+            let a = candle_core::Var::from_tensor(&Tensor::from_vec(a_vals, (lora.rank, input), &dev)?)?;
+            let b = candle_core::Var::from_tensor(&Tensor::zeros((rows, lora.rank), DType::F32, &dev)?)?;
+            params += a.elem_count() + b.elem_count();
+            adapter.parts.push(LoraPart { target: target.to_string(), start, a: a.as_tensor().clone(), b: b.as_tensor().clone() });
+            data.insert(na, a);
+            data.insert(nb, b);
+        }
+        if !adapter.parts.is_empty() {
+            adapters.insert(prefix, adapter);
+        }
+    }
+    drop(data);
+    model.set_lora(&mut adapters)?;
+    ensure!(adapters.is_empty(), "internal: adapters for unknown layers {:?}", adapters.keys().collect::<Vec<_>>());
+    Ok(params)
+}
+
+/// Fold every adapter into its base weight (W[rows] += scale·B·A), drop the adapters from
+/// the model and their variables from `varmap`: the model then computes what the adapted
+/// one did, at the base model's cost.
+pub fn merge(model: &mut Transformer, varmap: &VarMap) -> Result<()> {
+    let adapters = model.take_lora();
+    let mut data = varmap.data().lock().expect("varmap lock");
+    for (prefix, adapter) in adapters {
+        let w = data.get(&format!("{prefix}.weight")).with_context(|| format!("no base weight for {prefix}"))?;
+        let mut merged = w.as_tensor().copy()?;
+        let cols = merged.dim(1)?;
+        for p in &adapter.parts {
+            let delta = (p.b.matmul(&p.a)? * adapter.scale)?.to_dtype(merged.dtype())?;
+            let rows = delta.dim(0)?;
+            let updated = (merged.narrow(0, p.start, rows)? + delta)?;
+            merged = merged.slice_assign(&[p.start..p.start + rows, 0..cols], &updated)?;
+        }
+        w.set(&merged)?;
+    }
+    data.retain(|name, _| !is_adapter(name));
+    Ok(())
+}
+
+/// The HF (transformers) module a ferrolm layer is, as PEFT keys its adapters:
+/// `model.layers.3.self_attn.q_proj` (Llama family; one module per target, q/k/v split),
+/// `transformer.h.3.attn.c_attn` (GPT-2; q, k and v share the fused `c_attn`).
+fn hf_module(cfg: &TransformerConfig, prefix: &str, target: &str) -> Result<String> {
+    let layer: usize = prefix
+        .strip_prefix("decoder.blocks.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("not a block layer: {prefix}"))?;
+    Ok(match cfg.block {
+        BlockStyle::Modern => {
+            let m = match target {
+                "q" | "k" | "v" | "o" => format!("self_attn.{target}_proj"),
+                "gate" | "up" | "down" => format!("mlp.{target}_proj"),
+                _ => bail!("unknown LoRA target {target}"),
+            };
+            format!("model.layers.{layer}.{m}")
+        }
+        BlockStyle::Gpt2 => {
+            let m = match target {
+                "q" | "k" | "v" => "attn.c_attn",
+                "o" => "attn.c_proj",
+                "up" => "mlp.c_fc",
+                "down" => "mlp.c_proj",
+                _ => bail!("unknown LoRA target {target} for GPT-2 blocks"),
+            };
+            format!("transformer.h.{layer}.{m}")
+        }
+    })
+}
+
+/// How many of q, k, v are adapted: on GPT-2 their adapters become one adapter of the
+/// fused `c_attn` of that many times the rank (stacked A, block-placed B: the same update).
+fn fused_qkv_parts(lora: &LoraConfig) -> usize {
+    lora.targets.iter().filter(|t| matches!(t.as_str(), "q" | "k" | "v")).count()
+}
+
+/// PEFT's module names (`target_modules`, matched as name suffixes) for the targets.
+pub fn peft_target_modules(cfg: &TransformerConfig, lora: &LoraConfig) -> Result<Vec<String>> {
+    let lora = lora.resolved(cfg);
+    let mut names: Vec<String> = Vec::new();
+    for t in &lora.targets {
+        let full = hf_module(cfg, "decoder.blocks.0", t)?;
+        // `attn.c_proj` and `mlp.c_proj` share a leaf name on GPT-2: keep the parent.
+        let leaf = match cfg.block {
+            BlockStyle::Gpt2 => full.splitn(4, '.').nth(3).unwrap_or(&full).to_string(),
+            BlockStyle::Modern => full.rsplit('.').next().unwrap_or(&full).to_string(),
+        };
+        if !names.contains(&leaf) {
+            names.push(leaf);
+        }
+    }
+    Ok(names)
+}
+
+/// The adapter tensors under PEFT's names
+/// (`base_model.model.<module>.lora_A.weight`, `…lora_B.weight`).
+pub fn peft_tensors(cfg: &TransformerConfig, varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let cpu = |v: &candle_core::Var| -> Result<Tensor> { Ok(v.as_tensor().to_dtype(DType::F32)?.to_device(&candle_core::Device::Cpu)?) };
+    let mut out = HashMap::new();
+    for (prefix, parts) in layer_targets(cfg) {
+        let mut found: Vec<(&str, usize, usize, Tensor, Tensor)> = Vec::new();
+        for &(t, start, rows) in &parts {
+            if let (Some(a), Some(b)) = (data.get(&format!("{prefix}.lora_a.{t}")), data.get(&format!("{prefix}.lora_b.{t}"))) {
+                found.push((t, start, rows, cpu(a)?, cpu(b)?));
+            }
+        }
+        if found.is_empty() {
+            continue;
+        }
+        if cfg.block == BlockStyle::Gpt2 && prefix.ends_with("attn.qkv") {
+            // One c_attn adapter: A = [A_q; A_k; A_v] (k·r × in); B puts each B_s in its
+            // rows and its own r columns, zero elsewhere.
+            let module = hf_module(cfg, &prefix, "q")?;
+            let r = found[0].3.dim(0)?;
+            let total_rows: usize = parts.iter().map(|p| p.2).sum();
+            let a = Tensor::cat(&found.iter().map(|f| f.3.clone()).collect::<Vec<_>>(), 0)?;
+            let mut b = Tensor::zeros((total_rows, r * found.len()), DType::F32, &candle_core::Device::Cpu)?;
+            for (j, (_, start, rows, _, bs)) in found.iter().enumerate() {
+                b = b.slice_assign(&[*start..start + rows, j * r..(j + 1) * r], bs)?;
+            }
+            out.insert(format!("base_model.model.{module}.lora_A.weight"), a);
+            out.insert(format!("base_model.model.{module}.lora_B.weight"), b);
+            continue;
+        }
+        for (t, _, _, a, b) in found {
+            let module = hf_module(cfg, &prefix, t)?;
+            out.insert(format!("base_model.model.{module}.lora_A.weight"), a);
+            out.insert(format!("base_model.model.{module}.lora_B.weight"), b);
+        }
+    }
+    ensure!(!out.is_empty(), "the model has no LoRA adapters");
+    Ok(out)
+}
+
+/// PEFT's `adapter_config.json` for these adapters on the base model `base`.
+pub fn peft_config(cfg: &TransformerConfig, lora: &LoraConfig, base: &str) -> Result<serde_json::Value> {
+    let lora = lora.resolved(cfg);
+    let (mut rank_pattern, mut alpha_pattern) = (serde_json::Map::new(), serde_json::Map::new());
+    let k = fused_qkv_parts(&lora);
+    if cfg.block == BlockStyle::Gpt2 && k > 1 {
+        // c_attn's stacked adapter has k·r ranks; k·alpha keeps the scale alpha / r.
+        rank_pattern.insert("c_attn".into(), serde_json::json!(k * lora.rank));
+        alpha_pattern.insert("c_attn".into(), serde_json::json!(k as f64 * lora.alpha));
+    }
+    Ok(serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": peft_target_modules(cfg, &lora)?,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "bias": "none",
+        // GPT-2's Conv1D stores W transposed; PEFT then transposes the update itself.
+        "fan_in_fan_out": cfg.block == BlockStyle::Gpt2,
+        "use_rslora": false,
+        "use_dora": false,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "modules_to_save": null,
+        "revision": null,
+    }))
+}
+
+/// Write `adapter_model.safetensors` and `adapter_config.json` (each atomically) into `dir`.
+pub fn write_peft(dir: &std::path::Path, cfg: &TransformerConfig, lora: &LoraConfig, varmap: &VarMap, base: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tensors = peft_tensors(cfg, varmap)?;
+    let tmp = dir.join(".adapter_model.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join("adapter_model.safetensors"))?;
+    crate::hf::export::write_json(&dir.join("adapter_config.json"), &peft_config(cfg, lora, base)?)
+}
+
+/// `lora.toml` of a run folder that trained adapters: their settings, read back when the
+/// run is loaded.
+pub const RUN_FILE: &str = "lora.toml";
+
+pub fn read_run_config(run_dir: &std::path::Path) -> Result<Option<LoraConfig>> {
+    let p = run_dir.join(RUN_FILE);
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let c: LoraConfig = toml::from_str(&text).with_context(|| format!("invalid {}", p.display()))?;
+    Ok(Some(c))
+}
+
+pub fn write_run_config(run_dir: &std::path::Path, lora: &LoraConfig) -> Result<()> {
+    ferrolm_common::write_atomic(run_dir.join(RUN_FILE), toml::to_string_pretty(lora)?).with_context(|| format!("cannot write {}", run_dir.join(RUN_FILE).display()))
+}

@@ -1,0 +1,171 @@
+//! LoRA adapters: a fresh adapter leaves the model unchanged (B = 0); a trained one changes
+//! exactly the adapted rows; merging gives the unmerged logits; gradients of A and B match
+//! finite differences; PEFT names and shapes; bad targets are clear errors.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use ferrolm_model::attention::MaskSpec;
+use ferrolm_model::lora::{self, LoraConfig};
+use ferrolm_model::{init::init_params, BlockStyle, Transformer, TransformerConfig};
+
+fn cfg(block: BlockStyle) -> TransformerConfig {
+    TransformerConfig { vocab_size: 29, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: if block == BlockStyle::Modern { 2 } else { 4 }, max_seq_len: 24, block, ..Default::default() }
+}
+
+fn model(c: &TransformerConfig) -> (Transformer, VarMap) {
+    let vm = VarMap::new();
+    let m = Transformer::new(c, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    init_params(&vm, 2, 11).unwrap();
+    (m, vm)
+}
+
+fn logits(m: &Transformer) -> Vec<f32> {
+    let ids = Tensor::new(&[3u32, 7, 1, 20, 5, 9], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    m.forward(&ids, &MaskSpec::causal(), None).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Give every B non-zero values, as training would.
+fn perturb_b(vm: &VarMap) {
+    let data = vm.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().filter(|n| n.contains(".lora_b.")).collect();
+    names.sort();
+    for (i, n) in names.into_iter().enumerate() {
+        let v = &data[n];
+        let vals = ferrolm_model::init::seeded_uniform(n, 5 + i as u64, v.elem_count(), 0.3);
+        v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()).unwrap();
+    }
+}
+
+fn lora(rank: usize, targets: &[&str]) -> LoraConfig {
+    LoraConfig { rank, alpha: 2.0 * rank as f64, dropout: 0.0, targets: targets.iter().map(|s| s.to_string()).collect() }
+}
+
+#[test]
+fn fresh_adapters_change_nothing_trained_ones_merge_exactly() {
+    for block in [BlockStyle::Modern, BlockStyle::Gpt2] {
+        let c = cfg(block);
+        let targets: &[&str] = if block == BlockStyle::Modern { &lora::TARGETS } else { &["q", "v", "o", "up", "down"] };
+        let (mut m, vm) = model(&c);
+        let base = logits(&m);
+        let n_base = vm.all_vars().len();
+        let n = lora::attach(&mut m, &vm, &lora(4, targets), 3).unwrap();
+        assert!(n > 0 && vm.all_vars().len() == n_base + 2 * targets.len() * c.n_layers, "{block:?}: one A and one B per target and layer");
+        assert_eq!(max_diff(&base, &logits(&m)), 0.0, "{block:?}: B = 0 at the start leaves the model as it was");
+        perturb_b(&vm);
+        let adapted = logits(&m);
+        assert!(max_diff(&base, &adapted) > 1e-3, "{block:?}: trained adapters change the output");
+        lora::merge(&mut m, &vm).unwrap();
+        assert_eq!(vm.all_vars().len(), n_base, "merging removes the adapter variables");
+        let merged = logits(&m);
+        assert!(max_diff(&adapted, &merged) < 1e-4, "{block:?}: merged {}", max_diff(&adapted, &merged));
+    }
+}
+
+#[test]
+fn an_adapter_on_q_changes_only_the_q_rows_of_the_fused_projection() {
+    let c = cfg(BlockStyle::Modern);
+    let (mut m, vm) = model(&c);
+    let before = vm.data().lock().unwrap()["decoder.blocks.0.attn.qkv.weight"].as_tensor().copy().unwrap();
+    lora::attach(&mut m, &vm, &lora(2, &["q"]), 1).unwrap();
+    perturb_b(&vm);
+    lora::merge(&mut m, &vm).unwrap();
+    let after = vm.data().lock().unwrap()["decoder.blocks.0.attn.qkv.weight"].as_tensor().copy().unwrap();
+    let q = c.q_width();
+    let rows = |t: &Tensor, s: usize, n: usize| t.narrow(0, s, n).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(max_diff(&rows(&before, 0, q), &rows(&after, 0, q)) > 1e-4, "q rows changed");
+    let kv = 2 * c.kv_width();
+    assert_eq!(max_diff(&rows(&before, q, kv), &rows(&after, q, kv)), 0.0, "k and v rows untouched");
+}
+
+#[test]
+fn adapter_gradients_match_finite_differences() {
+    let c = cfg(BlockStyle::Modern);
+    let (mut m, vm) = model(&c);
+    lora::attach(&mut m, &vm, &lora(2, &["k", "o", "down"]), 9).unwrap();
+    perturb_b(&vm);
+    let ids = Tensor::new(&[3u32, 7, 1, 20, 5], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let targets = Tensor::new(&[7u32, 1, 20, 5, 2], &Device::Cpu).unwrap();
+    let loss = |m: &Transformer| -> Tensor {
+        let l = m.forward(&ids, &MaskSpec::causal(), None).unwrap().squeeze(0).unwrap();
+        candle_nn::loss::cross_entropy(&l, &targets).unwrap()
+    };
+    let grads = loss(&m).backward().unwrap();
+    let data = vm.data().lock().unwrap();
+    let vars: Vec<(String, Var)> = ["decoder.blocks.1.attn.qkv.lora_a.k", "decoder.blocks.0.attn.proj.lora_b.o", "decoder.blocks.1.mlp.proj.lora_a.down"]
+        .iter()
+        .map(|n| (n.to_string(), data[*n].clone()))
+        .collect();
+    drop(data);
+    for (name, var) in vars {
+        let g: Vec<f32> = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} has no gradient")).flatten_all().unwrap().to_vec1().unwrap();
+        let orig: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        for &i in &[0usize, 3, orig.len() / 2, orig.len() - 1] {
+            let eps = 1e-2f32;
+            let at = |d: f32| -> f64 {
+                let mut v = orig.clone();
+                v[i] += d;
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                loss(&m).to_scalar::<f32>().unwrap() as f64
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+            var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
+            assert!((fd - g[i] as f64).abs() < 2e-3 + 2e-2 * fd.abs(), "{name}[{i}]: autograd {} vs finite differences {fd}", g[i]);
+        }
+    }
+}
+
+#[test]
+fn peft_names_shapes_and_config() {
+    let c = cfg(BlockStyle::Modern);
+    let (mut m, vm) = model(&c);
+    let l = lora(4, &["q", "v", "gate"]);
+    lora::attach(&mut m, &vm, &l, 3).unwrap();
+    let t = lora::peft_tensors(&c, &vm).unwrap();
+    assert_eq!(t.len(), 2 * 3 * c.n_layers);
+    assert_eq!(t["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"].dims(), &[4, c.d_model]);
+    assert_eq!(t["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"].dims(), &[c.kv_width(), 4]);
+    assert_eq!(t["base_model.model.model.layers.0.mlp.gate_proj.lora_B.weight"].dims(), &[c.ff_dim(), 4]);
+    let j = lora::peft_config(&c, &l, "base").unwrap();
+    assert_eq!(j["target_modules"], serde_json::json!(["q_proj", "v_proj", "gate_proj"]));
+    assert_eq!((j["r"].as_u64(), j["lora_alpha"].as_f64(), j["peft_type"].as_str()), (Some(4), Some(8.0), Some("LORA")));
+    // GPT-2: q and v adapters become one c_attn adapter of twice the rank whose update is
+    // theirs (stacked A, B in their rows), with rank/alpha patterns keeping the scale.
+    let g = cfg(BlockStyle::Gpt2);
+    let (mut m2, vm2) = model(&g);
+    let l2 = lora(2, &["q", "v", "o"]);
+    lora::attach(&mut m2, &vm2, &l2, 3).unwrap();
+    perturb_b(&vm2);
+    let t2 = lora::peft_tensors(&g, &vm2).unwrap();
+    let (a, b) = (&t2["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"], &t2["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"]);
+    assert_eq!((a.dims(), b.dims()), (&[4, g.d_model][..], &[3 * g.d_model, 4][..]));
+    let fused = b.matmul(a).unwrap();
+    let data = vm2.data().lock().unwrap();
+    let own = |t: &str| data[&format!("decoder.blocks.0.attn.qkv.lora_b.{t}")].as_tensor().matmul(data[&format!("decoder.blocks.0.attn.qkv.lora_a.{t}")].as_tensor()).unwrap();
+    let d = g.d_model;
+    let diff = |x: &Tensor, y: &Tensor| (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff(&fused.narrow(0, 0, d).unwrap(), &own("q")) < 1e-6);
+    assert_eq!(fused.narrow(0, d, d).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap(), 0.0, "k rows untouched");
+    assert!(diff(&fused.narrow(0, 2 * d, d).unwrap(), &own("v")) < 1e-6);
+    assert!(t2.contains_key("base_model.model.transformer.h.1.attn.c_proj.lora_B.weight"));
+    let j2 = lora::peft_config(&g, &l2, "base").unwrap();
+    assert_eq!(j2["target_modules"], serde_json::json!(["attn.c_attn", "attn.c_proj"]));
+    assert_eq!((j2["rank_pattern"]["c_attn"].as_u64(), j2["alpha_pattern"]["c_attn"].as_f64()), (Some(4), Some(8.0)));
+    assert_eq!(j2["fan_in_fan_out"], true);
+}
+
+#[test]
+fn bad_targets_and_settings_are_clear_errors() {
+    let (mut m, vm) = model(&cfg(BlockStyle::Gpt2));
+    let err = |l: LoraConfig, m: &mut Transformer| lora::attach(m, &vm, &l, 0).unwrap_err().to_string();
+    assert!(err(lora(2, &["qq"]), &mut m).contains("no layer `qq`"));
+    assert!(err(lora(2, &["gate"]), &mut m).contains("no gate projection"));
+    assert!(err(lora(999, &["q"]), &mut m).contains("exceeds"));
+    assert!(err(LoraConfig { dropout: 1.5, ..lora(2, &["q"]) }, &mut m).contains("dropout"));
+    assert!(err(lora(2, &[]), &mut m).contains("empty"));
+    lora::attach(&mut m, &vm, &lora(2, &["q"]), 0).unwrap();
+    assert!(err(lora(2, &["q"]), &mut m).contains("already has LoRA"));
+}
