@@ -397,3 +397,53 @@ fn classifier_features_do_not_depend_on_padding() {
     }
 }
 
+
+#[test]
+fn lora_sft_trains_only_adapters_and_the_run_loads_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_run(&dir.path().join("base"), ModelKind::Causal);
+    // A random base at GPT-2's init scale has logits of ±0.1 that frozen embeddings keep
+    // there whatever the blocks do; larger embeddings give the adapters room to matter,
+    // as a pretrained base does.
+    {
+        let (_, _, vm) = sft::load_decoder(&base, &Device::Cpu).unwrap();
+        let wte = vm.data().lock().unwrap()["wte.weight"].clone();
+        wte.set(&(wte.as_tensor() * 8.0).unwrap()).unwrap();
+        let state = TrainState { format: checkpoint::FORMAT_VERSION, step: 0, adam_t: 0, seed: 7, tokens_seen: 0, elapsed_secs: 0.0, last_train_loss: None };
+        checkpoint::save(&base, &vm, HashMap::new(), &state, 1).unwrap();
+    }
+    let data = instruction_fixture(dir.path());
+    let out = dir.path().join("lora");
+    let mut cfg = sft_cfg(30);
+    cfg.lora = ferrolm_model::lora::LoraConfig { rank: 4, alpha: 32.0, dropout: 0.05, targets: vec!["all".into()] };
+    cfg.train.lr = 2e-2;
+    let rep = sft::run_sft(SftRun { base: &base, out: &out, sources: SftSources { data: vec![data], ..Default::default() }, cfg, quiet: true, device: &Device::Cpu }).unwrap();
+    assert!(rep.val_loss_after < 0.8 * rep.val_loss_before, "held-out loss {} -> {}", rep.val_loss_before, rep.val_loss_after);
+    // The checkpoint holds the base bit for bit, plus the adapters.
+    let base_w = ferrolm_model::registry::load_tensors(&ferrolm_model::registry::latest_checkpoint(&base).unwrap().join("model.safetensors")).unwrap();
+    let run_w = ferrolm_model::registry::load_tensors(&ferrolm_model::registry::latest_checkpoint(&out).unwrap().join("model.safetensors")).unwrap();
+    let targets = if TransformerConfig::default().block == ferrolm_model::BlockStyle::Modern { 7 } else { 6 };
+    assert_eq!(run_w.len(), base_w.len() + 2 * targets * 2, "one A and one B per target and layer");
+    for (name, t) in &base_w {
+        let d = (t - &run_w[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0, "base weight {name} changed");
+    }
+    assert!(run_w.keys().any(|k| k.contains(".lora_b.")) && out.join("lora.toml").is_file());
+    for f in ["adapter/adapter_model.safetensors", "adapter/adapter_config.json"] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    // Loading the run folds the adapters in: no adapter variables, and the logits of the
+    // base with the trained adapters attached.
+    let (_, merged, vm) = sft::load_decoder(&out, &Device::Cpu).unwrap();
+    assert!(vm.data().lock().unwrap().keys().all(|k| !ferrolm_model::lora::is_adapter(k)));
+    let (_, mut adapted, avm) = sft::load_decoder(&base, &Device::Cpu).unwrap();
+    let ids = Tensor::new(&[1u32, 5, 9, 14, 3], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let l = |m: &ferrolm_model::Transformer| m.forward(&ids, &MaskSpec::causal(), None).unwrap();
+    let max = |t: Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let plain = l(&adapted);
+    let lcfg = ferrolm_model::lora::read_run_config(&out).unwrap().unwrap();
+    ferrolm_model::lora::attach(&mut adapted, &avm, &lcfg, 0).unwrap();
+    ferrolm_model::registry::load_weights(&avm, &ferrolm_model::registry::latest_checkpoint(&out).unwrap().join("model.safetensors")).unwrap();
+    assert!(max((l(&merged) - l(&adapted)).unwrap()) < 1e-4, "merged = base + adapters");
+    assert!(max((l(&merged) - plain).unwrap()) > 1e-3, "the adapters changed the model");
+}

@@ -15,6 +15,9 @@ pub enum Format {
     Hf,
     /// One GGUF file for llama.cpp / Ollama (modern blocks: llama, qwen2, qwen3).
     Gguf,
+    /// The LoRA adapters of a run trained with `[lora]`, as a PEFT adapter folder
+    /// (adapter_model.safetensors + adapter_config.json) for `PeftModel.from_pretrained`.
+    Peft,
 }
 
 #[derive(clap::Args)]
@@ -30,10 +33,25 @@ pub struct Args {
     /// GGUF precision of the matrices: f32, f16, q8_0 or q4_k_m (norms stay f32).
     #[arg(long, default_value = "f16")]
     quant: ferrolm_model::gguf::GgufQuant,
+    /// Fold a LoRA run's adapters into the weights (required for hf and gguf exports of a
+    /// run that trained adapters; `--format peft` exports the adapters alone).
+    #[arg(long)]
+    merge_lora: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let dir = super::model_dir(&a.model)?;
+    let lora = ferrolm_model::lora::read_run_config(&dir)?;
+    match (&lora, a.format) {
+        (Some(l), Format::Peft) => return export_peft(&dir, l, &a.out),
+        (None, Format::Peft) => anyhow::bail!("{} trained no LoRA adapters (no {}): nothing to export as PEFT", dir.display(), ferrolm_model::lora::RUN_FILE),
+        (Some(_), _) if !a.merge_lora => anyhow::bail!(
+            "{} holds LoRA adapters on a frozen base: pass --merge-lora to export the merged model, or --format peft for the adapters alone",
+            dir.display()
+        ),
+        _ => {}
+    }
+    // (load_model folds a LoRA run's adapters into the weights.)
     let loaded = ferrolm_model::load_model(&dir, &super::device()?)?;
     let cfg = loaded.spec.require_transformer("export --format hf").map_err(anyhow::Error::msg)?;
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).with_context(|| format!("{} has no usable tokenizer.json", dir.display()))?;
@@ -46,6 +64,7 @@ pub fn run(a: Args) -> Result<()> {
             ferrolm_model::hf::export::write_generation_config(&a.out, &stop)?;
             eprintln!("wrote {} ({} checkpoint, {} parameters)", a.out.display(), family.model_type(), loaded.spec.num_params());
         }
+        Format::Peft => unreachable!("handled above"),
         Format::Gguf => {
             let (tokens, token_types, merges) = ferrolm_tokenizer::hf_config::ggml_vocab(&tok)?;
             let stop = tok.try_eot_id();
@@ -65,5 +84,26 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The adapters of a LoRA run as a PEFT folder; the base named in it is the run's base
+/// (its `sft.toml`), which PEFT needs in Hugging Face form (`ferrolm export --format hf`
+/// of that base, or the Hub id it came from).
+fn export_peft(dir: &std::path::Path, lora: &ferrolm_model::lora::LoraConfig, out: &std::path::Path) -> Result<()> {
+    let spec = ferrolm_model::registry::read_spec(dir)?;
+    let cfg = spec.require_transformer("LoRA").map_err(anyhow::Error::msg)?;
+    let ckpt = ferrolm_model::registry::latest_checkpoint(dir)?;
+    let (model, varmap) = ferrolm_model::AnyModel::build_fresh(&spec, &candle_core::Device::Cpu)?;
+    let ferrolm_model::AnyModel::Decoder(mut m) = model else { anyhow::bail!("LoRA adapters are supported on decoders only") };
+    ferrolm_model::lora::attach(&mut m, &varmap, lora, 0)?;
+    ferrolm_model::registry::load_weights(&varmap, &ckpt.join("model.safetensors"))?;
+    let base = std::fs::read_to_string(dir.join("sft.toml"))
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("base").and_then(|b| b.as_str()).map(str::to_string))
+        .unwrap_or_default();
+    ferrolm_model::lora::write_peft(out, cfg, lora, &varmap, &base)?;
+    eprintln!("wrote {} (PEFT LoRA adapter, rank {}, on base {base:?})", out.display(), lora.rank);
     Ok(())
 }
