@@ -41,6 +41,8 @@ pub struct DpoConfig {
     pub train: TrainConfig,
     pub data: DataSettings,
     pub dpo: DpoSettings,
+    /// `lora.rank > 0`: train LoRA adapters on the frozen policy instead of every weight.
+    pub lora: ferrolm_model::lora::LoraConfig,
 }
 
 impl stage::StageConfig for DpoConfig {
@@ -65,6 +67,7 @@ impl Default for DpoConfig {
             },
             data: DataSettings::default(),
             dpo: DpoSettings::default(),
+            lora: Default::default(),
         }
     }
 }
@@ -81,11 +84,13 @@ pub struct DpoTask {
     seed: u64,
     /// (held out?, index) → reference (log π_ref(chosen), log π_ref(rejected)).
     ref_cache: RefCell<HashMap<(bool, usize), (f32, f32)>>,
+    /// Only LoRA adapters train.
+    pub lora: bool,
 }
 
 impl DpoTask {
     pub fn new(policy: Transformer, reference: Transformer, train: Vec<EncodedPair>, val: Vec<EncodedPair>, pad_id: u32, beta: f64, tc: &TrainConfig) -> Self {
-        Self { policy, reference, train, val, pad_id, beta, batch_size: tc.batch_size, grad_accum: tc.grad_accum, seed: tc.seed, ref_cache: RefCell::new(HashMap::new()) }
+        Self { policy, reference, train, val, pad_id, beta, batch_size: tc.batch_size, grad_accum: tc.grad_accum, seed: tc.seed, ref_cache: RefCell::new(HashMap::new()), lora: false }
     }
 
     /// Reference log-probabilities of the pairs `idx` of the train or held-out split.
@@ -162,6 +167,10 @@ impl TrainTask for DpoTask {
         ]);
         Ok(EvalResult { loss: loss / n, bits_per_byte: f64::NAN, tokens: 0, bytes: 0, extra })
     }
+
+    fn trainable(&self, name: &str) -> bool {
+        !self.lora || ferrolm_model::lora::trainable(name)
+    }
 }
 
 /// `ferrolm dpo`.
@@ -169,7 +178,11 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     let cfg: DpoConfig = stage::stage_config(o)?;
     anyhow::ensure!(cfg.dpo.beta > 0.0, "dpo.beta must be positive, got {}", cfg.dpo.beta);
     let start = PathBuf::from(&cfg.dpo.model_from);
-    let (model_cfg, policy, varmap) = stage::load_decoder(&start, &o.device)?;
+    let (model_cfg, mut policy, varmap) = stage::load_decoder(&start, &o.device)?;
+    if cfg.lora.enabled() {
+        let n = ferrolm_model::lora::attach(&mut policy, &varmap, &cfg.lora, cfg.train.seed)?;
+        eprintln!("LoRA rank {} (alpha {}) on {:?}: {n} adapter parameters train; the base stays frozen", cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets);
+    }
     let (_, reference, _) = stage::load_decoder(&start, &o.device)?;
     let fmt = Formatter::from_run(&start, model_cfg.max_seq_len, cfg.data.max_response_tokens)?;
     let (train, val, report) = load_pairs(&cfg.data, &fmt)?;
@@ -184,7 +197,12 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     anyhow::ensure!(!train.is_empty(), "no training pairs");
     anyhow::ensure!(!val.is_empty(), "no held-out pairs: raise data.val_fraction or add data");
     stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
-    let task = DpoTask::new(policy, reference, train, val, fmt.pad_id, cfg.dpo.beta, &cfg.train);
+    if cfg.lora.enabled() {
+        ferrolm_model::lora::write_run_config(&o.out, &cfg.lora)?;
+    }
+    let mut task = DpoTask::new(policy, reference, train, val, fmt.pad_id, cfg.dpo.beta, &cfg.train);
+    task.lora = cfg.lora.enabled();
+    let adapter_vars = varmap.clone();
     let mut trainer = if o.resume {
         Trainer::resume_task(cfg.train.clone(), &o.out, varmap, Box::new(task))?
     } else {
@@ -192,5 +210,9 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     };
     trainer.quiet = o.quiet;
     trainer.title = format!("DPO (β = {})", cfg.dpo.beta);
-    trainer.run()
+    let outcome = trainer.run()?;
+    if cfg.lora.enabled() {
+        ferrolm_model::lora::write_peft(&o.out.join("adapter"), &model_cfg, &cfg.lora, &adapter_vars, &start.display().to_string())?;
+    }
+    Ok(outcome)
 }

@@ -106,6 +106,20 @@ fn reward_dpo_rlhf_compare_end_to_end() {
     assert!(ev.loss < std::f64::consts::LN_2, "DPO loss starts at ln 2 and must fall: {}", ev.loss);
     // the DPO folder is an ordinary run folder
     ferrolm_model::load_model(&dpo, &Device::Cpu).unwrap().model.decoder("the test").unwrap();
+    // DPO with LoRA adapters: the base frozen, the preference still learned, PEFT files written
+    let dpo_lora = root.join("dpo-lora");
+    let mut sets = common.to_vec();
+    sets.extend(["train.max_steps=30", "train.lr=1e-2", "train.min_lr=1e-3", "dpo.beta=0.5", "lora.rank=4", "lora.alpha=16"]);
+    let out = ferrolm_align::dpo::train(&opts(&base, &data, &dpo_lora, &sets)).unwrap();
+    let ev = out.val.unwrap();
+    assert!(ev.extra["preference_accuracy"] >= 0.8 && ev.loss < std::f64::consts::LN_2, "LoRA DPO {:?} loss {}", ev.extra, ev.loss);
+    assert!(dpo_lora.join("adapter/adapter_model.safetensors").is_file() && dpo_lora.join("lora.toml").is_file());
+    let ck = ferrolm_train::checkpoint::load_tensors(&ferrolm_train::checkpoint::latest(&dpo_lora).unwrap().join("model.safetensors")).unwrap();
+    let ck0 = ferrolm_train::checkpoint::load_tensors(&ferrolm_train::checkpoint::latest(&base).unwrap().join("model.safetensors")).unwrap();
+    for (name, t) in &ck0 {
+        assert_eq!((t - &ck[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap(), 0.0, "{name} moved");
+    }
+    ferrolm_model::load_model(&dpo_lora, &Device::Cpu).unwrap().model.decoder("the test").unwrap();
 
     // PPO: three iterations, figures logged, picture drawn, policy loadable.
     let ppo_sets: Vec<&str> = vec![
