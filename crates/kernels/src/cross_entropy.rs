@@ -109,10 +109,26 @@ impl CustomOp3 for CrossEntropyBackward {
 /// to [`IGNORE_INDEX`]; differentiable in the logits.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if !logits.device().is_cpu() {
-        // Composed fallback; IGNORE_INDEX is not supported there.
-        return candle_nn::loss::cross_entropy(logits, targets);
+        return cross_entropy_composed(logits, targets);
     }
     logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy)
+}
+
+/// The same loss from candle's own ops, for devices without the fused kernel (CUDA):
+/// log-softmax, the target's entry (ignored rows read entry 0 and are masked out), mean
+/// over the rows that count. Differentiable through candle's autograd.
+pub fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let dev = logits.device();
+    let ignore = Tensor::full(IGNORE_INDEX, targets.shape(), dev)?;
+    let keep = targets.ne(&ignore)?;
+    let safe = keep.where_cond(targets, &Tensor::zeros(targets.shape(), targets.dtype(), dev)?)?;
+    let lp = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    let picked = lp.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let keep = keep.to_dtype(logits.dtype())?;
+    let n = keep.sum_all()?;
+    // No row counts: 0, as the fused kernel returns.
+    let n = n.maximum(&Tensor::ones((), logits.dtype(), dev)?)?;
+    (picked * &keep)?.sum_all()?.neg()?.broadcast_div(&n)
 }
 
 #[cfg(test)]
@@ -120,6 +136,21 @@ mod tests {
     use super::*;
     use crate::testutil::{max_diff, rand};
     use candle_core::{Device, Var};
+
+    #[test]
+    fn composed_fallback_equals_the_fused_kernel_with_ignored_targets() {
+        // The path a CUDA device takes, checked against the CPU kernel: loss and gradient.
+        let z = Var::from_tensor(&(rand(&[7, 13], 4) * 3.0).unwrap()).unwrap();
+        let t = Tensor::new(&[3u32, IGNORE_INDEX, 12, 5, IGNORE_INDEX, 0, 7], &Device::Cpu).unwrap();
+        let fused = cross_entropy(z.as_tensor(), &t).unwrap();
+        let composed = cross_entropy_composed(z.as_tensor(), &t).unwrap();
+        assert!(max_diff(&fused, &composed) < 1e-5);
+        let gf = fused.backward().unwrap().remove(z.as_tensor()).unwrap();
+        let gc = composed.backward().unwrap().remove(z.as_tensor()).unwrap();
+        assert!(max_diff(&gf, &gc) < 1e-6);
+        let none = Tensor::new(&[IGNORE_INDEX; 7], &Device::Cpu).unwrap();
+        assert_eq!(cross_entropy_composed(z.as_tensor(), &none).unwrap().to_scalar::<f32>().unwrap(), cross_entropy(z.as_tensor(), &none).unwrap().to_scalar::<f32>().unwrap());
+    }
 
     #[test]
     fn cross_entropy_matches_candle_and_ignores_masked_targets() {
