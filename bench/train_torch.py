@@ -40,6 +40,8 @@ def parse_args():
                     help="bf16: oneDNN matmuls with bf16 operands and f32 sums "
                          "(torch.backends.mkldnn.matmul.fp32_precision = 'bf16'), as ferrolm's --matmul bf16")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (off by default)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bench/gpu.sh); timings synchronize the GPU")
+    ap.add_argument("--autocast-bf16", action="store_true", help="on cuda: bf16 autocast, as a PyTorch user trains")
     ap.add_argument("--fused-adamw", choices=["default", "on", "off"], default="default",
                     help="AdamW implementation: PyTorch's default choice, or force fused on/off")
     ap.add_argument("--breakdown", action="store_true",
@@ -62,7 +64,8 @@ def main():
     set_matmul_precision(args.matmul)
     cfg, batch = PRESETS[args.preset]
 
-    model = Gpt(cfg)
+    dev = torch.device(args.device)
+    model = Gpt(cfg).to(dev)
     model.train()
     fused = {"default": None, "on": True, "off": False}[args.fused_adamw]
     opt = make_adamw(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99), fused=fused)
@@ -75,18 +78,27 @@ def main():
          torch.randint(cfg.vocab_size, (batch, cfg.block_size), generator=gen))
         for _ in range(total)
     ]
+    batches = [(x.to(dev), y.to(dev)) for x, y in batches]
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    import contextlib
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if args.autocast_bf16 and dev.type == "cuda" else contextlib.nullcontext
 
     step_ms, fwd_ms, bwd_ms, opt_ms = [], [], [], []
     loss_val = float("nan")
     for i, (x, y) in enumerate(batches):
+        sync()
         t0 = time.perf_counter()
-        _, loss = step_model(x, y)
+        with autocast():
+            _, loss = step_model(x, y)
+        sync()
         t1 = time.perf_counter()
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         t3 = time.perf_counter()
         loss_val = loss.item()
         if i >= args.warmup:
@@ -113,6 +125,8 @@ def main():
         "import_rss_bytes": IMPORT_RSS_BYTES,
         "final_loss": loss_val,
         "compile": args.compile,
+        "device": args.device,
+        "autocast_bf16": args.autocast_bf16,
     }
     if args.breakdown:
         result["forward_ms_median"] = statistics.median(fwd_ms)
