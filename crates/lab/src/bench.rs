@@ -193,3 +193,75 @@ pub fn bench_recurrent(b: &RecurrentBenchOptions, device: &Device) -> Result<Ben
     let text = format!("{}: {} params, {:.0} tokens/s, median step {:.1} ms", b.family, json["params"], json["tokens_per_sec"].as_f64().unwrap_or(0.0), median_ms);
     Ok(BenchOutcome { json, text })
 }
+
+/// `bench generate`'s options: any model `load_model` reads (run folder, Hugging Face
+/// folder, `.gguf`), random prompt ids, greedy decoding.
+#[derive(Debug, Clone)]
+pub struct GenerateBenchOptions {
+    pub model: std::path::PathBuf,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub repeats: usize,
+}
+
+/// Load time, prefill tokens/s (one forward over the prompt filling the KV cache) and
+/// batch-1 decode tokens/s (one token per forward, greedy), medians over `repeats`, and
+/// peak memory — for bench/hf_speed.py's side by side with transformers and llama.cpp.
+pub fn bench_generate(o: &GenerateBenchOptions, device: &Device) -> Result<BenchOutcome> {
+    use candle_core::Tensor;
+    use ferrolm_model::attention::MaskSpec;
+    anyhow::ensure!(o.prompt_tokens >= 1 && o.new_tokens >= 1 && o.repeats >= 1, "prompt, new tokens and repeats must be positive");
+    let rss_before = peak_rss_bytes();
+    let t0 = std::time::Instant::now();
+    let loaded = ferrolm_model::load_model(&o.model, device)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let m = loaded.model.decoder("bench generate")?;
+    let cfg = m.config().clone();
+    anyhow::ensure!(o.prompt_tokens + o.new_tokens <= cfg.max_seq_len, "prompt + new tokens exceed the model's context {}", cfg.max_seq_len);
+    let prompt: Vec<u32> = random_tokens(o.prompt_tokens as u64, cfg.vocab_size);
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    // Round 0 warms caches and allocators and is not counted.
+    for round in 0..=o.repeats {
+        let mut cache = m.new_cache();
+        let ids = Tensor::new(prompt.as_slice(), device)?.unsqueeze(0)?;
+        let t = std::time::Instant::now();
+        let logits = m.forward(&ids, &MaskSpec::causal(), Some(&mut cache))?;
+        let mut next: u32 = logits.narrow(1, o.prompt_tokens - 1, 1)?.flatten_all()?.argmax(0)?.to_scalar()?;
+        let p = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        for _ in 0..o.new_tokens {
+            let x = Tensor::new(&[next], device)?.unsqueeze(0)?;
+            let logits = m.forward(&x, &MaskSpec::causal(), Some(&mut cache))?;
+            next = logits.flatten_all()?.argmax(0)?.to_scalar()?;
+        }
+        let d = t.elapsed().as_secs_f64();
+        if round > 0 {
+            prefill.push(o.prompt_tokens as f64 / p);
+            decode.push(o.new_tokens as f64 / d);
+        }
+    }
+    let json = serde_json::json!({
+        "impl": "ferrolm",
+        "model": o.model.display().to_string(),
+        "params": loaded.spec.num_params(),
+        "threads": candle_core::utils::get_num_threads(),
+        "prompt_tokens": o.prompt_tokens,
+        "new_tokens": o.new_tokens,
+        "load_s": load_s,
+        "prefill_tokens_per_sec": median(&prefill),
+        "decode_tokens_per_sec": median(&decode),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "rss_before_load_bytes": rss_before,
+    });
+    let text = format!(
+        "{}: load {:.2} s, prefill {:.0} tokens/s ({} tokens), decode {:.1} tokens/s ({} tokens, batch 1), peak RSS {:.0} MiB",
+        o.model.display(),
+        load_s,
+        median(&prefill),
+        o.prompt_tokens,
+        median(&decode),
+        o.new_tokens,
+        peak_rss_bytes() as f64 / (1 << 20) as f64
+    );
+    Ok(BenchOutcome { json, text })
+}

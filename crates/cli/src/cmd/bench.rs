@@ -1,10 +1,10 @@
-//! `ferrolm bench train|recurrent`: tokens/s of full training steps and peak memory on
+//! `ferrolm bench train|recurrent|generate`: tokens/s of full training steps and peak memory on
 //! fixed presets (`ferrolm_lab::bench`), for side-by-side comparison with
 //! bench/train_torch.py and bench/history_torch.py.
 
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
-use ferrolm_lab::{bench_recurrent, bench_train, BenchOutcome, Preset, RecurrentBenchOptions, TrainBenchOptions};
+use ferrolm_lab::{bench_generate, bench_recurrent, bench_train, BenchOutcome, GenerateBenchOptions, Preset, RecurrentBenchOptions, TrainBenchOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,6 +34,22 @@ enum What {
     /// Training throughput of a recurrent LM (LSTM or Elman) with random tokens, for
     /// bench/history_torch.py (nn.LSTM / nn.RNN side by side).
     Recurrent(RecurrentArgs),
+    /// Inference speed of any model (run folder, Hugging Face folder, .gguf): load time,
+    /// prefill tokens/s and batch-1 greedy decode tokens/s on random prompt ids, for
+    /// bench/hf_speed.py (transformers and llama.cpp side by side).
+    Generate {
+        #[arg(long)]
+        model: std::path::PathBuf,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Timed rounds after one warm-up round; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,6 +94,10 @@ pub fn run(args: Args) -> Result<()> {
                 PresetArg::C2 => Preset::C2,
             };
             (bench_train(&TrainBenchOptions { preset, steps, modern, matmul }, &device)?, json)
+        }
+        What::Generate { model, prompt_tokens, new_tokens, repeats, json } => {
+            let model = super::model_dir(&model)?;
+            (bench_generate(&GenerateBenchOptions { model, prompt_tokens, new_tokens, repeats }, &device)?, json)
         }
         What::Recurrent(b) => {
             let o = RecurrentBenchOptions { family: b.family, vocab: b.vocab, embed: b.embed, hidden: b.hidden, layers: b.layers, batch: b.batch, seq_len: b.seq_len, steps: b.steps };
