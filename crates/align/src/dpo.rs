@@ -181,6 +181,7 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     let (model_cfg, mut policy, varmap) = stage::load_decoder(&start, &o.device)?;
     if cfg.lora.enabled() {
         let n = ferrolm_model::lora::attach(&mut policy, &varmap, &cfg.lora, cfg.train.seed)?;
+        policy.freeze_linears();
         eprintln!("LoRA rank {} (alpha {}) on {:?}: {n} adapter parameters train; the base stays frozen", cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets);
     }
     let (_, reference, _) = stage::load_decoder(&start, &o.device)?;

@@ -404,6 +404,8 @@ pub fn run_sft(run: SftRun) -> Result<SftReport> {
     if cfg.lora.enabled() {
         let total: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
         let n = lora::attach(&mut model, &varmap, &cfg.lora, cfg.train.seed)?;
+        // The base does not train: no weight gradients for it.
+        model.freeze_linears();
         eprintln!(
             "LoRA rank {} (alpha {}) on {:?}: {n} adapter parameters train, {:.2}% of the base's {total}",
             cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, 100.0 * n as f64 / total as f64

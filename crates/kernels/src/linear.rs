@@ -62,12 +62,20 @@ impl LinearOp {
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
     }
 
-    /// dx = g·w, dw = gᵀ·x (in w's own layout), db = Σ_rows g.
-    fn backward(x: &Tensor, w: &Tensor, grad: &Tensor, bias: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    /// dx = g·w, dw = gᵀ·x (in w's own layout), db = Σ_rows g. A side that autograd does
+    /// not track (a frozen weight detached from its variable, as LoRA's base; an input
+    /// that depends on no variable) is not computed: frozen layers cost only dx.
+    fn backward(x: &Tensor, w: &Tensor, grad: &Tensor, bias: bool) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (need_x, need_w) = (x.track_op(), w.track_op());
         let (x, w, g) = (x.detach(), w.detach(), grad.detach().contiguous()?);
-        let (dx, dw) = match Self::backward_side_by_side(&x, &w, &g)? {
-            Some(both) => both,
-            None => (g.matmul(&w)?, g.t()?.matmul(&x)?),
+        let (dx, dw) = match (need_x, need_w) {
+            (true, true) => match Self::backward_side_by_side(&x, &w, &g)? {
+                Some((dx, dw)) => (Some(dx), Some(dw)),
+                None => (Some(g.matmul(&w)?), Some(g.t()?.matmul(&x)?)),
+            },
+            (true, false) => (Some(g.matmul(&w)?), None),
+            (false, true) => (None, Some(g.t()?.matmul(&x)?)),
+            (false, false) => (None, None),
         };
         let db = if bias { Some(column_sum(&g)?) } else { None };
         Ok((dx, dw, db))
@@ -110,7 +118,7 @@ impl CustomOp2 for LinearOp {
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = Self::backward(x, w, grad, false)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, dw))
     }
 }
 
@@ -140,7 +148,7 @@ impl CustomOp3 for LinearOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, db) = Self::backward(x, w, grad, true)?;
-        Ok((Some(dx), Some(dw), db))
+        Ok((dx, dw, db))
     }
 }
 

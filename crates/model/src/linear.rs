@@ -49,6 +49,14 @@ impl Linear {
         &self.weight
     }
 
+    /// Detach the weight and bias from their variables (same storage, so a checkpoint
+    /// load still reaches them): autograd then skips their gradients, which a frozen base
+    /// under LoRA adapters never uses — the dW products are most of a backward pass.
+    pub fn freeze(&mut self) {
+        self.weight = self.weight.detach();
+        self.bias = self.bias.as_ref().map(Tensor::detach);
+    }
+
     pub fn set_lora(&mut self, lora: Option<LoraAdapter>) {
         self.lora = lora;
     }

@@ -133,6 +133,17 @@ impl Transformer {
         Ok(())
     }
 
+    /// Freeze every linear layer's weights (blocks and LM head; see [`Linear::freeze`]):
+    /// for training LoRA adapters on a base that does not change.
+    pub fn freeze_linears(&mut self) {
+        for block in self.decoder.blocks.iter_mut() {
+            for (_, lin) in block.linears_mut() {
+                lin.freeze();
+            }
+        }
+        self.lm_head.freeze();
+    }
+
     /// Detach every LoRA adapter, with its layer's variable prefix.
     pub fn take_lora(&mut self) -> Vec<(String, crate::linear::LoraAdapter)> {
         let mut out = Vec::new();
