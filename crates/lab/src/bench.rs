@@ -265,3 +265,87 @@ pub fn bench_generate(o: &GenerateBenchOptions, device: &Device) -> Result<Bench
     );
     Ok(BenchOutcome { json, text })
 }
+
+/// `bench lora`'s options: LoRA training steps on any decoder `load_model` reads.
+#[derive(Debug, Clone)]
+pub struct LoraBenchOptions {
+    pub model: std::path::PathBuf,
+    pub rank: usize,
+    pub alpha: f64,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub steps: usize,
+}
+
+/// Random-token language-model batches for a LoRA step: every position scored.
+struct LoraBenchTask {
+    model: ferrolm_model::Transformer,
+    vocab: usize,
+    batch: usize,
+    seq_len: usize,
+}
+
+impl ferrolm_train::TrainTask for LoraBenchTask {
+    fn micro_batch_loss(&self, step: usize, micro: usize) -> Result<(candle_core::Tensor, usize)> {
+        use candle_core::Tensor;
+        let n = self.batch * (self.seq_len + 1);
+        let first = ((step * 31 + micro) * n) as u64;
+        let ids: Vec<u32> = (first..first + n as u64).map(|i| (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) % self.vocab as u64) as u32).collect();
+        let all = Tensor::from_vec(ids, (self.batch, self.seq_len + 1), self.model.device())?;
+        let x = all.narrow(1, 0, self.seq_len)?;
+        let y = all.narrow(1, 1, self.seq_len)?.flatten_all()?;
+        let logits = self.model.forward(&x, &ferrolm_model::attention::MaskSpec::causal(), None)?;
+        let loss = ferrolm_kernels::cross_entropy(&logits.flatten_to(1)?, &y)?;
+        Ok((loss, self.batch * self.seq_len))
+    }
+
+    fn evaluate(&self) -> Result<ferrolm_train::EvalResult> {
+        Ok(ferrolm_train::EvalResult { loss: f64::NAN, bits_per_byte: f64::NAN, tokens: 0, bytes: 0, extra: Default::default() })
+    }
+
+    fn trainable(&self, name: &str) -> bool {
+        ferrolm_model::lora::trainable(name)
+    }
+}
+
+/// Tokens/s of LoRA training steps (forward, backward, clipping, AdamW on the adapters) on
+/// random tokens, every linear layer of the blocks adapted, the base frozen — for
+/// bench/lora_speed.py (transformers + PEFT side by side).
+pub fn bench_lora(o: &LoraBenchOptions, device: &Device) -> Result<BenchOutcome> {
+    let loaded = ferrolm_model::load_model(&o.model, device)?;
+    let mut model = loaded.model.into_decoder("bench lora")?;
+    let lcfg = ferrolm_model::lora::LoraConfig { rank: o.rank, alpha: o.alpha, dropout: 0.0, targets: vec!["all".into()] };
+    let adapter_params = ferrolm_model::lora::attach(&mut model, &loaded.varmap, &lcfg, 1)?;
+    model.freeze_linears();
+    let vocab = model.config().vocab_size;
+    let train = TrainConfig { max_steps: o.steps + 10, batch_size: o.batch, seq_len: o.seq_len, lr: 1e-4, min_lr: 1e-4, warmup_steps: 0, eval_interval: 0, checkpoint_interval: 0, log_interval: 1_000_000, ..Default::default() };
+    let dir = tempfile::tempdir()?;
+    let task = LoraBenchTask { model, vocab, batch: o.batch, seq_len: o.seq_len };
+    let mut t = ferrolm_train::Trainer::from_task(train, dir.path(), loaded.varmap, Box::new(task))?;
+    t.quiet = true;
+    let (secs, total) = time_steps(&mut t, 2, o.steps, |_| {})?;
+    let tokens_per_step = (o.batch * o.seq_len) as f64;
+    let json = serde_json::json!({
+        "impl": "ferrolm",
+        "model": o.model.display().to_string(),
+        "params": loaded.spec.num_params(),
+        "adapter_params": adapter_params,
+        "rank": o.rank,
+        "batch": o.batch,
+        "seq_len": o.seq_len,
+        "steps": o.steps,
+        "threads": candle_core::utils::get_num_threads(),
+        "tokens_per_sec": tokens_per_step * o.steps as f64 / total,
+        "step_ms_median": median(&secs) * 1e3,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    let text = format!(
+        "LoRA rank {} on {}: {adapter_params} adapter parameters, {:.0} tokens/s, median step {:.0} ms, peak RSS {:.0} MiB",
+        o.rank,
+        o.model.display(),
+        json["tokens_per_sec"].as_f64().unwrap_or(0.0),
+        median(&secs) * 1e3,
+        peak_rss_bytes() as f64 / (1 << 20) as f64
+    );
+    Ok(BenchOutcome { json, text })
+}

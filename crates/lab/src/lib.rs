@@ -25,6 +25,6 @@ pub mod timing;
 
 pub use architectures::{run_architectures, ArchitecturesOptions};
 pub use completion::{complete_file, run_completion_experiment, CompleteFileOptions, CompletionExperimentOptions, CompletionSummary, FileCompletion};
-pub use bench::{bench_generate, bench_recurrent, bench_train, BenchOutcome, GenerateBenchOptions, Preset, RecurrentBenchOptions, TrainBenchOptions};
+pub use bench::{bench_generate, bench_lora, bench_recurrent, bench_train, BenchOutcome, GenerateBenchOptions, LoraBenchOptions, Preset, RecurrentBenchOptions, TrainBenchOptions};
 pub use history::{run_history, HistoryOptions, HistoryOutcome};
 pub use quickstart::{run_quickstart, QuickstartOptions, QuickstartSummary};

@@ -1,10 +1,10 @@
-//! `ferrolm bench train|recurrent|generate`: tokens/s of full training steps and peak memory on
+//! `ferrolm bench train|recurrent|generate|lora`: tokens/s of full training steps and peak memory on
 //! fixed presets (`ferrolm_lab::bench`), for side-by-side comparison with
 //! bench/train_torch.py and bench/history_torch.py.
 
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
-use ferrolm_lab::{bench_generate, bench_recurrent, bench_train, BenchOutcome, GenerateBenchOptions, Preset, RecurrentBenchOptions, TrainBenchOptions};
+use ferrolm_lab::{bench_generate, bench_lora, bench_recurrent, bench_train, BenchOutcome, GenerateBenchOptions, LoraBenchOptions, Preset, RecurrentBenchOptions, TrainBenchOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -47,6 +47,25 @@ enum What {
         /// Timed rounds after one warm-up round; medians are reported.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// LoRA training tokens/s (every block linear adapted, base frozen, random tokens) on
+    /// any decoder, for bench/lora_speed.py (transformers + PEFT side by side).
+    Lora {
+        #[arg(long)]
+        model: std::path::PathBuf,
+        #[arg(long, default_value_t = 16)]
+        rank: usize,
+        #[arg(long, default_value_t = 32.0)]
+        alpha: f64,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        /// Timed optimizer steps (after 2 warm-up steps).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
         #[arg(long)]
         json: bool,
     },
@@ -98,6 +117,10 @@ pub fn run(args: Args) -> Result<()> {
         What::Generate { model, prompt_tokens, new_tokens, repeats, json } => {
             let model = super::model_dir(&model)?;
             (bench_generate(&GenerateBenchOptions { model, prompt_tokens, new_tokens, repeats }, &device)?, json)
+        }
+        What::Lora { model, rank, alpha, batch, seq_len, steps, json } => {
+            let model = super::model_dir(&model)?;
+            (bench_lora(&LoraBenchOptions { model, rank, alpha, batch, seq_len, steps }, &device)?, json)
         }
         What::Recurrent(b) => {
             let o = RecurrentBenchOptions { family: b.family, vocab: b.vocab, embed: b.embed, hidden: b.hidden, layers: b.layers, batch: b.batch, seq_len: b.seq_len, steps: b.steps };
