@@ -108,6 +108,13 @@ def make_folder(shape, out):
 
 TORCH_CODE = r'''
 import json, resource, statistics, sys, time, torch
+def hwm():
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its
+    # parent's peak (the script that built the model)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 from transformers import AutoModelForCausalLM
 folder, threads, prompt, new, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
@@ -133,11 +140,18 @@ with torch.inference_mode():
         if r:
             pre.append(prompt / p); dec.append(new / d)
 print(json.dumps({"impl": "transformers", "torch": torch.__version__, "load_s": load, "prefill_tokens_per_sec": statistics.median(pre),
-                  "decode_tokens_per_sec": statistics.median(dec), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "decode_tokens_per_sec": statistics.median(dec), "peak_rss_bytes": hwm()}))
 '''
 
 LLAMA_CODE = r'''
 import json, resource, statistics, sys, time
+def hwm():
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its
+    # parent's peak (the script that built the model)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 from llama_cpp import Llama
 path, threads, prompt, new, repeats, vocab = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 t0 = time.perf_counter()
@@ -160,7 +174,7 @@ for r in range(repeats + 1):
     if r:
         pre.append(prompt / p); dec.append(new / d)
 print(json.dumps({"impl": "llama.cpp", "load_s": load, "prefill_tokens_per_sec": statistics.median(pre),
-                  "decode_tokens_per_sec": statistics.median(dec), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "decode_tokens_per_sec": statistics.median(dec), "peak_rss_bytes": hwm()}))
 '''
 
 

@@ -21,6 +21,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 PEFT_CODE = r'''
 import json, resource, sys, time, torch
+def hwm():
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its
+    # parent's peak (the script that built the model)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 from transformers import AutoModelForCausalLM
 from peft import LoraConfig, get_peft_model
 folder, threads, rank, batch, seq, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
@@ -46,7 +53,7 @@ for i in range(steps + 2):
         times.append(time.perf_counter() - t)
 print(json.dumps({"impl": "transformers+peft", "torch": torch.__version__, "adapter_params": sum(p.numel() for p in params),
                   "tokens_per_sec": batch * seq * len(times) / sum(times), "step_ms_median": sorted(times)[len(times) // 2] * 1e3,
-                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "peak_rss_bytes": hwm()}))
 '''
 
 

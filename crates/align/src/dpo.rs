@@ -178,6 +178,7 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     let cfg: DpoConfig = stage::stage_config(o)?;
     anyhow::ensure!(cfg.dpo.beta > 0.0, "dpo.beta must be positive, got {}", cfg.dpo.beta);
     let start = PathBuf::from(&cfg.dpo.model_from);
+    ferrolm_model::registry::ensure_trainable_source(&start)?;
     let (model_cfg, mut policy, varmap) = stage::load_decoder(&start, &o.device)?;
     if cfg.lora.enabled() {
         let n = ferrolm_model::lora::attach(&mut policy, &varmap, &cfg.lora, cfg.train.seed)?;

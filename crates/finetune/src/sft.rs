@@ -400,6 +400,7 @@ pub fn run_sft(run: SftRun) -> Result<SftReport> {
     let sc = &cfg.sft;
     ensure!(!sources.data.is_empty() || !sources.labelled.is_empty(), "no training data: give --data FILE… and/or --from-labelled FILE");
     // the base's weights, loaded into the variables that train
+    ferrolm_model::registry::ensure_trainable_source(base)?;
     let (base_spec, mut model, varmap) = load_decoder(base, device)?;
     if cfg.lora.enabled() {
         let total: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();

@@ -34,6 +34,8 @@ pub mod hogwild;
 #[cfg(feature = "mmap")]
 pub mod mmap;
 mod ptr;
+#[cfg(feature = "candle")]
+pub mod q8;
 mod simd;
 
 pub use ptr::{SendPtr, Strided};

@@ -323,10 +323,18 @@ pub fn bench_lora(o: &LoraBenchOptions, device: &Device) -> Result<BenchOutcome>
     let task = LoraBenchTask { model, vocab, batch: o.batch, seq_len: o.seq_len };
     let mut t = ferrolm_train::Trainer::from_task(train, dir.path(), loaded.varmap, Box::new(task))?;
     t.quiet = true;
-    let (secs, total) = time_steps(&mut t, 2, o.steps, |_| {})?;
+    let mut phases: [Vec<f64>; 3] = Default::default();
+    let (secs, total) = time_steps(&mut t, 2, o.steps, |t| {
+        for (v, x) in phases.iter_mut().zip(t.last_phase_ms) {
+            v.push(x);
+        }
+    })?;
     let tokens_per_step = (o.batch * o.seq_len) as f64;
     let json = serde_json::json!({
         "impl": "ferrolm",
+        "forward_ms_median": median(&phases[0]),
+        "backward_ms_median": median(&phases[1]),
+        "optimizer_ms_median": median(&phases[2]),
         "model": o.model.display().to_string(),
         "params": loaded.spec.num_params(),
         "adapter_params": adapter_params,

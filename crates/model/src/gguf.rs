@@ -303,6 +303,26 @@ fn meta_f32(c: &gguf_file::Content, key: &str, path: &Path) -> Result<Option<f32
     c.metadata.get(key).map(|v| v.to_f32().with_context(|| format!("{}: {key} is not a float", path.display()))).transpose()
 }
 
+/// The GGUF tensors a core linear layer is built from (`decoder.blocks.3.attn.qkv` ← attn_q,
+/// attn_k, attn_v of blk.3; `lm_head` ← output, or token_embd when the head is tied).
+fn gguf_sources(layer: &str) -> Option<Vec<String>> {
+    if layer == "lm_head" {
+        return Some(vec!["output.weight".into()]);
+    }
+    let rest = layer.strip_prefix("decoder.blocks.")?;
+    let (i, name) = rest.split_once('.')?;
+    let b = format!("blk.{i}.");
+    let from: &[&str] = match name {
+        "attn.qkv" => &["attn_q.weight", "attn_k.weight", "attn_v.weight"],
+        "attn.proj" => &["attn_output.weight"],
+        "mlp.gate" => &["ffn_gate.weight"],
+        "mlp.up" => &["ffn_up.weight"],
+        "mlp.proj" => &["ffn_down.weight"],
+        _ => return None,
+    };
+    Some(from.iter().map(|f| format!("{b}{f}")).collect())
+}
+
 /// Reads a GGUF file of architecture `llama`, `qwen2` or `qwen3` into the Transformer core.
 pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -403,12 +423,27 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     }
     let values = crate::hf::weights::to_core(family, &cfg, hf).with_context(|| format!("loading {}", path.display()))?;
     let spec = ModelSpec::Transformer(cfg);
-    let (model, varmap) = AnyModel::build_fresh(&spec, device)?;
+    let (mut model, varmap) = AnyModel::build_fresh(&spec, device)?;
     {
         let data = varmap.data().lock().expect("varmap lock");
         for (name, var) in data.iter() {
             let t = values.get(name).with_context(|| format!("{}: no tensor for the core's variable {name}", path.display()))?;
             var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+        }
+    }
+    if let AnyModel::Decoder(m) = &mut model {
+        // A GGUF model is for inference: weights frozen, and layers stored as Q8_0 in the
+        // file keep that form for decoding (re-quantising Q8_0 values gives back the same
+        // blocks, so these products read exactly the file's numbers).
+        m.freeze_linears();
+        if device.is_cpu() {
+            let q8 = |names: &[String]| names.iter().all(|n| tensor_types.get(n) == Some(&GgmlDType::Q8_0));
+            let tied = m.config().tie_embeddings;
+            m.quantize_q8(|layer| match gguf_sources(layer) {
+                Some(_) if layer == "lm_head" && tied => q8(&["token_embd.weight".to_string()]),
+                Some(names) => q8(&names),
+                None => false,
+            })?;
         }
     }
     let text = |k: &str| content.metadata.get(k).and_then(|v| v.to_string().ok()).cloned();

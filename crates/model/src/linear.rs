@@ -11,7 +11,15 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     lora: Option<LoraAdapter>,
+    /// The same weights in Q8_0 blocks (a model loaded from a Q8_0 GGUF file): products
+    /// of up to [`Q8_MAX_ROWS`] input rows — token-by-token decoding, which reads every
+    /// weight for each token — read these, a quarter of the bytes.
+    q8: Option<std::sync::Arc<ferrolm_kernels::q8::Q8Matrix>>,
 }
+
+/// Inputs with more rows (a prompt's prefill) take the f32 product, where the work is the
+/// arithmetic rather than reading the weights.
+pub const Q8_MAX_ROWS: usize = 8;
 
 /// LoRA updates of one layer: each part adapts `b.dim(0)` output rows from `start`.
 #[derive(Debug, Clone)]
@@ -35,14 +43,14 @@ pub struct LoraPart {
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias, lora: None }
+        Self { weight, bias, lora: None, q8: None }
     }
 
     pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let init = candle_nn::init::DEFAULT_KAIMING_NORMAL;
         let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
         let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", candle_nn::Init::Const(0.0))?) } else { None };
-        Ok(Self { weight, bias, lora: None })
+        Ok(Self { weight, bias, lora: None, q8: None })
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -57,6 +65,15 @@ impl Linear {
         self.bias = self.bias.as_ref().map(Tensor::detach);
     }
 
+    /// Keep a Q8_0 copy of the weights for few-row products (see the `q8` field); false,
+    /// leaving the layer as it was, when a row's width is not a multiple of 32.
+    pub fn quantize_q8(&mut self) -> Result<bool> {
+        let (rows, cols) = self.weight.dims2()?;
+        let values = self.weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        self.q8 = ferrolm_kernels::q8::Q8Matrix::quantize(&values, rows, cols).map(std::sync::Arc::new);
+        Ok(self.q8.is_some())
+    }
+
     pub fn set_lora(&mut self, lora: Option<LoraAdapter>) {
         self.lora = lora;
     }
@@ -68,6 +85,22 @@ impl Linear {
     /// The product, plus the adapters' updates; `lora_seed`: Some in training (adapter
     /// dropout, seeded so that a resumed run draws the same masks).
     pub fn forward_t(&self, x: &Tensor, lora_seed: Option<u64>) -> Result<Tensor> {
+        if let Some(q) = &self.q8 {
+            let k = x.dim(D::Minus1)?;
+            let m = x.elem_count() / k.max(1);
+            // Only for frozen weights (a GGUF model is loaded frozen, for inference): the
+            // 8-bit product has no gradient.
+            if m <= Q8_MAX_ROWS && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && !self.weight.track_op() && self.lora.is_none() {
+                let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                let mut dims = x.dims().to_vec();
+                *dims.last_mut().expect("rank >= 1") = q.rows;
+                let y = Tensor::from_vec(q.matmul_t(&xs, m), dims, x.device())?;
+                return match &self.bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                };
+            }
+        }
         let y = ferrolm_kernels::linear(x, &self.weight, self.bias.as_ref())?;
         let Some(lora) = &self.lora else { return Ok(y) };
         let x = match lora_seed {

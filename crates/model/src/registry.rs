@@ -190,6 +190,15 @@ pub fn load_model(run_dir: &Path, device: &Device) -> Result<LoadedModel> {
     Ok(LoadedModel { spec, model, varmap, checkpoint })
 }
 
+/// Training stages start from run folders and Hugging Face checkpoints; a `.gguf` file is
+/// loaded frozen (and partly 8-bit) for inference only.
+pub fn ensure_trainable_source(path: &Path) -> Result<()> {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        bail!("{}: GGUF files are for inference (generate, chat, serve, score); fine-tune the ferrolm run or Hugging Face model it was exported from", path.display());
+    }
+    Ok(())
+}
+
 /// `run_dir/checkpoints`.
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")

@@ -144,6 +144,23 @@ impl Transformer {
         self.lm_head.freeze();
     }
 
+    /// Give the linear layers whose variable prefix `keep` accepts (`decoder.blocks.3.attn.qkv`,
+    /// `lm_head`) a Q8_0 copy of their weights for decoding; returns how many got one.
+    pub fn quantize_q8(&mut self, keep: impl Fn(&str) -> bool) -> Result<usize> {
+        let mut n = 0;
+        for (i, block) in self.decoder.blocks.iter_mut().enumerate() {
+            for (name, lin) in block.linears_mut() {
+                if keep(&format!("decoder.blocks.{i}.{name}")) && lin.quantize_q8()? {
+                    n += 1;
+                }
+            }
+        }
+        if keep("lm_head") && self.lm_head.quantize_q8()? {
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Detach every LoRA adapter, with its layer's variable prefix.
     pub fn take_lora(&mut self) -> Vec<(String, crate::linear::LoraAdapter)> {
         let mut out = Vec::new();

@@ -74,6 +74,17 @@ fn gguf_round_trip_keeps_the_logits_for_every_family() {
                 assert!(d > 0.0, "q8_0 rounds the weights");
                 assert_eq!(back.tensor_types["blk.0.attn_q.weight"], GgmlDType::Q8_0);
                 assert_eq!(back.tensor_types["blk.0.attn_norm.weight"], GgmlDType::F32);
+                // Token-by-token decoding reads the layers' Q8_0 blocks (one row per
+                // product), the prompt's forward the f32 values of the same blocks: the
+                // same numbers, so the same logits up to summation order.
+                let m = back.loaded.model.decoder("t").unwrap();
+                let mut cache = m.new_cache();
+                let n = ids.dim(1).unwrap();
+                for t in 0..n {
+                    let step = m.forward(&ids.narrow(1, t, 1).unwrap(), &MaskSpec::causal(), Some(&mut cache)).unwrap();
+                    let d = max_abs(&step.squeeze(1).unwrap(), &got.narrow(1, t, 1).unwrap().squeeze(1).unwrap());
+                    assert!(d < 1e-4, "{arch}: q8 decoding step {t} differs from the prompt pass by {d}");
+                }
             }
         }
     }
