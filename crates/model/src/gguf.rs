@@ -423,14 +423,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     }
     let values = crate::hf::weights::to_core(family, &cfg, hf).with_context(|| format!("loading {}", path.display()))?;
     let spec = ModelSpec::Transformer(cfg);
-    let (mut model, varmap) = AnyModel::build_fresh(&spec, device)?;
-    {
-        let data = varmap.data().lock().expect("varmap lock");
-        for (name, var) in data.iter() {
-            let t = values.get(name).with_context(|| format!("{}: no tensor for the core's variable {name}", path.display()))?;
-            var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
-        }
-    }
+    let (mut model, varmap) = AnyModel::build_with(&spec, values, device, path)?;
     if let AnyModel::Decoder(m) = &mut model {
         // A GGUF model is for inference: weights frozen, and layers stored as Q8_0 in the
         // file keep that form for decoding (re-quantising Q8_0 values gives back the same

@@ -90,6 +90,35 @@ impl AnyModel {
         Ok((model, varmap))
     }
 
+    /// Build the model with `values` as its variables: each becomes a variable before the
+    /// model asks for it, so nothing is drawn at random and each tensor is copied once (and
+    /// dropped as it is taken). Every variable the model asks for must be among `values`
+    /// (`origin` names the source in the error).
+    pub fn build_with(spec: &ModelSpec, mut values: HashMap<String, Tensor>, device: &Device, origin: &Path) -> Result<(Self, VarMap)> {
+        spec.validate().map_err(anyhow::Error::msg)?;
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap.data().lock().expect("varmap lock");
+            let names: Vec<String> = values.keys().cloned().collect();
+            for name in names {
+                let t = values.remove(&name).expect("listed");
+                let var = candle_core::Var::from_tensor(&t.to_device(device)?.to_dtype(DType::F32)?)?;
+                data.insert(name, var);
+            }
+        }
+        let provided = varmap.data().lock().expect("varmap lock").len();
+        let model = Self::build(spec, VarBuilder::from_varmap(&varmap, DType::F32, device)).context("building the model")?;
+        let data = varmap.data().lock().expect("varmap lock");
+        if data.len() != provided {
+            // The builder created variables the source did not provide (drawn at random).
+            let mut missing: Vec<&String> = data.keys().collect();
+            missing.sort();
+            bail!("{}: the model needs {} more variables than the source provides (the first names: {:?})", origin.display(), data.len() - provided, &missing[..missing.len().min(3)]);
+        }
+        drop(data);
+        Ok((model, varmap))
+    }
+
     /// What the model is, in a word or two (for messages).
     pub fn name(&self) -> &'static str {
         match self {

@@ -97,14 +97,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel> {
     let tensors = weights::read_checkpoint(dir)?;
     let values = weights::to_core(cfg.family, &cfg.model, tensors).with_context(|| format!("loading the {} checkpoint in {}", cfg.family.model_type(), dir.display()))?;
     let spec = ModelSpec::Transformer(cfg.model.clone());
-    let (model, varmap) = AnyModel::build_fresh(&spec, device)?;
-    {
-        let data = varmap.data().lock().expect("varmap lock");
-        for (name, var) in data.iter() {
-            // The mapping produces exactly the core's variables; a gap is a bug here, not bad input.
-            let t = values.get(name).with_context(|| format!("internal: no checkpoint tensor maps to the core's variable {name}"))?;
-            var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
-        }
-    }
+    // The mapping produces exactly the core's variables; a gap is a bug here, not bad input.
+    let (model, varmap) = AnyModel::build_with(&spec, values, device, dir)?;
     Ok(LoadedModel { spec, model, varmap, checkpoint: dir.to_path_buf() })
 }
