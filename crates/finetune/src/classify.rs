@@ -186,6 +186,8 @@ pub fn label_ids(recs: &[LabelledText], labels: &[String]) -> Result<Vec<u32>> {
 
 /// The pretrained body.
 #[derive(Debug, Clone)]
+// One per classifier, built once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Body {
     Decoder(Transformer),
     MaskedLm(MaskedLm),

@@ -95,9 +95,12 @@ pub fn trainable(name: &str) -> bool {
     is_adapter(name)
 }
 
+/// A target inside a layer: (target, first output row, rows).
+type TargetRows = (&'static str, usize, usize);
+
 /// Each adaptable linear layer of a decoder: its variable prefix and the targets it holds
 /// as (target, first output row, rows).
-fn layer_targets(cfg: &TransformerConfig) -> Vec<(String, Vec<(&'static str, usize, usize)>)> {
+fn layer_targets(cfg: &TransformerConfig) -> Vec<(String, Vec<TargetRows>)> {
     let (d, q, kv, f) = (cfg.d_model, cfg.q_width(), cfg.kv_width(), cfg.ff_dim());
     let mut out = Vec::new();
     for i in 0..cfg.n_layers {
