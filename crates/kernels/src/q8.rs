@@ -201,19 +201,3 @@ mod tests {
         f32::from_bits(if rem >= 1 << 12 { keep + (1 << 13) } else { keep })
     }
 }
-#[cfg(test)]
-mod speed_probe {
-    #[test]
-    #[ignore]
-    fn probe() {
-        let (n, k) = (49152, 576);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-        let q = super::Q8Matrix::quantize(&w, n, k).unwrap();
-        let x: Vec<f32> = (0..k).map(|i| i as f32 / k as f32).collect();
-        let t = std::time::Instant::now();
-        for _ in 0..10 {
-            std::hint::black_box(q.matmul_t(&x, 1));
-        }
-        eprintln!("{:.2} ms per product ({:.1} GB/s)", t.elapsed().as_secs_f64() * 100.0, (n * k) as f64 * 1.125 * 10.0 / t.elapsed().as_secs_f64() / 1e9);
-    }
-}
