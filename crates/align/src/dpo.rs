@@ -169,7 +169,7 @@ impl TrainTask for DpoTask {
     }
 
     fn trainable(&self, name: &str) -> bool {
-        !self.lora || ferrolm_model::lora::trainable(name)
+        !self.lora || ferrolm_model::lora::is_adapter(name)
     }
 }
 
@@ -181,8 +181,7 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     ferrolm_model::registry::ensure_trainable_source(&start)?;
     let (model_cfg, mut policy, varmap) = stage::load_decoder(&start, &o.device)?;
     if cfg.lora.enabled() {
-        let n = ferrolm_model::lora::attach(&mut policy, &varmap, &cfg.lora, cfg.train.seed)?;
-        policy.freeze_linears();
+        let n = ferrolm_model::lora::prepare(&mut policy, &varmap, &cfg.lora, cfg.train.seed)?;
         eprintln!("LoRA rank {} (alpha {}) on {:?}: {n} adapter parameters train; the base stays frozen", cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets);
     }
     let (_, reference, _) = stage::load_decoder(&start, &o.device)?;

@@ -232,12 +232,8 @@ impl Classifier {
         let (cfg, body, vm) = load_body(run_dir, device)?;
         load_latest(run_dir, &vm)?;
         let (head, wide) = new_heads(&vm, cfg.d_model, labels.len(), cc.ngram_buckets, device)?;
-        let bound = 1.0 / (cfg.d_model as f64).sqrt();
-        for (name, var) in [("cls_head.weight", head.weight()), ("cls_head.bias", head.bias().expect("the head has a bias"))] {
-            let v = ferrolm_model::init::seeded_uniform(name, seed, var.elem_count(), bound);
-            // Linear's tensors share storage with the VarMap's variables: set in place.
-            vm.data().lock().expect("varmap lock")[name].set(&Tensor::from_vec(v, var.shape(), device)?)?;
-        }
+        // (the head's tensors share storage with the VarMap's variables: set in place)
+        ferrolm_model::init::seed_linear(&vm, "cls_head", cfg.d_model, seed)?;
         Ok((cfg.clone(), Self { body, head, wide, pooling: cc.pooling.parse()?, labels, n_layers: cfg.n_layers, kind: cfg.kind }, vm))
     }
 

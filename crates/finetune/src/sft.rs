@@ -334,7 +334,7 @@ impl TrainTask for SftTask {
     }
 
     fn trainable(&self, name: &str) -> bool {
-        !self.lora || lora::trainable(name)
+        !self.lora || lora::is_adapter(name)
     }
 }
 
@@ -404,9 +404,7 @@ pub fn run_sft(run: SftRun) -> Result<SftReport> {
     let (base_spec, mut model, varmap) = load_decoder(base, device)?;
     if cfg.lora.enabled() {
         let total: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-        let n = lora::attach(&mut model, &varmap, &cfg.lora, cfg.train.seed)?;
-        // The base does not train: no weight gradients for it.
-        model.freeze_linears();
+        let n = lora::prepare(&mut model, &varmap, &cfg.lora, cfg.train.seed)?;
         eprintln!(
             "LoRA rank {} (alpha {}) on {:?}: {n} adapter parameters train, {:.2}% of the base's {total}",
             cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, 100.0 * n as f64 / total as f64

@@ -304,7 +304,7 @@ impl ferrolm_train::TrainTask for LoraBenchTask {
     }
 
     fn trainable(&self, name: &str) -> bool {
-        ferrolm_model::lora::trainable(name)
+        ferrolm_model::lora::is_adapter(name)
     }
 }
 
@@ -315,8 +315,7 @@ pub fn bench_lora(o: &LoraBenchOptions, device: &Device) -> Result<BenchOutcome>
     let loaded = ferrolm_model::load_model(&o.model, device)?;
     let mut model = loaded.model.into_decoder("bench lora")?;
     let lcfg = ferrolm_model::lora::LoraConfig { rank: o.rank, alpha: o.alpha, dropout: 0.0, targets: vec!["all".into()] };
-    let adapter_params = ferrolm_model::lora::attach(&mut model, &loaded.varmap, &lcfg, 1)?;
-    model.freeze_linears();
+    let adapter_params = ferrolm_model::lora::prepare(&mut model, &loaded.varmap, &lcfg, 1)?;
     let vocab = model.config().vocab_size;
     let train = TrainConfig { max_steps: o.steps + 10, batch_size: o.batch, seq_len: o.seq_len, lr: 1e-4, min_lr: 1e-4, warmup_steps: 0, eval_interval: 0, checkpoint_interval: 0, log_interval: 1_000_000, ..Default::default() };
     let dir = tempfile::tempdir()?;

@@ -305,9 +305,9 @@ fn meta_f32(c: &gguf_file::Content, key: &str, path: &Path) -> Result<Option<f32
 
 /// The GGUF tensors a core linear layer is built from (`decoder.blocks.3.attn.qkv` ← attn_q,
 /// attn_k, attn_v of blk.3; `lm_head` ← output, or token_embd when the head is tied).
-fn gguf_sources(layer: &str) -> Option<Vec<String>> {
+fn gguf_sources(layer: &str, tied: bool) -> Option<Vec<String>> {
     if layer == "lm_head" {
-        return Some(vec!["output.weight".into()]);
+        return Some(vec![if tied { "token_embd.weight" } else { "output.weight" }.into()]);
     }
     let rest = layer.strip_prefix("decoder.blocks.")?;
     let (i, name) = rest.split_once('.')?;
@@ -430,13 +430,8 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         // blocks, so these products read exactly the file's numbers).
         m.freeze_linears();
         if device.is_cpu() {
-            let q8 = |names: &[String]| names.iter().all(|n| tensor_types.get(n) == Some(&GgmlDType::Q8_0));
             let tied = m.config().tie_embeddings;
-            m.quantize_q8(|layer| match gguf_sources(layer) {
-                Some(_) if layer == "lm_head" && tied => q8(&["token_embd.weight".to_string()]),
-                Some(names) => q8(&names),
-                None => false,
-            })?;
+            m.quantize_q8(|layer| gguf_sources(layer, tied).is_some_and(|names| names.iter().all(|n| tensor_types.get(n) == Some(&GgmlDType::Q8_0))))?;
         }
     }
     let text = |k: &str| content.metadata.get(k).and_then(|v| v.to_string().ok()).cloned();

@@ -72,6 +72,21 @@ pub fn init_by_name(varmap: &VarMap, seed: u64, rule: impl Fn(&str, &[usize]) ->
     Ok(())
 }
 
+/// Set a new linear layer's `{prefix}.weight` (and `{prefix}.bias`, when it has one) in
+/// `varmap` to U(±1/√fan_in) — PyTorch's `nn.Linear` rule — drawn from (seed, name), for
+/// heads added on a pretrained body: the same seed gives the same run.
+pub fn seed_linear(varmap: &VarMap, prefix: &str, fan_in: usize, seed: u64) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    for leaf in ["weight", "bias"] {
+        let name = format!("{prefix}.{leaf}");
+        if let Some(var) = data.get(&name) {
+            let v = seeded_uniform(&name, seed, var.elem_count(), 1.0 / (fan_in as f64).sqrt());
+            var.set(&Tensor::from_vec(v, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
+        }
+    }
+    Ok(())
+}
+
 /// `n` values of U(−bound, bound) from the ChaCha stream keyed by (seed, name): the same
 /// variable name and seed give the same values in every process.
 pub fn seeded_uniform(name: &str, seed: u64, n: usize, bound: f64) -> Vec<f32> {

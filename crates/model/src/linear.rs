@@ -33,7 +33,6 @@ pub struct LoraAdapter {
 
 #[derive(Debug, Clone)]
 pub struct LoraPart {
-    pub target: String,
     pub start: usize,
     /// (rank, in)
     pub a: Tensor,

@@ -90,11 +90,6 @@ pub fn is_adapter(name: &str) -> bool {
     name.contains(".lora_a.") || name.contains(".lora_b.")
 }
 
-/// The adapters are what a LoRA stage trains.
-pub fn trainable(name: &str) -> bool {
-    is_adapter(name)
-}
-
 /// A target inside a layer: (target, first output row, rows).
 type TargetRows = (&'static str, usize, usize);
 
@@ -146,7 +141,7 @@ pub fn attach(model: &mut Transformer, varmap: &VarMap, lora: &LoraConfig, seed:
             let a = candle_core::Var::from_tensor(&Tensor::from_vec(a_vals, (lora.rank, input), &dev)?)?;
             let b = candle_core::Var::from_tensor(&Tensor::zeros((rows, lora.rank), DType::F32, &dev)?)?;
             params += a.elem_count() + b.elem_count();
-            adapter.parts.push(LoraPart { target: target.to_string(), start, a: a.as_tensor().clone(), b: b.as_tensor().clone() });
+            adapter.parts.push(LoraPart { start, a: a.as_tensor().clone(), b: b.as_tensor().clone() });
             data.insert(na, a);
             data.insert(nb, b);
         }
@@ -158,6 +153,15 @@ pub fn attach(model: &mut Transformer, varmap: &VarMap, lora: &LoraConfig, seed:
     model.set_lora(&mut adapters)?;
     ensure!(adapters.is_empty(), "internal: adapters for unknown layers {:?}", adapters.keys().collect::<Vec<_>>());
     Ok(params)
+}
+
+/// What a LoRA stage does to its starting model: fresh adapters ([`attach`]) and the base's
+/// linear weights frozen (no weight gradients for what does not train). Returns the
+/// number of adapter parameters.
+pub fn prepare(model: &mut Transformer, varmap: &VarMap, lora: &LoraConfig, seed: u64) -> Result<usize> {
+    let n = attach(model, varmap, lora, seed)?;
+    model.freeze_linears();
+    Ok(n)
 }
 
 /// Fold every adapter into its base weight (W[rows] += scale·B·A), drop the adapters from

@@ -53,15 +53,7 @@ impl SpanReader {
         let d = body.config().d_model;
         let dev = body.device().clone();
         let head = candle_nn::linear(d, 2, VarBuilder::from_varmap(vm, DType::F32, &dev).pp(HEAD))?;
-        let bound = 1.0 / (d as f64).sqrt();
-        let data = vm.data().lock().expect("varmap lock");
-        for leaf in ["weight", "bias"] {
-            let name = format!("{HEAD}.{leaf}");
-            let var = &data[&name];
-            let v = ferrolm_model::init::seeded_uniform(&name, seed, var.elem_count(), bound);
-            var.set(&Tensor::from_vec(v, var.shape(), &dev)?)?;
-        }
-        drop(data);
+        ferrolm_model::init::seed_linear(vm, HEAD, d, seed)?;
         Ok(Self { body, head })
     }
 
