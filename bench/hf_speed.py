@@ -106,8 +106,7 @@ def make_folder(shape, out):
     return sum(p.numel() for p in model.parameters())
 
 
-TORCH_CODE = r'''
-import json, resource, statistics, sys, time, torch
+HWM_CODE = '''
 def hwm():
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its
     # parent's peak (the script that built the model)
@@ -115,6 +114,10 @@ def hwm():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
+'''
+
+TORCH_CODE = HWM_CODE + r'''
+import json, resource, statistics, sys, time, torch
 from transformers import AutoModelForCausalLM
 folder, threads, prompt, new, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
@@ -143,15 +146,8 @@ print(json.dumps({"impl": "transformers", "torch": torch.__version__, "load_s": 
                   "decode_tokens_per_sec": statistics.median(dec), "peak_rss_bytes": hwm()}))
 '''
 
-LLAMA_CODE = r'''
+LLAMA_CODE = HWM_CODE + r'''
 import json, resource, statistics, sys, time
-def hwm():
-    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its
-    # parent's peak (the script that built the model)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 from llama_cpp import Llama
 path, threads, prompt, new, repeats, vocab = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 t0 = time.perf_counter()
