@@ -93,15 +93,52 @@ impl Embedder {
         self.model.device()
     }
 
-    /// Vectors of `texts`, one row of `dim()` values each, in order.
+    /// The longest input (sequence-start marker included) the encoder takes.
+    pub fn max_seq_len(&self) -> usize {
+        match &self.model {
+            AnyModel::MaskedLm(m) => m.config().max_seq_len,
+            AnyModel::Decoder(m) => m.config().max_seq_len,
+            _ => 0,
+        }
+    }
+
+    /// The tokenizer's ids of `text` (without the sequence-start marker the encoder adds).
+    pub fn tokens(&self, text: &str) -> Vec<u32> {
+        self.tok.encode(text)
+    }
+
+    /// Tokens in the sequence-start marker put before every input.
+    pub fn bos_len(&self) -> usize {
+        ferrolm_finetune::prompt::bos(&self.tok).len()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.model {
+            AnyModel::MaskedLm(m) => m.config().vocab_size,
+            AnyModel::Decoder(m) => m.config().vocab_size,
+            _ => 0,
+        }
+    }
+
+    /// Vectors of `texts`, one row of `dim()` values each, in order; each text is cut to
+    /// the first 256 tokens (or the model's context).
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let limit = self.max_len.max(1);
+        let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.tok.encode(t)).collect();
+        self.embed_tokens(&ids, limit)
+    }
+
+    /// Vectors of token sequences (each gets the sequence-start marker first, and is then
+    /// cut to `limit` tokens), one row of `dim()` values each, in order.
+    pub fn embed_tokens(&self, tokens: &[Vec<u32>], limit: usize) -> Result<Vec<Vec<f32>>> {
+        ensure!(limit >= 1 && limit <= self.max_seq_len(), "embedding limit {limit} is outside 1..={}", self.max_seq_len());
         let bos = ferrolm_finetune::prompt::bos(&self.tok);
-        let ids: Vec<Vec<u32>> = texts
+        let ids: Vec<Vec<u32>> = tokens
             .iter()
             .map(|t| {
                 let mut v = bos.clone();
-                v.extend(self.tok.encode(t));
-                v.truncate(self.max_len.max(1));
+                v.extend_from_slice(t);
+                v.truncate(limit);
                 v
             })
             .collect();

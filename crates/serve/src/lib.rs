@@ -6,12 +6,15 @@
 //! - [`server`]: the axum router (`/v1/models`, `/v1/chat/completions`, `/v1/completions`,
 //!   `/v1/embeddings`, `/health`, `/metrics`, `/openapi.json`, the page at `/`), SSE
 //!   streaming in OpenAI's chunk format, API-key auth, CORS, graceful shutdown.
+//! - [`embeddings`]: `/v1/embeddings` from an encoder served beside the chat model
+//!   (`--embed-model`), the same vectors `ferrolm rag index --embed` stores.
 //! - [`api`] / [`error`]: request bodies, their validation, OpenAI-style error objects.
 //! - [`text`]: streamed detokenisation with stop strings.
 //! - [`feedback`]: the SQLite (WAL) judgement store and its export as preference pairs.
 //! - [`metrics`]: Prometheus text exposition.
 
 pub mod api;
+pub mod embeddings;
 pub mod engine;
 pub mod error;
 pub mod feedback;
@@ -21,6 +24,7 @@ pub mod server;
 pub mod text;
 
 pub use feedback::{export_preferences, ExportReport, FeedbackStore, Judgement};
+pub use ferrolm_qa::Pooling as EmbedPooling;
 pub use server::{load, router, run, serve, AppState, ServeConfig};
 
 /// The OpenAPI 3.1 document of the API, served at `/openapi.json`.

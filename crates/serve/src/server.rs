@@ -23,12 +23,14 @@ use axum::{Json, Router};
 use candle_core::Device;
 use ferrolm_finetune::prompt;
 use ferrolm_model::ModelKind;
+use ferrolm_qa::Pooling;
 use ferrolm_tokenizer::{ChatTemplate, Message, Role, Tokenizer};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::api::{ChatRequest, CompletionRequest, EmbeddingRequest, Prompt, Settings};
+use crate::api::{ChatRequest, CompletionRequest, Prompt, Settings};
+use crate::embeddings::EmbedModel;
 use crate::engine::{Engine, EngineConfig, Event, Finish, SeqRequest, TokenLogprob};
 use crate::error::ApiError;
 use crate::feedback::FeedbackStore;
@@ -56,6 +58,9 @@ pub struct ServeConfig {
     pub prefix_cache_entries: usize,
     /// How long open streams may run on after a shutdown signal before they are cut.
     pub shutdown_grace: Duration,
+    /// An encoder run folder served at `/v1/embeddings` (none: that endpoint answers 400).
+    pub embed_model: Option<PathBuf>,
+    pub embed_pooling: Pooling,
 }
 
 impl ServeConfig {
@@ -73,6 +78,8 @@ impl ServeConfig {
             feedback_db: None,
             prefix_cache_entries: 16,
             shutdown_grace: Duration::from_secs(10),
+            embed_model: None,
+            embed_pooling: Pooling::Mean,
         }
     }
 }
@@ -91,6 +98,8 @@ pub struct AppState {
     pub keep_alive: Duration,
     pub max_body: usize,
     pub feedback: FeedbackStore,
+    /// The encoder behind `/v1/embeddings`, when one is served.
+    pub embed: Option<EmbedModel>,
     seed_counter: AtomicU64,
     chat_stops: Vec<u32>,
     text_stops: Vec<u32>,
@@ -132,6 +141,10 @@ pub fn load(cfg: &ServeConfig, device: &Device) -> Result<Arc<AppState>> {
     };
     let db = cfg.feedback_db.clone().unwrap_or_else(|| cfg.run_dir.join("feedback").join("feedback.db"));
     let feedback = FeedbackStore::open(&db)?;
+    let embed = match &cfg.embed_model {
+        Some(dir) => Some(EmbedModel::load(dir, cfg.embed_pooling, None, device).with_context(|| format!("loading the embedding model {}", dir.display()))?),
+        None => None,
+    };
     let text_stops: Vec<u32> = tok.try_eot_id().into_iter().collect();
     Ok(Arc::new(AppState {
         chat_stops: prompt::stop_tokens(&tok, &tpl),
@@ -149,6 +162,7 @@ pub fn load(cfg: &ServeConfig, device: &Device) -> Result<Arc<AppState>> {
         keep_alive: cfg.keep_alive,
         max_body: cfg.max_body_bytes,
         feedback,
+        embed,
         seed_counter: AtomicU64::new(unix_now().wrapping_mul(0x9E37_79B9_7F4A_7C15)),
         max_concurrency: cfg.max_concurrency,
         tok,
@@ -168,7 +182,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/infill", post(infill))
-        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/embeddings", post(crate::embeddings::embeddings))
         .route("/v1/feedback", post(crate::feedback::record).get(crate::feedback::summary))
         .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
         .layer(DefaultBodyLimit::max(state.max_body))
@@ -240,15 +254,21 @@ fn model_card(st: &AppState) -> Value {
     json!({ "id": st.model_name, "object": "model", "created": st.created, "owned_by": "ferrolm", "context_length": st.ctx })
 }
 
+fn embed_card(st: &AppState, em: &EmbedModel) -> Value {
+    json!({ "id": em.name, "object": "model", "created": st.created, "owned_by": "ferrolm", "context_length": em.context_length(), "dimensions": em.dim() })
+}
+
 async fn models(State(st): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({ "object": "list", "data": [model_card(&st)] }))
+    let mut data = vec![model_card(&st)];
+    data.extend(st.embed.as_ref().filter(|em| em.name != st.model_name).map(|em| embed_card(&st, em)));
+    Json(json!({ "object": "list", "data": data }))
 }
 
 async fn model_by_id(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    if id == st.model_name {
-        Json(model_card(&st)).into_response()
-    } else {
-        ApiError::model_not_found(&id, &st.model_name).into_response()
+    match &st.embed {
+        _ if id == st.model_name => Json(model_card(&st)).into_response(),
+        Some(em) if id == em.name => Json(embed_card(&st, em)).into_response(),
+        _ => ApiError::model_not_found(&id, &st.model_name).into_response(),
     }
 }
 
@@ -542,18 +562,6 @@ fn encode_text(st: &AppState, text: &str) -> Vec<u32> {
     let mut ids = st.bos.clone();
     ids.extend(st.tok.encode(text));
     ids
-}
-
-async fn embeddings(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let r = (|| {
-        let req: EmbeddingRequest = parse(body, st.max_body)?;
-        st.check_model(&req.model)?;
-        Err::<Response, _>(ApiError::unsupported(
-            "model",
-            format!("`{}` is a causal decoder without a pooled output; embeddings need an encoder model", st.model_name),
-        ))
-    })();
-    r.unwrap_or_else(|e| e.into_response())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

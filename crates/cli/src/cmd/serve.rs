@@ -54,6 +54,13 @@ pub struct Args {
     /// Seconds open streams may run on after SIGTERM/Ctrl-C before they are cut.
     #[arg(long, default_value_t = 10.0)]
     shutdown_grace: f64,
+    /// Serve `/v1/embeddings` from this run: a masked-LM encoder (or a decoder, mean-pooled),
+    /// the model `rag index --embed` takes; clients call it by its folder's name.
+    #[arg(long)]
+    embed_model: Option<PathBuf>,
+    /// How the embedding model pools its hidden states: "mean" or "pooled" (the MLM's pooler).
+    #[arg(long, default_value = "mean")]
+    embed_pooling: ferrolm_serve::EmbedPooling,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -80,6 +87,8 @@ pub fn run(a: Args) -> Result<()> {
         feedback_db: a.feedback_db,
         prefix_cache_entries: a.prefix_cache,
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
+        embed_model: a.embed_model,
+        embed_pooling: a.embed_pooling,
     };
     ferrolm_serve::run(cfg, &a.host, a.port, &super::device()?)
 }
