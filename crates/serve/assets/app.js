@@ -61,6 +61,18 @@ function bubble(role, text, parent) {
   return d;
 }
 
+// Streamed text is shown at most once a frame: setting it and scrolling to it make the
+// browser lay the page out, and doing that for every token of a chunk held the page up
+// (hundreds of milliseconds for a long answer). flush() shows what is pending now.
+function painter(render) {
+  let pending = new Map();
+  let frame = 0;
+  const paint = () => { frame = 0; const p = pending; pending = new Map(); p.forEach((text, i) => render(i, text)); };
+  const schedule = (i, text) => { pending.set(i, text); if (!frame) frame = requestAnimationFrame(paint); };
+  schedule.flush = () => { if (frame) cancelAnimationFrame(frame); paint(); };
+  return schedule;
+}
+
 // Stream one request with n choices; onDelta(index, text) as chunks arrive.
 async function streamChat(msgs, n, onDelta) {
   state.controller = new AbortController();
@@ -119,9 +131,10 @@ async function judge(j) {
 function rateButtons(div, prompt, history, answer) {
   const row = document.createElement("div");
   row.className = "rate";
-  for (const [label, choice] of [["👍", "up"], ["👎", "down"]]) {
+  // Words, not emoji: a machine without an emoji font showed two empty boxes.
+  for (const [label, choice, title] of [["Good", "up", "thumbs up: a good answer"], ["Bad", "down", "thumbs down: a bad answer"]]) {
     const b = document.createElement("button");
-    b.type = "button"; b.textContent = label; b.dataset.choice = choice;
+    b.type = "button"; b.textContent = label; b.title = title; b.dataset.choice = choice;
     b.onclick = async () => {
       if (await judge({ kind: "rating", history, prompt, answer_a: answer, choice, settings: Object.assign({ system: $("system").value }, settings()) })) {
         row.querySelectorAll("button").forEach((x) => (x.disabled = true));
@@ -139,10 +152,25 @@ async function ask(text) {
   state.history.push({ role: "user", content: text });
   bubble("user", text);
   const div = bubble("assistant", "");
-  const texts = await streamChat(messages(state.history), 1, (_, t) => { div.textContent = t; $("log").scrollTop = $("log").scrollHeight; });
+  const show = painter((_, t) => { div.textContent = t; $("log").scrollTop = $("log").scrollHeight; });
+  const texts = await streamChat(messages(state.history), 1, show);
+  show.flush();
   const answer = texts ? texts[0] : div.textContent;
+  if (!answer) {
+    // Failed, or stopped before any text: the prompt stays out of the history (an empty
+    // assistant turn there would make every later judgement of this conversation refused).
+    state.history.pop();
+    div.remove();
+    return;
+  }
   state.history.push({ role: "assistant", content: answer });
   if (answer.trim()) rateButtons(div, text, messages(before), answer);
+}
+
+// Drop the last exchange (the last prompt and its answer) when the history ends with it.
+function dropLastExchange() {
+  const h = state.history;
+  if (h.length >= 2 && h[h.length - 1].role === "assistant" && h[h.length - 2].content === state.lastPrompt) h.splice(-2, 2);
 }
 
 async function compare(text) {
@@ -155,8 +183,10 @@ async function compare(text) {
   $("log").appendChild(pair);
   const sides = [0, 1].map(() => { const s = document.createElement("div"); s.className = "side"; pair.appendChild(s); return s; });
   const divs = sides.map((s) => bubble("assistant", "", s));
-  const texts = await streamChat(messages(state.history), 2, (i, t) => { divs[i].textContent = t; });
-  if (!texts) { state.history.pop(); return; }
+  const show = painter((i, t) => { divs[i].textContent = t; $("log").scrollTop = $("log").scrollHeight; });
+  const texts = await streamChat(messages(state.history), 2, show);
+  show.flush();
+  if (!texts || !texts[0] || !texts[1]) { state.history.pop(); if (!texts) pair.remove(); else status("an answer came back empty: nothing to compare"); return; }
   state.history.push({ role: "assistant", content: texts[0] }); // until the pick replaces it
   sides.forEach((s, i) => {
     const b = document.createElement("button");
@@ -186,12 +216,12 @@ $("compare").addEventListener("click", () => {
   const text = $("input").value.trim() || null;
   if (!state.model) return;
   if (text) { $("input").value = ""; compare(text); }
-  else if (state.lastPrompt) { state.history.splice(-2, 2); compare(state.lastPrompt); }
+  else if (state.lastPrompt) { dropLastExchange(); compare(state.lastPrompt); }
 });
 $("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); });
 $("regenerate").addEventListener("click", () => {
   if (!state.lastPrompt) return;
-  state.history.splice(-2, 2);
+  dropLastExchange();
   ask(state.lastPrompt);
 });
 $("new-chat").addEventListener("click", () => { state.history = []; state.lastPrompt = null; $("log").innerHTML = ""; setBusy(false); });
