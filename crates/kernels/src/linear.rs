@@ -125,10 +125,11 @@ const W_ROWS_PER_TASK: usize = 32;
 /// 34 µs on two, on the 2-core benchmark machine).
 const FEW_ROWS_PAR_WORK: usize = 1 << 20;
 
-/// `y (rows×n) [+]= x (rows×k) · wᵀ` for few rows: each weight row is read once, from
-/// memory, for all rows of x (which stay in cache), four rows of x at a time; weight rows
-/// are split among the rayon threads when the product is large enough. `accumulate`: y
-/// holds the bias already.
+/// `y (rows×n) [+]= x (rows×k) · wᵀ` for few rows: each task's 32 weight rows are read
+/// from memory once and from cache for the later blocks of four rows of x (register
+/// blocks of two weight rows × four rows of x, [`dots2x4`]; [`dot16`] for a single row);
+/// tasks are split among the rayon threads when the product is large enough.
+/// `accumulate`: y holds the bias already.
 fn few_rows(x: &[f32], w: &[f32], rows: usize, n: usize, k: usize, y: &mut [f32], accumulate: bool) {
     let yp = SendPtr::new(y.as_mut_ptr());
     let fma = crate::simd::fma_available();
