@@ -23,7 +23,8 @@
 //! the composed candle reference, forward and backward: softmax and scaled causal softmax,
 //! LayerNorm/RMSNorm, GELU, cross-entropy with an ignore index, bias add, seeded dropout,
 //! the linear layer's product ([`linear`]), and training self-attention
-//! ([`fused_self_attention`]). The products: the one precision dispatch ([`matmul`]:
+//! ([`fused_self_attention`]). Inference only: [`decode_attention`], one query per row
+//! over each row's own KV cache, read in place (batched decoding in `ferrolm serve`). The products: the one precision dispatch ([`matmul`]:
 //! [`MatmulPrecision`], [`set_matmul_precision`]), exact f32 ([`sgemm`]) and bf16 on AMX
 //! tiles ([`amx`]).
 
@@ -50,6 +51,8 @@ mod cpu;
 #[cfg(feature = "candle")]
 mod cross_entropy;
 #[cfg(feature = "candle")]
+mod decode_attention;
+#[cfg(feature = "candle")]
 mod dropout;
 #[cfg(feature = "candle")]
 mod fused_attention;
@@ -72,6 +75,7 @@ mod testutil;
 pub use {
     bias::add_bias,
     cross_entropy::{cross_entropy, IGNORE_INDEX},
+    decode_attention::{decode_attention, DecodeHeads, RowKv},
     dropout::dropout,
     fused_attention::fused_self_attention,
     gelu::gelu,

@@ -16,6 +16,7 @@ use crate::norm::Norm;
 
 // Batched single-token decoding for serving, in its own file.
 mod batched;
+pub use batched::{row_loop_decoding, set_row_loop_decoding};
 
 /// Which keys a query may see, by absolute position.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,13 +153,142 @@ impl Rope {
         let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
         Tensor::cat(&[r1, r2], D::Minus1)
     }
+
+    /// Each of `xs`: (batch, heads, 1, head_dim), row b at position `positions[b]`
+    /// (batched decoding, rows of different lengths; queries and keys share one gather
+    /// of the tables). The same arithmetic as [`Rope::apply`] row by row.
+    pub fn apply_at(&self, xs: [&Tensor; 2], positions: &[usize]) -> Result<[Tensor; 2]> {
+        let b = positions.len();
+        let max = self.cos.dim(0)?;
+        if let Some(&p) = positions.iter().find(|&&p| p >= max) {
+            candle_core::bail!("position {p} is beyond the model's max_seq_len {max}");
+        }
+        let half = self.cos.dim(1)?;
+        let idx: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let idx = Tensor::from_vec(idx, b, self.cos.device())?;
+        let cos = self.cos.index_select(&idx, 0)?.reshape((b, 1, 1, half))?;
+        let sin = self.sin.index_select(&idx, 0)?.reshape((b, 1, 1, half))?;
+        let rotate = |x: &Tensor| -> Result<Tensor> {
+            let (xb, _, t, d) = x.dims4()?;
+            if xb != b || t != 1 || d != 2 * half {
+                candle_core::bail!("apply_at takes one position per row: {:?} for {b} positions of {} dims", x.dims(), 2 * half);
+            }
+            let x1 = x.narrow(D::Minus1, 0, half)?;
+            let x2 = x.narrow(D::Minus1, half, half)?;
+            let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+            let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+            Tensor::cat(&[r1, r2], D::Minus1)
+        };
+        Ok([rotate(xs[0])?, rotate(xs[1])?])
+    }
 }
 
-/// Cached keys and values of one attention layer.
+/// Cached keys and values of one attention layer. Two forms: candle tensors (batch,
+/// kv_heads, T, head_dim), which grow by concatenation (other devices, cross-attention,
+/// batches of several sequences); or, for one sequence's self-attention on the CPU in f32,
+/// host buffers that grow in place (`HostKv`), which batched decoding attends over
+/// without copying. Which form a cache takes is decided at its first append.
 #[derive(Debug, Clone, Default)]
 pub struct LayerCache {
     k: Option<Tensor>,
     v: Option<Tensor>,
+    host: Option<HostKv>,
+}
+
+/// One sequence's keys and values in growable host buffers, position-major: position `p`,
+/// key/value head `g` at `(p · n_kv_heads + g) · head_dim`. Appending a position writes
+/// its values at the end (amortised, no copy of the earlier positions), and
+/// `ferrolm_kernels::decode_attention` reads the buffers as they are.
+#[derive(Debug, Clone)]
+pub(crate) struct HostKv {
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
+    pub(crate) n_kv_heads: usize,
+    pub(crate) head_dim: usize,
+}
+
+impl HostKv {
+    fn width(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.k.len() / self.width()
+    }
+
+    /// (1, kv_heads, T, head_dim) tensors of everything cached (copies: the full-sequence
+    /// path and the per-row decoding path take tensors).
+    fn tensors(&self, device: &Device) -> Result<(Tensor, Tensor)> {
+        let shape = (1, self.len(), self.n_kv_heads, self.head_dim);
+        let k = Tensor::from_slice(&self.k, shape, device)?.transpose(1, 2)?.contiguous()?;
+        let v = Tensor::from_slice(&self.v, shape, device)?.transpose(1, 2)?.contiguous()?;
+        Ok((k, v))
+    }
+}
+
+/// Position-major values of a (1, kv_heads, T, head_dim) tensor.
+fn position_major(x: &Tensor) -> Result<Vec<f32>> {
+    x.transpose(1, 2)?.contiguous()?.flatten_all()?.to_vec1::<f32>()
+}
+
+impl LayerCache {
+    /// Append keys and values (batch, kv_heads, T, head_dim) of self-attention and return
+    /// everything cached, as tensors of that shape.
+    pub(crate) fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let host = self.host.is_some()
+            || (self.k.is_none() && k.device().is_cpu() && k.dtype() == candle_core::DType::F32 && k.dim(0)? == 1 && !row_loop_decoding());
+        if !host {
+            let k = match &self.k { Some(pk) => Tensor::cat(&[pk, &k], 2)?, None => k };
+            let v = match &self.v { Some(pv) => Tensor::cat(&[pv, &v], 2)?, None => v };
+            self.k = Some(k.clone());
+            self.v = Some(v.clone());
+            return Ok((k, v));
+        }
+        let (b, n_kv_heads, _, head_dim) = k.dims4()?;
+        if b != 1 {
+            candle_core::bail!("a host KV cache holds one sequence, not {b}");
+        }
+        let device = k.device().clone();
+        let h = self.host_mut(n_kv_heads, head_dim)?;
+        h.k.extend_from_slice(&position_major(&k)?);
+        h.v.extend_from_slice(&position_major(&v)?);
+        h.tensors(&device)
+    }
+
+    /// The host form of this cache (tensors cached so far are moved into it once).
+    pub(crate) fn host_mut(&mut self, n_kv_heads: usize, head_dim: usize) -> Result<&mut HostKv> {
+        if self.host.is_none() {
+            let mut h = HostKv { k: Vec::new(), v: Vec::new(), n_kv_heads, head_dim };
+            if let (Some(k), Some(v)) = (&self.k, &self.v) {
+                if k.dim(0)? != 1 {
+                    candle_core::bail!("batched decoding takes one sequence per cache, this one holds {}", k.dim(0)?);
+                }
+                h.k = position_major(k)?;
+                h.v = position_major(v)?;
+                self.k = None;
+                self.v = None;
+            }
+            self.host = Some(h);
+        }
+        let h = self.host.as_mut().expect("set above");
+        if (h.n_kv_heads, h.head_dim) != (n_kv_heads, head_dim) {
+            candle_core::bail!("KV cache of {}×{} heads used by a layer of {n_kv_heads}×{head_dim}", h.n_kv_heads, h.head_dim);
+        }
+        Ok(h)
+    }
+
+    /// Everything cached as (1, kv_heads, T, head_dim) tensors on `device`, the host form
+    /// turned back into tensors (for the per-row decoding path).
+    pub(crate) fn tensor_form(&mut self, device: &Device) -> Result<()> {
+        if let Some(h) = self.host.take() {
+            if h.len() > 0 {
+                let (k, v) = h.tensors(device)?;
+                self.k = Some(k);
+                self.v = Some(v);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Per-layer caches for incremental decoding; `self_attn[i]` for block i's
@@ -175,7 +305,7 @@ impl KvCache {
     }
     /// Number of positions already cached.
     pub fn len(&self) -> usize {
-        self.self_attn.first().and_then(|c| c.k.as_ref()).map(|k| k.dim(2).unwrap_or(0)).unwrap_or(0)
+        self.self_attn.first().map(|c| c.len()).unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -320,13 +450,7 @@ impl Attention {
                 };
                 // Append to the cache: keys for earlier positions are reused, not recomputed.
                 let (k, v) = match inp.cache {
-                    Some(cache) => {
-                        let k = match &cache.k { Some(pk) => Tensor::cat(&[pk, &k], 2)?, None => k };
-                        let v = match &cache.v { Some(pv) => Tensor::cat(&[pv, &v], 2)?, None => v };
-                        cache.k = Some(k.clone());
-                        cache.v = Some(v.clone());
-                        (k, v)
-                    }
+                    Some(cache) => cache.append(k, v)?,
                     None => (k, v),
                 };
                 (q, k, v)

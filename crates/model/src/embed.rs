@@ -40,6 +40,23 @@ impl Positions {
             None => Ok(x),
         }
     }
+
+    /// Token embeddings of one token per row, `ids` (batch, 1), row b at position
+    /// `positions[b]` (batched decoding): one lookup for the whole batch.
+    pub fn embed_rows(&self, wte: &Embedding, ids: &Tensor, positions: &[usize]) -> Result<Tensor> {
+        if let Some(&p) = positions.iter().find(|&&p| p + 1 > self.max_seq_len) {
+            candle_core::bail!("sequence of {} positions exceeds the model's max_seq_len {}", p + 1, self.max_seq_len);
+        }
+        let x = wte.forward(ids)?;
+        match &self.wpe {
+            Some(wpe) => {
+                let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+                let pos = Tensor::from_vec(pos, (positions.len(), 1), ids.device())?;
+                x + wpe.forward(&pos)?
+            }
+            None => Ok(x),
+        }
+    }
 }
 
 pub fn rope(cfg: &TransformerConfig, device: &candle_core::Device) -> Result<Option<Rope>> {

@@ -86,6 +86,11 @@ fn truncated_cache_equals_the_shorter_prefill() {
     let long = [4u32, 8, 15, 16, 23, 12];
     let mut full = m.new_cache();
     m.forward(&ids(&long), &MaskSpec::causal(), Some(&mut full)).unwrap();
+    // a clone is independent: truncating and extending it leaves the original as it was
+    // (the server keeps recent prompts' caches and hands out truncated clones)
+    let original = full.clone();
+    let mut before = original.clone();
+    let want = last_row(&m.forward(&ids(&[9]), &MaskSpec::causal(), Some(&mut before)).unwrap());
     full.truncate(3).unwrap();
     assert_eq!(full.len(), 3);
     let mut short = m.new_cache();
@@ -94,6 +99,15 @@ fn truncated_cache_equals_the_shorter_prefill() {
     let b = last_row(&m.forward(&ids(&[7, 1]), &MaskSpec::causal(), Some(&mut short)).unwrap());
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
     assert!(max_diff(&a, &b) < 1e-5 * scale.max(1.0), "differs by {} (logits up to {scale})", max_diff(&a, &b));
+    let mut after = original.clone();
+    assert_eq!(after.len(), long.len());
+    let got = last_row(&m.forward(&ids(&[9]), &MaskSpec::causal(), Some(&mut after)).unwrap());
+    assert_eq!(got, want);
+    // and through batched decoding too
+    let mut refs = [&mut full, &mut short];
+    let l: Vec<Vec<f32>> = m.decode_step(&[3, 3], &mut refs).unwrap().to_vec2().unwrap();
+    assert!(max_diff(&l[0], &l[1]) < 1e-5 * scale.max(1.0));
+    assert_eq!((full.len(), short.len(), original.len()), (6, 6, long.len()));
 }
 
 #[test]

@@ -18,12 +18,19 @@ impl Transformer {
             candle_core::bail!("decode_step takes one token per cache ({} tokens, {} caches)", tokens.len(), caches.len());
         }
         let dev = self.device();
-        let rows = tokens
-            .iter()
-            .zip(caches.iter())
-            .map(|(&t, c)| self.pos.embed(&self.wte, &Tensor::new(&[t], dev)?.unsqueeze(0)?, c.len()))
-            .collect::<Result<Vec<_>>>()?;
-        let mut x = Tensor::cat(&rows, 0)?;
+        let mut x = if crate::attention::row_loop_decoding() {
+            // the earlier path, kept for comparison: one lookup per row
+            let rows = tokens
+                .iter()
+                .zip(caches.iter())
+                .map(|(&t, c)| self.pos.embed(&self.wte, &Tensor::new(&[t], dev)?.unsqueeze(0)?, c.len()))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&rows, 0)?
+        } else {
+            let positions: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+            let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), dev)?;
+            self.pos.embed_rows(&self.wte, &ids, &positions)?
+        };
         for (i, block) in self.decoder.blocks.iter().enumerate() {
             let mut layer: Vec<&mut LayerCache> = caches.iter_mut().map(|c| &mut c.self_attn[i]).collect();
             x = block.decode_batch(&x, self.rope.as_ref(), &mut layer)?;
