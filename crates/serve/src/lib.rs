@@ -7,6 +7,10 @@
 //!   `/v1/embeddings`, `/health`, `/metrics`, `/openapi.json`, the page at `/`), SSE
 //!   streaming in OpenAI's chunk format, API-key auth, CORS, graceful shutdown.
 //! - [`api`] / [`error`]: request bodies, their validation, OpenAI-style error objects.
+//! - [`grammar`]: constrained decoding (llguidance): JSON-schema `response_format` and
+//!   forced tool calls.
+//! - [`tools`]: tool definitions, `tool_choice`, the tool-call schema and reading tool calls
+//!   out of answers (streamed or whole).
 //! - [`text`]: streamed detokenisation with stop strings.
 //! - [`feedback`]: the SQLite (WAL) judgement store and its export as preference pairs.
 //! - [`metrics`]: Prometheus text exposition.
@@ -15,10 +19,12 @@ pub mod api;
 pub mod engine;
 pub mod error;
 pub mod feedback;
+pub mod grammar;
 pub mod metrics;
 pub mod page;
 pub mod server;
 pub mod text;
+pub mod tools;
 
 pub use feedback::{export_preferences, ExportReport, FeedbackStore, Judgement};
 pub use server::{load, router, run, serve, AppState, ServeConfig};

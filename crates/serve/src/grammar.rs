@@ -1,0 +1,119 @@
+//! Constrained decoding: `response_format` JSON schemas and forced tool calls, compiled by
+//! llguidance into a grammar whose matcher gives, before each sampled token, the set of
+//! tokens that keep the answer valid.
+//!
+//! The token trie llguidance walks is built from ferrolm's own tokenizer: each token's
+//! bytes; special tokens (and tokens without bytes of their own) get the trie's special
+//! marker byte 0xFF in front, which no grammar of text ever matches. The grammar's "end"
+//! tokens are the chat's stop tokens (end of turn, end of text): the mask allows them only
+//! where the grammar accepts a complete answer.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use anyhow::Result;
+use ferrolm_tokenizer::Tokenizer;
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie, INVALID_TOKEN};
+use llguidance::{Matcher, ParserFactory};
+use serde_json::Value;
+
+/// Compiles JSON schemas against one tokenizer and vocabulary (built once, shared).
+pub struct Grammars {
+    factory: ParserFactory,
+}
+
+impl Grammars {
+    /// The trie of `vocab` tokens (the model's logit rows; ids the tokenizer lacks are
+    /// never allowed), ending where one of `end_tokens` may be sampled.
+    pub fn new(tok: &Tokenizer, vocab: usize, end_tokens: &[u32]) -> Result<Self> {
+        let words = token_words(tok, vocab);
+        let ends: Vec<u32> = end_tokens.iter().copied().filter(|&t| (t as usize) < vocab).collect();
+        let info = TokRxInfo::new(vocab as u32, ends.first().copied().unwrap_or(INVALID_TOKEN));
+        let mut trie = TokTrie::from(&info, &words);
+        if ends.len() > 1 {
+            trie = trie.with_eos_tokens(&ends);
+        }
+        let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+        let mut factory = ParserFactory::new_simple(&env)?;
+        factory.quiet();
+        Ok(Self { factory })
+    }
+
+    /// A matcher for answers valid under `schema`, or llguidance's reason it cannot be.
+    pub fn compile(&self, schema: &Value) -> Result<Constraint, String> {
+        let parser = self.factory.create_parser(TopLevelGrammar::from_json_schema(schema.clone())).map_err(|e| format!("{e:#}"))?;
+        let matcher = Matcher::new(Ok(parser));
+        match matcher.get_error() {
+            Some(e) => Err(e),
+            None => Ok(Constraint { matcher }),
+        }
+    }
+}
+
+/// Each token's bytes as the trie wants them: text tokens as they are, special tokens,
+/// empty tokens, repeats of an earlier token's bytes and ids beyond the tokenizer as
+/// `0xFF` + a unique name (never allowed by a JSON grammar).
+fn token_words(tok: &Tokenizer, vocab: usize) -> Vec<Vec<u8>> {
+    let mut seen = HashSet::new();
+    (0..vocab as u32)
+        .map(|id| {
+            let special = |name: String| [&[TokTrie::SPECIAL_TOKEN_MARKER][..], name.as_bytes()].concat();
+            if tok.is_special(id) {
+                return special(tok.id_to_token(id).unwrap_or_else(|| format!("[{id}]")));
+            }
+            match tok.id_to_bytes(id) {
+                Some(b) if !b.is_empty() && seen.insert(b.to_vec()) => b.to_vec(),
+                _ => special(format!("[{id}]")),
+            }
+        })
+        .collect()
+}
+
+/// The grammar state of one sequence.
+pub struct Constraint {
+    matcher: Matcher,
+}
+
+impl Clone for Constraint {
+    fn clone(&self) -> Self {
+        Self { matcher: self.matcher.deep_clone() }
+    }
+}
+
+impl std::fmt::Debug for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Constraint").field("stopped", &self.matcher.is_stopped()).finish()
+    }
+}
+
+impl Constraint {
+    /// Set every logit the grammar does not allow next to -inf. Errors when the grammar
+    /// failed or allows nothing.
+    pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
+        let allowed = self.matcher.compute_mask().map_err(|e| format!("constrained decoding failed: {e:#}"))?;
+        let mut any = false;
+        for (i, l) in logits.iter_mut().enumerate() {
+            if allowed.is_allowed(i as u32) {
+                any |= *l > f32::NEG_INFINITY;
+            } else {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        if any {
+            Ok(())
+        } else {
+            Err("constrained decoding failed: the grammar allows no token here".into())
+        }
+    }
+
+    /// Advance by the sampled token.
+    pub fn consume(&mut self, token: u32) -> Result<(), String> {
+        self.matcher.consume_token(token).map_err(|e| format!("constrained decoding failed: {e:#}"))
+    }
+
+    /// The answer is complete: the grammar accepts it and allows nothing more.
+    pub fn is_complete(&self) -> bool {
+        self.matcher.is_stopped()
+    }
+}
