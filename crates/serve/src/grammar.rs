@@ -92,12 +92,21 @@ impl Constraint {
     /// failed or allows nothing.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
         let allowed = self.matcher.compute_mask().map_err(|e| format!("constrained decoding failed: {e:#}"))?;
+        // 32 tokens per word of the bit set: whole words of forbidden tokens at once
+        let words = allowed.as_slice();
         let mut any = false;
-        for (i, l) in logits.iter_mut().enumerate() {
-            if allowed.is_allowed(i as u32) {
-                any |= *l > f32::NEG_INFINITY;
-            } else {
-                *l = f32::NEG_INFINITY;
+        for (w, chunk) in logits.chunks_mut(32).enumerate() {
+            match words.get(w).copied().unwrap_or(0) {
+                0 => chunk.fill(f32::NEG_INFINITY),
+                bits => {
+                    for (b, l) in chunk.iter_mut().enumerate() {
+                        if bits & (1 << b) == 0 {
+                            *l = f32::NEG_INFINITY;
+                        } else {
+                            any |= *l > f32::NEG_INFINITY;
+                        }
+                    }
+                }
             }
         }
         if any {
@@ -115,5 +124,53 @@ impl Constraint {
     /// The answer is complete: the grammar accepts it and allows nothing more.
     pub fn is_complete(&self) -> bool {
         self.matcher.is_stopped()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrolm_tokenizer::{special, BpeTrainConfig};
+    use serde_json::json;
+
+    fn tokenizer() -> Tokenizer {
+        let text = "the cat and the dog, \"cat\" or \"dog\" {\"a\": 1}\n".repeat(30);
+        Tokenizer::train_bpe(std::iter::once(text), &BpeTrainConfig { vocab_size: 290, min_frequency: 2, special_tokens: special::defaults() }).unwrap()
+    }
+
+    /// The mask allows exactly the tokens that keep the answer a prefix of a valid one;
+    /// end tokens only once it is complete; specials and ids beyond the tokenizer never.
+    #[test]
+    fn masks_follow_the_grammar_token_by_token() {
+        let tok = tokenizer();
+        let vocab = tok.vocab_size() + 7; // not a multiple of 32, with rows the tokenizer lacks
+        let end = tok.eot_id();
+        let g = Grammars::new(&tok, vocab, &[end]).unwrap();
+        let mut c = g.compile(&json!({ "enum": ["cat", "cow"] })).unwrap();
+        let target = "\"cat\"";
+        let mut done = String::new();
+        while done.len() < target.len() {
+            let mut logits = vec![0f32; vocab];
+            c.mask(&mut logits).unwrap();
+            let allowed: Vec<u32> = (0..vocab as u32).filter(|&i| logits[i as usize].is_finite()).collect();
+            for &i in &allowed {
+                assert!((i as usize) < tok.vocab_size() && !tok.is_special(i), "token {i} allowed");
+                let b = String::from_utf8_lossy(tok.id_to_bytes(i).unwrap()).into_owned();
+                let next = format!("{done}{b}");
+                assert!(["\"cat\"", "\"cow\""].iter().any(|v| v.starts_with(&next)), "{next:?} allowed after {done:?}");
+            }
+            // take the longest allowed token that continues towards "cat"
+            let t = *allowed
+                .iter()
+                .filter(|&&i| target[done.len()..].starts_with(std::str::from_utf8(tok.id_to_bytes(i).unwrap()).unwrap()))
+                .max_by_key(|&&i| tok.id_to_bytes(i).unwrap().len())
+                .unwrap();
+            assert!(!c.is_complete());
+            c.consume(t).unwrap();
+            done.push_str(std::str::from_utf8(tok.id_to_bytes(t).unwrap()).unwrap());
+        }
+        assert!(c.is_complete(), "\"cat\" is a whole answer");
+        // a schema that cannot be compiled is an error with llguidance's reason
+        assert!(g.compile(&json!({ "$ref": "#/$defs/none" })).unwrap_err().contains("none"));
     }
 }

@@ -135,6 +135,14 @@ fn json_schema_answers_follow_the_schema_for_every_seed() {
         validate(&answer, &pet_schema(), "answer").unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         eprintln!("seed {seed}: {text:?}");
     }
+    // n choices: each sequence has its own matcher
+    let (st, v) = s.post("/v1/chat/completions", &chat(21, json!({ "response_format": pet_format(), "n": 3 })));
+    assert_eq!(st, 200, "{v}");
+    let texts: Vec<&str> = v["choices"].as_array().unwrap().iter().map(|c| c["message"]["content"].as_str().unwrap()).collect();
+    for t in &texts {
+        validate(&serde_json::from_str(t).unwrap(), &pet_schema(), "choice").unwrap();
+    }
+    assert!(texts[0] != texts[1] || texts[1] != texts[2], "{texts:?}");
     // the grammar ran and its time is reported
     let (masks, secs) = (s.metric("ferrolm_grammar_masks_total"), s.metric("ferrolm_grammar_mask_seconds_total"));
     assert!(masks > 10.0 && secs > 0.0);
