@@ -18,6 +18,9 @@ use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie, INVALID
 use llguidance::{Matcher, ParserFactory};
 use serde_json::Value;
 
+/// Most whitespace characters between two JSON tokens of a constrained answer.
+pub const MAX_WHITESPACE: usize = 20;
+
 /// Compiles JSON schemas against one tokenizer and vocabulary (built once, shared).
 pub struct Grammars {
     factory: ParserFactory,
@@ -41,8 +44,18 @@ impl Grammars {
     }
 
     /// A matcher for answers valid under `schema`, or llguidance's reason it cannot be.
+    /// Whitespace between JSON tokens is at most [`MAX_WHITESPACE`] characters (JSON allows
+    /// any run, and a weak model may pad with it until the length limit), unless the schema
+    /// sets llguidance's own options (`x-guidance`).
     pub fn compile(&self, schema: &Value) -> Result<Constraint, String> {
-        let parser = self.factory.create_parser(TopLevelGrammar::from_json_schema(schema.clone())).map_err(|e| format!("{e:#}"))?;
+        let mut schema = match schema {
+            Value::Bool(true) => serde_json::json!({}),
+            s => s.clone(),
+        };
+        if let Some(o) = schema.as_object_mut() {
+            o.entry("x-guidance").or_insert_with(|| serde_json::json!({ "whitespace_pattern": format!("[\\x20\\x0A\\x0D\\x09]{{1,{MAX_WHITESPACE}}}") }));
+        }
+        let parser = self.factory.create_parser(TopLevelGrammar::from_json_schema(schema)).map_err(|e| format!("{e:#}"))?;
         let matcher = Matcher::new(Ok(parser));
         match matcher.get_error() {
             Some(e) => Err(e),
@@ -170,6 +183,19 @@ mod tests {
             done.push_str(std::str::from_utf8(tok.id_to_bytes(t).unwrap()).unwrap());
         }
         assert!(c.is_complete(), "\"cat\" is a whole answer");
+        // whitespace between JSON tokens is bounded: after 20 spaces, no more
+        let space = tok.encode(" ")[0];
+        assert_eq!(tok.id_to_bytes(space).unwrap(), b" ");
+        let mut c = g.compile(&json!({ "type": "object" })).unwrap();
+        c.consume(tok.encode("{")[0]).unwrap();
+        for i in 0..=MAX_WHITESPACE {
+            let mut logits = vec![0f32; vocab];
+            c.mask(&mut logits).unwrap();
+            assert_eq!(logits[space as usize].is_finite(), i < MAX_WHITESPACE, "after {i} spaces");
+            if i < MAX_WHITESPACE {
+                c.consume(space).unwrap();
+            }
+        }
         // a schema that cannot be compiled is an error with llguidance's reason
         assert!(g.compile(&json!({ "$ref": "#/$defs/none" })).unwrap_err().contains("none"));
     }
