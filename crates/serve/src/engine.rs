@@ -461,6 +461,8 @@ fn token_logprob(tok: &Tokenizer, logits: &[f32], id: u32, k: usize) -> TokenLog
         top.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
     }
     top.truncate(k);
+    // tokens a grammar forbids (-inf) are no alternatives
+    top.retain(|e| e.1.is_finite());
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     TokenLogprob { id, bytes: bytes(id), logprob: logits[id as usize] - lse, top: top.into_iter().map(|(t, l)| (t, bytes(t), l)).collect() }
 }

@@ -135,6 +135,14 @@ fn json_schema_answers_follow_the_schema_for_every_seed() {
         validate(&answer, &pet_schema(), "answer").unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         eprintln!("seed {seed}: {text:?}");
     }
+    // log-probabilities: the most likely alternatives are allowed tokens only (never -inf)
+    let (_, v) = s.post("/v1/chat/completions", &chat(1, json!({ "response_format": pet_format(), "logprobs": true, "top_logprobs": 20 })));
+    let lps = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert!(lps.iter().any(|t| t["top_logprobs"].as_array().unwrap().len() < 20), "some step allows fewer than 20 tokens");
+    for t in lps {
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+        assert!(t["top_logprobs"].as_array().unwrap().iter().all(|a| a["logprob"].as_f64().is_some()), "{t}");
+    }
     // n choices: each sequence has its own matcher
     let (st, v) = s.post("/v1/chat/completions", &chat(21, json!({ "response_format": pet_format(), "n": 3 })));
     assert_eq!(st, 200, "{v}");
