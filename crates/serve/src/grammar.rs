@@ -183,6 +183,22 @@ mod tests {
             done.push_str(std::str::from_utf8(tok.id_to_bytes(t).unwrap()).unwrap());
         }
         assert!(c.is_complete(), "\"cat\" is a whole answer");
+        // the end token is allowed exactly where the answer could end: not after "[" or "[1",
+        // after "1" as a whole answer (which "12" could still continue)
+        let ends_after = |schema: Value, pieces: &[&str]| {
+            let mut c = g.compile(&schema).unwrap();
+            for p in pieces {
+                c.consume(tok.encode(p)[0]).unwrap();
+            }
+            assert!(!c.is_complete());
+            let mut logits = vec![0f32; vocab];
+            c.mask(&mut logits).unwrap();
+            logits[end as usize].is_finite()
+        };
+        let array = json!({ "type": "array", "items": { "type": "integer" } });
+        assert!(!ends_after(array.clone(), &["["]));
+        assert!(!ends_after(array, &["[", "1"]));
+        assert!(ends_after(json!({ "type": "integer" }), &["1"]));
         // whitespace between JSON tokens is bounded: after 20 spaces, no more
         let space = tok.encode(" ")[0];
         assert_eq!(tok.id_to_bytes(space).unwrap(), b" ");
