@@ -394,7 +394,7 @@ impl Scheduler {
             }
         }
         let mut tok = seq.sampler.sample(&logits);
-        if logits.get(tok as usize).is_none_or(|l| *l == f32::NEG_INFINITY) {
+        if seq.constraint.is_some() && logits.get(tok as usize).is_none_or(|l| *l == f32::NEG_INFINITY) {
             // Only when rounding left the sampler's running sum short of its draw: take the
             // most likely allowed token rather than one the grammar forbids.
             tok = ferrolm_infer::sampling::argmax(&logits);
