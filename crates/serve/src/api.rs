@@ -1,13 +1,14 @@
 //! Request bodies of the OpenAI API as ferrolm accepts them, and their validation into the
 //! sampling settings of one sequence. Unknown top-level parameters are refused (as OpenAI
 //! does); parameters OpenAI has but ferrolm cannot honour are refused by name rather
-//! than ignored.
+//! than ignored. `response_format` (JSON object / JSON schema) and `tools`/`tool_choice`
+//! are honoured by constrained decoding ([`crate::grammar`], [`crate::tools`]).
 
 use std::collections::HashMap;
 
 use ferrolm_infer::SamplingConfig;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::error::ApiError;
 
@@ -51,6 +52,14 @@ pub struct ChatMessage {
     pub content: Option<Content>,
     #[serde(default)]
     pub name: Option<String>,
+    /// An assistant message's calls: `[{"id", "type": "function", "function": {"name", "arguments"}}]`.
+    #[serde(default)]
+    pub tool_calls: Option<Value>,
+    /// A tool message: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub refusal: Option<Value>,
 }
 
 /// Sampling parameters both endpoints share.
@@ -96,11 +105,13 @@ pub struct ChatRequest {
     pub store: Option<bool>,
     pub metadata: Option<Value>,
     pub service_tier: Option<String>,
+    /// Accepted; an answer holds at most one tool call.
     pub parallel_tool_calls: Option<bool>,
-    // Refused when they ask for something ferrolm does not do.
+    /// Text, a JSON object or a JSON schema: enforced by constrained decoding.
     pub response_format: Option<Value>,
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
+    // Refused when they ask for something ferrolm does not do.
     pub functions: Option<Value>,
     pub function_call: Option<Value>,
     pub modalities: Option<Value>,
@@ -253,14 +264,7 @@ impl ChatRequest {
 
     /// Parameters ferrolm refuses rather than silently ignores.
     pub fn check_unsupported(&self) -> Result<(), ApiError> {
-        if let Some(rf) = &self.response_format {
-            if rf.get("type").and_then(Value::as_str) != Some("text") {
-                return Err(ApiError::unsupported("response_format", "response_format other than {\"type\": \"text\"} is not supported by this server"));
-            }
-        }
-        let refused: [(&str, bool); 8] = [
-            ("tools", self.tools.as_ref().is_some_and(|t| !t.as_array().is_some_and(|a| a.is_empty()))),
-            ("tool_choice", self.tool_choice.as_ref().is_some_and(|t| t.as_str() != Some("none"))),
+        let refused: [(&str, bool); 6] = [
             ("functions", self.functions.is_some()),
             ("function_call", self.function_call.is_some()),
             ("modalities", self.modalities.as_ref().is_some_and(|m| m != &serde_json::json!(["text"]))),
@@ -272,6 +276,36 @@ impl ChatRequest {
             return Err(ApiError::unsupported(name, format!("`{name}` is not supported by this server")));
         }
         Ok(())
+    }
+
+    /// The JSON schema `response_format` asks the answer to follow: None for text,
+    /// `{"type": "object"}` for `json_object`, the given schema for `json_schema` (any JSON
+    /// value when it has none). Whether llguidance can compile it is checked later.
+    pub fn response_schema(&self) -> Result<Option<Value>, ApiError> {
+        let bad = |m: String| ApiError::invalid("response_format", m);
+        let Some(rf) = self.response_format.as_ref().filter(|v| !v.is_null()) else { return Ok(None) };
+        match rf.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(None),
+            Some("json_object") => Ok(Some(json!({ "type": "object" }))),
+            Some("json_schema") => {
+                let Some(js) = rf.get("json_schema").filter(|v| v.is_object()) else {
+                    return Err(bad("response_format of type json_schema needs a `json_schema` object".into()));
+                };
+                match js.get("name").and_then(Value::as_str) {
+                    Some(n) if (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {}
+                    _ => return Err(bad("json_schema.name must be 1 to 64 characters of a-z, A-Z, 0-9, _ and -".into())),
+                }
+                if js.get("strict").is_some_and(|s| !s.is_boolean() && !s.is_null()) {
+                    return Err(bad("json_schema.strict must be a boolean".into()));
+                }
+                match js.get("schema") {
+                    None | Some(Value::Null) => Ok(Some(json!({}))),
+                    Some(s) if s.is_object() || s.is_boolean() => Ok(Some(s.clone())),
+                    Some(s) => Err(bad(format!("json_schema.schema must be a JSON schema (an object), got {s}"))),
+                }
+            }
+            _ => Err(bad(format!("response_format.type must be \"text\", \"json_object\" or \"json_schema\", got {}", rf.get("type").unwrap_or(rf)))),
+        }
     }
 
     /// max_completion_tokens, or the older max_tokens; None when neither was given.

@@ -6,7 +6,12 @@
 //! prompt prefix it has seen recently), samples its first token, and joins the batch. Each
 //! decode step then advances *every* active sequence in one forward pass
 //! ([`Transformer::decode_step`]); each keeps its own KV cache, sampler, stop rules and
-//! length, so one sequence never changes another's output. A sequence whose client has
+//! length, so one sequence never changes another's output. A constrained sequence
+//! (`response_format`, a forced tool call) also keeps its grammar matcher: before each
+//! sample the tokens the grammar does not allow get -inf logits (after `logit_bias` and the
+//! penalties, before temperature/top-p, so the seeded sampler still decides among the
+//! rest), the sampled token advances the matcher, and the answer ends ("stop") when the
+//! grammar is complete. A sequence whose client has
 //! gone (its event receiver was dropped) is removed before the next step, which frees its
 //! slot at once.
 
@@ -25,6 +30,7 @@ use ferrolm_model::{KvCache, Transformer};
 use ferrolm_tokenizer::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::grammar::Constraint;
 use crate::metrics::Metrics;
 use crate::text::TextState;
 
@@ -79,6 +85,8 @@ pub struct SeqRequest {
     pub frequency_penalty: f32,
     pub presence_penalty: f32,
     pub logit_bias: Vec<(u32, f32)>,
+    /// The grammar the answer must follow (its end tokens are `stop_tokens`).
+    pub constraint: Option<Constraint>,
     pub events: UnboundedSender<(usize, Event)>,
     pub arrived: Instant,
 }
@@ -185,6 +193,7 @@ struct Active {
     last: u32,
     generated: usize,
     counts: HashMap<u32, u32>,
+    constraint: Option<Constraint>,
     text: TextState,
     cached_tokens: usize,
     last_emit: Instant,
@@ -295,7 +304,7 @@ impl Scheduler {
         }
     }
 
-    fn prefill(&mut self, req: SeqRequest) -> Result<Option<Active>> {
+    fn prefill(&mut self, mut req: SeqRequest) -> Result<Option<Active>> {
         let prompt = req.prompt.clone();
         anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
         anyhow::ensure!(prompt.len() < self.cfg.ctx, "the prompt ({} tokens) does not fit the context of {}", prompt.len(), self.cfg.ctx);
@@ -313,7 +322,9 @@ impl Scheduler {
             self.prefixes.truncate(self.cfg.prefix_cache_entries);
         }
         let stops = req.stop_strings.clone();
+        let constraint = req.constraint.take();
         let mut seq = Active {
+            constraint,
             sampler: Sampler::new(req.sampling.clone()),
             req,
             cache,
@@ -371,7 +382,23 @@ impl Scheduler {
                 }
             }
         }
-        let tok = seq.sampler.sample(&logits);
+        if let Some(c) = seq.constraint.as_mut() {
+            let t0 = Instant::now();
+            let masked = c.mask(&mut logits);
+            self.metrics.grammar_masks.fetch_add(1, Relaxed);
+            self.metrics.grammar_mask_micros.fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
+            if let Err(e) = masked {
+                let _ = r.events.send((r.index, Event::Error(e)));
+                seq.done = true;
+                return;
+            }
+        }
+        let mut tok = seq.sampler.sample(&logits);
+        if seq.constraint.is_some() && logits.get(tok as usize).is_none_or(|l| *l == f32::NEG_INFINITY) {
+            // Only when rounding left the sampler's running sum short of its draw: take the
+            // most likely allowed token rather than one the grammar forbids.
+            tok = ferrolm_infer::sampling::argmax(&logits);
+        }
         let lp = r.top_logprobs.map(|k| token_logprob(&self.tok, &logits, tok, k));
         let now = Instant::now();
         if seq.generated == 0 {
@@ -386,9 +413,22 @@ impl Scheduler {
         seq.last = tok;
         let mut finish = None;
         // a stop token ends the answer without text; a stop string ends it where it began
+        let mut failed = None;
         if r.stop_tokens.contains(&tok) || seq.text.push(self.tok.id_to_bytes(tok).unwrap_or("\u{FFFD}".as_bytes())) {
             finish = Some(Finish::Stop);
-        } else if seq.generated >= r.max_tokens || seq.cache.len() + 1 > self.cfg.ctx {
+        } else if let Some(c) = seq.constraint.as_mut() {
+            match c.consume(tok) {
+                Ok(()) if c.is_complete() => finish = Some(Finish::Stop),
+                Ok(()) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            let _ = r.events.send((r.index, Event::Error(e)));
+            seq.done = true;
+            return;
+        }
+        if finish.is_none() && (seq.generated >= r.max_tokens || seq.cache.len() + 1 > self.cfg.ctx) {
             finish = Some(Finish::Length);
         }
         let text = seq.text.take_ready(finish.is_some());
@@ -421,6 +461,8 @@ fn token_logprob(tok: &Tokenizer, logits: &[f32], id: u32, k: usize) -> TokenLog
         top.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
     }
     top.truncate(k);
+    // tokens a grammar forbids (-inf) are no alternatives
+    top.retain(|e| e.1.is_finite());
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     TokenLogprob { id, bytes: bytes(id), logprob: logits[id as usize] - lse, top: top.into_iter().map(|(t, l)| (t, bytes(t), l)).collect() }
 }

@@ -9,6 +9,10 @@
 //! - [`embeddings`]: `/v1/embeddings` from an encoder served beside the chat model
 //!   (`--embed-model`), the same vectors `ferrolm rag index --embed` stores.
 //! - [`api`] / [`error`]: request bodies, their validation, OpenAI-style error objects.
+//! - [`grammar`]: constrained decoding (llguidance): JSON-schema `response_format` and
+//!   forced tool calls.
+//! - [`tools`]: tool definitions, `tool_choice`, the tool-call schema and reading tool calls
+//!   out of answers (streamed or whole).
 //! - [`text`]: streamed detokenisation with stop strings.
 //! - [`feedback`]: the SQLite (WAL) judgement store and its export as preference pairs.
 //! - [`metrics`]: Prometheus text exposition.
@@ -18,10 +22,12 @@ pub mod embeddings;
 pub mod engine;
 pub mod error;
 pub mod feedback;
+pub mod grammar;
 pub mod metrics;
 pub mod page;
 pub mod server;
 pub mod text;
+pub mod tools;
 
 pub use feedback::{export_preferences, ExportReport, FeedbackStore, Judgement};
 pub use ferrolm_qa::Pooling as EmbedPooling;

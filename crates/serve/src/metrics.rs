@@ -70,6 +70,9 @@ pub struct Metrics {
     /// Batched decode steps run, and rows they advanced (rows / steps = mean batch).
     pub decode_steps: AtomicU64,
     pub decode_rows: AtomicU64,
+    /// Allowed-token masks computed for constrained sequences, and the time they took.
+    pub grammar_masks: AtomicU64,
+    pub grammar_mask_micros: AtomicU64,
     pub ttft: Histogram,
     pub itl: Histogram,
     pub e2e: Histogram,
@@ -88,6 +91,8 @@ impl Default for Metrics {
             active: AtomicUsize::new(0),
             decode_steps: AtomicU64::new(0),
             decode_rows: AtomicU64::new(0),
+            grammar_masks: AtomicU64::new(0),
+            grammar_mask_micros: AtomicU64::new(0),
             ttft: Histogram::new(&LATENCY_BOUNDS),
             itl: Histogram::new(&LATENCY_BOUNDS),
             e2e: Histogram::new(&LATENCY_BOUNDS),
@@ -107,7 +112,7 @@ impl Metrics {
         for ((route, status), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(out, "ferrolm_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
         }
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 8] = [
             ("ferrolm_prompt_tokens_total", "Prompt tokens processed (tokens in).", self.prompt_tokens.load(Relaxed)),
             ("ferrolm_completion_tokens_total", "Tokens generated (tokens out).", self.completion_tokens.load(Relaxed)),
             ("ferrolm_prefix_cache_reused_tokens_total", "Prompt tokens served from the shared-prefix KV cache.", self.prefix_reused_tokens.load(Relaxed)),
@@ -115,10 +120,14 @@ impl Metrics {
             ("ferrolm_rejected_requests_total", "Requests refused with 429 (queue full).", self.rejected.load(Relaxed)),
             ("ferrolm_decode_steps_total", "Batched decode steps (one forward pass each).", self.decode_steps.load(Relaxed)),
             ("ferrolm_decode_rows_total", "Sequence positions advanced by decode steps.", self.decode_rows.load(Relaxed)),
+            ("ferrolm_grammar_masks_total", "Allowed-token masks computed for constrained sequences (response_format, forced tool calls).", self.grammar_masks.load(Relaxed)),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
+        let name = "ferrolm_grammar_mask_seconds_total";
+        let secs = self.grammar_mask_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "# HELP {name} Time spent computing allowed-token masks.\n# TYPE {name} counter\n{name} {secs}");
         let gauges: [(&str, &str, u64); 3] = [
             ("ferrolm_queue_depth", "Sequences waiting for a decoding slot.", self.queued.load(Relaxed) as u64),
             ("ferrolm_active_sequences", "Sequences being decoded.", self.active.load(Relaxed) as u64),

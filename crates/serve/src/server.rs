@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -24,6 +24,7 @@ use candle_core::Device;
 use ferrolm_finetune::prompt;
 use ferrolm_model::ModelKind;
 use ferrolm_qa::Pooling;
+use ferrolm_tokenizer::hf_config::HfTokenizerConfig;
 use ferrolm_tokenizer::{ChatTemplate, Message, Role, Tokenizer};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -34,7 +35,9 @@ use crate::embeddings::EmbedModel;
 use crate::engine::{Engine, EngineConfig, Event, Finish, SeqRequest, TokenLogprob};
 use crate::error::ApiError;
 use crate::feedback::FeedbackStore;
+use crate::grammar::{Constraint, Grammars};
 use crate::metrics::Metrics;
+use crate::tools::{Piece, ToolReader, Tools};
 
 /// Everything `ferrolm serve` can be told.
 #[derive(Debug, Clone)]
@@ -88,6 +91,12 @@ pub struct AppState {
     pub engine: Engine,
     pub tok: Arc<Tokenizer>,
     pub tpl: ChatTemplate,
+    /// The run's Jinja chat template (a Hugging Face `tokenizer_config.json` without a
+    /// ferrolm `chat_template.json`): requests with tools are rendered with it, `tools` in
+    /// its context.
+    pub jinja: Option<HfTokenizerConfig>,
+    /// The token trie and grammar compiler, built on the first constrained request.
+    grammars: OnceLock<Result<Arc<Grammars>, String>>,
     pub model_name: String,
     pub ctx: usize,
     pub vocab: usize,
@@ -124,6 +133,11 @@ pub fn load(cfg: &ServeConfig, device: &Device) -> Result<Arc<AppState>> {
     );
     let tok = Arc::new(prompt::load_tokenizer(&cfg.run_dir)?);
     let tpl = prompt::load_template(&cfg.run_dir)?;
+    let jinja = if ChatTemplate::path_next_to(&cfg.run_dir.join("tokenizer.json")).exists() {
+        None
+    } else {
+        HfTokenizerConfig::load_from_dir(&cfg.run_dir)?.filter(|c| c.chat_template.is_some())
+    };
     let max_len = model.config().max_seq_len;
     let ctx = cfg.ctx.unwrap_or(max_len);
     anyhow::ensure!(ctx <= max_len, "--ctx {ctx} is beyond the model's max_seq_len {max_len}");
@@ -152,6 +166,8 @@ pub fn load(cfg: &ServeConfig, device: &Device) -> Result<Arc<AppState>> {
         bos: prompt::bos(&tok),
         engine,
         tpl,
+        jinja,
+        grammars: OnceLock::new(),
         model_name,
         ctx,
         vocab,
@@ -318,6 +334,7 @@ impl AppState {
         s: &Settings,
         stops: &[u32],
         top_logprobs: Option<usize>,
+        constraint: Option<&Constraint>,
     ) -> Result<UnboundedReceiver<(usize, Event)>, ApiError> {
         let (tx, rx) = unbounded_channel();
         let arrived = Instant::now();
@@ -337,6 +354,7 @@ impl AppState {
                     frequency_penalty: s.frequency_penalty,
                     presence_penalty: s.presence_penalty,
                     logit_bias: s.logit_bias.clone(),
+                    constraint: constraint.cloned(),
                     events: tx.clone(),
                     arrived,
                 });
@@ -350,39 +368,181 @@ impl AppState {
     }
 }
 
-/// Conversation messages of a chat request, in the template's roles.
-pub(crate) fn chat_messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
+/// A chat request's messages, in both forms a template may need.
+pub(crate) struct Conversation {
+    /// In the marker template's roles: a tool result becomes a user turn inside
+    /// `<tool_response>`, an assistant's calls `<tool_call>` lines after its content.
+    pub marker: Vec<Message>,
+    /// As JSON objects for a Jinja template (`role`, `content`, `tool_calls` with parsed
+    /// arguments, `tool_call_id`, `name`).
+    pub json: Vec<Value>,
+    /// Whether any message is a tool result or carries tool calls.
+    pub has_tool_messages: bool,
+}
+
+/// Text of a message's content: a string, or text parts.
+fn content_text(c: &Option<crate::api::Content>, i: usize) -> Result<Option<String>, ApiError> {
+    Ok(match c {
+        None => None,
+        Some(crate::api::Content::Text(t)) => Some(t.clone()),
+        Some(crate::api::Content::Parts(parts)) => {
+            let mut s = String::new();
+            for (j, p) in parts.iter().enumerate() {
+                match (p.kind.as_str(), &p.text) {
+                    ("text", Some(t)) => s.push_str(t),
+                    _ => return Err(ApiError::unsupported(&format!("messages[{i}].content[{j}]"), format!("content parts of type {:?} are not supported (text only)", p.kind))),
+                }
+            }
+            Some(s)
+        }
+    })
+}
+
+/// An assistant message's `tool_calls`, checked: (id, name, arguments string) each.
+fn tool_calls_of(v: &Value, i: usize) -> Result<Vec<(String, String, String)>, ApiError> {
+    let Some(calls) = v.as_array() else {
+        return Err(ApiError::invalid(&format!("messages[{i}].tool_calls"), "tool_calls must be an array"));
+    };
+    calls
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            let p = format!("messages[{i}].tool_calls[{j}]");
+            let id = c.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            if c.get("type").is_some_and(|t| t != "function") {
+                return Err(ApiError::invalid(&format!("{p}.type"), "the only tool call type is \"function\""));
+            }
+            let name = c.pointer("/function/name").and_then(Value::as_str).ok_or_else(|| ApiError::invalid(&format!("{p}.function.name"), "a tool call needs function.name"))?;
+            let args = match c.pointer("/function/arguments") {
+                Some(Value::String(a)) => a.clone(),
+                None | Some(Value::Null) => "{}".to_string(),
+                Some(_) => return Err(ApiError::invalid(&format!("{p}.function.arguments"), "function.arguments is a string of JSON")),
+            };
+            Ok((id, name.to_string(), args))
+        })
+        .collect()
+}
+
+/// Conversation messages of a chat request.
+pub(crate) fn chat_messages(req: &ChatRequest) -> Result<Conversation, ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must hold at least one message"));
     }
-    req.messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = match m.role.as_str() {
-                "system" | "developer" => Role::System,
-                "user" => Role::User,
-                "assistant" => Role::Assistant,
-                "tool" | "function" => return Err(ApiError::unsupported(&format!("messages[{i}].role"), "tool messages are not supported by this server")),
-                other => return Err(ApiError::invalid(&format!("messages[{i}].role"), format!("unknown role {other:?} (system, developer, user or assistant)"))),
-            };
-            let content = match &m.content {
-                None => String::new(),
-                Some(crate::api::Content::Text(t)) => t.clone(),
-                Some(crate::api::Content::Parts(parts)) => {
-                    let mut s = String::new();
-                    for (j, p) in parts.iter().enumerate() {
-                        match (p.kind.as_str(), &p.text) {
-                            ("text", Some(t)) => s.push_str(t),
-                            _ => return Err(ApiError::unsupported(&format!("messages[{i}].content[{j}]"), format!("content parts of type {:?} are not supported (text only)", p.kind))),
+    let mut conv = Conversation { marker: vec![], json: vec![], has_tool_messages: false };
+    for (i, m) in req.messages.iter().enumerate() {
+        let content = content_text(&m.content, i)?;
+        let text = content.clone().unwrap_or_default();
+        let mut j = json!({ "role": m.role, "content": content });
+        if let Some(n) = &m.name {
+            j["name"] = json!(n);
+        }
+        match m.role.as_str() {
+            "system" | "developer" => {
+                j["role"] = json!("system");
+                conv.marker.push(Message::new(Role::System, text));
+            }
+            "user" => conv.marker.push(Message::new(Role::User, text)),
+            "assistant" => {
+                let calls = match m.tool_calls.as_ref().filter(|v| !v.is_null()) {
+                    Some(v) => tool_calls_of(v, i)?,
+                    None => vec![],
+                };
+                let mut shown = text;
+                if !calls.is_empty() {
+                    conv.has_tool_messages = true;
+                    let mut for_template = vec![];
+                    for (id, name, args) in &calls {
+                        // templates index into the arguments (Llama 3.1, Qwen): hand them an object
+                        let parsed = serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!(args));
+                        for_template.push(json!({ "id": id, "type": "function", "function": { "name": name, "arguments": parsed } }));
+                        if !shown.is_empty() {
+                            shown.push('\n');
                         }
+                        shown.push_str(&format!("<tool_call>\n{}\n</tool_call>", json!({ "name": name, "arguments": parsed })));
                     }
-                    s
+                    j["tool_calls"] = json!(for_template);
                 }
+                conv.marker.push(Message::new(Role::Assistant, shown));
+            }
+            "tool" => {
+                let Some(id) = m.tool_call_id.as_deref() else {
+                    return Err(ApiError::invalid(&format!("messages[{i}].tool_call_id"), "a tool message needs the tool_call_id of the call it answers"));
+                };
+                conv.has_tool_messages = true;
+                j["tool_call_id"] = json!(id);
+                conv.marker.push(Message::new(Role::User, format!("<tool_response>\n{text}\n</tool_response>")));
+            }
+            "function" => return Err(ApiError::unsupported(&format!("messages[{i}].role"), "function messages (the deprecated `functions` API) are not supported; use tools")),
+            other => return Err(ApiError::invalid(&format!("messages[{i}].role"), format!("unknown role {other:?} (system, developer, user, assistant or tool)"))),
+        }
+        conv.json.push(j);
+    }
+    Ok(conv)
+}
+
+impl AppState {
+    /// Prompt ids of a conversation. Tools (when offered) and tool messages go through the
+    /// run's Jinja chat template with `tools` in its context; without one, the tools are
+    /// described in the system message of ferrolm's marker template.
+    fn chat_prompt(&self, conv: &Conversation, tools: &Tools) -> Result<Vec<u32>, ApiError> {
+        let offer = tools.active();
+        if let Some(j) = self.jinja.as_ref().filter(|_| offer || conv.has_tool_messages) {
+            let text = j
+                .render_chat_json(&conv.json, offer.then_some(&tools.raw[..]), true)
+                .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+            let text = match j.bos_token.as_deref().filter(|b| !b.is_empty()) {
+                Some(b) => text.strip_prefix(b).unwrap_or(&text).to_string(),
+                None => text,
             };
-            Ok(Message::new(role, content))
-        })
-        .collect()
+            let mut ids = prompt::bos(&self.tok);
+            ids.extend(self.tok.encode(&text));
+            return Ok(ids);
+        }
+        let mut messages = conv.marker.clone();
+        if offer {
+            match messages.first_mut().filter(|m| m.role == Role::System) {
+                Some(m) => m.content = format!("{}\n\n{}", m.content, tools.system_text()),
+                None => messages.insert(0, Message::system(tools.system_text())),
+            }
+        }
+        Ok(prompt::prompt_ids(&self.tok, &self.tpl, &messages))
+    }
+
+    /// The grammar compiler, built once (the token trie of the whole vocabulary).
+    fn grammars(&self) -> Result<Arc<Grammars>, ApiError> {
+        self.grammars
+            .get_or_init(|| Grammars::new(&self.tok, self.vocab, &self.chat_stops).map(Arc::new).map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(|e| ApiError::internal(format!("constrained decoding is unavailable: {e}")))
+    }
+}
+
+/// The constraint a chat request asks for: a forced tool call's schema or
+/// `response_format`'s, compiled by llguidance off the async threads. A schema it cannot
+/// compile is a 400 naming the parameter it came from.
+async fn chat_constraint(st: &Arc<AppState>, req: &ChatRequest, tools: &Tools) -> Result<Option<Constraint>, ApiError> {
+    let format = req.response_schema()?;
+    let call = tools.call_schema();
+    if call.is_some() && format.is_some() {
+        return Err(ApiError::invalid("response_format", "response_format cannot be combined with a forced tool call (tool_choice \"required\" or a named function)"));
+    }
+    let Some(schema) = call.clone().or(format) else { return Ok(None) };
+    let st = st.clone();
+    let defs = tools.defs.clone();
+    let forced_call = call.is_some();
+    // the first constrained request also builds the token trie (the whole vocabulary)
+    let job = tokio::task::spawn_blocking(move || match st.grammars()?.compile(&schema) {
+        Ok(c) => Ok(c),
+        Err(e) if !forced_call => Err(ApiError::invalid("response_format", format!("the JSON schema cannot be enforced: {e}"))),
+        Err(e) => {
+            // name the tool whose parameters failed
+            let grammars = st.grammars()?;
+            let bad = defs.iter().position(|d| grammars.compile(&json!({ "type": "object", "properties": { "arguments": d.parameters } })).is_err());
+            let param = bad.map(|i| format!("tools[{i}].function.parameters")).unwrap_or_else(|| "tools".into());
+            Err(ApiError::invalid(&param, format!("the tool's parameters schema cannot be enforced: {e}")))
+        }
+    });
+    job.await.map_err(|e| ApiError::internal(format!("compiling the schema failed: {e}")))?.map(Some)
 }
 
 async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -393,14 +553,20 @@ async fn chat_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> R
     let req: ChatRequest = parse(body, st.max_body)?;
     st.check_model(&req.model)?;
     req.check_unsupported()?;
-    let messages = chat_messages(&req)?;
+    let conv = chat_messages(&req)?;
+    let tools = Tools::parse(req.tools.as_ref(), req.tool_choice.as_ref())?;
     let settings = req.common().settings(st.vocab, st.fresh_seed())?;
     let top_logprobs = req.top_logprobs()?;
-    let ids = prompt::prompt_ids(&st.tok, &st.tpl, &messages);
+    let constraint = chat_constraint(&st, &req, &tools).await?;
+    let ids = st.chat_prompt(&conv, &tools)?;
     let param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let budget = st.budget(ids.len(), req.max_tokens()?, param)?;
-    let rx = st.submit(&[(Arc::new(ids), budget)], &settings, &st.chat_stops, top_logprobs)?;
-    let out = Output { kind: Kind::Chat, id: format!("chatcmpl-{:016x}", st.fresh_seed()), created: unix_now(), model: st.model_name.clone(), n: settings.n, prompts: 1, echo: vec![] };
+    let rx = st.submit(&[(Arc::new(ids), budget)], &settings, &st.chat_stops, top_logprobs, constraint.as_ref())?;
+    let mut out = Output { kind: Kind::Chat, id: format!("chatcmpl-{:016x}", st.fresh_seed()), created: unix_now(), model: st.model_name.clone(), n: settings.n, prompts: 1, echo: vec![], tools: None, call_base: 0 };
+    if tools.active() && req.response_schema()?.is_none() {
+        out.tools = Some(tools);
+        out.call_base = st.fresh_seed();
+    }
     if settings.stream {
         Ok(out.stream(rx, settings.include_usage, st.keep_alive, top_logprobs.is_some()))
     } else {
@@ -454,9 +620,9 @@ async fn completions_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection
         Some(_) => [st.text_stops.clone(), fim_sentinels(&st)].concat(),
         None => st.text_stops.clone(),
     };
-    let rx = st.submit(&prompts, &settings, &stops, top)?;
+    let rx = st.submit(&prompts, &settings, &stops, top, None)?;
     let echo = if req.echo == Some(true) { texts.into_iter().map(|(_, t)| t).collect() } else { vec![] };
-    let out = Output { kind: Kind::Text, id: format!("cmpl-{:016x}", st.fresh_seed()), created: unix_now(), model: st.model_name.clone(), n: settings.n, prompts: prompts.len(), echo };
+    let out = Output { kind: Kind::Text, id: format!("cmpl-{:016x}", st.fresh_seed()), created: unix_now(), model: st.model_name.clone(), n: settings.n, prompts: prompts.len(), echo, tools: None, call_base: 0 };
     if settings.stream {
         Ok(out.stream(rx, settings.include_usage, st.keep_alive, top.is_some()))
     } else {
@@ -580,12 +746,22 @@ struct Output {
     prompts: usize,
     /// Completions with `echo`: each prompt's text, put before its choices' text.
     echo: Vec<String>,
+    /// Chat with tools offered: each answer is read for a tool call.
+    tools: Option<Tools>,
+    /// Tool call ids are `call_` and this plus the choice's index, in hex.
+    call_base: u64,
 }
 
 #[derive(Default)]
 struct Choice {
     text: String,
     logprobs: Vec<TokenLogprob>,
+    /// Reads the answer for a tool call (chat with tools offered).
+    reader: Option<ToolReader>,
+    /// The tool call: function name and arguments so far.
+    call: Option<(String, String)>,
+    /// The finish reason when it is not the engine's ("tool_calls").
+    reason: Option<&'static str>,
     finish: Option<Finish>,
     completion_tokens: usize,
     prompt_tokens: usize,
@@ -596,9 +772,46 @@ fn token_str(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+impl Choice {
+    fn apply(&mut self, pieces: &[Piece]) {
+        for p in pieces {
+            match p {
+                Piece::Content(t) => self.text.push_str(t),
+                Piece::CallStart(name) => self.call = Some((name.clone(), String::new())),
+                Piece::Args(a) => {
+                    if let Some((_, args)) = self.call.as_mut() {
+                        args.push_str(a);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_reason(&self) -> Option<&'static str> {
+        self.reason.or(self.finish.map(Finish::as_str))
+    }
+}
+
 impl Output {
     fn total(&self) -> usize {
         self.n * self.prompts
+    }
+
+    fn new_choices(&self) -> Vec<Choice> {
+        (0..self.total()).map(|_| Choice { reader: self.tools.as_ref().map(ToolReader::new), ..Choice::default() }).collect()
+    }
+
+    fn call_id(&self, i: usize) -> String {
+        format!("call_{:016x}", self.call_base.wrapping_add(i as u64))
+    }
+
+    /// A chat chunk's delta for one piece of an answer.
+    fn piece_delta(&self, i: usize, p: &Piece) -> Value {
+        match p {
+            Piece::Content(t) => json!({ "content": t }),
+            Piece::CallStart(name) => json!({ "tool_calls": [{ "index": 0, "id": self.call_id(i), "type": "function", "function": { "name": name, "arguments": "" } }] }),
+            Piece::Args(a) => json!({ "tool_calls": [{ "index": 0, "function": { "arguments": a } }] }),
+        }
     }
 
     fn usage(&self, choices: &[Choice]) -> Value {
@@ -640,17 +853,28 @@ impl Output {
     }
 
     async fn collect(self, mut rx: UnboundedReceiver<(usize, Event)>, want_logprobs: bool) -> Result<Response, ApiError> {
-        let mut choices: Vec<Choice> = (0..self.total()).map(|_| Choice::default()).collect();
+        let mut choices = self.new_choices();
         let mut done = 0;
         while done < choices.len() {
             let Some((i, ev)) = rx.recv().await else { return Err(ApiError::unavailable("the scheduler stopped before the answer was complete")) };
             let c = &mut choices[i];
             match ev {
                 Event::Delta { text, logprobs } => {
-                    c.text.push_str(&text);
+                    match c.reader.as_mut() {
+                        Some(r) => {
+                            let pieces = r.push(&text);
+                            c.apply(&pieces);
+                        }
+                        None => c.text.push_str(&text),
+                    }
                     c.logprobs.extend(logprobs);
                 }
                 Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens } => {
+                    if let Some(r) = c.reader.as_mut() {
+                        let (pieces, why) = r.finish(finish);
+                        c.apply(&pieces);
+                        c.reason = Some(why);
+                    }
                     c.finish = Some(finish);
                     c.prompt_tokens = prompt_tokens;
                     c.completion_tokens = completion_tokens;
@@ -665,11 +889,15 @@ impl Output {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let finish = c.finish.map(Finish::as_str);
+                let finish = c.finish_reason();
                 match self.kind {
                     Kind::Chat => json!({
                         "index": i,
-                        "message": { "role": "assistant", "content": c.text, "refusal": null },
+                        "message": match &c.call {
+                            Some((name, args)) => json!({ "role": "assistant", "content": null, "refusal": null,
+                                "tool_calls": [{ "id": self.call_id(i), "type": "function", "function": { "name": name, "arguments": args } }] }),
+                            None => json!({ "role": "assistant", "content": c.text, "refusal": null }),
+                        },
                         "logprobs": if want_logprobs { Self::chat_logprobs(&c.logprobs) } else { Value::Null },
                         "finish_reason": finish,
                     }),
@@ -707,7 +935,11 @@ impl Output {
         let null_usage = include_usage.then_some(Value::Null);
         for i in 0..total {
             let first = match self.kind {
-                Kind::Chat => json!([{ "index": i, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null }]),
+                Kind::Chat => {
+                    // a forced tool call has no content
+                    let content = if self.tools.as_ref().is_some_and(Tools::forced) { Value::Null } else { json!("") };
+                    json!([{ "index": i, "delta": { "role": "assistant", "content": content }, "logprobs": null, "finish_reason": null }])
+                }
                 Kind::Text => {
                     let echo = self.echo.get(i / self.n).cloned().unwrap_or_default();
                     if echo.is_empty() {
@@ -718,7 +950,8 @@ impl Output {
             };
             pending.push_back(self.chunk(first, null_usage.clone()));
         }
-        let state = StreamState { out: self, rx, pending, choices: (0..total).map(|_| Choice::default()).collect(), done: 0, include_usage, want_logprobs, finished: false };
+        let choices = self.new_choices();
+        let state = StreamState { out: self, rx, pending, choices, done: 0, include_usage, want_logprobs, finished: false };
         let s = futures_util::stream::unfold(state, |mut st| async move {
             loop {
                 if let Some(ev) = st.pending.pop_front() {
@@ -770,6 +1003,21 @@ impl StreamState {
                 } else {
                     Value::Null
                 };
+                if let Some(r) = c.reader.as_mut() {
+                    // the answer's pieces (content, or the tool call as it forms), the
+                    // log-probabilities on the first chunk
+                    let pieces = r.push(&text);
+                    c.apply(&pieces);
+                    let mut lp = Some(lp).filter(|_| self.want_logprobs);
+                    for p in &pieces {
+                        let choice = json!([{ "index": i, "delta": out.piece_delta(i, p), "logprobs": lp.take(), "finish_reason": null }]);
+                        self.pending.push_back(out.chunk(choice, null_usage.clone()));
+                    }
+                    if let Some(lp) = lp {
+                        self.pending.push_back(out.chunk(json!([{ "index": i, "delta": {}, "logprobs": lp, "finish_reason": null }]), null_usage));
+                    }
+                    return;
+                }
                 let choice = match out.kind {
                     Kind::Chat => json!([{ "index": i, "delta": { "content": text }, "logprobs": lp, "finish_reason": null }]),
                     Kind::Text => json!([{ "index": i, "text": text, "logprobs": lp, "finish_reason": null }]),
@@ -778,14 +1026,24 @@ impl StreamState {
             }
             Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens } => {
                 let c = &mut self.choices[i];
+                if let Some(r) = c.reader.as_mut() {
+                    let (pieces, why) = r.finish(finish);
+                    c.apply(&pieces);
+                    c.reason = Some(why);
+                    for p in &pieces {
+                        let choice = json!([{ "index": i, "delta": out.piece_delta(i, p), "logprobs": null, "finish_reason": null }]);
+                        self.pending.push_back(out.chunk(choice, null_usage.clone()));
+                    }
+                }
                 c.finish = Some(finish);
                 c.prompt_tokens = prompt_tokens;
                 c.completion_tokens = completion_tokens;
                 c.cached_tokens = cached_tokens;
                 self.done += 1;
+                let why = c.finish_reason();
                 let choice = match out.kind {
-                    Kind::Chat => json!([{ "index": i, "delta": {}, "logprobs": null, "finish_reason": finish.as_str() }]),
-                    Kind::Text => json!([{ "index": i, "text": "", "logprobs": null, "finish_reason": finish.as_str() }]),
+                    Kind::Chat => json!([{ "index": i, "delta": {}, "logprobs": null, "finish_reason": why }]),
+                    Kind::Text => json!([{ "index": i, "text": "", "logprobs": null, "finish_reason": why }]),
                 };
                 self.pending.push_back(out.chunk(choice, null_usage));
                 if self.done == self.choices.len() {

@@ -46,6 +46,22 @@ fn models_health_metrics_openapi() {
     for p in ["/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/health", "/metrics", "/v1/feedback"] {
         assert!(doc["paths"].get(p).is_some(), "openapi lacks {p}");
     }
+    for p in ["response_format", "tools", "tool_choice"] {
+        assert!(doc["components"]["schemas"]["ChatCompletionRequest"]["properties"].get(p).is_some(), "openapi lacks chat's {p}");
+    }
+    // every $ref points into the document
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => o.iter().for_each(|(k, x)| if k == "$ref" { out.push(x.as_str().unwrap().to_string()) } else { refs(x, out) }),
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = vec![];
+    refs(&doc, &mut all);
+    for r in all {
+        assert!(doc.pointer(r.strip_prefix('#').unwrap()).is_some(), "dangling $ref {r}");
+    }
     s.post("/v1/chat/completions", &chat_body(json!({})));
     let (st, text) = s.get("/metrics", None);
     assert_eq!(st, 200);
@@ -201,7 +217,8 @@ fn bad_input_gets_the_right_status_and_an_openai_error() {
     check(0, r#"{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 60}"#, 400, Some("context_length_exceeded"));
     let long = "Tell me a story about a cat and a dog. ".repeat(20);
     check(0, &json!({"model": "tiny", "messages": [{"role": "user", "content": long}]}).to_string(), 400, Some("context_length_exceeded"));
-    check(0, r#"{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}"#, 400, Some("unsupported_parameter"));
+    check(0, r#"{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "functions": [{"name": "f"}]}"#, 400, Some("unsupported_parameter"));
+    check(0, r#"{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "no spaces"}}]}"#, 400, Some("invalid_value"));
     let huge = json!({"model": "tiny", "messages": [{"role": "user", "content": "x".repeat(100_000)}]}).to_string();
     check(0, &huge, 413, Some("request_too_large"));
     // unknown endpoint, completions errors, embeddings on a decoder

@@ -169,3 +169,61 @@ fn shutdown_finishes_short_streams_and_cuts_long_ones_after_the_grace_period() {
     let _ = std::io::Read::read_to_string(&mut long, &mut rest);
     assert!(!rest.contains("\"finish_reason\":\"length\""), "the 4000-token answer cannot have finished");
 }
+
+/// Constrained decoding keeps the batched == alone property: a `json_schema` answer, a
+/// forced tool call and a free answer, decoded side by side with each other and with long
+/// neighbours, equal the same requests served alone.
+#[test]
+fn constrained_and_free_answers_in_one_batch_equal_their_answers_alone() {
+    let (_d, s) = server(512, 8, 64);
+    let schema = json!({ "type": "object", "properties": { "name": { "type": "string", "maxLength": 10 }, "n": { "type": "integer", "minimum": 0, "maximum": 99 },
+                          "tags": { "type": "array", "items": { "enum": ["a", "b", "c"] }, "maxItems": 4 } },
+                         "required": ["name", "n", "tags"], "additionalProperties": false });
+    let tools = json!([{ "type": "function", "function": { "name": "lookup", "parameters": { "type": "object", "properties": { "q": { "type": "string", "maxLength": 10 } }, "required": ["q"], "additionalProperties": false } } }]);
+    let targets = [
+        chat(7, 120, json!({ "response_format": { "type": "json_schema", "json_schema": { "name": "rec", "schema": schema } }, "logit_bias": {} })),
+        chat(8, 120, json!({ "tools": tools, "tool_choice": "required", "logit_bias": {} })),
+        chat(9, 40, json!({})),
+    ];
+    let answer = |v: &Value| -> Value {
+        let c = &v["choices"][0];
+        json!([c["message"]["content"], c["message"]["tool_calls"][0]["function"], c["finish_reason"]])
+    };
+    let alone: Vec<Value> = targets
+        .iter()
+        .map(|t| {
+            let (st, v) = s.post("/v1/chat/completions", t);
+            assert_eq!(st, 200, "{v}");
+            answer(&v)
+        })
+        .collect();
+    assert_eq!(alone[0][2], "stop", "{alone:?}");
+    assert_eq!(alone[1][2], "tool_calls", "{alone:?}");
+    let neighbours: Vec<_> = (0..3)
+        .map(|i| {
+            let (agent, url) = (s.agent.clone(), s.url("/v1/chat/completions"));
+            let body = chat(200 + i, 300, json!({ "stream": i == 1 }));
+            std::thread::spawn(move || agent.post(&url).header("content-type", "application/json").send(body.to_string().as_bytes()).unwrap().body_mut().read_to_string().unwrap())
+        })
+        .collect();
+    wait_for("neighbours to be decoding", Duration::from_secs(30), || s.metric("ferrolm_active_sequences") >= 3.0);
+    let (steps0, rows0) = (s.metric("ferrolm_decode_steps_total"), s.metric("ferrolm_decode_rows_total"));
+    let together: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            let (agent, url, body) = (s.agent.clone(), s.url("/v1/chat/completions"), t.to_string());
+            std::thread::spawn(move || {
+                let mut r = agent.post(&url).header("content-type", "application/json").send(body.as_bytes()).unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                serde_json::from_str::<Value>(&r.body_mut().read_to_string().unwrap()).unwrap()
+            })
+        })
+        .collect();
+    let together: Vec<Value> = together.into_iter().map(|h| answer(&h.join().unwrap())).collect();
+    for n in neighbours {
+        n.join().unwrap();
+    }
+    assert_eq!(together, alone, "answers in a batch differ from the same requests alone");
+    let (steps, rows) = (s.metric("ferrolm_decode_steps_total") - steps0, s.metric("ferrolm_decode_rows_total") - rows0);
+    assert!(rows > 2.0 * steps, "decode steps were not batched: {rows} rows in {steps} steps");
+}

@@ -16,7 +16,7 @@ fn arb_json() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(|i| json!(i)),
         (-1e6f64..1e6).prop_map(|f| json!(f)),
         "[a-z\\[\\]{}\":,0-9 \\\\]{0,12}".prop_map(Value::String),
-        prop_oneof![Just("tiny"), Just("user"), Just("system"), Just("assistant"), Just("text")].prop_map(|s| json!(s)),
+        prop_oneof![Just("tiny"), Just("user"), Just("system"), Just("assistant"), Just("text"), Just("object"), Just("string"), Just("integer"), Just("array")].prop_map(|s| json!(s)),
     ];
     leaf.prop_recursive(3, 24, 5, |inner| {
         prop_oneof![
@@ -27,7 +27,8 @@ fn arb_json() -> impl Strategy<Value = Value> {
                     Just("n".to_string()), Just("stop".to_string()), Just("temperature".to_string()), Just("top_p".to_string()),
                     Just("stream".to_string()), Just("logprobs".to_string()), Just("top_logprobs".to_string()), Just("seed".to_string()),
                     Just("logit_bias".to_string()), Just("role".to_string()), Just("content".to_string()), Just("echo".to_string()),
-                    Just("kind".to_string()), Just("choice".to_string()), "[a-z_]{1,8}",
+                    Just("kind".to_string()), Just("choice".to_string()), Just("type".to_string()), Just("properties".to_string()),
+                    Just("required".to_string()), Just("items".to_string()), Just("enum".to_string()), "[a-z_]{1,8}",
                 ],
                 inner,
                 0..6
@@ -39,10 +40,28 @@ fn arb_json() -> impl Strategy<Value = Value> {
 
 /// A valid chat request with one field replaced by an arbitrary value.
 fn mutated_chat() -> impl Strategy<Value = Value> {
-    let fields = ["model", "messages", "max_tokens", "n", "stop", "temperature", "top_p", "seed", "logprobs", "top_logprobs", "logit_bias", "stream", "stream_options", "max_completion_tokens", "frequency_penalty"];
+    let fields = [
+        "model", "messages", "max_tokens", "n", "stop", "temperature", "top_p", "seed", "logprobs", "top_logprobs", "logit_bias", "stream", "stream_options", "max_completion_tokens",
+        "frequency_penalty", "response_format", "tools", "tool_choice",
+    ];
     (0..fields.len(), arb_json()).prop_map(move |(i, v)| {
         let mut b = json!({"model": "tiny", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4});
         b[fields[i]] = v;
+        b
+    })
+}
+
+/// A chat request that asks for constrained decoding with an arbitrary schema: as a
+/// `json_schema` response format, or as a forced tool's parameters.
+fn constrained_chat() -> impl Strategy<Value = Value> {
+    (any::<bool>(), arb_json()).prop_map(|(as_tool, schema)| {
+        let mut b = json!({"model": "tiny", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4});
+        if as_tool {
+            b["tools"] = json!([{"type": "function", "function": {"name": "f", "parameters": schema}}]);
+            b["tool_choice"] = json!("required");
+        } else {
+            b["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "s", "schema": schema}});
+        }
         b
     })
 }
@@ -59,7 +78,7 @@ fn no_request_body_gets_a_server_error() {
     let paths = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/feedback"];
     let statuses = std::cell::RefCell::new(std::collections::BTreeMap::new());
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 160, failure_persistence: None, ..ProptestConfig::default() });
-    let strategy = (0..paths.len(), prop_oneof![arb_json().prop_map(|v| v.to_string()), mutated_chat().prop_map(|v| v.to_string()), "\\PC{0,40}"]);
+    let strategy = (0..paths.len(), prop_oneof![arb_json().prop_map(|v| v.to_string()), mutated_chat().prop_map(|v| v.to_string()), constrained_chat().prop_map(|v| v.to_string()), "\\PC{0,40}"]);
     runner
         .run(&strategy, |(p, body)| {
             let (st, text, _) = s.post_raw(paths[p], &body, None);

@@ -88,10 +88,32 @@ impl HfTokenizerConfig {
         render_template(source, messages, add_generation_prompt, self.bos_token.as_deref(), self.eos_token.as_deref())
             .with_context(|| format!("the chat_template of {} failed to render", self.path.display()))
     }
+
+    /// Render messages given as OpenAI-style JSON objects (`role`, `content`, and where
+    /// present `tool_calls`, `tool_call_id`, `name`) with `tools` (OpenAI's tool objects) in
+    /// the template's context, as transformers' `apply_chat_template(messages, tools=...)`.
+    pub fn render_chat_json(&self, messages: &[Value], tools: Option<&[Value]>, add_generation_prompt: bool) -> Result<String> {
+        let source = self.chat_template.as_deref().with_context(|| format!("{} has no chat_template", self.path.display()))?;
+        render_template_json(source, messages, tools, add_generation_prompt, self.bos_token.as_deref(), self.eos_token.as_deref())
+            .with_context(|| format!("the chat_template of {} failed to render", self.path.display()))
+    }
 }
 
 /// Render a Hugging Face chat template.
 pub fn render_template(source: &str, messages: &[Message], add_generation_prompt: bool, bos: Option<&str>, eos: Option<&str>) -> Result<String> {
+    let msgs: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let role = serde_json::to_value(m.role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            serde_json::json!({ "role": role, "content": m.content })
+        })
+        .collect();
+    render_template_json(source, &msgs, None, add_generation_prompt, bos, eos)
+}
+
+/// Render a Hugging Face chat template over JSON messages; `tools`, when given, is the
+/// context's `tools` list (absent otherwise, as templates test with `tools is defined`).
+pub fn render_template_json(source: &str, messages: &[Value], tools: Option<&[Value]>, add_generation_prompt: bool, bos: Option<&str>, eos: Option<&str>) -> Result<String> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
@@ -101,18 +123,16 @@ pub fn render_template(source: &str, messages: &[Message], add_generation_prompt
     });
     env.add_template("chat_template", source).map_err(|e| anyhow!("invalid Jinja: {e:#}"))?;
     let tmpl = env.get_template("chat_template").map_err(|e| anyhow!("{e:#}"))?;
-    let msgs: Vec<JValue> = messages
-        .iter()
-        .map(|m| {
-            let role = serde_json::to_value(m.role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            minijinja::context! { role => role, content => m.content.clone() }
-        })
-        .collect();
-    let ctx = minijinja::context! {
+    let msgs: Vec<JValue> = messages.iter().map(JValue::from_serialize).collect();
+    let base = minijinja::context! {
         messages => msgs,
         add_generation_prompt => add_generation_prompt,
         bos_token => bos.unwrap_or(""),
         eos_token => eos.unwrap_or(""),
+    };
+    let ctx = match tools {
+        Some(t) => minijinja::context! { tools => JValue::from_serialize(t), ..base },
+        None => base,
     };
     tmpl.render(ctx).map_err(|e| anyhow!("{e:#}"))
 }
@@ -290,6 +310,31 @@ mod tests {
         assert!(render_template("{% for %}", &[], false, None, None).is_err());
         // an undefined function
         assert!(render_template("{{ nope() }}", &[], false, None, None).is_err());
+    }
+
+    /// Tool-aware templates (Hermes/Qwen style) see `tools`, assistant `tool_calls` and tool
+    /// results; without tools, `tools is defined` is false.
+    #[test]
+    fn tools_and_tool_messages_reach_the_template() {
+        let tpl = "{% if tools is defined %}<|im_start|>system\n<tools>{% for t in tools %}{{ t.function.name }}:{{ t.function.parameters | tojson }};{% endfor %}</tools><|im_end|>\n{% endif %}\
+{% for m in messages %}{% if m.role == 'tool' %}<|im_start|>user\n<tool_response>{{ m.tool_call_id }}={{ m.content }}</tool_response><|im_end|>\n\
+{% elif m.tool_calls %}<|im_start|>assistant\n{% for c in m.tool_calls %}<tool_call>{{ c.function.name }}({{ c.function.arguments | tojson }})</tool_call>{% endfor %}<|im_end|>\n\
+{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let tools = vec![serde_json::json!({ "type": "function", "function": { "name": "get_weather", "parameters": { "type": "object", "properties": { "city": { "type": "string" } } } } })];
+        let messages = vec![
+            serde_json::json!({ "role": "user", "content": "Weather in Oslo?" }),
+            serde_json::json!({ "role": "assistant", "content": null, "tool_calls": [{ "id": "call_1", "type": "function", "function": { "name": "get_weather", "arguments": { "city": "Oslo" } } }] }),
+            serde_json::json!({ "role": "tool", "tool_call_id": "call_1", "content": "-3 C" }),
+        ];
+        let out = render_template_json(tpl, &messages, Some(&tools), true, None, None).unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\n<tools>get_weather:{\"properties\":{\"city\":{\"type\":\"string\"}},\"type\":\"object\"};</tools><|im_end|>\n\
+<|im_start|>user\nWeather in Oslo?<|im_end|>\n<|im_start|>assistant\n<tool_call>get_weather({\"city\":\"Oslo\"})</tool_call><|im_end|>\n\
+<|im_start|>user\n<tool_response>call_1=-3 C</tool_response><|im_end|>\n<|im_start|>assistant\n"
+        );
+        let plain = render_template_json(tpl, &messages[..1], None, false, None, None).unwrap();
+        assert_eq!(plain, "<|im_start|>user\nWeather in Oslo?<|im_end|>\n");
     }
 
     fn with_template(t: &str) -> HfTokenizerConfig {
