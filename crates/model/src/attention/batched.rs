@@ -92,16 +92,21 @@ impl Attention {
         }
     }
 
-    /// The fused path: every step batched, one kernel call for the attention of all rows.
-    fn decode_batch_fused(&self, x: &Tensor, rope: Option<&Rope>, caches: &mut [&mut LayerCache]) -> Result<Tensor> {
+    /// Both paths' start: the checks, then the fused q/k/v projection of every row, with the
+    /// row count, the q width (heads × head size, which need not be d_model: head_size
+    /// option) and the k/v width.
+    fn batched_qkv(&self, x: &Tensor, n_caches: usize) -> Result<(Tensor, usize, usize, usize)> {
         let Some(qkv) = &self.qkv else { candle_core::bail!("batched decoding is for self-attention layers") };
         let (b, t, _) = x.dims3()?;
-        let c = self.n_heads * self.head_dim;
-        if t != 1 || caches.len() != b {
-            candle_core::bail!("batched decoding takes one position per row and one cache per row (got {t} positions, {b} rows, {} caches)", caches.len());
+        if t != 1 || n_caches != b {
+            candle_core::bail!("batched decoding takes one position per row and one cache per row (got {t} positions, {b} rows, {n_caches} caches)");
         }
-        let kv_width = self.n_kv_heads * self.head_dim;
-        let all = qkv.forward(x)?;
+        Ok((qkv.forward(x)?, b, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim))
+    }
+
+    /// The fused path: every step batched, one kernel call for the attention of all rows.
+    fn decode_batch_fused(&self, x: &Tensor, rope: Option<&Rope>, caches: &mut [&mut LayerCache]) -> Result<Tensor> {
+        let (all, b, c, kv_width) = self.batched_qkv(x, caches.len())?;
         // (batch, heads, 1, head_dim): the shape the head norms and RoPE take
         let q = self.heads(&all.narrow(D::Minus1, 0, c)?, self.n_heads)?;
         let k = self.heads(&all.narrow(D::Minus1, c, kv_width)?, self.n_kv_heads)?;
@@ -146,15 +151,7 @@ impl Attention {
     /// The per-row path: the projections batched, the attention a loop of candle ops per
     /// row over concatenated tensor caches (any device and dtype).
     fn decode_batch_rows(&self, x: &Tensor, rope: Option<&Rope>, caches: &mut [&mut LayerCache]) -> Result<Tensor> {
-        let Some(qkv) = &self.qkv else { candle_core::bail!("batched decoding is for self-attention layers") };
-        let (b, t, _) = x.dims3()?;
-        // q width: heads × head size, which need not be d_model (head_size option)
-        let c = self.n_heads * self.head_dim;
-        if t != 1 || caches.len() != b {
-            candle_core::bail!("batched decoding takes one position per row and one cache per row (got {t} positions, {b} rows, {} caches)", caches.len());
-        }
-        let kv_width = self.n_kv_heads * self.head_dim;
-        let all = qkv.forward(x)?;
+        let (all, b, c, kv_width) = self.batched_qkv(x, caches.len())?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let mut rows = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
