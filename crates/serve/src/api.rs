@@ -105,7 +105,7 @@ pub struct ChatRequest {
     pub store: Option<bool>,
     pub metadata: Option<Value>,
     pub service_tier: Option<String>,
-    /// Accepted; an answer holds at most one tool call.
+    /// Whether an answer may hold several tool calls (default true, as OpenAI's).
     pub parallel_tool_calls: Option<bool>,
     /// Text, a JSON object or a JSON schema: enforced by constrained decoding.
     pub response_format: Option<Value>,

@@ -65,6 +65,10 @@ pub enum Event {
     /// New text (possibly empty while a character or a possible stop string is incomplete)
     /// and, when asked, the log-probabilities of the tokens behind it.
     Delta { text: String, logprobs: Vec<TokenLogprob> },
+    /// The prompt's own log-probabilities (asked with `echo` and `logprobs`): one entry for
+    /// each prompt token after the first, given the tokens before it. Sent before any
+    /// `Delta` of the sequence.
+    Prompt { logprobs: Vec<TokenLogprob> },
     Done { finish: Finish, prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize },
     Error(String),
 }
@@ -82,6 +86,10 @@ pub struct SeqRequest {
     pub stop_strings: Vec<String>,
     /// Some(k): report each token's log-probability and the k most likely tokens.
     pub top_logprobs: Option<usize>,
+    /// Also report the prompt's tokens' log-probabilities (with `top_logprobs`' k) in an
+    /// [`Event::Prompt`]; the whole prompt is then computed, no cached prefix reused.
+    /// With `max_tokens` 0 nothing is generated: the request only scores its prompt.
+    pub prompt_logprobs: bool,
     pub frequency_penalty: f32,
     pub presence_penalty: f32,
     pub logit_bias: Vec<(u32, f32)>,
@@ -308,18 +316,31 @@ impl Scheduler {
         let prompt = req.prompt.clone();
         anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
         anyhow::ensure!(prompt.len() < self.cfg.ctx, "the prompt ({} tokens) does not fit the context of {}", prompt.len(), self.cfg.ctx);
-        let (mut cache, reused) = self.reuse_prefix(&prompt);
+        let (mut cache, reused) = if req.prompt_logprobs { (self.model.new_cache(), 0) } else { self.reuse_prefix(&prompt) };
         let rest = &prompt[reused..];
         let dev = self.model.device().clone();
         let logits = self.model.forward(&Tensor::new(rest, &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?;
         let t = logits.dim(1)?;
         let last: Vec<f32> = logits.narrow(1, t - 1, 1)?.flatten_all()?.to_vec1()?;
+        if req.prompt_logprobs {
+            // position i's logits score token i + 1
+            let k = req.top_logprobs.unwrap_or(0);
+            let rows = if t > 1 { logits.narrow(1, 0, t - 1)?.squeeze(0)?.to_vec2::<f32>()? } else { vec![] };
+            let lps = rows.iter().zip(&prompt[1..]).map(|(row, &id)| token_logprob(&self.tok, row, id, k)).collect();
+            let _ = req.events.send((req.index, Event::Prompt { logprobs: lps }));
+        }
         self.metrics.prompt_tokens.fetch_add(prompt.len() as u64, Relaxed);
         self.metrics.prefix_reused_tokens.fetch_add(reused as u64, Relaxed);
         if self.cfg.prefix_cache_entries > 0 {
             self.prefixes.retain(|(p, _)| **p != *prompt);
             self.prefixes.push_front((prompt.clone(), cache.clone()));
             self.prefixes.truncate(self.cfg.prefix_cache_entries);
+        }
+        if req.max_tokens == 0 {
+            // scoring only: the prompt's log-probabilities were the answer
+            self.metrics.e2e.observe(req.arrived.elapsed());
+            let _ = req.events.send((req.index, Event::Done { finish: Finish::Length, prompt_tokens: prompt.len(), completion_tokens: 0, cached_tokens: 0 }));
+            return Ok(None);
         }
         let stops = req.stop_strings.clone();
         let constraint = req.constraint.take();

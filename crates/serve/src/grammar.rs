@@ -43,25 +43,40 @@ impl Grammars {
         Ok(Self { factory })
     }
 
-    /// A matcher for answers valid under `schema`, or llguidance's reason it cannot be.
-    /// Whitespace between JSON tokens is at most [`MAX_WHITESPACE`] characters (JSON allows
-    /// any run, and a weak model may pad with it until the length limit), unless the schema
-    /// sets llguidance's own options (`x-guidance`).
+    /// A matcher for answers valid under `schema` (whitespace limited, see
+    /// [`with_whitespace_limit`]), or llguidance's reason it cannot be.
     pub fn compile(&self, schema: &Value) -> Result<Constraint, String> {
-        let mut schema = match schema {
-            Value::Bool(true) => serde_json::json!({}),
-            s => s.clone(),
-        };
-        if let Some(o) = schema.as_object_mut() {
-            o.entry("x-guidance").or_insert_with(|| serde_json::json!({ "whitespace_pattern": format!("[\\x20\\x0A\\x0D\\x09]{{1,{MAX_WHITESPACE}}}") }));
-        }
-        let parser = self.factory.create_parser(TopLevelGrammar::from_json_schema(schema)).map_err(|e| format!("{e:#}"))?;
+        self.build(TopLevelGrammar::from_json_schema(with_whitespace_limit(schema.clone())))
+    }
+
+    /// A matcher for answers of a Lark grammar (llguidance's dialect: `%json {schema}`
+    /// rules embed JSON schemas), or llguidance's reason it cannot be.
+    pub fn compile_lark(&self, grammar: &str) -> Result<Constraint, String> {
+        self.build(TopLevelGrammar::from_lark(grammar.to_string()))
+    }
+
+    fn build(&self, grammar: TopLevelGrammar) -> Result<Constraint, String> {
+        let parser = self.factory.create_parser(grammar).map_err(|e| format!("{e:#}"))?;
         let matcher = Matcher::new(Ok(parser));
         match matcher.get_error() {
             Some(e) => Err(e),
             None => Ok(Constraint { matcher }),
         }
     }
+}
+
+/// `schema` with whitespace between JSON tokens limited to [`MAX_WHITESPACE`] characters
+/// (JSON allows any run, and a weak model may pad with it until the length limit), unless
+/// the schema sets llguidance's own options (`x-guidance`).
+pub fn with_whitespace_limit(schema: Value) -> Value {
+    let mut schema = match schema {
+        Value::Bool(true) => serde_json::json!({}),
+        s => s,
+    };
+    if let Some(o) = schema.as_object_mut() {
+        o.entry("x-guidance").or_insert_with(|| serde_json::json!({ "whitespace_pattern": format!("[\\x20\\x0A\\x0D\\x09]{{1,{MAX_WHITESPACE}}}") }));
+    }
+    schema
 }
 
 /// Each token's bytes as the trie wants them: text tokens as they are, special tokens,

@@ -37,7 +37,7 @@ use crate::error::ApiError;
 use crate::feedback::FeedbackStore;
 use crate::grammar::{Constraint, Grammars};
 use crate::metrics::Metrics;
-use crate::tools::{Piece, ToolReader, Tools};
+use crate::tools::{CallGrammar, Piece, ToolReader, Tools};
 
 /// Everything `ferrolm serve` can be told.
 #[derive(Debug, Clone)]
@@ -334,6 +334,7 @@ impl AppState {
         s: &Settings,
         stops: &[u32],
         top_logprobs: Option<usize>,
+        prompt_logprobs: bool,
         constraint: Option<&Constraint>,
     ) -> Result<UnboundedReceiver<(usize, Event)>, ApiError> {
         let (tx, rx) = unbounded_channel();
@@ -351,6 +352,7 @@ impl AppState {
                     stop_tokens: stops.to_vec(),
                     stop_strings: s.stop_strings.clone(),
                     top_logprobs,
+                    prompt_logprobs,
                     frequency_penalty: s.frequency_penalty,
                     presence_penalty: s.presence_penalty,
                     logit_bias: s.logit_bias.clone(),
@@ -522,16 +524,20 @@ impl AppState {
 /// compile is a 400 naming the parameter it came from.
 async fn chat_constraint(st: &Arc<AppState>, req: &ChatRequest, tools: &Tools) -> Result<Option<Constraint>, ApiError> {
     let format = req.response_schema()?;
-    let call = tools.call_schema();
+    let call = tools.call_grammar();
     if call.is_some() && format.is_some() {
         return Err(ApiError::invalid("response_format", "response_format cannot be combined with a forced tool call (tool_choice \"required\" or a named function)"));
     }
-    let Some(schema) = call.clone().or(format) else { return Ok(None) };
+    let grammar = match (call, format) {
+        (Some(g), _) => g,
+        (None, Some(schema)) => CallGrammar::Schema(schema),
+        (None, None) => return Ok(None),
+    };
     let st = st.clone();
     let defs = tools.defs.clone();
-    let forced_call = call.is_some();
+    let forced_call = tools.forced();
     // the first constrained request also builds the token trie (the whole vocabulary)
-    let job = tokio::task::spawn_blocking(move || match st.grammars()?.compile(&schema) {
+    let job = tokio::task::spawn_blocking(move || match grammar_of(&*st.grammars()?, &grammar) {
         Ok(c) => Ok(c),
         Err(e) if !forced_call => Err(ApiError::invalid("response_format", format!("the JSON schema cannot be enforced: {e}"))),
         Err(e) => {
@@ -545,6 +551,13 @@ async fn chat_constraint(st: &Arc<AppState>, req: &ChatRequest, tools: &Tools) -
     job.await.map_err(|e| ApiError::internal(format!("compiling the schema failed: {e}")))?.map(Some)
 }
 
+fn grammar_of(grammars: &crate::grammar::Grammars, g: &CallGrammar) -> Result<Constraint, String> {
+    match g {
+        CallGrammar::Schema(schema) => grammars.compile(schema),
+        CallGrammar::Lark(lark) => grammars.compile_lark(lark),
+    }
+}
+
 async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
     chat_inner(st, body).await.unwrap_or_else(|e| e.into_response())
 }
@@ -554,15 +567,15 @@ async fn chat_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> R
     st.check_model(&req.model)?;
     req.check_unsupported()?;
     let conv = chat_messages(&req)?;
-    let tools = Tools::parse(req.tools.as_ref(), req.tool_choice.as_ref())?;
+    let tools = Tools::parse(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls)?;
     let settings = req.common().settings(st.vocab, st.fresh_seed())?;
     let top_logprobs = req.top_logprobs()?;
     let constraint = chat_constraint(&st, &req, &tools).await?;
     let ids = st.chat_prompt(&conv, &tools)?;
     let param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let budget = st.budget(ids.len(), req.max_tokens()?, param)?;
-    let rx = st.submit(&[(Arc::new(ids), budget)], &settings, &st.chat_stops, top_logprobs, constraint.as_ref())?;
-    let mut out = Output { kind: Kind::Chat, id: format!("chatcmpl-{:016x}", st.fresh_seed()), created: unix_now(), model: st.model_name.clone(), n: settings.n, prompts: 1, echo: vec![], tools: None, call_base: 0 };
+    let rx = st.submit(&[(Arc::new(ids), budget)], &settings, &st.chat_stops, top_logprobs, false, constraint.as_ref())?;
+    let mut out = Output { kind: Kind::Chat, id: format!("chatcmpl-{:016x}", st.fresh_seed()), created: unix_now(), model: st.model_name.clone(), n: settings.n, prompts: 1, echo: vec![], prompt_logprobs: false, tools: None, call_base: 0 };
     if tools.active() && req.response_schema()?.is_none() {
         out.tools = Some(tools);
         out.call_base = st.fresh_seed();
@@ -606,9 +619,15 @@ async fn completions_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection
     if let Some(bad) = texts.iter().flat_map(|(ids, _)| ids).find(|&&t| t as usize >= st.vocab) {
         return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary of {}", st.vocab)));
     }
-    if req.max_tokens == Some(0) {
-        return Err(ApiError::invalid("max_tokens", "max_tokens must be at least 1"));
+    let echo = req.echo == Some(true);
+    // max_tokens 0 with echo scores the prompt and generates nothing (how evaluation
+    // harnesses ask for a text's log-likelihood)
+    if req.max_tokens == Some(0) && !(echo && insertion.is_none()) {
+        return Err(ApiError::invalid("max_tokens", "max_tokens must be at least 1 (0 only with echo, to score the prompt)"));
     }
+    let prompt_logprobs = echo && top.is_some() && insertion.is_none();
+    // text prompts get the model's sequence start, which the echoed text does not show
+    let skip = if matches!(req.prompt, Prompt::Text(_) | Prompt::Texts(_)) && insertion.is_none() { st.bos.len() } else { 0 };
     let mut prompts = Vec::new();
     for (ids, _) in &texts {
         // OpenAI's default for this endpoint is 16 tokens
@@ -620,9 +639,14 @@ async fn completions_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection
         Some(_) => [st.text_stops.clone(), fim_sentinels(&st)].concat(),
         None => st.text_stops.clone(),
     };
-    let rx = st.submit(&prompts, &settings, &stops, top, None)?;
-    let echo = if req.echo == Some(true) { texts.into_iter().map(|(_, t)| t).collect() } else { vec![] };
-    let out = Output { kind: Kind::Text, id: format!("cmpl-{:016x}", st.fresh_seed()), created: unix_now(), model: st.model_name.clone(), n: settings.n, prompts: prompts.len(), echo, tools: None, call_base: 0 };
+    let rx = st.submit(&prompts, &settings, &stops, top, prompt_logprobs, None)?;
+    let echo = if echo {
+        let first = |ids: &[u32]| ids.first().map(|&t| token_str(st.tok.id_to_bytes(t).unwrap_or_default())).unwrap_or_default();
+        texts.into_iter().map(|(ids, text)| Echo { first: first(&ids), text, skip }).collect()
+    } else {
+        vec![]
+    };
+    let out = Output { kind: Kind::Text, id: format!("cmpl-{:016x}", st.fresh_seed()), created: unix_now(), model: st.model_name.clone(), n: settings.n, prompts: prompts.len(), echo, prompt_logprobs, tools: None, call_base: 0 };
     if settings.stream {
         Ok(out.stream(rx, settings.include_usage, st.keep_alive, top.is_some()))
     } else {
@@ -745,21 +769,67 @@ struct Output {
     n: usize,
     prompts: usize,
     /// Completions with `echo`: each prompt's text, put before its choices' text.
-    echo: Vec<String>,
+    echo: Vec<Echo>,
+    /// `echo` with `logprobs`: the prompt's tokens are scored too (an `Event::Prompt` per
+    /// choice, which the echoed text waits for when streaming).
+    prompt_logprobs: bool,
     /// Chat with tools offered: each answer is read for a tool call.
     tools: Option<Tools>,
     /// Tool call ids are `call_` and this plus the choice's index, in hex.
     call_base: u64,
 }
 
+/// A prompt put before its completions' text (`echo`).
+struct Echo {
+    text: String,
+    /// Sequence-start tokens before the text (not shown, not scored).
+    skip: usize,
+    /// The first prompt token, which has no log-probability (nothing before it).
+    first: String,
+}
+
+impl Echo {
+    /// The legacy log-probability entries of the prompt's tokens: the first (when it is
+    /// shown) unscored, the rest from the engine's `Event::Prompt`.
+    fn entries(&self, scored: &[TokenLogprob]) -> Vec<LegacyEntry> {
+        let mut out = vec![];
+        if self.skip == 0 {
+            out.push(LegacyEntry { token: self.first.clone(), logprob: Value::Null, top: Value::Null });
+        }
+        out.extend(scored.iter().skip(self.skip.saturating_sub(1)).map(LegacyEntry::of));
+        out
+    }
+}
+
+/// One token of the legacy completions `logprobs` object.
+struct LegacyEntry {
+    token: String,
+    logprob: Value,
+    top: Value,
+}
+
+impl LegacyEntry {
+    fn of(t: &TokenLogprob) -> Self {
+        // a map by token text: tokens whose text is the same (byte pieces of one character
+        // shown as U+FFFD) keep the most likely one's value (`top` is sorted)
+        let mut m = serde_json::Map::new();
+        for (_, b, l) in &t.top {
+            m.entry(token_str(b)).or_insert(json!(l));
+        }
+        Self { token: token_str(&t.bytes), logprob: json!(t.logprob), top: Value::Object(m) }
+    }
+}
+
 #[derive(Default)]
 struct Choice {
     text: String,
     logprobs: Vec<TokenLogprob>,
+    /// The prompt's scored tokens (`echo` with `logprobs`).
+    prompt_logprobs: Vec<TokenLogprob>,
     /// Reads the answer for a tool call (chat with tools offered).
     reader: Option<ToolReader>,
-    /// The tool call: function name and arguments so far.
-    call: Option<(String, String)>,
+    /// The tool calls: function name and arguments so far.
+    calls: Vec<(String, String)>,
     /// The finish reason when it is not the engine's ("tool_calls").
     reason: Option<&'static str>,
     finish: Option<Finish>,
@@ -775,16 +845,22 @@ fn token_str(b: &[u8]) -> String {
 impl Choice {
     fn apply(&mut self, pieces: &[Piece]) {
         for p in pieces {
-            match p {
-                Piece::Content(t) => self.text.push_str(t),
-                Piece::CallStart(name) => self.call = Some((name.clone(), String::new())),
-                Piece::Args(a) => {
-                    if let Some((_, args)) = self.call.as_mut() {
-                        args.push_str(a);
-                    }
+            self.apply_one(p);
+        }
+    }
+
+    /// Take one piece; the index of the tool call it belongs to (for streamed deltas).
+    fn apply_one(&mut self, p: &Piece) -> usize {
+        match p {
+            Piece::Content(t) => self.text.push_str(t),
+            Piece::CallStart(name) => self.calls.push((name.clone(), String::new())),
+            Piece::Args(a) => {
+                if let Some((_, args)) = self.calls.last_mut() {
+                    args.push_str(a);
                 }
             }
         }
+        self.calls.len().saturating_sub(1)
     }
 
     fn finish_reason(&self) -> Option<&'static str> {
@@ -801,16 +877,17 @@ impl Output {
         (0..self.total()).map(|_| Choice { reader: self.tools.as_ref().map(ToolReader::new), ..Choice::default() }).collect()
     }
 
-    fn call_id(&self, i: usize) -> String {
-        format!("call_{:016x}", self.call_base.wrapping_add(i as u64))
+    /// The id of choice `i`'s call `k`: unique within the response.
+    fn call_id(&self, i: usize, k: usize) -> String {
+        format!("call_{:016x}", self.call_base.wrapping_add(((i as u64) << 16) | k as u64))
     }
 
     /// A chat chunk's delta for one piece of an answer.
-    fn piece_delta(&self, i: usize, p: &Piece) -> Value {
+    fn piece_delta(&self, i: usize, k: usize, p: &Piece) -> Value {
         match p {
             Piece::Content(t) => json!({ "content": t }),
-            Piece::CallStart(name) => json!({ "tool_calls": [{ "index": 0, "id": self.call_id(i), "type": "function", "function": { "name": name, "arguments": "" } }] }),
-            Piece::Args(a) => json!({ "tool_calls": [{ "index": 0, "function": { "arguments": a } }] }),
+            Piece::CallStart(name) => json!({ "tool_calls": [{ "index": k, "id": self.call_id(i, k), "type": "function", "function": { "name": name, "arguments": "" } }] }),
+            Piece::Args(a) => json!({ "tool_calls": [{ "index": k, "function": { "arguments": a } }] }),
         }
     }
 
@@ -835,19 +912,17 @@ impl Output {
     }
 
     /// The legacy completions form; `offset` is the text length before these tokens.
-    fn text_logprobs(lps: &[TokenLogprob], mut offset: usize) -> Value {
+    fn text_logprobs(entries: impl IntoIterator<Item = LegacyEntry>, mut offset: usize) -> Value {
         let mut tokens = vec![];
         let mut token_logprobs = vec![];
         let mut top = vec![];
         let mut text_offset = vec![];
-        for t in lps {
-            let s = token_str(&t.bytes);
+        for e in entries {
             text_offset.push(offset);
-            offset += s.len();
-            tokens.push(s);
-            token_logprobs.push(t.logprob);
-            let m: serde_json::Map<String, Value> = t.top.iter().map(|(_, b, l)| (token_str(b), json!(l))).collect();
-            top.push(Value::Object(m));
+            offset += e.token.len();
+            tokens.push(e.token);
+            token_logprobs.push(e.logprob);
+            top.push(e.top);
         }
         json!({ "tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": text_offset })
     }
@@ -869,6 +944,7 @@ impl Output {
                     }
                     c.logprobs.extend(logprobs);
                 }
+                Event::Prompt { logprobs } => c.prompt_logprobs = logprobs,
                 Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens } => {
                     if let Some(r) = c.reader.as_mut() {
                         let (pieces, why) = r.finish(finish);
@@ -893,20 +969,32 @@ impl Output {
                 match self.kind {
                     Kind::Chat => json!({
                         "index": i,
-                        "message": match &c.call {
-                            Some((name, args)) => json!({ "role": "assistant", "content": null, "refusal": null,
-                                "tool_calls": [{ "id": self.call_id(i), "type": "function", "function": { "name": name, "arguments": args } }] }),
-                            None => json!({ "role": "assistant", "content": c.text, "refusal": null }),
+                        "message": if c.calls.is_empty() {
+                            json!({ "role": "assistant", "content": c.text, "refusal": null })
+                        } else {
+                            let calls: Vec<Value> = c.calls.iter().enumerate()
+                                .map(|(k, (name, args))| json!({ "id": self.call_id(i, k), "type": "function", "function": { "name": name, "arguments": args } }))
+                                .collect();
+                            // text beside the calls (a cut answer's start of a next call) is kept
+                            let content = if c.text.is_empty() { Value::Null } else { json!(c.text) };
+                            json!({ "role": "assistant", "content": content, "refusal": null, "tool_calls": calls })
                         },
                         "logprobs": if want_logprobs { Self::chat_logprobs(&c.logprobs) } else { Value::Null },
                         "finish_reason": finish,
                     }),
                     Kind::Text => {
-                        let echo = self.echo.get(i / self.n).map(String::as_str).unwrap_or("");
+                        let echo = self.echo.get(i / self.n);
+                        let echo_text = echo.map(|e| e.text.as_str()).unwrap_or("");
+                        let logprobs = || {
+                            let mut entries = if self.prompt_logprobs { echo.map(|e| e.entries(&c.prompt_logprobs)).unwrap_or_default() } else { vec![] };
+                            entries.extend(c.logprobs.iter().map(LegacyEntry::of));
+                            // with prompt entries the offsets start at the echoed text's start
+                            Self::text_logprobs(entries, if self.prompt_logprobs { 0 } else { echo_text.len() })
+                        };
                         json!({
                             "index": i,
-                            "text": format!("{echo}{}", c.text),
-                            "logprobs": if want_logprobs { Self::text_logprobs(&c.logprobs, echo.len()) } else { Value::Null },
+                            "text": format!("{echo_text}{}", c.text),
+                            "logprobs": if want_logprobs { logprobs() } else { Value::Null },
                             "finish_reason": finish,
                         })
                     }
@@ -941,8 +1029,9 @@ impl Output {
                     json!([{ "index": i, "delta": { "role": "assistant", "content": content }, "logprobs": null, "finish_reason": null }])
                 }
                 Kind::Text => {
-                    let echo = self.echo.get(i / self.n).cloned().unwrap_or_default();
-                    if echo.is_empty() {
+                    let echo = self.echo.get(i / self.n).map(|e| e.text.clone()).unwrap_or_default();
+                    // a scored prompt is echoed when its scores arrive
+                    if echo.is_empty() || self.prompt_logprobs {
                         continue;
                     }
                     json!([{ "index": i, "text": echo, "logprobs": null, "finish_reason": null }])
@@ -993,12 +1082,12 @@ impl StreamState {
         match ev {
             Event::Delta { text, logprobs } => {
                 let c = &mut self.choices[i];
-                let offset = c.text.len() + out.echo.get(i / out.n).map(String::len).unwrap_or(0);
+                let offset = c.text.len() + out.echo.get(i / out.n).map(|e| e.text.len()).unwrap_or(0);
                 c.text.push_str(&text);
                 let lp = if self.want_logprobs {
                     match out.kind {
                         Kind::Chat => Output::chat_logprobs(&logprobs),
-                        Kind::Text => Output::text_logprobs(&logprobs, offset),
+                        Kind::Text => Output::text_logprobs(logprobs.iter().map(LegacyEntry::of), offset),
                     }
                 } else {
                     Value::Null
@@ -1007,10 +1096,10 @@ impl StreamState {
                     // the answer's pieces (content, or the tool call as it forms), the
                     // log-probabilities on the first chunk
                     let pieces = r.push(&text);
-                    c.apply(&pieces);
                     let mut lp = Some(lp).filter(|_| self.want_logprobs);
                     for p in &pieces {
-                        let choice = json!([{ "index": i, "delta": out.piece_delta(i, p), "logprobs": lp.take(), "finish_reason": null }]);
+                        let k = c.apply_one(p);
+                        let choice = json!([{ "index": i, "delta": out.piece_delta(i, k, p), "logprobs": lp.take(), "finish_reason": null }]);
                         self.pending.push_back(out.chunk(choice, null_usage.clone()));
                     }
                     if let Some(lp) = lp {
@@ -1024,14 +1113,21 @@ impl StreamState {
                 };
                 self.pending.push_back(out.chunk(choice, null_usage));
             }
+            Event::Prompt { logprobs } => {
+                if let Some(e) = out.echo.get(i / out.n) {
+                    let lp = if self.want_logprobs { Output::text_logprobs(e.entries(&logprobs), 0) } else { Value::Null };
+                    let choice = json!([{ "index": i, "text": e.text, "logprobs": lp, "finish_reason": null }]);
+                    self.pending.push_back(out.chunk(choice, null_usage));
+                }
+            }
             Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens } => {
                 let c = &mut self.choices[i];
                 if let Some(r) = c.reader.as_mut() {
                     let (pieces, why) = r.finish(finish);
-                    c.apply(&pieces);
                     c.reason = Some(why);
                     for p in &pieces {
-                        let choice = json!([{ "index": i, "delta": out.piece_delta(i, p), "logprobs": null, "finish_reason": null }]);
+                        let k = c.apply_one(p);
+                        let choice = json!([{ "index": i, "delta": out.piece_delta(i, k, p), "logprobs": null, "finish_reason": null }]);
                         self.pending.push_back(out.chunk(choice, null_usage.clone()));
                     }
                 }

@@ -1,16 +1,18 @@
 //! Tool calling: the request's `tools` and `tool_choice` checked into a [`Tools`], the JSON
 //! schema a forced call must follow (decoded under llguidance, see [`crate::grammar`]),
 //! and [`ToolReader`], which turns an answer's text (streamed or whole, the same way) into
-//! content or one tool call.
+//! content or tool calls.
 //!
 //! A tool call is the JSON object `{"name": NAME, "arguments": {...}}`. With
 //! `tool_choice` "required" or a named function the answer is constrained to that shape
-//! and its arguments to the tool's `parameters` schema, so the call streams as it is
-//! generated. With "auto" the answer is free; when all of it is such an object (optionally
-//! inside `<tool_call>…</tool_call>`, as Qwen and Hermes templates have models write it,
-//! and with `parameters` for `arguments`, as Llama 3.1 writes it) naming a known tool, it is
-//! returned as a tool call, else as content. While an "auto" answer may still become a
-//! call, its text is held back; once it cannot, it streams as content.
+//! and its arguments to the tool's `parameters` schema, so the calls stream as they are
+//! generated; with `parallel_tool_calls` (OpenAI's default) the grammar allows several
+//! calls, one per line. With "auto" the answer is free; when all of it is one or more such
+//! objects (each optionally inside `<tool_call>…</tool_call>`, as Qwen and Hermes templates
+//! have models write it, or one after another, or a JSON array of them, and with
+//! `parameters` for `arguments`, as Llama 3.1 writes it) naming known tools, they are
+//! returned as tool calls, else the answer is content. While an "auto" answer may still
+//! become a call, its text is held back; once it cannot, it streams as content.
 
 use serde_json::{json, Value};
 
@@ -40,6 +42,8 @@ pub struct Tools {
     pub choice: Choice,
     /// The request's `tools` as given, for the chat template (empty when none).
     pub raw: Vec<Value>,
+    /// `parallel_tool_calls`: an answer may hold several calls (OpenAI's default).
+    pub parallel: bool,
 }
 
 fn valid_name(n: &str) -> bool {
@@ -48,7 +52,7 @@ fn valid_name(n: &str) -> bool {
 
 impl Tools {
     /// Check `tools` and `tool_choice` as OpenAI documents them; errors name the parameter.
-    pub fn parse(tools: Option<&Value>, choice: Option<&Value>) -> Result<Self, ApiError> {
+    pub fn parse(tools: Option<&Value>, choice: Option<&Value>, parallel: Option<bool>) -> Result<Self, ApiError> {
         let raw = match tools {
             None | Some(Value::Null) => vec![],
             Some(Value::Array(a)) => a.clone(),
@@ -103,7 +107,7 @@ impl Tools {
             }
             _ => {}
         }
-        Ok(Self { defs, choice, raw })
+        Ok(Self { defs, choice, raw, parallel: parallel.unwrap_or(true) })
     }
 
     /// Whether the answer must be a tool call.
@@ -131,6 +135,17 @@ impl Tools {
         }
     }
 
+    /// The grammar of a forced answer (None unless the call is forced): the call schema,
+    /// or with `parallel_tool_calls` one or more such calls, one per line.
+    pub fn call_grammar(&self) -> Option<CallGrammar> {
+        let one = self.call_schema()?;
+        if !self.parallel {
+            return Some(CallGrammar::Schema(one));
+        }
+        let schema = crate::grammar::with_whitespace_limit(one);
+        Some(CallGrammar::Lark(format!("start: call (\"\\n\" call)*\ncall: %json {schema}\n")))
+    }
+
     /// The tools as a system prompt, for chat templates that know nothing of tools
     /// (ferrolm's marker templates): what a Hermes-style template would say.
     pub fn system_text(&self) -> String {
@@ -142,6 +157,15 @@ impl Tools {
         s.push_str("</tools>");
         s
     }
+}
+
+/// What a forced answer must follow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallGrammar {
+    /// One call: its JSON schema.
+    Schema(Value),
+    /// Several calls: a Lark grammar over the call schema.
+    Lark(String),
 }
 
 /// A piece of an answer as the client sees it.
@@ -158,27 +182,41 @@ pub enum Piece {
 #[derive(Debug, Clone)]
 pub struct ToolReader {
     forced: bool,
+    parallel: bool,
     names: Vec<String>,
     /// The answer's text not yet handed out as content.
     buf: String,
-    /// Forced: where the arguments begin in `buf`, once the name is complete.
+    /// Forced: where the current call's object begins in `buf` (after earlier calls).
+    start: usize,
+    /// Forced: where the current call's arguments begin in `buf`, once its name is complete.
     header: Option<usize>,
     /// Forced: the end of what has been handed out as arguments.
     sent: usize,
     /// The answer is content (auto: it cannot be a call): text streams through.
     content: bool,
-    called: bool,
+    /// Calls begun so far.
+    calls: usize,
 }
 
 impl ToolReader {
     pub fn new(tools: &Tools) -> Self {
-        Self { forced: tools.forced(), names: tools.defs.iter().map(|d| d.name.clone()).collect(), buf: String::new(), header: None, sent: 0, content: false, called: false }
+        Self {
+            forced: tools.forced(),
+            parallel: tools.parallel,
+            names: tools.defs.iter().map(|d| d.name.clone()).collect(),
+            buf: String::new(),
+            start: 0,
+            header: None,
+            sent: 0,
+            content: false,
+            calls: 0,
+        }
     }
 
     /// Whether the answer became a tool call (known after [`ToolReader::finish`], or once
     /// a forced call's name is out).
     pub fn called(&self) -> bool {
-        self.called
+        self.calls > 0
     }
 
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
@@ -191,26 +229,44 @@ impl ToolReader {
         }
         self.buf.push_str(text);
         if self.forced {
-            if self.header.is_none() {
-                if let Some((name, at)) = call_header(&self.buf) {
-                    self.header = Some(at);
-                    self.sent = at;
-                    self.called = true;
-                    out.push(Piece::CallStart(name));
-                }
-            }
-            if self.header.is_some() {
-                let end = held_back_end(&self.buf).max(self.sent);
-                if end > self.sent {
-                    out.push(Piece::Args(self.buf[self.sent..end].to_string()));
-                    self.sent = end;
-                }
-            }
+            self.read_forced(&mut out);
         } else if !could_be_call(&self.buf) {
             self.content = true;
             out.push(Piece::Content(std::mem::take(&mut self.buf)));
         }
         out
+    }
+
+    /// Forced calls: each call's name once its header is complete, then its arguments as
+    /// they come — all but trailing whitespace, which may precede the call object's close;
+    /// a call whose object closed hands out the rest of its arguments and the next begins.
+    fn read_forced(&mut self, out: &mut Vec<Piece>) {
+        loop {
+            if self.header.is_none() {
+                let Some((name, at)) = call_header(&self.buf[self.start..]) else { return };
+                self.header = Some(self.start + at);
+                self.sent = self.start + at;
+                self.calls += 1;
+                out.push(Piece::CallStart(name));
+            }
+            if let Some(end) = object_end(&self.buf, self.start) {
+                // `end` is just after the call object's `}`
+                let args_end = self.buf[..end - 1].trim_end_matches([' ', '\n', '\r', '\t']).len().max(self.sent);
+                if args_end > self.sent {
+                    out.push(Piece::Args(self.buf[self.sent..args_end].to_string()));
+                }
+                self.sent = end;
+                self.start = end;
+                self.header = None;
+                continue;
+            }
+            let end = self.buf.trim_end_matches([' ', '\n', '\r', '\t']).len().max(self.sent);
+            if end > self.sent {
+                out.push(Piece::Args(self.buf[self.sent..end].to_string()));
+                self.sent = end;
+            }
+            return;
+        }
     }
 
     /// The rest of the answer once it ended with `finish`, and its finish reason.
@@ -221,19 +277,27 @@ impl ToolReader {
         }
         if self.forced {
             if self.header.is_some() {
-                // A complete call ends with the object's closing brace, which is not part of
-                // the arguments; a cut one hands out all it has.
-                let end = if finish == Finish::Stop { held_back_end(&self.buf).max(self.sent) } else { self.buf.len() };
-                if end > self.sent {
-                    out.push(Piece::Args(self.buf[self.sent..end].to_string()));
-                    self.sent = end;
+                // a cut call hands out all it has
+                if self.buf.len() > self.sent {
+                    out.push(Piece::Args(self.buf[self.sent..].to_string()));
+                    self.sent = self.buf.len();
+                }
+                return (out, if finish == Finish::Stop { "tool_calls" } else { finish.as_str() });
+            }
+            if self.calls > 0 {
+                // after the last complete call: whitespace, or a next call cut before its
+                // name was complete (kept as content, nothing is lost)
+                let rest = self.buf[self.start..].trim();
+                if !rest.is_empty() {
+                    out.push(Piece::Content(rest.to_string()));
                 }
                 return (out, if finish == Finish::Stop { "tool_calls" } else { finish.as_str() });
             }
         } else if finish == Finish::Stop {
-            if let Some((name, args)) = parse_call(&self.buf, &self.names) {
-                self.called = true;
-                return (vec![Piece::CallStart(name), Piece::Args(args)], "tool_calls");
+            if let Some(calls) = parse_calls(&self.buf, &self.names).filter(|c| self.parallel || c.len() == 1) {
+                self.calls = calls.len();
+                let pieces = calls.into_iter().flat_map(|(name, args)| [Piece::CallStart(name), Piece::Args(args)]).collect();
+                return (pieces, "tool_calls");
             }
         }
         self.content = true;
@@ -242,6 +306,35 @@ impl ToolReader {
         }
         (out, finish.as_str())
     }
+}
+
+/// The end (just after its `}`) of the JSON object that begins, after whitespace, at
+/// `from`; None while it is incomplete.
+fn object_end(s: &str, from: usize) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = skip_ws(b, from);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    while i < b.len() {
+        match (in_string, b[i]) {
+            (true, b'\\') => i += 1,
+            (true, b'"') => in_string = false,
+            (false, b'"') => in_string = true,
+            (false, b'{' | b'[') => depth += 1,
+            (false, b'}' | b']') => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -294,30 +387,49 @@ fn call_header(s: &str) -> Option<(String, usize)> {
     (i < b.len()).then_some((name, i))
 }
 
-/// The end of what may be handed out as arguments: everything but a trailing
-/// `whitespace } whitespace`, which may be the call object's close.
-fn held_back_end(s: &str) -> usize {
-    let t = s.trim_end_matches([' ', '\n', '\r', '\t']);
-    match t.strip_suffix('}') {
-        Some(t) => t.trim_end_matches([' ', '\n', '\r', '\t']).len(),
-        None => t.len(),
-    }
-}
-
 /// Whether free text may still turn out to be a tool call.
 fn could_be_call(s: &str) -> bool {
     let t = s.trim_start();
-    t.is_empty() || t.starts_with('{') || t.starts_with("<tool_call>") || "<tool_call>".starts_with(t)
+    let array_of_objects = t.strip_prefix('[').is_some_and(|r| r.trim_start().is_empty() || r.trim_start().starts_with('{'));
+    t.is_empty() || t.starts_with('{') || array_of_objects || t.starts_with("<tool_call>") || "<tool_call>".starts_with(t)
 }
 
-/// A whole answer that is one call of a known tool: its name and arguments (as compact
-/// JSON).
-pub fn parse_call(text: &str, names: &[String]) -> Option<(String, String)> {
-    let mut t = text.trim();
-    if let Some(inner) = t.strip_prefix("<tool_call>") {
-        t = inner.trim_end().strip_suffix("</tool_call>").unwrap_or(inner).trim();
+/// A whole answer that is one or more calls of known tools: their names and arguments
+/// (as compact JSON). The calls may each be inside `<tool_call>…</tool_call>`, follow one
+/// another (whitespace, `;` or `,` between), or be the items of one JSON array.
+pub fn parse_calls(text: &str, names: &[String]) -> Option<Vec<(String, String)>> {
+    let t = text.trim();
+    let mut calls = vec![];
+    if t.starts_with("<tool_call>") {
+        let mut rest = t;
+        while !rest.is_empty() {
+            let inner = rest.strip_prefix("<tool_call>")?;
+            let (body, after) = match inner.find("</tool_call>") {
+                Some(e) => (&inner[..e], &inner[e + "</tool_call>".len()..]),
+                None => (inner, ""),
+            };
+            calls.push(one_call(&serde_json::from_str(body.trim()).ok()?, names)?);
+            rest = after.trim_start();
+        }
+    } else if t.starts_with('[') {
+        let v: Value = serde_json::from_str(t).ok()?;
+        for item in v.as_array()? {
+            calls.push(one_call(item, names)?);
+        }
+    } else {
+        let mut rest = t;
+        while !rest.is_empty() {
+            let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+            let v = values.next()?.ok()?;
+            calls.push(one_call(&v, names)?);
+            rest = rest[values.byte_offset()..].trim_start_matches(|c: char| c.is_whitespace() || c == ';' || c == ',');
+        }
     }
-    let v: Value = serde_json::from_str(t).ok()?;
+    (!calls.is_empty()).then_some(calls)
+}
+
+/// One call object naming a known tool: its name and arguments (as compact JSON).
+fn one_call(v: &Value, names: &[String]) -> Option<(String, String)> {
     let o = v.as_object()?;
     let name = o.get("name")?.as_str()?;
     if !names.iter().any(|n| n == name) {
@@ -345,7 +457,7 @@ mod tests {
     fn tools(choice: Value) -> Tools {
         let t = json!([{ "type": "function", "function": { "name": "get_weather", "parameters": { "type": "object", "properties": { "city": { "type": "string" } }, "required": ["city"] } } },
                        { "type": "function", "function": { "name": "noop" } }]);
-        Tools::parse(Some(&t), Some(&choice)).unwrap()
+        Tools::parse(Some(&t), Some(&choice), None).unwrap()
     }
 
     fn read(r: &mut ToolReader, pieces: &[&str], finish: Finish) -> (Vec<Piece>, &'static str) {
@@ -414,7 +526,7 @@ mod tests {
 
     #[test]
     fn tool_definitions_and_choices_are_checked_by_name() {
-        let err = |t: Value, c: Value| Tools::parse(Some(&t), Some(&c)).unwrap_err().param.unwrap();
+        let err = |t: Value, c: Value| Tools::parse(Some(&t), Some(&c), None).unwrap_err().param.unwrap();
         let f = |name: &str| json!({ "type": "function", "function": { "name": name } });
         assert_eq!(err(json!([{ "type": "code" }]), json!("auto")), "tools[0].type");
         assert_eq!(err(json!([f("ok"), f("bad name")]), json!("auto")), "tools[1].function.name");
@@ -423,11 +535,79 @@ mod tests {
         assert_eq!(err(json!([f("a")]), json!({ "type": "function", "function": { "name": "b" } })), "tool_choice");
         assert_eq!(err(json!([]), json!("required")), "tool_choice");
         assert_eq!(err(json!([f("a")]), json!("sometimes")), "tool_choice");
-        assert_eq!(Tools::parse(None, None).unwrap().choice, Choice::None);
-        assert_eq!(Tools::parse(Some(&json!([f("a")])), None).unwrap().choice, Choice::Auto);
+        assert_eq!(Tools::parse(None, None, None).unwrap().choice, Choice::None);
+        assert_eq!(Tools::parse(Some(&json!([f("a")])), None, None).unwrap().choice, Choice::Auto);
         let named = tools(json!({ "type": "function", "function": { "name": "noop" } }));
         assert_eq!(named.call_schema().unwrap()["properties"]["name"]["const"], "noop");
         assert_eq!(tools(json!("required")).call_schema().unwrap()["anyOf"].as_array().unwrap().len(), 2);
         assert!(tools(json!("auto")).call_schema().is_none());
+    }
+
+    fn calls(p: &[Piece]) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = vec![];
+        for p in p {
+            match p {
+                Piece::CallStart(n) => out.push((n.clone(), String::new())),
+                Piece::Args(a) => out.last_mut().expect("arguments after a call start").1.push_str(a),
+                Piece::Content(c) => panic!("content {c:?} in a call answer"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn forced_parallel_calls_stream_the_same_calls_however_they_are_split() {
+        let text = "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa}r\\\"is\", \"x\": [{}]}}\n{\"name\": \"noop\",\"arguments\":{} }";
+        let want = vec![("get_weather".to_string(), "{\"city\": \"Pa}r\\\"is\", \"x\": [{}]}".to_string()), ("noop".to_string(), "{}".to_string())];
+        let whole = read(&mut ToolReader::new(&tools(json!("required"))), &[text], Finish::Stop);
+        assert_eq!((calls(&whole.0), whole.1), (want.clone(), "tool_calls"));
+        for cut in 1..text.len() {
+            for cut2 in [cut + 1, cut + 5, text.len()] {
+                let cut2 = cut2.min(text.len());
+                let got = read(&mut ToolReader::new(&tools(json!("required"))), &[&text[..cut], &text[cut..cut2], &text[cut2..]], Finish::Stop);
+                assert_eq!(calls(&got.0), want, "split at {cut}/{cut2}");
+            }
+        }
+        // the first call's arguments are out before the second call begins
+        let mut r = ToolReader::new(&tools(json!("required")));
+        let first = r.push(&text[..text.find('\n').unwrap() + 1]);
+        assert_eq!(calls(&first), want[..1]);
+        // a second call cut before its name is complete is kept as content beside the first
+        let mut r = ToolReader::new(&tools(json!("required")));
+        let (out, why) = read(&mut r, &["{\"name\": \"noop\", \"arguments\": {}}\n{\"na"], Finish::Length);
+        assert_eq!(why, "length");
+        assert_eq!(out.last(), Some(&Piece::Content("{\"na".into())));
+        assert!(r.called());
+    }
+
+    #[test]
+    fn auto_answers_with_several_calls_in_every_common_layout() {
+        let auto = tools(json!("auto"));
+        let want = vec![("get_weather".to_string(), "{\"city\":\"Oslo\"}".to_string()), ("noop".to_string(), "{}".to_string())];
+        for text in [
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"noop\", \"arguments\": {}}\n</tool_call>",
+            "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n{\"name\": \"noop\", \"arguments\": {}}",
+            "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}; {\"name\": \"noop\", \"parameters\": {}}",
+            "[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}, {\"name\": \"noop\", \"arguments\": {}}]",
+        ] {
+            let (out, why) = read(&mut ToolReader::new(&auto), &[text], Finish::Stop);
+            assert_eq!((calls(&out), why), (want.clone(), "tool_calls"), "{text}");
+        }
+        // one unknown call among them, or trailing text: all of it is content
+        for text in ["{\"name\": \"noop\", \"arguments\": {}}\n{\"name\": \"other\", \"arguments\": {}}", "{\"name\": \"noop\", \"arguments\": {}}\nDone."] {
+            let (out, why) = read(&mut ToolReader::new(&auto), &[text], Finish::Stop);
+            assert_eq!((out, why), (vec![Piece::Content(text.into())], "stop"));
+        }
+        // parallel_tool_calls false: one call is a call, two are content
+        let t = json!([{ "type": "function", "function": { "name": "noop" } }]);
+        let single = Tools::parse(Some(&t), Some(&json!("auto")), Some(false)).unwrap();
+        let two = "{\"name\": \"noop\", \"arguments\": {}}\n{\"name\": \"noop\", \"arguments\": {}}";
+        assert_eq!(read(&mut ToolReader::new(&single), &[two], Finish::Stop).1, "stop");
+        assert_eq!(read(&mut ToolReader::new(&single), &["{\"name\": \"noop\", \"arguments\": {}}"], Finish::Stop).1, "tool_calls");
+        // the forced grammar: several calls only with parallel_tool_calls
+        let forced_single = Tools::parse(Some(&t), Some(&json!("required")), Some(false)).unwrap();
+        assert!(matches!(forced_single.call_grammar(), Some(CallGrammar::Schema(_))));
+        assert!(matches!(tools(json!("required")).call_grammar(), Some(CallGrammar::Lark(g)) if g.contains("%json")));
+        assert_eq!(tools(json!("auto")).call_grammar(), None);
     }
 }

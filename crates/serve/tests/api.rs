@@ -171,8 +171,16 @@ fn completions_with_echo_and_token_prompts() {
     let text = v["choices"][0]["text"].as_str().unwrap();
     assert!(text.starts_with("Tell me a story"));
     let lp = &v["choices"][0]["logprobs"];
-    assert_eq!(lp["tokens"].as_array().unwrap().len(), v["usage"]["completion_tokens"].as_u64().unwrap() as usize);
-    assert_eq!(lp["text_offset"][0], "Tell me a story".len());
+    // echo with logprobs scores the prompt too: its tokens (not the unseen sequence start)
+    // then the answer's, offsets into the whole echoed text
+    let tokens: Vec<&str> = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let completion = v["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    let prompt_shown = v["usage"]["prompt_tokens"].as_u64().unwrap() as usize - 1;
+    assert_eq!(tokens.len(), prompt_shown + completion);
+    assert_eq!(tokens[..prompt_shown].concat(), "Tell me a story");
+    assert_eq!(lp["text_offset"][0], 0);
+    assert_eq!(lp["text_offset"][prompt_shown], "Tell me a story".len());
+    assert!(lp["token_logprobs"].as_array().unwrap().iter().all(|l| l.as_f64().is_some_and(|l| l <= 0.0)));
     // two prompts × n=2 → four choices; token-id prompts work
     let (st, v) = s.post("/v1/completions", &json!({ "model": "tiny", "prompt": ["a cat", "a dog"], "n": 2, "max_tokens": 3 }));
     assert_eq!(st, 200, "{v}");
@@ -288,4 +296,53 @@ fn insertion_with_suffix_and_llama_cpp_infill() {
     assert_eq!((st, v["error"]["param"].as_str()), (400, Some("n_predict")), "{v}");
     let (st, _) = s.post("/infill", &json!({ "input_prefix": "a", "bogus": 1 }));
     assert!(st == 400 || st == 422, "{st}");
+}
+
+/// `echo` with `logprobs` (and `max_tokens` 0: score only, as evaluation harnesses ask for
+/// a text's log-likelihood): every prompt token's log-probability equals the model's own
+/// log-softmax from one full forward pass; streamed the same; the first token of a
+/// token-id prompt has none.
+#[test]
+fn echo_with_logprobs_scores_the_prompt_like_a_full_forward_pass() {
+    use candle_core::{Device, Tensor, D};
+    let (d, s) = server(None, None);
+    let ids: Vec<u32> = vec![0, 40, 41, 60, 70, 33, 90, 12];
+    let (st, v) = s.post("/v1/completions", &json!({ "model": "tiny", "prompt": ids, "max_tokens": 0, "echo": true, "logprobs": 3 }));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 0);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let lp = &v["choices"][0]["logprobs"];
+    let got: Vec<Value> = lp["token_logprobs"].as_array().unwrap().clone();
+    assert_eq!(got.len(), ids.len());
+    assert!(got[0].is_null() && lp["top_logprobs"][0].is_null(), "nothing comes before the first token");
+
+    let loaded = ferrolm_model::load_model(&d.path().join("tiny-run"), &Device::Cpu).unwrap();
+    let model = loaded.model.into_decoder("test").unwrap();
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let logits = model.forward(&input, &ferrolm_model::attention::MaskSpec::causal(), None).unwrap();
+    let lsm = candle_nn::ops::log_softmax(&logits.squeeze(0).unwrap(), D::Minus1).unwrap().to_vec2::<f32>().unwrap();
+    for i in 1..ids.len() {
+        let want = lsm[i - 1][ids[i] as usize] as f64;
+        let have = got[i].as_f64().unwrap();
+        assert!((want - have).abs() < 1e-4, "token {i}: served {have}, forward pass {want}");
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= 3);
+        let best = lsm[i - 1].iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        assert!(top.values().any(|l| (l.as_f64().unwrap() - best).abs() < 1e-4), "the most likely token is among the top ones");
+    }
+
+    // streamed: the echo chunk carries the same scores, then the answer follows
+    let (_, mut r) = s.stream("/v1/completions", &json!({ "model": "tiny", "prompt": ids, "max_tokens": 3, "echo": true, "logprobs": 3, "stream": true, "seed": 4 }));
+    let (data, _) = read_sse(&mut r);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let first: Value = serde_json::from_str(&data[0]).unwrap();
+    assert_eq!(first["choices"][0]["logprobs"]["token_logprobs"], Value::Array(got.clone()));
+    let (_, whole) = s.post("/v1/completions", &json!({ "model": "tiny", "prompt": ids, "max_tokens": 3, "echo": true, "logprobs": 3, "seed": 4 }));
+    let whole_lp = whole["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap().clone();
+    assert_eq!(whole_lp[..ids.len()], got[..]);
+    assert_eq!(whole_lp.len(), ids.len() + whole["usage"]["completion_tokens"].as_u64().unwrap() as usize);
+
+    // max_tokens 0 without echo is still refused
+    let (st, v) = s.post("/v1/completions", &json!({ "model": "tiny", "prompt": "a cat", "max_tokens": 0 }));
+    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("max_tokens")));
 }

@@ -197,32 +197,57 @@ fn json_object_answers_are_objects() {
 fn a_required_or_named_tool_call_has_valid_arguments() {
     let (_d, s) = server();
     let cases = [json!("required"), json!({ "type": "function", "function": { "name": "get_time" } }), json!({ "type": "function", "function": { "name": "get_weather" } })];
-    for (k, choice) in cases.iter().enumerate() {
-        for seed in 1..=3 {
-            let (st, v) = s.post("/v1/chat/completions", &chat(seed, json!({ "tools": weather_tools(), "tool_choice": choice })));
-            assert_eq!(st, 200, "{v}");
-            let c = &v["choices"][0];
-            assert_eq!(c["finish_reason"], "tool_calls", "{v}");
-            assert!(c["message"]["content"].is_null());
-            let calls = c["message"]["tool_calls"].as_array().unwrap();
-            assert_eq!(calls.len(), 1);
-            assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
-            assert_eq!(calls[0]["type"], "function");
-            let name = calls[0]["function"]["name"].as_str().unwrap();
-            if let Some(n) = choice.pointer("/function/name") {
-                assert_eq!(name, n, "case {k}");
+    // parallel_tool_calls (default true) lets the grammar add calls, one per line
+    let mut most_calls = 0;
+    let mut complete = 0;
+    for parallel in [None, Some(false)] {
+        for (k, choice) in cases.iter().enumerate() {
+            for seed in 1..=4 {
+                let mut extra = json!({ "tools": weather_tools(), "tool_choice": choice });
+                if let Some(p) = parallel {
+                    extra["parallel_tool_calls"] = json!(p);
+                }
+                let (st, v) = s.post("/v1/chat/completions", &chat(seed, extra));
+                assert_eq!(st, 200, "{v}");
+                let c = &v["choices"][0];
+                let calls = c["message"]["tool_calls"].as_array().unwrap();
+                if c["finish_reason"] == "length" {
+                    // cut while writing a call: the calls so far, the last one incomplete
+                    assert!(parallel.is_none() && !calls.is_empty(), "{v}");
+                    continue;
+                }
+                assert_eq!(c["finish_reason"], "tool_calls", "{v}");
+                assert!(c["message"]["content"].is_null());
+                if parallel == Some(false) {
+                    assert_eq!(calls.len(), 1);
+                }
+                most_calls = most_calls.max(calls.len());
+                complete += 1;
+                let mut ids = std::collections::HashSet::new();
+                for call in calls {
+                    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+                    assert!(ids.insert(call["id"].as_str().unwrap().to_string()), "call ids are unique");
+                    assert_eq!(call["type"], "function");
+                    let name = call["function"]["name"].as_str().unwrap();
+                    if let Some(n) = choice.pointer("/function/name") {
+                        assert_eq!(name, n, "case {k}");
+                    }
+                    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+                    validate(&args, &tool_params(name), name).unwrap_or_else(|e| panic!("case {k} seed {seed}: {e}"));
+                    eprintln!("{name}: {args}");
+                }
             }
-            let args: Value = serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
-            validate(&args, &tool_params(name), name).unwrap_or_else(|e| panic!("case {k} seed {seed}: {e}"));
-            eprintln!("{name}: {args}");
         }
     }
+    eprintln!("most calls in one answer: {most_calls}; {complete} of 24 answers complete");
+    assert!(complete >= 16, "only {complete} of 24 forced answers ended by the grammar");
 }
 
-/// Content and tool-call deltas of a streamed chat answer, reassembled.
-fn reassemble(data: &[String]) -> (String, Option<(String, String, String)>, String) {
+/// Content and tool-call deltas of a streamed chat answer, reassembled: content, the calls
+/// (id, name, arguments) in their `index` order, the finish reason.
+fn reassemble(data: &[String]) -> (String, Vec<(String, String, String)>, String) {
     let mut content = String::new();
-    let mut call: Option<(String, String, String)> = None;
+    let mut calls: Vec<(String, String, String)> = vec![];
     let mut finish = String::new();
     for d in data.iter().filter(|d| *d != "[DONE]") {
         let v: Value = serde_json::from_str(d).unwrap();
@@ -231,19 +256,20 @@ fn reassemble(data: &[String]) -> (String, Option<(String, String, String)>, Str
             content.push_str(t);
         }
         if let Some(tc) = c["delta"]["tool_calls"].as_array() {
-            assert_eq!(tc[0]["index"], 0);
+            let k = tc[0]["index"].as_u64().unwrap() as usize;
             if let Some(id) = tc[0]["id"].as_str() {
-                assert!(call.is_none(), "a second call header");
+                assert_eq!(k, calls.len(), "a call header out of order");
                 assert_eq!(tc[0]["type"], "function");
-                call = Some((id.into(), tc[0]["function"]["name"].as_str().unwrap().into(), String::new()));
+                calls.push((id.into(), tc[0]["function"]["name"].as_str().unwrap().into(), String::new()));
             }
-            call.as_mut().expect("arguments before the call header").2.push_str(tc[0]["function"]["arguments"].as_str().unwrap());
+            assert_eq!(k + 1, calls.len(), "arguments of another call than the last begun");
+            calls[k].2.push_str(tc[0]["function"]["arguments"].as_str().unwrap());
         }
         if let Some(f) = c["finish_reason"].as_str() {
             finish = f.into();
         }
     }
-    (content, call, finish)
+    (content, calls, finish)
 }
 
 #[test]
@@ -262,20 +288,23 @@ fn streamed_answers_equal_whole_ones() {
         let (st, mut r) = s.stream("/v1/chat/completions", &sb);
         assert_eq!(st, 200);
         let (data, _) = read_sse(&mut r);
-        let (content, call, finish) = reassemble(&data);
+        let (content, streamed, finish) = reassemble(&data);
         let c = &whole["choices"][0];
         assert_eq!(finish, c["finish_reason"].as_str().unwrap());
         match c["message"]["tool_calls"].as_array() {
             Some(calls) => {
-                let (_, name, args) = call.expect("the stream has no tool call");
-                assert_eq!(name, calls[0]["function"]["name"].as_str().unwrap());
-                assert_eq!(args, calls[0]["function"]["arguments"].as_str().unwrap());
-                assert!(content.is_empty());
+                assert_eq!(streamed.len(), calls.len(), "the stream has other calls");
+                for ((id, name, args), call) in streamed.iter().zip(calls) {
+                    assert_eq!(name, call["function"]["name"].as_str().unwrap());
+                    assert_eq!(args, call["function"]["arguments"].as_str().unwrap());
+                    assert!(id.starts_with("call_"));
+                }
+                assert_eq!(content, c["message"]["content"].as_str().unwrap_or(""));
                 // the arguments came in more than one piece
                 assert!(data.iter().filter(|d| d.contains("\"arguments\"")).count() > 2, "{data:?}");
             }
             None => {
-                assert!(call.is_none());
+                assert!(streamed.is_empty());
                 assert_eq!(content, c["message"]["content"].as_str().unwrap());
             }
         }
