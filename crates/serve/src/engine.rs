@@ -435,7 +435,10 @@ impl Scheduler {
         let mut finish = None;
         // a stop token ends the answer without text; a stop string ends it where it began
         let mut failed = None;
-        if r.stop_tokens.contains(&tok) || seq.text.push(self.tok.id_to_bytes(tok).unwrap_or("\u{FFFD}".as_bytes())) {
+        // special tokens (role markers, padding, sentinels) are no answer text, as
+        // transformers' and vLLM's skip_special_tokens default has it; they still count
+        let bytes = if self.tok.is_special(tok) { &[][..] } else { self.tok.id_to_bytes(tok).unwrap_or("\u{FFFD}".as_bytes()) };
+        if r.stop_tokens.contains(&tok) || seq.text.push(bytes) {
             finish = Some(Finish::Stop);
         } else if let Some(c) = seq.constraint.as_mut() {
             match c.consume(tok) {

@@ -346,3 +346,16 @@ fn echo_with_logprobs_scores_the_prompt_like_a_full_forward_pass() {
     let (st, v) = s.post("/v1/completions", &json!({ "model": "tiny", "prompt": "a cat", "max_tokens": 0 }));
     assert_eq!((st, v["error"]["param"].as_str()), (400, Some("max_tokens")));
 }
+
+/// Special tokens a model samples (role markers, sentinels) are counted but are no answer
+/// text, as transformers' and vLLM's `skip_special_tokens` default has it.
+#[test]
+fn sampled_special_tokens_are_not_answer_text() {
+    let (_d, s) = server(None, None);
+    // id 3 is <|user|> (special::defaults() order), not a stop of raw completions
+    let (st, v) = s.post("/v1/completions", &json!({ "model": "tiny", "prompt": "a cat", "max_tokens": 4, "logit_bias": { "3": 100 }, "seed": 1 }));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], "", "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+}
