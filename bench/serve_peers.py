@@ -88,11 +88,13 @@ def servers(a, gguf, hf):
     port = ferrolm_bench.free_port
     out = {}
     out["ferrolm"] = lambda: Proc("ferrolm", [a.bin, "serve", "--model", a.run, "--port", str(p := port()), "--model-name", "bench",
-                                             "--max-concurrency", "32", "--max-queue", "256"], p)
+                                             "--max-concurrency", "32", "--max-queue", "256"], p, {"RAYON_NUM_THREADS": str(a.threads)})
     if os.path.exists(a.llama_python):
         out["llama.cpp"] = lambda: Proc("llama.cpp", [a.llama_python, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
                                                       "--port", str(p := port()), "--model_alias", "bench", "--n_threads", str(a.threads),
-                                                      "--n_threads_batch", str(a.threads), "--n_ctx", str(a.ctx), "--verbose", "False"], p)
+                                                      "--n_threads_batch", str(a.threads), "--n_ctx", str(a.ctx), "--verbose", "False",
+                                                      # queue concurrent requests (its default cuts the running stream)
+                                                      "--interrupt_requests", "False"], p)
     else:
         print(f"skipping llama.cpp: {a.llama_python} not found", file=sys.stderr)
     tf = os.path.join(os.path.dirname(a.hf_python), "transformers")
@@ -123,7 +125,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--per-client", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="threads of every server (ferrolm: RAYON_NUM_THREADS; llama.cpp: --n_threads; torch: OMP_NUM_THREADS)")
     ap.add_argument("--ctx", type=int, default=128)
     ap.add_argument("--only", default="", help="comma-separated server names to run")
     ap.add_argument("--llama-python", default="/work/venv-llama/bin/python")

@@ -1165,6 +1165,14 @@ impl StreamState {
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>, shutdown: impl std::future::Future<Output = ()> + Send + 'static, grace: Duration) -> Result<()> {
     let app = router(state.clone());
     let (sig_tx, sig_rx) = tokio::sync::watch::channel(false);
+    // TCP_NODELAY: a streamed token is one small write; with Nagle's algorithm it waited
+    // for the client's (delayed, up to 40 ms) acknowledgement of the write before it
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY on a connection: {e}");
+        }
+    });
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = sig_tx.send(true);
