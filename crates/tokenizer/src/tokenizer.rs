@@ -155,6 +155,7 @@ impl Tokenizer {
                 },
             ),
             TokenizerKind::Char => Self::train_char(texts, &cfg.special_tokens),
+            TokenizerKind::WordPiece => bail!("tokenizer.kind = \"wordpiece\" is read from BERT checkpoints, not trained here; use \"bpe\" or \"char\""),
         }
     }
 
