@@ -38,7 +38,7 @@ impl EmbedModel {
     pub fn load(run_dir: &Path, pooling: Pooling, name: Option<String>, device: &Device) -> Result<Self> {
         let embedder = Embedder::load(run_dir, pooling, device)?;
         let name = name.unwrap_or_else(|| {
-            run_dir.canonicalize().unwrap_or(run_dir.to_path_buf()).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "ferrolm-embed".into())
+            run_dir.canonicalize().unwrap_or_else(|_| run_dir.to_path_buf()).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "ferrolm-embed".into())
         });
         Ok(Self { name, embedder: Arc::new(embedder) })
     }
