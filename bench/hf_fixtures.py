@@ -16,6 +16,15 @@ the input ids, the log-prob of each token after the first given its prefix, and 
 continuation of a prompt, all computed by transformers in float32 with eager attention.
 Weights are drawn wider than the usual init (std 0.5, norm gains around 1, non-zero biases)
 so the distributions are peaked and a wrong detail shows up in the numbers.
+
+bert_tiny is a BertForMaskedLM (post-norm blocks, erf GELU, token-type embeddings) saved
+with pooler weights added, as checkpoints on the Hub carry them, and a WordPiece
+tokenizer.json built here (BertTokenizer's normalizer, pre-tokenizer and [CLS]/[SEP]
+template); its reference.json holds transformers' token ids (and token types) of a few
+texts, and reference.safetensors the MLM logits, last hidden states, pooled outputs and
+attention-mask-weighted mean of the hidden states, all float32.
+
+    /work/venv-hf/bin/python bench/hf_fixtures.py --only bert_tiny   # one fixture
 """
 import argparse
 import json
@@ -104,10 +113,14 @@ def greedy(model, prompt, n):
     return out[0, len(prompt):].tolist()
 
 
-def write_fixtures():
+def write_fixtures(only=None):
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
+    if only is None or "bert_tiny" in only:
+        write_bert_fixture()
     for seed, (name, cfg, with_tok, shard) in enumerate(fixtures()):
+        if only is not None and name not in only:
+            continue
         path = os.path.join(OUT, name)
         os.makedirs(path, exist_ok=True)
         for f in os.listdir(path):
@@ -141,6 +154,108 @@ def write_fixtures():
         print(f"{name}: {size // 1024} KiB, files {sorted(os.listdir(path))}")
 
 
+BERT_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello, world! The [MASK] is quick.",
+    "Unaffable CAFÉ, naïve résumé? 42 ☃",
+    "Foxes jumped over lazier thinking dogs",
+]
+BERT_PAIR = ("How are you today?", "The lazy dog is fine.")
+
+
+def wordpiece_vocab():
+    """A WordPiece vocabulary of about 150 entries (BERT's five specials first) trained on a
+    few sentences with BERT's normalizer and pre-tokenizer."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    trainer = trainers.WordPieceTrainer(vocab_size=150, special_tokens=specials, show_progress=False)
+    text = ["The quick brown fox jumps over the lazy dog.", "Hello, world! How are you today?",
+            "the theory of the thing is fine", "a naive resume of cafe culture", "quickly, quicker, quickest"] * 20
+    tok.train_from_iterator(text, trainer)
+    vocab = tok.get_vocab()
+    return dict(sorted(vocab.items(), key=lambda kv: kv[1]))
+
+
+def randomize_bert(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if "LayerNorm" in name:
+                if name.endswith("weight"):
+                    p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+                else:
+                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+
+
+@torch.no_grad()
+def write_bert_fixture():
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertModel, BertTokenizer
+    name = "bert_tiny"
+    path = os.path.join(OUT, name)
+    os.makedirs(path, exist_ok=True)
+    for f in os.listdir(path):
+        os.remove(os.path.join(path, f))
+    tok = BertTokenizer(vocab=wordpiece_vocab())
+    tok.save_pretrained(path)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, type_vocab_size=2, hidden_act="gelu",
+                     layer_norm_eps=1e-12, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0)
+    cfg._attn_implementation = "eager"
+    mlm = BertForMaskedLM(cfg).float().eval()
+    randomize_bert(mlm, 2000)
+    mlm.save_pretrained(path)
+    # transformers saves BertForMaskedLM without a pooler; checkpoints on the Hub (saved from
+    # pre-training) carry one: add random pooler weights the way they are stored.
+    g = torch.Generator().manual_seed(2001)
+    weights = os.path.join(path, "model.safetensors")
+    tensors = load_file(weights)
+    tensors["bert.pooler.dense.weight"] = 0.3 * torch.randn((32, 32), generator=g)
+    tensors["bert.pooler.dense.bias"] = 0.2 * torch.randn((32,), generator=g)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    # Everything below is computed from the saved folder, as a user would load it.
+    tok = AutoTokenizer.from_pretrained(path)
+    mlm = BertForMaskedLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
+    base = BertModel.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
+    assert base.pooler is not None
+    assert torch.equal(base.pooler.dense.bias, tensors["bert.pooler.dense.bias"])
+    ref = {"transformers": transformers.__version__, "torch": torch.__version__, "tokenizer_class": type(tok).__name__,
+           "texts": [], "pair": None}
+    out = {}
+    for i, text in enumerate(BERT_TEXTS):
+        enc = tok(text, return_tensors="pt")
+        ref["texts"].append({"text": text, "input_ids": enc.input_ids[0].tolist(),
+                             "tokens": tok.convert_ids_to_tokens(enc.input_ids[0].tolist())})
+        out[f"logits.{i}"] = mlm(**enc).logits[0].float().contiguous()
+        o = base(**enc)
+        out[f"hidden.{i}"] = o.last_hidden_state[0].contiguous()
+        out[f"pooled.{i}"] = o.pooler_output[0].contiguous()
+    # the pair: second segment with token type 1
+    enc = tok(*BERT_PAIR, return_tensors="pt")
+    ref["pair"] = {"texts": list(BERT_PAIR), "input_ids": enc.input_ids[0].tolist(), "token_type_ids": enc.token_type_ids[0].tolist()}
+    out["logits.pair"] = mlm(**enc).logits[0].contiguous()
+    out["pooled.pair"] = base(**enc).pooler_output[0].contiguous()
+    # a padded batch of all texts: mean of the last hidden states over the attention mask
+    # (sentence-transformers' mean pooling; [CLS] and [SEP] included)
+    enc = tok(BERT_TEXTS, padding=True, return_tensors="pt")
+    h = base(**enc).last_hidden_state
+    m = enc.attention_mask.unsqueeze(-1).float()
+    out["mean_pooled"] = ((h * m).sum(1) / m.sum(1)).contiguous()
+    out["pooled_batch"] = base(**enc).pooler_output.contiguous()
+    save_file(out, os.path.join(path, "reference.safetensors"))
+    with open(os.path.join(path, "reference.json"), "w") as f:
+        json.dump(ref, f, indent=1, ensure_ascii=False)
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+    print(f"{name}: {size // 1024} KiB, files {sorted(os.listdir(path))}")
+
+
 def check_export(folder, ref_path, text=None):
     """transformers' log-probs on a ferrolm export vs ferrolm's own (score --json); with the
     scored text, also transformers' tokenization of it and the chat template's rendering."""
@@ -164,7 +279,8 @@ def check_export(folder, ref_path, text=None):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--check-export", nargs="+", metavar="DIR REF_JSON [TEXT]")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="write only these fixtures (e.g. bert_tiny)")
     a = ap.parse_args()
     if a.check_export:
         sys.exit(0 if check_export(*a.check_export) else 1)
-    write_fixtures()
+    write_fixtures(a.only)

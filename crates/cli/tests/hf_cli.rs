@@ -51,3 +51,53 @@ fn export_writes_a_folder_that_scores_the_same() {
     assert!(!e.status.success());
     assert!(String::from_utf8_lossy(&e.stderr).contains("nonexistent"));
 }
+
+/// A Hugging Face BERT folder: `fill-mask` gives transformers' top tokens and
+/// probabilities (with `[MASK]` or `<|mask|>` in the text), and `classify train` puts a head
+/// on its pooled output, leaving a classifier folder that `classify predict` reads.
+#[test]
+fn a_bert_folder_fills_masks_and_carries_a_classifier() {
+    let dir = fixture("bert_tiny");
+    let d = dir.to_str().unwrap();
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let text = r["texts"][1]["text"].as_str().unwrap();
+    assert!(text.contains("[MASK]"));
+    let out = ferrolm(&["fill-mask", "--model", d, "--text", text, "--top-k", "3", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let pos = r["texts"][1]["input_ids"].as_array().unwrap().iter().position(|x| x == 4).unwrap();
+    assert_eq!((v.as_array().unwrap().len(), v[0]["position"].as_u64()), (1, Some(pos as u64)), "{v}");
+    // transformers' logits at the mask: the same three tokens, the same probabilities
+    let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let logits: Vec<Vec<f32>> = t["logits.1"].to_vec2().unwrap();
+    let row = &logits[pos];
+    let z: f64 = row.iter().map(|&x| (x as f64).exp()).sum();
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    for (k, p) in v[0]["predictions"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(p["id"].as_u64(), Some(order[k] as u64), "{v}");
+        let want = (row[order[k]] as f64).exp() / z;
+        assert!((p["probability"].as_f64().unwrap() - want).abs() < 1e-4, "{p} vs {want}");
+    }
+    assert_eq!(ferrolm(&["fill-mask", "--model", d, "--text", &text.replace("[MASK]", "<|mask|>"), "--top-k", "3", "--json"]), out);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.jsonl");
+    let mut lines = String::new();
+    for i in 0..24 {
+        let (t, l) = if i % 2 == 0 { ("the quick brown fox jumps", "fox") } else { ("the lazy dog is fine today", "dog") };
+        lines.push_str(&serde_json::json!({"text": format!("{t} {i}"), "label": l}).to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&data, lines).unwrap();
+    let clf = tmp.path().join("clf");
+    let rep: Value = serde_json::from_str(&ferrolm(&[
+        "classify", "train", "--model", d, "--out", clf.to_str().unwrap(), "--data", data.to_str().unwrap(), "--quiet",
+        "--set", "train.max_steps=30", "--set", "classify.pooling=\"auto\"", "--set", "classify.ngram_buckets=0", "--set", "classify.val_fraction=0.25",
+    ]))
+    .unwrap();
+    assert!(rep["accuracy"].as_f64().is_some(), "{rep}");
+    let saved = std::fs::read_to_string(clf.join("config.toml")).unwrap();
+    assert!(saved.contains("post_norm = true") && saved.contains("exact_gelu = true"), "{saved}");
+    let pred = ferrolm(&["classify", "predict", "--model", clf.to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    assert_eq!(pred.lines().count(), 24);
+}

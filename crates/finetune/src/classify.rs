@@ -212,12 +212,15 @@ pub fn load_body(run_dir: &Path, device: &Device) -> Result<(TransformerConfig, 
     let spec = ferrolm_model::registry::read_spec(run_dir)?;
     let cfg = spec.require_transformer("a classification head").map_err(anyhow::Error::msg)?.clone();
     let (model, vm) = AnyModel::build_fresh(&spec, device)?;
-    let body = match model {
+    Ok((cfg, body_of(model, run_dir)?, vm))
+}
+
+fn body_of(model: AnyModel, run_dir: &Path) -> Result<Body> {
+    Ok(match model {
         AnyModel::Decoder(m) => Body::Decoder(m),
         AnyModel::MaskedLm(m) => Body::MaskedLm(m),
         other => bail!("{}: classification heads support decoders and masked LMs, not {}", run_dir.display(), other.name()),
-    };
-    Ok((cfg, body, vm))
+    })
 }
 
 fn load_latest(run_dir: &Path, vm: &VarMap) -> Result<()> {
@@ -228,9 +231,21 @@ fn load_latest(run_dir: &Path, vm: &VarMap) -> Result<()> {
 impl Classifier {
     /// A new head on the pretrained body of `run_dir`, initialised from `seed` (PyTorch's
     /// `nn.Linear` rule, U(±1/√d_model), but seeded: the same seed gives the same run).
+    /// `run_dir` may also be a Hugging Face model folder (e.g. BERT, whose pooled output
+    /// the head reads), loaded through the model registry.
     pub fn from_pretrained(run_dir: &Path, labels: Vec<String>, cc: &ClassifyConfig, seed: u64, device: &Device) -> Result<(TransformerConfig, Self, VarMap)> {
-        let (cfg, body, vm) = load_body(run_dir, device)?;
-        load_latest(run_dir, &vm)?;
+        let (cfg, body, vm) = if ferrolm_model::hf::is_hf_folder(run_dir) {
+            let loaded = ferrolm_model::load_model(run_dir, device)?;
+            let cfg = loaded.spec.require_transformer("a classification head").map_err(anyhow::Error::msg)?.clone();
+            (cfg, body_of(loaded.model, run_dir)?, loaded.varmap)
+        } else {
+            let (cfg, body, vm) = load_body(run_dir, device)?;
+            load_latest(run_dir, &vm)?;
+            (cfg, body, vm)
+        };
+        if let (Body::MaskedLm(m), Pooling::Auto) = (&body, cc.pooling.parse()?) {
+            ensure!(m.has_pooler(), "{}: this masked LM has no pooler (classify.pooling = \"auto\" reads it); set classify.pooling = \"mean\" or \"first\"", run_dir.display());
+        }
         let (head, wide) = new_heads(&vm, cfg.d_model, labels.len(), cc.ngram_buckets, device)?;
         // (the head's tensors share storage with the VarMap's variables: set in place)
         ferrolm_model::init::seed_linear(&vm, "cls_head", cfg.d_model, seed)?;
@@ -384,7 +399,16 @@ pub fn ngram_ids(ids: &[u32], skip: usize, buckets: usize) -> Vec<u32> {
 }
 
 /// Token ids of a text for classification: the sequence start, then the text, cut to `max_len`.
+/// A WordPiece (BERT) text is framed as transformers frames it, `[CLS] text [SEP]`, the
+/// text cut so that the frame fits.
 pub fn encode_text(tok: &Tokenizer, text: &str, max_len: usize) -> Vec<u32> {
+    if tok.kind() == ferrolm_tokenizer::TokenizerKind::WordPiece {
+        let (mut ids, post) = tok.special_frame().unwrap_or_default();
+        let room = max_len.max(ids.len() + post.len() + 1) - ids.len() - post.len();
+        ids.extend(tok.encode(text).into_iter().take(room));
+        ids.extend(post);
+        return ids;
+    }
     let mut ids = crate::prompt::bos(tok);
     ids.extend(tok.encode(text));
     ids.truncate(max_len.max(1));

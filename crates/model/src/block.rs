@@ -1,5 +1,6 @@
-//! One pre-norm Transformer block: self-attention, optional cross-attention (decoder of
-//! an encoder-decoder), MLP, each wrapped as x + f(norm(x)).
+//! One Transformer block: self-attention, optional cross-attention (decoder of an
+//! encoder-decoder), MLP, each wrapped as x + f(norm(x)) (pre-norm), or, with
+//! `post_norm` (BERT), as norm(x + f(x)).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -19,6 +20,7 @@ pub struct Block {
     cross: Option<(Norm, Attention)>,
     ln2: Norm,
     mlp: Mlp,
+    post_norm: bool,
 }
 
 pub(crate) fn norm(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Norm> {
@@ -55,6 +57,7 @@ impl Block {
             cross,
             ln2: norm(cfg, vb.pp("ln2"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            post_norm: cfg.post_norm,
         })
     }
 
@@ -70,6 +73,9 @@ impl Block {
         };
         let seed = |k: u64| inp.dropout_seed.map(|s| s.wrapping_mul(0x100_0000_01b3).wrapping_add(k));
         let lseed = |k: u64| inp.lora_seed.map(|s| s.wrapping_mul(0x100_0000_01b3).wrapping_add(k));
+        if self.post_norm {
+            return self.forward_post_norm(x, inp, self_cache);
+        }
         let a = self.attn.forward(
             &self.ln1.forward(x)?,
             AttnInput { bias: inp.bias, offset: inp.offset, rope: inp.rope, cache: self_cache, memory: None, dropout_seed: seed(1), lora_seed: lseed(1), causal: inp.causal },
@@ -89,6 +95,27 @@ impl Block {
             None => m,
         };
         x + m
+    }
+
+    /// BERT's order: `x = ln1(x + attn(x))`, `x = ln2(x + mlp(x))` (no cross-attention:
+    /// post-norm blocks are encoder blocks).
+    fn forward_post_norm(&self, x: &Tensor, inp: &BlockInput, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+        if self.cross.is_some() {
+            candle_core::bail!("post-norm blocks have no cross-attention");
+        }
+        let seed = |k: u64| inp.dropout_seed.map(|s| s.wrapping_mul(0x100_0000_01b3).wrapping_add(k));
+        let lseed = |k: u64| inp.lora_seed.map(|s| s.wrapping_mul(0x100_0000_01b3).wrapping_add(k));
+        let a = self.attn.forward(
+            x,
+            AttnInput { bias: inp.bias, offset: inp.offset, rope: inp.rope, cache, memory: None, dropout_seed: seed(1), lora_seed: lseed(1), causal: inp.causal },
+        )?;
+        let x = self.ln1.forward(&(x + a)?)?;
+        let m = self.mlp.forward_t(&x, lseed(2))?;
+        let m = match seed(3) {
+            Some(s) => ferrolm_kernels::dropout(&m, self.attn_dropout(), s)?,
+            None => m,
+        };
+        self.ln2.forward(&(x + m)?)
     }
 
     /// The layers LoRA may adapt, by their names under the block.

@@ -70,6 +70,26 @@ pub struct TransformerConfig {
     /// RoPE frequency scaling for long contexts (Llama 3.1's `rope_scaling`); absent = none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
+    /// Post-norm blocks, BERT's order: `x = norm(x + attn(x))`, then `x = norm(x + mlp(x))`,
+    /// with a norm on the embeddings (`ln_emb`) and no final norm. Masked LMs only.
+    #[serde(skip_serializing_if = "is_false")]
+    pub post_norm: bool,
+    /// GELU computed with erf (BERT's `hidden_act = "gelu"`) instead of the tanh
+    /// approximation, in the MLP and the MLM head. GPT-2 blocks only.
+    #[serde(skip_serializing_if = "is_false")]
+    pub exact_gelu: bool,
+    /// Masked LM only: rows of the segment ("token type") embedding added to every input
+    /// (row 0 for a single text); 0 = none, or 2 with the next-sentence head.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub type_vocab_size: usize,
+    /// Masked LM only: whether the model has its MLM head (a checkpoint of the bare encoder,
+    /// such as transformers' `BertModel`, has none).
+    #[serde(skip_serializing_if = "is_true")]
+    pub mlm_head: bool,
+    /// Masked LM only: whether the model has its pooler (transformers' `BertForMaskedLM`
+    /// saves none).
+    #[serde(skip_serializing_if = "is_true")]
+    pub pooler: bool,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -78,6 +98,10 @@ fn is_zero(n: &usize) -> bool {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// RoPE frequency scaling. `Llama3` is Llama 3.1's rule: wavelengths shorter than
@@ -147,6 +171,11 @@ impl Default for TransformerConfig {
             attn_out_bias: None,
             qk_norm: false,
             rope_scaling: None,
+            post_norm: false,
+            exact_gelu: false,
+            type_vocab_size: 0,
+            mlm_head: true,
+            pooler: true,
         }
     }
 }
@@ -176,6 +205,18 @@ impl TransformerConfig {
 
     pub fn has_attn_out_bias(&self) -> bool {
         self.attn_out_bias.unwrap_or(self.block == BlockStyle::Gpt2)
+    }
+
+    /// Rows of the masked LM's segment embedding: `type_vocab_size`, else 2 with the
+    /// next-sentence head, else 0 (no segment embedding).
+    pub fn token_types(&self) -> usize {
+        if self.type_vocab_size > 0 {
+            self.type_vocab_size
+        } else if self.nsp_head {
+            2
+        } else {
+            0
+        }
     }
 
     pub fn encoder_layers(&self) -> usize {
@@ -227,6 +268,21 @@ impl TransformerConfig {
             }
             r.validate()?;
         }
+        if self.post_norm && self.kind != ModelKind::MaskedLm {
+            return fail(format!("model.post_norm needs model.kind = \"masked_lm\" (decoding paths assume pre-norm blocks), got {:?}", self.kind));
+        }
+        if self.exact_gelu && self.block != BlockStyle::Gpt2 {
+            return fail("model.exact_gelu needs block = \"gpt2\" (the modern block's MLP is SwiGLU)".into());
+        }
+        if self.kind != ModelKind::MaskedLm && (self.type_vocab_size > 0 || !self.mlm_head || !self.pooler) {
+            return fail("model.type_vocab_size, mlm_head and pooler are options of model.kind = \"masked_lm\"".into());
+        }
+        if self.nsp_head && self.token_types() < 2 {
+            return fail(format!("model.nsp_head needs two segment embeddings, model.type_vocab_size is {}", self.type_vocab_size));
+        }
+        if self.nsp_head && !self.pooler {
+            return fail("model.nsp_head needs the pooler (model.pooler = true)".into());
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return fail(format!("model.dropout must be in [0, 1), got {}", self.dropout));
         }
@@ -270,11 +326,13 @@ impl TransformerConfig {
             }
             ModelKind::MaskedLm => {
                 // MLM head: transform (d→d with bias) + norm + output bias; pooler d→d with bias;
-                // NSP: d→2 with bias, plus two segment embeddings
-                let mlm = d * d + d + norm + self.vocab_size;
-                let pooler = d * d + d;
-                let nsp = if self.nsp_head { 2 * d + 2 + 2 * d } else { 0 };
-                emb + pos + self.n_layers * per_layer + norm + head + mlm + pooler + nsp
+                // NSP: d→2 with bias; the segment embeddings. Post-norm blocks trade the
+                // final norm for one on the embeddings: the same count.
+                let (mlm, head) = if self.mlm_head { (d * d + d + norm + self.vocab_size, head) } else { (0, 0) };
+                let pooler = if self.pooler { d * d + d } else { 0 };
+                let nsp = if self.nsp_head { 2 * d + 2 } else { 0 };
+                let segments = self.token_types() * d;
+                emb + pos + self.n_layers * per_layer + norm + head + mlm + pooler + nsp + segments
             }
         }
     }

@@ -2,9 +2,13 @@
 //! an MLM head (dense → GELU → norm → vocabulary projection tied to the token embedding,
 //! plus an output bias), a pooler (dense + tanh on the first position) giving the sentence
 //! representation used by classification heads, and an optional next-sentence head.
-//! With the next-sentence head (`nsp_head = true`) the model also has segment
-//! ("token type") embeddings, so a sentence pair `[CLS] A [SEP] B [SEP]` tells its two
-//! parts apart as in BERT; without it there are none and every input is one segment.
+//! With the next-sentence head (`nsp_head = true`) or `type_vocab_size > 0` the model also
+//! has segment ("token type") embeddings, so a sentence pair `[CLS] A [SEP] B [SEP]` tells
+//! its two parts apart as in BERT (a single text is segment 0); without them every input is
+//! one segment. BERT checkpoints (`hf`) use the same model with the core's options:
+//! post-norm blocks with a norm on the embeddings (`post_norm`), erf GELU (`exact_gelu`),
+//! and, for checkpoints without them, no MLM head (`mlm_head = false`, a bare `BertModel`)
+//! or no pooler (`pooler = false`, as transformers saves `BertForMaskedLM`).
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
@@ -22,39 +26,61 @@ use crate::transformer::Stack;
 pub struct MaskedLm {
     cfg: TransformerConfig,
     wte: Embedding,
-    /// Segment embeddings (2 rows: first / second segment), only with the NSP head.
+    /// Segment embeddings (`token_types()` rows: first / second segment, …).
     segments: Option<Embedding>,
+    /// Norm on the embeddings (post-norm blocks only).
+    ln_emb: Option<Norm>,
     pos: Positions,
     rope: Option<Rope>,
     encoder: Stack,
-    mlm_dense: Linear,
-    mlm_ln: Norm,
-    mlm_out: Linear,
-    pooler: Linear,
+    mlm: Option<MlmHead>,
+    pooler: Option<Linear>,
     nsp: Option<Linear>,
+}
+
+/// dense → GELU → norm → vocabulary projection (+ bias).
+#[derive(Debug, Clone)]
+struct MlmHead {
+    dense: Linear,
+    ln: Norm,
+    out: Linear,
+    exact_gelu: bool,
 }
 
 impl MaskedLm {
     pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::Msg)?;
+        if cfg.kind != crate::config::ModelKind::MaskedLm {
+            candle_core::bail!("model.kind = {:?} is not a masked LM", cfg.kind);
+        }
         let wte = candle_nn::embedding(cfg.vocab_size, cfg.d_model, vb.pp("wte"))?;
         let d = cfg.d_model;
-        let out_bias = vb.pp("mlm").get(cfg.vocab_size, "bias")?;
-        let out_w = if cfg.tie_embeddings {
-            wte.embeddings().clone()
+        let mlm = if cfg.mlm_head {
+            let out_bias = vb.pp("mlm").get(cfg.vocab_size, "bias")?;
+            let out_w = if cfg.tie_embeddings {
+                wte.embeddings().clone()
+            } else {
+                vb.pp("lm_head").get((cfg.vocab_size, d), "weight")?
+            };
+            Some(MlmHead {
+                dense: Linear::load(d, d, true, vb.pp("mlm.dense"))?,
+                ln: norm(cfg, vb.pp("mlm.ln"))?,
+                out: Linear::new(out_w, Some(out_bias)),
+                exact_gelu: cfg.exact_gelu,
+            })
         } else {
-            vb.pp("lm_head").get((cfg.vocab_size, d), "weight")?
+            None
         };
+        let types = cfg.token_types();
         Ok(Self {
             pos: Positions::new(cfg, vb.pp("wpe"))?,
             rope: rope(cfg, vb.device())?,
+            ln_emb: if cfg.post_norm { Some(norm(cfg, vb.pp("ln_emb"))?) } else { None },
             encoder: Stack::new(cfg, false, vb.pp("encoder"))?,
-            mlm_dense: Linear::load(d, d, true, vb.pp("mlm.dense"))?,
-            mlm_ln: norm(cfg, vb.pp("mlm.ln"))?,
-            mlm_out: Linear::new(out_w, Some(out_bias)),
-            pooler: Linear::load(d, d, true, vb.pp("pooler"))?,
+            mlm,
+            pooler: if cfg.pooler { Some(Linear::load(d, d, true, vb.pp("pooler"))?) } else { None },
             nsp: if cfg.nsp_head { Some(Linear::load(d, 2, true, vb.pp("nsp"))?) } else { None },
-            segments: if cfg.nsp_head { Some(candle_nn::embedding(2, d, vb.pp("wtt"))?) } else { None },
+            segments: if types > 0 { Some(candle_nn::embedding(types, d, vb.pp("wtt"))?) } else { None },
             wte,
             cfg: cfg.clone(),
         })
@@ -72,17 +98,28 @@ impl MaskedLm {
 
     /// [`Self::hidden`] with segment ids (batch, T) of 0 (first sentence, with `[CLS]` and
     /// its `[SEP]`) and 1 (second sentence and its `[SEP]`). `None` means all 0, as in
-    /// BERT; segment ids given to a model without segment embeddings are an error.
+    /// BERT; segment ids given to a model without segment embeddings, or beyond its
+    /// `token_types()`, are an error.
     pub fn hidden_segments(&self, ids: &Tensor, segments: Option<&Tensor>, mask: &MaskSpec, dropout_seed: Option<u64>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let dropout_seed = dropout_seed.filter(|_| self.cfg.dropout > 0.0);
         let x = self.pos.embed(&self.wte, ids, 0)?;
         let x = match (segments, &self.segments) {
-            (Some(s), Some(e)) => (x + e.forward(s)?)?,
+            (Some(s), Some(e)) => {
+                let types = self.cfg.token_types() as u32;
+                if let Some(bad) = s.flatten_all()?.to_vec1::<u32>()?.into_iter().find(|&t| t >= types) {
+                    candle_core::bail!("segment id {bad} is outside the model's {types} segment embeddings");
+                }
+                (x + e.forward(s)?)?
+            }
             // the first segment's row, added to every position
             (None, Some(e)) => x.broadcast_add(&e.embeddings().narrow(0, 0, 1)?)?,
             (None, None) => x,
-            (Some(_), None) => candle_core::bail!("segment ids given to a masked LM without segment embeddings (model.nsp_head = false)"),
+            (Some(_), None) => candle_core::bail!("segment ids given to a masked LM without segment embeddings (model.nsp_head = false, model.type_vocab_size = 0)"),
+        };
+        let x = match &self.ln_emb {
+            Some(ln) => ln.forward(&x)?,
+            None => x,
         };
         let x = match dropout_seed {
             Some(seed) => ferrolm_kernels::dropout(&x, self.cfg.dropout, seed)?,
@@ -96,15 +133,35 @@ impl MaskedLm {
     /// MLM logits (…, vocab) for hidden states (…, d_model); callers usually gather the
     /// masked positions first so the vocabulary projection runs only where it is scored.
     pub fn mlm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let h = self.mlm_dense.forward(hidden)?.gelu()?;
-        self.mlm_out.forward(&self.mlm_ln.forward(&h)?)
+        let Some(head) = &self.mlm else {
+            candle_core::bail!("this masked LM has no MLM head (a bare encoder checkpoint, model.mlm_head = false): it gives hidden states and embeddings, not token predictions");
+        };
+        let h = head.dense.forward(hidden)?;
+        let h = if head.exact_gelu { h.gelu_erf()? } else { h.gelu()? };
+        head.out.forward(&head.ln.forward(&h)?)
     }
 
     /// Pooled sentence representation (batch, d_model): tanh(dense(hidden at position 0)).
     /// Position 0 is the sequence's first token (the `[CLS]` role).
     pub fn pooled(&self, hidden: &Tensor) -> Result<Tensor> {
+        let Some(pooler) = &self.pooler else {
+            candle_core::bail!("this masked LM has no pooler (model.pooler = false; e.g. transformers saves BertForMaskedLM without one): use mean pooling");
+        };
         let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        self.pooler.forward(&first)?.tanh()
+        pooler.forward(&first)?.tanh()
+    }
+
+    pub fn has_mlm_head(&self) -> bool {
+        self.mlm.is_some()
+    }
+
+    pub fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
+    }
+
+    /// Whether the model has segment ("token type") embeddings.
+    pub fn has_segments(&self) -> bool {
+        self.segments.is_some()
     }
 
     pub fn has_nsp_head(&self) -> bool {

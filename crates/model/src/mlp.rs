@@ -9,8 +9,8 @@ use crate::config::{BlockStyle, TransformerConfig};
 
 #[derive(Debug, Clone)]
 pub enum Mlp {
-    /// fc → GELU (tanh approximation, as GPT-2) → proj
-    Gelu { fc: Linear, proj: Linear },
+    /// fc → GELU (tanh approximation, as GPT-2; with `exact`, erf, as BERT) → proj
+    Gelu { fc: Linear, proj: Linear, exact: bool },
     /// down(silu(gate(x)) ⊙ up(x)), Shazeer 2020
     SwiGlu { gate: Linear, up: Linear, down: Linear },
 }
@@ -19,11 +19,20 @@ pub(crate) fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<L
     Linear::load(i, o, bias, vb)
 }
 
+/// GELU: the tanh approximation (the fused kernel), or with `exact` the erf form.
+pub(crate) fn gelu(x: &Tensor, exact: bool) -> Result<Tensor> {
+    if exact {
+        x.gelu_erf()
+    } else {
+        ferrolm_kernels::gelu(x)
+    }
+}
+
 impl Mlp {
     pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
         let (d, f) = (cfg.d_model, cfg.ff_dim());
         Ok(match cfg.block {
-            BlockStyle::Gpt2 => Self::Gelu { fc: linear(d, f, true, vb.pp("fc"))?, proj: linear(f, d, true, vb.pp("proj"))? },
+            BlockStyle::Gpt2 => Self::Gelu { fc: linear(d, f, true, vb.pp("fc"))?, proj: linear(f, d, true, vb.pp("proj"))?, exact: cfg.exact_gelu },
             BlockStyle::Modern => Self::SwiGlu {
                 gate: linear(d, f, false, vb.pp("gate"))?,
                 up: linear(d, f, false, vb.pp("up"))?,
@@ -38,7 +47,7 @@ impl Mlp {
     pub fn forward_t(&self, x: &Tensor, lora_seed: Option<u64>) -> Result<Tensor> {
         let s = |k: u64| lora_seed.map(|s| s.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(k));
         match self {
-            Self::Gelu { fc, proj } => proj.forward_t(&ferrolm_kernels::gelu(&fc.forward_t(x, s(1))?)?, s(2)),
+            Self::Gelu { fc, proj, exact } => proj.forward_t(&gelu(&fc.forward_t(x, s(1))?, *exact)?, s(2)),
             Self::SwiGlu { gate, up, down } => down.forward_t(&(gate.forward_t(x, s(3))?.silu()? * up.forward_t(x, s(4))?)?, s(5)),
         }
     }
@@ -46,7 +55,7 @@ impl Mlp {
     /// The layers LoRA may adapt, by their names under the block.
     pub(crate) fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
         match self {
-            Self::Gelu { fc, proj } => vec![("mlp.fc", fc), ("mlp.proj", proj)],
+            Self::Gelu { fc, proj, .. } => vec![("mlp.fc", fc), ("mlp.proj", proj)],
             Self::SwiGlu { gate, up, down } => vec![("mlp.gate", gate), ("mlp.up", up), ("mlp.proj", down)],
         }
     }

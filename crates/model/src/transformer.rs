@@ -17,11 +17,12 @@ use crate::norm::Norm;
 // Batched single-token decoding for serving, in its own file.
 mod batched;
 
-/// A stack of blocks with its final norm.
+/// A stack of blocks with its final norm (none for post-norm blocks, whose last block
+/// ends with a norm).
 #[derive(Debug, Clone)]
 pub struct Stack {
     blocks: Vec<Block>,
-    ln_f: Norm,
+    ln_f: Option<Norm>,
 }
 
 impl Stack {
@@ -29,7 +30,8 @@ impl Stack {
         let blocks = (0..cfg.n_layers)
             .map(|i| Block::new(cfg, with_cross, vb.pp(format!("blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { blocks, ln_f: norm(cfg, vb.pp("ln_f"))? })
+        let ln_f = if cfg.post_norm { None } else { Some(norm(cfg, vb.pp("ln_f"))?) };
+        Ok(Self { blocks, ln_f })
     }
 
     pub fn forward(&self, mut x: Tensor, inp: &BlockInput, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
@@ -45,7 +47,15 @@ impl Stack {
             });
             x = block.forward(&x, &layer_inp, layer_cache)?;
         }
-        self.ln_f.forward(&x)
+        self.final_norm(&x)
+    }
+
+    /// The stack's final norm (the identity for post-norm blocks).
+    pub(crate) fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.ln_f {
+            Some(ln) => ln.forward(x),
+            None => Ok(x.clone()),
+        }
     }
 }
 

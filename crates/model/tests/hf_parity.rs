@@ -4,7 +4,9 @@
 //! `bench/hf_fixtures.py` with transformers (one per family: Llama 3 with llama3 RoPE
 //! scaling, a sharded Mistral, Qwen2 with q/k/v biases, Qwen3 with q/k norms and a head
 //! width ≠ d_model / heads, GPT-2 with Conv1D weights; tied and untied heads), each with
-//! transformers' log-probs and greedy continuation in `reference.json`. No Python here.
+//! transformers' log-probs and greedy continuation in `reference.json`; and a BERT masked LM
+//! (`bert_tiny`: post-norm blocks, erf GELU, token types, pooler) with transformers' MLM
+//! logits, hidden states, pooled and mean-pooled outputs. No Python here.
 
 use std::path::{Path, PathBuf};
 
@@ -186,4 +188,179 @@ fn integer_weights_are_refused_naming_the_tensor() {
     candle_core::safetensors::save(&tensors, &w).unwrap();
     let e = load_err(d.path());
     assert!(e.contains(name) && e.contains("dtype"), "{e}");
+}
+
+// ---- BERT: the masked LM on the same core (post-norm blocks, erf GELU, token types) ----
+
+/// transformers' outputs for `bert_tiny` (bench/hf_fixtures.py): reference.json (ids) and
+/// reference.safetensors (MLM logits, last hidden states, pooled and mean-pooled outputs).
+fn bert_reference() -> (Value, std::collections::HashMap<String, Tensor>) {
+    let dir = fixture("bert_tiny");
+    let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    (reference(&dir), t)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let d = (a.to_dtype(candle_core::DType::F64).unwrap() - b.to_dtype(candle_core::DType::F64).unwrap()).unwrap();
+    d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+}
+
+fn bert() -> ferrolm_model::MaskedLm {
+    match load_model(&fixture("bert_tiny"), &Device::Cpu).unwrap_or_else(|e| panic!("{e:#}")).model {
+        ferrolm_model::AnyModel::MaskedLm(m) => m,
+        other => panic!("bert_tiny loaded as {}", other.name()),
+    }
+}
+
+fn row(ids: &[u32]) -> Tensor {
+    Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
+}
+
+#[test]
+fn bert_config_maps_onto_the_masked_lm_core_options() {
+    let dir = fixture("bert_tiny");
+    let c = hf::read_config(&dir).unwrap();
+    assert_eq!(c.family, HfFamily::Bert);
+    let m = &c.model;
+    assert_eq!(m.kind, ferrolm_model::ModelKind::MaskedLm);
+    assert_eq!(m.block, ferrolm_model::BlockStyle::Gpt2);
+    assert!(m.post_norm && m.exact_gelu && m.tie_embeddings);
+    assert_eq!((m.type_vocab_size, m.token_types(), m.norm_eps, m.max_seq_len, m.ff_dim()), (2, 2, 1e-12, 64, 64));
+    // heads as the tensors say: BertForMaskedLM's MLM head plus the added pooler, no NSP head
+    assert!(m.mlm_head && m.pooler && !m.nsp_head);
+    assert_eq!(ferrolm_model::registry::read_spec(&dir).unwrap().transformer().unwrap(), m);
+    // the built model has exactly the parameters the config counts
+    let loaded = load_model(&dir, &Device::Cpu).unwrap();
+    let n: usize = loaded.varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    assert_eq!(n, m.num_params());
+    // the config survives a run folder's config.toml (a classifier trained on it writes one)
+    let spec = ferrolm_model::ModelSpec::Transformer(m.clone());
+    let text = toml::to_string(&spec.to_value()).unwrap();
+    assert_eq!(ferrolm_model::ModelSpec::from_value(&toml::from_str(&text).unwrap()).unwrap(), spec, "{text}");
+}
+
+#[test]
+fn bert_matches_transformers_mlm_logits_hidden_states_and_pooled_output() {
+    let m = bert();
+    let (r, t) = bert_reference();
+    let (mut logits_d, mut hidden_d, mut pooled_d) = (0.0f64, 0.0f64, 0.0f64);
+    for (i, text) in r["texts"].as_array().unwrap().iter().enumerate() {
+        let ids = ids(&text["input_ids"]);
+        let h = m.hidden(&row(&ids), &MaskSpec::bidirectional(), None).unwrap();
+        logits_d = logits_d.max(max_diff(&m.mlm_logits(&h).unwrap().squeeze(0).unwrap(), &t[&format!("logits.{i}")]));
+        hidden_d = hidden_d.max(max_diff(&h.squeeze(0).unwrap(), &t[&format!("hidden.{i}")]));
+        pooled_d = pooled_d.max(max_diff(&m.pooled(&h).unwrap().squeeze(0).unwrap(), &t[&format!("pooled.{i}")]));
+    }
+    // a sentence pair: the second segment's token type is 1
+    let pair = &r["pair"];
+    let (ids, types) = (ids(&pair["input_ids"]), ids(&pair["token_type_ids"]));
+    assert!(types.contains(&1));
+    let h = m.hidden_segments(&row(&ids), Some(&row(&types)), &MaskSpec::bidirectional(), None).unwrap();
+    let pair_logits = max_diff(&m.mlm_logits(&h).unwrap().squeeze(0).unwrap(), &t["logits.pair"]);
+    let pair_pooled = max_diff(&m.pooled(&h).unwrap().squeeze(0).unwrap(), &t["pooled.pair"]);
+    // without the types (all 0) the pair's numbers differ: the type embedding is used
+    let h0 = m.hidden(&row(&ids), &MaskSpec::bidirectional(), None).unwrap();
+    assert!(max_diff(&m.pooled(&h0).unwrap().squeeze(0).unwrap(), &t["pooled.pair"]) > 1e-3);
+    eprintln!(
+        "bert_tiny: max |Δ| vs transformers: MLM logits {logits_d:.2e}, last hidden {hidden_d:.2e}, pooled {pooled_d:.2e}; pair (token types) logits {pair_logits:.2e}, pooled {pair_pooled:.2e}"
+    );
+    for (what, d) in [("MLM logits", logits_d), ("hidden states", hidden_d), ("pooled output", pooled_d), ("pair logits", pair_logits), ("pair pooled", pair_pooled)] {
+        assert!(d < 1e-4, "bert_tiny: {what} differ from transformers' by {d}");
+    }
+}
+
+#[test]
+fn bert_padded_batch_matches_transformers_mean_pooled_and_pooled_outputs() {
+    let m = bert();
+    let (r, t) = bert_reference();
+    let seqs: Vec<Vec<u32>> = r["texts"].as_array().unwrap().iter().map(|x| ids(&x["input_ids"])).collect();
+    let width = seqs.iter().map(Vec::len).max().unwrap();
+    let (mut flat, mut segs, mut w) = (Vec::new(), Vec::new(), Vec::new());
+    for s in &seqs {
+        for j in 0..width {
+            flat.push(if j < s.len() { s[j] } else { 0 });
+            segs.push(if j < s.len() { 0 } else { ferrolm_model::attention::PAD_SEGMENT });
+            w.push(if j < s.len() { 1.0 / s.len() as f32 } else { 0.0 });
+        }
+    }
+    let b = seqs.len();
+    let x = Tensor::from_vec(flat, (b, width), &Device::Cpu).unwrap();
+    let h = m.hidden(&x, &MaskSpec::bidirectional().with_segments(segs), None).unwrap();
+    let mean = h.broadcast_mul(&Tensor::from_vec(w, (b, width, 1), &Device::Cpu).unwrap()).unwrap().sum(1).unwrap();
+    let mean_d = max_diff(&mean, &t["mean_pooled"]);
+    let pooled_d = max_diff(&m.pooled(&h).unwrap(), &t["pooled_batch"]);
+    eprintln!("bert_tiny padded batch: max |Δ| vs transformers: mean-pooled {mean_d:.2e}, pooled {pooled_d:.2e}");
+    assert!(mean_d < 1e-4 && pooled_d < 1e-4, "mean {mean_d}, pooled {pooled_d}");
+}
+
+/// Rewrite the fixture's weights in a scratch copy: keep (renamed) or drop each tensor.
+fn bert_variant(rename: impl Fn(&str) -> Option<String>) -> tempfile::TempDir {
+    let d = scratch_copy("bert_tiny");
+    let w = d.path().join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&w, &Device::Cpu).unwrap();
+    let kept: std::collections::HashMap<String, Tensor> = tensors.into_iter().filter_map(|(k, v)| rename(&k).map(|k| (k, v))).collect();
+    candle_core::safetensors::save(&kept, &w).unwrap();
+    d
+}
+
+#[test]
+fn bert_checkpoints_without_some_heads_load_and_say_what_they_lack() {
+    let (r, t) = bert_reference();
+    let ids0 = ids(&r["texts"][0]["input_ids"]);
+    // a bare BertModel (no `bert.` prefix, no MLM head): hidden states and pooled output
+    let d = bert_variant(|k| if k.starts_with("cls.") { None } else { Some(k.trim_start_matches("bert.").to_string()) });
+    let cfg = hf::read_config(d.path()).unwrap().model;
+    assert!(!cfg.mlm_head && cfg.pooler);
+    let ferrolm_model::AnyModel::MaskedLm(m) = load_model(d.path(), &Device::Cpu).unwrap().model else { panic!() };
+    let h = m.hidden(&row(&ids0), &MaskSpec::bidirectional(), None).unwrap();
+    assert!(max_diff(&h.squeeze(0).unwrap(), &t["hidden.0"]) < 1e-4);
+    assert!(max_diff(&m.pooled(&h).unwrap().squeeze(0).unwrap(), &t["pooled.0"]) < 1e-4);
+    let e = m.mlm_logits(&h).unwrap_err().to_string();
+    assert!(e.contains("no MLM head"), "{e}");
+    // BertForMaskedLM as transformers saves it (no pooler): MLM works, pooling is refused
+    let d = bert_variant(|k| if k.contains("pooler") { None } else { Some(k.to_string()) });
+    let ferrolm_model::AnyModel::MaskedLm(m) = load_model(d.path(), &Device::Cpu).unwrap().model else { panic!() };
+    assert!(!m.has_pooler());
+    let h = m.hidden(&row(&ids0), &MaskSpec::bidirectional(), None).unwrap();
+    assert!(max_diff(&m.mlm_logits(&h).unwrap().squeeze(0).unwrap(), &t["logits.0"]) < 1e-4);
+    let e = m.pooled(&h).unwrap_err().to_string();
+    assert!(e.contains("no pooler"), "{e}");
+    // old TensorFlow-converted names (LayerNorm gamma/beta) read the same
+    let d = bert_variant(|k| Some(k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")));
+    let ferrolm_model::AnyModel::MaskedLm(m) = load_model(d.path(), &Device::Cpu).unwrap().model else { panic!() };
+    let h = m.hidden(&row(&ids0), &MaskSpec::bidirectional(), None).unwrap();
+    assert!(max_diff(&m.mlm_logits(&h).unwrap().squeeze(0).unwrap(), &t["logits.0"]) < 1e-4);
+    // a token type beyond the model's two is an error, not a wrong lookup
+    let bad = row(&vec![2u32; ids0.len()]);
+    let e = m.hidden_segments(&row(&ids0), Some(&bad), &MaskSpec::bidirectional(), None).unwrap_err().to_string();
+    assert!(e.contains("segment id 2"), "{e}");
+}
+
+#[test]
+fn unsupported_bert_configs_are_clear_errors() {
+    let cases = [
+        ("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu\", \"position_embedding_type\": \"relative_key\"", "position_embedding_type \"relative_key\" is not supported"),
+        ("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"relu\"", "hidden_act \"relu\" is not supported"),
+        ("\"is_decoder\": false", "\"is_decoder\": true", "is_decoder"),
+        ("\"type_vocab_size\": 2", "\"type_vocab_size\": 3", "embeddings.token_type_embeddings.weight"),
+        ("\"intermediate_size\": 64", "\"intermediate_size\": 48", "encoder.layer.0.intermediate.dense.weight"),
+    ];
+    for (from, to, want) in cases {
+        let d = scratch_copy("bert_tiny");
+        let cfg = std::fs::read_to_string(d.path().join("config.json")).unwrap();
+        assert!(cfg.contains(from), "{from}");
+        std::fs::write(d.path().join("config.json"), cfg.replace(from, to)).unwrap();
+        let e = load_err(d.path());
+        assert!(e.contains(want), "{to}: {e}");
+        assert!(e.contains("config.json") || e.contains("model.safetensors"), "{to}: {e}");
+    }
+    // a classification checkpoint's extra head is named, not silently dropped
+    let d = scratch_copy("bert_tiny");
+    let w = d.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&w, &Device::Cpu).unwrap();
+    tensors.insert("classifier.weight".into(), Tensor::zeros((2, 32), candle_core::DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&tensors, &w).unwrap();
+    let e = load_err(d.path());
+    assert!(e.contains("classifier.weight") && e.contains("not used"), "{e}");
 }

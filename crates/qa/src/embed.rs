@@ -1,6 +1,7 @@
 //! Passage and query embeddings from a ferrolm encoder for ferrolm-rag's dense retrieval:
 //! the mean of the last hidden states over a text's tokens, or the masked LM's pooled
-//! output (tanh(dense(first position))).
+//! output (tanh(dense(first position))). A Hugging Face BERT folder embeds as
+//! sentence-transformers does: `[CLS] text [SEP]`, the mean over all of them.
 //!
 //! A model's id, recorded in the index, is `ferrolm:<run folder>#<pooling>#<weights hash>`:
 //! queries must be embedded by the same weights as the passages, so an index whose vectors
@@ -52,6 +53,12 @@ pub struct Embedder {
     pooling: Pooling,
     max_len: usize,
     id: String,
+    /// Ids put before and after every text: the sequence-start marker, or the
+    /// tokenizer's own frame (BERT's `[CLS]` … `[SEP]`).
+    frame: (Vec<u32>, Vec<u32>),
+    /// Whether the mean includes the frame (BERT, as sentence-transformers pools) or skips
+    /// the sequence-start marker (ferrolm's own runs).
+    mean_over_frame: bool,
 }
 
 /// Tokens per text embedded (the beginning is kept).
@@ -67,13 +74,20 @@ impl Embedder {
             AnyModel::Decoder(m) => m.config().max_seq_len,
             other => bail!("{}: embeddings need a masked LM or a Transformer decoder, this run is {}", run_dir.display(), other.name()),
         };
-        if pooling == Pooling::Pooled && !matches!(loaded.0, AnyModel::MaskedLm(_)) {
-            bail!("pooling \"pooled\" needs a masked LM (it uses the MLM's pooler); use \"mean\"");
+        match &loaded.0 {
+            AnyModel::MaskedLm(m) if pooling == Pooling::Pooled && !m.has_pooler() => {
+                bail!("{}: pooling \"pooled\" needs the masked LM's pooler, and this one has none; use \"mean\"", run_dir.display())
+            }
+            AnyModel::MaskedLm(_) => {}
+            _ if pooling == Pooling::Pooled => bail!("pooling \"pooled\" needs a masked LM (it uses the MLM's pooler); use \"mean\""),
+            _ => {}
         }
         let tok = ferrolm_finetune::prompt::load_tokenizer(run_dir)?;
         let dir = std::fs::canonicalize(run_dir).with_context(|| format!("resolving {}", run_dir.display()))?;
         let id = format!("ferrolm:{}#{}#{:016x}", dir.display(), pooling.name(), loaded.1);
-        Ok(Self { model: loaded.0, tok, pooling, max_len: max_seq.min(EMBED_MAX_TOKENS), id })
+        let mean_over_frame = tok.kind() == ferrolm_tokenizer::TokenizerKind::WordPiece;
+        let frame = if mean_over_frame { tok.special_frame()? } else { (ferrolm_finetune::prompt::bos(&tok), Vec::new()) };
+        Ok(Self { model: loaded.0, tok, pooling, max_len: max_seq.min(EMBED_MAX_TOKENS), id, frame, mean_over_frame })
     }
 
     /// The id recorded in an index built with this encoder.
@@ -102,14 +116,14 @@ impl Embedder {
         }
     }
 
-    /// The tokenizer's ids of `text` (without the sequence-start marker the encoder adds).
+    /// The tokenizer's ids of `text` (without the sequence-start marker or frame the encoder adds).
     pub fn tokens(&self, text: &str) -> Vec<u32> {
         self.tok.encode(text)
     }
 
-    /// Tokens in the sequence-start marker put before every input.
+    /// Tokens put around every input: the sequence-start marker, or BERT's `[CLS]` and `[SEP]`.
     pub fn bos_len(&self) -> usize {
-        ferrolm_finetune::prompt::bos(&self.tok).len()
+        self.frame.0.len() + self.frame.1.len()
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -128,16 +142,19 @@ impl Embedder {
         self.embed_tokens(&ids, limit)
     }
 
-    /// Vectors of token sequences (each gets the sequence-start marker first, and is then
-    /// cut to `limit` tokens), one row of `dim()` values each, in order.
+    /// Vectors of token sequences (each framed: the sequence-start marker first, or BERT's
+    /// `[CLS]` … `[SEP]`, the text cut so that all fits in `limit` tokens), one row of
+    /// `dim()` values each, in order.
     pub fn embed_tokens(&self, tokens: &[Vec<u32>], limit: usize) -> Result<Vec<Vec<f32>>> {
         ensure!(limit >= 1 && limit <= self.max_seq_len(), "embedding limit {limit} is outside 1..={}", self.max_seq_len());
-        let bos = ferrolm_finetune::prompt::bos(&self.tok);
+        let (bos, post) = &self.frame;
+        let room = limit.saturating_sub(bos.len() + post.len());
         let ids: Vec<Vec<u32>> = tokens
             .iter()
             .map(|t| {
                 let mut v = bos.clone();
-                v.extend_from_slice(t);
+                v.extend_from_slice(&t[..t.len().min(room)]);
+                v.extend_from_slice(post);
                 v.truncate(limit);
                 v
             })
@@ -156,7 +173,7 @@ impl Embedder {
                 let n = ids[i].len();
                 x[r * t..r * t + n].copy_from_slice(&ids[i]);
                 // the sequence-start marker carries no content: the mean skips it
-                let first = usize::from(n > bos.len() && !bos.is_empty());
+                let first = usize::from(!self.mean_over_frame && n > bos.len() && !bos.is_empty());
                 w[r * t + first..r * t + n].iter_mut().for_each(|v| *v = 1.0 / (n - first) as f32);
                 segs[r * t..r * t + n].iter_mut().for_each(|s| *s = 0);
             }
@@ -186,6 +203,16 @@ impl Embedder {
 /// (a reader's or classifier's file also holds its head). Returns the model and a hash of
 /// the weights file.
 fn load_body_only(run_dir: &Path, device: &Device) -> Result<(AnyModel, u64)> {
+    if ferrolm_model::hf::is_hf_folder(run_dir) {
+        // A Hugging Face folder (e.g. BERT) through the one registry; the hash covers every
+        // weights file.
+        let loaded = ferrolm_model::load_model(run_dir, device)?;
+        let mut h = Vec::new();
+        for f in ferrolm_model::hf::weights::weight_files(run_dir)? {
+            h.extend(hash_file(&f)?.to_le_bytes());
+        }
+        return Ok((loaded.model, xxhash_rust::xxh3::xxh3_64(&h)));
+    }
     let spec = ferrolm_model::registry::read_spec(run_dir)?;
     let ckpt = ferrolm_model::registry::latest_checkpoint(run_dir)?;
     let path = ckpt.join("model.safetensors");

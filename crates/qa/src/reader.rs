@@ -81,7 +81,7 @@ impl SpanReader {
         }
         let ids = Tensor::from_vec(ids, (b, t), dev)?;
         let mask = MaskSpec::bidirectional().with_segments(segs);
-        let h = if self.body.has_nsp_head() {
+        let h = if self.body.has_segments() {
             let types = Tensor::from_vec(types, (b, t), dev)?;
             self.body.hidden_segments(&ids, Some(&types), &mask, dropout_seed)?
         } else {

@@ -26,6 +26,8 @@ pub struct HfTokenizerConfig {
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     pub pad_token: Option<String>,
+    /// The masked LM's mask token (BERT: `[MASK]`).
+    pub mask_token: Option<String>,
     /// Whether the tokenizer prepends `bos_token` to encoded text.
     pub add_bos_token: bool,
     /// The file it came from (for messages).
@@ -76,6 +78,7 @@ impl HfTokenizerConfig {
             bos_token: token(&v, "bos_token", path)?,
             eos_token: token(&v, "eos_token", path)?,
             pad_token: token(&v, "pad_token", path)?,
+            mask_token: token(&v, "mask_token", path)?,
             add_bos_token,
             path: path.to_path_buf(),
         })
@@ -244,7 +247,7 @@ pub fn write_hf_tokenizer_files(dir: &Path, tok: &Tokenizer, tpl: &ChatTemplate,
 /// special tokens) and the merges as "left right".
 pub fn ggml_vocab(tok: &Tokenizer) -> Result<(Vec<String>, Vec<i32>, Vec<String>)> {
     if tok.kind() != crate::TokenizerKind::Bpe {
-        bail!("GGUF stores byte-level BPE tokenizers; this is a character tokenizer");
+        bail!("GGUF stores byte-level BPE tokenizers; this is a {:?} tokenizer", tok.kind());
     }
     let n = tok.vocab_size();
     let mut tokens = Vec::with_capacity(n);

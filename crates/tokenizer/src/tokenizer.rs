@@ -1,5 +1,7 @@
 //! [`Tokenizer`]: byte-level BPE or character-level, always persisted as a standard Hugging Face
-//! `tokenizer.json` that the Python/Rust `tokenizers` libraries load unchanged.
+//! `tokenizer.json` that the Python/Rust `tokenizers` libraries load unchanged; WordPiece
+//! tokenizer.json files of BERT checkpoints are read too (encoded by the `tokenizers` crate,
+//! framed with `[CLS]`/`[SEP]` by their post-processor as transformers frames them).
 //!
 //! Training and (de)serialisation go through the `tokenizers` crate; encoding runs on ferrolm's
 //! own encoder ([`crate::encoder`]) when the file has a shape it reproduces exactly, otherwise on
@@ -30,6 +32,10 @@ pub enum TokenizerKind {
     /// One token per character seen in training (nanoGPT's Shakespeare setup); unseen
     /// characters encode to `<|unk|>`.
     Char,
+    /// WordPiece (BERT's tokenizer.json: normalizer, pre-tokenizer, `##` continuations,
+    /// `[UNK]`); read from Hugging Face checkpoints, never trained here.
+    #[serde(rename = "wordpiece")]
+    WordPiece,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +155,7 @@ impl Tokenizer {
                 },
             ),
             TokenizerKind::Char => Self::train_char(texts, &cfg.special_tokens),
+            TokenizerKind::WordPiece => bail!("tokenizer.kind = \"wordpiece\" is read from BERT checkpoints, not trained here; use \"bpe\" or \"char\""),
         }
     }
 
@@ -287,14 +294,16 @@ impl Tokenizer {
             &hf.to_string(false).map_err(|e| anyhow!("cannot serialise tokenizer: {e}"))?,
         )?;
         let kind = detect_kind(&json)?;
-        if kind == TokenizerKind::Char {
-            // `tokenizers` fails to encode any unknown character when the WordLevel unk token
-            // is not in the vocabulary (found by fuzzing, issue 18: encode then panicked).
+        if kind == TokenizerKind::Char || kind == TokenizerKind::WordPiece {
+            // `tokenizers` fails to encode any unknown character when the WordLevel (or
+            // WordPiece) unk token is not in the vocabulary (found by fuzzing, issue 18:
+            // encode then panicked).
             let unk = json["model"]["unk_token"].as_str().unwrap_or("");
             if !model_vocab.contains_key(unk) {
-                bail!("character tokenizer: its unk_token {unk:?} is not in its vocabulary");
+                bail!("{kind:?} tokenizer: its unk_token {unk:?} is not in its vocabulary");
             }
         }
+        let continuing = json["model"]["continuing_subword_prefix"].as_str().unwrap_or("##").to_string();
         let mut id_bytes: Vec<Box<[u8]>> = vec![Box::default(); vocab_size];
         let mut token_bytes = vec![0u32; vocab_size];
         for (token, &id) in &model_vocab {
@@ -308,6 +317,9 @@ impl Tokenizer {
                     anyhow!("BPE token {token:?} (id {id}) is not in the byte-level alphabet")
                 })?,
                 TokenizerKind::Char => token.as_bytes().to_vec(),
+                // a piece's text (a word's continuation without its `##`); `decode` joins
+                // the words with the tokenizer's own decoder
+                TokenizerKind::WordPiece => token.strip_prefix(continuing.as_str()).unwrap_or(token).as_bytes().to_vec(),
             };
             token_bytes[id as usize] = bytes.len() as u32;
             id_bytes[id as usize] = bytes.into_boxed_slice();
@@ -367,6 +379,19 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The ids the post-processor puts before and after a single text (BERT: `[CLS]` and
+    /// `[SEP]`; Llama 3: its `<|begin_of_text|>`; none for ferrolm's own tokenizers), so a
+    /// caller that cuts or pads the text's ids can frame them as transformers does.
+    pub fn special_frame(&self) -> Result<(Vec<u32>, Vec<u32>)> {
+        let probe = "a";
+        let bare = self.hf.encode_fast(probe, false).map_err(|e| anyhow!("cannot encode the text: {e}"))?.get_ids().to_vec();
+        let framed = self.encode_with_special_tokens(probe)?;
+        let at = (0..=framed.len().saturating_sub(bare.len()))
+            .find(|&i| framed[i..].starts_with(&bare))
+            .with_context(|| "the tokenizer.json's post-processor changes the text's own ids; ferrolm frames texts only with ids before and after them")?;
+        Ok((framed[..at].to_vec(), framed[at + bare.len()..].to_vec()))
+    }
+
     /// [`Tokenizer::encode`] on many texts in parallel (rayon's global pool).
     pub fn encode_batch(&self, texts: &[&str]) -> Vec<Vec<u32>> {
         texts.par_iter().map(|t| self.encode(t)).collect()
@@ -377,6 +402,32 @@ impl Tokenizer {
     /// UTF-8 (a cut multi-byte character) become U+FFFD. Ids outside the vocabulary (a model
     /// whose embedding is padded beyond the tokenizer) also become U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> String {
+        if self.kind == TokenizerKind::WordPiece {
+            // Words are separated by spaces the pieces do not hold: the tokenizer.json's
+            // decoder (WordPiece: `##` joins, cleanup) puts them back. Ids outside the
+            // vocabulary become U+FFFD, as below.
+            let known: Vec<u32> = ids.iter().map(|&id| if self.id_bytes.get(id as usize).is_some_and(|b| !b.is_empty()) { id } else { u32::MAX }).collect();
+            let mut out = String::new();
+            for run in known.split_inclusive(|&id| id == u32::MAX) {
+                let (body, bad) = match run.last() {
+                    Some(&u32::MAX) => (&run[..run.len() - 1], true),
+                    _ => (run, false),
+                };
+                if !body.is_empty() {
+                    if !out.is_empty() {
+                        out.push(' ');
+                    }
+                    out.push_str(&self.hf.decode(body, false).unwrap_or_else(|_| "\u{FFFD}".into()));
+                }
+                if bad {
+                    if !out.is_empty() {
+                        out.push(' ');
+                    }
+                    out.push('\u{FFFD}');
+                }
+            }
+            return out;
+        }
         let mut bytes = Vec::with_capacity(ids.len() * 4);
         for &id in ids {
             self.push_id_bytes(id, &mut bytes);
@@ -498,10 +549,12 @@ fn detect_kind(json: &Value) -> Result<TokenizerKind> {
         ("WordLevel", "Split") if pre["pattern"]["Regex"].as_str() == Some(CHAR_SPLIT_REGEX) => {
             Ok(TokenizerKind::Char)
         }
+        // BERT's WordPiece: the `tokenizers` crate runs its normalizer and pre-tokenizer.
+        ("WordPiece", _) => Ok(TokenizerKind::WordPiece),
         _ => bail!(
             "unsupported tokenizer.json: model {model} with pre-tokenizer {pre_type}; ferrolm \
-             reads byte-level BPE (model BPE + ByteLevel pre-tokenizer) and its own character \
-             tokenizers (WordLevel + Split on {CHAR_SPLIT_REGEX:?})"
+             reads byte-level BPE (model BPE + ByteLevel pre-tokenizer), WordPiece (BERT) and its \
+             own character tokenizers (WordLevel + Split on {CHAR_SPLIT_REGEX:?})"
         ),
     }
 }

@@ -1,5 +1,7 @@
 //! `ferrolm fill-mask --model RUN_DIR --text "… <|mask|> …"`: the masked LM's top-k
-//! predictions at every mask.
+//! predictions at every mask. A Hugging Face BERT folder takes its own mask token
+//! (`[MASK]`, from tokenizer_config.json) and frames the text with `[CLS]`/`[SEP]` as
+//! transformers does; `<|mask|>` is accepted for it too.
 
 use std::path::PathBuf;
 
@@ -9,10 +11,10 @@ use ferrolm_model::AnyModel;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A run folder of a masked LM (`model.kind = "masked_lm"`).
+    /// A run folder of a masked LM (`model.kind = "masked_lm"`), or a Hugging Face BERT folder.
     #[arg(long)]
     model: PathBuf,
-    /// Text with one or more `<|mask|>` tokens.
+    /// Text with one or more `<|mask|>` tokens (or the model's own, e.g. BERT's `[MASK]`).
     #[arg(long)]
     text: String,
     #[arg(long, default_value_t = 5)]
@@ -28,9 +30,16 @@ pub fn run(mut a: Args) -> Result<()> {
         anyhow::bail!("{} is not a masked LM (model.kind = \"masked_lm\"); use `ferrolm generate`", a.model.display());
     };
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
-    let mask = tok.token_id(special::MASK).context("the tokenizer has no <|mask|> token")?;
-    let ids = tok.encode(&a.text);
-    anyhow::ensure!(ids.contains(&mask), "the text has no {} token to fill", special::MASK);
+    let hf_cfg = ferrolm_tokenizer::hf_config::HfTokenizerConfig::load_from_dir(&a.model)?;
+    let mask_token = match tok.token_id(special::MASK) {
+        Some(_) => special::MASK.to_string(),
+        None => hf_cfg.and_then(|c| c.mask_token).unwrap_or_else(|| "[MASK]".into()),
+    };
+    let mask = tok.token_id(&mask_token).with_context(|| format!("the tokenizer has no mask token ({} or {mask_token})", special::MASK))?;
+    let text = a.text.replace(special::MASK, &mask_token);
+    // WordPiece (BERT) texts are framed as in pre-training: [CLS] … [SEP].
+    let ids = if tok.kind() == ferrolm_tokenizer::TokenizerKind::WordPiece { tok.encode_with_special_tokens(&text)? } else { tok.encode(&text) };
+    anyhow::ensure!(ids.contains(&mask), "the text has no {mask_token} token to fill");
     let filled = ferrolm_infer::fill_mask(m, &ids, mask, a.top_k.max(1))?;
     if a.json {
         let v: Vec<_> = filled

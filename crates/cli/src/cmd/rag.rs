@@ -158,7 +158,7 @@ pub fn run(args: Args) -> Result<()> {
             let r = build_index(&out, &Sources { paths: docs, registry }, &opts)?;
             let embedded = match &embed {
                 Some(m) => {
-                    let e = Embedder::load(m, pooling.parse::<Pooling>()?, &super::device()?)?;
+                    let e = Embedder::load(&super::model_dir(m)?, pooling.parse::<Pooling>()?, &super::device()?)?;
                     let t = std::time::Instant::now();
                     let (new, all) = embed_index(&out, &e, 32)?;
                     Some((e.id().to_string(), new, all, t.elapsed().as_secs_f64()))

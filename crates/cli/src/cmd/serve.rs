@@ -55,7 +55,8 @@ pub struct Args {
     #[arg(long, default_value_t = 10.0)]
     shutdown_grace: f64,
     /// Serve `/v1/embeddings` from this run: a masked-LM encoder (or a decoder, mean-pooled),
-    /// the model `rag index --embed` takes; clients call it by its folder's name.
+    /// or a Hugging Face BERT folder (`hf:ORG/NAME` too), the model `rag index --embed`
+    /// takes; clients call it by its folder's name.
     #[arg(long)]
     embed_model: Option<PathBuf>,
     /// How the embedding model pools its hidden states: "mean" or "pooled" (the MLM's pooler).
@@ -87,7 +88,7 @@ pub fn run(a: Args) -> Result<()> {
         feedback_db: a.feedback_db,
         prefix_cache_entries: a.prefix_cache,
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
-        embed_model: a.embed_model,
+        embed_model: a.embed_model.as_deref().map(super::model_dir).transpose()?,
         embed_pooling: a.embed_pooling,
     };
     ferrolm_serve::run(cfg, &a.host, a.port, &super::device()?)

@@ -3,7 +3,10 @@
 //! Each family is the existing Transformer core with the options it needs: the Llama
 //! family (Llama, Mistral, Qwen2, Qwen3) is the modern block (RMSNorm, RoPE, SwiGLU, GQA)
 //! plus `qkv_bias` (Qwen2), `qk_norm` and an explicit `head_size` (Qwen3) and
-//! `rope_scaling` (Llama 3.1); GPT-2 is the GPT-2 block. Anything the core cannot reproduce
+//! `rope_scaling` (Llama 3.1); GPT-2 is the GPT-2 block; BERT is the masked LM on GPT-2-style
+//! blocks (LayerNorm, learned absolute positions, biases) with `post_norm`, `exact_gelu`
+//! (for `hidden_act = "gelu"`) and `type_vocab_size` segment embeddings, its heads (MLM,
+//! pooler, next-sentence) as the checkpoint's tensors say. Anything the core cannot reproduce
 //! exactly (another activation, another RoPE scaling, MLP biases) is an error naming the key,
 //! never an approximately-right model.
 
@@ -22,10 +25,11 @@ pub enum HfFamily {
     Qwen2,
     Qwen3,
     Gpt2,
+    Bert,
 }
 
 impl HfFamily {
-    pub const ALL: [HfFamily; 5] = [HfFamily::Llama, HfFamily::Mistral, HfFamily::Qwen2, HfFamily::Qwen3, HfFamily::Gpt2];
+    pub const ALL: [HfFamily; 6] = [HfFamily::Llama, HfFamily::Mistral, HfFamily::Qwen2, HfFamily::Qwen3, HfFamily::Gpt2, HfFamily::Bert];
 
     pub fn model_type(self) -> &'static str {
         match self {
@@ -34,6 +38,7 @@ impl HfFamily {
             HfFamily::Qwen2 => "qwen2",
             HfFamily::Qwen3 => "qwen3",
             HfFamily::Gpt2 => "gpt2",
+            HfFamily::Bert => "bert",
         }
     }
 
@@ -128,7 +133,8 @@ pub fn parse_config(text: &str, path: &Path) -> Result<HfConfig> {
     })?;
     let model = match family {
         HfFamily::Gpt2 => gpt2(&k)?,
-        _ => llama_like(&k, family)?,
+        HfFamily::Bert => bert(&k)?,
+        HfFamily::Llama | HfFamily::Mistral | HfFamily::Qwen2 | HfFamily::Qwen3 => llama_like(&k, family)?,
     };
     let model = normalised(model);
     model.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -136,11 +142,22 @@ pub fn parse_config(text: &str, path: &Path) -> Result<HfConfig> {
     Ok(HfConfig { family, model, eos_token_ids: k.ids("eos_token_id")?, bos_token_id: bos })
 }
 
-/// Read `dir/config.json`.
+/// Read `dir/config.json`. For BERT, which heads the model has (MLM, pooler,
+/// next-sentence) is read from the names of the checkpoint's tensors (config.json does not
+/// say: transformers saves `BertForMaskedLM` without a pooler, `BertModel` without heads).
 pub fn read_config(dir: &Path) -> Result<HfConfig> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_config(&text, &path)
+    let mut cfg = parse_config(&text, &path)?;
+    if cfg.family == HfFamily::Bert {
+        let names = super::weights::tensor_names(dir)?;
+        let (mlm, pooler, nsp) = super::weights::bert_heads(&names);
+        cfg.model.mlm_head = mlm;
+        cfg.model.pooler = pooler;
+        cfg.model.nsp_head = nsp;
+        cfg.model.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    Ok(cfg)
 }
 
 /// Options equal to the block style's defaults are stored as the defaults, so a checkpoint
@@ -183,6 +200,50 @@ fn gpt2(k: &Keys) -> Result<TransformerConfig> {
         tie_embeddings: k.bool_or("tie_word_embeddings", true)?,
         dropout: 0.0,
         norm_eps: k.f64_or("layer_norm_epsilon", 1e-5)?,
+        ..TransformerConfig::default()
+    })
+}
+
+fn bert(k: &Keys) -> Result<TransformerConfig> {
+    let path = k.path.display();
+    let act = k.str_or("hidden_act", "gelu")?;
+    let exact_gelu = match act {
+        "gelu" => true,
+        "gelu_new" | "gelu_pytorch_tanh" => false,
+        other => bail!("{path}: hidden_act \"{other}\" is not supported (BERT's blocks take \"gelu\" (erf) or its tanh approximation, \"gelu_new\")"),
+    };
+    let pos = k.str_or("position_embedding_type", "absolute")?;
+    if pos != "absolute" {
+        bail!("{path}: position_embedding_type \"{pos}\" is not supported (ferrolm reads BERT with learned absolute positions, \"absolute\")");
+    }
+    if k.bool_or("is_decoder", false)? || k.bool_or("add_cross_attention", false)? {
+        bail!("{path}: is_decoder / add_cross_attention = true is not supported (ferrolm reads BERT as a bidirectional encoder)");
+    }
+    let d = k.usize("hidden_size")?;
+    let heads = k.usize("num_attention_heads")?;
+    if !d.is_multiple_of(heads) {
+        bail!("{path}: hidden_size ({d}) must be divisible by num_attention_heads ({heads})");
+    }
+    let types = match k.get("type_vocab_size") {
+        Some(v) => v.as_u64().filter(|&n| n <= 1 << 20).with_context(|| format!("{path}: `type_vocab_size` must be a non-negative integer, got {v}"))? as usize,
+        None => 2,
+    };
+    Ok(TransformerConfig {
+        kind: ModelKind::MaskedLm,
+        vocab_size: k.usize("vocab_size")?,
+        d_model: d,
+        n_layers: k.usize("num_hidden_layers")?,
+        n_heads: heads,
+        n_kv_heads: heads,
+        d_ff: k.usize("intermediate_size")?,
+        max_seq_len: k.usize_or("max_position_embeddings", 512)?,
+        block: BlockStyle::Gpt2,
+        tie_embeddings: k.bool_or("tie_word_embeddings", true)?,
+        dropout: 0.0,
+        norm_eps: k.f64_or("layer_norm_eps", 1e-12)?,
+        post_norm: true,
+        exact_gelu,
+        type_vocab_size: types,
         ..TransformerConfig::default()
     })
 }

@@ -84,6 +84,54 @@ pub fn read_checkpoint(dir: &Path) -> Result<HashMap<String, Source>> {
     Ok(out)
 }
 
+/// The weights files of the checkpoint in `dir`, in order: the shards its index names, or
+/// `model.safetensors`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if dir.join(INDEX_FILE).is_file() {
+        return Ok(read_index(dir)?.0.into_iter().map(|f| dir.join(f)).collect());
+    }
+    Ok(vec![dir.join(SINGLE_FILE)])
+}
+
+/// The tensor names of the checkpoint in `dir`, from the index or the safetensors header
+/// alone (no tensor data is read).
+pub fn tensor_names(dir: &Path) -> Result<BTreeSet<String>> {
+    if dir.join(INDEX_FILE).is_file() {
+        return Ok(read_index(dir)?.1.into_keys().collect());
+    }
+    let path = dir.join(SINGLE_FILE);
+    if !path.is_file() {
+        bail!(
+            "{} has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors checkpoints are read; convert pytorch_model.bin with transformers' save_pretrained)",
+            dir.display()
+        );
+    }
+    use std::io::Read;
+    let bad = || anyhow::anyhow!("{} is not a complete safetensors file (truncated or corrupt header)", path.display());
+    let mut f = std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let size = f.metadata()?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| bad())?;
+    let n = u64::from_le_bytes(len);
+    if n > size.saturating_sub(8) || n > 100 << 20 {
+        return Err(bad());
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|_| bad())?;
+    let json: serde_json::Value = serde_json::from_slice(&header).map_err(|_| bad())?;
+    let obj = json.as_object().ok_or_else(bad)?;
+    Ok(obj.keys().filter(|k| *k != "__metadata__").cloned().collect())
+}
+
+/// Which BERT heads a checkpoint's tensors hold: (MLM head, pooler, next-sentence head).
+pub fn bert_heads(names: &BTreeSet<String>) -> (bool, bool, bool) {
+    let has = |n: &str| names.contains(n) || names.contains(&format!("bert.{n}"));
+    let mlm = names.iter().any(|n| n.starts_with("cls.predictions."));
+    let pooler = has("pooler.dense.weight");
+    let nsp = names.contains("cls.seq_relationship.weight");
+    (mlm, pooler, nsp)
+}
+
 /// Takes tensors out of a checkpoint by name, checking dtype and shape, so that what is
 /// left at the end is what the model did not use.
 struct Take {
@@ -134,8 +182,89 @@ impl Take {
 pub fn to_core(family: HfFamily, cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Result<HashMap<String, Tensor>> {
     match family {
         HfFamily::Gpt2 => gpt2(cfg, tensors),
-        _ => llama_like(cfg, tensors),
+        HfFamily::Bert => bert(cfg, tensors),
+        HfFamily::Llama | HfFamily::Mistral | HfFamily::Qwen2 | HfFamily::Qwen3 => llama_like(cfg, tensors),
     }
+}
+
+/// BERT (`BertForMaskedLM`, `BertForPreTraining` or a bare `BertModel`): separate q/k/v
+/// fused into the core's one projection; the post-norm block's norms after attention and
+/// MLP are the core's `ln1`/`ln2`; the embedding LayerNorm is `ln_emb`.
+fn bert(cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Result<HashMap<String, Tensor>> {
+    // Names without the `bert.` prefix of the task models (a bare BertModel has none), and
+    // with the LayerNorm names of checkpoints converted from TensorFlow (gamma/beta) made current.
+    let tensors: HashMap<String, Source> = tensors
+        .into_iter()
+        .map(|(k, v)| {
+            let k = k.strip_prefix("bert.").map(str::to_string).unwrap_or(k);
+            let k = match (k.strip_suffix(".gamma"), k.strip_suffix(".beta")) {
+                (Some(base), _) if base.ends_with("LayerNorm") => format!("{base}.weight"),
+                (_, Some(base)) if base.ends_with("LayerNorm") => format!("{base}.bias"),
+                _ => k,
+            };
+            (k, v)
+        })
+        .collect();
+    let mut t = Take { tensors, prefix: "" };
+    let (d, v, f, p) = (cfg.d_model, cfg.vocab_size, cfg.ff_dim(), cfg.max_seq_len);
+    let mut out = HashMap::new();
+    let mut qkv = Vec::new();
+    // a linear layer (weight (out, in) and bias) or a LayerNorm (in = 0: weight and bias (out))
+    let mut take = |t: &mut Take, hf: &str, fl: &str, i: usize, o: usize| -> Result<()> {
+        let shape: &[usize] = if i == 0 { &[o] } else { &[o, i] };
+        out.insert(format!("{fl}.weight"), t.f32(&format!("{hf}.weight"), shape)?);
+        out.insert(format!("{fl}.bias"), t.f32(&format!("{hf}.bias"), &[o])?);
+        Ok(())
+    };
+    take(&mut t, "embeddings.LayerNorm", "ln_emb", 0, d)?;
+    for i in 0..cfg.n_layers {
+        let (hf, fl) = (format!("encoder.layer.{i}."), format!("encoder.blocks.{i}."));
+        let a = format!("{hf}attention.self.");
+        let w = [t.f32(&format!("{a}query.weight"), &[d, d])?, t.f32(&format!("{a}key.weight"), &[d, d])?, t.f32(&format!("{a}value.weight"), &[d, d])?];
+        let b = [t.f32(&format!("{a}query.bias"), &[d])?, t.f32(&format!("{a}key.bias"), &[d])?, t.f32(&format!("{a}value.bias"), &[d])?];
+        take(&mut t, &format!("{hf}attention.output.dense"), &format!("{fl}attn.proj"), d, d)?;
+        take(&mut t, &format!("{hf}attention.output.LayerNorm"), &format!("{fl}ln1"), 0, d)?;
+        take(&mut t, &format!("{hf}intermediate.dense"), &format!("{fl}mlp.fc"), d, f)?;
+        take(&mut t, &format!("{hf}output.dense"), &format!("{fl}mlp.proj"), f, d)?;
+        take(&mut t, &format!("{hf}output.LayerNorm"), &format!("{fl}ln2"), 0, d)?;
+        qkv.push((format!("{fl}attn.qkv"), Tensor::cat(&w, 0)?, Tensor::cat(&b, 0)?));
+    }
+    if cfg.pooler {
+        take(&mut t, "pooler.dense", "pooler", d, d)?;
+    }
+    if cfg.mlm_head {
+        take(&mut t, "cls.predictions.transform.dense", "mlm.dense", d, d)?;
+        take(&mut t, "cls.predictions.transform.LayerNorm", "mlm.ln", 0, d)?;
+    }
+    if cfg.nsp_head {
+        take(&mut t, "cls.seq_relationship", "nsp", d, 2)?;
+    }
+    for (name, w, b) in qkv {
+        out.insert(format!("{name}.weight"), w);
+        out.insert(format!("{name}.bias"), b);
+    }
+    out.insert("wte.weight".into(), t.f32("embeddings.word_embeddings.weight", &[v, d])?);
+    out.insert("wpe.weight".into(), t.f32("embeddings.position_embeddings.weight", &[p, d])?);
+    let types = cfg.token_types();
+    if types > 0 {
+        out.insert("wtt.weight".into(), t.f32("embeddings.token_type_embeddings.weight", &[types, d])?);
+    }
+    if cfg.mlm_head {
+        out.insert("mlm.bias".into(), t.f32("cls.predictions.bias", &[v])?);
+        if !cfg.tie_embeddings {
+            out.insert("lm_head.weight".into(), t.f32("cls.predictions.decoder.weight", &[v, d])?);
+        }
+    }
+    let tied = cfg.tie_embeddings;
+    // A tied decoder may still be stored (a copy of the embedding), and its bias is the
+    // head's bias again; position_ids / token_type_ids are index buffers of old versions.
+    t.finish(|k| {
+        (tied && k == "cls.predictions.decoder.weight")
+            || k == "cls.predictions.decoder.bias"
+            || k == "embeddings.position_ids"
+            || k == "embeddings.token_type_ids"
+    })?;
+    Ok(out)
 }
 
 fn llama_like(cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Result<HashMap<String, Tensor>> {

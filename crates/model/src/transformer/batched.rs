@@ -35,6 +35,6 @@ impl Transformer {
             let mut layer: Vec<&mut LayerCache> = caches.iter_mut().map(|c| &mut c.self_attn[i]).collect();
             x = block.decode_batch(&x, self.rope.as_ref(), &mut layer)?;
         }
-        self.logits(&self.decoder.ln_f.forward(&x)?)?.squeeze(1)
+        self.logits(&self.decoder.final_norm(&x)?)?.squeeze(1)
     }
 }
