@@ -7,7 +7,7 @@
 //! dot product is the cosine similarity. The openai clients ask for `encoding_format:
 //! "base64"` by default: little-endian f32 bytes in base64.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -35,10 +35,10 @@ pub struct EmbedModel {
 }
 
 impl EmbedModel {
-    pub fn load(run_dir: &PathBuf, pooling: Pooling, name: Option<String>, device: &Device) -> Result<Self> {
+    pub fn load(run_dir: &Path, pooling: Pooling, name: Option<String>, device: &Device) -> Result<Self> {
         let embedder = Embedder::load(run_dir, pooling, device)?;
         let name = name.unwrap_or_else(|| {
-            run_dir.canonicalize().unwrap_or(run_dir.clone()).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "ferrolm-embed".into())
+            run_dir.canonicalize().unwrap_or_else(|_| run_dir.to_path_buf()).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "ferrolm-embed".into())
         });
         Ok(Self { name, embedder: Arc::new(embedder) })
     }
