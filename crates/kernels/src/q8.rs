@@ -42,6 +42,41 @@ impl Q8Matrix {
         Some(Self { rows, cols, scales, quants })
     }
 
+    /// The matrix a GGUF Q8_0 tensor of shape (rows, cols) holds in `bytes`: blocks of 34
+    /// bytes, an f16 scale then 32 signed quants. None when the sizes do not match.
+    pub fn from_gguf_bytes(rows: usize, cols: usize, bytes: &[u8]) -> Option<Self> {
+        const BYTES: usize = 2 + BLOCK;
+        if cols == 0 || !cols.is_multiple_of(BLOCK) || bytes.len() != rows * cols / BLOCK * BYTES {
+            return None;
+        }
+        let scales = bytes.chunks_exact(BYTES).map(|b| crate::q4k::f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect();
+        let quants = bytes.chunks_exact(BYTES).flat_map(|b| b[2..].iter().map(|&q| q as i8)).collect();
+        Some(Self { rows, cols, scales, quants })
+    }
+
+    /// The matrix of rows `order[0]`, `order[1]`, … of this one (each index < rows).
+    pub fn select_rows(&self, order: &[usize]) -> Self {
+        let (k, bpr) = (self.cols, self.cols / BLOCK);
+        let mut scales = Vec::with_capacity(order.len() * bpr);
+        let mut quants = Vec::with_capacity(order.len() * k);
+        for &r in order {
+            scales.extend_from_slice(&self.scales[r * bpr..(r + 1) * bpr]);
+            quants.extend_from_slice(&self.quants[r * k..(r + 1) * k]);
+        }
+        Self { rows: order.len(), cols: k, scales, quants }
+    }
+
+    /// This matrix with `below`'s rows after its own; None when the widths differ.
+    pub fn stack(mut self, below: &Q8Matrix) -> Option<Self> {
+        if below.cols != self.cols {
+            return None;
+        }
+        self.scales.extend_from_slice(&below.scales);
+        self.quants.extend_from_slice(&below.quants);
+        self.rows += below.rows;
+        Some(self)
+    }
+
     /// The values back in f32 (for tests and for callers that need the dense matrix).
     pub fn dequantize(&self) -> Vec<f32> {
         self.quants.chunks(BLOCK).zip(&self.scales).flat_map(|(q, d)| q.iter().map(move |&q| q as f32 * d)).collect()
@@ -50,8 +85,19 @@ impl Q8Matrix {
     /// `x·Wᵀ` for x (m × cols, row-major) into a new (m × rows) buffer. Weight rows are split
     /// among the rayon threads; each row is read once for all m inputs.
     pub fn matmul_t(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * self.rows];
+        self.matmul_t_into(x, m, &mut y, self.rows, 0);
+        y
+    }
+
+    /// `x·Wᵀ` into columns `col0 .. col0 + rows` of y (m × ld, row-major).
+    pub fn matmul_t_into(&self, x: &[f32], m: usize, y: &mut [f32], ld: usize, col0: usize) {
         assert_eq!(x.len(), m * self.cols, "q8 matmul: x has {} values, expected {m} × {}", x.len(), self.cols);
+        assert!(col0 + self.rows <= ld && y.len() >= m * ld, "q8 matmul: output too small");
         let (n, k) = (self.rows, self.cols);
+        if m == 0 || n == 0 {
+            return;
+        }
         let bpr = k / BLOCK;
         // Output transposed (n × m) so that each task owns whole, disjoint chunks.
         let mut yt = vec![0f32; n * m];
@@ -66,13 +112,11 @@ impl Q8Matrix {
                 }
             }
         });
-        let mut y = vec![0f32; m * n];
         for j in 0..n {
             for r in 0..m {
-                y[r * n + j] = yt[j * m + r];
+                y[r * ld + col0 + j] = yt[j * m + r];
             }
         }
-        y
     }
 }
 
@@ -191,6 +235,23 @@ mod tests {
         // an all-zero block
         let z = Q8Matrix::quantize(&[0.0; 32], 1, 32).unwrap();
         assert_eq!(z.matmul_t(&[1.0; 32], 1), vec![0.0]);
+    }
+
+    #[test]
+    fn gguf_q8_0_bytes_read_as_candle_dequantizes_them_and_rows_reorder() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let (n, k) = (6, 64);
+        let t = candle_core::Tensor::from_vec(values(n * k, 9), (n, k), &candle_core::Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
+        let want = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ours = Q8Matrix::from_gguf_bytes(n, k, &q.data().unwrap()).unwrap();
+        assert_eq!(ours.dequantize(), want);
+        assert!(Q8Matrix::from_gguf_bytes(n, k, &q.data().unwrap()[1..]).is_none());
+        let p = ours.select_rows(&[5, 0]).stack(&ours.select_rows(&[1])).unwrap();
+        let dp = p.dequantize();
+        for (to, from) in [5, 0, 1].into_iter().enumerate() {
+            assert_eq!(dp[to * k..(to + 1) * k], want[from * k..(from + 1) * k]);
+        }
     }
 
     /// Round to the nearest f16 value (11-bit mantissa), as GGUF stores block scales.

@@ -202,6 +202,8 @@ pub struct GenerateBenchOptions {
     pub prompt_tokens: usize,
     pub new_tokens: usize,
     pub repeats: usize,
+    /// Quantize the weights after loading (timed as part of the load).
+    pub quant: Option<ferrolm_model::QuantKind>,
 }
 
 /// Load time, prefill tokens/s (one forward over the prompt filling the KV cache) and
@@ -213,7 +215,11 @@ pub fn bench_generate(o: &GenerateBenchOptions, device: &Device) -> Result<Bench
     anyhow::ensure!(o.prompt_tokens >= 1 && o.new_tokens >= 1 && o.repeats >= 1, "prompt, new tokens and repeats must be positive");
     let rss_before = peak_rss_bytes();
     let t0 = std::time::Instant::now();
-    let loaded = ferrolm_model::load_model(&o.model, device)?;
+    let mut loaded = ferrolm_model::load_model(&o.model, device)?;
+    let quant = match o.quant {
+        Some(kind) => Some(loaded.model.quantize(kind)?),
+        None => None,
+    };
     let load_s = t0.elapsed().as_secs_f64();
     let m = loaded.model.decoder("bench generate")?;
     let cfg = m.config().clone();
@@ -252,10 +258,13 @@ pub fn bench_generate(o: &GenerateBenchOptions, device: &Device) -> Result<Bench
         "decode_tokens_per_sec": median(&decode),
         "peak_rss_bytes": peak_rss_bytes(),
         "rss_before_load_bytes": rss_before,
+        "quant": o.quant.map(|k| k.to_string()),
+        "quant_layers": quant.as_ref().map(|s| s.to_string()),
     });
     let text = format!(
-        "{}: load {:.2} s, prefill {:.0} tokens/s ({} tokens), decode {:.1} tokens/s ({} tokens, batch 1), peak RSS {:.0} MiB",
+        "{}{}: load {:.2} s, prefill {:.0} tokens/s ({} tokens), decode {:.1} tokens/s ({} tokens, batch 1), peak RSS {:.0} MiB",
         o.model.display(),
+        quant.as_ref().map(|s| format!(" (--quant {}: {s})", o.quant.map(|k| k.to_string()).unwrap_or_default())).unwrap_or_default(),
         load_s,
         median(&prefill),
         o.prompt_tokens,

@@ -10,8 +10,9 @@
 //! plus the chat template; ferrolm also stores its own `config.toml` model section and the
 //! `tokenizer.json`, so a file it wrote loads back exactly.
 //!
-//! In: the weights are dequantized to f32 into the same Transformer (quantized matrix
-//! products are not implemented yet: a q4_k_m file runs with its rounding, at f32 speed).
+//! In: the weights are dequantized to f32 into the same Transformer; on the CPU, layers the
+//! file stores as Q8_0, Q4_K or Q6_K also keep the file's blocks, which the few-row products
+//! of decoding read ([`crate::quant`]). f16 files (and other quantizations) run in f32.
 
 use std::collections::HashMap;
 use std::io::{Seek, Write};
@@ -23,6 +24,9 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::{BlockStyle, TransformerConfig};
 use crate::hf::config::HfFamily;
+use crate::quant::{QuantBlock, QuantWeights};
+use ferrolm_kernels::q4k::{KMatrix, KQuant};
+use ferrolm_kernels::q8::Q8Matrix;
 use crate::registry::{AnyModel, LoadedModel};
 use crate::spec::ModelSpec;
 
@@ -324,6 +328,23 @@ fn gguf_sources(layer: &str, tied: bool) -> Option<Vec<String>> {
     Some(from.iter().map(|f| format!("{b}{f}")).collect())
 }
 
+/// The block format ferrolm decodes on for a GGML type: Some(None) for Q8_0, Some(Some(k))
+/// for a k-quant; None for the rest (f32, f16, other quantizations: dequantized to f32).
+fn block_kind(t: GgmlDType) -> Option<Option<KQuant>> {
+    match t {
+        GgmlDType::Q8_0 => Some(None),
+        GgmlDType::Q4K => Some(Some(KQuant::Q4K)),
+        GgmlDType::Q6K => Some(Some(KQuant::Q6K)),
+        _ => None,
+    }
+}
+
+/// The source row of each row after [`permute_rows`]`(t, heads, true)`.
+fn row_order(rows: usize, heads: usize) -> Result<Vec<usize>> {
+    let idx = Tensor::arange(0u32, rows as u32, &Device::Cpu)?.to_dtype(DType::F32)?.reshape((rows, 1))?;
+    Ok(permute_rows(&idx, heads, true)?.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|v| v as usize).collect())
+}
+
 /// Reads a GGUF file of architecture `llama`, `qwen2` or `qwen3` into the Transformer core.
 pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -377,9 +398,23 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         }
     };
     let mut tensor_types = HashMap::new();
+    // The blocks of every quantized matrix, as stored, for the products of decoding.
+    let mut raw: HashMap<String, QuantBlock> = HashMap::new();
+    let keep_blocks = device.is_cpu();
     let mut read = |name: &str| -> Result<Tensor> {
         let q = content.tensor(&mut f, name, &Device::Cpu).map_err(|e| anyhow::anyhow!("{}: tensor {name}: {e}", path.display()))?;
         tensor_types.insert(name.to_string(), q.dtype());
+        if keep_blocks {
+            if let (Ok((rows, cols)), Some(kind)) = (q.shape().dims2(), block_kind(q.dtype())) {
+                let bytes = q.data()?;
+                let block = match kind {
+                    None => Q8Matrix::from_gguf_bytes(rows, cols, &bytes).map(QuantBlock::Q8_0),
+                    Some(k) => KMatrix::from_bytes(k, rows, cols, bytes.into_owned()).map(QuantBlock::K),
+                };
+                let block = block.with_context(|| format!("{}: tensor {name}: {:?} data does not fill {rows}×{cols}", path.display(), q.dtype()))?;
+                raw.insert(name.to_string(), block);
+            }
+        }
         Ok(q.dequantize(&Device::Cpu)?)
     };
     // GGUF names → the Hugging Face names the core's mapping reads.
@@ -426,13 +461,27 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     let spec = ModelSpec::Transformer(cfg);
     let (mut model, varmap) = AnyModel::build_with(&spec, values, device, path)?;
     if let AnyModel::Decoder(m) = &mut model {
-        // A GGUF model is for inference: weights frozen, and layers stored as Q8_0 in the
-        // file keep that form for decoding (re-quantising Q8_0 values gives back the same
-        // blocks, so these products read exactly the file's numbers).
+        // A GGUF model is for inference: weights frozen, and layers stored quantized in the
+        // file (Q8_0, Q4_K, Q6_K) keep the file's blocks for decoding — the q/k rows of
+        // `llama` reordered as the f32 copy was — so these products read exactly the file's
+        // numbers. A layer with any part in f32 or f16 stays f32.
         m.freeze_linears();
         if device.is_cpu() {
-            let tied = m.config().tie_embeddings;
-            m.quantize_q8(|layer| gguf_sources(layer, tied).is_some_and(|names| names.iter().all(|n| tensor_types.get(n) == Some(&GgmlDType::Q8_0))))?;
+            let (tied, n_heads, n_kv_heads) = (m.config().tie_embeddings, m.config().n_heads, m.config().n_kv_heads);
+            m.set_quantized(|layer| {
+                let Some(names) = gguf_sources(layer, tied) else { return Ok(None) };
+                let mut out: Option<QuantWeights> = None;
+                for name in names {
+                    let Some(block) = raw.remove(&name) else { return Ok(None) };
+                    let heads = if name.ends_with("attn_q.weight") { n_heads } else if name.ends_with("attn_k.weight") { n_kv_heads } else { 0 };
+                    let block = if permute && heads > 0 { block.select_rows(&row_order(block.rows(), heads)?) } else { block };
+                    match &mut out {
+                        None => out = Some(QuantWeights::new(block)),
+                        Some(w) => w.push(block)?,
+                    }
+                }
+                Ok(out)
+            })?;
         }
     }
     let text = |k: &str| content.metadata.get(k).and_then(|v| v.to_string().ok()).cloned();

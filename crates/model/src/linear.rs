@@ -4,6 +4,8 @@
 //! ([`crate::lora`]): low-rank updates of some of its output rows.
 
 use candle_core::{Module, Result, Tensor, D};
+
+use crate::quant::{QuantKind, QuantWeights};
 use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
@@ -11,15 +13,17 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     lora: Option<LoraAdapter>,
-    /// The same weights in Q8_0 blocks (a model loaded from a Q8_0 GGUF file): products
-    /// of up to [`Q8_MAX_ROWS`] input rows — token-by-token decoding, which reads every
-    /// weight for each token — read these, a quarter of the bytes.
-    q8: Option<std::sync::Arc<ferrolm_kernels::q8::Q8Matrix>>,
+    /// The same weights quantized (Q8_0, Q4_K, Q6_K: a quantized GGUF file's blocks, or
+    /// `--quant`): products of up to [`QUANT_MAX_ROWS`] input rows — token-by-token
+    /// decoding, which reads every weight for each token — read these, a quarter to an
+    /// eighth of the bytes. `weight` then holds the dequantized values, so that a prompt's
+    /// f32 product computes the same model.
+    quant: Option<std::sync::Arc<QuantWeights>>,
 }
 
 /// Inputs with more rows (a prompt's prefill) take the f32 product, where the work is the
 /// arithmetic rather than reading the weights.
-pub const Q8_MAX_ROWS: usize = 8;
+pub const QUANT_MAX_ROWS: usize = 8;
 
 /// LoRA updates of one layer: each part adapts `b.dim(0)` output rows from `start`.
 #[derive(Debug, Clone)]
@@ -42,14 +46,14 @@ pub struct LoraPart {
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias, lora: None, q8: None }
+        Self { weight, bias, lora: None, quant: None }
     }
 
     pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let init = candle_nn::init::DEFAULT_KAIMING_NORMAL;
         let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
         let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", candle_nn::Init::Const(0.0))?) } else { None };
-        Ok(Self { weight, bias, lora: None, q8: None })
+        Ok(Self { weight, bias, lora: None, quant: None })
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -64,13 +68,41 @@ impl Linear {
         self.bias = self.bias.as_ref().map(Tensor::detach);
     }
 
-    /// Keep a Q8_0 copy of the weights for few-row products (see the `q8` field); false,
-    /// leaving the layer as it was, when a row's width is not a multiple of 32.
-    pub fn quantize_q8(&mut self) -> Result<bool> {
+    /// Keep `q` — the same values as `weight`, quantized (a GGUF file's blocks) — for
+    /// few-row products (see the `quant` field). The layer is frozen (inference only).
+    pub fn set_quant(&mut self, q: QuantWeights) -> Result<()> {
+        let (rows, cols) = self.weight.dims2()?;
+        if (q.rows(), q.cols()) != (rows, cols) {
+            candle_core::bail!("quantized weights of {}×{} for a layer of {rows}×{cols}", q.rows(), q.cols());
+        }
+        self.freeze();
+        self.quant = Some(std::sync::Arc::new(q));
+        Ok(())
+    }
+
+    /// The quantized weights, if the layer has them.
+    pub fn quant(&self) -> Option<&QuantWeights> {
+        self.quant.as_deref()
+    }
+
+    /// Quantize the weights as `kind` asks (Q4_K falls back to Q8_0 on rows that are not
+    /// whole 256-value super-blocks) and replace them with their dequantized values, so that
+    /// every product — few-row ones on the blocks, larger ones in f32 — computes the
+    /// quantized model. The layer is frozen. A layer that already has quantized weights keeps
+    /// them. Returns (format, bytes, quantized now), or None when the rows do not fill
+    /// blocks of 32 (the layer stays f32).
+    pub fn quantize(&mut self, kind: QuantKind) -> Result<Option<(String, usize, bool)>> {
+        if let Some(q) = &self.quant {
+            return Ok(Some((q.format(), q.bytes(), false)));
+        }
         let (rows, cols) = self.weight.dims2()?;
         let values = self.weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        self.q8 = ferrolm_kernels::q8::Q8Matrix::quantize(&values, rows, cols).map(std::sync::Arc::new);
-        Ok(self.q8.is_some())
+        let Some(q) = QuantWeights::quantize(kind, &values, rows, cols) else { return Ok(None) };
+        self.weight = Tensor::from_vec(q.dequantize(), (rows, cols), self.weight.device())?;
+        self.bias = self.bias.as_ref().map(Tensor::detach);
+        let out = (q.format(), q.bytes(), true);
+        self.quant = Some(std::sync::Arc::new(q));
+        Ok(Some(out))
     }
 
     pub fn set_lora(&mut self, lora: Option<LoraAdapter>) {
@@ -84,15 +116,18 @@ impl Linear {
     /// The product, plus the adapters' updates; `lora_seed`: Some in training (adapter
     /// dropout, seeded so that a resumed run draws the same masks).
     pub fn forward_t(&self, x: &Tensor, lora_seed: Option<u64>) -> Result<Tensor> {
-        if let Some(q) = &self.q8 {
+        if let Some(q) = &self.quant {
             let k = x.dim(D::Minus1)?;
             let m = x.elem_count() / k.max(1);
-            // Only for frozen weights (a GGUF model is loaded frozen, for inference): the
-            // 8-bit product has no gradient.
-            if m <= Q8_MAX_ROWS && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && !self.weight.track_op() && self.lora.is_none() {
+            // Only for frozen weights (quantized models are loaded frozen, for inference):
+            // the quantized product has no gradient.
+            if m <= QUANT_MAX_ROWS && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && !self.weight.track_op() && self.lora.is_none() {
                 let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                if xs.len() != m * q.cols() {
+                    candle_core::bail!("input width {k} for quantized weights of width {}", q.cols());
+                }
                 let mut dims = x.dims().to_vec();
-                *dims.last_mut().expect("rank >= 1") = q.rows;
+                *dims.last_mut().expect("rank >= 1") = q.rows();
                 let y = Tensor::from_vec(q.matmul_t(&xs, m), dims, x.device())?;
                 return match &self.bias {
                     Some(b) => y.broadcast_add(b),
@@ -134,5 +169,36 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_t(x, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn few_rows_read_the_quantized_blocks_and_more_rows_the_f32_weights() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (24, 256), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 24, &dev).unwrap();
+        let mut lin = Linear::new(w.clone(), Some(b.clone()));
+        // blocks of *other* values, so that the test sees which product ran
+        let other: Vec<f32> = w.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v * 2.0).collect();
+        let q = QuantWeights::quantize(QuantKind::Q4K, &other, 24, 256).unwrap();
+        assert_eq!(q.format(), "Q4_K");
+        let dq = Tensor::from_vec(q.dequantize(), (24, 256), &dev).unwrap();
+        lin.set_quant(q).unwrap();
+        for rows in [1, QUANT_MAX_ROWS, QUANT_MAX_ROWS + 1] {
+            let x = Tensor::randn(0f32, 1.0, (1, rows, 256), &dev).unwrap();
+            let y = lin.forward(&x).unwrap();
+            let on = if rows <= QUANT_MAX_ROWS { &dq } else { &w };
+            let want = x.broadcast_matmul(&on.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+            let d: f32 = (y - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            assert!(d < 1e-3, "{rows} rows: {d}");
+        }
+        // a mismatched shape is refused
+        let wrong = QuantWeights::quantize(QuantKind::Q8_0, &[0.0; 32 * 3], 3, 32).unwrap();
+        assert!(lin.set_quant(wrong).is_err());
     }
 }

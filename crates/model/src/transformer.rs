@@ -154,18 +154,34 @@ impl Transformer {
         self.lm_head.freeze();
     }
 
-    /// Give the linear layers whose variable prefix `keep` accepts (`decoder.blocks.3.attn.qkv`,
-    /// `lm_head`) a Q8_0 copy of their weights for decoding; returns how many got one.
-    pub fn quantize_q8(&mut self, keep: impl Fn(&str) -> bool) -> Result<usize> {
+    /// Quantize the weights of every linear layer (blocks and LM head; the token embedding
+    /// stays f32) as `kind` asks, for CPU decoding: see [`Linear::quantize`].
+    pub fn quantize(&mut self, kind: crate::quant::QuantKind) -> Result<crate::quant::QuantSummary> {
+        let mut summary = crate::quant::QuantSummary::default();
+        for block in self.decoder.blocks.iter_mut() {
+            for (_, lin) in block.linears_mut() {
+                summary.add(lin.quantize(kind)?);
+            }
+        }
+        summary.add(self.lm_head.quantize(kind)?);
+        Ok(summary)
+    }
+
+    /// Give each linear layer the quantized weights `source` returns for its variable prefix
+    /// (`decoder.blocks.3.attn.qkv`, `lm_head`), if any: the same values as its weights, as a
+    /// quantized GGUF file stores them. Returns how many layers got some.
+    pub fn set_quantized(&mut self, mut source: impl FnMut(&str) -> anyhow::Result<Option<crate::quant::QuantWeights>>) -> anyhow::Result<usize> {
         let mut n = 0;
         for (i, block) in self.decoder.blocks.iter_mut().enumerate() {
             for (name, lin) in block.linears_mut() {
-                if keep(&format!("decoder.blocks.{i}.{name}")) && lin.quantize_q8()? {
+                if let Some(q) = source(&format!("decoder.blocks.{i}.{name}"))? {
+                    lin.set_quant(q)?;
                     n += 1;
                 }
             }
         }
-        if keep("lm_head") && self.lm_head.quantize_q8()? {
+        if let Some(q) = source("lm_head")? {
+            self.lm_head.set_quant(q)?;
             n += 1;
         }
         Ok(n)

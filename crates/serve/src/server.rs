@@ -64,6 +64,8 @@ pub struct ServeConfig {
     /// An encoder run folder served at `/v1/embeddings` (none: that endpoint answers 400).
     pub embed_model: Option<PathBuf>,
     pub embed_pooling: Pooling,
+    /// Quantize the model's weights for CPU decoding (`--quant q8_0|q4_k`).
+    pub quant: Option<ferrolm_model::QuantKind>,
 }
 
 impl ServeConfig {
@@ -83,6 +85,7 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(10),
             embed_model: None,
             embed_pooling: Pooling::Mean,
+            quant: None,
         }
     }
 }
@@ -123,7 +126,11 @@ fn unix_now() -> u64 {
 
 /// Load the run folder's model, tokenizer and chat template and start the scheduler.
 pub fn load(cfg: &ServeConfig, device: &Device) -> Result<Arc<AppState>> {
-    let loaded = ferrolm_model::load_model(&cfg.run_dir, device)?;
+    let mut loaded = ferrolm_model::load_model(&cfg.run_dir, device)?;
+    if let Some(kind) = cfg.quant {
+        let summary = loaded.model.quantize(kind)?;
+        eprintln!("--quant {kind}: {summary}");
+    }
     let model = loaded.model.into_decoder("serving")?;
     anyhow::ensure!(
         model.config().kind == ModelKind::Causal,

@@ -49,6 +49,9 @@ enum What {
         repeats: usize,
         #[arg(long)]
         json: bool,
+        /// Quantize the weights first: q8_0 or q4_k (see `generate --quant`).
+        #[arg(long)]
+        quant: Option<ferrolm_model::QuantKind>,
     },
     /// LoRA training tokens/s (every block linear adapted, base frozen, random tokens) on
     /// any decoder, for bench/lora_speed.py (transformers + PEFT side by side).
@@ -114,9 +117,9 @@ pub fn run(args: Args) -> Result<()> {
             };
             (bench_train(&TrainBenchOptions { preset, steps, modern, matmul }, &device)?, json)
         }
-        What::Generate { model, prompt_tokens, new_tokens, repeats, json } => {
+        What::Generate { model, prompt_tokens, new_tokens, repeats, json, quant } => {
             let model = super::model_dir(&model)?;
-            (bench_generate(&GenerateBenchOptions { model, prompt_tokens, new_tokens, repeats }, &device)?, json)
+            (bench_generate(&GenerateBenchOptions { model, prompt_tokens, new_tokens, repeats, quant }, &device)?, json)
         }
         What::Lora { model, rank, alpha, batch, seq_len, steps, json } => {
             let model = super::model_dir(&model)?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use ferrolm_finetune::chat::{ChatConfig, ChatSession};
-use ferrolm_finetune::{prompt, sft};
+use ferrolm_finetune::prompt;
 use ferrolm_infer::SamplingConfig;
 
 #[derive(clap::Args)]
@@ -33,11 +33,17 @@ pub struct Args {
     /// Where /rate appends ratings (default RUN_DIR/feedback/ratings.jsonl).
     #[arg(long)]
     ratings: Option<PathBuf>,
+    /// Quantize the weights for CPU inference: q8_0 or q4_k (Q4_K on rows of whole
+    /// 256-value blocks, Q8_0 on the others). Layers a quantized GGUF stores keep its blocks.
+    #[arg(long)]
+    quant: Option<ferrolm_model::QuantKind>,
 }
 
 pub fn run(mut a: Args) -> Result<()> {
     a.model = super::model_dir(&a.model)?;
-    let (_, model, _) = sft::load_decoder(&a.model, &super::device()?)?;
+    let mut loaded = ferrolm_model::load_model(&a.model, &super::device()?)?;
+    super::quantize(&mut loaded.model, a.quant)?;
+    let model = loaded.model.into_decoder("chat")?;
     let tok = prompt::load_tokenizer(&a.model)?;
     let tpl = prompt::load_template(&a.model)?;
     let feedback = a.model.join("feedback");

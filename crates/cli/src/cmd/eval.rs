@@ -24,6 +24,10 @@ pub struct Args {
     max_windows: usize,
     #[arg(long)]
     json: bool,
+    /// Quantize the weights for CPU inference: q8_0 or q4_k (Q4_K on rows of whole
+    /// 256-value blocks, Q8_0 on the others). Layers a quantized GGUF stores keep its blocks.
+    #[arg(long)]
+    quant: Option<ferrolm_model::QuantKind>,
 }
 
 pub fn run(mut a: Args) -> Result<()> {
@@ -40,7 +44,8 @@ pub fn run(mut a: Args) -> Result<()> {
     } else {
         RunConfig::from_value(&ferrolm_common::load_config(Some(&cfg_path), &[])?).with_context(|| format!("in {}", cfg_path.display()))?
     };
-    let loaded = ferrolm_model::load_model(&a.model, &device)?;
+    let mut loaded = ferrolm_model::load_model(&a.model, &device)?;
+    super::quantize(&mut loaded.model, a.quant)?;
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
     let mut bytes = tok.token_bytes();
     bytes.resize(cfg.model.vocab_size(), 0);

@@ -32,11 +32,16 @@ pub struct Args {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Quantize the weights for CPU inference: q8_0 or q4_k (Q4_K on rows of whole
+    /// 256-value blocks, Q8_0 on the others). Layers a quantized GGUF stores keep its blocks.
+    #[arg(long)]
+    quant: Option<ferrolm_model::QuantKind>,
 }
 
 pub fn run(mut a: Args) -> Result<()> {
     a.model = super::model_dir(&a.model)?;
-    let loaded = ferrolm_model::load_model(&a.model, &super::device()?)?;
+    let mut loaded = ferrolm_model::load_model(&a.model, &super::device()?)?;
+    super::quantize(&mut loaded.model, a.quant)?;
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
     let mut prompt = tok.encode(&a.prompt);
     anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");

@@ -45,6 +45,16 @@ pub fn device() -> anyhow::Result<candle_core::Device> {
     Ok(DEVICE.get_or_init(|| opened).clone())
 }
 
+/// `--quant` of the inference commands: quantize the loaded model's linear layers through
+/// the model crate's one function and say what it did.
+pub fn quantize(model: &mut ferrolm_model::AnyModel, quant: Option<ferrolm_model::QuantKind>) -> anyhow::Result<()> {
+    if let Some(kind) = quant {
+        let summary = model.quantize(kind)?;
+        eprintln!("--quant {kind}: {summary}");
+    }
+    Ok(())
+}
+
 /// What `--model` names, as a folder: a ferrolm run folder or a Hugging Face model folder
 /// as given, or `hf:ORG/NAME[@REVISION]` resolved into the Hugging Face cache (downloaded
 /// when missing). The one place every command's `--model` goes through;

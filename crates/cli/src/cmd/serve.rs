@@ -62,6 +62,10 @@ pub struct Args {
     /// How the embedding model pools its hidden states: "mean" or "pooled" (the MLM's pooler).
     #[arg(long, default_value = "mean")]
     embed_pooling: ferrolm_serve::EmbedPooling,
+    /// Quantize the weights for CPU inference: q8_0 or q4_k (Q4_K on rows of whole
+    /// 256-value blocks, Q8_0 on the others). Layers a quantized GGUF stores keep its blocks.
+    #[arg(long)]
+    quant: Option<ferrolm_model::QuantKind>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -90,6 +94,7 @@ pub fn run(a: Args) -> Result<()> {
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
         embed_model: a.embed_model.as_deref().map(super::model_dir).transpose()?,
         embed_pooling: a.embed_pooling,
+        quant: a.quant,
     };
     ferrolm_serve::run(cfg, &a.host, a.port, &super::device()?)
 }

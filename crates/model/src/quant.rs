@@ -1,0 +1,216 @@
+//! Quantized weights for CPU decoding: a linear layer may keep its weights in GGUF's Q8_0,
+//! Q4_K or Q6_K blocks (`ferrolm_kernels::{q8, q4k}`), and products of a few input rows —
+//! token-by-token decoding, which reads every weight once per token — read those, a
+//! quarter to an eighth of f32's bytes. Two sources: a quantized GGUF file (its blocks used
+//! as stored, see [`crate::gguf`]) and `--quant q8_0|q4_k` on a model loaded in f32
+//! ([`crate::AnyModel::quantize`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use anyhow::{bail, Result};
+use ferrolm_kernels::q4k::{KMatrix, KQuant};
+use ferrolm_kernels::q8::Q8Matrix;
+
+/// What `--quant` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantKind {
+    /// 8-bit blocks of 32 values, one scale each (8.5 bits a weight).
+    Q8_0,
+    /// 4-bit super-blocks of 256 values with 6-bit scales and mins per 32 (4.5 bits a
+    /// weight); a layer whose rows are not whole super-blocks falls back to Q8_0.
+    Q4K,
+}
+
+impl std::str::FromStr for QuantKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "q8_0" => Self::Q8_0,
+            "q4_k" => Self::Q4K,
+            other => bail!("unknown quantization {other:?}: expected q8_0 or q4_k"),
+        })
+    }
+}
+
+impl fmt::Display for QuantKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Q8_0 => "q8_0",
+            Self::Q4K => "q4_k",
+        })
+    }
+}
+
+/// Rows of a layer's weights in one block format.
+#[derive(Debug, Clone)]
+pub enum QuantBlock {
+    Q8_0(Q8Matrix),
+    /// Q4_K or Q6_K.
+    K(KMatrix),
+}
+
+impl QuantBlock {
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::Q8_0(q) => q.rows,
+            Self::K(q) => q.rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Self::Q8_0(q) => q.cols,
+            Self::K(q) => q.cols,
+        }
+    }
+
+    /// The format's name (`Q8_0`, `Q4_K`, `Q6_K`).
+    pub fn format(&self) -> &'static str {
+        match self {
+            Self::Q8_0(_) => "Q8_0",
+            Self::K(q) => q.kind.name(),
+        }
+    }
+
+    /// Rows `order[0]`, `order[1]`, … of this block.
+    pub fn select_rows(&self, order: &[usize]) -> Self {
+        match self {
+            Self::Q8_0(q) => Self::Q8_0(q.select_rows(order)),
+            Self::K(q) => Self::K(q.select_rows(order)),
+        }
+    }
+}
+
+/// A layer's weights (rows × cols) quantized: row blocks top to bottom, each in one format
+/// (a fused q/k/v layer from a q4_k_m file holds Q4_K rows for q and k and may hold Q6_K rows
+/// for v). Neighbouring blocks of one format are merged.
+#[derive(Debug, Clone)]
+pub struct QuantWeights {
+    blocks: Vec<QuantBlock>,
+}
+
+impl QuantWeights {
+    pub fn new(first: QuantBlock) -> Self {
+        Self { blocks: vec![first] }
+    }
+
+    /// Append rows below; an error when the widths differ.
+    pub fn push(&mut self, below: QuantBlock) -> Result<()> {
+        if below.cols() != self.cols() {
+            bail!("quantized row blocks of different widths ({} and {})", self.cols(), below.cols());
+        }
+        let last = self.blocks.pop().expect("at least one block");
+        let merged = match (last, &below) {
+            (QuantBlock::Q8_0(a), QuantBlock::Q8_0(b)) => vec![QuantBlock::Q8_0(a.stack(b).expect("same width"))],
+            (QuantBlock::K(a), QuantBlock::K(b)) if a.kind == b.kind => vec![QuantBlock::K(a.stack(b).expect("same kind and width"))],
+            (a, _) => vec![a, below],
+        };
+        self.blocks.extend(merged);
+        Ok(())
+    }
+
+    pub fn rows(&self) -> usize {
+        self.blocks.iter().map(QuantBlock::rows).sum()
+    }
+
+    pub fn cols(&self) -> usize {
+        self.blocks[0].cols()
+    }
+
+    /// The formats top to bottom, `+`-joined (`Q4_K`, `Q4_K+Q6_K`).
+    pub fn format(&self) -> String {
+        self.blocks.iter().map(QuantBlock::format).collect::<Vec<_>>().join("+")
+    }
+
+    /// Bytes the blocks take (for reports).
+    pub fn bytes(&self) -> usize {
+        self.blocks
+            .iter()
+            .map(|b| match b {
+                QuantBlock::Q8_0(q) => q.quants.len() + 2 * q.scales.len(),
+                QuantBlock::K(q) => q.bytes().len(),
+            })
+            .sum()
+    }
+
+    /// The values in f32, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows() * self.cols());
+        for b in &self.blocks {
+            match b {
+                QuantBlock::Q8_0(q) => out.extend(q.dequantize()),
+                QuantBlock::K(q) => out.extend(q.dequantize()),
+            }
+        }
+        out
+    }
+
+    /// `x·Wᵀ` for x (m × cols, row-major) into a new (m × rows) buffer.
+    pub fn matmul_t(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let n = self.rows();
+        let mut y = vec![0f32; m * n];
+        let mut col = 0;
+        for b in &self.blocks {
+            match b {
+                QuantBlock::Q8_0(q) => q.matmul_t_into(x, m, &mut y, n, col),
+                QuantBlock::K(q) => q.matmul_t_into(x, m, &mut y, n, col),
+            }
+            col += b.rows();
+        }
+        y
+    }
+
+    /// Quantize row-major f32 values as `kind` asks: Q4_K needs rows of whole 256-value
+    /// super-blocks and falls back to Q8_0 (blocks of 32); None when not even that fits.
+    pub fn quantize(kind: QuantKind, values: &[f32], rows: usize, cols: usize) -> Option<Self> {
+        if kind == QuantKind::Q4K {
+            if let Some(q) = KMatrix::quantize(KQuant::Q4K, values, rows, cols) {
+                return Some(Self::new(QuantBlock::K(q)));
+            }
+        }
+        Q8Matrix::quantize(values, rows, cols).map(|q| Self::new(QuantBlock::Q8_0(q)))
+    }
+}
+
+/// What [`crate::AnyModel::quantize`] did: layers by the format they hold now.
+#[derive(Debug, Clone, Default)]
+pub struct QuantSummary {
+    /// Layers quantized now, by format.
+    pub quantized: BTreeMap<String, usize>,
+    /// Layers that already held quantized weights (a quantized GGUF file's), kept, by format.
+    pub kept: BTreeMap<String, usize>,
+    /// Layers left in f32 (rows not whole blocks of 32).
+    pub unquantized: usize,
+    /// Bytes of all quantized weights.
+    pub bytes: usize,
+}
+
+impl QuantSummary {
+    pub(crate) fn add(&mut self, outcome: Option<(String, usize, bool)>) {
+        match outcome {
+            Some((format, bytes, fresh)) => {
+                *(if fresh { &mut self.quantized } else { &mut self.kept }).entry(format).or_default() += 1;
+                self.bytes += bytes;
+            }
+            None => self.unquantized += 1,
+        }
+    }
+}
+
+impl fmt::Display for QuantSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |m: &BTreeMap<String, usize>| m.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ");
+        let mut parts = Vec::new();
+        if !self.quantized.is_empty() {
+            parts.push(format!("quantized {}", list(&self.quantized)));
+        }
+        if !self.kept.is_empty() {
+            parts.push(format!("kept the file's {}", list(&self.kept)));
+        }
+        if self.unquantized > 0 {
+            parts.push(format!("{} left f32", self.unquantized));
+        }
+        write!(f, "linear layers: {} ({:.1} MB of quantized weights)", parts.join("; "), self.bytes as f64 / 1e6)
+    }
+}

@@ -1,0 +1,134 @@
+//! Quantized CPU inference: `AnyModel::quantize` (`--quant q8_0|q4_k`) and a q4_k_m GGUF's
+//! Q4_K / Q6_K blocks used as stored. Token-by-token decoding (few-row products on the
+//! quantized blocks) must give the prompt pass's logits (f32 products on the dequantized
+//! values of the same blocks) up to summation order, and the quantized model must stay near
+//! the f32 one.
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+use ferrolm_model::attention::MaskSpec;
+use ferrolm_model::gguf::{self, GgufQuant, GgufVocab};
+use ferrolm_model::{init_weights, AnyModel, BlockStyle, ModelSpec, QuantKind, Transformer, TransformerConfig};
+
+/// Rows of 256 (whole Q4_K super-blocks) everywhere, and 8 layers so that q4_k_m gives some
+/// `attn_v` / `ffn_down` Q6_K.
+fn cfg() -> TransformerConfig {
+    TransformerConfig { vocab_size: 48, d_model: 256, n_layers: 8, n_heads: 4, n_kv_heads: 2, d_ff: 512, max_seq_len: 32, block: BlockStyle::Modern, ..Default::default() }
+}
+
+fn vocab(n: usize) -> GgufVocab {
+    GgufVocab {
+        tokens: (0..n).map(|i| format!("t{i}")).collect(),
+        token_types: (0..n).map(|i| if i == 0 { 3 } else { 1 }).collect(),
+        merges: vec!["t 1".into()],
+        bos: None,
+        eos: Some(0),
+        chat_template: None,
+        tokenizer_json: Some("{}".into()),
+    }
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+}
+
+/// ‖a − b‖ / ‖b‖ over all logits.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let n = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+    n(&(a - b).unwrap()) / n(b)
+}
+
+fn ids() -> Tensor {
+    Tensor::new(&[[3u32, 7, 1, 47, 0, 22, 22, 5, 9, 30, 12, 40]], &Device::Cpu).unwrap()
+}
+
+fn fresh(c: &TransformerConfig, seed: u64) -> (AnyModel, candle_nn::VarMap) {
+    let spec = ModelSpec::Transformer(c.clone());
+    let (model, varmap) = AnyModel::build_fresh(&spec, &Device::Cpu).unwrap();
+    init_weights(&spec, &varmap, seed).unwrap();
+    (model, varmap)
+}
+
+/// Logits of a one-token-at-a-time decode through the KV cache (every product has one row).
+fn decode_logits(m: &Transformer, ids: &Tensor) -> Vec<Tensor> {
+    let mut cache = m.new_cache();
+    (0..ids.dim(1).unwrap()).map(|t| m.forward(&ids.narrow(1, t, 1).unwrap(), &MaskSpec::causal(), Some(&mut cache)).unwrap().squeeze(1).unwrap()).collect()
+}
+
+/// Each decode step's logits against the prompt pass's row of the same position.
+fn assert_decode_matches_prompt_pass(m: &Transformer, what: &str) -> Tensor {
+    let ids = ids();
+    let full = m.forward(&ids, &MaskSpec::causal(), None).unwrap();
+    assert!(ids.dim(1).unwrap() > ferrolm_model::linear::QUANT_MAX_ROWS, "the prompt pass must take the f32 products");
+    for (t, step) in decode_logits(m, &ids).iter().enumerate() {
+        let want = full.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
+        let d = max_abs(step, &want);
+        assert!(d < 1e-4, "{what}: decoding step {t} differs from the prompt pass by {d}");
+    }
+    full
+}
+
+#[test]
+fn quantize_q4_k_decodes_as_its_dequantized_weights_and_stays_near_f32() {
+    let (f32_model, _) = fresh(&cfg(), 5);
+    let want = f32_model.decoder("t").unwrap().forward(&ids(), &MaskSpec::causal(), None).unwrap();
+    for (kind, format, tol) in [(QuantKind::Q4K, "Q4_K", 0.3), (QuantKind::Q8_0, "Q8_0", 0.03)] {
+        let (mut q, _) = fresh(&cfg(), 5);
+        let s = q.quantize(kind).unwrap();
+        // 8 blocks × (qkv, proj, gate, up, down) + the LM head
+        assert_eq!(s.quantized.get(format), Some(&41), "{kind}: {s}");
+        assert_eq!((s.kept.len(), s.unquantized), (0, 0), "{kind}: {s}");
+        let got = assert_decode_matches_prompt_pass(q.decoder("t").unwrap(), &format!("--quant {kind}"));
+        let e = rel_err(&got, &want);
+        eprintln!("--quant {kind}: logits move by {e} (relative)");
+        assert!(e > 0.0 && e < tol, "{kind}: logits move by {e} (relative)");
+    }
+    // rows of 64 values do not fill Q4_K super-blocks: those layers fall back to Q8_0
+    let narrow = TransformerConfig { d_model: 64, d_ff: 128, n_layers: 2, ..cfg() };
+    let (mut q, _) = fresh(&narrow, 5);
+    let s = q.quantize(QuantKind::Q4K).unwrap();
+    assert_eq!(s.quantized.get("Q8_0"), Some(&11), "{s}");
+    assert!(s.to_string().contains("11 Q8_0"), "{s}");
+    assert_decode_matches_prompt_pass(q.decoder("t").unwrap(), "q4_k on narrow rows");
+}
+
+#[test]
+fn a_q4_k_m_gguf_decodes_on_its_own_q4_k_and_q6_k_blocks() {
+    let base = cfg();
+    let cases = [
+        ("llama tied", base.clone()),
+        ("llama untied", TransformerConfig { tie_embeddings: false, ..base.clone() }),
+        ("qwen2", TransformerConfig { qkv_bias: Some(true), ..base.clone() }),
+    ];
+    for (what, c) in cases {
+        let (model, varmap) = fresh(&c, 9);
+        let want = model.decoder("t").unwrap().forward(&ids(), &MaskSpec::causal(), None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        gguf::write(&c, &varmap, &vocab(48), GgufQuant::Q4KM, &path).unwrap();
+        let mut back = gguf::load(&path, &Device::Cpu).unwrap();
+        assert_eq!(back.tensor_types["blk.1.attn_q.weight"], GgmlDType::Q4K);
+        assert_eq!(back.tensor_types["blk.0.attn_v.weight"], GgmlDType::Q6K);
+        assert_eq!(back.tensor_types["blk.0.ffn_down.weight"], GgmlDType::Q6K);
+        // Asking for q8_0 on top keeps every layer's blocks from the file: Q4_K, and Q6_K
+        // for attn_v / ffn_down in layers 0, 3, 6, 7 (and the untied output matrix).
+        let s = back.loaded.model.quantize(QuantKind::Q8_0).unwrap();
+        assert!(s.quantized.is_empty() && s.unquantized == 0, "{what}: {s}");
+        let k = |f: &str| s.kept.get(f).copied().unwrap_or(0);
+        assert_eq!(k("Q4_K+Q6_K"), 4, "{what}: q and k Q4_K, v Q6_K in one fused layer: {s}");
+        assert_eq!(k("Q6_K"), 4 + usize::from(!c.tie_embeddings), "{what}: {s}");
+        assert_eq!(k("Q4_K"), 8 * 5 + 1 - 8 - usize::from(!c.tie_embeddings), "{what}: {s}");
+        let got = assert_decode_matches_prompt_pass(back.loaded.model.decoder("t").unwrap(), what);
+        let e = rel_err(&got, &want);
+        eprintln!("{what}: q4_k_m logits move by {e} (relative)");
+        assert!(e > 0.0 && e < 0.3, "{what}: q4_k_m logits move by {e} (relative)");
+    }
+}
+
+#[test]
+fn quantize_refuses_other_models() {
+    let spec = ModelSpec::Nplm(ferrolm_model::NplmConfig { vocab_size: 10, d_model: 32, context: 2, hidden: 32, direct: false, dropout: 0.0, max_seq_len: 8 });
+    let (mut m, _) = AnyModel::build_fresh(&spec, &Device::Cpu).unwrap();
+    let err = m.quantize(QuantKind::Q4K).unwrap_err().to_string();
+    assert!(err.contains("needs a Transformer decoder"), "{err}");
+}
