@@ -60,11 +60,13 @@ def fixtures():
     ]
 
 
-def randomize(model, seed):
+def randomize(model, seed, norms=("norm", "ln_"), scale=0.5):
+    """Random weights, drawn in parameter-name order: norm weights (parameters whose name has
+    one of `norms`) near 1, biases small, every other matrix N(0, scale²)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
-            if "norm" in name or "ln_" in name:
+            if any(n in name for n in norms):
                 if name.endswith("weight"):
                     p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
                 else:
@@ -72,7 +74,7 @@ def randomize(model, seed):
             elif name.endswith("bias"):
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
             else:
-                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+                p.copy_(scale * torch.randn(p.shape, generator=g))
 
 
 def chat_tokenizer(path):
@@ -180,18 +182,7 @@ def wordpiece_vocab():
 
 
 def randomize_bert(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            if "LayerNorm" in name:
-                if name.endswith("weight"):
-                    p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-                else:
-                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    randomize(model, seed, norms=("LayerNorm",), scale=0.3)
 
 
 @torch.no_grad()
