@@ -616,15 +616,11 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                // skewed values, so that the Q4_K mins are not all alike
-                let u = ((s >> 33) % 2001) as f32 / 1000.0 - 1.0;
-                u * u.abs() + 0.1 * u
-            })
-            .collect()
+        crate::testutil::lcg_values(n, seed, |r| {
+            // skewed values, so that the Q4_K mins are not all alike
+            let u = (r % 2001) as f32 / 1000.0 - 1.0;
+            u * u.abs() + 0.1 * u
+        })
     }
 
     fn both_kinds() -> [KQuant; 2] {

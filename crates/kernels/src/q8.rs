@@ -184,13 +184,7 @@ mod tests {
     use super::*;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) % 2001) as f32 / 300.0 - 1000.0 / 300.0
-            })
-            .collect()
+        crate::testutil::lcg_values(n, seed, |r| (r % 2001) as f32 / 300.0 - 1000.0 / 300.0)
     }
 
     #[test]
