@@ -479,7 +479,8 @@ fn token_logprob(tok: &Tokenizer, logits: &[f32], id: u32, k: usize) -> TokenLog
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
     let bytes = |t: u32| tok.id_to_bytes(t).map(|b| b.to_vec()).unwrap_or_default();
-    let mut top: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l - lse)).collect();
+    // k = 0 (a prompt scored with `logprobs: 0`, once per position): no ranking at all
+    let mut top: Vec<(u32, f32)> = if k == 0 { vec![] } else { logits.iter().enumerate().map(|(i, &l)| (i as u32, l - lse)).collect() };
     let k = k.min(top.len());
     if k > 0 {
         top.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
