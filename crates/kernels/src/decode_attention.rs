@@ -86,12 +86,18 @@ fn attend_group(qs: &[f32], kv: RowKv<'_>, g: usize, rep: usize, kv_width: usize
     scores.clear();
     scores.resize(rep * len, 0.0);
     // scores[r·len + p] = q_r · k_p (unscaled, as the softmax kernel receives them)
-    for p in 0..len {
-        let k = &kv.k[p * kv_width + g * head_dim..][..head_dim];
+    #[cfg(target_arch = "x86_64")]
+    if head_dim.is_multiple_of(8) && crate::simd::fma_available() {
         for r in 0..rep {
-            scores[r * len + p] = dot_fma(&qs[r * head_dim..][..head_dim], k);
+            // SAFETY: AVX2 and FMA checked; q_r and every key are head_dim long (a
+            // multiple of 8) inside their slices, and scores holds rep·len values.
+            unsafe { scores_avx2(&qs[r * head_dim..][..head_dim], kv.k, g * head_dim, kv_width, len, &mut scores[r * len..][..len]) };
         }
+    } else {
+        dot_scores(qs, kv, g, rep, kv_width, head_dim, len, scores);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    dot_scores(qs, kv, g, rep, kv_width, head_dim, len, scores);
     o.iter_mut().for_each(|x| *x = 0.0);
     for r in 0..rep {
         let s = &mut scores[r * len..][..len];
@@ -107,6 +113,73 @@ fn attend_group(qs: &[f32], kv: RowKv<'_>, g: usize, rep: usize, kv_width: usize
                 *a += w * x;
             }
         }
+    }
+}
+
+/// The scores as plain dot products, one position at a time (CPUs without AVX2+FMA, or head
+/// sizes that are not a multiple of 8).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn dot_scores(qs: &[f32], kv: RowKv<'_>, g: usize, rep: usize, kv_width: usize, head_dim: usize, len: usize, scores: &mut [f32]) {
+    for p in 0..len {
+        let k = &kv.k[p * kv_width + g * head_dim..][..head_dim];
+        for r in 0..rep {
+            scores[r * len + p] = dot_fma(&qs[r * head_dim..][..head_dim], k);
+        }
+    }
+}
+
+/// `scores[p] = q · k_p` for the `len` keys at `off + p·kv_width` of `k`, four positions at
+/// a time: a single dot product of a 64-wide head is one chain of eight dependent
+/// multiply-adds and a horizontal sum (latency-bound: the scores were most of the
+/// attention's time); four keys against the same q give four independent chains and
+/// share one sum of the four accumulators into one vector.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; q.len() is a multiple of 8; each key
+/// `k[off + p·kv_width..][..q.len()]` for p < len is inside k; scores.len() == len.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scores_avx2(q: &[f32], k: &[f32], off: usize, kv_width: usize, len: usize, scores: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = q.len();
+    assert!(hd.is_multiple_of(8) && scores.len() == len && (len == 0 || off + (len - 1) * kv_width + hd <= k.len()));
+    let (qp, kp) = (q.as_ptr(), k.as_ptr());
+    let mut p = 0;
+    while p + 4 <= len {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut c = 0;
+        while c < hd {
+            // SAFETY: c + 8 ≤ hd; the keys p..p+4 are inside k (asserted above).
+            unsafe {
+                let qv = _mm256_loadu_ps(qp.add(c));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add(off + (p + i) * kv_width + c)), *a);
+                }
+            }
+            c += 8;
+        }
+        // [Σa0, Σa1, Σa2, Σa3] by pairwise horizontal adds, then the two 128-bit halves
+        let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+        let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+        let h = _mm256_hadd_ps(h01, h23);
+        let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+        // SAFETY: p + 4 ≤ len = scores.len().
+        unsafe { _mm_storeu_ps(scores.as_mut_ptr().add(p), sums) };
+        p += 4;
+    }
+    while p < len {
+        let mut a = _mm256_setzero_ps();
+        let mut c = 0;
+        while c < hd {
+            // SAFETY: as above, for key p < len.
+            unsafe { a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(kp.add(off + p * kv_width + c)), a) };
+            c += 8;
+        }
+        let h = _mm256_hadd_ps(a, a);
+        let h = _mm256_hadd_ps(h, h);
+        scores[p] = _mm_cvtss_f32(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h)));
+        p += 1;
     }
 }
 
