@@ -17,6 +17,19 @@ continuation of a prompt, all computed by transformers in float32 with eager att
 Weights are drawn wider than the usual init (std 0.5, norm gains around 1, non-zero biases)
 so the distributions are peaked and a wrong detail shows up in the numbers.
 
+llama2_spm is a Llama 2-shaped LlamaForCausalLM (untied, rope_theta 10000, no scaling) whose
+tokenizer is a SentencePiece BPE as Llama 2, Mistral v0.1, TinyLlama and CodeLlama have it:
+a `sentencepiece` model trained here with Llama 2's trainer options (byte_fallback, digits
+split, identity normalization, extra whitespace kept) on generated text, converted into the
+tokenizer.json that transformers' LlamaConverter writes (legacy form: normalizer
+Prepend("▁") + Replace(" ", "▁"), no pre-tokenizer; decoder Replace, ByteFallback, Fuse,
+Strip; `<s>` template), plus tokenizer_metaspace.json (the newer form: Metaspace
+pre-tokenizer, prepend_scheme "first") and Llama 2 chat's tokenizer_config.json. Its
+reference.json holds, per tricky text, the ids of the `tokenizers` library on each file
+(what transformers 4 and TGI/vLLM give), of transformers 5's AutoTokenizer (which rebuilds a
+Llama tokenizer as the Metaspace form whatever the file says) and of sentencepiece itself,
+the decoded text, the SentencePiece piece scores, and the chat template's renderings.
+
 bert_tiny is a BertForMaskedLM (post-norm blocks, erf GELU, token-type embeddings) saved
 with pooler weights added, as checkpoints on the Hub carry them, and a WordPiece
 tokenizer.json built here (BertTokenizer's normalizer, pre-tokenizer and [CLS]/[SEP]
@@ -57,6 +70,9 @@ def fixtures():
         ("gpt2_tied", transformers.GPT2Config(
             vocab_size=300, n_embd=16, n_layer=2, n_head=4, n_positions=64, n_inner=None,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0), True, None),
+        ("llama2_spm", transformers.LlamaConfig(
+            vocab_size=SPM_VOCAB, **COMMON_LLAMA, tie_word_embeddings=False, rope_theta=10000.0,
+            bos_token_id=1, eos_token_id=2), "spm", None),
     ]
 
 
@@ -98,6 +114,137 @@ def chat_tokenizer(path):
     return tok
 
 
+SPM_VOCAB = 420
+
+# Llama 2 chat's template, as its tokenizer_config.json has it.
+LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
+
+# Texts whose ids the SentencePiece fixture pins: spaces at the ends and doubled, newlines,
+# tabs, characters outside the vocabulary (byte tokens), emoji, CJK, special-token text.
+SPM_TEXTS = [
+    "Hello world", "the quick brown fox jumps over the lazy dog.", " leading space", "trailing space ",
+    "double  space", "   three leading", "line one\nline two\n\nafter a blank", "\n starts with a newline",
+    "tabs\tand\ttabs", "café naïve", "Ünïcödé ßtraße", "日本語 text", "中文字符", "emoji 🦀🎉 ok", "🦀",
+    "<s>Hello</s> world", "text with <s> inside", "[INST] hi [/INST]", "digits 12345 and 3.14",
+    "def main():\n    print('hi')", "a\u00a0non-breaking space", "nul\x00byte", "\r\nwindows lines", "", " ",
+]
+
+
+def spm_training_text():
+    """A few hundred generated lines over a small word list, with the digits, tabs, code and
+    accented/CJK characters the fixture's texts use (some CJK left out on purpose)."""
+    import random
+    rng = random.Random(0)
+    words = ("the quick brown fox jumps over lazy dog hello world how are you today theory of thing fine "
+             "naive resume cafe culture quickly quicker quickest").split()
+    lines = []
+    for _ in range(400):
+        n = rng.randint(3, 12)
+        lines.append(" ".join(rng.choice(words) for _ in range(n)) + rng.choice([".", "!", "?", ",", ""]))
+    lines += ["日本語 text", "café naïve"] * 3
+    lines += ["Numbers 0 1 2 3 4 5 6 7 8 9 and 42, 2024.", "  indented  text\twith\ttabs", "def main():\n    print('hi')"] * 5
+    return lines
+
+
+def sentencepiece_tokenizer(path):
+    """Train a SentencePiece BPE with Llama 2's options and write what a Llama 2 repo holds:
+    tokenizer.json as transformers' LlamaConverter writes it (legacy form), Llama 2 chat's
+    tokenizer_config.json; also tokenizer_metaspace.json, the newer form. Returns the
+    SentencePieceProcessor and both `tokenizers` objects.
+
+    transformers 5's LlamaConverter no longer runs on a bare .model file, so the conversion
+    is spelled out here, step for step what transformers 4's LlamaConverter did: vocab in
+    SentencePiece's order, merges from generate_merges ranked by piece score, BPE with
+    fuse_unk and byte_fallback, <unk>/<s>/</s> as special added tokens."""
+    import io
+    import sentencepiece as spm
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+    from transformers.tokenization_utils_base import generate_merges
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(spm_training_text()), model_writer=model, model_type="bpe", vocab_size=SPM_VOCAB,
+        byte_fallback=True, character_coverage=1.0, split_digits=True, allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    assert sp.get_piece_size() == SPM_VOCAB, sp.get_piece_size()
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    scores = {p: sp.get_score(i) for i, p in enumerate(pieces)}
+
+    def build(legacy):
+        tok = Tokenizer(BPE(vocab, generate_merges(vocab, scores), unk_token="<unk>", fuse_unk=True, byte_fallback=True, dropout=None))
+        tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in pieces[:3]])
+        if legacy:
+            tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        else:
+            tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s>:0 $A:0", pair="<s>:0 $A:0 <s>:1 $B:1", special_tokens=[("<s>", 1)])
+        return tok
+    legacy, metaspace = build(True), build(False)
+    legacy.save(os.path.join(path, "tokenizer.json"))
+    metaspace.save(os.path.join(path, "tokenizer_metaspace.json"))
+    cfg = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
+           "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None, "legacy": False,
+           "clean_up_tokenization_spaces": False, "chat_template": LLAMA2_CHAT_TEMPLATE, "model_max_length": 64}
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, ensure_ascii=False)
+    return sp, legacy, metaspace
+
+
+def spm_reference(path, sp, legacy, metaspace):
+    """The SentencePiece fixture's tokenizer references (see the module doc)."""
+    from transformers import AutoTokenizer
+    at = AutoTokenizer.from_pretrained(path)
+    texts = []
+    for text in SPM_TEXTS:
+        ids = legacy.encode(text, add_special_tokens=False).ids
+        texts.append({
+            "text": text, "ids": ids, "framed": legacy.encode(text).ids,
+            "metaspace_ids": metaspace.encode(text, add_special_tokens=False).ids,
+            "transformers_ids": at(text, add_special_tokens=False).input_ids,
+            "sentencepiece_ids": sp.encode(text),
+            "pieces": [legacy.id_to_token(i) for i in ids],
+            "decoded": legacy.decode(ids, skip_special_tokens=False),
+            "decoded_framed": legacy.decode(legacy.encode(text).ids, skip_special_tokens=False),
+        })
+    # decodes of id lists no text encodes to: a leading byte-token space, a space token alone,
+    # special tokens between pieces
+    space = legacy.token_to_id("▁")
+    odd = [[legacy.token_to_id("<0x20>")] + legacy.encode("hi", add_special_tokens=False).ids, [space], [space, space],
+           [1] + legacy.encode("hi", add_special_tokens=False).ids + [2] + legacy.encode(" there", add_special_tokens=False).ids]
+    decodes = [{"ids": ids, "decoded": legacy.decode(ids, skip_special_tokens=False), "transformers": at.decode(ids)} for ids in odd]
+    sys_user = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi! "}]
+    convo = sys_user + [{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye?"}]
+    chats = []
+    for msgs in [sys_user, convo, convo[1:]]:
+        rendered = at.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        chats.append({"messages": msgs, "rendered": rendered, "ids": legacy.encode(rendered, add_special_tokens=False).ids,
+                      "transformers_ids": at.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=False)})
+    try:
+        at.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], tokenize=False)
+        raise AssertionError("the Llama 2 template accepted two user turns in a row")
+    except Exception as e:  # jinja2's TemplateError with the template's message
+        bad_order = str(e)
+    return {"tokenizer_class": type(at).__name__, "texts": texts, "decodes": decodes,
+            "scores": [sp.get_score(i) for i in range(sp.get_piece_size())],
+            "byte_ids": [sp.is_byte(i) for i in range(sp.get_piece_size())].count(True),
+            "chat": chats, "chat_bad_order_error": bad_order}
+
+
 @torch.no_grad()
 def logprobs(model, ids):
     logits = model(torch.tensor([ids])).logits[0].double()
@@ -136,7 +283,15 @@ def write_fixtures(only=None):
         ids = torch.randint(0, cfg.vocab_size, (20,), generator=gen).tolist()
         ref = {"transformers": transformers.__version__, "torch": torch.__version__, "input_ids": ids,
                "logprobs": logprobs(model, ids), "prompt": ids[:5], "greedy": greedy(model, ids[:5], 12)}
-        if with_tok:
+        if with_tok == "spm":
+            sp, legacy, metaspace = sentencepiece_tokenizer(path)
+            text = "Hello, the quick fox! 日本 🦀 <s> and\ttabs"
+            tids = legacy.encode(text).ids
+            ref["text"] = text
+            ref["text_ids"] = tids
+            ref["text_logprobs"] = logprobs(model, tids)
+            ref["spm"] = spm_reference(path, sp, legacy, metaspace)
+        elif with_tok:
             tok = chat_tokenizer(path)
             text = "Hello, the quick fox!"
             tids = tok.encode(text).ids
@@ -151,7 +306,7 @@ def write_fixtures(only=None):
                 msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
                 ref["chat"] = {"messages": msgs, "rendered": at.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)}
         with open(os.path.join(path, "reference.json"), "w") as f:
-            json.dump(ref, f, indent=1)
+            json.dump(ref, f, indent=1, ensure_ascii=with_tok != "spm")
         size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
         print(f"{name}: {size // 1024} KiB, files {sorted(os.listdir(path))}")
 

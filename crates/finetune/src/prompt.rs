@@ -23,10 +23,53 @@ pub fn load_template(run_dir: &Path) -> Result<ChatTemplate> {
     ChatTemplate::load_next_to(&run_dir.join("tokenizer.json"))
 }
 
-/// The tokenizer of a run folder.
+/// The tokenizer of a run folder or Hugging Face folder (its tokenizer.json), or of a .gguf
+/// file (see [`gguf_tokenizer`]).
 pub fn load_tokenizer(run_dir: &Path) -> Result<Tokenizer> {
+    if is_gguf(run_dir) {
+        return gguf_tokenizer(run_dir);
+    }
     let p = run_dir.join("tokenizer.json");
     Tokenizer::from_file(&p).with_context(|| format!("{} has no usable tokenizer.json", run_dir.display()))
+}
+
+/// Whether `path` names a GGUF file (which `ferrolm_model::load_model` loads too).
+pub fn is_gguf(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// The tokenizer of a .gguf file: the tokenizer.json ferrolm stored in it, else the one its
+/// `tokenizer.ggml.*` keys describe (llama.cpp's "gpt2" and "llama" vocabularies, as
+/// converted from Hugging Face checkpoints), so a bare .gguf needs no tokenizer.json.
+pub fn gguf_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let t = ferrolm_model::gguf::read_tokenizer(path)?;
+    if let Some(json) = t.tokenizer_json {
+        return Tokenizer::from_json_str(&json).with_context(|| format!("{}: the stored ferrolm.tokenizer_json", path.display()));
+    }
+    let v = t.vocab.with_context(|| format!("{} holds no tokenizer (neither tokenizer.ggml.tokens nor ferrolm.tokenizer_json)", path.display()))?;
+    let model = match v.model.as_str() {
+        "gpt2" => "gpt2",
+        "llama" => "llama",
+        other => anyhow::bail!("{}: tokenizer.ggml.model {other:?} is not supported (gpt2 and llama are)", path.display()),
+    };
+    let g = ferrolm_tokenizer::hf_config::GgmlVocab {
+        model,
+        tokens: v.tokens,
+        token_types: v.token_types,
+        scores: v.scores,
+        merges: v.merges,
+        bos: v.bos,
+        unk: v.unk,
+        add_bos: v.add_bos,
+        add_space_prefix: v.add_space_prefix,
+    };
+    ferrolm_tokenizer::hf_config::tokenizer_from_ggml(&g, &t.pre).with_context(|| format!("reading the tokenizer of {}", path.display()))
+}
+
+/// The end-of-sequence token a .gguf file names (`tokenizer.ggml.eos_token_id`), where
+/// generation stops.
+pub fn gguf_eos(path: &Path) -> Result<Option<u32>> {
+    Ok(ferrolm_model::gguf::read_tokenizer(path)?.vocab.and_then(|v| v.eos))
 }
 
 /// Optional system message and few-shot examples placed before every task.
@@ -61,9 +104,14 @@ impl PromptStyle {
     }
 }
 
-/// Token ids of the sequence start (end-of-text) if the tokenizer has it.
+/// Token ids of the sequence start: what a Hugging Face tokenizer.json's post-processor puts
+/// before a text (Llama's `<s>`, Llama 3's `<|begin_of_text|>`), as the model was trained;
+/// else end-of-text if the tokenizer has it (ferrolm's own runs).
 pub fn bos(tok: &Tokenizer) -> Vec<u32> {
-    tok.try_eot_id().into_iter().collect()
+    match tok.special_frame() {
+        Ok((before, _)) if !before.is_empty() => before,
+        _ => tok.try_eot_id().into_iter().collect(),
+    }
 }
 
 /// Training ids of a whole conversation and, per id, whether it is a training target

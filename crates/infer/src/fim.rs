@@ -173,7 +173,8 @@ pub fn complete(model: &AnyModel, ctx: usize, tok: &Tokenizer, req: &CompletionR
     }
     let cfg = GenerateConfig { max_tokens: budget, stop_tokens: eot.into_iter().collect(), sampling: req.sampling.clone() };
     let mut stops = EditorStops::new(&req.prefix, &req.suffix, req.scope);
-    let mut stream = tok.decode_stream();
+    // the middle continues the prefix: the space before its first word stays
+    let mut stream = tok.continuation_stream();
     let mut first: Option<f64> = None;
     let mut stopped: Option<StopReason> = None;
     let decoder_start = eot.unwrap_or(0);

@@ -294,7 +294,7 @@ fn ngram_next_line(model: &ferrolm_ngram::Model, tok: &Tokenizer, examples: &[Ex
         let mut ctx: Vec<u32> = vec![bos];
         ctx.extend(ids.iter().map(|&t| model.id(&t.to_string())));
         let mut stops = EditorStops::new(&e.prefix, "", Scope::Line);
-        let mut stream = tok.decode_stream();
+        let mut stream = tok.continuation_stream();
         for _ in 0..max_tokens {
             let c = &ctx[ctx.len().saturating_sub(keep)..];
             let (best, m, _) = cands.iter().map(|&(t, m)| (t, m, model.log10_prob(c, m))).fold((eot, eos, f64::NEG_INFINITY), |a, b| if b.2 > a.2 { b } else { a });

@@ -232,7 +232,7 @@ fn complete(model: &ferrolm_model::AnyModel, tok: &Tokenizer, prompt: &str, n: u
         sampling: SamplingConfig { temperature: 0.8, top_k: 50, top_p: 0.95, seed },
     };
     let eot = tok.eot_id();
-    let mut stream = DecodeStream::new(tok);
+    let mut stream = DecodeStream::continuation(tok);
     let mut text = String::new();
     generate_any(model, &ids, eot, &cfg, |t| {
         if !cfg.stop_tokens.contains(&t) {

@@ -69,14 +69,26 @@ impl GgufQuant {
 /// The tokenizer as GGUF stores it.
 #[derive(Debug, Clone, Default)]
 pub struct GgufVocab {
-    /// Every token by id, in the byte-level alphabet of tokenizer.json's vocabulary.
+    /// `tokenizer.ggml.model`: "gpt2" (byte-level BPE, the default when empty) or "llama"
+    /// (SentencePiece BPE with byte tokens).
+    pub model: String,
+    /// Every token by id: in the byte-level alphabet of tokenizer.json's vocabulary (gpt2),
+    /// or SentencePiece pieces with `▁` and `<0xNN>` (llama).
     pub tokens: Vec<String>,
-    /// llama.cpp's token types: 1 normal, 3 control (special tokens).
+    /// llama.cpp's token types: 1 normal, 2 unknown, 3 control (special tokens), 4 user
+    /// defined, 6 byte.
     pub token_types: Vec<i32>,
-    /// BPE merges as "left right".
+    /// SentencePiece piece scores (llama only).
+    pub scores: Vec<f32>,
+    /// BPE merges as "left right" (gpt2 only).
     pub merges: Vec<String>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
+    pub unk: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token`: whether a text starts with `bos`.
+    pub add_bos: bool,
+    /// `tokenizer.ggml.add_space_prefix` (llama): whether a `▁` goes before a text.
+    pub add_space_prefix: bool,
     pub chat_template: Option<String>,
     /// The full tokenizer.json, so ferrolm reloads the exact tokenizer.
     pub tokenizer_json: Option<String>,
@@ -243,16 +255,35 @@ pub fn write(cfg: &TransformerConfig, varmap: &candle_nn::VarMap, vocab: &GgufVo
         (format!("{arch}.rope.dimension_count"), u32v(cfg.head_dim())),
         (format!("{arch}.rope.freq_base"), V::F32(cfg.rope_theta as f32)),
         (format!("{arch}.vocab_size"), u32v(cfg.vocab_size)),
-        ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), V::String("default".into())),
         ("tokenizer.ggml.tokens".into(), V::Array(vocab.tokens.iter().map(|t| V::String(t.clone())).collect())),
         ("tokenizer.ggml.token_type".into(), V::Array(vocab.token_types.iter().map(|&t| V::I32(t)).collect())),
-        ("tokenizer.ggml.merges".into(), V::Array(vocab.merges.iter().map(|m| V::String(m.clone())).collect())),
-        ("tokenizer.ggml.add_bos_token".into(), V::Bool(false)),
+        ("tokenizer.ggml.add_bos_token".into(), V::Bool(vocab.add_bos && vocab.bos.is_some())),
+        ("tokenizer.ggml.add_eos_token".into(), V::Bool(false)),
         (KEY_MODEL_CONFIG.into(), V::String(toml::to_string(cfg).context("serialising the model config")?)),
     ];
+    match vocab.model.as_str() {
+        "" | "gpt2" => {
+            meta.push(("tokenizer.ggml.model".into(), V::String("gpt2".into())));
+            meta.push(("tokenizer.ggml.pre".into(), V::String("default".into())));
+            meta.push(("tokenizer.ggml.merges".into(), V::Array(vocab.merges.iter().map(|m| V::String(m.clone())).collect())));
+        }
+        // llama.cpp's SentencePiece vocabulary: pieces, scores (its merge order) and types,
+        // as its converter writes them from a tokenizer.model
+        "llama" => {
+            ensure!(vocab.scores.len() == vocab.tokens.len(), "a llama (SentencePiece) vocabulary needs a score per token: {} scores for {} tokens", vocab.scores.len(), vocab.tokens.len());
+            meta.push(("tokenizer.ggml.model".into(), V::String("llama".into())));
+            meta.push(("tokenizer.ggml.pre".into(), V::String("default".into())));
+            meta.push(("tokenizer.ggml.scores".into(), V::Array(vocab.scores.iter().map(|&s| V::F32(s)).collect())));
+            meta.push(("tokenizer.ggml.add_space_prefix".into(), V::Bool(vocab.add_space_prefix)));
+        }
+        other => bail!("GGUF tokenizer model {other:?} is not written here (gpt2 and llama are)"),
+    }
+    ensure!(vocab.token_types.len() == vocab.tokens.len(), "{} token types for {} tokens", vocab.token_types.len(), vocab.tokens.len());
     if let Some(b) = vocab.bos {
         meta.push(("tokenizer.ggml.bos_token_id".into(), V::U32(b)));
+    }
+    if let Some(u) = vocab.unk {
+        meta.push(("tokenizer.ggml.unknown_token_id".into(), V::U32(u)));
     }
     if let Some(e) = vocab.eos {
         meta.push(("tokenizer.ggml.eos_token_id".into(), V::U32(e)));
@@ -306,6 +337,80 @@ fn meta_u32(c: &gguf_file::Content, key: &str, path: &Path) -> Result<usize> {
 
 fn meta_f32(c: &gguf_file::Content, key: &str, path: &Path) -> Result<Option<f32>> {
     c.metadata.get(key).map(|v| v.to_f32().with_context(|| format!("{}: {key} is not a float", path.display()))).transpose()
+}
+
+/// The tokenizer keys of a GGUF file: what a .gguf without a tokenizer.json beside it needs
+/// to encode and decode (read from the metadata only, no tensor data).
+#[derive(Debug, Clone, Default)]
+pub struct GgufTokenizer {
+    /// The tokenizer.json ferrolm stores in the files it writes (`ferrolm.tokenizer_json`).
+    pub tokenizer_json: Option<String>,
+    /// The `tokenizer.ggml.*` vocabulary (None when the file has no `tokenizer.ggml.tokens`).
+    pub vocab: Option<GgufVocab>,
+    /// `tokenizer.ggml.pre`: the pre-tokenizer a "gpt2" vocabulary was trained with.
+    pub pre: String,
+}
+
+/// Reads the tokenizer keys of the GGUF file at `path`; a key of the wrong type is an error
+/// naming the file and key.
+pub fn read_tokenizer(path: &Path) -> Result<GgufTokenizer> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let c = gguf_file::Content::read(&mut f).map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
+    let m = &c.metadata;
+    let bad = |key: &str, what: &str| anyhow::anyhow!("{}: {key} is not {what}", path.display());
+    let text = |key: &str| -> Result<Option<String>> { m.get(key).map(|v| v.to_string().cloned().map_err(|_| bad(key, "a string"))).transpose() };
+    let array = |key: &str| -> Result<Option<&Vec<gguf_file::Value>>> { m.get(key).map(|v| v.to_vec().map_err(|_| bad(key, "an array"))).transpose() };
+    let id = |key: &str| -> Result<Option<u32>> {
+        m.get(key).map(|v| v.to_u32().or_else(|_| v.to_i32().map(|x| x as u32)).or_else(|_| v.to_u64().map(|x| x as u32)).map_err(|_| bad(key, "a token id"))).transpose()
+    };
+    let flag = |key: &str| -> Result<Option<bool>> { m.get(key).map(|v| v.to_bool().map_err(|_| bad(key, "a boolean"))).transpose() };
+    let vocab = match array("tokenizer.ggml.tokens")? {
+        None => None,
+        Some(tokens) => {
+            let key = "tokenizer.ggml.tokens";
+            let tokens = tokens.iter().map(|t| t.to_string().cloned().map_err(|_| bad(key, "an array of strings"))).collect::<Result<Vec<_>>>()?;
+            let n = tokens.len();
+            let key = "tokenizer.ggml.token_type";
+            let token_types = match array(key)? {
+                Some(a) => a.iter().map(|t| t.to_i32().or_else(|_| t.to_u32().map(|x| x as i32)).map_err(|_| bad(key, "an array of integers"))).collect::<Result<Vec<_>>>()?,
+                None => vec![1; n],
+            };
+            let key = "tokenizer.ggml.scores";
+            let scores = match array(key)? {
+                Some(a) => a.iter().map(|t| t.to_f32().map_err(|_| bad(key, "an array of floats"))).collect::<Result<Vec<_>>>()?,
+                None => Vec::new(),
+            };
+            let key = "tokenizer.ggml.merges";
+            let merges = match array(key)? {
+                Some(a) => a.iter().map(|t| t.to_string().cloned().map_err(|_| bad(key, "an array of strings"))).collect::<Result<Vec<_>>>()?,
+                None => Vec::new(),
+            };
+            let model = text("tokenizer.ggml.model")?.unwrap_or_else(|| "llama".into());
+            let bos = id("tokenizer.ggml.bos_token_id")?;
+            let check = |id: Option<u32>, key: &str| match id {
+                Some(i) if i as usize >= n => Err(anyhow::anyhow!("{}: {key} = {i} is not a token id (there are {n} tokens)", path.display())),
+                _ => Ok(id),
+            };
+            // llama.cpp's defaults when a key is missing: SentencePiece vocabularies start a
+            // text with bos and a space, byte-level BPE ones with neither
+            let sentencepiece = model == "llama";
+            Some(GgufVocab {
+                tokens,
+                token_types,
+                scores,
+                merges,
+                bos: check(bos, "tokenizer.ggml.bos_token_id")?,
+                eos: check(id("tokenizer.ggml.eos_token_id")?, "tokenizer.ggml.eos_token_id")?,
+                unk: check(id("tokenizer.ggml.unknown_token_id")?, "tokenizer.ggml.unknown_token_id")?,
+                add_bos: flag("tokenizer.ggml.add_bos_token")?.unwrap_or(sentencepiece),
+                add_space_prefix: flag("tokenizer.ggml.add_space_prefix")?.unwrap_or(sentencepiece),
+                chat_template: text("tokenizer.chat_template")?,
+                tokenizer_json: None,
+                model,
+            })
+        }
+    };
+    Ok(GgufTokenizer { tokenizer_json: text(KEY_TOKENIZER_JSON)?, vocab, pre: text("tokenizer.ggml.pre")?.unwrap_or_else(|| "default".into()) })
 }
 
 /// The GGUF tensors a core linear layer is built from (`decoder.blocks.3.attn.qkv` ← attn_q,

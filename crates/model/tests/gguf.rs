@@ -23,6 +23,7 @@ fn vocab(n: usize) -> GgufVocab {
         eos: Some(0),
         chat_template: Some("{% for m in messages %}{{ m.content }}{% endfor %}".into()),
         tokenizer_json: Some("{}".into()),
+        ..Default::default()
     }
 }
 

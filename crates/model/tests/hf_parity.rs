@@ -2,7 +2,7 @@
 //!
 //! The fixtures in `tests/fixtures/hf/` are tiny random checkpoints written by
 //! `bench/hf_fixtures.py` with transformers (one per family: Llama 3 with llama3 RoPE
-//! scaling, a sharded Mistral, Qwen2 with q/k/v biases, Qwen3 with q/k norms and a head
+//! scaling, Llama 2 with a SentencePiece tokenizer, a sharded Mistral, Qwen2 with q/k/v biases, Qwen3 with q/k norms and a head
 //! width ≠ d_model / heads, GPT-2 with Conv1D weights; tied and untied heads), each with
 //! transformers' log-probs and greedy continuation in `reference.json`; and a BERT masked LM
 //! (`bert_tiny`: post-norm blocks, erf GELU, token types, pooler) with transformers' MLM
@@ -20,8 +20,10 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name)
 }
 
-const FIXTURES: [(&str, HfFamily); 5] = [
+const FIXTURES: [(&str, HfFamily); 6] = [
     ("llama3_untied", HfFamily::Llama),
+    // Llama 2 shape with a SentencePiece BPE tokenizer (its ids: ferrolm-tokenizer's tests)
+    ("llama2_spm", HfFamily::Llama),
     ("mistral_sharded", HfFamily::Mistral),
     ("qwen2_tied", HfFamily::Qwen2),
     ("qwen3_untied", HfFamily::Qwen3),
@@ -81,6 +83,13 @@ fn every_family_matches_transformers_logprobs_and_greedy_tokens() {
         assert!(diff < 1e-4, "{name}: log-probs differ from transformers' by {diff}");
         let want_greedy = ids(&r["greedy"]);
         assert_eq!(greedy(m, &ids(&r["prompt"]), want_greedy.len()), want_greedy, "{name}: greedy tokens");
+        // fixtures with a tokenizer: a real text's ids as transformers' tokenizer gave them
+        if r.get("text_ids").is_some() {
+            let got = logprobs(m, &ids(&r["text_ids"]));
+            let diff = got.iter().zip(&floats(&r["text_logprobs"])).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            eprintln!("{name}: text of {} tokens, max |log-prob difference| = {diff:.2e}", got.len() + 1);
+            assert!(diff < 1e-4, "{name}: text log-probs differ from transformers' by {diff}");
+        }
     }
 }
 

@@ -25,6 +25,7 @@ fn vocab(n: usize) -> GgufVocab {
         eos: Some(0),
         chat_template: None,
         tokenizer_json: Some("{}".into()),
+        ..Default::default()
     }
 }
 

@@ -84,6 +84,10 @@ pub struct SeqRequest {
     /// Tokens that end the answer (not part of its text).
     pub stop_tokens: Vec<u32>,
     pub stop_strings: Vec<String>,
+    /// Spaces dropped from the start of the answer's text: a chat answer is a text of its
+    /// own, and a SentencePiece tokenizer's first `▁` is no part of it
+    /// (`Tokenizer::strip_leading_spaces`); 0 for a continuation of a prompt.
+    pub strip_leading_spaces: usize,
     /// Some(k): report each token's log-probability and the k most likely tokens.
     pub top_logprobs: Option<usize>,
     /// Also report the prompt's tokens' log-probabilities (with `top_logprobs`' k) in an
@@ -342,7 +346,7 @@ impl Scheduler {
             let _ = req.events.send((req.index, Event::Done { finish: Finish::Length, prompt_tokens: prompt.len(), completion_tokens: 0, cached_tokens: 0 }));
             return Ok(None);
         }
-        let stops = req.stop_strings.clone();
+        let text = TextState::new(req.stop_strings.clone()).strip_leading_spaces(req.strip_leading_spaces);
         let constraint = req.constraint.take();
         let mut seq = Active {
             constraint,
@@ -352,7 +356,7 @@ impl Scheduler {
             last: 0,
             generated: 0,
             counts: HashMap::new(),
-            text: TextState::new(stops),
+            text,
             cached_tokens: reused,
             last_emit: Instant::now(),
             done: false,

@@ -81,21 +81,25 @@ pub fn with_whitespace_limit(schema: Value) -> Value {
 
 /// Each token's bytes as the trie wants them: text tokens as they are, special tokens,
 /// empty tokens, repeats of an earlier token's bytes and ids beyond the tokenizer as
-/// `0xFF` + a unique name (never allowed by a JSON grammar).
+/// `0xFF` + a unique name (never allowed by a JSON grammar). SentencePiece byte-fallback
+/// tokens come last in that order: `<0x20>` and `<0x61>` repeat the pieces `▁` and `a`,
+/// which are the ones a model writes, so the pieces keep their bytes.
 fn token_words(tok: &Tokenizer, vocab: usize) -> Vec<Vec<u8>> {
+    let special = |name: String| [&[TokTrie::SPECIAL_TOKEN_MARKER][..], name.as_bytes()].concat();
+    let mut words: Vec<Vec<u8>> = vec![Vec::new(); vocab];
     let mut seen = HashSet::new();
-    (0..vocab as u32)
-        .map(|id| {
-            let special = |name: String| [&[TokTrie::SPECIAL_TOKEN_MARKER][..], name.as_bytes()].concat();
-            if tok.is_special(id) {
-                return special(tok.id_to_token(id).unwrap_or_else(|| format!("[{id}]")));
-            }
+    let (bytes, pieces): (Vec<u32>, Vec<u32>) = (0..vocab as u32).partition(|&id| tok.is_byte_token(id));
+    for id in pieces.into_iter().chain(bytes) {
+        words[id as usize] = if tok.is_special(id) {
+            special(tok.id_to_token(id).unwrap_or_else(|| format!("[{id}]")))
+        } else {
             match tok.id_to_bytes(id) {
                 Some(b) if !b.is_empty() && seen.insert(b.to_vec()) => b.to_vec(),
                 _ => special(format!("[{id}]")),
             }
-        })
-        .collect()
+        };
+    }
+    words
 }
 
 /// The grammar state of one sequence.

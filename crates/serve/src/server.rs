@@ -343,7 +343,9 @@ impl AppState {
         top_logprobs: Option<usize>,
         prompt_logprobs: bool,
         constraint: Option<&Constraint>,
+        answer_is_new_text: bool,
     ) -> Result<UnboundedReceiver<(usize, Event)>, ApiError> {
+        let strip_leading_spaces = if answer_is_new_text { self.tok.strip_leading_spaces() } else { 0 };
         let (tx, rx) = unbounded_channel();
         let arrived = Instant::now();
         let mut seqs = Vec::new();
@@ -358,6 +360,7 @@ impl AppState {
                     sampling,
                     stop_tokens: stops.to_vec(),
                     stop_strings: s.stop_strings.clone(),
+                    strip_leading_spaces,
                     top_logprobs,
                     prompt_logprobs,
                     frequency_penalty: s.frequency_penalty,
@@ -581,7 +584,7 @@ async fn chat_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> R
     let ids = st.chat_prompt(&conv, &tools)?;
     let param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let budget = st.budget(ids.len(), req.max_tokens()?, param)?;
-    let rx = st.submit(&[(Arc::new(ids), budget)], &settings, &st.chat_stops, top_logprobs, false, constraint.as_ref())?;
+    let rx = st.submit(&[(Arc::new(ids), budget)], &settings, &st.chat_stops, top_logprobs, false, constraint.as_ref(), true)?;
     let mut out = Output { kind: Kind::Chat, id: format!("chatcmpl-{:016x}", st.fresh_seed()), created: unix_now(), model: st.model_name.clone(), n: settings.n, prompts: 1, echo: vec![], prompt_logprobs: false, tools: None, call_base: 0 };
     if tools.active() && req.response_schema()?.is_none() {
         out.tools = Some(tools);
@@ -646,7 +649,7 @@ async fn completions_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection
         Some(_) => [st.text_stops.clone(), fim_sentinels(&st)].concat(),
         None => st.text_stops.clone(),
     };
-    let rx = st.submit(&prompts, &settings, &stops, top, prompt_logprobs, None)?;
+    let rx = st.submit(&prompts, &settings, &stops, top, prompt_logprobs, None, false)?;
     let echo = if echo {
         let first = |ids: &[u32]| ids.first().map(|&t| token_str(st.tok.id_to_bytes(t).unwrap_or_default())).unwrap_or_default();
         texts.into_iter().map(|(ids, text)| Echo { first: first(&ids), text, skip }).collect()

@@ -12,11 +12,22 @@ pub struct TextState {
     stops: Vec<String>,
     /// Set when a stop string was found: the text ends where it began.
     stopped_at: Option<usize>,
+    /// Leading spaces still to drop (see [`TextState::strip_leading_spaces`]); 0 once any
+    /// other byte has come.
+    strip: usize,
 }
 
 impl TextState {
     pub fn new(stops: Vec<String>) -> Self {
         Self { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), ..Default::default() }
+    }
+
+    /// Drop up to `n` spaces from the start of the text: a SentencePiece model's answer
+    /// starts with the `▁` of its first word, which `Tokenizer::decode` of the answer (and
+    /// transformers') strips.
+    pub fn strip_leading_spaces(mut self, n: usize) -> Self {
+        self.strip = n;
+        self
     }
 
     /// The decoded text so far, up to the last complete character (an invalid byte
@@ -33,6 +44,14 @@ impl TextState {
             return true;
         }
         self.bytes.extend_from_slice(token_bytes);
+        while self.strip > 0 && !self.bytes.is_empty() {
+            if self.bytes[0] != b' ' {
+                self.strip = 0;
+                break;
+            }
+            self.bytes.remove(0);
+            self.strip -= 1;
+        }
         if self.stops.is_empty() {
             return false;
         }
@@ -115,6 +134,20 @@ mod tests {
             out.push(t.take_ready(true));
         }
         (out, stopped)
+    }
+
+    #[test]
+    fn an_answer_drops_the_space_before_its_first_word_only() {
+        let mut t = TextState::new(vec![]).strip_leading_spaces(1);
+        assert!(!t.push(b" "));
+        assert_eq!(t.take_ready(false), "");
+        t.push(b" Hello");
+        t.push(b" world");
+        assert_eq!(t.take_ready(true), " Hello world");
+        let mut t = TextState::new(vec![]).strip_leading_spaces(1);
+        t.push(b"Hi");
+        t.push(b" there");
+        assert_eq!(t.take_ready(true), "Hi there");
     }
 
     #[test]

@@ -35,7 +35,7 @@ impl FastEncoder {
     /// does not reproduce exactly (normalizers, added tokens with strip/normalize options, BPE
     /// dropout, …).
     pub(crate) fn from_tokenizer_json(json: &Value, kind: TokenizerKind) -> Result<Option<Self>> {
-        if !json["normalizer"].is_null() || kind == TokenizerKind::WordPiece {
+        if !json["normalizer"].is_null() || matches!(kind, TokenizerKind::WordPiece | TokenizerKind::SentencePiece) {
             return Ok(None);
         }
         let mut patterns = Vec::new();
@@ -68,7 +68,7 @@ impl FastEncoder {
                 Some(b) => Body::Bpe(Box::new(b)),
                 None => return Ok(None),
             },
-            TokenizerKind::WordPiece => return Ok(None),
+            TokenizerKind::WordPiece | TokenizerKind::SentencePiece => return Ok(None),
         };
         Ok(Some(Self { specials, body }))
     }

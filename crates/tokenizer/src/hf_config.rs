@@ -242,34 +242,238 @@ pub fn write_hf_tokenizer_files(dir: &Path, tok: &Tokenizer, tpl: &ChatTemplate,
     Ok(stop)
 }
 
-/// The byte-level BPE as GGUF's `tokenizer.ggml.*` keys hold it: every token by id (in
-/// tokenizer.json's byte-level alphabet), llama.cpp's token types (1 normal, 3 control for
-/// special tokens) and the merges as "left right".
-pub fn ggml_vocab(tok: &Tokenizer) -> Result<(Vec<String>, Vec<i32>, Vec<String>)> {
-    if tok.kind() != crate::TokenizerKind::Bpe {
-        bail!("GGUF stores byte-level BPE tokenizers; this is a {:?} tokenizer", tok.kind());
-    }
+/// A tokenizer as GGUF's `tokenizer.ggml.*` keys hold it, in llama.cpp's names and numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgmlVocab {
+    /// `tokenizer.ggml.model`: "gpt2" (byte-level BPE: tokens in tokenizer.json's byte-level
+    /// alphabet, merges) or "llama" (SentencePiece: tokens with `▁`, `<0xNN>` byte tokens,
+    /// scores that order the merges).
+    pub model: &'static str,
+    /// Every token by id.
+    pub tokens: Vec<String>,
+    /// llama.cpp's token types ([`GGML_NORMAL`], [`GGML_UNKNOWN`], [`GGML_CONTROL`],
+    /// [`GGML_USER_DEFINED`], [`GGML_BYTE`]).
+    pub token_types: Vec<i32>,
+    /// SentencePiece piece scores ("llama"; empty for "gpt2"): llama.cpp merges the pair whose
+    /// piece scores highest, so a piece's score is minus its rank among the normal pieces in
+    /// id order, which is how SentencePiece's BPE trainer scores them (and the order
+    /// transformers' conversion ranked the tokenizer.json merges in).
+    pub scores: Vec<f32>,
+    /// BPE merges as "left right" ("gpt2"; empty for "llama").
+    pub merges: Vec<String>,
+    /// The token the tokenizer.json's post-processor puts before a text, if one.
+    pub bos: Option<u32>,
+    pub unk: Option<u32>,
+    /// Whether `bos` goes before a text (`tokenizer.ggml.add_bos_token`).
+    pub add_bos: bool,
+    /// Whether llama.cpp should put a `▁` before the text ("llama": the tokenizer.json's
+    /// normalizer or Metaspace does).
+    pub add_space_prefix: bool,
+}
+
+pub const GGML_NORMAL: i32 = 1;
+pub const GGML_UNKNOWN: i32 = 2;
+pub const GGML_CONTROL: i32 = 3;
+pub const GGML_USER_DEFINED: i32 = 4;
+pub const GGML_BYTE: i32 = 6;
+
+/// The tokenizer as GGUF's `tokenizer.ggml.*` keys hold it: byte-level BPE as llama.cpp's
+/// "gpt2" model, SentencePiece BPE as its "llama" model (the kind Llama 2 files have).
+pub fn ggml_vocab(tok: &Tokenizer) -> Result<GgmlVocab> {
+    let sentencepiece = match tok.kind() {
+        crate::TokenizerKind::Bpe => false,
+        crate::TokenizerKind::SentencePiece => true,
+        other => bail!("GGUF stores byte-level BPE and SentencePiece BPE tokenizers; this is a {other:?} tokenizer"),
+    };
+    let json: Value = serde_json::from_str(&tok.to_json_string()?)?;
+    let unk = json["model"]["unk_token"].as_str().and_then(|u| tok.token_id(u));
     let n = tok.vocab_size();
     let mut tokens = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
+    let mut token_types = Vec::with_capacity(n);
+    let mut scores = Vec::new();
+    let added = tok.hf().get_added_tokens_decoder();
+    let mut normal_rank = 0u32;
     for id in 0..n as u32 {
         let t = tok.id_to_token(id).with_context(|| format!("the tokenizer has no token with id {id} (its ids must be 0..{n})"))?;
+        let kind = if Some(id) == unk && sentencepiece {
+            GGML_UNKNOWN
+        } else if tok.is_special(id) {
+            GGML_CONTROL
+        } else if added.contains_key(&id) {
+            GGML_USER_DEFINED
+        } else if tok.is_byte_token(id) {
+            GGML_BYTE
+        } else {
+            GGML_NORMAL
+        };
+        if sentencepiece {
+            scores.push(if kind == GGML_NORMAL { -(normal_rank as f32) } else { 0.0 });
+            normal_rank += u32::from(kind == GGML_NORMAL);
+        }
         tokens.push(t);
-        types.push(if tok.is_special(id) { 3 } else { 1 });
+        token_types.push(kind);
     }
-    let json: Value = serde_json::from_str(&tok.to_json_string()?)?;
-    let merges = match json.pointer("/model/merges") {
-        Some(Value::Array(m)) => m
-            .iter()
-            .map(|m| match m {
-                Value::String(s) => Ok(s.clone()),
-                Value::Array(pair) if pair.len() == 2 => Ok(format!("{} {}", pair[0].as_str().unwrap_or_default(), pair[1].as_str().unwrap_or_default())),
-                other => Err(anyhow!("unexpected merge entry {other}")),
-            })
-            .collect::<Result<Vec<_>>>()?,
-        _ => bail!("tokenizer.json has no model.merges"),
+    let merges = if sentencepiece {
+        Vec::new()
+    } else {
+        match json.pointer("/model/merges") {
+            Some(Value::Array(m)) => m
+                .iter()
+                .map(|m| match m {
+                    Value::String(s) => Ok(s.clone()),
+                    Value::Array(pair) if pair.len() == 2 => Ok(format!("{} {}", pair[0].as_str().unwrap_or_default(), pair[1].as_str().unwrap_or_default())),
+                    other => Err(anyhow!("unexpected merge entry {other}")),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            _ => bail!("tokenizer.json has no model.merges"),
+        }
     };
-    Ok((tokens, types, merges))
+    let bos = match tok.special_frame()?.0.as_slice() {
+        [b] => Some(*b),
+        _ => None,
+    };
+    Ok(GgmlVocab {
+        model: if sentencepiece { "llama" } else { "gpt2" },
+        tokens,
+        token_types,
+        scores,
+        merges,
+        bos,
+        unk,
+        add_bos: bos.is_some(),
+        add_space_prefix: sentencepiece && tok.strip_leading_spaces() > 0,
+    })
+}
+
+/// Pre-tokenizer regexes of GGUF's `tokenizer.ggml.pre` for "gpt2" vocabularies (the names
+/// llama.cpp's converter writes). Others are refused: a wrong regex would give other ids.
+fn ggml_pre_regex(pre: &str) -> Option<&'static str> {
+    Some(match pre {
+        "default" | "gpt2" | "gpt-2" => r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+        "llama-bpe" | "llama3" => r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        "qwen2" => r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        _ => return None,
+    })
+}
+
+/// SentencePiece BPE merges from piece scores, as transformers' conversion derives them:
+/// every split of a piece into two pieces of the vocabulary, the splits of higher-scoring
+/// pieces first (ties: the longer left part, then the longer right part, then id order).
+fn merges_from_scores(tokens: &[String], scores: &[f32], types: &[i32]) -> Vec<(String, String)> {
+    let ids: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let mut merges: Vec<(f32, usize, usize, usize, usize)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if types[id] != GGML_NORMAL {
+            continue;
+        }
+        let mut local = Vec::new();
+        for (at, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(at);
+            if let (Some(&li), Some(&ri)) = (ids.get(l), ids.get(r)) {
+                local.push((li, ri));
+            }
+        }
+        local.sort_unstable();
+        merges.extend(local.into_iter().map(|(l, r)| (scores[id], tokens[l].chars().count(), tokens[r].chars().count(), l, r)));
+    }
+    // a stable sort, descending on (score, left length, right length): ties keep id order
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
+    merges.into_iter().map(|(_, _, _, l, r)| (tokens[l].clone(), tokens[r].clone())).collect()
+}
+
+/// A tokenizer rebuilt from GGUF's `tokenizer.ggml.*` keys (for a .gguf file without a
+/// tokenizer.json): "gpt2" as byte-level BPE with the merges and the pre-tokenizer regex
+/// `pre` names, "llama" as SentencePiece BPE in transformers' legacy form (merges from the
+/// scores, byte fallback, `▁` put before the text when `add_space_prefix`). Control tokens
+/// (and the unknown token) are special added tokens, user-defined ones plain added tokens;
+/// a bos token is put before a text when `add_bos` says so, as transformers' Llama
+/// tokenizers do.
+pub fn tokenizer_from_ggml(v: &GgmlVocab, pre: &str) -> Result<Tokenizer> {
+    let n = v.tokens.len();
+    if v.token_types.len() != n {
+        bail!("tokenizer.ggml.token_type has {} entries for {n} tokens", v.token_types.len());
+    }
+    let mut vocab = serde_json::Map::new();
+    for (id, t) in v.tokens.iter().enumerate() {
+        if vocab.insert(t.clone(), serde_json::json!(id)).is_some() {
+            bail!("tokenizer.ggml.tokens holds {t:?} twice (the second at id {id})");
+        }
+    }
+    let added: Vec<Value> = (0..n)
+        .filter(|&i| matches!(v.token_types[i], GGML_CONTROL | GGML_UNKNOWN | GGML_USER_DEFINED))
+        .map(|i| {
+            let special = v.token_types[i] != GGML_USER_DEFINED;
+            serde_json::json!({"id": i, "content": v.tokens[i], "single_word": false, "lstrip": false, "rstrip": false, "normalized": !special, "special": special})
+        })
+        .collect();
+    let token = |id: Option<u32>, key: &str| -> Result<Option<String>> {
+        id.map(|i| v.tokens.get(i as usize).cloned().with_context(|| format!("tokenizer.ggml.{key} = {i} is not a token id (there are {n})"))).transpose()
+    };
+    let bos = token(v.bos, "bos_token_id")?;
+    let post = match bos.as_deref().filter(|_| v.add_bos) {
+        Some(b) => {
+            let mut specials = serde_json::Map::new();
+            specials.insert(b.to_string(), serde_json::json!({"id": b, "ids": [v.bos], "tokens": [b]}));
+            serde_json::json!({
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": b, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": specials
+            })
+        }
+        None => Value::Null,
+    };
+    let doc = match v.model {
+        "gpt2" => {
+            let regex = ggml_pre_regex(pre).with_context(|| format!("tokenizer.ggml.pre {pre:?} is not known here (default, gpt2, llama-bpe and qwen2 are): its pre-tokenizer regex is needed to encode as the model was trained"))?;
+            let merges: Vec<Value> = v
+                .merges
+                .iter()
+                .map(|m| match m.split_once(' ') {
+                    Some((l, r)) if !l.is_empty() && !r.is_empty() => Ok(serde_json::json!([l, r])),
+                    _ => Err(anyhow!("tokenizer.ggml.merges entry {m:?} is not \"left right\"")),
+                })
+                .collect::<Result<_>>()?;
+            let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false});
+            serde_json::json!({
+                "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+                "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false}, byte_level]},
+                "post_processor": post,
+                "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+                "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                          "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
+            })
+        }
+        "llama" => {
+            if v.scores.len() != n {
+                bail!("tokenizer.ggml.scores has {} entries for {n} tokens", v.scores.len());
+            }
+            let merges: Vec<Value> = merges_from_scores(&v.tokens, &v.scores, &v.token_types).into_iter().map(|(l, r)| serde_json::json!([l, r])).collect();
+            let unk = token(v.unk, "unknown_token_id")?;
+            let mut normalizers = vec![serde_json::json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"})];
+            let mut decoders = vec![
+                serde_json::json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+                serde_json::json!({"type": "ByteFallback"}),
+                serde_json::json!({"type": "Fuse"}),
+            ];
+            if v.add_space_prefix {
+                normalizers.insert(0, serde_json::json!({"type": "Prepend", "prepend": "▁"}));
+                decoders.push(serde_json::json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+            }
+            serde_json::json!({
+                "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+                "normalizer": {"type": "Sequence", "normalizers": normalizers},
+                "pre_tokenizer": null,
+                "post_processor": post,
+                "decoder": {"type": "Sequence", "decoders": decoders},
+                "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                          "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges}
+            })
+        }
+        other => bail!("tokenizer.ggml.model {other:?} is not supported (gpt2 and llama are)"),
+    };
+    Tokenizer::from_json_str(&doc.to_string()).with_context(|| format!("rebuilding the {} tokenizer from tokenizer.ggml.*", v.model))
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! [`Tokenizer`]: byte-level BPE or character-level, always persisted as a standard Hugging Face
 //! `tokenizer.json` that the Python/Rust `tokenizers` libraries load unchanged; WordPiece
 //! tokenizer.json files of BERT checkpoints are read too (encoded by the `tokenizers` crate,
-//! framed with `[CLS]`/`[SEP]` by their post-processor as transformers frames them).
+//! framed with `[CLS]`/`[SEP]` by their post-processor as transformers frames them), and so are
+//! the SentencePiece BPEs of Llama 2, Mistral v0.1, TinyLlama and CodeLlama (`▁` for spaces,
+//! `<0xNN>` byte tokens; encoded by the `tokenizers` crate, decoded from a byte string per id
+//! like the byte-level kinds).
 //!
 //! Training and (de)serialisation go through the `tokenizers` crate; encoding runs on ferrolm's
 //! own encoder ([`crate::encoder`]) when the file has a shape it reproduces exactly, otherwise on
@@ -36,6 +39,12 @@ pub enum TokenizerKind {
     /// `[UNK]`); read from Hugging Face checkpoints, never trained here.
     #[serde(rename = "wordpiece")]
     WordPiece,
+    /// SentencePiece BPE as transformers converts it (Llama 2, Mistral v0.1, TinyLlama,
+    /// CodeLlama): `▁` stands for a space and is put before the text, characters outside the
+    /// vocabulary become `<0xNN>` byte tokens (byte fallback), so it is lossless like
+    /// byte-level BPE. Read from Hugging Face checkpoints, never trained here.
+    #[serde(rename = "sentencepiece")]
+    SentencePiece,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +100,10 @@ pub struct Tokenizer {
     token_bytes: Vec<u32>,
     special_ids: Vec<u32>,
     eot: Option<u32>,
+    /// Spaces the tokenizer.json's decoder strips from the start of a decoded text (its
+    /// `Strip(" ", n, 0)` after `Fuse`): SentencePiece puts a `▁` before the text, and
+    /// decoding takes it away again. 0 for every other kind.
+    strip_leading_spaces: usize,
     /// ferrolm's own encoder when it reproduces this tokenizer.json exactly (see `encoder`).
     fast: Option<FastEncoder>,
 }
@@ -156,6 +169,7 @@ impl Tokenizer {
             ),
             TokenizerKind::Char => Self::train_char(texts, &cfg.special_tokens),
             TokenizerKind::WordPiece => bail!("tokenizer.kind = \"wordpiece\" is read from BERT checkpoints, not trained here; use \"bpe\" or \"char\""),
+            TokenizerKind::SentencePiece => bail!("tokenizer.kind = \"sentencepiece\" is read from Llama 2-family checkpoints, not trained here; use \"bpe\" or \"char\""),
         }
     }
 
@@ -294,6 +308,14 @@ impl Tokenizer {
             &hf.to_string(false).map_err(|e| anyhow!("cannot serialise tokenizer: {e}"))?,
         )?;
         let kind = detect_kind(&json)?;
+        let strip_leading_spaces = if kind == TokenizerKind::SentencePiece { sentencepiece_shape(&json)? } else { 0 };
+        if kind == TokenizerKind::SentencePiece {
+            // Byte fallback needs every byte's token: without one, the `tokenizers` crate
+            // fails to encode a character outside the vocabulary (or drops it).
+            if let Some(b) = (0..=255u8).find(|b| !model_vocab.contains_key(&format!("<0x{b:02X}>"))) {
+                bail!("SentencePiece BPE tokenizer: byte fallback needs all 256 byte tokens, <0x{b:02X}> is not in the vocabulary");
+            }
+        }
         if kind == TokenizerKind::Char || kind == TokenizerKind::WordPiece {
             // `tokenizers` fails to encode any unknown character when the WordLevel (or
             // WordPiece) unk token is not in the vocabulary (found by fuzzing, issue 18:
@@ -320,6 +342,7 @@ impl Tokenizer {
                 // a piece's text (a word's continuation without its `##`); `decode` joins
                 // the words with the tokenizer's own decoder
                 TokenizerKind::WordPiece => token.strip_prefix(continuing.as_str()).unwrap_or(token).as_bytes().to_vec(),
+                TokenizerKind::SentencePiece => sentencepiece_piece_bytes(token),
             };
             token_bytes[id as usize] = bytes.len() as u32;
             id_bytes[id as usize] = bytes.into_boxed_slice();
@@ -336,7 +359,7 @@ impl Tokenizer {
         special_ids.sort_unstable();
         let eot = hf.token_to_id(special::EOT);
         let fast = FastEncoder::from_tokenizer_json(&json, kind)?;
-        Ok(Self { hf, kind, id_bytes, token_bytes, special_ids, eot, fast })
+        Ok(Self { hf, kind, id_bytes, token_bytes, special_ids, eot, strip_leading_spaces, fast })
     }
 
     /// Write tokenizer.json atomically (a reader never sees a half-written file).
@@ -432,9 +455,14 @@ impl Tokenizer {
         for &id in ids {
             self.push_id_bytes(id, &mut bytes);
         }
+        // SentencePiece: the space its `▁` put before the text is not part of it
+        let start = bytes.iter().take(self.strip_leading_spaces).take_while(|&&b| b == b' ').count();
         match String::from_utf8(bytes) {
-            Ok(s) => s,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            Ok(mut s) => {
+                s.drain(..start);
+                s
+            }
+            Err(e) => String::from_utf8_lossy(&e.as_bytes()[start..]).into_owned(),
         }
     }
 
@@ -445,14 +473,40 @@ impl Tokenizer {
         }
     }
 
-    /// Raw bytes id `id` decodes to (special tokens: their literal text).
+    /// Raw bytes id `id` decodes to (special tokens: their literal text; SentencePiece
+    /// tokens with `▁` as a space and `<0xNN>` as that byte). Concatenated, they are the text
+    /// of a continuation; [`Tokenizer::decode`] of a whole text may also strip the space a
+    /// SentencePiece tokenizer put before it ([`Tokenizer::strip_leading_spaces`]).
     pub fn id_to_bytes(&self, id: u32) -> Option<&[u8]> {
         self.id_bytes.get(id as usize).map(|b| &b[..])
     }
 
-    /// A streaming decoder for generation.
+    /// Whether `id` is a SentencePiece byte-fallback token (`<0xNN>`): the byte of a
+    /// character outside the vocabulary. Its byte may repeat a piece's (`<0x20>` and `▁`).
+    pub fn is_byte_token(&self, id: u32) -> bool {
+        self.kind == TokenizerKind::SentencePiece
+            && !self.is_special(id)
+            && self.id_bytes.get(id as usize).is_some_and(|b| b.len() == 1)
+            && self.hf.id_to_token(id).is_some_and(|t| t.len() == 6 && t.starts_with("<0x") && sentencepiece_piece_bytes(&t).len() == 1)
+    }
+
+    /// Spaces [`Tokenizer::decode`] strips from the start of a text: 1 for SentencePiece
+    /// tokenizers that put a `▁` before the text (its tokenizer.json's decoder ends in
+    /// `Strip(" ", 1, 0)`), 0 otherwise.
+    pub fn strip_leading_spaces(&self) -> usize {
+        self.strip_leading_spaces
+    }
+
+    /// A streaming decoder of a whole text (the pieces join to [`Tokenizer::decode`], leading
+    /// space stripping included): an answer, a sample.
     pub fn decode_stream(&self) -> DecodeStream<'_> {
         DecodeStream::new(self)
+    }
+
+    /// A streaming decoder of the continuation of a text already shown (a prompt): the
+    /// tokens' bytes as they are, so the space before a continuation's first word stays.
+    pub fn continuation_stream(&self) -> DecodeStream<'_> {
+        DecodeStream::continuation(self)
     }
 
     /// Number of ids (largest id + 1), including special tokens: the embedding size a model needs.
@@ -551,12 +605,79 @@ fn detect_kind(json: &Value) -> Result<TokenizerKind> {
         }
         // BERT's WordPiece: the `tokenizers` crate runs its normalizer and pre-tokenizer.
         ("WordPiece", _) => Ok(TokenizerKind::WordPiece),
+        // SentencePiece BPE (Llama 2 family): spaces become `▁`, by the normalizer (older
+        // files) or a Metaspace pre-tokenizer (newer ones); `from_hf` checks the rest.
+        ("BPE", _) if metaspace_spaces(json) => Ok(TokenizerKind::SentencePiece),
         _ => bail!(
             "unsupported tokenizer.json: model {model} with pre-tokenizer {pre_type}; ferrolm \
-             reads byte-level BPE (model BPE + ByteLevel pre-tokenizer), WordPiece (BERT) and its \
-             own character tokenizers (WordLevel + Split on {CHAR_SPLIT_REGEX:?})"
+             reads byte-level BPE (model BPE + ByteLevel pre-tokenizer), SentencePiece BPE \
+             (model BPE with byte_fallback, `▁` for spaces), WordPiece (BERT) and its own \
+             character tokenizers (WordLevel + Split on {CHAR_SPLIT_REGEX:?})"
         ),
     }
+}
+
+/// The steps of a normalizer, pre-tokenizer or decoder: a `Sequence`'s, or the one step.
+fn steps<'a>(v: &'a Value, list_key: &str) -> Vec<&'a Value> {
+    match v["type"].as_str() {
+        Some("Sequence") => v[list_key].as_array().map(|a| a.iter().collect()).unwrap_or_default(),
+        Some(_) => vec![v],
+        None => vec![],
+    }
+}
+
+/// Whether spaces become SentencePiece's `▁` before the model sees the text: a normalizer
+/// `Replace(" ", "▁")` (transformers' legacy Llama conversion, after `Prepend("▁")`) or a
+/// `Metaspace` pre-tokenizer with replacement `▁` (the newer conversion).
+fn metaspace_spaces(json: &Value) -> bool {
+    let by_normalizer = steps(&json["normalizer"], "normalizers")
+        .iter()
+        .any(|n| n["type"] == "Replace" && n["pattern"]["String"] == " " && n["content"] == "▁");
+    let by_pre_tokenizer = steps(&json["pre_tokenizer"], "pretokenizers").iter().any(|p| p["type"] == "Metaspace" && p["replacement"] == "▁");
+    by_normalizer || by_pre_tokenizer
+}
+
+/// Checks the rest of a SentencePiece BPE tokenizer.json and returns how many spaces its
+/// decoder strips from the start of a text. ferrolm decodes such a tokenizer from a byte
+/// string per id, which equals the `tokenizers` crate's decode only for the decoder
+/// transformers writes: `Replace("▁", " ")`, `ByteFallback`, `Fuse`, then optionally
+/// `Strip(" ", n, 0)`; any other shape is refused.
+fn sentencepiece_shape(json: &Value) -> Result<usize> {
+    if json["model"]["byte_fallback"] != true {
+        bail!("SentencePiece BPE tokenizer.json without byte_fallback (characters outside the vocabulary would become unknown tokens) is not supported");
+    }
+    let decoder = &json["decoder"];
+    let names: Vec<String> = steps(decoder, "decoders").iter().map(|d| d["type"].as_str().unwrap_or("?").to_string()).collect();
+    let shape = || format!("[{}]", names.join(", "));
+    let expected = "Sequence[Replace(\"▁\", \" \"), ByteFallback, Fuse, Strip(\" \", n, 0)]";
+    let list = steps(decoder, "decoders");
+    let (head, tail) = list.split_at(list.len().min(3));
+    let replace_ok = |d: &Value| d["type"] == "Replace" && d["pattern"]["String"] == "▁" && d["content"] == " ";
+    if head.len() != 3 || !replace_ok(head[0]) || head[1]["type"] != "ByteFallback" || head[2]["type"] != "Fuse" {
+        bail!("SentencePiece BPE tokenizer.json: decoder {} is not supported, expected {expected}", shape());
+    }
+    match tail {
+        [] => Ok(0),
+        [strip] if strip["type"] == "Strip" && strip["content"] == " " && strip["stop"] == 0 => {
+            let n = strip["start"].as_u64().with_context(|| format!("SentencePiece BPE tokenizer.json: decoder Strip without a start count ({strip})"))?;
+            Ok(n as usize)
+        }
+        _ => bail!("SentencePiece BPE tokenizer.json: decoder {} is not supported, expected {expected}", shape()),
+    }
+}
+
+/// The bytes a SentencePiece piece stands for: `<0xNN>` is byte NN (what `ByteFallback`
+/// decodes: exactly six characters, two hex digits), any other piece its text with `▁` as a
+/// space.
+fn sentencepiece_piece_bytes(piece: &str) -> Vec<u8> {
+    if let Some(hex) = piece.strip_prefix("<0x").and_then(|r| r.strip_suffix('>')) {
+        if hex.len() == 2 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                return vec![b];
+            }
+        }
+    }
+    piece.replace('▁', " ").into_bytes()
 }
 
 /// A pre-tokenizer sequence of regex splits ending in one ByteLevel step.
@@ -573,16 +694,34 @@ fn byte_level_sequence(pre: &Value) -> bool {
 pub struct DecodeStream<'a> {
     tok: &'a Tokenizer,
     pending: Vec<u8>,
+    /// Leading spaces still to strip (SentencePiece's `▁` before a text); 0 once any other
+    /// byte has come.
+    strip: usize,
 }
 
 impl<'a> DecodeStream<'a> {
+    /// The stream of a whole text: its pieces join to [`Tokenizer::decode`].
     pub fn new(tok: &'a Tokenizer) -> Self {
-        Self { tok, pending: Vec::new() }
+        Self { tok, pending: Vec::new(), strip: tok.strip_leading_spaces }
+    }
+
+    /// The stream of a continuation of text already shown: every byte of every token, the
+    /// space before its first word included (for byte-level tokenizers the same as `new`).
+    pub fn continuation(tok: &'a Tokenizer) -> Self {
+        Self { tok, pending: Vec::new(), strip: 0 }
     }
 
     /// Add one id; returns the newly completed text (possibly empty).
     pub fn push(&mut self, id: u32) -> String {
         self.tok.push_id_bytes(id, &mut self.pending);
+        while self.strip > 0 && !self.pending.is_empty() {
+            if self.pending[0] != b' ' {
+                self.strip = 0;
+                break;
+            }
+            self.pending.remove(0);
+            self.strip -= 1;
+        }
         let mut out = String::new();
         let mut rest: &[u8] = &self.pending;
         loop {

@@ -55,9 +55,9 @@ pub fn run(a: Args) -> Result<()> {
     let loaded = ferrolm_model::load_model(&dir, &super::device()?)?;
     let cfg = loaded.spec.require_transformer("export --format hf").map_err(anyhow::Error::msg)?;
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).with_context(|| format!("{} has no usable tokenizer.json", dir.display()))?;
-    let tpl = ChatTemplate::load_next_to(&dir.join("tokenizer.json"))?;
     match a.format {
         Format::Hf => {
+            let tpl = ChatTemplate::load_next_to(&dir.join("tokenizer.json"))?;
             std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
             let stop = ferrolm_tokenizer::hf_config::write_hf_tokenizer_files(&a.out, &tok, &tpl, cfg.max_seq_len)?;
             let family = ferrolm_model::hf::export::write_checkpoint(cfg, &loaded.varmap, &a.out, None, stop.first().copied())?;
@@ -66,15 +66,31 @@ pub fn run(a: Args) -> Result<()> {
         }
         Format::Peft => unreachable!("handled above"),
         Format::Gguf => {
-            let (tokens, token_types, merges) = ferrolm_tokenizer::hf_config::ggml_vocab(&tok)?;
-            let stop = tok.try_eot_id();
+            let v = ferrolm_tokenizer::hf_config::ggml_vocab(&tok)?;
+            // A Hugging Face folder's end of text and Jinja template go in as they are
+            // (Llama 2's template, which no marker template renders, included); a ferrolm
+            // run's are its end-of-text token and its chat template as Jinja.
+            let hf_config = ferrolm_tokenizer::HfTokenizerConfig::load_from_dir(&dir)?;
+            let eos = match hf_config.as_ref().and_then(|c| c.eos_token.as_deref()) {
+                Some(e) => Some(tok.token_id(e).with_context(|| format!("{}: eos_token {e:?} is not in tokenizer.json", dir.join("tokenizer_config.json").display()))?),
+                None => tok.try_eot_id(),
+            };
+            let chat_template = match hf_config.and_then(|c| c.chat_template) {
+                Some(jinja) if !ChatTemplate::path_next_to(&dir.join("tokenizer.json")).exists() => jinja,
+                _ => ferrolm_tokenizer::hf_config::jinja_for(&ChatTemplate::load_next_to(&dir.join("tokenizer.json"))?),
+            };
             let vocab = ferrolm_model::gguf::GgufVocab {
-                tokens,
-                token_types,
-                merges,
-                bos: None,
-                eos: stop,
-                chat_template: Some(ferrolm_tokenizer::hf_config::jinja_for(&tpl)),
+                model: v.model.to_string(),
+                tokens: v.tokens,
+                token_types: v.token_types,
+                scores: v.scores,
+                merges: v.merges,
+                bos: v.bos,
+                eos,
+                unk: v.unk,
+                add_bos: v.bos.is_some(),
+                add_space_prefix: v.add_space_prefix,
+                chat_template: Some(chat_template),
                 tokenizer_json: Some(tok.to_json_string()?),
             };
             let s = ferrolm_model::gguf::write(cfg, &loaded.varmap, &vocab, a.quant, &a.out)?;

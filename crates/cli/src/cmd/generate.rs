@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use ferrolm_infer::{generate_any, GenerateConfig, SamplingConfig};
 use ferrolm_model::ModelKind;
-use ferrolm_tokenizer::{DecodeStream, Tokenizer};
+use ferrolm_tokenizer::DecodeStream;
 use ferrolm_train::TaskTokens;
 
 #[derive(clap::Args)]
@@ -42,14 +42,20 @@ pub fn run(mut a: Args) -> Result<()> {
     a.model = super::model_dir(&a.model)?;
     let mut loaded = ferrolm_model::load_model(&a.model, &super::device()?)?;
     super::quantize(&mut loaded.model, a.quant)?;
-    let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
-    let mut prompt = tok.encode(&a.prompt);
+    // (a .gguf file carries its tokenizer: ferrolm's tokenizer.json, or tokenizer.ggml.*)
+    let tok = ferrolm_finetune::prompt::load_tokenizer(&a.model)?;
+    // as transformers' `tokenizer(prompt)`: a Hugging Face tokenizer's own framing (Llama's
+    // leading `<s>`) included; ferrolm's tokenizers add nothing
+    let mut prompt = tok.encode_with_special_tokens(&a.prompt)?;
     anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
     let kind = loaded.spec.kind();
     // A Hugging Face model stops at its generation_config's end tokens (the first is also
     // the encoder-decoder start token); a ferrolm run at end-of-text.
     let stops = if ferrolm_model::hf::is_hf_folder(&a.model) {
         ferrolm_model::hf::generation_defaults(&a.model)?.eos_token_ids
+    } else if ferrolm_finetune::prompt::is_gguf(&a.model) {
+        // a GGUF file's end of sequence (llama.cpp's stop), else ferrolm's end of text
+        ferrolm_finetune::prompt::gguf_eos(&a.model)?.or(tok.try_eot_id()).into_iter().collect()
     } else {
         vec![tok.eot_id()]
     };
@@ -69,7 +75,8 @@ pub fn run(mut a: Args) -> Result<()> {
     if on_pairs || kind == ModelKind::EncoderDecoder {
         writeln!(out)?;
     }
-    let mut stream = DecodeStream::new(&tok);
+    // the text continues the prompt printed above: the space before its first word stays
+    let mut stream = DecodeStream::continuation(&tok);
     let on_token = |t: u32| {
         if !stops.contains(&t) {
             let piece = stream.push(t);
@@ -92,7 +99,7 @@ pub fn run(mut a: Args) -> Result<()> {
 
 /// Whether the run was trained on input/target pairs (its config has `[pairs]`).
 fn trained_on_pairs(run_dir: &std::path::Path) -> Result<bool> {
-    if ferrolm_model::hf::is_hf_folder(run_dir) {
+    if ferrolm_model::hf::is_hf_folder(run_dir) || ferrolm_finetune::prompt::is_gguf(run_dir) {
         return Ok(false);
     }
     let path = run_dir.join("config.toml");

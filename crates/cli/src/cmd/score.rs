@@ -6,8 +6,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use ferrolm_tokenizer::Tokenizer;
+use anyhow::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,7 +30,8 @@ pub fn run(a: Args) -> Result<()> {
     let (ids, tok) = match (a.ids, a.text) {
         (Some(ids), _) => (ids, None),
         (None, Some(text)) => {
-            let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).with_context(|| format!("{} has no usable tokenizer.json", dir.display()))?;
+            // (a .gguf file carries its tokenizer: ferrolm's tokenizer.json, or tokenizer.ggml.*)
+            let tok = ferrolm_finetune::prompt::load_tokenizer(&dir)?;
             (tok.encode_with_special_tokens(&text)?, Some(tok))
         }
         (None, None) => anyhow::bail!("give --text or --ids"),
@@ -47,7 +47,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     for (i, lp) in logprobs.iter().enumerate() {
         let id = ids[i + 1];
-        let piece = tok.as_ref().map(|t| format!("{:?}", t.decode(&[id]))).unwrap_or_default();
+        // the token's own bytes (a SentencePiece `▁` shows as the space it is)
+        let piece = tok.as_ref().map(|t| format!("{:?}", String::from_utf8_lossy(t.id_to_bytes(id).unwrap_or_default()))).unwrap_or_default();
         println!("{id:>8} {lp:>12.6} {piece}");
     }
     let total: f64 = logprobs.iter().sum();
