@@ -20,17 +20,24 @@ fn score(model: &Path, text: &str) -> Value {
     serde_json::from_str(&ferrolm(&["score", "--model", model.to_str().unwrap(), "--text", text, "--json"])).unwrap()
 }
 
-#[test]
-fn score_gives_transformers_ids_and_logprobs() {
-    let dir = fixture("qwen2_tied");
+/// `score` of a fixture folder's reference text gives transformers' ids and log-probs
+/// (within 1e-4); returns the reference.
+fn score_matches_reference(dir: &Path) -> Value {
     let r: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let got = score(&dir, r["text"].as_str().unwrap());
+    let got = score(dir, r["text"].as_str().unwrap());
     assert_eq!(got["token_ids"], r["text_ids"]);
     let (a, b) = (got["logprobs"].as_array().unwrap(), r["text_logprobs"].as_array().unwrap());
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(b) {
         assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4, "{x} vs {y}");
     }
+    r
+}
+
+#[test]
+fn score_gives_transformers_ids_and_logprobs() {
+    let dir = fixture("qwen2_tied");
+    score_matches_reference(&dir);
 }
 
 #[test]
@@ -108,14 +115,7 @@ fn a_bert_folder_fills_masks_and_carries_a_classifier() {
 #[test]
 fn a_sentencepiece_llama_folder_scores_and_generates_as_transformers() {
     let dir = fixture("llama2_spm");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let got = score(&dir, r["text"].as_str().unwrap());
-    assert_eq!(got["token_ids"], r["text_ids"]);
-    let (a, b) = (got["logprobs"].as_array().unwrap(), r["text_logprobs"].as_array().unwrap());
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(b) {
-        assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4, "{x} vs {y}");
-    }
+    score_matches_reference(&dir);
     // the table form shows each token's own text, `▁` as a space
     let table = ferrolm(&["score", "--model", dir.to_str().unwrap(), "--text", "Hello world"]);
     assert!(table.contains("\" world\""), "{table}");
