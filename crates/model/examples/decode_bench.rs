@@ -35,10 +35,12 @@ struct Args {
     repeats: usize,
     paths: Vec<String>,
     seed: u64,
+    /// Run from the main thread rather than a rayon worker (how the server ran until now).
+    outside_pool: bool,
 }
 
 fn parse() -> Result<Args> {
-    let mut a = Args { model: None, config: None, batches: vec![1, 8, 32], lens: (100, 300), steps: 32, repeats: 3, paths: vec!["fused".into(), "rows".into()], seed: 1 };
+    let mut a = Args { model: None, config: None, batches: vec![1, 8, 32], lens: (100, 300), steps: 32, repeats: 3, paths: vec!["fused".into(), "rows".into()], seed: 1, outside_pool: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -55,6 +57,7 @@ fn parse() -> Result<Args> {
             "--repeats" => a.repeats = val()?.parse()?,
             "--paths" => a.paths = val()?.split(',').map(|s| s.trim().to_string()).collect(),
             "--seed" => a.seed = val()?.parse()?,
+            "--outside-pool" => a.outside_pool = true,
             _ => bail!("unknown flag {flag} (see the example's header)"),
         }
     }
@@ -96,6 +99,15 @@ fn main() -> Result<()> {
     ferrolm_kernels::alloc::keep_freed_memory();
     ferrolm_kernels::set_matmul_precision(ferrolm_kernels::MatmulPrecision::F32);
     let a = parse()?;
+    if a.outside_pool {
+        return run(a);
+    }
+    // as `ferrolm serve`'s scheduler: the steps run on a worker of a rayon pool, so the
+    // kernels' parallel loops start there instead of being handed across threads
+    rayon::ThreadPoolBuilder::new().build()?.install(|| run(a))
+}
+
+fn run(a: Args) -> Result<()> {
     let m = load(&a)?;
     let cfg = m.config().clone();
     let max_len = a.lens.1.min(cfg.max_seq_len.saturating_sub(a.steps + 1));
