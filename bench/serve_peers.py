@@ -129,6 +129,8 @@ def main():
                     help="threads of every server (ferrolm: RAYON_NUM_THREADS; llama.cpp: --n_threads; torch: OMP_NUM_THREADS)")
     ap.add_argument("--ctx", type=int, default=128)
     ap.add_argument("--only", default="", help="comma-separated server names to run")
+    ap.add_argument("--client", choices=["openai", "raw"], default="openai",
+                    help="load client (bench/serve.py): the official openai client or the raw event-stream reader that needs a tenth of its CPU")
     ap.add_argument("--llama-python", default="/work/venv-llama/bin/python")
     ap.add_argument("--hf-python", default="/work/venv-hf/bin/python")
     a = ap.parse_args()
@@ -153,7 +155,8 @@ def main():
                 asyncio.run(warm(srv.base, "bench" if name in ("ferrolm", "llama.cpp") else hf))
                 for c in levels:
                     per = a.per_client or max(1, 8 // c) * 2
-                    r = asyncio.run(ferrolm_bench.load(srv.base, c, per, a.max_tokens, model="bench" if name in ("ferrolm", "llama.cpp") else hf))
+                    r = asyncio.run(ferrolm_bench.load(srv.base, c, per, a.max_tokens, model="bench" if name in ("ferrolm", "llama.cpp") else hf,
+                                                      client_kind=a.client))
                     results.setdefault((name, c), []).append(r)
                     print(f"[{rep + 1}/{a.repeats}] {name:>15} {c:>3} clients: {r['tok_s']:.1f} tok/s, {r['tokens_per_request']:.1f} tok/request, "
                           f"TTFT p50 {r['ttft_p50'] * 1e3:.0f} ms p99 {r['ttft_p99'] * 1e3:.0f} ms, ITL p50 {r['itl_p50'] * 1e3:.1f} ms "
