@@ -8,7 +8,9 @@ Python client (unchanged, pointed at the server with base_url):
      back: aggregate output tokens/s, time to first token p50/p99, inter-token latency
      p50/p99 (gaps between streamed chunks), errors, the server's peak RSS;
   3. overload: more clients than slots + queue; every request must end as a complete
-     answer (finish_reason stop/length, usage matching) or a clean 429.
+     answer (finish_reason stop/length, usage matching) or a clean 429;
+  4. feedback under load: judgements posted by concurrent clients while chats stream;
+     after a graceful stop every one must be in `ferrolm feedback export`'s output.
 
 Install the client outside the repository:
   python3 -m venv /work/venv-serve && /work/venv-serve/bin/pip install openai
@@ -24,6 +26,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import openai
@@ -226,7 +229,7 @@ async def one_stream_raw(client, i, max_tokens, rec, model="bench"):
     return tokens
 
 
-async def load(base, clients, per_client, max_tokens, model="bench", client_kind="openai"):
+async def load(base, clients, per_client, max_tokens, model="bench", client_kind="openai", until=None):
     rec = {"ttft": [], "itl": [], "tokens": 0, "errors": 0, "done": 0}
     shared = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0, timeout=600) if client_kind == "openai" else None
 
@@ -234,6 +237,8 @@ async def load(base, clients, per_client, max_tokens, model="bench", client_kind
         client = shared or RawClient(base)
         stream = one_stream if shared else one_stream_raw
         for k in range(per_client):
+            if until is not None and until.is_set():
+                break
             try:
                 await stream(client, w * 1000 + k, max_tokens, rec, model)
             except Exception as e:  # noqa: BLE001 - counted, reported
@@ -250,7 +255,7 @@ async def load(base, clients, per_client, max_tokens, model="bench", client_kind
     wall = time.perf_counter() - t0
     if shared:
         await shared.close()
-    return {"clients": clients, "requests": clients * per_client, "tok_s": rec["tokens"] / wall, "ttft_p50": pct(rec["ttft"], 50),
+    return {"clients": clients, "requests": rec["done"] + rec["errors"], "tokens": rec["tokens"], "tok_s": rec["tokens"] / wall, "ttft_p50": pct(rec["ttft"], 50),
             "ttft_p99": pct(rec["ttft"], 99), "itl_p50": pct(rec["itl"], 50), "itl_p99": pct(rec["itl"], 99), "errors": rec["errors"], "wall": wall,
             "tokens_per_request": rec["tokens"] / max(1, rec["done"])}
 
@@ -275,6 +280,56 @@ async def overload(base, clients, max_tokens):
     await asyncio.gather(*(one(i) for i in range(clients)))
     await client.close()
     return res
+
+
+async def feedback_under_load(base, stream_clients, judges, per_judge, max_tokens):
+    """Judgements posted to /v1/feedback by `judges` concurrent clients while
+    `stream_clients` streaming chats run: every judgement must be stored (200 with an id),
+    with its latency; the caller then checks the export holds each of them."""
+    root = base.rsplit("/v1", 1)[0]
+    host, port = root.split("//", 1)[1].rsplit(":", 1)
+    lat, errors, ids = [], [], set()
+    stop = asyncio.Event()
+
+    async def judge(w):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for k in range(per_judge):
+                j = {"kind": "compare", "prompt": f"judge {w} question {k}: which answer is better?", "answer_a": f"answer a {w}/{k}",
+                     "answer_b": f"answer b {w}/{k} " + "x" * (k % 7), "choice": "a" if (w + k) % 2 else "b",
+                     "history": [{"role": "user", "content": f"earlier turn {w}"}, {"role": "assistant", "content": "earlier answer"}],
+                     "settings": {"temperature": 0.8, "seed": k}}
+                body = json.dumps(j).encode()
+                t0 = time.perf_counter()
+                writer.write(f"POST /v1/feedback HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                await writer.drain()
+                status = await reader.readline()
+                headers = {}
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    key, _, v = line.decode().partition(":")
+                    headers[key.strip().lower()] = v.strip()
+                answer = await reader.readexactly(int(headers.get("content-length", "0")))
+                lat.append(time.perf_counter() - t0)
+                if b" 200 " in status and json.loads(answer).get("stored"):
+                    ids.add(json.loads(answer)["id"])
+                else:
+                    errors.append(f"{status.decode().strip()} {answer[:120]!r}")
+        finally:
+            writer.close()
+
+    async def chats():
+        r = await load(base, stream_clients, 10_000, max_tokens, client_kind="raw", until=stop)
+        return r
+
+    chat_task = asyncio.create_task(chats())
+    t0 = time.perf_counter()
+    await asyncio.gather(*(judge(w) for w in range(judges)))
+    wall = time.perf_counter() - t0
+    stop.set()
+    streamed = await chat_task
+    return {"judgements": judges * per_judge, "stored": len(ids), "errors": errors, "per_s": judges * per_judge / wall,
+            "lat_p50": pct(lat, 50), "lat_p99": pct(lat, 99), "chat_tokens": streamed["tokens"], "chat_errors": streamed["errors"]}
 
 
 def main():
@@ -319,6 +374,27 @@ def main():
     print(f"overload (4 slots, queue 8, 48 clients): {res['complete']} complete, {res['429']} clean 429, {res['other']} other; peak RSS {rss:.0f} MiB")
     if res["other"]:
         sys.exit("overload produced requests that were neither complete nor a clean 429")
+
+    # feedback under load: 8 judges post 25 comparisons each while 8 chats stream; after a
+    # graceful stop every judgement must be in `ferrolm feedback export`'s preferences
+    with tempfile.TemporaryDirectory(prefix="serve_feedback_") as tmp:
+        db = os.path.join(tmp, "feedback.db")
+        srv = Server(a.bin, a.model, ["--max-concurrency", "8", "--feedback-db", db])
+        try:
+            fb = asyncio.run(feedback_under_load(srv.base, 8, 8, 25, a.max_tokens))
+        finally:
+            rss = srv.stop()
+        prefs = os.path.join(tmp, "prefs.jsonl")
+        subprocess.run([a.bin, "feedback", "export", "--db", db, "--out", prefs], check=True, capture_output=True)
+        with open(prefs) as f:
+            exported = [json.loads(line) for line in f]
+        right = sum(1 for p in exported if p["chosen"].startswith("answer a" if p["rejected"].startswith("answer b") else "answer b"))
+        print(f"feedback under load (8 judges x 25 comparisons beside 8 streaming chats): {fb['stored']}/{fb['judgements']} stored, "
+              f"{fb['per_s']:.0f} judgements/s, latency p50 {fb['lat_p50']*1e3:.1f} ms p99 {fb['lat_p99']*1e3:.1f} ms, "
+              f"{len(exported)} preferences exported ({right} with the picked answer as chosen), chats meanwhile {fb['chat_tokens']} tokens, "
+              f"{fb['chat_errors']} chat errors, {len(fb['errors'])} judgement errors; peak RSS {rss:.0f} MiB")
+        if fb["errors"] or fb["stored"] != fb["judgements"] or len(exported) != fb["judgements"] or right != len(exported) or fb["chat_errors"]:
+            sys.exit(f"feedback under load lost or garbled judgements: {fb['errors'][:3]}")
 
 
 if __name__ == "__main__":
