@@ -196,6 +196,8 @@ pub struct ToolReader {
     content: bool,
     /// Calls begun so far.
     calls: usize,
+    /// Forced: the current call object's scan, from `start`.
+    scan: ObjectScan,
 }
 
 impl ToolReader {
@@ -210,6 +212,7 @@ impl ToolReader {
             sent: 0,
             content: false,
             calls: 0,
+            scan: ObjectScan::at(0),
         }
     }
 
@@ -249,7 +252,7 @@ impl ToolReader {
                 self.calls += 1;
                 out.push(Piece::CallStart(name));
             }
-            if let Some(end) = object_end(&self.buf, self.start) {
+            if let Some(end) = self.scan.end(&self.buf) {
                 // `end` is just after the call object's `}`
                 let args_end = self.buf[..end - 1].trim_end_matches([' ', '\n', '\r', '\t']).len().max(self.sent);
                 if args_end > self.sent {
@@ -257,6 +260,7 @@ impl ToolReader {
                 }
                 self.sent = end;
                 self.start = end;
+                self.scan = ObjectScan::at(end);
                 self.header = None;
                 continue;
             }
@@ -308,33 +312,65 @@ impl ToolReader {
     }
 }
 
-/// The end (just after its `}`) of the JSON object that begins, after whitespace, at
-/// `from`; None while it is incomplete.
-fn object_end(s: &str, from: usize) -> Option<usize> {
-    let b = s.as_bytes();
-    let mut i = skip_ws(b, from);
-    if b.get(i) != Some(&b'{') {
-        return None;
+/// Finds the end of the JSON object that begins, after whitespace, at a given offset of a
+/// growing buffer, reading each byte once: a forced call's object is scanned as its
+/// tokens arrive (rescanning it from its start on every token made a call's reading
+/// quadratic in its length).
+#[derive(Debug, Default, Clone)]
+struct ObjectScan {
+    /// Next byte to read.
+    pos: usize,
+    /// Inside the object (its `{` was read).
+    opened: bool,
+    depth: usize,
+    in_string: bool,
+    /// The previous byte was a backslash inside a string.
+    escaped: bool,
+}
+
+impl ObjectScan {
+    fn at(from: usize) -> Self {
+        Self { pos: from, ..Self::default() }
     }
-    let mut depth = 0usize;
-    let mut in_string = false;
-    while i < b.len() {
-        match (in_string, b[i]) {
-            (true, b'\\') => i += 1,
-            (true, b'"') => in_string = false,
-            (false, b'"') => in_string = true,
-            (false, b'{' | b'[') => depth += 1,
-            (false, b'}' | b']') => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return Some(i + 1);
-                }
+
+    /// The end (just after its `}`) of the object, None while it is incomplete (or when
+    /// something other than `{` follows the whitespace: never a call object).
+    fn end(&mut self, s: &str) -> Option<usize> {
+        let b = s.as_bytes();
+        if !self.opened {
+            self.pos = skip_ws(b, self.pos);
+            if b.get(self.pos) != Some(&b'{') {
+                return None;
             }
-            _ => {}
+            self.opened = true;
         }
-        i += 1;
+        while self.pos < b.len() {
+            let c = b[self.pos];
+            self.pos += 1;
+            if self.in_string {
+                match (self.escaped, c) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    // a stray closer: never a complete object
+                    self.depth = self.depth.checked_sub(1)?;
+                    if self.depth == 0 {
+                        return Some(self.pos);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
     }
-    None
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -609,5 +645,35 @@ mod tests {
         assert!(matches!(forced_single.call_grammar(), Some(CallGrammar::Schema(_))));
         assert!(matches!(tools(json!("required")).call_grammar(), Some(CallGrammar::Lark(g)) if g.contains("%json")));
         assert_eq!(tools(json!("auto")).call_grammar(), None);
+    }
+
+    #[test]
+    fn an_object_scanned_as_it_grows_ends_where_serde_json_says() {
+        let objects = [
+            r#"{"name": "f", "arguments": {"a": 1}}"#,
+            r#"  {"name":"g","arguments":{"s":"}{][\"\\","n":[1,{"x":"]"}]}} tail"#,
+            r#"{"name": "h", "arguments": {"path": "C:\\dir\\", "q": "say \"}\""}}"#,
+            "{\"name\": \"\u{e9}t\u{e9}\", \"arguments\": {\"k\": \"\u{1f600}}\"}}\n",
+        ];
+        for text in objects {
+            let start = text.len() - text.trim_start().len();
+            let mut stream = serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
+            stream.next().unwrap().unwrap();
+            let want = start + stream.byte_offset();
+            // one scan fed a character at a time, as tokens arrive
+            let mut scan = ObjectScan::at(0);
+            let mut got = None;
+            for (i, c) in text.char_indices() {
+                let prefix = &text[..i + c.len_utf8()];
+                if let Some(end) = scan.end(prefix) {
+                    got = Some((end, prefix.len()));
+                    break;
+                }
+            }
+            assert_eq!(got, Some((want, want)), "{text}");
+            assert_eq!(ObjectScan::at(0).end(text), Some(want), "{text}");
+        }
+        assert_eq!(ObjectScan::at(0).end(r#"{"a": 1"#), None);
+        assert_eq!(ObjectScan::at(0).end(r#"x{"a": 1}"#), None);
     }
 }
