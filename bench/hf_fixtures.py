@@ -267,6 +267,8 @@ def write_fixtures(only=None):
     os.makedirs(OUT, exist_ok=True)
     if only is None or "bert_tiny" in only:
         write_bert_fixture()
+    if only is None or "distilbert_tiny" in only:
+        write_distilbert_fixture()
     for seed, (name, cfg, with_tok, shard) in enumerate(fixtures()):
         if only is not None and name not in only:
             continue
@@ -395,6 +397,56 @@ def write_bert_fixture():
     m = enc.attention_mask.unsqueeze(-1).float()
     out["mean_pooled"] = ((h * m).sum(1) / m.sum(1)).contiguous()
     out["pooled_batch"] = base(**enc).pooler_output.contiguous()
+    save_file(out, os.path.join(path, "reference.safetensors"))
+    with open(os.path.join(path, "reference.json"), "w") as f:
+        json.dump(ref, f, indent=1, ensure_ascii=False)
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+    print(f"{name}: {size // 1024} KiB, files {sorted(os.listdir(path))}")
+
+
+@torch.no_grad()
+def write_distilbert_fixture():
+    """distilbert_tiny: a DistilBertForMaskedLM (BERT's post-norm blocks under other names,
+    no token types, no pooler; its MLM head vocab_transform/vocab_layer_norm/vocab_projector)
+    with bert_tiny's WordPiece vocabulary (copied, so both fixtures share one vocabulary)."""
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM, DistilBertModel
+    name = "distilbert_tiny"
+    path = os.path.join(OUT, name)
+    os.makedirs(path, exist_ok=True)
+    for f in os.listdir(path):
+        os.remove(os.path.join(path, f))
+    bert_tok = AutoTokenizer.from_pretrained(os.path.join(OUT, "bert_tiny"))
+    cfg = DistilBertConfig(vocab_size=len(bert_tok), dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64,
+                           activation="gelu", dropout=0.0, attention_dropout=0.0, qa_dropout=0.0, seq_classif_dropout=0.0,
+                           sinusoidal_pos_embds=False, pad_token_id=0)
+    cfg._attn_implementation = "eager"
+    mlm = DistilBertForMaskedLM(cfg).float().eval()
+    randomize(mlm, 2100, norms=("layer_norm", "LayerNorm"), scale=0.3)
+    mlm.save_pretrained(path)
+    bert_tok.save_pretrained(path)
+    with open(os.path.join(path, "tokenizer_config.json")) as f:
+        tc = json.load(f)
+    tc["tokenizer_class"] = "DistilBertTokenizer"
+    tc["model_input_names"] = ["input_ids", "attention_mask"]
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump(tc, f, indent=1)
+    # Everything below is computed from the saved folder, as a user would load it.
+    tok = AutoTokenizer.from_pretrained(path)
+    mlm = DistilBertForMaskedLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
+    base = DistilBertModel.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
+    ref = {"transformers": transformers.__version__, "torch": torch.__version__, "tokenizer_class": type(tok).__name__, "texts": []}
+    out = {}
+    for i, text in enumerate(BERT_TEXTS):
+        enc = tok(text, return_tensors="pt")
+        assert "token_type_ids" not in enc
+        ref["texts"].append({"text": text, "input_ids": enc.input_ids[0].tolist()})
+        out[f"logits.{i}"] = mlm(**enc).logits[0].float().contiguous()
+        out[f"hidden.{i}"] = base(**enc).last_hidden_state[0].contiguous()
+    enc = tok(BERT_TEXTS, padding=True, return_tensors="pt")
+    h = base(**enc).last_hidden_state
+    m = enc.attention_mask.unsqueeze(-1).float()
+    out["mean_pooled"] = ((h * m).sum(1) / m.sum(1)).contiguous()
     save_file(out, os.path.join(path, "reference.safetensors"))
     with open(os.path.join(path, "reference.json"), "w") as f:
         json.dump(ref, f, indent=1, ensure_ascii=False)

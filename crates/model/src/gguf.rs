@@ -103,7 +103,7 @@ fn arch_name(family: HfFamily) -> Result<&'static str> {
         HfFamily::Qwen2 => "qwen2",
         HfFamily::Qwen3 => "qwen3",
         HfFamily::Gpt2 => bail!("GPT-2-style blocks do not export to GGUF yet (modern blocks do: llama, qwen2, qwen3)"),
-        HfFamily::Bert => bail!("BERT masked LMs do not export to GGUF (causal decoders with modern blocks do: llama, qwen2, qwen3)"),
+        HfFamily::Bert | HfFamily::DistilBert => bail!("BERT masked LMs do not export to GGUF (causal decoders with modern blocks do: llama, qwen2, qwen3)"),
     })
 }
 

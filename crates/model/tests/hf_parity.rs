@@ -373,3 +373,61 @@ fn unsupported_bert_configs_are_clear_errors() {
     let e = load_err(d.path());
     assert!(e.contains("classifier.weight") && e.contains("not used"), "{e}");
 }
+
+// ---- DistilBERT: BERT's post-norm core under other names, no token types, no pooler ----
+
+#[test]
+fn distilbert_matches_transformers_mlm_logits_hidden_states_and_mean_pooled_batch() {
+    let dir = fixture("distilbert_tiny");
+    let c = hf::read_config(&dir).unwrap();
+    assert_eq!(c.family, HfFamily::DistilBert);
+    let cfg = &c.model;
+    assert!(cfg.post_norm && cfg.exact_gelu && cfg.tie_embeddings && cfg.mlm_head && !cfg.pooler && !cfg.nsp_head);
+    assert_eq!((cfg.token_types(), cfg.norm_eps, cfg.ff_dim(), cfg.n_layers), (0, 1e-12, 64, 2));
+    let loaded = load_model(&dir, &Device::Cpu).unwrap_or_else(|e| panic!("{e:#}"));
+    let n: usize = loaded.varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    assert_eq!(n, cfg.num_params());
+    let m = match loaded.model {
+        ferrolm_model::AnyModel::MaskedLm(m) => m,
+        other => panic!("distilbert_tiny loaded as {}", other.name()),
+    };
+    let r = reference(&dir);
+    let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let (mut logits_d, mut hidden_d) = (0.0f64, 0.0f64);
+    let seqs: Vec<Vec<u32>> = r["texts"].as_array().unwrap().iter().map(|x| ids(&x["input_ids"])).collect();
+    for (i, s) in seqs.iter().enumerate() {
+        let h = m.hidden(&row(s), &MaskSpec::bidirectional(), None).unwrap();
+        logits_d = logits_d.max(max_diff(&m.mlm_logits(&h).unwrap().squeeze(0).unwrap(), &t[&format!("logits.{i}")]));
+        hidden_d = hidden_d.max(max_diff(&h.squeeze(0).unwrap(), &t[&format!("hidden.{i}")]));
+    }
+    // a padded batch, mean-pooled over the real tokens (sentence-transformers' pooling)
+    let width = seqs.iter().map(Vec::len).max().unwrap();
+    let (mut flat, mut segs, mut w) = (Vec::new(), Vec::new(), Vec::new());
+    for s in &seqs {
+        for j in 0..width {
+            flat.push(if j < s.len() { s[j] } else { 0 });
+            segs.push(if j < s.len() { 0 } else { ferrolm_model::attention::PAD_SEGMENT });
+            w.push(if j < s.len() { 1.0 / s.len() as f32 } else { 0.0 });
+        }
+    }
+    let b = seqs.len();
+    let x = Tensor::from_vec(flat, (b, width), &Device::Cpu).unwrap();
+    let h = m.hidden(&x, &MaskSpec::bidirectional().with_segments(segs), None).unwrap();
+    let mean = h.broadcast_mul(&Tensor::from_vec(w, (b, width, 1), &Device::Cpu).unwrap()).unwrap().sum(1).unwrap();
+    let mean_d = max_diff(&mean, &t["mean_pooled"]);
+    eprintln!("distilbert_tiny: max |Δ| vs transformers: MLM logits {logits_d:.2e}, last hidden {hidden_d:.2e}, padded batch mean-pooled {mean_d:.2e}");
+    for (what, d) in [("MLM logits", logits_d), ("hidden states", hidden_d), ("mean-pooled batch", mean_d)] {
+        assert!(d < 1e-4, "distilbert_tiny: {what} differ from transformers' by {d}");
+    }
+}
+
+#[test]
+fn distilbert_with_an_unknown_tensor_is_refused_by_name() {
+    let d = scratch_copy("distilbert_tiny");
+    let w = d.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&w, &Device::Cpu).unwrap();
+    tensors.insert("distilbert.transformer.layer.0.attention.extra.weight".into(), Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&tensors, &w).unwrap();
+    let e = format!("{:#}", load_model(d.path(), &Device::Cpu).err().expect("an unused tensor must be refused"));
+    assert!(e.contains("extra"), "{e}");
+}

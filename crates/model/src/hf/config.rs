@@ -26,10 +26,12 @@ pub enum HfFamily {
     Qwen3,
     Gpt2,
     Bert,
+    /// DistilBERT: BERT's post-norm encoder under other names, without token types or pooler.
+    DistilBert,
 }
 
 impl HfFamily {
-    pub const ALL: [HfFamily; 6] = [HfFamily::Llama, HfFamily::Mistral, HfFamily::Qwen2, HfFamily::Qwen3, HfFamily::Gpt2, HfFamily::Bert];
+    pub const ALL: [HfFamily; 7] = [HfFamily::Llama, HfFamily::Mistral, HfFamily::Qwen2, HfFamily::Qwen3, HfFamily::Gpt2, HfFamily::Bert, HfFamily::DistilBert];
 
     pub fn model_type(self) -> &'static str {
         match self {
@@ -39,7 +41,13 @@ impl HfFamily {
             HfFamily::Qwen3 => "qwen3",
             HfFamily::Gpt2 => "gpt2",
             HfFamily::Bert => "bert",
+            HfFamily::DistilBert => "distilbert",
         }
+    }
+
+    /// BERT and DistilBERT: masked LMs on the post-norm core.
+    pub fn is_bert_like(self) -> bool {
+        matches!(self, HfFamily::Bert | HfFamily::DistilBert)
     }
 
     pub fn from_model_type(t: &str) -> Option<Self> {
@@ -134,6 +142,7 @@ pub fn parse_config(text: &str, path: &Path) -> Result<HfConfig> {
     let model = match family {
         HfFamily::Gpt2 => gpt2(&k)?,
         HfFamily::Bert => bert(&k)?,
+        HfFamily::DistilBert => distilbert(&k)?,
         HfFamily::Llama | HfFamily::Mistral | HfFamily::Qwen2 | HfFamily::Qwen3 => llama_like(&k, family)?,
     };
     let model = normalised(model);
@@ -149,9 +158,9 @@ pub fn read_config(dir: &Path) -> Result<HfConfig> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut cfg = parse_config(&text, &path)?;
-    if cfg.family == HfFamily::Bert {
+    if cfg.family.is_bert_like() {
         let names = super::weights::tensor_names(dir)?;
-        let (mlm, pooler, nsp) = super::weights::bert_heads(&names);
+        let (mlm, pooler, nsp) = super::weights::bert_heads(cfg.family, &names);
         cfg.model.mlm_head = mlm;
         cfg.model.pooler = pooler;
         cfg.model.nsp_head = nsp;
@@ -244,6 +253,43 @@ fn bert(k: &Keys) -> Result<TransformerConfig> {
         post_norm: true,
         exact_gelu,
         type_vocab_size: types,
+        ..TransformerConfig::default()
+    })
+}
+
+/// DistilBERT's config.json (`dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`):
+/// BERT's block with LayerNorm eps 1e-12 (fixed in its code), no token types; learned
+/// positions only (`sinusoidal_pos_embds` = true is refused: those are computed, not stored).
+fn distilbert(k: &Keys) -> Result<TransformerConfig> {
+    let path = k.path.display();
+    let exact_gelu = match k.str_or("activation", "gelu")? {
+        "gelu" => true,
+        other => bail!("{path}: activation \"{other}\" is not supported (ferrolm reads DistilBERT with \"gelu\")"),
+    };
+    if k.bool_or("sinusoidal_pos_embds", false)? {
+        bail!("{path}: sinusoidal_pos_embds = true is not supported (ferrolm reads DistilBERT with learned positions)");
+    }
+    let d = k.usize("dim")?;
+    let heads = k.usize("n_heads")?;
+    if !d.is_multiple_of(heads) {
+        bail!("{path}: dim ({d}) must be divisible by n_heads ({heads})");
+    }
+    Ok(TransformerConfig {
+        kind: ModelKind::MaskedLm,
+        vocab_size: k.usize("vocab_size")?,
+        d_model: d,
+        n_layers: k.usize("n_layers")?,
+        n_heads: heads,
+        n_kv_heads: heads,
+        d_ff: k.usize("hidden_dim")?,
+        max_seq_len: k.usize_or("max_position_embeddings", 512)?,
+        block: BlockStyle::Gpt2,
+        tie_embeddings: k.bool_or("tie_word_embeddings", true)?,
+        dropout: 0.0,
+        norm_eps: 1e-12,
+        post_norm: true,
+        exact_gelu,
+        type_vocab_size: 0,
         ..TransformerConfig::default()
     })
 }

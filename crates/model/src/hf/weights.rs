@@ -124,7 +124,11 @@ pub fn tensor_names(dir: &Path) -> Result<BTreeSet<String>> {
 }
 
 /// Which BERT heads a checkpoint's tensors hold: (MLM head, pooler, next-sentence head).
-pub fn bert_heads(names: &BTreeSet<String>) -> (bool, bool, bool) {
+/// DistilBERT has no pooler or next-sentence head; its MLM head is `vocab_transform` & co.
+pub fn bert_heads(family: HfFamily, names: &BTreeSet<String>) -> (bool, bool, bool) {
+    if family == HfFamily::DistilBert {
+        return (names.contains("vocab_transform.weight"), false, false);
+    }
     let has = |n: &str| names.contains(n) || names.contains(&format!("bert.{n}"));
     let mlm = names.iter().any(|n| n.starts_with("cls.predictions."));
     let pooler = has("pooler.dense.weight");
@@ -183,8 +187,56 @@ pub fn to_core(family: HfFamily, cfg: &TransformerConfig, tensors: HashMap<Strin
     match family {
         HfFamily::Gpt2 => gpt2(cfg, tensors),
         HfFamily::Bert => bert(cfg, tensors),
+        HfFamily::DistilBert => bert(cfg, distilbert_names(tensors)),
         HfFamily::Llama | HfFamily::Mistral | HfFamily::Qwen2 | HfFamily::Qwen3 => llama_like(cfg, tensors),
     }
+}
+
+/// DistilBERT's tensors (`DistilBertForMaskedLM` or a bare `DistilBertModel`) under the
+/// names BERT gives the same weights, so that one mapping reads both: q_lin/k_lin/v_lin
+/// → query/key/value, out_lin → attention.output.dense, sa_layer_norm (after attention)
+/// → attention.output.LayerNorm, ffn.lin1/lin2 → intermediate/output.dense,
+/// output_layer_norm → output.LayerNorm, vocab_transform/vocab_layer_norm/vocab_projector
+/// → cls.predictions.{transform.dense, transform.LayerNorm, decoder}. Names it does not
+/// know are kept, so that BERT's reader reports them as unused.
+fn distilbert_names(tensors: HashMap<String, Source>) -> HashMap<String, Source> {
+    let rename = |k: &str| -> String {
+        let k = k.strip_prefix("distilbert.").unwrap_or(k);
+        if let Some(rest) = k.strip_prefix("transformer.layer.") {
+            let (i, part) = rest.split_once('.').unwrap_or((rest, ""));
+            let mapped = [
+                ("attention.q_lin.", "attention.self.query."),
+                ("attention.k_lin.", "attention.self.key."),
+                ("attention.v_lin.", "attention.self.value."),
+                ("attention.out_lin.", "attention.output.dense."),
+                ("sa_layer_norm.", "attention.output.LayerNorm."),
+                ("ffn.lin1.", "intermediate.dense."),
+                ("ffn.lin2.", "output.dense."),
+                ("output_layer_norm.", "output.LayerNorm."),
+            ]
+            .iter()
+            .find_map(|(from, to)| part.strip_prefix(from).map(|p| format!("{to}{p}")));
+            return match mapped {
+                Some(m) => format!("encoder.layer.{i}.{m}"),
+                None => format!("distilbert.{k}"),
+            };
+        }
+        for (from, to) in [
+            ("vocab_transform.", "cls.predictions.transform.dense."),
+            ("vocab_layer_norm.", "cls.predictions.transform.LayerNorm."),
+            ("vocab_projector.weight", "cls.predictions.decoder.weight"),
+        ] {
+            if let Some(p) = k.strip_prefix(from) {
+                return format!("{to}{p}");
+            }
+        }
+        match k {
+            "vocab_projector.bias" => "cls.predictions.bias".into(),
+            _ if k.starts_with("embeddings.") => k.into(),
+            _ => format!("distilbert.{k}"),
+        }
+    };
+    tensors.into_iter().map(|(k, v)| (rename(&k), v)).collect()
 }
 
 /// BERT (`BertForMaskedLM`, `BertForPreTraining` or a bare `BertModel`): separate q/k/v
