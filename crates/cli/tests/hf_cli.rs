@@ -130,7 +130,8 @@ fn gguf_meta(path: &Path) -> std::collections::HashMap<String, candle_core::quan
 /// vocabulary ("llama": pieces, SentencePiece's scores, token types, bos/eos/unk, add_bos,
 /// add_space_prefix) and the folder's own Jinja chat template; the file scores as the
 /// folder does, and so does the file without ferrolm's stored tokenizer.json (as llama.cpp's
-/// converter writes files), its tokenizer rebuilt from the `tokenizer.ggml.*` keys.
+/// converter writes files), its tokenizer rebuilt from the `tokenizer.ggml.*` keys; chat
+/// prompts through the file's `tokenizer.chat_template` are the folder's.
 #[test]
 fn a_sentencepiece_model_exports_to_gguf_and_a_bare_gguf_carries_its_tokenizer() {
     use candle_core::quantized::gguf_file;
@@ -181,6 +182,24 @@ fn a_sentencepiece_model_exports_to_gguf_and_a_bare_gguf_carries_its_tokenizer()
     }
     assert!(!gguf_meta(&bare).contains_key("ferrolm.tokenizer_json"));
     close(&score(&bare, sentence));
+    // chat and serve read the file's chat template and end of sequence: the same prompts
+    // (the reference conversations) and stops as the folder
+    use ferrolm_finetune::prompt::{load_tokenizer, ChatFormat};
+    let src_tok = load_tokenizer(&src).unwrap();
+    let src_format = ChatFormat::load(&src, &src_tok).unwrap();
+    for m in [&file, &bare] {
+        let tok = load_tokenizer(m).unwrap();
+        let format = ChatFormat::load(m, &tok).unwrap();
+        assert!(format.marker().is_none());
+        assert_eq!(format.stop_tokens(), &[2]);
+        for c in r["spm"]["chat"].as_array().unwrap() {
+            let msgs: Vec<ferrolm_tokenizer::Message> =
+                c["messages"].as_array().unwrap().iter().map(|x| ferrolm_tokenizer::Message::new(serde_json::from_value(x["role"].clone()).unwrap(), x["content"].as_str().unwrap())).collect();
+            let want = src_format.prompt(&src_tok, &msgs).unwrap();
+            assert_eq!(want.iter().map(|&i| i as u64).collect::<Vec<_>>(), c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect::<Vec<_>>());
+            assert_eq!(format.prompt(&tok, &msgs).unwrap(), want, "{}", m.display());
+        }
+    }
     // greedy generation through the bare file continues the prompt as the folder does
     let gen = |m: &Path| ferrolm(&["generate", "--model", m.to_str().unwrap(), "--prompt", "Hello world", "--max-tokens", "8", "--temperature", "0"]);
     assert_eq!(gen(&bare), gen(&src));

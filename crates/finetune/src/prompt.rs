@@ -38,7 +38,8 @@ pub fn load_template(run_dir: &Path) -> Result<ChatTemplate> {
 /// add_generation_prompt=True, tokenize=True)` does — `bos_token`/`eos_token` as variables,
 /// the text encoded as it is, the special tokens it spells (`<s>`, `</s>`) as their ids — and
 /// an answer ends at the model's end-of-sequence ids (generation_config.json's, else
-/// config.json's, and the tokenizer_config.json `eos_token`).
+/// config.json's, and the tokenizer_config.json `eos_token`). A .gguf file's
+/// `tokenizer.chat_template` and `tokenizer.ggml.eos_token_id` are read the same way.
 #[derive(Debug, Clone)]
 pub struct ChatFormat {
     /// The marker template; None for a Jinja template of another shape.
@@ -56,11 +57,22 @@ impl ChatFormat {
         Self { marker: Some(tpl), jinja: None, stops }
     }
 
-    /// The format of a run folder, Hugging Face folder or .gguf file (whose template is
-    /// not read yet: the default marker template).
+    /// The format of a run folder, a Hugging Face folder or a .gguf file (its
+    /// `tokenizer.chat_template`, its `tokenizer.ggml.eos_token_id`).
     pub fn load(dir: &Path, tok: &Tokenizer) -> Result<Self> {
+        if is_gguf(dir) {
+            let Some(v) = ferrolm_model::gguf::read_tokenizer(dir)?.vocab else { return Ok(Self::from_marker(ChatTemplate::default(), tok)) };
+            let Some(source) = v.chat_template.clone() else { return Ok(Self::from_marker(ChatTemplate::default(), tok)) };
+            let name = |id: Option<u32>| id.and_then(|i| v.tokens.get(i as usize).cloned());
+            let cfg = HfTokenizerConfig { chat_template: Some(source), bos_token: name(v.bos), eos_token: name(v.eos), path: dir.to_path_buf(), ..Default::default() };
+            return match cfg.marker_template() {
+                // (tools then go to the system message, as before the file's template was read)
+                Ok(tpl) => Ok(Self::from_marker(tpl, tok)),
+                Err(_) => Self::from_jinja(cfg, v.eos.into_iter().collect(), tok),
+            };
+        }
         let own = ChatTemplate::path_next_to(&dir.join("tokenizer.json"));
-        if own.exists() || is_gguf(dir) {
+        if own.exists() {
             return Ok(Self::from_marker(load_template(dir)?, tok));
         }
         let Some(cfg) = HfTokenizerConfig::load_from_dir(dir)?.filter(|c| c.chat_template.is_some()) else {
@@ -68,23 +80,31 @@ impl ChatFormat {
         };
         match cfg.marker_template() {
             Ok(tpl) => Ok(Self { jinja: Some(cfg), ..Self::from_marker(tpl, tok) }),
-            Err(_) => {
-                // the model's end-of-sequence ids, as transformers' generate stops at them
-                let mut stops = if ferrolm_model::hf::is_hf_folder(dir) { ferrolm_model::hf::generation_defaults(dir)?.eos_token_ids } else { vec![] };
-                if let Some(e) = cfg.eos_token.as_deref() {
-                    let id = tok.token_id(e).with_context(|| format!("{}: eos_token {e:?} is not a token of tokenizer.json", cfg.path.display()))?;
-                    stops.push(id);
-                }
-                stops.extend(tok.try_eot_id());
-                let mut seen = Vec::new();
-                stops.retain(|id| !seen.contains(id) && {
-                    seen.push(*id);
-                    true
-                });
-                anyhow::ensure!(!stops.is_empty(), "{}: the chat template is not a marker template and the model names no end-of-sequence token (eos_token, generation_config.json), so an answer would never end", cfg.path.display());
-                Ok(Self { marker: None, jinja: Some(cfg), stops })
-            }
+            // the model's end-of-sequence ids, as transformers' generate stops at them
+            Err(_) => Self::from_jinja(cfg, if ferrolm_model::hf::is_hf_folder(dir) { ferrolm_model::hf::generation_defaults(dir)?.eos_token_ids } else { vec![] }, tok),
         }
+    }
+
+    /// A Jinja template of no marker shape, answers ending at `eos` and the template's
+    /// `eos_token` (and end of text where the tokenizer has it).
+    fn from_jinja(cfg: HfTokenizerConfig, mut stops: Vec<u32>, tok: &Tokenizer) -> Result<Self> {
+        if let Some(e) = cfg.eos_token.as_deref() {
+            let id = tok.token_id(e).with_context(|| format!("{}: eos_token {e:?} is not a token of the tokenizer", cfg.path.display()))?;
+            stops.push(id);
+        }
+        stops.extend(tok.try_eot_id());
+        let mut seen = Vec::new();
+        stops.retain(|id| {
+            let new = !seen.contains(id);
+            seen.push(*id);
+            new
+        });
+        anyhow::ensure!(
+            !stops.is_empty(),
+            "{}: the chat template is not a marker template and the model names no end-of-sequence token (eos_token, generation_config.json), so an answer would never end",
+            cfg.path.display()
+        );
+        Ok(Self { marker: None, jinja: Some(cfg), stops })
     }
 
     /// The marker template; None for a Jinja template of another shape.
