@@ -1,18 +1,28 @@
 #!/usr/bin/env python3
 """ferrolm → GGUF → llama.cpp, side by side (issue 14).
 
-For a ferrolm run folder (modern blocks), exports GGUF files at f32, f16, q8_0 and q4_k_m
-with `ferrolm export --format gguf`, then for each file:
+For a ferrolm run folder (modern blocks) or a Hugging Face folder (e.g. the Llama 2-family
+SentencePiece fixture crates/model/tests/fixtures/hf/llama2_spm), exports GGUF files at f32,
+f16, q8_0 and q4_k_m with `ferrolm export --format gguf`, then for each file:
   * reads its metadata with the `gguf` package (what llama.cpp's tools read);
   * loads it in llama.cpp (llama-cpp-python, built from source) and scores the same token
     ids as `ferrolm score --ids ... --json` on the run folder: max |Δ log-prob| and greedy
     next-token agreement at every position;
   * scores the ids with ferrolm on the GGUF file itself (dequantized weights), so the
     quantisation's own cost shows: mean log-prob per token vs the f32 run (bits per token).
+On the f32 file also the tokenizer and greedy decoding:
+  * token ids of a few texts: `ferrolm score --text T --json` on the folder vs llama.cpp's
+    `tokenize(T, add_bos=True, special=False)` on the file (for a SentencePiece model this
+    is llama.cpp's "llama" vocabulary rebuilt from the file's scores);
+  * greedy continuations of a few prompts: `ferrolm generate --temperature 0` on the folder
+    vs llama.cpp's greedy tokens on the file (both stop at the file's end of sequence),
+    compared as text (llama.cpp's tokens detokenized after the prompt's).
 
 Usage: bench/gguf_llama_cpp.py RUN_DIR [--ferrolm target/release/ferrolm] [--ids 1,2,3,...]
 Peers: /work/venv-llama/bin/python -m pip install "llama-cpp-python[server]" gguf numpy
-Skips with a message when llama_cpp or gguf is missing.
+Skips with a message when llama_cpp or gguf is missing. (On a CPU whose AMX llama.cpp's
+build mishandles, a build with GGML_AMX off: /work/venv-llama-noamx, with the `gguf`
+package put on PYTHONPATH from another venv.)
 """
 import argparse
 import json
@@ -30,10 +40,12 @@ def ferrolm_score(binary, model, ids):
     return json.loads(out)["logprobs"]
 
 
-def llama_logprobs(path, ids):
+def llama_logprobs(path, ids, kv_f32=False):
     import numpy as np
     from llama_cpp import Llama
-    llm = Llama(model_path=path, n_ctx=max(64, len(ids) + 8), logits_all=True, verbose=False, n_threads=2)
+    # llama.cpp keeps its KV cache in f16 unless told (type_k/type_v 0 = GGML_TYPE_F32)
+    kv = {"type_k": 0, "type_v": 0} if kv_f32 else {}
+    llm = Llama(model_path=path, n_ctx=max(64, len(ids) + 8), logits_all=True, verbose=False, n_threads=2, **kv)
     llm.reset()
     llm.eval(ids)
     logits = np.array(llm.scores[: len(ids)], dtype=np.float64)
@@ -45,12 +57,47 @@ def llama_logprobs(path, ids):
     return lp, greedy
 
 
+TEXTS = ["Hello world", "the quick brown fox jumps over the lazy dog.", " leading space", "line one\nline two",
+         "emoji 🦀🎉 ok", "日本語 text", "digits 12345 and 3.14", "tabs\tand\ttabs"]
+PROMPTS = ["Hello world", "the quick brown", "The answer is"]
+
+
+def tokenizer_and_greedy(binary, run, path, max_tokens=12):
+    """(texts with the same ids, texts, prompts with the same greedy text, prompts)."""
+    from llama_cpp import Llama
+    llm = Llama(model_path=path, n_ctx=64, verbose=False, n_threads=2)
+    same_ids = 0
+    for t in TEXTS:
+        own = json.loads(subprocess.run([binary, "score", "--model", run, "--text", t, "--json"], check=True, capture_output=True, text=True).stdout)["token_ids"]
+        cpp = llm.tokenize(t.encode(), add_bos=True, special=False)
+        same_ids += own == cpp
+        if own != cpp:
+            print(f"ids differ on {t!r}: ferrolm {own}, llama.cpp {cpp}")
+    same_greedy = 0
+    for p in PROMPTS:
+        own = subprocess.run([binary, "generate", "--model", run, "--prompt", p, "--max-tokens", str(max_tokens), "--temperature", "0"],
+                             check=True, capture_output=True, text=True).stdout.rstrip("\n")
+        toks = llm.tokenize(p.encode(), add_bos=True, special=False)
+        llm.reset()
+        gen = []
+        for t in llm.generate(toks, temp=0.0, top_k=1):
+            if t == llm.token_eos() or len(gen) >= max_tokens:
+                break
+            gen.append(t)
+        cpp = p + llm.detokenize(gen, prev_tokens=toks).decode(errors="replace")
+        same_greedy += own == cpp
+        if own != cpp:
+            print(f"greedy differs after {p!r}: ferrolm {own!r}, llama.cpp {cpp!r}")
+    return same_ids, len(TEXTS), same_greedy, len(PROMPTS)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
     ap.add_argument("--ferrolm", default=os.environ.get("FERROLM_BIN", "target/release/ferrolm"))
     ap.add_argument("--ids", default=None, help="comma-separated token ids (default: 48 random ids)")
     ap.add_argument("--out", default=None, help="folder for the GGUF files (default: a temporary one)")
+    ap.add_argument("--kv-f32", action="store_true", help="llama.cpp's KV cache in f32 (default: its f16)")
     a = ap.parse_args()
     try:
         import gguf  # noqa: F401
@@ -58,8 +105,11 @@ def main():
     except ImportError as e:
         print(f"skipping: {e} (install llama-cpp-python[server] and gguf into a venv outside the repo)")
         return 0
-    cfg_text = open(os.path.join(a.run, "config.toml")).read()
-    vocab = int(next(l.split("=")[1] for l in cfg_text.splitlines() if l.strip().startswith("vocab_size")))
+    if os.path.exists(os.path.join(a.run, "config.toml")):
+        cfg_text = open(os.path.join(a.run, "config.toml")).read()
+        vocab = int(next(l.split("=")[1] for l in cfg_text.splitlines() if l.strip().startswith("vocab_size")))
+    else:  # a Hugging Face folder
+        vocab = json.load(open(os.path.join(a.run, "config.json")))["vocab_size"]
     rng = random.Random(7)
     ids = [int(x) for x in a.ids.split(",")] if a.ids else [rng.randrange(vocab) for _ in range(48)]
     ref = ferrolm_score(a.ferrolm, a.run, ids)
@@ -71,13 +121,16 @@ def main():
         reader = gguf.GGUFReader(path)
         arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
         n_tensors = len(reader.tensors)
-        lp_cpp, greedy_cpp = llama_logprobs(path, ids)
+        lp_cpp, greedy_cpp = llama_logprobs(path, ids, a.kv_f32)
         lp_own = ferrolm_score(a.ferrolm, path, ids)
         d_cpp = max(abs(x - y) for x, y in zip(lp_own, lp_cpp))
         # ferrolm's own greedy choice at each position, from the same GGUF
         d_ref = (sum(ref) - sum(lp_own)) / len(ref) / math.log(2)
         rows.append((quant, arch, n_tensors, os.path.getsize(path) / 1e6, d_cpp, d_ref, greedy_cpp))
-    print(f"ids: {len(ids)} tokens, vocab {vocab}; reference: ferrolm score on {a.run}")
+        if quant == "f32":
+            tok_model = bytes(reader.fields["tokenizer.ggml.model"].parts[-1]).decode()
+            parity = tokenizer_and_greedy(a.ferrolm, a.run, path)
+    print(f"ids: {len(ids)} tokens, vocab {vocab}; reference: ferrolm score on {a.run}; llama.cpp KV cache {'f32' if a.kv_f32 else 'f16'}")
     print("| GGUF | arch (gguf pkg) | tensors | MB | max |Δ log-prob| ferrolm vs llama.cpp, same file | Δ bits/token vs f32 run (ferrolm) |")
     print("|---|---|---|---|---|---|")
     for quant, arch, n, mb, d_cpp, d_ref, _ in rows:
@@ -86,7 +139,10 @@ def main():
     for quant, *_rest, greedy in rows[1:]:
         same = sum(x == y for x, y in zip(g32, greedy))
         print(f"llama.cpp greedy next token, {quant} vs f32: {same}/{len(g32)} positions agree")
-    return 0
+    ids_same, n_texts, greedy_same, n_prompts = parity
+    print(f"f32 file, tokenizer.ggml.model {tok_model!r}: token ids ferrolm (folder) = llama.cpp (file) on {ids_same}/{n_texts} texts; "
+          f"greedy {12}-token continuations equal on {greedy_same}/{n_prompts} prompts")
+    return 0 if (ids_same, greedy_same) == (n_texts, n_prompts) else 1
 
 
 if __name__ == "__main__":

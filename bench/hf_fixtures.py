@@ -9,6 +9,10 @@ Usage (a venv outside the repo):
         # load a folder written by `ferrolm export --format hf` with transformers and
         # compare its log-probs with ferrolm's (REF.json from `ferrolm score --json`);
         # with TEXT (the scored text) also the tokenizer's ids and the chat template
+    /work/venv-spm/bin/python bench/hf_fixtures.py --compare-tokenizers SRC EXPORT
+        # transformers' AutoTokenizer on a ferrolm export (`export --format hf` of SRC) vs on
+        # SRC: ids of the SentencePiece fixture's texts and apply_chat_template's ids of its
+        # conversations (tokenize=True, add_generation_prompt=True)
 
 Each fixture folder holds what `save_pretrained` writes (config.json, safetensors, and for
 some a tokenizer.json / tokenizer_config.json with a chat template) plus reference.json:
@@ -474,11 +478,31 @@ def check_export(folder, ref_path, text=None):
     return ok
 
 
+def compare_tokenizers(src, export):
+    """AutoTokenizer on `export` gives the ids AutoTokenizer on `src` gives (texts with the
+    tokenizer's own framing, and chat prompts)."""
+    from transformers import AutoTokenizer
+    a, b = AutoTokenizer.from_pretrained(src), AutoTokenizer.from_pretrained(export)
+    texts = [t for t in SPM_TEXTS if a(t).input_ids == b(t).input_ids]
+    sys_user = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi! "}]
+    convo = sys_user + [{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye?"}]
+    chat = lambda t, m: t.apply_chat_template(m, tokenize=True, add_generation_prompt=True, return_dict=False)
+    chats = [m for m in (sys_user, convo, convo[1:]) if chat(a, m) == chat(b, m)]
+    out = {"transformers": transformers.__version__, "classes": [type(a).__name__, type(b).__name__],
+           "texts_same_ids": f"{len(texts)}/{len(SPM_TEXTS)}", "chats_same_ids": f"{len(chats)}/3",
+           "first_text_ids": b(SPM_TEXTS[0]).input_ids}
+    print(json.dumps(out, ensure_ascii=False))
+    return len(texts) == len(SPM_TEXTS) and len(chats) == 3
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--check-export", nargs="+", metavar="DIR REF_JSON [TEXT]")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="write only these fixtures (e.g. bert_tiny)")
+    ap.add_argument("--compare-tokenizers", nargs=2, metavar=("SRC", "EXPORT"))
     a = ap.parse_args()
+    if a.compare_tokenizers:
+        sys.exit(0 if compare_tokenizers(*a.compare_tokenizers) else 1)
     if a.check_export:
         sys.exit(0 if check_export(*a.check_export) else 1)
     write_fixtures(a.only)

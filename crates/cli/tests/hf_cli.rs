@@ -130,7 +130,8 @@ fn gguf_meta(path: &Path) -> std::collections::HashMap<String, candle_core::quan
 /// vocabulary ("llama": pieces, SentencePiece's scores, token types, bos/eos/unk, add_bos,
 /// add_space_prefix) and the folder's own Jinja chat template; the file scores as the
 /// folder does, and so does the file without ferrolm's stored tokenizer.json (as llama.cpp's
-/// converter writes files), its tokenizer rebuilt from the `tokenizer.ggml.*` keys.
+/// converter writes files), its tokenizer rebuilt from the `tokenizer.ggml.*` keys; chat
+/// prompts through the file's `tokenizer.chat_template` are the folder's.
 #[test]
 fn a_sentencepiece_model_exports_to_gguf_and_a_bare_gguf_carries_its_tokenizer() {
     use candle_core::quantized::gguf_file;
@@ -181,7 +182,97 @@ fn a_sentencepiece_model_exports_to_gguf_and_a_bare_gguf_carries_its_tokenizer()
     }
     assert!(!gguf_meta(&bare).contains_key("ferrolm.tokenizer_json"));
     close(&score(&bare, sentence));
+    // chat and serve read the file's chat template and end of sequence: the same prompts
+    // (the reference conversations) and stops as the folder
+    use ferrolm_finetune::prompt::{load_tokenizer, ChatFormat};
+    let src_tok = load_tokenizer(&src).unwrap();
+    let src_format = ChatFormat::load(&src, &src_tok).unwrap();
+    for m in [&file, &bare] {
+        let tok = load_tokenizer(m).unwrap();
+        let format = ChatFormat::load(m, &tok).unwrap();
+        assert!(format.marker().is_none());
+        assert_eq!(format.stop_tokens(), &[2]);
+        for c in r["spm"]["chat"].as_array().unwrap() {
+            let msgs: Vec<ferrolm_tokenizer::Message> =
+                c["messages"].as_array().unwrap().iter().map(|x| ferrolm_tokenizer::Message::new(serde_json::from_value(x["role"].clone()).unwrap(), x["content"].as_str().unwrap())).collect();
+            let want = src_format.prompt(&src_tok, &msgs).unwrap();
+            assert_eq!(want.iter().map(|&i| i as u64).collect::<Vec<_>>(), c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect::<Vec<_>>());
+            assert_eq!(format.prompt(&tok, &msgs).unwrap(), want, "{}", m.display());
+        }
+    }
     // greedy generation through the bare file continues the prompt as the folder does
     let gen = |m: &Path| ferrolm(&["generate", "--model", m.to_str().unwrap(), "--prompt", "Hello world", "--max-tokens", "8", "--temperature", "0"]);
     assert_eq!(gen(&bare), gen(&src));
+}
+
+/// `export --format hf` of a Llama 2-family folder writes the tokenizer_config.json fields
+/// transformers builds a Llama tokenizer from (without them its AutoTokenizer put no `<s>`
+/// before a text): `LlamaTokenizer`, `add_bos_token`, bos/eos/unk tokens, and the folder's
+/// own Jinja chat template (no marker template renders Llama 2's); generation stops at
+/// `</s>`. The export scores as the source and builds the same chat prompts.
+#[test]
+fn a_sentencepiece_model_exports_to_hf_with_the_llama_tokenizer_fields() {
+    let src = fixture("llama2_spm");
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("hf");
+    ferrolm(&["export", "--model", src.to_str().unwrap(), "--format", "hf", "--out", dest.to_str().unwrap()]);
+    let read = |p: PathBuf| -> Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let (got, want) = (read(dest.join("tokenizer_config.json")), read(src.join("tokenizer_config.json")));
+    for k in ["tokenizer_class", "add_bos_token", "add_eos_token", "bos_token", "eos_token", "unk_token", "chat_template", "legacy"] {
+        assert_eq!(got[k], want[k], "{k}: {got}");
+    }
+    assert_eq!((got["tokenizer_class"].as_str(), got["add_bos_token"].as_bool(), got["bos_token"].as_str()), (Some("LlamaTokenizer"), Some(true), Some("<s>")));
+    assert_eq!(read(dest.join("generation_config.json"))["eos_token_id"], 2);
+    assert_eq!(read(dest.join("config.json"))["eos_token_id"], 2);
+    let text = "Hello, the quick fox! 日本 🦀";
+    assert_eq!(score(&dest, text), score(&src, text));
+    let tok = ferrolm_tokenizer::Tokenizer::from_file(&dest.join("tokenizer.json")).unwrap();
+    let msgs = [ferrolm_tokenizer::Message::system("Be brief."), ferrolm_tokenizer::Message::user("Hi!")];
+    let prompt = |dir: &Path| ferrolm_finetune::prompt::ChatFormat::load(dir, &tok).unwrap().prompt(&tok, &msgs).unwrap();
+    assert_eq!(prompt(&dest), prompt(&src));
+}
+
+fn chat(model: &Path, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrolm"))
+        .args(["chat", "--model", model.to_str().unwrap(), "--temperature", "0", "--max-tokens", "8"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `chat` with a Llama 2-family folder: prompts through its Jinja template, a second turn
+/// that overflows the 64-position context drops the first exchange whole (the template
+/// checks the role order); a template that refuses the conversation ends the chat with its
+/// message.
+#[test]
+fn chat_with_a_llama2_folder_renders_its_jinja_template() {
+    let src = fixture("llama2_spm");
+    let out = chat(&src, &["--system", "Be brief."], "Hello there\nAnd the quick fox?\n/quit\n");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2 turns, 0 ratings, 0 preferences recorded"), "{stdout}");
+    assert!(!stdout.contains("</s>"), "{stdout}");
+    // a template that has no place for a system message (as Gemma's and Mistral's raise)
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("llama2");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer_config.json")).unwrap()).unwrap();
+    let raising = format!("{{% if messages[0]['role'] == 'system' %}}{{{{ raise_exception('System role not supported') }}}}{{% endif %}}{}", cfg["chat_template"].as_str().unwrap());
+    cfg["chat_template"] = raising.into();
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let out = chat(&dir, &["--system", "Be brief."], "Hello there\n/quit\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("chat template refused the conversation") && stderr.contains("System role not supported"), "{stderr}");
+    // without --system it answers
+    assert!(chat(&dir, &[], "Hello there\n/quit\n").status.success());
 }

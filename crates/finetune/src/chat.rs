@@ -20,10 +20,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use ferrolm_infer::{generate, GenerateConfig, SamplingConfig};
 use ferrolm_model::Transformer;
-use ferrolm_tokenizer::{ChatTemplate, DecodeStream, Message, Role, Tokenizer};
+use ferrolm_tokenizer::{DecodeStream, Message, Role, Tokenizer};
 use serde::Serialize;
 
-use crate::prompt;
+use crate::prompt::ChatFormat;
 
 #[derive(Debug, Clone)]
 pub struct ChatConfig {
@@ -49,7 +49,7 @@ pub struct ChatStats {
 pub struct ChatSession<'a> {
     model: &'a Transformer,
     tok: &'a Tokenizer,
-    tpl: &'a ChatTemplate,
+    format: &'a ChatFormat,
     cfg: ChatConfig,
     history: Vec<Message>,
     /// Advances with every sampled answer so repeated questions get fresh samples.
@@ -70,9 +70,9 @@ fn append_line(path: &PathBuf, value: &serde_json::Value) -> Result<()> {
 }
 
 impl<'a> ChatSession<'a> {
-    pub fn new(model: &'a Transformer, tok: &'a Tokenizer, tpl: &'a ChatTemplate, cfg: ChatConfig) -> Self {
+    pub fn new(model: &'a Transformer, tok: &'a Tokenizer, format: &'a ChatFormat, cfg: ChatConfig) -> Self {
         let seed = cfg.sampling.seed;
-        let mut s = Self { model, tok, tpl, cfg, history: vec![], seed, stats: ChatStats::default() };
+        let mut s = Self { model, tok, format, cfg, history: vec![], seed, stats: ChatStats::default() };
         s.reset();
         s
     }
@@ -88,28 +88,34 @@ impl<'a> ChatSession<'a> {
         }
     }
 
-    /// Prompt ids for `history`, dropping the oldest turns (never the system message) until
-    /// the prompt and the answer budget fit the context.
-    fn prompt_for(&self, history: &[Message]) -> Vec<u32> {
+    /// Prompt ids for `history`, dropping the oldest exchanges (a user turn and its answer;
+    /// never the system message) until the prompt and the answer budget fit the context, so
+    /// the kept turns still start with a user turn, as templates that check the role order
+    /// (Llama 2's) require. A chat template that refuses the conversation is an error with its
+    /// message.
+    fn prompt_for(&self, history: &[Message]) -> Result<Vec<u32>> {
         let ctx = self.model.config().max_seq_len;
         let budget = ctx.saturating_sub(self.cfg.max_tokens.min(ctx / 2)).max(1);
         let sys = usize::from(history.first().is_some_and(|m| m.role == Role::System));
         let mut start = sys;
         loop {
             let msgs: Vec<Message> = history[..sys].iter().chain(&history[start..]).cloned().collect();
-            let ids = prompt::prompt_ids(self.tok, self.tpl, &msgs);
+            let ids = self.format.prompt(self.tok, &msgs).context("the model's chat template refused the conversation")?;
             if ids.len() <= budget || start + 1 >= history.len() {
                 // the last user turn alone may still be too long: keep its most recent tokens
-                return ids[ids.len().saturating_sub(budget)..].to_vec();
+                return Ok(ids[ids.len().saturating_sub(budget)..].to_vec());
             }
             start += 1;
+            while start + 1 < history.len() && history[start].role != Role::User {
+                start += 1;
+            }
         }
     }
 
     /// Sample an answer to `history`, streaming its text to `out` when given.
     fn sample(&mut self, history: &[Message], temperature: f32, out: Option<&mut dyn Write>) -> Result<String> {
-        let ids = self.prompt_for(history);
-        let stops = prompt::stop_tokens(self.tok, self.tpl);
+        let ids = self.prompt_for(history)?;
+        let stops = self.format.stop_tokens().to_vec();
         let sampling = SamplingConfig { temperature, seed: self.seed, ..self.cfg.sampling.clone() };
         self.seed = self.seed.wrapping_add(1);
         let cfg = GenerateConfig { max_tokens: self.cfg.max_tokens, stop_tokens: stops.clone(), sampling };
@@ -128,7 +134,7 @@ impl<'a> ChatSession<'a> {
         if let Some(w) = sink.as_mut() {
             write!(w, "{}", stream.finish())?;
         }
-        Ok(prompt::answer_text(self.tok, self.tpl, &new))
+        Ok(self.format.answer_text(self.tok, &new))
     }
 
     /// Run until `/quit` or end of input.

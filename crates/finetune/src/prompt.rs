@@ -14,13 +14,170 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use ferrolm_tokenizer::{special, ChatTemplate, Message, Role, Tokenizer};
+use ferrolm_tokenizer::{special, ChatTemplate, HfTokenizerConfig, Message, Role, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 /// The chat template of a run folder (`chat_template.json` beside its `tokenizer.json`),
-/// or the default template when the folder has none (e.g. a pretraining run).
+/// or the default template when the folder has none (e.g. a pretraining run). A Hugging Face
+/// folder's Jinja template is read as the marker template that renders the same text; one
+/// of another shape (Llama 2's `[INST]`) is an error here, since the stages that call this
+/// (SFT, DPO, the reward model, PPO) encode conversations part by part to put the loss on
+/// the assistant's turns. Inference reads any template through [`ChatFormat`].
 pub fn load_template(run_dir: &Path) -> Result<ChatTemplate> {
     ChatTemplate::load_next_to(&run_dir.join("tokenizer.json"))
+}
+
+/// How a conversation becomes a prompt and where an answer ends: the one rule `chat` and
+/// `serve` follow (and the chat template `export` writes).
+///
+/// A marker template (ferrolm's `chat_template.json`, a Hugging Face Jinja template of that
+/// shape, or the default) builds prompts with [`prompt_ids`], exactly as training encodes
+/// them, and an answer ends at the end marker or end of text. Any other Jinja template
+/// (Llama 2's `[INST] … [/INST]` with `<<SYS>>`, which checks the role order with
+/// `raise_exception`) is rendered as transformers' `apply_chat_template(messages,
+/// add_generation_prompt=True, tokenize=True)` does — `bos_token`/`eos_token` as variables,
+/// the text encoded as it is, the special tokens it spells (`<s>`, `</s>`) as their ids — and
+/// an answer ends at the model's end-of-sequence ids (generation_config.json's, else
+/// config.json's, and the tokenizer_config.json `eos_token`). A .gguf file's
+/// `tokenizer.chat_template` and `tokenizer.ggml.eos_token_id` are read the same way.
+#[derive(Debug, Clone)]
+pub struct ChatFormat {
+    /// The marker template; None for a Jinja template of another shape.
+    marker: Option<ChatTemplate>,
+    /// The folder's Jinja template (tokenizer_config.json, when no `chat_template.json`
+    /// overrides it). Beside a marker template it renders requests with tools.
+    jinja: Option<HfTokenizerConfig>,
+    stops: Vec<u32>,
+}
+
+impl ChatFormat {
+    /// A marker template's format.
+    pub fn from_marker(tpl: ChatTemplate, tok: &Tokenizer) -> Self {
+        let stops = stop_tokens(tok, &tpl);
+        Self { marker: Some(tpl), jinja: None, stops }
+    }
+
+    /// The format of a run folder, a Hugging Face folder or a .gguf file (its
+    /// `tokenizer.chat_template`, its `tokenizer.ggml.eos_token_id`).
+    pub fn load(dir: &Path, tok: &Tokenizer) -> Result<Self> {
+        if is_gguf(dir) {
+            let Some(v) = ferrolm_model::gguf::read_tokenizer(dir)?.vocab else { return Ok(Self::from_marker(ChatTemplate::default(), tok)) };
+            let Some(source) = v.chat_template.clone() else { return Ok(Self::from_marker(ChatTemplate::default(), tok)) };
+            let name = |id: Option<u32>| id.and_then(|i| v.tokens.get(i as usize).cloned());
+            let cfg = HfTokenizerConfig { chat_template: Some(source), bos_token: name(v.bos), eos_token: name(v.eos), path: dir.to_path_buf(), ..Default::default() };
+            return match cfg.marker_template() {
+                // (tools then go to the system message, as before the file's template was read)
+                Ok(tpl) => Ok(Self::from_marker(tpl, tok)),
+                Err(_) => Self::from_jinja(cfg, v.eos.into_iter().collect(), tok),
+            };
+        }
+        let own = ChatTemplate::path_next_to(&dir.join("tokenizer.json"));
+        if own.exists() {
+            return Ok(Self::from_marker(load_template(dir)?, tok));
+        }
+        let Some(cfg) = HfTokenizerConfig::load_from_dir(dir)?.filter(|c| c.chat_template.is_some()) else {
+            return Ok(Self::from_marker(ChatTemplate::default(), tok));
+        };
+        match cfg.marker_template() {
+            Ok(tpl) => Ok(Self { jinja: Some(cfg), ..Self::from_marker(tpl, tok) }),
+            // the model's end-of-sequence ids, as transformers' generate stops at them
+            Err(_) => Self::from_jinja(cfg, if ferrolm_model::hf::is_hf_folder(dir) { ferrolm_model::hf::generation_defaults(dir)?.eos_token_ids } else { vec![] }, tok),
+        }
+    }
+
+    /// A Jinja template of no marker shape, answers ending at `eos` and the template's
+    /// `eos_token` (and end of text where the tokenizer has it).
+    fn from_jinja(cfg: HfTokenizerConfig, mut stops: Vec<u32>, tok: &Tokenizer) -> Result<Self> {
+        if let Some(e) = cfg.eos_token.as_deref() {
+            let id = tok.token_id(e).with_context(|| format!("{}: eos_token {e:?} is not a token of the tokenizer", cfg.path.display()))?;
+            stops.push(id);
+        }
+        stops.extend(tok.try_eot_id());
+        let mut seen = Vec::new();
+        stops.retain(|id| {
+            let new = !seen.contains(id);
+            seen.push(*id);
+            new
+        });
+        anyhow::ensure!(
+            !stops.is_empty(),
+            "{}: the chat template is not a marker template and the model names no end-of-sequence token (eos_token, generation_config.json), so an answer would never end",
+            cfg.path.display()
+        );
+        Ok(Self { marker: None, jinja: Some(cfg), stops })
+    }
+
+    /// The marker template; None for a Jinja template of another shape.
+    pub fn marker(&self) -> Option<&ChatTemplate> {
+        self.marker.as_ref()
+    }
+
+    /// The folder's Jinja template, if it has one.
+    pub fn jinja(&self) -> Option<&HfTokenizerConfig> {
+        self.jinja.as_ref()
+    }
+
+    /// The chat template as Jinja, for files other tools read (tokenizer_config.json, GGUF):
+    /// the folder's own, else the marker template's equivalent.
+    pub fn jinja_source(&self) -> String {
+        match (&self.jinja, &self.marker) {
+            (Some(j), _) => j.chat_template.clone().unwrap_or_default(),
+            (None, Some(t)) => ferrolm_tokenizer::hf_config::jinja_for(t),
+            (None, None) => unreachable!("a format has a marker or a Jinja template"),
+        }
+    }
+
+    /// The ids at which an answer ends (not part of its text).
+    pub fn stop_tokens(&self) -> &[u32] {
+        &self.stops
+    }
+
+    /// Prompt ids of a conversation, ending where the assistant's answer begins. A Jinja
+    /// template that refuses the conversation (`raise_exception`) is an error with its
+    /// message.
+    pub fn prompt(&self, tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>> {
+        match (&self.marker, &self.jinja) {
+            (Some(t), _) => Ok(prompt_ids(tok, t, messages)),
+            (None, Some(j)) => Ok(tok.encode(&j.render_chat(messages, true)?)),
+            (None, None) => unreachable!("a format has a marker or a Jinja template"),
+        }
+    }
+
+    /// Whether OpenAI-style messages with tools and tool calls go through the Jinja template
+    /// ([`ChatFormat::prompt_json`]): a marker format's Jinja template, or a Jinja template
+    /// that mentions tools. Otherwise the tools are described in the system message and tool
+    /// turns are written as text ([`ChatFormat::prompt`]).
+    pub fn renders_tools(&self) -> bool {
+        match (&self.marker, &self.jinja) {
+            (Some(_), j) => j.is_some(),
+            (None, Some(j)) => j.chat_template.as_deref().is_some_and(|s| s.contains("tool")),
+            (None, None) => false,
+        }
+    }
+
+    /// Prompt ids of OpenAI-style JSON messages rendered by the Jinja template with `tools`
+    /// in its context. Beside a marker template the sequence starts as [`prompt_ids`] starts
+    /// it ([`bos`]); a template of its own is encoded as it renders.
+    pub fn prompt_json(&self, tok: &Tokenizer, messages: &[serde_json::Value], tools: Option<&[serde_json::Value]>) -> Result<Vec<u32>> {
+        let j = self.jinja.as_ref().context("this model has no Jinja chat template")?;
+        let text = j.render_chat_json(messages, tools, true)?;
+        if self.marker.is_none() {
+            return Ok(tok.encode(&text));
+        }
+        let text = match j.bos_token.as_deref().filter(|b| !b.is_empty()) {
+            Some(b) => text.strip_prefix(b).unwrap_or(&text).to_string(),
+            None => text,
+        };
+        let mut ids = bos(tok);
+        ids.extend(tok.encode(&text));
+        Ok(ids)
+    }
+
+    /// The text of generated answer ids: cut at the first stop id, trimmed.
+    pub fn answer_text(&self, tok: &Tokenizer, ids: &[u32]) -> String {
+        let end = ids.iter().position(|t| self.stops.contains(t)).unwrap_or(ids.len());
+        tok.decode(&ids[..end]).trim().to_string()
+    }
 }
 
 /// The tokenizer of a run folder or Hugging Face folder (its tokenizer.json), or of a .gguf

@@ -279,7 +279,8 @@ fn chat_loop_records_ratings_and_preferences() {
     let script = "/rate 3\nWhat colour is the sky?\n/compare\nmaybe\nb\n/rate 4 nice one\n/rate 9\n/compare is grass green?\nskip\n/reset\n/bogus\n/quit\nnever read\n";
     let mut input = std::io::Cursor::new(script.as_bytes());
     let mut out = Vec::new();
-    let mut s = crate::chat::ChatSession::new(&m, &tok, &tpl, cfg.clone());
+    let format = crate::prompt::ChatFormat::from_marker(tpl, &tok);
+    let mut s = crate::chat::ChatSession::new(&m, &tok, &format, cfg.clone());
     let stats = s.run(&mut input, &mut out).unwrap();
     let out = String::from_utf8(out).unwrap();
     assert_eq!(stats, crate::chat::ChatStats { turns: 3, ratings: 1, preferences: 1 }, "{out}");

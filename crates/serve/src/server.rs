@@ -22,10 +22,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use candle_core::Device;
 use ferrolm_finetune::prompt;
+use ferrolm_finetune::prompt::ChatFormat;
 use ferrolm_model::ModelKind;
 use ferrolm_qa::Pooling;
-use ferrolm_tokenizer::hf_config::HfTokenizerConfig;
-use ferrolm_tokenizer::{ChatTemplate, Message, Role, Tokenizer};
+use ferrolm_tokenizer::{Message, Role, Tokenizer};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -93,11 +93,10 @@ impl ServeConfig {
 pub struct AppState {
     pub engine: Engine,
     pub tok: Arc<Tokenizer>,
-    pub tpl: ChatTemplate,
-    /// The run's Jinja chat template (a Hugging Face `tokenizer_config.json` without a
-    /// ferrolm `chat_template.json`): requests with tools are rendered with it, `tools` in
-    /// its context.
-    pub jinja: Option<HfTokenizerConfig>,
+    /// How a conversation becomes a prompt and where an answer ends: the run's marker
+    /// template (with its Jinja template, if any, for requests with tools) or a Hugging Face
+    /// Jinja template of any other shape, rendered as transformers renders it.
+    pub format: ChatFormat,
     /// The token trie and grammar compiler, built on the first constrained request.
     grammars: OnceLock<Result<Arc<Grammars>, String>>,
     pub model_name: String,
@@ -113,7 +112,6 @@ pub struct AppState {
     /// The encoder behind `/v1/embeddings`, when one is served.
     pub embed: Option<EmbedModel>,
     seed_counter: AtomicU64,
-    chat_stops: Vec<u32>,
     text_stops: Vec<u32>,
     bos: Vec<u32>,
     /// Settings shown by the web page (sampling defaults, context).
@@ -139,12 +137,7 @@ pub fn load(cfg: &ServeConfig, device: &Device) -> Result<Arc<AppState>> {
         model.config().kind
     );
     let tok = Arc::new(prompt::load_tokenizer(&cfg.run_dir)?);
-    let tpl = prompt::load_template(&cfg.run_dir)?;
-    let jinja = if ChatTemplate::path_next_to(&cfg.run_dir.join("tokenizer.json")).exists() {
-        None
-    } else {
-        HfTokenizerConfig::load_from_dir(&cfg.run_dir)?.filter(|c| c.chat_template.is_some())
-    };
+    let format = ChatFormat::load(&cfg.run_dir, &tok)?;
     let max_len = model.config().max_seq_len;
     let ctx = cfg.ctx.unwrap_or(max_len);
     anyhow::ensure!(ctx <= max_len, "--ctx {ctx} is beyond the model's max_seq_len {max_len}");
@@ -168,12 +161,10 @@ pub fn load(cfg: &ServeConfig, device: &Device) -> Result<Arc<AppState>> {
     };
     let text_stops: Vec<u32> = tok.try_eot_id().into_iter().collect();
     Ok(Arc::new(AppState {
-        chat_stops: prompt::stop_tokens(&tok, &tpl),
         text_stops,
         bos: prompt::bos(&tok),
         engine,
-        tpl,
-        jinja,
+        format,
         grammars: OnceLock::new(),
         model_name,
         ctx,
@@ -493,22 +484,16 @@ pub(crate) fn chat_messages(req: &ChatRequest) -> Result<Conversation, ApiError>
 }
 
 impl AppState {
-    /// Prompt ids of a conversation. Tools (when offered) and tool messages go through the
-    /// run's Jinja chat template with `tools` in its context; without one, the tools are
-    /// described in the system message of ferrolm's marker template.
+    /// Prompt ids of a conversation, through the run's [`ChatFormat`]. Tools (when offered)
+    /// and tool messages go through a Jinja chat template that takes them, with `tools` in
+    /// its context; otherwise the tools are described in the system message and tool turns
+    /// are written as text. A template that refuses the conversation (`raise_exception`) is
+    /// a 400 with its message.
     fn chat_prompt(&self, conv: &Conversation, tools: &Tools) -> Result<Vec<u32>, ApiError> {
         let offer = tools.active();
-        if let Some(j) = self.jinja.as_ref().filter(|_| offer || conv.has_tool_messages) {
-            let text = j
-                .render_chat_json(&conv.json, offer.then_some(&tools.raw[..]), true)
-                .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-            let text = match j.bos_token.as_deref().filter(|b| !b.is_empty()) {
-                Some(b) => text.strip_prefix(b).unwrap_or(&text).to_string(),
-                None => text,
-            };
-            let mut ids = prompt::bos(&self.tok);
-            ids.extend(self.tok.encode(&text));
-            return Ok(ids);
+        let refused = |e: anyhow::Error| ApiError::invalid("messages", format!("the model's chat template refused the conversation: {}", template_message(&e)));
+        if self.format.renders_tools() && (offer || conv.has_tool_messages) {
+            return self.format.prompt_json(&self.tok, &conv.json, offer.then_some(&tools.raw[..])).map_err(refused);
         }
         let mut messages = conv.marker.clone();
         if offer {
@@ -517,16 +502,22 @@ impl AppState {
                 None => messages.insert(0, Message::system(tools.system_text())),
             }
         }
-        Ok(prompt::prompt_ids(&self.tok, &self.tpl, &messages))
+        self.format.prompt(&self.tok, &messages).map_err(refused)
     }
 
     /// The grammar compiler, built once (the token trie of the whole vocabulary).
     fn grammars(&self) -> Result<Arc<Grammars>, ApiError> {
         self.grammars
-            .get_or_init(|| Grammars::new(&self.tok, self.vocab, &self.chat_stops).map(Arc::new).map_err(|e| format!("{e:#}")))
+            .get_or_init(|| Grammars::new(&self.tok, self.vocab, self.format.stop_tokens()).map(Arc::new).map_err(|e| format!("{e:#}")))
             .clone()
             .map_err(|e| ApiError::internal(format!("constrained decoding is unavailable: {e}")))
     }
+}
+
+/// A template error's own words: the innermost cause (the message a template raised, or
+/// minijinja's), without the server's file paths.
+fn template_message(e: &anyhow::Error) -> String {
+    e.chain().last().map(|c| c.to_string()).unwrap_or_default()
 }
 
 /// The constraint a chat request asks for: a forced tool call's schema or
@@ -584,7 +575,7 @@ async fn chat_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> R
     let ids = st.chat_prompt(&conv, &tools)?;
     let param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let budget = st.budget(ids.len(), req.max_tokens()?, param)?;
-    let rx = st.submit(&[(Arc::new(ids), budget)], &settings, &st.chat_stops, top_logprobs, false, constraint.as_ref(), true)?;
+    let rx = st.submit(&[(Arc::new(ids), budget)], &settings, st.format.stop_tokens(), top_logprobs, false, constraint.as_ref(), true)?;
     let mut out = Output { kind: Kind::Chat, id: format!("chatcmpl-{:016x}", st.fresh_seed()), created: unix_now(), model: st.model_name.clone(), n: settings.n, prompts: 1, echo: vec![], prompt_logprobs: false, tools: None, call_base: 0 };
     if tools.active() && req.response_schema()?.is_none() {
         out.tools = Some(tools);

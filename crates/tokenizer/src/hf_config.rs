@@ -12,7 +12,7 @@ use minijinja::{Environment, ErrorKind, Value as JValue};
 use serde_json::Value;
 
 use crate::chat::{ChatTemplate, Message};
-use crate::{special, Tokenizer};
+use crate::Tokenizer;
 
 /// File name beside tokenizer.json.
 pub const FILE_NAME: &str = "tokenizer_config.json";
@@ -142,15 +142,20 @@ pub fn render_template_json(source: &str, messages: &[Value], tools: Option<&[Va
 
 impl HfTokenizerConfig {
     /// The marker template ([`ChatTemplate`]) that renders exactly what this Jinja chat
-    /// template renders, so SFT, DPO and chat (which encode part by part and put the loss on
-    /// assistant turns) use a pretrained model's own format. Found by rendering each role
+    /// template renders, so SFT, DPO, the reward model and PPO (which encode part by part and
+    /// put the loss on assistant turns) use a pretrained model's own format. Found by rendering each role
     /// around a sentinel, then checked on a whole conversation with and without the
     /// generation prompt; a leading `bos_token` is left to the tokenizer. A template that is
     /// not of this marker shape (e.g. one that injects a default system prompt or a date) is
     /// an error naming the file, never a silently different format.
     pub fn marker_template(&self) -> Result<ChatTemplate> {
         const SENTINEL: &str = "\u{E000}ferrolm\u{E000}";
-        let fail = |why: String| anyhow!("{}: the chat_template cannot be used for chat/SFT/DPO: {why}", self.path.display());
+        let fail = |why: String| {
+            anyhow!(
+                "{}: the chat_template cannot be used for SFT, DPO, the reward model or PPO, which encode conversations part by part to put the loss on the assistant's turns (chat and serve render it as it is): {why}",
+                self.path.display()
+            )
+        };
         let render = |m: &[Message], gen: bool| -> Result<String> {
             let out = self.render_chat(m, gen)?;
             Ok(match self.bos_token.as_deref().filter(|b| !b.is_empty()) {
@@ -218,28 +223,56 @@ pub fn jinja_for(tpl: &ChatTemplate) -> String {
     )
 }
 
-/// Write `tokenizer.json` and `tokenizer_config.json` (chat template, special tokens) for a
-/// ferrolm tokenizer into a Hugging Face model folder. Returns the ids generation should
-/// stop at: end of text and, when it is one token, the chat template's end-of-turn marker.
-pub fn write_hf_tokenizer_files(dir: &Path, tok: &Tokenizer, tpl: &ChatTemplate, model_max_length: usize) -> Result<Vec<u32>> {
-    tok.save(&dir.join("tokenizer.json"))?;
-    let eot = tok.try_eot_id().map(|_| special::EOT);
-    let cfg = serde_json::json!({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "chat_template": jinja_for(tpl),
-        "bos_token": null,
-        "eos_token": eot,
-        "pad_token": eot,
-        "add_bos_token": false,
-        "add_eos_token": false,
-        "clean_up_tokenization_spaces": false,
-        "model_max_length": model_max_length,
-    });
-    let path = dir.join(FILE_NAME);
-    ferrolm_common::write_atomic(&path, serde_json::to_string_pretty(&cfg)? + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+/// The end-of-sequence ids of a ferrolm tokenizer and marker template, as an export names
+/// them: end of text and, when it is one token, the template's end-of-turn marker.
+pub fn marker_eos_ids(tok: &Tokenizer, tpl: &ChatTemplate) -> Vec<u32> {
     let mut stop: Vec<u32> = tok.try_eot_id().into_iter().collect();
     stop.extend(tpl.stop_token(tok).filter(|id| !stop.contains(id)));
-    Ok(stop)
+    stop
+}
+
+/// Write `tokenizer.json` and `tokenizer_config.json` (the Jinja chat template, special
+/// tokens) into a Hugging Face model folder; `eos` are the ids generation stops at, the first
+/// named as `eos_token`. A byte-level BPE is a `PreTrainedTokenizerFast` that adds nothing to
+/// a text. A SentencePiece BPE is written as Llama repos have it (`LlamaTokenizer`,
+/// `add_bos_token`, `bos_token`/`eos_token`/`unk_token`): transformers rebuilds a Llama
+/// tokenizer from those fields and, without them, would put no `<s>` before a text.
+pub fn write_hf_tokenizer_files(dir: &Path, tok: &Tokenizer, chat_template: &str, eos: &[u32], model_max_length: usize) -> Result<()> {
+    tok.save(&dir.join("tokenizer.json"))?;
+    let name = |id: u32| tok.id_to_token(id).with_context(|| format!("end-of-sequence id {id} is not in the vocabulary"));
+    let eos_token = eos.first().map(|&id| name(id)).transpose()?;
+    let cfg = match tok.kind() {
+        crate::TokenizerKind::SentencePiece => {
+            let v = ggml_vocab(tok)?;
+            let bos = v.bos.map(name).transpose()?;
+            serde_json::json!({
+                "tokenizer_class": "LlamaTokenizer",
+                "chat_template": chat_template,
+                "add_bos_token": bos.is_some(),
+                "add_eos_token": false,
+                "bos_token": bos,
+                "eos_token": eos_token,
+                "unk_token": v.unk.map(name).transpose()?,
+                "pad_token": null,
+                "legacy": false,
+                "clean_up_tokenization_spaces": false,
+                "model_max_length": model_max_length,
+            })
+        }
+        _ => serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "chat_template": chat_template,
+            "bos_token": null,
+            "eos_token": eos_token,
+            "pad_token": eos_token,
+            "add_bos_token": false,
+            "add_eos_token": false,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": model_max_length,
+        }),
+    };
+    let path = dir.join(FILE_NAME);
+    ferrolm_common::write_atomic(&path, serde_json::to_string_pretty(&cfg)? + "\n").with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A tokenizer as GGUF's `tokenizer.ggml.*` keys hold it, in llama.cpp's names and numbers.

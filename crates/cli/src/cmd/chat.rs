@@ -10,7 +10,8 @@ use ferrolm_infer::SamplingConfig;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A run folder (an SFT run, or any decoder run: the default template is used then).
+    /// A run folder (an SFT run, or any decoder run: the default template is used then), or a
+    /// Hugging Face folder (its tokenizer_config.json chat template, Jinja of any shape).
     #[arg(long)]
     model: PathBuf,
     #[arg(long, default_value_t = 200)]
@@ -45,7 +46,9 @@ pub fn run(mut a: Args) -> Result<()> {
     super::quantize(&mut loaded.model, a.quant)?;
     let model = loaded.model.into_decoder("chat")?;
     let tok = prompt::load_tokenizer(&a.model)?;
-    let tpl = prompt::load_template(&a.model)?;
+    // the folder's chat template (a marker template, or any Jinja template, as transformers
+    // renders it) and the ids its answers end at
+    let format = prompt::ChatFormat::load(&a.model, &tok)?;
     let feedback = a.model.join("feedback");
     let cfg = ChatConfig {
         max_tokens: a.max_tokens,
@@ -58,6 +61,6 @@ pub fn run(mut a: Args) -> Result<()> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut out = std::io::stdout().lock();
-    ChatSession::new(&model, &tok, &tpl, cfg).run(&mut input, &mut out)?;
+    ChatSession::new(&model, &tok, &format, cfg).run(&mut input, &mut out)?;
     Ok(())
 }

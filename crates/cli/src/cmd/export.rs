@@ -7,7 +7,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use ferrolm_tokenizer::{ChatTemplate, Tokenizer};
+use ferrolm_finetune::prompt::ChatFormat;
+use ferrolm_tokenizer::Tokenizer;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Format {
@@ -57,9 +58,20 @@ pub fn run(a: Args) -> Result<()> {
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).with_context(|| format!("{} has no usable tokenizer.json", dir.display()))?;
     match a.format {
         Format::Hf => {
-            let tpl = ChatTemplate::load_next_to(&dir.join("tokenizer.json"))?;
+            // a marker template goes out as the Jinja that renders it, with end of text and
+            // its end marker as the stops; any other Jinja template (Llama 2's) as it is, with
+            // the model's end-of-sequence ids
+            let format = ChatFormat::load(&dir, &tok)?;
+            let stop = match format.marker() {
+                Some(tpl) => ferrolm_tokenizer::hf_config::marker_eos_ids(&tok, tpl),
+                None => format.stop_tokens().to_vec(),
+            };
+            let jinja = match format.marker() {
+                Some(tpl) => ferrolm_tokenizer::hf_config::jinja_for(tpl),
+                None => format.jinja_source(),
+            };
             std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-            let stop = ferrolm_tokenizer::hf_config::write_hf_tokenizer_files(&a.out, &tok, &tpl, cfg.max_seq_len)?;
+            ferrolm_tokenizer::hf_config::write_hf_tokenizer_files(&a.out, &tok, &jinja, &stop, cfg.max_seq_len)?;
             let family = ferrolm_model::hf::export::write_checkpoint(cfg, &loaded.varmap, &a.out, None, stop.first().copied())?;
             ferrolm_model::hf::export::write_generation_config(&a.out, &stop)?;
             eprintln!("wrote {} ({} checkpoint, {} parameters)", a.out.display(), family.model_type(), loaded.spec.num_params());
@@ -75,10 +87,7 @@ pub fn run(a: Args) -> Result<()> {
                 Some(e) => Some(tok.token_id(e).with_context(|| format!("{}: eos_token {e:?} is not in tokenizer.json", dir.join("tokenizer_config.json").display()))?),
                 None => tok.try_eot_id(),
             };
-            let chat_template = match hf_config.and_then(|c| c.chat_template) {
-                Some(jinja) if !ChatTemplate::path_next_to(&dir.join("tokenizer.json")).exists() => jinja,
-                _ => ferrolm_tokenizer::hf_config::jinja_for(&ChatTemplate::load_next_to(&dir.join("tokenizer.json"))?),
-            };
+            let chat_template = ChatFormat::load(&dir, &tok)?.jinja_source();
             let vocab = ferrolm_model::gguf::GgufVocab {
                 model: v.model.to_string(),
                 tokens: v.tokens,
