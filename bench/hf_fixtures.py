@@ -273,6 +273,8 @@ def write_fixtures(only=None):
         write_bert_fixture()
     if only is None or "distilbert_tiny" in only:
         write_distilbert_fixture()
+    if only is None or "roberta_tiny" in only:
+        write_roberta_fixture()
     for seed, (name, cfg, with_tok, shard) in enumerate(fixtures()):
         if only is not None and name not in only:
             continue
@@ -448,6 +450,72 @@ def write_distilbert_fixture():
         out[f"logits.{i}"] = mlm(**enc).logits[0].float().contiguous()
         out[f"hidden.{i}"] = base(**enc).last_hidden_state[0].contiguous()
     enc = tok(BERT_TEXTS, padding=True, return_tensors="pt")
+    h = base(**enc).last_hidden_state
+    m = enc.attention_mask.unsqueeze(-1).float()
+    out["mean_pooled"] = ((h * m).sum(1) / m.sum(1)).contiguous()
+    save_file(out, os.path.join(path, "reference.safetensors"))
+    with open(os.path.join(path, "reference.json"), "w") as f:
+        json.dump(ref, f, indent=1, ensure_ascii=False)
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+    print(f"{name}: {size // 1024} KiB, files {sorted(os.listdir(path))}")
+
+
+@torch.no_grad()
+def write_roberta_fixture():
+    """roberta_tiny: a RobertaForMaskedLM (BERT's blocks; positions offset by pad_token_id + 1,
+    one token type, the MLM head lm_head.{dense,layer_norm,decoder,bias}) with a byte-level
+    BPE tokenizer framed by RobertaProcessing (<s> … </s>) and a <mask> token, as roberta-base's."""
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM, RobertaModel, RobertaTokenizerFast
+    name = "roberta_tiny"
+    path = os.path.join(OUT, name)
+    os.makedirs(path, exist_ok=True)
+    for f in os.listdir(path):
+        os.remove(os.path.join(path, f))
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    text = ["The quick brown fox jumps over the lazy dog.", "Hello, world! How are you today?",
+            "the theory of the thing is fine", "a naive resume of cafe culture", "quickly, quicker, quickest"] * 20
+    bpe.train_from_iterator(text, trainer)
+    bpe.post_processor = processors.RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
+    tok = RobertaTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+                               unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    tok.save_pretrained(path)
+    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=66, type_vocab_size=1, hidden_act="gelu", layer_norm_eps=1e-5,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    cfg._attn_implementation = "eager"
+    mlm = RobertaForMaskedLM(cfg).float().eval()
+    randomize(mlm, 2200, norms=("LayerNorm", "layer_norm"), scale=0.3)
+    mlm.save_pretrained(path)
+    # checkpoints on the Hub carry a pooler (RobertaForMaskedLM saves none): add one
+    g = torch.Generator().manual_seed(2201)
+    weights = os.path.join(path, "model.safetensors")
+    tensors = load_file(weights)
+    tensors["roberta.pooler.dense.weight"] = 0.3 * torch.randn((32, 32), generator=g)
+    tensors["roberta.pooler.dense.bias"] = 0.2 * torch.randn((32,), generator=g)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    # Everything below is computed from the saved folder, as a user would load it.
+    tok = AutoTokenizer.from_pretrained(path)
+    mlm = RobertaForMaskedLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
+    base = RobertaModel.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
+    assert base.pooler is not None
+    ref = {"transformers": transformers.__version__, "torch": torch.__version__, "tokenizer_class": type(tok).__name__, "texts": []}
+    out = {}
+    texts = [t.replace("[MASK]", "<mask>") for t in BERT_TEXTS]
+    for i, text in enumerate(texts):
+        enc = tok(text, return_tensors="pt")
+        ref["texts"].append({"text": text, "input_ids": enc.input_ids[0].tolist(), "tokens": tok.convert_ids_to_tokens(enc.input_ids[0].tolist())})
+        out[f"logits.{i}"] = mlm(**enc).logits[0].float().contiguous()
+        o = base(**enc)
+        out[f"hidden.{i}"] = o.last_hidden_state[0].contiguous()
+        out[f"pooled.{i}"] = o.pooler_output[0].contiguous()
+    enc = tok(texts, padding=True, return_tensors="pt")
     h = base(**enc).last_hidden_state
     m = enc.attention_mask.unsqueeze(-1).float()
     out["mean_pooled"] = ((h * m).sum(1) / m.sum(1)).contiguous()

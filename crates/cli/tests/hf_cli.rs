@@ -59,6 +59,23 @@ fn export_writes_a_folder_that_scores_the_same() {
     assert!(String::from_utf8_lossy(&e.stderr).contains("nonexistent"));
 }
 
+/// A RoBERTa folder (byte-level BPE framed `<s> … </s>`, a `<mask>` token): `fill-mask`
+/// gives what transformers' fill-mask pipeline gives for the same text (its top three ids
+/// and scores, printed by `pipeline("fill-mask", model=...)("The quick <mask> fox.", top_k=3)`).
+#[test]
+fn a_roberta_folder_fills_masks_as_transformers_pipeline_does() {
+    let dir = fixture("roberta_tiny");
+    let out = ferrolm(&["fill-mask", "--model", dir.to_str().unwrap(), "--text", "The quick <mask> fox.", "--top-k", "3", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let want = [(287u64, 0.058449242264032364f64), (140, 0.032774925231933594), (117, 0.027647150680422783)];
+    let got = v[0]["predictions"].as_array().unwrap();
+    assert_eq!(got.len(), 3, "{v}");
+    for (p, (id, prob)) in got.iter().zip(want) {
+        assert_eq!(p["id"].as_u64(), Some(id), "{v}");
+        assert!((p["probability"].as_f64().unwrap() - prob).abs() < 1e-5, "{p} vs {prob}");
+    }
+}
+
 /// A Hugging Face BERT folder: `fill-mask` gives transformers' top tokens and
 /// probabilities (with `[MASK]` or `<|mask|>` in the text), and `classify train` puts a head
 /// on its pooled output, leaving a classifier folder that `classify predict` reads.

@@ -399,10 +399,10 @@ pub fn ngram_ids(ids: &[u32], skip: usize, buckets: usize) -> Vec<u32> {
 }
 
 /// Token ids of a text for classification: the sequence start, then the text, cut to `max_len`.
-/// A WordPiece (BERT) text is framed as transformers frames it, `[CLS] text [SEP]`, the
-/// text cut so that the frame fits.
+/// A BERT (RoBERTa) text is framed as transformers frames it, `[CLS] text [SEP]`
+/// (`<s> text </s>`), the text cut so that the frame fits.
 pub fn encode_text(tok: &Tokenizer, text: &str, max_len: usize) -> Vec<u32> {
-    if tok.kind() == ferrolm_tokenizer::TokenizerKind::WordPiece {
+    if tok.frames_encoder_texts() {
         let (mut ids, post) = tok.special_frame().unwrap_or_default();
         let room = max_len.max(ids.len() + post.len() + 1) - ids.len() - post.len();
         ids.extend(tok.encode(text).into_iter().take(room));

@@ -103,7 +103,7 @@ fn arch_name(family: HfFamily) -> Result<&'static str> {
         HfFamily::Qwen2 => "qwen2",
         HfFamily::Qwen3 => "qwen3",
         HfFamily::Gpt2 => bail!("GPT-2-style blocks do not export to GGUF yet (modern blocks do: llama, qwen2, qwen3)"),
-        HfFamily::Bert | HfFamily::DistilBert => bail!("BERT masked LMs do not export to GGUF (causal decoders with modern blocks do: llama, qwen2, qwen3)"),
+        HfFamily::Bert | HfFamily::DistilBert | HfFamily::Roberta => bail!("BERT masked LMs do not export to GGUF (causal decoders with modern blocks do: llama, qwen2, qwen3)"),
     })
 }
 
@@ -562,7 +562,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     if !cfg.tie_embeddings {
         put("lm_head.weight".into(), read("output.weight")?);
     }
-    let values = crate::hf::weights::to_core(family, &cfg, hf).with_context(|| format!("loading {}", path.display()))?;
+    let values = crate::hf::weights::to_core(family, &cfg, hf, 0).with_context(|| format!("loading {}", path.display()))?;
     let spec = ModelSpec::Transformer(cfg);
     let (mut model, varmap) = AnyModel::build_with(&spec, values, device, path)?;
     if let AnyModel::Decoder(m) = &mut model {

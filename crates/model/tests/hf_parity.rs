@@ -431,3 +431,52 @@ fn distilbert_with_an_unknown_tensor_is_refused_by_name() {
     let e = format!("{:#}", load_model(d.path(), &Device::Cpu).err().expect("an unused tensor must be refused"));
     assert!(e.contains("extra"), "{e}");
 }
+
+// ---- RoBERTa: BERT's core; positions counted from pad_token_id + 1, byte-level BPE ----
+
+#[test]
+fn roberta_matches_transformers_mlm_logits_hidden_pooled_and_mean_pooled_batch() {
+    let dir = fixture("roberta_tiny");
+    let c = hf::read_config(&dir).unwrap();
+    assert_eq!((c.family, c.position_offset), (HfFamily::Roberta, 2));
+    let cfg = &c.model;
+    // 66 stored positions, the first two (pad_token_id + 1) never used by a text's tokens
+    assert_eq!((cfg.max_seq_len, cfg.token_types(), cfg.norm_eps), (64, 1, 1e-5));
+    assert!(cfg.post_norm && cfg.exact_gelu && cfg.mlm_head && cfg.pooler && !cfg.nsp_head);
+    let loaded = load_model(&dir, &Device::Cpu).unwrap_or_else(|e| panic!("{e:#}"));
+    let n: usize = loaded.varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    assert_eq!(n, cfg.num_params());
+    let m = match loaded.model {
+        ferrolm_model::AnyModel::MaskedLm(m) => m,
+        other => panic!("roberta_tiny loaded as {}", other.name()),
+    };
+    let r = reference(&dir);
+    let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let (mut logits_d, mut hidden_d, mut pooled_d) = (0.0f64, 0.0f64, 0.0f64);
+    let seqs: Vec<Vec<u32>> = r["texts"].as_array().unwrap().iter().map(|x| ids(&x["input_ids"])).collect();
+    for (i, s) in seqs.iter().enumerate() {
+        let h = m.hidden(&row(s), &MaskSpec::bidirectional(), None).unwrap();
+        logits_d = logits_d.max(max_diff(&m.mlm_logits(&h).unwrap().squeeze(0).unwrap(), &t[&format!("logits.{i}")]));
+        hidden_d = hidden_d.max(max_diff(&h.squeeze(0).unwrap(), &t[&format!("hidden.{i}")]));
+        pooled_d = pooled_d.max(max_diff(&m.pooled(&h).unwrap().squeeze(0).unwrap(), &t[&format!("pooled.{i}")]));
+    }
+    let width = seqs.iter().map(Vec::len).max().unwrap();
+    let (mut flat, mut segs, mut w) = (Vec::new(), Vec::new(), Vec::new());
+    for s in &seqs {
+        for j in 0..width {
+            flat.push(if j < s.len() { s[j] } else { 1 });
+            segs.push(if j < s.len() { 0 } else { ferrolm_model::attention::PAD_SEGMENT });
+            w.push(if j < s.len() { 1.0 / s.len() as f32 } else { 0.0 });
+        }
+    }
+    let b = seqs.len();
+    let x = Tensor::from_vec(flat, (b, width), &Device::Cpu).unwrap();
+    let h = m.hidden(&x, &MaskSpec::bidirectional().with_segments(segs), None).unwrap();
+    let mean = h.broadcast_mul(&Tensor::from_vec(w, (b, width, 1), &Device::Cpu).unwrap()).unwrap().sum(1).unwrap();
+    let mean_d = max_diff(&mean, &t["mean_pooled"]);
+    eprintln!("roberta_tiny: max |Δ| vs transformers: MLM logits {logits_d:.2e}, last hidden {hidden_d:.2e}, pooled {pooled_d:.2e}, padded batch mean-pooled {mean_d:.2e}");
+    for (what, d) in [("MLM logits", logits_d), ("hidden states", hidden_d), ("pooled output", pooled_d), ("mean-pooled batch", mean_d)] {
+        assert!(d < 1e-4, "roberta_tiny: {what} differ from transformers' by {d}");
+    }
+}
+

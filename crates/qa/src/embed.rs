@@ -85,7 +85,7 @@ impl Embedder {
         let tok = ferrolm_finetune::prompt::load_tokenizer(run_dir)?;
         let dir = std::fs::canonicalize(run_dir).with_context(|| format!("resolving {}", run_dir.display()))?;
         let id = format!("ferrolm:{}#{}#{:016x}", dir.display(), pooling.name(), loaded.1);
-        let mean_over_frame = tok.kind() == ferrolm_tokenizer::TokenizerKind::WordPiece;
+        let mean_over_frame = tok.frames_encoder_texts();
         let frame = if mean_over_frame { tok.special_frame()? } else { (ferrolm_finetune::prompt::bos(&tok), Vec::new()) };
         Ok(Self { model: loaded.0, tok, pooling, max_len: max_seq.min(EMBED_MAX_TOKENS), id, frame, mean_over_frame })
     }

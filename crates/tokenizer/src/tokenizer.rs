@@ -402,6 +402,15 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Whether texts for an encoder are framed by the tokenizer.json's special tokens, as
+    /// transformers' `tokenizer(text)` frames them: BERT's WordPiece (`[CLS] … [SEP]`) and
+    /// RoBERTa's byte-level BPE with its `RobertaProcessing` (`<s> … </s>`). Decoders'
+    /// tokenizers (a leading `<|begin_of_text|>` and the like) are not encoder frames.
+    pub fn frames_encoder_texts(&self) -> bool {
+        self.kind == TokenizerKind::WordPiece
+            || matches!(self.hf.get_post_processor(), Some(hf::processors::PostProcessorWrapper::Roberta(_) | hf::processors::PostProcessorWrapper::Bert(_)))
+    }
+
     /// The ids the post-processor puts before and after a single text (BERT: `[CLS]` and
     /// `[SEP]`; Llama 3: its `<|begin_of_text|>`; none for ferrolm's own tokenizers), so a
     /// caller that cuts or pads the text's ids can frame them as transformers does.

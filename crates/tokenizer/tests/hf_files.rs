@@ -369,3 +369,19 @@ fn a_tokenizer_rebuilt_from_ggml_keys_gives_the_same_ids() {
     let e = format!("{:#}", tokenizer_from_ggml(&ggml_vocab(&tok).unwrap(), "falcon").map(|_| ()).unwrap_err());
     assert!(e.contains("tokenizer.ggml.pre") && e.contains("falcon"), "{e}");
 }
+
+/// RoBERTa's byte-level BPE framed by its RobertaProcessing post-processor (`<s>` … `</s>`),
+/// with its `<mask>` token: the ids transformers gives for the fixture's texts.
+#[test]
+fn roberta_tokenizer_gives_transformers_ids_framed_with_its_post_processor() {
+    let dir = fixture("roberta_tiny");
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    assert_eq!(tok.kind(), TokenizerKind::Bpe);
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    for text in r["texts"].as_array().unwrap() {
+        let want = ids(&text["input_ids"]);
+        assert_eq!(tok.encode_with_special_tokens(text["text"].as_str().unwrap()).unwrap(), want, "{}", text["text"]);
+    }
+    let (before, after) = tok.special_frame().unwrap();
+    assert_eq!((before, after), (vec![0], vec![2]));
+}

@@ -37,8 +37,8 @@ pub fn run(mut a: Args) -> Result<()> {
     };
     let mask = tok.token_id(&mask_token).with_context(|| format!("the tokenizer has no mask token ({} or {mask_token})", special::MASK))?;
     let text = a.text.replace(special::MASK, &mask_token);
-    // WordPiece (BERT) texts are framed as in pre-training: [CLS] … [SEP].
-    let ids = if tok.kind() == ferrolm_tokenizer::TokenizerKind::WordPiece { tok.encode_with_special_tokens(&text)? } else { tok.encode(&text) };
+    // BERT / RoBERTa texts are framed as in pre-training: [CLS] … [SEP], <s> … </s>.
+    let ids = if tok.frames_encoder_texts() { tok.encode_with_special_tokens(&text)? } else { tok.encode(&text) };
     anyhow::ensure!(ids.contains(&mask), "the text has no {mask_token} token to fill");
     let filled = ferrolm_infer::fill_mask(m, &ids, mask, a.top_k.max(1))?;
     if a.json {

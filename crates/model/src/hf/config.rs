@@ -28,10 +28,13 @@ pub enum HfFamily {
     Bert,
     /// DistilBERT: BERT's post-norm encoder under other names, without token types or pooler.
     DistilBert,
+    /// RoBERTa: BERT's encoder with positions counted from `pad_token_id + 1`.
+    Roberta,
 }
 
 impl HfFamily {
-    pub const ALL: [HfFamily; 7] = [HfFamily::Llama, HfFamily::Mistral, HfFamily::Qwen2, HfFamily::Qwen3, HfFamily::Gpt2, HfFamily::Bert, HfFamily::DistilBert];
+    pub const ALL: [HfFamily; 8] =
+        [HfFamily::Llama, HfFamily::Mistral, HfFamily::Qwen2, HfFamily::Qwen3, HfFamily::Gpt2, HfFamily::Bert, HfFamily::DistilBert, HfFamily::Roberta];
 
     pub fn model_type(self) -> &'static str {
         match self {
@@ -42,12 +45,13 @@ impl HfFamily {
             HfFamily::Gpt2 => "gpt2",
             HfFamily::Bert => "bert",
             HfFamily::DistilBert => "distilbert",
+            HfFamily::Roberta => "roberta",
         }
     }
 
     /// BERT and DistilBERT: masked LMs on the post-norm core.
     pub fn is_bert_like(self) -> bool {
-        matches!(self, HfFamily::Bert | HfFamily::DistilBert)
+        matches!(self, HfFamily::Bert | HfFamily::DistilBert | HfFamily::Roberta)
     }
 
     pub fn from_model_type(t: &str) -> Option<Self> {
@@ -63,6 +67,9 @@ pub struct HfConfig {
     /// `eos_token_id` of config.json (generation_config.json may override it).
     pub eos_token_ids: Vec<u32>,
     pub bos_token_id: Option<u32>,
+    /// Rows of the checkpoint's position table before the one a text's first token uses
+    /// (RoBERTa: `pad_token_id + 1`; 0 for the rest); dropped at load.
+    pub position_offset: usize,
 }
 
 /// Reads typed keys of one config.json, naming the file and key in every error.
@@ -143,12 +150,14 @@ pub fn parse_config(text: &str, path: &Path) -> Result<HfConfig> {
         HfFamily::Gpt2 => gpt2(&k)?,
         HfFamily::Bert => bert(&k)?,
         HfFamily::DistilBert => distilbert(&k)?,
+        HfFamily::Roberta => roberta(&k)?,
         HfFamily::Llama | HfFamily::Mistral | HfFamily::Qwen2 | HfFamily::Qwen3 => llama_like(&k, family)?,
     };
     let model = normalised(model);
     model.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let bos = k.ids("bos_token_id")?.first().copied();
-    Ok(HfConfig { family, model, eos_token_ids: k.ids("eos_token_id")?, bos_token_id: bos })
+    let position_offset = if family == HfFamily::Roberta { roberta_position_offset(k.get("pad_token_id").and_then(Value::as_u64)) } else { 0 };
+    Ok(HfConfig { family, model, eos_token_ids: k.ids("eos_token_id")?, bos_token_id: bos, position_offset })
 }
 
 /// Read `dir/config.json`. For BERT, which heads the model has (MLM, pooler,
@@ -255,6 +264,29 @@ fn bert(k: &Keys) -> Result<TransformerConfig> {
         type_vocab_size: types,
         ..TransformerConfig::default()
     })
+}
+
+/// The first row of RoBERTa's position table that a text's first token uses: its
+/// position ids count from `pad_token_id + 1` (rows 0..=pad are never used by real tokens).
+fn roberta_position_offset(pad_token_id: Option<u64>) -> usize {
+    pad_token_id.unwrap_or(1) as usize + 1
+}
+
+/// RoBERTa's config.json: BERT's keys; the position table has `pad_token_id + 1` rows more
+/// than the longest text (they are dropped at load, so the core counts positions from 0).
+/// Its MLM head applies erf GELU whatever `hidden_act` says, so only "gelu" is read.
+fn roberta(k: &Keys) -> Result<TransformerConfig> {
+    let path = k.path.display();
+    let mut cfg = bert(k)?;
+    if !cfg.exact_gelu {
+        bail!("{path}: hidden_act must be \"gelu\" for RoBERTa (its MLM head uses erf GELU whatever hidden_act says)");
+    }
+    let off = roberta_position_offset(k.get("pad_token_id").and_then(Value::as_u64));
+    if cfg.max_seq_len <= off {
+        bail!("{path}: max_position_embeddings ({}) must exceed pad_token_id + 1 ({off})", cfg.max_seq_len);
+    }
+    cfg.max_seq_len -= off;
+    Ok(cfg)
 }
 
 /// DistilBERT's config.json (`dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`):

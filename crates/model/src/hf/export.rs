@@ -108,7 +108,7 @@ pub fn from_core(cfg: &TransformerConfig, family: HfFamily, varmap: &VarMap) -> 
     };
     let mut out = HashMap::new();
     match family {
-        HfFamily::Bert | HfFamily::DistilBert => bail!("ferrolm exports causal decoders only, not BERT masked LMs"),
+        HfFamily::Bert | HfFamily::DistilBert | HfFamily::Roberta => bail!("ferrolm exports causal decoders only, not BERT masked LMs"),
         HfFamily::Gpt2 => {
             let conv = |t: Tensor| -> Result<Tensor> { Ok(t.t()?.contiguous()?) };
             out.insert("transformer.wte.weight".into(), get("wte.weight")?);

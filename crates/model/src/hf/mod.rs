@@ -95,7 +95,7 @@ pub fn is_hf_folder(dir: &Path) -> bool {
 pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel> {
     let cfg = read_config(dir)?;
     let tensors = weights::read_checkpoint(dir)?;
-    let values = weights::to_core(cfg.family, &cfg.model, tensors).with_context(|| format!("loading the {} checkpoint in {}", cfg.family.model_type(), dir.display()))?;
+    let values = weights::to_core(cfg.family, &cfg.model, tensors, cfg.position_offset).with_context(|| format!("loading the {} checkpoint in {}", cfg.family.model_type(), dir.display()))?;
     let spec = ModelSpec::Transformer(cfg.model.clone());
     // The mapping produces exactly the core's variables; a gap is a bug here, not bad input.
     let (model, varmap) = AnyModel::build_with(&spec, values, device, dir)?;

@@ -126,8 +126,13 @@ pub fn tensor_names(dir: &Path) -> Result<BTreeSet<String>> {
 /// Which BERT heads a checkpoint's tensors hold: (MLM head, pooler, next-sentence head).
 /// DistilBERT has no pooler or next-sentence head; its MLM head is `vocab_transform` & co.
 pub fn bert_heads(family: HfFamily, names: &BTreeSet<String>) -> (bool, bool, bool) {
-    if family == HfFamily::DistilBert {
-        return (names.contains("vocab_transform.weight"), false, false);
+    match family {
+        HfFamily::DistilBert => return (names.contains("vocab_transform.weight"), false, false),
+        HfFamily::Roberta => {
+            let pooler = names.contains("pooler.dense.weight") || names.contains("roberta.pooler.dense.weight");
+            return (names.contains("lm_head.dense.weight"), pooler, false);
+        }
+        _ => {}
     }
     let has = |n: &str| names.contains(n) || names.contains(&format!("bert.{n}"));
     let mlm = names.iter().any(|n| n.starts_with("cls.predictions."));
@@ -182,14 +187,42 @@ impl Take {
     }
 }
 
-/// The core's variables (by ferrolm name) from a checkpoint of `family`.
-pub fn to_core(family: HfFamily, cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Result<HashMap<String, Tensor>> {
+/// The core's variables (by ferrolm name) from a checkpoint of `family`; `position_offset`
+/// rows of the position table before the first text position are dropped (RoBERTa's,
+/// [`super::config::HfConfig::position_offset`]; 0 for the rest).
+pub fn to_core(family: HfFamily, cfg: &TransformerConfig, tensors: HashMap<String, Source>, position_offset: usize) -> Result<HashMap<String, Tensor>> {
     match family {
         HfFamily::Gpt2 => gpt2(cfg, tensors),
-        HfFamily::Bert => bert(cfg, tensors),
-        HfFamily::DistilBert => bert(cfg, distilbert_names(tensors)),
+        HfFamily::Bert => bert(cfg, tensors, 0),
+        HfFamily::DistilBert => bert(cfg, distilbert_names(tensors), 0),
+        HfFamily::Roberta => bert(cfg, roberta_names(tensors), position_offset),
         HfFamily::Llama | HfFamily::Mistral | HfFamily::Qwen2 | HfFamily::Qwen3 => llama_like(cfg, tensors),
     }
+}
+
+/// RoBERTa's tensors (`RobertaForMaskedLM` or a bare `RobertaModel`) under BERT's names:
+/// the `roberta.` prefix off, the MLM head lm_head.{dense, layer_norm, decoder, bias} →
+/// cls.predictions.{transform.dense, transform.LayerNorm, decoder, bias}.
+fn roberta_names(tensors: HashMap<String, Source>) -> HashMap<String, Source> {
+    let rename = |k: &str| -> String {
+        if let Some(rest) = k.strip_prefix("roberta.") {
+            return rest.to_string();
+        }
+        for (from, to) in [
+            ("lm_head.dense.", "cls.predictions.transform.dense."),
+            ("lm_head.layer_norm.", "cls.predictions.transform.LayerNorm."),
+            ("lm_head.decoder.", "cls.predictions.decoder."),
+        ] {
+            if let Some(p) = k.strip_prefix(from) {
+                return format!("{to}{p}");
+            }
+        }
+        match k {
+            "lm_head.bias" => "cls.predictions.bias".into(),
+            _ => k.into(),
+        }
+    };
+    tensors.into_iter().map(|(k, v)| (rename(&k), v)).collect()
 }
 
 /// DistilBERT's tensors (`DistilBertForMaskedLM` or a bare `DistilBertModel`) under the
@@ -242,7 +275,7 @@ fn distilbert_names(tensors: HashMap<String, Source>) -> HashMap<String, Source>
 /// BERT (`BertForMaskedLM`, `BertForPreTraining` or a bare `BertModel`): separate q/k/v
 /// fused into the core's one projection; the post-norm block's norms after attention and
 /// MLP are the core's `ln1`/`ln2`; the embedding LayerNorm is `ln_emb`.
-fn bert(cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Result<HashMap<String, Tensor>> {
+fn bert(cfg: &TransformerConfig, tensors: HashMap<String, Source>, position_offset: usize) -> Result<HashMap<String, Tensor>> {
     // Names without the `bert.` prefix of the task models (a bare BertModel has none), and
     // with the LayerNorm names of checkpoints converted from TensorFlow (gamma/beta) made current.
     let tensors: HashMap<String, Source> = tensors
@@ -296,7 +329,9 @@ fn bert(cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Result<Has
         out.insert(format!("{name}.bias"), b);
     }
     out.insert("wte.weight".into(), t.f32("embeddings.word_embeddings.weight", &[v, d])?);
-    out.insert("wpe.weight".into(), t.f32("embeddings.position_embeddings.weight", &[p, d])?);
+    // RoBERTa's table has `position_offset` rows before the first text position: dropped
+    let wpe = t.f32("embeddings.position_embeddings.weight", &[p + position_offset, d])?;
+    out.insert("wpe.weight".into(), wpe.narrow(0, position_offset, p)?);
     let types = cfg.token_types();
     if types > 0 {
         out.insert("wtt.weight".into(), t.f32("embeddings.token_type_embeddings.weight", &[types, d])?);
