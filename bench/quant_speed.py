@@ -3,6 +3,11 @@
 
     /work/venv-llama/bin/python bench/quant_speed.py [--shape smollm2-135m] [--alternations 3]
         [--threads 2] [--ferrolm PATH] [--llama-python /work/venv-llama/bin/python] [--work DIR]
+        [--ggufs q4_k_m q8_0 f16 f32] [--folder-runs f32 q8_0 q4_k f16]
+
+--ggufs: the GGUF files to export and run with both implementations (f32, f16, q8_0,
+q4_k_m); --folder-runs: ferrolm on the f32 Hugging Face folder, as is (f32) or with
+`--quant` (q8_0, q4_k, f16); none to skip them.
 
 Weights are random in the shape of bench/hf_speed.py's SHAPES (normal(0, 0.02) like
 transformers' init, norms 1), written as a Hugging Face folder with numpy alone (no torch),
@@ -91,6 +96,7 @@ def main():
     ap.add_argument("--alternations", type=int, default=3)
     ap.add_argument("--llama-python", default="/work/venv-llama/bin/python")
     ap.add_argument("--ggufs", nargs="+", default=["q4_k_m", "q8_0"])
+    ap.add_argument("--folder-runs", nargs="*", default=["f32", "q8_0", "q4_k"])
     ap.add_argument("--work", help="keep the folder and GGUF files here (default: a temporary folder)")
     a = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
@@ -118,7 +124,7 @@ def main():
         return hf_speed.run_json(cmd + (["--quant", quant] if quant else []), env)
 
     vocab = hf_speed.SHAPES[a.shape]["vocab_size"]
-    runs = [("ferrolm f32", lambda: fer(folder)), ("ferrolm --quant q8_0", lambda: fer(folder, "q8_0")), ("ferrolm --quant q4_k", lambda: fer(folder, "q4_k"))]
+    runs = [("ferrolm f32" if q == "f32" else f"ferrolm --quant {q}", lambda q=q: fer(folder, None if q == "f32" else q)) for q in a.folder_runs]
     for q, path in ggufs.items():
         runs.append((f"ferrolm gguf {q}", lambda p=path: fer(p)))
         if have_llama:

@@ -53,6 +53,9 @@ fn quant_runs_generate_eval_and_bench_and_training_has_no_quant() {
     assert!(err.contains("--quant q4_k: linear layers: quantized 11 Q4_K"), "{err}");
     let (_, err) = gen(Some("q8_0"));
     assert!(err.contains("quantized 11 Q8_0"), "{err}");
+    let (text, err) = gen(Some("f16"));
+    assert!(text.starts_with("the lazy dog"), "{text}");
+    assert!(err.contains("--quant f16: linear layers: quantized 11 F16"), "{err}");
 
     let data = tmp.path().join("text.txt");
     std::fs::write(&data, "the quick brown fox jumps over the lazy dog. ".repeat(40)).unwrap();
@@ -76,7 +79,7 @@ fn quant_runs_generate_eval_and_bench_and_training_has_no_quant() {
 
     let bad = run(&["generate", "--model", m, "--prompt", "x", "--quant", "q3_k"]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected q8_0 or q4_k"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected q8_0, q4_k or f16"));
     // training commands do not take --quant
     let sft = run(&["sft", "--model", m, "--quant", "q4_k", "--out", tmp.path().join("sft").to_str().unwrap()]);
     assert!(!sft.status.success());

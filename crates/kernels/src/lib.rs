@@ -27,7 +27,8 @@
 //! over each row's own KV cache, read in place (batched decoding in `ferrolm serve`). The products: the one precision dispatch ([`matmul`]:
 //! [`MatmulPrecision`], [`set_matmul_precision`]), exact f32 ([`sgemm`]) and bf16 on AMX
 //! tiles ([`amx`]); quantized weights for decoding: GGUF's Q8_0 ([`q8`]) and its Q4_K /
-//! Q6_K super-blocks ([`q4k`]), each with a few-row x·Wᵀ (AVX2+FMA, chosen at run time).
+//! Q6_K super-blocks ([`q4k`]), each with a few-row x·Wᵀ (AVX2+FMA, chosen at run time),
+//! and half-precision weights ([`f16`]: AVX-512 or AVX2+F16C, batch-invariant).
 
 pub mod alloc;
 #[cfg(feature = "fs")]
@@ -36,6 +37,8 @@ pub mod hogwild;
 #[cfg(feature = "mmap")]
 pub mod mmap;
 mod ptr;
+#[cfg(feature = "candle")]
+pub mod f16;
 #[cfg(feature = "candle")]
 pub mod q4k;
 #[cfg(feature = "candle")]

@@ -11,8 +11,8 @@
 //! `tokenizer.json`, so a file it wrote loads back exactly.
 //!
 //! In: the weights are dequantized to f32 into the same Transformer; on the CPU, layers the
-//! file stores as Q8_0, Q4_K or Q6_K also keep the file's blocks, which the few-row products
-//! of decoding read ([`crate::quant`]). f16 files (and other quantizations) run in f32.
+//! file stores as Q8_0, Q4_K, Q6_K or F16 also keep the file's blocks (or halves), which the
+//! few-row products of decoding read ([`crate::quant`]). Other quantizations run in f32.
 
 use std::collections::HashMap;
 use std::io::{Seek, Write};
@@ -25,6 +25,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::{BlockStyle, TransformerConfig};
 use crate::hf::config::HfFamily;
 use crate::quant::{QuantBlock, QuantWeights};
+use ferrolm_kernels::f16::F16Matrix;
 use ferrolm_kernels::q4k::{KMatrix, KQuant};
 use ferrolm_kernels::q8::Q8Matrix;
 use crate::registry::{AnyModel, LoadedModel};
@@ -433,13 +434,21 @@ fn gguf_sources(layer: &str, tied: bool) -> Option<Vec<String>> {
     Some(from.iter().map(|f| format!("{b}{f}")).collect())
 }
 
-/// The block format ferrolm decodes on for a GGML type: Some(None) for Q8_0, Some(Some(k))
-/// for a k-quant; None for the rest (f32, f16, other quantizations: dequantized to f32).
-fn block_kind(t: GgmlDType) -> Option<Option<KQuant>> {
+/// A stored format ferrolm decodes on.
+enum Stored {
+    Q8_0,
+    K(KQuant),
+    F16,
+}
+
+/// The stored format ferrolm decodes on for a GGML type; None for the rest (f32, other
+/// quantizations: dequantized to f32 only).
+fn block_kind(t: GgmlDType) -> Option<Stored> {
     match t {
-        GgmlDType::Q8_0 => Some(None),
-        GgmlDType::Q4K => Some(Some(KQuant::Q4K)),
-        GgmlDType::Q6K => Some(Some(KQuant::Q6K)),
+        GgmlDType::Q8_0 => Some(Stored::Q8_0),
+        GgmlDType::Q4K => Some(Stored::K(KQuant::Q4K)),
+        GgmlDType::Q6K => Some(Stored::K(KQuant::Q6K)),
+        GgmlDType::F16 => Some(Stored::F16),
         _ => None,
     }
 }
@@ -503,7 +512,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         }
     };
     let mut tensor_types = HashMap::new();
-    // The blocks of every quantized matrix, as stored, for the products of decoding.
+    // The blocks of every quantized (or f16) matrix, as stored, for the products of decoding.
     let mut raw: HashMap<String, QuantBlock> = HashMap::new();
     let keep_blocks = device.is_cpu();
     let mut read = |name: &str| -> Result<Tensor> {
@@ -513,8 +522,9 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
             if let (Ok((rows, cols)), Some(kind)) = (q.shape().dims2(), block_kind(q.dtype())) {
                 let bytes = q.data()?;
                 let block = match kind {
-                    None => Q8Matrix::from_gguf_bytes(rows, cols, &bytes).map(QuantBlock::Q8_0),
-                    Some(k) => KMatrix::from_bytes(k, rows, cols, bytes.into_owned()).map(QuantBlock::K),
+                    Stored::Q8_0 => Q8Matrix::from_gguf_bytes(rows, cols, &bytes).map(QuantBlock::Q8_0),
+                    Stored::K(k) => KMatrix::from_bytes(k, rows, cols, bytes.into_owned()).map(QuantBlock::K),
+                    Stored::F16 => F16Matrix::from_gguf_bytes(rows, cols, &bytes).map(QuantBlock::F16),
                 };
                 let block = block.with_context(|| format!("{}: tensor {name}: {:?} data does not fill {rows}×{cols}", path.display(), q.dtype()))?;
                 raw.insert(name.to_string(), block);
@@ -566,10 +576,10 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     let spec = ModelSpec::Transformer(cfg);
     let (mut model, varmap) = AnyModel::build_with(&spec, values, device, path)?;
     if let AnyModel::Decoder(m) = &mut model {
-        // A GGUF model is for inference: weights frozen, and layers stored quantized in the
-        // file (Q8_0, Q4_K, Q6_K) keep the file's blocks for decoding — the q/k rows of
-        // `llama` reordered as the f32 copy was — so these products read exactly the file's
-        // numbers. A layer with any part in f32 or f16 stays f32.
+        // A GGUF model is for inference: weights frozen, and layers stored quantized or in
+        // half precision in the file (Q8_0, Q4_K, Q6_K, F16) keep the file's blocks for
+        // decoding — the q/k rows of `llama` reordered as the f32 copy was — so these
+        // products read exactly the file's numbers. A layer with any part in f32 stays f32.
         m.freeze_linears();
         if device.is_cpu() {
             let (tied, n_heads, n_kv_heads) = (m.config().tie_embeddings, m.config().n_heads, m.config().n_kv_heads);

@@ -13,9 +13,9 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     lora: Option<LoraAdapter>,
-    /// The same weights quantized (Q8_0, Q4_K, Q6_K: a quantized GGUF file's blocks, or
+    /// The same weights quantized (Q8_0, Q4_K, Q6_K or F16: a GGUF file's blocks, or
     /// `--quant`): products of up to [`QUANT_MAX_ROWS`] input rows — token-by-token
-    /// decoding, which reads every weight for each token — read these, a quarter to an
+    /// decoding, which reads every weight for each token — read these, a half to an
     /// eighth of the bytes. `weight` then holds the dequantized values, so that a prompt's
     /// f32 product computes the same model.
     quant: Option<std::sync::Arc<QuantWeights>>,
@@ -86,11 +86,11 @@ impl Linear {
     }
 
     /// Quantize the weights as `kind` asks (Q4_K falls back to Q8_0 on rows that are not
-    /// whole 256-value super-blocks) and replace them with their dequantized values, so that
+    /// whole 256-value super-blocks; F16 rounds each weight to the nearest half) and replace them with their dequantized values, so that
     /// every product — few-row ones on the blocks, larger ones in f32 — computes the
     /// quantized model. The layer is frozen. A layer that already has quantized weights keeps
     /// them. Returns (format, bytes, quantized now), or None when the rows do not fill
-    /// blocks of 32 (the layer stays f32).
+    /// blocks of 32 (the layer stays f32; never for F16).
     pub fn quantize(&mut self, kind: QuantKind) -> Result<Option<(String, usize, bool)>> {
         if let Some(q) = &self.quant {
             return Ok(Some((q.format(), q.bytes(), false)));

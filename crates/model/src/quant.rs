@@ -1,14 +1,16 @@
 //! Quantized weights for CPU decoding: a linear layer may keep its weights in GGUF's Q8_0,
-//! Q4_K or Q6_K blocks (`ferrolm_kernels::{q8, q4k}`), and products of a few input rows —
-//! token-by-token decoding, which reads every weight once per token — read those, a
-//! quarter to an eighth of f32's bytes. Two sources: a quantized GGUF file (its blocks used
-//! as stored, see [`crate::gguf`]) and `--quant q8_0|q4_k` on a model loaded in f32
+//! Q4_K or Q6_K blocks (`ferrolm_kernels::{q8, q4k}`) or in half precision
+//! (`ferrolm_kernels::f16`), and products of a few input rows — token-by-token decoding,
+//! which reads every weight once per token — read those, a half to an eighth of f32's bytes.
+//! Two sources: a GGUF file stored in those types (its blocks or halves used as stored, see
+//! [`crate::gguf`]) and `--quant q8_0|q4_k|f16` on a model loaded in f32
 //! ([`crate::AnyModel::quantize`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use anyhow::{bail, Result};
+use ferrolm_kernels::f16::F16Matrix;
 use ferrolm_kernels::q4k::{KMatrix, KQuant};
 use ferrolm_kernels::q8::Q8Matrix;
 
@@ -20,6 +22,8 @@ pub enum QuantKind {
     /// 4-bit super-blocks of 256 values with 6-bit scales and mins per 32 (4.5 bits a
     /// weight); a layer whose rows are not whole super-blocks falls back to Q8_0.
     Q4K,
+    /// IEEE half precision (16 bits a weight), every layer.
+    F16,
 }
 
 impl std::str::FromStr for QuantKind {
@@ -28,7 +32,8 @@ impl std::str::FromStr for QuantKind {
         Ok(match s.to_ascii_lowercase().as_str() {
             "q8_0" => Self::Q8_0,
             "q4_k" => Self::Q4K,
-            other => bail!("unknown quantization {other:?}: expected q8_0 or q4_k"),
+            "f16" => Self::F16,
+            other => bail!("unknown quantization {other:?}: expected q8_0, q4_k or f16"),
         })
     }
 }
@@ -38,6 +43,7 @@ impl fmt::Display for QuantKind {
         f.write_str(match self {
             Self::Q8_0 => "q8_0",
             Self::Q4K => "q4_k",
+            Self::F16 => "f16",
         })
     }
 }
@@ -48,6 +54,8 @@ pub enum QuantBlock {
     Q8_0(Q8Matrix),
     /// Q4_K or Q6_K.
     K(KMatrix),
+    /// Half precision.
+    F16(F16Matrix),
 }
 
 impl QuantBlock {
@@ -55,6 +63,7 @@ impl QuantBlock {
         match self {
             Self::Q8_0(q) => q.rows,
             Self::K(q) => q.rows,
+            Self::F16(q) => q.rows,
         }
     }
 
@@ -62,14 +71,16 @@ impl QuantBlock {
         match self {
             Self::Q8_0(q) => q.cols,
             Self::K(q) => q.cols,
+            Self::F16(q) => q.cols,
         }
     }
 
-    /// The format's name (`Q8_0`, `Q4_K`, `Q6_K`).
+    /// The format's name (`Q8_0`, `Q4_K`, `Q6_K`, `F16`).
     pub fn format(&self) -> &'static str {
         match self {
             Self::Q8_0(_) => "Q8_0",
             Self::K(q) => q.kind.name(),
+            Self::F16(_) => "F16",
         }
     }
 
@@ -78,6 +89,7 @@ impl QuantBlock {
         match self {
             Self::Q8_0(q) => Self::Q8_0(q.select_rows(order)),
             Self::K(q) => Self::K(q.select_rows(order)),
+            Self::F16(q) => Self::F16(q.select_rows(order)),
         }
     }
 }
@@ -104,6 +116,7 @@ impl QuantWeights {
         let merged = match (last, &below) {
             (QuantBlock::Q8_0(a), QuantBlock::Q8_0(b)) => vec![QuantBlock::Q8_0(a.stack(b).expect("same width"))],
             (QuantBlock::K(a), QuantBlock::K(b)) if a.kind == b.kind => vec![QuantBlock::K(a.stack(b).expect("same kind and width"))],
+            (QuantBlock::F16(a), QuantBlock::F16(b)) => vec![QuantBlock::F16(a.stack(b).expect("same width"))],
             (a, _) => vec![a, below],
         };
         self.blocks.extend(merged);
@@ -130,6 +143,7 @@ impl QuantWeights {
             .map(|b| match b {
                 QuantBlock::Q8_0(q) => q.quants.len() + 2 * q.scales.len(),
                 QuantBlock::K(q) => q.bytes().len(),
+                QuantBlock::F16(q) => 2 * q.bits.len(),
             })
             .sum()
     }
@@ -141,6 +155,7 @@ impl QuantWeights {
             match b {
                 QuantBlock::Q8_0(q) => out.extend(q.dequantize()),
                 QuantBlock::K(q) => out.extend(q.dequantize()),
+                QuantBlock::F16(q) => out.extend(q.dequantize()),
             }
         }
         out
@@ -155,6 +170,7 @@ impl QuantWeights {
             match b {
                 QuantBlock::Q8_0(q) => q.matmul_t_into(x, m, &mut y, n, col),
                 QuantBlock::K(q) => q.matmul_t_into(x, m, &mut y, n, col),
+                QuantBlock::F16(q) => q.matmul_t_into(x, m, &mut y, n, col),
             }
             col += b.rows();
         }
@@ -163,7 +179,11 @@ impl QuantWeights {
 
     /// Quantize row-major f32 values as `kind` asks: Q4_K needs rows of whole 256-value
     /// super-blocks and falls back to Q8_0 (blocks of 32); None when not even that fits.
+    /// F16 (each value rounded to the nearest half) fits any width.
     pub fn quantize(kind: QuantKind, values: &[f32], rows: usize, cols: usize) -> Option<Self> {
+        if kind == QuantKind::F16 {
+            return F16Matrix::from_f32(values, rows, cols).map(|q| Self::new(QuantBlock::F16(q)));
+        }
         if kind == QuantKind::Q4K {
             if let Some(q) = KMatrix::quantize(KQuant::Q4K, values, rows, cols) {
                 return Some(Self::new(QuantBlock::K(q)));

@@ -119,11 +119,11 @@ impl AnyModel {
         Ok((model, varmap))
     }
 
-    /// Quantize the model's linear layers for CPU inference (`--quant q8_0|q4_k` of
+    /// Quantize the model's linear layers for CPU inference (`--quant q8_0|q4_k|f16` of
     /// generate, chat, eval, serve): few-row products (decoding) then read the quantized
     /// blocks, larger ones the dequantized values, so every path computes the quantized
-    /// model. The model is frozen: for inference only. Layers a quantized GGUF file gave
-    /// blocks keep them. Decoders only, on the CPU.
+    /// model. The model is frozen: for inference only. Layers a quantized or f16 GGUF file
+    /// gave blocks keep them. Decoders only, on the CPU.
     pub fn quantize(&mut self, kind: crate::quant::QuantKind) -> Result<crate::quant::QuantSummary> {
         if !self.device().is_cpu() {
             bail!("--quant {kind}: quantized weights are for CPU inference; this model is on {:?}", self.device().location());

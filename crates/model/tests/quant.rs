@@ -1,5 +1,5 @@
-//! Quantized CPU inference: `AnyModel::quantize` (`--quant q8_0|q4_k`) and a q4_k_m GGUF's
-//! Q4_K / Q6_K blocks used as stored. Token-by-token decoding (few-row products on the
+//! Quantized CPU inference: `AnyModel::quantize` (`--quant q8_0|q4_k|f16`), a q4_k_m GGUF's
+//! Q4_K / Q6_K blocks and an f16 GGUF's halves used as stored. Token-by-token decoding (few-row products on the
 //! quantized blocks) must give the prompt pass's logits (f32 products on the dequantized
 //! values of the same blocks) up to summation order, and the quantized model must stay near
 //! the f32 one.
@@ -123,6 +123,63 @@ fn a_q4_k_m_gguf_decodes_on_its_own_q4_k_and_q6_k_blocks() {
         let e = rel_err(&got, &want);
         eprintln!("{what}: q4_k_m logits move by {e} (relative)");
         assert!(e > 0.0 && e < 0.3, "{what}: q4_k_m logits move by {e} (relative)");
+    }
+}
+
+#[test]
+fn quantize_f16_decodes_as_its_rounded_weights_on_any_width() {
+    // rows of 256 and 512, and rows of 72 and 136 (tails of 8 and 8 past 64 and 128; of
+    // 8 past 16-lane chunks) where no block format fits
+    let odd = TransformerConfig { d_model: 72, d_ff: 136, n_layers: 2, ..cfg() };
+    for (c, layers) in [(cfg(), 41), (odd, 11)] {
+        let (f32_model, _) = fresh(&c, 5);
+        let want = f32_model.decoder("t").unwrap().forward(&ids(), &MaskSpec::causal(), None).unwrap();
+        let (mut q, _) = fresh(&c, 5);
+        let s = q.quantize(QuantKind::F16).unwrap();
+        assert_eq!(s.quantized.get("F16"), Some(&layers), "{s}");
+        assert_eq!((s.quantized.len(), s.kept.len(), s.unquantized), (1, 0, 0), "{s}");
+        assert!(s.to_string().contains(&format!("quantized {layers} F16")), "{s}");
+        let got = assert_decode_matches_prompt_pass(q.decoder("t").unwrap(), &format!("--quant f16, d_model {}", c.d_model));
+        let e = rel_err(&got, &want);
+        eprintln!("--quant f16 (d_model {}): logits move by {e} (relative)", c.d_model);
+        assert!(e > 0.0 && e < 2e-3, "f16: logits move by {e} (relative)");
+    }
+}
+
+#[test]
+fn an_f16_gguf_decodes_on_its_own_halves() {
+    let base = cfg();
+    let cases = [
+        ("llama tied", base.clone()),
+        ("llama untied", TransformerConfig { tie_embeddings: false, ..base.clone() }),
+        ("qwen2", TransformerConfig { qkv_bias: Some(true), ..base.clone() }),
+    ];
+    for (what, c) in cases {
+        let (model, varmap) = fresh(&c, 9);
+        let want = model.decoder("t").unwrap().forward(&ids(), &MaskSpec::causal(), None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        gguf::write(&c, &varmap, &vocab(48), GgufQuant::F16, &path).unwrap();
+        let mut back = gguf::load(&path, &Device::Cpu).unwrap();
+        assert_eq!(back.tensor_types["blk.1.attn_q.weight"], GgmlDType::F16);
+        assert_eq!(back.tensor_types["token_embd.weight"], GgmlDType::F16);
+        // every layer kept the file's halves (q, k, v merged into one F16 block), the LM
+        // head too (tied: the token embedding's); asking for q8_0 on top changes nothing
+        let s = back.loaded.model.quantize(QuantKind::Q8_0).unwrap();
+        assert!(s.quantized.is_empty() && s.unquantized == 0, "{what}: {s}");
+        assert_eq!(s.kept.get("F16"), Some(&41), "{what}: {s}");
+        assert_eq!(s.kept.len(), 1, "{what}: {s}");
+        let got = assert_decode_matches_prompt_pass(back.loaded.model.decoder("t").unwrap(), what);
+        let e = rel_err(&got, &want);
+        eprintln!("{what}: f16 GGUF logits move by {e} (relative)");
+        assert!(e > 0.0 && e < 2e-3, "{what}: f16 logits move by {e} (relative)");
+        // the same model rounded by --quant f16 is near (not equal: --quant keeps the token
+        // embedding f32, the file stores it f16)
+        let (mut q, _) = fresh(&c, 9);
+        q.quantize(QuantKind::F16).unwrap();
+        let mine = q.decoder("t").unwrap().forward(&ids(), &MaskSpec::causal(), None).unwrap();
+        let e = rel_err(&mine, &got);
+        assert!(e < 2e-3, "{what}: --quant f16 vs the f16 GGUF: {e} (relative)");
     }
 }
 

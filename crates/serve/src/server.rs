@@ -64,7 +64,7 @@ pub struct ServeConfig {
     /// An encoder run folder served at `/v1/embeddings` (none: that endpoint answers 400).
     pub embed_model: Option<PathBuf>,
     pub embed_pooling: Pooling,
-    /// Quantize the model's weights for CPU decoding (`--quant q8_0|q4_k`).
+    /// Quantize the model's weights for CPU decoding (`--quant q8_0|q4_k|f16`).
     pub quant: Option<ferrolm_model::QuantKind>,
 }
 

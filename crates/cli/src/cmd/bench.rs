@@ -49,7 +49,7 @@ enum What {
         repeats: usize,
         #[arg(long)]
         json: bool,
-        /// Quantize the weights first: q8_0 or q4_k (see `generate --quant`).
+        /// Quantize the weights first: q8_0, q4_k or f16 (see `generate --quant`).
         #[arg(long)]
         quant: Option<ferrolm_model::QuantKind>,
     },

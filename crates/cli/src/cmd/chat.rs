@@ -34,8 +34,9 @@ pub struct Args {
     /// Where /rate appends ratings (default RUN_DIR/feedback/ratings.jsonl).
     #[arg(long)]
     ratings: Option<PathBuf>,
-    /// Quantize the weights for CPU inference: q8_0 or q4_k (Q4_K on rows of whole
-    /// 256-value blocks, Q8_0 on the others). Layers a quantized GGUF stores keep its blocks.
+    /// Quantize the weights for CPU inference: q8_0, q4_k (Q4_K on rows of whole 256-value
+    /// blocks, Q8_0 on the others) or f16 (half precision). Layers a quantized or f16 GGUF
+    /// stores keep its blocks.
     #[arg(long)]
     quant: Option<ferrolm_model::QuantKind>,
 }

@@ -24,8 +24,9 @@ pub struct Args {
     max_windows: usize,
     #[arg(long)]
     json: bool,
-    /// Quantize the weights for CPU inference: q8_0 or q4_k (Q4_K on rows of whole
-    /// 256-value blocks, Q8_0 on the others). Layers a quantized GGUF stores keep its blocks.
+    /// Quantize the weights for CPU inference: q8_0, q4_k (Q4_K on rows of whole 256-value
+    /// blocks, Q8_0 on the others) or f16 (half precision). Layers a quantized or f16 GGUF
+    /// stores keep its blocks.
     #[arg(long)]
     quant: Option<ferrolm_model::QuantKind>,
 }

@@ -62,8 +62,9 @@ pub struct Args {
     /// How the embedding model pools its hidden states: "mean" or "pooled" (the MLM's pooler).
     #[arg(long, default_value = "mean")]
     embed_pooling: ferrolm_serve::EmbedPooling,
-    /// Quantize the weights for CPU inference: q8_0 or q4_k (Q4_K on rows of whole
-    /// 256-value blocks, Q8_0 on the others). Layers a quantized GGUF stores keep its blocks.
+    /// Quantize the weights for CPU inference: q8_0, q4_k (Q4_K on rows of whole 256-value
+    /// blocks, Q8_0 on the others) or f16 (half precision). Layers a quantized or f16 GGUF
+    /// stores keep its blocks.
     #[arg(long)]
     quant: Option<ferrolm_model::QuantKind>,
 }

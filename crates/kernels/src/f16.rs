@@ -1,0 +1,525 @@
+//! Half-precision weights for memory-bound products: a matrix stored as IEEE binary16 (GGUF's
+//! F16 tensors, or f32 weights rounded to the nearest f16), and `y = x·Wᵀ` for the few-row
+//! inputs of token-by-token decoding, where reading W is the cost: half of f32's bytes per
+//! weight. x and y stay f32; each weight is widened to f32 in registers and multiplied in f32,
+//! so the product equals the f32 product of the f16 values up to summation order.
+//!
+//! Three paths, chosen at run time: AVX-512 F (`vcvtph2ps` on 16 halves at a time, four weight
+//! rows × up to four input rows of accumulators), AVX2+F16C+FMA (8 halves, four weight rows ×
+//! up to two input rows) and a portable one. As in the f32 few-row kernels
+//! (`linear::x86`), every output has its own accumulator, fed the same chunks in the same
+//! order and reduced by the same tree whatever the other rows of the batch: a row's result
+//! does not depend on the rows beside it (batched decoding in `ferrolm serve` equals decoding
+//! alone).
+
+use rayon::prelude::*;
+
+/// A (rows × cols) matrix of IEEE half-precision values (their bits), row-major.
+#[derive(Debug, Clone)]
+pub struct F16Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub bits: Vec<u16>,
+}
+
+/// Weight rows per task (one rayon job; its rows stay in cache for the later input rows).
+const ROWS_PER_TASK: usize = 32;
+
+/// Products of fewer multiply-adds run on the calling thread (waking the pool costs more).
+const PAR_WORK: usize = 1 << 18;
+
+impl F16Matrix {
+    /// Row-major f32 values rounded to the nearest f16 (ties to even; beyond ±65504 to
+    /// infinity, as a conversion to f16 does). None when the sizes do not match.
+    pub fn from_f32(values: &[f32], rows: usize, cols: usize) -> Option<Self> {
+        if cols == 0 || values.len() != rows * cols {
+            return None;
+        }
+        let mut bits = vec![0u16; values.len()];
+        bits.par_chunks_mut(1 << 16).zip(values.par_chunks(1 << 16)).for_each(|(b, v)| {
+            for (b, &v) in b.iter_mut().zip(v) {
+                *b = f32_to_f16(v);
+            }
+        });
+        Some(Self { rows, cols, bits })
+    }
+
+    /// The matrix a GGUF F16 tensor of shape (rows, cols) holds in `bytes` (little-endian
+    /// halves). None when the sizes do not match.
+    pub fn from_gguf_bytes(rows: usize, cols: usize, bytes: &[u8]) -> Option<Self> {
+        if cols == 0 || bytes.len() != rows * cols * 2 {
+            return None;
+        }
+        let bits = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        Some(Self { rows, cols, bits })
+    }
+
+    /// The matrix of rows `order[0]`, `order[1]`, … of this one (each index < rows).
+    pub fn select_rows(&self, order: &[usize]) -> Self {
+        let k = self.cols;
+        let mut bits = Vec::with_capacity(order.len() * k);
+        for &r in order {
+            bits.extend_from_slice(&self.bits[r * k..(r + 1) * k]);
+        }
+        Self { rows: order.len(), cols: k, bits }
+    }
+
+    /// This matrix with `below`'s rows after its own; None when the widths differ.
+    pub fn stack(mut self, below: &F16Matrix) -> Option<Self> {
+        if below.cols != self.cols {
+            return None;
+        }
+        self.bits.extend_from_slice(&below.bits);
+        self.rows += below.rows;
+        Some(self)
+    }
+
+    /// The values in f32 (exact: every f16 is an f32).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.bits.len()];
+        out.par_chunks_mut(1 << 16).zip(self.bits.par_chunks(1 << 16)).for_each(|(o, b)| {
+            for (o, &b) in o.iter_mut().zip(b) {
+                *o = crate::q4k::f16_to_f32(b);
+            }
+        });
+        out
+    }
+
+    /// `x·Wᵀ` for x (m × cols, row-major) into a new (m × rows) buffer.
+    pub fn matmul_t(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * self.rows];
+        self.matmul_t_into(x, m, &mut y, self.rows, 0);
+        y
+    }
+
+    /// `x·Wᵀ` into columns `col0 .. col0 + rows` of y (m × ld, row-major). Weight rows are
+    /// split among the rayon threads (when the product is large enough); each task's rows
+    /// are read from memory once for all m inputs.
+    pub fn matmul_t_into(&self, x: &[f32], m: usize, y: &mut [f32], ld: usize, col0: usize) {
+        self.product(x, m, y, ld, col0, Path::detect());
+    }
+
+    /// The product by one of the paths (tests compare them).
+    fn product(&self, x: &[f32], m: usize, y: &mut [f32], ld: usize, col0: usize, path: Path) {
+        let (n, k) = (self.rows, self.cols);
+        assert_eq!(x.len(), m * k, "f16 matmul: x has {} values, expected {m} × {k}", x.len());
+        assert!(col0 + n <= ld && y.len() >= m * ld, "f16 matmul: output too small");
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(path.available(), "f16 matmul: the CPU lacks the features of {path:?}");
+        // Output transposed (n × m) so that each task owns whole, disjoint chunks.
+        let mut yt = vec![0f32; n * m];
+        let task = |t: usize, out: &mut [f32]| {
+            let j0 = t * ROWS_PER_TASK;
+            let w = &self.bits[j0 * k..(j0 + out.len() / m) * k];
+            rows_task(path, w, x, m, k, out);
+        };
+        if m * n * k >= PAR_WORK && rayon::current_num_threads() > 1 {
+            yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(t, out)| task(t, out));
+        } else {
+            yt.chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(t, out)| task(t, out));
+        }
+        for j in 0..n {
+            for r in 0..m {
+                y[r * ld + col0 + j] = yt[j * m + r];
+            }
+        }
+    }
+}
+
+/// How a product runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Portable,
+    /// AVX2, F16C and FMA: 8 lanes.
+    Avx2,
+    /// AVX-512 F: 16 lanes.
+    Avx512,
+}
+
+impl Path {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Self::Avx512;
+            }
+            if crate::fma_available() && std::arch::is_x86_feature_detected!("f16c") {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
+    }
+
+    fn available(self) -> bool {
+        match self {
+            Self::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => crate::fma_available() && std::arch::is_x86_feature_detected!("f16c"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+/// `out[j·m + r] = w_j · x_r` for the weight rows of `w` (out.len() / m rows of k halves) and
+/// the m rows of x.
+fn rows_task(path: Path, w: &[u16], x: &[f32], m: usize, k: usize, out: &mut [f32]) {
+    let n = out.len() / m;
+    debug_assert!(w.len() == n * k && x.len() == m * k);
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => {
+            // SAFETY: the path is available (asserted by `product`): the CPU has AVX-512 F;
+            // w holds n rows and x m rows of k values (the caller slices them so).
+            unsafe { x86::task_avx512(w, x, m, k, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => {
+            // SAFETY: as above, with AVX2, F16C and FMA.
+            unsafe { x86::task_avx2(w, x, m, k, out) }
+        }
+        _ => {
+            for j in 0..n {
+                let wj = &w[j * k..(j + 1) * k];
+                for r in 0..m {
+                    out[j * m + r] = dot_portable(wj, &x[r * k..(r + 1) * k]);
+                }
+            }
+        }
+    }
+}
+
+/// One f16 row against one f32 row in 16 independent lanes, then their sum.
+fn dot_portable(w: &[u16], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let full = w.len() / 16 * 16;
+    for (wc, xc) in w[..full].chunks_exact(16).zip(x[..full].chunks_exact(16)) {
+        for l in 0..16 {
+            acc[l] += crate::q4k::f16_to_f32(wc[l]) * xc[l];
+        }
+    }
+    for (l, (&wv, &xv)) in w[full..].iter().zip(&x[full..]).enumerate() {
+        acc[l] += crate::q4k::f16_to_f32(wv) * xv;
+    }
+    acc.iter().sum()
+}
+
+/// An f32 rounded to the nearest f16 (ties to even), as its bits: overflow to ±infinity,
+/// f16 subnormals below 2⁻¹⁴, NaN kept a (quiet) NaN.
+pub fn f32_to_f16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32;
+    let man = b & 0x7f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if man != 0 { 0x200 | (man >> 13) as u16 } else { 0 };
+    }
+    // the f16 exponent, unbiased e − 127 + 15
+    let e = exp - 112;
+    if e >= 31 {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        // subnormal (or zero) in f16: the significand with its implicit bit, shifted right
+        if e < -10 {
+            return sign;
+        }
+        let m = man | 0x80_0000;
+        let shift = (14 - e) as u32; // 13 + (1 − e)
+        let half = m >> shift;
+        let rem = m & ((1 << shift) - 1);
+        let mid = 1 << (shift - 1);
+        let round = rem > mid || (rem == mid && half & 1 == 1);
+        return sign | (half + round as u32) as u16;
+    }
+    let half = ((e as u32) << 10) | (man >> 13);
+    let rem = man & 0x1fff;
+    let round = rem > 0x1000 || (rem == 0x1000 && half & 1 == 1);
+    // a carry out of the mantissa steps the exponent (up to infinity), which is right
+    sign | (half + round as u32) as u16
+}
+
+/// The x86 tasks: blocks of four weight rows × RB input rows, one accumulator per output in
+/// registers (AVX-512: 4 × 4 of 16 lanes; AVX2: 4 × 2 of 8 lanes, of its 16 registers), the
+/// halves widened by `vcvtph2ps` as they are loaded, the tail of k as one zero-padded chunk,
+/// each output reduced by one fixed vector tree.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512 F; w holds n = out.len() / m rows of k halves, x m rows of k values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn task_avx512(w: &[u16], x: &[f32], m: usize, k: usize, out: &mut [f32]) {
+        // SAFETY: AVX-512 F (the caller's); `task` hands the blocks slices of k values.
+        unsafe {
+            task::<4>(w, x, m, k, out, |ws, xs, r, o| match r {
+                1 => block512::<1>(ws, [xs[0]], k, o),
+                2 => block512::<2>(ws, [xs[0], xs[1]], k, o),
+                3 => block512::<3>(ws, [xs[0], xs[1], xs[2]], k, o),
+                _ => block512::<4>(ws, xs, k, o),
+            })
+        }
+    }
+
+    /// # Safety
+    /// AVX2, F16C and FMA; shapes as [`task_avx512`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn task_avx2(w: &[u16], x: &[f32], m: usize, k: usize, out: &mut [f32]) {
+        // SAFETY: AVX2, F16C and FMA (the caller's); `task` hands the blocks slices of k values.
+        unsafe {
+            task::<2>(w, x, m, k, out, |ws, xs, r, o| match r {
+                1 => block256::<1>(ws, [xs[0]], k, o),
+                _ => block256::<2>(ws, xs, k, o),
+            })
+        }
+    }
+
+    /// Every (weight row, input row) of the task in blocks; `block(weight rows, input rows,
+    /// rows used, out)` with each slice k long. Weight rows past the last repeat it and input
+    /// rows past the last repeat it (their results are not stored).
+    #[inline(always)]
+    fn task<const RB: usize>(w: &[u16], x: &[f32], m: usize, k: usize, out: &mut [f32], block: impl Fn([&[u16]; 4], [&[f32]; RB], usize, &mut [[f32; 4]; 4])) {
+        let n = out.len() / m;
+        let mut i = 0;
+        while i < m {
+            let r = (m - i).min(RB);
+            let xs: [&[f32]; RB] = std::array::from_fn(|q| &x[(i + q.min(r - 1)) * k..][..k]);
+            let mut j = 0;
+            while j < n {
+                let ws: [&[u16]; 4] = std::array::from_fn(|d| &w[(j + d).min(n - 1) * k..][..k]);
+                let mut o = [[0f32; 4]; 4];
+                block(ws, xs, r, &mut o);
+                for (dj, col) in o.iter().enumerate().take(n - j) {
+                    for (q, &v) in col.iter().enumerate().take(r) {
+                        out[(j + dj) * m + i + q] = v;
+                    }
+                }
+                j += 4;
+            }
+            i += RB;
+        }
+    }
+
+    /// out[d][q] = w_d · x_q for four f16 weight rows and R f32 rows, 16 lanes.
+    ///
+    /// # Safety
+    /// AVX-512 F; every slice is k long.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block512<const R: usize>(ws: [&[u16]; 4], xs: [&[f32]; R], k: usize, out: &mut [[f32; 4]; 4]) {
+        let mut acc = [[_mm512_setzero_ps(); R]; 4];
+        let full = k / 16 * 16;
+        let mut c = 0;
+        while c < full {
+            // SAFETY: c + 16 ≤ full ≤ k: 16 values of each k-long slice (unaligned loads).
+            let xv: [__m512; R] = std::array::from_fn(|q| unsafe { _mm512_loadu_ps(xs[q].as_ptr().add(c)) });
+            for d in 0..4 {
+                // SAFETY: as for xv, 16 halves (32 bytes).
+                let wv = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(ws[d].as_ptr().add(c) as *const __m256i) });
+                for q in 0..R {
+                    acc[d][q] = _mm512_fmadd_ps(wv, xv[q], acc[d][q]);
+                }
+            }
+            c += 16;
+        }
+        if full < k {
+            // the tail: x masked (lanes past k read nothing, load zero), w copied into a
+            // zero-padded chunk
+            let mask: __mmask16 = ((1u32 << (k - full)) - 1) as u16;
+            // SAFETY: the mask enables lanes full..k only, inside every k-long slice.
+            let xv: [__m512; R] = std::array::from_fn(|q| unsafe { _mm512_maskz_loadu_ps(mask, xs[q].as_ptr().add(full)) });
+            for d in 0..4 {
+                let mut t = [0u16; 16];
+                t[..k - full].copy_from_slice(&ws[d][full..]);
+                // SAFETY: t holds the 16 halves loaded.
+                let wv = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(t.as_ptr() as *const __m256i) });
+                for q in 0..R {
+                    acc[d][q] = _mm512_fmadd_ps(wv, xv[q], acc[d][q]);
+                }
+            }
+        }
+        for d in 0..4 {
+            for q in 0..R {
+                out[d][q] = _mm512_reduce_add_ps(acc[d][q]);
+            }
+        }
+    }
+
+    /// As [`block512`] in 8 lanes on AVX2, F16C and FMA.
+    ///
+    /// # Safety
+    /// AVX2, F16C and FMA; every slice is k long.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block256<const R: usize>(ws: [&[u16]; 4], xs: [&[f32]; R], k: usize, out: &mut [[f32; 4]; 4]) {
+        let mut acc = [[_mm256_setzero_ps(); R]; 4];
+        let full = k / 8 * 8;
+        let mut c = 0;
+        while c < full {
+            // SAFETY: c + 8 ≤ full ≤ k: 8 values of each k-long slice (unaligned loads).
+            let xv: [__m256; R] = std::array::from_fn(|q| unsafe { _mm256_loadu_ps(xs[q].as_ptr().add(c)) });
+            for d in 0..4 {
+                // SAFETY: as for xv, 8 halves (16 bytes).
+                let wv = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(ws[d].as_ptr().add(c) as *const __m128i) });
+                for q in 0..R {
+                    acc[d][q] = _mm256_fmadd_ps(wv, xv[q], acc[d][q]);
+                }
+            }
+            c += 8;
+        }
+        if full < k {
+            // the tail: x and w copied into zero-padded chunks
+            let mut xt = [[0f32; 8]; R];
+            for q in 0..R {
+                xt[q][..k - full].copy_from_slice(&xs[q][full..]);
+            }
+            // SAFETY: each xt row holds the 8 values loaded.
+            let xv: [__m256; R] = std::array::from_fn(|q| unsafe { _mm256_loadu_ps(xt[q].as_ptr()) });
+            for d in 0..4 {
+                let mut t = [0u16; 8];
+                t[..k - full].copy_from_slice(&ws[d][full..]);
+                // SAFETY: t holds the 8 halves loaded.
+                let wv = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(t.as_ptr() as *const __m128i) });
+                for q in 0..R {
+                    acc[d][q] = _mm256_fmadd_ps(wv, xv[q], acc[d][q]);
+                }
+            }
+        }
+        for d in 0..4 {
+            for q in 0..R {
+                // halves, then pairs, then the last two lanes: a fixed tree
+                let v = acc[d][q];
+                let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                let h = _mm_add_ss(h, _mm_movehdup_ps(h));
+                out[d][q] = _mm_cvtss_f32(h);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::q4k::f16_to_f32;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        crate::testutil::lcg_values(n, seed, |u| u as f32 / (1u64 << 30) as f32 - 1.0)
+    }
+
+    fn paths() -> Vec<Path> {
+        [Path::Portable, Path::Avx2, Path::Avx512].into_iter().filter(|p| p.available()).collect()
+    }
+
+    #[test]
+    fn f32_to_f16_rounds_to_nearest_even_and_inverts_f16_to_f32() {
+        // every f16 value converts back to itself
+        for h in 0..=u16::MAX {
+            let f = f16_to_f32(h);
+            if f.is_nan() {
+                assert!(f16_to_f32(f32_to_f16(f)).is_nan(), "{h:#x}");
+            } else {
+                assert_eq!(f32_to_f16(f), h, "{h:#x} = {f}");
+            }
+        }
+        // against candle's (the half crate's) conversion on values between and beyond
+        let mut v = values(20_000, 3);
+        v.iter_mut().enumerate().for_each(|(i, x)| *x *= [1e-7, 1e-5, 0.01, 1.0, 300.0, 7e4][i % 6]);
+        v.extend([1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), 65519.0, 65520.0, 2f32.powi(-25), 2f32.powi(-25) * 1.5, -0.0]);
+        let t = candle_core::Tensor::new(v.as_slice(), &candle_core::Device::Cpu).unwrap();
+        let want: Vec<f32> = t.to_dtype(candle_core::DType::F16).unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1().unwrap();
+        for (x, w) in v.iter().zip(&want) {
+            assert_eq!(f16_to_f32(f32_to_f16(*x)).to_bits(), w.to_bits(), "{x}");
+        }
+    }
+
+    /// Every path the CPU has against an f64 reference of the f16 values, input rows
+    /// 1..=9, every tail length mod 16 (and so mod 8), weight rows not a multiple of four or
+    /// of a task; each path against the portable one; each row of a batch equal to that row
+    /// alone (and to the same row among other rows).
+    #[test]
+    fn paths_match_reference_and_each_other_and_are_batch_invariant() {
+        let ps = paths();
+        eprintln!("f16 paths on this CPU: {ps:?}");
+        let mut ks: Vec<usize> = (1..=33).collect();
+        ks.extend([48, 63, 64, 65, 100, 576]);
+        for k in ks {
+            let n = if k < 40 { 37 } else { 70 };
+            let w = F16Matrix::from_f32(&values(n * k, k as u64), n, k).unwrap();
+            let wf = w.dequantize();
+            for m in 1..=9 {
+                let x = values(m * k, 100 + m as u64);
+                let mut portable = vec![0f32; m * n];
+                w.product(&x, m, &mut portable, n, 0, Path::Portable);
+                for &p in &ps {
+                    let mut y = vec![0f32; m * n];
+                    w.product(&x, m, &mut y, n, 0, p);
+                    for r in 0..m {
+                        for j in 0..n {
+                            let (xr, wj) = (&x[r * k..(r + 1) * k], &wf[j * k..(j + 1) * k]);
+                            let want: f64 = xr.iter().zip(wj).map(|(a, b)| *a as f64 * *b as f64).sum();
+                            let tol = 1e-5 * (1.0 + xr.iter().zip(wj).map(|(a, b)| (a * b).abs() as f64).sum::<f64>());
+                            let (got, port) = (y[r * n + j] as f64, portable[r * n + j] as f64);
+                            assert!((got - want).abs() < tol, "{p:?} k={k} m={m} ({r},{j}): {got} vs {want}");
+                            assert!((got - port).abs() < tol, "{p:?} k={k} m={m} ({r},{j}): {got} vs portable {port}");
+                        }
+                    }
+                    // batch invariance: each row alone gives the bits it had in the batch
+                    for r in 0..m {
+                        let mut alone = vec![0f32; n];
+                        w.product(&x[r * k..(r + 1) * k], 1, &mut alone, n, 0, p);
+                        assert_eq!(alone, y[r * n..(r + 1) * n], "{p:?} k={k}: row {r} of {m} alone");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gguf_bytes_rows_reorder_stack_and_land_in_their_columns() {
+        let (n, k) = (6, 40);
+        let v = values(n * k, 9);
+        let t = candle_core::Tensor::from_vec(v.clone(), (n, k), &candle_core::Device::Cpu).unwrap();
+        let q = candle_core::quantized::QTensor::quantize(&t, candle_core::quantized::GgmlDType::F16).unwrap();
+        let want = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ours = F16Matrix::from_gguf_bytes(n, k, &q.data().unwrap()).unwrap();
+        assert_eq!(ours.dequantize(), want);
+        assert_eq!(ours.bits, F16Matrix::from_f32(&v, n, k).unwrap().bits, "candle's F16 tensor holds our rounding");
+        assert!(F16Matrix::from_gguf_bytes(n, k, &q.data().unwrap()[2..]).is_none());
+        assert!(F16Matrix::from_f32(&v, n, k + 1).is_none());
+        let p = ours.select_rows(&[5, 0]).stack(&ours.select_rows(&[1])).unwrap();
+        assert_eq!(p.rows, 3);
+        let dp = p.dequantize();
+        for (to, from) in [5, 0, 1].into_iter().enumerate() {
+            assert_eq!(dp[to * k..(to + 1) * k], want[from * k..(from + 1) * k]);
+        }
+        assert!(p.clone().stack(&F16Matrix::from_f32(&[0.0; 3], 1, 3).unwrap()).is_none());
+        // into columns 2..5 of a 2 × 6 output
+        let x = values(2 * k, 13);
+        let mut y = vec![-1f32; 12];
+        p.matmul_t_into(&x, 2, &mut y, 6, 2);
+        let full = p.matmul_t(&x, 2);
+        for r in 0..2 {
+            assert_eq!(&y[r * 6..r * 6 + 2], &[-1.0, -1.0]);
+            assert_eq!(&y[r * 6 + 2..r * 6 + 5], &full[r * 3..r * 3 + 3]);
+            assert_eq!(y[r * 6 + 5], -1.0);
+        }
+    }
+
+    /// Threaded and serial products (a product above the threshold) give the same bits.
+    #[test]
+    fn threaded_products_equal_serial_ones() {
+        let (n, k) = (300, 1000);
+        let w = F16Matrix::from_f32(&values(n * k, 1), n, k).unwrap();
+        let x = values(3 * k, 2);
+        let pool = |t: usize| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+        let one = pool(1).install(|| w.matmul_t(&x, 3));
+        let two = pool(2).install(|| w.matmul_t(&x, 3));
+        assert_eq!(one, two);
+    }
+}
