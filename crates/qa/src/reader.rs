@@ -30,6 +30,23 @@ pub struct SpanReader {
     pub head: candle_nn::Linear,
 }
 
+/// The trained body of `base` — a ferrolm masked-LM run or a Hugging Face BERT-family
+/// folder (anything `load_model` reads as a masked LM) — with its variables.
+pub fn load_body(base: &Path, device: &Device) -> Result<(TransformerConfig, MaskedLm, VarMap)> {
+    // the kind first: another model's weights would fail to load with a less useful message
+    let spec = ferrolm_model::registry::read_spec(base)?;
+    let kind = spec.require_transformer("an extractive reader").map_err(anyhow::Error::msg)?.kind;
+    if kind != ferrolm_model::ModelKind::MaskedLm {
+        bail!("{}: the span reader needs a masked LM body (model.kind = \"masked_lm\", or a BERT-family folder), this model is a {kind:?} Transformer", base.display());
+    }
+    let loaded = ferrolm_model::load_model(base, device)?;
+    let cfg = loaded.spec.require_transformer("an extractive reader").map_err(anyhow::Error::msg)?.clone();
+    match loaded.model {
+        AnyModel::MaskedLm(m) => Ok((cfg, m, loaded.varmap)),
+        other => bail!("{}: the span reader needs a masked LM body (model.kind = \"masked_lm\", or a BERT-family folder), this model is {}", base.display(), other.name()),
+    }
+}
+
 /// Build a masked LM run folder's body (weights not loaded) in a new VarMap.
 pub fn build_body(run_dir: &Path, device: &Device) -> Result<(TransformerConfig, MaskedLm, VarMap)> {
     let spec = ferrolm_model::registry::read_spec(run_dir)?;
@@ -82,6 +99,8 @@ impl SpanReader {
         let ids = Tensor::from_vec(ids, (b, t), dev)?;
         let mask = MaskSpec::bidirectional().with_segments(segs);
         let h = if self.body.has_segments() {
+            // a body with one token type (RoBERTa) gives every position type 0
+            let types = if self.body.config().token_types() < 2 { vec![0; types.len()] } else { types };
             let types = Tensor::from_vec(types, (b, t), dev)?;
             self.body.hidden_segments(&ids, Some(&types), &mask, dropout_seed)?
         } else {

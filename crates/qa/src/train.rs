@@ -19,7 +19,7 @@ use ferrolm_train::{EvalResult, TrainConfig, TrainOutcome, TrainTask, Trainer};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{answer_all, prepare, score, Prepared, QaReport};
-use crate::reader::{build_body, LoadedReader, ReaderConfig, ReaderRunInfo, SpanReader, HEAD};
+use crate::reader::{load_body, LoadedReader, ReaderConfig, ReaderRunInfo, SpanReader, HEAD};
 
 /// `[qa]`: what is held out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,9 +153,7 @@ pub fn run_qa_train(base: &Path, out: &Path, data: &[PathBuf], val: &[PathBuf], 
     ensure!(!train_q.is_empty(), "no training questions");
     ensure!(!val_q.is_empty(), "no held-out questions: raise qa.val_fraction or give --val-data");
     let tok = ferrolm_finetune::prompt::load_tokenizer(base)?;
-    let (body_cfg, body, vm) = build_body(base, device)?;
-    let ckpt = ferrolm_model::registry::latest_checkpoint(base)?;
-    ferrolm_model::registry::load_weights(&vm, &ckpt.join("model.safetensors"))?;
+    let (body_cfg, body, vm) = load_body(base, device)?;
     let reader = SpanReader::new(body, &vm, cfg.train.seed)?;
     let o = cfg.reader.windows(body_cfg.max_seq_len);
     let train = prepare(&tok, train_q, &o, true)?;

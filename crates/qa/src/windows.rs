@@ -136,8 +136,16 @@ pub struct Window {
     pub end: usize,
 }
 
-/// The markers of a window: `[CLS]`, `[SEP]`.
+/// The markers of a window: `[CLS]`, `[SEP]` — a Hugging Face encoder's own (BERT's
+/// `[CLS]`/`[SEP]`, RoBERTa's `<s>`/`</s>`, from its tokenizer's frame of a text), else
+/// ferrolm's conventions.
 pub fn markers(tok: &Tokenizer) -> Result<(u32, u32)> {
+    if tok.frames_encoder_texts() {
+        let (before, after) = tok.special_frame()?;
+        if let (Some(&cls), Some(&sep)) = (before.first(), after.first()) {
+            return Ok((cls, sep));
+        }
+    }
     let cls = tok.try_eot_id().context("the tokenizer has no end-of-text token (used as [CLS])")?;
     let sep = tok.token_id(special::END).context("the tokenizer has no <|end|> token (used as [SEP])")?;
     Ok((cls, sep))

@@ -166,3 +166,34 @@ fn dense_index_from_an_encoder_and_refusal_of_another_model() {
     let err = Retriever::open(&ix2, Mode::Dense, None, 1.0, &Device::Cpu).err().unwrap();
     assert!(format!("{err:#}").contains("--embed"), "{err:#}");
 }
+
+/// A Hugging Face BERT-family folder (the transformers-written fixtures of ferrolm-model) as
+/// the reader's body: windows framed with the encoder's own markers (BERT's `[CLS]`/`[SEP]`,
+/// RoBERTa's `<s>`/`</s>`; RoBERTa's single token type for every position), the head trained
+/// on the body, the reader folder loaded back and answering.
+#[test]
+fn a_bert_or_roberta_folder_is_a_reader_body() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/hf");
+    for (name, cls, sep) in [("bert_tiny", "[CLS]", "[SEP]"), ("roberta_tiny", "<s>", "</s>")] {
+        let base = fixtures.join(name);
+        let tok = Tokenizer::from_file(&base.join("tokenizer.json")).unwrap();
+        let markers = ferrolm_qa::windows::markers(&tok).unwrap();
+        assert_eq!(markers, (tok.token_id(cls).unwrap(), tok.token_id(sep).unwrap()), "{name}");
+        let dir = tempfile::tempdir().unwrap();
+        let (train, val) = (dir.path().join("train.json"), dir.path().join("val.json"));
+        squad_fixture(&train, 60, 1, 6..=12);
+        squad_fixture(&val, 12, 2, 6..=12);
+        let out = dir.path().join("reader");
+        let mut cfg = stage(40);
+        cfg.reader.max_len = 48;
+        let rep = run_qa_train(&base, &out, std::slice::from_ref(&train), std::slice::from_ref(&val), cfg, true, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(rep.val_questions, 12, "{name}");
+        let reader = LoadedReader::load(&out, &Device::Cpu).unwrap();
+        // the saved reader keeps the body's configuration (post-norm BERT blocks) and markers
+        assert!(reader.reader.body.config().post_norm, "{name}");
+        assert_eq!(ferrolm_qa::windows::markers(&reader.tok).unwrap(), markers, "{name}");
+        let a = reader.answer("which word follows zz?", &["red sky blue river.", "cat dog zz moon bird."]).unwrap();
+        assert!(a.context < 2, "{name}");
+    }
+}

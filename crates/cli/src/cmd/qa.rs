@@ -20,7 +20,8 @@ enum Cmd {
     /// Put a start/end span head on a masked LM (--model) and fine-tune it on SQuAD-format
     /// JSON; the no-answer threshold is tuned on the held-out questions.
     Train {
-        /// A masked LM run folder (model.kind = "masked_lm").
+        /// A masked LM run folder (model.kind = "masked_lm"), or a BERT, DistilBERT or
+        /// RoBERTa Hugging Face folder (or `hf:ORG/NAME`).
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]
@@ -90,6 +91,7 @@ pub fn run(a: Args) -> Result<()> {
             };
             ferrolm_common::apply_overrides(&mut value, &overrides)?;
             let cfg = QaStageConfig::from_value(&value)?;
+            let model = super::model_dir(&model)?;
             let rep = run_qa_train(&model, &out, &data, &val_data, cfg, quiet, &super::device()?)?;
             if json {
                 let mut v = serde_json::to_value(&rep)?;
