@@ -108,33 +108,41 @@ def compat(base):
     return out
 
 
-async def one_stream(client, i, max_tokens, rec, model="bench"):
+def request_body(i, max_tokens, model):
+    """Request i of the load: a prompt in turn, sampled at temperature 0.8 with seed i."""
+    return {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": max_tokens,
+            "temperature": 0.8, "seed": i, "stream": True, "stream_options": {"include_usage": True}}
+
+
+async def openai_chunks(client, body):
+    """(has content, finish_reason, completion tokens from usage) of each streamed chunk."""
+    async for ch in await client.chat.completions.create(**body):
+        choice = ch.choices[0] if ch.choices else None
+        yield (bool(choice and choice.delta.content), choice.finish_reason if choice else None,
+               ch.usage.completion_tokens if ch.usage else None)
+
+
+async def one_stream(chunks, rec):
+    """Time one streamed answer: time to first token, gaps between content chunks, tokens."""
     t0 = time.perf_counter()
-    first = None
-    last = None
+    first = last = tokens = finish = None
     gaps = []
-    usage = None
-    finish = None
     pieces = 0
-    async for ch in await client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], max_tokens=max_tokens,
-            temperature=0.8, seed=i, stream=True, stream_options={"include_usage": True}):
+    async for has_content, fin, usage_tokens in chunks:
         now = time.perf_counter()
-        if ch.choices and ch.choices[0].delta.content:
+        if has_content:
             pieces += 1
             if first is None:
                 first = now - t0
             elif last is not None:
                 gaps.append(now - last)
             last = now
-        if ch.choices and ch.choices[0].finish_reason:
-            finish = ch.choices[0].finish_reason
-        if ch.usage:
-            usage = ch.usage
+        finish = fin or finish
+        tokens = usage_tokens if usage_tokens is not None else tokens
     rec["ttft"].append(first if first is not None else time.perf_counter() - t0)
     rec["itl"].extend(gaps)
     # a server that sends no usage in streams (llama-cpp-python): one chunk per token
-    tokens = usage.completion_tokens if usage else pieces
+    tokens = tokens if tokens is not None else pieces
     rec["tokens"] += tokens
     rec["done"] += 1
     assert finish in ("stop", "length"), finish
@@ -196,37 +204,16 @@ class RawClient:
             self.conn[1].close()
 
 
-async def one_stream_raw(client, i, max_tokens, rec, model="bench"):
-    t0 = time.perf_counter()
-    first = last = usage = finish = None
-    gaps = []
-    pieces = 0
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": max_tokens,
-            "temperature": 0.8, "seed": i, "stream": True, "stream_options": {"include_usage": True}}
+async def raw_chunks(client, body):
+    """As `openai_chunks`, from the raw event stream."""
     async for data in client.events(body):
-        now = time.perf_counter()
         if data == b"[DONE]":
             continue  # read on to the end of the chunked body: the connection is reused
         ch = json.loads(data)
         choices = ch.get("choices") or []
-        if choices and choices[0].get("delta", {}).get("content"):
-            pieces += 1
-            if first is None:
-                first = now - t0
-            elif last is not None:
-                gaps.append(now - last)
-            last = now
-        if choices and choices[0].get("finish_reason"):
-            finish = choices[0]["finish_reason"]
-        if ch.get("usage"):
-            usage = ch["usage"]
-    rec["ttft"].append(first if first is not None else time.perf_counter() - t0)
-    rec["itl"].extend(gaps)
-    tokens = usage["completion_tokens"] if usage else pieces
-    rec["tokens"] += tokens
-    rec["done"] += 1
-    assert finish in ("stop", "length"), finish
-    return tokens
+        choice = choices[0] if choices else {}
+        usage = ch.get("usage")
+        yield (bool(choice.get("delta", {}).get("content")), choice.get("finish_reason"), usage["completion_tokens"] if usage else None)
 
 
 async def load(base, clients, per_client, max_tokens, model="bench", client_kind="openai", until=None):
@@ -235,12 +222,12 @@ async def load(base, clients, per_client, max_tokens, model="bench", client_kind
 
     async def worker(w):
         client = shared or RawClient(base)
-        stream = one_stream if shared else one_stream_raw
+        chunks = openai_chunks if shared else raw_chunks
         for k in range(per_client):
             if until is not None and until.is_set():
                 break
             try:
-                await stream(client, w * 1000 + k, max_tokens, rec, model)
+                await one_stream(chunks(client, request_body(w * 1000 + k, max_tokens, model)), rec)
             except Exception as e:  # noqa: BLE001 - counted, reported
                 rec["errors"] += 1
                 print("error:", type(e).__name__, e, file=sys.stderr)

@@ -12,32 +12,9 @@ use candle_core::{Device, Tensor};
 use ferrolm_kernels::f16::F16Matrix;
 use ferrolm_kernels::linear;
 use ferrolm_kernels::q8::Q8Matrix;
-use std::time::Instant;
+mod common;
 
-fn time(repeats: usize, mut f: impl FnMut()) -> (f64, f64) {
-    for _ in 0..repeats / 10 + 1 {
-        f();
-    }
-    let mut t: Vec<f64> = (0..repeats)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    t.sort_by(|a, b| a.total_cmp(b));
-    (t[t.len() / 2], t[0])
-}
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
-}
+use common::{time, values};
 
 fn main() -> candle_core::Result<()> {
     let repeats: usize = std::env::args().nth(1).map(|s| s.parse().expect("REPEATS is a number")).unwrap_or(100);

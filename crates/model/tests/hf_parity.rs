@@ -215,11 +215,59 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
 }
 
-fn bert() -> ferrolm_model::MaskedLm {
-    match load_model(&fixture("bert_tiny"), &Device::Cpu).unwrap_or_else(|e| panic!("{e:#}")).model {
+/// A masked-LM fixture loaded through `load_model`; its variables must be exactly the
+/// parameters its config counts.
+fn masked_lm(name: &str) -> ferrolm_model::MaskedLm {
+    let loaded = load_model(&fixture(name), &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    let n: usize = loaded.varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    assert_eq!(n, loaded.spec.transformer().unwrap().num_params(), "{name}");
+    match loaded.model {
         ferrolm_model::AnyModel::MaskedLm(m) => m,
-        other => panic!("bert_tiny loaded as {}", other.name()),
+        other => panic!("{name} loaded as {}", other.name()),
     }
+}
+
+fn bert() -> ferrolm_model::MaskedLm {
+    masked_lm("bert_tiny")
+}
+
+/// The reference's texts as one right-padded batch (`pad` after each text, masked out):
+/// the last hidden states, and their mean over each text's own tokens (sentence-
+/// transformers' mean pooling, the frame's special tokens included).
+fn padded_batch(m: &ferrolm_model::MaskedLm, seqs: &[Vec<u32>], pad: u32) -> (Tensor, Tensor) {
+    let width = seqs.iter().map(Vec::len).max().unwrap();
+    let (mut flat, mut segs, mut w) = (Vec::new(), Vec::new(), Vec::new());
+    for s in seqs {
+        for j in 0..width {
+            flat.push(if j < s.len() { s[j] } else { pad });
+            segs.push(if j < s.len() { 0 } else { ferrolm_model::attention::PAD_SEGMENT });
+            w.push(if j < s.len() { 1.0 / s.len() as f32 } else { 0.0 });
+        }
+    }
+    let b = seqs.len();
+    let x = Tensor::from_vec(flat, (b, width), &Device::Cpu).unwrap();
+    let h = m.hidden(&x, &MaskSpec::bidirectional().with_segments(segs), None).unwrap();
+    let mean = h.broadcast_mul(&Tensor::from_vec(w, (b, width, 1), &Device::Cpu).unwrap()).unwrap().sum(1).unwrap();
+    (h, mean)
+}
+
+/// Max |Δ| against the reference over every text, one text at a time: (MLM logits, last
+/// hidden states, pooled output — None for a model without a pooler).
+fn per_text_diffs(m: &ferrolm_model::MaskedLm, seqs: &[Vec<u32>], t: &std::collections::HashMap<String, Tensor>) -> (f64, f64, Option<f64>) {
+    let (mut logits_d, mut hidden_d, mut pooled_d) = (0.0f64, 0.0f64, m.has_pooler().then_some(0.0f64));
+    for (i, s) in seqs.iter().enumerate() {
+        let h = m.hidden(&row(s), &MaskSpec::bidirectional(), None).unwrap();
+        logits_d = logits_d.max(max_diff(&m.mlm_logits(&h).unwrap().squeeze(0).unwrap(), &t[&format!("logits.{i}")]));
+        hidden_d = hidden_d.max(max_diff(&h.squeeze(0).unwrap(), &t[&format!("hidden.{i}")]));
+        if let Some(p) = pooled_d.as_mut() {
+            *p = p.max(max_diff(&m.pooled(&h).unwrap().squeeze(0).unwrap(), &t[&format!("pooled.{i}")]));
+        }
+    }
+    (logits_d, hidden_d, pooled_d)
+}
+
+fn text_ids(r: &Value) -> Vec<Vec<u32>> {
+    r["texts"].as_array().unwrap().iter().map(|x| ids(&x["input_ids"])).collect()
 }
 
 fn row(ids: &[u32]) -> Tensor {
@@ -240,9 +288,7 @@ fn bert_config_maps_onto_the_masked_lm_core_options() {
     assert!(m.mlm_head && m.pooler && !m.nsp_head);
     assert_eq!(ferrolm_model::registry::read_spec(&dir).unwrap().transformer().unwrap(), m);
     // the built model has exactly the parameters the config counts
-    let loaded = load_model(&dir, &Device::Cpu).unwrap();
-    let n: usize = loaded.varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    assert_eq!(n, m.num_params());
+    masked_lm("bert_tiny");
     // the config survives a run folder's config.toml (a classifier trained on it writes one)
     let spec = ferrolm_model::ModelSpec::Transformer(m.clone());
     let text = toml::to_string(&spec.to_value()).unwrap();
@@ -253,14 +299,8 @@ fn bert_config_maps_onto_the_masked_lm_core_options() {
 fn bert_matches_transformers_mlm_logits_hidden_states_and_pooled_output() {
     let m = bert();
     let (r, t) = bert_reference();
-    let (mut logits_d, mut hidden_d, mut pooled_d) = (0.0f64, 0.0f64, 0.0f64);
-    for (i, text) in r["texts"].as_array().unwrap().iter().enumerate() {
-        let ids = ids(&text["input_ids"]);
-        let h = m.hidden(&row(&ids), &MaskSpec::bidirectional(), None).unwrap();
-        logits_d = logits_d.max(max_diff(&m.mlm_logits(&h).unwrap().squeeze(0).unwrap(), &t[&format!("logits.{i}")]));
-        hidden_d = hidden_d.max(max_diff(&h.squeeze(0).unwrap(), &t[&format!("hidden.{i}")]));
-        pooled_d = pooled_d.max(max_diff(&m.pooled(&h).unwrap().squeeze(0).unwrap(), &t[&format!("pooled.{i}")]));
-    }
+    let (logits_d, hidden_d, pooled_d) = per_text_diffs(&m, &text_ids(&r), &t);
+    let pooled_d = pooled_d.expect("bert_tiny has a pooler");
     // a sentence pair: the second segment's token type is 1
     let pair = &r["pair"];
     let (ids, types) = (ids(&pair["input_ids"]), ids(&pair["token_type_ids"]));
@@ -283,20 +323,7 @@ fn bert_matches_transformers_mlm_logits_hidden_states_and_pooled_output() {
 fn bert_padded_batch_matches_transformers_mean_pooled_and_pooled_outputs() {
     let m = bert();
     let (r, t) = bert_reference();
-    let seqs: Vec<Vec<u32>> = r["texts"].as_array().unwrap().iter().map(|x| ids(&x["input_ids"])).collect();
-    let width = seqs.iter().map(Vec::len).max().unwrap();
-    let (mut flat, mut segs, mut w) = (Vec::new(), Vec::new(), Vec::new());
-    for s in &seqs {
-        for j in 0..width {
-            flat.push(if j < s.len() { s[j] } else { 0 });
-            segs.push(if j < s.len() { 0 } else { ferrolm_model::attention::PAD_SEGMENT });
-            w.push(if j < s.len() { 1.0 / s.len() as f32 } else { 0.0 });
-        }
-    }
-    let b = seqs.len();
-    let x = Tensor::from_vec(flat, (b, width), &Device::Cpu).unwrap();
-    let h = m.hidden(&x, &MaskSpec::bidirectional().with_segments(segs), None).unwrap();
-    let mean = h.broadcast_mul(&Tensor::from_vec(w, (b, width, 1), &Device::Cpu).unwrap()).unwrap().sum(1).unwrap();
+    let (h, mean) = padded_batch(&m, &text_ids(&r), 0);
     let mean_d = max_diff(&mean, &t["mean_pooled"]);
     let pooled_d = max_diff(&m.pooled(&h).unwrap(), &t["pooled_batch"]);
     eprintln!("bert_tiny padded batch: max |Δ| vs transformers: mean-pooled {mean_d:.2e}, pooled {pooled_d:.2e}");
@@ -384,36 +411,13 @@ fn distilbert_matches_transformers_mlm_logits_hidden_states_and_mean_pooled_batc
     let cfg = &c.model;
     assert!(cfg.post_norm && cfg.exact_gelu && cfg.tie_embeddings && cfg.mlm_head && !cfg.pooler && !cfg.nsp_head);
     assert_eq!((cfg.token_types(), cfg.norm_eps, cfg.ff_dim(), cfg.n_layers), (0, 1e-12, 64, 2));
-    let loaded = load_model(&dir, &Device::Cpu).unwrap_or_else(|e| panic!("{e:#}"));
-    let n: usize = loaded.varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    assert_eq!(n, cfg.num_params());
-    let m = match loaded.model {
-        ferrolm_model::AnyModel::MaskedLm(m) => m,
-        other => panic!("distilbert_tiny loaded as {}", other.name()),
-    };
+    let m = masked_lm("distilbert_tiny");
     let r = reference(&dir);
     let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
-    let (mut logits_d, mut hidden_d) = (0.0f64, 0.0f64);
-    let seqs: Vec<Vec<u32>> = r["texts"].as_array().unwrap().iter().map(|x| ids(&x["input_ids"])).collect();
-    for (i, s) in seqs.iter().enumerate() {
-        let h = m.hidden(&row(s), &MaskSpec::bidirectional(), None).unwrap();
-        logits_d = logits_d.max(max_diff(&m.mlm_logits(&h).unwrap().squeeze(0).unwrap(), &t[&format!("logits.{i}")]));
-        hidden_d = hidden_d.max(max_diff(&h.squeeze(0).unwrap(), &t[&format!("hidden.{i}")]));
-    }
+    let (logits_d, hidden_d, pooled_d) = per_text_diffs(&m, &text_ids(&r), &t);
+    assert!(pooled_d.is_none());
     // a padded batch, mean-pooled over the real tokens (sentence-transformers' pooling)
-    let width = seqs.iter().map(Vec::len).max().unwrap();
-    let (mut flat, mut segs, mut w) = (Vec::new(), Vec::new(), Vec::new());
-    for s in &seqs {
-        for j in 0..width {
-            flat.push(if j < s.len() { s[j] } else { 0 });
-            segs.push(if j < s.len() { 0 } else { ferrolm_model::attention::PAD_SEGMENT });
-            w.push(if j < s.len() { 1.0 / s.len() as f32 } else { 0.0 });
-        }
-    }
-    let b = seqs.len();
-    let x = Tensor::from_vec(flat, (b, width), &Device::Cpu).unwrap();
-    let h = m.hidden(&x, &MaskSpec::bidirectional().with_segments(segs), None).unwrap();
-    let mean = h.broadcast_mul(&Tensor::from_vec(w, (b, width, 1), &Device::Cpu).unwrap()).unwrap().sum(1).unwrap();
+    let (_, mean) = padded_batch(&m, &text_ids(&r), 0);
     let mean_d = max_diff(&mean, &t["mean_pooled"]);
     eprintln!("distilbert_tiny: max |Δ| vs transformers: MLM logits {logits_d:.2e}, last hidden {hidden_d:.2e}, padded batch mean-pooled {mean_d:.2e}");
     for (what, d) in [("MLM logits", logits_d), ("hidden states", hidden_d), ("mean-pooled batch", mean_d)] {
@@ -443,36 +447,13 @@ fn roberta_matches_transformers_mlm_logits_hidden_pooled_and_mean_pooled_batch()
     // 66 stored positions, the first two (pad_token_id + 1) never used by a text's tokens
     assert_eq!((cfg.max_seq_len, cfg.token_types(), cfg.norm_eps), (64, 1, 1e-5));
     assert!(cfg.post_norm && cfg.exact_gelu && cfg.mlm_head && cfg.pooler && !cfg.nsp_head);
-    let loaded = load_model(&dir, &Device::Cpu).unwrap_or_else(|e| panic!("{e:#}"));
-    let n: usize = loaded.varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    assert_eq!(n, cfg.num_params());
-    let m = match loaded.model {
-        ferrolm_model::AnyModel::MaskedLm(m) => m,
-        other => panic!("roberta_tiny loaded as {}", other.name()),
-    };
+    let m = masked_lm("roberta_tiny");
     let r = reference(&dir);
     let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
-    let (mut logits_d, mut hidden_d, mut pooled_d) = (0.0f64, 0.0f64, 0.0f64);
-    let seqs: Vec<Vec<u32>> = r["texts"].as_array().unwrap().iter().map(|x| ids(&x["input_ids"])).collect();
-    for (i, s) in seqs.iter().enumerate() {
-        let h = m.hidden(&row(s), &MaskSpec::bidirectional(), None).unwrap();
-        logits_d = logits_d.max(max_diff(&m.mlm_logits(&h).unwrap().squeeze(0).unwrap(), &t[&format!("logits.{i}")]));
-        hidden_d = hidden_d.max(max_diff(&h.squeeze(0).unwrap(), &t[&format!("hidden.{i}")]));
-        pooled_d = pooled_d.max(max_diff(&m.pooled(&h).unwrap().squeeze(0).unwrap(), &t[&format!("pooled.{i}")]));
-    }
-    let width = seqs.iter().map(Vec::len).max().unwrap();
-    let (mut flat, mut segs, mut w) = (Vec::new(), Vec::new(), Vec::new());
-    for s in &seqs {
-        for j in 0..width {
-            flat.push(if j < s.len() { s[j] } else { 1 });
-            segs.push(if j < s.len() { 0 } else { ferrolm_model::attention::PAD_SEGMENT });
-            w.push(if j < s.len() { 1.0 / s.len() as f32 } else { 0.0 });
-        }
-    }
-    let b = seqs.len();
-    let x = Tensor::from_vec(flat, (b, width), &Device::Cpu).unwrap();
-    let h = m.hidden(&x, &MaskSpec::bidirectional().with_segments(segs), None).unwrap();
-    let mean = h.broadcast_mul(&Tensor::from_vec(w, (b, width, 1), &Device::Cpu).unwrap()).unwrap().sum(1).unwrap();
+    let (logits_d, hidden_d, pooled_d) = per_text_diffs(&m, &text_ids(&r), &t);
+    let pooled_d = pooled_d.expect("roberta_tiny has a pooler");
+    // padded with RoBERTa's <pad> (id 1)
+    let (_, mean) = padded_batch(&m, &text_ids(&r), 1);
     let mean_d = max_diff(&mean, &t["mean_pooled"]);
     eprintln!("roberta_tiny: max |Δ| vs transformers: MLM logits {logits_d:.2e}, last hidden {hidden_d:.2e}, pooled {pooled_d:.2e}, padded batch mean-pooled {mean_d:.2e}");
     for (what, d) in [("MLM logits", logits_d), ("hidden states", hidden_d), ("pooled output", pooled_d), ("mean-pooled batch", mean_d)] {

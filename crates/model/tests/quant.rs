@@ -93,21 +93,31 @@ fn quantize_q4_k_decodes_as_its_dequantized_weights_and_stays_near_f32() {
     assert_decode_matches_prompt_pass(q.decoder("t").unwrap(), "q4_k on narrow rows");
 }
 
-#[test]
-fn a_q4_k_m_gguf_decodes_on_its_own_q4_k_and_q6_k_blocks() {
+/// The decoders the GGUF tests write: llama with tied and untied embeddings, qwen2 (q/k/v biases).
+fn gguf_cases() -> [(&'static str, TransformerConfig); 3] {
     let base = cfg();
-    let cases = [
+    [
         ("llama tied", base.clone()),
         ("llama untied", TransformerConfig { tie_embeddings: false, ..base.clone() }),
-        ("qwen2", TransformerConfig { qkv_bias: Some(true), ..base.clone() }),
-    ];
-    for (what, c) in cases {
-        let (model, varmap) = fresh(&c, 9);
-        let want = model.decoder("t").unwrap().forward(&ids(), &MaskSpec::causal(), None).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.gguf");
-        gguf::write(&c, &varmap, &vocab(48), GgufQuant::Q4KM, &path).unwrap();
-        let mut back = gguf::load(&path, &Device::Cpu).unwrap();
+        ("qwen2", TransformerConfig { qkv_bias: Some(true), ..base }),
+    ]
+}
+
+/// A fresh model (seed 9) of `c`: its f32 logits on `ids()`, and the model written to a
+/// GGUF file at `quant` and loaded back.
+fn gguf_round_trip(c: &TransformerConfig, quant: GgufQuant) -> (Tensor, gguf::GgufModel) {
+    let (model, varmap) = fresh(c, 9);
+    let want = model.decoder("t").unwrap().forward(&ids(), &MaskSpec::causal(), None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    gguf::write(c, &varmap, &vocab(48), quant, &path).unwrap();
+    (want, gguf::load(&path, &Device::Cpu).unwrap())
+}
+
+#[test]
+fn a_q4_k_m_gguf_decodes_on_its_own_q4_k_and_q6_k_blocks() {
+    for (what, c) in gguf_cases() {
+        let (want, mut back) = gguf_round_trip(&c, GgufQuant::Q4KM);
         assert_eq!(back.tensor_types["blk.1.attn_q.weight"], GgmlDType::Q4K);
         assert_eq!(back.tensor_types["blk.0.attn_v.weight"], GgmlDType::Q6K);
         assert_eq!(back.tensor_types["blk.0.ffn_down.weight"], GgmlDType::Q6K);
@@ -148,19 +158,8 @@ fn quantize_f16_decodes_as_its_rounded_weights_on_any_width() {
 
 #[test]
 fn an_f16_gguf_decodes_on_its_own_halves() {
-    let base = cfg();
-    let cases = [
-        ("llama tied", base.clone()),
-        ("llama untied", TransformerConfig { tie_embeddings: false, ..base.clone() }),
-        ("qwen2", TransformerConfig { qkv_bias: Some(true), ..base.clone() }),
-    ];
-    for (what, c) in cases {
-        let (model, varmap) = fresh(&c, 9);
-        let want = model.decoder("t").unwrap().forward(&ids(), &MaskSpec::causal(), None).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.gguf");
-        gguf::write(&c, &varmap, &vocab(48), GgufQuant::F16, &path).unwrap();
-        let mut back = gguf::load(&path, &Device::Cpu).unwrap();
+    for (what, c) in gguf_cases() {
+        let (want, mut back) = gguf_round_trip(&c, GgufQuant::F16);
         assert_eq!(back.tensor_types["blk.1.attn_q.weight"], GgmlDType::F16);
         assert_eq!(back.tensor_types["token_embd.weight"], GgmlDType::F16);
         // every layer kept the file's halves (q, k, v merged into one F16 block), the LM

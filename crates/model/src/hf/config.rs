@@ -237,31 +237,45 @@ fn bert(k: &Keys) -> Result<TransformerConfig> {
     if k.bool_or("is_decoder", false)? || k.bool_or("add_cross_attention", false)? {
         bail!("{path}: is_decoder / add_cross_attention = true is not supported (ferrolm reads BERT as a bidirectional encoder)");
     }
-    let d = k.usize("hidden_size")?;
-    let heads = k.usize("num_attention_heads")?;
-    if !d.is_multiple_of(heads) {
-        bail!("{path}: hidden_size ({d}) must be divisible by num_attention_heads ({heads})");
-    }
     let types = match k.get("type_vocab_size") {
         Some(v) => v.as_u64().filter(|&n| n <= 1 << 20).with_context(|| format!("{path}: `type_vocab_size` must be a non-negative integer, got {v}"))? as usize,
         None => 2,
     };
+    let keys = EncoderKeys { d_model: "hidden_size", n_layers: "num_hidden_layers", n_heads: "num_attention_heads", d_ff: "intermediate_size" };
+    post_norm_encoder(k, &keys, exact_gelu, k.f64_or("layer_norm_eps", 1e-12)?, types)
+}
+
+/// What BERT-family configs call their sizes (DistilBERT names them differently).
+struct EncoderKeys {
+    d_model: &'static str,
+    n_layers: &'static str,
+    n_heads: &'static str,
+    d_ff: &'static str,
+}
+
+/// The masked-LM core of the BERT family: post-norm GPT-2-style blocks, learned positions.
+fn post_norm_encoder(k: &Keys, keys: &EncoderKeys, exact_gelu: bool, norm_eps: f64, type_vocab_size: usize) -> Result<TransformerConfig> {
+    let d = k.usize(keys.d_model)?;
+    let heads = k.usize(keys.n_heads)?;
+    if !d.is_multiple_of(heads) {
+        bail!("{}: {} ({d}) must be divisible by {} ({heads})", k.path.display(), keys.d_model, keys.n_heads);
+    }
     Ok(TransformerConfig {
         kind: ModelKind::MaskedLm,
         vocab_size: k.usize("vocab_size")?,
         d_model: d,
-        n_layers: k.usize("num_hidden_layers")?,
+        n_layers: k.usize(keys.n_layers)?,
         n_heads: heads,
         n_kv_heads: heads,
-        d_ff: k.usize("intermediate_size")?,
+        d_ff: k.usize(keys.d_ff)?,
         max_seq_len: k.usize_or("max_position_embeddings", 512)?,
         block: BlockStyle::Gpt2,
         tie_embeddings: k.bool_or("tie_word_embeddings", true)?,
         dropout: 0.0,
-        norm_eps: k.f64_or("layer_norm_eps", 1e-12)?,
+        norm_eps,
         post_norm: true,
         exact_gelu,
-        type_vocab_size: types,
+        type_vocab_size,
         ..TransformerConfig::default()
     })
 }
@@ -301,29 +315,8 @@ fn distilbert(k: &Keys) -> Result<TransformerConfig> {
     if k.bool_or("sinusoidal_pos_embds", false)? {
         bail!("{path}: sinusoidal_pos_embds = true is not supported (ferrolm reads DistilBERT with learned positions)");
     }
-    let d = k.usize("dim")?;
-    let heads = k.usize("n_heads")?;
-    if !d.is_multiple_of(heads) {
-        bail!("{path}: dim ({d}) must be divisible by n_heads ({heads})");
-    }
-    Ok(TransformerConfig {
-        kind: ModelKind::MaskedLm,
-        vocab_size: k.usize("vocab_size")?,
-        d_model: d,
-        n_layers: k.usize("n_layers")?,
-        n_heads: heads,
-        n_kv_heads: heads,
-        d_ff: k.usize("hidden_dim")?,
-        max_seq_len: k.usize_or("max_position_embeddings", 512)?,
-        block: BlockStyle::Gpt2,
-        tie_embeddings: k.bool_or("tie_word_embeddings", true)?,
-        dropout: 0.0,
-        norm_eps: 1e-12,
-        post_norm: true,
-        exact_gelu,
-        type_vocab_size: 0,
-        ..TransformerConfig::default()
-    })
+    let keys = EncoderKeys { d_model: "dim", n_layers: "n_layers", n_heads: "n_heads", d_ff: "hidden_dim" };
+    post_norm_encoder(k, &keys, exact_gelu, 1e-12, 0)
 }
 
 fn llama_like(k: &Keys, family: HfFamily) -> Result<TransformerConfig> {
