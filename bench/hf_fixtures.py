@@ -348,6 +348,42 @@ def randomize_bert(model, seed):
     randomize(model, seed, norms=("LayerNorm",), scale=0.3)
 
 
+def per_text_reference(tok, mlm, base, texts, ref, out, tokens=True, pooled=True):
+    """Each text's ids (and tokens) into ref["texts"]; its MLM logits, last hidden states
+    and (pooled) pooler output into out, keyed by the text's index."""
+    for i, text in enumerate(texts):
+        enc = tok(text, return_tensors="pt")
+        entry = {"text": text, "input_ids": enc.input_ids[0].tolist()}
+        if tokens:
+            entry["tokens"] = tok.convert_ids_to_tokens(enc.input_ids[0].tolist())
+        ref["texts"].append(entry)
+        out[f"logits.{i}"] = mlm(**enc).logits[0].float().contiguous()
+        o = base(**enc)
+        out[f"hidden.{i}"] = o.last_hidden_state[0].contiguous()
+        if pooled:
+            out[f"pooled.{i}"] = o.pooler_output[0].contiguous()
+
+
+def mean_pooled_reference(tok, base, texts, out):
+    """A padded batch of all texts: the mean of the last hidden states over the attention
+    mask (sentence-transformers' mean pooling; the frame's special tokens included) into
+    out["mean_pooled"]; returns the batch's encoding."""
+    enc = tok(texts, padding=True, return_tensors="pt")
+    h = base(**enc).last_hidden_state
+    m = enc.attention_mask.unsqueeze(-1).float()
+    out["mean_pooled"] = ((h * m).sum(1) / m.sum(1)).contiguous()
+    return enc
+
+
+def save_reference(path, name, ref, out):
+    from safetensors.torch import save_file
+    save_file(out, os.path.join(path, "reference.safetensors"))
+    with open(os.path.join(path, "reference.json"), "w") as f:
+        json.dump(ref, f, indent=1, ensure_ascii=False)
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+    print(f"{name}: {size // 1024} KiB, files {sorted(os.listdir(path))}")
+
+
 @torch.no_grad()
 def write_bert_fixture():
     from safetensors.torch import load_file, save_file
@@ -383,31 +419,15 @@ def write_bert_fixture():
     ref = {"transformers": transformers.__version__, "torch": torch.__version__, "tokenizer_class": type(tok).__name__,
            "texts": [], "pair": None}
     out = {}
-    for i, text in enumerate(BERT_TEXTS):
-        enc = tok(text, return_tensors="pt")
-        ref["texts"].append({"text": text, "input_ids": enc.input_ids[0].tolist(),
-                             "tokens": tok.convert_ids_to_tokens(enc.input_ids[0].tolist())})
-        out[f"logits.{i}"] = mlm(**enc).logits[0].float().contiguous()
-        o = base(**enc)
-        out[f"hidden.{i}"] = o.last_hidden_state[0].contiguous()
-        out[f"pooled.{i}"] = o.pooler_output[0].contiguous()
+    per_text_reference(tok, mlm, base, BERT_TEXTS, ref, out)
     # the pair: second segment with token type 1
     enc = tok(*BERT_PAIR, return_tensors="pt")
     ref["pair"] = {"texts": list(BERT_PAIR), "input_ids": enc.input_ids[0].tolist(), "token_type_ids": enc.token_type_ids[0].tolist()}
     out["logits.pair"] = mlm(**enc).logits[0].contiguous()
     out["pooled.pair"] = base(**enc).pooler_output[0].contiguous()
-    # a padded batch of all texts: mean of the last hidden states over the attention mask
-    # (sentence-transformers' mean pooling; [CLS] and [SEP] included)
-    enc = tok(BERT_TEXTS, padding=True, return_tensors="pt")
-    h = base(**enc).last_hidden_state
-    m = enc.attention_mask.unsqueeze(-1).float()
-    out["mean_pooled"] = ((h * m).sum(1) / m.sum(1)).contiguous()
+    enc = mean_pooled_reference(tok, base, BERT_TEXTS, out)
     out["pooled_batch"] = base(**enc).pooler_output.contiguous()
-    save_file(out, os.path.join(path, "reference.safetensors"))
-    with open(os.path.join(path, "reference.json"), "w") as f:
-        json.dump(ref, f, indent=1, ensure_ascii=False)
-    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
-    print(f"{name}: {size // 1024} KiB, files {sorted(os.listdir(path))}")
+    save_reference(path, name, ref, out)
 
 
 @torch.no_grad()
@@ -415,7 +435,6 @@ def write_distilbert_fixture():
     """distilbert_tiny: a DistilBertForMaskedLM (BERT's post-norm blocks under other names,
     no token types, no pooler; its MLM head vocab_transform/vocab_layer_norm/vocab_projector)
     with bert_tiny's WordPiece vocabulary (copied, so both fixtures share one vocabulary)."""
-    from safetensors.torch import save_file
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM, DistilBertModel
     name = "distilbert_tiny"
     path = os.path.join(OUT, name)
@@ -443,21 +462,10 @@ def write_distilbert_fixture():
     base = DistilBertModel.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
     ref = {"transformers": transformers.__version__, "torch": torch.__version__, "tokenizer_class": type(tok).__name__, "texts": []}
     out = {}
-    for i, text in enumerate(BERT_TEXTS):
-        enc = tok(text, return_tensors="pt")
-        assert "token_type_ids" not in enc
-        ref["texts"].append({"text": text, "input_ids": enc.input_ids[0].tolist()})
-        out[f"logits.{i}"] = mlm(**enc).logits[0].float().contiguous()
-        out[f"hidden.{i}"] = base(**enc).last_hidden_state[0].contiguous()
-    enc = tok(BERT_TEXTS, padding=True, return_tensors="pt")
-    h = base(**enc).last_hidden_state
-    m = enc.attention_mask.unsqueeze(-1).float()
-    out["mean_pooled"] = ((h * m).sum(1) / m.sum(1)).contiguous()
-    save_file(out, os.path.join(path, "reference.safetensors"))
-    with open(os.path.join(path, "reference.json"), "w") as f:
-        json.dump(ref, f, indent=1, ensure_ascii=False)
-    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
-    print(f"{name}: {size // 1024} KiB, files {sorted(os.listdir(path))}")
+    assert "token_type_ids" not in tok(BERT_TEXTS[0])
+    per_text_reference(tok, mlm, base, BERT_TEXTS, ref, out, tokens=False, pooled=False)
+    mean_pooled_reference(tok, base, BERT_TEXTS, out)
+    save_reference(path, name, ref, out)
 
 
 @torch.no_grad()
@@ -508,22 +516,9 @@ def write_roberta_fixture():
     ref = {"transformers": transformers.__version__, "torch": torch.__version__, "tokenizer_class": type(tok).__name__, "texts": []}
     out = {}
     texts = [t.replace("[MASK]", "<mask>") for t in BERT_TEXTS]
-    for i, text in enumerate(texts):
-        enc = tok(text, return_tensors="pt")
-        ref["texts"].append({"text": text, "input_ids": enc.input_ids[0].tolist(), "tokens": tok.convert_ids_to_tokens(enc.input_ids[0].tolist())})
-        out[f"logits.{i}"] = mlm(**enc).logits[0].float().contiguous()
-        o = base(**enc)
-        out[f"hidden.{i}"] = o.last_hidden_state[0].contiguous()
-        out[f"pooled.{i}"] = o.pooler_output[0].contiguous()
-    enc = tok(texts, padding=True, return_tensors="pt")
-    h = base(**enc).last_hidden_state
-    m = enc.attention_mask.unsqueeze(-1).float()
-    out["mean_pooled"] = ((h * m).sum(1) / m.sum(1)).contiguous()
-    save_file(out, os.path.join(path, "reference.safetensors"))
-    with open(os.path.join(path, "reference.json"), "w") as f:
-        json.dump(ref, f, indent=1, ensure_ascii=False)
-    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
-    print(f"{name}: {size // 1024} KiB, files {sorted(os.listdir(path))}")
+    per_text_reference(tok, mlm, base, texts, ref, out)
+    mean_pooled_reference(tok, base, texts, out)
+    save_reference(path, name, ref, out)
 
 
 def check_export(folder, ref_path, text=None):
