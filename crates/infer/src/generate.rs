@@ -70,7 +70,10 @@ pub fn generate(
             let window = keep(&history);
             model.forward(&Tensor::new(window.as_slice(), &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?
         } else {
-            model.forward(&Tensor::new(&[tok], &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?
+            // One token against the cache: the batched decoding step with one row, whose
+            // attention reads the cache in place (the full-sequence path copies the cache
+            // into a tensor each step); equal logits (crates/model/tests/decode_step.rs).
+            return Ok(model.decode_step(&[tok], &mut [&mut cache])?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?);
         };
         last_logits(&logits)
     })

@@ -236,8 +236,8 @@ pub fn bench_generate(o: &GenerateBenchOptions, device: &Device) -> Result<Bench
         let p = t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
         for _ in 0..o.new_tokens {
-            let x = Tensor::new(&[next], device)?.unsqueeze(0)?;
-            let logits = m.forward(&x, &MaskSpec::causal(), Some(&mut cache))?;
+            // the step `generate` takes: one token against the cache, read in place
+            let logits = m.decode_step(&[next], &mut [&mut cache])?;
             next = logits.flatten_all()?.argmax(0)?.to_scalar()?;
         }
         let d = t.elapsed().as_secs_f64();

@@ -17,7 +17,8 @@ pub struct Linear {
     /// `--quant`): products of up to [`QUANT_MAX_ROWS`] input rows — token-by-token
     /// decoding, which reads every weight for each token — read these, a half to an
     /// eighth of the bytes. `weight` then holds the dequantized values, so that a prompt's
-    /// f32 product computes the same model.
+    /// f32 product computes the same model (on inputs rounded to 8 bits where the few-row
+    /// product rounds them: [`QuantWeights::input_rounding`]).
     quant: Option<std::sync::Arc<QuantWeights>>,
 }
 
@@ -134,6 +135,11 @@ impl Linear {
                     None => Ok(y),
                 };
             }
+            if self.lora.is_none() && !self.weight.track_op() {
+                if let Some(y) = self.rounded_input_product(x, q)? {
+                    return Ok(y);
+                }
+            }
         }
         let y = ferrolm_kernels::linear(x, &self.weight, self.bias.as_ref())?;
         let Some(lora) = &self.lora else { return Ok(y) };
@@ -163,6 +169,34 @@ impl Linear {
         }
         let delta = if pieces.len() == 1 { pieces.pop().expect("one piece") } else { Tensor::cat(&pieces, D::Minus1)? };
         y + (delta * lora.scale)?
+    }
+}
+
+impl Linear {
+    /// The many-row product of a layer whose quantized rows round their inputs to 8 bits
+    /// (Q8_0): the f32 product of the rounded inputs with the dequantized weights, so that a
+    /// prompt pass computes what decoding computes. None when no row rounds (the plain
+    /// product is the same model).
+    fn rounded_input_product(&self, x: &Tensor, q: &QuantWeights) -> Result<Option<Tensor>> {
+        let runs = q.input_rounding();
+        if !runs.iter().any(|r| r.2) {
+            return Ok(None);
+        }
+        let k = x.dim(D::Minus1)?;
+        let mut rounded = x.flatten_all()?.to_vec1::<f32>()?;
+        ferrolm_kernels::q8::round_activations(&mut rounded, k);
+        let rounded = Tensor::from_vec(rounded, x.dims(), x.device())?;
+        if let [(_, _, true)] = runs.as_slice() {
+            return ferrolm_kernels::linear(&rounded, &self.weight, self.bias.as_ref()).map(Some);
+        }
+        // Rows in formats that do and do not round: each run of rows on its own input.
+        let mut pieces = Vec::with_capacity(runs.len());
+        for (start, rows, round) in runs {
+            let w = self.weight.narrow(0, start, rows)?;
+            let b = self.bias.as_ref().map(|b| b.narrow(0, start, rows)).transpose()?;
+            pieces.push(ferrolm_kernels::linear(if round { &rounded } else { x }, &w, b.as_ref())?);
+        }
+        Tensor::cat(&pieces, D::Minus1).map(Some)
     }
 }
 
@@ -200,5 +234,35 @@ mod tests {
         // a mismatched shape is refused
         let wrong = QuantWeights::quantize(QuantKind::Q8_0, &[0.0; 32 * 3], 3, 32).unwrap();
         assert!(lin.set_quant(wrong).is_err());
+    }
+
+    #[test]
+    fn q8_0_rows_multiply_inputs_rounded_to_8_bits_in_both_products() {
+        let dev = Device::Cpu;
+        let (n8, nk, k) = (16, 8, 256);
+        let w = Tensor::randn(0f32, 1.0, (n8 + nk, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, n8 + nk, &dev).unwrap();
+        // Q8_0 rows on top, Q4_K rows below (as a fused layer from a mixed file may hold)
+        let wv = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut q = QuantWeights::quantize(QuantKind::Q8_0, &wv[..n8 * k], n8, k).unwrap();
+        let qk = QuantWeights::quantize(QuantKind::Q4K, &wv[n8 * k..], nk, k).unwrap();
+        assert_eq!(qk.format(), "Q4_K");
+        q.push(qk.blocks()[0].clone()).unwrap();
+        assert_eq!(q.input_rounding(), vec![(0, n8, true), (n8, nk, false)]);
+        let dq = Tensor::from_vec(q.dequantize(), (n8 + nk, k), &dev).unwrap();
+        let mut lin = Linear::new(dq.clone(), Some(b.clone()));
+        lin.set_quant(q).unwrap();
+        for rows in [1, QUANT_MAX_ROWS, QUANT_MAX_ROWS + 5] {
+            let x = Tensor::randn(0f32, 1.0, (1, rows, k), &dev).unwrap();
+            let mut xr = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            ferrolm_kernels::q8::round_activations(&mut xr, k);
+            let xr = Tensor::from_vec(xr, (1, rows, k), &dev).unwrap();
+            let top = xr.broadcast_matmul(&dq.narrow(0, 0, n8).unwrap().t().unwrap()).unwrap();
+            let bottom = x.broadcast_matmul(&dq.narrow(0, n8, nk).unwrap().t().unwrap()).unwrap();
+            let want = Tensor::cat(&[top, bottom], 2).unwrap().broadcast_add(&b).unwrap();
+            let y = lin.forward(&x).unwrap();
+            let d: f32 = (y - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            assert!(d < 1e-4, "{rows} rows: {d}");
+        }
     }
 }

@@ -123,6 +123,11 @@ impl QuantWeights {
         Ok(())
     }
 
+    /// The row blocks, top to bottom.
+    pub fn blocks(&self) -> &[QuantBlock] {
+        &self.blocks
+    }
+
     pub fn rows(&self) -> usize {
         self.blocks.iter().map(QuantBlock::rows).sum()
     }
@@ -175,6 +180,25 @@ impl QuantWeights {
             col += b.rows();
         }
         y
+    }
+
+    /// Which output rows multiply inputs rounded to 8 bits: (first row, rows, rounded) runs,
+    /// top to bottom. Q8_0 rows do ([`ferrolm_kernels::q8::Q8Act`], as llama.cpp rounds the
+    /// inputs of its Q8_0 products); Q4_K, Q6_K and F16 rows multiply the f32 inputs. A
+    /// many-row product in f32 follows the same plan so that it computes what the few-row
+    /// products compute.
+    pub fn input_rounding(&self) -> Vec<(usize, usize, bool)> {
+        let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+        let mut at = 0;
+        for b in &self.blocks {
+            let rounded = matches!(b, QuantBlock::Q8_0(_));
+            match runs.last_mut() {
+                Some(last) if last.2 == rounded => last.1 += b.rows(),
+                _ => runs.push((at, b.rows(), rounded)),
+            }
+            at += b.rows();
+        }
+        runs
     }
 
     /// Quantize row-major f32 values as `kind` asks: Q4_K needs rows of whole 256-value
