@@ -42,9 +42,9 @@ pub enum GgufQuant {
     Q8_0,
     /// llama.cpp's Q4_K_M mix, as its quantizer chooses it: Q4_K, with Q6_K for the output
     /// matrix (the token embedding when it is tied) and for `attn_v` and `ffn_down` in the
-    /// first and last eighth of the layers and every third between, Q5_K for a fused
-    /// `attn_qkv`; rows that do not fill 256-value super-blocks take llama.cpp's fallbacks
-    /// (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, then F16).
+    /// first and last eighth of the layers and every third between (a fused `attn_qkv`
+    /// counts as `attn_v`); rows that do not fill 256-value super-blocks take llama.cpp's
+    /// fallbacks (Q4_K → Q5_0, Q6_K → Q8_0, then F16).
     Q4KM,
 }
 
@@ -158,9 +158,7 @@ fn tensor_type(name: &str, t: &Tensor, quant: GgufQuant, n_layers: usize, has_ou
             if name == "output.weight" || (!has_output && name == "token_embd.weight") {
                 // the output matrix: Q6_K, or Q8_0 when its rows are not whole Q4_K blocks
                 if fits(GgmlDType::Q4K) { GgmlDType::Q6K } else { GgmlDType::Q8_0 }
-            } else if name.ends_with("attn_qkv.weight") {
-                GgmlDType::Q5K
-            } else if (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight")) && more_bits {
+            } else if (name.ends_with("attn_v.weight") || name.ends_with("attn_qkv.weight") || name.ends_with("ffn_down.weight")) && more_bits {
                 GgmlDType::Q6K
             } else {
                 GgmlDType::Q4K
@@ -779,13 +777,15 @@ mod tests {
         // the token embedding is Q4_K beside an output matrix, Q6_K when it is the output
         assert_eq!(t("token_embd.weight", &wide, true), GgmlDType::Q4K);
         assert_eq!(t("token_embd.weight", &wide, false), GgmlDType::Q6K);
-        // gpt2: fused q/k/v Q5_K; the position table stays f32
-        assert_eq!(t("blk.3.attn_qkv.weight", &wide, true), GgmlDType::Q5K);
+        // gpt2: fused q/k/v as attn_v; the position table stays f32
+        assert_eq!(t("blk.3.attn_qkv.weight", &wide, true), GgmlDType::Q4K);
+        assert_eq!(t("blk.4.attn_qkv.weight", &wide, true), GgmlDType::Q6K);
         assert_eq!(t("position_embd.weight", &wide, true), GgmlDType::F32);
-        // rows of 64: llama.cpp's fallbacks Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0; the output
+        // rows of 64: llama.cpp's fallbacks Q4_K → Q5_0, Q6_K → Q8_0; the output
         // matrix Q8_0; rows of 72 fill no block: F16
         assert_eq!(t("blk.3.attn_q.weight", &narrow, true), GgmlDType::Q5_0);
-        assert_eq!(t("blk.3.attn_qkv.weight", &narrow, true), GgmlDType::Q5_1);
+        assert_eq!(t("blk.3.attn_qkv.weight", &narrow, true), GgmlDType::Q5_0);
+        assert_eq!(t("blk.4.attn_qkv.weight", &narrow, true), GgmlDType::Q8_0);
         assert_eq!(t("blk.0.ffn_down.weight", &narrow, true), GgmlDType::Q8_0);
         assert_eq!(t("token_embd.weight", &narrow, false), GgmlDType::Q8_0);
         assert_eq!(t("blk.3.attn_q.weight", &odd, true), GgmlDType::F16);

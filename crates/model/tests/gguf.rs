@@ -172,7 +172,7 @@ fn gpt2_model(c: &TransformerConfig) -> (AnyModel, candle_nn::VarMap) {
 #[test]
 fn gpt2_blocks_export_as_llama_cpp_gpt2_and_load_back_with_the_same_logits() {
     let ids = Tensor::new(&[[3u32, 7, 1, 39, 0, 22, 22, 5, 9, 30, 31, 2]], &Device::Cpu).unwrap();
-    // d_model 64: q4_k_m takes llama.cpp's fallbacks (Q5_0, Q5_1, Q8_0); 256: its K-quants
+    // d_model 64: q4_k_m takes llama.cpp's fallbacks (Q5_0, Q8_0); 256: its K-quants
     for (d, tied, q4_tol) in [(64, true, 0.02), (64, false, 0.02), (256, true, 0.1)] {
         let c = gpt2_cfg(d, tied);
         let (model, varmap) = gpt2_model(&c);
@@ -202,14 +202,14 @@ fn gpt2_blocks_export_as_llama_cpp_gpt2_and_load_back_with_the_same_logits() {
             assert_eq!(ti.contains_key("output.weight"), !tied, "{what}");
             assert_eq!(ti["position_embd.weight"].ggml_dtype, GgmlDType::F32, "{what}: the position table stays f32");
             if quant == GgufQuant::Q4KM {
-                // llama.cpp's quantizer: attn_qkv Q5_K, ffn_down Q6_K in the last eighth of the
-                // layers (of 2: the second), the output matrix (or the tied token embedding)
-                // Q6_K; rows of 64 fall back (ffn_down's rows are 4·64 = 256 wide)
+                // llama.cpp's quantizer: attn_qkv (as attn_v) and ffn_down Q6_K in the last
+                // eighth of the layers (of 2: the second), the output matrix (or the tied
+                // token embedding) Q6_K; rows of 64 fall back (ffn_down's are 4·64 = 256 wide)
                 let out = if tied { "token_embd.weight" } else { "output.weight" };
                 let expect = if d == 256 {
-                    [(out, GgmlDType::Q6K), ("blk.0.attn_qkv.weight", GgmlDType::Q5K), ("blk.1.ffn_down.weight", GgmlDType::Q6K), ("blk.0.ffn_down.weight", GgmlDType::Q4K), ("blk.0.ffn_up.weight", GgmlDType::Q4K)]
+                    [(out, GgmlDType::Q6K), ("blk.0.attn_qkv.weight", GgmlDType::Q4K), ("blk.1.attn_qkv.weight", GgmlDType::Q6K), ("blk.1.ffn_down.weight", GgmlDType::Q6K), ("blk.0.ffn_down.weight", GgmlDType::Q4K), ("blk.0.ffn_up.weight", GgmlDType::Q4K)]
                 } else {
-                    [(out, GgmlDType::Q8_0), ("blk.0.attn_qkv.weight", GgmlDType::Q5_1), ("blk.1.ffn_down.weight", GgmlDType::Q6K), ("blk.0.ffn_down.weight", GgmlDType::Q4K), ("blk.0.ffn_up.weight", GgmlDType::Q5_0)]
+                    [(out, GgmlDType::Q8_0), ("blk.0.attn_qkv.weight", GgmlDType::Q5_0), ("blk.1.attn_qkv.weight", GgmlDType::Q8_0), ("blk.1.ffn_down.weight", GgmlDType::Q6K), ("blk.0.ffn_down.weight", GgmlDType::Q4K), ("blk.0.ffn_up.weight", GgmlDType::Q5_0)]
                 };
                 for (n, t) in expect {
                     assert_eq!(ti[n].ggml_dtype, t, "{what}: {n}");
