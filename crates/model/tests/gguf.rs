@@ -265,8 +265,8 @@ fn a_llama_cpp_gpt2_file_loads_with_its_reference_logits() {
     let greedy: Vec<usize> = reference["greedy"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     let last: Vec<f64> = reference["last_logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     let mut worst = 0f64;
-    for i in 0..n - 1 {
-        worst = worst.max((lp[i][ids[i + 1] as usize] as f64 - want[i]).abs());
+    for (i, w) in want.iter().enumerate() {
+        worst = worst.max((lp[i][ids[i + 1] as usize] as f64 - w).abs());
     }
     for (a, b) in lp[n - 1].iter().zip(&last) {
         worst = worst.max((*a as f64 - b).abs());
@@ -277,8 +277,8 @@ fn a_llama_cpp_gpt2_file_loads_with_its_reference_logits() {
     assert_eq!(argmax, greedy);
     // the same numbers decoding token by token, on the file's Q8_0 / F16 blocks
     let mut cache = dec.new_cache();
-    for t in 0..n {
-        let step = dec.forward(&Tensor::new(&[[ids[t]]], &Device::Cpu).unwrap(), &MaskSpec::causal(), Some(&mut cache)).unwrap();
+    for (t, &id) in ids.iter().enumerate() {
+        let step = dec.forward(&Tensor::new(&[[id]], &Device::Cpu).unwrap(), &MaskSpec::causal(), Some(&mut cache)).unwrap();
         let e = max_abs(&step.squeeze(1).unwrap().squeeze(0).unwrap(), &logits.squeeze(0).unwrap().get(t).unwrap());
         assert!(e < 1e-3, "decoding step {t} differs from the prompt pass by {e}");
     }

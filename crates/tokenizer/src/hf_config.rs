@@ -422,7 +422,11 @@ fn ggml_pre_of(pre: &Value) -> Result<&'static str> {
         Ok(s["use_regex"] != false)
     };
     let regex_of = |s: &Value| -> Option<String> {
-        (s["type"] == "Split" && s["behavior"] == "Isolated" && s["invert"] != true).then(|| s["pattern"]["Regex"].as_str().map(str::to_string)).flatten()
+        if s["type"] == "Split" && s["behavior"] == "Isolated" && s["invert"] != true {
+            s["pattern"]["Regex"].as_str().map(str::to_string)
+        } else {
+            None
+        }
     };
     let steps = match pre["type"].as_str() {
         Some("Sequence") => pre["pretokenizers"].as_array().cloned().unwrap_or_default(),
@@ -583,7 +587,7 @@ mod tests {
         // every name written is read back as the same regexes
         for name in ["gpt-2", "llama-bpe", "qwen2", "smollm"] {
             let r = ggml_pre_regex(name).unwrap();
-            let mut steps: Vec<Value> = r.iter().map(|x| split(x)).collect();
+            let mut steps: Vec<Value> = r.iter().map(|&x| split(x)).collect();
             steps.push(bl(false));
             assert_eq!(ggml_pre_of(&seq(steps)).unwrap(), name);
         }
