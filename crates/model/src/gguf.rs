@@ -3,10 +3,13 @@
 //!
 //! Out: the core's variables go through the Hugging Face mapping (`hf::export`), then get
 //! llama.cpp's tensor names and metadata keys for the architecture the block options map
-//! to (`llama`, `qwen2`, `qwen3`). For `llama`, llama.cpp rotates interleaved pairs where
+//! to (`llama`, `qwen2`, `qwen3`); GPT-2-style blocks (LayerNorm with bias, learned
+//! positions, GELU, biases on the projections) become llama.cpp's `gpt2` (`position_embd`,
+//! `*_norm.bias`, q/k/v fused in `attn_qkv`, `ffn_up`/`ffn_down`, no RoPE keys). For `llama`, llama.cpp rotates interleaved pairs where
 //! transformers (and ferrolm) rotate the two halves of a head, so the rows of the q and k
 //! projections are permuted exactly as llama.cpp's own converter does. The tokenizer goes
-//! in the standard `tokenizer.ggml.*` keys (byte-level BPE: tokens, types, merges, bos/eos)
+//! in the standard `tokenizer.ggml.*` keys (byte-level BPE: tokens, types, merges, bos/eos,
+//! and `tokenizer.ggml.pre` naming llama.cpp's pre-tokenizer with the tokenizer's split regex)
 //! plus the chat template; ferrolm also stores its own `config.toml` model section and the
 //! `tokenizer.json`, so a file it wrote loads back exactly.
 //!
@@ -37,8 +40,11 @@ pub enum GgufQuant {
     F32,
     F16,
     Q8_0,
-    /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for the output matrix and for `attn_v` and
-    /// `ffn_down` in the first and last eighth of the layers and every third between.
+    /// llama.cpp's Q4_K_M mix, as its quantizer chooses it: Q4_K, with Q6_K for the output
+    /// matrix (the token embedding when it is tied) and for `attn_v` and `ffn_down` in the
+    /// first and last eighth of the layers and every third between (a fused `attn_qkv`
+    /// counts as `attn_v`); rows that do not fill 256-value super-blocks take llama.cpp's
+    /// fallbacks (Q4_K → Q5_0, Q6_K → Q8_0, then F16).
     Q4KM,
 }
 
@@ -83,6 +89,10 @@ pub struct GgufVocab {
     pub scores: Vec<f32>,
     /// BPE merges as "left right" (gpt2 only).
     pub merges: Vec<String>,
+    /// `tokenizer.ggml.pre` of a gpt2 vocabulary: llama.cpp's pre-tokenizer with the same
+    /// split regexes as the tokenizer (`ferrolm_tokenizer::hf_config::ggml_pre`); empty =
+    /// "gpt-2", GPT-2's split, which ferrolm's own byte-level tokenizers use.
+    pub pre: String,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub unk: Option<u32>,
@@ -103,8 +113,8 @@ fn arch_name(family: HfFamily) -> Result<&'static str> {
         HfFamily::Llama | HfFamily::Mistral => "llama",
         HfFamily::Qwen2 => "qwen2",
         HfFamily::Qwen3 => "qwen3",
-        HfFamily::Gpt2 => bail!("GPT-2-style blocks do not export to GGUF yet (modern blocks do: llama, qwen2, qwen3)"),
-        HfFamily::Bert | HfFamily::DistilBert | HfFamily::Roberta => bail!("BERT masked LMs do not export to GGUF (causal decoders with modern blocks do: llama, qwen2, qwen3)"),
+        HfFamily::Gpt2 => "gpt2",
+        HfFamily::Bert | HfFamily::DistilBert | HfFamily::Roberta => bail!("BERT masked LMs do not export to GGUF (causal decoders do: llama, qwen2, qwen3, gpt2)"),
     })
 }
 
@@ -127,30 +137,101 @@ fn use_more_bits(layer: usize, n_layers: usize) -> bool {
     layer < first || layer >= last || (layer - first) % 3 == 2
 }
 
-/// The GGML type of one tensor: vectors stay f32; a matrix whose rows do not fill whole
-/// blocks of the asked type falls back to a type whose blocks fit (as llama.cpp does).
-fn tensor_type(name: &str, t: &Tensor, quant: GgufQuant, n_layers: usize) -> GgmlDType {
-    if t.rank() < 2 {
+/// The GGML type of one tensor, as llama.cpp's converter (f32, f16, q8_0) and quantizer
+/// (`llama_tensor_get_type`, q4_k_m) choose it: vectors, norms and the position table stay
+/// f32; `has_output`: the file has an `output.weight` (else the tied token embedding is the
+/// output matrix and is typed as one). A matrix whose rows do not fill whole blocks of the
+/// chosen type takes llama.cpp's fallback (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0), then F16.
+fn tensor_type(name: &str, t: &Tensor, quant: GgufQuant, n_layers: usize, has_output: bool) -> GgmlDType {
+    if t.rank() < 2 || name.ends_with("_norm.weight") || name == "position_embd.weight" {
         return GgmlDType::F32;
     }
     let cols = t.dim(t.rank() - 1).unwrap_or(0);
     let layer = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok());
+    let fits = |d: GgmlDType| cols.is_multiple_of(d.block_size());
     let wanted = match quant {
-        GgufQuant::F32 => GgmlDType::F32,
+        GgufQuant::F32 => return GgmlDType::F32,
         GgufQuant::F16 => GgmlDType::F16,
         GgufQuant::Q8_0 => GgmlDType::Q8_0,
         GgufQuant::Q4KM => {
-            let more = name == "output.weight"
-                || ((name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight")) && layer.is_some_and(|l| use_more_bits(l, n_layers)));
-            if more { GgmlDType::Q6K } else { GgmlDType::Q4K }
+            let more_bits = layer.is_some_and(|l| use_more_bits(l, n_layers));
+            if name == "output.weight" || (!has_output && name == "token_embd.weight") {
+                // the output matrix: Q6_K, or Q8_0 when its rows are not whole Q4_K blocks
+                if fits(GgmlDType::Q4K) { GgmlDType::Q6K } else { GgmlDType::Q8_0 }
+            } else if (name.ends_with("attn_v.weight") || name.ends_with("attn_qkv.weight") || name.ends_with("ffn_down.weight")) && more_bits {
+                GgmlDType::Q6K
+            } else {
+                GgmlDType::Q4K
+            }
         }
     };
-    let fits = |d: GgmlDType| cols.is_multiple_of(d.block_size());
-    [wanted, GgmlDType::Q8_0, GgmlDType::F16].into_iter().find(|&d| fits(d) && (d == wanted || quant != GgufQuant::F32)).unwrap_or(GgmlDType::F16)
+    if fits(wanted) {
+        return wanted;
+    }
+    let fallback = match wanted {
+        GgmlDType::Q4K => GgmlDType::Q5_0,
+        GgmlDType::Q5K => GgmlDType::Q5_1,
+        GgmlDType::Q6K => GgmlDType::Q8_0,
+        _ => GgmlDType::F16,
+    };
+    if fits(fallback) { fallback } else { GgmlDType::F16 }
+}
+
+/// Core variable → llama.cpp `gpt2` tensor, in the order llama.cpp's converter writes them.
+/// The core's linear layers hold (out, in) rows as llama.cpp's `gpt2` tensors do (its
+/// converter transposes GPT-2's Conv1D weights); q, k, v stay fused in `attn_qkv`.
+fn gpt2_names(n_layers: usize, tied: bool) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = vec![("wte.weight".into(), "token_embd.weight".into()), ("wpe.weight".into(), "position_embd.weight".into())];
+    for i in 0..n_layers {
+        for (core, g) in [("ln1", "attn_norm"), ("attn.qkv", "attn_qkv"), ("attn.proj", "attn_output"), ("ln2", "ffn_norm"), ("mlp.fc", "ffn_up"), ("mlp.proj", "ffn_down")] {
+            for part in ["weight", "bias"] {
+                v.push((format!("decoder.blocks.{i}.{core}.{part}"), format!("blk.{i}.{g}.{part}")));
+            }
+        }
+    }
+    v.push(("decoder.ln_f.weight".into(), "output_norm.weight".into()));
+    v.push(("decoder.ln_f.bias".into(), "output_norm.bias".into()));
+    if !tied {
+        v.push(("lm_head.weight".into(), "output.weight".into()));
+    }
+    v
+}
+
+/// The shape (outermost first) llama.cpp's `gpt2` expects of each tensor of [`gpt2_names`].
+fn gpt2_shape(cfg: &TransformerConfig, gguf: &str) -> Vec<usize> {
+    let (d, q, kv, f) = (cfg.d_model, cfg.q_width(), cfg.kv_width(), cfg.ff_dim());
+    let part = gguf.rsplit('.').nth(1).unwrap_or("");
+    let bias = gguf.ends_with(".bias");
+    match (part, bias) {
+        ("token_embd", _) | ("output", _) => vec![cfg.vocab_size, d],
+        ("position_embd", _) => vec![cfg.max_seq_len, d],
+        ("attn_qkv", false) => vec![q + 2 * kv, d],
+        ("attn_qkv", true) => vec![q + 2 * kv],
+        ("attn_output", false) => vec![d, q],
+        ("ffn_up", false) => vec![f, d],
+        ("ffn_up", true) => vec![f],
+        ("ffn_down", false) => vec![d, f],
+        _ => vec![d],
+    }
+}
+
+/// GGUF tensors (llama.cpp's `gpt2` names, f32) of a GPT-2-style causal decoder.
+fn gpt2_tensors(cfg: &TransformerConfig, varmap: &candle_nn::VarMap) -> Result<Vec<(String, Tensor)>> {
+    let data = varmap.data().lock().expect("varmap lock");
+    gpt2_names(cfg.n_layers, cfg.tie_embeddings)
+        .into_iter()
+        .map(|(core, g)| {
+            let t = data.get(&core).with_context(|| format!("the model has no variable {core}"))?.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            Ok((g, t))
+        })
+        .collect()
 }
 
 /// GGUF tensors (llama.cpp names, f32) of a modern-block causal decoder.
 fn gguf_tensors(cfg: &TransformerConfig, family: HfFamily, varmap: &candle_nn::VarMap) -> Result<Vec<(String, Tensor)>> {
+    if family == HfFamily::Gpt2 {
+        return gpt2_tensors(cfg, varmap);
+    }
     let hf = crate::hf::export::from_core(cfg, family, varmap)?;
     let permute = arch_name(family)? == "llama";
     let mut out = Vec::new();
@@ -203,22 +284,28 @@ pub struct GgufSummary {
 
 /// Writes the model as a GGUF file at `path` (atomically: a temporary file renamed).
 pub fn write(cfg: &TransformerConfig, varmap: &candle_nn::VarMap, vocab: &GgufVocab, quant: GgufQuant, path: &Path) -> Result<GgufSummary> {
-    ensure!(cfg.block == BlockStyle::Modern, "GGUF export needs modern blocks (RMSNorm, SwiGLU, RoPE): GPT-2-style blocks are not supported yet");
     ensure!(vocab.tokens.len() == cfg.vocab_size, "the tokenizer has {} tokens, the model {}", vocab.tokens.len(), cfg.vocab_size);
     let family = crate::hf::export::export_family(cfg)?;
     let arch = arch_name(family)?;
+    if family == HfFamily::Gpt2 {
+        // llama.cpp's gpt2 computes GELU's tanh approximation and heads of d_model / n_heads
+        ensure!(!cfg.exact_gelu, "llama.cpp's gpt2 architecture computes GELU's tanh approximation: a GPT-2-style block with exact (erf) GELU does not export to GGUF");
+        ensure!(cfg.head_dim() * cfg.n_heads == cfg.d_model, "llama.cpp's gpt2 architecture needs n_heads · head_size = d_model");
+    }
     let tensors = gguf_tensors(cfg, family, varmap)?;
+    let has_output = tensors.iter().any(|(n, _)| n == "output.weight");
     let mut quantized = Vec::with_capacity(tensors.len());
     let mut fallbacks = Vec::new();
     for (name, t) in &tensors {
-        let want = tensor_type(name, t, quant, cfg.n_layers);
+        let want = tensor_type(name, t, quant, cfg.n_layers, has_output);
+        // what the precision asks for where the rows fill its blocks
         let natural = match quant {
             GgufQuant::F32 => GgmlDType::F32,
             GgufQuant::F16 => GgmlDType::F16,
             GgufQuant::Q8_0 => GgmlDType::Q8_0,
-            GgufQuant::Q4KM => want,
+            GgufQuant::Q4KM => [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K].into_iter().find(|&d| d == want).unwrap_or(GgmlDType::Q4K),
         };
-        if t.rank() >= 2 && want != natural {
+        if t.rank() >= 2 && name != "position_embd.weight" && want != natural {
             fallbacks.push(format!("{name}: {want:?}"));
         }
         // A fresh f32 buffer: candle quantizes a tensor's whole storage, and a view (one
@@ -250,22 +337,32 @@ pub fn write(cfg: &TransformerConfig, varmap: &candle_nn::VarMap, vocab: &GgufVo
         (format!("{arch}.feed_forward_length"), u32v(cfg.ff_dim())),
         (format!("{arch}.attention.head_count"), u32v(cfg.n_heads)),
         (format!("{arch}.attention.head_count_kv"), u32v(cfg.n_kv_heads)),
-        (format!("{arch}.attention.key_length"), u32v(cfg.head_dim())),
-        (format!("{arch}.attention.value_length"), u32v(cfg.head_dim())),
-        (format!("{arch}.attention.layer_norm_rms_epsilon"), V::F32(cfg.norm_eps as f32)),
-        (format!("{arch}.rope.dimension_count"), u32v(cfg.head_dim())),
-        (format!("{arch}.rope.freq_base"), V::F32(cfg.rope_theta as f32)),
+    ];
+    if family == HfFamily::Gpt2 {
+        // LayerNorm (with bias) and learned positions: no RoPE keys
+        meta.push((format!("{arch}.attention.layer_norm_epsilon"), V::F32(cfg.norm_eps as f32)));
+    } else {
+        meta.extend([
+            (format!("{arch}.attention.key_length"), u32v(cfg.head_dim())),
+            (format!("{arch}.attention.value_length"), u32v(cfg.head_dim())),
+            (format!("{arch}.attention.layer_norm_rms_epsilon"), V::F32(cfg.norm_eps as f32)),
+            (format!("{arch}.rope.dimension_count"), u32v(cfg.head_dim())),
+            (format!("{arch}.rope.freq_base"), V::F32(cfg.rope_theta as f32)),
+        ]);
+    }
+    meta.extend([
         (format!("{arch}.vocab_size"), u32v(cfg.vocab_size)),
         ("tokenizer.ggml.tokens".into(), V::Array(vocab.tokens.iter().map(|t| V::String(t.clone())).collect())),
         ("tokenizer.ggml.token_type".into(), V::Array(vocab.token_types.iter().map(|&t| V::I32(t)).collect())),
         ("tokenizer.ggml.add_bos_token".into(), V::Bool(vocab.add_bos && vocab.bos.is_some())),
         ("tokenizer.ggml.add_eos_token".into(), V::Bool(false)),
         (KEY_MODEL_CONFIG.into(), V::String(toml::to_string(cfg).context("serialising the model config")?)),
-    ];
+    ]);
     match vocab.model.as_str() {
         "" | "gpt2" => {
             meta.push(("tokenizer.ggml.model".into(), V::String("gpt2".into())));
-            meta.push(("tokenizer.ggml.pre".into(), V::String("default".into())));
+            let pre = if vocab.pre.is_empty() { "gpt-2" } else { vocab.pre.as_str() };
+            meta.push(("tokenizer.ggml.pre".into(), V::String(pre.into())));
             meta.push(("tokenizer.ggml.merges".into(), V::Array(vocab.merges.iter().map(|m| V::String(m.clone())).collect())));
         }
         // llama.cpp's SentencePiece vocabulary: pieces, scores (its merge order) and types,
@@ -400,6 +497,7 @@ pub fn read_tokenizer(path: &Path) -> Result<GgufTokenizer> {
                 token_types,
                 scores,
                 merges,
+                pre: text("tokenizer.ggml.pre")?.unwrap_or_default(),
                 bos: check(bos, "tokenizer.ggml.bos_token_id")?,
                 eos: check(id("tokenizer.ggml.eos_token_id")?, "tokenizer.ggml.eos_token_id")?,
                 unk: check(id("tokenizer.ggml.unknown_token_id")?, "tokenizer.ggml.unknown_token_id")?,
@@ -416,7 +514,7 @@ pub fn read_tokenizer(path: &Path) -> Result<GgufTokenizer> {
 
 /// The GGUF tensors a core linear layer is built from (`decoder.blocks.3.attn.qkv` ← attn_q,
 /// attn_k, attn_v of blk.3; `lm_head` ← output, or token_embd when the head is tied).
-fn gguf_sources(layer: &str, tied: bool) -> Option<Vec<String>> {
+fn gguf_sources(layer: &str, tied: bool, fused_qkv: bool) -> Option<Vec<String>> {
     if layer == "lm_head" {
         return Some(vec![if tied { "token_embd.weight" } else { "output.weight" }.into()]);
     }
@@ -424,10 +522,11 @@ fn gguf_sources(layer: &str, tied: bool) -> Option<Vec<String>> {
     let (i, name) = rest.split_once('.')?;
     let b = format!("blk.{i}.");
     let from: &[&str] = match name {
+        "attn.qkv" if fused_qkv => &["attn_qkv.weight"],
         "attn.qkv" => &["attn_q.weight", "attn_k.weight", "attn_v.weight"],
         "attn.proj" => &["attn_output.weight"],
         "mlp.gate" => &["ffn_gate.weight"],
-        "mlp.up" => &["ffn_up.weight"],
+        "mlp.up" | "mlp.fc" => &["ffn_up.weight"],
         "mlp.proj" => &["ffn_down.weight"],
         _ => return None,
     };
@@ -459,7 +558,8 @@ fn row_order(rows: usize, heads: usize) -> Result<Vec<usize>> {
     Ok(permute_rows(&idx, heads, true)?.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|v| v as usize).collect())
 }
 
-/// Reads a GGUF file of architecture `llama`, `qwen2` or `qwen3` into the Transformer core.
+/// Reads a GGUF file of architecture `llama`, `qwen2`, `qwen3` or `gpt2` into the Transformer
+/// core. A missing tensor or one of the wrong shape is an error naming it.
 pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let content = gguf_file::Content::read(&mut f).map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
@@ -473,7 +573,8 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         "llama" => HfFamily::Llama,
         "qwen2" => HfFamily::Qwen2,
         "qwen3" => HfFamily::Qwen3,
-        other => bail!("{}: GGUF architecture {other:?} is not supported (llama, qwen2, qwen3 are)", path.display()),
+        "gpt2" => HfFamily::Gpt2,
+        other => bail!("{}: GGUF architecture {other:?} is not supported (llama, qwen2, qwen3, gpt2 are)", path.display()),
     };
     let cfg: TransformerConfig = match content.metadata.get(KEY_MODEL_CONFIG).and_then(|v| v.to_string().ok()) {
         Some(text) => toml::from_str(text).with_context(|| format!("{}: {KEY_MODEL_CONFIG} is not a ferrolm model config", path.display()))?,
@@ -490,24 +591,44 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
             };
             let has_q_bias = content.tensor_infos.contains_key("blk.0.attn_q.bias");
             let has_o_bias = content.tensor_infos.contains_key("blk.0.attn_output.bias");
-            TransformerConfig {
-                vocab_size: vocab,
-                d_model,
-                n_layers: u("block_count")?,
-                n_heads,
-                n_kv_heads: u("attention.head_count_kv").unwrap_or(n_heads),
-                d_ff: u("feed_forward_length")?,
-                max_seq_len: u("context_length")?,
-                head_size: u("attention.key_length").ok().filter(|&k| k != d_model / n_heads).unwrap_or(0),
-                block: BlockStyle::Modern,
-                norm_eps: meta_f32(&content, &format!("{arch}.attention.layer_norm_rms_epsilon"), path)?.unwrap_or(1e-5) as f64,
-                rope_theta: meta_f32(&content, &format!("{arch}.rope.freq_base"), path)?.unwrap_or(10_000.0) as f64,
-                tie_embeddings: !content.tensor_infos.contains_key("output.weight"),
-                qk_norm: family == HfFamily::Qwen3,
-                qkv_bias: Some(has_q_bias),
-                attn_out_bias: Some(has_o_bias),
-                dropout: 0.0,
-                ..Default::default()
+            let tie_embeddings = !content.tensor_infos.contains_key("output.weight");
+            if family == HfFamily::Gpt2 {
+                // llama.cpp's converter writes n_positions as context_length; the position
+                // table's shape is checked against it below
+                TransformerConfig {
+                    vocab_size: vocab,
+                    d_model,
+                    n_layers: u("block_count")?,
+                    n_heads,
+                    n_kv_heads: u("attention.head_count_kv").unwrap_or(n_heads),
+                    d_ff: u("feed_forward_length")?,
+                    max_seq_len: u("context_length")?,
+                    block: BlockStyle::Gpt2,
+                    norm_eps: meta_f32(&content, &format!("{arch}.attention.layer_norm_epsilon"), path)?.unwrap_or(1e-5) as f64,
+                    tie_embeddings,
+                    dropout: 0.0,
+                    ..Default::default()
+                }
+            } else {
+                TransformerConfig {
+                    vocab_size: vocab,
+                    d_model,
+                    n_layers: u("block_count")?,
+                    n_heads,
+                    n_kv_heads: u("attention.head_count_kv").unwrap_or(n_heads),
+                    d_ff: u("feed_forward_length")?,
+                    max_seq_len: u("context_length")?,
+                    head_size: u("attention.key_length").ok().filter(|&k| k != d_model / n_heads).unwrap_or(0),
+                    block: BlockStyle::Modern,
+                    norm_eps: meta_f32(&content, &format!("{arch}.attention.layer_norm_rms_epsilon"), path)?.unwrap_or(1e-5) as f64,
+                    rope_theta: meta_f32(&content, &format!("{arch}.rope.freq_base"), path)?.unwrap_or(10_000.0) as f64,
+                    tie_embeddings,
+                    qk_norm: family == HfFamily::Qwen3,
+                    qkv_bias: Some(has_q_bias),
+                    attn_out_bias: Some(has_o_bias),
+                    dropout: 0.0,
+                    ..Default::default()
+                }
             }
         }
     };
@@ -532,47 +653,66 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         }
         Ok(q.dequantize(&Device::Cpu)?)
     };
-    // GGUF names → the Hugging Face names the core's mapping reads.
     let permute = arch == "llama";
-    let mut hf: HashMap<String, crate::hf::weights::Source> = HashMap::new();
-    let mut put = |name: String, tensor: Tensor| {
-        hf.insert(name, crate::hf::weights::Source { tensor, file: path.to_path_buf() });
-    };
-    put("model.embed_tokens.weight".into(), read("token_embd.weight")?);
-    for i in 0..cfg.n_layers {
-        let (h, b) = (format!("model.layers.{i}."), format!("blk.{i}."));
-        let names = [
-            ("input_layernorm.weight", "attn_norm.weight", 0),
-            ("post_attention_layernorm.weight", "ffn_norm.weight", 0),
-            ("self_attn.q_proj.weight", "attn_q.weight", cfg.n_heads),
-            ("self_attn.q_proj.bias", "attn_q.bias", cfg.n_heads),
-            ("self_attn.k_proj.weight", "attn_k.weight", cfg.n_kv_heads),
-            ("self_attn.k_proj.bias", "attn_k.bias", cfg.n_kv_heads),
-            ("self_attn.v_proj.weight", "attn_v.weight", 0),
-            ("self_attn.v_proj.bias", "attn_v.bias", 0),
-            ("self_attn.o_proj.weight", "attn_output.weight", 0),
-            ("self_attn.o_proj.bias", "attn_output.bias", 0),
-            ("self_attn.q_norm.weight", "attn_q_norm.weight", 0),
-            ("self_attn.k_norm.weight", "attn_k_norm.weight", 0),
-            ("mlp.gate_proj.weight", "ffn_gate.weight", 0),
-            ("mlp.up_proj.weight", "ffn_up.weight", 0),
-            ("mlp.down_proj.weight", "ffn_down.weight", 0),
-        ];
-        for (to, from, heads) in names {
-            let g = format!("{b}{from}");
-            if !content.tensor_infos.contains_key(&g) {
-                continue;
-            }
-            let t = read(&g)?;
-            let t = if permute && heads > 0 { permute_rows(&t, heads, true)? } else { t };
-            put(format!("{h}{to}"), t);
+    let values = if family == HfFamily::Gpt2 {
+        // llama.cpp's gpt2 tensors are the core's variables as they are (see gpt2_names)
+        let mut values = HashMap::new();
+        for (core, g) in gpt2_names(cfg.n_layers, cfg.tie_embeddings) {
+            let Some(info) = content.tensor_infos.get(&g) else {
+                bail!("{}: the GGUF file has no tensor {g}, which llama.cpp's gpt2 architecture needs", path.display());
+            };
+            let want = gpt2_shape(&cfg, &g);
+            ensure!(
+                info.shape.dims() == want.as_slice(),
+                "{}: tensor {g} has shape {:?}, the model's config needs {want:?}",
+                path.display(),
+                info.shape.dims()
+            );
+            values.insert(core, read(&g)?);
         }
-    }
-    put("model.norm.weight".into(), read("output_norm.weight")?);
-    if !cfg.tie_embeddings {
-        put("lm_head.weight".into(), read("output.weight")?);
-    }
-    let values = crate::hf::weights::to_core(family, &cfg, hf, 0).with_context(|| format!("loading {}", path.display()))?;
+        values
+    } else {
+        // GGUF names → the Hugging Face names the core's mapping reads.
+        let mut hf: HashMap<String, crate::hf::weights::Source> = HashMap::new();
+        let mut put = |name: String, tensor: Tensor| {
+            hf.insert(name, crate::hf::weights::Source { tensor, file: path.to_path_buf() });
+        };
+        put("model.embed_tokens.weight".into(), read("token_embd.weight")?);
+        for i in 0..cfg.n_layers {
+            let (h, b) = (format!("model.layers.{i}."), format!("blk.{i}."));
+            let names = [
+                ("input_layernorm.weight", "attn_norm.weight", 0),
+                ("post_attention_layernorm.weight", "ffn_norm.weight", 0),
+                ("self_attn.q_proj.weight", "attn_q.weight", cfg.n_heads),
+                ("self_attn.q_proj.bias", "attn_q.bias", cfg.n_heads),
+                ("self_attn.k_proj.weight", "attn_k.weight", cfg.n_kv_heads),
+                ("self_attn.k_proj.bias", "attn_k.bias", cfg.n_kv_heads),
+                ("self_attn.v_proj.weight", "attn_v.weight", 0),
+                ("self_attn.v_proj.bias", "attn_v.bias", 0),
+                ("self_attn.o_proj.weight", "attn_output.weight", 0),
+                ("self_attn.o_proj.bias", "attn_output.bias", 0),
+                ("self_attn.q_norm.weight", "attn_q_norm.weight", 0),
+                ("self_attn.k_norm.weight", "attn_k_norm.weight", 0),
+                ("mlp.gate_proj.weight", "ffn_gate.weight", 0),
+                ("mlp.up_proj.weight", "ffn_up.weight", 0),
+                ("mlp.down_proj.weight", "ffn_down.weight", 0),
+            ];
+            for (to, from, heads) in names {
+                let g = format!("{b}{from}");
+                if !content.tensor_infos.contains_key(&g) {
+                    continue;
+                }
+                let t = read(&g)?;
+                let t = if permute && heads > 0 { permute_rows(&t, heads, true)? } else { t };
+                put(format!("{h}{to}"), t);
+            }
+        }
+        put("model.norm.weight".into(), read("output_norm.weight")?);
+        if !cfg.tie_embeddings {
+            put("lm_head.weight".into(), read("output.weight")?);
+        }
+        crate::hf::weights::to_core(family, &cfg, hf, 0).with_context(|| format!("loading {}", path.display()))?
+    };
     let spec = ModelSpec::Transformer(cfg);
     let (mut model, varmap) = AnyModel::build_with(&spec, values, device, path)?;
     if let AnyModel::Decoder(m) = &mut model {
@@ -584,7 +724,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         if device.is_cpu() {
             let (tied, n_heads, n_kv_heads) = (m.config().tie_embeddings, m.config().n_heads, m.config().n_kv_heads);
             m.set_quantized(|layer| {
-                let Some(names) = gguf_sources(layer, tied) else { return Ok(None) };
+                let Some(names) = gguf_sources(layer, tied, family == HfFamily::Gpt2) else { return Ok(None) };
                 let mut out: Option<QuantWeights> = None;
                 for name in names {
                     let Some(block) = raw.remove(&name) else { return Ok(None) };
@@ -623,16 +763,35 @@ mod tests {
     }
 
     #[test]
-    fn q4_k_m_uses_more_bits_where_llama_cpp_does_and_falls_back_on_short_rows() {
+    fn q4_k_m_types_are_the_ones_llama_cpp_quantizer_chooses() {
         let wide = Tensor::zeros((4, 256), DType::F32, &Device::Cpu).unwrap();
         let narrow = Tensor::zeros((4, 64), DType::F32, &Device::Cpu).unwrap();
-        assert_eq!(tensor_type("blk.0.attn_v.weight", &wide, GgufQuant::Q4KM, 16), GgmlDType::Q6K);
-        assert_eq!(tensor_type("blk.3.attn_v.weight", &wide, GgufQuant::Q4KM, 16), GgmlDType::Q4K);
-        assert_eq!(tensor_type("blk.4.attn_v.weight", &wide, GgufQuant::Q4KM, 16), GgmlDType::Q6K);
-        assert_eq!(tensor_type("output.weight", &wide, GgufQuant::Q4KM, 16), GgmlDType::Q6K);
-        assert_eq!(tensor_type("blk.3.attn_q.weight", &narrow, GgufQuant::Q4KM, 16), GgmlDType::Q8_0);
-        assert_eq!(tensor_type("blk.3.attn_q.weight", &narrow, GgufQuant::F32, 16), GgmlDType::F32);
+        let odd = Tensor::zeros((4, 72), DType::F32, &Device::Cpu).unwrap();
+        let t = |name: &str, x: &Tensor, has_output: bool| tensor_type(name, x, GgufQuant::Q4KM, 16, has_output);
+        assert_eq!(t("blk.0.attn_v.weight", &wide, true), GgmlDType::Q6K);
+        assert_eq!(t("blk.3.attn_v.weight", &wide, true), GgmlDType::Q4K);
+        assert_eq!(t("blk.4.attn_v.weight", &wide, true), GgmlDType::Q6K);
+        assert_eq!(t("blk.4.ffn_down.weight", &wide, true), GgmlDType::Q6K);
+        assert_eq!(t("blk.4.ffn_up.weight", &wide, true), GgmlDType::Q4K);
+        assert_eq!(t("output.weight", &wide, true), GgmlDType::Q6K);
+        // the token embedding is Q4_K beside an output matrix, Q6_K when it is the output
+        assert_eq!(t("token_embd.weight", &wide, true), GgmlDType::Q4K);
+        assert_eq!(t("token_embd.weight", &wide, false), GgmlDType::Q6K);
+        // gpt2: fused q/k/v as attn_v; the position table stays f32
+        assert_eq!(t("blk.3.attn_qkv.weight", &wide, true), GgmlDType::Q4K);
+        assert_eq!(t("blk.4.attn_qkv.weight", &wide, true), GgmlDType::Q6K);
+        assert_eq!(t("position_embd.weight", &wide, true), GgmlDType::F32);
+        // rows of 64: llama.cpp's fallbacks Q4_K → Q5_0, Q6_K → Q8_0; the output
+        // matrix Q8_0; rows of 72 fill no block: F16
+        assert_eq!(t("blk.3.attn_q.weight", &narrow, true), GgmlDType::Q5_0);
+        assert_eq!(t("blk.3.attn_qkv.weight", &narrow, true), GgmlDType::Q5_0);
+        assert_eq!(t("blk.4.attn_qkv.weight", &narrow, true), GgmlDType::Q8_0);
+        assert_eq!(t("blk.0.ffn_down.weight", &narrow, true), GgmlDType::Q8_0);
+        assert_eq!(t("token_embd.weight", &narrow, false), GgmlDType::Q8_0);
+        assert_eq!(t("blk.3.attn_q.weight", &odd, true), GgmlDType::F16);
+        assert_eq!(tensor_type("blk.3.attn_q.weight", &narrow, GgufQuant::F32, 16, true), GgmlDType::F32);
+        assert_eq!(tensor_type("position_embd.weight", &narrow, GgufQuant::F16, 16, true), GgmlDType::F32);
         let norm = Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap();
-        assert_eq!(tensor_type("blk.3.attn_norm.weight", &norm, GgufQuant::Q8_0, 16), GgmlDType::F32);
+        assert_eq!(tensor_type("blk.3.attn_norm.weight", &norm, GgufQuant::Q8_0, 16, true), GgmlDType::F32);
     }
 }

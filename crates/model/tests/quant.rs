@@ -130,14 +130,18 @@ fn a_q4_k_m_gguf_decodes_on_its_own_q4_k_and_q6_k_blocks() {
         assert_eq!(back.tensor_types["blk.1.attn_q.weight"], GgmlDType::Q4K);
         assert_eq!(back.tensor_types["blk.0.attn_v.weight"], GgmlDType::Q6K);
         assert_eq!(back.tensor_types["blk.0.ffn_down.weight"], GgmlDType::Q6K);
+        // the output matrix is Q6_K, as llama.cpp's quantizer makes it: the tied token
+        // embedding too
+        let out = if c.tie_embeddings { "token_embd.weight" } else { "output.weight" };
+        assert_eq!(back.tensor_types[out], GgmlDType::Q6K);
         // Asking for q8_0 on top keeps every layer's blocks from the file: Q4_K, and Q6_K
-        // for attn_v / ffn_down in layers 0, 3, 6, 7 (and the untied output matrix).
+        // for attn_v / ffn_down in layers 0, 3, 6, 7 and the output matrix (the LM head).
         let s = back.loaded.model.quantize(QuantKind::Q8_0).unwrap();
         assert!(s.quantized.is_empty() && s.unquantized == 0, "{what}: {s}");
         let k = |f: &str| s.kept.get(f).copied().unwrap_or(0);
         assert_eq!(k("Q4_K+Q6_K"), 4, "{what}: q and k Q4_K, v Q6_K in one fused layer: {s}");
-        assert_eq!(k("Q6_K"), 4 + usize::from(!c.tie_embeddings), "{what}: {s}");
-        assert_eq!(k("Q4_K"), 8 * 5 + 1 - 8 - usize::from(!c.tie_embeddings), "{what}: {s}");
+        assert_eq!(k("Q6_K"), 4 + 1, "{what}: {s}");
+        assert_eq!(k("Q4_K"), 8 * 5 + 1 - 8 - 1, "{what}: {s}");
         let got = assert_decode_matches_prompt_pass(back.loaded.model.decoder("t").unwrap(), what, 0);
         let e = rel_err(&got, &want);
         eprintln!("{what}: q4_k_m logits move by {e} (relative)");

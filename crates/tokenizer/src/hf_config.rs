@@ -378,15 +378,68 @@ pub fn ggml_vocab(tok: &Tokenizer) -> Result<GgmlVocab> {
     })
 }
 
+const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const DIGIT_SPLIT: &str = r"\p{N}";
+
 /// Pre-tokenizer regexes of GGUF's `tokenizer.ggml.pre` for "gpt2" vocabularies (the names
-/// llama.cpp's converter writes). Others are refused: a wrong regex would give other ids.
-fn ggml_pre_regex(pre: &str) -> Option<&'static str> {
+/// llama.cpp's converter writes), applied one after the other as llama.cpp does. Others are
+/// refused: a wrong regex would give other ids. ("default" is read as GPT-2's split, which
+/// is what ferrolm meant by it in the files it wrote before it wrote "gpt-2"; llama.cpp's
+/// own "default" splits punctuation apart first.)
+fn ggml_pre_regex(pre: &str) -> Option<&'static [&'static str]> {
     Some(match pre {
-        "default" | "gpt2" | "gpt-2" => r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
-        "llama-bpe" | "llama3" => r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-        "qwen2" => r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        "default" | "gpt2" | "gpt-2" => &[GPT2_SPLIT],
+        "llama-bpe" | "llama3" => &[LLAMA3_SPLIT],
+        "qwen2" => &[QWEN2_SPLIT],
+        "smollm" | "starcoder" => &[DIGIT_SPLIT, GPT2_SPLIT],
         _ => return None,
     })
+}
+
+/// GGUF's `tokenizer.ggml.pre` for a byte-level BPE tokenizer: the llama.cpp pre-tokenizer
+/// whose split regexes are the ones the tokenizer.json's pre-tokenizer applies, so llama.cpp
+/// cuts a text into the same pieces (and so the same ids): `gpt-2` for GPT-2's split
+/// (a `ByteLevel` step with `use_regex`, ferrolm's own tokenizers, or a `Split` on that
+/// regex), `llama-bpe` (Llama 3), `qwen2`, `smollm` (digits apart, then GPT-2's split).
+/// "llama" (SentencePiece) vocabularies do not split: `default`. Any other pre-tokenizer is
+/// an error naming it, rather than a file llama.cpp would tokenize differently.
+pub fn ggml_pre(tok: &Tokenizer) -> Result<&'static str> {
+    if tok.kind() == crate::TokenizerKind::SentencePiece {
+        return Ok("default");
+    }
+    let json: Value = serde_json::from_str(&tok.to_json_string()?)?;
+    ggml_pre_of(&json["pre_tokenizer"])
+}
+
+fn ggml_pre_of(pre: &Value) -> Result<&'static str> {
+    let refuse = || anyhow!("the tokenizer's pre-tokenizer {pre} has no llama.cpp equivalent (tokenizer.ggml.pre: gpt-2, llama-bpe, qwen2 and smollm splits are known), so llama.cpp would split texts differently");
+    let byte_level = |s: &Value| -> Result<bool> {
+        if s["type"] != "ByteLevel" || s["add_prefix_space"] == true {
+            return Err(refuse());
+        }
+        Ok(s["use_regex"] != false)
+    };
+    let regex_of = |s: &Value| -> Option<String> {
+        if s["type"] == "Split" && s["behavior"] == "Isolated" && s["invert"] != true {
+            s["pattern"]["Regex"].as_str().map(str::to_string)
+        } else {
+            None
+        }
+    };
+    let steps = match pre["type"].as_str() {
+        Some("Sequence") => pre["pretokenizers"].as_array().cloned().unwrap_or_default(),
+        Some(_) => vec![pre.clone()],
+        None => return Err(refuse()),
+    };
+    let Some((last, splits)) = steps.split_last() else { return Err(refuse()) };
+    let mut regexes = splits.iter().map(regex_of).collect::<Option<Vec<String>>>().ok_or_else(refuse)?;
+    if byte_level(last)? {
+        regexes.push(GPT2_SPLIT.to_string());
+    }
+    let known = ["gpt-2", "llama-bpe", "qwen2", "smollm"];
+    known.into_iter().find(|name| ggml_pre_regex(name).is_some_and(|r| r.iter().copied().eq(regexes.iter().map(String::as_str)))).ok_or_else(refuse)
 }
 
 /// SentencePiece BPE merges from piece scores, as transformers' conversion derives them:
@@ -458,7 +511,7 @@ pub fn tokenizer_from_ggml(v: &GgmlVocab, pre: &str) -> Result<Tokenizer> {
     };
     let doc = match v.model {
         "gpt2" => {
-            let regex = ggml_pre_regex(pre).with_context(|| format!("tokenizer.ggml.pre {pre:?} is not known here (default, gpt2, llama-bpe and qwen2 are): its pre-tokenizer regex is needed to encode as the model was trained"))?;
+            let regexes = ggml_pre_regex(pre).with_context(|| format!("tokenizer.ggml.pre {pre:?} is not known here (default, gpt-2, llama-bpe, qwen2 and smollm are): its pre-tokenizer regex is needed to encode as the model was trained"))?;
             let merges: Vec<Value> = v
                 .merges
                 .iter()
@@ -470,8 +523,9 @@ pub fn tokenizer_from_ggml(v: &GgmlVocab, pre: &str) -> Result<Tokenizer> {
             let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false});
             serde_json::json!({
                 "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
-                "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false}, byte_level]},
+                "pre_tokenizer": {"type": "Sequence", "pretokenizers": regexes.iter()
+                    .map(|r| serde_json::json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
+                    .chain([byte_level]).collect::<Vec<_>>()},
                 "post_processor": post,
                 "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
                 "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "", "end_of_word_suffix": "",
@@ -514,6 +568,30 @@ mod tests {
     use super::*;
 
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn tokenizer_ggml_pre_is_chosen_from_the_split_regexes() {
+        let split = |r: &str| serde_json::json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false});
+        let bl = |re: bool| serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": re});
+        let seq = |v: Vec<Value>| serde_json::json!({"type": "Sequence", "pretokenizers": v});
+        assert_eq!(ggml_pre_of(&bl(true)).unwrap(), "gpt-2");
+        assert_eq!(ggml_pre_of(&seq(vec![split(GPT2_SPLIT), bl(false)])).unwrap(), "gpt-2");
+        assert_eq!(ggml_pre_of(&seq(vec![split(LLAMA3_SPLIT), bl(false)])).unwrap(), "llama-bpe");
+        assert_eq!(ggml_pre_of(&seq(vec![split(QWEN2_SPLIT), bl(false)])).unwrap(), "qwen2");
+        assert_eq!(ggml_pre_of(&seq(vec![split(DIGIT_SPLIT), bl(true)])).unwrap(), "smollm");
+        // no split at all, a prefix space, an unknown regex: no llama.cpp equivalent
+        for bad in [bl(false), serde_json::json!({"type": "ByteLevel", "add_prefix_space": true, "use_regex": true}), seq(vec![split(r"\w+"), bl(false)]), Value::Null] {
+            let e = ggml_pre_of(&bad).unwrap_err().to_string();
+            assert!(e.contains("no llama.cpp equivalent"), "{e}");
+        }
+        // every name written is read back as the same regexes
+        for name in ["gpt-2", "llama-bpe", "qwen2", "smollm"] {
+            let r = ggml_pre_regex(name).unwrap();
+            let mut steps: Vec<Value> = r.iter().map(|&x| split(x)).collect();
+            steps.push(bl(false));
+            assert_eq!(ggml_pre_of(&seq(steps)).unwrap(), name);
+        }
+    }
 
     fn msgs() -> Vec<Message> {
         vec![Message::system("Be brief."), Message::user("Hi!"), Message::assistant("Hello."), Message::user("Bye?")]

@@ -14,7 +14,8 @@ use ferrolm_tokenizer::Tokenizer;
 pub enum Format {
     /// A transformers model folder.
     Hf,
-    /// One GGUF file for llama.cpp / Ollama (modern blocks: llama, qwen2, qwen3).
+    /// One GGUF file for llama.cpp / Ollama (modern blocks: llama, qwen2, qwen3; GPT-2-style
+    /// blocks: gpt2).
     Gguf,
     /// The LoRA adapters of a run trained with `[lora]`, as a PEFT adapter folder
     /// (adapter_model.safetensors + adapter_config.json) for `PeftModel.from_pretrained`.
@@ -79,6 +80,9 @@ pub fn run(a: Args) -> Result<()> {
         Format::Peft => unreachable!("handled above"),
         Format::Gguf => {
             let v = ferrolm_tokenizer::hf_config::ggml_vocab(&tok)?;
+            // llama.cpp's pre-tokenizer with the tokenizer's split regexes, so it cuts texts
+            // into the same pieces (an unknown split is an error, not other ids)
+            let pre = ferrolm_tokenizer::hf_config::ggml_pre(&tok).with_context(|| format!("{}: tokenizer.ggml.pre", dir.join("tokenizer.json").display()))?;
             // A Hugging Face folder's end of text and Jinja template go in as they are
             // (Llama 2's template, which no marker template renders, included); a ferrolm
             // run's are its end-of-text token and its chat template as Jinja.
@@ -94,6 +98,7 @@ pub fn run(a: Args) -> Result<()> {
                 token_types: v.token_types,
                 scores: v.scores,
                 merges: v.merges,
+                pre: pre.to_string(),
                 bos: v.bos,
                 eos,
                 unk: v.unk,
