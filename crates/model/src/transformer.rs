@@ -179,11 +179,6 @@ impl Transformer {
         m
     }
 
-    /// Whether any layer carries LoRA adapters.
-    pub fn has_lora(&self) -> bool {
-        let mut m = self.clone();
-        !m.take_lora().is_empty()
-    }
 
     /// Freeze every linear layer's weights (blocks and LM head; see [`Linear::freeze`]):
     /// for training LoRA adapters on a base that does not change.
