@@ -32,6 +32,7 @@ use candle_core::{DType, Module, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use ferrolm_infer::{generate, GenerateConfig, SamplingConfig};
 use ferrolm_model::linear::Linear;
+use ferrolm_model::lora::{self, LoraConfig};
 use ferrolm_model::Transformer;
 use ferrolm_tokenizer::Message;
 use ferrolm_train::checkpoint;
@@ -120,6 +121,10 @@ pub struct PpoConfig {
     pub train: TrainConfig,
     pub data: DataSettings,
     pub ppo: PpoSettings,
+    /// `lora.rank > 0`: the policy trains LoRA adapters on its frozen weights, and the
+    /// reference is the same model with the adapters switched off (no second copy); the
+    /// value head trains fully.
+    pub lora: LoraConfig,
 }
 
 impl stage::StageConfig for PpoConfig {
@@ -143,6 +148,7 @@ impl Default for PpoConfig {
             },
             data: DataSettings { max_eval: 32, ..Default::default() },
             ppo: PpoSettings::default(),
+            lora: LoraConfig::default(),
         }
     }
 }
@@ -237,6 +243,8 @@ struct PpoTask {
     train_prompts: Vec<PromptRecord>,
     val_prompts: Vec<PromptRecord>,
     kl: KlController,
+    /// Only the policy's LoRA adapters (and the value head) train.
+    lora: bool,
 }
 
 /// A PPO run on the shared [`Trainer`]: Ctrl-C, the time limit, checkpoints and exact
@@ -244,6 +252,8 @@ struct PpoTask {
 pub struct PpoTrainer {
     trainer: Trainer<'static>,
     out: PathBuf,
+    /// LoRA: what the PEFT adapter folder is written from after the run.
+    adapter: Option<(ferrolm_model::TransformerConfig, LoraConfig, VarMap, String)>,
     pub quiet: bool,
     /// Stop after this iteration (tests of resume).
     pub stop_at: Option<usize>,
@@ -402,6 +412,10 @@ impl PpoTask {
 }
 
 impl TrainTask for PpoTask {
+    fn trainable(&self, name: &str) -> bool {
+        !self.lora || lora::is_adapter(name)
+    }
+
     fn micro_batch_loss(&self, _step: usize, _micro: usize) -> Result<(Tensor, usize)> {
         bail!("a PPO step is an iteration of rollouts and minibatch updates (custom_step), not micro-batches")
     }
@@ -503,11 +517,10 @@ impl PpoTrainer {
 
         let dev = &o.device;
         let policy_vars = VarMap::new();
-        let lm = Transformer::new(&model_cfg, VarBuilder::from_varmap(&policy_vars, DType::F32, dev))?;
+        let mut lm = Transformer::new(&model_cfg, VarBuilder::from_varmap(&policy_vars, DType::F32, dev))?;
         let value_vars = VarMap::new();
         let value_head = Linear::load(model_cfg.d_model, 1, true, VarBuilder::from_varmap(&value_vars, DType::F32, dev).pp(VALUE_HEAD))?;
         stage::zero_vars(&value_vars, VALUE_HEAD)?;
-        let (_, reference, _) = stage::load_decoder(&start, dev)?;
 
         let kl = KlController {
             coef: cfg.ppo.kl_coef,
@@ -518,12 +531,30 @@ impl PpoTrainer {
             let ckpt = checkpoint::latest(&start)?;
             checkpoint::load_weights(&policy_vars, &ckpt.join("model.safetensors"))?;
         }
+        let reference = if cfg.lora.enabled() {
+            lora::peft_target_modules(&model_cfg, &cfg.lora)?;
+            // after the start's weights are in; a resumed run's checkpoint then sets base
+            // and adapters in place
+            let n = lora::prepare(&mut lm, &policy_vars, &cfg.lora, cfg.train.seed)?;
+            eprintln!("LoRA rank {} (alpha {}) on {:?}: {n} adapter parameters train; the reference is the policy with its adapters off", cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets);
+            // the same weight tensors, adapters off: the policy's base is frozen, so this
+            // is the starting model throughout
+            lm.without_lora()
+        } else {
+            stage::load_decoder(&start, dev)?.1
+        };
         stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
+        if cfg.lora.enabled() {
+            // read back by load_model (generate, chat, compare), which folds the adapters in
+            lora::write_run_config(&o.out, &cfg.lora)?;
+        }
+        let adapter = cfg.lora.enabled().then(|| (model_cfg.clone(), cfg.lora.clone(), policy_vars.clone(), start.display().to_string()));
+        let lora_on = cfg.lora.enabled();
         let temperature = cfg.ppo.temperature as f64;
         // one PPO iteration is one step of the shared loop; its evaluations follow [ppo]
         let mut tc = cfg.train.clone();
         tc.eval_interval = cfg.ppo.eval_interval;
-        let task = PpoTask { policy: Policy { lm, value_head, temperature }, value_vars, reference, reward, fmt, train_prompts, val_prompts, kl, cfg };
+        let task = PpoTask { policy: Policy { lm, value_head, temperature }, value_vars, reference, reward, fmt, train_prompts, val_prompts, kl, cfg, lora: lora_on };
         let mut trainer = if o.resume {
             let t = Trainer::resume_task(tc, &o.out, policy_vars, Box::new(task))?;
             eprintln!("resuming {} after iteration {}", o.out.display(), t.step());
@@ -532,7 +563,7 @@ impl PpoTrainer {
             Trainer::from_task(tc, &o.out, policy_vars, Box::new(task))?
         };
         trainer.title = "RLHF with PPO: loss".into();
-        Ok(Self { trainer, out: o.out.clone(), quiet: o.quiet, stop_at: None })
+        Ok(Self { trainer, out: o.out.clone(), adapter, quiet: o.quiet, stop_at: None })
     }
 
     /// Run iterations until `train.max_steps`, the time limit, Ctrl-C or `stop_at`; then
@@ -541,6 +572,9 @@ impl PpoTrainer {
         self.trainer.quiet = self.quiet;
         self.trainer.stop_at = self.stop_at;
         let outcome = self.trainer.run()?;
+        if let Some((cfg, l, vars, base)) = &self.adapter {
+            lora::write_peft(&self.out.join(crate::reward::ADAPTER_DIR), cfg, l, vars, base)?;
+        }
         let records = ferrolm_train::metrics::read(&self.out.join("metrics.jsonl"))?;
         crate::plot::ppo_curves(&records, &self.out.join("ppo.svg"))?;
         let last = records.iter().rev().find(|r| r.loss.is_some()).map(|r| r.extra.clone()).unwrap_or_default();

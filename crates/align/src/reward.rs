@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use ferrolm_model::linear::Linear;
+use ferrolm_model::lora::{self, LoraConfig};
 use ferrolm_model::{Transformer, TransformerConfig};
 use ferrolm_tokenizer::Message;
 use ferrolm_train::data::step_seed;
@@ -36,6 +37,9 @@ pub struct RewardConfig {
     pub train: TrainConfig,
     pub data: DataSettings,
     pub reward: RewardSettings,
+    /// `lora.rank > 0`: LoRA adapters on the frozen body; the scalar head trains fully
+    /// (its weight only: its bias stays 0, as transformers' `score` has none).
+    pub lora: LoraConfig,
 }
 
 impl stage::StageConfig for RewardConfig {
@@ -60,6 +64,7 @@ impl Default for RewardConfig {
             },
             data: DataSettings::default(),
             reward: RewardSettings::default(),
+            lora: LoraConfig::default(),
         }
     }
 }
@@ -75,6 +80,13 @@ impl RewardModel {
         let body = Transformer::new(cfg, vb.clone())?;
         let head = Linear::load(cfg.d_model, 1, true, vb.pp(HEAD))?;
         Ok(Self { body, head })
+    }
+
+    /// The head as PEFT's SEQ_CLS saves it (`modules_to_save = ["score"]`): its weight
+    /// (1 × d_model); transformers' `score` has no bias, and a LoRA run keeps ferrolm's at 0.
+    pub fn peft_head(&self) -> lora::PeftTask {
+        let module = lora::PeftTask::seq_cls_module(self.body.config()).to_string();
+        lora::PeftTask { seq_cls: Some(lora::SeqClsHead { module, tensors: vec![("weight".into(), self.head.weight().clone())] }) }
     }
 
     /// Scalar reward of each row's full sequence (rows,).
@@ -102,15 +114,27 @@ pub struct LoadedReward {
     pub cfg: RewardConfig,
 }
 
-/// Load a reward run folder (its latest checkpoint).
+/// Load a reward run folder (its latest checkpoint); a LoRA run's adapters are folded into
+/// the body's weights.
 pub fn load(run_dir: &Path, device: &Device) -> Result<LoadedReward> {
+    load_with(run_dir, device, true)
+}
+
+/// [`load`], with a LoRA run's adapters folded in (`merge`) or kept as adapters.
+pub fn load_with(run_dir: &Path, device: &Device, merge: bool) -> Result<LoadedReward> {
     let model_cfg = stage::read_model(run_dir)?;
     let cfg: RewardConfig = stage::read_stage(run_dir)?;
     let varmap = VarMap::new();
-    let model = RewardModel::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let mut model = RewardModel::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    if cfg.lora.enabled() {
+        lora::attach(&mut model.body, &varmap, &cfg.lora, 0)?;
+    }
     let ckpt = ferrolm_train::checkpoint::latest(run_dir)?;
     ferrolm_train::checkpoint::load_weights(&varmap, &ckpt.join("model.safetensors"))
         .with_context(|| format!("{} is not a reward-model run", run_dir.display()))?;
+    if cfg.lora.enabled() && merge {
+        lora::merge(&mut model.body, &varmap)?;
+    }
     let fmt = Formatter::from_run(run_dir, model_cfg.max_seq_len, cfg.data.max_response_tokens)?;
     Ok(LoadedReward { model, fmt, cfg })
 }
@@ -170,9 +194,15 @@ pub struct RewardTask {
     batch_size: usize,
     grad_accum: usize,
     seed: u64,
+    /// Only the LoRA adapters and the head's weight train.
+    lora: bool,
 }
 
 impl TrainTask for RewardTask {
+    fn trainable(&self, name: &str) -> bool {
+        !self.lora || lora::is_adapter(name) || name == format!("{HEAD}.weight")
+    }
+
     fn micro_batch_loss(&self, step: usize, micro: usize) -> Result<(Tensor, usize)> {
         let idx = stage::batch_indices(self.train.len(), self.seed, step, micro, self.grad_accum, self.batch_size);
         let seqs: Vec<&Sequence> =
@@ -243,8 +273,12 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     anyhow::ensure!(!train.is_empty(), "no training pairs");
     anyhow::ensure!(!val.is_empty(), "no held-out pairs: raise data.val_fraction or add data");
 
+    if cfg.lora.enabled() {
+        // the adapters must be expressible in PEFT's names (checked before training)
+        lora::peft_target_modules(&model_cfg, &cfg.lora)?;
+    }
     let varmap = VarMap::new();
-    let model = RewardModel::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, &o.device))?;
+    let mut model = RewardModel::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, &o.device))?;
     if !o.resume {
         let ckpt = ferrolm_train::checkpoint::latest(&start)?;
         stage::load_with_new_heads(&varmap, &ckpt.join("model.safetensors"), &[HEAD])?;
@@ -253,6 +287,12 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     } else {
         stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
     }
+    if cfg.lora.enabled() {
+        // after the base's weights are in (a resumed run's checkpoint then holds the adapters)
+        let n = lora::prepare(&mut model.body, &varmap, &cfg.lora, cfg.train.seed)?;
+        eprintln!("LoRA rank {} (alpha {}) on {:?}: {n} adapter parameters and the head's {} weights train; the body stays frozen", cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, model_cfg.d_model);
+    }
+    let adapter = cfg.lora.enabled().then(|| (varmap.clone(), model.peft_head()));
     let task = RewardTask {
         model,
         train,
@@ -261,6 +301,7 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
         batch_size: cfg.train.batch_size,
         grad_accum: cfg.train.grad_accum,
         seed: cfg.train.seed,
+        lora: cfg.lora.enabled(),
     };
     let mut trainer = if o.resume {
         Trainer::resume_task(cfg.train.clone(), &o.out, varmap, Box::new(task))?
@@ -269,8 +310,17 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     };
     trainer.quiet = o.quiet;
     trainer.title = "reward model (Bradley-Terry)".into();
-    trainer.run()
+    let outcome = trainer.run()?;
+    if let Some((vars, head)) = adapter {
+        // PEFT SEQ_CLS: the adapters and `score` (modules_to_save), for
+        // AutoModelForSequenceClassification + PeftModel.from_pretrained on the base
+        lora::write_peft_for(&o.out.join(ADAPTER_DIR), &model_cfg, &cfg.lora, &vars, &start.display().to_string(), &head)?;
+    }
+    Ok(outcome)
 }
+
+/// Where a LoRA stage writes its PEFT adapter folder inside the run.
+pub const ADAPTER_DIR: &str = "adapter";
 
 /// `ferrolm reward eval`: pairwise accuracy on every pair of `data`, or with `held_out`
 /// only on the pairs the training run held out of the same files (its split rule and

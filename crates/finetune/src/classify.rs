@@ -37,6 +37,7 @@ use crate::baseline::{BowConfig, BowModel};
 use crate::metrics::ClassReport;
 use crate::records::{self, LabelledText, Located, OnBad, ReadReport};
 use crate::sft::batch_rows;
+use ferrolm_model::lora::{self, LoraConfig};
 
 /// Which body parameters are trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +124,9 @@ impl Default for ClassifyConfig {
 pub struct ClassifyStageConfig {
     pub train: TrainConfig,
     pub classify: ClassifyConfig,
+    /// `lora.rank > 0` (with `classify.train_body = "full"`): the body trains LoRA adapters
+    /// on its frozen weights, the head trains fully; the run writes a PEFT SEQ_CLS adapter.
+    pub lora: LoraConfig,
 }
 
 impl ClassifyStageConfig {
@@ -132,7 +136,40 @@ impl ClassifyStageConfig {
         c.classify.train_body.parse::<TrainBody>()?;
         c.classify.pooling.parse::<Pooling>()?;
         ensure!((0.0..1.0).contains(&c.classify.val_fraction), "classify.val_fraction must be in [0, 1)");
+        c.check_lora()?;
         Ok(c)
+    }
+
+    /// The combinations LoRA supports: adapters are how the body trains, so
+    /// `classify.train_body` must be "full"; the head must be transformers' sequence
+    /// classifier (no wide part).
+    pub fn check_lora(&self) -> Result<()> {
+        if !self.lora.enabled() {
+            return Ok(());
+        }
+        ensure!(
+            self.classify.train_body == "full",
+            "lora.rank = {} trains the body through adapters: set classify.train_body = \"full\" (got {:?}; \"frozen\" trains no adapter, \"top:N\" is not supported with LoRA)",
+            self.lora.rank,
+            self.classify.train_body
+        );
+        ensure!(
+            self.classify.ngram_buckets == 0,
+            "classify.ngram_buckets = {}: the wide n-gram part has no place in a PEFT sequence classifier; set it to 0 with lora.rank > 0",
+            self.classify.ngram_buckets
+        );
+        Ok(())
+    }
+}
+
+/// With LoRA: the pooling transformers' `*ForSequenceClassification` uses on this body
+/// (decoders: the last real token; BERT: the pooler), or a config error naming the key.
+fn check_lora_pooling(kind: ModelKind, pooling: Pooling) -> Result<()> {
+    match (kind, pooling) {
+        (ModelKind::MaskedLm, Pooling::Auto) => Ok(()),
+        (ModelKind::MaskedLm, p) => bail!("classify.pooling = {p:?} with lora.rank > 0: BertForSequenceClassification reads the pooler; use classify.pooling = \"auto\" (a masked LM without a pooler cannot take LoRA here)"),
+        (_, Pooling::Auto | Pooling::Last) => Ok(()),
+        (_, p) => bail!("classify.pooling = {p:?} with lora.rank > 0: *ForSequenceClassification on a decoder reads the last token; use classify.pooling = \"auto\" or \"last\""),
     }
 }
 
@@ -191,6 +228,40 @@ pub fn label_ids(recs: &[LabelledText], labels: &[String]) -> Result<Vec<u32>> {
 pub enum Body {
     Decoder(Transformer),
     MaskedLm(MaskedLm),
+}
+
+impl Body {
+    /// Give the body fresh LoRA adapters and freeze its linear weights (see
+    /// [`lora::prepare`]); returns the number of adapter parameters.
+    pub fn prepare_lora(&mut self, vm: &VarMap, l: &LoraConfig, seed: u64) -> Result<usize> {
+        match self {
+            Body::Decoder(m) => lora::prepare(m, vm, l, seed),
+            Body::MaskedLm(m) => lora::prepare(m, vm, l, seed),
+        }
+    }
+
+    /// Attach adapters (their values to be loaded from a checkpoint).
+    pub fn attach_lora(&mut self, vm: &VarMap, l: &LoraConfig) -> Result<usize> {
+        match self {
+            Body::Decoder(m) => lora::attach(m, vm, l, 0),
+            Body::MaskedLm(m) => lora::attach(m, vm, l, 0),
+        }
+    }
+
+    /// Fold the adapters into the weights.
+    pub fn merge_lora(&mut self, vm: &VarMap) -> Result<()> {
+        match self {
+            Body::Decoder(m) => lora::merge(m, vm),
+            Body::MaskedLm(m) => lora::merge(m, vm),
+        }
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        match self {
+            Body::Decoder(m) => m.config(),
+            Body::MaskedLm(m) => m.config(),
+        }
+    }
 }
 
 /// The classifier: a body and a linear head, and optionally the wide part's table
@@ -252,13 +323,26 @@ impl Classifier {
         Ok((cfg.clone(), Self { body, head, wide, pooling: cc.pooling.parse()?, labels, n_layers: cfg.n_layers, kind: cfg.kind }, vm))
     }
 
-    /// A trained classifier run folder (body and head from its latest checkpoint).
+    /// A trained classifier run folder (body and head from its latest checkpoint); a LoRA
+    /// run's adapters are folded into the body's weights.
     pub fn load(run_dir: &Path, device: &Device) -> Result<(Self, Tokenizer, ClassifyRunInfo)> {
+        Self::load_with(run_dir, device, true)
+    }
+
+    /// [`Self::load`], with a LoRA run's adapters folded in (`merge`) or kept as adapters.
+    pub fn load_with(run_dir: &Path, device: &Device, merge: bool) -> Result<(Self, Tokenizer, ClassifyRunInfo)> {
         let info = ClassifyRunInfo::load(run_dir)?;
-        let (cfg, body, vm) = load_body(run_dir, device)?;
+        let (cfg, mut body, vm) = load_body(run_dir, device)?;
         let cc = &info.config.classify;
         let (head, wide) = new_heads(&vm, cfg.d_model, info.labels.len(), cc.ngram_buckets, device)?;
+        let l = &info.config.lora;
+        if l.enabled() {
+            body.attach_lora(&vm, l)?;
+        }
         load_latest(run_dir, &vm)?;
+        if l.enabled() && merge {
+            body.merge_lora(&vm)?;
+        }
         let tok = crate::prompt::load_tokenizer(run_dir)?;
         let pooling = cc.pooling.parse()?;
         Ok((Self { body, head, wide, pooling, labels: info.labels.clone(), n_layers: cfg.n_layers, kind: cfg.kind }, tok, info))
@@ -484,6 +568,9 @@ pub struct ClassifyTask {
     batch_size: usize,
     grad_accum: usize,
     seed: u64,
+    /// Only the body's LoRA adapters and the head train (a decoder's head without its bias,
+    /// as transformers' `score`).
+    pub lora: bool,
 }
 
 impl ClassifyTask {
@@ -497,7 +584,7 @@ impl ClassifyTask {
         };
         let grams = |ids: &[Vec<u32>]| ids.iter().map(|x| ngram_ids(x, skip, clf.ngram_buckets())).collect::<Vec<_>>();
         let (train_grams, val_grams) = (grams(&train_ids), grams(&val_ids));
-        Ok(Self { clf, mode, train_ids, train_y, val_ids, val_y, train_grams, val_grams, cached, pad, skip, batch_size: tc.batch_size, grad_accum: tc.grad_accum, seed: tc.seed })
+        Ok(Self { clf, mode, train_ids, train_y, val_ids, val_y, train_grams, val_grams, cached, pad, skip, batch_size: tc.batch_size, grad_accum: tc.grad_accum, seed: tc.seed, lora: false })
     }
 
     /// Predicted label indices and the mean cross-entropy on the held-out set.
@@ -550,6 +637,9 @@ impl TrainTask for ClassifyTask {
     }
 
     fn trainable(&self, name: &str) -> bool {
+        if self.lora {
+            return lora::is_adapter(name) || name == "cls_head.weight" || (name == "cls_head.bias" && self.clf.kind == ModelKind::MaskedLm);
+        }
         self.clf.trainable(name, self.mode)
     }
 }
@@ -595,26 +685,54 @@ pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[Path
     let train_y = label_ids(&train, &labels)?;
     let val_y = label_ids(&val_recs, &labels).context("in the held-out data")?;
     let tok = crate::prompt::load_tokenizer(base)?;
-    let (body_cfg, clf, vm) = Classifier::from_pretrained(base, labels.clone(), cc, cfg.train.seed, device)?;
+    cfg.check_lora()?;
+    let (body_cfg, mut clf, vm) = Classifier::from_pretrained(base, labels.clone(), cc, cfg.train.seed, device)?;
+    let peft_head = if cfg.lora.enabled() {
+        check_lora_pooling(body_cfg.kind, clf.pooling)?;
+        // the adapters must be expressible in PEFT's names (checked before training)
+        lora::peft_target_modules(&body_cfg, &cfg.lora)?;
+        let n = clf.body.prepare_lora(&vm, &cfg.lora, cfg.train.seed)?;
+        let module = lora::PeftTask::seq_cls_module(&body_cfg).to_string();
+        let mut tensors = vec![("weight".to_string(), clf.head.weight().clone())];
+        if body_cfg.kind == ModelKind::MaskedLm {
+            tensors.push(("bias".to_string(), clf.head.bias().context("the head has a bias")?.clone()));
+        } else {
+            // transformers' `score` on a decoder has no bias: keep ours at 0, frozen
+            let data = vm.data().lock().expect("varmap lock");
+            let b = data.get("cls_head.bias").context("the head has a bias")?;
+            b.set(&b.as_tensor().zeros_like()?)?;
+        }
+        eprintln!("LoRA rank {} (alpha {}) on {:?}: {n} adapter parameters and the head train; the body's weights stay frozen", cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets);
+        Some(lora::PeftTask { seq_cls: Some(lora::SeqClsHead { module, tensors }) })
+    } else {
+        None
+    };
     let max_len = if cc.max_len == 0 { body_cfg.max_seq_len } else { cc.max_len.min(body_cfg.max_seq_len) };
     let enc = |recs: &[LabelledText]| recs.iter().map(|r| encode_text(&tok, &r.text, max_len)).collect::<Vec<_>>();
     let (train_ids, val_ids) = (enc(&train), enc(&val_recs));
     eprintln!("{} training texts, {} held out, labels {labels:?}, body {}", train_ids.len(), val_ids.len(), cc.train_body);
 
     std::fs::create_dir_all(out)?;
-    let out_cfg = RunConfig::transformer(body_cfg, cfg.train.clone(), Default::default());
+    let out_cfg = RunConfig::transformer(body_cfg.clone(), cfg.train.clone(), Default::default());
     ferrolm_common::write_atomic(out.join("config.toml"), out_cfg.to_toml())?;
     let info = ClassifyRunInfo { base: base.display().to_string(), labels: labels.clone(), max_len, config: cfg.clone() };
     ferrolm_common::write_atomic(out.join("classify.toml"), toml::to_string_pretty(&info)?)?;
     tok.save(&out.join("tokenizer.json"))?;
     ferrolm_common::write_atomic(out.join("data_report.json"), serde_json::to_vec_pretty(&report)?)?;
 
-    let task = ClassifyTask::new(clf, mode, train_ids.clone(), train_y, val_ids, val_y, crate::prompt::pad_id(&tok), crate::prompt::bos(&tok).len(), &cfg.train)?;
+    let mut task = ClassifyTask::new(clf, mode, train_ids.clone(), train_y, val_ids, val_y, crate::prompt::pad_id(&tok), crate::prompt::bos(&tok).len(), &cfg.train)?;
+    task.lora = cfg.lora.enabled();
     let (before, _) = task.val_report()?;
+    let adapter_vars = vm.clone();
     let mut trainer = Trainer::from_task(cfg.train.clone(), out, vm, Box::new(task))?;
     trainer.quiet = quiet;
-    trainer.title = format!("ferrolm classify ({})", cc.train_body);
+    trainer.title = format!("ferrolm classify ({}{})", cc.train_body, if cfg.lora.enabled() { ", LoRA" } else { "" });
     let outcome = trainer.run()?;
+    if let Some(head) = &peft_head {
+        // PEFT SEQ_CLS: the adapters and the head (modules_to_save), for
+        // AutoModelForSequenceClassification + PeftModel.from_pretrained on the base
+        lora::write_peft_for(&out.join("adapter"), &body_cfg, &cfg.lora, &adapter_vars, &base.display().to_string(), head)?;
+    }
     eprintln!("{}", describe_eval(outcome.val.as_ref().context("no final evaluation")?));
     // Re-load the saved classifier: the figures are those of the folder's weights.
     let (clf, tok, info) = Classifier::load(out, device)?;

@@ -448,3 +448,108 @@ fn lora_sft_trains_only_adapters_and_the_run_loads_merged() {
     assert!(max((l(&merged) - l(&adapted)).unwrap()) < 1e-4, "merged = base + adapters");
     assert!(max((l(&merged) - plain).unwrap()) > 1e-3, "the adapters changed the model");
 }
+
+/// A base run from an explicit config (a BERT-shaped masked LM: GELU MLP, post-norm, pooler).
+fn base_run_cfg(dir: &Path, model: TransformerConfig) -> PathBuf {
+    let tok = fixture_tokenizer();
+    let cfg = RunConfig::transformer(model, TrainConfig::default(), Default::default());
+    let (_, vm) = AnyModel::build_fresh(&cfg.model, &Device::Cpu).unwrap();
+    ferrolm_model::init_weights(&cfg.model, &vm, 7).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let state = TrainState { format: checkpoint::FORMAT_VERSION, step: 0, adam_t: 0, seed: 7, tokens_seen: 0, elapsed_secs: 0.0, last_train_loss: None };
+    checkpoint::save(dir, &vm, HashMap::new(), &state, 1).unwrap();
+    ferrolm_common::write_atomic(dir.join("config.toml"), cfg.to_toml()).unwrap();
+    tok.save(&dir.join("tokenizer.json")).unwrap();
+    dir.to_path_buf()
+}
+
+/// Labelled texts whose label words come first and whose last tokens are label-free filler:
+/// a head on the untrained body's last-token features starts near chance, and the body
+/// (here its adapters) has to carry the label to where the head reads it.
+fn label_first_fixture(dir: &Path, name: &str, n: usize, seed: usize) -> PathBuf {
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let pos = (i * 7 + seed).is_multiple_of(2);
+        let text = format!("{} the {} {}", if pos { "good film" } else { "bad movie" }, WORDS[(i * 3 + i / 5 + seed) % 5], WORDS[(i / 2 + seed) % 4]);
+        lines.push(serde_json::json!({"text": text, "label": if pos { "positive" } else { "negative" }}).to_string());
+    }
+    write_file(dir, name, &(lines.join("\n") + "\n"))
+}
+
+fn run_tensors(dir: &Path) -> HashMap<String, Tensor> {
+    ferrolm_model::registry::load_tensors(&ferrolm_model::registry::latest_checkpoint(dir).unwrap().join("model.safetensors")).unwrap()
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// LoRA classification on a decoder (PEFT SEQ_CLS `score`, no bias) and on a BERT-shaped
+/// masked LM (`classifier` with its bias, adapters under BERT's module names): accuracy rises
+/// from chance, the body stays bit-identical, merged = unmerged, PEFT key names.
+#[test]
+fn lora_classify_on_decoder_and_bert_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = label_first_fixture(dir.path(), "train.jsonl", 80, 0);
+    let val = label_first_fixture(dir.path(), "val.jsonl", 30, 1);
+    let tok = fixture_tokenizer();
+    let dec = base_run(&dir.path().join("dec"), ModelKind::Causal);
+    let bert_cfg = TransformerConfig { block: ferrolm_model::BlockStyle::Gpt2, post_norm: true, pooler: true, n_kv_heads: 4, ..model_cfg(&tok, ModelKind::MaskedLm) };
+    let bert = base_run_cfg(&dir.path().join("bert"), bert_cfg);
+    let lcfg = ferrolm_model::lora::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.05, targets: vec!["all".into()] };
+    for (base, head, prefix) in [(&dec, "score", "base_model.model.model.layers."), (&bert, "classifier", "base_model.model.bert.encoder.layer.")] {
+        let out = dir.path().join(format!("lora-{head}"));
+        let mut cfg = classify_cfg("full", 60);
+        cfg.lora = lcfg.clone();
+        let rep = classify::run_classify_train(base, &out, std::slice::from_ref(&train), std::slice::from_ref(&val), cfg, true, &Device::Cpu).unwrap();
+        println!("LoRA classify ({head} head): held-out accuracy {:.3} before training, {:.3} after (30 texts, 2 balanced labels)", rep.before.accuracy, rep.after.accuracy);
+        assert!(rep.after.accuracy >= 0.9 && rep.after.accuracy > rep.before.accuracy, "{head}: {} -> {}", rep.before.accuracy, rep.after.accuracy);
+        // the body's weights are the base's, bit for bit
+        let (b, r) = (run_tensors(base), run_tensors(&out));
+        for (name, t) in &b {
+            assert_eq!(flat(t), flat(&r[name]), "{head}: base weight {name} moved");
+        }
+        assert!(r.iter().any(|(n, t)| n.contains(".lora_b.") && flat(t).iter().any(|&v| v != 0.0)));
+        if head == "score" {
+            assert!(flat(&r["cls_head.bias"]).iter().all(|&v| v == 0.0), "a decoder's score has no bias: ours stays 0");
+        }
+        // PEFT SEQ_CLS files
+        let a = out.join("adapter");
+        let pc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!((pc["task_type"].as_str(), pc["modules_to_save"].clone()), (Some("SEQ_CLS"), serde_json::json!([head])));
+        let pt = candle_core::safetensors::load(a.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+        assert_eq!(flat(&pt[&format!("base_model.model.{head}.weight")]), flat(&r["cls_head.weight"]));
+        assert_eq!(pt.contains_key(&format!("base_model.model.{head}.bias")), head == "classifier");
+        let n_heads = if head == "classifier" { 2 } else { 1 };
+        let targets = if head == "classifier" { 6 } else { 7 };
+        assert_eq!(pt.len(), 2 * targets * 2 + n_heads, "{:?}", pt.keys());
+        assert!(pt.keys().all(|k| k.starts_with(&format!("base_model.model.{head}.")) || (k.starts_with(prefix) && (k.ends_with(".lora_A.weight") || k.ends_with(".lora_B.weight")))), "{:?}", pt.keys());
+        if head == "classifier" {
+            assert!(pt.contains_key("base_model.model.bert.encoder.layer.1.attention.self.query.lora_A.weight"));
+            assert_eq!(pc["target_modules"], serde_json::json!(["query", "key", "value", "output.dense", "intermediate.dense"]));
+        }
+        // merged weights give the unmerged probabilities
+        let texts = ["a dog good film".to_string(), "the sky bad movie".to_string()];
+        let (m, tok, info) = Classifier::load_with(&out, &Device::Cpu, true).unwrap();
+        let (u, _, _) = Classifier::load_with(&out, &Device::Cpu, false).unwrap();
+        let (pm, pu) = (classify::predict_texts(&m, &tok, info.max_len, &texts).unwrap(), classify::predict_texts(&u, &tok, info.max_len, &texts).unwrap());
+        for (x, y) in pm.iter().flatten().zip(pu.iter().flatten()) {
+            assert!((x - y).abs() < 1e-5, "{head}: merged {pm:?} vs unmerged {pu:?}");
+        }
+    }
+    // unsupported combinations are config errors naming the key
+    let err = |f: &dyn Fn(&mut ClassifyStageConfig), base: &Path| {
+        let mut cfg = classify_cfg("full", 1);
+        cfg.lora = lcfg.clone();
+        f(&mut cfg);
+        classify::run_classify_train(base, &dir.path().join("bad"), std::slice::from_ref(&train), std::slice::from_ref(&val), cfg, true, &Device::Cpu).unwrap_err().to_string()
+    };
+    assert!(err(&|c| c.classify.train_body = "frozen".into(), &dec).contains("classify.train_body"));
+    assert!(err(&|c| c.classify.ngram_buckets = 64, &dec).contains("classify.ngram_buckets"));
+    assert!(err(&|c| c.classify.pooling = "mean".into(), &dec).contains("classify.pooling"));
+    assert!(err(&|c| c.classify.pooling = "first".into(), &bert).contains("classify.pooling"));
+    // a masked LM with SwiGLU blocks has a gate BERT lacks: PEFT cannot name it
+    let swiglu = base_run(&dir.path().join("mlm"), ModelKind::MaskedLm);
+    let e = err(&|_| {}, &swiglu);
+    assert!(e.contains("gate"), "{e}");
+}

@@ -16,9 +16,74 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BlockStyle, TransformerConfig};
+use crate::config::{BlockStyle, ModelKind, TransformerConfig};
 use crate::linear::{LoraAdapter, LoraPart};
+use crate::masked_lm::MaskedLm;
 use crate::transformer::Transformer;
+
+/// A model whose block stack can carry LoRA adapters: the decoder ([`Transformer`], stack
+/// `decoder.blocks`) and the masked LM ([`MaskedLm`], stack `encoder.blocks`).
+pub trait LoraHost {
+    fn lora_config(&self) -> &TransformerConfig;
+    fn lora_device(&self) -> &candle_core::Device;
+    /// Attach adapters keyed by layer variable prefix; each one used is removed from the map.
+    fn set_lora(&mut self, adapters: &mut HashMap<String, LoraAdapter>) -> candle_core::Result<()>;
+    /// Detach every adapter, with its layer's variable prefix.
+    fn take_lora(&mut self) -> Vec<(String, LoraAdapter)>;
+    /// Freeze the linear layers' weights (no weight gradients): a base under adapters.
+    fn freeze_linears(&mut self);
+}
+
+impl LoraHost for Transformer {
+    fn lora_config(&self) -> &TransformerConfig {
+        self.config()
+    }
+    fn lora_device(&self) -> &candle_core::Device {
+        self.device()
+    }
+    fn set_lora(&mut self, adapters: &mut HashMap<String, LoraAdapter>) -> candle_core::Result<()> {
+        Transformer::set_lora(self, adapters)
+    }
+    fn take_lora(&mut self) -> Vec<(String, LoraAdapter)> {
+        Transformer::take_lora(self)
+    }
+    fn freeze_linears(&mut self) {
+        Transformer::freeze_linears(self)
+    }
+}
+
+impl LoraHost for MaskedLm {
+    fn lora_config(&self) -> &TransformerConfig {
+        self.config()
+    }
+    fn lora_device(&self) -> &candle_core::Device {
+        self.device()
+    }
+    fn set_lora(&mut self, adapters: &mut HashMap<String, LoraAdapter>) -> candle_core::Result<()> {
+        MaskedLm::set_lora(self, adapters)
+    }
+    fn take_lora(&mut self) -> Vec<(String, LoraAdapter)> {
+        MaskedLm::take_lora(self)
+    }
+    fn freeze_linears(&mut self) {
+        MaskedLm::freeze_linears(self)
+    }
+}
+
+/// The variable prefix of the adapted block stack: `encoder.blocks` of a masked LM,
+/// `decoder.blocks` of a decoder.
+pub fn stack_prefix(cfg: &TransformerConfig) -> &'static str {
+    if cfg.kind == ModelKind::MaskedLm {
+        "encoder.blocks"
+    } else {
+        "decoder.blocks"
+    }
+}
+
+/// GPT-2 decoders fuse q, k and v in HF's `c_attn` too (BERT splits them).
+fn fused_qkv(cfg: &TransformerConfig) -> bool {
+    cfg.block == BlockStyle::Gpt2 && cfg.kind != ModelKind::MaskedLm
+}
 
 /// The targets a decoder block offers: attention q, k, v and output projections; the MLP's
 /// gate, up and down projections (GPT-2 blocks: `up` is `c_fc`, `down` is `c_proj`, and
@@ -99,7 +164,7 @@ fn layer_targets(cfg: &TransformerConfig) -> Vec<(String, Vec<TargetRows>)> {
     let (d, q, kv, f) = (cfg.d_model, cfg.q_width(), cfg.kv_width(), cfg.ff_dim());
     let mut out = Vec::new();
     for i in 0..cfg.n_layers {
-        let p = format!("decoder.blocks.{i}");
+        let p = format!("{}.{i}", stack_prefix(cfg));
         out.push((format!("{p}.attn.qkv"), vec![("q", 0, q), ("k", q, kv), ("v", q + kv, kv)]));
         out.push((format!("{p}.attn.proj"), vec![("o", 0, d)]));
         match cfg.block {
@@ -119,11 +184,16 @@ fn layer_targets(cfg: &TransformerConfig) -> Vec<(String, Vec<TargetRows>)> {
 
 /// Give `model` fresh adapters (A seeded from `seed`, B zero) on the configured targets,
 /// their variables added to `varmap`. Returns the number of adapter parameters.
-pub fn attach(model: &mut Transformer, varmap: &VarMap, lora: &LoraConfig, seed: u64) -> Result<usize> {
-    let cfg = model.config().clone();
+pub fn attach<M: LoraHost>(model: &mut M, varmap: &VarMap, lora: &LoraConfig, seed: u64) -> Result<usize> {
+    let cfg = model.lora_config().clone();
+    ensure!(
+        matches!(cfg.kind, ModelKind::Causal | ModelKind::Prefix | ModelKind::MaskedLm),
+        "LoRA adapters go on decoders and masked LMs, not model.kind = {:?}",
+        cfg.kind
+    );
     lora.validate(&cfg)?;
     let lora = lora.resolved(&cfg);
-    let dev = model.device().clone();
+    let dev = model.lora_device().clone();
     let mut adapters: HashMap<String, LoraAdapter> = HashMap::new();
     let mut params = 0;
     let mut data = varmap.data().lock().expect("varmap lock");
@@ -158,7 +228,7 @@ pub fn attach(model: &mut Transformer, varmap: &VarMap, lora: &LoraConfig, seed:
 /// What a LoRA stage does to its starting model: fresh adapters ([`attach`]) and the base's
 /// linear weights frozen (no weight gradients for what does not train). Returns the
 /// number of adapter parameters.
-pub fn prepare(model: &mut Transformer, varmap: &VarMap, lora: &LoraConfig, seed: u64) -> Result<usize> {
+pub fn prepare<M: LoraHost>(model: &mut M, varmap: &VarMap, lora: &LoraConfig, seed: u64) -> Result<usize> {
     let n = attach(model, varmap, lora, seed)?;
     model.freeze_linears();
     Ok(n)
@@ -167,7 +237,7 @@ pub fn prepare(model: &mut Transformer, varmap: &VarMap, lora: &LoraConfig, seed
 /// Fold every adapter into its base weight (W[rows] += scale·B·A), drop the adapters from
 /// the model and their variables from `varmap`: the model then computes what the adapted
 /// one did, at the base model's cost.
-pub fn merge(model: &mut Transformer, varmap: &VarMap) -> Result<()> {
+pub fn merge<M: LoraHost>(model: &mut M, varmap: &VarMap) -> Result<()> {
     let adapters = model.take_lora();
     let mut data = varmap.data().lock().expect("varmap lock");
     for (prefix, adapter) in adapters {
@@ -188,13 +258,27 @@ pub fn merge(model: &mut Transformer, varmap: &VarMap) -> Result<()> {
 
 /// The HF (transformers) module a ferrolm layer is, as PEFT keys its adapters:
 /// `model.layers.3.self_attn.q_proj` (Llama family; one module per target, q/k/v split),
-/// `transformer.h.3.attn.c_attn` (GPT-2; q, k and v share the fused `c_attn`).
+/// `transformer.h.3.attn.c_attn` (GPT-2; q, k and v share the fused `c_attn`),
+/// `bert.encoder.layer.3.attention.self.query` (masked LMs, in BERT's naming).
 fn hf_module(cfg: &TransformerConfig, prefix: &str, target: &str) -> Result<String> {
     let layer: usize = prefix
-        .strip_prefix("decoder.blocks.")
+        .strip_prefix(stack_prefix(cfg))
+        .and_then(|r| r.strip_prefix('.'))
         .and_then(|r| r.split('.').next())
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("not a block layer: {prefix}"))?;
+    if cfg.kind == ModelKind::MaskedLm {
+        let m = match target {
+            "q" => "attention.self.query",
+            "k" => "attention.self.key",
+            "v" => "attention.self.value",
+            "o" => "attention.output.dense",
+            "up" => "intermediate.dense",
+            "down" => "output.dense",
+            _ => bail!("LoRA target `{target}` has no BERT module (BERT's MLP is up = intermediate.dense, down = output.dense)"),
+        };
+        return Ok(format!("bert.encoder.layer.{layer}.{m}"));
+    }
     Ok(match cfg.block {
         BlockStyle::Modern => {
             let m = match target {
@@ -217,28 +301,88 @@ fn hf_module(cfg: &TransformerConfig, prefix: &str, target: &str) -> Result<Stri
     })
 }
 
+/// The other linear modules of the HF model (heads, pooler) that a `target_modules` name
+/// must not catch.
+fn hf_other_modules(cfg: &TransformerConfig) -> Vec<String> {
+    if cfg.kind == ModelKind::MaskedLm {
+        ["bert.pooler.dense", "cls.predictions.transform.dense", "cls.predictions.decoder", "classifier"].map(String::from).to_vec()
+    } else {
+        ["lm_head", "score"].map(String::from).to_vec()
+    }
+}
+
 /// How many of q, k, v are adapted: on GPT-2 their adapters become one adapter of the
 /// fused `c_attn` of that many times the rank (stacked A, block-placed B: the same update).
 fn fused_qkv_parts(lora: &LoraConfig) -> usize {
     lora.targets.iter().filter(|t| matches!(t.as_str(), "q" | "k" | "v")).count()
 }
 
-/// PEFT's module names (`target_modules`, matched as name suffixes) for the targets.
-pub fn peft_target_modules(cfg: &TransformerConfig, lora: &LoraConfig) -> Result<Vec<String>> {
+/// PEFT's `target_modules` for the targets: the shortest module-name suffixes that catch
+/// exactly the targeted modules of every layer (PEFT matches a name `n` when the module's
+/// path is `n` or ends with `.n`): `q_proj` (Llama), `c_attn`, `c_fc`; `c_proj` when both
+/// GPT-2 projections are targeted, else `attn.c_proj` / `mlp.c_proj`; BERT's `query`,
+/// `intermediate.dense`, `attention.output.dense`. When no list of suffixes can say it
+/// (BERT's `output.dense` without `attention.output.dense`), a regular expression over the
+/// full path, which PEFT matches with `re.fullmatch`.
+pub fn peft_target_modules(cfg: &TransformerConfig, lora: &LoraConfig) -> Result<serde_json::Value> {
     let lora = lora.resolved(cfg);
+    let all_targets: Vec<&str> = TARGETS.iter().copied().filter(|t| hf_module(cfg, &format!("{}.0", stack_prefix(cfg)), t).is_ok()).collect();
+    let layers = cfg.n_layers.max(1);
+    let modules_of = |targets: &[&str]| -> Result<Vec<String>> {
+        let mut v = Vec::new();
+        for i in 0..layers {
+            for t in targets {
+                let m = hf_module(cfg, &format!("{}.{i}", stack_prefix(cfg)), t)?;
+                if !v.contains(&m) {
+                    v.push(m);
+                }
+            }
+        }
+        Ok(v)
+    };
+    let chosen: Vec<&str> = lora.targets.iter().map(String::as_str).collect();
+    let targeted = modules_of(&chosen)?;
+    let mut every = modules_of(&all_targets)?;
+    every.extend(hf_other_modules(cfg));
+    let catches = |suffix: &str| every.iter().filter(|m| *m == suffix || m.ends_with(&format!(".{suffix}"))).cloned().collect::<Vec<_>>();
     let mut names: Vec<String> = Vec::new();
-    for t in &lora.targets {
-        let full = hf_module(cfg, "decoder.blocks.0", t)?;
-        // `attn.c_proj` and `mlp.c_proj` share a leaf name on GPT-2: keep the parent.
-        let leaf = match cfg.block {
-            BlockStyle::Gpt2 => full.splitn(4, '.').nth(3).unwrap_or(&full).to_string(),
-            BlockStyle::Modern => full.rsplit('.').next().unwrap_or(&full).to_string(),
-        };
-        if !names.contains(&leaf) {
-            names.push(leaf);
+    let mut regex = false;
+    for t in &chosen {
+        let full = hf_module(cfg, &format!("{}.0", stack_prefix(cfg)), t)?;
+        let parts: Vec<&str> = full.split('.').collect();
+        let mut found = None;
+        for k in 1..=parts.len() {
+            let suffix = parts[parts.len() - k..].join(".");
+            if suffix.split('.').any(|p| p.parse::<usize>().is_ok()) {
+                break; // a layer number: the suffix would name one layer only
+            }
+            if catches(&suffix).iter().all(|m| targeted.contains(m)) {
+                found = Some(suffix);
+                break;
+            }
+        }
+        match found {
+            Some(n) if !names.contains(&n) => names.push(n),
+            Some(_) => {}
+            None => regex = true,
         }
     }
-    Ok(names)
+    if regex {
+        let mut alts: Vec<String> = Vec::new();
+        for t in &chosen {
+            let full = hf_module(cfg, &format!("{}.0", stack_prefix(cfg)), t)?;
+            let pattern = full.split('.').map(|p| if p == "0" { r"\d+".to_string() } else { regex_escape(p) }).collect::<Vec<_>>().join(r"\.");
+            if !alts.contains(&pattern) {
+                alts.push(pattern);
+            }
+        }
+        return Ok(serde_json::Value::String(format!("(?:{})", alts.join("|"))));
+    }
+    Ok(serde_json::json!(names))
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars().flat_map(|c| if c.is_ascii_alphanumeric() || c == '_' { vec![c] } else { vec!['\\', c] }).collect()
 }
 
 /// The adapter tensors under PEFT's names
@@ -257,7 +401,7 @@ pub fn peft_tensors(cfg: &TransformerConfig, varmap: &VarMap) -> Result<HashMap<
         if found.is_empty() {
             continue;
         }
-        if cfg.block == BlockStyle::Gpt2 && prefix.ends_with("attn.qkv") {
+        if fused_qkv(cfg) && prefix.ends_with("attn.qkv") {
             // One c_attn adapter: A = [A_q; A_k; A_v] (k·r × in); B puts each B_s in its
             // rows and its own r columns, zero elsewhere.
             let module = hf_module(cfg, &prefix, "q")?;
@@ -282,19 +426,62 @@ pub fn peft_tensors(cfg: &TransformerConfig, varmap: &VarMap) -> Result<HashMap<
     Ok(out)
 }
 
-/// PEFT's `adapter_config.json` for these adapters on the base model `base`.
+/// What PEFT's model class is: `CAUSAL_LM` (the LM head is the base's), or `SEQ_CLS`
+/// (transformers' `*ForSequenceClassification`: a head that trains fully and is saved
+/// whole, PEFT's `modules_to_save`).
+#[derive(Debug, Clone, Default)]
+pub struct PeftTask {
+    /// `None`: CAUSAL_LM.
+    pub seq_cls: Option<SeqClsHead>,
+}
+
+/// A sequence-classification head saved beside the adapters.
+#[derive(Debug, Clone)]
+pub struct SeqClsHead {
+    /// The head's module in the HF model: `score` (decoders), `classifier` (BERT).
+    pub module: String,
+    /// Its tensors by parameter name (`weight`, `bias`).
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+impl PeftTask {
+    pub fn causal_lm() -> Self {
+        Self { seq_cls: None }
+    }
+
+    /// The HF head module of a sequence classifier on this body: `score` on decoders
+    /// (no bias in transformers), `classifier` on BERT.
+    pub fn seq_cls_module(cfg: &TransformerConfig) -> &'static str {
+        if cfg.kind == ModelKind::MaskedLm {
+            "classifier"
+        } else {
+            "score"
+        }
+    }
+}
+
+/// PEFT's `adapter_config.json` for these adapters on the base model `base` (a causal LM).
 pub fn peft_config(cfg: &TransformerConfig, lora: &LoraConfig, base: &str) -> Result<serde_json::Value> {
+    peft_config_for(cfg, lora, base, &PeftTask::causal_lm())
+}
+
+/// PEFT's `adapter_config.json` for these adapters, as the model class of `task`.
+pub fn peft_config_for(cfg: &TransformerConfig, lora: &LoraConfig, base: &str, task: &PeftTask) -> Result<serde_json::Value> {
     let lora = lora.resolved(cfg);
     let (mut rank_pattern, mut alpha_pattern) = (serde_json::Map::new(), serde_json::Map::new());
     let k = fused_qkv_parts(&lora);
-    if cfg.block == BlockStyle::Gpt2 && k > 1 {
+    if fused_qkv(cfg) && k > 1 {
         // c_attn's stacked adapter has k·r ranks; k·alpha keeps the scale alpha / r.
         rank_pattern.insert("c_attn".into(), serde_json::json!(k * lora.rank));
         alpha_pattern.insert("c_attn".into(), serde_json::json!(k as f64 * lora.alpha));
     }
+    let (task_type, modules_to_save) = match &task.seq_cls {
+        Some(h) => ("SEQ_CLS", serde_json::json!([h.module])),
+        None => ("CAUSAL_LM", serde_json::Value::Null),
+    };
     Ok(serde_json::json!({
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": task_type,
         "base_model_name_or_path": base,
         "r": lora.rank,
         "lora_alpha": lora.alpha,
@@ -304,25 +491,36 @@ pub fn peft_config(cfg: &TransformerConfig, lora: &LoraConfig, base: &str) -> Re
         "alpha_pattern": alpha_pattern,
         "bias": "none",
         // GPT-2's Conv1D stores W transposed; PEFT then transposes the update itself.
-        "fan_in_fan_out": cfg.block == BlockStyle::Gpt2,
+        "fan_in_fan_out": fused_qkv(cfg),
         "use_rslora": false,
         "use_dora": false,
         "init_lora_weights": true,
         "inference_mode": true,
-        "modules_to_save": null,
+        "modules_to_save": modules_to_save,
         "revision": null,
     }))
 }
 
 /// Write `adapter_model.safetensors` and `adapter_config.json` (each atomically) into `dir`.
 pub fn write_peft(dir: &std::path::Path, cfg: &TransformerConfig, lora: &LoraConfig, varmap: &VarMap, base: &str) -> Result<()> {
+    write_peft_for(dir, cfg, lora, varmap, base, &PeftTask::causal_lm())
+}
+
+/// [`write_peft`] for the model class of `task`: a SEQ_CLS head's tensors are saved as
+/// PEFT saves `modules_to_save`, `base_model.model.<module>.<param>` (`…score.weight`).
+pub fn write_peft_for(dir: &std::path::Path, cfg: &TransformerConfig, lora: &LoraConfig, varmap: &VarMap, base: &str, task: &PeftTask) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tensors = peft_tensors(cfg, varmap)?;
+    let mut tensors = peft_tensors(cfg, varmap)?;
+    if let Some(h) = &task.seq_cls {
+        for (name, t) in &h.tensors {
+            tensors.insert(format!("base_model.model.{}.{name}", h.module), t.to_dtype(DType::F32)?.to_device(&candle_core::Device::Cpu)?);
+        }
+    }
     let tmp = dir.join(".adapter_model.safetensors.tmp");
     candle_core::safetensors::save(&tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, dir.join("adapter_model.safetensors"))?;
-    crate::hf::export::write_json(&dir.join("adapter_config.json"), &peft_config(cfg, lora, base)?)
+    crate::hf::export::write_json(&dir.join("adapter_config.json"), &peft_config_for(cfg, lora, base, task)?)
 }
 
 /// `lora.toml` of a run folder that trained adapters: their settings, read back when the

@@ -90,6 +90,27 @@ impl MaskedLm {
         &self.cfg
     }
 
+    /// Attach LoRA adapters, keyed by layer variable prefix (`encoder.blocks.3.attn.qkv`);
+    /// each one used is removed from `adapters`.
+    pub fn set_lora(&mut self, adapters: &mut std::collections::HashMap<String, crate::linear::LoraAdapter>) -> Result<()> {
+        self.encoder.set_lora("encoder.blocks", adapters);
+        Ok(())
+    }
+
+    /// Detach every LoRA adapter, with its layer's variable prefix.
+    pub fn take_lora(&mut self) -> Vec<(String, crate::linear::LoraAdapter)> {
+        self.encoder.take_lora("encoder.blocks")
+    }
+
+    /// Freeze the encoder's linear weights and the pooler's (see [`Linear::freeze`]): a
+    /// base under LoRA adapters.
+    pub fn freeze_linears(&mut self) {
+        self.encoder.freeze_linears();
+        if let Some(p) = self.pooler.as_mut() {
+            p.freeze();
+        }
+    }
+
     /// Encoder output (batch, T, d_model). `mask` is bidirectional, with segment ids when
     /// padded; padding keys are never attended.
     pub fn hidden(&self, ids: &Tensor, mask: &MaskSpec, dropout_seed: Option<u64>) -> Result<Tensor> {
@@ -102,6 +123,8 @@ impl MaskedLm {
     /// `token_types()`, are an error.
     pub fn hidden_segments(&self, ids: &Tensor, segments: Option<&Tensor>, mask: &MaskSpec, dropout_seed: Option<u64>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
+        // LoRA adapter dropout draws from its own stream (as in the decoder)
+        let lora_seed = dropout_seed.map(|s| s ^ 0x4c6f_5241);
         let dropout_seed = dropout_seed.filter(|_| self.cfg.dropout > 0.0);
         let x = self.pos.embed(&self.wte, ids, 0)?;
         let x = match (segments, &self.segments) {
@@ -126,7 +149,7 @@ impl MaskedLm {
             None => x,
         };
         let bias = mask.bias(b, t, t, 0, ids.device())?;
-        let inp = BlockInput { bias: bias.as_ref(), cross_bias: None, offset: 0, rope: self.rope.as_ref(), memory: None, dropout_seed, lora_seed: None, causal: false };
+        let inp = BlockInput { bias: bias.as_ref(), cross_bias: None, offset: 0, rope: self.rope.as_ref(), memory: None, dropout_seed, lora_seed, causal: false };
         self.encoder.forward(x, &inp, None)
     }
 

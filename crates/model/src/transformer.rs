@@ -50,6 +50,39 @@ impl Stack {
         self.final_norm(&x)
     }
 
+    /// Attach LoRA adapters keyed by `{prefix}.{i}.{layer}`; each one used is removed.
+    pub(crate) fn set_lora(&mut self, prefix: &str, adapters: &mut std::collections::HashMap<String, crate::linear::LoraAdapter>) {
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            for (name, lin) in block.linears_mut() {
+                if let Some(a) = adapters.remove(&format!("{prefix}.{i}.{name}")) {
+                    lin.set_lora(Some(a));
+                }
+            }
+        }
+    }
+
+    /// Detach every LoRA adapter, with its layer's variable prefix under `prefix`.
+    pub(crate) fn take_lora(&mut self, prefix: &str) -> Vec<(String, crate::linear::LoraAdapter)> {
+        let mut out = Vec::new();
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            for (name, lin) in block.linears_mut() {
+                if let Some(a) = lin.take_lora() {
+                    out.push((format!("{prefix}.{i}.{name}"), a));
+                }
+            }
+        }
+        out
+    }
+
+    /// Freeze the blocks' linear weights (see [`Linear::freeze`]).
+    pub(crate) fn freeze_linears(&mut self) {
+        for block in self.blocks.iter_mut() {
+            for (_, lin) in block.linears_mut() {
+                lin.freeze();
+            }
+        }
+    }
+
     /// The stack's final norm (the identity for post-norm blocks).
     pub(crate) fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
         match &self.ln_f {
@@ -133,24 +166,24 @@ impl Transformer {
     /// Attach LoRA adapters, keyed by layer variable prefix (`decoder.blocks.3.attn.qkv`);
     /// each one used is removed from `adapters`.
     pub fn set_lora(&mut self, adapters: &mut std::collections::HashMap<String, crate::linear::LoraAdapter>) -> Result<()> {
-        for (i, block) in self.decoder.blocks.iter_mut().enumerate() {
-            for (name, lin) in block.linears_mut() {
-                if let Some(a) = adapters.remove(&format!("decoder.blocks.{i}.{name}")) {
-                    lin.set_lora(Some(a));
-                }
-            }
-        }
+        self.decoder.set_lora("decoder.blocks", adapters);
         Ok(())
     }
+
+    /// The same model with its LoRA adapters switched off: the base, sharing every weight
+    /// tensor with `self` (a clone of a candle tensor shares its storage), so no second
+    /// copy of the weights is made. PPO's frozen reference is this.
+    pub fn without_lora(&self) -> Self {
+        let mut m = self.clone();
+        m.take_lora();
+        m
+    }
+
 
     /// Freeze every linear layer's weights (blocks and LM head; see [`Linear::freeze`]):
     /// for training LoRA adapters on a base that does not change.
     pub fn freeze_linears(&mut self) {
-        for block in self.decoder.blocks.iter_mut() {
-            for (_, lin) in block.linears_mut() {
-                lin.freeze();
-            }
-        }
+        self.decoder.freeze_linears();
         self.lm_head.freeze();
     }
 
@@ -189,15 +222,7 @@ impl Transformer {
 
     /// Detach every LoRA adapter, with its layer's variable prefix.
     pub fn take_lora(&mut self) -> Vec<(String, crate::linear::LoraAdapter)> {
-        let mut out = Vec::new();
-        for (i, block) in self.decoder.blocks.iter_mut().enumerate() {
-            for (name, lin) in block.linears_mut() {
-                if let Some(a) = lin.take_lora() {
-                    out.push((format!("decoder.blocks.{i}.{name}"), a));
-                }
-            }
-        }
-        out
+        self.decoder.take_lora("decoder.blocks")
     }
 
     pub fn new_cache(&self) -> KvCache {

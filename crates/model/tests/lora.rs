@@ -180,7 +180,12 @@ fn peft_names_shapes_and_config() {
     assert!(diff(&fused.narrow(0, 2 * d, d).unwrap(), &own("v")) < 1e-6);
     assert!(t2.contains_key("base_model.model.transformer.h.1.attn.c_proj.lora_B.weight"));
     let j2 = lora::peft_config(&g, &l2, "base").unwrap();
-    assert_eq!(j2["target_modules"], serde_json::json!(["attn.c_attn", "attn.c_proj"]));
+    // the shortest names that catch exactly the targeted modules: `c_attn` is unique, but
+    // `c_proj` would also catch mlp.c_proj, which is not targeted
+    assert_eq!(j2["target_modules"], serde_json::json!(["c_attn", "attn.c_proj"]));
+    assert_eq!(lora::peft_target_modules(&g, &lora(2, &["o", "down", "up"])).unwrap(), serde_json::json!(["c_proj", "c_fc"]));
+    assert_eq!(lora::peft_target_modules(&g, &lora(2, &["down"])).unwrap(), serde_json::json!(["mlp.c_proj"]));
+    assert_eq!(lora::peft_target_modules(&c, &lora(2, &["all"])).unwrap(), serde_json::json!(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]));
     assert_eq!((j2["rank_pattern"]["c_attn"].as_u64(), j2["alpha_pattern"]["c_attn"].as_f64()), (Some(4), Some(8.0)));
     assert_eq!(j2["fan_in_fan_out"], true);
 }
@@ -196,4 +201,53 @@ fn bad_targets_and_settings_are_clear_errors() {
     assert!(err(lora(2, &[]), &mut m).contains("empty"));
     lora::attach(&mut m, &vm, &lora(2, &["q"]), 0).unwrap();
     assert!(err(lora(2, &["q"]), &mut m).contains("already has LoRA"));
+}
+
+fn bert_cfg() -> TransformerConfig {
+    TransformerConfig { kind: ferrolm_model::ModelKind::MaskedLm, block: BlockStyle::Gpt2, post_norm: true, pooler: true, ..cfg(BlockStyle::Gpt2) }
+}
+
+/// Masked-LM (BERT-family) bodies take adapters on their attention and MLP linears; merged
+/// hidden states equal the adapted ones; only adapters get gradients; PEFT keys and
+/// `target_modules` use BERT's names.
+#[test]
+fn masked_lm_adapters_merge_train_alone_and_use_bert_names() {
+    let c = bert_cfg();
+    let vm = VarMap::new();
+    let mut m = ferrolm_model::MaskedLm::new(&c, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    init_params(&vm, 2, 11).unwrap();
+    let ids = Tensor::new(&[3u32, 7, 1, 20, 5, 9], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let hidden = |m: &ferrolm_model::MaskedLm| -> Vec<f32> { m.hidden(&ids, &MaskSpec::bidirectional(), None).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+    let base = hidden(&m);
+    let n = lora::prepare(&mut m, &vm, &lora(2, &["all"]), 3).unwrap();
+    assert_eq!(n, c.n_layers * 2 * (3 * (c.d_model + c.d_model) + (c.d_model + c.d_model) + (c.d_model + c.ff_dim()) + (c.ff_dim() + c.d_model)));
+    assert!(vm.data().lock().unwrap().contains_key("encoder.blocks.1.attn.qkv.lora_a.q"));
+    assert_eq!(max_diff(&base, &hidden(&m)), 0.0);
+    // gradients reach the adapters, not the frozen base
+    let h = m.hidden(&ids, &MaskSpec::bidirectional(), Some(1)).unwrap();
+    let grads = h.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let data = vm.data().lock().unwrap();
+    assert!(grads.get(data["encoder.blocks.0.attn.qkv.lora_b.q"].as_tensor()).is_some());
+    assert!(grads.get(data["encoder.blocks.0.attn.qkv.weight"].as_tensor()).is_none());
+    assert!(grads.get(data["encoder.blocks.1.mlp.proj.weight"].as_tensor()).is_none());
+    drop(data);
+    perturb_b(&vm);
+    let adapted = hidden(&m);
+    assert!(max_diff(&base, &adapted) > 1e-3);
+    let t = lora::peft_tensors(&c, &vm).unwrap();
+    assert_eq!(t.len(), 2 * 6 * c.n_layers);
+    for k in ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense", "intermediate.dense", "output.dense"] {
+        assert!(t.contains_key(&format!("base_model.model.bert.encoder.layer.1.{k}.lora_A.weight")), "{k}");
+    }
+    assert_eq!(t["base_model.model.bert.encoder.layer.0.attention.self.key.lora_B.weight"].dims(), &[c.d_model, 2]);
+    let l = lora(2, &["all"]);
+    assert_eq!(lora::peft_target_modules(&c, &l).unwrap(), serde_json::json!(["query", "key", "value", "output.dense", "intermediate.dense"]));
+    assert_eq!(lora::peft_target_modules(&c, &lora(2, &["q", "o"])).unwrap(), serde_json::json!(["query", "attention.output.dense"]));
+    // BERT's `output.dense` alone has no suffix that misses attention.output.dense: a regex
+    assert_eq!(lora::peft_target_modules(&c, &lora(2, &["down"])).unwrap(), serde_json::json!(r"(?:bert\.encoder\.layer\.\d+\.output\.dense)"));
+    let j = lora::peft_config(&c, &l, "base").unwrap();
+    assert_eq!(j["fan_in_fan_out"], false);
+    lora::merge(&mut m, &vm).unwrap();
+    assert!(max_diff(&adapted, &hidden(&m)) < 1e-4);
+    assert!(vm.data().lock().unwrap().keys().all(|k| !lora::is_adapter(k)));
 }

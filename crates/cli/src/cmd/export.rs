@@ -43,6 +43,9 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let dir = super::model_dir(&a.model)?;
+    if let Some(kind) = head_run_kind(&dir) {
+        return export_head_run(&dir, kind, a.format, &a.out);
+    }
     let lora = ferrolm_model::lora::read_run_config(&dir)?;
     match (&lora, a.format) {
         (Some(l), Format::Peft) => return export_peft(&dir, l, &a.out),
@@ -128,12 +131,57 @@ fn export_peft(dir: &std::path::Path, lora: &ferrolm_model::lora::LoraConfig, ou
     let ferrolm_model::AnyModel::Decoder(mut m) = model else { anyhow::bail!("LoRA adapters are supported on decoders only") };
     ferrolm_model::lora::attach(&mut m, &varmap, lora, 0)?;
     ferrolm_model::registry::load_weights(&varmap, &ckpt.join("model.safetensors"))?;
-    let base = std::fs::read_to_string(dir.join("sft.toml"))
-        .ok()
-        .and_then(|t| t.parse::<toml::Table>().ok())
-        .and_then(|t| t.get("base").and_then(|b| b.as_str()).map(str::to_string))
-        .unwrap_or_default();
+    let base = run_base(dir);
     ferrolm_model::lora::write_peft(out, cfg, lora, &varmap, &base)?;
     eprintln!("wrote {} (PEFT LoRA adapter, rank {}, on base {base:?})", out.display(), lora.rank);
     Ok(())
+}
+
+/// The base a fine-tuning run started from: `sft.toml`'s `base`, or the `model_from` of
+/// an alignment stage's `align.toml` (`[dpo]`, `[ppo]`); empty when neither says.
+fn run_base(dir: &std::path::Path) -> String {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok().and_then(|t| t.parse::<toml::Table>().ok());
+    if let Some(b) = read("sft.toml").and_then(|t| t.get("base").and_then(|b| b.as_str()).map(str::to_string)) {
+        return b;
+    }
+    read("align.toml")
+        .and_then(|t| t.values().filter_map(|v| v.as_table()).find_map(|s| s.get("model_from").and_then(|b| b.as_str()).map(str::to_string)))
+        .unwrap_or_default()
+}
+
+/// A run whose model is a body with a sequence-classification head (a reward model, a
+/// classifier): not a causal LM, so not an hf/gguf export.
+fn head_run_kind(dir: &std::path::Path) -> Option<&'static str> {
+    if dir.join("classify.toml").is_file() {
+        return Some("classifier");
+    }
+    let align = std::fs::read_to_string(dir.join("align.toml")).ok()?.parse::<toml::Table>().ok()?;
+    align.contains_key("reward").then_some("reward-model")
+}
+
+/// `--format peft` of a reward-model or classifier run: the PEFT SEQ_CLS adapter it wrote
+/// (LoRA adapters and the head as `modules_to_save`); other formats are refused.
+fn export_head_run(dir: &std::path::Path, kind: &str, format: Format, out: &std::path::Path) -> Result<()> {
+    let adapter = dir.join("adapter");
+    match format {
+        Format::Peft => {
+            anyhow::ensure!(
+                adapter.join("adapter_config.json").is_file() && adapter.join("adapter_model.safetensors").is_file(),
+                "{} is a {kind} run without LoRA adapters (no adapter/ folder; train it with --set lora.rank=N): nothing to export as PEFT",
+                dir.display()
+            );
+            std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+            for f in ["adapter_model.safetensors", "adapter_config.json"] {
+                let bytes = std::fs::read(adapter.join(f)).with_context(|| format!("reading {}", adapter.join(f).display()))?;
+                ferrolm_common::write_atomic(out.join(f), bytes).with_context(|| format!("writing {}", out.join(f).display()))?;
+            }
+            eprintln!("wrote {} (PEFT SEQ_CLS LoRA adapter of the {kind} run {})", out.display(), dir.display());
+            Ok(())
+        }
+        Format::Hf | Format::Gguf => anyhow::bail!(
+            "{} is a {kind} run (a body with a sequence-classification head), and --format hf/gguf (with or without --merge-lora) writes causal LMs: \
+             export its LoRA adapter and head with --format peft (PEFT SEQ_CLS, for AutoModelForSequenceClassification + PeftModel.from_pretrained)",
+            dir.display()
+        ),
+    }
 }
