@@ -16,8 +16,8 @@ Written with the `gguf` package (llama.cpp's gguf-py), not by ferrolm:
     attention.head_count,attention.layer_norm_epsilon}, no ferrolm keys; a "gpt2" (byte-level
     BPE) vocabulary with tokenizer.ggml.pre "gpt-2".
 The reference is a float64 numpy forward of GPT-2 (LayerNorm, tanh GELU, learned positions,
-causal softmax attention) on the dequantized weights, the inputs of Q8_0 products rounded to
-8 bits as ferrolm and llama.cpp round them (`q8_inputs`): log-prob of each next token and the
+causal softmax attention) on the dequantized weights, the inputs of Q8_0 and Q5_0 products
+rounded to 8 bits as ferrolm and llama.cpp round them (`q8_inputs`): log-prob of each next token and the
 last position's logits. When llama_cpp (llama-cpp-python) imports, llama.cpp itself loads
 the file and scores the same ids: its max |Δ log-prob| to the numpy reference is printed
 and recorded (the proof that the layout is llama.cpp's, not just ferrolm's reading of it).
@@ -25,7 +25,7 @@ and recorded (the proof that the layout is llama.cpp's, not just ferrolm's readi
 llama.cpp rounds more than the file does (its products on Q8_0/Q5_0 weights quantize the
 activations to Q8_0 too, F16 weights meet f16 activations, GELU is read from an f16 table):
 measured on 2026-12-06 with llama-cpp-python 0.3.36, the committed mixed-type file is within
-0.15 of the numpy log-probs (0.156 once the reference rounds the Q8_0 products' inputs too) (greedy equal at every position), the same weights all in F32
+0.15 of the numpy log-probs (0.156 once the reference rounds the Q8_0 products' inputs too, 0.124 once it rounds the Q5_0 products' inputs as well) (greedy equal at every position), the same weights all in F32
 (`--all-f32`) within 4.3e-3.
 
 Usage: /work/venv-llama-noamx/bin/python bench/gguf_gpt2_fixture.py [--out crates/model/tests/fixtures/gguf/gpt2_llamacpp] [--all-f32]
@@ -115,9 +115,11 @@ def gelu(x):
 
 def q8_inputs(h, name):
     """The inputs a product on `name` multiplies: rounded to 8 bits in blocks of 32 where the
-    tensor is Q8_0 (ferrolm's rule, llama.cpp's: d = max|x|/127 in f32, x·(1/d) rounded to
-    nearest, ties to even, clamped to ±127, times d), as they are (float64) otherwise."""
-    if gguf_type(name) != Q.Q8_0:
+    tensor is Q8_0 or Q5_0 (both meet Q8_0 activations in llama.cpp, and in ferrolm, which
+    holds Q5_0 blocks as Q8_0 blocks of the same values; the rule: d = max|x|/127 in f32,
+    x·(1/d) rounded to nearest, ties to even, clamped to ±127, times d), as they are
+    (float64) otherwise."""
+    if gguf_type(name) not in (Q.Q8_0, Q.Q5_0):
         return h
     x = h.astype(np.float32).reshape(h.shape[0], -1, 32)
     d = (np.abs(x).max(-1, keepdims=True) / np.float32(127)).astype(np.float32)
@@ -140,7 +142,7 @@ def forward(w, ids):
         p = np.exp(s - s.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
         o = (p @ v).transpose(1, 0, 2).reshape(t, D)
-        x = x + o @ w[b + "attn_output.weight"].T + w[b + "attn_output.bias"]
+        x = x + q8_inputs(o, b + "attn_output.weight") @ w[b + "attn_output.weight"].T + w[b + "attn_output.bias"]
         h = layer_norm(x, w[b + "ffn_norm.weight"], w[b + "ffn_norm.bias"])
         x = x + gelu(q8_inputs(h, b + "ffn_up.weight") @ w[b + "ffn_up.weight"].T + w[b + "ffn_up.bias"]) @ w[b + "ffn_down.weight"].T + w[b + "ffn_down.bias"]
     x = layer_norm(x, w["output_norm.weight"], w["output_norm.bias"])
@@ -203,7 +205,7 @@ def main():
     wr.close()
     lp = log_softmax(forward(read_back, IDS))
     ref = {
-        "about": "bench/gguf_gpt2_fixture.py: float64 numpy GPT-2 forward on the file's dequantized weights, Q8_0 products on inputs rounded to 8 bits",
+        "about": "bench/gguf_gpt2_fixture.py: float64 numpy GPT-2 forward on the file's dequantized weights, Q8_0 and Q5_0 products on inputs rounded to 8 bits",
         "input_ids": IDS,
         "logprobs": [float(lp[i, IDS[i + 1]]) for i in range(len(IDS) - 1)],
         "greedy": [int(lp[i].argmax()) for i in range(len(IDS))],

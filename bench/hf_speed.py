@@ -130,7 +130,7 @@ pre, dec = [], []
 with torch.inference_mode():
     for r in range(repeats + 1):
         t = time.perf_counter()
-        out = m(ids, use_cache=True)
+        out = m(ids, use_cache=True, logits_to_keep=1)  # as generate() does: the last position only
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         p = time.perf_counter() - t
         past = out.past_key_values

@@ -47,7 +47,7 @@ pub fn generate_prefix(model: &Transformer, prefix: &[u32], cfg: &GenerateConfig
     let encode = |cache: &mut ferrolm_model::KvCache, history: &[u32], start: usize| -> Result<Vec<f32>> {
         let window = &history[start..];
         let mask = MaskSpec { kind: AttnMask::Prefix(vec![prefix.len().saturating_sub(start)]), q_segments: None, k_segments: None };
-        last_logits(&model.forward(&Tensor::new(window, &dev)?.unsqueeze(0)?, &mask, Some(cache))?)
+        last_logits(&model.forward_last(&Tensor::new(window, &dev)?.unsqueeze(0)?, &mask, Some(cache))?)
     };
     let first = encode(&mut cache, &history, start)?;
     decode_loop(cfg, first, on_token, |tok| {
@@ -57,7 +57,7 @@ pub fn generate_prefix(model: &Transformer, prefix: &[u32], cfg: &GenerateConfig
             cache = model.new_cache();
             encode(&mut cache, &history, start)
         } else {
-            last_logits(&model.forward(&Tensor::new(&[tok], &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?)
+            last_logits(&model.forward_last(&Tensor::new(&[tok], &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?)
         }
     })
 }

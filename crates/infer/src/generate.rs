@@ -62,13 +62,13 @@ pub fn generate(
     let start = if history.len() > ctx { keep(&history) } else { history.clone() };
     let mut cache = model.new_cache();
     let dev = model.device().clone();
-    let logits = model.forward(&Tensor::new(start.as_slice(), &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?;
+    let logits = model.forward_last(&Tensor::new(start.as_slice(), &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?;
     decode_loop(cfg, last_logits(&logits)?, on_token, |tok| {
         history.push(tok);
         let logits = if cache.len() + 1 > ctx {
             cache = model.new_cache();
             let window = keep(&history);
-            model.forward(&Tensor::new(window.as_slice(), &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?
+            model.forward_last(&Tensor::new(window.as_slice(), &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?
         } else {
             // One token against the cache: the batched decoding step with one row, whose
             // attention reads the cache in place (the full-sequence path copies the cache

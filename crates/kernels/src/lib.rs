@@ -11,6 +11,8 @@
 //!   one strided-matrix type the products take;
 //! - [`hogwild`]: a padded weight matrix that threads update without locks;
 //! - [`alloc`]: the mimalloc option the `ferrolm` binary sets;
+//! - [`pool`]: decoding loops run on a rayon worker, so the kernels' parallel calls start
+//!   where they are made;
 //! - [`mmap`] (feature `mmap`): read-only maps of files that are replaced, never rewritten;
 //! - [`fs`] (feature `fs`): the atomic swap of two paths under `replace_dir`.
 //!
@@ -37,6 +39,8 @@ pub mod fs;
 pub mod hogwild;
 #[cfg(feature = "mmap")]
 pub mod mmap;
+#[cfg(feature = "candle")]
+pub mod pool;
 mod ptr;
 #[cfg(feature = "candle")]
 pub mod f16;

@@ -67,6 +67,34 @@ impl Q8Matrix {
         Some(Self { rows, cols, scales, quants })
     }
 
+    /// The matrix a GGUF Q5_0 tensor of shape (rows, cols) holds in `bytes`, exactly:
+    /// blocks of 22 bytes — an f16 scale d, 32 high bits, 16 bytes of low nibbles — whose
+    /// values `d · (q − 16)` have q − 16 in −16..=15, so each block is a Q8_0 block with the
+    /// same scale. llama.cpp's q4_k_m quantizer writes Q5_0 for matrices whose rows do not
+    /// fill 256-value super-blocks (SmolLM2's 576-wide, Qwen2.5-0.5B's 896-wide layers),
+    /// and llama.cpp multiplies Q5_0 blocks with inputs rounded to Q8_0 blocks as this
+    /// kernel does. Held at 8 bits, such a matrix takes 8.5 bits a weight instead of 5.5;
+    /// the integer dot product is the Q8_0 one. None when the sizes do not match.
+    pub fn from_gguf_q5_0_bytes(rows: usize, cols: usize, bytes: &[u8]) -> Option<Self> {
+        const BYTES: usize = 2 + 4 + BLOCK / 2;
+        if cols == 0 || !cols.is_multiple_of(BLOCK) || bytes.len() != rows * cols / BLOCK * BYTES {
+            return None;
+        }
+        let scales = bytes.chunks_exact(BYTES).map(|b| crate::q4k::f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect();
+        let mut quants = vec![0i8; rows * cols];
+        for (b, q) in bytes.chunks_exact(BYTES).zip(quants.chunks_exact_mut(BLOCK)) {
+            let high = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            for (j, &low) in b[6..].iter().enumerate() {
+                // value j: low nibble and high bit j; value j + 16: high nibble and bit j + 16
+                let lo = (low & 0x0f) | (((high >> j) & 1) << 4) as u8;
+                let hi = (low >> 4) | (((high >> (j + 16)) & 1) << 4) as u8;
+                q[j] = lo as i8 - 16;
+                q[j + BLOCK / 2] = hi as i8 - 16;
+            }
+        }
+        Some(Self { rows, cols, scales, quants })
+    }
+
     /// The matrix of rows `order[0]`, `order[1]`, … of this one (each index < rows).
     pub fn select_rows(&self, order: &[usize]) -> Self {
         let (k, bpr) = (self.cols, self.cols / BLOCK);
@@ -538,6 +566,31 @@ mod tests {
         let dp = p.dequantize();
         for (to, from) in [5, 0, 1].into_iter().enumerate() {
             assert_eq!(dp[to * k..(to + 1) * k], want[from * k..(from + 1) * k]);
+        }
+    }
+
+    #[test]
+    fn gguf_q5_0_bytes_read_as_candle_dequantizes_them() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let (n, k) = (5, 96);
+        // values of both signs and a range wide enough to use all 32 levels
+        let t = candle_core::Tensor::from_vec(values(n * k, 4), (n, k), &candle_core::Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q5_0).unwrap();
+        let want = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ours = Q8Matrix::from_gguf_q5_0_bytes(n, k, &q.data().unwrap()).unwrap();
+        assert_eq!(ours.dequantize(), want);
+        assert!(ours.quants.iter().all(|&v| (-16..=15).contains(&v)));
+        assert!(ours.quants.contains(&-16) && ours.quants.contains(&15));
+        assert!(Q8Matrix::from_gguf_q5_0_bytes(n, k, &q.data().unwrap()[1..]).is_none());
+        // and its product is the Q8_0 product of the same blocks
+        let x = values(2 * k, 5);
+        let y = ours.matmul_t(&x, 2);
+        let xr = Q8Act::quantize(&x, 2, k).dequantize();
+        for r in 0..2 {
+            for j in 0..n {
+                let exact: f64 = (0..k).map(|i| xr[r * k + i] as f64 * want[j * k + i] as f64).sum();
+                assert!((y[r * n + j] as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()), "{} vs {exact}", y[r * n + j]);
+            }
         }
     }
 

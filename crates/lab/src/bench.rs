@@ -231,8 +231,9 @@ pub fn bench_generate(o: &GenerateBenchOptions, device: &Device) -> Result<Bench
         let mut cache = m.new_cache();
         let ids = Tensor::new(prompt.as_slice(), device)?.unsqueeze(0)?;
         let t = std::time::Instant::now();
-        let logits = m.forward(&ids, &MaskSpec::causal(), Some(&mut cache))?;
-        let mut next: u32 = logits.narrow(1, o.prompt_tokens - 1, 1)?.flatten_all()?.argmax(0)?.to_scalar()?;
+        // the prompt pass `generate` makes: logits of the last position only
+        let logits = m.forward_last(&ids, &MaskSpec::causal(), Some(&mut cache))?;
+        let mut next: u32 = logits.flatten_all()?.argmax(0)?.to_scalar()?;
         let p = t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
         for _ in 0..o.new_tokens {
@@ -284,6 +285,8 @@ pub struct LoraBenchOptions {
     pub batch: usize,
     pub seq_len: usize,
     pub steps: usize,
+    /// `train.matmul_precision`.
+    pub matmul: MatmulPrecision,
 }
 
 /// Random-token language-model batches for a LoRA step: every position scored.
@@ -326,7 +329,7 @@ pub fn bench_lora(o: &LoraBenchOptions, device: &Device) -> Result<BenchOutcome>
     let lcfg = ferrolm_model::lora::LoraConfig { rank: o.rank, alpha: o.alpha, dropout: 0.0, targets: vec!["all".into()] };
     let adapter_params = ferrolm_model::lora::prepare(&mut model, &loaded.varmap, &lcfg, 1)?;
     let vocab = model.config().vocab_size;
-    let train = TrainConfig { max_steps: o.steps + 10, batch_size: o.batch, seq_len: o.seq_len, lr: 1e-4, min_lr: 1e-4, warmup_steps: 0, eval_interval: 0, checkpoint_interval: 0, log_interval: 1_000_000, ..Default::default() };
+    let train = TrainConfig { max_steps: o.steps + 10, batch_size: o.batch, seq_len: o.seq_len, lr: 1e-4, min_lr: 1e-4, warmup_steps: 0, eval_interval: 0, checkpoint_interval: 0, log_interval: 1_000_000, matmul_precision: o.matmul, ..Default::default() };
     let dir = tempfile::tempdir()?;
     let task = LoraBenchTask { model, vocab, batch: o.batch, seq_len: o.seq_len };
     let mut t = ferrolm_train::Trainer::from_task(train, dir.path(), loaded.varmap, Box::new(task))?;
@@ -351,6 +354,7 @@ pub fn bench_lora(o: &LoraBenchOptions, device: &Device) -> Result<BenchOutcome>
         "seq_len": o.seq_len,
         "steps": o.steps,
         "threads": candle_core::utils::get_num_threads(),
+        "matmul": format!("{:?}", ferrolm_kernels::matmul_precision()).to_lowercase(),
         "tokens_per_sec": tokens_per_step * o.steps as f64 / total,
         "step_ms_median": median(&secs) * 1e3,
         "peak_rss_bytes": peak_rss_bytes(),

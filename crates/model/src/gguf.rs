@@ -15,7 +15,9 @@
 //!
 //! In: the weights are dequantized to f32 into the same Transformer; on the CPU, layers the
 //! file stores as Q8_0, Q4_K, Q6_K or F16 also keep the file's blocks (or halves), which the
-//! few-row products of decoding read ([`crate::quant`]). Other quantizations run in f32.
+//! few-row products of decoding read ([`crate::quant`]); Q5_0 blocks (q4_k_m's type for
+//! rows that do not fill 256-value super-blocks) are kept as the Q8_0 blocks of the same
+//! values. Other quantizations run in f32.
 
 use std::collections::HashMap;
 use std::io::{Seek, Write};
@@ -536,6 +538,8 @@ fn gguf_sources(layer: &str, tied: bool, fused_qkv: bool) -> Option<Vec<String>>
 /// A stored format ferrolm decodes on.
 enum Stored {
     Q8_0,
+    /// Held as Q8_0 blocks, exactly ([`Q8Matrix::from_gguf_q5_0_bytes`]).
+    Q5_0,
     K(KQuant),
     F16,
 }
@@ -545,6 +549,7 @@ enum Stored {
 fn block_kind(t: GgmlDType) -> Option<Stored> {
     match t {
         GgmlDType::Q8_0 => Some(Stored::Q8_0),
+        GgmlDType::Q5_0 => Some(Stored::Q5_0),
         GgmlDType::Q4K => Some(Stored::K(KQuant::Q4K)),
         GgmlDType::Q6K => Some(Stored::K(KQuant::Q6K)),
         GgmlDType::F16 => Some(Stored::F16),
@@ -644,6 +649,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
                 let bytes = q.data()?;
                 let block = match kind {
                     Stored::Q8_0 => Q8Matrix::from_gguf_bytes(rows, cols, &bytes).map(QuantBlock::Q8_0),
+                    Stored::Q5_0 => Q8Matrix::from_gguf_q5_0_bytes(rows, cols, &bytes).map(QuantBlock::Q8_0),
                     Stored::K(k) => KMatrix::from_bytes(k, rows, cols, bytes.into_owned()).map(QuantBlock::K),
                     Stored::F16 => F16Matrix::from_gguf_bytes(rows, cols, &bytes).map(QuantBlock::F16),
                 };

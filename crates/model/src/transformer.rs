@@ -163,6 +163,17 @@ impl Transformer {
         self.logits(&self.hidden(ids, mask, cache, None)?)
     }
 
+    /// Logits (batch, 1, vocab) of the last position only — what a prompt pass before
+    /// generation needs. The vocabulary projection is a fifth to a third of a small model's
+    /// multiply-adds (SmolLM2-135M, Qwen2.5-0.5B); computing it for every prompt position
+    /// and keeping one row wasted that share of the prefill (transformers' `generate` and
+    /// llama.cpp project only the last position too).
+    pub fn forward_last(&self, ids: &Tensor, mask: &MaskSpec, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let h = self.hidden(ids, mask, cache, None)?;
+        let t = h.dim(1)?;
+        self.logits(&h.narrow(1, t - 1, 1)?.contiguous()?)
+    }
+
     /// Attach LoRA adapters, keyed by layer variable prefix (`decoder.blocks.3.attn.qkv`);
     /// each one used is removed from `adapters`.
     pub fn set_lora(&mut self, adapters: &mut std::collections::HashMap<String, crate::linear::LoraAdapter>) -> Result<()> {

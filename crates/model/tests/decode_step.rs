@@ -124,3 +124,20 @@ fn decode_step_refuses_bad_input() {
     let mut c = p.new_cache();
     assert!(p.decode_step(&[1], &mut [&mut c]).is_err());
 }
+
+#[test]
+fn last_position_logits_equal_the_full_forward_and_fill_the_same_cache() {
+    for m in [model(BlockStyle::Gpt2, 4), model(BlockStyle::Modern, 2)] {
+        let prompt = [3u32, 1, 4, 1, 5, 9, 2, 6];
+        let (mut full_cache, mut last_cache) = (m.new_cache(), m.new_cache());
+        let full = m.forward(&ids(&prompt), &MaskSpec::causal(), Some(&mut full_cache)).unwrap();
+        let last = m.forward_last(&ids(&prompt), &MaskSpec::causal(), Some(&mut last_cache)).unwrap();
+        assert_eq!(last.dims(), &[1, 1, 29]);
+        assert!(max_diff(&last_row(&full), &last_row(&last)) < 1e-5);
+        assert_eq!(full_cache.len(), last_cache.len());
+        // the next step sees the same cache
+        let a = m.decode_step(&[7], &mut [&mut full_cache]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = m.decode_step(&[7], &mut [&mut last_cache]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b);
+    }
+}

@@ -334,7 +334,13 @@ impl Scheduler {
         let (mut cache, reused) = if req.prompt_logprobs { (self.model.new_cache(), 0) } else { self.reuse_prefix(&prompt) };
         let rest = &prompt[reused..];
         let dev = self.model.device().clone();
-        let logits = self.model.forward(&Tensor::new(rest, &dev)?.unsqueeze(0)?, &MaskSpec::causal(), Some(&mut cache))?;
+        let ids = Tensor::new(rest, &dev)?.unsqueeze(0)?;
+        // Every position's logits only when the prompt is scored; otherwise the last one's.
+        let logits = if req.prompt_logprobs {
+            self.model.forward(&ids, &MaskSpec::causal(), Some(&mut cache))?
+        } else {
+            self.model.forward_last(&ids, &MaskSpec::causal(), Some(&mut cache))?
+        };
         let t = logits.dim(1)?;
         let last: Vec<f32> = logits.narrow(1, t - 1, 1)?.flatten_all()?.to_vec1()?;
         if req.prompt_logprobs {

@@ -71,6 +71,10 @@ enum What {
         steps: usize,
         #[arg(long)]
         json: bool,
+        /// Matrix-product precision: f32, or bf16 operands with f32 sums on AMX tiles
+        /// (`train.matmul_precision`).
+        #[arg(long, default_value = "f32")]
+        matmul: ferrolm_kernels::MatmulPrecision,
     },
 }
 
@@ -119,11 +123,13 @@ pub fn run(args: Args) -> Result<()> {
         }
         What::Generate { model, prompt_tokens, new_tokens, repeats, json, quant } => {
             let model = super::model_dir(&model)?;
-            (bench_generate(&GenerateBenchOptions { model, prompt_tokens, new_tokens, repeats, quant }, &device)?, json)
+            // on a rayon worker, as `generate` runs (see main.rs)
+            let o = GenerateBenchOptions { model, prompt_tokens, new_tokens, repeats, quant };
+            (ferrolm_kernels::pool::on_worker(|| bench_generate(&o, &device))?, json)
         }
-        What::Lora { model, rank, alpha, batch, seq_len, steps, json } => {
+        What::Lora { model, rank, alpha, batch, seq_len, steps, json, matmul } => {
             let model = super::model_dir(&model)?;
-            (bench_lora(&LoraBenchOptions { model, rank, alpha, batch, seq_len, steps }, &device)?, json)
+            (bench_lora(&LoraBenchOptions { model, rank, alpha, batch, seq_len, steps, matmul }, &device)?, json)
         }
         What::Recurrent(b) => {
             let o = RecurrentBenchOptions { family: b.family, vocab: b.vocab, embed: b.embed, hidden: b.hidden, layers: b.layers, batch: b.batch, seq_len: b.seq_len, steps: b.steps };
