@@ -59,8 +59,8 @@ fn quant_runs_generate_eval_and_bench_and_training_has_no_quant() {
 
     let data = tmp.path().join("text.txt");
     std::fs::write(&data, "the quick brown fox jumps over the lazy dog. ".repeat(40)).unwrap();
-    let eval = |quant: Option<&str>| -> f64 {
-        let mut args = vec!["eval", "--model", m, "--data", data.to_str().unwrap(), "--json"];
+    let eval_of = |model: &str, quant: Option<&str>| -> f64 {
+        let mut args = vec!["eval", "--model", model, "--data", data.to_str().unwrap(), "--json"];
         if let Some(q) = quant {
             args.extend(["--quant", q]);
         }
@@ -68,9 +68,18 @@ fn quant_runs_generate_eval_and_bench_and_training_has_no_quant() {
         let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
         v["loss"].as_f64().unwrap()
     };
+    let eval = |quant: Option<&str>| eval_of(m, quant);
     let (f, q8, q4) = (eval(None), eval(Some("q8_0")), eval(Some("q4_k")));
     assert!(q8 != f && (q8 - f).abs() < 0.01 * f, "q8_0 loss {q8} vs f32 {f}");
     assert!(q4 != f && (q4 - f).abs() < 0.05 * f, "q4_k loss {q4} vs f32 {f}");
+    // eval reads a GGUF file too (its config and tokenizer from the file): the f32 file
+    // scores as the folder does, the q8_0 file as its rounding allows
+    for (quant, tol) in [("f32", 1e-5), ("q8_0", 0.01)] {
+        let file = tmp.path().join(format!("m-{quant}.gguf"));
+        ok(&["export", "--model", m, "--format", "gguf", "--quant", quant, "--out", file.to_str().unwrap()]);
+        let g = eval_of(file.to_str().unwrap(), None);
+        assert!((g - f).abs() <= tol * f, "{quant} GGUF loss {g} vs the folder's {f}");
+    }
 
     let (out, _) = ok(&["bench", "generate", "--model", m, "--prompt-tokens", "8", "--new-tokens", "4", "--repeats", "1", "--json", "--quant", "q4_k"]);
     let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();

@@ -1,4 +1,4 @@
-//! `ferrolm eval --model RUN_DIR --data PATH`: held-out loss and bits per byte (of the
+//! `ferrolm eval --model RUN_DIR|HF_DIR|FILE.gguf --data PATH`: held-out loss and bits per byte (of the
 //! scored targets, for the non-causal kinds: the kind's objective under the run's fixed
 //! evaluation seed), or `--pairs FILE.jsonl` for a run trained on input/target pairs.
 
@@ -35,19 +35,20 @@ pub fn run(mut a: Args) -> Result<()> {
     a.model = super::model_dir(&a.model)?;
     let device = super::device()?;
     let cfg_path = a.model.join("config.toml");
-    let mut cfg = if ferrolm_model::hf::is_hf_folder(&a.model) {
-        // a Hugging Face model: its architecture, and the evaluation defaults of a run, with
-        // windows of at most 1024 positions (pretrained contexts run to 128k)
-        let spec = ferrolm_model::registry::read_spec(&a.model)?;
-        let mut cfg = RunConfig { model: spec, ..RunConfig::default() };
+    let gguf = ferrolm_finetune::prompt::is_gguf(&a.model);
+    let mut loaded = ferrolm_model::load_model(&a.model, &device)?;
+    let mut cfg = if gguf || ferrolm_model::hf::is_hf_folder(&a.model) {
+        // a Hugging Face model or a GGUF file: its architecture, and the evaluation defaults
+        // of a run, with windows of at most 1024 positions (pretrained contexts run to 128k)
+        let mut cfg = RunConfig { model: loaded.spec.clone(), ..RunConfig::default() };
         cfg.train.seq_len = cfg.model.max_seq_len().min(1024);
         cfg
     } else {
         RunConfig::from_value(&ferrolm_common::load_config(Some(&cfg_path), &[])?).with_context(|| format!("in {}", cfg_path.display()))?
     };
-    let mut loaded = ferrolm_model::load_model(&a.model, &device)?;
     super::quantize(&mut loaded.model, a.quant)?;
-    let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
+    // (a .gguf file carries its tokenizer: ferrolm's tokenizer.json, or tokenizer.ggml.*)
+    let tok = ferrolm_finetune::prompt::load_tokenizer(&a.model)?;
     let mut bytes = tok.token_bytes();
     bytes.resize(cfg.model.vocab_size(), 0);
     let batch = cfg.train.batch_size;
