@@ -4,61 +4,29 @@
 //! trivially learnable ("good" answers beat "bad" ones), so the reward model and DPO must
 //! actually learn it; PPO must log its figures, checkpoint, and resume exactly.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use ferrolm_align::compare::{compare, CompareOptions};
 use ferrolm_align::ppo::PpoTrainer;
-use ferrolm_align::{OnError, StageOptions};
-use ferrolm_tokenizer::{special, Tokenizer};
-use ferrolm_model::TransformerConfig;
-use ferrolm_train::{start_run, ArchData, RunConfig};
+use ferrolm_align::OnError;
 
+/// The few-step base run the stages start from.
 fn base_run(dir: &Path) {
-    let text = "the good answer is good. the bad answer is bad. say a word please. ".repeat(40);
-    let tok = Tokenizer::train_char(std::iter::once(text.as_str()), &special::defaults()).unwrap();
-    let ids = tok.encode(&text);
-    let model = TransformerConfig { vocab_size: tok.vocab_size(), d_model: 32, n_layers: 1, n_heads: 2, n_kv_heads: 2, max_seq_len: 64, ..Default::default() };
-    let mut cfg = RunConfig::transformer(model, Default::default(), Default::default());
-    cfg.train.max_steps = 3;
-    cfg.train.batch_size = 2;
-    cfg.train.warmup_steps = 1;
-    cfg.train.eval_interval = 0;
-    cfg.train.eval_batches = 1;
-    cfg.train.checkpoint_interval = 0;
-    cfg.train.seq_len = 32;
-    std::fs::create_dir_all(dir).unwrap();
-    tok.save(&dir.join("tokenizer.json")).unwrap();
-    let (train, val) = (ids.clone(), ids[..200].to_vec());
-    let mut t = start_run(&cfg, dir, ArchData::Stream { train: &train, val: &val }, tok.token_bytes(), None, &Device::Cpu, false).unwrap();
-    t.quiet = true;
-    t.run().unwrap();
+    common::base_run(dir, |cfg| {
+        cfg.train.max_steps = 3;
+        cfg.train.batch_size = 2;
+    });
 }
 
+/// The shared preferences plus one malformed record (counted and skipped).
 fn prefs(dir: &Path) -> PathBuf {
-    let p = dir.join("prefs.jsonl");
-    let mut f = std::fs::File::create(&p).unwrap();
-    for i in 0..80 {
-        let (c, r) = if i % 2 == 0 { ("good good", "bad bad") } else { ("the good answer", "the bad answer") };
-        writeln!(f, r#"{{"instruction": "say a word {i}", "chosen": "{c}", "rejected": "{r}"}}"#).unwrap();
-    }
+    let (p, mut f) = common::prefs(dir);
     writeln!(f, r#"{{"instruction": "broken", "chosen": ""}}"#).unwrap();
     p
-}
-
-fn opts(model: &Path, data: &Path, out: &Path, sets: &[&str]) -> StageOptions {
-    StageOptions {
-        model: model.to_path_buf(),
-        data: vec![data.to_path_buf()],
-        out: out.to_path_buf(),
-        config: None,
-        overrides: sets.iter().map(|s| s.to_string()).collect(),
-        on_error: Some(OnError::Skip),
-        resume: false,
-        quiet: true,
-        device: Device::Cpu,
-    }
 }
 
 fn weights(dir: &Path) -> Vec<f32> {
@@ -82,7 +50,7 @@ fn reward_dpo_rlhf_compare_end_to_end() {
     let rm = root.join("rm");
     let mut sets = common.to_vec();
     sets.extend(["train.max_steps=40", "train.lr=3e-3", "train.min_lr=3e-4"]);
-    let out = ferrolm_align::reward::train(&opts(&base, &data, &rm, &sets)).unwrap();
+    let out = ferrolm_align::reward::train(&common::opts(&base, &data, &rm, &sets)).unwrap();
     let ev = out.val.unwrap();
     assert!(ev.extra["pairwise_accuracy"] >= 0.9, "{:?}", ev.extra);
     // --held-out scores exactly the pairs the training run held out
@@ -100,7 +68,7 @@ fn reward_dpo_rlhf_compare_end_to_end() {
     let dpo = root.join("dpo");
     let mut sets = common.to_vec();
     sets.extend(["train.max_steps=30", "train.lr=3e-3", "train.min_lr=3e-4", "dpo.beta=0.5"]);
-    let out = ferrolm_align::dpo::train(&opts(&base, &data, &dpo, &sets)).unwrap();
+    let out = ferrolm_align::dpo::train(&common::opts(&base, &data, &dpo, &sets)).unwrap();
     let ev = out.val.unwrap();
     assert!(ev.extra["preference_accuracy"] >= 0.9 && ev.extra["reward_margin"] > 0.0, "{:?}", ev.extra);
     assert!(ev.loss < std::f64::consts::LN_2, "DPO loss starts at ln 2 and must fall: {}", ev.loss);
@@ -110,7 +78,7 @@ fn reward_dpo_rlhf_compare_end_to_end() {
     let dpo_lora = root.join("dpo-lora");
     let mut sets = common.to_vec();
     sets.extend(["train.max_steps=30", "train.lr=1e-2", "train.min_lr=1e-3", "dpo.beta=0.5", "lora.rank=4", "lora.alpha=16"]);
-    let out = ferrolm_align::dpo::train(&opts(&base, &data, &dpo_lora, &sets)).unwrap();
+    let out = ferrolm_align::dpo::train(&common::opts(&base, &data, &dpo_lora, &sets)).unwrap();
     let ev = out.val.unwrap();
     assert!(ev.extra["preference_accuracy"] >= 0.8 && ev.loss < std::f64::consts::LN_2, "LoRA DPO {:?} loss {}", ev.extra, ev.loss);
     assert!(dpo_lora.join("adapter/adapter_model.safetensors").is_file() && dpo_lora.join("lora.toml").is_file());
@@ -136,7 +104,7 @@ fn reward_dpo_rlhf_compare_end_to_end() {
         "ppo.eval_interval=0",
     ];
     let full = root.join("ppo-full");
-    let mut t = PpoTrainer::new(&opts(&base, &data, &full, &ppo_sets), Some(&rm)).unwrap();
+    let mut t = PpoTrainer::new(&common::opts(&base, &data, &full, &ppo_sets), Some(&rm)).unwrap();
     let outcome = t.run().unwrap();
     assert_eq!(outcome.iterations, 3);
     assert!(outcome.val.contains_key("reward") && outcome.val.contains_key("kl"));
@@ -156,10 +124,10 @@ fn reward_dpo_rlhf_compare_end_to_end() {
 
     // Exact resume: stop after 2 iterations, resume, and land on the same weights.
     let split = root.join("ppo-split");
-    let mut t = PpoTrainer::new(&opts(&base, &data, &split, &ppo_sets), Some(&rm)).unwrap();
+    let mut t = PpoTrainer::new(&common::opts(&base, &data, &split, &ppo_sets), Some(&rm)).unwrap();
     t.stop_at = Some(2);
     assert_eq!(t.run().unwrap().iterations, 2);
-    let mut o = opts(&base, &data, &split, &[]);
+    let mut o = common::opts(&base, &data, &split, &[]);
     o.resume = true;
     let mut t = PpoTrainer::new(&o, None).unwrap();
     assert_eq!(t.run().unwrap().iterations, 3);

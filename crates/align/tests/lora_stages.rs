@@ -4,65 +4,30 @@
 //! exactly with adapters on, and the figures (held-out pairwise accuracy, PPO reward) are
 //! printed for the record (`cargo test -p ferrolm-align --test lora_stages -- --nocapture`).
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use ferrolm_align::ppo::PpoTrainer;
-use ferrolm_align::{OnError, StageOptions};
+use ferrolm_align::OnError;
 use ferrolm_model::attention::MaskSpec;
-use ferrolm_model::TransformerConfig;
-use ferrolm_tokenizer::{special, Message, Tokenizer};
-use ferrolm_train::{start_run, ArchData, RunConfig};
+use ferrolm_tokenizer::Message;
 
+/// A base trained enough to write the fixture's words, so that PPO's samples differ in reward.
 fn base_run(dir: &Path) {
-    let text = "the good answer is good. the bad answer is bad. say a word please. ".repeat(40);
-    let tok = Tokenizer::train_char(std::iter::once(text.as_str()), &special::defaults()).unwrap();
-    let ids = tok.encode(&text);
-    let model = TransformerConfig { vocab_size: tok.vocab_size(), d_model: 32, n_layers: 1, n_heads: 2, n_kv_heads: 2, max_seq_len: 64, ..Default::default() };
-    let mut cfg = RunConfig::transformer(model, Default::default(), Default::default());
-    // trained enough to write the fixture's words, so that PPO's samples differ in reward
-    cfg.train.max_steps = 150;
-    cfg.train.lr = 3e-3;
-    cfg.train.min_lr = 3e-4;
-    cfg.train.batch_size = 4;
-    cfg.train.warmup_steps = 1;
-    cfg.train.eval_interval = 0;
-    cfg.train.eval_batches = 1;
-    cfg.train.checkpoint_interval = 0;
-    cfg.train.seq_len = 32;
-    std::fs::create_dir_all(dir).unwrap();
-    tok.save(&dir.join("tokenizer.json")).unwrap();
-    let (train, val) = (ids.clone(), ids[..200].to_vec());
-    let mut t = start_run(&cfg, dir, ArchData::Stream { train: &train, val: &val }, tok.token_bytes(), None, &Device::Cpu, false).unwrap();
-    t.quiet = true;
-    t.run().unwrap();
+    common::base_run(dir, |cfg| {
+        cfg.train.max_steps = 150;
+        cfg.train.lr = 3e-3;
+        cfg.train.min_lr = 3e-4;
+        cfg.train.batch_size = 4;
+    });
 }
 
 fn prefs(dir: &Path) -> PathBuf {
-    let p = dir.join("prefs.jsonl");
-    let mut f = std::fs::File::create(&p).unwrap();
-    for i in 0..80 {
-        let (c, r) = if i % 2 == 0 { ("good good", "bad bad") } else { ("the good answer", "the bad answer") };
-        writeln!(f, r#"{{"instruction": "say a word {i}", "chosen": "{c}", "rejected": "{r}"}}"#).unwrap();
-    }
-    p
-}
-
-fn opts(model: &Path, data: &Path, out: &Path, sets: &[&str]) -> StageOptions {
-    StageOptions {
-        model: model.to_path_buf(),
-        data: vec![data.to_path_buf()],
-        out: out.to_path_buf(),
-        config: None,
-        overrides: sets.iter().map(|s| s.to_string()).collect(),
-        on_error: Some(OnError::Skip),
-        resume: false,
-        quiet: true,
-        device: Device::Cpu,
-    }
+    common::prefs(dir).0
 }
 
 fn tensors(dir: &Path, file: &str) -> HashMap<String, Tensor> {
@@ -108,7 +73,7 @@ fn lora_reward_model_and_ppo() {
     let mut sets = common.to_vec();
     sets.extend(["train.max_steps=40", "train.lr=1e-2", "train.min_lr=1e-3"]);
     sets.extend(lora_sets);
-    let out = ferrolm_align::reward::train(&opts(&base, &data, &rm, &sets)).unwrap();
+    let out = ferrolm_align::reward::train(&common::opts(&base, &data, &rm, &sets)).unwrap();
     let ev = out.val.unwrap();
     let acc = ev.extra["pairwise_accuracy"];
     println!("LoRA reward model: held-out pairwise accuracy {acc:.3} over {} steps (Bradley-Terry loss {:.4})", out.steps, ev.loss);
@@ -161,7 +126,7 @@ fn lora_reward_model_and_ppo() {
     ]
     .to_vec();
     let full = root.join("ppo-lora-full");
-    let mut t = PpoTrainer::new(&opts(&base, &data, &full, &ppo_sets), Some(&rm)).unwrap();
+    let mut t = PpoTrainer::new(&common::opts(&base, &data, &full, &ppo_sets), Some(&rm)).unwrap();
     assert_eq!(t.run().unwrap().iterations, 3);
     let recs = ferrolm_train::metrics::read(&full.join("metrics.jsonl")).unwrap();
     let steps: Vec<_> = recs.iter().filter(|r| r.extra.contains_key("reward")).collect();
@@ -195,10 +160,10 @@ fn lora_reward_model_and_ppo() {
 
     // exact resume with LoRA on: stop after 2 iterations, resume, same weights and state
     let split = root.join("ppo-lora-split");
-    let mut t = PpoTrainer::new(&opts(&base, &data, &split, &ppo_sets), Some(&rm)).unwrap();
+    let mut t = PpoTrainer::new(&common::opts(&base, &data, &split, &ppo_sets), Some(&rm)).unwrap();
     t.stop_at = Some(2);
     assert_eq!(t.run().unwrap().iterations, 2);
-    let mut o = opts(&base, &data, &split, &[]);
+    let mut o = common::opts(&base, &data, &split, &[]);
     o.resume = true;
     let mut t = PpoTrainer::new(&o, None).unwrap();
     assert_eq!(t.run().unwrap().iterations, 3);
@@ -214,7 +179,7 @@ fn lora_reward_model_and_ppo() {
     qsets.retain(|s| !s.starts_with("train.max_steps") && !s.starts_with("ppo.rollout_batch") && !s.starts_with("train.checkpoint_interval"));
     qsets.retain(|s| !s.starts_with("train.lr") && !s.starts_with("train.min_lr") && !s.starts_with("ppo.ppo_epochs") && !s.starts_with("ppo.minibatch"));
     qsets.extend(["train.max_steps=40", "ppo.rollout_batch=16", "train.checkpoint_interval=0", "ppo.kl_coef=0.01", "train.lr=5e-3", "train.min_lr=5e-3", "ppo.ppo_epochs=4", "ppo.minibatch=4"]);
-    let mut t = PpoTrainer::new(&opts(&base, &data, &quality, &qsets), Some(&rm)).unwrap();
+    let mut t = PpoTrainer::new(&common::opts(&base, &data, &quality, &qsets), Some(&rm)).unwrap();
     t.run().unwrap();
     let rewards = reward_of(&ferrolm_train::metrics::read(&quality.join("metrics.jsonl")).unwrap());
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
