@@ -37,16 +37,7 @@ fn model_cfg(tok: &Tokenizer, kind: ModelKind) -> TransformerConfig {
 
 /// An untrained model saved as a run folder (config.toml, tokenizer.json, checkpoint).
 fn base_run(dir: &Path, kind: ModelKind) -> PathBuf {
-    let tok = fixture_tokenizer();
-    let cfg = RunConfig::transformer(model_cfg(&tok, kind), TrainConfig::default(), Default::default());
-    let (_, vm) = AnyModel::build_fresh(&cfg.model, &Device::Cpu).unwrap();
-    ferrolm_model::init_weights(&cfg.model, &vm, 7).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let state = TrainState { format: checkpoint::FORMAT_VERSION, step: 0, adam_t: 0, seed: 7, tokens_seen: 0, elapsed_secs: 0.0, last_train_loss: None };
-    checkpoint::save(dir, &vm, HashMap::new(), &state, 1).unwrap();
-    ferrolm_common::write_atomic(dir.join("config.toml"), cfg.to_toml()).unwrap();
-    tok.save(&dir.join("tokenizer.json")).unwrap();
-    dir.to_path_buf()
+    base_run_cfg(dir, model_cfg(&fixture_tokenizer(), kind))
 }
 
 fn tiny_model(tok: &Tokenizer) -> (Transformer, VarMap) {
@@ -449,7 +440,8 @@ fn lora_sft_trains_only_adapters_and_the_run_loads_merged() {
     assert!(max((l(&merged) - plain).unwrap()) > 1e-3, "the adapters changed the model");
 }
 
-/// A base run from an explicit config (a BERT-shaped masked LM: GELU MLP, post-norm, pooler).
+/// A base run from an explicit config (e.g. a BERT-shaped masked LM: GELU MLP, post-norm,
+/// pooler).
 fn base_run_cfg(dir: &Path, model: TransformerConfig) -> PathBuf {
     let tok = fixture_tokenizer();
     let cfg = RunConfig::transformer(model, TrainConfig::default(), Default::default());
