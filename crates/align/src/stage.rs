@@ -115,6 +115,7 @@ pub fn read_model(run_dir: &Path) -> Result<TransformerConfig> {
 
 /// Load the decoder of a run folder (its latest checkpoint).
 pub fn load_decoder(run_dir: &Path, device: &candle_core::Device) -> Result<(TransformerConfig, Transformer, VarMap)> {
+    ferrolm_model::registry::ensure_trainable_source(run_dir)?;
     let loaded = ferrolm_model::load_model(run_dir, device)?;
     let model = loaded.model.into_decoder("alignment")?;
     Ok((model.config().clone(), model, loaded.varmap))

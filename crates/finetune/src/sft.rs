@@ -389,6 +389,7 @@ pub fn answer(model: &Transformer, tok: &Tokenizer, tpl: &ChatTemplate, history:
 
 /// Load a run folder's decoder (config.toml + latest checkpoint) into a fresh VarMap.
 pub fn load_decoder(run_dir: &Path, device: &Device) -> Result<(ModelSpec, Transformer, candle_nn::VarMap)> {
+    ferrolm_model::registry::ensure_trainable_source(run_dir)?;
     let loaded = ferrolm_model::load_model(run_dir, device).with_context(|| format!("loading the model of {}", run_dir.display()))?;
     let model = loaded.model.into_decoder("instruction tuning")?;
     Ok((loaded.spec, model, loaded.varmap))

@@ -85,6 +85,23 @@ impl F16Matrix {
         out
     }
 
+    /// Rows `start .. start + out.len() / cols` in f32, into `out` (whole rows; exact): a
+    /// panel for [`crate::sgemm::matmul_t_dequantized`], or embedding rows.
+    pub fn dequantize_rows_into(&self, start: usize, out: &mut [f32]) {
+        let rows = out.len() / self.cols;
+        assert!(out.len() == rows * self.cols && start + rows <= self.rows, "f16 dequantize: rows {start}..{} of {}", start + rows, self.rows);
+        let bits = &self.bits[start * self.cols..(start + rows) * self.cols];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU has F16C and AVX (checked); out and bits have the same length.
+            unsafe { widen_f16c(bits, out) };
+            return;
+        }
+        for (o, &b) in out.iter_mut().zip(bits) {
+            *o = crate::q4k::f16_to_f32(b);
+        }
+    }
+
     /// `x·Wᵀ` for x (m × cols, row-major) into a new (m × rows) buffer.
     pub fn matmul_t(&self, x: &[f32], m: usize) -> Vec<f32> {
         let mut y = vec![0f32; m * self.rows];
@@ -206,6 +223,25 @@ fn dot_portable(w: &[u16], x: &[f32]) -> f32 {
         acc[l] += crate::q4k::f16_to_f32(wv) * xv;
     }
     acc.iter().sum()
+}
+
+/// `out[i] = bits[i]` as f32, eight halves at a time (`vcvtph2ps`); exact.
+///
+/// # Safety
+/// The CPU must have F16C and AVX; `out` must be as long as `bits`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn widen_f16c(bits: &[u16], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert_eq!(bits.len(), out.len());
+    let n8 = bits.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 ≤ n8 ≤ the length of both slices.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr().add(i) as *const __m128i))) };
+    }
+    for i in n8..bits.len() {
+        out[i] = crate::q4k::f16_to_f32(bits[i]);
+    }
 }
 
 /// An f32 rounded to the nearest f16 (ties to even), as its bits: overflow to ±infinity,

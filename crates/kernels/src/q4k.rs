@@ -138,8 +138,7 @@ impl KMatrix {
         Some(self)
     }
 
-    /// The values in f32, row-major (the portable dequantization, for tests and for the
-    /// dense copy a prompt's product reads).
+    /// The values in f32, row-major (the portable dequantization, for tests and exports).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
         let bb = self.kind.block_bytes();
@@ -151,6 +150,38 @@ impl KMatrix {
             }
         });
         out
+    }
+
+    /// Rows `start .. start + out.len() / cols` in f32, into `out` (whole rows), by the
+    /// dequantization the few-row products use (AVX2 where the CPU has it): a panel for
+    /// [`crate::sgemm::matmul_t_dequantized`], or embedding rows.
+    pub fn dequantize_rows_into(&self, start: usize, out: &mut [f32]) {
+        let rows = out.len() / self.cols;
+        assert!(out.len() == rows * self.cols && start + rows <= self.rows, "k-quant dequantize: rows {start}..{} of {}", start + rows, self.rows);
+        let rb = self.row_bytes();
+        let bytes = &self.bytes[start * rb..(start + rows) * rb];
+        let bb = self.kind.block_bytes();
+        let simd = cfg!(target_arch = "x86_64") && crate::fma_available();
+        for (o, b) in out.chunks_exact_mut(QK_K).zip(bytes.chunks_exact(bb)) {
+            let o: &mut [f32; QK_K] = o.try_into().expect("a whole super-block");
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: the CPU has AVX2 and FMA (checked); b is one whole block of `kind`
+                // (144 bytes for Q4_K, 210 for Q6_K).
+                unsafe {
+                    match self.kind {
+                        KQuant::Q4K => dequant_q4k_avx2(b, o),
+                        KQuant::Q6K => dequant_q6k_avx2(b, o),
+                    }
+                }
+                continue;
+            }
+            let _ = simd;
+            match self.kind {
+                KQuant::Q4K => dequant_q4k(b, o),
+                KQuant::Q6K => dequant_q6k(b, o),
+            }
+        }
     }
 
     /// `x·Wᵀ` for x (m × cols, row-major) into a new (m × rows) buffer.

@@ -123,6 +123,26 @@ impl Q8Matrix {
         self.quants.chunks(BLOCK).zip(&self.scales).flat_map(|(q, d)| q.iter().map(move |&q| q as f32 * d)).collect()
     }
 
+    /// Rows `start .. start + out.len() / cols` in f32, into `out` (whole rows): a panel for
+    /// [`crate::sgemm::matmul_t_dequantized`], or embedding rows.
+    pub fn dequantize_rows_into(&self, start: usize, out: &mut [f32]) {
+        let (k, bpr) = (self.cols, self.cols / BLOCK);
+        let rows = out.len() / k;
+        assert!(out.len() == rows * k && start + rows <= self.rows, "q8 dequantize: rows {start}..{} of {}", start + rows, self.rows);
+        let quants = &self.quants[start * k..(start + rows) * k];
+        let scales = &self.scales[start * bpr..(start + rows) * bpr];
+        crate::vectorized(
+            #[inline(always)]
+            || {
+                for ((o, q), &d) in out.chunks_exact_mut(BLOCK).zip(quants.chunks_exact(BLOCK)).zip(scales) {
+                    for (o, &q) in o.iter_mut().zip(q) {
+                        *o = q as f32 * d;
+                    }
+                }
+            },
+        )
+    }
+
     /// `x·Wᵀ` for x (m × cols, row-major) into a new (m × rows) buffer. Weight rows are split
     /// among the rayon threads; each row is read once for all m inputs.
     pub fn matmul_t(&self, x: &[f32], m: usize) -> Vec<f32> {

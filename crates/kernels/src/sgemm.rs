@@ -137,9 +137,106 @@ pub(crate) unsafe fn gemm_call(
     }
 }
 
+/// `y[r][col0 + j] = Σ_i x[r][i] · W[j][i]` — x·Wᵀ for x (m × k, row-major) and a matrix W
+/// (n × k) that is held compact (quantized blocks or halves) and widened to f32 a panel of
+/// rows at a time by `dequant(first_row, out)` (whole rows into `out`); y is m × ld,
+/// row-major. Panels are spread over the rayon threads, each dequantized into a buffer of
+/// its thread and multiplied with one single-threaded `gemm` call.
+///
+/// Why: a prompt's product reads each weight for many input rows, so it is arithmetic-bound
+/// and wants f32 multiply-adds; keeping a dense f32 copy of every quantized layer for it
+/// cost 3–5× llama.cpp's memory and a long load. Widening a panel costs one pass over its
+/// weights, against m multiply-adds per weight in the product.
+pub fn matmul_t_dequantized(x: &[f32], m: usize, k: usize, n: usize, y: &mut [f32], ld: usize, col0: usize, dequant: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    use rayon::prelude::*;
+    assert_eq!(x.len(), m * k, "dequantized matmul: x has {} values, expected {m} × {k}", x.len());
+    assert!(col0 + n <= ld && y.len() >= m * ld, "dequantized matmul: output too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for r in 0..m {
+            y[r * ld + col0..r * ld + col0 + n].fill(0.0);
+        }
+        return;
+    }
+    let rows = panel_rows(n, k, rayon::current_num_threads());
+    let dst = SendPtr::new(y.as_mut_ptr());
+    let panels = n.div_ceil(rows);
+    (0..panels).into_par_iter().for_each(|p| {
+        let (first, count) = (p * rows, rows.min(n - p * rows));
+        PANEL.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < count * k {
+                buf.resize(count * k, 0.0);
+            }
+            let panel = &mut buf[..count * k];
+            dequant(first, panel);
+            let a = Strided::row_major(x, k);
+            // Wᵀ restricted to the panel: element (i, j) is panel[j·k + i].
+            let b = Strided { ptr: panel.as_ptr(), rs: 1, cs: k as isize };
+            // SAFETY: a is x (m × k, row-major), b the panel's transpose (k × count) inside
+            // the buffer, and dst + col0 + first with row stride ld addresses the m × count
+            // block of y at columns col0 + first .. col0 + first + count ≤ col0 + n ≤ ld,
+            // inside y (asserted) and disjoint from every other panel's block.
+            unsafe { gemm_call(m, count, k, a, b, dst.get().add(col0 + first), ld, false, 1.0, gemm::Parallelism::None) };
+        });
+    });
+}
+
+thread_local! {
+    /// A thread's buffer for [`matmul_t_dequantized`]'s panels (reused across products).
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Weight rows per panel: a panel of about a MiB of f32 (it stays in L2 while `gemm` reads
+/// it), a multiple of 16 between 16 and 256, and at least four panels per thread when the
+/// matrix has the rows (so that threads finish together).
+fn panel_rows(n: usize, k: usize, threads: usize) -> usize {
+    let by_cache = (262_144 / k.max(1)).clamp(64, 256);
+    let by_threads = n.div_ceil(4 * threads.max(1));
+    by_cache.min(by_threads).next_multiple_of(16).max(16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_product_over_dequantized_panels_equals_the_dense_product() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let mut seed = 11u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        // n not a multiple of any panel size; k that gives one-panel, many-panel and minimum cases
+        for &(m, n, k) in &[(9, 70, 32), (17, 300, 576), (3, 1000, 5000), (40, 1, 7)] {
+            let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+            // "quantized" as the values times 2: the product must read the dequantized rows
+            let dequant = |first: usize, out: &mut [f32]| {
+                for (o, v) in out.iter_mut().zip(&w[first * k..]) {
+                    *o = 2.0 * v;
+                }
+            };
+            let (ld, col0) = (n + 7, 3);
+            let mut y = vec![9f32; m * ld];
+            pool.install(|| matmul_t_dequantized(&x, m, k, n, &mut y, ld, col0, &dequant));
+            for r in 0..m {
+                for j in 0..ld {
+                    let got = y[r * ld + j];
+                    if j < col0 || j >= col0 + n {
+                        assert_eq!(got, 9.0, "({r}, {j}) outside the columns was written");
+                        continue;
+                    }
+                    let c = j - col0;
+                    let want: f64 = (0..k).map(|i| x[r * k + i] as f64 * 2.0 * w[c * k + i] as f64).sum();
+                    assert!((got as f64 - want).abs() < 1e-4 * (k as f64).sqrt(), "({m},{n},{k}) at ({r}, {c}): {got} vs {want}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn batched_products_equal_the_sequential_loop_bit_for_bit() {

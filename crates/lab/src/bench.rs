@@ -324,6 +324,7 @@ impl ferrolm_train::TrainTask for LoraBenchTask {
 /// random tokens, every linear layer of the blocks adapted, the base frozen — for
 /// bench/lora_speed.py (transformers + PEFT side by side).
 pub fn bench_lora(o: &LoraBenchOptions, device: &Device) -> Result<BenchOutcome> {
+    ferrolm_model::registry::ensure_trainable_source(&o.model)?;
     let loaded = ferrolm_model::load_model(&o.model, device)?;
     let mut model = loaded.model.into_decoder("bench lora")?;
     let lcfg = ferrolm_model::lora::LoraConfig { rank: o.rank, alpha: o.alpha, dropout: 0.0, targets: vec!["all".into()] };

@@ -26,7 +26,7 @@ impl Positions {
     /// Token embeddings of `ids` (batch, T) whose first position is `offset`, plus learned
     /// positions when the style has them. Longer-than-context input is a clear error for
     /// both styles (RoPE's table has `max_seq_len` rows too).
-    pub fn embed(&self, wte: &Embedding, ids: &Tensor, offset: usize) -> Result<Tensor> {
+    pub fn embed(&self, wte: &impl Module, ids: &Tensor, offset: usize) -> Result<Tensor> {
         let t = ids.dim(1)?;
         if offset + t > self.max_seq_len {
             candle_core::bail!("sequence of {} positions exceeds the model's max_seq_len {}", offset + t, self.max_seq_len);
@@ -43,7 +43,7 @@ impl Positions {
 
     /// Token embeddings of one token per row, `ids` (batch, 1), row b at position
     /// `positions[b]` (batched decoding): one lookup for the whole batch.
-    pub fn embed_rows(&self, wte: &Embedding, ids: &Tensor, positions: &[usize]) -> Result<Tensor> {
+    pub fn embed_rows(&self, wte: &impl Module, ids: &Tensor, positions: &[usize]) -> Result<Tensor> {
         if let Some(&p) = positions.iter().find(|&&p| p + 1 > self.max_seq_len) {
             candle_core::bail!("sequence of {} positions exceeds the model's max_seq_len {}", p + 1, self.max_seq_len);
         }

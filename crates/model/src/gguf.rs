@@ -13,13 +13,15 @@
 //! plus the chat template; ferrolm also stores its own `config.toml` model section and the
 //! `tokenizer.json`, so a file it wrote loads back exactly.
 //!
-//! In: the weights are dequantized to f32 into the same Transformer; on the CPU, layers the
-//! file stores as Q8_0, Q4_K, Q6_K or F16 also keep the file's blocks (or halves), which the
-//! few-row products of decoding read ([`crate::quant`]); Q5_0 blocks (q4_k_m's type for
-//! rows that do not fill 256-value super-blocks) are kept as the Q8_0 blocks of the same
-//! values. Other quantizations run in f32.
+//! In: into the same Transformer. On the CPU, matrices the file stores as Q8_0, Q4_K, Q6_K
+//! or F16 (the token embedding and every linear layer whose parts all are) are held as the
+//! file's blocks (or halves) only, never as an f32 copy ([`crate::quant`]: decoding reads the
+//! blocks, a prompt's product widens panels of rows as it goes, embedding rows are widened as
+//! they are looked up); Q5_0 blocks (q4_k_m's type for rows that do not fill 256-value
+//! super-blocks) are held as the Q8_0 blocks of the same values. Other quantizations, and
+//! every weight on a GPU, are dequantized to f32.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Seek, Write};
 use std::path::Path;
 
@@ -515,8 +517,12 @@ pub fn read_tokenizer(path: &Path) -> Result<GgufTokenizer> {
 }
 
 /// The GGUF tensors a core linear layer is built from (`decoder.blocks.3.attn.qkv` ← attn_q,
-/// attn_k, attn_v of blk.3; `lm_head` ← output, or token_embd when the head is tied).
+/// attn_k, attn_v of blk.3; `lm_head` ← output, or token_embd when the head is tied), or the
+/// token embedding (`wte` ← token_embd).
 fn gguf_sources(layer: &str, tied: bool, fused_qkv: bool) -> Option<Vec<String>> {
+    if layer == "wte" {
+        return Some(vec!["token_embd.weight".into()]);
+    }
     if layer == "lm_head" {
         return Some(vec![if tied { "token_embd.weight" } else { "output.weight" }.into()]);
     }
@@ -533,6 +539,27 @@ fn gguf_sources(layer: &str, tied: bool, fused_qkv: bool) -> Option<Vec<String>>
         _ => return None,
     };
     Some(from.iter().map(|f| format!("{b}{f}")).collect())
+}
+
+/// The matrices of a GGUF file that a CPU model holds only as their blocks: the sources of
+/// every core layer (and of the token embedding) whose parts are all 2-D and stored in a
+/// format with blocks ([`block_kind`]).
+fn lean_tensors(content: &gguf_file::Content, n_layers: usize, tied: bool, fused_qkv: bool) -> HashSet<String> {
+    let mut layers = vec!["wte".to_string(), "lm_head".to_string()];
+    for i in 0..n_layers {
+        for name in ["attn.qkv", "attn.proj", "mlp.gate", "mlp.up", "mlp.proj"] {
+            layers.push(format!("decoder.blocks.{i}.{name}"));
+        }
+    }
+    let mut lean = HashSet::new();
+    for layer in layers {
+        let Some(sources) = gguf_sources(&layer, tied, fused_qkv) else { continue };
+        let blocked = |name: &String| content.tensor_infos.get(name).is_some_and(|info| info.shape.rank() == 2 && block_kind(info.ggml_dtype).is_some());
+        if sources.iter().all(blocked) {
+            lean.extend(sources);
+        }
+    }
+    lean
 }
 
 /// A stored format ferrolm decodes on.
@@ -638,26 +665,31 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         }
     };
     let mut tensor_types = HashMap::new();
-    // The blocks of every quantized (or f16) matrix, as stored, for the products of decoding.
+    // On the CPU, matrices stored quantized or in f16 (Q8_0, Q5_0, Q4_K, Q6_K, F16) are held
+    // as the file's blocks only — no f32 copy, not even while loading: the builder gets a
+    // placeholder for each, which `set_quantized` below replaces. A layer with any part in
+    // another type is dequantized whole.
+    let fused_qkv = family == HfFamily::Gpt2;
+    let lean = if device.is_cpu() { lean_tensors(&content, cfg.n_layers, cfg.tie_embeddings, fused_qkv) } else { HashSet::new() };
     let mut raw: HashMap<String, QuantBlock> = HashMap::new();
-    let keep_blocks = device.is_cpu();
     let mut read = |name: &str| -> Result<Tensor> {
         let q = content.tensor(&mut f, name, &Device::Cpu).map_err(|e| anyhow::anyhow!("{}: tensor {name}: {e}", path.display()))?;
         tensor_types.insert(name.to_string(), q.dtype());
-        if keep_blocks {
-            if let (Ok((rows, cols)), Some(kind)) = (q.shape().dims2(), block_kind(q.dtype())) {
-                let bytes = q.data()?;
-                let block = match kind {
-                    Stored::Q8_0 => Q8Matrix::from_gguf_bytes(rows, cols, &bytes).map(QuantBlock::Q8_0),
-                    Stored::Q5_0 => Q8Matrix::from_gguf_q5_0_bytes(rows, cols, &bytes).map(QuantBlock::Q8_0),
-                    Stored::K(k) => KMatrix::from_bytes(k, rows, cols, bytes.into_owned()).map(QuantBlock::K),
-                    Stored::F16 => F16Matrix::from_gguf_bytes(rows, cols, &bytes).map(QuantBlock::F16),
-                };
-                let block = block.with_context(|| format!("{}: tensor {name}: {:?} data does not fill {rows}×{cols}", path.display(), q.dtype()))?;
-                raw.insert(name.to_string(), block);
-            }
+        if !lean.contains(name) {
+            return Ok(q.dequantize(&Device::Cpu)?);
         }
-        Ok(q.dequantize(&Device::Cpu)?)
+        let (rows, cols) = q.shape().dims2()?;
+        let kind = block_kind(q.dtype()).expect("lean tensors have a block kind");
+        let bytes = q.data()?;
+        let block = match kind {
+            Stored::Q8_0 => Q8Matrix::from_gguf_bytes(rows, cols, &bytes).map(QuantBlock::Q8_0),
+            Stored::Q5_0 => Q8Matrix::from_gguf_q5_0_bytes(rows, cols, &bytes).map(QuantBlock::Q8_0),
+            Stored::K(k) => KMatrix::from_bytes(k, rows, cols, bytes.into_owned()).map(QuantBlock::K),
+            Stored::F16 => F16Matrix::from_gguf_bytes(rows, cols, &bytes).map(QuantBlock::F16),
+        };
+        let block = block.with_context(|| format!("{}: tensor {name}: {:?} data does not fill {rows}×{cols}", path.display(), q.dtype()))?;
+        raw.insert(name.to_string(), block);
+        Ok(crate::linear::placeholder(&[rows, cols], &Device::Cpu)?)
     };
     let permute = arch == "llama";
     let values = if family == HfFamily::Gpt2 {
@@ -709,7 +741,8 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
                     continue;
                 }
                 let t = read(&g)?;
-                let t = if permute && heads > 0 { permute_rows(&t, heads, true)? } else { t };
+                // (a placeholder's blocks are reordered when they are set, below)
+                let t = if permute && heads > 0 && !crate::linear::is_placeholder(&t) { permute_rows(&t, heads, true)? } else { t };
                 put(format!("{h}{to}"), t);
             }
         }
@@ -723,14 +756,14 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     let (mut model, varmap) = AnyModel::build_with(&spec, values, device, path)?;
     if let AnyModel::Decoder(m) = &mut model {
         // A GGUF model is for inference: weights frozen, and layers stored quantized or in
-        // half precision in the file (Q8_0, Q4_K, Q6_K, F16) keep the file's blocks for
-        // decoding — the q/k rows of `llama` reordered as the f32 copy was — so these
-        // products read exactly the file's numbers. A layer with any part in f32 stays f32.
+        // half precision in the file (Q8_0, Q5_0, Q4_K, Q6_K, F16) hold the file's blocks —
+        // the q/k rows of `llama` reordered as an f32 copy would be — so every product reads
+        // exactly the file's numbers. A layer with any part in f32 stays f32.
         m.freeze_linears();
-        if device.is_cpu() {
+        if !raw.is_empty() {
             let (tied, n_heads, n_kv_heads) = (m.config().tie_embeddings, m.config().n_heads, m.config().n_kv_heads);
             m.set_quantized(|layer| {
-                let Some(names) = gguf_sources(layer, tied, family == HfFamily::Gpt2) else { return Ok(None) };
+                let Some(names) = gguf_sources(layer, tied, fused_qkv) else { return Ok(None) };
                 let mut out: Option<QuantWeights> = None;
                 for name in names {
                     let Some(block) = raw.remove(&name) else { return Ok(None) };
@@ -745,6 +778,11 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
             })?;
         }
     }
+    // Every placeholder must have been replaced by its blocks: a layer left with one would
+    // fail at its first product; say which here instead.
+    let mut unclaimed: Vec<&String> = raw.keys().collect();
+    unclaimed.sort();
+    ensure!(unclaimed.is_empty(), "{}: tensors {unclaimed:?} were not taken by any layer of the model", path.display());
     let text = |k: &str| content.metadata.get(k).and_then(|v| v.to_string().ok()).cloned();
     Ok(GgufModel {
         loaded: LoadedModel { spec, model, varmap, checkpoint: path.to_path_buf() },

@@ -13,13 +13,38 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     lora: Option<LoraAdapter>,
-    /// The same weights quantized (Q8_0, Q4_K, Q6_K or F16: a GGUF file's blocks, or
-    /// `--quant`): products of up to [`QUANT_MAX_ROWS`] input rows — token-by-token
-    /// decoding, which reads every weight for each token — read these, a half to an
-    /// eighth of the bytes. `weight` then holds the dequantized values, so that a prompt's
-    /// f32 product computes the same model (on inputs rounded to 8 bits where the few-row
-    /// product rounds them: [`QuantWeights::input_rounding`]).
+    /// The weights quantized (Q8_0, Q4_K, Q6_K or F16: a GGUF file's blocks, or `--quant`),
+    /// held instead of f32 ones: `weight` is then a [`placeholder`] of the matrix's shape,
+    /// no values. Products of up to [`QUANT_MAX_ROWS`] input rows — token-by-token
+    /// decoding, which reads every weight for each token — read the blocks, a half to an
+    /// eighth of f32's bytes; larger ones (a prompt) widen panels of rows to f32 as they go
+    /// ([`QuantWeights::matmul_t_panels`]), both on the same inputs (rounded to 8 bits for
+    /// Q8_0 rows: [`QuantWeights::input_rounding`]), so every product computes one model.
     quant: Option<std::sync::Arc<QuantWeights>>,
+}
+
+/// A tensor of `shape` that holds no values (one zero, broadcast): what a layer whose
+/// weights are held only quantized has in place of its f32 matrix, and what a model
+/// builder receives for such a layer (so a 0.5 B-parameter GGUF model never holds its f32
+/// copy, even while it loads). Never multiplied: [`Linear::set_quant`] must claim it.
+pub fn placeholder(shape: &[usize], device: &candle_core::Device) -> Result<Tensor> {
+    Tensor::zeros((), candle_core::DType::F32, device)?.broadcast_as(shape)
+}
+
+/// Whether `t` is a [`placeholder`] (more than one element, all strides 0).
+pub fn is_placeholder(t: &Tensor) -> bool {
+    t.elem_count() > 1 && t.stride().iter().all(|&s| s == 0)
+}
+
+/// Row blocks stacked (`Tensor::cat` on dim 0), or one placeholder of the stacked shape
+/// when every part is a placeholder (a fused q/k/v layer of quantized parts).
+pub fn cat_rows(parts: &[Tensor]) -> Result<Tensor> {
+    if !parts.is_empty() && parts.iter().all(is_placeholder) {
+        let mut dims = parts[0].dims().to_vec();
+        dims[0] = parts.iter().map(|p| p.dim(0)).sum::<Result<usize>>()?;
+        return placeholder(&dims, parts[0].device());
+    }
+    Tensor::cat(parts, 0)
 }
 
 /// Inputs with more rows (a prompt's prefill) take the f32 product, where the work is the
@@ -69,15 +94,18 @@ impl Linear {
         self.bias = self.bias.as_ref().map(Tensor::detach);
     }
 
-    /// Keep `q` — the same values as `weight`, quantized (a GGUF file's blocks) — for
-    /// few-row products (see the `quant` field). The layer is frozen (inference only).
-    pub fn set_quant(&mut self, q: QuantWeights) -> Result<()> {
+    /// Hold the weights as `q` from now on — the same matrix quantized (a GGUF file's
+    /// blocks) — in place of the f32 values, which are dropped (see the `quant` field). The
+    /// layer is frozen (inference only). A `weight` that is a [`placeholder`] needs this.
+    pub fn set_quant(&mut self, q: impl Into<std::sync::Arc<QuantWeights>>) -> Result<()> {
+        let q = q.into();
         let (rows, cols) = self.weight.dims2()?;
         if (q.rows(), q.cols()) != (rows, cols) {
             candle_core::bail!("quantized weights of {}×{} for a layer of {rows}×{cols}", q.rows(), q.cols());
         }
-        self.freeze();
-        self.quant = Some(std::sync::Arc::new(q));
+        self.weight = placeholder(&[rows, cols], self.weight.device())?;
+        self.bias = self.bias.as_ref().map(Tensor::detach);
+        self.quant = Some(q);
         Ok(())
     }
 
@@ -87,11 +115,11 @@ impl Linear {
     }
 
     /// Quantize the weights as `kind` asks (Q4_K falls back to Q8_0 on rows that are not
-    /// whole 256-value super-blocks; F16 rounds each weight to the nearest half) and replace them with their dequantized values, so that
-    /// every product — few-row ones on the blocks, larger ones in f32 — computes the
-    /// quantized model. The layer is frozen. A layer that already has quantized weights keeps
-    /// them. Returns (format, bytes, quantized now), or None when the rows do not fill
-    /// blocks of 32 (the layer stays f32; never for F16).
+    /// whole 256-value super-blocks; F16 rounds each weight to the nearest half) and hold
+    /// them so from now on ([`Self::set_quant`]): every product computes the quantized
+    /// model. The layer is frozen. A layer that already has quantized weights keeps them.
+    /// Returns (format, bytes, quantized now), or None when the rows do not fill blocks of
+    /// 32 (the layer stays f32; never for F16).
     pub fn quantize(&mut self, kind: QuantKind) -> Result<Option<(String, usize, bool)>> {
         if let Some(q) = &self.quant {
             return Ok(Some((q.format(), q.bytes(), false)));
@@ -99,10 +127,8 @@ impl Linear {
         let (rows, cols) = self.weight.dims2()?;
         let values = self.weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let Some(q) = QuantWeights::quantize(kind, &values, rows, cols) else { return Ok(None) };
-        self.weight = Tensor::from_vec(q.dequantize(), (rows, cols), self.weight.device())?;
-        self.bias = self.bias.as_ref().map(Tensor::detach);
         let out = (q.format(), q.bytes(), true);
-        self.quant = Some(std::sync::Arc::new(q));
+        self.set_quant(q)?;
         Ok(Some(out))
     }
 
@@ -118,28 +144,31 @@ impl Linear {
     /// dropout, seeded so that a resumed run draws the same masks).
     pub fn forward_t(&self, x: &Tensor, lora_seed: Option<u64>) -> Result<Tensor> {
         if let Some(q) = &self.quant {
+            // Quantized layers are loaded frozen, for inference: these products have no
+            // gradient, and adapters go on f32 weights.
+            if self.lora.is_some() {
+                candle_core::bail!("LoRA adapters on a layer held quantized: attach them to the f32 model");
+            }
+            if !x.device().is_cpu() {
+                candle_core::bail!("quantized weights are for CPU inference; the input is on {:?}", x.device().location());
+            }
             let k = x.dim(D::Minus1)?;
+            if k != q.cols() {
+                candle_core::bail!("input width {k} for quantized weights of width {}", q.cols());
+            }
             let m = x.elem_count() / k.max(1);
-            // Only for frozen weights (quantized models are loaded frozen, for inference):
-            // the quantized product has no gradient.
-            if m <= QUANT_MAX_ROWS && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && !self.weight.track_op() && self.lora.is_none() {
-                let xs = x.flatten_all()?.to_vec1::<f32>()?;
-                if xs.len() != m * q.cols() {
-                    candle_core::bail!("input width {k} for quantized weights of width {}", q.cols());
-                }
-                let mut dims = x.dims().to_vec();
-                *dims.last_mut().expect("rank >= 1") = q.rows();
-                let y = Tensor::from_vec(q.matmul_t(&xs, m), dims, x.device())?;
-                return match &self.bias {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                };
-            }
-            if self.lora.is_none() && !self.weight.track_op() {
-                if let Some(y) = self.rounded_input_product(x, q)? {
-                    return Ok(y);
-                }
-            }
+            let xs = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let y = if m <= QUANT_MAX_ROWS { q.matmul_t(&xs, m) } else { q.matmul_t_panels(&xs, m) };
+            let mut dims = x.dims().to_vec();
+            *dims.last_mut().expect("rank >= 1") = q.rows();
+            let y = Tensor::from_vec(y, dims, x.device())?;
+            return match &self.bias {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            };
+        }
+        if is_placeholder(&self.weight) {
+            candle_core::bail!("a linear layer of {:?} has no weights: its quantized weights were never set", self.weight.dims());
         }
         let y = ferrolm_kernels::linear(x, &self.weight, self.bias.as_ref())?;
         let Some(lora) = &self.lora else { return Ok(y) };
@@ -172,34 +201,6 @@ impl Linear {
     }
 }
 
-impl Linear {
-    /// The many-row product of a layer whose quantized rows round their inputs to 8 bits
-    /// (Q8_0): the f32 product of the rounded inputs with the dequantized weights, so that a
-    /// prompt pass computes what decoding computes. None when no row rounds (the plain
-    /// product is the same model).
-    fn rounded_input_product(&self, x: &Tensor, q: &QuantWeights) -> Result<Option<Tensor>> {
-        let runs = q.input_rounding();
-        if !runs.iter().any(|r| r.2) {
-            return Ok(None);
-        }
-        let k = x.dim(D::Minus1)?;
-        let mut rounded = x.flatten_all()?.to_vec1::<f32>()?;
-        ferrolm_kernels::q8::round_activations(&mut rounded, k);
-        let rounded = Tensor::from_vec(rounded, x.dims(), x.device())?;
-        if let [(_, _, true)] = runs.as_slice() {
-            return ferrolm_kernels::linear(&rounded, &self.weight, self.bias.as_ref()).map(Some);
-        }
-        // Rows in formats that do and do not round: each run of rows on its own input.
-        let mut pieces = Vec::with_capacity(runs.len());
-        for (start, rows, round) in runs {
-            let w = self.weight.narrow(0, start, rows)?;
-            let b = self.bias.as_ref().map(|b| b.narrow(0, start, rows)).transpose()?;
-            pieces.push(ferrolm_kernels::linear(if round { &rounded } else { x }, &w, b.as_ref())?);
-        }
-        Tensor::cat(&pieces, D::Minus1).map(Some)
-    }
-}
-
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_t(x, None)
@@ -212,28 +213,36 @@ mod tests {
     use candle_core::Device;
 
     #[test]
-    fn few_rows_read_the_quantized_blocks_and_more_rows_the_f32_weights() {
+    fn a_quantized_layer_drops_its_f32_weights_and_every_product_reads_the_blocks() {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (24, 256), &dev).unwrap();
         let b = Tensor::randn(0f32, 1.0, 24, &dev).unwrap();
         let mut lin = Linear::new(w.clone(), Some(b.clone()));
-        // blocks of *other* values, so that the test sees which product ran
+        // blocks of *other* values, so that the test sees which weights the products read
         let other: Vec<f32> = w.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v * 2.0).collect();
         let q = QuantWeights::quantize(QuantKind::Q4K, &other, 24, 256).unwrap();
         assert_eq!(q.format(), "Q4_K");
         let dq = Tensor::from_vec(q.dequantize(), (24, 256), &dev).unwrap();
         lin.set_quant(q).unwrap();
-        for rows in [1, QUANT_MAX_ROWS, QUANT_MAX_ROWS + 1] {
+        assert!(is_placeholder(lin.weight()), "the f32 weights are dropped");
+        for rows in [1, QUANT_MAX_ROWS, QUANT_MAX_ROWS + 1, 70] {
             let x = Tensor::randn(0f32, 1.0, (1, rows, 256), &dev).unwrap();
             let y = lin.forward(&x).unwrap();
-            let on = if rows <= QUANT_MAX_ROWS { &dq } else { &w };
-            let want = x.broadcast_matmul(&on.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+            let want = x.broadcast_matmul(&dq.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
             let d: f32 = (y - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
             assert!(d < 1e-3, "{rows} rows: {d}");
         }
         // a mismatched shape is refused
         let wrong = QuantWeights::quantize(QuantKind::Q8_0, &[0.0; 32 * 3], 3, 32).unwrap();
         assert!(lin.set_quant(wrong).is_err());
+        // a placeholder never multiplies silently
+        let empty = Linear::new(placeholder(&[24, 256], &dev).unwrap(), None);
+        let x = Tensor::randn(0f32, 1.0, (1, 2, 256), &dev).unwrap();
+        assert!(format!("{}", empty.forward(&x).unwrap_err()).contains("no weights"));
+        // stacked placeholders stay placeholders; real parts are concatenated
+        let p = cat_rows(&[placeholder(&[3, 8], &dev).unwrap(), placeholder(&[5, 8], &dev).unwrap()]).unwrap();
+        assert!(is_placeholder(&p) && p.dims() == [8, 8]);
+        assert!(!is_placeholder(&cat_rows(&[w.clone(), w.clone()]).unwrap()));
     }
 
     #[test]
@@ -252,7 +261,7 @@ mod tests {
         let dq = Tensor::from_vec(q.dequantize(), (n8 + nk, k), &dev).unwrap();
         let mut lin = Linear::new(dq.clone(), Some(b.clone()));
         lin.set_quant(q).unwrap();
-        for rows in [1, QUANT_MAX_ROWS, QUANT_MAX_ROWS + 5] {
+        for rows in [1, QUANT_MAX_ROWS, QUANT_MAX_ROWS + 5, 300] {
             let x = Tensor::randn(0f32, 1.0, (1, rows, k), &dev).unwrap();
             let mut xr = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             ferrolm_kernels::q8::round_activations(&mut xr, k);

@@ -84,6 +84,15 @@ impl QuantBlock {
         }
     }
 
+    /// Rows `start ..` of this block in f32, into `out` (whole rows).
+    pub fn dequantize_rows_into(&self, start: usize, out: &mut [f32]) {
+        match self {
+            Self::Q8_0(q) => q.dequantize_rows_into(start, out),
+            Self::K(q) => q.dequantize_rows_into(start, out),
+            Self::F16(q) => q.dequantize_rows_into(start, out),
+        }
+    }
+
     /// Rows `order[0]`, `order[1]`, … of this block.
     pub fn select_rows(&self, order: &[usize]) -> Self {
         match self {
@@ -177,6 +186,70 @@ impl QuantWeights {
                 QuantBlock::K(q) => q.matmul_t_into(x, m, &mut y, n, col),
                 QuantBlock::F16(q) => q.matmul_t_into(x, m, &mut y, n, col),
             }
+            col += b.rows();
+        }
+        y
+    }
+
+    /// Rows `start .. start + out.len() / cols` in f32, into `out` (whole rows, across
+    /// blocks): the dequantization the few-row products use.
+    pub fn dequantize_rows_into(&self, start: usize, out: &mut [f32]) {
+        let k = self.cols();
+        assert!(out.len().is_multiple_of(k) && start + out.len() / k <= self.rows(), "quantized rows {start}.. out of range");
+        let (mut row, mut out) = (start, out);
+        let mut at = 0;
+        for b in &self.blocks {
+            let (lo, hi) = (at, at + b.rows());
+            at = hi;
+            if out.is_empty() {
+                break;
+            }
+            if row >= hi {
+                continue;
+            }
+            let take = (hi - row).min(out.len() / k);
+            let (head, rest) = out.split_at_mut(take * k);
+            b.dequantize_rows_into(row - lo, head);
+            row += take;
+            out = rest;
+        }
+    }
+
+    /// Rows `ids` (each < rows) in f32, one after another: an embedding lookup on a table
+    /// held quantized. An id out of range is an error naming it.
+    pub fn gather_rows(&self, ids: &[u32]) -> anyhow::Result<Vec<f32>> {
+        let k = self.cols();
+        let mut out = vec![0f32; ids.len() * k];
+        for (o, &id) in out.chunks_exact_mut(k).zip(ids) {
+            if id as usize >= self.rows() {
+                bail!("token id {id} is outside the embedding table of {} rows", self.rows());
+            }
+            self.dequantize_rows_into(id as usize, o);
+        }
+        Ok(out)
+    }
+
+    /// `x·Wᵀ` for x (m × cols) with many rows (a prompt pass): panels of rows widened to f32
+    /// as the product goes ([`ferrolm_kernels::sgemm::matmul_t_dequantized`]), so no dense
+    /// f32 copy of the weights is kept; Q8_0 rows multiply the inputs rounded to 8 bits, as
+    /// the few-row product does ([`Self::input_rounding`]), so both compute one model.
+    pub fn matmul_t_panels(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.rows(), self.cols());
+        assert_eq!(x.len(), m * k, "quantized matmul: x has {} values, expected {m} × {k}", x.len());
+        let rounded = self.blocks.iter().any(|b| matches!(b, QuantBlock::Q8_0(_))).then(|| {
+            let mut r = x.to_vec();
+            ferrolm_kernels::q8::round_activations(&mut r, k);
+            r
+        });
+        let mut y = vec![0f32; m * n];
+        let mut col = 0;
+        for b in &self.blocks {
+            let input = match (b, &rounded) {
+                (QuantBlock::Q8_0(_), Some(r)) => r.as_slice(),
+                _ => x,
+            };
+            let dequant = |first: usize, out: &mut [f32]| b.dequantize_rows_into(first, out);
+            ferrolm_kernels::sgemm::matmul_t_dequantized(input, m, k, b.rows(), &mut y, n, col, &dequant);
             col += b.rows();
         }
         y

@@ -97,17 +97,30 @@ impl AnyModel {
     pub fn build_with(spec: &ModelSpec, mut values: HashMap<String, Tensor>, device: &Device, origin: &Path) -> Result<(Self, VarMap)> {
         spec.validate().map_err(anyhow::Error::msg)?;
         let varmap = VarMap::new();
+        // Placeholders (weights a GGUF model holds only quantized) go to the builder as they
+        // are — a variable would copy them into a dense matrix — and the caller must give
+        // their layers the quantized weights (`Transformer::set_quantized`).
+        let mut placeholders = HashMap::new();
         {
             let mut data = varmap.data().lock().expect("varmap lock");
             let names: Vec<String> = values.keys().cloned().collect();
             for name in names {
                 let t = values.remove(&name).expect("listed");
+                if crate::linear::is_placeholder(&t) {
+                    placeholders.insert(name, t.to_device(device)?);
+                    continue;
+                }
                 let var = candle_core::Var::from_tensor(&t.to_device(device)?.to_dtype(DType::F32)?)?;
                 data.insert(name, var);
             }
         }
         let provided = varmap.data().lock().expect("varmap lock").len();
-        let model = Self::build(spec, VarBuilder::from_varmap(&varmap, DType::F32, device)).context("building the model")?;
+        let vb = if placeholders.is_empty() {
+            VarBuilder::from_varmap(&varmap, DType::F32, device)
+        } else {
+            VarBuilder::from_backend(Box::new(WithPlaceholders { varmap: varmap.clone(), placeholders }), DType::F32, device.clone())
+        };
+        let model = Self::build(spec, vb).context("building the model")?;
         let data = varmap.data().lock().expect("varmap lock");
         if data.len() != provided {
             // The builder created variables the source did not provide (drawn at random).
@@ -120,9 +133,9 @@ impl AnyModel {
     }
 
     /// Quantize the model's linear layers for CPU inference (`--quant q8_0|q4_k|f16` of
-    /// generate, chat, eval, serve): few-row products (decoding) then read the quantized
-    /// blocks, larger ones the dequantized values, so every path computes the quantized
-    /// model. The model is frozen: for inference only. Layers a quantized or f16 GGUF file
+    /// generate, chat, eval, serve): each layer then holds its quantized blocks instead of
+    /// f32 weights (few-row products — decoding — read them; larger ones widen panels of
+    /// rows as they go), so every path computes the quantized model. The model is frozen: for inference only. Layers a quantized or f16 GGUF file
     /// gave blocks keep them. Decoders only, on the CPU.
     pub fn quantize(&mut self, kind: crate::quant::QuantKind) -> Result<crate::quant::QuantSummary> {
         if !self.device().is_cpu() {
@@ -238,7 +251,7 @@ pub fn load_model(run_dir: &Path, device: &Device) -> Result<LoadedModel> {
 }
 
 /// Training stages start from run folders and Hugging Face checkpoints; a `.gguf` file is
-/// loaded frozen (and partly 8-bit) for inference only.
+/// holds its matrices quantized (or in f16), frozen, for inference only.
 pub fn ensure_trainable_source(path: &Path) -> Result<()> {
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         bail!("{}: GGUF files are for inference (generate, chat, serve, score); fine-tune the ferrolm run or Hugging Face model it was exported from", path.display());
@@ -303,4 +316,32 @@ pub fn token_logprobs(model: &AnyModel, ids: &[u32]) -> Result<Vec<f64>> {
     let targets = Tensor::new(&ids[1..], model.device())?.unsqueeze(1)?;
     let picked = lp.narrow(0, 0, ids.len() - 1)?.gather(&targets, 1)?.squeeze(1)?;
     Ok(picked.to_vec1::<f64>()?)
+}
+
+/// The variables of a [`VarMap`] plus placeholders served as they are (see
+/// [`AnyModel::build_with`]).
+struct WithPlaceholders {
+    varmap: VarMap,
+    placeholders: HashMap<String, candle_core::Tensor>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for WithPlaceholders {
+    fn get(&self, s: candle_core::Shape, name: &str, h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<candle_core::Tensor> {
+        match self.placeholders.get(name) {
+            Some(t) if t.shape() == &s => Ok(t.clone()),
+            Some(t) => Err(candle_core::Error::UnexpectedShape { msg: format!("shape mismatch for {name}"), expected: s, got: t.shape().clone() }.bt()),
+            None => candle_nn::var_builder::SimpleBackend::get(&self.varmap, s, name, h, dtype, dev),
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<candle_core::Tensor> {
+        match self.placeholders.get(name) {
+            Some(t) => Ok(t.clone()),
+            None => candle_nn::var_builder::SimpleBackend::get_unchecked(&self.varmap, name, dtype, dev),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.placeholders.contains_key(name) || candle_nn::var_builder::SimpleBackend::contains_tensor(&self.varmap, name)
+    }
 }

@@ -92,10 +92,38 @@ impl Stack {
     }
 }
 
+/// The token embedding: an f32 table, or rows of a table held quantized (a GGUF file's
+/// `token_embd` blocks, which a tied LM head multiplies too), dequantized as they are
+/// looked up, so the model keeps no f32 copy of the table.
+#[derive(Debug, Clone)]
+pub struct TokenEmbedding {
+    /// A [`crate::linear::placeholder`] when `quant` holds the table.
+    table: Embedding,
+    quant: Option<std::sync::Arc<crate::quant::QuantWeights>>,
+}
+
+impl TokenEmbedding {
+    /// The f32 table (a placeholder when the table is held quantized).
+    pub fn embeddings(&self) -> &Tensor {
+        self.table.embeddings()
+    }
+}
+
+impl Module for TokenEmbedding {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let Some(q) = &self.quant else { return self.table.forward(ids) };
+        let flat = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let rows = q.gather_rows(&flat).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        let mut dims = ids.dims().to_vec();
+        dims.push(q.cols());
+        Tensor::from_vec(rows, dims, ids.device())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Transformer {
     cfg: TransformerConfig,
-    wte: Embedding,
+    wte: TokenEmbedding,
     pos: Positions,
     rope: Option<Rope>,
     decoder: Stack,
@@ -111,7 +139,7 @@ impl Transformer {
                 cfg.kind
             );
         }
-        let wte = candle_nn::embedding(cfg.vocab_size, cfg.d_model, vb.pp("wte"))?;
+        let wte = TokenEmbedding { table: candle_nn::embedding(cfg.vocab_size, cfg.d_model, vb.pp("wte"))?, quant: None };
         let pos = Positions::new(cfg, vb.pp("wpe"))?;
         let rope = rope(cfg, vb.device())?;
         let decoder = Stack::new(cfg, false, vb.pp("decoder"))?;
@@ -211,11 +239,27 @@ impl Transformer {
         Ok(summary)
     }
 
-    /// Give each linear layer the quantized weights `source` returns for its variable prefix
-    /// (`decoder.blocks.3.attn.qkv`, `lm_head`), if any: the same values as its weights, as a
-    /// quantized GGUF file stores them. Returns how many layers got some.
+    /// Give the token embedding (`wte`) and each linear layer the quantized weights `source`
+    /// returns for its variable prefix (`wte`, `decoder.blocks.3.attn.qkv`, `lm_head`), if
+    /// any: the same values as a quantized GGUF file stores them, held from now on instead
+    /// of f32 ones. A tied LM head takes the embedding's blocks (`lm_head` is then not
+    /// asked for). Returns how many layers got some.
     pub fn set_quantized(&mut self, mut source: impl FnMut(&str) -> anyhow::Result<Option<crate::quant::QuantWeights>>) -> anyhow::Result<usize> {
         let mut n = 0;
+        let mut head_done = false;
+        if let Some(q) = source("wte")? {
+            let (rows, cols) = self.wte.embeddings().dims2()?;
+            anyhow::ensure!((q.rows(), q.cols()) == (rows, cols), "quantized embedding of {}×{} for a table of {rows}×{cols}", q.rows(), q.cols());
+            let q = std::sync::Arc::new(q);
+            let table = crate::linear::placeholder(&[rows, cols], self.device())?;
+            self.wte = TokenEmbedding { table: Embedding::new(table, cols), quant: Some(q.clone()) };
+            n += 1;
+            if self.cfg.tie_embeddings {
+                self.lm_head.set_quant(q)?;
+                n += 1;
+                head_done = true;
+            }
+        }
         for (i, block) in self.decoder.blocks.iter_mut().enumerate() {
             for (name, lin) in block.linears_mut() {
                 if let Some(q) = source(&format!("decoder.blocks.{i}.{name}"))? {
@@ -224,9 +268,11 @@ impl Transformer {
                 }
             }
         }
-        if let Some(q) = source("lm_head")? {
-            self.lm_head.set_quant(q)?;
-            n += 1;
+        if !head_done {
+            if let Some(q) = source("lm_head")? {
+                self.lm_head.set_quant(q)?;
+                n += 1;
+            }
         }
         Ok(n)
     }

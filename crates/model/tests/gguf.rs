@@ -55,12 +55,7 @@ fn gguf_round_trip_keeps_the_logits_for_every_family() {
         let spec = ModelSpec::Transformer(c.clone());
         let (model, varmap) = AnyModel::build_fresh(&spec, &Device::Cpu).unwrap();
         init_weights(&spec, &varmap, 11).unwrap();
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            if name.ends_with(".bias") || name.contains("ln") {
-                let noise = var.as_tensor().randn_like(0.0, 0.3).unwrap();
-                var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
-            }
-        }
+        perturb_norms_and_biases(&varmap);
         let want = model.decoder("t").unwrap().forward(&ids, &MaskSpec::causal(), None).unwrap();
         let dir = tempfile::tempdir().unwrap();
         for (quant, tol) in [(GgufQuant::F32, 0.0), (GgufQuant::F16, 2e-2), (GgufQuant::Q8_0, 8e-2)] {
@@ -79,10 +74,12 @@ fn gguf_round_trip_keeps_the_logits_for_every_family() {
                 assert_eq!(back.tensor_types["blk.0.attn_q.weight"], GgmlDType::Q8_0);
                 assert_eq!(back.tensor_types["blk.0.attn_norm.weight"], GgmlDType::F32);
                 // Token-by-token decoding reads the layers' Q8_0 blocks (one row per
-                // product), the prompt's forward the f32 values of the same blocks: the
+                // product), the prompt's forward panels of the same blocks widened to f32: the
                 // same numbers (both on inputs rounded to 8 bits), so the same logits up to
-                // summation order — which may leave one value on a rounding boundary and
-                // move one step's logits by a rounding step (allowed once, under 1e-2).
+                // summation order — which may leave a value on a rounding boundary and move
+                // that step's logits by a rounding step (under 1e-2; allowed on up to a
+                // quarter of the steps, as in the GPT-2 test below: 2 of 40 unseeded runs
+                // had two flips in 10 steps, each under 2e-3).
                 let m = back.loaded.model.decoder("t").unwrap();
                 let mut cache = m.new_cache();
                 let n = ids.dim(1).unwrap();
@@ -92,7 +89,7 @@ fn gguf_round_trip_keeps_the_logits_for_every_family() {
                     let d = max_abs(&step.squeeze(1).unwrap(), &got.narrow(1, t, 1).unwrap().squeeze(1).unwrap());
                     if d >= 1e-4 {
                         flips += 1;
-                        assert!(d < 1e-2 && flips <= 1, "{arch}: q8 decoding step {t} differs from the prompt pass by {d}");
+                        assert!(d < 1e-2 && flips <= n / 4, "{arch}: q8 decoding step {t} differs from the prompt pass by {d} ({flips} steps)");
                     }
                 }
             }
@@ -166,10 +163,15 @@ fn gpt2_model(c: &TransformerConfig) -> (AnyModel, candle_nn::VarMap) {
     let spec = ModelSpec::Transformer(c.clone());
     let (model, varmap) = AnyModel::build_fresh(&spec, &Device::Cpu).unwrap();
     init_weights(&spec, &varmap, 5).unwrap();
+    perturb_norms_and_biases(&varmap);
+    (model, varmap)
+}
+
+/// Non-trivial norms and biases: noise uniform in ±0.3, seeded from each variable's name so
+/// that every run checks the same model (candle's CPU randn cannot be seeded).
+fn perturb_norms_and_biases(varmap: &candle_nn::VarMap) {
     for (name, var) in varmap.data().lock().unwrap().iter() {
         if name.ends_with(".bias") || name.contains("ln") {
-            // seeded from the name, so that every run checks the same model (candle's CPU
-            // randn cannot be seeded): uniform in ±0.3
             let mut s = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
             let noise: Vec<f32> = (0..var.as_tensor().elem_count())
                 .map(|_| {
@@ -181,7 +183,6 @@ fn gpt2_model(c: &TransformerConfig) -> (AnyModel, candle_nn::VarMap) {
             var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
         }
     }
-    (model, varmap)
 }
 
 #[test]

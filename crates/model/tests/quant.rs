@@ -1,8 +1,8 @@
 //! Quantized CPU inference: `AnyModel::quantize` (`--quant q8_0|q4_k|f16`), a q4_k_m GGUF's
-//! Q4_K / Q6_K blocks and an f16 GGUF's halves used as stored. Token-by-token decoding (few-row products on the
-//! quantized blocks) must give the prompt pass's logits (f32 products on the dequantized
-//! values of the same blocks) up to summation order, and the quantized model must stay near
-//! the f32 one.
+//! Q4_K / Q6_K blocks and an f16 GGUF's halves used as stored, with no f32 copy. Token-by-token
+//! decoding (few-row products on the quantized blocks) must give the prompt pass's logits (f32
+//! products on panels of the same blocks widened as the product goes) up to summation order,
+//! and the quantized model must stay near the f32 one.
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
@@ -64,7 +64,7 @@ fn decode_logits(m: &Transformer, ids: &Tensor) -> Vec<Tensor> {
 fn assert_decode_matches_prompt_pass(m: &Transformer, what: &str, flips_allowed: usize) -> Tensor {
     let ids = ids();
     let full = m.forward(&ids, &MaskSpec::causal(), None).unwrap();
-    assert!(ids.dim(1).unwrap() > ferrolm_model::linear::QUANT_MAX_ROWS, "the prompt pass must take the f32 products");
+    assert!(ids.dim(1).unwrap() > ferrolm_model::linear::QUANT_MAX_ROWS, "the prompt pass must take the many-row (panel) products");
     let mut flips = 0;
     for (t, step) in decode_logits(m, &ids).iter().enumerate() {
         let want = full.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
@@ -127,6 +127,11 @@ fn gguf_round_trip(c: &TransformerConfig, quant: GgufQuant) -> (Tensor, gguf::Gg
 fn a_q4_k_m_gguf_decodes_on_its_own_q4_k_and_q6_k_blocks() {
     for (what, c) in gguf_cases() {
         let (want, mut back) = gguf_round_trip(&c, GgufQuant::Q4KM);
+        // only norms (and biases) are f32 variables: every matrix and the token table are
+        // held as the file's blocks, with no f32 copy
+        let f32_values: usize = back.loaded.varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+        let norms = (2 * c.n_layers + 1) * c.d_model + if c.has_qkv_bias() { c.n_layers * (c.q_width() + 2 * c.kv_width()) } else { 0 };
+        assert_eq!(f32_values, norms, "{what}: f32 values held");
         assert_eq!(back.tensor_types["blk.1.attn_q.weight"], GgmlDType::Q4K);
         assert_eq!(back.tensor_types["blk.0.attn_v.weight"], GgmlDType::Q6K);
         assert_eq!(back.tensor_types["blk.0.ffn_down.weight"], GgmlDType::Q6K);

@@ -366,7 +366,8 @@ fn llama_like(cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Resu
         out.insert(format!("{fl}ln2.weight"), t.f32(&format!("{hf}post_attention_layernorm.weight"), &[d])?);
         let a = format!("{hf}self_attn.");
         let w = [t.f32(&format!("{a}q_proj.weight"), &[q, d])?, t.f32(&format!("{a}k_proj.weight"), &[kv, d])?, t.f32(&format!("{a}v_proj.weight"), &[kv, d])?];
-        out.insert(format!("{fl}attn.qkv.weight"), Tensor::cat(&w, 0)?);
+        // (placeholders of a GGUF file's quantized q/k/v stay placeholders)
+        out.insert(format!("{fl}attn.qkv.weight"), crate::linear::cat_rows(&w)?);
         if cfg.has_qkv_bias() {
             let b = [t.f32(&format!("{a}q_proj.bias"), &[q])?, t.f32(&format!("{a}k_proj.bias"), &[kv])?, t.f32(&format!("{a}v_proj.bias"), &[kv])?];
             out.insert(format!("{fl}attn.qkv.bias"), Tensor::cat(&b, 0)?);
