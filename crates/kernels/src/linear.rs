@@ -208,6 +208,45 @@ fn few_rows(x: &[f32], w: &[f32], rows: usize, n: usize, k: usize, y: &mut [f32]
     }
 }
 
+/// `y[r·ld + j] = x_r · w_j` for every row r < rows of x (rows × k) and j < n of w (n × k),
+/// on the calling thread, by the AVX-512 or AVX2 few-row kernels (what [`few_rows`] runs per
+/// task, 32 weight rows at a time); false (nothing written) on a CPU with neither or for more
+/// than [`FEW_ROWS`] rows. For the panels of [`crate::sgemm::matmul_t_dequantized`], which
+/// multiply a prompt's rows with quantized weights widened a panel at a time.
+///
+/// # Safety
+/// `yp` addresses rows × ld writable values (n ≤ ld) that no other thread touches meanwhile.
+pub(crate) unsafe fn few_rows_strided(x: &[f32], w: &[f32], rows: usize, n: usize, k: usize, yp: SendPtr<f32>, ld: usize) -> bool {
+    assert!(x.len() >= rows * k && w.len() >= n * k && n <= ld, "few-row product: operands too small");
+    if rows > FEW_ROWS {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+        if !avx512 && !crate::simd::fma_available() {
+            return false;
+        }
+        for j0 in (0..n).step_by(W_ROWS_PER_TASK) {
+            let j1 = (j0 + W_ROWS_PER_TASK).min(n);
+            if avx512 {
+                // SAFETY: AVX-512 F (checked); x holds rows×k and w n×k values (asserted), y
+                // rows×ld with j1 ≤ n ≤ ld, written by no one else (the caller's).
+                unsafe { x86::few_rows_avx512(x, w, rows, k, j0, j1, yp, ld, false) };
+            } else {
+                // SAFETY: AVX2 and FMA (checked); shapes as just above.
+                unsafe { x86::few_rows_avx2(x, w, rows, k, j0, j1, yp, ld, false) };
+            }
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (yp, ld);
+        false
+    }
+}
+
 /// One weight row against one vector x with the arithmetic of each pair in [`dots2x4`]
 /// (the same lanes, order and final sum), so that a row's result does not depend on the
 /// rows beside it in the batch: decoding a sequence alone and in a batch multiply alike.

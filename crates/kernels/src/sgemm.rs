@@ -172,6 +172,14 @@ pub fn matmul_t_dequantized(x: &[f32], m: usize, k: usize, n: usize, y: &mut [f3
             }
             let panel = &mut buf[..count * k];
             dequant(first, panel);
+            // Up to 128 rows (a short prompt) the few-row kernels, as for dense weights (see
+            // `linear::FEW_ROWS`); more rows go to gemm.
+            // SAFETY: dst + col0 + first with row stride ld addresses the m × count block of
+            // y at columns col0 + first .. col0 + first + count ≤ col0 + n ≤ ld, inside y
+            // (asserted) and disjoint from every other panel's block.
+            if unsafe { crate::linear::few_rows_strided(x, panel, m, count, k, SendPtr::new(dst.get().add(col0 + first)), ld) } {
+                return;
+            }
             let a = Strided::row_major(x, k);
             // Wᵀ restricted to the panel: element (i, j) is panel[j·k + i].
             let b = Strided { ptr: panel.as_ptr(), rs: 1, cs: k as isize };
