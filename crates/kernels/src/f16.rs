@@ -352,30 +352,44 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn block512<const R: usize>(ws: [&[u16]; 4], xs: [&[f32]; R], k: usize, out: &mut [[f32; 4]; 4]) {
+        // Two accumulators per output, even and odd chunks: with one, each chunk's multiply-add
+        // waited for the last (4 cycles), which capped a decoding row's reads at about one
+        // 32-byte load per 4 cycles.
         let mut acc = [[_mm512_setzero_ps(); R]; 4];
+        let mut odd = [[_mm512_setzero_ps(); R]; 4];
         let full = k / 16 * 16;
         // One weight row after the other (the four rows are contiguous in memory), not the
         // four side by side: a single stream through memory, which the hardware prefetcher
         // follows at about twice the bandwidth of four (or two) interleaved ones (AMD EPYC
         // Zen 4, 1 thread, a 49152×576 matrix: 7.6–8.3 → 13–18 GB/s; `cargo run --release -p
-        // ferrolm-kernels --example f16_probe`). Each output's arithmetic is unchanged: its
-        // chunks in order into its own accumulator, so results are bit for bit the same.
+        // ferrolm-kernels --example f16_probe`). The arithmetic of an output does not depend
+        // on the other rows of the block or the batch.
         for d in 0..4 {
+            let w = ws[d].as_ptr();
+            // 16 halves at c, widened (c + 16 ≤ full ≤ k: inside the k-long slice)
+            // SAFETY: every call below has c + 16 ≤ full.
+            let load = |c: usize| _mm512_cvt_roundph_ps::<_MM_FROUND_CUR_DIRECTION>(unsafe { _mm256_loadu_si256(w.add(c) as *const __m256i) });
             let mut c = 0;
-            while c < full {
-                if c % 32 == 0 {
-                    // weights PREFETCH_HALVES ahead; a prefetch never faults, and
-                    // wrapping_add makes no reference past the slice
-                    _mm_prefetch::<_MM_HINT_T0>(ws[d].as_ptr().wrapping_add(c + PREFETCH_HALVES) as *const i8);
-                }
-                // SAFETY: c + 16 ≤ full ≤ k: 16 values of each k-long slice (unaligned loads).
-                let wv = _mm512_cvt_roundph_ps::<_MM_FROUND_CUR_DIRECTION>(unsafe { _mm256_loadu_si256(ws[d].as_ptr().add(c) as *const __m256i) });
+            while c + 32 <= full {
+                // weights PREFETCH_HALVES ahead; a prefetch never faults, and wrapping_add
+                // makes no reference past the slice
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(c + PREFETCH_HALVES) as *const i8);
+                let (w0, w1) = (load(c), load(c + 16));
                 for q in 0..R {
-                    // SAFETY: as for wv, 16 values.
-                    let xv = unsafe { _mm512_loadu_ps(xs[q].as_ptr().add(c)) };
-                    acc[d][q] = _mm512_fmadd_ps(wv, xv, acc[d][q]);
+                    // SAFETY: c + 32 ≤ full ≤ k: 32 values of the k-long row.
+                    let (x0, x1) = unsafe { (_mm512_loadu_ps(xs[q].as_ptr().add(c)), _mm512_loadu_ps(xs[q].as_ptr().add(c + 16))) };
+                    acc[d][q] = _mm512_fmadd_ps(w0, x0, acc[d][q]);
+                    odd[d][q] = _mm512_fmadd_ps(w1, x1, odd[d][q]);
                 }
-                c += 16;
+                c += 32;
+            }
+            if c < full {
+                let w0 = load(c);
+                for q in 0..R {
+                    // SAFETY: c + 16 ≤ full ≤ k.
+                    let x0 = unsafe { _mm512_loadu_ps(xs[q].as_ptr().add(c)) };
+                    acc[d][q] = _mm512_fmadd_ps(w0, x0, acc[d][q]);
+                }
             }
         }
         if full < k {
@@ -396,7 +410,7 @@ mod x86 {
         }
         for d in 0..4 {
             for q in 0..R {
-                out[d][q] = _mm512_reduce_add_ps(acc[d][q]);
+                out[d][q] = _mm512_reduce_add_ps(_mm512_add_ps(acc[d][q], odd[d][q]));
             }
         }
     }

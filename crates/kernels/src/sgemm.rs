@@ -147,6 +147,7 @@ pub(crate) unsafe fn gemm_call(
 /// and wants f32 multiply-adds; keeping a dense f32 copy of every quantized layer for it
 /// cost 3–5× llama.cpp's memory and a long load. Widening a panel costs one pass over its
 /// weights, against m multiply-adds per weight in the product.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_t_dequantized(x: &[f32], m: usize, k: usize, n: usize, y: &mut [f32], ld: usize, col0: usize, dequant: &(dyn Fn(usize, &mut [f32]) + Sync)) {
     use rayon::prelude::*;
     assert_eq!(x.len(), m * k, "dequantized matmul: x has {} values, expected {m} × {k}", x.len());
