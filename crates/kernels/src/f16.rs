@@ -77,11 +77,9 @@ impl F16Matrix {
     /// The values in f32 (exact: every f16 is an f32).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.bits.len()];
-        out.par_chunks_mut(1 << 16).zip(self.bits.par_chunks(1 << 16)).for_each(|(o, b)| {
-            for (o, &b) in o.iter_mut().zip(b) {
-                *o = crate::q4k::f16_to_f32(b);
-            }
-        });
+        // blocks of whole rows, about 64 Ki values each, over the rayon threads
+        let rows_per_task = ((1 << 16) / self.cols.max(1)).max(1);
+        out.par_chunks_mut(rows_per_task * self.cols.max(1)).enumerate().for_each(|(t, o)| self.dequantize_rows_into(t * rows_per_task, o));
         out
     }
 

@@ -138,22 +138,12 @@ const FEW_ROWS_PAR_WORK: usize = 1 << 20;
 fn few_rows(x: &[f32], w: &[f32], rows: usize, n: usize, k: usize, y: &mut [f32], accumulate: bool) {
     let yp = SendPtr::new(y.as_mut_ptr());
     let fma = crate::simd::fma_available();
-    #[cfg(target_arch = "x86_64")]
-    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
     let task = |t: usize| {
         let j0 = t * W_ROWS_PER_TASK;
         let j1 = (j0 + W_ROWS_PER_TASK).min(n);
-        #[cfg(target_arch = "x86_64")]
-        if avx512 {
-            // SAFETY: the CPU has AVX-512 F (checked above); x holds rows×k and w n×k
-            // values, y rows×n, and this task writes only its columns j0..j1.
-            unsafe { x86::few_rows_avx512(x, w, rows, k, j0, j1, yp, n, accumulate) };
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if fma {
-            // SAFETY: the CPU has AVX2 and FMA (checked above); shapes as just above.
-            unsafe { x86::few_rows_avx2(x, w, rows, k, j0, j1, yp, n, accumulate) };
+        // SAFETY: x holds rows×k and w n×k values, y rows×n, and this task writes only its
+        // columns j0..j1.
+        if unsafe { simd_columns(x, w, rows, k, j0, j1, yp, n, accumulate) } {
             return;
         }
         let mut out = [0f32; W_ROWS_PER_TASK * 4];
@@ -208,11 +198,37 @@ fn few_rows(x: &[f32], w: &[f32], rows: usize, n: usize, k: usize, y: &mut [f32]
     }
 }
 
+/// Columns j0..j1 of `y (rows × ld) [+]= x (rows×k) · wᵀ` by the AVX-512 or AVX2 few-row
+/// kernel, whichever the CPU has; false (nothing written) when it has neither.
+///
+/// # Safety
+/// x holds rows×k values, w at least j1×k, `yp` addresses rows × ld writable values with
+/// j1 ≤ ld, and no other thread writes columns j0..j1 of y meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn simd_columns(x: &[f32], w: &[f32], rows: usize, k: usize, j0: usize, j1: usize, yp: SendPtr<f32>, ld: usize, accumulate: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512 F (checked); the shapes are the caller's.
+            unsafe { x86::few_rows_avx512(x, w, rows, k, j0, j1, yp, ld, accumulate) };
+            return true;
+        }
+        if crate::simd::fma_available() {
+            // SAFETY: AVX2 and FMA (checked); the shapes are the caller's.
+            unsafe { x86::few_rows_avx2(x, w, rows, k, j0, j1, yp, ld, accumulate) };
+            return true;
+        }
+    }
+    let _ = (x, w, rows, k, j0, j1, yp, ld, accumulate);
+    false
+}
+
 /// `y[r·ld + j] = x_r · w_j` for every row r < rows of x (rows × k) and j < n of w (n × k),
-/// on the calling thread, by the AVX-512 or AVX2 few-row kernels (what [`few_rows`] runs per
-/// task, 32 weight rows at a time); false (nothing written) on a CPU with neither or for more
-/// than [`FEW_ROWS`] rows. For the panels of [`crate::sgemm::matmul_t_dequantized`], which
-/// multiply a prompt's rows with quantized weights widened a panel at a time.
+/// on the calling thread, by the AVX-512 or AVX2 few-row kernels ([`simd_columns`], 32
+/// weight rows at a time, as [`few_rows`]' tasks); false (nothing written) on a CPU with
+/// neither or for more than [`FEW_ROWS`] rows. For the panels of
+/// [`crate::sgemm::matmul_t_dequantized`], which multiply a prompt's rows with quantized
+/// weights widened a panel at a time.
 ///
 /// # Safety
 /// `yp` addresses rows × ld writable values (n ≤ ld) that no other thread touches meanwhile.
@@ -221,30 +237,16 @@ pub(crate) unsafe fn few_rows_strided(x: &[f32], w: &[f32], rows: usize, n: usiz
     if rows > FEW_ROWS {
         return false;
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
-        if !avx512 && !crate::simd::fma_available() {
+    for j0 in (0..n).step_by(W_ROWS_PER_TASK) {
+        let j1 = (j0 + W_ROWS_PER_TASK).min(n);
+        // SAFETY: x holds rows×k and w n×k values (asserted), y rows×ld with j1 ≤ n ≤ ld,
+        // written by no one else (the caller's).
+        if !unsafe { simd_columns(x, w, rows, k, j0, j1, yp, ld, false) } {
+            // the same CPU answers alike for every column block: only the first can fail
             return false;
         }
-        for j0 in (0..n).step_by(W_ROWS_PER_TASK) {
-            let j1 = (j0 + W_ROWS_PER_TASK).min(n);
-            if avx512 {
-                // SAFETY: AVX-512 F (checked); x holds rows×k and w n×k values (asserted), y
-                // rows×ld with j1 ≤ n ≤ ld, written by no one else (the caller's).
-                unsafe { x86::few_rows_avx512(x, w, rows, k, j0, j1, yp, ld, false) };
-            } else {
-                // SAFETY: AVX2 and FMA (checked); shapes as just above.
-                unsafe { x86::few_rows_avx2(x, w, rows, k, j0, j1, yp, ld, false) };
-            }
-        }
-        true
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (yp, ld);
-        false
-    }
+    true
 }
 
 /// One weight row against one vector x with the arithmetic of each pair in [`dots2x4`]

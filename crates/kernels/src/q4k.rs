@@ -160,12 +160,11 @@ impl KMatrix {
         assert!(out.len() == rows * self.cols && start + rows <= self.rows, "k-quant dequantize: rows {start}..{} of {}", start + rows, self.rows);
         let rb = self.row_bytes();
         let bytes = &self.bytes[start * rb..(start + rows) * rb];
-        let bb = self.kind.block_bytes();
-        let simd = cfg!(target_arch = "x86_64") && crate::fma_available();
-        for (o, b) in out.chunks_exact_mut(QK_K).zip(bytes.chunks_exact(bb)) {
-            let o: &mut [f32; QK_K] = o.try_into().expect("a whole super-block");
-            #[cfg(target_arch = "x86_64")]
-            if simd {
+        let blocks = out.chunks_exact_mut(QK_K).zip(bytes.chunks_exact(self.kind.block_bytes()));
+        #[cfg(target_arch = "x86_64")]
+        if crate::fma_available() {
+            for (o, b) in blocks {
+                let o: &mut [f32; QK_K] = o.try_into().expect("a whole super-block");
                 // SAFETY: the CPU has AVX2 and FMA (checked); b is one whole block of `kind`
                 // (144 bytes for Q4_K, 210 for Q6_K).
                 unsafe {
@@ -174,9 +173,11 @@ impl KMatrix {
                         KQuant::Q6K => dequant_q6k_avx2(b, o),
                     }
                 }
-                continue;
             }
-            let _ = simd;
+            return;
+        }
+        for (o, b) in blocks {
+            let o: &mut [f32; QK_K] = o.try_into().expect("a whole super-block");
             match self.kind {
                 KQuant::Q4K => dequant_q4k(b, o),
                 KQuant::Q6K => dequant_q6k(b, o),

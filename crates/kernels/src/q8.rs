@@ -120,7 +120,9 @@ impl Q8Matrix {
 
     /// The values back in f32 (for tests and for callers that need the dense matrix).
     pub fn dequantize(&self) -> Vec<f32> {
-        self.quants.chunks(BLOCK).zip(&self.scales).flat_map(|(q, d)| q.iter().map(move |&q| q as f32 * d)).collect()
+        let mut out = vec![0f32; self.rows * self.cols];
+        self.dequantize_rows_into(0, &mut out);
+        out
     }
 
     /// Rows `start .. start + out.len() / cols` in f32, into `out` (whole rows): a panel for

@@ -141,7 +141,8 @@ pub(crate) unsafe fn gemm_call(
 /// (n × k) that is held compact (quantized blocks or halves) and widened to f32 a panel of
 /// rows at a time by `dequant(first_row, out)` (whole rows into `out`); y is m × ld,
 /// row-major. Panels are spread over the rayon threads, each dequantized into a buffer of
-/// its thread and multiplied with one single-threaded `gemm` call.
+/// its thread and multiplied on that thread: by the few-row kernels up to 128 input rows
+/// (`linear::few_rows_strided`), by one single-threaded `gemm` call beyond.
 ///
 /// Why: a prompt's product reads each weight for many input rows, so it is arithmetic-bound
 /// and wants f32 multiply-adds; keeping a dense f32 copy of every quantized layer for it
@@ -211,14 +212,18 @@ fn panel_rows(n: usize, k: usize, threads: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// Values uniform in ±0.5 from a seeded linear congruential generator.
+    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        }
+    }
+
     #[test]
     fn a_product_over_dequantized_panels_equals_the_dense_product() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-        let mut seed = 11u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut rnd = uniform(11);
         // n not a multiple of any panel size; k that gives one-panel, many-panel and minimum cases
         for &(m, n, k) in &[(9, 70, 32), (17, 300, 576), (3, 1000, 5000), (40, 1, 7)] {
             let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
@@ -250,11 +255,7 @@ mod tests {
     #[test]
     fn batched_products_equal_the_sequential_loop_bit_for_bit() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-        let mut seed = 7u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut rnd = uniform(7);
         for &(batch, m, n, k) in &[(5, 31, 17, 9), (8, 64, 64, 32), (3, 1, 40, 7)] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let av: Vec<f32> = (0..batch * m * k).map(|_| rnd()).collect();

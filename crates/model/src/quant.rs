@@ -84,6 +84,12 @@ impl QuantBlock {
         }
     }
 
+    /// Whether products with these rows multiply inputs rounded to 8 bits (Q8_0 rows, as
+    /// llama.cpp rounds the inputs of its Q8_0 products; see [`QuantWeights::input_rounding`]).
+    pub fn rounds_inputs(&self) -> bool {
+        matches!(self, Self::Q8_0(_))
+    }
+
     /// Rows `start ..` of this block in f32, into `out` (whole rows).
     pub fn dequantize_rows_into(&self, start: usize, out: &mut [f32]) {
         match self {
@@ -236,7 +242,7 @@ impl QuantWeights {
     pub fn matmul_t_panels(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.rows(), self.cols());
         assert_eq!(x.len(), m * k, "quantized matmul: x has {} values, expected {m} × {k}", x.len());
-        let rounded = self.blocks.iter().any(|b| matches!(b, QuantBlock::Q8_0(_))).then(|| {
+        let rounded = self.blocks.iter().any(QuantBlock::rounds_inputs).then(|| {
             let mut r = x.to_vec();
             ferrolm_kernels::q8::round_activations(&mut r, k);
             r
@@ -244,8 +250,8 @@ impl QuantWeights {
         let mut y = vec![0f32; m * n];
         let mut col = 0;
         for b in &self.blocks {
-            let input = match (b, &rounded) {
-                (QuantBlock::Q8_0(_), Some(r)) => r.as_slice(),
+            let input = match &rounded {
+                Some(r) if b.rounds_inputs() => r.as_slice(),
                 _ => x,
             };
             let dequant = |first: usize, out: &mut [f32]| b.dequantize_rows_into(first, out);
@@ -264,7 +270,7 @@ impl QuantWeights {
         let mut runs: Vec<(usize, usize, bool)> = Vec::new();
         let mut at = 0;
         for b in &self.blocks {
-            let rounded = matches!(b, QuantBlock::Q8_0(_));
+            let rounded = b.rounds_inputs();
             match runs.last_mut() {
                 Some(last) if last.2 == rounded => last.1 += b.rows(),
                 _ => runs.push((at, b.rows(), rounded)),
