@@ -16,6 +16,9 @@
 
 use rayon::prelude::*;
 
+mod gemm;
+pub use gemm::available as tiles_available;
+
 /// How far ahead of the block being read the x86 products prefetch weights (bytes).
 const PREFETCH: usize = 4096;
 
@@ -159,6 +162,14 @@ impl Q8Matrix {
     pub fn matmul_t_into(&self, x: &[f32], m: usize, y: &mut [f32], ld: usize, col0: usize) {
         assert_eq!(x.len(), m * self.cols, "q8 matmul: x has {} values, expected {m} × {}", x.len(), self.cols);
         self.matmul_q8_into(&Q8Act::quantize(x, m, self.cols), y, ld, col0);
+    }
+
+    /// [`Self::matmul_q8_into`] for many input rows (a prompt pass) as 8-bit products in
+    /// tiles on AVX-512 VNNI (see `gemm`): the same integer sums per block as decoding,
+    /// floats summed in another order. False (y untouched) where the CPU lacks the tiles
+    /// ([`tiles_available`]).
+    pub fn matmul_q8_tiles_into(&self, x: &Q8Act, y: &mut [f32], ld: usize, col0: usize) -> bool {
+        gemm::matmul_q8_tiles_into(self, x, y, ld, col0)
     }
 
     /// [`Self::matmul_t_into`] on inputs already rounded (several matrices that read the
@@ -339,7 +350,12 @@ impl DotIsa {
 }
 
 /// `out[r] = Σ_blocks d_w · d_x[r] · Σ q_w·q_x[r]` for one weight row (q, d) and every row
-/// r of x. Each row's sum is formed the same way whatever the number of rows.
+/// r of x. Every form computes each output with the same float operations, in the same
+/// order, as the prompt pass's tiles (`gemm`): the block's integer sum exactly, then
+/// `acc = fma(sum, d_w·d_x, acc)` block after block. So decoding a token gives the prompt
+/// pass's values bit for bit: a one-ulp difference can move an 8-bit input across a
+/// rounding boundary, and one such flip (measured in an 8-layer test model) spread to 151
+/// flips two layers later and moved the logits by 1 %, half of what Q8_0 itself moves them.
 #[inline(always)]
 fn rows_dot(isa: DotIsa, q: &[i8], d: &[f32], x: &Q8Act, out: &mut [f32]) {
     debug_assert!(q.len() == x.cols && d.len() * BLOCK == q.len() && out.len() == x.rows);
@@ -365,15 +381,16 @@ fn rows_dot(isa: DotIsa, q: &[i8], d: &[f32], x: &Q8Act, out: &mut [f32]) {
         let mut acc = 0f32;
         for (b, (qb, xb)) in q.chunks_exact(BLOCK).zip(xq.chunks_exact(BLOCK)).enumerate() {
             let dot: i32 = qb.iter().zip(xb).map(|(&a, &b)| a as i32 * b as i32).sum();
-            acc += d[b] * xd[b] * dot as f32;
+            acc = (dot as f32).mul_add(d[b] * xd[b], acc);
         }
         *o = acc;
     }
 }
 
 /// The SIMD body shared by the x86 forms: for each block, |q_w| (unsigned) meets q_x with
-/// q_w's sign (signed) in `dot32` (32 byte products summed into 8 i32 lanes), converted to
-/// f32 and accumulated with the block's scale d_w·d_x. `dot32` is the only difference.
+/// q_w's sign (signed) in `dot32` (32 byte products summed into 8 i32 lanes); four blocks'
+/// lanes are summed to four exact totals by horizontal adds, converted, and folded into the
+/// output one block after another (see [`rows_dot`]). `dot32` is the only difference.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn rows_dot_x86(q: &[i8], d: &[f32], x: &Q8Act, out: &mut [f32], dot32: impl Fn(std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i) {
@@ -382,13 +399,10 @@ unsafe fn rows_dot_x86(q: &[i8], d: &[f32], x: &Q8Act, out: &mut [f32], dot32: i
     for (r, o) in out.iter_mut().enumerate() {
         let xq = &x.quants[r * k..(r + 1) * k];
         let xd = &x.scales[r * bpr..(r + 1) * bpr];
-        // SAFETY: inlined only into functions compiled for AVX2 and FMA (and more).
-        let (mut a0, mut a1) = unsafe { (_mm256_setzero_ps(), _mm256_setzero_ps()) };
-        let mut b = 0;
-        while b < bpr {
-            // Two blocks per step into two accumulators: independent dependency chains.
-            // SAFETY: block b (and b + 1 when < bpr) lies inside q and xq, which hold bpr
-            // whole blocks of 32 bytes; the loads are unaligned.
+        let block = |b: usize| {
+            // SAFETY: block b < bpr (every caller) lies inside q and xq, which hold bpr whole
+            // blocks of 32 bytes; the loads are unaligned; AVX2 and FMA are on (this function
+            // is inlined only into functions compiled for them).
             unsafe {
                 // Ask for the weights PREFETCH bytes ahead (a later row of this task):
                 // decoding reads them from memory once, and the hardware prefetcher alone
@@ -396,21 +410,36 @@ unsafe fn rows_dot_x86(q: &[i8], d: &[f32], x: &Q8Act, out: &mut [f32], dot32: i
                 _mm_prefetch::<_MM_HINT_T0>(q.as_ptr().wrapping_add(b * BLOCK + PREFETCH));
                 let w = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
                 let v = _mm256_loadu_si256(xq.as_ptr().add(b * BLOCK) as *const __m256i);
-                let p = dot32(_mm256_sign_epi8(w, w), _mm256_sign_epi8(v, w));
-                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d[b] * xd[b]), a0);
-                if b + 1 < bpr {
-                    let w = _mm256_loadu_si256(q.as_ptr().add((b + 1) * BLOCK) as *const __m256i);
-                    let v = _mm256_loadu_si256(xq.as_ptr().add((b + 1) * BLOCK) as *const __m256i);
-                    let p = dot32(_mm256_sign_epi8(w, w), _mm256_sign_epi8(v, w));
-                    a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d[b + 1] * xd[b + 1]), a1);
-                }
+                dot32(_mm256_sign_epi8(w, w), _mm256_sign_epi8(v, w))
             }
-            b += 2;
+        };
+        let mut acc = 0f32;
+        let mut b = 0;
+        while b + 4 <= bpr {
+            let (mut sums, mut scales) = ([0i32; 4], [0f32; 4]);
+            // SAFETY: as above; blocks b .. b + 4 and scales b .. b + 4 exist (b + 4 ≤ bpr),
+            // and the stores write exactly the four values of each array.
+            unsafe {
+                let h01 = _mm256_hadd_epi32(block(b), block(b + 1));
+                let h23 = _mm256_hadd_epi32(block(b + 2), block(b + 3));
+                // lane j of each half: block b + j's sums of lanes 0–3 (low) and 4–7 (high)
+                let h = _mm256_hadd_epi32(h01, h23);
+                _mm_storeu_si128(sums.as_mut_ptr() as *mut __m128i, _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h)));
+                _mm_storeu_ps(scales.as_mut_ptr(), _mm_mul_ps(_mm_loadu_ps(d.as_ptr().add(b)), _mm_loadu_ps(xd.as_ptr().add(b))));
+            }
+            for (s, c) in sums.iter().zip(&scales) {
+                acc = (*s as f32).mul_add(*c, acc);
+            }
+            b += 4;
         }
-        let mut lanes = [0f32; 8];
-        // SAFETY: AVX is on (as above); lanes holds exactly the 8 f32 an unaligned store writes.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0, a1)) };
-        *o = lanes.iter().sum();
+        while b < bpr {
+            let mut lanes = [0i32; 8];
+            // SAFETY: as above; lanes holds exactly the 8 i32 an unaligned store writes.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, block(b)) };
+            acc = (lanes.iter().sum::<i32>() as f32).mul_add(d[b] * xd[b], acc);
+            b += 1;
+        }
+        *o = acc;
     }
 }
 
@@ -532,18 +561,18 @@ mod tests {
             let portable = matmul_q8_with(w, a, DotIsa::Portable);
             let best = matmul_q8_with(w, a, DotIsa::detect());
             for isa in DotIsa::available() {
-                let y = matmul_q8_with(w, a, isa);
-                if isa != DotIsa::Portable {
-                    assert_eq!(y, best, "{isa:?}: every SIMD form sums the same integers in the same order");
-                }
-                for (u, v) in y.iter().zip(&portable) {
-                    assert!((u - v).abs() <= 1e-5 * (1.0 + v.abs()), "{isa:?}: {u} vs {v}");
-                }
+                // the same integers and the same float operations in the same order
+                assert_eq!(matmul_q8_with(w, a, isa), portable, "{isa:?}");
             }
-            // the threaded product equals the plain loop, and a row alone equals it in a batch
+            // the threaded product and the prompt pass's tiles equal the plain loop, and a
+            // row alone equals it in a batch
             let mut y = vec![0f32; m * n];
             w.matmul_q8_into(a, &mut y, n, 0);
             assert_eq!(y, best);
+            let mut tiles = vec![0f32; m * n];
+            if w.matmul_q8_tiles_into(a, &mut tiles, n, 0) {
+                assert_eq!(tiles, best);
+            }
             for r in 0..m {
                 let one = Q8Act::quantize(&x[r * k..(r + 1) * k], 1, k);
                 if std::ptr::eq(a, &xq) {

@@ -1,8 +1,9 @@
 //! Quantized CPU inference: `AnyModel::quantize` (`--quant q8_0|q4_k|f16`), a q4_k_m GGUF's
 //! Q4_K / Q6_K blocks and an f16 GGUF's halves used as stored, with no f32 copy. Token-by-token
 //! decoding (few-row products on the quantized blocks) must give the prompt pass's logits (f32
-//! products on panels of the same blocks widened as the product goes) up to summation order,
-//! and the quantized model must stay near the f32 one.
+//! products on panels of the same blocks widened as the product goes; Q8_0 rows on AVX-512
+//! VNNI: 8-bit tiles giving decoding's values bit for bit) up to summation order, and the
+//! quantized model must stay near the f32 one.
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
