@@ -443,6 +443,7 @@ unsafe fn fused_dot_avx2(kind: KQuant, w: &[u8], x: &[f32], xsums: &[f32]) -> f3
     match kind {
         KQuant::Q4K => {
             for (sb, b) in w.chunks_exact(144).enumerate() {
+                prefetch_ahead(b.as_ptr(), 144);
                 let (d, dmin) = (half_at(b, 0), half_at(b, 2));
                 let sc = &b[4..16];
                 for c in 0..4 {
@@ -478,6 +479,7 @@ unsafe fn fused_dot_avx2(kind: KQuant, w: &[u8], x: &[f32], xsums: &[f32]) -> f3
             let m2 = _mm256_set1_epi32(3);
             let bias = _mm256_set1_epi32(32);
             for (sb, b) in w.chunks_exact(210).enumerate() {
+                prefetch_ahead(b.as_ptr(), 210);
                 let d = half_at(b, 208);
                 for h in 0..2 {
                     let sc = &b[192 + 8 * h..200 + 8 * h];
@@ -522,6 +524,24 @@ unsafe fn fused_dot_avx2(kind: KQuant, w: &[u8], x: &[f32], xsums: &[f32]) -> f3
     // SAFETY: lanes holds exactly the 8 f32 an unaligned store writes.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
     lanes.iter().sum::<f32>() - mins
+}
+
+/// Ask for the cache lines of the `bytes` bytes 4 KiB past `p` (a later super-block of the
+/// row, or of the task's next rows): decoding reads each weight from memory once, and, as
+/// for the Q8_0 kernel, the hardware prefetcher alone left the product slower (Qwen2.5-0.5B
+/// q4_k_m shape, 1 thread, Zen 4: decode 27.5–29.4 → 30.0–30.6 tokens/s). A prefetch never
+/// faults, and `wrapping_add` makes no reference past the slice.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_ahead(p: *const u8, bytes: usize) {
+    use std::arch::x86_64::*;
+    const AHEAD: usize = 4096;
+    let mut at = 0;
+    while at < bytes {
+        // SAFETY: a prefetch is a hint; it reads nothing and never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(AHEAD + at) as *const i8) };
+        at += 64;
+    }
 }
 
 /// The four groups of 32 six-bit Q6_K quants (0..64, not yet centred) of one half super-block
