@@ -29,7 +29,8 @@
 //! over each row's own KV cache, read in place (batched decoding in `ferrolm serve`). The products: the one precision dispatch ([`matmul`]:
 //! [`MatmulPrecision`], [`set_matmul_precision`]), exact f32 ([`sgemm`]) and bf16 on AMX
 //! tiles ([`amx`]); quantized weights for decoding: GGUF's Q8_0 ([`q8`]: inputs rounded
-//! to 8 bits, integer dot products on AVX-512 VNNI, AVX-VNNI or AVX2, chosen at run time)
+//! to 8 bits, integer dot products on AVX-512 VNNI, AVX-VNNI or AVX2, chosen at run time;
+//! prompts as 8-bit tiles on AVX-512 VNNI, giving decoding's floats bit for bit)
 //! and its Q4_K / Q6_K super-blocks ([`q4k`], a few-row x·Wᵀ on AVX2+FMA),
 //! and half-precision weights ([`f16`]: AVX-512 or AVX2+F16C, batch-invariant).
 
