@@ -8,8 +8,9 @@
 //! holds 4 consecutive bytes of 16 weight rows, and 4 bytes of an input row, broadcast, meet
 //! them in one `vpdpbusd`: 16 output columns × 4 products per instruction, eight
 //! instructions per 32-value block. The block's integer sums are exact; floats enter once
-//! per block (`d_w · d_x · Σ q_w·q_x`, as decoding computes them, up to the order of float
-//! sums).
+//! per block, `acc = fma(Σ q_w·q_x, d_w·d_x, acc)` block after block, the operations and the
+//! order of decoding's product ([`super::rows_dot`]): a prompt pass and decoding give the
+//! same floats, bit for bit.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes: the inputs are offset to `q_x + 128`
 //! (1..=255), and each weight block's `128 · Σ q_w`, computed while repacking, is the
