@@ -165,9 +165,8 @@ impl Q8Matrix {
     }
 
     /// [`Self::matmul_q8_into`] for many input rows (a prompt pass) as 8-bit products in
-    /// tiles on AVX-512 VNNI (see `gemm`): the same integer sums per block as decoding,
-    /// floats summed in another order. False (y untouched) where the CPU lacks the tiles
-    /// ([`tiles_available`]).
+    /// tiles on AVX-512 VNNI (see `gemm`): the same floats, bit for bit. False (y untouched)
+    /// where the CPU lacks the tiles ([`tiles_available`]).
     pub fn matmul_q8_tiles_into(&self, x: &Q8Act, y: &mut [f32], ld: usize, col0: usize) -> bool {
         gemm::matmul_q8_tiles_into(self, x, y, ld, col0)
     }
@@ -487,7 +486,8 @@ pub fn matmul_q8_with(w: &Q8Matrix, x: &Q8Act, isa: DotIsa) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
+    /// Values spread evenly over ±3.33 (also the tiles' tests' inputs).
+    pub(super) fn values(n: usize, seed: u64) -> Vec<f32> {
         crate::testutil::lcg_values(n, seed, |r| (r % 2001) as f32 / 300.0 - 1000.0 / 300.0)
     }
 

@@ -240,8 +240,8 @@ impl QuantWeights {
     /// f32 copy of the weights is kept; Q8_0 rows multiply the inputs rounded to 8 bits, as
     /// the few-row product does ([`Self::input_rounding`]), so both compute one model.
     /// Where the CPU has AVX-512 VNNI, Q8_0 rows skip the widening: 8-bit products in tiles
-    /// on the rounded inputs' blocks ([`Q8Matrix::matmul_q8_tiles_into`]), the integer sums
-    /// of decoding's products, summed in f32 in another order.
+    /// on the rounded inputs' blocks ([`Q8Matrix::matmul_q8_tiles_into`]), which give
+    /// decoding's floats bit for bit.
     pub fn matmul_t_panels(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.rows(), self.cols());
         assert_eq!(x.len(), m * k, "quantized matmul: x has {} values, expected {m} × {k}", x.len());

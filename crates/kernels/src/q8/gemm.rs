@@ -390,10 +390,7 @@ impl Tile<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        crate::testutil::lcg_values(n, seed, |r| (r % 2001) as f32 / 300.0 - 1000.0 / 300.0)
-    }
+    use crate::q8::tests::values;
 
     #[test]
     fn tiles_compute_decodings_values_for_every_shape() {
