@@ -184,7 +184,9 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
         let n = ferrolm_model::lora::prepare(&mut policy, &varmap, &cfg.lora, cfg.train.seed)?;
         eprintln!("LoRA rank {} (alpha {}) on {:?}: {n} adapter parameters train; the base stays frozen", cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets);
     }
-    let (_, reference, _) = stage::load_decoder(&start, &o.device)?;
+    // With adapters, the reference is the policy with them off (the same weight tensors:
+    // the base is frozen, quantized or not); without, a second copy of the start.
+    let reference = if cfg.lora.enabled() { policy.without_lora() } else { stage::load_decoder(&start, &o.device)?.1 };
     let fmt = Formatter::from_run(&start, model_cfg.max_seq_len, cfg.data.max_response_tokens)?;
     let (train, val, report) = load_pairs(&cfg.data, &fmt)?;
     let t = fmt.truncation();
@@ -199,7 +201,7 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     anyhow::ensure!(!val.is_empty(), "no held-out pairs: raise data.val_fraction or add data");
     stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
     if cfg.lora.enabled() {
-        ferrolm_model::lora::write_run_config(&o.out, &cfg.lora)?;
+        ferrolm_model::lora::write_run_config(&o.out, &cfg.lora, &start)?;
     }
     let mut task = DpoTask::new(policy, reference, train, val, fmt.pad_id, cfg.dpo.beta, &cfg.train);
     task.lora = cfg.lora.enabled();

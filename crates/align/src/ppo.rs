@@ -477,7 +477,7 @@ impl TrainTask for PpoTask {
 impl PpoTrainer {
     pub fn new(o: &StageOptions, reward_dir: Option<&Path>) -> Result<Self> {
         let mut cfg: PpoConfig = stage::stage_config(o)?;
-        if !o.resume {
+        if !o.resume || cfg.lora.quant.is_some() {
             cfg.ppo.reward_from = reward_dir.context("--reward REWARD_RUN is required")?.display().to_string();
         }
         let p = &cfg.ppo;
@@ -527,7 +527,9 @@ impl PpoTrainer {
             target: (cfg.ppo.kl_target > 0.0).then_some(cfg.ppo.kl_target),
             horizon: cfg.ppo.kl_horizon,
         };
-        if !o.resume {
+        // A QLoRA run's checkpoints hold no quantized base weights: they come from the
+        // start on resume too.
+        if !o.resume || cfg.lora.quant.is_some() {
             let ckpt = checkpoint::latest(&start)?;
             checkpoint::load_weights(&policy_vars, &ckpt.join("model.safetensors"))?;
         }
@@ -546,7 +548,7 @@ impl PpoTrainer {
         stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
         if cfg.lora.enabled() {
             // read back by load_model (generate, chat, compare), which folds the adapters in
-            lora::write_run_config(&o.out, &cfg.lora)?;
+            lora::write_run_config(&o.out, &cfg.lora, &start)?;
         }
         let adapter = cfg.lora.enabled().then(|| (model_cfg.clone(), cfg.lora.clone(), policy_vars.clone(), start.display().to_string()));
         let lora_on = cfg.lora.enabled();

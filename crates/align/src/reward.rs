@@ -266,6 +266,8 @@ fn report_data(report: &ReadReport, fmt: &Formatter, train: usize, val: usize) {
 pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     let cfg: RewardConfig = stage::stage_config(o)?;
     let start = PathBuf::from(&cfg.reward.model_from);
+    // (a reward run's checkpoint holds its whole body, which it reloads without its start)
+    anyhow::ensure!(cfg.lora.quant.is_none(), "lora.quant (a quantized base, QLoRA) is supported by sft, dpo and rlhf; a reward model trains its adapters on an f32 body");
     let model_cfg = stage::read_model(&start)?;
     let fmt = Formatter::from_run(&start, model_cfg.max_seq_len, cfg.data.max_response_tokens)?;
     let (train, val, report) = load_pairs(&cfg.data, &fmt)?;

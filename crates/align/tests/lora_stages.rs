@@ -187,3 +187,65 @@ fn lora_reward_model_and_ppo() {
     println!("LoRA PPO: reward per iteration {:?}; mean of the first 10 {first:.3}, of the last 10 {last:.3}", rewards.iter().map(|r| (r * 1000.0).round() / 1000.0).collect::<Vec<_>>());
     assert!(last > first, "PPO reward did not rise with LoRA: {rewards:?}");
 }
+
+/// QLoRA (`lora.quant`) in DPO and PPO: the policy's base is held quantized and the
+/// reference is that same quantized base (adapters off), so the first DPO loss is ln 2 and
+/// the first PPO KL is 0; checkpoints hold no quantized weights; PPO resumes exactly (the
+/// base's weights come from the start again); both runs load as they trained.
+#[test]
+fn qlora_dpo_and_ppo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let base = root.join("base");
+    base_run(&base);
+    let data = prefs(root);
+    let quant = ["lora.rank=4", "lora.alpha=8", "lora.quant=\"q8_0\""];
+
+    let dpo = root.join("dpo-qlora");
+    let mut sets = vec!["data.val_fraction=0.25", "data.max_response_tokens=20", "train.warmup_steps=2", "train.eval_interval=0", "train.max_steps=6", "train.lr=1e-2", "train.log_interval=1"];
+    sets.extend(quant);
+    ferrolm_align::dpo::train(&common::opts(&base, &data, &dpo, &sets)).unwrap();
+    let recs = ferrolm_train::metrics::read(&dpo.join("metrics.jsonl")).unwrap();
+    let first = recs.iter().find_map(|r| r.loss).unwrap();
+    assert!((first - std::f64::consts::LN_2).abs() < 1e-5, "first DPO loss {first}: the reference is not the policy's quantized base");
+    let ck = tensors(&dpo, "model.safetensors");
+    assert!(!ck.contains_key("decoder.blocks.0.attn.qkv.weight") && ck.contains_key("decoder.blocks.0.attn.qkv.lora_b.q"));
+    let m = ferrolm_model::load_model(&dpo, &Device::Cpu).unwrap().model.into_decoder("the test").unwrap();
+    let ids = Tensor::new(&[3u32, 7, 1, 9, 5, 2, 4], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    assert!(values(&m.forward(&ids, &MaskSpec::causal(), None).unwrap()).iter().all(|v| v.is_finite()));
+
+    let rm = root.join("rm");
+    ferrolm_align::reward::train(&common::opts(&base, &data, &rm, &["data.val_fraction=0.25", "data.max_response_tokens=20", "train.max_steps=10", "train.eval_interval=0"])).unwrap();
+    let mut ppo_sets = vec![
+        "data.val_fraction=0.25",
+        "data.max_response_tokens=12",
+        "data.max_eval=4",
+        "train.max_steps=3",
+        "train.lr=1e-2",
+        "train.min_lr=1e-2",
+        "train.checkpoint_interval=1",
+        "ppo.rollout_batch=4",
+        "ppo.minibatch=2",
+        "ppo.ppo_epochs=2",
+        "ppo.eval_interval=0",
+    ];
+    ppo_sets.extend(quant);
+    let full = root.join("ppo-qlora-full");
+    assert_eq!(PpoTrainer::new(&common::opts(&base, &data, &full, &ppo_sets), Some(&rm)).unwrap().run().unwrap().iterations, 3);
+    let recs = ferrolm_train::metrics::read(&full.join("metrics.jsonl")).unwrap();
+    let kl0 = recs.iter().find_map(|r| r.extra.get("kl").copied()).unwrap();
+    assert!(kl0.abs() < 1e-6, "first-iteration KL {kl0}: the reference is not the policy's quantized base");
+    assert!(!tensors(&full, "model.safetensors").contains_key("decoder.blocks.0.mlp.proj.weight"));
+    let split = root.join("ppo-qlora-split");
+    let mut t = PpoTrainer::new(&common::opts(&base, &data, &split, &ppo_sets), Some(&rm)).unwrap();
+    t.stop_at = Some(2);
+    assert_eq!(t.run().unwrap().iterations, 2);
+    let mut o = common::opts(&base, &data, &split, &[]);
+    o.resume = true;
+    assert_eq!(PpoTrainer::new(&o, None).unwrap().run().unwrap().iterations, 3);
+    assert_eq!(all_values(&tensors(&split, "model.safetensors")), all_values(&tensors(&full, "model.safetensors")), "resumed QLoRA PPO differs");
+    assert_eq!(all_values(&tensors(&split, "optimizer.safetensors")), all_values(&tensors(&full, "optimizer.safetensors")), "resumed QLoRA PPO optimizer state differs");
+    let a = values(&ferrolm_model::load_model(&full, &Device::Cpu).unwrap().model.into_decoder("t").unwrap().forward(&ids, &MaskSpec::causal(), None).unwrap());
+    let b = values(&ferrolm_model::load_model(&split, &Device::Cpu).unwrap().model.into_decoder("t").unwrap().forward(&ids, &MaskSpec::causal(), None).unwrap());
+    assert_eq!(a, b);
+}

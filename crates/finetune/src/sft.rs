@@ -505,7 +505,7 @@ pub fn run_sft(run: SftRun) -> Result<SftReport> {
     ferrolm_common::write_atomic(out.join("data_report.json"), serde_json::to_vec_pretty(&report)?)?;
     if cfg.lora.enabled() {
         // Read back by `load_model`, which folds the adapters into the base weights.
-        lora::write_run_config(out, &cfg.lora)?;
+        lora::write_run_config(out, &cfg.lora, base)?;
     }
 
     let sampling = SamplingConfig { temperature: sc.sample_temperature, seed: cfg.train.seed, ..Default::default() };

@@ -407,7 +407,7 @@ fn lora_sft_trains_only_adapters_and_the_run_loads_merged() {
     let data = instruction_fixture(dir.path());
     let out = dir.path().join("lora");
     let mut cfg = sft_cfg(30);
-    cfg.lora = ferrolm_model::lora::LoraConfig { rank: 4, alpha: 32.0, dropout: 0.05, targets: vec!["all".into()] };
+    cfg.lora = ferrolm_model::lora::LoraConfig { rank: 4, alpha: 32.0, dropout: 0.05, targets: vec!["all".into()], quant: None };
     cfg.train.lr = 2e-2;
     let rep = sft::run_sft(SftRun { base: &base, out: &out, sources: SftSources { data: vec![data], ..Default::default() }, cfg, quiet: true, device: &Device::Cpu }).unwrap();
     assert!(rep.val_loss_after < 0.8 * rep.val_loss_before, "held-out loss {} -> {}", rep.val_loss_before, rep.val_loss_after);
@@ -438,6 +438,84 @@ fn lora_sft_trains_only_adapters_and_the_run_loads_merged() {
     ferrolm_model::registry::load_weights(&avm, &ferrolm_model::registry::latest_checkpoint(&out).unwrap().join("model.safetensors")).unwrap();
     assert!(max((l(&merged) - l(&adapted)).unwrap()) < 1e-4, "merged = base + adapters");
     assert!(max((l(&merged) - plain).unwrap()) > 1e-3, "the adapters changed the model");
+}
+
+/// QLoRA (`lora.quant`): the adapters train on the base's block weights held quantized;
+/// the checkpoint holds the adapters and what stayed f32, not the quantized weights; the
+/// run loads as it trained (its base quantized again, adapters kept: the logits of an f32
+/// model with the quantized values plus the adapters), and folded into the f32 base for
+/// export. A base that no longer fits the run is a clear error.
+#[test]
+fn qlora_sft_trains_adapters_on_a_quantized_base_and_loads_as_it_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_run(&dir.path().join("base"), ModelKind::Causal);
+    {
+        let (_, _, vm) = sft::load_decoder(&base, &Device::Cpu).unwrap();
+        let wte = vm.data().lock().unwrap()["wte.weight"].clone();
+        wte.set(&(wte.as_tensor() * 8.0).unwrap()).unwrap();
+        let state = TrainState { format: checkpoint::FORMAT_VERSION, step: 0, adam_t: 0, seed: 7, tokens_seen: 0, elapsed_secs: 0.0, last_train_loss: None };
+        checkpoint::save(&base, &vm, HashMap::new(), &state, 1).unwrap();
+    }
+    let data = instruction_fixture(dir.path());
+    let out = dir.path().join("qlora");
+    let mut cfg = sft_cfg(30);
+    cfg.lora = ferrolm_model::lora::LoraConfig { rank: 4, alpha: 32.0, dropout: 0.05, targets: vec!["all".into()], quant: Some(ferrolm_model::QuantKind::Q8_0) };
+    cfg.train.lr = 2e-2;
+    let rep = sft::run_sft(SftRun { base: &base, out: &out, sources: SftSources { data: vec![data], ..Default::default() }, cfg, quiet: true, device: &Device::Cpu }).unwrap();
+    assert!(rep.val_loss_after < 0.8 * rep.val_loss_before, "held-out loss {} -> {}", rep.val_loss_before, rep.val_loss_after);
+    let run_w = ferrolm_model::registry::load_tensors(&ferrolm_model::registry::latest_checkpoint(&out).unwrap().join("model.safetensors")).unwrap();
+    assert!(!run_w.contains_key("decoder.blocks.0.attn.qkv.weight") && !run_w.contains_key("decoder.blocks.1.mlp.proj.weight"), "no quantized weights in the checkpoint");
+    assert!(run_w.contains_key("wte.weight") && run_w.contains_key("decoder.blocks.1.mlp.proj.lora_b.down"));
+    let lora_toml = std::fs::read_to_string(out.join("lora.toml")).unwrap();
+    assert!(lora_toml.contains("quant = \"q8_0\"") && lora_toml.contains(&std::fs::canonicalize(&base).unwrap().display().to_string()), "{lora_toml}");
+
+    // loaded as trained: the f32 model with the quantized values and the adapters
+    let ids = Tensor::new(&[1u32, 5, 9, 14, 3], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let l = |m: &ferrolm_model::Transformer| m.forward(&ids, &MaskSpec::causal(), None).unwrap();
+    let max = |t: Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let (_, trained, _) = sft::load_decoder(&out, &Device::Cpu).unwrap();
+    let (_, mut reference, rvm) = sft::load_decoder(&base, &Device::Cpu).unwrap();
+    let plain = l(&reference);
+    {
+        let data = rvm.data().lock().unwrap();
+        for (name, v) in data.iter() {
+            if name.starts_with("decoder.blocks.") && name.ends_with(".weight") && v.rank() == 2 {
+                let (r, k) = v.dims2().unwrap();
+                let vals = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let w = ferrolm_model::QuantWeights::quantize(ferrolm_model::QuantKind::Q8_0, &vals, r, k).unwrap();
+                v.set(&Tensor::from_vec(w.dequantize(), (r, k), &Device::Cpu).unwrap()).unwrap();
+            }
+        }
+    }
+    let mut plain_cfg = ferrolm_model::lora::read_run_config(&out).unwrap().unwrap();
+    plain_cfg.quant = None;
+    ferrolm_model::lora::attach(&mut reference, &rvm, &plain_cfg, 0).unwrap();
+    ferrolm_model::registry::load_weights(&rvm, &ferrolm_model::registry::latest_checkpoint(&out).unwrap().join("model.safetensors")).unwrap_or_else(|_| {
+        // the QLoRA checkpoint lacks the block weights: set what it has
+        let t = ferrolm_model::registry::load_tensors(&ferrolm_model::registry::latest_checkpoint(&out).unwrap().join("model.safetensors")).unwrap();
+        let data = rvm.data().lock().unwrap();
+        for (n, v) in t {
+            data[&n].set(&v).unwrap();
+        }
+    });
+    let d = max((l(&trained) - l(&reference)).unwrap());
+    assert!(d < 2e-2 * max(l(&reference)).max(1.0), "loaded QLoRA run vs f32 with the quantized values: {d}");
+    assert!(max((l(&trained) - plain).unwrap()) > 1e-2, "the adapters changed the model");
+
+    // folded into the f32 base (export)
+    let merged = ferrolm_model::registry::load_model_with(&out, &Device::Cpu, true).unwrap();
+    assert!(merged.varmap.data().lock().unwrap().keys().all(|k| !ferrolm_model::lora::is_adapter(k)));
+    assert!(merged.varmap.data().lock().unwrap().contains_key("decoder.blocks.0.attn.qkv.weight"));
+    let merged = merged.model.into_decoder("test").unwrap();
+    let dm = max((l(&merged) - l(&trained)).unwrap());
+    assert!(dm < 5e-2 * max(l(&trained)).max(1.0), "merged into f32 vs as trained: {dm}");
+
+    // a base that no longer fits
+    let other = base_run_cfg(&dir.path().join("other"), TransformerConfig { d_model: 64, ..model_cfg(&fixture_tokenizer(), ModelKind::Causal) });
+    let text = std::fs::read_to_string(out.join("lora.toml")).unwrap().replace(&std::fs::canonicalize(&base).unwrap().display().to_string(), &std::fs::canonicalize(&other).unwrap().display().to_string());
+    std::fs::write(out.join("lora.toml"), text).unwrap();
+    let err = format!("{:#}", ferrolm_model::load_model(&out, &Device::Cpu).err().expect("a base of another shape is refused"));
+    assert!(err.contains("is not the model this run trained"), "{err}");
 }
 
 /// A base run from an explicit config (e.g. a BERT-shaped masked LM: GELU MLP, post-norm,
@@ -488,7 +566,7 @@ fn lora_classify_on_decoder_and_bert_body() {
     let dec = base_run(&dir.path().join("dec"), ModelKind::Causal);
     let bert_cfg = TransformerConfig { block: ferrolm_model::BlockStyle::Gpt2, post_norm: true, pooler: true, n_kv_heads: 4, ..model_cfg(&tok, ModelKind::MaskedLm) };
     let bert = base_run_cfg(&dir.path().join("bert"), bert_cfg);
-    let lcfg = ferrolm_model::lora::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.05, targets: vec!["all".into()] };
+    let lcfg = ferrolm_model::lora::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.05, targets: vec!["all".into()], quant: None };
     for (base, head, prefix) in [(&dec, "score", "base_model.model.model.layers."), (&bert, "classifier", "base_model.model.bert.encoder.layer.")] {
         let out = dir.path().join(format!("lora-{head}"));
         let mut cfg = classify_cfg("full", 60);

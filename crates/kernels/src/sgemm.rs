@@ -194,6 +194,51 @@ pub fn matmul_t_dequantized(x: &[f32], m: usize, k: usize, n: usize, y: &mut [f3
     });
 }
 
+/// `dx = dy·W` for dy (m × n, row-major) and a matrix W (n × k) held compact and widened
+/// to f32 a panel of rows at a time by `dequant(first_row, out)`; dx is m × k, row-major,
+/// overwritten. The input gradient of [`matmul_t_dequantized`]'s product: what a LoRA
+/// adapter below a quantized layer needs to receive its gradient (QLoRA).
+///
+/// The rows of dy are cut into one band per thread (bands of at least 32 rows); each band
+/// walks all panels, widening each into its thread's buffer and adding `dy[band, panel]·panel`
+/// into its rows of dx. Every band widens every panel once, which costs one pass over the
+/// weights against the band's rows of multiply-adds per weight.
+pub fn matmul_dequantized(dy: &[f32], m: usize, n: usize, k: usize, dx: &mut [f32], dequant: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    use rayon::prelude::*;
+    assert_eq!(dy.len(), m * n, "dequantized matmul (input gradient): dy has {} values, expected {m} × {n}", dy.len());
+    assert_eq!(dx.len(), m * k, "dequantized matmul (input gradient): dx has {} values, expected {m} × {k}", dx.len());
+    dx.fill(0.0);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let bands = rayon::current_num_threads().min(m.div_ceil(32)).max(1);
+    let band_rows = m.div_ceil(bands);
+    let rows = panel_rows(n, k, 1);
+    dx.par_chunks_mut(band_rows * k).enumerate().for_each(|(b, out)| {
+        let (r0, mb) = (b * band_rows, out.len() / k);
+        PANEL.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let mut first = 0;
+            while first < n {
+                let count = rows.min(n - first);
+                if buf.len() < count * k {
+                    buf.resize(count * k, 0.0);
+                }
+                let panel = &mut buf[..count * k];
+                dequant(first, panel);
+                // dy's columns first .. first + count of the band's rows (row stride n)
+                let a = Strided { ptr: dy[r0 * n + first..].as_ptr(), rs: n as isize, cs: 1 };
+                let b = Strided::row_major(panel, k);
+                // SAFETY: a addresses mb rows × count columns of dy (r0 + mb ≤ m, first +
+                // count ≤ n), b the count × k panel in the buffer, and out is this band's
+                // own mb × k rows of dx, which no other task touches.
+                unsafe { gemm_call(mb, k, count, a, b, out.as_mut_ptr(), k, first > 0, 1.0, gemm::Parallelism::None) };
+                first += count;
+            }
+        });
+    });
+}
+
 thread_local! {
     /// A thread's buffer for [`matmul_t_dequantized`]'s panels (reused across products).
     static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -247,6 +292,31 @@ mod tests {
                     let c = j - col0;
                     let want: f64 = (0..k).map(|i| x[r * k + i] as f64 * 2.0 * w[c * k + i] as f64).sum();
                     assert!((got as f64 - want).abs() < 1e-4 * (k as f64).sqrt(), "({m},{n},{k}) at ({r}, {c}): {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_input_gradient_over_dequantized_panels_equals_the_dense_product() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let mut rnd = uniform(5);
+        // one band and several (m ≥ 64), one panel and many, tiny shapes
+        for &(m, n, k) in &[(9, 70, 32), (130, 300, 576), (3, 1000, 500), (40, 1, 7), (1, 5, 1)] {
+            let dy: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+            let dequant = |first: usize, out: &mut [f32]| {
+                for (o, v) in out.iter_mut().zip(&w[first * k..]) {
+                    *o = 2.0 * v;
+                }
+            };
+            let mut dx = vec![9f32; m * k];
+            pool.install(|| matmul_dequantized(&dy, m, n, k, &mut dx, &dequant));
+            for r in 0..m {
+                for c in 0..k {
+                    let want: f64 = (0..n).map(|j| dy[r * n + j] as f64 * 2.0 * w[j * k + c] as f64).sum();
+                    let got = dx[r * k + c] as f64;
+                    assert!((got - want).abs() < 1e-4 * (n as f64).sqrt(), "({m},{n},{k}) at ({r}, {c}): {got} vs {want}");
                 }
             }
         }

@@ -287,6 +287,8 @@ pub struct LoraBenchOptions {
     pub steps: usize,
     /// `train.matmul_precision`.
     pub matmul: MatmulPrecision,
+    /// `lora.quant`: the base's block weights held quantized (QLoRA).
+    pub quant: Option<ferrolm_model::QuantKind>,
 }
 
 /// Random-token language-model batches for a LoRA step: every position scored.
@@ -327,7 +329,7 @@ pub fn bench_lora(o: &LoraBenchOptions, device: &Device) -> Result<BenchOutcome>
     ferrolm_model::registry::ensure_trainable_source(&o.model)?;
     let loaded = ferrolm_model::load_model(&o.model, device)?;
     let mut model = loaded.model.into_decoder("bench lora")?;
-    let lcfg = ferrolm_model::lora::LoraConfig { rank: o.rank, alpha: o.alpha, dropout: 0.0, targets: vec!["all".into()] };
+    let lcfg = ferrolm_model::lora::LoraConfig { rank: o.rank, alpha: o.alpha, dropout: 0.0, targets: vec!["all".into()], quant: o.quant };
     let adapter_params = ferrolm_model::lora::prepare(&mut model, &loaded.varmap, &lcfg, 1)?;
     let vocab = model.config().vocab_size;
     let train = TrainConfig { max_steps: o.steps + 10, batch_size: o.batch, seq_len: o.seq_len, lr: 1e-4, min_lr: 1e-4, warmup_steps: 0, eval_interval: 0, checkpoint_interval: 0, log_interval: 1_000_000, matmul_precision: o.matmul, ..Default::default() };
@@ -359,14 +361,18 @@ pub fn bench_lora(o: &LoraBenchOptions, device: &Device) -> Result<BenchOutcome>
         "tokens_per_sec": tokens_per_step * o.steps as f64 / total,
         "step_ms_median": median(&secs) * 1e3,
         "peak_rss_bytes": peak_rss_bytes(),
+        "rss_bytes": crate::timing::rss_bytes(),
+        "base_quant": o.quant.map(|q| q.to_string()),
     });
     let text = format!(
-        "LoRA rank {} on {}: {adapter_params} adapter parameters, {:.0} tokens/s, median step {:.0} ms, peak RSS {:.0} MiB",
+        "LoRA rank {} on {}{}: {adapter_params} adapter parameters, {:.0} tokens/s, median step {:.0} ms, peak RSS {:.0} MiB, RSS after the steps {:.0} MiB",
         o.rank,
         o.model.display(),
+        o.quant.map(|q| format!(" (base held {q})")).unwrap_or_default(),
         json["tokens_per_sec"].as_f64().unwrap_or(0.0),
         median(&secs) * 1e3,
-        peak_rss_bytes() as f64 / (1 << 20) as f64
+        peak_rss_bytes() as f64 / (1 << 20) as f64,
+        crate::timing::rss_bytes() as f64 / (1 << 20) as f64
     );
     Ok(BenchOutcome { json, text })
 }

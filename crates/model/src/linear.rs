@@ -96,7 +96,8 @@ impl Linear {
 
     /// Hold the weights as `q` from now on — the same matrix quantized (a GGUF file's
     /// blocks) — in place of the f32 values, which are dropped (see the `quant` field). The
-    /// layer is frozen (inference only). A `weight` that is a [`placeholder`] needs this.
+    /// layer is frozen: its products give the input a gradient but the weights none (they
+    /// may carry LoRA adapters: QLoRA). A `weight` that is a [`placeholder`] needs this.
     pub fn set_quant(&mut self, q: impl Into<std::sync::Arc<QuantWeights>>) -> Result<()> {
         let q = q.into();
         let (rows, cols) = self.weight.dims2()?;
@@ -143,34 +144,26 @@ impl Linear {
     /// The product, plus the adapters' updates; `lora_seed`: Some in training (adapter
     /// dropout, seeded so that a resumed run draws the same masks).
     pub fn forward_t(&self, x: &Tensor, lora_seed: Option<u64>) -> Result<Tensor> {
-        if let Some(q) = &self.quant {
-            // Quantized layers are loaded frozen, for inference: these products have no
-            // gradient, and adapters go on f32 weights.
-            if self.lora.is_some() {
-                candle_core::bail!("LoRA adapters on a layer held quantized: attach them to the f32 model");
+        let y = match &self.quant {
+            Some(q) => {
+                if !x.device().is_cpu() {
+                    candle_core::bail!("quantized weights are for CPU inference; the input is on {:?}", x.device().location());
+                }
+                // The weights stay frozen; the input gets its gradient (dY·W), which adapters
+                // on the layers below need when this one is held quantized (QLoRA).
+                let y = x.to_dtype(candle_core::DType::F32)?.contiguous()?.apply_op1(crate::quant::QuantProduct(q.clone()))?;
+                match &self.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
             }
-            if !x.device().is_cpu() {
-                candle_core::bail!("quantized weights are for CPU inference; the input is on {:?}", x.device().location());
+            None => {
+                if is_placeholder(&self.weight) {
+                    candle_core::bail!("a linear layer of {:?} has no weights: its quantized weights were never set", self.weight.dims());
+                }
+                ferrolm_kernels::linear(x, &self.weight, self.bias.as_ref())?
             }
-            let k = x.dim(D::Minus1)?;
-            if k != q.cols() {
-                candle_core::bail!("input width {k} for quantized weights of width {}", q.cols());
-            }
-            let m = x.elem_count() / k.max(1);
-            let xs = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            let y = if m <= QUANT_MAX_ROWS { q.matmul_t(&xs, m) } else { q.matmul_t_panels(&xs, m) };
-            let mut dims = x.dims().to_vec();
-            *dims.last_mut().expect("rank >= 1") = q.rows();
-            let y = Tensor::from_vec(y, dims, x.device())?;
-            return match &self.bias {
-                Some(b) => y.broadcast_add(b),
-                None => Ok(y),
-            };
-        }
-        if is_placeholder(&self.weight) {
-            candle_core::bail!("a linear layer of {:?} has no weights: its quantized weights were never set", self.weight.dims());
-        }
-        let y = ferrolm_kernels::linear(x, &self.weight, self.bias.as_ref())?;
+        };
         let Some(lora) = &self.lora else { return Ok(y) };
         let x = match lora_seed {
             Some(s) if lora.dropout > 0.0 => ferrolm_kernels::dropout(x, lora.dropout, s)?,

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{BlockStyle, ModelKind, TransformerConfig};
 use crate::linear::{LoraAdapter, LoraPart};
 use crate::masked_lm::MaskedLm;
+use crate::quant::QuantKind;
 use crate::transformer::Transformer;
 
 /// A model whose block stack can carry LoRA adapters: the decoder ([`Transformer`], stack
@@ -32,6 +33,9 @@ pub trait LoraHost {
     fn take_lora(&mut self) -> Vec<(String, LoraAdapter)>;
     /// Freeze the linear layers' weights (no weight gradients): a base under adapters.
     fn freeze_linears(&mut self);
+    /// Hold the block stack's linear weights quantized (QLoRA's base); returns the variable
+    /// prefixes of the layers quantized now.
+    fn quantize_base(&mut self, kind: QuantKind) -> candle_core::Result<Vec<String>>;
 }
 
 impl LoraHost for Transformer {
@@ -50,6 +54,9 @@ impl LoraHost for Transformer {
     fn freeze_linears(&mut self) {
         Transformer::freeze_linears(self)
     }
+    fn quantize_base(&mut self, kind: QuantKind) -> candle_core::Result<Vec<String>> {
+        self.quantize_blocks(kind)
+    }
 }
 
 impl LoraHost for MaskedLm {
@@ -67,6 +74,9 @@ impl LoraHost for MaskedLm {
     }
     fn freeze_linears(&mut self) {
         MaskedLm::freeze_linears(self)
+    }
+    fn quantize_base(&mut self, kind: QuantKind) -> candle_core::Result<Vec<String>> {
+        self.quantize_encoder(kind)
     }
 }
 
@@ -102,11 +112,17 @@ pub struct LoraConfig {
     pub dropout: f32,
     /// Some of [`TARGETS`], or `all` (every one the block has).
     pub targets: Vec<String>,
+    /// QLoRA (Dettmers et al. 2023): hold the frozen base's block weights quantized
+    /// (`q8_0`, `q4_k` or `f16`) while the adapters train in f32, so the base takes a
+    /// quarter to an eighth of its f32 memory. The adapters then learn on top of the
+    /// quantized base, and the run loads as that (base quantized again, adapters kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quant: Option<QuantKind>,
 }
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        Self { rank: 0, alpha: 16.0, dropout: 0.0, targets: vec!["all".into()] }
+        Self { rank: 0, alpha: 16.0, dropout: 0.0, targets: vec!["all".into()], quant: None }
     }
 }
 
@@ -226,12 +242,30 @@ pub fn attach<M: LoraHost>(model: &mut M, varmap: &VarMap, lora: &LoraConfig, se
 }
 
 /// What a LoRA stage does to its starting model: fresh adapters ([`attach`]) and the base's
-/// linear weights frozen (no weight gradients for what does not train). Returns the
-/// number of adapter parameters.
+/// linear weights frozen (no weight gradients for what does not train); with `lora.quant`,
+/// the block stack's weights held quantized ([`quantize_base`]). Returns the number of
+/// adapter parameters.
 pub fn prepare<M: LoraHost>(model: &mut M, varmap: &VarMap, lora: &LoraConfig, seed: u64) -> Result<usize> {
     let n = attach(model, varmap, lora, seed)?;
     model.freeze_linears();
+    if let Some(kind) = lora.quant {
+        quantize_base(model, varmap, kind)?;
+    }
     Ok(n)
+}
+
+/// QLoRA's base: the block stack's linear weights held quantized as `kind` asks, and their
+/// f32 variables dropped from `varmap` — the memory goes, and checkpoints hold what trains
+/// and what stayed f32 (embeddings, norms, biases, heads); loading such a run reads the
+/// quantized weights from its base again ([`crate::registry::load_model`]). Returns the
+/// prefixes of the layers quantized.
+pub fn quantize_base<M: LoraHost>(model: &mut M, varmap: &VarMap, kind: QuantKind) -> Result<Vec<String>> {
+    let prefixes = model.quantize_base(kind)?;
+    let mut data = varmap.data().lock().expect("varmap lock");
+    for p in &prefixes {
+        data.remove(&format!("{p}.weight")).with_context(|| format!("internal: no variable {p}.weight for a layer just quantized"))?;
+    }
+    Ok(prefixes)
 }
 
 /// Fold every adapter into its base weight (W[rows] += scale·B·A), drop the adapters from
@@ -528,15 +562,38 @@ pub fn write_peft_for(dir: &std::path::Path, cfg: &TransformerConfig, lora: &Lor
 pub const RUN_FILE: &str = "lora.toml";
 
 pub fn read_run_config(run_dir: &std::path::Path) -> Result<Option<LoraConfig>> {
+    Ok(read_run_file(run_dir)?.map(|(c, _)| c))
+}
+
+/// The base a QLoRA run (`lora.quant`) trained on, as its `lora.toml` records it: loading
+/// the run quantizes that base's weights again.
+pub fn read_run_base(run_dir: &std::path::Path) -> Result<Option<std::path::PathBuf>> {
+    Ok(read_run_file(run_dir)?.and_then(|(_, b)| b))
+}
+
+fn read_run_file(run_dir: &std::path::Path) -> Result<Option<(LoraConfig, Option<std::path::PathBuf>)>> {
     let p = run_dir.join(RUN_FILE);
     if !p.is_file() {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-    let c: LoraConfig = toml::from_str(&text).with_context(|| format!("invalid {}", p.display()))?;
-    Ok(Some(c))
+    let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("invalid {}", p.display()))?;
+    let base = match table.remove("base") {
+        Some(toml::Value::String(b)) => Some(std::path::PathBuf::from(b)),
+        Some(other) => bail!("{}: `base` must be a path, got {other}", p.display()),
+        None => None,
+    };
+    let c: LoraConfig = toml::Value::Table(table).try_into().with_context(|| format!("invalid {}", p.display()))?;
+    Ok(Some((c, base)))
 }
 
-pub fn write_run_config(run_dir: &std::path::Path, lora: &LoraConfig) -> Result<()> {
-    ferrolm_common::write_atomic(run_dir.join(RUN_FILE), toml::to_string_pretty(lora)?).with_context(|| format!("cannot write {}", run_dir.join(RUN_FILE).display()))
+/// Write `lora.toml`: the adapters' settings and, for a QLoRA run, the base it trained on
+/// (made absolute, so the run loads from anywhere).
+pub fn write_run_config(run_dir: &std::path::Path, lora: &LoraConfig, base: &std::path::Path) -> Result<()> {
+    let mut table = toml::Table::try_from(lora)?;
+    if lora.quant.is_some() {
+        let abs = std::fs::canonicalize(base).with_context(|| format!("cannot resolve the base {}", base.display()))?;
+        table.insert("base".into(), toml::Value::String(abs.display().to_string()));
+    }
+    ferrolm_common::write_atomic(run_dir.join(RUN_FILE), toml::to_string_pretty(&table)?).with_context(|| format!("cannot write {}", run_dir.join(RUN_FILE).display()))
 }

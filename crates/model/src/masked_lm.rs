@@ -102,6 +102,12 @@ impl MaskedLm {
         self.encoder.take_lora("encoder.blocks")
     }
 
+    /// Hold the encoder blocks' linear weights quantized (QLoRA's base); returns the
+    /// variable prefixes of the layers quantized now.
+    pub fn quantize_encoder(&mut self, kind: crate::quant::QuantKind) -> Result<Vec<String>> {
+        self.encoder.quantize_linears("encoder.blocks", kind)
+    }
+
     /// Freeze the encoder's linear weights and the pooler's (see [`Linear::freeze`]): a
     /// base under LoRA adapters.
     pub fn freeze_linears(&mut self) {

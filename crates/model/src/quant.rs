@@ -14,6 +14,76 @@ use ferrolm_kernels::f16::F16Matrix;
 use ferrolm_kernels::q4k::{KMatrix, KQuant};
 use ferrolm_kernels::q8::{Q8Act, Q8Matrix};
 
+/// `x·Wᵀ` on weights held quantized as a candle op, so that a product on quantized weights
+/// has a gradient with respect to its input: dX = dY·W, W widened to f32 a panel at a time
+/// ([`ferrolm_kernels::sgemm::matmul_dequantized`]). W itself is frozen (no gradient): what
+/// a LoRA adapter below a quantized layer needs (QLoRA). The inputs' rounding to 8 bits of
+/// Q8_0 rows ([`QuantWeights::input_rounding`]) passes the gradient straight through, as
+/// rounding in quantization-aware training does. Products of up to
+/// [`crate::linear::QUANT_MAX_ROWS`] input rows read the blocks, more rows take
+/// [`QuantWeights::matmul_t_panels`].
+pub(crate) struct QuantProduct(pub std::sync::Arc<QuantWeights>);
+
+/// The input gradient of [`QuantProduct`]: `dY·W`.
+struct QuantProductGrad(std::sync::Arc<QuantWeights>);
+
+fn op_input<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let data = match s {
+        candle_core::CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("{op}: quantized products take f32 inputs, got {:?}", candle_core::backend::BackendStorage::dtype(s)),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+impl candle_core::CustomOp1 for QuantProduct {
+    fn name(&self) -> &'static str {
+        "ferrolm-quant-product"
+    }
+
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let q = &self.0;
+        let x = op_input(s, l, self.name())?;
+        let k = l.dims().last().copied().unwrap_or(0);
+        if k != q.cols() {
+            candle_core::bail!("input width {k} for quantized weights of width {}", q.cols());
+        }
+        let m = x.len() / k.max(1);
+        let y = if m <= crate::linear::QUANT_MAX_ROWS { q.matmul_t(x, m) } else { q.matmul_t_panels(x, m) };
+        let mut dims = l.dims().to_vec();
+        *dims.last_mut().expect("an input of rank >= 1 (its width was checked)") = q.rows();
+        Ok((candle_core::CpuStorage::F32(y), dims.into()))
+    }
+
+    fn bwd(&self, _x: &candle_core::Tensor, _y: &candle_core::Tensor, grad: &candle_core::Tensor) -> candle_core::Result<Option<candle_core::Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&QuantProductGrad(self.0.clone()))?))
+    }
+}
+
+impl candle_core::CustomOp1 for QuantProductGrad {
+    fn name(&self) -> &'static str {
+        "ferrolm-quant-product-grad"
+    }
+
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let q = &self.0;
+        let dy = op_input(s, l, self.name())?;
+        let (n, k) = (q.rows(), q.cols());
+        if l.dims().last().copied() != Some(n) {
+            candle_core::bail!("gradient of width {:?} for quantized weights of {n} rows", l.dims().last());
+        }
+        let m = dy.len() / n.max(1);
+        let mut dx = vec![0f32; m * k];
+        let dequant = |first: usize, out: &mut [f32]| q.dequantize_rows_into(first, out);
+        ferrolm_kernels::sgemm::matmul_dequantized(dy, m, n, k, &mut dx, &dequant);
+        let mut dims = l.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = k;
+        Ok((candle_core::CpuStorage::F32(dx), dims.into()))
+    }
+}
+
 /// What `--quant` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantKind {
@@ -45,6 +115,20 @@ impl fmt::Display for QuantKind {
             Self::Q4K => "q4_k",
             Self::F16 => "f16",
         })
+    }
+}
+
+/// As its name in configs: `"q8_0"`, `"q4_k"`, `"f16"` (`lora.quant`).
+impl serde::Serialize for QuantKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for QuantKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

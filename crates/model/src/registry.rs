@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
@@ -226,6 +226,14 @@ pub fn read_spec(run_dir: &Path) -> Result<ModelSpec> {
 /// A Hugging Face model folder (`config.json` + safetensors) loads through
 /// [`crate::hf::load`]: this is the one place that tells the two apart.
 pub fn load_model(run_dir: &Path, device: &Device) -> Result<LoadedModel> {
+    load_model_with(run_dir, device, false)
+}
+
+/// [`load_model`]; a QLoRA run (`lora.quant`) then loads as it trained — its base's block
+/// weights quantized again, its adapters kept on them — unless `qlora_into_f32`: then its
+/// adapters are folded into the base's f32 weights (what an export wants, as a QLoRA
+/// adapter is merged into the unquantized base in PEFT).
+pub fn load_model_with(run_dir: &Path, device: &Device, qlora_into_f32: bool) -> Result<LoadedModel> {
     if run_dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         return Ok(crate::gguf::load(run_dir, device)?.loaded);
     }
@@ -234,8 +242,12 @@ pub fn load_model(run_dir: &Path, device: &Device) -> Result<LoadedModel> {
     }
     let spec = read_spec(run_dir)?;
     let checkpoint = latest_checkpoint(run_dir)?;
-    let (mut model, varmap) = AnyModel::build_fresh(&spec, device)?;
     let lora = crate::lora::read_run_config(run_dir)?;
+    if let Some(kind) = lora.as_ref().and_then(|l| l.quant) {
+        let lora = lora.as_ref().expect("a quant setting comes from a LoRA config");
+        return load_qlora(run_dir, &spec, checkpoint, lora, kind, device, qlora_into_f32);
+    }
+    let (mut model, varmap) = AnyModel::build_fresh(&spec, device)?;
     match (&mut model, lora) {
         // A run that trained LoRA adapters: load base and adapters, then fold the adapters
         // in, so every consumer gets the adapted model at the base model's cost.
@@ -248,6 +260,54 @@ pub fn load_model(run_dir: &Path, device: &Device) -> Result<LoadedModel> {
         (_, None) => load_weights(&varmap, &checkpoint.join("model.safetensors"))?,
     }
     Ok(LoadedModel { spec, model, varmap, checkpoint })
+}
+
+/// A QLoRA run: its checkpoint holds the adapters and the variables that stayed f32, not
+/// the quantized block weights, which come from the base its `lora.toml` names.
+fn load_qlora(run_dir: &Path, spec: &ModelSpec, checkpoint: PathBuf, lora: &crate::lora::LoraConfig, kind: crate::quant::QuantKind, device: &Device, into_f32: bool) -> Result<LoadedModel> {
+    let lora_file = run_dir.join(crate::lora::RUN_FILE);
+    let base = crate::lora::read_run_base(run_dir)?.with_context(|| format!("{}: lora.quant = {kind:?} but no `base` (the model whose quantized weights the adapters trained on)", lora_file.display()))?;
+    let loaded = load_model(&base, device).with_context(|| format!("loading the base {} of the QLoRA run {} (named in {})", base.display(), run_dir.display(), lora_file.display()))?;
+    let (want, got) = (spec.require_transformer("QLoRA").map_err(anyhow::Error::msg)?, loaded.spec.require_transformer("QLoRA").map_err(anyhow::Error::msg)?);
+    ensure!(
+        want.d_model == got.d_model && want.n_layers == got.n_layers && want.vocab_size == got.vocab_size && want.ff_dim() == got.ff_dim() && want.kv_width() == got.kv_width(),
+        "{}: the base {} is not the model this run trained ({} layers × {} wide vs the run's {} × {})",
+        run_dir.display(),
+        base.display(),
+        got.n_layers,
+        got.d_model,
+        want.n_layers,
+        want.d_model
+    );
+    let AnyModel::Decoder(mut m) = loaded.model else { bail!("{}: QLoRA adapters are supported on decoders only", run_dir.display()) };
+    let varmap = loaded.varmap;
+    crate::lora::attach(&mut m, &varmap, lora, 0)?;
+    let weights = checkpoint.join("model.safetensors");
+    if into_f32 {
+        // every variable of the checkpoint (adapters and what stayed f32) over the base's
+        load_some_weights(&varmap, &weights)?;
+        crate::lora::merge(&mut m, &varmap)?;
+    } else {
+        m.freeze_linears();
+        crate::lora::quantize_base(&mut m, &varmap, kind)?;
+        load_weights(&varmap, &weights)?;
+    }
+    Ok(LoadedModel { spec: spec.clone(), model: AnyModel::Decoder(m), varmap, checkpoint })
+}
+
+/// [`load_weights`] for a checkpoint that holds some of the variables: each of its tensors
+/// must be a variable of the model, of its shape.
+pub fn load_some_weights(varmap: &VarMap, path: &Path) -> Result<()> {
+    let tensors = load_tensors(path)?;
+    let data = varmap.data().lock().expect("varmap lock");
+    for (name, t) in &tensors {
+        let var = data.get(name).with_context(|| format!("{} holds a weight `{name}` this model does not have (config mismatch?)", path.display()))?;
+        if t.shape() != var.shape() {
+            bail!("{}: weight {name} has shape {:?}, the model expects {:?}", path.display(), t.shape(), var.shape());
+        }
+        var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
 }
 
 /// Training stages start from run folders and Hugging Face checkpoints; a `.gguf` file is

@@ -74,6 +74,21 @@ impl Stack {
         out
     }
 
+    /// Hold the blocks' linear weights quantized as `kind` asks ([`Linear::quantize`]);
+    /// returns the variable prefixes (under `prefix`) of the layers quantized now, whose f32
+    /// variables are then no longer read.
+    pub(crate) fn quantize_linears(&mut self, prefix: &str, kind: crate::quant::QuantKind) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            for (name, lin) in block.linears_mut() {
+                if let Some((_, _, true)) = lin.quantize(kind)? {
+                    out.push(format!("{prefix}.{i}.{name}"));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Freeze the blocks' linear weights (see [`Linear::freeze`]).
     pub(crate) fn freeze_linears(&mut self) {
         for block in self.blocks.iter_mut() {
@@ -218,6 +233,12 @@ impl Transformer {
         m
     }
 
+
+    /// Hold the blocks' linear weights quantized (the LM head and embedding stay f32):
+    /// QLoRA's base. Returns the variable prefixes of the layers quantized now.
+    pub fn quantize_blocks(&mut self, kind: crate::quant::QuantKind) -> Result<Vec<String>> {
+        self.decoder.quantize_linears("decoder.blocks", kind)
+    }
 
     /// Freeze every linear layer's weights (blocks and LM head; see [`Linear::freeze`]):
     /// for training LoRA adapters on a base that does not change.

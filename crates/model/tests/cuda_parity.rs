@@ -71,7 +71,7 @@ fn model(cfg: &TransformerConfig, dev: &Device, lora: bool) -> (Transformer, Var
     let mut m = Transformer::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, dev)).unwrap();
     init_params(&vm, cfg.n_layers, 11).unwrap();
     if lora {
-        let l = ferrolm_model::lora::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: vec!["all".into()] };
+        let l = ferrolm_model::lora::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: vec!["all".into()], quant: None };
         ferrolm_model::lora::attach(&mut m, &vm, &l, 3).unwrap();
         for v in vm.all_vars() {
             // B = 0 would hide a wrong adapter path: give every B values.

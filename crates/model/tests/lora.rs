@@ -41,7 +41,7 @@ fn perturb_b(vm: &VarMap) {
 }
 
 fn lora(rank: usize, targets: &[&str]) -> LoraConfig {
-    LoraConfig { rank, alpha: 2.0 * rank as f64, dropout: 0.0, targets: targets.iter().map(|s| s.to_string()).collect() }
+    LoraConfig { rank, alpha: 2.0 * rank as f64, dropout: 0.0, targets: targets.iter().map(|s| s.to_string()).collect(), quant: None }
 }
 
 #[test]
@@ -250,4 +250,65 @@ fn masked_lm_adapters_merge_train_alone_and_use_bert_names() {
     lora::merge(&mut m, &vm).unwrap();
     assert!(max_diff(&adapted, &hidden(&m)) < 1e-4);
     assert!(vm.data().lock().unwrap().keys().all(|k| !lora::is_adapter(k)));
+}
+
+/// QLoRA: with `lora.quant`, the base's block weights are held quantized (their f32
+/// variables gone from the VarMap), and the adapters train as they would on an f32 base
+/// whose weights are the quantized values — the same logits and adapter gradients (F16:
+/// to float rounding; Q8_0, whose products round their inputs to 8 bits: closely, the
+/// gradient passing the rounding straight through). Adapters below quantized layers get
+/// their gradients through those layers' input gradient.
+#[test]
+fn qlora_adapters_on_a_quantized_base_train_as_on_its_dequantized_weights() {
+    use ferrolm_model::{QuantKind, QuantWeights};
+    let c = cfg(BlockStyle::Modern);
+    let ids = Tensor::new(&[3u32, 7, 1, 20, 5, 9, 11, 2, 4, 8, 13], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let targets = Tensor::new(&[7u32, 1, 20, 5, 9, 11, 2, 4, 8, 13, 6], &Device::Cpu).unwrap();
+    let watched = ["decoder.blocks.0.attn.qkv.lora_a.q", "decoder.blocks.0.mlp.gate.lora_b.gate", "decoder.blocks.1.attn.proj.lora_a.o", "decoder.blocks.1.mlp.proj.lora_b.down"];
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let run = |m: &Transformer, vm: &VarMap| -> (Vec<f32>, Vec<Vec<f32>>) {
+        let l = m.forward(&ids, &MaskSpec::causal(), None).unwrap().squeeze(0).unwrap();
+        let loss = ferrolm_kernels::cross_entropy(&l, &targets).unwrap();
+        let grads = loss.backward().unwrap();
+        let data = vm.data().lock().unwrap();
+        let g = watched.iter().map(|n| flat(grads.get(data[*n].as_tensor()).unwrap_or_else(|| panic!("{n} has no gradient")))).collect();
+        (flat(&l), g)
+    };
+    for kind in [QuantKind::F16, QuantKind::Q8_0] {
+        let l = LoraConfig { quant: Some(kind), ..lora(2, &["all"]) };
+        // the QLoRA model
+        let (mut q, vq) = model(&c);
+        let f32_vars = vq.all_vars().len();
+        lora::prepare(&mut q, &vq, &l, 3).unwrap();
+        perturb_b(&vq);
+        {
+            let data = vq.data().lock().unwrap();
+            assert!(!data.contains_key("decoder.blocks.0.attn.qkv.weight") && !data.contains_key("decoder.blocks.1.mlp.proj.weight"), "{kind}: the quantized weights' f32 variables are dropped");
+            assert!(data.contains_key("lm_head.weight") || c.tie_embeddings, "{kind}: the LM head stays f32");
+            assert_eq!(data.len(), f32_vars - 5 * c.n_layers + 2 * 7 * c.n_layers, "{kind}: five linears a block quantized, an A and a B per target");
+        }
+        // an f32 model with the quantized values as its weights, the same adapters
+        let (mut d, vd) = model(&c);
+        {
+            let data = vd.data().lock().unwrap();
+            for (name, v) in data.iter() {
+                if name.starts_with("decoder.blocks.") && name.ends_with(".weight") && v.rank() == 2 {
+                    let (r, k) = v.dims2().unwrap();
+                    let w = QuantWeights::quantize(kind, &flat(v.as_tensor()), r, k).unwrap();
+                    v.set(&Tensor::from_vec(w.dequantize(), (r, k), &Device::Cpu).unwrap()).unwrap();
+                }
+            }
+        }
+        lora::prepare(&mut d, &vd, &lora(2, &["all"]), 3).unwrap();
+        perturb_b(&vd);
+        let ((lq, gq), (ld, gd)) = (run(&q, &vq), run(&d, &vd));
+        let tol = if kind == QuantKind::F16 { 1e-4 } else { 3e-2 };
+        assert!(max_diff(&lq, &ld) < tol, "{kind}: logits differ by {}", max_diff(&lq, &ld));
+        for (n, (a, b)) in watched.iter().zip(gq.iter().zip(&gd)) {
+            let norm = b.iter().map(|x| x.abs()).fold(0f32, f32::max);
+            assert!(norm > 0.0, "{kind}: {n} has a zero gradient");
+            let rel = max_diff(a, b) / norm;
+            assert!(rel < if kind == QuantKind::F16 { 1e-3 } else { 0.1 }, "{kind}: {n}'s gradient differs by {rel} of its largest value");
+        }
+    }
 }

@@ -56,8 +56,9 @@ pub fn run(a: Args) -> Result<()> {
         ),
         _ => {}
     }
-    // (load_model folds a LoRA run's adapters into the weights.)
-    let loaded = ferrolm_model::load_model(&dir, &super::device()?)?;
+    // (load_model folds a LoRA run's adapters into the weights; a QLoRA run's into its
+    // base's f32 weights, as PEFT merges a QLoRA adapter into the unquantized base.)
+    let loaded = ferrolm_model::registry::load_model_with(&dir, &super::device()?, true)?;
     let cfg = loaded.spec.require_transformer("export --format hf").map_err(anyhow::Error::msg)?;
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).with_context(|| format!("{} has no usable tokenizer.json", dir.display()))?;
     match a.format {
@@ -130,7 +131,12 @@ fn export_peft(dir: &std::path::Path, lora: &ferrolm_model::lora::LoraConfig, ou
     let (model, varmap) = ferrolm_model::AnyModel::build_fresh(&spec, &candle_core::Device::Cpu)?;
     let ferrolm_model::AnyModel::Decoder(mut m) = model else { anyhow::bail!("LoRA adapters are supported on decoders only") };
     ferrolm_model::lora::attach(&mut m, &varmap, lora, 0)?;
-    ferrolm_model::registry::load_weights(&varmap, &ckpt.join("model.safetensors"))?;
+    if lora.quant.is_some() {
+        // a QLoRA checkpoint holds the adapters and what stayed f32, not the base's block weights
+        ferrolm_model::registry::load_some_weights(&varmap, &ckpt.join("model.safetensors"))?;
+    } else {
+        ferrolm_model::registry::load_weights(&varmap, &ckpt.join("model.safetensors"))?;
+    }
     let base = run_base(dir);
     ferrolm_model::lora::write_peft(out, cfg, lora, &varmap, &base)?;
     eprintln!("wrote {} (PEFT LoRA adapter, rank {}, on base {base:?})", out.display(), lora.rank);
