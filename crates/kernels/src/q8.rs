@@ -66,7 +66,14 @@ impl Q8Matrix {
             return None;
         }
         let scales = bytes.chunks_exact(BYTES).map(|b| crate::q4k::f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect();
-        let quants = bytes.chunks_exact(BYTES).flat_map(|b| b[2..].iter().map(|&q| q as i8)).collect();
+        // block by block into a buffer of the final size (a byte-wise `flat_map` collect grew
+        // its vector by reallocation and copying: a third of a GGUF model's load)
+        let mut quants = vec![0i8; rows * cols];
+        for (b, q) in bytes.chunks_exact(BYTES).zip(quants.chunks_exact_mut(BLOCK)) {
+            for (q, &v) in q.iter_mut().zip(&b[2..]) {
+                *q = v as i8;
+            }
+        }
         Some(Self { rows, cols, scales, quants })
     }
 

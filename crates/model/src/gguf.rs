@@ -456,7 +456,9 @@ pub struct GgufTokenizer {
 /// Reads the tokenizer keys of the GGUF file at `path`; a key of the wrong type is an error
 /// naming the file and key.
 pub fn read_tokenizer(path: &Path) -> Result<GgufTokenizer> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // buffered: the metadata is read value by value (a vocabulary is 10⁵ strings), each a
+    // system call on a bare file
+    let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
     let c = gguf_file::Content::read(&mut f).map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
     let m = &c.metadata;
     let bad = |key: &str, what: &str| anyhow::anyhow!("{}: {key} is not {what}", path.display());
@@ -593,7 +595,9 @@ fn row_order(rows: usize, heads: usize) -> Result<Vec<usize>> {
 /// Reads a GGUF file of architecture `llama`, `qwen2`, `qwen3` or `gpt2` into the Transformer
 /// core. A missing tensor or one of the wrong shape is an error naming it.
 pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // buffered: the metadata is read value by value (a vocabulary is 10⁵ strings), each a
+    // system call on a bare file
+    let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
     let content = gguf_file::Content::read(&mut f).map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
     let arch = content
         .metadata

@@ -23,10 +23,28 @@ pub struct Source {
 
 /// Every tensor of one safetensors file, with the file named in any error (missing,
 /// truncated, corrupt header).
+///
+/// The file is memory-mapped and each tensor copied out of the map, whose pages are then
+/// released (`MADV_DONTNEED`: they stay in the page cache, not in this process): reading
+/// the file into a buffer first cost a second copy of the checkpoint (the kernel zeroing
+/// and filling its pages) and twice its size in peak memory.
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-        .with_context(|| format!("{} is not a complete safetensors file (truncated or corrupt)", path.display()))
+    use candle_core::safetensors::Load;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // A checkpoint folder's files are not rewritten while a model loads from them (the Hub
+    // cache's are written to a temporary name and renamed into place; see `hub`), which is
+    // what mapping them needs (`map_immutable`).
+    let map = ferrolm_kernels::mmap::map_immutable(&file).with_context(|| format!("cannot map {}", path.display()))?;
+    let broken = || format!("{} is not a complete safetensors file (truncated or corrupt)", path.display());
+    let st = safetensors::SafeTensors::deserialize(&map).with_context(broken)?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let t = view.load(&Device::Cpu).with_context(broken)?;
+        let (at, len) = (view.data().as_ptr() as usize - map.as_ptr() as usize, view.data().len());
+        ferrolm_kernels::mmap::release_pages(&map, at, len);
+        out.insert(name, t);
+    }
+    Ok(out)
 }
 
 /// The file names of a sharded checkpoint (from its index), in order, with the tensor →
