@@ -13,6 +13,9 @@ machine noise hits both alike); medians of tokens/s are printed with the ratio.
 product's operands rounded to bf16, sums in f32, on AMX tiles where the CPU has them):
 ferrolm's `train.matmul_precision = "bf16"`, PyTorch's
 `torch.backends.mkldnn.matmul.fp32_precision = "bf16"`.
+`--qlora q8_0 q4_k` adds ferrolm runs whose frozen base is held quantized (`lora.quant`,
+QLoRA) to each round, reported beside the f32 ones: their products are not PEFT's f32
+arithmetic, so they are information (speed and memory of QLoRA), not the comparison.
 """
 import argparse
 import json
@@ -84,6 +87,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--matmul", choices=["f32", "bf16"], default="f32",
                     help="bf16: both sides multiply bf16-rounded operands with f32 sums (AMX tiles where the CPU has them)")
+    ap.add_argument("--qlora", nargs="*", default=[], choices=["q8_0", "q4_k", "f16"],
+                    help="also run ferrolm with the base held quantized (lora.quant), for information")
     a = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
     try:
@@ -92,10 +97,15 @@ def main():
         print("transformers+peft skipped: pip install torch transformers peft")
         return
     fer, pt = [], []
+    qlora = {q: [] for q in a.qlora}
+    fer_cmd = [a.ferrolm, "bench", "lora", "--model", a.model, "--rank", str(a.rank), "--alpha", str(2 * a.rank), "--batch", str(a.batch),
+               "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--matmul", a.matmul, "--json"]
     for _ in range(a.repeats):
-        fer.append(run_json([a.ferrolm, "bench", "lora", "--model", a.model, "--rank", str(a.rank), "--alpha", str(2 * a.rank), "--batch", str(a.batch),
-                             "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--matmul", a.matmul, "--json"], env))
+        fer.append(run_json(fer_cmd, env))
         print(json.dumps(fer[-1]), flush=True)
+        for q in a.qlora:
+            qlora[q].append(run_json(fer_cmd + ["--quant", q], env))
+            print(json.dumps(qlora[q][-1]), flush=True)
         pt.append(run_json([sys.executable, "-c", PEFT_CODE, a.model, str(a.threads), str(a.rank), str(a.batch), str(a.seq_len), str(a.steps), a.matmul], env))
         print(json.dumps(pt[-1]), flush=True)
     f = statistics.median(r["tokens_per_sec"] for r in fer)
@@ -104,6 +114,10 @@ def main():
     print(f"tokens/s (median of {a.repeats}): ferrolm {f:.0f}, transformers+PEFT {p:.0f}, ratio {f / p:.2f}x")
     print(f"peak RSS MiB: ferrolm {statistics.median(r['peak_rss_bytes'] for r in fer) / 2**20:.0f}, "
           f"transformers+PEFT {statistics.median(r['peak_rss_bytes'] for r in pt) / 2**20:.0f}")
+    for q, rs in qlora.items():
+        t = statistics.median(r["tokens_per_sec"] for r in rs)
+        print(f"QLoRA, base held {q} (ferrolm, information): {t:.0f} tokens/s ({t / f:.2f}x ferrolm f32), "
+              f"peak RSS {statistics.median(r['peak_rss_bytes'] for r in rs) / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

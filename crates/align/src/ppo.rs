@@ -477,7 +477,7 @@ impl TrainTask for PpoTask {
 impl PpoTrainer {
     pub fn new(o: &StageOptions, reward_dir: Option<&Path>) -> Result<Self> {
         let mut cfg: PpoConfig = stage::stage_config(o)?;
-        if !o.resume || cfg.lora.quant.is_some() {
+        if !o.resume {
             cfg.ppo.reward_from = reward_dir.context("--reward REWARD_RUN is required")?.display().to_string();
         }
         let p = &cfg.ppo;

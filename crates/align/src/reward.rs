@@ -120,13 +120,22 @@ pub fn load(run_dir: &Path, device: &Device) -> Result<LoadedReward> {
     load_with(run_dir, device, true)
 }
 
-/// [`load`], with a LoRA run's adapters folded in (`merge`) or kept as adapters.
+/// [`load`], with a LoRA run's adapters folded in (`merge`) or kept as adapters. A QLoRA
+/// run (`lora.quant`) loads as it trained — its start's body weights quantized again, the
+/// adapters kept on them — whatever `merge` says.
 pub fn load_with(run_dir: &Path, device: &Device, merge: bool) -> Result<LoadedReward> {
     let model_cfg = stage::read_model(run_dir)?;
     let cfg: RewardConfig = stage::read_stage(run_dir)?;
     let varmap = VarMap::new();
     let mut model = RewardModel::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    if cfg.lora.enabled() {
+    let merge = merge && cfg.lora.quant.is_none();
+    if cfg.lora.quant.is_some() {
+        let start = PathBuf::from(&cfg.reward.model_from);
+        let ckpt = ferrolm_train::checkpoint::latest(&start)
+            .with_context(|| format!("{} trained on a quantized body (lora.quant): reading it from its start {}", run_dir.display(), start.display()))?;
+        stage::load_with_new_heads(&varmap, &ckpt.join("model.safetensors"), &[HEAD])?;
+        lora::prepare(&mut model.body, &varmap, &cfg.lora, 0)?;
+    } else if cfg.lora.enabled() {
         lora::attach(&mut model.body, &varmap, &cfg.lora, 0)?;
     }
     let ckpt = ferrolm_train::checkpoint::latest(run_dir)?;
@@ -264,10 +273,14 @@ fn report_data(report: &ReadReport, fmt: &Formatter, train: usize, val: usize) {
 
 /// `ferrolm reward train`.
 pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
-    let cfg: RewardConfig = stage::stage_config(o)?;
+    let mut cfg: RewardConfig = stage::stage_config(o)?;
+    if cfg.lora.quant.is_some() {
+        // A QLoRA run's checkpoints hold no quantized body weights: loading the run reads
+        // them from its start again, wherever it is loaded from.
+        let abs = std::fs::canonicalize(&cfg.reward.model_from).with_context(|| format!("cannot resolve the start {}", cfg.reward.model_from))?;
+        cfg.reward.model_from = abs.display().to_string();
+    }
     let start = PathBuf::from(&cfg.reward.model_from);
-    // (a reward run's checkpoint holds its whole body, which it reloads without its start)
-    anyhow::ensure!(cfg.lora.quant.is_none(), "lora.quant (a quantized base, QLoRA) is supported by sft, dpo and rlhf; a reward model trains its adapters on an f32 body");
     let model_cfg = stage::read_model(&start)?;
     let fmt = Formatter::from_run(&start, model_cfg.max_seq_len, cfg.data.max_response_tokens)?;
     let (train, val, report) = load_pairs(&cfg.data, &fmt)?;
@@ -281,10 +294,14 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     }
     let varmap = VarMap::new();
     let mut model = RewardModel::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, &o.device))?;
-    if !o.resume {
+    // (the start's weights also on resume when the body is held quantized: QLoRA checkpoints
+    // do not hold them)
+    if !o.resume || cfg.lora.quant.is_some() {
         let ckpt = ferrolm_train::checkpoint::latest(&start)?;
         stage::load_with_new_heads(&varmap, &ckpt.join("model.safetensors"), &[HEAD])?;
         stage::zero_vars(&varmap, HEAD)?;
+    }
+    if !o.resume {
         stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
     } else {
         stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;

@@ -214,8 +214,19 @@ fn qlora_dpo_and_ppo() {
     let ids = Tensor::new(&[3u32, 7, 1, 9, 5, 2, 4], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     assert!(values(&m.forward(&ids, &MaskSpec::causal(), None).unwrap()).iter().all(|v| v.is_finite()));
 
-    let rm = root.join("rm");
-    ferrolm_align::reward::train(&common::opts(&base, &data, &rm, &["data.val_fraction=0.25", "data.max_response_tokens=20", "train.max_steps=10", "train.eval_interval=0"])).unwrap();
+    // a QLoRA reward model: no body weights in its checkpoint; loads as trained (merge or not)
+    let rm = root.join("rm-qlora");
+    let mut rm_sets = vec!["data.val_fraction=0.25", "data.max_response_tokens=20", "train.max_steps=10", "train.eval_interval=0", "train.lr=1e-2"];
+    rm_sets.extend(quant);
+    ferrolm_align::reward::train(&common::opts(&base, &data, &rm, &rm_sets)).unwrap();
+    let ck = tensors(&rm, "model.safetensors");
+    assert!(!ck.contains_key("decoder.blocks.0.attn.qkv.weight") && ck.contains_key("reward_head.weight") && ck.contains_key("decoder.blocks.0.mlp.up.lora_a.up"));
+    let (merged, kept) = (ferrolm_align::reward::load_with(&rm, &Device::Cpu, true).unwrap(), ferrolm_align::reward::load_with(&rm, &Device::Cpu, false).unwrap());
+    let prompt = vec![Message::user("say a word 3")];
+    let (a, b) = (merged.score(&prompt, "good good").unwrap(), kept.score(&prompt, "good good").unwrap());
+    assert!(a == b && a != 0.0, "QLoRA reward scores {a} vs {b}");
+    let e = ferrolm_align::reward::eval(&rm, std::slice::from_ref(&data), OnError::Skip, true, &Device::Cpu).unwrap();
+    assert!(e.pairwise_accuracy.is_finite());
     let mut ppo_sets = vec![
         "data.val_fraction=0.25",
         "data.max_response_tokens=12",

@@ -147,7 +147,7 @@ impl ClassifyStageConfig {
         if !self.lora.enabled() {
             return Ok(());
         }
-        ensure!(self.lora.quant.is_none(), "lora.quant (a quantized base, QLoRA) is supported by sft, dpo and rlhf; a classifier trains its adapters on an f32 body");
+        ensure!(self.lora.quant.is_none(), "lora.quant (a quantized base, QLoRA) is supported by sft, dpo, rlhf and reward; a classifier trains its adapters on an f32 body");
         ensure!(
             self.classify.train_body == "full",
             "lora.rank = {} trains the body through adapters: set classify.train_body = \"full\" (got {:?}; \"frozen\" trains no adapter, \"top:N\" is not supported with LoRA)",
