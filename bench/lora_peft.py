@@ -20,8 +20,10 @@ QLoRA (`sft --set lora.quant=q8_0|q4_k|f16`: the frozen base's block weights hel
 while the adapters train). Judged: the merged export (adapters folded into the f32 base)
 against PEFT on the f32 base. Reported (info): `ferrolm score` of the run (the model as
 trained: quantized base + adapters) against PEFT on the f32 base, i.e. the quantization's
-effect. The fixtures are 16 wide (Q8_0 blocks are 32, Q4_K 256: nothing would be quantized),
-so besides qwen2_tied the script makes a 256-wide random Qwen2 (same config otherwise).
+effect; and, for q8_0 and f16, against PEFT on the base rounded in Python as ferrolm rounds
+it (weights, and Q8_0's 8-bit inputs), which should come close. The fixtures are 16 wide
+(Q8_0 blocks are 32, Q4_K 256: nothing is quantized, the run is plain LoRA), so besides
+qwen2_tied the script makes a 256-wide random Qwen2 (the fixture's config otherwise).
 
 SEQ_CLS (PEFT LoRA adapters + the head as `modules_to_save`):
   - `ferrolm classify train --set lora.rank=8 --set classify.train_body=full
@@ -30,7 +32,9 @@ SEQ_CLS (PEFT LoRA adapters + the head as `modules_to_save`):
     bert_tiny, roberta_tiny (head `classifier`, BERT's pooled [CLS]);
     `ferrolm classify predict` gives class probabilities; PEFT on
     `AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)` gives logits:
-    compared as log-probabilities;
+    compared as log-probabilities (roberta_tiny fails so far: ferrolm names its adapters
+    `bert.…` and its head `classifier.weight/bias`, where RobertaForSequenceClassification
+    has `roberta.…` and `classifier.dense` + `classifier.out_proj`);
   - `ferrolm reward train --set lora.rank=8` on generated preference pairs (head `score`,
     num_labels=1). `reward train` reads a ferrolm run, not a Hugging Face folder, so the base
     is first made a run by `ferrolm sft … --set train.max_steps=0` (same weights) and exported
@@ -145,6 +149,33 @@ def wide_qwen2(work, width=256):
     return out
 
 
+def round_q8_0(x):
+    """Q8_0's rounding of rows (last dim a multiple of 32): per block of 32, scale amax/127."""
+    b = x.reshape(-1, 32)
+    amax = b.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
+    return ((b * inv).round().clamp(-127, 127) * (amax / 127)).reshape(x.shape)
+
+
+def emulated_quant_base(base_hf, quant):
+    """The f32 base as ferrolm's QLoRA base computes, for q8_0 and f16: each block linear
+    layer whose inputs are whole blocks gets its weights rounded (f16, or Q8_0 with an f32
+    scale) and, for Q8_0, its inputs rounded to 8 bits too (as llama.cpp's Q8_0 products
+    do); the adapters PEFT adds on top see the f32 inputs. None for q4_k (not emulated)."""
+    if quant not in ("q8_0", "f16"):
+        return None
+    m = AutoModelForCausalLM.from_pretrained(base_hf, attn_implementation="eager", dtype=torch.float32)
+    layers = [l for n, l in m.named_modules() if ".layers." in n and isinstance(l, torch.nn.Linear)]
+    with torch.no_grad():
+        for l in layers:
+            if quant == "f16":
+                l.weight.copy_(l.weight.half().float())
+            elif l.in_features % QUANT_BLOCK[quant] == 0:
+                l.weight.copy_(round_q8_0(l.weight))
+                l.register_forward_pre_hook(lambda _, args: (round_q8_0(args[0]),))
+    return m
+
+
 def check_qlora(ferrolm, name, base_hf, work, quant):
     data = os.path.join(work, "instr.jsonl")
     records(data)
@@ -165,11 +196,15 @@ def check_qlora(ferrolm, name, base_hf, work, quant):
     merged = os.path.join(work, f"merged-qlora-{quant}-{name}")
     run([ferrolm, "export", "--model", out, "--format", "hf", "--merge-lora", "--out", merged])
     got = logprobs(AutoModelForCausalLM.from_pretrained(merged, attn_implementation="eager", dtype=dtype).eval(), ids)
+    emulated = emulated_quant_base(base_hf, quant)
+    if emulated is not None:
+        emulated = maxdiff(trained["logprobs"], logprobs(PeftModel.from_pretrained(emulated, os.path.join(out, "adapter")).eval(), ids))
     return {"base": name, "check": f"QLoRA sft lora.quant={quant}", "lora": lora_line, "tokens": len(ids),
             "widths (hidden, mlp)": widths, "widths_quantizable": all(w % QUANT_BLOCK[quant] == 0 for w in widths),
             "adapters_change_logprobs": maxdiff(plain, peft_f32),
             "merged export vs peft(f32 base + adapter/) max_abs_diff": maxdiff(got, peft_f32),
-            "ferrolm score (quantized base + adapters) vs peft(f32 base) (info)": maxdiff(trained["logprobs"], peft_f32)}
+            "ferrolm score (quantized base + adapters) vs peft(f32 base) (info)": maxdiff(trained["logprobs"], peft_f32),
+            "ferrolm score vs peft(base rounded in Python as ferrolm rounds it) (info)": emulated}
 
 
 # ---- SEQ_CLS (classifier and reward-model heads)

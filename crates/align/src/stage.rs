@@ -115,8 +115,17 @@ pub fn read_model(run_dir: &Path) -> Result<TransformerConfig> {
 
 /// Load the decoder of a run folder (its latest checkpoint).
 pub fn load_decoder(run_dir: &Path, device: &candle_core::Device) -> Result<(TransformerConfig, Transformer, VarMap)> {
+    load_decoder_with(run_dir, device, None)
+}
+
+/// [`load_decoder`]; with `quant`, the block stack's weights quantized as they are read
+/// (QLoRA's base), so the model is never whole in f32.
+pub fn load_decoder_with(run_dir: &Path, device: &candle_core::Device, quant: Option<ferrolm_model::QuantKind>) -> Result<(TransformerConfig, Transformer, VarMap)> {
     ferrolm_model::registry::ensure_trainable_source(run_dir)?;
-    let loaded = ferrolm_model::load_model(run_dir, device)?;
+    let loaded = match quant {
+        Some(kind) => ferrolm_model::registry::load_model_quantized(run_dir, device, kind)?,
+        None => ferrolm_model::load_model(run_dir, device)?,
+    };
     let model = loaded.model.into_decoder("alignment")?;
     Ok((model.config().clone(), model, loaded.varmap))
 }

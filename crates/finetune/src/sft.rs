@@ -389,8 +389,18 @@ pub fn answer(model: &Transformer, tok: &Tokenizer, tpl: &ChatTemplate, history:
 
 /// Load a run folder's decoder (config.toml + latest checkpoint) into a fresh VarMap.
 pub fn load_decoder(run_dir: &Path, device: &Device) -> Result<(ModelSpec, Transformer, candle_nn::VarMap)> {
+    load_decoder_with(run_dir, device, None)
+}
+
+/// [`load_decoder`]; with `quant`, the block stack's weights quantized as they are read
+/// (QLoRA's base: `registry::load_model_quantized`), so the model is never whole in f32.
+pub fn load_decoder_with(run_dir: &Path, device: &Device, quant: Option<ferrolm_model::QuantKind>) -> Result<(ModelSpec, Transformer, candle_nn::VarMap)> {
     ferrolm_model::registry::ensure_trainable_source(run_dir)?;
-    let loaded = ferrolm_model::load_model(run_dir, device).with_context(|| format!("loading the model of {}", run_dir.display()))?;
+    let loaded = match quant {
+        Some(kind) => ferrolm_model::registry::load_model_quantized(run_dir, device, kind),
+        None => ferrolm_model::load_model(run_dir, device),
+    }
+    .with_context(|| format!("loading the model of {}", run_dir.display()))?;
     let model = loaded.model.into_decoder("instruction tuning")?;
     Ok((loaded.spec, model, loaded.varmap))
 }
@@ -402,7 +412,8 @@ pub fn run_sft(run: SftRun) -> Result<SftReport> {
     ensure!(!sources.data.is_empty() || !sources.labelled.is_empty(), "no training data: give --data FILE… and/or --from-labelled FILE");
     // the base's weights, loaded into the variables that train
     ferrolm_model::registry::ensure_trainable_source(base)?;
-    let (base_spec, mut model, varmap) = load_decoder(base, device)?;
+    let quant = cfg.lora.quant.filter(|_| cfg.lora.enabled());
+    let (base_spec, mut model, varmap) = load_decoder_with(base, device, quant)?;
     if cfg.lora.enabled() {
         let total: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
         let n = lora::prepare(&mut model, &varmap, &cfg.lora, cfg.train.seed)?;

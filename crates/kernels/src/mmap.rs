@@ -3,6 +3,9 @@
 
 use std::fs::File;
 
+/// A read-only map of a file.
+pub type Map = memmap2::Mmap;
+
 /// Maps `file` read-only.
 ///
 /// Mapping is `unsafe` in memmap2 because another process could truncate or rewrite the

@@ -717,7 +717,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         // GGUF names → the Hugging Face names the core's mapping reads.
         let mut hf: HashMap<String, crate::hf::weights::Source> = HashMap::new();
         let mut put = |name: String, tensor: Tensor| {
-            hf.insert(name, crate::hf::weights::Source { tensor, file: path.to_path_buf() });
+            hf.insert(name, crate::hf::weights::Source::new(tensor, path.to_path_buf()));
         };
         put("model.embed_tokens.weight".into(), read("token_embd.weight")?);
         for i in 0..cfg.n_layers {

@@ -34,7 +34,7 @@ pub trait LoraHost {
     /// Freeze the linear layers' weights (no weight gradients): a base under adapters.
     fn freeze_linears(&mut self);
     /// Hold the block stack's linear weights quantized (QLoRA's base); returns the variable
-    /// prefixes of the layers quantized now.
+    /// prefixes of the layers held quantized (now or before).
     fn quantize_base(&mut self, kind: QuantKind) -> candle_core::Result<Vec<String>>;
 }
 
@@ -174,24 +174,24 @@ pub fn is_adapter(name: &str) -> bool {
 /// A target inside a layer: (target, first output row, rows).
 type TargetRows = (&'static str, usize, usize);
 
-/// Each adaptable linear layer of a decoder: its variable prefix and the targets it holds
-/// as (target, first output row, rows).
-fn layer_targets(cfg: &TransformerConfig) -> Vec<(String, Vec<TargetRows>)> {
+/// Each adaptable linear layer of a decoder: its variable prefix, its input width, and the
+/// targets it holds as (target, first output row, rows).
+fn layer_targets(cfg: &TransformerConfig) -> Vec<(String, usize, Vec<TargetRows>)> {
     let (d, q, kv, f) = (cfg.d_model, cfg.q_width(), cfg.kv_width(), cfg.ff_dim());
     let mut out = Vec::new();
     for i in 0..cfg.n_layers {
         let p = format!("{}.{i}", stack_prefix(cfg));
-        out.push((format!("{p}.attn.qkv"), vec![("q", 0, q), ("k", q, kv), ("v", q + kv, kv)]));
-        out.push((format!("{p}.attn.proj"), vec![("o", 0, d)]));
+        out.push((format!("{p}.attn.qkv"), d, vec![("q", 0, q), ("k", q, kv), ("v", q + kv, kv)]));
+        out.push((format!("{p}.attn.proj"), q, vec![("o", 0, d)]));
         match cfg.block {
             BlockStyle::Gpt2 => {
-                out.push((format!("{p}.mlp.fc"), vec![("up", 0, f)]));
-                out.push((format!("{p}.mlp.proj"), vec![("down", 0, d)]));
+                out.push((format!("{p}.mlp.fc"), d, vec![("up", 0, f)]));
+                out.push((format!("{p}.mlp.proj"), f, vec![("down", 0, d)]));
             }
             BlockStyle::Modern => {
-                out.push((format!("{p}.mlp.gate"), vec![("gate", 0, f)]));
-                out.push((format!("{p}.mlp.up"), vec![("up", 0, f)]));
-                out.push((format!("{p}.mlp.proj"), vec![("down", 0, d)]));
+                out.push((format!("{p}.mlp.gate"), d, vec![("gate", 0, f)]));
+                out.push((format!("{p}.mlp.up"), d, vec![("up", 0, f)]));
+                out.push((format!("{p}.mlp.proj"), f, vec![("down", 0, d)]));
             }
         }
     }
@@ -213,8 +213,11 @@ pub fn attach<M: LoraHost>(model: &mut M, varmap: &VarMap, lora: &LoraConfig, se
     let mut adapters: HashMap<String, LoraAdapter> = HashMap::new();
     let mut params = 0;
     let mut data = varmap.data().lock().expect("varmap lock");
-    for (prefix, parts) in layer_targets(&cfg) {
-        let input = data.get(&format!("{prefix}.weight")).with_context(|| format!("the model has no layer {prefix}"))?.dim(1)?;
+    for (prefix, input, parts) in layer_targets(&cfg) {
+        // (a layer held quantized has no weight variable: QLoRA's base)
+        if let Some(w) = data.get(&format!("{prefix}.weight")) {
+            ensure!(w.dim(1)? == input, "internal: layer {prefix} takes {} inputs, the config says {input}", w.dim(1)?);
+        }
         let mut adapter = LoraAdapter { parts: Vec::new(), scale: lora.scale(), dropout: lora.dropout };
         for (target, start, rows) in parts {
             if !lora.targets.iter().any(|t| t == target) {
@@ -261,9 +264,17 @@ pub fn prepare<M: LoraHost>(model: &mut M, varmap: &VarMap, lora: &LoraConfig, s
 /// prefixes of the layers quantized.
 pub fn quantize_base<M: LoraHost>(model: &mut M, varmap: &VarMap, kind: QuantKind) -> Result<Vec<String>> {
     let prefixes = model.quantize_base(kind)?;
+    let cfg = model.lora_config();
+    ensure!(
+        !prefixes.is_empty(),
+        "lora.quant = \"{kind}\": no layer of this model can be held {kind} (its rows of {} and {} values do not fill blocks of 32; q4_k needs 256) — train without lora.quant",
+        cfg.d_model,
+        cfg.ff_dim()
+    );
     let mut data = varmap.data().lock().expect("varmap lock");
     for p in &prefixes {
-        data.remove(&format!("{p}.weight")).with_context(|| format!("internal: no variable {p}.weight for a layer just quantized"))?;
+        // (a base loaded quantized has no such variables: `registry::load_model_quantized`)
+        data.remove(&format!("{p}.weight"));
     }
     Ok(prefixes)
 }
@@ -425,7 +436,7 @@ pub fn peft_tensors(cfg: &TransformerConfig, varmap: &VarMap) -> Result<HashMap<
     let data = varmap.data().lock().expect("varmap lock");
     let cpu = |v: &candle_core::Var| -> Result<Tensor> { Ok(v.as_tensor().to_dtype(DType::F32)?.to_device(&candle_core::Device::Cpu)?) };
     let mut out = HashMap::new();
-    for (prefix, parts) in layer_targets(cfg) {
+    for (prefix, _, parts) in layer_targets(cfg) {
         let mut found: Vec<(&str, usize, usize, Tensor, Tensor)> = Vec::new();
         for &(t, start, rows) in &parts {
             if let (Some(a), Some(b)) = (data.get(&format!("{prefix}.lora_a.{t}")), data.get(&format!("{prefix}.lora_b.{t}"))) {

@@ -103,7 +103,7 @@ impl MaskedLm {
     }
 
     /// Hold the encoder blocks' linear weights quantized (QLoRA's base); returns the
-    /// variable prefixes of the layers quantized now.
+    /// variable prefixes of the layers held quantized.
     pub fn quantize_encoder(&mut self, kind: crate::quant::QuantKind) -> Result<Vec<String>> {
         self.encoder.quantize_linears("encoder.blocks", kind)
     }

@@ -262,12 +262,72 @@ pub fn load_model_with(run_dir: &Path, device: &Device, qlora_into_f32: bool) ->
     Ok(LoadedModel { spec, model, varmap, checkpoint })
 }
 
+/// A decoder whose block stack's linear weights are held quantized as `kind` asks (QLoRA's
+/// base), quantized as the checkpoint is read: a layer's f32 matrix exists only until its
+/// blocks are made, so the whole model is never in f32 (a Hugging Face folder's tensors are
+/// read in their file's type first — half of f32 for bf16 checkpoints; a run folder's tensor
+/// by tensor). The quantized layers have no variables, as after [`crate::lora::quantize_base`],
+/// which then changes nothing; the layers whose rows do not fill blocks stay f32. A LoRA run
+/// folder as the source is loaded merged in f32 first, then quantized.
+pub fn load_model_quantized(dir: &Path, device: &Device, kind: crate::quant::QuantKind) -> Result<LoadedModel> {
+    ensure_trainable_source(dir)?;
+    ensure!(device.is_cpu(), "quantized weights are for the CPU (lora.quant); the model was asked on {:?}", device.location());
+    if !crate::hf::is_hf_folder(dir) && crate::lora::read_run_config(dir)?.is_some() {
+        let mut loaded = load_model(dir, device)?;
+        let AnyModel::Decoder(m) = &mut loaded.model else { bail!("{}: quantized bases are decoders", dir.display()) };
+        let prefixes = m.quantize_blocks(kind)?;
+        let mut data = loaded.varmap.data().lock().expect("varmap lock");
+        for p in prefixes {
+            data.remove(&format!("{p}.weight"));
+        }
+        drop(data);
+        return Ok(loaded);
+    }
+    let mut blocks: HashMap<String, crate::quant::QuantWeights> = HashMap::new();
+    let mut each = |name: &str, t: Tensor| -> Result<Tensor> {
+        let Some(prefix) = block_linear(name) else { return Ok(t) };
+        let (rows, cols) = t.dims2()?;
+        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        match crate::quant::QuantWeights::quantize(kind, &values, rows, cols) {
+            Some(q) => {
+                blocks.insert(prefix.to_string(), q);
+                Ok(crate::linear::placeholder(&[rows, cols], &Device::Cpu)?)
+            }
+            None => Ok(t),
+        }
+    };
+    let (spec, values, checkpoint) = if crate::hf::is_hf_folder(dir) {
+        let (spec, values) = crate::hf::read_core(dir, Some(&mut each))?;
+        (spec, values, dir.to_path_buf())
+    } else {
+        let spec = read_spec(dir)?;
+        let checkpoint = latest_checkpoint(dir)?;
+        let values = crate::hf::weights::read_safetensors_with(&checkpoint.join("model.safetensors"), &mut each)?;
+        (spec, values, checkpoint)
+    };
+    let (mut model, varmap) = AnyModel::build_with(&spec, values, device, dir)?;
+    let AnyModel::Decoder(m) = &mut model else { bail!("{}: quantized bases are decoders (this is a {})", dir.display(), model.name()) };
+    m.set_quantized(|p| Ok(blocks.remove(p)))?;
+    ensure!(blocks.is_empty(), "internal: quantized weights for no layer: {:?}", blocks.keys().collect::<Vec<_>>());
+    Ok(LoadedModel { spec, model, varmap, checkpoint })
+}
+
+/// `decoder.blocks.3.attn.qkv` for `decoder.blocks.3.attn.qkv.weight`: the variable of a
+/// block's linear layer (q/k/v, output projection, MLP), the layers a quantized base holds
+/// in blocks; None for any other variable.
+fn block_linear(name: &str) -> Option<&str> {
+    let prefix = name.strip_prefix("decoder.blocks.")?.strip_suffix(".weight")?;
+    let (layer, linear) = prefix.split_once('.')?;
+    (layer.parse::<usize>().is_ok() && matches!(linear, "attn.qkv" | "attn.proj" | "mlp.gate" | "mlp.up" | "mlp.fc" | "mlp.proj")).then(|| &name[..name.len() - ".weight".len()])
+}
+
 /// A QLoRA run: its checkpoint holds the adapters and the variables that stayed f32, not
 /// the quantized block weights, which come from the base its `lora.toml` names.
 fn load_qlora(run_dir: &Path, spec: &ModelSpec, checkpoint: PathBuf, lora: &crate::lora::LoraConfig, kind: crate::quant::QuantKind, device: &Device, into_f32: bool) -> Result<LoadedModel> {
     let lora_file = run_dir.join(crate::lora::RUN_FILE);
     let base = crate::lora::read_run_base(run_dir)?.with_context(|| format!("{}: lora.quant = {kind:?} but no `base` (the model whose quantized weights the adapters trained on)", lora_file.display()))?;
-    let loaded = load_model(&base, device).with_context(|| format!("loading the base {} of the QLoRA run {} (named in {})", base.display(), run_dir.display(), lora_file.display()))?;
+    let loaded = if into_f32 { load_model(&base, device) } else { load_model_quantized(&base, device, kind) }
+        .with_context(|| format!("loading the base {} of the QLoRA run {} (named in {})", base.display(), run_dir.display(), lora_file.display()))?;
     let (want, got) = (spec.require_transformer("QLoRA").map_err(anyhow::Error::msg)?, loaded.spec.require_transformer("QLoRA").map_err(anyhow::Error::msg)?);
     ensure!(
         want.d_model == got.d_model && want.n_layers == got.n_layers && want.vocab_size == got.vocab_size && want.ff_dim() == got.ff_dim() && want.kv_width() == got.kv_width(),

@@ -312,3 +312,31 @@ fn qlora_adapters_on_a_quantized_base_train_as_on_its_dequantized_weights() {
         }
     }
 }
+
+/// A QLoRA base loaded quantized as it is read (a Hugging Face folder, streamed tensor by
+/// tensor) is the model an f32 load quantized afterwards is — the same logits, bit for bit —
+/// with no f32 variables for its quantized layers; a model none of whose layers fill the
+/// blocks is a clear error, not a silent f32 LoRA.
+#[test]
+fn a_base_quantized_while_read_equals_one_quantized_after_loading() {
+    use ferrolm_model::QuantKind;
+    let c = TransformerConfig { d_ff: 64, ..cfg(BlockStyle::Modern) };
+    let (_, vm) = model(&c);
+    let dir = tempfile::tempdir().unwrap();
+    ferrolm_model::hf::export::write_checkpoint(&c, &vm, dir.path(), None, None).unwrap();
+    let q = ferrolm_model::registry::load_model_quantized(dir.path(), &Device::Cpu, QuantKind::Q8_0).unwrap();
+    assert!(!q.varmap.data().lock().unwrap().contains_key("decoder.blocks.1.mlp.proj.weight"), "no f32 variable for a quantized layer");
+    assert!(q.varmap.data().lock().unwrap().contains_key("wte.weight"));
+    let mut quantized = q.model.into_decoder("t").unwrap();
+    let mut after = ferrolm_model::load_model(dir.path(), &Device::Cpu).unwrap().model.into_decoder("t").unwrap();
+    let before = logits(&after);
+    assert_eq!(after.quantize_blocks(QuantKind::Q8_0).unwrap().len(), 5 * c.n_layers);
+    assert_eq!(quantized.quantize_blocks(QuantKind::Q8_0).unwrap().len(), 5 * c.n_layers, "every block layer already held quantized");
+    assert_eq!(logits(&quantized), logits(&after));
+    assert!(max_diff(&before, &logits(&after)) > 0.0, "quantized, the model computes something else");
+    // lora.quant on a model too narrow for blocks
+    let narrow = TransformerConfig { d_model: 16, n_heads: 2, n_kv_heads: 1, d_ff: 40, ..cfg(BlockStyle::Modern) };
+    let (mut m, vm) = model(&narrow);
+    let err = lora::prepare(&mut m, &vm, &LoraConfig { quant: Some(QuantKind::Q8_0), ..lora(2, &["all"]) }, 0).unwrap_err().to_string();
+    assert!(err.contains("no layer of this model can be held q8_0"), "{err}");
+}

@@ -91,12 +91,19 @@ pub fn is_hf_folder(dir: &Path) -> bool {
     dir.join("config.json").is_file() && !dir.join("config.toml").exists()
 }
 
-/// Load a Hugging Face checkpoint folder into the Transformer core (f32).
-pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel> {
+/// A Hugging Face checkpoint folder's model and its tensors as the core's variables, each
+/// passed through `each` as it is made (see [`weights::to_core_with`]).
+pub fn read_core(dir: &Path, each: Option<&mut dyn FnMut(&str, candle_core::Tensor) -> Result<candle_core::Tensor>>) -> Result<(ModelSpec, std::collections::HashMap<String, candle_core::Tensor>)> {
     let cfg = read_config(dir)?;
     let tensors = weights::read_checkpoint(dir)?;
-    let values = weights::to_core(cfg.family, &cfg.model, tensors, cfg.position_offset).with_context(|| format!("loading the {} checkpoint in {}", cfg.family.model_type(), dir.display()))?;
-    let spec = ModelSpec::Transformer(cfg.model.clone());
+    let values = weights::to_core_with(cfg.family, &cfg.model, tensors, cfg.position_offset, each)
+        .with_context(|| format!("loading the {} checkpoint in {}", cfg.family.model_type(), dir.display()))?;
+    Ok((ModelSpec::Transformer(cfg.model), values))
+}
+
+/// Load a Hugging Face checkpoint folder into the Transformer core (f32).
+pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel> {
+    let (spec, values) = read_core(dir, None)?;
     // The mapping produces exactly the core's variables; a gap is a bug here, not bad input.
     let (model, varmap) = AnyModel::build_with(&spec, values, device, dir)?;
     Ok(LoadedModel { spec, model, varmap, checkpoint: dir.to_path_buf() })

@@ -15,10 +15,57 @@ use crate::config::TransformerConfig;
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// A checkpoint tensor and the file it came from (for messages).
+/// A checkpoint tensor and the file it came from (for messages): in memory, or still in
+/// the file's map, read when the mapping takes it ([`Source::tensor`]) — so a checkpoint
+/// is never whole in memory while it becomes the core's variables (and never at all when a
+/// quantizing load turns each block weight into its blocks as it is made).
 pub struct Source {
-    pub tensor: Tensor,
+    data: SourceData,
     pub file: PathBuf,
+}
+
+enum SourceData {
+    Tensor(Tensor),
+    /// The tensor `name` of the safetensors file mapped in `map`.
+    Mapped { map: std::sync::Arc<ferrolm_kernels::mmap::Map>, name: String },
+}
+
+impl Source {
+    pub fn new(tensor: Tensor, file: PathBuf) -> Self {
+        Self { data: SourceData::Tensor(tensor), file }
+    }
+
+    /// The tensor (read out of the file's map, whose pages are then released).
+    pub fn tensor(self) -> Result<Tensor> {
+        use candle_core::safetensors::Load;
+        match self.data {
+            SourceData::Tensor(t) => Ok(t),
+            SourceData::Mapped { map, name } => {
+                let broken = || format!("{} is not a complete safetensors file (truncated or corrupt)", self.file.display());
+                let st = safetensors::SafeTensors::deserialize(&map).with_context(broken)?;
+                let view = st.tensor(&name).with_context(broken)?;
+                let t = view.load(&Device::Cpu).with_context(broken)?;
+                ferrolm_kernels::mmap::release_pages(&map, view.data().as_ptr() as usize - map.as_ptr() as usize, view.data().len());
+                Ok(t)
+            }
+        }
+    }
+}
+
+/// Every tensor of one safetensors file as a [`Source`] still in the file's map (the header
+/// is read and checked now: a missing, truncated or corrupt file is an error naming it).
+fn map_safetensors(path: &Path) -> Result<Vec<(String, Source)>> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // (a checkpoint folder's files are not rewritten while a model loads from them: see
+    // `read_safetensors_with`)
+    let map = std::sync::Arc::new(ferrolm_kernels::mmap::map_immutable(&file).with_context(|| format!("cannot map {}", path.display()))?);
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&map)
+        .with_context(|| format!("{} is not a complete safetensors file (truncated or corrupt)", path.display()))?
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    Ok(names.into_iter().map(|name| (name.clone(), Source { data: SourceData::Mapped { map: map.clone(), name }, file: path.to_path_buf() })).collect())
 }
 
 /// Every tensor of one safetensors file, with the file named in any error (missing,
@@ -29,6 +76,13 @@ pub struct Source {
 /// the file into a buffer first cost a second copy of the checkpoint (the kernel zeroing
 /// and filling its pages) and twice its size in peak memory.
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    read_safetensors_with(path, &mut |_, t| Ok(t))
+}
+
+/// [`read_safetensors`], each tensor passed through `each(name, tensor)` as it is read (a
+/// quantizing load replaces a block weight by its blocks there, so the checkpoint is never
+/// whole in f32).
+pub fn read_safetensors_with(path: &Path, each: &mut dyn FnMut(&str, Tensor) -> Result<Tensor>) -> Result<HashMap<String, Tensor>> {
     use candle_core::safetensors::Load;
     let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     // A checkpoint folder's files are not rewritten while a model loads from them (the Hub
@@ -42,6 +96,7 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         let t = view.load(&Device::Cpu).with_context(broken)?;
         let (at, len) = (view.data().as_ptr() as usize - map.as_ptr() as usize, view.data().len());
         ferrolm_kernels::mmap::release_pages(&map, at, len);
+        let t = each(&name, t)?;
         out.insert(name, t);
     }
     Ok(out)
@@ -77,9 +132,7 @@ pub fn read_checkpoint(dir: &Path) -> Result<HashMap<String, Source>> {
             if !path.is_file() {
                 bail!("{} names the shard {f}, which is missing from {}", dir.join(INDEX_FILE).display(), dir.display());
             }
-            for (name, tensor) in read_safetensors(&path)? {
-                out.insert(name, Source { tensor, file: path.clone() });
-            }
+            out.extend(map_safetensors(&path)?);
         }
         for (name, f) in &weight_map {
             match out.get(name) {
@@ -95,9 +148,7 @@ pub fn read_checkpoint(dir: &Path) -> Result<HashMap<String, Source>> {
                 dir.display()
             );
         }
-        for (name, tensor) in read_safetensors(&path)? {
-            out.insert(name, Source { tensor, file: path.clone() });
-        }
+        out.extend(map_safetensors(&path)?);
     }
     Ok(out)
 }
@@ -180,12 +231,13 @@ impl Take {
         let Some(src) = self.tensors.remove(&full) else {
             bail!("the checkpoint has no tensor `{full}` (config.json describes a model that needs it)");
         };
-        let t = src.tensor;
+        let file = src.file.clone();
+        let t = src.tensor()?;
         if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
-            bail!("{}: tensor `{full}` has dtype {:?}; weights must be f32, f16 or bf16", src.file.display(), t.dtype());
+            bail!("{}: tensor `{full}` has dtype {:?}; weights must be f32, f16 or bf16", file.display(), t.dtype());
         }
         if t.dims() != shape {
-            bail!("{}: tensor `{full}` has shape {:?}, config.json implies {:?}", src.file.display(), t.dims(), shape);
+            bail!("{}: tensor `{full}` has shape {:?}, config.json implies {:?}", file.display(), t.dims(), shape);
         }
         Ok(t.to_dtype(DType::F32)?)
     }
@@ -209,12 +261,47 @@ impl Take {
 /// rows of the position table before the first text position are dropped (RoBERTa's,
 /// [`super::config::HfConfig::position_offset`]; 0 for the rest).
 pub fn to_core(family: HfFamily, cfg: &TransformerConfig, tensors: HashMap<String, Source>, position_offset: usize) -> Result<HashMap<String, Tensor>> {
+    to_core_with(family, cfg, tensors, position_offset, None)
+}
+
+/// [`to_core`], each core variable passed through `each(name, tensor)` as it is made (see
+/// [`read_safetensors_with`]).
+pub fn to_core_with(family: HfFamily, cfg: &TransformerConfig, tensors: HashMap<String, Source>, position_offset: usize, each: Option<&mut dyn FnMut(&str, Tensor) -> Result<Tensor>>) -> Result<HashMap<String, Tensor>> {
+    let mut out = CoreOut { map: HashMap::new(), each, err: None };
     match family {
-        HfFamily::Gpt2 => gpt2(cfg, tensors),
-        HfFamily::Bert => bert(cfg, tensors, 0),
-        HfFamily::DistilBert => bert(cfg, distilbert_names(tensors), 0),
-        HfFamily::Roberta => bert(cfg, roberta_names(tensors), position_offset),
-        HfFamily::Llama | HfFamily::Mistral | HfFamily::Qwen2 | HfFamily::Qwen3 => llama_like(cfg, tensors),
+        HfFamily::Gpt2 => gpt2(cfg, tensors, &mut out)?,
+        HfFamily::Bert => bert(cfg, tensors, 0, &mut out)?,
+        HfFamily::DistilBert => bert(cfg, distilbert_names(tensors), 0, &mut out)?,
+        HfFamily::Roberta => bert(cfg, roberta_names(tensors), position_offset, &mut out)?,
+        HfFamily::Llama | HfFamily::Mistral | HfFamily::Qwen2 | HfFamily::Qwen3 => llama_like(cfg, tensors, &mut out)?,
+    }
+    match out.err {
+        Some(e) => Err(e),
+        None => Ok(out.map),
+    }
+}
+
+/// The core's variables as a family's mapping makes them, each passed through the optional
+/// `each` on insertion; its first error is kept and returned by [`to_core_with`].
+struct CoreOut<'a> {
+    map: HashMap<String, Tensor>,
+    each: Option<&'a mut dyn FnMut(&str, Tensor) -> Result<Tensor>>,
+    err: Option<anyhow::Error>,
+}
+
+impl CoreOut<'_> {
+    fn insert(&mut self, name: String, t: Tensor) {
+        let t = match self.each.as_mut() {
+            Some(each) => match each(&name, t) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.err.get_or_insert(e);
+                    return;
+                }
+            },
+            None => t,
+        };
+        self.map.insert(name, t);
     }
 }
 
@@ -293,7 +380,7 @@ fn distilbert_names(tensors: HashMap<String, Source>) -> HashMap<String, Source>
 /// BERT (`BertForMaskedLM`, `BertForPreTraining` or a bare `BertModel`): separate q/k/v
 /// fused into the core's one projection; the post-norm block's norms after attention and
 /// MLP are the core's `ln1`/`ln2`; the embedding LayerNorm is `ln_emb`.
-fn bert(cfg: &TransformerConfig, tensors: HashMap<String, Source>, position_offset: usize) -> Result<HashMap<String, Tensor>> {
+fn bert(cfg: &TransformerConfig, tensors: HashMap<String, Source>, position_offset: usize, out: &mut CoreOut) -> Result<()> {
     // Names without the `bert.` prefix of the task models (a bare BertModel has none), and
     // with the LayerNorm names of checkpoints converted from TensorFlow (gamma/beta) made current.
     let tensors: HashMap<String, Source> = tensors
@@ -310,7 +397,6 @@ fn bert(cfg: &TransformerConfig, tensors: HashMap<String, Source>, position_offs
         .collect();
     let mut t = Take { tensors, prefix: "" };
     let (d, v, f, p) = (cfg.d_model, cfg.vocab_size, cfg.ff_dim(), cfg.max_seq_len);
-    let mut out = HashMap::new();
     let mut qkv = Vec::new();
     // a linear layer (weight (out, in) and bias) or a LayerNorm (in = 0: weight and bias (out))
     let mut take = |t: &mut Take, hf: &str, fl: &str, i: usize, o: usize| -> Result<()> {
@@ -369,14 +455,13 @@ fn bert(cfg: &TransformerConfig, tensors: HashMap<String, Source>, position_offs
             || k == "embeddings.position_ids"
             || k == "embeddings.token_type_ids"
     })?;
-    Ok(out)
+    Ok(())
 }
 
-fn llama_like(cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Result<HashMap<String, Tensor>> {
+fn llama_like(cfg: &TransformerConfig, tensors: HashMap<String, Source>, out: &mut CoreOut) -> Result<()> {
     let mut t = Take::new(tensors, "model.");
     let (d, v, f, hd) = (cfg.d_model, cfg.vocab_size, cfg.ff_dim(), cfg.head_dim());
     let (q, kv) = (cfg.q_width(), cfg.kv_width());
-    let mut out = HashMap::new();
     out.insert("wte.weight".into(), t.f32("embed_tokens.weight", &[v, d])?);
     for i in 0..cfg.n_layers {
         let (hf, fl) = (format!("layers.{i}."), format!("decoder.blocks.{i}."));
@@ -411,13 +496,12 @@ fn llama_like(cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Resu
     // A tied checkpoint may still store the head (a copy of the embedding); RoPE tables
     // saved by old versions are recomputed from the config.
     t.finish(|k| (tied && k == "lm_head.weight") || k.ends_with("rotary_emb.inv_freq"))?;
-    Ok(out)
+    Ok(())
 }
 
-fn gpt2(cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Result<HashMap<String, Tensor>> {
+fn gpt2(cfg: &TransformerConfig, tensors: HashMap<String, Source>, out: &mut CoreOut) -> Result<()> {
     let mut t = Take::new(tensors, "transformer.");
     let (d, v, f, p) = (cfg.d_model, cfg.vocab_size, cfg.ff_dim(), cfg.max_seq_len);
-    let mut out = HashMap::new();
     out.insert("wte.weight".into(), t.f32("wte.weight", &[v, d])?);
     out.insert("wpe.weight".into(), t.f32("wpe.weight", &[p, d])?);
     // GPT-2's Conv1D stores (in, out): the core's linear layers hold (out, in).
@@ -448,5 +532,5 @@ fn gpt2(cfg: &TransformerConfig, tensors: HashMap<String, Source>) -> Result<Has
     let tied = cfg.tie_embeddings;
     // Old GPT-2 files carry the causal-mask buffers `attn.bias` / `attn.masked_bias`.
     t.finish(|k| (tied && k == "lm_head.weight") || k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias"))?;
-    Ok(out)
+    Ok(())
 }
