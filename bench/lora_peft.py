@@ -32,9 +32,10 @@ SEQ_CLS (PEFT LoRA adapters + the head as `modules_to_save`):
     bert_tiny, roberta_tiny (head `classifier`, BERT's pooled [CLS]);
     `ferrolm classify predict` gives class probabilities; PEFT on
     `AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)` gives logits:
-    compared as log-probabilities (roberta_tiny fails so far: ferrolm names its adapters
-    `bert.…` and its head `classifier.weight/bias`, where RobertaForSequenceClassification
-    has `roberta.…` and `classifier.dense` + `classifier.out_proj`);
+    compared as log-probabilities. roberta_tiny: LoRA classify is refused with a message
+    (ferrolm's PEFT names are BERT's, `bert.…` and `classifier.weight/bias`, where
+    RobertaForSequenceClassification has `roberta.…` and `classifier.dense` +
+    `classifier.out_proj`); the row checks the refusal;
   - `ferrolm reward train --set lora.rank=8` on generated preference pairs (head `score`,
     num_labels=1). `reward train` reads a ferrolm run, not a Hugging Face folder, so the base
     is first made a run by `ferrolm sft … --set train.max_steps=0` (same weights) and exported
@@ -76,6 +77,14 @@ hf_logging.disable_progress_bar()
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "crates", "model", "tests", "fixtures", "hf")
 TEXT = "The cat sat on the mat. Repeat the word dog: dog dog."
+
+
+def refused(cmd, expect):
+    """A command that must fail with a message containing `expect` (a refusal, not a crash)."""
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    ok = r.returncode != 0 and expect in r.stderr
+    return {"cmd": " ".join(os.path.basename(c) if os.sep in c else c for c in cmd[:3]), "refused_as_expected": ok,
+            "message": r.stderr.strip().splitlines()[-1][:300] if r.stderr.strip() else ""}
 
 
 def run(cmd):
@@ -397,15 +406,26 @@ def main():
         wide = wide_qwen2(work)
         checks = [lambda name=name, path=path: check(a.ferrolm, name, path, work) for name, path in bases]
         checks += [lambda q=q, name=name, path=path: check_qlora(a.ferrolm, name, path, work, q)
-                   for q, name, path in [("q8_0", "qwen2_tied", fixture("qwen2_tied")), ("q8_0", "qwen2_w256", wide),
-                                         ("q4_k", "qwen2_w256", wide), ("f16", "qwen2_w256", wide)]]
+                   for q, name, path in [("q8_0", "qwen2_w256", wide), ("q4_k", "qwen2_w256", wide), ("f16", "qwen2_w256", wide)]]
+        # qwen2_tied is 16 wide: no row fills a Q8_0 block, so lora.quant must be refused
+        # (it once trained plain LoRA silently)
+        records(os.path.join(work, "instr.jsonl"))
+        checks.append(lambda: {"base": "qwen2_tied", "qlora": "q8_0", **refused(
+            [a.ferrolm, "sft", "--model", fixture("qwen2_tied"), "--data", os.path.join(work, "instr.jsonl"), "--out", os.path.join(work, "qlora-narrow"),
+             "--quiet", "--set", "lora.rank=8", "--set", "lora.quant=q8_0", "--set", "train.max_steps=2"], "no layer of this model can be held q8_0")})
         checks += [lambda name=name: check_classify(a.ferrolm, name, fixture(name), work)
-                   for name in ["qwen2_tied", "gpt2_tied", "bert_tiny", "roberta_tiny"]]
+                   for name in ["qwen2_tied", "gpt2_tied", "bert_tiny"]]
+        labelled(os.path.join(work, "labelled.jsonl"))
+        checks.append(lambda: {"classify": "roberta_tiny", **refused(
+            [a.ferrolm, "classify", "train", "--model", fixture("roberta_tiny"), "--data", os.path.join(work, "labelled.jsonl"), "--out", os.path.join(work, "cls-roberta"),
+             "--quiet", "--set", "lora.rank=8", "--set", "classify.train_body=full", "--set", "classify.ngram_buckets=0", "--set", "classify.pooling=auto"],
+            "writes no loadable PEFT SEQ_CLS adapter yet")})
         checks.append(lambda: check_reward(a.ferrolm, "qwen2_tied", fixture("qwen2_tied"), work))
         for c in checks:
             rows.append(c())
             print(json.dumps(rows[-1]), flush=True)
-    ok = all(v < 1e-4 for r in rows for k, v in r.items() if k.endswith("max_abs_diff")) and not any("error" in r for r in rows)
+    ok = (all(v < 1e-4 for r in rows for k, v in r.items() if k.endswith("max_abs_diff")) and not any("error" in r for r in rows)
+          and all(r["refused_as_expected"] for r in rows if "refused_as_expected" in r))
     print("all within 1e-4" if ok else "MISMATCH")
     sys.exit(0 if ok else 1)
 

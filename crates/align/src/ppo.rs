@@ -35,7 +35,6 @@ use ferrolm_model::linear::Linear;
 use ferrolm_model::lora::{self, LoraConfig};
 use ferrolm_model::Transformer;
 use ferrolm_tokenizer::Message;
-use ferrolm_train::checkpoint;
 use ferrolm_train::data::step_seed;
 use ferrolm_train::{EvalResult, StepReport, TrainConfig, TrainTask, Trainer};
 use serde::{Deserialize, Serialize};
@@ -530,8 +529,8 @@ impl PpoTrainer {
         // A QLoRA run's checkpoints hold no quantized base weights: they come from the
         // start on resume too.
         if !o.resume || cfg.lora.quant.is_some() {
-            let ckpt = checkpoint::latest(&start)?;
-            checkpoint::load_weights(&policy_vars, &ckpt.join("model.safetensors"))?;
+            let (origin, weights) = stage::start_weights(&start)?;
+            stage::set_with_new_heads(&policy_vars, weights, &origin, &[])?;
         }
         let reference = if cfg.lora.enabled() {
             lora::peft_target_modules(&model_cfg, &cfg.lora)?;

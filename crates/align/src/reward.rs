@@ -131,9 +131,9 @@ pub fn load_with(run_dir: &Path, device: &Device, merge: bool) -> Result<LoadedR
     let merge = merge && cfg.lora.quant.is_none();
     if cfg.lora.quant.is_some() {
         let start = PathBuf::from(&cfg.reward.model_from);
-        let ckpt = ferrolm_train::checkpoint::latest(&start)
+        let (origin, weights) = stage::start_weights(&start)
             .with_context(|| format!("{} trained on a quantized body (lora.quant): reading it from its start {}", run_dir.display(), start.display()))?;
-        stage::load_with_new_heads(&varmap, &ckpt.join("model.safetensors"), &[HEAD])?;
+        stage::set_with_new_heads(&varmap, weights, &origin, &[HEAD])?;
         lora::prepare(&mut model.body, &varmap, &cfg.lora, 0)?;
     } else if cfg.lora.enabled() {
         lora::attach(&mut model.body, &varmap, &cfg.lora, 0)?;
@@ -297,15 +297,11 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     // (the start's weights also on resume when the body is held quantized: QLoRA checkpoints
     // do not hold them)
     if !o.resume || cfg.lora.quant.is_some() {
-        let ckpt = ferrolm_train::checkpoint::latest(&start)?;
-        stage::load_with_new_heads(&varmap, &ckpt.join("model.safetensors"), &[HEAD])?;
+        let (origin, weights) = stage::start_weights(&start)?;
+        stage::set_with_new_heads(&varmap, weights, &origin, &[HEAD])?;
         stage::zero_vars(&varmap, HEAD)?;
     }
-    if !o.resume {
-        stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
-    } else {
-        stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
-    }
+    stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
     if cfg.lora.enabled() {
         // after the base's weights are in (a resumed run's checkpoint then holds the adapters)
         let n = lora::prepare(&mut model.body, &varmap, &cfg.lora, cfg.train.seed)?;

@@ -131,7 +131,8 @@ pub fn load_decoder_with(run_dir: &Path, device: &candle_core::Device, quant: Op
 }
 
 /// Write `config.toml` (plain RunConfig with `train`), `align.toml` (the stage config) and
-/// copy the tokenizer and chat template from `start` into `out`.
+/// copy the tokenizer and chat template (a Hugging Face start's `tokenizer_config.json`
+/// too) from `start` into `out`.
 pub fn write_run_files<T: Serialize>(out: &Path, start: &Path, model: &TransformerConfig, train: &TrainConfig, stage: &T) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let tok_dest = out.join("tokenizer.json");
@@ -139,6 +140,13 @@ pub fn write_run_files<T: Serialize>(out: &Path, start: &Path, model: &Transform
     let tmpl = ferrolm_tokenizer::chat::ChatTemplate::path_next_to(&start.join("tokenizer.json"));
     if tmpl.exists() {
         copy_if_different(&tmpl, &ferrolm_tokenizer::chat::ChatTemplate::path_next_to(&tok_dest))?;
+    }
+    // A Hugging Face start's Jinja chat template and special tokens (the run then formats
+    // conversations as its training did; without it, scoring fell back to marker tokens the
+    // tokenizer lacks)
+    let hf_tok_config = start.join("tokenizer_config.json");
+    if hf_tok_config.is_file() {
+        copy_if_different(&hf_tok_config, &out.join("tokenizer_config.json"))?;
     }
     let run = RunConfig::transformer(model.clone(), train.clone(), DataConfig { tokenizer: tok_dest.display().to_string(), ..Default::default() });
     ferrolm_common::write_atomic(out.join("config.toml"), run.to_toml())?;
@@ -166,7 +174,27 @@ pub fn read_stage<T: DeserializeOwned>(run_dir: &Path) -> Result<T> {
 /// `new_prefixes` (heads this stage adds) may be absent from the file and keep their
 /// initial values. Any other missing weight, shape mismatch or unknown weight is an error.
 pub fn load_with_new_heads(varmap: &VarMap, path: &Path, new_prefixes: &[&str]) -> Result<()> {
-    let tensors = ferrolm_train::checkpoint::load_tensors(path)?;
+    set_with_new_heads(varmap, ferrolm_train::checkpoint::load_tensors(path)?, path, new_prefixes)
+}
+
+/// The weights a stage starts from, by the core's variable names: a run folder's latest
+/// checkpoint, or a Hugging Face folder's tensors mapped onto the core (what `load_model`
+/// reads; `--model` of every stage takes both).
+pub fn start_weights(start: &Path) -> Result<(PathBuf, std::collections::HashMap<String, candle_core::Tensor>)> {
+    if ferrolm_model::hf::is_hf_folder(start) {
+        let loaded = ferrolm_model::load_model(start, &candle_core::Device::Cpu)?;
+        let data = loaded.varmap.data().lock().expect("varmap lock");
+        return Ok((start.to_path_buf(), data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()));
+    }
+    let path = ferrolm_train::checkpoint::latest(start)?.join("model.safetensors");
+    let t = ferrolm_train::checkpoint::load_tensors(&path)?;
+    Ok((path, t))
+}
+
+/// Set `varmap`'s variables from `tensors` (read from `origin`, for messages); variables
+/// under `new_prefixes` may be missing (new heads), any other gap or surplus is an error.
+pub fn set_with_new_heads(varmap: &VarMap, tensors: std::collections::HashMap<String, candle_core::Tensor>, origin: &Path, new_prefixes: &[&str]) -> Result<()> {
+    let path = origin;
     let data = varmap.data().lock().expect("varmap lock");
     for (name, var) in data.iter() {
         match tensors.get(name) {
@@ -174,7 +202,7 @@ pub fn load_with_new_heads(varmap: &VarMap, path: &Path, new_prefixes: &[&str]) 
                 if t.shape() != var.shape() {
                     bail!("{}: weight {name} has shape {:?}, the model expects {:?}", path.display(), t.shape(), var.shape());
                 }
-                var.set(&t.to_dtype(var.dtype())?)?;
+                var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
             }
             None if new_prefixes.iter().any(|p| name.starts_with(p)) => {}
             None => bail!("{} lacks the weight {name}", path.display()),

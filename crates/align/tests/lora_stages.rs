@@ -260,3 +260,23 @@ fn qlora_dpo_and_ppo() {
     let b = values(&ferrolm_model::load_model(&split, &Device::Cpu).unwrap().model.into_decoder("t").unwrap().forward(&ids, &MaskSpec::causal(), None).unwrap());
     assert_eq!(a, b);
 }
+
+/// A Hugging Face folder as the start of the reward model and PPO (every stage's `--model`
+/// takes one): its weights mapped onto the core, its tokenizer and Jinja chat template
+/// carried into the run, so the run scores conversations as it trained on them.
+#[test]
+fn reward_model_and_ppo_start_from_a_hugging_face_folder() {
+    let hf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/hf/qwen2_tied");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = prefs(root);
+    let rm = root.join("rm");
+    let out = ferrolm_align::reward::train(&common::opts(&hf, &data, &rm, &["data.val_fraction=0.25", "data.max_response_tokens=20", "train.max_steps=10", "train.eval_interval=0", "lora.rank=4"])).unwrap();
+    assert!(out.val.unwrap().extra["pairwise_accuracy"].is_finite());
+    assert!(rm.join("tokenizer_config.json").is_file(), "the start's chat template travels with the run");
+    let prompt = vec![Message::user("say a word 3")];
+    assert!(ferrolm_align::reward::load(&rm, &Device::Cpu).unwrap().score(&prompt, "good good").unwrap().is_finite());
+    let ppo = root.join("ppo");
+    let sets = ["data.val_fraction=0.25", "data.max_response_tokens=8", "data.max_eval=2", "train.max_steps=1", "ppo.rollout_batch=2", "ppo.minibatch=2", "ppo.ppo_epochs=1", "ppo.eval_interval=0"];
+    assert_eq!(PpoTrainer::new(&common::opts(&hf, &data, &ppo, &sets), Some(&rm)).unwrap().run().unwrap().iterations, 1);
+}

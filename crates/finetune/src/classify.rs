@@ -690,6 +690,16 @@ pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[Path
     let (body_cfg, mut clf, vm) = Classifier::from_pretrained(base, labels.clone(), cc, cfg.train.seed, device)?;
     let peft_head = if cfg.lora.enabled() {
         check_lora_pooling(body_cfg.kind, clf.pooling)?;
+        // RoBERTa's sequence classifier is dense + out_proj on the first token (ferrolm's
+        // frozen pooler and its head) under `roberta.` names: the PEFT files written here use
+        // BERT's names, which PEFT cannot load onto RoBERTa (bench/lora_peft.py)
+        if ferrolm_model::hf::is_hf_folder(base) && ferrolm_model::hf::read_config(base)?.family == ferrolm_model::hf::HfFamily::Roberta {
+            bail!(
+                "{}: LoRA on a RoBERTa body writes no loadable PEFT SEQ_CLS adapter yet (RobertaForSequenceClassification's head is classifier.dense + classifier.out_proj under roberta.* names); \
+                 train the classifier without lora.rank, or start from a BERT or decoder checkpoint",
+                base.display()
+            );
+        }
         // the adapters must be expressible in PEFT's names (checked before training)
         lora::peft_target_modules(&body_cfg, &cfg.lora)?;
         let n = clf.body.prepare_lora(&vm, &cfg.lora, cfg.train.seed)?;

@@ -93,7 +93,7 @@ pub fn is_hf_folder(dir: &Path) -> bool {
 
 /// A Hugging Face checkpoint folder's model and its tensors as the core's variables, each
 /// passed through `each` as it is made (see [`weights::to_core_with`]).
-pub fn read_core(dir: &Path, each: Option<&mut dyn FnMut(&str, candle_core::Tensor) -> Result<candle_core::Tensor>>) -> Result<(ModelSpec, std::collections::HashMap<String, candle_core::Tensor>)> {
+pub fn read_core(dir: &Path, each: Option<&mut weights::EachTensor<'_>>) -> Result<(ModelSpec, std::collections::HashMap<String, candle_core::Tensor>)> {
     let cfg = read_config(dir)?;
     let tensors = weights::read_checkpoint(dir)?;
     let values = weights::to_core_with(cfg.family, &cfg.model, tensors, cfg.position_offset, each)

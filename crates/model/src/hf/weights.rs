@@ -15,6 +15,10 @@ use crate::config::TransformerConfig;
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
+/// What a loading pass does to each tensor as it is made, `each(name, tensor)`: returns the
+/// tensor to keep (a quantizing load keeps a placeholder and the blocks elsewhere).
+pub type EachTensor<'a> = dyn FnMut(&str, Tensor) -> Result<Tensor> + 'a;
+
 /// A checkpoint tensor and the file it came from (for messages): in memory, or still in
 /// the file's map, read when the mapping takes it ([`Source::tensor`]) — so a checkpoint
 /// is never whole in memory while it becomes the core's variables (and never at all when a
@@ -82,7 +86,7 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 /// [`read_safetensors`], each tensor passed through `each(name, tensor)` as it is read (a
 /// quantizing load replaces a block weight by its blocks there, so the checkpoint is never
 /// whole in f32).
-pub fn read_safetensors_with(path: &Path, each: &mut dyn FnMut(&str, Tensor) -> Result<Tensor>) -> Result<HashMap<String, Tensor>> {
+pub fn read_safetensors_with(path: &Path, each: &mut EachTensor<'_>) -> Result<HashMap<String, Tensor>> {
     use candle_core::safetensors::Load;
     let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     // A checkpoint folder's files are not rewritten while a model loads from them (the Hub
@@ -266,7 +270,7 @@ pub fn to_core(family: HfFamily, cfg: &TransformerConfig, tensors: HashMap<Strin
 
 /// [`to_core`], each core variable passed through `each(name, tensor)` as it is made (see
 /// [`read_safetensors_with`]).
-pub fn to_core_with(family: HfFamily, cfg: &TransformerConfig, tensors: HashMap<String, Source>, position_offset: usize, each: Option<&mut dyn FnMut(&str, Tensor) -> Result<Tensor>>) -> Result<HashMap<String, Tensor>> {
+pub fn to_core_with(family: HfFamily, cfg: &TransformerConfig, tensors: HashMap<String, Source>, position_offset: usize, each: Option<&mut EachTensor<'_>>) -> Result<HashMap<String, Tensor>> {
     let mut out = CoreOut { map: HashMap::new(), each, err: None };
     match family {
         HfFamily::Gpt2 => gpt2(cfg, tensors, &mut out)?,
@@ -283,13 +287,13 @@ pub fn to_core_with(family: HfFamily, cfg: &TransformerConfig, tensors: HashMap<
 
 /// The core's variables as a family's mapping makes them, each passed through the optional
 /// `each` on insertion; its first error is kept and returned by [`to_core_with`].
-struct CoreOut<'a> {
+struct CoreOut<'a, 'b> {
     map: HashMap<String, Tensor>,
-    each: Option<&'a mut dyn FnMut(&str, Tensor) -> Result<Tensor>>,
+    each: Option<&'a mut EachTensor<'b>>,
     err: Option<anyhow::Error>,
 }
 
-impl CoreOut<'_> {
+impl CoreOut<'_, '_> {
     fn insert(&mut self, name: String, t: Tensor) {
         let t = match self.each.as_mut() {
             Some(each) => match each(&name, t) {
