@@ -19,7 +19,52 @@ use rayon::prelude::*;
 pub struct F16Matrix {
     pub rows: usize,
     pub cols: usize,
-    pub bits: Vec<u16>,
+    pub bits: Halves,
+}
+
+/// The bits of the halves: owned, or read in place from a buffer shared with others — a
+/// GGUF file's memory map, whose F16 tensors are these bits already (little-endian), so a
+/// model uses the file's bytes as its weights, as llama.cpp does, instead of a copy.
+#[derive(Clone)]
+pub enum Halves {
+    Owned(Vec<u16>),
+    Shared { owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>, offset: usize, len: usize },
+}
+
+impl std::fmt::Debug for Halves {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Halves::Owned(v) => write!(f, "Owned({} halves)", v.len()),
+            Halves::Shared { offset, len, .. } => write!(f, "Shared({len} halves at byte {offset})"),
+        }
+    }
+}
+
+impl std::ops::Deref for Halves {
+    type Target = [u16];
+    fn deref(&self) -> &[u16] {
+        match self {
+            Halves::Owned(v) => v,
+            Halves::Shared { owner, offset, len } => {
+                let bytes = &(**owner).as_ref()[*offset..*offset + 2 * *len];
+                // SAFETY: `F16Matrix::from_shared_gguf` checked that these 2·len bytes lie in
+                // the buffer and start at an address aligned for u16 (the buffer never moves:
+                // it is owned by the Arc), and every bit pattern is a valid u16; the target is
+                // little-endian, as the file's halves are.
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const u16, *len) }
+            }
+        }
+    }
+}
+
+impl Halves {
+    /// The halves as an owned vector (a copy when shared).
+    fn into_owned(self) -> Vec<u16> {
+        match self {
+            Halves::Owned(v) => v,
+            shared => shared.to_vec(),
+        }
+    }
 }
 
 /// Weight rows per task (one rayon job; its rows stay in cache for the later input rows).
@@ -41,7 +86,20 @@ impl F16Matrix {
                 *b = f32_to_f16(v);
             }
         });
-        Some(Self { rows, cols, bits })
+        Some(Self { rows, cols, bits: Halves::Owned(bits) })
+    }
+
+    /// The matrix a GGUF F16 tensor of shape (rows, cols) holds at `offset` in `owner` (the
+    /// file's map), used in place: no copy. None when the bytes do not fit, are not aligned
+    /// for u16, or the target is not little-endian (then copy with [`Self::from_gguf_bytes`]).
+    pub fn from_shared_gguf(rows: usize, cols: usize, owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>, offset: usize) -> Option<Self> {
+        let len = rows.checked_mul(cols)?;
+        let bytes = (*owner).as_ref();
+        let end = offset.checked_add(len.checked_mul(2)?)?;
+        if cols == 0 || !cfg!(target_endian = "little") || end > bytes.len() || !(bytes.as_ptr() as usize + offset).is_multiple_of(2) {
+            return None;
+        }
+        Some(Self { rows, cols, bits: Halves::Shared { owner, offset, len } })
     }
 
     /// The matrix a GGUF F16 tensor of shape (rows, cols) holds in `bytes` (little-endian
@@ -51,7 +109,7 @@ impl F16Matrix {
             return None;
         }
         let bits = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-        Some(Self { rows, cols, bits })
+        Some(Self { rows, cols, bits: Halves::Owned(bits) })
     }
 
     /// The matrix of rows `order[0]`, `order[1]`, … of this one (each index < rows).
@@ -61,17 +119,17 @@ impl F16Matrix {
         for &r in order {
             bits.extend_from_slice(&self.bits[r * k..(r + 1) * k]);
         }
-        Self { rows: order.len(), cols: k, bits }
+        Self { rows: order.len(), cols: k, bits: Halves::Owned(bits) }
     }
 
     /// This matrix with `below`'s rows after its own; None when the widths differ.
-    pub fn stack(mut self, below: &F16Matrix) -> Option<Self> {
+    pub fn stack(self, below: &F16Matrix) -> Option<Self> {
         if below.cols != self.cols {
             return None;
         }
-        self.bits.extend_from_slice(&below.bits);
-        self.rows += below.rows;
-        Some(self)
+        let mut bits = self.bits.into_owned();
+        bits.extend_from_slice(&below.bits);
+        Some(Self { rows: self.rows + below.rows, cols: self.cols, bits: Halves::Owned(bits) })
     }
 
     /// The values in f32 (exact: every f16 is an f32).
@@ -558,7 +616,22 @@ mod tests {
         let want = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let ours = F16Matrix::from_gguf_bytes(n, k, &q.data().unwrap()).unwrap();
         assert_eq!(ours.dequantize(), want);
-        assert_eq!(ours.bits, F16Matrix::from_f32(&v, n, k).unwrap().bits, "candle's F16 tensor holds our rounding");
+        assert_eq!(ours.bits[..], F16Matrix::from_f32(&v, n, k).unwrap().bits[..], "candle's F16 tensor holds our rounding");
+        // the same bytes used in place (a GGUF file's map) give the same matrix and products;
+        // a misaligned or short buffer is refused
+        let mut file = vec![7u8; 64];
+        file.extend_from_slice(&q.data().unwrap());
+        file.extend_from_slice(&[1, 2, 3]);
+        let owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync> = std::sync::Arc::new(file);
+        let shared = F16Matrix::from_shared_gguf(n, k, owner.clone(), 64).expect("aligned bytes inside the buffer");
+        assert!(matches!(shared.bits, Halves::Shared { .. }));
+        assert_eq!(shared.bits[..], ours.bits[..]);
+        let x = values(3 * k, 5);
+        assert_eq!(shared.matmul_t(&x, 3), ours.matmul_t(&x, 3));
+        assert!(F16Matrix::from_shared_gguf(n, k, owner.clone(), 65).is_none(), "misaligned");
+        assert!(F16Matrix::from_shared_gguf(n, k, owner.clone(), 68).is_none(), "past the end");
+        let stacked = shared.clone().stack(&ours).unwrap();
+        assert_eq!(stacked.bits[..n * k], ours.bits[..]);
         assert!(F16Matrix::from_gguf_bytes(n, k, &q.data().unwrap()[2..]).is_none());
         assert!(F16Matrix::from_f32(&v, n, k + 1).is_none());
         let p = ours.select_rows(&[5, 0]).stack(&ours.select_rows(&[1])).unwrap();

@@ -75,17 +75,59 @@ pub struct KMatrix {
     pub kind: KQuant,
     pub rows: usize,
     pub cols: usize,
-    bytes: Vec<u8>,
+    bytes: KBytes,
+}
+
+/// A k-quant matrix's super-blocks: owned, or read in place from a buffer shared with
+/// others — a GGUF file's memory map, whose Q4_K/Q6_K tensors are these bytes already — so a
+/// model uses the file's bytes as its weights, as llama.cpp does, instead of a copy.
+#[derive(Clone)]
+enum KBytes {
+    Owned(Vec<u8>),
+    Shared { owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>, offset: usize, len: usize },
+}
+
+impl std::fmt::Debug for KBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KBytes::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
+            KBytes::Shared { offset, len, .. } => write!(f, "Shared({len} bytes at {offset})"),
+        }
+    }
+}
+
+impl std::ops::Deref for KBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            KBytes::Owned(v) => v,
+            // (the range was checked against the buffer by `KMatrix::from_shared`)
+            KBytes::Shared { owner, offset, len } => &(**owner).as_ref()[*offset..*offset + *len],
+        }
+    }
 }
 
 impl KMatrix {
+    /// The matrix a GGUF tensor of `kind` and shape (rows, cols) holds at `offset` in
+    /// `owner` (the file's map), used in place: no copy. None when the sizes do not fit.
+    pub fn from_shared(kind: KQuant, rows: usize, cols: usize, owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>, offset: usize) -> Option<Self> {
+        if cols == 0 || !cols.is_multiple_of(QK_K) {
+            return None;
+        }
+        let len = rows.checked_mul(cols / QK_K)?.checked_mul(kind.block_bytes())?;
+        if offset.checked_add(len)? > (*owner).as_ref().len() {
+            return None;
+        }
+        Some(Self { kind, rows, cols, bytes: KBytes::Shared { owner, offset, len } })
+    }
+
     /// The matrix over `bytes` as a GGUF tensor of `kind` and shape (rows, cols) holds them.
     /// None when `cols` is not a multiple of [`QK_K`] or the length does not match.
     pub fn from_bytes(kind: KQuant, rows: usize, cols: usize, bytes: Vec<u8>) -> Option<Self> {
         if cols == 0 || !cols.is_multiple_of(QK_K) || bytes.len() != rows * (cols / QK_K) * kind.block_bytes() {
             return None;
         }
-        Some(Self { kind, rows, cols, bytes })
+        Some(Self { kind, rows, cols, bytes: KBytes::Owned(bytes) })
     }
 
     /// Quantize row-major f32 values with candle's k-quant rule (the blocks llama.cpp's
@@ -125,17 +167,20 @@ impl KMatrix {
         for &r in order {
             bytes.extend_from_slice(&self.bytes[r * rb..(r + 1) * rb]);
         }
-        Self { kind: self.kind, rows: order.len(), cols: self.cols, bytes }
+        Self { kind: self.kind, rows: order.len(), cols: self.cols, bytes: KBytes::Owned(bytes) }
     }
 
     /// This matrix with `below`'s rows after its own; None when kind or width differ.
-    pub fn stack(mut self, below: &KMatrix) -> Option<Self> {
+    pub fn stack(self, below: &KMatrix) -> Option<Self> {
         if below.kind != self.kind || below.cols != self.cols {
             return None;
         }
-        self.bytes.extend_from_slice(&below.bytes);
-        self.rows += below.rows;
-        Some(self)
+        let mut bytes = match self.bytes {
+            KBytes::Owned(v) => v,
+            shared => shared.to_vec(),
+        };
+        bytes.extend_from_slice(&below.bytes);
+        Some(Self { kind: self.kind, rows: self.rows + below.rows, cols: self.cols, bytes: KBytes::Owned(bytes) })
     }
 
     /// The values in f32, row-major (the portable dequantization, for tests and exports).
@@ -706,6 +751,15 @@ mod tests {
             // our own quantize (rows split among threads) writes the same blocks
             let again = KMatrix::quantize(kind, &w, n, k).unwrap();
             assert_eq!(again.bytes(), &bytes[..], "{kind:?}: same blocks as one QTensor::quantize");
+            // the same bytes used in place (a GGUF file's map, at any offset) are the same matrix
+            let mut file = vec![9u8; 13];
+            file.extend_from_slice(&bytes);
+            let owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync> = std::sync::Arc::new(file);
+            let shared = KMatrix::from_shared(kind, n, k, owner.clone(), 13).unwrap();
+            assert_eq!(shared.bytes(), &bytes[..]);
+            let x = values(2 * k, 8);
+            assert_eq!(shared.matmul_t(&x, 2), ours.matmul_t(&x, 2), "{kind:?}: in place");
+            assert!(KMatrix::from_shared(kind, n, k, owner, 14).is_none(), "{kind:?}: past the end");
             // and the error is what 4 / 6 bits allow
             let max_err = w.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(max_err < if kind == KQuant::Q4K { 0.15 } else { 0.04 }, "{kind:?}: error {max_err}");

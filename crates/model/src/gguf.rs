@@ -676,7 +676,32 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     let fused_qkv = family == HfFamily::Gpt2;
     let lean = if device.is_cpu() { lean_tensors(&content, cfg.n_layers, cfg.tie_embeddings, fused_qkv) } else { HashSet::new() };
     let mut raw: HashMap<String, QuantBlock> = HashMap::new();
+    // F16, Q4_K and Q6_K tensors are used in place from a map of the file (the file's bytes
+    // are their layout): no copy, as llama.cpp does. Like llama.cpp, this assumes the file is not
+    // rewritten while the model runs (a GGUF file is replaced whole, not edited in place).
+    let map: Option<std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>> = if lean.is_empty() {
+        None
+    } else {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Some(std::sync::Arc::new(ferrolm_kernels::mmap::map_immutable(&file).with_context(|| format!("cannot map {}", path.display()))?))
+    };
+    let data_offset = content.tensor_data_offset;
     let mut read = |name: &str| -> Result<Tensor> {
+        if let (true, Some(map), Some(info)) = (lean.contains(name), &map, content.tensor_infos.get(name)) {
+            let (rows, cols) = info.shape.dims2()?;
+            let offset = usize::try_from(data_offset + info.offset)?;
+            let shared = match block_kind(info.ggml_dtype) {
+                Some(Stored::F16) => F16Matrix::from_shared_gguf(rows, cols, map.clone(), offset).map(QuantBlock::F16),
+                Some(Stored::K(k)) => KMatrix::from_shared(k, rows, cols, map.clone(), offset).map(QuantBlock::K),
+                // Q8_0 and Q5_0 blocks are rearranged (scales apart, Q5_0 widened): copied below
+                _ => None,
+            };
+            if let Some(block) = shared {
+                tensor_types.insert(name.to_string(), info.ggml_dtype);
+                raw.insert(name.to_string(), block);
+                return Ok(crate::linear::placeholder(&[rows, cols], &Device::Cpu)?);
+            }
+        }
         let q = content.tensor(&mut f, name, &Device::Cpu).map_err(|e| anyhow::anyhow!("{}: tensor {name}: {e}", path.display()))?;
         tensor_types.insert(name.to_string(), q.dtype());
         if !lean.contains(name) {
