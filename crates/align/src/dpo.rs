@@ -179,7 +179,7 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
     anyhow::ensure!(cfg.dpo.beta > 0.0, "dpo.beta must be positive, got {}", cfg.dpo.beta);
     let start = PathBuf::from(&cfg.dpo.model_from);
     ferrolm_model::registry::ensure_trainable_source(&start)?;
-    let (model_cfg, mut policy, varmap) = stage::load_decoder_with(&start, &o.device, cfg.lora.quant.filter(|_| cfg.lora.enabled()))?;
+    let (model_cfg, mut policy, varmap) = stage::load_decoder_with(&start, &o.device, cfg.lora.base_quant())?;
     if cfg.lora.enabled() {
         let n = ferrolm_model::lora::prepare(&mut policy, &varmap, &cfg.lora, cfg.train.seed)?;
         eprintln!("LoRA rank {} (alpha {}) on {:?}: {n} adapter parameters train; the base stays frozen", cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets);

@@ -122,10 +122,7 @@ pub fn load_decoder(run_dir: &Path, device: &candle_core::Device) -> Result<(Tra
 /// (QLoRA's base), so the model is never whole in f32.
 pub fn load_decoder_with(run_dir: &Path, device: &candle_core::Device, quant: Option<ferrolm_model::QuantKind>) -> Result<(TransformerConfig, Transformer, VarMap)> {
     ferrolm_model::registry::ensure_trainable_source(run_dir)?;
-    let loaded = match quant {
-        Some(kind) => ferrolm_model::registry::load_model_quantized(run_dir, device, kind)?,
-        None => ferrolm_model::load_model(run_dir, device)?,
-    };
+    let loaded = ferrolm_model::registry::load_base(run_dir, device, quant)?;
     let model = loaded.model.into_decoder("alignment")?;
     Ok((model.config().clone(), model, loaded.varmap))
 }

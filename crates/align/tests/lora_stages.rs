@@ -52,6 +52,23 @@ fn assert_base_unchanged(base: &Path, run: &Path) {
     }
 }
 
+/// A short PPO run that checkpoints every iteration (for exact-resume checks).
+fn ppo_sets() -> Vec<&'static str> {
+    vec![
+        "data.val_fraction=0.25",
+        "data.max_response_tokens=12",
+        "data.max_eval=4",
+        "train.max_steps=3",
+        "train.lr=1e-2",
+        "train.min_lr=1e-2",
+        "train.checkpoint_interval=1",
+        "ppo.rollout_batch=4",
+        "ppo.minibatch=2",
+        "ppo.ppo_epochs=2",
+        "ppo.eval_interval=0",
+    ]
+}
+
 fn peft_files(dir: &Path) -> (serde_json::Value, HashMap<String, Tensor>) {
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
     let t = candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
@@ -109,22 +126,8 @@ fn lora_reward_model_and_ppo() {
     assert_eq!(e.pairwise_accuracy, acc);
 
     // ---- PPO: LoRA policy, reference = the policy with adapters off, value head trains fully
-    let ppo_sets: Vec<&str> = [
-        "data.val_fraction=0.25",
-        "data.max_response_tokens=12",
-        "data.max_eval=4",
-        "train.max_steps=3",
-        "train.lr=1e-2",
-        "train.min_lr=1e-2",
-        "train.checkpoint_interval=1",
-        "ppo.rollout_batch=4",
-        "ppo.minibatch=2",
-        "ppo.ppo_epochs=2",
-        "ppo.eval_interval=0",
-        "lora.rank=4",
-        "lora.alpha=8",
-    ]
-    .to_vec();
+    let mut ppo_sets = ppo_sets();
+    ppo_sets.extend(["lora.rank=4", "lora.alpha=8"]);
     let full = root.join("ppo-lora-full");
     let mut t = PpoTrainer::new(&common::opts(&base, &data, &full, &ppo_sets), Some(&rm)).unwrap();
     assert_eq!(t.run().unwrap().iterations, 3);
@@ -227,19 +230,7 @@ fn qlora_dpo_and_ppo() {
     assert!(a == b && a != 0.0, "QLoRA reward scores {a} vs {b}");
     let e = ferrolm_align::reward::eval(&rm, std::slice::from_ref(&data), OnError::Skip, true, &Device::Cpu).unwrap();
     assert!(e.pairwise_accuracy.is_finite());
-    let mut ppo_sets = vec![
-        "data.val_fraction=0.25",
-        "data.max_response_tokens=12",
-        "data.max_eval=4",
-        "train.max_steps=3",
-        "train.lr=1e-2",
-        "train.min_lr=1e-2",
-        "train.checkpoint_interval=1",
-        "ppo.rollout_batch=4",
-        "ppo.minibatch=2",
-        "ppo.ppo_epochs=2",
-        "ppo.eval_interval=0",
-    ];
+    let mut ppo_sets = ppo_sets();
     ppo_sets.extend(quant);
     let full = root.join("ppo-qlora-full");
     assert_eq!(PpoTrainer::new(&common::opts(&base, &data, &full, &ppo_sets), Some(&rm)).unwrap().run().unwrap().iterations, 3);

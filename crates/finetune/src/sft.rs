@@ -396,11 +396,7 @@ pub fn load_decoder(run_dir: &Path, device: &Device) -> Result<(ModelSpec, Trans
 /// (QLoRA's base: `registry::load_model_quantized`), so the model is never whole in f32.
 pub fn load_decoder_with(run_dir: &Path, device: &Device, quant: Option<ferrolm_model::QuantKind>) -> Result<(ModelSpec, Transformer, candle_nn::VarMap)> {
     ferrolm_model::registry::ensure_trainable_source(run_dir)?;
-    let loaded = match quant {
-        Some(kind) => ferrolm_model::registry::load_model_quantized(run_dir, device, kind),
-        None => ferrolm_model::load_model(run_dir, device),
-    }
-    .with_context(|| format!("loading the model of {}", run_dir.display()))?;
+    let loaded = ferrolm_model::registry::load_base(run_dir, device, quant).with_context(|| format!("loading the model of {}", run_dir.display()))?;
     let model = loaded.model.into_decoder("instruction tuning")?;
     Ok((loaded.spec, model, loaded.varmap))
 }
@@ -412,8 +408,7 @@ pub fn run_sft(run: SftRun) -> Result<SftReport> {
     ensure!(!sources.data.is_empty() || !sources.labelled.is_empty(), "no training data: give --data FILE… and/or --from-labelled FILE");
     // the base's weights, loaded into the variables that train
     ferrolm_model::registry::ensure_trainable_source(base)?;
-    let quant = cfg.lora.quant.filter(|_| cfg.lora.enabled());
-    let (base_spec, mut model, varmap) = load_decoder_with(base, device, quant)?;
+    let (base_spec, mut model, varmap) = load_decoder_with(base, device, cfg.lora.base_quant())?;
     if cfg.lora.enabled() {
         let total: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
         let n = lora::prepare(&mut model, &varmap, &cfg.lora, cfg.train.seed)?;

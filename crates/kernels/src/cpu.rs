@@ -9,7 +9,7 @@ use rayon::prelude::*;
 pub(crate) const PAR_THRESHOLD: usize = 1 << 14;
 
 /// The f32 values of a contiguous CPU op input; an error names `op` otherwise.
-pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+pub fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
         _ => candle_core::bail!("{op}: only f32 is implemented on CPU, got {:?}", s.dtype()),

@@ -22,50 +22,8 @@ pub struct F16Matrix {
     pub bits: Halves,
 }
 
-/// The bits of the halves: owned, or read in place from a buffer shared with others — a
-/// GGUF file's memory map, whose F16 tensors are these bits already (little-endian), so a
-/// model uses the file's bytes as its weights, as llama.cpp does, instead of a copy.
-#[derive(Clone)]
-pub enum Halves {
-    Owned(Vec<u16>),
-    Shared { owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>, offset: usize, len: usize },
-}
-
-impl std::fmt::Debug for Halves {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Halves::Owned(v) => write!(f, "Owned({} halves)", v.len()),
-            Halves::Shared { offset, len, .. } => write!(f, "Shared({len} halves at byte {offset})"),
-        }
-    }
-}
-
-impl std::ops::Deref for Halves {
-    type Target = [u16];
-    fn deref(&self) -> &[u16] {
-        match self {
-            Halves::Owned(v) => v,
-            Halves::Shared { owner, offset, len } => {
-                let bytes = &(**owner).as_ref()[*offset..*offset + 2 * *len];
-                // SAFETY: `F16Matrix::from_shared_gguf` checked that these 2·len bytes lie in
-                // the buffer and start at an address aligned for u16 (the buffer never moves:
-                // it is owned by the Arc), and every bit pattern is a valid u16; the target is
-                // little-endian, as the file's halves are.
-                unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const u16, *len) }
-            }
-        }
-    }
-}
-
-impl Halves {
-    /// The halves as an owned vector (a copy when shared).
-    fn into_owned(self) -> Vec<u16> {
-        match self {
-            Halves::Owned(v) => v,
-            shared => shared.to_vec(),
-        }
-    }
-}
+/// The bits of the halves: owned, or read in place from a GGUF file's map ([`crate::held`]).
+pub type Halves = crate::held::Held<u16>;
 
 /// Weight rows per task (one rayon job; its rows stay in cache for the later input rows).
 const ROWS_PER_TASK: usize = 32;
@@ -92,14 +50,11 @@ impl F16Matrix {
     /// The matrix a GGUF F16 tensor of shape (rows, cols) holds at `offset` in `owner` (the
     /// file's map), used in place: no copy. None when the bytes do not fit, are not aligned
     /// for u16, or the target is not little-endian (then copy with [`Self::from_gguf_bytes`]).
-    pub fn from_shared_gguf(rows: usize, cols: usize, owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>, offset: usize) -> Option<Self> {
-        let len = rows.checked_mul(cols)?;
-        let bytes = (*owner).as_ref();
-        let end = offset.checked_add(len.checked_mul(2)?)?;
-        if cols == 0 || !cfg!(target_endian = "little") || end > bytes.len() || !(bytes.as_ptr() as usize + offset).is_multiple_of(2) {
+    pub fn from_shared_gguf(rows: usize, cols: usize, owner: crate::held::Owner, offset: usize) -> Option<Self> {
+        if cols == 0 {
             return None;
         }
-        Some(Self { rows, cols, bits: Halves::Shared { owner, offset, len } })
+        Some(Self { rows, cols, bits: Halves::shared(owner, offset, rows.checked_mul(cols)?)? })
     }
 
     /// The matrix a GGUF F16 tensor of shape (rows, cols) holds in `bytes` (little-endian

@@ -37,6 +37,7 @@
 pub mod alloc;
 #[cfg(feature = "fs")]
 pub mod fs;
+pub mod held;
 pub mod hogwild;
 #[cfg(feature = "mmap")]
 pub mod mmap;
@@ -86,6 +87,7 @@ mod testutil;
 #[cfg(feature = "candle")]
 pub use {
     bias::add_bias,
+    cpu::contiguous_f32,
     cross_entropy::{cross_entropy, IGNORE_INDEX},
     decode_attention::{decode_attention, DecodeHeads, RowKv},
     dropout::dropout,

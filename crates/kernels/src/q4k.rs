@@ -78,47 +78,19 @@ pub struct KMatrix {
     bytes: KBytes,
 }
 
-/// A k-quant matrix's super-blocks: owned, or read in place from a buffer shared with
-/// others — a GGUF file's memory map, whose Q4_K/Q6_K tensors are these bytes already — so a
-/// model uses the file's bytes as its weights, as llama.cpp does, instead of a copy.
-#[derive(Clone)]
-enum KBytes {
-    Owned(Vec<u8>),
-    Shared { owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>, offset: usize, len: usize },
-}
-
-impl std::fmt::Debug for KBytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KBytes::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
-            KBytes::Shared { offset, len, .. } => write!(f, "Shared({len} bytes at {offset})"),
-        }
-    }
-}
-
-impl std::ops::Deref for KBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            KBytes::Owned(v) => v,
-            // (the range was checked against the buffer by `KMatrix::from_shared`)
-            KBytes::Shared { owner, offset, len } => &(**owner).as_ref()[*offset..*offset + *len],
-        }
-    }
-}
+/// A k-quant matrix's super-blocks: owned, or read in place from a GGUF file's map
+/// ([`crate::held`]).
+type KBytes = crate::held::Held<u8>;
 
 impl KMatrix {
     /// The matrix a GGUF tensor of `kind` and shape (rows, cols) holds at `offset` in
     /// `owner` (the file's map), used in place: no copy. None when the sizes do not fit.
-    pub fn from_shared(kind: KQuant, rows: usize, cols: usize, owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>, offset: usize) -> Option<Self> {
+    pub fn from_shared(kind: KQuant, rows: usize, cols: usize, owner: crate::held::Owner, offset: usize) -> Option<Self> {
         if cols == 0 || !cols.is_multiple_of(QK_K) {
             return None;
         }
         let len = rows.checked_mul(cols / QK_K)?.checked_mul(kind.block_bytes())?;
-        if offset.checked_add(len)? > (*owner).as_ref().len() {
-            return None;
-        }
-        Some(Self { kind, rows, cols, bytes: KBytes::Shared { owner, offset, len } })
+        Some(Self { kind, rows, cols, bytes: KBytes::shared(owner, offset, len)? })
     }
 
     /// The matrix over `bytes` as a GGUF tensor of `kind` and shape (rows, cols) holds them.
@@ -175,10 +147,7 @@ impl KMatrix {
         if below.kind != self.kind || below.cols != self.cols {
             return None;
         }
-        let mut bytes = match self.bytes {
-            KBytes::Owned(v) => v,
-            shared => shared.to_vec(),
-        };
+        let mut bytes = self.bytes.into_owned();
         bytes.extend_from_slice(&below.bytes);
         Some(Self { kind: self.kind, rows: self.rows + below.rows, cols: self.cols, bytes: KBytes::Owned(bytes) })
     }

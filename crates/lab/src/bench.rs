@@ -328,10 +328,7 @@ impl ferrolm_train::TrainTask for LoraBenchTask {
 pub fn bench_lora(o: &LoraBenchOptions, device: &Device) -> Result<BenchOutcome> {
     ferrolm_model::registry::ensure_trainable_source(&o.model)?;
     // with --quant the base is quantized as it is read (never whole in f32), as sft does
-    let loaded = match o.quant {
-        Some(kind) => ferrolm_model::registry::load_model_quantized(&o.model, device, kind)?,
-        None => ferrolm_model::load_model(&o.model, device)?,
-    };
+    let loaded = ferrolm_model::registry::load_base(&o.model, device, o.quant)?;
     let mut model = loaded.model.into_decoder("bench lora")?;
     let lcfg = ferrolm_model::lora::LoraConfig { rank: o.rank, alpha: o.alpha, dropout: 0.0, targets: vec!["all".into()], quant: o.quant };
     let adapter_params = ferrolm_model::lora::prepare(&mut model, &loaded.varmap, &lcfg, 1)?;

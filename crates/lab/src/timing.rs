@@ -47,19 +47,20 @@ pub fn seconds_per_step(cfg: &RunConfig, data: ArchData, token_bytes: &[u32], de
 }
 
 /// Peak resident memory of this process (VmHWM), in bytes; 0 where /proc is not there.
-/// The resident set now (`VmRSS`), 0 where /proc is missing.
-pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+pub fn peak_rss_bytes() -> u64 {
+    proc_status_bytes("VmHWM:")
 }
 
-pub fn peak_rss_bytes() -> u64 {
+/// The resident set now (VmRSS), in bytes; 0 where /proc is not there.
+pub fn rss_bytes() -> u64 {
+    proc_status_bytes("VmRSS:")
+}
+
+/// A size line of /proc/self/status (`key` value `kB`), in bytes; 0 where it is missing.
+fn proc_status_bytes(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }

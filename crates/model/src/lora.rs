@@ -131,6 +131,11 @@ impl LoraConfig {
         self.rank > 0
     }
 
+    /// The format the base is held in while adapters train (`lora.quant`), when they do.
+    pub fn base_quant(&self) -> Option<QuantKind> {
+        self.quant.filter(|_| self.enabled())
+    }
+
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
     }

@@ -27,17 +27,6 @@ pub(crate) struct QuantProduct(pub std::sync::Arc<QuantWeights>);
 /// The input gradient of [`QuantProduct`]: `dY·W`.
 struct QuantProductGrad(std::sync::Arc<QuantWeights>);
 
-fn op_input<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-    let data = match s {
-        candle_core::CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("{op}: quantized products take f32 inputs, got {:?}", candle_core::backend::BackendStorage::dtype(s)),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
-}
-
 impl candle_core::CustomOp1 for QuantProduct {
     fn name(&self) -> &'static str {
         "ferrolm-quant-product"
@@ -45,7 +34,7 @@ impl candle_core::CustomOp1 for QuantProduct {
 
     fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let q = &self.0;
-        let x = op_input(s, l, self.name())?;
+        let x = ferrolm_kernels::contiguous_f32(s, l, self.name())?;
         let k = l.dims().last().copied().unwrap_or(0);
         if k != q.cols() {
             candle_core::bail!("input width {k} for quantized weights of width {}", q.cols());
@@ -69,7 +58,7 @@ impl candle_core::CustomOp1 for QuantProductGrad {
 
     fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let q = &self.0;
-        let dy = op_input(s, l, self.name())?;
+        let dy = ferrolm_kernels::contiguous_f32(s, l, self.name())?;
         let (n, k) = (q.rows(), q.cols());
         if l.dims().last().copied() != Some(n) {
             candle_core::bail!("gradient of width {:?} for quantized weights of {n} rows", l.dims().last());

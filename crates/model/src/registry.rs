@@ -275,12 +275,7 @@ pub fn load_model_quantized(dir: &Path, device: &Device, kind: crate::quant::Qua
     if !crate::hf::is_hf_folder(dir) && crate::lora::read_run_config(dir)?.is_some() {
         let mut loaded = load_model(dir, device)?;
         let AnyModel::Decoder(m) = &mut loaded.model else { bail!("{}: quantized bases are decoders", dir.display()) };
-        let prefixes = m.quantize_blocks(kind)?;
-        let mut data = loaded.varmap.data().lock().expect("varmap lock");
-        for p in prefixes {
-            data.remove(&format!("{p}.weight"));
-        }
-        drop(data);
+        crate::lora::quantize_base(m, &loaded.varmap, kind)?;
         return Ok(loaded);
     }
     let mut blocks: HashMap<String, crate::quant::QuantWeights> = HashMap::new();
@@ -310,6 +305,15 @@ pub fn load_model_quantized(dir: &Path, device: &Device, kind: crate::quant::Qua
     m.set_quantized(|p| Ok(blocks.remove(p)))?;
     ensure!(blocks.is_empty(), "internal: quantized weights for no layer: {:?}", blocks.keys().collect::<Vec<_>>());
     Ok(LoadedModel { spec, model, varmap, checkpoint })
+}
+
+/// A LoRA stage's base: [`load_model_quantized`] when the stage holds it quantized
+/// (`lora.quant`), else [`load_model`].
+pub fn load_base(dir: &Path, device: &Device, quant: Option<crate::quant::QuantKind>) -> Result<LoadedModel> {
+    match quant {
+        Some(kind) => load_model_quantized(dir, device, kind),
+        None => load_model(dir, device),
+    }
 }
 
 /// `decoder.blocks.3.attn.qkv` for `decoder.blocks.3.attn.qkv.weight`: the variable of a
@@ -358,16 +362,7 @@ fn load_qlora(run_dir: &Path, spec: &ModelSpec, checkpoint: PathBuf, lora: &crat
 /// [`load_weights`] for a checkpoint that holds some of the variables: each of its tensors
 /// must be a variable of the model, of its shape.
 pub fn load_some_weights(varmap: &VarMap, path: &Path) -> Result<()> {
-    let tensors = load_tensors(path)?;
-    let data = varmap.data().lock().expect("varmap lock");
-    for (name, t) in &tensors {
-        let var = data.get(name).with_context(|| format!("{} holds a weight `{name}` this model does not have (config mismatch?)", path.display()))?;
-        if t.shape() != var.shape() {
-            bail!("{}: weight {name} has shape {:?}, the model expects {:?}", path.display(), t.shape(), var.shape());
-        }
-        var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
-    }
-    Ok(())
+    set_weights(varmap, &load_tensors(path)?, path, false)
 }
 
 /// Training stages start from run folders and Hugging Face checkpoints; a `.gguf` file is
@@ -409,17 +404,27 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 /// Load weights into an already-built model's variables; every variable must be present
 /// with the right shape, and no unknown tensors may be in the file.
 pub fn load_weights(varmap: &VarMap, path: &Path) -> Result<()> {
-    let tensors = load_tensors(path)?;
+    set_weights(varmap, &load_tensors(path)?, path, true)
+}
+
+/// Set each variable from the tensor of its name (read from `path`): every tensor must be a
+/// variable of its shape, and with `every_variable` every variable must have a tensor.
+fn set_weights(varmap: &VarMap, tensors: &HashMap<String, Tensor>, path: &Path, every_variable: bool) -> Result<()> {
     let data = varmap.data().lock().expect("varmap lock");
-    for (name, var) in data.iter() {
-        let t = tensors.get(name).with_context(|| format!("{} lacks the weight {name}", path.display()))?;
+    if every_variable {
+        if let Some(name) = data.keys().find(|name| !tensors.contains_key(*name)) {
+            bail!("{} lacks the weight {name}", path.display());
+        }
+    }
+    if let Some(extra) = tensors.keys().find(|k| !data.contains_key(*k)) {
+        bail!("{} holds a weight `{extra}` this model does not have (config mismatch?)", path.display());
+    }
+    for (name, t) in tensors {
+        let var = &data[name];
         if t.shape() != var.shape() {
             bail!("{}: weight {name} has shape {:?}, the model expects {:?}", path.display(), t.shape(), var.shape());
         }
         var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
-    }
-    if let Some(extra) = tensors.keys().find(|k| !data.contains_key(*k)) {
-        bail!("{} holds a weight `{extra}` this model does not have (config mismatch?)", path.display());
     }
     Ok(())
 }

@@ -30,8 +30,9 @@ pub struct Source {
 
 enum SourceData {
     Tensor(Tensor),
-    /// The tensor `name` of the safetensors file mapped in `map`.
-    Mapped { map: std::sync::Arc<ferrolm_kernels::mmap::Map>, name: String },
+    /// Bytes `at .. at + len` of the safetensors file mapped in `map`, as its header
+    /// describes them (read once, when the file is mapped).
+    Mapped { map: std::sync::Arc<ferrolm_kernels::mmap::Map>, dtype: safetensors::Dtype, shape: Vec<usize>, at: usize, len: usize },
 }
 
 impl Source {
@@ -44,12 +45,11 @@ impl Source {
         use candle_core::safetensors::Load;
         match self.data {
             SourceData::Tensor(t) => Ok(t),
-            SourceData::Mapped { map, name } => {
+            SourceData::Mapped { map, dtype, shape, at, len } => {
                 let broken = || format!("{} is not a complete safetensors file (truncated or corrupt)", self.file.display());
-                let st = safetensors::SafeTensors::deserialize(&map).with_context(broken)?;
-                let view = st.tensor(&name).with_context(broken)?;
+                let view = safetensors::tensor::TensorView::new(dtype, shape, &map[at..at + len]).with_context(broken)?;
                 let t = view.load(&Device::Cpu).with_context(broken)?;
-                ferrolm_kernels::mmap::release_pages(&map, view.data().as_ptr() as usize - map.as_ptr() as usize, view.data().len());
+                ferrolm_kernels::mmap::release_pages(&map, at, len);
                 Ok(t)
             }
         }
@@ -60,16 +60,20 @@ impl Source {
 /// is read and checked now: a missing, truncated or corrupt file is an error naming it).
 fn map_safetensors(path: &Path) -> Result<Vec<(String, Source)>> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    // (a checkpoint folder's files are not rewritten while a model loads from them: see
-    // `read_safetensors_with`)
+    // A checkpoint folder's files are not rewritten while a model loads from them (the Hub
+    // cache's are written to a temporary name and renamed into place; see `hub`), which is
+    // what mapping them needs (`map_immutable`).
     let map = std::sync::Arc::new(ferrolm_kernels::mmap::map_immutable(&file).with_context(|| format!("cannot map {}", path.display()))?);
-    let names: Vec<String> = safetensors::SafeTensors::deserialize(&map)
-        .with_context(|| format!("{} is not a complete safetensors file (truncated or corrupt)", path.display()))?
-        .names()
+    let st = safetensors::SafeTensors::deserialize(&map).with_context(|| format!("{} is not a complete safetensors file (truncated or corrupt)", path.display()))?;
+    Ok(st
+        .tensors()
         .into_iter()
-        .map(str::to_string)
-        .collect();
-    Ok(names.into_iter().map(|name| (name.clone(), Source { data: SourceData::Mapped { map: map.clone(), name }, file: path.to_path_buf() })).collect())
+        .map(|(name, view)| {
+            let (at, len) = (view.data().as_ptr() as usize - map.as_ptr() as usize, view.data().len());
+            let data = SourceData::Mapped { map: map.clone(), dtype: view.dtype(), shape: view.shape().to_vec(), at, len };
+            (name, Source { data, file: path.to_path_buf() })
+        })
+        .collect())
 }
 
 /// Every tensor of one safetensors file, with the file named in any error (missing,
@@ -87,20 +91,9 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 /// quantizing load replaces a block weight by its blocks there, so the checkpoint is never
 /// whole in f32).
 pub fn read_safetensors_with(path: &Path, each: &mut EachTensor<'_>) -> Result<HashMap<String, Tensor>> {
-    use candle_core::safetensors::Load;
-    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    // A checkpoint folder's files are not rewritten while a model loads from them (the Hub
-    // cache's are written to a temporary name and renamed into place; see `hub`), which is
-    // what mapping them needs (`map_immutable`).
-    let map = ferrolm_kernels::mmap::map_immutable(&file).with_context(|| format!("cannot map {}", path.display()))?;
-    let broken = || format!("{} is not a complete safetensors file (truncated or corrupt)", path.display());
-    let st = safetensors::SafeTensors::deserialize(&map).with_context(broken)?;
     let mut out = HashMap::new();
-    for (name, view) in st.tensors() {
-        let t = view.load(&Device::Cpu).with_context(broken)?;
-        let (at, len) = (view.data().as_ptr() as usize - map.as_ptr() as usize, view.data().len());
-        ferrolm_kernels::mmap::release_pages(&map, at, len);
-        let t = each(&name, t)?;
+    for (name, src) in map_safetensors(path)? {
+        let t = each(&name, src.tensor()?)?;
         out.insert(name, t);
     }
     Ok(out)
