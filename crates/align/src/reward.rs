@@ -86,7 +86,7 @@ impl RewardModel {
     /// (1 × d_model); transformers' `score` has no bias, and a LoRA run keeps ferrolm's at 0.
     pub fn peft_head(&self) -> lora::PeftTask {
         let module = lora::PeftTask::seq_cls_module(self.body.config()).to_string();
-        lora::PeftTask { seq_cls: Some(lora::SeqClsHead { module, tensors: vec![("weight".into(), self.head.weight().clone())] }) }
+        lora::PeftTask { seq_cls: Some(lora::SeqClsHead { module, tensors: vec![("weight".into(), self.head.weight().clone())] }), ..Default::default() }
     }
 
     /// Scalar reward of each row's full sequence (rows,).

@@ -572,6 +572,8 @@ pub struct ClassifyTask {
     /// Only the body's LoRA adapters and the head train (a decoder's head without its bias,
     /// as transformers' `score`).
     pub lora: bool,
+    /// Under LoRA the pooler trains too (RoBERTa's `classifier.dense`).
+    pub lora_pooler: bool,
 }
 
 impl ClassifyTask {
@@ -585,7 +587,7 @@ impl ClassifyTask {
         };
         let grams = |ids: &[Vec<u32>]| ids.iter().map(|x| ngram_ids(x, skip, clf.ngram_buckets())).collect::<Vec<_>>();
         let (train_grams, val_grams) = (grams(&train_ids), grams(&val_ids));
-        Ok(Self { clf, mode, train_ids, train_y, val_ids, val_y, train_grams, val_grams, cached, pad, skip, batch_size: tc.batch_size, grad_accum: tc.grad_accum, seed: tc.seed, lora: false })
+        Ok(Self { clf, mode, train_ids, train_y, val_ids, val_y, train_grams, val_grams, cached, pad, skip, batch_size: tc.batch_size, grad_accum: tc.grad_accum, seed: tc.seed, lora: false, lora_pooler: false })
     }
 
     /// Predicted label indices and the mean cross-entropy on the held-out set.
@@ -639,7 +641,10 @@ impl TrainTask for ClassifyTask {
 
     fn trainable(&self, name: &str) -> bool {
         if self.lora {
-            return lora::is_adapter(name) || name == "cls_head.weight" || (name == "cls_head.bias" && self.clf.kind == ModelKind::MaskedLm);
+            return lora::is_adapter(name)
+                || name == "cls_head.weight"
+                || (name == "cls_head.bias" && self.clf.kind == ModelKind::MaskedLm)
+                || (self.lora_pooler && name.starts_with("pooler."));
         }
         self.clf.trainable(name, self.mode)
     }
@@ -690,22 +695,31 @@ pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[Path
     let (body_cfg, mut clf, vm) = Classifier::from_pretrained(base, labels.clone(), cc, cfg.train.seed, device)?;
     let peft_head = if cfg.lora.enabled() {
         check_lora_pooling(body_cfg.kind, clf.pooling)?;
-        // RoBERTa's sequence classifier is dense + out_proj on the first token (ferrolm's
-        // frozen pooler and its head) under `roberta.` names: the PEFT files written here use
-        // BERT's names, which PEFT cannot load onto RoBERTa (bench/lora_peft.py)
-        if ferrolm_model::hf::is_hf_folder(base) && ferrolm_model::hf::read_config(base)?.family == ferrolm_model::hf::HfFamily::Roberta {
-            bail!(
-                "{}: LoRA on a RoBERTa body writes no loadable PEFT SEQ_CLS adapter yet (RobertaForSequenceClassification's head is classifier.dense + classifier.out_proj under roberta.* names); \
-                 train the classifier without lora.rank, or start from a BERT or decoder checkpoint",
-                base.display()
-            );
-        }
+        let encoder = if ferrolm_model::hf::is_hf_folder(base) && ferrolm_model::hf::read_config(base)?.family == ferrolm_model::hf::HfFamily::Roberta {
+            lora::HfEncoder::Roberta
+        } else {
+            lora::HfEncoder::Bert
+        };
         // the adapters must be expressible in PEFT's names (checked before training)
-        lora::peft_target_modules(&body_cfg, &cfg.lora)?;
+        lora::peft_target_modules_for(&body_cfg, &cfg.lora, encoder)?;
         let n = clf.body.prepare_lora(&vm, &cfg.lora, cfg.train.seed)?;
         let module = lora::PeftTask::seq_cls_module(&body_cfg).to_string();
         let mut tensors = vec![("weight".to_string(), clf.head.weight().clone())];
-        if body_cfg.kind == ModelKind::MaskedLm {
+        if encoder == lora::HfEncoder::Roberta {
+            // RobertaForSequenceClassification's head on the first position is
+            // classifier.dense + tanh + classifier.out_proj: ferrolm's pooler and head. PEFT
+            // trains that whole module (modules_to_save), so the pooler trains here too.
+            let Body::MaskedLm(m) = &mut clf.body else { bail!("{}: a RoBERTa checkpoint that is not a masked LM", base.display()) };
+            m.thaw_pooler(&vm)?;
+            let data = vm.data().lock().expect("varmap lock");
+            let var = |n: &str| data.get(n).map(|v| v.as_tensor().clone()).with_context(|| format!("the classifier has no variable {n}"));
+            tensors = vec![
+                ("dense.weight".into(), var("pooler.weight")?),
+                ("dense.bias".into(), var("pooler.bias")?),
+                ("out_proj.weight".into(), var("cls_head.weight")?),
+                ("out_proj.bias".into(), var("cls_head.bias")?),
+            ];
+        } else if body_cfg.kind == ModelKind::MaskedLm {
             tensors.push(("bias".to_string(), clf.head.bias().context("the head has a bias")?.clone()));
         } else {
             // transformers' `score` on a decoder has no bias: keep ours at 0, frozen
@@ -713,8 +727,9 @@ pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[Path
             let b = data.get("cls_head.bias").context("the head has a bias")?;
             b.set(&b.as_tensor().zeros_like()?)?;
         }
-        eprintln!("LoRA rank {} (alpha {}) on {:?}: {n} adapter parameters and the head train; the body's weights stay frozen", cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets);
-        Some(lora::PeftTask { seq_cls: Some(lora::SeqClsHead { module, tensors }) })
+        let head_desc = if encoder == lora::HfEncoder::Roberta { "the head (RoBERTa's classifier.dense, ferrolm's pooler, and out_proj)" } else { "the head" };
+        eprintln!("LoRA rank {} (alpha {}) on {:?}: {n} adapter parameters and {head_desc} train; the body's weights stay frozen", cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets);
+        Some(lora::PeftTask { seq_cls: Some(lora::SeqClsHead { module, tensors }), encoder })
     } else {
         None
     };
@@ -733,6 +748,7 @@ pub fn run_classify_train(base: &Path, out: &Path, data: &[PathBuf], val: &[Path
 
     let mut task = ClassifyTask::new(clf, mode, train_ids.clone(), train_y, val_ids, val_y, crate::prompt::pad_id(&tok), crate::prompt::bos(&tok).len(), &cfg.train)?;
     task.lora = cfg.lora.enabled();
+    task.lora_pooler = peft_head.as_ref().is_some_and(|h| h.encoder == lora::HfEncoder::Roberta);
     let (before, _) = task.val_report()?;
     let adapter_vars = vm.clone();
     let mut trainer = Trainer::from_task(cfg.train.clone(), out, vm, Box::new(task))?;

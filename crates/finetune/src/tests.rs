@@ -613,3 +613,43 @@ fn lora_classify_on_decoder_and_bert_body() {
     let e = err(&|_| {}, &swiglu);
     assert!(e.contains("gate"), "{e}");
 }
+
+/// LoRA classification on a RoBERTa folder: the PEFT SEQ_CLS files take
+/// RobertaForSequenceClassification's names — adapters under `roberta.encoder.layer.N`, the
+/// head as `classifier.dense` (ferrolm's pooler, trained as PEFT trains that module) and
+/// `classifier.out_proj` — and the run predicts with adapters merged as without.
+#[test]
+fn lora_classify_on_roberta_uses_roberta_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = label_first_fixture(dir.path(), "train.jsonl", 80, 0);
+    let val = label_first_fixture(dir.path(), "val.jsonl", 30, 1);
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/hf/roberta_tiny");
+    let out = dir.path().join("lora-roberta");
+    let mut cfg = classify_cfg("full", 60);
+    cfg.lora = ferrolm_model::lora::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: vec!["all".into()], quant: None };
+    let rep = classify::run_classify_train(&base, &out, std::slice::from_ref(&train), std::slice::from_ref(&val), cfg, true, &Device::Cpu).unwrap();
+    println!("LoRA classify (RoBERTa): held-out accuracy {:.3} before training, {:.3} after", rep.before.accuracy, rep.after.accuracy);
+    assert!(rep.after.accuracy >= 0.9 && rep.after.accuracy > rep.before.accuracy, "{} -> {}", rep.before.accuracy, rep.after.accuracy);
+    let r = run_tensors(&out);
+    let a = out.join("adapter");
+    let pc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((pc["task_type"].as_str(), pc["modules_to_save"].clone()), (Some("SEQ_CLS"), serde_json::json!(["classifier"])));
+    assert_eq!(pc["target_modules"], serde_json::json!(["query", "key", "value", "output.dense", "intermediate.dense"]));
+    let pt = candle_core::safetensors::load(a.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    for (peft, ours) in [("dense.weight", "pooler.weight"), ("dense.bias", "pooler.bias"), ("out_proj.weight", "cls_head.weight"), ("out_proj.bias", "cls_head.bias")] {
+        assert_eq!(flat(&pt[&format!("base_model.model.classifier.{peft}")]), flat(&r[ours]), "{peft}");
+    }
+    // the pooler trained (PEFT trains the whole classifier module); the blocks did not
+    let hf = ferrolm_model::registry::load_tensors(&base.join("model.safetensors")).unwrap();
+    assert_ne!(flat(&hf["roberta.pooler.dense.weight"]), flat(&r["pooler.weight"]), "the pooler (classifier.dense) did not train");
+    assert_eq!(flat(&hf["roberta.encoder.layer.1.attention.self.query.weight"]), flat(&r["encoder.blocks.1.attn.qkv.weight"].narrow(0, 0, 32).unwrap()));
+    assert_eq!(pt.len(), 2 * 6 * 2 + 4, "{:?}", pt.keys());
+    assert!(pt.keys().all(|k| k.starts_with("base_model.model.classifier.") || (k.starts_with("base_model.model.roberta.encoder.layer.") && k.contains(".lora_"))), "{:?}", pt.keys());
+    let texts = ["a dog good film".to_string(), "the sky bad movie".to_string()];
+    let (m, tok, info) = Classifier::load_with(&out, &Device::Cpu, true).unwrap();
+    let (u, _, _) = Classifier::load_with(&out, &Device::Cpu, false).unwrap();
+    let (pm, pu) = (classify::predict_texts(&m, &tok, info.max_len, &texts).unwrap(), classify::predict_texts(&u, &tok, info.max_len, &texts).unwrap());
+    for (x, y) in pm.iter().flatten().zip(pu.iter().flatten()) {
+        assert!((x - y).abs() < 1e-5, "merged {pm:?} vs unmerged {pu:?}");
+    }
+}

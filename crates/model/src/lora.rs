@@ -310,7 +310,27 @@ pub fn merge<M: LoraHost>(model: &mut M, varmap: &VarMap) -> Result<()> {
 /// `model.layers.3.self_attn.q_proj` (Llama family; one module per target, q/k/v split),
 /// `transformer.h.3.attn.c_attn` (GPT-2; q, k and v share the fused `c_attn`),
 /// `bert.encoder.layer.3.attention.self.query` (masked LMs, in BERT's naming).
-fn hf_module(cfg: &TransformerConfig, prefix: &str, target: &str) -> Result<String> {
+/// Whose names a masked-LM body takes in the HF model: BERT's (`bert.encoder.layer.N…`,
+/// `BertForSequenceClassification`) or RoBERTa's (`roberta.encoder.layer.N…`,
+/// `RobertaForSequenceClassification`). The blocks are the same; decoders ignore this.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HfEncoder {
+    #[default]
+    Bert,
+    Roberta,
+}
+
+impl HfEncoder {
+    /// The attribute the HF model keeps its encoder under.
+    pub fn attr(self) -> &'static str {
+        match self {
+            HfEncoder::Bert => "bert",
+            HfEncoder::Roberta => "roberta",
+        }
+    }
+}
+
+fn hf_module(cfg: &TransformerConfig, enc: HfEncoder, prefix: &str, target: &str) -> Result<String> {
     let layer: usize = prefix
         .strip_prefix(stack_prefix(cfg))
         .and_then(|r| r.strip_prefix('.'))
@@ -327,7 +347,7 @@ fn hf_module(cfg: &TransformerConfig, prefix: &str, target: &str) -> Result<Stri
             "down" => "output.dense",
             _ => bail!("LoRA target `{target}` has no BERT module (BERT's MLP is up = intermediate.dense, down = output.dense)"),
         };
-        return Ok(format!("bert.encoder.layer.{layer}.{m}"));
+        return Ok(format!("{}.encoder.layer.{layer}.{m}", enc.attr()));
     }
     Ok(match cfg.block {
         BlockStyle::Modern => {
@@ -353,9 +373,14 @@ fn hf_module(cfg: &TransformerConfig, prefix: &str, target: &str) -> Result<Stri
 
 /// The other linear modules of the HF model (heads, pooler) that a `target_modules` name
 /// must not catch.
-fn hf_other_modules(cfg: &TransformerConfig) -> Vec<String> {
+fn hf_other_modules(cfg: &TransformerConfig, enc: HfEncoder) -> Vec<String> {
     if cfg.kind == ModelKind::MaskedLm {
-        ["bert.pooler.dense", "cls.predictions.transform.dense", "cls.predictions.decoder", "classifier"].map(String::from).to_vec()
+        let names: &[&str] = match enc {
+            HfEncoder::Bert => &["bert.pooler.dense", "cls.predictions.transform.dense", "cls.predictions.decoder", "classifier"],
+            // RobertaForSequenceClassification's head is a dense layer and a projection
+            HfEncoder::Roberta => &["roberta.pooler.dense", "lm_head.dense", "lm_head.decoder", "classifier.dense", "classifier.out_proj"],
+        };
+        names.iter().map(|s| s.to_string()).collect()
     } else {
         ["lm_head", "score"].map(String::from).to_vec()
     }
@@ -375,14 +400,19 @@ fn fused_qkv_parts(lora: &LoraConfig) -> usize {
 /// (BERT's `output.dense` without `attention.output.dense`), a regular expression over the
 /// full path, which PEFT matches with `re.fullmatch`.
 pub fn peft_target_modules(cfg: &TransformerConfig, lora: &LoraConfig) -> Result<serde_json::Value> {
+    peft_target_modules_for(cfg, lora, HfEncoder::Bert)
+}
+
+/// [`peft_target_modules`] with a masked-LM body's names as `enc` gives them.
+pub fn peft_target_modules_for(cfg: &TransformerConfig, lora: &LoraConfig, enc: HfEncoder) -> Result<serde_json::Value> {
     let lora = lora.resolved(cfg);
-    let all_targets: Vec<&str> = TARGETS.iter().copied().filter(|t| hf_module(cfg, &format!("{}.0", stack_prefix(cfg)), t).is_ok()).collect();
+    let all_targets: Vec<&str> = TARGETS.iter().copied().filter(|t| hf_module(cfg, enc, &format!("{}.0", stack_prefix(cfg)), t).is_ok()).collect();
     let layers = cfg.n_layers.max(1);
     let modules_of = |targets: &[&str]| -> Result<Vec<String>> {
         let mut v = Vec::new();
         for i in 0..layers {
             for t in targets {
-                let m = hf_module(cfg, &format!("{}.{i}", stack_prefix(cfg)), t)?;
+                let m = hf_module(cfg, enc, &format!("{}.{i}", stack_prefix(cfg)), t)?;
                 if !v.contains(&m) {
                     v.push(m);
                 }
@@ -393,12 +423,12 @@ pub fn peft_target_modules(cfg: &TransformerConfig, lora: &LoraConfig) -> Result
     let chosen: Vec<&str> = lora.targets.iter().map(String::as_str).collect();
     let targeted = modules_of(&chosen)?;
     let mut every = modules_of(&all_targets)?;
-    every.extend(hf_other_modules(cfg));
+    every.extend(hf_other_modules(cfg, enc));
     let catches = |suffix: &str| every.iter().filter(|m| *m == suffix || m.ends_with(&format!(".{suffix}"))).cloned().collect::<Vec<_>>();
     let mut names: Vec<String> = Vec::new();
     let mut regex = false;
     for t in &chosen {
-        let full = hf_module(cfg, &format!("{}.0", stack_prefix(cfg)), t)?;
+        let full = hf_module(cfg, enc, &format!("{}.0", stack_prefix(cfg)), t)?;
         let parts: Vec<&str> = full.split('.').collect();
         let mut found = None;
         for k in 1..=parts.len() {
@@ -420,7 +450,7 @@ pub fn peft_target_modules(cfg: &TransformerConfig, lora: &LoraConfig) -> Result
     if regex {
         let mut alts: Vec<String> = Vec::new();
         for t in &chosen {
-            let full = hf_module(cfg, &format!("{}.0", stack_prefix(cfg)), t)?;
+            let full = hf_module(cfg, enc, &format!("{}.0", stack_prefix(cfg)), t)?;
             let pattern = full.split('.').map(|p| if p == "0" { r"\d+".to_string() } else { regex_escape(p) }).collect::<Vec<_>>().join(r"\.");
             if !alts.contains(&pattern) {
                 alts.push(pattern);
@@ -438,6 +468,11 @@ fn regex_escape(s: &str) -> String {
 /// The adapter tensors under PEFT's names
 /// (`base_model.model.<module>.lora_A.weight`, `…lora_B.weight`).
 pub fn peft_tensors(cfg: &TransformerConfig, varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
+    peft_tensors_for(cfg, varmap, HfEncoder::Bert)
+}
+
+/// [`peft_tensors`] with a masked-LM body's names as `enc` gives them.
+pub fn peft_tensors_for(cfg: &TransformerConfig, varmap: &VarMap, enc: HfEncoder) -> Result<HashMap<String, Tensor>> {
     let data = varmap.data().lock().expect("varmap lock");
     let cpu = |v: &candle_core::Var| -> Result<Tensor> { Ok(v.as_tensor().to_dtype(DType::F32)?.to_device(&candle_core::Device::Cpu)?) };
     let mut out = HashMap::new();
@@ -454,7 +489,7 @@ pub fn peft_tensors(cfg: &TransformerConfig, varmap: &VarMap) -> Result<HashMap<
         if fused_qkv(cfg) && prefix.ends_with("attn.qkv") {
             // One c_attn adapter: A = [A_q; A_k; A_v] (k·r × in); B puts each B_s in its
             // rows and its own r columns, zero elsewhere.
-            let module = hf_module(cfg, &prefix, "q")?;
+            let module = hf_module(cfg, enc, &prefix, "q")?;
             let r = found[0].3.dim(0)?;
             let total_rows: usize = parts.iter().map(|p| p.2).sum();
             let a = Tensor::cat(&found.iter().map(|f| f.3.clone()).collect::<Vec<_>>(), 0)?;
@@ -467,7 +502,7 @@ pub fn peft_tensors(cfg: &TransformerConfig, varmap: &VarMap) -> Result<HashMap<
             continue;
         }
         for (t, _, _, a, b) in found {
-            let module = hf_module(cfg, &prefix, t)?;
+            let module = hf_module(cfg, enc, &prefix, t)?;
             out.insert(format!("base_model.model.{module}.lora_A.weight"), a);
             out.insert(format!("base_model.model.{module}.lora_B.weight"), b);
         }
@@ -483,6 +518,8 @@ pub fn peft_tensors(cfg: &TransformerConfig, varmap: &VarMap) -> Result<HashMap<
 pub struct PeftTask {
     /// `None`: CAUSAL_LM.
     pub seq_cls: Option<SeqClsHead>,
+    /// A masked-LM body's HF names (BERT's unless the base is RoBERTa).
+    pub encoder: HfEncoder,
 }
 
 /// A sequence-classification head saved beside the adapters.
@@ -490,13 +527,14 @@ pub struct PeftTask {
 pub struct SeqClsHead {
     /// The head's module in the HF model: `score` (decoders), `classifier` (BERT).
     pub module: String,
-    /// Its tensors by parameter name (`weight`, `bias`).
+    /// Its tensors by parameter name (`weight`, `bias`; RoBERTa's `dense.weight`, …,
+    /// `out_proj.bias`).
     pub tensors: Vec<(String, Tensor)>,
 }
 
 impl PeftTask {
     pub fn causal_lm() -> Self {
-        Self { seq_cls: None }
+        Self { seq_cls: None, encoder: HfEncoder::Bert }
     }
 
     /// The HF head module of a sequence classifier on this body: `score` on decoders
@@ -536,7 +574,7 @@ pub fn peft_config_for(cfg: &TransformerConfig, lora: &LoraConfig, base: &str, t
         "r": lora.rank,
         "lora_alpha": lora.alpha,
         "lora_dropout": lora.dropout,
-        "target_modules": peft_target_modules(cfg, &lora)?,
+        "target_modules": peft_target_modules_for(cfg, &lora, task.encoder)?,
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,
         "bias": "none",
@@ -560,7 +598,7 @@ pub fn write_peft(dir: &std::path::Path, cfg: &TransformerConfig, lora: &LoraCon
 /// PEFT saves `modules_to_save`, `base_model.model.<module>.<param>` (`…score.weight`).
 pub fn write_peft_for(dir: &std::path::Path, cfg: &TransformerConfig, lora: &LoraConfig, varmap: &VarMap, base: &str, task: &PeftTask) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut tensors = peft_tensors(cfg, varmap)?;
+    let mut tensors = peft_tensors_for(cfg, varmap, task.encoder)?;
     if let Some(h) = &task.seq_cls {
         for (name, t) in &h.tensors {
             tensors.insert(format!("base_model.model.{}.{name}", h.module), t.to_dtype(DType::F32)?.to_device(&candle_core::Device::Cpu)?);

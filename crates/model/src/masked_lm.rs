@@ -117,6 +117,20 @@ impl MaskedLm {
         }
     }
 
+    /// Train the pooler again after [`Self::freeze_linears`]: its weights become the
+    /// variables `pooler.weight` / `pooler.bias` of `varmap` once more. RoBERTa's sequence
+    /// classifier trains this dense layer with its projection (`classifier.dense`, in
+    /// PEFT's `modules_to_save`), where BERT's keeps the pretrained pooler frozen.
+    pub fn thaw_pooler(&mut self, varmap: &candle_nn::VarMap) -> Result<()> {
+        if self.pooler.is_none() {
+            candle_core::bail!("this masked LM has no pooler to train");
+        }
+        let data = varmap.data().lock().expect("varmap lock");
+        let var = |n: &str| data.get(n).map(|v| v.as_tensor().clone()).ok_or_else(|| candle_core::Error::Msg(format!("no variable {n} for the pooler")));
+        self.pooler = Some(Linear::new(var("pooler.weight")?, Some(var("pooler.bias")?)));
+        Ok(())
+    }
+
     /// Encoder output (batch, T, d_model). `mask` is bidirectional, with segment ids when
     /// padded; padding keys are never attended.
     pub fn hidden(&self, ids: &Tensor, mask: &MaskSpec, dropout_seed: Option<u64>) -> Result<Tensor> {
