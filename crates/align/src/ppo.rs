@@ -515,8 +515,23 @@ impl PpoTrainer {
         anyhow::ensure!(!train_prompts.is_empty(), "no training prompts");
 
         let dev = &o.device;
-        let policy_vars = VarMap::new();
-        let mut lm = Transformer::new(&model_cfg, VarBuilder::from_varmap(&policy_vars, DType::F32, dev))?;
+        let (mut lm, policy_vars) = match cfg.lora.quant {
+            // QLoRA: the start's block weights quantized as they are read, so the policy is
+            // never whole in f32; its checkpoints hold no quantized weights, so on resume too
+            Some(kind) => {
+                let (_, lm, vars) = stage::load_decoder_with(&start, dev, Some(kind))?;
+                (lm, vars)
+            }
+            None => {
+                let vars = VarMap::new();
+                let lm = Transformer::new(&model_cfg, VarBuilder::from_varmap(&vars, DType::F32, dev))?;
+                if !o.resume {
+                    let (origin, weights) = stage::start_weights(&start)?;
+                    stage::set_with_new_heads(&vars, weights, &origin, &[])?;
+                }
+                (lm, vars)
+            }
+        };
         let value_vars = VarMap::new();
         let value_head = Linear::load(model_cfg.d_model, 1, true, VarBuilder::from_varmap(&value_vars, DType::F32, dev).pp(VALUE_HEAD))?;
         stage::zero_vars(&value_vars, VALUE_HEAD)?;
@@ -526,12 +541,6 @@ impl PpoTrainer {
             target: (cfg.ppo.kl_target > 0.0).then_some(cfg.ppo.kl_target),
             horizon: cfg.ppo.kl_horizon,
         };
-        // A QLoRA run's checkpoints hold no quantized base weights: they come from the
-        // start on resume too.
-        if !o.resume || cfg.lora.quant.is_some() {
-            let (origin, weights) = stage::start_weights(&start)?;
-            stage::set_with_new_heads(&policy_vars, weights, &origin, &[])?;
-        }
         let reference = if cfg.lora.enabled() {
             lora::peft_target_modules(&model_cfg, &cfg.lora)?;
             // after the start's weights are in; a resumed run's checkpoint then sets base

@@ -82,6 +82,16 @@ impl RewardModel {
         Ok(Self { body, head })
     }
 
+    /// The body of `start` held quantized as `kind` (QLoRA's base: its block weights
+    /// quantized as they are read, so it is never whole in f32) and a new head at 0, both
+    /// in the returned VarMap.
+    pub fn quantized_start(start: &Path, kind: ferrolm_model::QuantKind, device: &Device) -> Result<(Self, VarMap)> {
+        let (cfg, body, varmap) = stage::load_decoder_with(start, device, Some(kind))?;
+        let head = Linear::load(cfg.d_model, 1, true, VarBuilder::from_varmap(&varmap, DType::F32, device).pp(HEAD))?;
+        stage::zero_vars(&varmap, HEAD)?;
+        Ok((Self { body, head }, varmap))
+    }
+
     /// The head as PEFT's SEQ_CLS saves it (`modules_to_save = ["score"]`): its weight
     /// (1 × d_model); transformers' `score` has no bias, and a LoRA run keeps ferrolm's at 0.
     pub fn peft_head(&self) -> lora::PeftTask {
@@ -126,16 +136,18 @@ pub fn load(run_dir: &Path, device: &Device) -> Result<LoadedReward> {
 pub fn load_with(run_dir: &Path, device: &Device, merge: bool) -> Result<LoadedReward> {
     let model_cfg = stage::read_model(run_dir)?;
     let cfg: RewardConfig = stage::read_stage(run_dir)?;
-    let varmap = VarMap::new();
-    let mut model = RewardModel::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     let merge = merge && cfg.lora.quant.is_none();
-    if cfg.lora.quant.is_some() {
+    let (mut model, varmap) = if let Some(kind) = cfg.lora.quant {
         let start = PathBuf::from(&cfg.reward.model_from);
-        let (origin, weights) = stage::start_weights(&start)
+        let (mut model, varmap) = RewardModel::quantized_start(&start, kind, device)
             .with_context(|| format!("{} trained on a quantized body (lora.quant): reading it from its start {}", run_dir.display(), start.display()))?;
-        stage::set_with_new_heads(&varmap, weights, &origin, &[HEAD])?;
         lora::prepare(&mut model.body, &varmap, &cfg.lora, 0)?;
-    } else if cfg.lora.enabled() {
+        (model, varmap)
+    } else {
+        let varmap = VarMap::new();
+        (RewardModel::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?, varmap)
+    };
+    if cfg.lora.enabled() && cfg.lora.quant.is_none() {
         lora::attach(&mut model.body, &varmap, &cfg.lora, 0)?;
     }
     let ckpt = ferrolm_train::checkpoint::latest(run_dir)?;
@@ -292,15 +304,20 @@ pub fn train(o: &StageOptions) -> Result<TrainOutcome> {
         // the adapters must be expressible in PEFT's names (checked before training)
         lora::peft_target_modules(&model_cfg, &cfg.lora)?;
     }
-    let varmap = VarMap::new();
-    let mut model = RewardModel::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, &o.device))?;
-    // (the start's weights also on resume when the body is held quantized: QLoRA checkpoints
-    // do not hold them)
-    if !o.resume || cfg.lora.quant.is_some() {
-        let (origin, weights) = stage::start_weights(&start)?;
-        stage::set_with_new_heads(&varmap, weights, &origin, &[HEAD])?;
-        stage::zero_vars(&varmap, HEAD)?;
-    }
+    let (mut model, varmap) = match cfg.lora.quant {
+        // (the start also on resume: QLoRA checkpoints hold no quantized body weights)
+        Some(kind) => RewardModel::quantized_start(&start, kind, &o.device)?,
+        None => {
+            let varmap = VarMap::new();
+            let model = RewardModel::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, &o.device))?;
+            if !o.resume {
+                let (origin, weights) = stage::start_weights(&start)?;
+                stage::set_with_new_heads(&varmap, weights, &origin, &[HEAD])?;
+                stage::zero_vars(&varmap, HEAD)?;
+            }
+            (model, varmap)
+        }
+    };
     stage::write_run_files(&o.out, &start, &model_cfg, &cfg.train, &cfg)?;
     if cfg.lora.enabled() {
         // after the base's weights are in (a resumed run's checkpoint then holds the adapters)

@@ -1,7 +1,7 @@
 //! Input embeddings shared by every family (decoder, encoder-decoder, masked LM): token embedding plus, for GPT-2
 //! blocks, a learned absolute position table (modern blocks use RoPE inside attention).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use crate::attention::Rope;
@@ -31,7 +31,7 @@ impl Positions {
         if offset + t > self.max_seq_len {
             candle_core::bail!("sequence of {} positions exceeds the model's max_seq_len {}", offset + t, self.max_seq_len);
         }
-        let x = wte.forward(ids)?;
+        let x = lookup(wte, ids)?;
         match &self.wpe {
             Some(wpe) => {
                 let pos = Tensor::arange(offset as u32, (offset + t) as u32, ids.device())?;
@@ -47,7 +47,7 @@ impl Positions {
         if let Some(&p) = positions.iter().find(|&&p| p + 1 > self.max_seq_len) {
             candle_core::bail!("sequence of {} positions exceeds the model's max_seq_len {}", p + 1, self.max_seq_len);
         }
-        let x = wte.forward(ids)?;
+        let x = lookup(wte, ids)?;
         match &self.wpe {
             Some(wpe) => {
                 let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
@@ -70,4 +70,21 @@ pub fn rope(cfg: &TransformerConfig, device: &candle_core::Device) -> Result<Opt
             Ok(Some(Rope::from_inv_freq(&inv, cfg.max_seq_len, device)?))
         }
     }
+}
+
+/// `wte.forward(ids)`; an id beyond the token table (a tokenizer with tokens the model
+/// lacks) is one clear error instead of an index error from deep inside candle, with its
+/// backtrace.
+fn lookup(wte: &impl Module, ids: &Tensor) -> Result<Tensor> {
+    wte.forward(ids).map_err(|e| {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default().to_string();
+        let max = ids.flatten_all().and_then(|t| t.to_dtype(DType::U32)).and_then(|t| t.max(0)).and_then(|t| t.to_scalar::<u32>());
+        match max {
+            Ok(m) if first.contains("invalid index") => candle_core::Error::Msg(format!(
+                "token id {m} is outside the model's token table ({first}): the tokenizer has tokens the model lacks — do the tokenizer and the weights belong together?"
+            )),
+            _ => e,
+        }
+    })
 }

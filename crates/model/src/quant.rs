@@ -301,7 +301,7 @@ impl QuantWeights {
         let mut out = vec![0f32; ids.len() * k];
         for (o, &id) in out.chunks_exact_mut(k).zip(ids) {
             if id as usize >= self.rows() {
-                bail!("token id {id} is outside the embedding table of {} rows", self.rows());
+                bail!("token id {id} is outside the model's token table of {} rows: the tokenizer has tokens the model lacks — do the tokenizer and the weights belong together?", self.rows());
             }
             self.dequantize_rows_into(id as usize, o);
         }

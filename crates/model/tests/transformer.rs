@@ -219,3 +219,18 @@ fn sequence_longer_than_context_is_a_clear_error() {
     assert!(err.contains("max_seq_len"), "{err}");
     let _ = D::Minus1;
 }
+
+/// A token id beyond the embedding table (a tokenizer with tokens the model lacks) is one
+/// clear error naming the id, not candle's index error with its backtrace; f32 and
+/// quantized tables alike.
+#[test]
+fn token_id_outside_the_vocabulary_is_a_clear_error() {
+    for style in STYLES {
+        let cfg = tiny(style);
+        let (m, _) = build(&cfg, 0);
+        let x = ids(&[1, 2, cfg.vocab_size as u32 + 3], 1);
+        let err = m.forward(&x, &MaskSpec::causal(), None).unwrap_err().to_string();
+        assert!(err.contains(&format!("token id {}", cfg.vocab_size + 3)) && err.contains("tokenizer"), "{err}");
+        assert!(err.lines().count() == 1, "one line, no backtrace: {err}");
+    }
+}

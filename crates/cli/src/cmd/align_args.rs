@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ferrolm_align::{OnError, StageOptions};
 
 #[derive(clap::Args)]
@@ -16,8 +16,11 @@ pub struct StageArgs {
     #[arg(long, num_args = 1.., required_unless_present = "resume")]
     pub data: Vec<PathBuf>,
     /// Output run folder.
-    #[arg(long)]
-    pub out: PathBuf,
+    // (an Option, required all the same: `rlhf compare` lifts the requirement, and clap
+    // cannot flatten these arguments as an `Option<StageArgs>` — its group of a struct with
+    // a nested flatten is empty, so it was always None, clap issue 4697)
+    #[arg(long, required = true)]
+    pub out: Option<PathBuf>,
     /// Stage config (TOML with [train], [data] and the stage's section; defaults built in),
     /// `--set` overrides, the bad-record policy.
     #[command(flatten)]
@@ -39,7 +42,7 @@ impl StageArgs {
                 None => PathBuf::new(),
             },
             data: self.data.clone(),
-            out: self.out.clone(),
+            out: self.out.clone().context("--out is required")?,
             config: self.common.config.clone(),
             overrides: self.common.overrides.clone(),
             on_error: self.common.on_bad_record.as_deref().map(parse_on_error).transpose()?,

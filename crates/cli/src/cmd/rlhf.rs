@@ -11,12 +11,12 @@ use ferrolm_align::compare::{compare, CompareOptions};
 use super::align_args::{parse_on_error, StageArgs};
 
 #[derive(clap::Args)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Args {
     #[command(subcommand)]
     cmd: Option<Sub>,
     #[command(flatten)]
-    stage: Option<StageArgs>,
+    stage: StageArgs,
     /// The reward-model run folder (`ferrolm reward train`); not needed with --resume.
     #[arg(long)]
     reward: Option<PathBuf>,
@@ -97,8 +97,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         return Ok(());
     }
-    let stage = a.stage.ok_or_else(|| anyhow::anyhow!("give --model, --reward, --data and --out (or a subcommand)"))?;
-    let out = ferrolm_align::ppo::train(&stage.options()?, a.reward.as_deref())?;
+    let out = ferrolm_align::ppo::train(&a.stage.options()?, a.reward.as_deref())?;
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
