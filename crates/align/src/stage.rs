@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_nn::VarMap;
 use ferrolm_train::config::DataConfig;
 use ferrolm_train::{RunConfig, TrainConfig};
@@ -191,24 +191,7 @@ pub fn start_weights(start: &Path) -> Result<(PathBuf, std::collections::HashMap
 /// Set `varmap`'s variables from `tensors` (read from `origin`, for messages); variables
 /// under `new_prefixes` may be missing (new heads), any other gap or surplus is an error.
 pub fn set_with_new_heads(varmap: &VarMap, tensors: std::collections::HashMap<String, candle_core::Tensor>, origin: &Path, new_prefixes: &[&str]) -> Result<()> {
-    let path = origin;
-    let data = varmap.data().lock().expect("varmap lock");
-    for (name, var) in data.iter() {
-        match tensors.get(name) {
-            Some(t) => {
-                if t.shape() != var.shape() {
-                    bail!("{}: weight {name} has shape {:?}, the model expects {:?}", path.display(), t.shape(), var.shape());
-                }
-                var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
-            }
-            None if new_prefixes.iter().any(|p| name.starts_with(p)) => {}
-            None => bail!("{} lacks the weight {name}", path.display()),
-        }
-    }
-    if let Some(extra) = tensors.keys().find(|k| !data.contains_key(*k)) {
-        bail!("{} holds a weight `{extra}` this model does not have (is it the right kind of run?)", path.display());
-    }
-    Ok(())
+    ferrolm_model::registry::set_weights(varmap, &tensors, origin, |name| new_prefixes.iter().any(|p| name.starts_with(p)), false)
 }
 
 /// Set every variable under `prefix` to zero (new scalar heads start neutral: a zero reward

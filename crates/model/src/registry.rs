@@ -362,7 +362,7 @@ fn load_qlora(run_dir: &Path, spec: &ModelSpec, checkpoint: PathBuf, lora: &crat
 /// [`load_weights`] for a checkpoint that holds some of the variables: each of its tensors
 /// must be a variable of the model, of its shape.
 pub fn load_some_weights(varmap: &VarMap, path: &Path) -> Result<()> {
-    set_weights(varmap, &load_tensors(path)?, path, false)
+    set_weights(varmap, &load_tensors(path)?, path, |_| true, false)
 }
 
 /// Training stages start from run folders and Hugging Face checkpoints; a `.gguf` file is
@@ -404,23 +404,25 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 /// Load weights into an already-built model's variables; every variable must be present
 /// with the right shape, and no unknown tensors may be in the file.
 pub fn load_weights(varmap: &VarMap, path: &Path) -> Result<()> {
-    set_weights(varmap, &load_tensors(path)?, path, true)
+    set_weights(varmap, &load_tensors(path)?, path, |_| false, false)
 }
 
-/// Set each variable from the tensor of its name (read from `path`): every tensor must be a
-/// variable of its shape, and with `every_variable` every variable must have a tensor.
-fn set_weights(varmap: &VarMap, tensors: &HashMap<String, Tensor>, path: &Path, every_variable: bool) -> Result<()> {
+/// Set each variable from the tensor of its name (read from `path`, for messages), each of
+/// the shape of its variable. A variable without a tensor is an error unless `may_lack`
+/// says it may keep its value (a new head, a partial checkpoint); a tensor without a
+/// variable is an error unless `may_have_more` (a body read out of a larger model).
+pub fn set_weights(varmap: &VarMap, tensors: &HashMap<String, Tensor>, path: &Path, may_lack: impl Fn(&str) -> bool, may_have_more: bool) -> Result<()> {
     let data = varmap.data().lock().expect("varmap lock");
-    if every_variable {
-        if let Some(name) = data.keys().find(|name| !tensors.contains_key(*name)) {
-            bail!("{} lacks the weight {name}", path.display());
+    if let Some(name) = data.keys().find(|name| !tensors.contains_key(*name) && !may_lack(name)) {
+        bail!("{} lacks the weight {name}", path.display());
+    }
+    if !may_have_more {
+        if let Some(extra) = tensors.keys().find(|k| !data.contains_key(*k)) {
+            bail!("{} holds a weight `{extra}` this model does not have (another configuration, or another kind of run?)", path.display());
         }
     }
-    if let Some(extra) = tensors.keys().find(|k| !data.contains_key(*k)) {
-        bail!("{} holds a weight `{extra}` this model does not have (config mismatch?)", path.display());
-    }
     for (name, t) in tensors {
-        let var = &data[name];
+        let Some(var) = data.get(name) else { continue };
         if t.shape() != var.shape() {
             bail!("{}: weight {name} has shape {:?}, the model expects {:?}", path.display(), t.shape(), var.shape());
         }

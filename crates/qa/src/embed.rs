@@ -218,11 +218,8 @@ fn load_body_only(run_dir: &Path, device: &Device) -> Result<(AnyModel, u64)> {
     let path = ckpt.join("model.safetensors");
     let tensors = ferrolm_model::registry::load_tensors(&path)?;
     let (model, vm) = AnyModel::build_fresh(&spec, device)?;
-    for (name, var) in vm.data().lock().expect("varmap lock").iter() {
-        let t = tensors.get(name).with_context(|| format!("{} lacks the weight {name}", path.display()))?;
-        ensure!(t.shape() == var.shape(), "{}: weight {name} has shape {:?}, the model expects {:?}", path.display(), t.shape(), var.shape());
-        var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
-    }
+    // (the checkpoint may hold more than the body: a reader's or classifier's head)
+    ferrolm_model::registry::set_weights(&vm, &tensors, &path, |_| false, true)?;
     Ok((model, hash_file(&path)?))
 }
 
