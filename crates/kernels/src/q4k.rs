@@ -25,14 +25,18 @@
 //! 0–1, 2–3, 4–5, 6–7 of `qh[l]` above them, minus 32; value l + 32i uses scale
 //! `2i + l / 16` of the half: value = `d · scale · q`.
 //!
-//! The product reads each weight byte once per call. For one input row (decoding) the AVX2
-//! form widens the quants to f32 in registers and multiplies them into the accumulators
-//! directly; for more rows it dequantizes one super-block at a time into 256 f32 in L1 and
-//! multiplies that with every row. The inputs stay f32 (no 8-bit rounding of activations).
-//! The AVX2+FMA forms are chosen at run time; the portable form computes the same values
-//! (summed in another order).
+//! The few-row product (decoding) reads each weight byte once per call and multiplies it
+//! with inputs rounded to 8 bits ([`crate::q8::Q8Act`], as the Q8_0 product's) in exact
+//! integer dot products, floats once per 32-value sub-block ([`dot`]); the forms (AVX-512
+//! VNNI, AVX-VNNI, AVX2, portable) are chosen at run time and give the same floats. Many-row
+//! products (a prompt) widen panels of rows to f32 ([`KMatrix::dequantize_rows_into`]) and
+//! multiply the same rounded inputs.
 
 use rayon::prelude::*;
+
+use crate::q8::{DotIsa, Q8Act};
+
+mod dot;
 
 /// Values per super-block (GGUF's QK_K).
 pub const QK_K: usize = 256;
@@ -199,34 +203,38 @@ impl KMatrix {
         }
     }
 
-    /// `x·Wᵀ` for x (m × cols, row-major) into a new (m × rows) buffer.
+    /// `x·Wᵀ` for x (m × cols, row-major) into a new (m × rows) buffer, x rounded to 8 bits
+    /// first (see [`Self::matmul_t_into`]).
     pub fn matmul_t(&self, x: &[f32], m: usize) -> Vec<f32> {
         let mut y = vec![0f32; m * self.rows];
         self.matmul_t_into(x, m, &mut y, self.rows, 0);
         y
     }
 
-    /// `x·Wᵀ` into columns `col0 .. col0 + rows` of y (m × ld, row-major). Weight rows are
-    /// split among the rayon threads; each is read once for all m inputs.
+    /// `x·Wᵀ` into columns `col0 .. col0 + rows` of y (m × ld, row-major): the input rows
+    /// rounded to 8 bits ([`Q8Act`]), then [`Self::matmul_q8_into`].
     pub fn matmul_t_into(&self, x: &[f32], m: usize, y: &mut [f32], ld: usize, col0: usize) {
-        self.product(x, m, y, ld, col0, if crate::fma_available() { Path::Simd } else { Path::Portable });
+        assert_eq!(x.len(), m * self.cols, "k-quant matmul: x has {} values, expected {m} × {}", x.len(), self.cols);
+        self.matmul_q8_into(&Q8Act::quantize(x, m, self.cols), y, ld, col0);
     }
 
-    /// The product by one of the paths (tests compare them).
-    fn product(&self, x: &[f32], m: usize, y: &mut [f32], ld: usize, col0: usize, path: Path) {
-        let (n, k) = (self.rows, self.cols);
-        assert_eq!(x.len(), m * k, "k-quant matmul: x has {} values, expected {m} × {k}", x.len());
+    /// `x̂·Wᵀ` for inputs already rounded to 8 bits (several matrices that read the same
+    /// input round it once), into columns `col0 .. col0 + rows` of y (m × ld, row-major).
+    /// Weight rows are split among the rayon threads; each is read once for all m inputs.
+    pub fn matmul_q8_into(&self, x: &Q8Act, y: &mut [f32], ld: usize, col0: usize) {
+        self.product(x, y, ld, col0, DotIsa::detect());
+    }
+
+    /// The product by one form of the integer dot product (tests compare them).
+    fn product(&self, x: &Q8Act, y: &mut [f32], ld: usize, col0: usize, isa: DotIsa) {
+        let (n, k, m) = (self.rows, self.cols, x.rows);
+        assert_eq!(x.cols, k, "k-quant matmul: input width {} for weights of width {k}", x.cols);
         assert!(col0 + n <= ld && y.len() >= m * ld, "k-quant matmul: output too small");
         if m == 0 || n == 0 {
             return;
         }
         let rb = self.row_bytes();
-        let kind = self.kind;
-        let path = if crate::fma_available() { path } else { Path::Portable };
-        // Σx over each 32-value sub-block of each input row: the Q4_K mins' share of the
-        // fused product (Σ (s·q − m)·x = Σ s·q·x − m·Σx).
-        let xsums: Vec<f32> = if path == Path::Simd && kind == KQuant::Q4K { x.chunks_exact(32).map(|c| c.iter().sum()).collect() } else { Vec::new() };
-        let sk = k / 32;
+        let prep = dot::Prepared::new(self.kind, x);
         // Output transposed (n × m) so that each task owns whole, disjoint chunks.
         let mut yt = vec![0f32; n * m];
         const ROWS_PER_TASK: usize = 16;
@@ -234,10 +242,8 @@ impl KMatrix {
             for (local, o) in out.chunks_mut(m).enumerate() {
                 let row = task * ROWS_PER_TASK + local;
                 let w = &self.bytes[row * rb..(row + 1) * rb];
-                for (g, og) in o.chunks_mut(GROUP).enumerate() {
-                    let xs = &x[g * GROUP * k..(g * GROUP + og.len()) * k];
-                    let sums = if xsums.is_empty() { &[][..] } else { &xsums[g * GROUP * sk..(g * GROUP + og.len()) * sk] };
-                    row_dots(kind, w, xs, sums, k, og, path);
+                for (g, og) in o.chunks_mut(dot::GROUP).enumerate() {
+                    dot::row_dots(self.kind, isa, w, x, &prep, g * dot::GROUP, og);
                 }
             }
         });
@@ -246,68 +252,6 @@ impl KMatrix {
                 y[r * ld + col0 + j] = yt[j * m + r];
             }
         }
-    }
-}
-
-/// Input rows multiplied per pass over a weight row.
-const GROUP: usize = 8;
-
-/// How a product runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path {
-    /// Plain Rust: each super-block dequantized into a buffer, then dot products.
-    Portable,
-    /// AVX2+FMA. One input row (decoding): quants widened to f32 and scaled in registers
-    /// and multiplied into the accumulators directly (Q4_K's mins through the input's
-    /// sub-block sums). More rows: each super-block dequantized in registers into an L1
-    /// buffer once, then one dot product per row. Measured on a 576×1536 Q4_K matrix, 2
-    /// threads, AVX2 EPYC: one row 75 µs fused vs 94 through the buffer; four rows 142
-    /// through the buffer vs 346 for a fused form that kept four rows' accumulators.
-    Simd,
-}
-
-/// `out[r] = Σ_i w_i · xs[r·k + i]` for one weight row `w` (k / 256 super-blocks of `kind`)
-/// and the `out.len()` (≤ GROUP) input rows of `xs`; `xsums`: each row's sums over its
-/// 32-value sub-blocks (k / 32 per row; Q4_K on the fused path only).
-#[inline(always)]
-fn row_dots(kind: KQuant, w: &[u8], xs: &[f32], xsums: &[f32], k: usize, out: &mut [f32], path: Path) {
-    debug_assert!(out.len() <= GROUP && xs.len() == out.len() * k && w.len() == k / QK_K * kind.block_bytes());
-    #[cfg(target_arch = "x86_64")]
-    if path != Path::Portable && crate::fma_available() {
-        if path == Path::Simd && out.len() == 1 {
-            assert!(kind != KQuant::Q4K || xsums.len() == k / 32, "k-quant matmul: sub-block sums missing");
-            // SAFETY: the CPU has AVX2 and FMA (checked); w holds k / 256 whole super-blocks
-            // of `kind`, xs one row of k values and, for Q4_K, xsums its k / 32 sums (the
-            // caller slices them so; asserted), which is all it reads.
-            out[0] = unsafe { fused_dot_avx2(kind, w, xs, xsums) };
-        } else {
-            // SAFETY: the CPU has AVX2 and FMA (checked); w holds k / 256 whole super-blocks of
-            // `kind` and xs out.len() rows of k values (the caller slices them so), which is all
-            // the function reads.
-            unsafe { row_dots_avx2(kind, w, xs, k, out) };
-        }
-        return;
-    }
-    let _ = (path, xsums);
-    let bb = kind.block_bytes();
-    let mut buf = [0f32; QK_K];
-    let mut acc = [[0f32; 8]; GROUP];
-    for (sb, b) in w.chunks_exact(bb).enumerate() {
-        match kind {
-            KQuant::Q4K => dequant_q4k(b, &mut buf),
-            KQuant::Q6K => dequant_q6k(b, &mut buf),
-        }
-        for (r, a) in acc.iter_mut().enumerate().take(out.len()) {
-            let x = &xs[r * k + sb * QK_K..r * k + (sb + 1) * QK_K];
-            for (wc, xc) in buf.chunks_exact(8).zip(x.chunks_exact(8)) {
-                for i in 0..8 {
-                    a[i] += wc[i] * xc[i];
-                }
-            }
-        }
-    }
-    for (o, a) in out.iter_mut().zip(&acc) {
-        *o = a.iter().sum();
     }
 }
 
@@ -385,159 +329,6 @@ fn dequant_q6k(b: &[u8], out: &mut [f32; QK_K]) {
             o[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
         }
     }
-}
-
-/// [`row_dots`] with AVX2: each super-block dequantized into 256 f32 in registers and a
-/// stack buffer, then one fused multiply-add chain per input row.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA; `w` must hold k / 256 whole super-blocks of `kind`, `xs`
-/// `out.len()` ≤ [`GROUP`] rows of k values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_dots_avx2(kind: KQuant, w: &[u8], xs: &[f32], k: usize, out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let bb = kind.block_bytes();
-    let mut buf = [0f32; QK_K];
-    let mut acc = [_mm256_setzero_ps(); GROUP];
-    let m = out.len().min(GROUP);
-    for (sb, b) in w.chunks_exact(bb).enumerate() {
-        // SAFETY: b is one whole super-block of `kind` (chunks_exact of bb bytes); AVX2 and
-        // FMA are present (this function's contract).
-        unsafe {
-            match kind {
-                KQuant::Q4K => dequant_q4k_avx2(b, &mut buf),
-                KQuant::Q6K => dequant_q6k_avx2(b, &mut buf),
-            }
-        }
-        for (r, a) in acc.iter_mut().enumerate().take(m) {
-            let x = &xs[r * k + sb * QK_K..r * k + (sb + 1) * QK_K];
-            // SAFETY: buf and x both hold 256 f32; the loads read 8 values at i .. i + 8 for
-            // i = 0, 32, …, 224 plus 8, 16, 24: all inside.
-            unsafe {
-                let (wp, xp) = (buf.as_ptr(), x.as_ptr());
-                let (mut a0, mut a1, mut a2, mut a3) = (*a, _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
-                let mut i = 0;
-                while i < QK_K {
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i)), _mm256_loadu_ps(xp.add(i)), a0);
-                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i + 8)), _mm256_loadu_ps(xp.add(i + 8)), a1);
-                    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i + 16)), _mm256_loadu_ps(xp.add(i + 16)), a2);
-                    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i + 24)), _mm256_loadu_ps(xp.add(i + 24)), a3);
-                    i += 32;
-                }
-                *a = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-            }
-        }
-    }
-    for (o, a) in out.iter_mut().zip(&acc) {
-        let mut lanes = [0f32; 8];
-        // SAFETY: lanes holds exactly the 8 f32 an unaligned store writes.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
-        *o = lanes.iter().sum();
-    }
-}
-
-/// One input row against one weight row, fused (the decoding case): quant bytes are read
-/// 8 at a time straight into 32-bit lanes (`vpmovzxbd` from memory), their bit fields
-/// pulled out with shifts and masks, converted, scaled and multiplied into four
-/// accumulators — no buffer. Q4_K's mins are subtracted once per sub-block as `dmin·m · Σx`
-/// (`xsums`: the row's k / 32 sub-block sums; unused for Q6_K).
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA; `w` must hold k / 256 whole super-blocks of `kind`, `x`
-/// k values and, for Q4_K, `xsums` k / 32.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fused_dot_avx2(kind: KQuant, w: &[u8], x: &[f32], xsums: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let (mut a0, mut a1, mut a2, mut a3) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut mins = 0f32;
-    let xp = x.as_ptr();
-    let m4 = _mm256_set1_epi32(15);
-    match kind {
-        KQuant::Q4K => {
-            for (sb, b) in w.chunks_exact(144).enumerate() {
-                prefetch_ahead(b.as_ptr(), 144);
-                let (d, dmin) = (half_at(b, 0), half_at(b, 2));
-                let sc = &b[4..16];
-                for c in 0..4 {
-                    let ((s0, n0), (s1, n1)) = (scale_min(sc, 2 * c), scale_min(sc, 2 * c + 1));
-                    let (lo_s, hi_s) = (_mm256_set1_ps(d * s0 as f32), _mm256_set1_ps(d * s1 as f32));
-                    mins += dmin * (n0 as f32 * xsums[sb * 8 + 2 * c] + n1 as f32 * xsums[sb * 8 + 2 * c + 1]);
-                    let base = sb * QK_K + 64 * c;
-                    for t in 0..4 {
-                        // SAFETY: bytes 16 + 32c + 8t .. + 8 lie inside the 144-byte block
-                        // (c, t ≤ 3); x is read at base + 8t .. + 8 and base + 32 + 8t .. + 8,
-                        // inside super-block sb of the row (k values).
-                        let (q, xl, xh) = unsafe {
-                            (
-                                _mm256_cvtepu8_epi32(_mm_loadl_epi64(b.as_ptr().add(16 + 32 * c + 8 * t) as *const __m128i)),
-                                _mm256_loadu_ps(xp.add(base + 8 * t)),
-                                _mm256_loadu_ps(xp.add(base + 32 + 8 * t)),
-                            )
-                        };
-                        let lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, m4)), lo_s);
-                        let hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(q)), hi_s);
-                        if t % 2 == 0 {
-                            a0 = _mm256_fmadd_ps(lo, xl, a0);
-                            a1 = _mm256_fmadd_ps(hi, xh, a1);
-                        } else {
-                            a2 = _mm256_fmadd_ps(lo, xl, a2);
-                            a3 = _mm256_fmadd_ps(hi, xh, a3);
-                        }
-                    }
-                }
-            }
-        }
-        KQuant::Q6K => {
-            let m2 = _mm256_set1_epi32(3);
-            let bias = _mm256_set1_epi32(32);
-            for (sb, b) in w.chunks_exact(210).enumerate() {
-                prefetch_ahead(b.as_ptr(), 210);
-                let d = half_at(b, 208);
-                for h in 0..2 {
-                    let sc = &b[192 + 8 * h..200 + 8 * h];
-                    let base = sb * QK_K + 128 * h;
-                    for t in 0..4 {
-                        // SAFETY: ql bytes 64h + 8t (+ 32) .. + 8 and qh bytes 128 + 32h + 8t .. + 8
-                        // lie below 192 < 210 (h ≤ 1, t ≤ 3).
-                        let (l0, l1, hb) = unsafe {
-                            let p = b.as_ptr();
-                            (
-                                _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(64 * h + 8 * t) as *const __m128i)),
-                                _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(64 * h + 32 + 8 * t) as *const __m128i)),
-                                _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(128 + 32 * h + 8 * t) as *const __m128i)),
-                            )
-                        };
-                        let is = t / 2;
-                        let q = [
-                            _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi32::<4>(_mm256_and_si256(hb, m2))),
-                            _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<2>(hb), m2))),
-                            _mm256_or_si256(_mm256_srli_epi32::<4>(l0), _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<4>(hb), m2))),
-                            _mm256_or_si256(_mm256_srli_epi32::<4>(l1), _mm256_slli_epi32::<4>(_mm256_srli_epi32::<6>(hb))),
-                        ];
-                        for (i, qi) in q.into_iter().enumerate() {
-                            let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(qi, bias));
-                            let wv = _mm256_mul_ps(v, _mm256_set1_ps(d * (sc[is + 2 * i] as i8) as f32));
-                            // SAFETY: base + 32i + 8t + 8 ≤ base + 128, inside super-block sb.
-                            let xv = unsafe { _mm256_loadu_ps(xp.add(base + 32 * i + 8 * t)) };
-                            match i {
-                                0 => a0 = _mm256_fmadd_ps(wv, xv, a0),
-                                1 => a1 = _mm256_fmadd_ps(wv, xv, a1),
-                                2 => a2 = _mm256_fmadd_ps(wv, xv, a2),
-                                _ => a3 = _mm256_fmadd_ps(wv, xv, a3),
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    let mut lanes = [0f32; 8];
-    // SAFETY: lanes holds exactly the 8 f32 an unaligned store writes.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
-    lanes.iter().sum::<f32>() - mins
 }
 
 /// Ask for the cache lines of the `bytes` bytes 4 KiB past `p` (a later super-block of the
@@ -738,8 +529,15 @@ mod tests {
         assert!(KMatrix::quantize(KQuant::Q6K, &values(3 * 96, 1), 3, 96).is_none());
     }
 
+    /// `Σ x̂·ŵ` in f64 (x̂: the rounded inputs, ŵ: the dequantized weights) and a tolerance
+    /// for f32 sums of those terms.
+    fn reference(x: &[f32], w: &[f32], k: usize, r: usize, j: usize) -> (f64, f64) {
+        let terms = (0..k).map(|i| x[r * k + i] as f64 * w[j * k + i] as f64);
+        (terms.clone().sum(), 1e-5 * (1.0 + terms.map(f64::abs).sum::<f64>()))
+    }
+
     #[test]
-    fn product_equals_the_dequantized_matrix_product_and_simd_equals_scalar() {
+    fn product_equals_the_dequantized_matrix_on_rounded_inputs_and_every_form_agrees() {
         let (n, k) = (37, 768);
         for kind in both_kinds() {
             let w = values(n * k, 5);
@@ -747,26 +545,60 @@ mod tests {
             let dq = q.dequantize();
             for m in [1, 3, 8, 9, 11] {
                 let x = values(m * k, 7 + m as u64);
+                let act = Q8Act::quantize(&x, m, k);
+                let xr = act.dequantize();
                 let y = q.matmul_t(&x, m);
-                let mut scalar = vec![0f32; m * n];
-                q.product(&x, m, &mut scalar, n, 0, Path::Portable);
-
                 for r in 0..m {
                     for j in 0..n {
-                        let want: f64 = (0..k).map(|i| x[r * k + i] as f64 * dq[j * k + i] as f64).sum();
-                        let tol = 1e-4 * (1.0 + (0..k).map(|i| (x[r * k + i] * dq[j * k + i]).abs() as f64).sum::<f64>());
-                        let (got, s) = (y[r * n + j] as f64, scalar[r * n + j] as f64);
+                        let (want, tol) = reference(&xr, &dq, k, r, j);
+                        let got = y[r * n + j] as f64;
                         assert!((got - want).abs() < tol, "{kind:?} m={m} ({r},{j}): {got} vs {want}");
-                        assert!((s - want).abs() < tol, "{kind:?} m={m} ({r},{j}): scalar {s} vs {want}");
-                        assert!((got - s).abs() < tol, "{kind:?} m={m} ({r},{j}): simd {got} vs scalar {s}");
                     }
+                }
+                for isa in DotIsa::available() {
+                    let mut yi = vec![0f32; m * n];
+                    q.product(&act, &mut yi, n, 0, isa);
+                    assert_eq!(yi, y, "{kind:?} {isa:?} m={m}: the same floats as the detected form");
+                }
+            }
+        }
+    }
+
+    /// The largest quants against the largest inputs of both signs: no form saturates.
+    #[test]
+    fn extreme_quants_and_inputs_do_not_saturate() {
+        let k = 512;
+        let mut q4 = vec![0u8; 2 * 144];
+        let mut q6 = vec![0u8; 2 * 210];
+        for b in q4.chunks_exact_mut(144) {
+            b[..4].copy_from_slice(&[0x00, 0x3c, 0x00, 0x38]); // d = 1, dmin = 0.5
+            b[4..].fill(0xff); // scales and mins 63, quants 15
+        }
+        for (i, b) in q6.chunks_exact_mut(210).enumerate() {
+            b[..192].fill(0xff); // quants 63
+            b[192..208].fill(if i == 0 { 0x7f } else { 0x80 }); // scales 127, then -128
+            b[208..].copy_from_slice(&[0x00, 0x3c]);
+        }
+        for (kind, bytes) in [(KQuant::Q4K, q4), (KQuant::Q6K, q6)] {
+            let q = KMatrix::from_bytes(kind, 1, k, bytes).unwrap();
+            let dq = q.dequantize();
+            for sign in [1f32, -1.0] {
+                let x: Vec<f32> = (0..k).map(|i| if i % 64 < 60 { sign } else { -sign }).collect();
+                let act = Q8Act::quantize(&x, 1, k);
+                let xr = act.dequantize();
+                let (want, tol) = reference(&xr, &dq, k, 0, 0);
+                for isa in DotIsa::available() {
+                    let mut y = [0f32];
+                    q.product(&act, &mut y, 1, 0, isa);
+                    assert!((y[0] as f64 - want).abs() < tol, "{kind:?} {isa:?} sign {sign}: {} vs {want}", y[0]);
                 }
             }
         }
     }
 
     /// `cargo test --release -p ferrolm-kernels --lib q4k::tests::speed -- --ignored --nocapture`:
-    /// one decoding product (SmolLM2-135M's ffn_down, 576 × 1536) per format, 1 and 4 rows.
+    /// one decoding product (SmolLM2-135M's ffn_down, 576 × 1536) per format, 1 and 4 rows,
+    /// by every form of the dot product this CPU has.
     #[test]
     #[ignore]
     fn speed() {
@@ -775,6 +607,7 @@ mod tests {
         let q8 = crate::q8::Q8Matrix::quantize(&w, n, k).unwrap();
         for m in [1, 4] {
             let x = values(m * k, 2);
+            let act = Q8Act::quantize(&x, m, k);
             let time = |f: &dyn Fn() -> Vec<f32>| {
                 let _ = f();
                 let t = std::time::Instant::now();
@@ -784,20 +617,51 @@ mod tests {
                 }
                 t.elapsed().as_secs_f64() / reps as f64 * 1e6
             };
-            let q8t = time(&|| q8.matmul_t(&x, m));
+            let q8t = time(&|| {
+                let mut y = vec![0f32; m * n];
+                q8.matmul_q8_into(&act, &mut y, n, 0);
+                y
+            });
             let mut line = format!("m={m}: Q8_0 {q8t:.1} µs");
             for kind in both_kinds() {
                 let q = KMatrix::quantize(kind, &w, n, k).unwrap();
-                let by = |path: Path| {
-                    time(&|| {
+                for isa in DotIsa::available() {
+                    let t = time(&|| {
                         let mut y = vec![0f32; m * n];
-                        q.product(&x, m, &mut y, n, 0, path);
+                        q.product(&act, &mut y, n, 0, isa);
                         y
-                    })
-                };
-                line += &format!(", {} {:.1} µs (portable {:.1})", kind.name(), by(Path::Simd), by(Path::Portable));
+                    });
+                    line += &format!(", {} {isa:?} {t:.1} µs", kind.name());
+                }
             }
             eprintln!("{line}");
+        }
+        // a prompt's many rows: the integer products against f32 panels of the widened blocks
+        let m = 128;
+        let mut x = values(m * k, 3);
+        crate::q8::round_activations(&mut x, k);
+        let act = Q8Act::quantize(&x, m, k);
+        for kind in both_kinds() {
+            let q = KMatrix::quantize(kind, &w, n, k).unwrap();
+            let time = |f: &dyn Fn()| {
+                f();
+                let t = std::time::Instant::now();
+                for _ in 0..20 {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / 20.0 * 1e3
+            };
+            let int = time(&|| {
+                let mut y = vec![0f32; m * n];
+                q.matmul_q8_into(&act, &mut y, n, 0);
+                std::hint::black_box(y);
+            });
+            let panels = time(&|| {
+                let mut y = vec![0f32; m * n];
+                crate::sgemm::matmul_t_dequantized(&x, m, k, n, &mut y, n, 0, &|first, out| q.dequantize_rows_into(first, out));
+                std::hint::black_box(y);
+            });
+            eprintln!("m={m} {}: integer {int:.2} ms, f32 panels {panels:.2} ms", kind.name());
         }
     }
 

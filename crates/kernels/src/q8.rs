@@ -218,8 +218,8 @@ impl Q8Matrix {
 pub struct Q8Act {
     pub rows: usize,
     pub cols: usize,
-    scales: Vec<f32>,
-    quants: Vec<i8>,
+    pub(crate) scales: Vec<f32>,
+    pub(crate) quants: Vec<i8>,
 }
 
 impl Q8Act {

@@ -19,7 +19,7 @@ pub struct Linear {
     /// decoding, which reads every weight for each token — read the blocks, a half to an
     /// eighth of f32's bytes; larger ones (a prompt) widen panels of rows to f32 as they go
     /// ([`QuantWeights::matmul_t_panels`]), both on the same inputs (rounded to 8 bits for
-    /// Q8_0 rows: [`QuantWeights::input_rounding`]), so every product computes one model.
+    /// Q8_0 and k-quant rows: [`QuantWeights::input_rounding`]), so every product computes one model.
     quant: Option<std::sync::Arc<QuantWeights>>,
 }
 
@@ -221,7 +221,11 @@ mod tests {
         for rows in [1, QUANT_MAX_ROWS, QUANT_MAX_ROWS + 1, 70] {
             let x = Tensor::randn(0f32, 1.0, (1, rows, 256), &dev).unwrap();
             let y = lin.forward(&x).unwrap();
-            let want = x.broadcast_matmul(&dq.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+            // Q4_K rows multiply the inputs rounded to 8 bits
+            let mut xr = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            ferrolm_kernels::q8::round_activations(&mut xr, 256);
+            let xr = Tensor::from_vec(xr, (1, rows, 256), &dev).unwrap();
+            let want = xr.broadcast_matmul(&dq.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
             let d: f32 = (y - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
             assert!(d < 1e-3, "{rows} rows: {d}");
         }
@@ -239,19 +243,38 @@ mod tests {
     }
 
     #[test]
-    fn q8_0_rows_multiply_inputs_rounded_to_8_bits_in_both_products() {
+    fn k_quant_rows_give_a_prompt_pass_the_floats_of_decoding_bit_for_bit() {
+        let (n, k, m) = (40, 512, 21);
+        let wv: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0).powi(3)).collect();
+        let mut q = QuantWeights::quantize(QuantKind::Q4K, &wv[..24 * k], 24, k).unwrap();
+        let q6 = ferrolm_kernels::q4k::KMatrix::quantize(ferrolm_kernels::q4k::KQuant::Q6K, &wv[24 * k..], n - 24, k).unwrap();
+        q.push(crate::quant::QuantBlock::K(q6)).unwrap();
+        assert_eq!(q.format(), "Q4_K+Q6_K");
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104_729 % 997) as f32 / 498.5 - 1.0) * 3.0).collect();
+        assert!(m > QUANT_MAX_ROWS);
+        let prompt = q.matmul_t_panels(&x, m);
+        for r in 0..m {
+            assert_eq!(q.matmul_t(&x[r * k..(r + 1) * k], 1), &prompt[r * n..(r + 1) * n], "row {r}");
+        }
+    }
+
+    #[test]
+    fn q8_0_and_k_quant_rows_multiply_inputs_rounded_to_8_bits_in_both_products() {
         let dev = Device::Cpu;
-        let (n8, nk, k) = (16, 8, 256);
-        let w = Tensor::randn(0f32, 1.0, (n8 + nk, k), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1.0, n8 + nk, &dev).unwrap();
-        // Q8_0 rows on top, Q4_K rows below (as a fused layer from a mixed file may hold)
+        let (n8, nk, nh, k) = (16, 8, 8, 256);
+        let n = n8 + nk + nh;
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+        // Q8_0 rows on top, Q4_K rows, F16 rows below (as a fused layer from a mixed file may hold)
         let wv = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let mut q = QuantWeights::quantize(QuantKind::Q8_0, &wv[..n8 * k], n8, k).unwrap();
-        let qk = QuantWeights::quantize(QuantKind::Q4K, &wv[n8 * k..], nk, k).unwrap();
-        assert_eq!(qk.format(), "Q4_K");
+        let qk = QuantWeights::quantize(QuantKind::Q4K, &wv[n8 * k..(n8 + nk) * k], nk, k).unwrap();
+        let qh = QuantWeights::quantize(QuantKind::F16, &wv[(n8 + nk) * k..], nh, k).unwrap();
+        assert_eq!((qk.format().as_str(), qh.format().as_str()), ("Q4_K", "F16"));
         q.push(qk.blocks()[0].clone()).unwrap();
-        assert_eq!(q.input_rounding(), vec![(0, n8, true), (n8, nk, false)]);
-        let dq = Tensor::from_vec(q.dequantize(), (n8 + nk, k), &dev).unwrap();
+        q.push(qh.blocks()[0].clone()).unwrap();
+        assert_eq!(q.input_rounding(), vec![(0, n8 + nk, true), (n8 + nk, nh, false)]);
+        let dq = Tensor::from_vec(q.dequantize(), (n, k), &dev).unwrap();
         let mut lin = Linear::new(dq.clone(), Some(b.clone()));
         lin.set_quant(q).unwrap();
         for rows in [1, QUANT_MAX_ROWS, QUANT_MAX_ROWS + 5, 300] {
@@ -259,8 +282,8 @@ mod tests {
             let mut xr = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             ferrolm_kernels::q8::round_activations(&mut xr, k);
             let xr = Tensor::from_vec(xr, (1, rows, k), &dev).unwrap();
-            let top = xr.broadcast_matmul(&dq.narrow(0, 0, n8).unwrap().t().unwrap()).unwrap();
-            let bottom = x.broadcast_matmul(&dq.narrow(0, n8, nk).unwrap().t().unwrap()).unwrap();
+            let top = xr.broadcast_matmul(&dq.narrow(0, 0, n8 + nk).unwrap().t().unwrap()).unwrap();
+            let bottom = x.broadcast_matmul(&dq.narrow(0, n8 + nk, nh).unwrap().t().unwrap()).unwrap();
             let want = Tensor::cat(&[top, bottom], 2).unwrap().broadcast_add(&b).unwrap();
             let y = lin.forward(&x).unwrap();
             let d: f32 = (y - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();

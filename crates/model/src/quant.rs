@@ -18,7 +18,7 @@ use ferrolm_kernels::q8::{Q8Act, Q8Matrix};
 /// has a gradient with respect to its input: dX = dY·W, W widened to f32 a panel at a time
 /// ([`ferrolm_kernels::sgemm::matmul_dequantized`]). W itself is frozen (no gradient): what
 /// a LoRA adapter below a quantized layer needs (QLoRA). The inputs' rounding to 8 bits of
-/// Q8_0 rows ([`QuantWeights::input_rounding`]) passes the gradient straight through, as
+/// Q8_0 and k-quant rows ([`QuantWeights::input_rounding`]) passes the gradient straight through, as
 /// rounding in quantization-aware training does. Products of up to
 /// [`crate::linear::QUANT_MAX_ROWS`] input rows read the blocks, more rows take
 /// [`QuantWeights::matmul_t_panels`].
@@ -157,10 +157,12 @@ impl QuantBlock {
         }
     }
 
-    /// Whether products with these rows multiply inputs rounded to 8 bits (Q8_0 rows, as
-    /// llama.cpp rounds the inputs of its Q8_0 products; see [`QuantWeights::input_rounding`]).
+    /// Whether products with these rows multiply inputs rounded to 8 bits: Q8_0, Q4_K and
+    /// Q6_K rows do, as llama.cpp rounds the inputs of its Q8_0 and k-quant products, so that
+    /// a weight block meets its input block in an integer dot product (see
+    /// [`QuantWeights::input_rounding`]); F16 rows multiply the f32 inputs.
     pub fn rounds_inputs(&self) -> bool {
-        matches!(self, Self::Q8_0(_))
+        matches!(self, Self::Q8_0(_) | Self::K(_))
     }
 
     /// Rows `start ..` of this block in f32, into `out` (whole rows).
@@ -254,16 +256,20 @@ impl QuantWeights {
         out
     }
 
-    /// `x·Wᵀ` for x (m × cols, row-major) into a new (m × rows) buffer.
+    /// `x·Wᵀ` for x (m × cols, row-major) into a new (m × rows) buffer: the few-row product.
+    /// The input is rounded to 8 bits once for all the blocks that multiply it so.
     pub fn matmul_t(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let n = self.rows();
+        let (n, k) = (self.rows(), self.cols());
+        assert_eq!(x.len(), m * k, "quantized matmul: x has {} values, expected {m} × {k}", x.len());
+        let act = self.blocks.iter().any(QuantBlock::rounds_inputs).then(|| Q8Act::quantize(x, m, k));
         let mut y = vec![0f32; m * n];
         let mut col = 0;
         for b in &self.blocks {
-            match b {
-                QuantBlock::Q8_0(q) => q.matmul_t_into(x, m, &mut y, n, col),
-                QuantBlock::K(q) => q.matmul_t_into(x, m, &mut y, n, col),
-                QuantBlock::F16(q) => q.matmul_t_into(x, m, &mut y, n, col),
+            match (b, &act) {
+                (QuantBlock::Q8_0(q), Some(act)) => q.matmul_q8_into(act, &mut y, n, col),
+                (QuantBlock::K(q), Some(act)) => q.matmul_q8_into(act, &mut y, n, col),
+                (QuantBlock::F16(q), _) => q.matmul_t_into(x, m, &mut y, n, col),
+                (QuantBlock::Q8_0(_) | QuantBlock::K(_), None) => unreachable!("these rows round their inputs"),
             }
             col += b.rows();
         }
@@ -308,20 +314,26 @@ impl QuantWeights {
         Ok(out)
     }
 
-    /// `x·Wᵀ` for x (m × cols) with many rows (a prompt pass): panels of rows widened to f32
-    /// as the product goes ([`ferrolm_kernels::sgemm::matmul_t_dequantized`]), so no dense
-    /// f32 copy of the weights is kept; Q8_0 rows multiply the inputs rounded to 8 bits, as
-    /// the few-row product does ([`Self::input_rounding`]), so both compute one model.
-    /// Where the CPU has AVX-512 VNNI, Q8_0 rows skip the widening: 8-bit products in tiles
-    /// on the rounded inputs' blocks ([`Q8Matrix::matmul_q8_tiles_into`]), which give
-    /// decoding's floats bit for bit.
+    /// `x·Wᵀ` for x (m × cols) with many rows (a prompt pass), computing what the few-row
+    /// product computes for each row ([`Self::input_rounding`]):
+    /// - Q4_K and Q6_K rows: the same integer products on the inputs rounded to 8 bits
+    ///   ([`KMatrix::matmul_q8_into`]; on a 128-row prompt as fast as widening panels to f32
+    ///   for Q4_K, 1.35× slower for Q6_K before its scales moved after the sums), so decoding
+    ///   gives the prompt pass's floats bit for bit;
+    /// - Q8_0 rows, where the CPU has AVX-512 VNNI: 8-bit products in tiles on the rounded
+    ///   inputs' blocks ([`Q8Matrix::matmul_q8_tiles_into`]), again bit for bit; elsewhere
+    ///   panels of rows widened to f32 as the product goes
+    ///   ([`ferrolm_kernels::sgemm::matmul_t_dequantized`]) times the rounded inputs;
+    /// - F16 rows: widened panels times the f32 inputs.
+    ///
+    /// No dense f32 copy of the weights is kept.
     pub fn matmul_t_panels(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.rows(), self.cols());
         assert_eq!(x.len(), m * k, "quantized matmul: x has {} values, expected {m} × {k}", x.len());
         let tiles = ferrolm_kernels::q8::tiles_available();
-        let any_q8 = self.blocks.iter().any(QuantBlock::rounds_inputs);
-        let act = (any_q8 && tiles).then(|| Q8Act::quantize(x, m, k));
-        let rounded = (any_q8 && !tiles).then(|| {
+        let integer = |b: &QuantBlock| matches!(b, QuantBlock::K(_)) || (tiles && matches!(b, QuantBlock::Q8_0(_)));
+        let act = self.blocks.iter().any(integer).then(|| Q8Act::quantize(x, m, k));
+        let rounded = self.blocks.iter().any(|b| b.rounds_inputs() && !integer(b)).then(|| {
             let mut r = x.to_vec();
             ferrolm_kernels::q8::round_activations(&mut r, k);
             r
@@ -330,7 +342,8 @@ impl QuantWeights {
         let mut col = 0;
         for b in &self.blocks {
             match (b, &act) {
-                (QuantBlock::Q8_0(q), Some(act)) => assert!(q.matmul_q8_tiles_into(act, &mut y, n, col), "the tiles were available"),
+                (QuantBlock::Q8_0(q), Some(act)) if tiles => assert!(q.matmul_q8_tiles_into(act, &mut y, n, col), "the tiles were available"),
+                (QuantBlock::K(q), Some(act)) => q.matmul_q8_into(act, &mut y, n, col),
                 _ => {
                     let input = match &rounded {
                         Some(r) if b.rounds_inputs() => r.as_slice(),
@@ -346,10 +359,10 @@ impl QuantWeights {
     }
 
     /// Which output rows multiply inputs rounded to 8 bits: (first row, rows, rounded) runs,
-    /// top to bottom. Q8_0 rows do ([`ferrolm_kernels::q8::Q8Act`], as llama.cpp rounds the
-    /// inputs of its Q8_0 products); Q4_K, Q6_K and F16 rows multiply the f32 inputs. A
-    /// many-row product in f32 follows the same plan so that it computes what the few-row
-    /// products compute.
+    /// top to bottom. Q8_0, Q4_K and Q6_K rows do ([`ferrolm_kernels::q8::Q8Act`], as
+    /// llama.cpp rounds the inputs of its Q8_0 and k-quant products); F16 rows multiply the
+    /// f32 inputs. A many-row product follows the same plan so that it computes what the
+    /// few-row products compute.
     pub fn input_rounding(&self) -> Vec<(usize, usize, bool)> {
         let mut runs: Vec<(usize, usize, bool)> = Vec::new();
         let mut at = 0;

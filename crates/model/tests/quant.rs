@@ -1,9 +1,10 @@
 //! Quantized CPU inference: `AnyModel::quantize` (`--quant q8_0|q4_k|f16`), a q4_k_m GGUF's
 //! Q4_K / Q6_K blocks and an f16 GGUF's halves used as stored, with no f32 copy. Token-by-token
-//! decoding (few-row products on the quantized blocks) must give the prompt pass's logits (f32
-//! products on panels of the same blocks widened as the product goes; Q8_0 rows on AVX-512
-//! VNNI: 8-bit tiles giving decoding's values bit for bit) up to summation order, and the
-//! quantized model must stay near the f32 one.
+//! decoding (few-row products on the quantized blocks) must give the prompt pass's logits (Q4_K
+//! and Q6_K rows: the same integer products on more rows; Q8_0 rows on AVX-512 VNNI: 8-bit
+//! tiles giving decoding's values bit for bit; elsewhere f32 products on panels of the blocks
+//! widened as the product goes) up to summation order, and the quantized model must stay near
+//! the f32 one.
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
@@ -58,22 +59,28 @@ fn decode_logits(m: &Transformer, ids: &Tensor) -> Vec<Tensor> {
 }
 
 /// Each decode step's logits against the prompt pass's row of the same position. Where the
-/// layers round their inputs to 8 bits (Q8_0), the two passes round the same values, but a
-/// value that float summation order leaves on a rounding boundary can go either way and
-/// move the later logits by one rounding step: `flips_allowed` steps may differ by up to
-/// 1e-2 (one such flip measured 2.7e-3), every other step by at most 1e-4, as everywhere.
+/// layers round their inputs to 8 bits (Q8_0, Q4_K, Q6_K), the two passes' products give the
+/// same floats on the same inputs, but the attention sums in another order in each pass, and
+/// a value that this leaves on a rounding boundary can go either way and move the logits by
+/// one rounding step (one such flip measured 2.7e-3). A flip at step t also moves the keys
+/// and values step t leaves in the cache, so the steps after it may differ too. So: every
+/// step within 1e-2, and at most `flips_allowed` flips — a step differing by 1e-4 or more
+/// after a step within 1e-4 — with every step before the first flip within 1e-4, as
+/// everywhere.
 fn assert_decode_matches_prompt_pass(m: &Transformer, what: &str, flips_allowed: usize) -> Tensor {
     let ids = ids();
     let full = m.forward(&ids, &MaskSpec::causal(), None).unwrap();
     assert!(ids.dim(1).unwrap() > ferrolm_model::linear::QUANT_MAX_ROWS, "the prompt pass must take the many-row (panel) products");
-    let mut flips = 0;
+    let (mut flips, mut previous_differs) = (0, false);
     for (t, step) in decode_logits(m, &ids).iter().enumerate() {
         let want = full.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
         let d = max_abs(step, &want);
-        if d >= 1e-4 {
+        let differs = d >= 1e-4;
+        if differs && !previous_differs {
             flips += 1;
-            assert!(d < 1e-2 && flips <= flips_allowed, "{what}: decoding step {t} differs from the prompt pass by {d}");
         }
+        assert!(d < 1e-2 && flips <= flips_allowed, "{what}: decoding step {t} differs from the prompt pass by {d} ({flips} flips)");
+        previous_differs = differs;
     }
     full
 }
@@ -88,8 +95,7 @@ fn quantize_q4_k_decodes_as_its_dequantized_weights_and_stays_near_f32() {
         // 8 blocks × (qkv, proj, gate, up, down) + the LM head
         assert_eq!(s.quantized.get(format), Some(&41), "{kind}: {s}");
         assert_eq!((s.kept.len(), s.unquantized), (0, 0), "{kind}: {s}");
-        let flips_allowed = if kind == QuantKind::Q8_0 { 1 } else { 0 };
-        let got = assert_decode_matches_prompt_pass(q.decoder("t").unwrap(), &format!("--quant {kind}"), flips_allowed);
+        let got = assert_decode_matches_prompt_pass(q.decoder("t").unwrap(), &format!("--quant {kind}"), 1);
         let e = rel_err(&got, &want);
         eprintln!("--quant {kind}: logits move by {e} (relative)");
         assert!(e > 0.0 && e < tol, "{kind}: logits move by {e} (relative)");
@@ -148,7 +154,7 @@ fn a_q4_k_m_gguf_decodes_on_its_own_q4_k_and_q6_k_blocks() {
         assert_eq!(k("Q4_K+Q6_K"), 4, "{what}: q and k Q4_K, v Q6_K in one fused layer: {s}");
         assert_eq!(k("Q6_K"), 4 + 1, "{what}: {s}");
         assert_eq!(k("Q4_K"), 8 * 5 + 1 - 8 - 1, "{what}: {s}");
-        let got = assert_decode_matches_prompt_pass(back.loaded.model.decoder("t").unwrap(), what, 0);
+        let got = assert_decode_matches_prompt_pass(back.loaded.model.decoder("t").unwrap(), what, 1);
         let e = rel_err(&got, &want);
         eprintln!("{what}: q4_k_m logits move by {e} (relative)");
         assert!(e > 0.0 && e < 0.3, "{what}: q4_k_m logits move by {e} (relative)");
@@ -187,7 +193,7 @@ fn an_f16_gguf_decodes_on_its_own_halves() {
         assert!(s.quantized.is_empty() && s.unquantized == 0, "{what}: {s}");
         assert_eq!(s.kept.get("F16"), Some(&41), "{what}: {s}");
         assert_eq!(s.kept.len(), 1, "{what}: {s}");
-        let got = assert_decode_matches_prompt_pass(back.loaded.model.decoder("t").unwrap(), what, 0);
+        let got = assert_decode_matches_prompt_pass(back.loaded.model.decoder("t").unwrap(), what, 1);
         let e = rel_err(&got, &want);
         eprintln!("{what}: f16 GGUF logits move by {e} (relative)");
         assert!(e > 0.0 && e < 2e-3, "{what}: f16 logits move by {e} (relative)");
