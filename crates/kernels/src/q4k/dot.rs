@@ -18,7 +18,7 @@
 //! All forms compute the same i32 sub-block sums and the same float operations in the same
 //! order, so every form gives the same floats bit for bit (the tests compare them).
 
-use super::{half_at, scale_min, KQuant, QK_K};
+use super::{half_at, KQuant, QK_K};
 use crate::q8::{DotIsa, Q8Act, BLOCK};
 
 /// Input rows multiplied per pass over a weight row.
@@ -92,14 +92,20 @@ fn lane_sum(lanes: &[f32; 8]) -> f32 {
     lanes.iter().fold(0f32, |a, &v| a + v)
 }
 
-/// The eight 6-bit scales and eight 6-bit mins of a Q4_K super-block.
+/// The eight 6-bit scales and eight 6-bit mins of a Q4_K super-block (its 12 scale bytes),
+/// four at a time in 32-bit words: scales 0–3 and mins 0–3 are the low 6 bits of words 0 and
+/// 1; scales 4–7 the low nibbles of word 2 under the top 2 bits of word 0's bytes, mins 4–7
+/// its high nibbles under word 1's top bits (the layout [`scale_min`] reads one at a time).
 #[inline(always)]
 fn q4k_scales_mins(sc: &[u8]) -> ([u8; 8], [u8; 8]) {
-    let (mut s, mut m) = ([0u8; 8], [0u8; 8]);
-    for j in 0..8 {
-        (s[j], m[j]) = scale_min(sc, j);
-    }
-    (s, m)
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes([sc[4 * i], sc[4 * i + 1], sc[4 * i + 2], sc[4 * i + 3]]);
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    let scales = (w0 & LOW6) as u64 | (((w2 & LOW4) | (((w0 >> 6) & LOW2) << 4)) as u64) << 32;
+    let mins = (w1 & LOW6) as u64 | ((((w2 >> 4) & LOW4) | (((w1 >> 6) & LOW2) << 4)) as u64) << 32;
+    (scales.to_le_bytes(), mins.to_le_bytes())
 }
 
 fn row_dots_portable(kind: KQuant, w: &[u8], x: &Q8Act, prep: &Prepared, first: usize, out: &mut [f32]) {
@@ -313,4 +319,24 @@ unsafe fn row_dots_avx2(kind: KQuant, w: &[u8], x: &Q8Act, prep: &Prepared, firs
     // Pairs of u·s are at most 2·63·127 = 16002: `vpmaddubsw` never saturates.
     // SAFETY: the caller checked the features this function is compiled for.
     unsafe { row_dots_x86(kind, w, x, prep, first, out, |a, u, s| _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scales_and_mins_unpack_as_one_at_a_time() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..1000 {
+            let sc: Vec<u8> = (0..12)
+                .map(|_| {
+                    state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                    (state >> 56) as u8
+                })
+                .collect();
+            let (s, m) = super::q4k_scales_mins(&sc);
+            for j in 0..8 {
+                assert_eq!((s[j], m[j]), super::super::scale_min(&sc, j), "{sc:?} sub-block {j}");
+            }
+        }
+    }
 }
