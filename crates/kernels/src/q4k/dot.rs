@@ -211,7 +211,7 @@ unsafe fn row_dots_x86(
     let xq = x.quants.as_ptr().wrapping_add(first * k);
     let xd = x.scales.as_ptr().wrapping_add(first * nb);
     let bb = kind.block_bytes();
-    // SAFETY (every block below): w holds k / 256 whole super-blocks of bb bytes, so the
+    // SAFETY: for every load below — w holds k / 256 whole super-blocks of bb bytes, so the
     // loads at b + 16 + 32c (c ≤ 3, Q4_K: ≤ 144) and b + 64h (+ 32), b + 128 + 32h, b + 192
     // + 8h (h ≤ 1, Q6_K: ≤ 210) stay inside super-block sb; rows first .. first + m of x hold
     // k quants and k / 32 scales each, and prep nb sums or k / 4 offsets per row, so the
@@ -267,7 +267,7 @@ unsafe fn row_dots_x86(
                         );
                         qv[4 * h..4 * h + 4].copy_from_slice(&q);
                     }
-                    for r in 0..m {
+                    for (r, a) in acc.iter_mut().enumerate().take(m) {
                         let xb = xq.add(r * k + sb * QK_K);
                         let ob = offsets.add(r * k / 16 + sb * 16);
                         let mut v = [zero; 8];
@@ -281,7 +281,7 @@ unsafe fn row_dots_x86(
                         let second16 = _mm256_add_epi32(second16, _mm256_loadu_si256(ob.add(8) as *const __m256i));
                         let t = _mm256_add_epi32(_mm256_mullo_epi32(first16, s_first), _mm256_mullo_epi32(second16, s_second));
                         let f = _mm256_mul_ps(fd, _mm256_loadu_ps(xd.add(r * nb + sb * 8)));
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), f, acc[r]);
+                        *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), f, *a);
                     }
                 }
             }
