@@ -214,7 +214,7 @@ unsafe fn row_dots_x86(
     // SAFETY: for every load below — w holds k / 256 whole super-blocks of bb bytes, so the
     // loads at b + 16 + 32c (c ≤ 3, Q4_K: ≤ 144) and b + 64h (+ 32), b + 128 + 32h, b + 192
     // + 8h (h ≤ 1, Q6_K: ≤ 210) stay inside super-block sb; rows first .. first + m of x hold
-    // k quants and k / 32 scales each, and prep nb sums or k / 4 offsets per row, so the
+    // k quants and k / 32 scales each, and prep nb sums or k / 16 offsets per row, so the
     // loads at row r < m, super-block sb < k / 256 (32 bytes at 256·sb + 32j, 8 floats at
     // 8·sb, 8 i32 at 16·sb and 16·sb + 8) stay inside them; lanes holds the 8 f32 a store
     // writes.
