@@ -28,9 +28,11 @@
 //! The few-row product (decoding) reads each weight byte once per call and multiplies it
 //! with inputs rounded to 8 bits ([`crate::q8::Q8Act`], as the Q8_0 product's) in exact
 //! integer dot products, floats once per 32-value sub-block ([`dot`]); the forms (AVX-512
-//! VNNI, AVX-VNNI, AVX2, portable) are chosen at run time and give the same floats. Many-row
-//! products (a prompt) widen panels of rows to f32 ([`KMatrix::dequantize_rows_into`]) and
-//! multiply the same rounded inputs.
+//! VNNI, AVX-VNNI, AVX2, portable) are chosen at run time and give the same floats. A
+//! prompt's many rows take the same product (the model's quantized layers call it for both
+//! passes, so decoding gives the prompt pass's floats bit for bit);
+//! [`KMatrix::dequantize_rows_into`] widens rows to f32 for embedding lookups and for the
+//! panels of f32 products (QLoRA's input gradient).
 
 use rayon::prelude::*;
 
@@ -170,9 +172,9 @@ impl KMatrix {
         out
     }
 
-    /// Rows `start .. start + out.len() / cols` in f32, into `out` (whole rows), by the
-    /// dequantization the few-row products use (AVX2 where the CPU has it): a panel for
-    /// [`crate::sgemm::matmul_t_dequantized`], or embedding rows.
+    /// Rows `start .. start + out.len() / cols` in f32, into `out` (whole rows), with AVX2
+    /// where the CPU has it: a panel for the f32 products over dequantized rows
+    /// ([`crate::sgemm::matmul_dequantized`], QLoRA's input gradient), or embedding rows.
     pub fn dequantize_rows_into(&self, start: usize, out: &mut [f32]) {
         let rows = out.len() / self.cols;
         assert!(out.len() == rows * self.cols && start + rows <= self.rows, "k-quant dequantize: rows {start}..{} of {}", start + rows, self.rows);

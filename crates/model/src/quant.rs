@@ -277,7 +277,7 @@ impl QuantWeights {
     }
 
     /// Rows `start .. start + out.len() / cols` in f32, into `out` (whole rows, across
-    /// blocks): the dequantization the few-row products use.
+    /// blocks): embedding rows, and panels for the f32 products over widened rows.
     pub fn dequantize_rows_into(&self, start: usize, out: &mut [f32]) {
         let k = self.cols();
         assert!(out.len().is_multiple_of(k) && start + out.len() / k <= self.rows(), "quantized rows {start}.. out of range");
