@@ -17,9 +17,11 @@ pub struct Linear {
     /// held instead of f32 ones: `weight` is then a [`placeholder`] of the matrix's shape,
     /// no values. Products of up to [`QUANT_MAX_ROWS`] input rows — token-by-token
     /// decoding, which reads every weight for each token — read the blocks, a half to an
-    /// eighth of f32's bytes; larger ones (a prompt) widen panels of rows to f32 as they go
-    /// ([`QuantWeights::matmul_t_panels`]), both on the same inputs (rounded to 8 bits for
-    /// Q8_0 and k-quant rows: [`QuantWeights::input_rounding`]), so every product computes one model.
+    /// eighth of f32's bytes; larger ones (a prompt) take [`QuantWeights::matmul_t_panels`]
+    /// (the same integer products for k-quant rows, 8-bit tiles for Q8_0 rows on AVX-512
+    /// VNNI, otherwise panels of rows widened to f32 as they go), both on the same inputs
+    /// (rounded to 8 bits for Q8_0 and k-quant rows: [`QuantWeights::input_rounding`]), so
+    /// every product computes one model.
     quant: Option<std::sync::Arc<QuantWeights>>,
 }
 
@@ -47,8 +49,9 @@ pub fn cat_rows(parts: &[Tensor]) -> Result<Tensor> {
     Tensor::cat(parts, 0)
 }
 
-/// Inputs with more rows (a prompt's prefill) take the f32 product, where the work is the
-/// arithmetic rather than reading the weights.
+/// Inputs with more rows (a prompt's prefill) take the many-row product
+/// ([`QuantWeights::matmul_t_panels`]), where the work is the arithmetic rather than reading
+/// the weights.
 pub const QUANT_MAX_ROWS: usize = 8;
 
 /// LoRA updates of one layer: each part adapts `b.dim(0)` output rows from `start`.

@@ -185,9 +185,9 @@ fn widen8(v: &[u8; 8]) -> std::arch::x86_64::__m256 {
     unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(v.as_ptr() as *const __m128i))) }
 }
 
-/// The SIMD body shared by the x86 forms; `dot(acc, u, s)` adds the products of 32 unsigned
-/// bytes `u` and 32 signed bytes `s`, four by four, to the eight i32 lanes of `acc` (the
-/// only difference between the forms).
+/// The SIMD body shared by the x86 forms; `dot(u, s)` sums the products of 32 unsigned bytes
+/// `u` and 32 signed bytes `s` four by four into eight i32 lanes (the only difference
+/// between the forms, as `dot32` is in the Q8_0 kernel).
 ///
 /// # Safety
 /// AVX2 and FMA must be enabled in the caller (it is inlined there); the arguments as
@@ -201,7 +201,7 @@ unsafe fn row_dots_x86(
     prep: &Prepared,
     first: usize,
     out: &mut [f32],
-    dot: impl Fn(std::arch::x86_64::__m256i, std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i,
+    dot: impl Fn(std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i,
 ) {
     use std::arch::x86_64::*;
     let (k, nb) = (x.cols, x.cols / BLOCK);
@@ -238,7 +238,7 @@ unsafe fn row_dots_x86(
                         let xb = xq.add(r * k + sb * QK_K);
                         let mut v = [zero; 8];
                         for j in 0..8 {
-                            v[j] = dot(zero, qv[j], _mm256_loadu_si256(xb.add(32 * j) as *const __m256i));
+                            v[j] = dot(qv[j], _mm256_loadu_si256(xb.add(32 * j) as *const __m256i));
                         }
                         let f = _mm256_mul_ps(ds, _mm256_loadu_ps(xd.add(r * nb + sb * 8)));
                         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(v)), f, acc[r]);
@@ -272,7 +272,7 @@ unsafe fn row_dots_x86(
                         let ob = offsets.add(r * k / 16 + sb * 16);
                         let mut v = [zero; 8];
                         for j in 0..8 {
-                            v[j] = dot(zero, qv[j], _mm256_loadu_si256(xb.add(32 * j) as *const __m256i));
+                            v[j] = dot(qv[j], _mm256_loadu_si256(xb.add(32 * j) as *const __m256i));
                         }
                         // each block's two 16-value halves less their offsets, times their
                         // scales, in i32
@@ -301,7 +301,7 @@ unsafe fn row_dots_x86(
 unsafe fn row_dots_avx512vnni(kind: KQuant, w: &[u8], x: &Q8Act, prep: &Prepared, first: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
     // SAFETY: the caller checked the features this function is compiled for.
-    unsafe { row_dots_x86(kind, w, x, prep, first, out, |a, u, s| _mm256_dpbusd_epi32(a, u, s)) }
+    unsafe { row_dots_x86(kind, w, x, prep, first, out, |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -309,7 +309,7 @@ unsafe fn row_dots_avx512vnni(kind: KQuant, w: &[u8], x: &Q8Act, prep: &Prepared
 unsafe fn row_dots_avxvnni(kind: KQuant, w: &[u8], x: &Q8Act, prep: &Prepared, first: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
     // SAFETY: the caller checked the features this function is compiled for.
-    unsafe { row_dots_x86(kind, w, x, prep, first, out, |a, u, s| _mm256_dpbusd_avx_epi32(a, u, s)) }
+    unsafe { row_dots_x86(kind, w, x, prep, first, out, |u, s| _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -318,7 +318,7 @@ unsafe fn row_dots_avx2(kind: KQuant, w: &[u8], x: &Q8Act, prep: &Prepared, firs
     use std::arch::x86_64::*;
     // Pairs of u·s are at most 2·63·127 = 16002: `vpmaddubsw` never saturates.
     // SAFETY: the caller checked the features this function is compiled for.
-    unsafe { row_dots_x86(kind, w, x, prep, first, out, |a, u, s| _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))) }
+    unsafe { row_dots_x86(kind, w, x, prep, first, out, |u, s| _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))) }
 }
 
 #[cfg(test)]
