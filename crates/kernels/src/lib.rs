@@ -74,13 +74,19 @@ mod gelu;
 #[cfg(feature = "candle")]
 mod linear;
 #[cfg(feature = "candle")]
+mod lora;
+#[cfg(feature = "candle")]
 pub mod matmul;
 #[cfg(feature = "candle")]
 mod norm;
 #[cfg(feature = "candle")]
+mod rope;
+#[cfg(feature = "candle")]
 pub mod sgemm;
 #[cfg(feature = "candle")]
 mod softmax;
+#[cfg(feature = "candle")]
+mod swiglu;
 #[cfg(all(test, feature = "candle"))]
 mod testutil;
 
@@ -94,7 +100,10 @@ pub use {
     fused_attention::fused_self_attention,
     gelu::gelu,
     linear::linear,
+    lora::{lora_linear, LoraBlocks},
     matmul::{matmul_precision, set_matmul_precision, MatmulPrecision},
     norm::{layer_norm, rms_norm},
+    rope::{rope_qkv, RopeTables},
     softmax::{scaled_softmax, softmax_last_dim, softmax_row},
+    swiglu::swiglu,
 };

@@ -39,6 +39,31 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     y.reshape(out_dims)
 }
 
+/// `x (rows×k) · wᵀ (+ b)` for w (n×k), into a fresh rows×n buffer: few rows by
+/// [`few_rows`], more by the precision dispatch's product. Also the base product of
+/// [`crate::lora_linear`].
+pub(crate) fn forward_f32(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, b: Option<&[f32]>) -> Result<Vec<f32>> {
+    if x.len() != rows * k || w.len() != n * k || b.is_some_and(|b| b.len() != n) {
+        candle_core::bail!("ferrolm-linear: x of {} for {rows}×{k}, w of {} for {n}×{k}, bias {:?}", x.len(), w.len(), b.map(|b| b.len()));
+    }
+    let mut y = output_buffer(rows * n);
+    if let Some(b) = b {
+        // The bias is the product's starting value: no second pass over y.
+        fill_rows(&mut y, b);
+    }
+    if rows <= FEW_ROWS && matmul_precision() == MatmulPrecision::F32 {
+        few_rows(x, w, rows, n, k, &mut y, b.is_some());
+        return Ok(y);
+    }
+    let a = Strided { ptr: x.as_ptr(), rs: k as isize, cs: 1 };
+    // wᵀ (k×n): element (p, j) is w[j, p].
+    let bt = Strided { ptr: w.as_ptr(), rs: 1, cs: k as isize };
+    // SAFETY: x is rows×k and w n×k (checked above), so the strides stay inside the
+    // slices; y is a fresh rows×n buffer that aliases neither.
+    unsafe { matmul(rows, n, k, a, bt, y.as_mut_ptr(), n, b.is_some(), 1.0, Threads::Pool) };
+    Ok(y)
+}
+
 /// `x (rows×k) · wᵀ (+ b)`; w is (n×k). As CustomOp2 without a bias, CustomOp3 with one.
 struct LinearOp;
 
@@ -46,25 +71,10 @@ impl LinearOp {
     fn forward(x: &[f32], xl: &Layout, w: &[f32], wl: &Layout, b: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let (rows, k) = xl.shape().dims2()?;
         let (n, k2) = wl.shape().dims2()?;
-        if k != k2 || b.is_some_and(|b| b.len() != n) {
-            candle_core::bail!("ferrolm-linear: x {:?}, w {:?}, bias {:?}", xl.dims(), wl.dims(), b.map(|b| b.len()));
+        if k != k2 {
+            candle_core::bail!("ferrolm-linear: x {:?}, w {:?}", xl.dims(), wl.dims());
         }
-        let mut y = output_buffer(rows * n);
-        if let Some(b) = b {
-            // The bias is the product's starting value: no second pass over y.
-            fill_rows(&mut y, b);
-        }
-        if rows <= FEW_ROWS && matmul_precision() == MatmulPrecision::F32 {
-            few_rows(x, w, rows, n, k, &mut y, b.is_some());
-            return Ok((CpuStorage::F32(y), Shape::from((rows, n))));
-        }
-        let a = Strided { ptr: x.as_ptr(), rs: k as isize, cs: 1 };
-        // wᵀ (k×n): element (p, j) is w[j, p].
-        let bt = Strided { ptr: w.as_ptr(), rs: 1, cs: k as isize };
-        // SAFETY: x is rows×k and w n×k (checked above), so the strides stay inside the
-        // slices; y is a fresh rows×n buffer that aliases neither.
-        unsafe { matmul(rows, n, k, a, bt, y.as_mut_ptr(), n, b.is_some(), 1.0, Threads::Pool) };
-        Ok((CpuStorage::F32(y), Shape::from((rows, n))))
+        Ok((CpuStorage::F32(forward_f32(x, rows, k, w, n, b)?), Shape::from((rows, n))))
     }
 
     /// dx = g·w, dw = gᵀ·x (in w's own layout), db = Σ_rows g. A side that autograd does

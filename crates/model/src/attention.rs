@@ -111,6 +111,9 @@ impl MaskSpec {
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
+    /// The same tables as host floats (on the CPU), for the fused rotation of a whole
+    /// q/k/v projection in training ([`ferrolm_kernels::rope_qkv`]).
+    host: Option<std::sync::Arc<ferrolm_kernels::RopeTables>>,
 }
 
 impl Rope {
@@ -134,7 +137,14 @@ impl Rope {
             }
         }
         let ang = Tensor::from_vec(ang, (max_len, half), device)?;
-        Ok(Self { cos: ang.cos()?, sin: ang.sin()? })
+        let (cos, sin) = (ang.cos()?, ang.sin()?);
+        let host = if device.is_cpu() {
+            let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+            Some(std::sync::Arc::new(ferrolm_kernels::RopeTables { cos: flat(&cos)?, sin: flat(&sin)?, half }))
+        } else {
+            None
+        };
+        Ok(Self { cos, sin, host })
     }
 
     /// x: (batch, heads, T, head_dim), positions offset..offset+T.
@@ -417,13 +427,22 @@ impl Attention {
     }
 
     pub fn forward(&self, x: &Tensor, inp: AttnInput) -> Result<Tensor> {
-        // Training-shaped self-attention (no cache, no mask bias, no RoPE, no attention
-        // dropout) takes the fused CPU kernel: same result, a fraction of the copies.
+        // Training-shaped self-attention (no cache, no mask bias, no attention dropout, no
+        // q/k norm) takes the fused CPU kernel: same result, a fraction of the copies.
         let attn_dropout = inp.dropout_seed.is_some() && self.dropout > 0.0;
         let lora_seed = |k: u64| inp.lora_seed.map(|s| s.wrapping_mul(0xbf58_476d_1ce4_e5b9).wrapping_add(k));
-        if let (Some(qkv), None, None, None, None, false, None) = (&self.qkv, inp.memory, inp.bias, inp.rope, inp.cache.as_ref(), attn_dropout, &self.qk_norm) {
+        // RoPE models rotate the projection's queries and keys in one pass first.
+        let rope_tables = match inp.rope {
+            Some(r) => r.host.as_ref().map(Some),
+            None => Some(None),
+        };
+        if let (Some(qkv), None, None, Some(rope_tables), None, false, None) = (&self.qkv, inp.memory, inp.bias, rope_tables, inp.cache.as_ref(), attn_dropout, &self.qk_norm) {
             if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-                let y = fused_self_attention(&qkv.forward_t(x, lora_seed(1))?, self.n_heads, self.n_kv_heads, self.head_dim, inp.causal)?;
+                let mut all = qkv.forward_t(x, lora_seed(1))?;
+                if let Some(tables) = rope_tables {
+                    all = ferrolm_kernels::rope_qkv(&all, tables, self.n_heads, self.n_kv_heads, self.head_dim, inp.offset)?;
+                }
+                let y = fused_self_attention(&all, self.n_heads, self.n_kv_heads, self.head_dim, inp.causal)?;
                 let y = self.proj.forward_t(&y, lora_seed(2))?;
                 return match inp.dropout_seed {
                     Some(seed) => ferrolm_kernels::dropout(&y, self.dropout, seed ^ 0x9e37_79b9_7f4a_7c15),

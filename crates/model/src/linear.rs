@@ -147,6 +147,32 @@ impl Linear {
     /// The product, plus the adapters' updates; `lora_seed`: Some in training (adapter
     /// dropout, seeded so that a resumed run draws the same masks).
     pub fn forward_t(&self, x: &Tensor, lora_seed: Option<u64>) -> Result<Tensor> {
+        if let Some(lora) = &self.lora {
+            // A frozen f32 base with adapters and no adapter dropout in effect: one op
+            // that adds the adapters' products into the base product's output.
+            let dropout = lora_seed.is_some() && lora.dropout > 0.0;
+            let frozen = !self.weight.track_op() && !self.bias.as_ref().is_some_and(Tensor::track_op);
+            let cpu_f32 = x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && self.weight.dtype() == candle_core::DType::F32;
+            if let (Some(first), None, false, true, true, false) = (lora.parts.first(), &self.quant, dropout, frozen, cpu_f32, is_placeholder(&self.weight)) {
+                let rank = first.a.dim(0)?;
+                let mut parts = Vec::with_capacity(lora.parts.len());
+                for p in &lora.parts {
+                    if p.a.dim(0)? != rank || p.b.dim(1)? != rank {
+                        candle_core::bail!("LoRA parts of different ranks in one layer");
+                    }
+                    parts.push((p.start, p.b.dim(0)?));
+                }
+                let stack = |f: fn(&LoraPart) -> &Tensor| -> Result<Tensor> {
+                    match lora.parts.as_slice() {
+                        [one] => Ok(f(one).clone()),
+                        many => Tensor::cat(&many.iter().map(f).collect::<Vec<_>>(), 0),
+                    }
+                };
+                let (a, b) = (stack(|p| &p.a)?, stack(|p| &p.b)?);
+                let blocks = ferrolm_kernels::LoraBlocks { a: &a, b: &b, parts: &parts, rank, scale: lora.scale };
+                return ferrolm_kernels::lora_linear(x, &self.weight, self.bias.as_ref(), &blocks);
+            }
+        }
         let y = match &self.quant {
             Some(q) => {
                 if !x.device().is_cpu() {

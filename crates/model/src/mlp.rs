@@ -48,7 +48,7 @@ impl Mlp {
         let s = |k: u64| lora_seed.map(|s| s.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(k));
         match self {
             Self::Gelu { fc, proj, exact } => proj.forward_t(&gelu(&fc.forward_t(x, s(1))?, *exact)?, s(2)),
-            Self::SwiGlu { gate, up, down } => down.forward_t(&(gate.forward_t(x, s(3))?.silu()? * up.forward_t(x, s(4))?)?, s(5)),
+            Self::SwiGlu { gate, up, down } => down.forward_t(&ferrolm_kernels::swiglu(&gate.forward_t(x, s(3))?, &up.forward_t(x, s(4))?)?, s(5)),
         }
     }
 
