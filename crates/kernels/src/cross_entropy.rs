@@ -1,7 +1,7 @@
 //! Mean softmax cross-entropy with an ignore index, in one pass per row, with its backward.
 
-use crate::cpu::contiguous_f32;
-use crate::simd::fast_exp;
+use crate::cpu::{contiguous_f32, output_buffer};
+use crate::simd::{fast_exp, lane_max, vectorized};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -11,29 +11,60 @@ pub const IGNORE_INDEX: u32 = u32::MAX;
 
 /// Mean softmax cross-entropy of logits (N, V) against targets (N) in one pass per row;
 /// the backward pass writes (softmax − one-hot)·g/n directly, never materialising
-/// log-probabilities.
-struct CrossEntropy;
+/// log-probabilities. The forward keeps each row's log-sum-exp, so the backward is one
+/// pass over the logits (`exp(z − lse)`) instead of three (max, sum, scale). Both run
+/// vectorised, the max and the sum in 16 lanes: a language model's logits (tokens ×
+/// vocabulary, 200 MB for 1,024 tokens of a 49k vocabulary) are the largest tensor of a
+/// step, and one-lane loops over them were 5 % of a LoRA step.
+#[derive(Default)]
+struct CrossEntropy {
+    /// Each row's log Σ exp(z), written by the forward (NaN for ignored rows).
+    lse: std::sync::Mutex<Vec<f32>>,
+}
 
-fn ce_rows(logits: &[f32], targets: &[u32], v: usize) -> Result<(f64, usize)> {
-    let rows: Vec<(usize, &[f32])> = logits.chunks(v).enumerate().collect();
-    let per_row = |&(i, row): &(usize, &[f32])| -> Option<f64> {
-        let t = targets[i];
-        if t == IGNORE_INDEX {
-            return None;
+/// Σ exp(v − shift) in 16 independent lanes (see [`crate::lane_sum`]).
+#[inline(always)]
+fn lane_exp_sum(v: &[f32], shift: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&z| fast_exp(z - shift)).sum();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += fast_exp(c[i] - shift);
         }
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f32 = row.iter().map(|&z| fast_exp(z - max)).sum();
-        Some((max + sum.ln() - row[t as usize]) as f64)
-    };
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The loss summed over the rows that count, their number, and every row's log-sum-exp.
+fn ce_rows(logits: &[f32], targets: &[u32], v: usize) -> Result<(f64, usize, Vec<f32>)> {
     if let Some(&bad) = targets.iter().find(|&&t| t != IGNORE_INDEX && t as usize >= v) {
         candle_core::bail!("cross_entropy: target {bad} is outside the vocabulary of {v}");
     }
-    let (sum, n) = rows
-        .par_iter()
-        .filter_map(per_row)
-        .fold(|| (0f64, 0usize), |(s, n), l| (s + l, n + 1))
-        .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    Ok((sum, n))
+    let lse: Vec<f32> = logits
+        .par_chunks(v)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| {
+            if t == IGNORE_INDEX {
+                return f32::NAN;
+            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    let max = lane_max(row);
+                    max + lane_exp_sum(row, max).ln()
+                },
+            )
+        })
+        .collect();
+    let (mut sum, mut n) = (0f64, 0usize);
+    for (i, &t) in targets.iter().enumerate() {
+        if t != IGNORE_INDEX {
+            sum += (lse[i] - logits[i * v + t as usize]) as f64;
+            n += 1;
+        }
+    }
+    Ok((sum, n, lse))
 }
 
 fn targets_u32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
@@ -41,6 +72,10 @@ fn targets_u32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
         (CpuStorage::U32(v), Some((a, b))) => Ok(&v[a..b]),
         _ => candle_core::bail!("cross_entropy: targets must be contiguous u32"),
     }
+}
+
+fn poisoned<T>(_: T) -> candle_core::Error {
+    candle_core::Error::Msg("cross_entropy: a thread panicked holding the row sums".into())
 }
 
 impl candle_core::CustomOp2 for CrossEntropy {
@@ -52,17 +87,23 @@ impl candle_core::CustomOp2 for CrossEntropy {
         let z = contiguous_f32(s1, l1, self.name())?;
         let t = targets_u32(s2, l2)?;
         let v = l1.dims()[1];
-        let (sum, n) = ce_rows(z, t, v)?;
+        let (sum, n, lse) = ce_rows(z, t, v)?;
+        *self.lse.lock().map_err(poisoned)? = lse;
         let mean = if n == 0 { 0.0 } else { sum / n as f64 };
         Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
     }
 
     fn bwd(&self, logits: &Tensor, targets: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dz = logits.contiguous()?.apply_op3_no_bwd(targets, &grad.reshape(1)?, &CrossEntropyBackward)?;
+        let lse = self.lse.lock().map_err(poisoned)?.clone();
+        let lse = Tensor::from_vec(lse, targets.elem_count(), logits.device())?;
+        let g_lse = Tensor::cat(&[&grad.reshape(1)?, &lse], 0)?;
+        let dz = logits.contiguous()?.apply_op3_no_bwd(targets, &g_lse, &CrossEntropyBackward)?;
         Ok((Some(dz), None))
     }
 }
 
+/// The logits' gradient from the forward's log-sum-exps; its third input is the loss's
+/// gradient followed by the N rows' log-sum-exps.
 struct CrossEntropyBackward;
 
 impl CustomOp3 for CrossEntropyBackward {
@@ -81,24 +122,30 @@ impl CustomOp3 for CrossEntropyBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let z = contiguous_f32(s1, l1, self.name())?;
         let t = targets_u32(s2, l2)?;
-        let g = contiguous_f32(s3, l3, self.name())?[0];
+        let Some((&g, lse)) = contiguous_f32(s3, l3, self.name())?.split_first() else {
+            candle_core::bail!("cross_entropy backward: no gradient");
+        };
         let v = l1.dims()[1];
+        if lse.len() != t.len() || z.len() != t.len() * v {
+            candle_core::bail!("cross_entropy backward: {} logits, {} targets, {} row sums", z.len(), t.len(), lse.len());
+        }
         let n = t.iter().filter(|&&x| x != IGNORE_INDEX).count().max(1);
         let scale = g / n as f32;
-        let mut out = vec![0f32; z.len()];
+        let mut out = output_buffer(z.len());
         out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
             if t[i] == IGNORE_INDEX {
+                o.fill(0.0);
                 return;
             }
-            let row = &z[i * v..(i + 1) * v];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (o, &x) in o.iter_mut().zip(row) {
-                *o = fast_exp(x - max);
-                sum += *o;
-            }
-            let k = scale / sum;
-            o.iter_mut().for_each(|o| *o *= k);
+            let (row, shift) = (&z[i * v..(i + 1) * v], lse[i]);
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (o, &x) in o.iter_mut().zip(row) {
+                        *o = fast_exp(x - shift) * scale;
+                    }
+                },
+            );
             o[t[i] as usize] -= scale;
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -111,7 +158,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if !logits.device().is_cpu() {
         return cross_entropy_composed(logits, targets);
     }
-    logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy)
+    logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy::default())
 }
 
 /// The same loss from candle's own ops, for devices without the fused kernel (CUDA):

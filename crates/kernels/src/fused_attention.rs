@@ -20,6 +20,7 @@
 //!
 //! Covers causal or bidirectional self-attention with grouped-query heads, without a
 //! bias/segment mask, KV cache or attention dropout; other cases take the composed path.
+//! RoPE models rotate the projection first ([`crate::rope_qkv`]).
 
 use crate::cpu::{contiguous_f32, output_buffer};
 use crate::matmul::{matmul, Threads};

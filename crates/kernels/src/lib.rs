@@ -23,9 +23,10 @@
 //! each row forward and one backward, and register their gradient with candle's autograd
 //! through the `bwd` hooks, so training uses them transparently. Each is tested against
 //! the composed candle reference, forward and backward: softmax and scaled causal softmax,
-//! LayerNorm/RMSNorm, GELU, cross-entropy with an ignore index, bias add, seeded dropout,
-//! the linear layer's product ([`linear`]), and training self-attention
-//! ([`fused_self_attention`]). Inference only: [`decode_attention`], one query per row
+//! LayerNorm/RMSNorm, GELU, SwiGLU's gate ([`swiglu`]), RoPE on a fused q/k/v projection
+//! ([`rope_qkv`]), cross-entropy with an ignore index, bias add, seeded dropout, the linear
+//! layer's product ([`linear`]), a frozen linear layer with LoRA adapters
+//! ([`lora_linear`]), and training self-attention ([`fused_self_attention`]). Inference only: [`decode_attention`], one query per row
 //! over each row's own KV cache, read in place (batched decoding in `ferrolm serve`). The products: the one precision dispatch ([`matmul`]:
 //! [`MatmulPrecision`], [`set_matmul_precision`]), exact f32 ([`sgemm`]) and bf16 on AMX
 //! tiles ([`amx`]); quantized weights for decoding: GGUF's Q8_0 ([`q8`]: inputs rounded

@@ -8,8 +8,8 @@
 //! every block of the concatenation. Here the adapters' product is added into the base
 //! product's output by the matrix product itself (its accumulate form, scaled), and the
 //! backward forms dX = dY·W + s·(dY·B)·A the same way: no pass over a full-width tensor
-//! beyond the products'. The adapters' inner products (rank columns) are recomputed in
-//! the backward rather than kept (x·Aᵀ is a rank/width fraction of the base product).
+//! beyond the products'. The forward keeps the adapters' inner products x·Aᵀ (rank
+//! columns) for the backward.
 //!
 //! W and b are frozen (no gradient): the op holds them, as the fused attention holds
 //! nothing but its input. A trainable base takes the composed path.
@@ -20,13 +20,20 @@ use crate::ptr::Strided;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// `(start, rows)` of each adapted block of output rows, in the order of A's and B's blocks.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct LoraLinear {
     w: Tensor,
     bias: Option<Tensor>,
     parts: Vec<(usize, usize)>,
     rank: usize,
     scale: f32,
+    /// The forward's u = x·Aᵀ, taken by the backward (which recomputes it when absent: a
+    /// second backward through the same graph).
+    u: std::sync::Mutex<Vec<f32>>,
+}
+
+fn poisoned<T>(_: T) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{NAME}: a thread panicked holding the inner products"))
 }
 
 const NAME: &str = "ferrolm-lora-linear";
@@ -85,6 +92,8 @@ impl CustomOp3 for LoraLinear {
             unsafe { matmul(rows, len, self.rank, up, bt, y[start..].as_mut_ptr(), n, true, self.scale, Threads::Pool) };
             b_row += len;
         }
+        // kept for the backward (rows·P·r floats: a rank/width fraction of the output)
+        *self.u.lock().map_err(poisoned)? = u;
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
     }
 
@@ -104,7 +113,8 @@ impl CustomOp3 for LoraLinear {
         let mut gb = vec![0f32; rows * pr];
         let mut db = vec![0f32; bv.len()];
         let mut da = vec![0f32; av.len()];
-        let u = self.inner(xv, rows, k, av);
+        let u = std::mem::take(&mut *self.u.lock().map_err(poisoned)?);
+        let u = if u.len() == rows * pr { u } else { self.inner(xv, rows, k, av) };
         let mut b_row = 0;
         for (p, &(start, len)) in self.parts.iter().enumerate() {
             let gp = Strided { ptr: gv[start..].as_ptr(), rs: n as isize, cs: 1 };
@@ -170,7 +180,7 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: &LoraBlo
     let dims = x.dims().to_vec();
     let k = dims[dims.len() - 1];
     let rows = x.elem_count() / k;
-    let op = LoraLinear { w: w.contiguous()?, bias: bias.map(|b| b.contiguous()).transpose()?, parts: parts.to_vec(), rank, scale: scale as f32 };
+    let op = LoraLinear { w: w.contiguous()?, bias: bias.map(|b| b.contiguous()).transpose()?, parts: parts.to_vec(), rank, scale: scale as f32, u: Default::default() };
     let y = x.contiguous()?.reshape((rows, k))?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)?;
     let mut out = dims;
     *out.last_mut().expect("rank >= 1") = w.dim(0)?;
@@ -224,10 +234,14 @@ mod tests {
                     let delta = Tensor::cat(&pieces, 2).unwrap();
                     let reference = (reference + (delta * scale).unwrap()).unwrap();
                     assert!(max_diff(&ours, &reference) < 1e-4, "forward, bias {with_bias}, {threads} threads");
-                    let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                    let loss = (ours * &g).unwrap().sum_all().unwrap();
+                    let ga = loss.backward().unwrap();
                     let gr = (reference * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                    // a second backward through the same graph recomputes the inner products
+                    let again = loss.backward().unwrap();
                     for (name, v) in [("x", &x), ("A", &a), ("B", &b)] {
                         assert!(max_diff(ga.get(v).unwrap(), gr.get(v).unwrap()) < 1e-4, "d{name}, bias {with_bias}, {threads} threads");
+                        assert_eq!(max_diff(ga.get(v).unwrap(), again.get(v).unwrap()), 0.0, "d{name} again");
                     }
                 }
             });
