@@ -101,7 +101,7 @@ pub use {
     fused_attention::fused_self_attention,
     gelu::gelu,
     linear::linear,
-    lora::{lora_linear, LoraBlocks},
+    lora::{lora_linear, lora_linear_on, FrozenLinear, LoraBlocks},
     matmul::{matmul_precision, set_matmul_precision, MatmulPrecision},
     norm::{layer_norm, rms_norm},
     rope::{rope_qkv, RopeTables},

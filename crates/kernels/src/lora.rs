@@ -11,19 +11,69 @@
 //! beyond the products'. The forward keeps the adapters' inner products x·Aᵀ (rank
 //! columns) for the backward.
 //!
-//! W and b are frozen (no gradient): the op holds them, as the fused attention holds
-//! nothing but its input. A trainable base takes the composed path.
+//! W and b are frozen (no gradient): the op holds them as a [`FrozenLinear`] — f32
+//! weights, or weights held quantized (QLoRA: the model crate's blocks), which give the
+//! base product and its input gradient. A trainable base takes the composed path.
 
-use crate::cpu::{contiguous_f32, tensor_f32};
+use crate::cpu::{contiguous_f32, output_buffer, tensor_f32};
 use crate::matmul::{matmul, Threads};
 use crate::ptr::Strided;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
 
 /// `(start, rows)` of each adapted block of output rows, in the order of A's and B's blocks.
+/// The frozen product under a layer's adapters: `y = x·Wᵀ (+ b)` and the input gradient
+/// `dY·W`. f32 weights ([`lora_linear`]) or weights held quantized (the model's QLoRA
+/// layers, [`lora_linear_on`]).
+pub trait FrozenLinear: Send + Sync + std::fmt::Debug {
+    /// (out, in)
+    fn dims(&self) -> (usize, usize);
+    /// y (rows × out) for x (rows × in), bias included.
+    fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>>;
+    /// dX (rows × in) = dY (rows × out) · W.
+    fn input_grad(&self, dy: &[f32], rows: usize) -> Result<Vec<f32>>;
+}
+
+/// f32 weights (n × k) and an optional bias, frozen.
 #[derive(Debug)]
-struct LoraLinear {
+struct DenseFrozen {
     w: Tensor,
     bias: Option<Tensor>,
+}
+
+impl FrozenLinear for DenseFrozen {
+    fn dims(&self) -> (usize, usize) {
+        self.w.dims2().unwrap_or((0, 0))
+    }
+
+    fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let (n, k) = self.w.dims2()?;
+        let (ws, wl) = self.w.storage_and_layout();
+        let bias = self.bias.as_ref().map(|b| b.storage_and_layout());
+        let bias = match &bias {
+            Some((s, l)) => Some(tensor_f32(s, l, NAME)?),
+            None => None,
+        };
+        crate::linear::forward_f32(x, rows, k, tensor_f32(&ws, wl, NAME)?, n, bias)
+    }
+
+    fn input_grad(&self, dy: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let (n, k) = self.w.dims2()?;
+        let (ws, wl) = self.w.storage_and_layout();
+        let wv = tensor_f32(&ws, wl, NAME)?;
+        if dy.len() != rows * n {
+            candle_core::bail!("{NAME}: a gradient of {} for {rows}×{n}", dy.len());
+        }
+        let mut dx = output_buffer(rows * k);
+        // SAFETY: dY is rows×n, W n×k (its layout), dX a fresh rows×k buffer.
+        unsafe { matmul(rows, k, n, Strided::row_major(dy, n), Strided::row_major(wv, k), dx.as_mut_ptr(), k, false, 1.0, Threads::Pool) };
+        Ok(dx)
+    }
+}
+
+#[derive(Debug)]
+struct LoraLinear {
+    base: Arc<dyn FrozenLinear>,
     parts: Vec<(usize, usize)>,
     rank: usize,
     scale: f32,
@@ -69,17 +119,15 @@ impl CustomOp3 for LoraLinear {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, a, b) = (contiguous_f32(s1, l1, NAME)?, contiguous_f32(s2, l2, NAME)?, contiguous_f32(s3, l3, NAME)?);
         let (rows, k) = l1.shape().dims2()?;
-        let (ws, wl) = self.w.storage_and_layout();
-        let n = wl.shape().dims2()?.0;
+        let (n, base_k) = self.base.dims();
+        if base_k != k {
+            candle_core::bail!("{NAME}: an input of width {k} for a {n}×{base_k} layer");
+        }
         self.check(k, n, l2, l3)?;
-        let mut y = {
-            let bias = self.bias.as_ref().map(|b| b.storage_and_layout());
-            let bias = match &bias {
-                Some((s, l)) => Some(tensor_f32(s, l, NAME)?),
-                None => None,
-            };
-            crate::linear::forward_f32(x, rows, k, tensor_f32(&ws, wl, NAME)?, n, bias)?
-        };
+        let mut y = self.base.forward(x, rows)?;
+        if y.len() != rows * n {
+            candle_core::bail!("{NAME}: the base gave {} values for {rows}×{n}", y.len());
+        }
         let u = self.inner(x, rows, k, a);
         let pr = self.parts.len() * self.rank;
         let mut b_row = 0;
@@ -107,8 +155,7 @@ impl CustomOp3 for LoraLinear {
         let (as_, al) = a.storage_and_layout();
         let (bs, bl) = b.storage_and_layout();
         let (gs, gl) = g.storage_and_layout();
-        let (ws, wl) = self.w.storage_and_layout();
-        let (xv, av, bv, gv, wv) = (tensor_f32(&xs, xl, NAME)?, tensor_f32(&as_, al, NAME)?, tensor_f32(&bs, bl, NAME)?, tensor_f32(&gs, gl, NAME)?, tensor_f32(&ws, wl, NAME)?);
+        let (xv, av, bv, gv) = (tensor_f32(&xs, xl, NAME)?, tensor_f32(&as_, al, NAME)?, tensor_f32(&bs, bl, NAME)?, tensor_f32(&gs, gl, NAME)?);
         // gB = [dY_p · B_p] (rows × P·r): the gradient reaching each adapter's inner product.
         let mut gb = vec![0f32; rows * pr];
         let mut db = vec![0f32; bv.len()];
@@ -135,18 +182,18 @@ impl CustomOp3 for LoraLinear {
         unsafe { matmul(pr, k, rows, gbt, Strided::row_major(xv, k), da.as_mut_ptr(), k, false, self.scale, Threads::Pool) };
         let dx = if need_x {
             // dX (rows × k) = dY·W + s · gB·A
-            let mut dx = crate::cpu::output_buffer(rows * k);
-            // SAFETY: dY rows×n, W n×k, gB rows×pr, A pr×k, dX a fresh rows×k buffer.
-            unsafe {
-                matmul(rows, k, n, Strided::row_major(gv, n), Strided::row_major(wv, k), dx.as_mut_ptr(), k, false, 1.0, Threads::Pool);
-                matmul(rows, k, pr, Strided::row_major(&gb, pr), Strided::row_major(av, k), dx.as_mut_ptr(), k, true, self.scale, Threads::Pool);
+            let mut dx = self.base.input_grad(gv, rows)?;
+            if dx.len() != rows * k {
+                candle_core::bail!("{NAME}: the base gave an input gradient of {} for {rows}×{k}", dx.len());
             }
+            // SAFETY: gB rows×pr, A pr×k, dX rows×k (checked just above).
+            unsafe { matmul(rows, k, pr, Strided::row_major(&gb, pr), Strided::row_major(av, k), dx.as_mut_ptr(), k, true, self.scale, Threads::Pool) };
             Some(dx)
         } else {
             None
         };
         let dev = x.device().clone();
-        drop((xs, as_, bs, gs, ws));
+        drop((xs, as_, bs, gs));
         let dx = match dx {
             Some(v) => Some(Tensor::from_vec(v, (rows, k), &dev)?),
             None => None,
@@ -170,20 +217,30 @@ pub struct LoraBlocks<'a> {
 /// of any rank (…, k), W (n × k) and bias frozen. Differentiable in x and the adapters' A
 /// and B; f32 on the CPU.
 pub fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: &LoraBlocks) -> Result<Tensor> {
-    let LoraBlocks { a, b, parts, rank, scale } = *lora;
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || w.dtype() != candle_core::DType::F32 {
-        candle_core::bail!("{NAME}: f32 on the CPU only");
+    if w.dtype() != candle_core::DType::F32 {
+        candle_core::bail!("{NAME}: f32 weights only");
     }
     if w.track_op() || bias.is_some_and(|b| b.track_op()) {
         candle_core::bail!("{NAME}: the base weights must be frozen (detached)");
     }
+    let base = DenseFrozen { w: w.contiguous()?, bias: bias.map(|b| b.contiguous()).transpose()? };
+    lora_linear_on(x, Arc::new(base), lora)
+}
+
+/// [`lora_linear`] over any frozen product (weights held quantized: QLoRA).
+pub fn lora_linear_on(x: &Tensor, base: Arc<dyn FrozenLinear>, lora: &LoraBlocks) -> Result<Tensor> {
+    let LoraBlocks { a, b, parts, rank, scale } = *lora;
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+        candle_core::bail!("{NAME}: f32 on the CPU only");
+    }
     let dims = x.dims().to_vec();
     let k = dims[dims.len() - 1];
-    let rows = x.elem_count() / k;
-    let op = LoraLinear { w: w.contiguous()?, bias: bias.map(|b| b.contiguous()).transpose()?, parts: parts.to_vec(), rank, scale: scale as f32, u: Default::default() };
+    let rows = x.elem_count() / k.max(1);
+    let n = base.dims().0;
+    let op = LoraLinear { base, parts: parts.to_vec(), rank, scale: scale as f32, u: Default::default() };
     let y = x.contiguous()?.reshape((rows, k))?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)?;
     let mut out = dims;
-    *out.last_mut().expect("rank >= 1") = w.dim(0)?;
+    *out.last_mut().expect("rank >= 1") = n;
     y.reshape(out)
 }
 

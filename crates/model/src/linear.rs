@@ -148,12 +148,14 @@ impl Linear {
     /// dropout, seeded so that a resumed run draws the same masks).
     pub fn forward_t(&self, x: &Tensor, lora_seed: Option<u64>) -> Result<Tensor> {
         if let Some(lora) = &self.lora {
-            // A frozen f32 base with adapters and no adapter dropout in effect: one op
-            // that adds the adapters' products into the base product's output.
+            // A frozen base (f32, or quantized: QLoRA) with adapters and no adapter dropout
+            // in effect: one op that adds the adapters' products into the base product's
+            // output.
             let dropout = lora_seed.is_some() && lora.dropout > 0.0;
             let frozen = !self.weight.track_op() && !self.bias.as_ref().is_some_and(Tensor::track_op);
             let cpu_f32 = x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && self.weight.dtype() == candle_core::DType::F32;
-            if let (Some(first), None, false, true, true, false) = (lora.parts.first(), &self.quant, dropout, frozen, cpu_f32, is_placeholder(&self.weight)) {
+            let has_weights = self.quant.is_some() || !is_placeholder(&self.weight);
+            if let (Some(first), false, true, true, true) = (lora.parts.first(), dropout, frozen, cpu_f32, has_weights) {
                 let rank = first.a.dim(0)?;
                 let mut parts = Vec::with_capacity(lora.parts.len());
                 for p in &lora.parts {
@@ -170,7 +172,13 @@ impl Linear {
                 };
                 let (a, b) = (stack(|p| &p.a)?, stack(|p| &p.b)?);
                 let blocks = ferrolm_kernels::LoraBlocks { a: &a, b: &b, parts: &parts, rank, scale: lora.scale };
-                return ferrolm_kernels::lora_linear(x, &self.weight, self.bias.as_ref(), &blocks);
+                return match &self.quant {
+                    None => ferrolm_kernels::lora_linear(x, &self.weight, self.bias.as_ref(), &blocks),
+                    Some(q) => {
+                        let bias = self.bias.as_ref().map(|b| b.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()).transpose()?;
+                        ferrolm_kernels::lora_linear_on(x, std::sync::Arc::new(crate::quant::QuantFrozen { q: q.clone(), bias }), &blocks)
+                    }
+                };
             }
         }
         let y = match &self.quant {

@@ -39,8 +39,7 @@ impl candle_core::CustomOp1 for QuantProduct {
         if k != q.cols() {
             candle_core::bail!("input width {k} for quantized weights of width {}", q.cols());
         }
-        let m = x.len() / k.max(1);
-        let y = if m <= crate::linear::QUANT_MAX_ROWS { q.matmul_t(x, m) } else { q.matmul_t_panels(x, m) };
+        let y = quant_forward(q, x, x.len() / k.max(1));
         let mut dims = l.dims().to_vec();
         *dims.last_mut().expect("an input of rank >= 1 (its width was checked)") = q.rows();
         Ok((candle_core::CpuStorage::F32(y), dims.into()))
@@ -63,13 +62,61 @@ impl candle_core::CustomOp1 for QuantProductGrad {
         if l.dims().last().copied() != Some(n) {
             candle_core::bail!("gradient of width {:?} for quantized weights of {n} rows", l.dims().last());
         }
-        let m = dy.len() / n.max(1);
-        let mut dx = vec![0f32; m * k];
-        let dequant = |first: usize, out: &mut [f32]| q.dequantize_rows_into(first, out);
-        ferrolm_kernels::sgemm::matmul_dequantized(dy, m, n, k, &mut dx, &dequant);
+        let dx = quant_input_grad(q, dy, dy.len() / n.max(1));
         let mut dims = l.dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = k;
         Ok((candle_core::CpuStorage::F32(dx), dims.into()))
+    }
+}
+
+/// x·Wᵀ for `m` rows of x: decoding's few-row product, or a prompt's many-row one.
+fn quant_forward(q: &QuantWeights, x: &[f32], m: usize) -> Vec<f32> {
+    if m <= crate::linear::QUANT_MAX_ROWS {
+        q.matmul_t(x, m)
+    } else {
+        q.matmul_t_panels(x, m)
+    }
+}
+
+/// dY·W for `m` rows of dY, on panels of W widened to f32.
+fn quant_input_grad(q: &QuantWeights, dy: &[f32], m: usize) -> Vec<f32> {
+    let mut dx = vec![0f32; m * q.cols()];
+    let dequant = |first: usize, out: &mut [f32]| q.dequantize_rows_into(first, out);
+    ferrolm_kernels::sgemm::matmul_dequantized(dy, m, q.rows(), q.cols(), &mut dx, &dequant);
+    dx
+}
+
+/// A quantized layer as the frozen base of LoRA adapters (QLoRA): the fused adapter op
+/// ([`ferrolm_kernels::lora_linear_on`]) takes its products from here.
+#[derive(Debug)]
+pub(crate) struct QuantFrozen {
+    pub q: std::sync::Arc<QuantWeights>,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl ferrolm_kernels::FrozenLinear for QuantFrozen {
+    fn dims(&self) -> (usize, usize) {
+        (self.q.rows(), self.q.cols())
+    }
+
+    fn forward(&self, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+        if x.len() != rows * self.q.cols() {
+            candle_core::bail!("an input of {} values for {rows} rows of width {}", x.len(), self.q.cols());
+        }
+        let mut y = quant_forward(&self.q, x, rows);
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(b.len()) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        Ok(y)
+    }
+
+    fn input_grad(&self, dy: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+        if dy.len() != rows * self.q.rows() {
+            candle_core::bail!("a gradient of {} values for {rows} rows of width {}", dy.len(), self.q.rows());
+        }
+        Ok(quant_input_grad(&self.q, dy, rows))
     }
 }
 
