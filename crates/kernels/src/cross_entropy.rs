@@ -15,7 +15,7 @@ pub const IGNORE_INDEX: u32 = u32::MAX;
 /// pass over the logits (`exp(z − lse)`) instead of three (max, sum, scale). Both run
 /// vectorised, the max and the sum in 16 lanes: a language model's logits (tokens ×
 /// vocabulary, 200 MB for 1,024 tokens of a 49k vocabulary) are the largest tensor of a
-/// step, and one-lane loops over them were 5 % of a LoRA step.
+/// step, and one-lane loops over them, forward and backward, were 9 % of a LoRA step.
 #[derive(Default)]
 struct CrossEntropy {
     /// Each row's log Σ exp(z), written by the forward (NaN for ignored rows).

@@ -21,7 +21,6 @@ use crate::ptr::Strided;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
 
-/// `(start, rows)` of each adapted block of output rows, in the order of A's and B's blocks.
 /// The frozen product under a layer's adapters: `y = x·Wᵀ (+ b)` and the input gradient
 /// `dY·W`. f32 weights ([`lora_linear`]) or weights held quantized (the model's QLoRA
 /// layers, [`lora_linear_on`]).
@@ -74,6 +73,8 @@ impl FrozenLinear for DenseFrozen {
 #[derive(Debug)]
 struct LoraLinear {
     base: Arc<dyn FrozenLinear>,
+    /// `(start, rows)` of each adapted block of output rows, in the order of A's and B's
+    /// blocks.
     parts: Vec<(usize, usize)>,
     rank: usize,
     scale: f32,
