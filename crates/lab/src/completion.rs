@@ -18,8 +18,13 @@
 //! - the **n-gram baseline** (interpolated modified Kneser-Ney on the same tokens, greedy);
 //! - completion **latency**: time to the first token and to the whole line.
 //!
-//! Lines are sampled one per held-out file by a seeded hash; blank lines and lines of
-//! closing brackets alone are not asked for.
+//! Lines are sampled by a seeded hash, `experiment.lines_per_file` per held-out file (1 by
+//! default); blank lines and lines of closing brackets alone are not asked for.
+//!
+//! Every comparison between two systems on the same lines (the FIM model's infilling against
+//! the model without FIM, its next line against the same) comes with a paired bootstrap 95 %
+//! interval of the difference (the lines resampled with replacement, 10,000 times): a
+//! difference whose interval includes 0 is reported as within noise, not as a win.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -132,8 +137,10 @@ struct ExperimentConfig {
     tokenizer_train_bytes: usize,
     /// Sample the corpus down to about this many bytes (whole documents).
     max_corpus_bytes: usize,
-    /// Held-out lines asked for (one per file at most).
+    /// Held-out lines asked for (at most `lines_per_file` per file).
     examples: usize,
+    /// Lines asked for in one held-out file, at most.
+    lines_per_file: usize,
     /// Longest line asked for, in characters.
     max_line_chars: usize,
     /// Most tokens per completion.
@@ -143,7 +150,7 @@ struct ExperimentConfig {
 
 impl Default for ExperimentConfig {
     fn default() -> Self {
-        Self { val_fraction: 0.1, vocab_size: 2048, tokenizer_train_bytes: 4_000_000, max_corpus_bytes: 40_000_000, examples: 200, max_line_chars: 120, max_tokens: 48, ngram_order: 5 }
+        Self { val_fraction: 0.1, vocab_size: 2048, tokenizer_train_bytes: 4_000_000, max_corpus_bytes: 40_000_000, examples: 200, lines_per_file: 1, max_line_chars: 120, max_tokens: 48, ngram_order: 5 }
     }
 }
 
@@ -166,6 +173,84 @@ pub struct TaskScore {
     /// Medians over the examples, in milliseconds (NaN for the n-gram model).
     pub time_to_first_token_ms: f64,
     pub total_ms: f64,
+    /// Each line's (exact match, edit similarity), in example order: what the paired
+    /// comparisons resample.
+    #[serde(skip)]
+    pub per_line: Vec<(bool, f64)>,
+}
+
+/// One system against another on the same lines: the mean difference (system − baseline)
+/// and its paired bootstrap 95 % interval.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairedComparison {
+    pub task: String,
+    pub system: String,
+    pub baseline: String,
+    pub metric: String,
+    pub difference: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// Lines where the system scored higher / lower than the baseline.
+    pub better: usize,
+    pub worse: usize,
+}
+
+impl PairedComparison {
+    /// "above", "below" or "within noise": whether the 95 % interval excludes 0.
+    pub fn verdict(&self) -> &'static str {
+        if self.ci_low > 0.0 {
+            "above"
+        } else if self.ci_high < 0.0 {
+            "below"
+        } else {
+            "within noise"
+        }
+    }
+}
+
+/// Paired bootstrap (Efron & Tibshirani; Koehn 2004 for MT evaluation) of mean(a − b) over
+/// the same items: `resamples` draws of n items with replacement from a seeded generator,
+/// the 2.5th and 97.5th percentiles of the resampled means.
+pub fn paired_bootstrap(a: &[f64], b: &[f64], resamples: usize, seed: u64) -> (f64, f64, f64) {
+    use rand::{Rng, SeedableRng};
+    assert_eq!(a.len(), b.len(), "paired scores need the same items");
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let n = d.len();
+    if n == 0 {
+        return (0.0, 0.0, 0.0);
+    }
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut means: Vec<f64> = (0..resamples.max(1)).map(|_| (0..n).map(|_| d[rng.random_range(0..n)]).sum::<f64>() / n as f64).collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((q * (means.len() - 1) as f64).round() as usize).min(means.len() - 1)];
+    (mean, at(0.025), at(0.975))
+}
+
+/// Exact match (as 0/1) and edit similarity of `system` against `baseline` on one task.
+fn compare(task: &str, system: (&str, &TaskScore), baseline: (&str, &TaskScore)) -> Vec<PairedComparison> {
+    type LineScore = fn(&(bool, f64)) -> f64;
+    let metrics: [(&str, LineScore); 2] = [("exact match", |p| p.0 as u8 as f64), ("edit similarity", |p| p.1)];
+    metrics
+        .iter()
+        .enumerate()
+        .map(|(k, (metric, f))| {
+            let a: Vec<f64> = system.1.per_line.iter().map(f).collect();
+            let b: Vec<f64> = baseline.1.per_line.iter().map(f).collect();
+            let (difference, ci_low, ci_high) = paired_bootstrap(&a, &b, 10_000, 0xb007 + k as u64);
+            PairedComparison {
+                task: task.into(),
+                system: system.0.into(),
+                baseline: baseline.0.into(),
+                metric: (*metric).into(),
+                difference,
+                ci_low,
+                ci_high,
+                better: a.iter().zip(&b).filter(|(x, y)| x > y).count(),
+                worse: a.iter().zip(&b).filter(|(x, y)| x < y).count(),
+            }
+        })
+        .collect()
 }
 
 /// A trained model's figures.
@@ -190,6 +275,8 @@ pub struct CompletionSummary {
     pub models: Vec<ModelResult>,
     pub ngram_next_line: TaskScore,
     pub ngram_order: usize,
+    /// The FIM model against the model without FIM, line by line.
+    pub comparisons: Vec<PairedComparison>,
     pub train_tokens: usize,
     pub val_tokens: usize,
     pub train_crates: usize,
@@ -205,7 +292,7 @@ fn load(o: &CompletionExperimentOptions) -> Result<(ExperimentConfig, RunConfig,
     let exp = crate::config::take_section(&mut rest, "experiment");
     let exp: ExperimentConfig = ferrolm_common::config::typed(&exp).context("in [experiment]")?;
     anyhow::ensure!(exp.val_fraction > 0.0 && exp.val_fraction < 0.5, "experiment.val_fraction must be in (0, 0.5)");
-    anyhow::ensure!(exp.examples > 0 && exp.max_tokens > 0, "experiment.examples and experiment.max_tokens must be positive");
+    anyhow::ensure!(exp.examples > 0 && exp.max_tokens > 0 && exp.lines_per_file > 0, "experiment.examples, experiment.lines_per_file and experiment.max_tokens must be positive");
     anyhow::ensure!(exp.ngram_order >= 2, "experiment.ngram_order must be at least 2");
     let cfg = RunConfig::from_value(&rest)?;
     anyhow::ensure!(cfg.is_plain_causal(), "the completion experiment trains causal models (model.kind = \"causal\", no [pairs])");
@@ -231,18 +318,21 @@ fn askable(line: &str, max_chars: usize) -> bool {
     t.chars().any(|c| c.is_alphanumeric()) && line.chars().count() <= max_chars
 }
 
-/// One line per held-out Rust file (seeded hash), then the files in hash order.
+/// Up to `lines_per_file` lines per held-out Rust file (the lowest seeded hashes of its
+/// askable lines), then the files in hash order, each file's lines in hash order.
 fn sample_examples(val_docs: &[Document], exp: &ExperimentConfig, seed: u64) -> Vec<Example> {
     let h = |s: &str| xxhash_rust::xxh3::xxh3_64_with_seed(s.as_bytes(), seed ^ 0x11ec);
-    let mut picked: Vec<(u64, Example)> = Vec::new();
+    let mut picked: Vec<((u64, usize), Example)> = Vec::new();
     for d in val_docs.iter().filter(|d| is_rust_code(d)) {
         let lines: Vec<&str> = d.text.split('\n').collect();
         // a line with code before and after it
-        let candidates: Vec<usize> = (1..lines.len().saturating_sub(1)).filter(|&i| askable(lines[i], exp.max_line_chars)).collect();
-        let Some(&i) = candidates.iter().min_by_key(|&&i| h(&format!("{}:{i}", d.id))) else { continue };
-        let start: usize = lines[..i].iter().map(|l| l.len() + 1).sum();
-        let end = start + lines[i].len();
-        picked.push((h(&d.id), Example { file: d.id.clone(), line: i + 1, prefix: d.text[..start].to_string(), truth: lines[i].to_string(), suffix: d.text[end..].to_string() }));
+        let mut candidates: Vec<usize> = (1..lines.len().saturating_sub(1)).filter(|&i| askable(lines[i], exp.max_line_chars)).collect();
+        candidates.sort_by_cached_key(|&i| h(&format!("{}:{i}", d.id)));
+        for (rank, &i) in candidates.iter().take(exp.lines_per_file).enumerate() {
+            let start: usize = lines[..i].iter().map(|l| l.len() + 1).sum();
+            let end = start + lines[i].len();
+            picked.push(((h(&d.id), rank), Example { file: d.id.clone(), line: i + 1, prefix: d.text[..start].to_string(), truth: lines[i].to_string(), suffix: d.text[end..].to_string() }));
+        }
     }
     picked.sort_by_key(|p| p.0);
     picked.into_iter().take(exp.examples).map(|p| p.1).collect()
@@ -254,7 +344,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Completions of every example with one model and prompt layout.
 fn score_model(model: &AnyModel, ctx: usize, tok: &Tokenizer, examples: &[Example], layout: PromptLayout, max_tokens: usize) -> Result<(TaskScore, Vec<String>)> {
-    let (mut em, mut es, mut ttft, mut total, mut outs) = (0usize, 0f64, Vec::new(), Vec::new(), Vec::new());
+    let (mut per_line, mut ttft, mut total, mut outs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for e in examples {
         // left to right, the model sees only the code before the line
         let suffix = if layout == PromptLayout::LeftToRight { String::new() } else { e.suffix.clone() };
@@ -262,14 +352,25 @@ fn score_model(model: &AnyModel, ctx: usize, tok: &Tokenizer, examples: &[Exampl
         req.layout = layout;
         req.max_tokens = max_tokens;
         let c = complete(model, ctx, tok, &req)?;
-        em += exact_match(&c.text, &e.truth) as usize;
-        es += edit_similarity(c.text.trim(), e.truth.trim());
+        per_line.push((exact_match(&c.text, &e.truth), edit_similarity(c.text.trim(), e.truth.trim())));
         ttft.push(c.time_to_first_token_ms);
         total.push(c.total_ms);
         outs.push(c.text);
     }
-    let n = examples.len().max(1) as f64;
-    Ok((TaskScore { exact_match: em as f64 / n, edit_similarity: es / n, examples: examples.len(), time_to_first_token_ms: median(&mut ttft), total_ms: median(&mut total) }, outs))
+    Ok((task_score(per_line, median(&mut ttft), median(&mut total)), outs))
+}
+
+/// Means over the lines, with the lines' own scores kept.
+fn task_score(per_line: Vec<(bool, f64)>, time_to_first_token_ms: f64, total_ms: f64) -> TaskScore {
+    let n = per_line.len().max(1) as f64;
+    TaskScore {
+        exact_match: per_line.iter().filter(|p| p.0).count() as f64 / n,
+        edit_similarity: per_line.iter().map(|p| p.1).sum::<f64>() / n,
+        examples: per_line.len(),
+        time_to_first_token_ms,
+        total_ms,
+        per_line,
+    }
 }
 
 /// The n-gram model's next line: greedy (the most probable next token under the model at
@@ -287,7 +388,7 @@ fn ngram_next_line(model: &ferrolm_ngram::Model, tok: &Tokenizer, examples: &[Ex
         })
         .chain([(eot, eos)])
         .collect();
-    let (mut em, mut es, mut total, mut outs) = (0usize, 0f64, Vec::new(), Vec::new());
+    let (mut per_line, mut total, mut outs) = (Vec::new(), Vec::new(), Vec::new());
     for e in examples {
         let t0 = Instant::now();
         let ids = tok.encode(&e.prefix);
@@ -304,13 +405,11 @@ fn ngram_next_line(model: &ferrolm_ngram::Model, tok: &Tokenizer, examples: &[Ex
             ctx.push(m);
         }
         let text = stops.finish();
-        em += exact_match(&text, &e.truth) as usize;
-        es += edit_similarity(text.trim(), e.truth.trim());
+        per_line.push((exact_match(&text, &e.truth), edit_similarity(text.trim(), e.truth.trim())));
         total.push(t0.elapsed().as_secs_f64() * 1e3);
         outs.push(text);
     }
-    let n = examples.len().max(1) as f64;
-    (TaskScore { exact_match: em as f64 / n, edit_similarity: es / n, examples: examples.len(), time_to_first_token_ms: f64::NAN, total_ms: median(&mut total) }, outs)
+    (task_score(per_line, f64::NAN, median(&mut total)), outs)
 }
 
 /// Run the experiment into its folder (report.md, completion.svg, summary.json,
@@ -402,11 +501,19 @@ pub fn run_completion_experiment(o: &CompletionExperimentOptions, device: &Devic
     }
     ferrolm_common::write_atomic(out.join("samples.md"), &samples)?;
 
+    let (f, nf) = (&models[0], &models[1]);
+    let mut comparisons = compare("infilling", ("FIM model, PSM prompt", &f.infill), ("no-FIM model, left to right", &nf.infill));
+    if let Some(spm) = &f.infill_spm {
+        comparisons.extend(compare("infilling", ("FIM model, SPM prompt", spm), ("no-FIM model, left to right", &nf.infill)));
+    }
+    comparisons.extend(compare("next line", ("FIM model", &f.next_line), ("no-FIM model", &nf.next_line)));
+    comparisons.extend(compare("next line", (&format!("{}-gram", exp.ngram_order), &ngram_next_line), ("no-FIM model", &nf.next_line)));
     let load_average = std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     let summary = CompletionSummary {
         models,
         ngram_next_line,
         ngram_order: exp.ngram_order,
+        comparisons,
         train_tokens: train.len(),
         val_tokens: val.len(),
         train_crates,
@@ -438,8 +545,8 @@ fn report(s: &CompletionSummary, exp: &ExperimentConfig, corpus_lines: &[String]
     }
     let _ = writeln!(
         r,
-        "- split by crate: {} training crates, {} held-out crates the models never saw; {} training tokens, {} held-out tokens\n- {n} held-out lines, one per held-out Rust file (seeded), not blank and not brackets alone, at most {} characters\n",
-        s.train_crates, s.val_crates, s.train_tokens, s.val_tokens, exp.max_line_chars
+        "- split by crate: {} training crates, {} held-out crates the models never saw; {} training tokens, {} held-out tokens\n- {n} held-out lines, at most {} per held-out Rust file (seeded), not blank and not brackets alone, at most {} characters\n",
+        s.train_crates, s.val_crates, s.train_tokens, s.val_tokens, exp.lines_per_file, exp.max_line_chars
     );
     let fim = &s.models[0];
     let _ = writeln!(
@@ -464,18 +571,36 @@ fn report(s: &CompletionSummary, exp: &ExperimentConfig, corpus_lines: &[String]
     let _ = writeln!(r, "| {}-gram (Kneser-Ney, greedy; infill: left to right) | {:.3} | {:.1} | {:.3} | {:.1} | | – | {:.1} |\n", s.ngram_order, ng.exact_match, ng.edit_similarity, ng.exact_match, ng.edit_similarity, ng.total_ms);
     let _ = writeln!(r, "![held-out bits per byte and completion scores](completion.svg)\n");
     let (f, nf) = (&s.models[0], &s.models[1]);
-    let _ = writeln!(r, "## What the numbers show\n");
+    let _ = writeln!(r, "## Paired comparisons\n\nThe same lines scored by two systems: the mean difference (system − baseline; exact match as a share, edit similarity in points), its paired bootstrap 95 % interval (lines resampled with replacement, 10,000 times), and the lines where the system scored higher / lower. An interval that includes 0 is within noise.\n");
+    let _ = writeln!(r, "| task | system | baseline | metric | difference | 95 % interval | lines better / worse | verdict |\n|---|---|---|---|---|---|---|---|");
+    for c in &s.comparisons {
+        let _ = writeln!(r, "| {} | {} | {} | {} | {:+.3} | [{:+.3}, {:+.3}] | {} / {} | {} |", c.task, c.system, c.baseline, c.metric, c.difference, c.ci_low, c.ci_high, c.better, c.worse, c.verdict());
+    }
+    let _ = writeln!(r, "\n## What the numbers show\n");
+    // the verdict on a task: above when one metric's interval is above 0 and the other's not below
+    let verdict = |task: &str, system: &str| -> String {
+        let cs: Vec<&PairedComparison> = s.comparisons.iter().filter(|c| c.task == task && c.system == system).collect();
+        let v: Vec<&str> = cs.iter().map(|c| c.verdict()).collect();
+        if v.contains(&"below") {
+            "below".into()
+        } else if v.contains(&"above") {
+            "above".into()
+        } else {
+            "within noise of".into()
+        }
+    };
+    let infills = std::iter::once(("FIM model, PSM prompt", &f.infill)).chain(f.infill_spm.as_ref().map(|spm| ("FIM model, SPM prompt", spm)));
+    for (system, score) in infills {
+        let _ = writeln!(
+            r,
+            "- Infilling, {system}: the FIM model, which sees the code after the gap, is {} the model without FIM, which cannot ({:.3} vs {:.3} EM, {:.1} vs {:.1} edit similarity; paired intervals above).",
+            verdict("infilling", system), score.exact_match, nf.infill.exact_match, score.edit_similarity, nf.infill.edit_similarity
+        );
+    }
     let _ = writeln!(
         r,
-        "- Infilling: the FIM model, which sees the code after the gap, {} the model without FIM, which cannot ({:.3} vs {:.3} EM, {:.1} vs {:.1} edit similarity).",
-        if f.infill.exact_match >= nf.infill.exact_match && f.infill.edit_similarity > nf.infill.edit_similarity { "beats" } else { "does not beat" },
-        f.infill.exact_match, nf.infill.exact_match, f.infill.edit_similarity, nf.infill.edit_similarity
-    );
-    let _ = writeln!(
-        r,
-        "- Next line, left to right: {:.3} vs {:.3} EM, {:.1} vs {:.1} edit similarity ({}).",
-        f.next_line.exact_match, nf.next_line.exact_match, f.next_line.edit_similarity, nf.next_line.edit_similarity,
-        if f.next_line.edit_similarity >= nf.next_line.edit_similarity { "FIM costs nothing here" } else { "FIM is behind here" }
+        "- Next line, left to right: the FIM model is {} the model without FIM ({:.3} vs {:.3} EM, {:.1} vs {:.1} edit similarity).",
+        verdict("next line", "FIM model"), f.next_line.exact_match, nf.next_line.exact_match, f.next_line.edit_similarity, nf.next_line.edit_similarity
     );
     let _ = writeln!(
         r,
@@ -504,6 +629,76 @@ mod tests {
         assert_eq!(edit_similarity("", ""), 100.0);
         assert_eq!(edit_similarity("abc", ""), 0.0);
         assert_eq!(edit_similarity("é", "é"), 100.0);
+    }
+
+    #[test]
+    fn paired_bootstrap_finds_a_real_difference_and_not_a_null_one() {
+        // identical systems: no difference, a degenerate interval at 0
+        let a: Vec<f64> = (0..200).map(|i| (i % 7) as f64).collect();
+        assert_eq!(paired_bootstrap(&a, &a, 2000, 1), (0.0, 0.0, 0.0));
+        // the system is one point better on every line but noisy: the interval is above 0
+        let noise = |i: usize| ((i * 2654435761) % 1000) as f64 / 100.0 - 5.0;
+        let b: Vec<f64> = (0..200).map(|i| 50.0 + noise(i)).collect();
+        let better: Vec<f64> = (0..200).map(|i| 51.0 + noise(i + 17)).collect();
+        let (d, lo, hi) = paired_bootstrap(&better, &b, 2000, 1);
+        assert!(lo <= d && d <= hi);
+        let mean = better.iter().zip(&b).map(|(x, y)| x - y).sum::<f64>() / 200.0;
+        assert!((d - mean).abs() < 1e-12);
+        // 200 lines of noise with sd ≈ 4 around a shift of 1: the interval is about ±0.55 wide
+        assert!(hi - lo > 0.2 && hi - lo < 1.5, "interval [{lo}, {hi}]");
+        // a shift the noise swamps: the interval straddles 0
+        let tiny: Vec<f64> = (0..200).map(|i| 50.05 + noise(i + 17)).collect();
+        let (_, lo, hi) = paired_bootstrap(&tiny, &b, 2000, 1);
+        assert!(lo < 0.0 && hi > 0.0, "interval [{lo}, {hi}]");
+        // same seed, same interval
+        assert_eq!(paired_bootstrap(&tiny, &b, 2000, 1), paired_bootstrap(&tiny, &b, 2000, 1));
+    }
+
+    #[test]
+    fn comparisons_count_lines_and_give_verdicts() {
+        let score = |v: &[(bool, f64)]| task_score(v.to_vec(), 0.0, 0.0);
+        let sys = score(&[(true, 100.0), (false, 40.0), (false, 30.0), (true, 100.0)]);
+        let base = score(&[(false, 20.0), (false, 40.0), (false, 10.0), (true, 100.0)]);
+        assert_eq!(sys.exact_match, 0.5);
+        assert_eq!(sys.edit_similarity, 67.5);
+        let c = compare("infilling", ("s", &sys), ("b", &base));
+        assert_eq!(c.len(), 2);
+        let (em, es) = (&c[0], &c[1]);
+        assert_eq!((em.metric.as_str(), em.better, em.worse), ("exact match", 1, 0));
+        assert!((em.difference - 0.25).abs() < 1e-12);
+        assert_eq!((es.metric.as_str(), es.better, es.worse), ("edit similarity", 2, 0));
+        assert!((es.difference - 25.0).abs() < 1e-12);
+        // every line is at least as good: every resampled mean is ≥ 0
+        assert!(es.ci_low >= 0.0 && es.verdict() != "below");
+        let flipped = compare("infilling", ("b", &base), ("s", &sys));
+        assert!(flipped[1].ci_high <= 0.0);
+    }
+
+    #[test]
+    fn several_lines_per_file_are_distinct_and_in_the_file() {
+        let text = (0..40).map(|i| format!("    let v{i} = {i};")).collect::<Vec<_>>().join("\n");
+        let docs = vec![Document::new("a/src/lib.rs", &text, "code"), Document::new("b/src/lib.rs", &text, "code")];
+        let one = sample_examples(&docs, &ExperimentConfig { examples: 100, ..Default::default() }, 3);
+        assert_eq!(one.len(), 2);
+        let four = sample_examples(&docs, &ExperimentConfig { examples: 100, lines_per_file: 4, ..Default::default() }, 3);
+        assert_eq!(four.len(), 8);
+        for f in ["a/src/lib.rs", "b/src/lib.rs"] {
+            let mut lines: Vec<usize> = four.iter().filter(|e| e.file == f).map(|e| e.line).collect();
+            assert_eq!(lines.len(), 4);
+            lines.sort();
+            lines.dedup();
+            assert_eq!(lines.len(), 4, "four different lines of {f}");
+            // the first line of each file is the one a single-line sample picks
+            let single = one.iter().find(|e| e.file == f).unwrap();
+            assert_eq!(four.iter().find(|e| e.file == f).unwrap().line, single.line);
+        }
+        for e in &four {
+            assert_eq!(format!("{}{}{}", e.prefix, e.truth, e.suffix), text);
+        }
+        // the cap takes whole files first
+        let capped = sample_examples(&docs, &ExperimentConfig { examples: 5, lines_per_file: 4, ..Default::default() }, 3);
+        assert_eq!(capped.len(), 5);
+        assert!(capped[..4].iter().all(|e| e.file == capped[0].file));
     }
 
     #[test]
