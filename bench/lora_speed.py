@@ -2,9 +2,11 @@
 
     /work/venv-hf/bin/python bench/lora_speed.py --model DIR [--ferrolm target/release/ferrolm]
         [--rank 16] [--batch 4] [--seq-len 256] [--steps 5] [--repeats 3] [--threads 2] [--matmul f32|bf16]
+        [--dropout 0.05]
 
 DIR is a Hugging Face model folder (bench/hf_speed.py --work DIR writes SmolLM2-135M's shape
-with random weights). Both sides train rank-r adapters (alpha 2r, no dropout) on every
+with random weights). Both sides train rank-r adapters (alpha 2r, adapter dropout `--dropout`,
+0 by default) on every
 linear layer of the blocks (q, k, v, o, gate, up, down) with the base frozen, on random
 tokens, full-sequence next-token loss, gradient clipping at 1.0 and AdamW; a step is
 forward, backward, clip, AdamW, zero-grad. The two run alternately `repeats` times (so
@@ -37,14 +39,14 @@ def hwm():
     return 0
 from transformers import AutoModelForCausalLM
 from peft import LoraConfig, get_peft_model
-folder, threads, rank, batch, seq, steps, matmul = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
+folder, threads, rank, batch, seq, steps, matmul, dropout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7], float(sys.argv[8])
 torch.set_num_threads(threads)
 if matmul == "bf16":
     # f32 tensors, products on bf16 operands with f32 sums (oneDNN, AMX where the CPU has
     # it): what ferrolm's train.matmul_precision = "bf16" does
     torch.backends.mkldnn.matmul.fp32_precision = "bf16"
 m = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
-m = get_peft_model(m, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+m = get_peft_model(m, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=dropout, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
 m.train()
 params = [p for p in m.parameters() if p.requires_grad]
 opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
@@ -62,7 +64,7 @@ for i in range(steps + 2):
     opt.zero_grad(set_to_none=True)
     if i >= 2:
         times.append(time.perf_counter() - t)
-print(json.dumps({"impl": "transformers+peft", "torch": torch.__version__, "matmul": matmul, "adapter_params": sum(p.numel() for p in params),
+print(json.dumps({"impl": "transformers+peft", "torch": torch.__version__, "matmul": matmul, "dropout": dropout, "adapter_params": sum(p.numel() for p in params),
                   "tokens_per_sec": batch * seq * len(times) / sum(times), "step_ms_median": sorted(times)[len(times) // 2] * 1e3,
                   "peak_rss_bytes": hwm()}))
 '''
@@ -87,6 +89,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--matmul", choices=["f32", "bf16"], default="f32",
                     help="bf16: both sides multiply bf16-rounded operands with f32 sums (AMX tiles where the CPU has them)")
+    ap.add_argument("--dropout", type=float, default=0.0, help="adapter dropout on both sides (lora.dropout / lora_dropout)")
     ap.add_argument("--qlora", nargs="*", default=[], choices=["q8_0", "q4_k", "f16"],
                     help="also run ferrolm with the base held quantized (lora.quant), for information")
     a = ap.parse_args()
@@ -99,14 +102,14 @@ def main():
     fer, pt = [], []
     qlora = {q: [] for q in a.qlora}
     fer_cmd = [a.ferrolm, "bench", "lora", "--model", a.model, "--rank", str(a.rank), "--alpha", str(2 * a.rank), "--batch", str(a.batch),
-               "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--matmul", a.matmul, "--json"]
+               "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--matmul", a.matmul, "--dropout", str(a.dropout), "--json"]
     for _ in range(a.repeats):
         fer.append(run_json(fer_cmd, env))
         print(json.dumps(fer[-1]), flush=True)
         for q in a.qlora:
             qlora[q].append(run_json(fer_cmd + ["--quant", q], env))
             print(json.dumps(qlora[q][-1]), flush=True)
-        pt.append(run_json([sys.executable, "-c", PEFT_CODE, a.model, str(a.threads), str(a.rank), str(a.batch), str(a.seq_len), str(a.steps), a.matmul], env))
+        pt.append(run_json([sys.executable, "-c", PEFT_CODE, a.model, str(a.threads), str(a.rank), str(a.batch), str(a.seq_len), str(a.steps), a.matmul, str(a.dropout)], env))
         print(json.dumps(pt[-1]), flush=True)
     f = statistics.median(r["tokens_per_sec"] for r in fer)
     p = statistics.median(r["tokens_per_sec"] for r in pt)

@@ -97,7 +97,7 @@ pub use {
     cpu::contiguous_f32,
     cross_entropy::{cross_entropy, IGNORE_INDEX},
     decode_attention::{decode_attention, DecodeHeads, RowKv},
-    dropout::dropout,
+    dropout::{dropout, dropout_hashed, keep_bits},
     fused_attention::fused_self_attention,
     gelu::gelu,
     linear::linear,

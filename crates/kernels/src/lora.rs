@@ -11,6 +11,10 @@
 //! beyond the products'. The forward keeps the adapters' inner products x·Aᵀ (rank
 //! columns) for the backward.
 //!
+//! Adapter dropout (PEFT's `lora_dropout`: the adapters, not the base, see a dropped
+//! input) is drawn inside the op from a seed ([`crate::keep_bits`], one bit per element),
+//! and drawn again in the backward: nothing of the size of x is kept.
+//!
 //! W and b are frozen (no gradient): the op holds them as a [`FrozenLinear`] — f32
 //! weights, or weights held quantized (QLoRA: the model crate's blocks), which give the
 //! base product and its input gradient. A trainable base takes the composed path.
@@ -78,6 +82,8 @@ struct LoraLinear {
     parts: Vec<(usize, usize)>,
     rank: usize,
     scale: f32,
+    /// Adapter dropout: (p, seed).
+    dropout: Option<(f32, u64)>,
     /// The forward's u = x·Aᵀ, taken by the backward (which recomputes it when absent: a
     /// second backward through the same graph).
     u: std::sync::Mutex<Vec<f32>>,
@@ -100,6 +106,15 @@ impl LoraLinear {
             candle_core::bail!("{NAME}: A {:?}, B {:?} for parts {:?} of rank {} on a {n}×{k} layer", a.dims(), b.dims(), self.parts, self.rank);
         }
         Ok(())
+    }
+
+    /// The adapters' input: x with adapter dropout applied (None without dropout: x itself).
+    fn dropped(&self, x: &[f32]) -> Option<Vec<f32>> {
+        let (p, seed) = self.dropout?;
+        let keep = crate::keep_bits(x.len(), p, seed);
+        let mut out = output_buffer(x.len());
+        crate::dropout::apply_keep_bits(x, &keep, 1.0 / (1.0 - p), &mut out);
+        Some(out)
     }
 
     /// u = x·Aᵀ (rows × P·r).
@@ -129,7 +144,9 @@ impl CustomOp3 for LoraLinear {
         if y.len() != rows * n {
             candle_core::bail!("{NAME}: the base gave {} values for {rows}×{n}", y.len());
         }
-        let u = self.inner(x, rows, k, a);
+        let dropped = self.dropped(x);
+        let u = self.inner(dropped.as_deref().unwrap_or(x), rows, k, a);
+        drop(dropped);
         let pr = self.parts.len() * self.rank;
         let mut b_row = 0;
         for (p, &(start, len)) in self.parts.iter().enumerate() {
@@ -161,8 +178,11 @@ impl CustomOp3 for LoraLinear {
         let mut gb = vec![0f32; rows * pr];
         let mut db = vec![0f32; bv.len()];
         let mut da = vec![0f32; av.len()];
+        // the adapters' input, dropped as in the forward (the same mask from the same seed)
+        let dropped = self.dropped(xv);
+        let xa = dropped.as_deref().unwrap_or(xv);
         let u = std::mem::take(&mut *self.u.lock().map_err(poisoned)?);
-        let u = if u.len() == rows * pr { u } else { self.inner(xv, rows, k, av) };
+        let u = if u.len() == rows * pr { u } else { self.inner(xa, rows, k, av) };
         let mut b_row = 0;
         for (p, &(start, len)) in self.parts.iter().enumerate() {
             let gp = Strided { ptr: gv[start..].as_ptr(), rs: n as isize, cs: 1 };
@@ -177,18 +197,28 @@ impl CustomOp3 for LoraLinear {
             unsafe { matmul(len, r, rows, gpt, up, db[b_row * r..].as_mut_ptr(), r, false, self.scale, Threads::Pool) };
             b_row += len;
         }
-        // dA (P·r × k) = s · gBᵀ · x
+        // dA (P·r × k) = s · gBᵀ · x (the adapters' input: dropped)
         let gbt = Strided { ptr: gb.as_ptr(), rs: 1, cs: pr as isize };
         // SAFETY: gB is rows×pr, x rows×k, dA a pr×k buffer.
-        unsafe { matmul(pr, k, rows, gbt, Strided::row_major(xv, k), da.as_mut_ptr(), k, false, self.scale, Threads::Pool) };
+        unsafe { matmul(pr, k, rows, gbt, Strided::row_major(xa, k), da.as_mut_ptr(), k, false, self.scale, Threads::Pool) };
+        drop(dropped);
         let dx = if need_x {
             // dX (rows × k) = dY·W + s · gB·A
             let mut dx = self.base.input_grad(gv, rows)?;
             if dx.len() != rows * k {
                 candle_core::bail!("{NAME}: the base gave an input gradient of {} for {rows}×{k}", dx.len());
             }
-            // SAFETY: gB rows×pr, A pr×k, dX rows×k (checked just above).
-            unsafe { matmul(rows, k, pr, Strided::row_major(&gb, pr), Strided::row_major(av, k), dx.as_mut_ptr(), k, true, self.scale, Threads::Pool) };
+            match self.dropout {
+                // SAFETY: gB rows×pr, A pr×k, dX rows×k (checked just above).
+                None => unsafe { matmul(rows, k, pr, Strided::row_major(&gb, pr), Strided::row_major(av, k), dx.as_mut_ptr(), k, true, self.scale, Threads::Pool) },
+                Some((p, seed)) => {
+                    // through the dropout: only the kept elements of x reached the adapters
+                    let mut t = output_buffer(rows * k);
+                    // SAFETY: as above, into a fresh rows×k buffer.
+                    unsafe { matmul(rows, k, pr, Strided::row_major(&gb, pr), Strided::row_major(av, k), t.as_mut_ptr(), k, false, self.scale, Threads::Pool) };
+                    crate::dropout::add_kept(&t, &crate::keep_bits(rows * k, p, seed), 1.0 / (1.0 - p), &mut dx);
+                }
+            }
             Some(dx)
         } else {
             None
@@ -212,6 +242,9 @@ pub struct LoraBlocks<'a> {
     pub rank: usize,
     /// alpha / rank
     pub scale: f64,
+    /// Adapter dropout (p, seed): the adapters see x dropped with [`crate::keep_bits`]'s
+    /// mask (as [`crate::dropout_hashed`] draws it), the base sees x.
+    pub dropout: Option<(f32, u64)>,
 }
 
 /// `x·Wᵀ (+ bias)`, plus `scale·(x·A_pᵀ)·B_pᵀ` added to each part's output rows, for `x`
@@ -230,7 +263,13 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: &LoraBlo
 
 /// [`lora_linear`] over any frozen product (weights held quantized: QLoRA).
 pub fn lora_linear_on(x: &Tensor, base: Arc<dyn FrozenLinear>, lora: &LoraBlocks) -> Result<Tensor> {
-    let LoraBlocks { a, b, parts, rank, scale } = *lora;
+    let LoraBlocks { a, b, parts, rank, scale, dropout } = *lora;
+    if let Some((p, _)) = dropout {
+        if !(0.0..1.0).contains(&p) {
+            candle_core::bail!("{NAME}: adapter dropout {p} is not in [0, 1)");
+        }
+    }
+    let dropout = dropout.filter(|&(p, _)| p > 0.0);
     if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
         candle_core::bail!("{NAME}: f32 on the CPU only");
     }
@@ -238,7 +277,7 @@ pub fn lora_linear_on(x: &Tensor, base: Arc<dyn FrozenLinear>, lora: &LoraBlocks
     let k = dims[dims.len() - 1];
     let rows = x.elem_count() / k.max(1);
     let n = base.dims().0;
-    let op = LoraLinear { base, parts: parts.to_vec(), rank, scale: scale as f32, u: Default::default() };
+    let op = LoraLinear { base, parts: parts.to_vec(), rank, scale: scale as f32, dropout, u: Default::default() };
     let y = x.contiguous()?.reshape((rows, k))?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)?;
     let mut out = dims;
     *out.last_mut().expect("rank >= 1") = n;
@@ -260,7 +299,7 @@ mod tests {
         for threads in [1, 2] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
-                for with_bias in [false, true] {
+                for (with_bias, dropout) in [(false, None), (true, None), (true, Some((0.3f32, 7u64)))] {
                     let x = Var::from_tensor(&rand(&[2, 7, k], 1)).unwrap();
                     let w = rand(&[n, k], 2);
                     let bias = rand(&[n], 3);
@@ -269,13 +308,18 @@ mod tests {
                     let g = rand(&[2, 7, n], 6);
                     let scale = 0.75;
                     let bias_ref = with_bias.then_some(&bias);
-                    let blocks = LoraBlocks { a: a.as_tensor(), b: b.as_tensor(), parts: &parts, rank: r, scale };
+                    let blocks = LoraBlocks { a: a.as_tensor(), b: b.as_tensor(), parts: &parts, rank: r, scale, dropout };
                     let ours = lora_linear(x.as_tensor(), &w, bias_ref, &blocks).unwrap();
                     // composed: base product, then each block's update added into its rows
                     let mut reference = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap();
                     if let Some(bias) = bias_ref {
                         reference = reference.broadcast_add(bias).unwrap();
                     }
+                    // the adapters see x dropped (the same mask from the same seed), the base x
+                    let xa = match dropout {
+                        Some((p, seed)) => crate::dropout_hashed(x.as_tensor(), p, seed).unwrap(),
+                        None => x.as_tensor().clone(),
+                    };
                     let mut pieces = Vec::new();
                     let (mut at, mut b_row) = (0, 0);
                     for (p, &(start, len)) in parts.iter().enumerate() {
@@ -284,21 +328,21 @@ mod tests {
                         }
                         let ap = a.as_tensor().narrow(0, p * r, r).unwrap();
                         let bp = b.as_tensor().narrow(0, b_row, len).unwrap();
-                        let u = x.as_tensor().broadcast_matmul(&ap.t().unwrap()).unwrap();
+                        let u = xa.broadcast_matmul(&ap.t().unwrap()).unwrap();
                         pieces.push(u.broadcast_matmul(&bp.t().unwrap()).unwrap());
                         at = start + len;
                         b_row += len;
                     }
                     let delta = Tensor::cat(&pieces, 2).unwrap();
                     let reference = (reference + (delta * scale).unwrap()).unwrap();
-                    assert!(max_diff(&ours, &reference) < 1e-4, "forward, bias {with_bias}, {threads} threads");
+                    assert!(max_diff(&ours, &reference) < 1e-4, "forward, bias {with_bias}, dropout {dropout:?}, {threads} threads");
                     let loss = (ours * &g).unwrap().sum_all().unwrap();
                     let ga = loss.backward().unwrap();
                     let gr = (reference * &g).unwrap().sum_all().unwrap().backward().unwrap();
                     // a second backward through the same graph recomputes the inner products
                     let again = loss.backward().unwrap();
                     for (name, v) in [("x", &x), ("A", &a), ("B", &b)] {
-                        assert!(max_diff(ga.get(v).unwrap(), gr.get(v).unwrap()) < 1e-4, "d{name}, bias {with_bias}, {threads} threads");
+                        assert!(max_diff(ga.get(v).unwrap(), gr.get(v).unwrap()) < 1e-4, "d{name}, bias {with_bias}, dropout {dropout:?}, {threads} threads");
                         assert_eq!(max_diff(ga.get(v).unwrap(), again.get(v).unwrap()), 0.0, "d{name} again");
                     }
                 }
@@ -308,6 +352,9 @@ mod tests {
         let w = Var::from_tensor(&rand(&[4, 3], 1)).unwrap();
         let x = rand(&[2, 3], 2);
         let (a, b) = (rand(&[2, 3], 3), rand(&[4, 2], 4));
-        assert!(lora_linear(&x, w.as_tensor(), None, &LoraBlocks { a: &a, b: &b, parts: &[(0, 4)], rank: 2, scale: 1.0 }).is_err());
+        assert!(lora_linear(&x, w.as_tensor(), None, &LoraBlocks { a: &a, b: &b, parts: &[(0, 4)], rank: 2, scale: 1.0, dropout: None }).is_err());
+        // dropout must be a probability below 1
+        let w = rand(&[4, 3], 1);
+        assert!(lora_linear(&x, &w, None, &LoraBlocks { a: &a, b: &b, parts: &[(0, 4)], rank: 2, scale: 1.0, dropout: Some((1.0, 1)) }).is_err());
     }
 }

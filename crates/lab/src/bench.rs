@@ -289,6 +289,8 @@ pub struct LoraBenchOptions {
     pub matmul: MatmulPrecision,
     /// `lora.quant`: the base's block weights held quantized (QLoRA).
     pub quant: Option<ferrolm_model::QuantKind>,
+    /// `lora.dropout`: adapter dropout.
+    pub dropout: f32,
 }
 
 /// Random-token language-model batches for a LoRA step: every position scored.
@@ -330,7 +332,7 @@ pub fn bench_lora(o: &LoraBenchOptions, device: &Device) -> Result<BenchOutcome>
     // with --quant the base is quantized as it is read (never whole in f32), as sft does
     let loaded = ferrolm_model::registry::load_base(&o.model, device, o.quant)?;
     let mut model = loaded.model.into_decoder("bench lora")?;
-    let lcfg = ferrolm_model::lora::LoraConfig { rank: o.rank, alpha: o.alpha, dropout: 0.0, targets: vec!["all".into()], quant: o.quant };
+    let lcfg = ferrolm_model::lora::LoraConfig { rank: o.rank, alpha: o.alpha, dropout: o.dropout, targets: vec!["all".into()], quant: o.quant };
     let adapter_params = ferrolm_model::lora::prepare(&mut model, &loaded.varmap, &lcfg, 1)?;
     let vocab = model.config().vocab_size;
     let train = TrainConfig { max_steps: o.steps + 10, batch_size: o.batch, seq_len: o.seq_len, lr: 1e-4, min_lr: 1e-4, warmup_steps: 0, eval_interval: 0, checkpoint_interval: 0, log_interval: 1_000_000, matmul_precision: o.matmul, ..Default::default() };

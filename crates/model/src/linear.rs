@@ -148,14 +148,14 @@ impl Linear {
     /// dropout, seeded so that a resumed run draws the same masks).
     pub fn forward_t(&self, x: &Tensor, lora_seed: Option<u64>) -> Result<Tensor> {
         if let Some(lora) = &self.lora {
-            // A frozen base (f32, or quantized: QLoRA) with adapters and no adapter dropout
-            // in effect: one op that adds the adapters' products into the base product's
-            // output.
-            let dropout = lora_seed.is_some() && lora.dropout > 0.0;
+            // A frozen base (f32, or quantized: QLoRA) with adapters: one op that adds the
+            // adapters' products into the base product's output, adapter dropout drawn
+            // inside it (the composed path below draws the same mask).
+            let dropout = lora_seed.filter(|_| lora.dropout > 0.0).map(|s| (lora.dropout, s));
             let frozen = !self.weight.track_op() && !self.bias.as_ref().is_some_and(Tensor::track_op);
             let cpu_f32 = x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && self.weight.dtype() == candle_core::DType::F32;
             let has_weights = self.quant.is_some() || !is_placeholder(&self.weight);
-            if let (Some(first), false, true, true, true) = (lora.parts.first(), dropout, frozen, cpu_f32, has_weights) {
+            if let (Some(first), true, true, true) = (lora.parts.first(), frozen, cpu_f32, has_weights) {
                 let rank = first.a.dim(0)?;
                 let mut parts = Vec::with_capacity(lora.parts.len());
                 for p in &lora.parts {
@@ -171,7 +171,7 @@ impl Linear {
                     }
                 };
                 let (a, b) = (stack(|p| &p.a)?, stack(|p| &p.b)?);
-                let blocks = ferrolm_kernels::LoraBlocks { a: &a, b: &b, parts: &parts, rank, scale: lora.scale };
+                let blocks = ferrolm_kernels::LoraBlocks { a: &a, b: &b, parts: &parts, rank, scale: lora.scale, dropout };
                 return match &self.quant {
                     None => ferrolm_kernels::lora_linear(x, &self.weight, self.bias.as_ref(), &blocks),
                     Some(q) => {
@@ -203,7 +203,7 @@ impl Linear {
         };
         let Some(lora) = &self.lora else { return Ok(y) };
         let x = match lora_seed {
-            Some(s) if lora.dropout > 0.0 => ferrolm_kernels::dropout(x, lora.dropout, s)?,
+            Some(s) if lora.dropout > 0.0 => ferrolm_kernels::dropout_hashed(x, lora.dropout, s)?,
             _ => x.clone(),
         };
         let out = self.weight.dim(0)?;

@@ -123,27 +123,35 @@ fn a_frozen_base_gets_no_weight_gradients_and_the_same_adapter_gradients() {
     let c = cfg(BlockStyle::Modern);
     let ids = Tensor::new(&[3u32, 7, 1, 20, 5], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let targets = Tensor::new(&[7u32, 1, 20, 5, 2], &Device::Cpu).unwrap();
-    let run = |freeze: bool| {
+    // with adapter dropout in training (a seed given), the composed path (unfrozen base)
+    // and the fused op (frozen base) draw the same masks
+    let run = |freeze: bool, dropout: f32| {
         let (mut m, vm) = model(&c);
-        lora::attach(&mut m, &vm, &lora(2, &["q", "o", "up"]), 9).unwrap();
+        lora::attach(&mut m, &vm, &LoraConfig { dropout, ..lora(2, &["q", "o", "up"]) }, 9).unwrap();
         perturb_b(&vm);
         if freeze {
             m.freeze_linears();
         }
-        let l = m.forward(&ids, &MaskSpec::causal(), None).unwrap().squeeze(0).unwrap();
+        let seed = (dropout > 0.0).then_some(77);
+        let l = m.logits(&m.hidden(&ids, &MaskSpec::causal(), None, seed).unwrap()).unwrap().squeeze(0).unwrap();
         let loss = ferrolm_kernels::cross_entropy(&l, &targets).unwrap();
         let grads = loss.backward().unwrap();
         let data = vm.data().lock().unwrap();
         let g = |n: &str| grads.get(data[n].as_tensor()).map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         (loss.to_scalar::<f32>().unwrap(), g("decoder.blocks.0.attn.qkv.lora_a.q"), g("decoder.blocks.1.mlp.up.lora_b.up"), g("decoder.blocks.0.attn.qkv.weight"), g("decoder.blocks.1.mlp.proj.weight"))
     };
-    let (l0, a0, b0, w0, p0) = run(false);
-    let (l1, a1, b1, w1, p1) = run(true);
-    assert_eq!(l0, l1);
-    assert!(w0.is_some() && p0.is_some(), "unfrozen base weights get gradients");
-    assert!(w1.is_none() && p1.is_none(), "frozen base weights get none");
     let d = |x: Vec<f32>, y: Vec<f32>| x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(d(a0.unwrap(), a1.unwrap()) < 1e-6 && d(b0.unwrap(), b1.unwrap()) < 1e-6, "adapter gradients unchanged");
+    let mut losses = Vec::new();
+    for dropout in [0.0, 0.3] {
+        let (l0, a0, b0, w0, p0) = run(false, dropout);
+        let (l1, a1, b1, w1, p1) = run(true, dropout);
+        assert!((l0 - l1).abs() < 1e-6, "dropout {dropout}: loss {l0} vs {l1}");
+        assert!(w0.is_some() && p0.is_some(), "unfrozen base weights get gradients");
+        assert!(w1.is_none() && p1.is_none(), "frozen base weights get none");
+        assert!(d(a0.unwrap(), a1.unwrap()) < 1e-6 && d(b0.unwrap(), b1.unwrap()) < 1e-6, "dropout {dropout}: adapter gradients unchanged");
+        losses.push(l1);
+    }
+    assert_ne!(losses[0], losses[1], "adapter dropout changes the training loss");
 }
 
 #[test]

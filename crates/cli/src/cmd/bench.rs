@@ -78,6 +78,9 @@ enum What {
         /// Hold the frozen base's block weights quantized (q8_0, q4_k or f16): QLoRA.
         #[arg(long)]
         quant: Option<ferrolm_model::QuantKind>,
+        /// Adapter dropout (`lora.dropout`; PEFT's `lora_dropout`).
+        #[arg(long, default_value_t = 0.0)]
+        dropout: f32,
     },
 }
 
@@ -130,9 +133,9 @@ pub fn run(args: Args) -> Result<()> {
             let o = GenerateBenchOptions { model, prompt_tokens, new_tokens, repeats, quant };
             (ferrolm_kernels::pool::on_worker(|| bench_generate(&o, &device))?, json)
         }
-        What::Lora { model, rank, alpha, batch, seq_len, steps, json, matmul, quant } => {
+        What::Lora { model, rank, alpha, batch, seq_len, steps, json, matmul, quant, dropout } => {
             let model = super::model_dir(&model)?;
-            (bench_lora(&LoraBenchOptions { model, rank, alpha, batch, seq_len, steps, matmul, quant }, &device)?, json)
+            (bench_lora(&LoraBenchOptions { model, rank, alpha, batch, seq_len, steps, matmul, quant, dropout }, &device)?, json)
         }
         What::Recurrent(b) => {
             let o = RecurrentBenchOptions { family: b.family, vocab: b.vocab, embed: b.embed, hidden: b.hidden, layers: b.layers, batch: b.batch, seq_len: b.seq_len, steps: b.steps };
