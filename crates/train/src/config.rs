@@ -73,6 +73,11 @@ pub struct TrainConfig {
     /// "context" (default, the paper's recommendation: applied inside each drawn window) or
     /// "document" (applied to documents before they are packed into the stream).
     pub fim_level: FimLevel,
+    /// Share of the FIM examples whose two cuts fall at line starts (and a piece's ends)
+    /// instead of at any character: an editor's cursor at the start of a line gives a middle
+    /// that starts at a line start, which character-level cuts (the paper's) almost never
+    /// train. 0 (default): character level only.
+    pub fim_line_rate: f64,
 }
 
 impl Default for TrainConfig {
@@ -103,6 +108,7 @@ impl Default for TrainConfig {
             fim_rate: 0.0,
             fim_spm_rate: 0.5,
             fim_level: FimLevel::Context,
+            fim_line_rate: 0.0,
         }
     }
 }
@@ -124,8 +130,11 @@ impl TrainConfig {
         if self.eval_batches == 0 {
             return Err("train.eval_batches must be positive".into());
         }
-        if !(0.0..=1.0).contains(&self.fim_rate) || !(0.0..=1.0).contains(&self.fim_spm_rate) {
-            return Err(format!("train.fim_rate ({}) and train.fim_spm_rate ({}) must be in [0, 1]", self.fim_rate, self.fim_spm_rate));
+        if !(0.0..=1.0).contains(&self.fim_rate) || !(0.0..=1.0).contains(&self.fim_spm_rate) || !(0.0..=1.0).contains(&self.fim_line_rate) {
+            return Err(format!(
+                "train.fim_rate ({}), train.fim_spm_rate ({}) and train.fim_line_rate ({}) must be in [0, 1]",
+                self.fim_rate, self.fim_spm_rate, self.fim_line_rate
+            ));
         }
         Ok(())
     }

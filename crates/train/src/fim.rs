@@ -95,6 +95,8 @@ pub struct FimSettings {
     /// Share of the transformed ones laid out SPM (the rest PSM).
     pub spm_rate: f64,
     pub level: FimLevel,
+    /// Share of the transformed ones cut at line starts ([`split_document_at_lines`]).
+    pub line_rate: f64,
 }
 
 /// A document cut into three pieces at two character positions.
@@ -116,6 +118,25 @@ pub fn split_document<'t>(text: &'t str, rng: &mut impl Rng) -> FimSplit<'t> {
     }
     let byte = |c: usize| text.char_indices().nth(c).map_or(text.len(), |(i, _)| i);
     let (a, b) = (byte(a), byte(b));
+    FimSplit { prefix: &text[..a], middle: &text[a..b], suffix: &text[b..] }
+}
+
+/// Cut `text` at two of its line starts (0, every position after a `\n`, and the end),
+/// drawn independently and uniformly and sorted: a middle of whole lines, as an editor's
+/// cursor at the start of a line asks for. Text of one line (no `\n` inside) is cut at
+/// characters instead ([`split_document`]). Two draws either way.
+pub fn split_document_at_lines<'t>(text: &'t str, rng: &mut impl Rng) -> FimSplit<'t> {
+    let mut starts: Vec<usize> = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    if starts.last() != Some(&text.len()) {
+        starts.push(text.len());
+    }
+    if starts.len() < 3 {
+        return split_document(text, rng);
+    }
+    let (mut a, mut b) = (starts[rng.random_range(0..starts.len())], starts[rng.random_range(0..starts.len())]);
+    if a > b {
+        std::mem::swap(&mut a, &mut b);
+    }
     FimSplit { prefix: &text[..a], middle: &text[a..b], suffix: &text[b..] }
 }
 
@@ -168,12 +189,15 @@ pub struct Fim<'a> {
 struct Draw {
     fim: bool,
     spm: bool,
+    /// Cut at line starts.
+    lines: bool,
 }
 
 impl<'a> Fim<'a> {
     pub fn new(settings: FimSettings, tok: &'a Tokenizer) -> Result<Self> {
         anyhow::ensure!((0.0..=1.0).contains(&settings.rate), "train.fim_rate must be in [0, 1], got {}", settings.rate);
         anyhow::ensure!((0.0..=1.0).contains(&settings.spm_rate), "train.fim_spm_rate must be in [0, 1], got {}", settings.spm_rate);
+        anyhow::ensure!((0.0..=1.0).contains(&settings.line_rate), "train.fim_line_rate must be in [0, 1], got {}", settings.line_rate);
         Ok(Self { settings, tokens: FimTokens::from_tokenizer(tok)?, tok })
     }
 
@@ -182,7 +206,10 @@ impl<'a> Fim<'a> {
     fn draw(&self, rng: &mut impl Rng) -> Draw {
         let u: f64 = rng.random();
         let v: f64 = rng.random();
-        Draw { fim: u < self.settings.rate, spm: v < self.settings.spm_rate }
+        // a third draw only when line cuts are configured, so that runs without them draw
+        // exactly as before
+        let lines = self.settings.line_rate > 0.0 && rng.random::<f64>() < self.settings.line_rate;
+        Draw { fim: u < self.settings.rate, spm: v < self.settings.spm_rate, lines }
     }
 
     fn text_of(&self, ids: &[u32]) -> Option<String> {
@@ -194,9 +221,9 @@ impl<'a> Fim<'a> {
     }
 
     /// The pieces of `text`, tokenized separately: (prefix, middle, suffix) ids and the mode.
-    fn pieces(&self, text: &str, spm: bool, rng: &mut impl Rng) -> (Vec<u32>, Vec<u32>, Vec<u32>, FimMode) {
-        let s = split_document(text, rng);
-        let mode = if spm { FimMode::Spm } else { FimMode::Psm };
+    fn pieces(&self, text: &str, d: &Draw, rng: &mut impl Rng) -> (Vec<u32>, Vec<u32>, Vec<u32>, FimMode) {
+        let s = if d.lines { split_document_at_lines(text, rng) } else { split_document(text, rng) };
+        let mode = if d.spm { FimMode::Spm } else { FimMode::Psm };
         (self.tok.encode(s.prefix), self.tok.encode(s.middle), self.tok.encode(s.suffix), mode)
     }
 
@@ -212,7 +239,7 @@ impl<'a> Fim<'a> {
             stats.skipped += 1;
             return None;
         };
-        let (p, m, s, mode) = self.pieces(&text, d.spm, rng);
+        let (p, m, s, mode) = self.pieces(&text, &d, rng);
         match mode {
             FimMode::Psm => stats.psm += 1,
             FimMode::Spm => stats.spm += 1,
@@ -293,7 +320,7 @@ impl<'a> Fim<'a> {
             stats.skipped += 1;
             return;
         };
-        let (p, m, mut s, mode) = self.pieces(&text, d.spm, rng);
+        let (p, m, mut s, mode) = self.pieces(&text, &d, rng);
         let len = p.len() + m.len() + s.len() + 3;
         if len > piece.len() {
             let excess = len - piece.len();
@@ -369,6 +396,58 @@ mod tests {
     }
 
     #[test]
+    fn line_cuts_fall_at_line_starts_and_cover_every_start() {
+        let text = "fn a() {\n    let x = 1;\n    x\n}\n// é\n";
+        let starts = [0, 9, 24, 30, 32, 38];
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2_000 {
+            let s = split_document_at_lines(text, &mut rng);
+            assert_eq!(format!("{}{}{}", s.prefix, s.middle, s.suffix), text);
+            let (a, b) = (s.prefix.len(), s.prefix.len() + s.middle.len());
+            assert!(starts.contains(&a) && starts.contains(&b), "cuts at {a} and {b}");
+            seen.insert(a);
+            seen.insert(b);
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), starts.to_vec(), "every line start is drawn");
+        // one line: character cuts, still two draws
+        let (mut r1, mut r2) = (ChaCha8Rng::seed_from_u64(9), ChaCha8Rng::seed_from_u64(9));
+        assert_eq!(split_document_at_lines("no newline here", &mut r1), split_document("no newline here", &mut r2));
+        assert_eq!(r1.random::<u64>(), r2.random::<u64>());
+    }
+
+    #[test]
+    fn line_rate_one_gives_middles_of_whole_lines_and_zero_draws_as_before() {
+        let tok = tokenizer();
+        let t = FimTokens::from_tokenizer(&tok).unwrap();
+        let doc = "fn f() {\n    let x = vec![1, 2];\n    x.len()\n}\n";
+        let ids = tok.encode(doc);
+        let lines = Fim::new(FimSettings { rate: 1.0, spm_rate: 0.0, level: FimLevel::Document, line_rate: 1.0 }, &tok).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let mut stats = FimStats::default();
+        for _ in 0..50 {
+            let out = lines.transform_document(&ids, &mut rng, &mut stats).unwrap();
+            let (mode, p, m, sfx) = unlayout(&out, &t).unwrap();
+            let (p, m, sfx) = (tok.decode(&p), tok.decode(&m), tok.decode(&sfx));
+            if mode == FimMode::Psm {
+                assert_eq!(format!("{p}{m}{sfx}"), doc);
+                assert!(p.is_empty() || p.ends_with('\n'), "the middle starts a line: {p:?}");
+                assert!(m.is_empty() || m.ends_with('\n'), "and ends one: {m:?}");
+            }
+        }
+        // line_rate 0 takes no third draw: the same examples as a build without the option
+        let chars = Fim::new(FimSettings { rate: 1.0, spm_rate: 0.5, level: FimLevel::Document, line_rate: 0.0 }, &tok).unwrap();
+        let (mut r1, mut r2) = (ChaCha8Rng::seed_from_u64(4), ChaCha8Rng::seed_from_u64(4));
+        let out = chars.transform_document(&ids, &mut r1, &mut stats).unwrap();
+        let (u, v): (f64, f64) = (r2.random(), r2.random());
+        assert!(u < 1.0);
+        let s = split_document(doc, &mut r2);
+        let mode = if v < 0.5 { FimMode::Spm } else { FimMode::Psm };
+        assert_eq!(out, layout(mode, &tok.encode(s.prefix), &tok.encode(s.middle), &tok.encode(s.suffix), &t));
+        assert!(Fim::new(FimSettings { rate: 1.0, spm_rate: 0.5, level: FimLevel::Document, line_rate: 1.5 }, &tok).is_err());
+    }
+
+    #[test]
     fn psm_and_spm_layouts_are_the_papers() {
         let t = FimTokens { prefix: 100, suffix: 101, middle: 102, eot: 0, pad: 1 };
         let (p, m, s) = ([10, 11], [20], [30, 31, 32]);
@@ -390,7 +469,7 @@ mod tests {
             stream.extend(tok.encode(d));
             stream.push(t.eot);
         }
-        let fim = Fim::new(FimSettings { rate: 0.5, spm_rate: 0.5, level: FimLevel::Document }, &tok).unwrap();
+        let fim = Fim::new(FimSettings { rate: 0.5, spm_rate: 0.5, level: FimLevel::Document, line_rate: 0.0 }, &tok).unwrap();
         let (out, stats) = fim.document_stream(&stream, 7);
         assert_eq!(stats.documents, 400);
         assert_eq!(stats.skipped, 0);
@@ -425,7 +504,7 @@ mod tests {
         assert_eq!(psm + spm, stats.psm + stats.spm);
         assert!(spm >= stats.spm && spm - stats.spm < 20, "{spm} {stats:?}");
         // rate 0 leaves the stream as it was
-        let none = Fim::new(FimSettings { rate: 0.0, spm_rate: 0.5, level: FimLevel::Document }, &tok).unwrap();
+        let none = Fim::new(FimSettings { rate: 0.0, spm_rate: 0.5, level: FimLevel::Document, line_rate: 0.0 }, &tok).unwrap();
         assert_eq!(none.document_stream(&stream, 7).0, stream);
     }
 
@@ -438,7 +517,7 @@ mod tests {
             stream.extend(tok.encode(&format!("fn f{i}() {{\n    let x = vec![{i}];\n}}\n")));
             stream.push(t.eot);
         }
-        let fim = Fim::new(FimSettings { rate: 1.0, spm_rate: 0.5, level: FimLevel::Context }, &tok).unwrap();
+        let fim = Fim::new(FimSettings { rate: 1.0, spm_rate: 0.5, level: FimLevel::Context, line_rate: 0.0 }, &tok).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let mut stats = FimStats::default();
         for start in [0usize, 5, 17, 40] {
@@ -487,7 +566,7 @@ mod tests {
         let mut w: Vec<u32> = text.chars().flat_map(|c| tok.encode(&c.to_string())).collect();
         w.push(t.eot);
         let n = w.len();
-        let fim = Fim::new(FimSettings { rate: 1.0, spm_rate: 0.0, level: FimLevel::Context }, &tok).unwrap();
+        let fim = Fim::new(FimSettings { rate: 1.0, spm_rate: 0.0, level: FimLevel::Context, line_rate: 0.0 }, &tok).unwrap();
         let mut stats = FimStats::default();
         let pad = fim.transform_context(&mut w, &mut ChaCha8Rng::seed_from_u64(5), &mut stats);
         assert_eq!((w.len(), stats.psm), (n, 1));

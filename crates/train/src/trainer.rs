@@ -226,7 +226,7 @@ impl<'a, M: CausalLm> LmTask<'a, M> {
             self.fim = None;
             return Ok(self);
         }
-        let fim = Fim::new(FimSettings { rate: tc.fim_rate, spm_rate: tc.fim_spm_rate, level: tc.fim_level }, tok)?;
+        let fim = Fim::new(FimSettings { rate: tc.fim_rate, spm_rate: tc.fim_spm_rate, level: tc.fim_level, line_rate: tc.fim_line_rate }, tok)?;
         if let Some(&bad) = [fim.tokens.prefix, fim.tokens.suffix, fim.tokens.middle].iter().find(|&&id| id as usize >= self.token_bytes.len()) {
             bail!("the tokenizer's fill-in-the-middle token id {bad} is outside the model's vocabulary of {}", self.token_bytes.len());
         }
