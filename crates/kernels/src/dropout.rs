@@ -23,7 +23,8 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
 /// backward (or keep it at one bit per element) instead of keeping a mask tensor.
 pub fn keep_bits(n: usize, p: f32, seed: u64) -> Vec<u64> {
     use rayon::prelude::*;
-    let threshold = ((p.clamp(0.0, 1.0) as f64) * 4_294_967_296.0).min(u32::MAX as f64 + 1.0) as u64;
+    // at most 2³² (p = 1): no 32-bit draw reaches it
+    let threshold = ((p.clamp(0.0, 1.0) as f64) * 4_294_967_296.0) as u64;
     let mut bits = vec![0u64; n.div_ceil(64)];
     bits.par_chunks_mut(256).enumerate().for_each(|(c, chunk)| {
         for (w, word) in chunk.iter_mut().enumerate() {
@@ -55,6 +56,12 @@ fn mix(seed: u64, i: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Whether element `i` is kept under the mask of [`keep_bits`].
+#[inline(always)]
+fn is_kept(keep: &[u64], i: usize) -> bool {
+    keep[i / 64] >> (i % 64) & 1 == 1
+}
+
 /// `out[i] = x[i] · scale` where bit `i` of `keep` is set, else 0 (`out` and `x` the same
 /// length, at most `64·keep.len()`).
 pub(crate) fn apply_keep_bits(x: &[f32], keep: &[u64], scale: f32, out: &mut [f32]) {
@@ -74,7 +81,7 @@ fn zip_kept(x: &[f32], keep: &[u64], scale: f32, out: &mut [f32], f: impl Fn(&mu
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, xs))| {
         for (i, (o, &v)) in o.iter_mut().zip(xs).enumerate() {
             let e = c * CHUNK + i;
-            f(o, if keep[e / 64] >> (e % 64) & 1 == 1 { v * scale } else { 0.0 });
+            f(o, if is_kept(keep, e) { v * scale } else { 0.0 });
         }
     });
 }
@@ -87,7 +94,7 @@ pub fn dropout_hashed(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     }
     let keep = keep_bits(x.elem_count(), p, seed);
     let scale = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count()).map(|i| if keep[i / 64] >> (i % 64) & 1 == 1 { scale } else { 0.0 }).collect();
+    let mask: Vec<f32> = (0..x.elem_count()).map(|i| if is_kept(&keep, i) { scale } else { 0.0 }).collect();
     x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?
 }
 
@@ -110,7 +117,7 @@ mod tests {
             // a prefix of a longer mask is the shorter mask: the draws are per index
             let longer = keep_bits(n + 500, p, 42);
             for i in 0..n {
-                assert_eq!(bits[i / 64] >> (i % 64) & 1, longer[i / 64] >> (i % 64) & 1);
+                assert_eq!(is_kept(&bits, i), is_kept(&longer, i));
             }
             assert_ne!(keep_bits(n.max(640), p, 43), keep_bits(n.max(640), p, 42), "another seed, another mask");
         }

@@ -108,12 +108,18 @@ impl LoraLinear {
         Ok(())
     }
 
-    /// The adapters' input: x with adapter dropout applied (None without dropout: x itself).
-    fn dropped(&self, x: &[f32]) -> Option<Vec<f32>> {
+    /// The adapter-dropout mask of an input of `n` values and the kept values' scale (None
+    /// without dropout): the same bits in the forward and the backward, from the same seed.
+    fn keep(&self, n: usize) -> Option<(Vec<u64>, f32)> {
         let (p, seed) = self.dropout?;
-        let keep = crate::keep_bits(x.len(), p, seed);
+        Some((crate::keep_bits(n, p, seed), 1.0 / (1.0 - p)))
+    }
+
+    /// The adapters' input: x with the mask applied (None without dropout: x itself).
+    fn dropped(x: &[f32], keep: &Option<(Vec<u64>, f32)>) -> Option<Vec<f32>> {
+        let (bits, scale) = keep.as_ref()?;
         let mut out = output_buffer(x.len());
-        crate::dropout::apply_keep_bits(x, &keep, 1.0 / (1.0 - p), &mut out);
+        crate::dropout::apply_keep_bits(x, bits, *scale, &mut out);
         Some(out)
     }
 
@@ -144,7 +150,7 @@ impl CustomOp3 for LoraLinear {
         if y.len() != rows * n {
             candle_core::bail!("{NAME}: the base gave {} values for {rows}×{n}", y.len());
         }
-        let dropped = self.dropped(x);
+        let dropped = Self::dropped(x, &self.keep(x.len()));
         let u = self.inner(dropped.as_deref().unwrap_or(x), rows, k, a);
         drop(dropped);
         let pr = self.parts.len() * self.rank;
@@ -178,8 +184,10 @@ impl CustomOp3 for LoraLinear {
         let mut gb = vec![0f32; rows * pr];
         let mut db = vec![0f32; bv.len()];
         let mut da = vec![0f32; av.len()];
-        // the adapters' input, dropped as in the forward (the same mask from the same seed)
-        let dropped = self.dropped(xv);
+        // the adapters' input, dropped as in the forward (the same mask from the same seed),
+        // the mask kept for dX
+        let keep = self.keep(xv.len());
+        let dropped = Self::dropped(xv, &keep);
         let xa = dropped.as_deref().unwrap_or(xv);
         let u = std::mem::take(&mut *self.u.lock().map_err(poisoned)?);
         let u = if u.len() == rows * pr { u } else { self.inner(xa, rows, k, av) };
@@ -208,15 +216,15 @@ impl CustomOp3 for LoraLinear {
             if dx.len() != rows * k {
                 candle_core::bail!("{NAME}: the base gave an input gradient of {} for {rows}×{k}", dx.len());
             }
-            match self.dropout {
+            match &keep {
                 // SAFETY: gB rows×pr, A pr×k, dX rows×k (checked just above).
                 None => unsafe { matmul(rows, k, pr, Strided::row_major(&gb, pr), Strided::row_major(av, k), dx.as_mut_ptr(), k, true, self.scale, Threads::Pool) },
-                Some((p, seed)) => {
+                Some((bits, scale)) => {
                     // through the dropout: only the kept elements of x reached the adapters
                     let mut t = output_buffer(rows * k);
                     // SAFETY: as above, into a fresh rows×k buffer.
                     unsafe { matmul(rows, k, pr, Strided::row_major(&gb, pr), Strided::row_major(av, k), t.as_mut_ptr(), k, false, self.scale, Threads::Pool) };
-                    crate::dropout::add_kept(&t, &crate::keep_bits(rows * k, p, seed), 1.0 / (1.0 - p), &mut dx);
+                    crate::dropout::add_kept(&t, bits, *scale, &mut dx);
                 }
             }
             Some(dx)

@@ -328,10 +328,11 @@ fn sample_examples(val_docs: &[Document], exp: &ExperimentConfig, seed: u64) -> 
         // a line with code before and after it
         let mut candidates: Vec<usize> = (1..lines.len().saturating_sub(1)).filter(|&i| askable(lines[i], exp.max_line_chars)).collect();
         candidates.sort_by_cached_key(|&i| h(&format!("{}:{i}", d.id)));
+        let file_key = h(&d.id);
         for (rank, &i) in candidates.iter().take(exp.lines_per_file).enumerate() {
             let start: usize = lines[..i].iter().map(|l| l.len() + 1).sum();
             let end = start + lines[i].len();
-            picked.push(((h(&d.id), rank), Example { file: d.id.clone(), line: i + 1, prefix: d.text[..start].to_string(), truth: lines[i].to_string(), suffix: d.text[end..].to_string() }));
+            picked.push(((file_key, rank), Example { file: d.id.clone(), line: i + 1, prefix: d.text[..start].to_string(), truth: lines[i].to_string(), suffix: d.text[end..].to_string() }));
         }
     }
     picked.sort_by_key(|p| p.0);
@@ -579,8 +580,7 @@ fn report(s: &CompletionSummary, exp: &ExperimentConfig, corpus_lines: &[String]
     let _ = writeln!(r, "\n## What the numbers show\n");
     // the verdict on a task: above when one metric's interval is above 0 and the other's not below
     let verdict = |task: &str, system: &str| -> String {
-        let cs: Vec<&PairedComparison> = s.comparisons.iter().filter(|c| c.task == task && c.system == system).collect();
-        let v: Vec<&str> = cs.iter().map(|c| c.verdict()).collect();
+        let v: Vec<&str> = s.comparisons.iter().filter(|c| c.task == task && c.system == system).map(PairedComparison::verdict).collect();
         if v.contains(&"below") {
             "below".into()
         } else if v.contains(&"above") {
