@@ -250,8 +250,9 @@ impl LayerCache {
         if !host {
             let k = match &self.k { Some(pk) => Tensor::cat(&[pk, &k], 2)?, None => k };
             let v = match &self.v { Some(pv) => Tensor::cat(&[pv, &v], 2)?, None => v };
-            self.k = Some(k.clone());
-            self.v = Some(v.clone());
+            // cached without their graph (the projections that made them): see Stack::forward
+            self.k = Some(k.detach());
+            self.v = Some(v.detach());
             return Ok((k, v));
         }
         let (b, n_kv_heads, _, head_dim) = k.dims4()?;

@@ -78,6 +78,33 @@ fn kv_cache_decoding_equals_full_recomputation() {
 }
 
 #[test]
+fn a_pass_with_a_kv_cache_keeps_no_graph_of_its_blocks() {
+    // A KV cache means inference: the hidden state is detached after every block, so the
+    // blocks' activations are not kept alive by the output's graph. Seen from outside: a
+    // backward pass from such logits reaches no block weight (only the final norm and the
+    // head, after the last block), while the same pass without a cache reaches them all.
+    for style in STYLES {
+        let (m, vm) = build(&tiny(style), 4);
+        let seq = ids(&[3, 1, 4, 1, 5, 9, 2, 6], 1);
+        let block_vars = || -> Vec<(String, Var)> {
+            let d = vm.data().lock().unwrap();
+            d.iter().filter(|(k, _)| k.contains("blocks.")).map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let reached = |logits: Tensor| {
+            let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            block_vars().iter().filter(|(_, v)| grads.get(v.as_tensor()).is_some()).count()
+        };
+        let n = block_vars().len();
+        assert!(n > 0);
+        assert_eq!(reached(m.forward(&seq, &MaskSpec::causal(), None).unwrap()), n, "{style:?}: training passes reach every block weight");
+        let mut cache = m.new_cache();
+        assert_eq!(reached(m.forward(&seq, &MaskSpec::causal(), Some(&mut cache)).unwrap()), 0, "{style:?}: prompt pass with a cache");
+        let step = m.forward(&ids(&[7], 1), &MaskSpec::causal(), Some(&mut cache)).unwrap();
+        assert_eq!(reached(step), 0, "{style:?}: decoding step");
+    }
+}
+
+#[test]
 fn gradients_match_finite_differences() {
     for style in STYLES {
         let cfg = tiny(style);

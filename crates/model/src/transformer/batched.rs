@@ -33,7 +33,8 @@ impl Transformer {
         };
         for (i, block) in self.decoder.blocks.iter().enumerate() {
             let mut layer: Vec<&mut LayerCache> = caches.iter_mut().map(|c| &mut c.self_attn[i]).collect();
-            x = block.decode_batch(&x, self.rope.as_ref(), &mut layer)?;
+            // inference: no graph kept across blocks (see `Stack::forward`)
+            x = block.decode_batch(&x, self.rope.as_ref(), &mut layer)?.detach();
         }
         self.logits(&self.decoder.final_norm(&x)?)?.squeeze(1)
     }
