@@ -299,20 +299,22 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// How far ahead of the chunk being read the AVX2 product prefetches weights (4 KiB, as
-    /// the Q8_0 kernel does), in halves; the AVX-512 product leaves it to the hardware.
+    /// the Q8_0 kernel does), in halves; the AVX-512 product's distance depends on the CPU
+    /// ([`crate::simd::decode_prefetch_bytes`]).
     const PREFETCH_HALVES: usize = 2048;
 
     /// # Safety
     /// AVX-512 F; w holds n = out.len() / m rows of k halves, x m rows of k values.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn task_avx512(w: &[u16], x: &[f32], m: usize, k: usize, out: &mut [f32]) {
+        let ahead = crate::simd::decode_prefetch_bytes() / 2;
         // SAFETY: AVX-512 F (the caller's); `task` hands the blocks slices of k values.
         unsafe {
             task::<4>(w, x, m, k, out, |ws, xs, r, o| match r {
-                1 => block512::<1>(ws, [xs[0]], k, o),
-                2 => block512::<2>(ws, [xs[0], xs[1]], k, o),
-                3 => block512::<3>(ws, [xs[0], xs[1], xs[2]], k, o),
-                _ => block512::<4>(ws, xs, k, o),
+                1 => block512::<1>(ws, [xs[0]], k, ahead, o),
+                2 => block512::<2>(ws, [xs[0], xs[1]], k, ahead, o),
+                3 => block512::<3>(ws, [xs[0], xs[1], xs[2]], k, ahead, o),
+                _ => block512::<4>(ws, xs, k, ahead, o),
             })
         }
     }
@@ -356,13 +358,14 @@ mod x86 {
         }
     }
 
-    /// out[d][q] = w_d · x_q for four f16 weight rows and R f32 rows, 16 lanes.
+    /// out[d][q] = w_d · x_q for four f16 weight rows and R f32 rows, 16 lanes; weights
+    /// `ahead` halves past each 32 read are asked for (0: none).
     ///
     /// # Safety
     /// AVX-512 F; every slice is k long.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn block512<const R: usize>(ws: [&[u16]; 4], xs: [&[f32]; R], k: usize, out: &mut [[f32; 4]; 4]) {
+    unsafe fn block512<const R: usize>(ws: [&[u16]; 4], xs: [&[f32]; R], k: usize, ahead: usize, out: &mut [[f32; 4]; 4]) {
         // Two accumulators per output, even and odd chunks: with one, each chunk's multiply-add
         // waited for the last (4 cycles), which capped a decoding row's reads at about one
         // 32-byte load per 4 cycles.
@@ -381,11 +384,14 @@ mod x86 {
             // SAFETY: every call below has c + 16 ≤ full.
             let load = |c: usize| _mm512_cvt_roundph_ps::<_MM_FROUND_CUR_DIRECTION>(unsafe { _mm256_loadu_si256(w.add(c) as *const __m256i) });
             let mut c = 0;
-            // No software prefetch here: on the Zen 4 the hardware prefetcher alone streamed
-            // the rows faster (SmolLM2-135M f16 decode, 1 thread: 58–70 → 77–87 tokens/s;
-            // Qwen2.5-0.5B's shape 17.7–19.8 → 21.2–22.1; the Q8_0 kernel, whose prefetch
-            // was measured the same way, loses a quarter without its own).
+            // Software prefetch as far ahead as the CPU wants it (`decode_prefetch_bytes`:
+            // none on Zen 4, whose hardware prefetcher alone streamed the rows faster; 8 KiB
+            // on Zen 5, whose did not); a prefetch never faults, and `wrapping_add` makes no
+            // reference past the slice.
             while c + 32 <= full {
+                if ahead > 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(c + ahead) as *const i8);
+                }
                 let (w0, w1) = (load(c), load(c + 16));
                 for q in 0..R {
                     // SAFETY: c + 32 ≤ full ≤ k: 32 values of the k-long row.
