@@ -23,8 +23,9 @@
 //!
 //! Every comparison between two systems on the same lines (the FIM model's infilling against
 //! the model without FIM, its next line against the same) comes with a paired bootstrap 95 %
-//! interval of the difference (the lines resampled with replacement, 10,000 times): a
-//! difference whose interval includes 0 is reported as within noise, not as a win.
+//! interval of the difference (the held-out files resampled with replacement, each with all
+//! its lines, 10,000 times — lines of one file are not independent): a difference whose
+//! interval includes 0 is reported as within noise, not as a win.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -193,6 +194,8 @@ pub struct PairedComparison {
     /// Lines where the system scored higher / lower than the baseline.
     pub better: usize,
     pub worse: usize,
+    /// Files the lines came from: the clusters the interval resamples.
+    pub files: usize,
 }
 
 impl PairedComparison {
@@ -210,25 +213,55 @@ impl PairedComparison {
 
 /// Paired bootstrap (Efron & Tibshirani; Koehn 2004 for MT evaluation) of mean(a − b) over
 /// the same items: `resamples` draws of n items with replacement from a seeded generator,
-/// the 2.5th and 97.5th percentiles of the resampled means.
+/// the 2.5th and 97.5th percentiles of the resampled means. Every item is its own cluster
+/// ([`paired_cluster_bootstrap`]).
 pub fn paired_bootstrap(a: &[f64], b: &[f64], resamples: usize, seed: u64) -> (f64, f64, f64) {
+    let own: Vec<usize> = (0..a.len()).collect();
+    paired_cluster_bootstrap(a, b, &own, resamples, seed)
+}
+
+/// The paired bootstrap over clusters of items (Davison & Hinkley 1997, §3.8): items of one
+/// cluster — lines of one file — are not independent (a file the model knows well gives it
+/// many good lines), so each resample draws whole clusters with replacement, as many as there
+/// are, and takes the mean difference over all their items. Resampling the items alone would
+/// treat four lines of one file as four independent observations and give too narrow an
+/// interval. `cluster[i]` names item i's cluster (any numbering).
+pub fn paired_cluster_bootstrap(a: &[f64], b: &[f64], cluster: &[usize], resamples: usize, seed: u64) -> (f64, f64, f64) {
     use rand::{Rng, SeedableRng};
     assert_eq!(a.len(), b.len(), "paired scores need the same items");
-    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
-    let n = d.len();
+    assert_eq!(a.len(), cluster.len(), "every item needs its cluster");
+    let n = a.len();
     if n == 0 {
         return (0.0, 0.0, 0.0);
     }
-    let mean = d.iter().sum::<f64>() / n as f64;
+    // (sum of differences, items) per cluster, in order of first appearance
+    let mut index = std::collections::HashMap::new();
+    let mut groups: Vec<(f64, usize)> = Vec::new();
+    for ((x, y), &c) in a.iter().zip(b).zip(cluster) {
+        let g = *index.entry(c).or_insert_with(|| {
+            groups.push((0.0, 0));
+            groups.len() - 1
+        });
+        groups[g].0 += x - y;
+        groups[g].1 += 1;
+    }
+    let mean = groups.iter().map(|g| g.0).sum::<f64>() / n as f64;
+    let k = groups.len();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut means: Vec<f64> = (0..resamples.max(1)).map(|_| (0..n).map(|_| d[rng.random_range(0..n)]).sum::<f64>() / n as f64).collect();
+    let mut means: Vec<f64> = (0..resamples.max(1))
+        .map(|_| {
+            let (sum, items) = (0..k).map(|_| groups[rng.random_range(0..k)]).fold((0.0, 0usize), |(s, m), g| (s + g.0, m + g.1));
+            sum / items as f64
+        })
+        .collect();
     means.sort_by(f64::total_cmp);
     let at = |q: f64| means[((q * (means.len() - 1) as f64).round() as usize).min(means.len() - 1)];
     (mean, at(0.025), at(0.975))
 }
 
-/// Exact match (as 0/1) and edit similarity of `system` against `baseline` on one task.
-fn compare(task: &str, system: (&str, &TaskScore), baseline: (&str, &TaskScore)) -> Vec<PairedComparison> {
+/// Exact match (as 0/1) and edit similarity of `system` against `baseline` on one task, the
+/// lines resampled file by file (`files[i]`: line i's file).
+fn compare(task: &str, system: (&str, &TaskScore), baseline: (&str, &TaskScore), files: &[usize]) -> Vec<PairedComparison> {
     type LineScore = fn(&(bool, f64)) -> f64;
     let metrics: [(&str, LineScore); 2] = [("exact match", |p| p.0 as u8 as f64), ("edit similarity", |p| p.1)];
     metrics
@@ -237,7 +270,7 @@ fn compare(task: &str, system: (&str, &TaskScore), baseline: (&str, &TaskScore))
         .map(|(k, (metric, f))| {
             let a: Vec<f64> = system.1.per_line.iter().map(f).collect();
             let b: Vec<f64> = baseline.1.per_line.iter().map(f).collect();
-            let (difference, ci_low, ci_high) = paired_bootstrap(&a, &b, 10_000, 0xb007 + k as u64);
+            let (difference, ci_low, ci_high) = paired_cluster_bootstrap(&a, &b, files, 10_000, 0xb007 + k as u64);
             PairedComparison {
                 task: task.into(),
                 system: system.0.into(),
@@ -248,6 +281,7 @@ fn compare(task: &str, system: (&str, &TaskScore), baseline: (&str, &TaskScore))
                 ci_high,
                 better: a.iter().zip(&b).filter(|(x, y)| x > y).count(),
                 worse: a.iter().zip(&b).filter(|(x, y)| x < y).count(),
+                files: files.iter().collect::<std::collections::HashSet<_>>().len(),
             }
         })
         .collect()
@@ -337,6 +371,12 @@ fn sample_examples(val_docs: &[Document], exp: &ExperimentConfig, seed: u64) -> 
     }
     picked.sort_by_key(|p| p.0);
     picked.into_iter().take(exp.examples).map(|p| p.1).collect()
+}
+
+/// Each example's file as a number: the clusters of the paired bootstrap.
+fn file_clusters(examples: &[Example]) -> Vec<usize> {
+    let mut ids = std::collections::HashMap::new();
+    examples.iter().map(|e| { let next = ids.len(); *ids.entry(e.file.as_str()).or_insert(next) }).collect()
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -503,12 +543,13 @@ pub fn run_completion_experiment(o: &CompletionExperimentOptions, device: &Devic
     ferrolm_common::write_atomic(out.join("samples.md"), &samples)?;
 
     let (f, nf) = (&models[0], &models[1]);
-    let mut comparisons = compare("infilling", ("FIM model, PSM prompt", &f.infill), ("no-FIM model, left to right", &nf.infill));
+    let files = file_clusters(&examples);
+    let mut comparisons = compare("infilling", ("FIM model, PSM prompt", &f.infill), ("no-FIM model, left to right", &nf.infill), &files);
     if let Some(spm) = &f.infill_spm {
-        comparisons.extend(compare("infilling", ("FIM model, SPM prompt", spm), ("no-FIM model, left to right", &nf.infill)));
+        comparisons.extend(compare("infilling", ("FIM model, SPM prompt", spm), ("no-FIM model, left to right", &nf.infill), &files));
     }
-    comparisons.extend(compare("next line", ("FIM model", &f.next_line), ("no-FIM model", &nf.next_line)));
-    comparisons.extend(compare("next line", (&format!("{}-gram", exp.ngram_order), &ngram_next_line), ("no-FIM model", &nf.next_line)));
+    comparisons.extend(compare("next line", ("FIM model", &f.next_line), ("no-FIM model", &nf.next_line), &files));
+    comparisons.extend(compare("next line", (&format!("{}-gram", exp.ngram_order), &ngram_next_line), ("no-FIM model", &nf.next_line), &files));
     let load_average = std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     let summary = CompletionSummary {
         models,
@@ -572,10 +613,10 @@ fn report(s: &CompletionSummary, exp: &ExperimentConfig, corpus_lines: &[String]
     let _ = writeln!(r, "| {}-gram (Kneser-Ney, greedy; infill: left to right) | {:.3} | {:.1} | {:.3} | {:.1} | | – | {:.1} |\n", s.ngram_order, ng.exact_match, ng.edit_similarity, ng.exact_match, ng.edit_similarity, ng.total_ms);
     let _ = writeln!(r, "![held-out bits per byte and completion scores](completion.svg)\n");
     let (f, nf) = (&s.models[0], &s.models[1]);
-    let _ = writeln!(r, "## Paired comparisons\n\nThe same lines scored by two systems: the mean difference (system − baseline; exact match as a share, edit similarity in points), its paired bootstrap 95 % interval (lines resampled with replacement, 10,000 times), and the lines where the system scored higher / lower. An interval that includes 0 is within noise.\n");
-    let _ = writeln!(r, "| task | system | baseline | metric | difference | 95 % interval | lines better / worse | verdict |\n|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(r, "## Paired comparisons\n\nThe same lines scored by two systems: the mean difference (system − baseline; exact match as a share, edit similarity in points), its paired bootstrap 95 % interval (held-out files resampled with replacement, each with all its lines, 10,000 times: lines of one file are not independent), and the lines where the system scored higher / lower. An interval that includes 0 is within noise.\n");
+    let _ = writeln!(r, "| task | system | baseline | metric | difference | 95 % interval | lines better / worse | files | verdict |\n|---|---|---|---|---|---|---|---|---|");
     for c in &s.comparisons {
-        let _ = writeln!(r, "| {} | {} | {} | {} | {:+.3} | [{:+.3}, {:+.3}] | {} / {} | {} |", c.task, c.system, c.baseline, c.metric, c.difference, c.ci_low, c.ci_high, c.better, c.worse, c.verdict());
+        let _ = writeln!(r, "| {} | {} | {} | {} | {:+.3} | [{:+.3}, {:+.3}] | {} / {} | {} | {} |", c.task, c.system, c.baseline, c.metric, c.difference, c.ci_low, c.ci_high, c.better, c.worse, c.files, c.verdict());
     }
     let _ = writeln!(r, "\n## What the numbers show\n");
     // the verdict on a task: above when one metric's interval is above 0 and the other's not below
@@ -655,13 +696,37 @@ mod tests {
     }
 
     #[test]
+    fn cluster_bootstrap_widens_the_interval_when_lines_of_a_file_move_together() {
+        // 20 files of 10 lines; the system is 0.5 better on every line, plus a file effect of
+        // ±3 (the model knows some files, not others) that is the same for a file's lines
+        let files: Vec<usize> = (0..200).map(|i| i / 10).collect();
+        let b = vec![50.0; 200];
+        let a: Vec<f64> = files.iter().map(|&f| 50.5 + if f % 2 == 0 { 3.0 } else { -3.0 }).collect();
+        let (d, lo, hi) = paired_bootstrap(&a, &b, 4000, 7);
+        let (dc, lo_c, hi_c) = paired_cluster_bootstrap(&a, &b, &files, 4000, 7);
+        assert!((d - 0.5).abs() < 1e-12 && (dc - 0.5).abs() < 1e-12);
+        // as 200 independent lines: ±3 / √200 ≈ 0.21, an interval above 0
+        assert!(lo > 0.0, "lines alone: [{lo}, {hi}]");
+        // as 20 files: ±3 / √20 ≈ 0.67, an interval that holds 0 and is about √10 times wider
+        assert!(lo_c < 0.0 && hi_c > 1.0, "files: [{lo_c}, {hi_c}]");
+        assert!((hi_c - lo_c) > 2.5 * (hi - lo));
+        // one line per file: the cluster bootstrap is the line bootstrap, draw for draw
+        let own: Vec<usize> = (0..200).map(|i| 1000 - i).collect();
+        assert_eq!(paired_cluster_bootstrap(&a, &b, &own, 500, 3), paired_bootstrap(&a, &b, 500, 3));
+        // files of different sizes: the point estimate is still the mean over lines
+        let uneven: Vec<usize> = (0..200).map(|i| if i < 150 { 0 } else { 1 + i % 5 }).collect();
+        let (du, lo_u, hi_u) = paired_cluster_bootstrap(&a, &b, &uneven, 500, 3);
+        assert!((du - 0.5).abs() < 1e-12 && lo_u <= du && du <= hi_u);
+    }
+
+    #[test]
     fn comparisons_count_lines_and_give_verdicts() {
         let score = |v: &[(bool, f64)]| task_score(v.to_vec(), 0.0, 0.0);
         let sys = score(&[(true, 100.0), (false, 40.0), (false, 30.0), (true, 100.0)]);
         let base = score(&[(false, 20.0), (false, 40.0), (false, 10.0), (true, 100.0)]);
         assert_eq!(sys.exact_match, 0.5);
         assert_eq!(sys.edit_similarity, 67.5);
-        let c = compare("infilling", ("s", &sys), ("b", &base));
+        let c = compare("infilling", ("s", &sys), ("b", &base), &[0, 1, 2, 3]);
         assert_eq!(c.len(), 2);
         let (em, es) = (&c[0], &c[1]);
         assert_eq!((em.metric.as_str(), em.better, em.worse), ("exact match", 1, 0));
@@ -670,7 +735,8 @@ mod tests {
         assert!((es.difference - 25.0).abs() < 1e-12);
         // every line is at least as good: every resampled mean is ≥ 0
         assert!(es.ci_low >= 0.0 && es.verdict() != "below");
-        let flipped = compare("infilling", ("b", &base), ("s", &sys));
+        assert_eq!(es.files, 4);
+        let flipped = compare("infilling", ("b", &base), ("s", &sys), &[0, 1, 2, 3]);
         assert!(flipped[1].ci_high <= 0.0);
     }
 
