@@ -47,8 +47,9 @@ pub fn fma_available() -> bool {
 ///
 /// - AMD Zen 5 (family 0x1A): 8 KiB. Without prefetch a 576-wide f16 row (1152 bytes) took
 ///   about as long as an 896-wide one — the stream was lost at every row — and SmolLM2
-///   decoded at 61–70 tokens/s, Qwen2.5 at 18–19; 8 KiB ahead 95–104 and 30–31. In the
-///   products alone (`--example f16_pages`) 8 KiB ran 37 GB/s, 4 KiB 31, none 25.
+///   decoded at 61–70 tokens/s, Qwen2.5 at 18–19; 8 KiB ahead 95–104 and 30–31 (16 KiB
+///   90–95 and 28). In the products alone (`--example f16_pages`) 8 KiB streamed about
+///   30 GB/s, 4 KiB 25, 2 KiB 22, none 16–21.
 /// - AMD Zen 3/4 (family 0x19): none. There the hardware prefetcher alone streamed f16
 ///   rows faster than 4 KiB ahead (SmolLM2 58–70 → 77–87 tokens/s without; commit d3d7dc6).
 /// - Others (Intel Xeons): 4 KiB, the distance the f16 and Q8_0 kernels had when they were
