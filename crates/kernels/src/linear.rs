@@ -349,13 +349,15 @@ mod x86 {
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn few_rows_avx512(x: &[f32], w: &[f32], rows: usize, k: usize, j0: usize, j1: usize, yp: SendPtr<f32>, n: usize, accumulate: bool) {
+        // looked up once per task, not per block of four weight rows
+        let ahead = crate::simd::decode_prefetch_bytes() / 4;
         // SAFETY: the caller's guarantees; AVX-512 F for the blocks.
         unsafe {
             task::<4>(x, w, rows, k, j0, j1, yp, n, accumulate, |ws, xs, r, out| match r {
-                1 => block512::<1>(ws, [xs[0]], k, out),
-                2 => block512::<2>(ws, [xs[0], xs[1]], k, out),
-                3 => block512::<3>(ws, [xs[0], xs[1], xs[2]], k, out),
-                _ => block512::<4>(ws, xs, k, out),
+                1 => block512::<1>(ws, [xs[0]], k, ahead, out),
+                2 => block512::<2>(ws, [xs[0], xs[1]], k, ahead, out),
+                3 => block512::<3>(ws, [xs[0], xs[1], xs[2]], k, ahead, out),
+                _ => block512::<4>(ws, xs, k, ahead, out),
             })
         }
     }
@@ -419,13 +421,14 @@ mod x86 {
         }
     }
 
-    /// out[d][q] = w_d · x_q for four weight rows and R rows of x, each k long, 16 lanes.
+    /// out[d][q] = w_d · x_q for four weight rows and R rows of x, each k long, 16 lanes;
+    /// with one row of x, weights `ahead` floats past each chunk read are asked for (0: none).
     ///
     /// # Safety
     /// AVX-512 F; every pointer starts k readable f32 values.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn block512<const R: usize>(ws: [*const f32; 4], xs: [*const f32; R], k: usize, out: &mut [[f32; 4]; 4]) {
+    unsafe fn block512<const R: usize>(ws: [*const f32; 4], xs: [*const f32; R], k: usize, ahead: usize, out: &mut [[f32; 4]; 4]) {
         let mut acc = [[_mm512_setzero_ps(); R]; 4];
         let full = k / 16 * 16;
         if R == 1 {
@@ -438,7 +441,6 @@ mod x86 {
             // f16 kernel's measurements; on the Zen 5 f32 decoding went 11.0–11.8 → 14.4–15.8
             // tokens/s on Qwen2.5-0.5B's shape, 37–46 → 50–52 on SmolLM2-135M's), once per
             // cache line.
-            let ahead = crate::simd::decode_prefetch_bytes() / 4;
             for d in 0..4 {
                 let mut c = 0;
                 while c < full {

@@ -376,7 +376,13 @@ fn sample_examples(val_docs: &[Document], exp: &ExperimentConfig, seed: u64) -> 
 /// Each example's file as a number: the clusters of the paired bootstrap.
 fn file_clusters(examples: &[Example]) -> Vec<usize> {
     let mut ids = std::collections::HashMap::new();
-    examples.iter().map(|e| { let next = ids.len(); *ids.entry(e.file.as_str()).or_insert(next) }).collect()
+    examples
+        .iter()
+        .map(|e| {
+            let next = ids.len();
+            *ids.entry(e.file.as_str()).or_insert(next)
+        })
+        .collect()
 }
 
 fn median(v: &mut [f64]) -> f64 {
