@@ -79,6 +79,8 @@ mod lora;
 #[cfg(feature = "candle")]
 pub mod matmul;
 #[cfg(feature = "candle")]
+pub mod prompt_linear;
+#[cfg(feature = "candle")]
 mod norm;
 #[cfg(feature = "candle")]
 mod rope;

@@ -39,14 +39,22 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     y.reshape(out_dims)
 }
 
-/// `x (rows×k) · wᵀ (+ b)` for w (n×k), into a fresh rows×n buffer: few rows by
-/// [`few_rows`], more by the precision dispatch's product. Also the base product of
+/// `x (rows×k) · wᵀ (+ b)` for w (n×k), into a fresh rows×n buffer: a prompt's rows
+/// ([`crate::prompt_linear::PROMPT_ROWS`] to [`crate::prompt_linear::PROMPT_MAX_ROWS`]) by
+/// `prompt_linear`'s register tiles where the CPU has AVX-512, few rows by [`few_rows`],
+/// more by the precision dispatch's product. Also the base product of
 /// [`crate::lora_linear`].
 pub(crate) fn forward_f32(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, b: Option<&[f32]>) -> Result<Vec<f32>> {
     if x.len() != rows * k || w.len() != n * k || b.is_some_and(|b| b.len() != n) {
         candle_core::bail!("ferrolm-linear: x of {} for {rows}×{k}, w of {} for {n}×{k}, bias {:?}", x.len(), w.len(), b.map(|b| b.len()));
     }
     let mut y = output_buffer(rows * n);
+    if crate::prompt_linear::takes(rows)
+        && matmul_precision() == MatmulPrecision::F32
+        && crate::prompt_linear::product(x, rows, k, w, n, b, &mut y)
+    {
+        return Ok(y);
+    }
     if let Some(b) = b {
         // The bias is the product's starting value: no second pass over y.
         fill_rows(&mut y, b);
@@ -652,7 +660,7 @@ mod tests {
         // row counts up to past FEW_ROWS (remainders of the blocks of four), k not a
         // multiple of 16, n not a multiple of the task size; serial and threaded sizes
         for (n, k) in [(11, 13), (70, 300), (300, 37)] {
-            for rows in [1, 2, 3, 4, 5, 8, 13, 32, 33, 127, 128, 129] {
+            for rows in [1, 2, 3, 4, 5, 8, 13, 31, 32, 33, 127, 128, 129, 1025] {
                 let x = rand(&[rows, k], rows as u64);
                 let w = rand(&[n, k], 7);
                 let b = rand(&[n], 8);
@@ -661,14 +669,18 @@ mod tests {
                 assert!(max_diff(&ours, &reference) < 1e-4, "{rows}×{k} · ({n}×{k})ᵀ");
                 let ours = linear(&x, &w, Some(&b)).unwrap();
                 assert!(max_diff(&ours, &reference.broadcast_add(&b).unwrap()) < 1e-4, "{rows}×{k} · ({n}×{k})ᵀ + b");
-                if rows > FEW_ROWS {
+                let tiles = crate::prompt_linear::takes(rows) && crate::prompt_linear::available();
+                if rows > FEW_ROWS && !tiles {
                     continue;
                 }
-                // a row's result does not depend on the rows beside it (batched decoding
-                // equals decoding alone)
-                let last = linear(&x.narrow(0, rows - 1, 1).unwrap(), &w, Some(&b)).unwrap();
+                // a row's result does not depend on the rows beside it: batched decoding
+                // equals decoding alone; a prompt's rows (the register tiles) equal those
+                // rows in the smallest batch the tiles take
+                let fewer = if tiles { crate::prompt_linear::PROMPT_ROWS } else { 1 };
+                let last = linear(&x.narrow(0, rows - fewer, fewer).unwrap(), &w, Some(&b)).unwrap();
                 let in_batch: Vec<f32> = ours.narrow(0, rows - 1, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-                assert_eq!(in_batch, last.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "row {} of {rows}", rows - 1);
+                let alone: Vec<f32> = last.narrow(0, fewer - 1, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                assert_eq!(in_batch, alone, "row {} of {rows} (in {fewer})", rows - 1);
             }
         }
     }

@@ -141,8 +141,10 @@ pub(crate) unsafe fn gemm_call(
 /// (n × k) that is held compact (quantized blocks or halves) and widened to f32 a panel of
 /// rows at a time by `dequant(first_row, out)` (whole rows into `out`); y is m × ld,
 /// row-major. Panels are spread over the rayon threads, each dequantized into a buffer of
-/// its thread and multiplied on that thread: by the few-row kernels up to 128 input rows
-/// (`linear::few_rows_strided`), by one single-threaded `gemm` call beyond.
+/// its thread and multiplied on that thread: a prompt's rows by `prompt_linear`'s tiles
+/// (on AVX-512; the rows transposed once for all panels), fewer by the few-row kernels
+/// (`linear::few_rows_strided`, up to 128 rows where the CPU lacks AVX-512), more by one
+/// single-threaded `gemm` call.
 ///
 /// Why: a prompt's product reads each weight for many input rows, so it is arithmetic-bound
 /// and wants f32 multiply-adds; keeping a dense f32 copy of every quantized layer for it
@@ -165,6 +167,8 @@ pub fn matmul_t_dequantized(x: &[f32], m: usize, k: usize, n: usize, y: &mut [f3
     let rows = panel_rows(n, k, rayon::current_num_threads());
     let dst = SendPtr::new(y.as_mut_ptr());
     let panels = n.div_ceil(rows);
+    // A prompt's rows, transposed once for every panel's tiles (`prompt_linear`).
+    let packed = if crate::prompt_linear::takes(m) { crate::prompt_linear::Panels::new(x, m, k) } else { None };
     (0..panels).into_par_iter().for_each(|p| {
         let (first, count) = (p * rows, rows.min(n - p * rows));
         PANEL.with(|buf| {
@@ -174,8 +178,17 @@ pub fn matmul_t_dequantized(x: &[f32], m: usize, k: usize, n: usize, y: &mut [f3
             }
             let panel = &mut buf[..count * k];
             dequant(first, panel);
-            // Up to 128 rows (a short prompt) the few-row kernels, as for dense weights (see
-            // `linear::FEW_ROWS`); more rows go to gemm.
+            if let Some(packed) = &packed {
+                // SAFETY: dst + col0 + first with row stride ld addresses the m × count
+                // block of y at columns col0 + first .. col0 + first + count ≤ col0 + n ≤
+                // ld, inside y (asserted) and disjoint from every other panel's block; the
+                // panel holds count rows of k.
+                unsafe { packed.columns(panel, 0, count, None, SendPtr::new(dst.get().add(col0 + first)), ld) };
+                return;
+            }
+            // Fewer rows than a prompt's (a batch of decoding steps) the few-row kernels, as
+            // for dense weights (see `linear::FEW_ROWS`); where the CPU lacks AVX-512, up to
+            // 128 rows; more rows go to gemm.
             // SAFETY: dst + col0 + first with row stride ld addresses the m × count block of
             // y at columns col0 + first .. col0 + first + count ≤ col0 + n ≤ ld, inside y
             // (asserted) and disjoint from every other panel's block.

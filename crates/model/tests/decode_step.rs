@@ -141,3 +141,26 @@ fn last_position_logits_equal_the_full_forward_and_fill_the_same_cache() {
         assert_eq!(a, b);
     }
 }
+
+/// A batch as large as a prompt (the products' register tiles sum differently from
+/// decoding's kernels) is decoded in parts, so each of its sequences gets exactly the
+/// logits it gets alone.
+#[test]
+fn a_batch_as_large_as_a_prompt_decodes_each_sequence_exactly_as_alone() {
+    let m = model(BlockStyle::Modern, 2);
+    let n = ferrolm_kernels::prompt_linear::PROMPT_ROWS + 9;
+    let mut caches: Vec<KvCache> = (0..n).map(|_| m.new_cache()).collect();
+    for (i, c) in caches.iter_mut().enumerate() {
+        let prompt: Vec<u32> = (0..1 + i % 4).map(|p| ((i * 5 + p * 3) % 29) as u32).collect();
+        m.forward(&ids(&prompt), &MaskSpec::causal(), Some(c)).unwrap();
+    }
+    let tokens: Vec<u32> = (0..n).map(|i| (i * 11 % 29) as u32).collect();
+    let mut alone_caches = caches.clone();
+    let batched: Vec<Vec<f32>> = m.decode_step(&tokens, &mut caches.iter_mut().collect::<Vec<_>>()).unwrap().to_vec2().unwrap();
+    assert_eq!(batched.len(), n);
+    for (i, c) in alone_caches.iter_mut().enumerate() {
+        let alone: Vec<Vec<f32>> = m.decode_step(&tokens[i..i + 1], &mut [c]).unwrap().to_vec2().unwrap();
+        assert_eq!(alone[0], batched[i], "row {i} of {n}");
+        assert_eq!(c.len(), caches[i].len());
+    }
+}

@@ -17,6 +17,14 @@ impl Transformer {
         if tokens.len() != caches.len() || tokens.is_empty() {
             candle_core::bail!("decode_step takes one token per cache ({} tokens, {} caches)", tokens.len(), caches.len());
         }
+        if tokens.len() >= ferrolm_kernels::prompt_linear::PROMPT_ROWS {
+            // A prompt's many rows take other products (register tiles: a plain sum over k
+            // per output, where decoding's kernels sum in 16 lanes), so a batch that large
+            // goes in parts below it: each sequence then multiplies as it would alone.
+            let part = ferrolm_kernels::prompt_linear::PROMPT_ROWS - 1;
+            let logits = tokens.chunks(part).zip(caches.chunks_mut(part)).map(|(t, c)| self.decode_step(t, c)).collect::<Result<Vec<_>>>()?;
+            return Tensor::cat(&logits, 0);
+        }
         let dev = self.device();
         let mut x = if crate::attention::row_loop_decoding() {
             // the earlier path, kept for comparison: one lookup per row

@@ -1,0 +1,398 @@
+//! A prompt pass's f32 `x·Wᵀ (+ b)` on AVX-512: many rows of x against row-major weights,
+//! as register tiles of outer products instead of [`crate::linear`]'s dot products.
+//!
+//! Why: the few-row kernel computes each output as a 16-lane dot product, so every
+//! multiply-add needs a weight vector and an input vector loaded, half a load per
+//! multiply-add in its 4 × 4 blocks; with the weight rows of a task coming from L2 it ran
+//! at 100–150 GFLOP/s on a Zen 5 core whose multiply-add peak is 246 (`--example
+//! fma_peak`). Here the rows of x are first transposed into panels of 16 rows (`pack`),
+//! and a register tile of six weight rows × 64 rows of x (24 accumulators) takes, for each
+//! k, four panel vectors and six broadcast weights: ten loads for 24 multiply-adds, the
+//! weights read in place (no copy of W per call, unlike `gemm`, which packs all of W).
+//!
+//! The arithmetic of an output is a plain sum over k in order, one fused multiply-add after
+//! the other from zero, then the bias added: it does not depend on the rows beside it or on
+//! the blocking, so a row's result is the same in any batch this kernel takes. It differs
+//! in rounding from the few-row kernel's (16 lanes, then a tree), which is why a batched
+//! decoding step never takes this kernel (see [`PROMPT_ROWS`]).
+
+use crate::ptr::SendPtr;
+use rayon::prelude::*;
+
+/// Products of at least this many rows take this kernel (on AVX-512). A decoding step's
+/// batch must stay below it so that a sequence decoded in a batch multiplies as alone:
+/// `ferrolm_model`'s batched `decode_step` splits larger batches. Below it the few-row
+/// kernel is as fast (measured in `--example prefill_kernels`).
+pub const PROMPT_ROWS: usize = 32;
+
+/// Products of more rows go to `gemm` as before: at 2048 rows the two ran level (145–192
+/// GFLOP/s on a Zen 5 core), while at 256 and 512 rows these tiles ran 204–230 against
+/// `gemm`'s 136–206 (`--example prefill_kernels 256`).
+pub const PROMPT_MAX_ROWS: usize = 1024;
+
+/// Whether a product of `rows` rows takes this kernel (where the CPU has it).
+pub(crate) fn takes(rows: usize) -> bool {
+    (PROMPT_ROWS..=PROMPT_MAX_ROWS).contains(&rows)
+}
+
+/// Weight rows per register tile.
+const MR: usize = 6;
+/// Panels of 16 rows of x per register tile.
+const NV: usize = 4;
+/// Weight rows per task (a multiple of MR): what a thread takes at a time.
+const JT: usize = 48;
+/// The most k per cache block: a task's weight rows (48 × KC floats) and the panels'
+/// block (rows × KC) stay in L2 while the tiles go over them.
+const KC: usize = 1024;
+
+/// Whether this CPU runs the kernel.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Multiply-adds from which the tasks are spread over the rayon threads.
+const PAR_WORK: usize = 1 << 20;
+
+thread_local! {
+    /// A thread's buffers, kept between calls (a prompt pass makes four products a layer,
+    /// and fresh pages would be zeroed by the kernel for each): the panels of x, and a
+    /// task's sums. Taken out while in use and put back after, so that a nested call (a
+    /// rayon thread that steals another product's job while it waits) gets a buffer of
+    /// its own instead of a borrow error.
+    static PANELS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    static SUMS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The rows of x transposed into panels of 16 rows for the tiles: element (i, p) at
+/// `((i / 16)·k + p)·16 + i % 16` of the panels, rows past the last zero.
+pub(crate) struct Panels {
+    buf: Vec<f32>,
+    off: usize,
+    rows: usize,
+    k: usize,
+}
+
+impl Panels {
+    /// x (rows × k) in panels; None when the CPU lacks AVX-512 (the kernel's only form).
+    pub(crate) fn new(x: &[f32], rows: usize, k: usize) -> Option<Self> {
+        if !available() {
+            return None;
+        }
+        assert_eq!(x.len(), rows * k, "prompt_linear: x has {} values, expected {rows} × {k}", x.len());
+        let len = rows.div_ceil(16) * k * 16;
+        let mut buf = PANELS.take();
+        // 16 floats of slack to start the panels on a cache line
+        buf.resize(len + 16, 0.0);
+        let off = buf.as_ptr().align_offset(64).min(16);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 F (checked above); x holds rows × k values and the
+        // slice rows.div_ceil(16) × k × 16.
+        unsafe {
+            x86::pack(x, rows, k, &mut buf[off..][..len])
+        };
+        Some(Self { buf, off, rows, k })
+    }
+
+    fn panels(&self) -> &[f32] {
+        &self.buf[self.off..][..self.rows.div_ceil(16) * self.k * 16]
+    }
+
+    /// `y[i·ld + j] = x_i · w_j (+ b_j)` for the weight rows j0..j1 of w (n × k, row-major),
+    /// on the calling thread, JT weight rows at a time.
+    ///
+    /// # Safety
+    /// `yp` addresses rows × ld values with j1 ≤ ld, and no other thread writes columns
+    /// j0..j1 of them meanwhile; w holds at least j1 × k values; b, if any, at least j1.
+    pub(crate) unsafe fn columns(&self, w: &[f32], j0: usize, j1: usize, b: Option<&[f32]>, yp: SendPtr<f32>, ld: usize) {
+        assert!(w.len() >= j1 * self.k && b.is_none_or(|b| b.len() >= j1));
+        let ld_sums = self.rows.div_ceil(16) * 16;
+        let mut sums = SUMS.take();
+        sums.resize(JT * ld_sums, 0.0);
+        let mut j = j0;
+        while j < j1 {
+            let end = (j + JT).min(j1);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the panels exist only where the CPU has AVX-512 F (`new`); sums hold
+            // JT × ld_sums; w and b are long enough (asserted); y as the caller guarantees.
+            unsafe {
+                x86::task(self.panels(), self.rows, self.k, w, j, end, &mut sums, yp, ld, b)
+            };
+            j = end;
+        }
+        SUMS.set(sums);
+    }
+}
+
+impl Drop for Panels {
+    fn drop(&mut self) {
+        PANELS.set(std::mem::take(&mut self.buf));
+    }
+}
+
+/// `y (rows×n) = x (rows×k) · wᵀ (+ b)` for w (n×k), every element of y written, tasks of
+/// JT weight rows spread over the rayon threads when the product is large enough. False
+/// (nothing written) when the CPU lacks AVX-512.
+pub(crate) fn product(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, b: Option<&[f32]>, y: &mut [f32]) -> bool {
+    assert!(w.len() == n * k && y.len() == rows * n && b.is_none_or(|b| b.len() == n));
+    let Some(panels) = Panels::new(x, rows, k) else {
+        return false;
+    };
+    if rows == 0 || n == 0 {
+        return true;
+    }
+    let yp = SendPtr::new(y.as_mut_ptr());
+    // SAFETY: y is rows × n; each task writes only its own columns j0..j1 ≤ n, and y
+    // outlives the joined tasks; w and b are n rows long (asserted).
+    let task = |t: usize| unsafe { panels.columns(w, t * JT, ((t + 1) * JT).min(n), b, yp, n) };
+    let tasks = n.div_ceil(JT);
+    if rows * n * k >= PAR_WORK && rayon::current_num_threads() > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+    true
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{JT, KC, MR, NV};
+    use crate::ptr::SendPtr;
+    use std::arch::x86_64::*;
+
+    /// Rows of x (rows × k) into panels of 16: element (i, p) at `xp[((i / 16)·k + p)·16 +
+    /// i % 16]`, rows past the last zero. Sixteen rows at a time, each 16 × 16 block
+    /// transposed in registers.
+    ///
+    /// # Safety
+    /// AVX-512 F; x holds rows × k values and xp rows.div_ceil(16) × k × 16.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack(x: &[f32], rows: usize, k: usize, xp: &mut [f32]) {
+        let panels = rows.div_ceil(16);
+        debug_assert!(x.len() == rows * k && xp.len() == panels * k * 16);
+        for t in 0..panels {
+            let live = (rows - t * 16).min(16);
+            let dst = &mut xp[t * k * 16..][..k * 16];
+            let full = k / 16 * 16;
+            let mut p = 0;
+            while p < full {
+                // SAFETY: rows t·16 + r < rows and columns p..p+16 ≤ k: inside x.
+                let mut v: [__m512; 16] =
+                    std::array::from_fn(|r| if r < live { unsafe { _mm512_loadu_ps(x.as_ptr().add((t * 16 + r) * k + p)) } } else { _mm512_setzero_ps() });
+                transpose16(&mut v);
+                for (c, vc) in v.iter().enumerate() {
+                    // SAFETY: (p + c)·16 + 16 ≤ k·16, inside this panel.
+                    unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((p + c) * 16), *vc) };
+                }
+                p += 16;
+            }
+            for p in full..k {
+                for r in 0..16 {
+                    dst[p * 16 + r] = if r < live { x[(t * 16 + r) * k + p] } else { 0.0 };
+                }
+            }
+        }
+    }
+
+    /// Transposes a 16 × 16 block held as 16 rows: afterwards `v[c]` holds column c.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(v: &mut [__m512; 16]) {
+        // Pairs of rows interleaved as single values, then as 64-bit pairs (within each
+        // 128-bit quarter), then whole quarters twice: four rounds of 16 shuffles.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+        }
+        for i in 0..4 {
+            let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+            v[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
+            v[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
+            v[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(b), _mm512_castps_pd(d)));
+            v[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(b), _mm512_castps_pd(d)));
+        }
+        // v[4i + j] now holds, in its quarter q, rows 4i..4i+4 at column 4q + j; column
+        // 4q + j is quarter q of v[j], v[4 + j], v[8 + j], v[12 + j], gathered by two rounds
+        // of quarter shuffles (which read and write the same four registers).
+        for j in 0..4 {
+            let s1 = _mm512_shuffle_f32x4::<0b01_00_01_00>(v[j], v[4 + j]);
+            let s2 = _mm512_shuffle_f32x4::<0b11_10_11_10>(v[j], v[4 + j]);
+            let s3 = _mm512_shuffle_f32x4::<0b01_00_01_00>(v[8 + j], v[12 + j]);
+            let s4 = _mm512_shuffle_f32x4::<0b11_10_11_10>(v[8 + j], v[12 + j]);
+            v[j] = _mm512_shuffle_f32x4::<0b10_00_10_00>(s1, s3);
+            v[4 + j] = _mm512_shuffle_f32x4::<0b11_01_11_01>(s1, s3);
+            v[8 + j] = _mm512_shuffle_f32x4::<0b10_00_10_00>(s2, s4);
+            v[12 + j] = _mm512_shuffle_f32x4::<0b11_01_11_01>(s2, s4);
+        }
+    }
+
+    /// Columns j0..j1 (j1 − j0 ≤ JT) of `y = x·wᵀ (+ b)`, x as panels (`pack`). The sums
+    /// build up in `sums` (weight-row-major, `panels·16` per weight row) block of k by
+    /// block, then go to y with the bias added.
+    ///
+    /// # Safety
+    /// AVX-512 F; xp as `pack` wrote it for `rows` rows of k; w holds at least j1 × k
+    /// values; sums at least JT × rows.div_ceil(16) × 16; y (through `yp`) rows × ld_y
+    /// with j1 ≤ ld_y, and no other thread writes its columns j0..j1 meanwhile; b, if any,
+    /// at least j1 long.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn task(xp: &[f32], rows: usize, k: usize, w: &[f32], j0: usize, j1: usize, sums: &mut [f32], yp: SendPtr<f32>, ld_y: usize, b: Option<&[f32]>) {
+        debug_assert!(j1 - j0 <= JT);
+        let panels = rows.div_ceil(16);
+        let ld = panels * 16;
+        let blocks = k.div_ceil(KC);
+        let kc = k.div_ceil(blocks);
+        let mut k0 = 0;
+        while k0 < k {
+            let len = kc.min(k - k0);
+            let mut t = 0;
+            while t < panels {
+                let v = (panels - t).min(NV);
+                let mut j = j0;
+                while j < j1 {
+                    // weight rows past j1 repeat the last one (their sums are not kept)
+                    let ws: [*const f32; MR] = std::array::from_fn(|m| w[(j + m).min(j1 - 1) * k + k0..][..len].as_ptr());
+                    let xs = xp[(t * k + k0) * 16..].as_ptr();
+                    let out = sums[(j - j0) * ld + t * 16..].as_mut_ptr();
+                    let rows_m = (j1 - j).min(MR);
+                    // SAFETY: the panels t..t+v hold k0..k0+len at xs + (panel·k + p)·16;
+                    // ws read len values each; out addresses rows_m weight rows of ld sums
+                    // from panel t (j − j0 + MR ≤ JT rounded up, inside sums).
+                    unsafe {
+                        match v {
+                            4 => tile::<4>(ws, xs, k * 16, len, out, ld, rows_m, k0 == 0),
+                            3 => tile::<3>(ws, xs, k * 16, len, out, ld, rows_m, k0 == 0),
+                            2 => tile::<2>(ws, xs, k * 16, len, out, ld, rows_m, k0 == 0),
+                            _ => tile::<1>(ws, xs, k * 16, len, out, ld, rows_m, k0 == 0),
+                        }
+                    }
+                    j += MR;
+                }
+                t += NV;
+            }
+            k0 += len;
+        }
+        for i in 0..rows {
+            for j in j0..j1 {
+                let s = sums[(j - j0) * ld + i];
+                let v = match b {
+                    Some(b) => s + b[j],
+                    None => s,
+                };
+                // SAFETY: row i < rows, column j < j1 ≤ ld_y; this task owns columns j0..j1.
+                unsafe { *yp.add(i * ld_y + j) = v };
+            }
+        }
+    }
+
+    /// The register tile: six weight rows × V panels of 16 rows of x over `len` values of
+    /// k, one fused multiply-add per k into each sum, in order. `first`: the sums start at
+    /// zero; otherwise at what `out` holds (the earlier blocks of k). Sums of the first
+    /// `rows_m` weight rows are stored.
+    ///
+    /// # Safety
+    /// AVX-512 F; each ws[m] reads len values; xs + panel·pstride + p·16 reads 16 values for
+    /// panel < V, p < len; out + m·ld + panel·16 addresses 16 sums for m < rows_m, panel < V.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const V: usize>(ws: [*const f32; MR], xs: *const f32, pstride: usize, len: usize, out: *mut f32, ld: usize, rows_m: usize, first: bool) {
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
+        if !first {
+            for (m, row) in acc.iter_mut().enumerate().take(rows_m) {
+                for (q, a) in row.iter_mut().enumerate() {
+                    // SAFETY: m < rows_m, q < V (the caller's).
+                    *a = unsafe { _mm512_loadu_ps(out.add(m * ld + q * 16)) };
+                }
+            }
+        }
+        for p in 0..len {
+            // SAFETY: panel q < V, p < len (the caller's).
+            let xv: [__m512; V] = std::array::from_fn(|q| unsafe { _mm512_loadu_ps(xs.add(q * pstride + p * 16)) });
+            for m in 0..MR {
+                // SAFETY: p < len (the caller's).
+                let wb = _mm512_set1_ps(unsafe { *ws[m].add(p) });
+                for q in 0..V {
+                    acc[m][q] = _mm512_fmadd_ps(xv[q], wb, acc[m][q]);
+                }
+            }
+        }
+        for (m, row) in acc.iter().enumerate().take(rows_m) {
+            for (q, a) in row.iter().enumerate() {
+                // SAFETY: m < rows_m, q < V (the caller's).
+                unsafe { _mm512_storeu_ps(out.add(m * ld + q * 16), *a) };
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn transpose16_transposes() {
+            if !std::arch::is_x86_feature_detected!("avx512f") {
+                return;
+            }
+            let m: Vec<f32> = (0..256).map(|i| i as f32).collect();
+            let mut out = vec![0f32; 256];
+            // SAFETY: AVX-512 F checked above; m and out hold 16 × 16 values.
+            unsafe {
+                let mut v: [__m512; 16] = std::array::from_fn(|r| _mm512_loadu_ps(m.as_ptr().add(r * 16)));
+                transpose16(&mut v);
+                for (c, vc) in v.iter().enumerate() {
+                    _mm512_storeu_ps(out.as_mut_ptr().add(c * 16), *vc);
+                }
+            }
+            for r in 0..16 {
+                for c in 0..16 {
+                    assert_eq!(out[c * 16 + r], m[r * 16 + c], "({r}, {c})");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against an f64 reference and a plain in-order f32 sum (the kernel's arithmetic,
+    /// exactly), for row counts around the panel and tile sizes, k across the cache block
+    /// (two blocks), n not a multiple of the tile or the task; every row equal to that row
+    /// in a smaller batch.
+    #[test]
+    fn product_is_an_in_order_sum_whatever_the_batch() {
+        if !available() {
+            return;
+        }
+        let vals = |n: usize, seed: u64| crate::testutil::lcg_values(n, seed, |u| u as f32 / (1u64 << 30) as f32 - 1.0);
+        for (n, k) in [(7, 1), (13, 17), (50, 64), (101, 300), (9, KC + 37)] {
+            let w = vals(n * k, 1);
+            let b = vals(n, 9);
+            for rows in [1, 15, 16, 17, 33, 64, 65, 130] {
+                let x = vals(rows * k, rows as u64 + 2);
+                for bias in [None, Some(&b[..])] {
+                    let mut y = vec![f32::NAN; rows * n];
+                    assert!(product(&x, rows, k, &w, n, bias, &mut y));
+                    for i in 0..rows {
+                        for j in 0..n {
+                            let exact: f64 = (0..k).map(|p| x[i * k + p] as f64 * w[j * k + p] as f64).sum::<f64>() + bias.map_or(0.0, |b| b[j] as f64);
+                            let in_order = (0..k).fold(0f32, |s, p| x[i * k + p].mul_add(w[j * k + p], s)) + bias.map_or(0.0, |b| b[j]);
+                            assert_eq!(y[i * n + j].to_bits(), in_order.to_bits(), "{rows}×{k}·({n}×{k})ᵀ [{i},{j}]");
+                            assert!((y[i * n + j] as f64 - exact).abs() < 1e-3, "{rows}×{k} [{i},{j}]");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
