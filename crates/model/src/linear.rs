@@ -39,12 +39,27 @@ pub fn is_placeholder(t: &Tensor) -> bool {
 }
 
 /// Row blocks stacked (`Tensor::cat` on dim 0), or one placeholder of the stacked shape
-/// when every part is a placeholder (a fused q/k/v layer of quantized parts).
+/// when every part is a placeholder (a fused q/k/v layer of quantized parts). f32 parts on
+/// the CPU are stacked into a variable's values in one copy (a loading checkpoint's q, k
+/// and v: `Tensor::cat` and then the variable's own copy were two, into fresh pages each).
 pub fn cat_rows(parts: &[Tensor]) -> Result<Tensor> {
     if !parts.is_empty() && parts.iter().all(is_placeholder) {
         let mut dims = parts[0].dims().to_vec();
         dims[0] = parts.iter().map(|p| p.dim(0)).sum::<Result<usize>>()?;
         return placeholder(&dims, parts[0].device());
+    }
+    let same_width = parts.windows(2).all(|w| w[0].dims().get(1..) == w[1].dims().get(1..));
+    if !parts.is_empty() && same_width && parts.iter().all(|p| p.device().is_cpu() && p.dtype() == candle_core::DType::F32 && p.rank() >= 1) {
+        let mut dims = parts[0].dims().to_vec();
+        dims[0] = parts.iter().map(|p| p.dim(0)).sum::<Result<usize>>()?;
+        let mut values = Vec::with_capacity(dims.iter().product());
+        for p in parts {
+            let p = p.contiguous()?;
+            let (storage, layout) = p.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*storage else { unreachable!("checked: on the CPU") };
+            values.extend_from_slice(ferrolm_kernels::contiguous_f32(cpu, layout, "cat_rows")?);
+        }
+        return Ok(candle_core::Var::from_vec(values, dims, parts[0].device())?.as_tensor().clone());
     }
     Tensor::cat(parts, 0)
 }

@@ -56,6 +56,32 @@ impl Source {
     }
 }
 
+impl Source {
+    /// The tensor in f32, as a candle variable's values: a file's f32, f16 or bf16 tensor is
+    /// widened straight out of the map into the vector the variable keeps (one copy; see
+    /// [`ferrolm_kernels::f16::f32_from_le_bytes`]), whose pages are then released. Other
+    /// tensors as [`Source::tensor`] gives them (their dtype for the caller to judge).
+    pub fn tensor_f32(self) -> Result<Tensor> {
+        use ferrolm_kernels::f16::LeFloat;
+        let SourceData::Mapped { map, dtype, shape, at, len } = &self.data else {
+            return self.tensor();
+        };
+        let from = match dtype {
+            safetensors::Dtype::F32 => LeFloat::F32,
+            safetensors::Dtype::F16 => LeFloat::F16,
+            safetensors::Dtype::BF16 => LeFloat::Bf16,
+            _ => return self.tensor(),
+        };
+        let broken = || format!("{} is not a complete safetensors file (truncated or corrupt)", self.file.display());
+        let bytes = &map[*at..*at + *len];
+        // the header's shape and the bytes agree (as `TensorView::new` checks them)
+        safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).with_context(broken)?;
+        let values = ferrolm_kernels::f16::f32_from_le_bytes(bytes, from).with_context(broken)?;
+        ferrolm_kernels::mmap::release_pages(map, *at, *len);
+        Ok(candle_core::Var::from_vec(values, shape.as_slice(), &Device::Cpu)?.as_tensor().clone())
+    }
+}
+
 /// Every tensor of one safetensors file as a [`Source`] still in the file's map (the header
 /// is read and checked now: a missing, truncated or corrupt file is an error naming it).
 fn map_safetensors(path: &Path) -> Result<Vec<(String, Source)>> {
@@ -229,7 +255,7 @@ impl Take {
             bail!("the checkpoint has no tensor `{full}` (config.json describes a model that needs it)");
         };
         let file = src.file.clone();
-        let t = src.tensor()?;
+        let t = src.tensor_f32()?;
         if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
             bail!("{}: tensor `{full}` has dtype {:?}; weights must be f32, f16 or bf16", file.display(), t.dtype());
         }
