@@ -183,7 +183,13 @@ fn chat_page_in_headless_chromium() {
     let answer = r["answer"].as_str().unwrap();
     let last = *growing.last().unwrap_or(&0);
     let partial = growing.iter().filter(|&&l| l < last).count();
-    assert!(partial >= 3, "the answer should be seen growing over several observations, saw lengths {growing:?} in {samples:?}");
+    // Polling sees the answer part-way at least once (a whole answer at once is not
+    // streaming). How often depends on the machine: each observation is two DevTools round
+    // trips (about 50 ms), and the tiny model's 300+ tokens can stream in 150 ms, so the
+    // count of partial sightings is timing (3 were required and a fast run saw 2); the
+    // piecewise rendering is checked, independently of timing, by the page's own
+    // MutationObserver below.
+    assert!(partial >= 1, "the answer should be seen growing while it streams, saw lengths {growing:?} in {samples:?}");
     // ... and the page itself rewrote it many times (each change its MutationObserver saw).
     let updates: Vec<i64> = r["updates"].as_array().unwrap().iter().map(|p| p[1].as_i64().unwrap()).collect();
     assert!(updates.windows(2).all(|w| w[0] < w[1]), "the page's answer text shrank: {updates:?}");
