@@ -41,7 +41,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 
 /// `x (rows×k) · wᵀ (+ b)` for w (n×k), into a fresh rows×n buffer: a prompt's rows
 /// ([`crate::prompt_linear::PROMPT_ROWS`] to [`crate::prompt_linear::PROMPT_MAX_ROWS`]) by
-/// `prompt_linear`'s register tiles where the CPU has AVX-512, few rows by [`few_rows`],
+/// `prompt_linear`'s register tiles (AVX-512 or AVX2+FMA), few rows by [`few_rows`],
 /// more by the precision dispatch's product. Also the base product of
 /// [`crate::lora_linear`].
 pub(crate) fn forward_f32(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, b: Option<&[f32]>) -> Result<Vec<f32>> {
@@ -669,7 +669,7 @@ mod tests {
                 assert!(max_diff(&ours, &reference) < 1e-4, "{rows}×{k} · ({n}×{k})ᵀ");
                 let ours = linear(&x, &w, Some(&b)).unwrap();
                 assert!(max_diff(&ours, &reference.broadcast_add(&b).unwrap()) < 1e-4, "{rows}×{k} · ({n}×{k})ᵀ + b");
-                let tiles = crate::prompt_linear::takes(rows) && crate::prompt_linear::available();
+                let tiles = crate::prompt_linear::takes(rows) && crate::prompt_linear::TileIsa::detect().is_some();
                 if rows > FEW_ROWS && !tiles {
                     continue;
                 }

@@ -142,8 +142,8 @@ pub(crate) unsafe fn gemm_call(
 /// rows at a time by `dequant(first_row, out)` (whole rows into `out`); y is m × ld,
 /// row-major. Panels are spread over the rayon threads, each dequantized into a buffer of
 /// its thread and multiplied on that thread: a prompt's rows by `prompt_linear`'s tiles
-/// (on AVX-512; the rows transposed once for all panels), fewer by the few-row kernels
-/// (`linear::few_rows_strided`, up to 128 rows where the CPU lacks AVX-512), more by one
+/// (the rows transposed once for all panels), fewer by the few-row kernels
+/// (`linear::few_rows_strided`, up to 128 rows on a CPU without AVX2 and FMA), more by one
 /// single-threaded `gemm` call.
 ///
 /// Why: a prompt's product reads each weight for many input rows, so it is arithmetic-bound
