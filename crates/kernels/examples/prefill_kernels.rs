@@ -1,5 +1,6 @@
 //! The f32 `linear` products of a 128-token prompt at SmolLM2-135M's and Qwen2.5-0.5B's
-//! shapes (fused q/k/v and gate/up, as ferrolm's modern blocks run them), with the
+//! shapes (q/k/v fused, as ferrolm's modern blocks run them; gate and up as one product
+//! of both widths — the blocks run them as two of half the width each), with the
 //! multiply-add rate of each: what a prompt pass's time is made of, to read beside
 //! `fma_peak` (the core's ceiling) and PyTorch's `F.linear` on the same shapes
 //! (bench/README.md). Beside `linear` (what a model runs), each form of the prompt tiles
