@@ -61,22 +61,27 @@ pub enum TileIsa {
 impl TileIsa {
     /// The widest this CPU has; None without AVX2 and FMA.
     pub fn detect() -> Option<Self> {
-        Self::available().first().copied()
+        [Self::Avx512, Self::Avx2].into_iter().find(|isa| isa.runs_here())
     }
 
     /// Every form this CPU runs, widest first.
     pub fn available() -> Vec<Self> {
-        let mut forms = Vec::new();
+        [Self::Avx512, Self::Avx2].into_iter().filter(|isa| isa.runs_here()).collect()
+    }
+
+    /// Whether this CPU has the form's features.
+    fn runs_here(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                forms.push(Self::Avx512);
-            }
-            if crate::simd::fma_available() {
-                forms.push(Self::Avx2);
+            match self {
+                Self::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                Self::Avx2 => crate::simd::fma_available(),
             }
         }
-        forms
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
     }
 
     /// Rows of x per panel (the vector's lanes).
@@ -120,7 +125,7 @@ impl Panels {
 
     /// x in panels for `isa`, which the CPU must have (one of [`TileIsa::available`]).
     fn with(isa: TileIsa, x: &[f32], rows: usize, k: usize) -> Self {
-        assert!(TileIsa::available().contains(&isa), "prompt_linear: this CPU lacks {isa:?}");
+        assert!(isa.runs_here(), "prompt_linear: this CPU lacks {isa:?}");
         assert_eq!(x.len(), rows * k, "prompt_linear: x has {} values, expected {rows} × {k}", x.len());
         let width = isa.width();
         let len = rows.div_ceil(width) * k * width;
@@ -231,35 +236,9 @@ mod x86 {
     /// AVX-512 F; x holds rows × k values and xp rows.div_ceil(16) × k × 16.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn pack(x: &[f32], rows: usize, k: usize, xp: &mut [f32]) {
-        let panels = rows.div_ceil(16);
-        debug_assert!(x.len() == rows * k && xp.len() == panels * k * 16);
-        for t in 0..panels {
-            let live = (rows - t * 16).min(16);
-            let dst = &mut xp[t * k * 16..][..k * 16];
-            let full = k / 16 * 16;
-            let mut p = 0;
-            while p < full {
-                let mut v: [__m512; 16] = std::array::from_fn(|r| {
-                    if r < live {
-                        // SAFETY: row t·16 + r < rows and columns p..p+16 ≤ k: inside x.
-                        unsafe { _mm512_loadu_ps(x.as_ptr().add((t * 16 + r) * k + p)) }
-                    } else {
-                        _mm512_setzero_ps()
-                    }
-                });
-                transpose16(&mut v);
-                for (c, vc) in v.iter().enumerate() {
-                    // SAFETY: (p + c)·16 + 16 ≤ k·16, inside this panel.
-                    unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((p + c) * 16), *vc) };
-                }
-                p += 16;
-            }
-            for p in full..k {
-                for r in 0..16 {
-                    dst[p * 16 + r] = if r < live { x[(t * 16 + r) * k + p] } else { 0.0 };
-                }
-            }
-        }
+        // SAFETY: AVX-512 F (the caller's) for the vector operations passed in; each load
+        // and store is given a pointer to 16 values inside x or xp (`pack_body`).
+        unsafe { pack_body::<16, __m512>(x, rows, k, xp, |p| _mm512_loadu_ps(p), || _mm512_setzero_ps(), |v| transpose16(v), |p, v| _mm512_storeu_ps(p, v)) }
     }
 
     /// [`pack`] for AVX2: panels of 8 rows, each 8 × 8 block transposed in registers.
@@ -268,32 +247,51 @@ mod x86 {
     /// AVX2; x holds rows × k values and xp rows.div_ceil(8) × k × 8.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn pack8(x: &[f32], rows: usize, k: usize, xp: &mut [f32]) {
-        let panels = rows.div_ceil(8);
-        debug_assert!(x.len() == rows * k && xp.len() == panels * k * 8);
+        // SAFETY: AVX2 (the caller's) for the vector operations passed in; each load and
+        // store is given a pointer to 8 values inside x or xp (`pack_body`).
+        unsafe { pack_body::<8, __m256>(x, rows, k, xp, |p| _mm256_loadu_ps(p), || _mm256_setzero_ps(), |v| transpose8(v), |p, v| _mm256_storeu_ps(p, v)) }
+    }
+
+    /// The panels of W rows for [`pack`] and [`pack8`]: W rows at a time, each W × W block
+    /// loaded as rows (`load`, or `zero` past the last row), transposed in registers and
+    /// stored as columns; the columns past the last whole block one value at a time.
+    ///
+    /// # Safety
+    /// x holds rows × k values and xp rows.div_ceil(W) × k × W; `load` and `store` read or
+    /// write W values at the pointer they are given, and the CPU has what they and
+    /// `transpose` need.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn pack_body<const W: usize, V: Copy>(
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        xp: &mut [f32],
+        load: impl Fn(*const f32) -> V,
+        zero: impl Fn() -> V,
+        transpose: impl Fn(&mut [V; W]),
+        store: impl Fn(*mut f32, V),
+    ) {
+        let panels = rows.div_ceil(W);
+        debug_assert!(x.len() == rows * k && xp.len() == panels * k * W);
         for t in 0..panels {
-            let live = (rows - t * 8).min(8);
-            let dst = &mut xp[t * k * 8..][..k * 8];
-            let full = k / 8 * 8;
+            let live = (rows - t * W).min(W);
+            let dst = &mut xp[t * k * W..][..k * W];
+            let full = k / W * W;
             let mut p = 0;
             while p < full {
-                let mut v: [__m256; 8] = std::array::from_fn(|r| {
-                    if r < live {
-                        // SAFETY: row t·8 + r < rows and columns p..p+8 ≤ k: inside x.
-                        unsafe { _mm256_loadu_ps(x.as_ptr().add((t * 8 + r) * k + p)) }
-                    } else {
-                        _mm256_setzero_ps()
-                    }
-                });
-                transpose8(&mut v);
+                // rows t·W + r < rows and columns p..p+W ≤ k: inside x
+                let mut v: [V; W] = std::array::from_fn(|r| if r < live { load(x[(t * W + r) * k + p..].as_ptr()) } else { zero() });
+                transpose(&mut v);
                 for (c, vc) in v.iter().enumerate() {
-                    // SAFETY: (p + c)·8 + 8 ≤ k·8, inside this panel.
-                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add((p + c) * 8), *vc) };
+                    // (p + c)·W + W ≤ k·W, inside this panel
+                    store(dst[(p + c) * W..][..W].as_mut_ptr(), *vc);
                 }
-                p += 8;
+                p += W;
             }
             for p in full..k {
-                for r in 0..8 {
-                    dst[p * 8 + r] = if r < live { x[(t * 8 + r) * k + p] } else { 0.0 };
+                for r in 0..W {
+                    dst[p * W + r] = if r < live { x[(t * W + r) * k + p] } else { 0.0 };
                 }
             }
         }
