@@ -27,17 +27,10 @@ impl CustomOp1 for SoftmaxLastDim {
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, dim, |i, row| {
             let src = &x[i * dim..(i + 1) * dim];
-            // as `softmax_row`, from src into row
+            row.copy_from_slice(src);
             crate::simd::vectorized(
                 #[inline(always)]
-                || {
-                    let max = lane_max(src);
-                    for (o, &v) in row.iter_mut().zip(src) {
-                        *o = fast_exp(v - max);
-                    }
-                    let inv = 1.0 / lane_sum(row);
-                    row.iter_mut().for_each(|o| *o *= inv);
-                },
+                || softmax_row(row),
             );
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -107,18 +100,18 @@ impl CustomOp1 for ScaledSoftmax {
                 Some(off) => (off + r % tq + 1).min(tk),
                 None => tk,
             };
-            // vector passes (max, exp, lane sum, scale): an in-order sum beside the exp kept
-            // the loop scalar, 5 % of a 128-token prompt pass of SmolLM2-135M's shape
+            // the scaled scores, then `softmax_row`'s vector passes (an in-order sum beside
+            // the exp had kept this loop scalar, 5 % of a 128-token prompt pass of
+            // SmolLM2-135M's shape); the max of the scaled scores is the scaled max, as
+            // rounding keeps order and the scale is positive
             crate::simd::vectorized(
                 #[inline(always)]
                 || {
-                    let (src, row) = (&src[..visible], &mut row[..visible]);
-                    let max = lane_max(src) * scale;
-                    for (o, &v) in row.iter_mut().zip(src) {
-                        *o = fast_exp(v * scale - max);
+                    let row = &mut row[..visible];
+                    for (o, &v) in row.iter_mut().zip(&src[..visible]) {
+                        *o = v * scale;
                     }
-                    let inv = 1.0 / lane_sum(row);
-                    row.iter_mut().for_each(|o| *o *= inv);
+                    softmax_row(row);
                 },
             );
             // masked keys stay exactly zero
