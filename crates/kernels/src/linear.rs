@@ -245,8 +245,8 @@ unsafe fn simd_columns(x: &[f32], w: &[f32], rows: usize, k: usize, j0: usize, j
 /// on the calling thread, by the AVX-512 or AVX2 few-row kernels ([`simd_columns`], 32
 /// weight rows at a time, as [`few_rows`]' tasks); false (nothing written) on a CPU with
 /// neither or for more than [`FEW_ROWS`] rows. For the panels of
-/// [`crate::sgemm::matmul_t_dequantized`], which multiply a prompt's rows with quantized
-/// weights widened a panel at a time.
+/// [`crate::sgemm::matmul_t_dequantized`] (quantized weights widened a panel at a time)
+/// when there are fewer rows than a prompt's tiles take.
 ///
 /// # Safety
 /// `yp` addresses rows × ld writable values (n ≤ ld) that no other thread touches meanwhile.

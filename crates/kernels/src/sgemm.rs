@@ -143,7 +143,7 @@ pub(crate) unsafe fn gemm_call(
 /// row-major. Panels are spread over the rayon threads, each dequantized into a buffer of
 /// its thread and multiplied on that thread: a prompt's rows by `prompt_linear`'s tiles
 /// (the rows transposed once for all panels), fewer by the few-row kernels
-/// (`linear::few_rows_strided`, up to 128 rows on a CPU without AVX2 and FMA), more by one
+/// (`linear::few_rows_strided`), more — or any on a CPU without AVX2 and FMA — by one
 /// single-threaded `gemm` call.
 ///
 /// Why: a prompt's product reads each weight for many input rows, so it is arithmetic-bound
@@ -187,8 +187,8 @@ pub fn matmul_t_dequantized(x: &[f32], m: usize, k: usize, n: usize, y: &mut [f3
                 return;
             }
             // Fewer rows than a prompt's (a batch of decoding steps) the few-row kernels, as
-            // for dense weights (see `linear::FEW_ROWS`); where the CPU lacks AVX-512, up to
-            // 128 rows; more rows go to gemm.
+            // for dense weights (see `linear::FEW_ROWS`); more rows than the tiles take, or
+            // a CPU without AVX2 and FMA, gemm.
             // SAFETY: dst + col0 + first with row stride ld addresses the m × count block of
             // y at columns col0 + first .. col0 + first + count ≤ col0 + n ≤ ld, inside y
             // (asserted) and disjoint from every other panel's block.

@@ -43,15 +43,18 @@ pub fn is_placeholder(t: &Tensor) -> bool {
 /// the CPU are stacked into a variable's values in one copy (a loading checkpoint's q, k
 /// and v: `Tensor::cat` and then the variable's own copy were two, into fresh pages each).
 pub fn cat_rows(parts: &[Tensor]) -> Result<Tensor> {
-    if !parts.is_empty() && parts.iter().all(is_placeholder) {
+    // the stacked shape (parts of rank ≥ 1)
+    let stacked = || -> Result<Vec<usize>> {
         let mut dims = parts[0].dims().to_vec();
         dims[0] = parts.iter().map(|p| p.dim(0)).sum::<Result<usize>>()?;
-        return placeholder(&dims, parts[0].device());
+        Ok(dims)
+    };
+    if !parts.is_empty() && parts.iter().all(is_placeholder) {
+        return placeholder(&stacked()?, parts[0].device());
     }
     let same_width = parts.windows(2).all(|w| w[0].dims().get(1..) == w[1].dims().get(1..));
     if !parts.is_empty() && same_width && parts.iter().all(|p| p.device().is_cpu() && p.dtype() == candle_core::DType::F32 && p.rank() >= 1) {
-        let mut dims = parts[0].dims().to_vec();
-        dims[0] = parts.iter().map(|p| p.dim(0)).sum::<Result<usize>>()?;
+        let dims = stacked()?;
         let mut values = Vec::with_capacity(dims.iter().product());
         for p in parts {
             let p = p.contiguous()?;

@@ -46,7 +46,7 @@ impl Source {
         match self.data {
             SourceData::Tensor(t) => Ok(t),
             SourceData::Mapped { map, dtype, shape, at, len } => {
-                let broken = || format!("{} is not a complete safetensors file (truncated or corrupt)", self.file.display());
+                let broken = || broken_file(&self.file);
                 let view = safetensors::tensor::TensorView::new(dtype, shape, &map[at..at + len]).with_context(broken)?;
                 let t = view.load(&Device::Cpu).with_context(broken)?;
                 ferrolm_kernels::mmap::release_pages(&map, at, len);
@@ -54,9 +54,7 @@ impl Source {
             }
         }
     }
-}
 
-impl Source {
     /// The tensor in f32, as a candle variable's values: a file's f32, f16 or bf16 tensor is
     /// widened straight out of the map into the vector the variable keeps (one copy; see
     /// [`ferrolm_kernels::f16::f32_from_le_bytes`]), whose pages are then released. Other
@@ -72,7 +70,7 @@ impl Source {
             safetensors::Dtype::BF16 => LeFloat::Bf16,
             _ => return self.tensor(),
         };
-        let broken = || format!("{} is not a complete safetensors file (truncated or corrupt)", self.file.display());
+        let broken = || broken_file(&self.file);
         let bytes = &map[*at..*at + *len];
         // the header's shape and the bytes agree (as `TensorView::new` checks them)
         safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).with_context(broken)?;
@@ -80,6 +78,11 @@ impl Source {
         ferrolm_kernels::mmap::release_pages(map, *at, *len);
         Ok(candle_core::Var::from_vec(values, shape.as_slice(), &Device::Cpu)?.as_tensor().clone())
     }
+}
+
+/// The error for a safetensors file whose header and bytes disagree.
+fn broken_file(file: &Path) -> String {
+    format!("{} is not a complete safetensors file (truncated or corrupt)", file.display())
 }
 
 /// Every tensor of one safetensors file as a [`Source`] still in the file's map (the header
@@ -90,7 +93,7 @@ fn map_safetensors(path: &Path) -> Result<Vec<(String, Source)>> {
     // cache's are written to a temporary name and renamed into place; see `hub`), which is
     // what mapping them needs (`map_immutable`).
     let map = std::sync::Arc::new(ferrolm_kernels::mmap::map_immutable(&file).with_context(|| format!("cannot map {}", path.display()))?);
-    let st = safetensors::SafeTensors::deserialize(&map).with_context(|| format!("{} is not a complete safetensors file (truncated or corrupt)", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&map).with_context(|| broken_file(path))?;
     Ok(st
         .tensors()
         .into_iter()
